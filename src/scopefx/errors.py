@@ -1,0 +1,83 @@
+"""The errors scopefx raises.
+
+Every error derives from :class:`ScopefxError` *and* from the built-in it refines, so callers can
+catch either (``except FileNotFoundError`` works for a missing image). Each class carries a
+short machine-readable ``status`` (``"missing"``, ``"corrupt"``, ...) that batch operations put in
+their per-item records instead of raising.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CalibrationError",
+    "ConfigError",
+    "CorruptImageError",
+    "DeviceUnavailableError",
+    "EmptyFileError",
+    "ImageNotFoundError",
+    "InvalidImageError",
+    "ScopefxError",
+    "UnsupportedFormatError",
+]
+
+
+class ScopefxError(Exception):
+    """Base class of every error scopefx raises on purpose."""
+
+    #: Short machine-readable kind, used as the ``status`` of a failed item in batch results.
+    status: str = "error"
+
+
+class ConfigError(ScopefxError, ValueError):
+    """A parameter or configuration value is out of its allowed range."""
+
+    status = "config"
+
+
+class DeviceUnavailableError(ScopefxError, RuntimeError):
+    """A GPU was asked for but CuPy or a CUDA device is not available."""
+
+    status = "device"
+
+
+class ImageNotFoundError(ScopefxError, FileNotFoundError):
+    """An image reference points at nothing."""
+
+    status = "missing"
+
+
+class EmptyFileError(ScopefxError, OSError):
+    """An image file exists but holds zero bytes (often: still being written)."""
+
+    status = "empty"
+
+
+class CorruptImageError(ScopefxError, OSError):
+    """An image file exists but cannot be decoded (truncated, damaged, wrong extension)."""
+
+    status = "corrupt"
+
+
+class UnsupportedFormatError(ScopefxError, ValueError):
+    """The file type or reference scheme is not one scopefx reads."""
+
+    status = "unsupported"
+
+
+class InvalidImageError(ScopefxError, ValueError):
+    """The pixels were read but cannot be scored as they are.
+
+    ``status`` names the problem: ``"rgb"`` (colour image), ``"ndim"`` (wrong number of
+    dimensions), ``"too_small"`` (smaller than the scale space needs), ``"invalid_values"``
+    (NaN or infinity), ``"dtype"`` (not a real number type).
+    """
+
+    def __init__(self, message: str, *, status: str = "invalid") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CalibrationError(ScopefxError, ValueError):
+    """A calibration cannot be fitted, loaded, or applied to these results."""
+
+    status = "calibration"

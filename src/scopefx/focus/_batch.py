@@ -1,0 +1,263 @@
+"""Scoring many files: one record per image, errors kept per item, verdicts in run order."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ScopefxError
+from ._params import FocusParams
+from ._score import FocusResult, focus_score
+from ._verdict import Calibration, RunBaseline, Verdict
+
+__all__ = ["CSV_COLUMNS", "FocusRecord", "rejudge_warmup", "score_files", "score_one"]
+
+logger = logging.getLogger(__name__)
+
+#: Columns of the CSV written by ``scopefx focus --csv``, in order.
+CSV_COLUMNS = (
+    "path",
+    "page",
+    "status",
+    "error",
+    "features",
+    "density_per_mpx",
+    "verdict",
+    "ratio",
+    "defocus_estimate",
+    "bad_cells",
+    "threshold",
+    "noise_sigma",
+    "map_min",
+    "map_median",
+    "map_max",
+    "height",
+    "width",
+    "downsample",
+    "read_seconds",
+    "score_seconds",
+    "working_distance_mm",
+    "focus",
+)
+
+
+@dataclass
+class FocusRecord:
+    """The outcome for one image (one page of a stack): a score, or a status and message.
+
+    ``status`` is ``"ok"`` or an error kind (``missing``, ``empty``, ``corrupt``,
+    ``unsupported``, ``rgb``, ``ndim``, ``too_small``, ``invalid_values``, ``dtype``,
+    ``error``); ``error`` holds the message. Everything is plain Python / NumPy.
+    """
+
+    path: str
+    page: int | None = None
+    status: str = "ok"
+    error: str = ""
+    features: int | None = None
+    density_per_mpx: float = math.nan
+    verdict: str = ""
+    ratio: float = math.nan
+    defocus_estimate: float = math.nan
+    bad_cells: int = 0
+    threshold: float = math.nan
+    noise_sigma: float = math.nan
+    map_min: float = math.nan
+    map_median: float = math.nan
+    map_max: float = math.nan
+    height: int | None = None
+    width: int | None = None
+    downsample: int = 1
+    read_seconds: float = math.nan
+    score_seconds: float = math.nan
+    working_distance_mm: float | None = None
+    focus: float | None = None
+    focus_map: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def apply(self, verdict: Verdict) -> None:
+        self.verdict = verdict.status
+        self.ratio = verdict.ratio
+        self.defocus_estimate = verdict.defocus
+        self.bad_cells = verdict.bad_cells
+
+    def row(self) -> dict[str, Any]:
+        """The CSV row (:data:`CSV_COLUMNS`)."""
+        return {name: getattr(self, name) for name in CSV_COLUMNS}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict, focus map included as nested lists."""
+        out = self.row()
+        out["focus_map"] = None if self.focus_map is None else self.focus_map.round(1).tolist()
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+def _result_fields(result: FocusResult) -> dict[str, Any]:
+    summary = result.summary()
+    return {
+        "features": result.features,
+        "density_per_mpx": result.density_per_mpx,
+        "threshold": result.threshold,
+        "noise_sigma": result.noise_sigma,
+        "map_min": summary["map_min"],
+        "map_median": summary["map_median"],
+        "map_max": summary["map_max"],
+        "height": result.shape[0],
+        "width": result.shape[1],
+        "downsample": result.downsample,
+        "score_seconds": result.seconds,
+        "focus_map": result.focus_map,
+    }
+
+
+def _failed(path: str, exc: BaseException, page: int | None = None) -> FocusRecord:
+    status = exc.status if isinstance(exc, ScopefxError) else "error"
+    message = str(exc) if isinstance(exc, ScopefxError) else f"{type(exc).__name__}: {exc}"
+    return FocusRecord(path=path, page=page, status=status, error=message)
+
+
+def score_one(path: str, params: FocusParams) -> list[FocusRecord]:
+    """Read and score one file; a stack gives one record per page. Never raises for bad input."""
+    from ..io import read_image, read_metadata
+
+    path = os.path.abspath(path) if "::" not in str(path) else str(path)
+    start = time.perf_counter()
+    try:
+        pixels = np.asarray(read_image(path))
+    except Exception as exc:
+        logger.debug("cannot read %s", path, exc_info=True)
+        return [_failed(path, exc)]
+    read_seconds = time.perf_counter() - start
+    extra: dict[str, Any] = {}
+    try:
+        meta = read_metadata(path)
+        extra = {"working_distance_mm": meta.working_distance_mm, "focus": meta.focus}
+    except Exception:  # metadata is optional: the pixels were read
+        logger.debug("no metadata for %s", path, exc_info=True)
+    is_stack = pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)
+    planes = [(i, pixels[i]) for i in range(pixels.shape[0])] if is_stack else [(None, pixels)]
+    records = []
+    for page, plane in planes:
+        try:
+            result = focus_score(plane, params=params)
+        except Exception as exc:
+            if not isinstance(exc, ScopefxError):
+                logger.warning("unexpected error scoring %s", path, exc_info=True)
+            records.append(_failed(path, exc, page))
+            continue
+        records.append(
+            FocusRecord(
+                path=path, page=page, read_seconds=read_seconds, **extra, **_result_fields(result)
+            )
+        )
+    return records
+
+
+def score_files(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    params: FocusParams | None = None,
+    workers: int = 1,
+    calibration: Calibration | None = None,
+    baseline: RunBaseline | None = None,
+    executor: Executor | None = None,
+    on_record: Callable[[FocusRecord], None] | None = None,
+    **overrides: Any,
+) -> Iterator[FocusRecord]:
+    """Score files and yield one :class:`FocusRecord` per image, in input order.
+
+    A file that cannot be read or scored yields a record with its ``status`` and ``error``; the
+    rest of the batch goes on. Files are read and scored concurrently on ``workers`` threads
+    (NumPy and the FFTs release the GIL) or on a given ``executor``; records still come out in
+    input order, as soon as each one and all before it are done.
+
+    Parameters
+    ----------
+    paths : iterable of path-like
+        Image references (files, ``store.zarr::array``). Expand directories and globs first
+        with :func:`scopefx.io.find_images`.
+    params : FocusParams, optional
+        Focus parameters; ``**overrides`` are applied on top.
+    workers : int
+        Threads used when no ``executor`` is given.
+    calibration : Calibration, optional
+        Gives verdicts from estimated |defocus|; its parameters must match ``params``.
+    baseline : RunBaseline, optional
+        Gives verdicts relative to the run (used when there is no calibration; one is created
+        with default settings if neither is given).
+    on_record : callable, optional
+        Called with each record as it is yielded (e.g. to advance a progress bar).
+
+    Yields
+    ------
+    FocusRecord
+    """
+    params = (
+        params.replace(**overrides) if params and overrides else params or FocusParams(**overrides)
+    )
+    if calibration is not None:
+        calibration.check_params(params)
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    baseline = baseline if baseline is not None else RunBaseline()
+    refs: list[str] = [os.fspath(p) for p in paths]
+    own = executor is None
+    pool = ThreadPoolExecutor(max_workers=workers) if executor is None else executor
+    try:
+        # submit lazily, keeping at most a few tasks per worker in flight (bounded memory)
+        pending: list[Any] = []
+        ahead = max(2, 2 * workers)
+        for path in refs:
+            pending.append(pool.submit(score_one, path, params))
+            if len(pending) < ahead:
+                continue
+            yield from _drain(pending.pop(0).result(), calibration, baseline, params, on_record)
+        for future in pending:
+            yield from _drain(future.result(), calibration, baseline, params, on_record)
+    finally:
+        if own:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _drain(
+    records: list[FocusRecord],
+    calibration: Calibration | None,
+    baseline: RunBaseline,
+    params: FocusParams,
+    on_record: Callable[[FocusRecord], None] | None,
+) -> Iterator[FocusRecord]:
+    for record in records:
+        if record.ok:
+            if calibration is not None:
+                record.apply(
+                    calibration.verdict(
+                        record.density_per_mpx, focus_map=record.focus_map, cell_px=params.cell_px
+                    )
+                )
+            else:
+                record.apply(
+                    baseline.update(
+                        record.density_per_mpx, focus_map=record.focus_map, cell_px=params.cell_px
+                    )
+                )
+        if on_record is not None:
+            on_record(record)
+        yield record
+
+
+def rejudge_warmup(records: list[FocusRecord], baseline: RunBaseline) -> None:
+    """Give warm-up records of a finished batch their verdict against the final baseline."""
+    for record in records:
+        if record.ok and record.verdict == "warmup":
+            record.apply(baseline.rejudge(record.density_per_mpx))

@@ -1,0 +1,156 @@
+"""Input checks, saturation/normalisation, downsampling and the robust noise estimate.
+
+Shared by the fast kernel and the float64 reference, on NumPy and CuPy alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .._backend import Backend
+from ..errors import InvalidImageError
+
+__all__ = [
+    "auto_threshold",
+    "band_gains",
+    "block_downsample",
+    "check_image",
+    "estimate_noise",
+    "normalize",
+]
+
+#: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian standard deviation.
+MAD_TO_SIGMA = 1.482602218505602
+#: L2 norm of the Immerkaer mask (1, -2, 1) x (1, -2, 1): sqrt(36).
+_IMMERKAER_NORM = 6.0
+
+
+def check_image(image: Any, *, min_side: int) -> None:
+    """Raise :class:`InvalidImageError` (with a status) unless ``image`` is a scorable 2-D array."""
+    dtype = image.dtype
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        raise InvalidImageError(
+            f"image has shape {tuple(image.shape)}: an RGB(A) colour image; focus scoring needs "
+            "one grey channel (convert it, e.g. skimage.color.rgb2gray, or pick a channel)",
+            status="rgb",
+        )
+    if image.ndim != 2:
+        raise InvalidImageError(
+            f"image must be 2-D (rows, columns), got {image.ndim}-D "
+            f"with shape {tuple(image.shape)}",
+            status="ndim",
+        )
+    numeric = np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+    if not numeric or dtype == np.bool_:
+        raise InvalidImageError(
+            f"image dtype must be an integer or floating type, got {dtype}", status="dtype"
+        )
+    if min(image.shape) < min_side:
+        raise InvalidImageError(
+            f"image of shape {tuple(image.shape)} is too small for the scale space: each side "
+            f"must be at least {min_side} px (lower min_sigma_px or score a larger image)",
+            status="too_small",
+        )
+
+
+def block_downsample(image: Any, factor: int, backend: Backend) -> Any:
+    """Block-mean downsample by an integer ``factor`` (the remainder rows/columns are dropped)."""
+    if factor <= 1:
+        return image
+    xp = backend.xp
+    h, w = (s // factor for s in image.shape)
+    blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor)
+    return blocks.mean(axis=(1, 3), dtype=xp.float32)
+
+
+def _hist_quantiles(image: Any, fractions: tuple[float, float], backend: Backend) -> list[float]:
+    """Quantiles of a uint8/uint16 image from its histogram, equal to ``numpy.quantile``'s
+    default ("linear") method, at a fraction of its cost."""
+    xp = backend.xp
+    cdf = xp.cumsum(xp.bincount(image.ravel()))
+    n = image.size
+    out = []
+    for q in fractions:
+        h = q * (n - 1)
+        j = math.floor(h)
+        lo_hi = xp.searchsorted(cdf, xp.asarray([j, min(j + 1, n - 1)]), side="right")
+        v0, v1 = (float(v) for v in backend.to_numpy(lo_hi))
+        out.append(v0 + (h - j) * (v1 - v0))
+    return out
+
+
+def normalize(image: Any, saturation_pct: float, backend: Backend) -> tuple[Any, float] | None:
+    """Saturate ``saturation_pct`` percent at both tails and map to [0, 1] in float32.
+
+    Returns ``(normalised, lsb)``, where ``lsb`` is one input grey level in normalised units
+    (0 for floating-point input), or ``None`` for a constant image.
+
+    Raises
+    ------
+    InvalidImageError
+        The image holds NaN or infinity (status ``"invalid_values"``).
+    """
+    xp = backend.xp
+    fractions = (saturation_pct / 100.0, 1.0 - saturation_pct / 100.0)
+    integer = image.dtype in (np.uint8, np.uint16)
+    if integer:
+        lo, hi = _hist_quantiles(image, fractions, backend)
+    else:
+        image = image.astype(xp.float32, copy=False)
+        if not bool(xp.isfinite(image).all()):
+            raise InvalidImageError(
+                "image holds NaN or infinite values; mask or replace them before scoring",
+                status="invalid_values",
+            )
+        lo, hi = (float(v) for v in backend.to_numpy(xp.quantile(image, xp.asarray(fractions))))
+    if hi <= lo:  # more than saturation_pct of the pixels share the extreme values
+        lo, hi = float(image.min()), float(image.max())
+        if hi <= lo:
+            return None
+    if integer:
+        levels = 256 if image.dtype == np.uint8 else 65536
+        lut = xp.clip((xp.arange(levels, dtype=xp.float32) - lo) / (hi - lo), 0.0, 1.0)
+        return lut.astype(xp.float32, copy=False)[image], 1.0 / (hi - lo)
+    if not np.issubdtype(image.dtype, np.floating):
+        image = image.astype(xp.float32)
+    scaled = (image - xp.float32(lo)) * xp.float32(1.0 / (hi - lo))
+    xp.clip(scaled, 0.0, 1.0, out=scaled)
+    return scaled.astype(xp.float32, copy=False), 0.0
+
+
+def estimate_noise(image: Any, backend: Backend) -> float:
+    """Robust standard deviation of white noise in ``image``.
+
+    The image is filtered with Immerkaer's mask ``(1, -2, 1) x (1, -2, 1)``, which cancels
+    anything locally linear along either axis, at every second row and column; the median
+    absolute response, scaled by ``1.4826 / 6``, estimates the noise standard deviation. The
+    median ignores the minority of pixels on edges and texture.
+    """
+    xp = backend.xp
+    rows = image[0:-2:2] - 2 * image[1:-1:2] + image[2::2]
+    both = rows[:, 0:-2:2] - 2 * rows[:, 1:-1:2] + rows[:, 2::2]
+    return float(xp.median(xp.abs(both))) * MAD_TO_SIGMA / _IMMERKAER_NORM
+
+
+def band_gains(sigmas: tuple[float, ...]) -> np.ndarray:
+    """White-noise gain (L2 norm) of each scale-normalised DoG band ``t_i (g_{i+1} - g_i)``.
+
+    Closed form for continuous 2-D Gaussians: ``||g_a||^2 = 1 / (4 pi a^2)`` and
+    ``<g_a, g_b> = 1 / (2 pi (a^2 + b^2))``. It depends on the scales only, never on image size.
+    """
+    s = np.asarray(sigmas, dtype=np.float64)
+    a, b = s[:-1], s[1:]
+    sq = (1 / a**2 + 1 / b**2 - 4 / (a**2 + b**2)) / (4 * np.pi)
+    return a * np.sqrt(np.maximum(sq, 0.0))
+
+
+def auto_threshold(
+    noise_sigma: float, lsb: float, *, threshold_k: float, sigmas: tuple[float, ...]
+) -> float:
+    """``threshold_k * max(noise, quantisation noise) * largest band gain``, floored above
+    floating-point round-off."""
+    floor_sigma = max(noise_sigma, lsb / math.sqrt(12.0))
+    return max(threshold_k * floor_sigma * float(band_gains(sigmas).max()), 1e-6)

@@ -1,0 +1,280 @@
+"""Streaming DoG scale space in the cosine domain, and 3x3 non-maximum suppression.
+
+The image is transformed once with a DCT-II, which is exactly the real FFT of the image mirrored
+about its borders, so every Gaussian blur has symmetric ("reflect") boundaries and never wraps
+around, whatever its sigma, with no padded copy in memory. Each band
+``DoG_i = t_i (L(t_{i+1}) - L(t_i))`` is one product with an analytic transfer function and one
+inverse transform, and is folded into a running maximum (and its scale index) at once: no stack
+of planes is ever held.
+
+Two exact shortcuts keep the inverse transforms cheap: a band's transfer function falls below
+float32 resolution beyond ``~1.81 N / sigma`` coefficients, so the transform along the first
+axis only runs over those columns. In ``fast`` mode, bands with ``sigma >= 3 d`` are evaluated on
+a grid decimated by ``d`` (the truncated spectrum inverted at the smaller size) and linearly
+interpolated back (cubic).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+from .._backend import Backend
+
+__all__ = ["count_peaks", "response_max"]
+
+#: Transfer values below this (relative) are dropped: below float32 round-off.
+_SPECTRUM_EPS = 1e-7
+_CUTOFF_FACTOR = math.sqrt(2 * math.log(1 / _SPECTRUM_EPS)) / math.pi
+#: In fast mode a band is evaluated on a grid decimated by d only if sigma >= this * d.
+FAST_SAMPLES_PER_SIGMA = 3.0
+#: ... and d is at most this (each decimation level costs one full-size interpolation).
+FAST_MAX_DECIMATION = 8
+_CACHE_BYTES = 64 * 2**20
+
+
+def _cutoff(n: int, sigma: float) -> int:
+    """Number of DCT coefficients along an axis of length ``n`` where ``G_sigma`` is above eps."""
+    return min(n, math.ceil(_CUTOFF_FACTOR * n / sigma) + 1)
+
+
+def _decimation(sigma: float, mode: str) -> int:
+    if mode != "fast":
+        return 1
+    d = 1
+    while sigma >= FAST_SAMPLES_PER_SIGMA * 2 * d and 2 * d <= FAST_MAX_DECIMATION:
+        d *= 2
+    return d
+
+
+def _band_sizes(
+    shape: tuple[int, int], sigmas: tuple[float, ...], mode: str
+) -> list[tuple[int, int, int]]:
+    """Per band: (decimation d, spectrum rows kept, spectrum columns kept)."""
+    h, w = shape
+    sizes = []
+    for s0 in sigmas[:-1]:
+        d = _decimation(s0, mode)
+        ry, rx = _cutoff(h, s0), _cutoff(w, s0)
+        if d > 1:
+            ry, rx = min(ry, math.ceil(h / d)), min(rx, math.ceil(w / d))
+        sizes.append((d, ry, rx))
+    return sizes
+
+
+def _build_plan(
+    shape: tuple[int, int], sigmas: tuple[float, ...], sign: float, mode: str, backend: Backend
+) -> tuple[tuple[int, int, int, Any], ...]:
+    """Per band: (decimation d, rows kept, columns kept, float32 transfer block on the device).
+
+    The transfer of a Gaussian on the DCT-II grid of length n is ``exp(-(pi sigma k / n)^2 / 2)``
+    (frequency ``k / 2n`` cycles per pixel); the band's is ``t_i (G_{i+1} - G_i)``, computed
+    analytically in float64 and stored in float32.
+    """
+    xp = backend.xp
+    h, w = shape
+    plan = []
+    sizes = _band_sizes(shape, sigmas, mode)
+    for (d, ry, rx), s0, s1 in zip(sizes, sigmas[:-1], sigmas[1:], strict=True):
+        ky = xp.arange(ry, dtype=xp.float64) * (np.pi / h)
+        kx = xp.arange(rx, dtype=xp.float64) * (np.pi / w)
+        block = xp.outer(xp.exp(-0.5 * (s1 * ky) ** 2), xp.exp(-0.5 * (s1 * kx) ** 2))
+        block -= xp.outer(xp.exp(-0.5 * (s0 * ky) ** 2), xp.exp(-0.5 * (s0 * kx) ** 2))
+        block *= sign * s0
+        plan.append((d, ry, rx, block.astype(xp.float32)))
+    return tuple(plan)
+
+
+_cached_plan = functools.lru_cache(maxsize=8)(_build_plan)
+
+
+def _plan(
+    shape: tuple[int, int], sigmas: tuple[float, ...], sign: float, mode: str, backend: Backend
+) -> tuple[tuple[int, int, int, Any], ...]:
+    """The band plan, cached per (shape, scales, polarity, mode, device) while it is small."""
+    nbytes = 4 * sum(ry * rx for _, ry, rx in _band_sizes(shape, sigmas, mode))
+    build = _cached_plan if nbytes <= _CACHE_BYTES else _build_plan
+    return build(shape, sigmas, sign, mode, backend)
+
+
+@functools.lru_cache(maxsize=32)
+def _cubic_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Taps and weights to resample ``n_in`` cell-centred samples onto ``n_out`` pixels.
+
+    A truncated DCT inverted at size ``n_in`` samples the band-limited signal at pixel positions
+    ``(m + 1/2) n_out / n_in - 1/2``. Keys' cubic convolution (a = -1/2) interpolates it; the
+    signal is mirror-symmetric about the outer half-pixel, so taps past the ends are reflected.
+
+    Returns
+    -------
+    taps : (4, n_out) intp
+    weights : (4, n_out) float32
+    nearest : (n_out,) intp
+    """
+    c = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    base = np.floor(c).astype(np.intp)
+    t = c - base
+    weights = np.stack(
+        [
+            ((-0.5 * t + 1.0) * t - 0.5) * t,
+            (1.5 * t - 2.5) * t * t + 1.0,
+            ((-1.5 * t + 2.0) * t + 0.5) * t,
+            (0.5 * t - 0.5) * t * t,
+        ]
+    ).astype(np.float32)
+    taps = base + np.arange(-1, 3)[:, None]
+    taps = np.where(taps < 0, -1 - taps, taps)  # reflect about -1/2
+    taps = np.where(taps > n_in - 1, 2 * n_in - 1 - taps, taps)
+    nearest = np.clip(np.rint(c), 0, n_in - 1).astype(np.intp)
+    return np.clip(taps, 0, n_in - 1), weights, nearest
+
+
+def _upsample(coarse: Any, index: Any, shape: tuple[int, int], backend: Backend) -> tuple[Any, Any]:
+    """Cubic interpolation of ``coarse`` (nearest of ``index``) onto ``shape``.
+
+    Columns are interpolated first, on the few coarse rows; whole rows are then gathered,
+    which is contiguous and cheap.
+    """
+    xp = backend.xp
+    (h, w), (mh, mw) = shape, coarse.shape
+    ty, wy, ny = (backend.asarray(a) for a in _cubic_weights(h, mh))
+    tx, wx, nx = (backend.asarray(a) for a in _cubic_weights(w, mw))
+    cols = xp.take(coarse, tx[0], axis=1) * wx[0]
+    for k in range(1, 4):
+        cols += xp.take(coarse, tx[k], axis=1) * wx[k]
+    out = cols[ty[0]] * wy[0][:, None]
+    for k in range(1, 4):
+        out += cols[ty[k]] * wy[k][:, None]
+    return out, xp.take(index, nx, axis=1)[ny]
+
+
+def _fold(
+    best: Any, best_index: Any, plane: Any, index: Any, scratch: Any, backend: Backend
+) -> None:
+    """best = max(best, plane), remembering which band (``index``, scalar or array) won.
+
+    ``scratch`` is a boolean array of the same shape, reused between calls.
+    """
+    xp = backend.xp
+    xp.greater(plane, best, out=scratch)
+    xp.copyto(best_index, index, where=scratch)
+    xp.maximum(best, plane, out=best)
+
+
+def response_max(
+    image: Any, sigmas: tuple[float, ...], *, polarity: str, mode: str, backend: Backend
+) -> tuple[Any, Any]:
+    """Maximum over bands of the scale-normalised DoG response, and the band index.
+
+    Parameters
+    ----------
+    image : (H, W) float32 array on ``backend``
+        Normalised image.
+    sigmas : tuple of float
+        The ``n + 1`` Gaussian scales in pixels.
+
+    Returns
+    -------
+    best : (H, W) float32 array
+        ``max_i DoG_i`` per pixel (``max_i |DoG_i|`` for ``polarity="both"``).
+    index : (H, W) uint8 or uint16 array
+        The band ``i`` (0-based) where the maximum is reached.
+    """
+    xp, fft = backend.xp, backend.fft
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    h, w = shape
+    sign = -1.0 if polarity == "bright" else 1.0
+    plan = _plan(shape, sigmas, sign, mode, backend)
+    index_dtype = xp.uint8 if len(plan) < 256 else xp.uint16
+    spectrum = fft.dctn(image, type=2)
+
+    best = xp.full(shape, -xp.inf, dtype=xp.float32)
+    best_index = xp.zeros(shape, dtype=index_dtype)
+    scratch = xp.empty(shape, dtype=bool)
+    coarse: dict[int, tuple[Any, Any, Any]] = {}
+    for i, (d, ry, rx, block) in enumerate(plan):
+        product = spectrum[:ry, :rx] * block
+        out_h, out_w = (h, w) if d == 1 else (math.ceil(h / d), math.ceil(w / d))
+        plane = fft.idct(fft.idct(product, type=2, n=out_h, axis=0), type=2, n=out_w, axis=1)
+        if d > 1:  # the truncated inverse at size M carries a factor M / N per axis
+            plane *= xp.float32((out_h / h) * (out_w / w))
+        if polarity == "both":
+            xp.abs(plane, out=plane)
+        if d == 1:
+            _fold(best, best_index, plane, index_dtype(i), scratch, backend)
+        elif d not in coarse:
+            level_index = xp.full(plane.shape, i, dtype=index_dtype)
+            coarse[d] = (plane, level_index, xp.empty(plane.shape, dtype=bool))
+        else:
+            _fold(*coarse[d][:2], plane, index_dtype(i), coarse[d][2], backend)
+    # Cascade coarse levels into the next finer one, and the finest into full resolution, so
+    # only one interpolation runs at full size.
+    levels = sorted(coarse, reverse=True)
+    for k, d in enumerate(levels):
+        level_best, level_index, _ = coarse[d]
+        target = coarse[levels[k + 1]] if k + 1 < len(levels) else (best, best_index, scratch)
+        up, up_index = _upsample(level_best, level_index, target[0].shape, backend)
+        _fold(target[0], target[1], up, up_index, target[2], backend)
+    return best, best_index
+
+
+def count_peaks(response: Any, threshold: float, backend: Backend) -> np.ndarray:
+    """Positions of 3x3 local maxima of ``response`` above ``threshold``, a plateau once.
+
+    A pixel is a peak if no 8-neighbour is larger and it exceeds ``threshold``. Adjacent peaks
+    (a plateau of equal values) form one feature, represented by its first pixel in raster
+    order. Plateaus are merged on the sparse peak coordinates, not on the image.
+
+    Returns
+    -------
+    positions : (K, 2) int64 ndarray (on the host)
+        Row, column of each feature, in raster order.
+    """
+    xp = backend.xp
+    h, w = response.shape
+    padded = xp.full((h + 2, w + 2), -xp.inf, dtype=response.dtype)
+    padded[1:-1, 1:-1] = response
+    rows = xp.maximum(padded[:, :-2], padded[:, 2:])
+    xp.maximum(rows, padded[:, 1:-1], out=rows)
+    neighbourhood = xp.maximum(rows[:-2], rows[2:])
+    xp.maximum(neighbourhood, rows[1:-1], out=neighbourhood)
+    peaks = response >= neighbourhood
+    peaks &= response > threshold
+    flat = backend.to_numpy(xp.flatnonzero(peaks))  # raster order, sorted
+    return _merge_plateaus(flat, w)
+
+
+def _merge_plateaus(flat: np.ndarray, width: int) -> np.ndarray:
+    """Keep one pixel (the first in raster order) of each 8-connected group of peaks."""
+    if flat.size < 2:
+        return np.stack([flat // width, flat % width], axis=1)
+    col = flat % width
+    not_last, not_first = col < width - 1, col > 0
+    edges = []  # (peak, later neighbouring peak): right, down-left, down, down-right
+    for offset, allowed in (
+        (1, not_last),
+        (width - 1, not_first),
+        (width, None),
+        (width + 1, not_last),
+    ):
+        target = flat + offset
+        j = np.minimum(np.searchsorted(flat, target), flat.size - 1)
+        hit = flat[j] == target
+        if allowed is not None:
+            hit &= allowed
+        if hit.any():
+            edges.append((np.flatnonzero(hit), j[hit]))
+    if edges:
+        import scipy.sparse
+        from scipy.sparse.csgraph import connected_components
+
+        a = np.concatenate([e[0] for e in edges])
+        b = np.concatenate([e[1] for e in edges])
+        graph = scipy.sparse.coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(flat.size,) * 2)
+        _, labels = connected_components(graph, directed=False)
+        _, keep = np.unique(labels, return_index=True)
+        flat = flat[np.sort(keep)]
+    return np.stack([flat // width, flat % width], axis=1)

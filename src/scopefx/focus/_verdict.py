@@ -1,0 +1,342 @@
+"""In/out-of-focus verdicts: a calibration from a through-focus series, or a run's own baseline.
+
+Both work on the feature *density* (features per megapixel), so a calibration made on one image
+size applies to another and to focus-map cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import CalibrationError, ConfigError
+from ._params import FocusParams
+
+__all__ = ["Calibration", "RunBaseline", "Verdict"]
+
+IN_FOCUS = "in_focus"
+OUT_OF_FOCUS = "out_of_focus"
+PARTIAL = "partial"
+WARMUP = "warmup"
+
+#: A focus-map cell is judged only where the reference expects at least this many features.
+MIN_CELL_FEATURES = 40.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The verdict on one image.
+
+    ``status`` is ``"in_focus"``, ``"out_of_focus"``, ``"partial"`` (the image as a whole passes
+    but some focus-map cells fail: tilt, a wrinkle, charging) or ``"warmup"`` (a run baseline
+    without enough history yet).
+    """
+
+    status: str
+    reference_density: float = math.nan  # baseline or calibrated in-focus density (per Mpx)
+    ratio: float = math.nan  # density / reference_density
+    defocus: float = math.nan  # estimated |defocus| (calibration only)
+    bad_cells: int = 0
+
+
+def _cells_fail(
+    focus_map: np.ndarray, reference: np.ndarray | float, ratio: float, cell_px: int
+) -> int:
+    expected = np.broadcast_to(reference, focus_map.shape) * (cell_px * cell_px) / 1e6
+    judged = expected >= MIN_CELL_FEATURES
+    return int(np.count_nonzero(judged & (focus_map < ratio * np.asarray(reference))))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``log(density) = intercept - slope * |defocus - center|``, fitted on a through-focus series.
+
+    Attributes
+    ----------
+    intercept, slope : float
+        Fit in natural log of features per megapixel; ``slope > 0``.
+    r : float
+        Pearson correlation of log(density) with ``|defocus - center|`` (negative).
+    n : int
+        Images in the fit.
+    center : float
+        Defocus (or working distance) of best focus, in ``unit``; 0 unless fitted.
+    unit : str
+        Unit of defocus values (``"um"`` by default).
+    max_defocus : float
+        Largest |defocus| still called in focus.
+    params : dict
+        The :class:`FocusParams` the series was scored with; the calibration applies only to
+        results scored the same way.
+    """
+
+    intercept: float
+    slope: float
+    r: float
+    n: int
+    max_defocus: float
+    center: float = 0.0
+    unit: str = "um"
+    params: dict[str, Any] = field(default_factory=dict)
+    instrument: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    scopefx_version: str = __version__
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.slope) and self.slope > 0):
+            raise CalibrationError(
+                f"calibration slope must be > 0 (counts falling with defocus), got {self.slope!r}"
+            )
+        if not (math.isfinite(self.max_defocus) and self.max_defocus >= 0):
+            raise CalibrationError(f"max_defocus must be >= 0, got {self.max_defocus!r}")
+
+    @classmethod
+    def fit(
+        cls,
+        defocus: Sequence[float],
+        density: Sequence[float],
+        *,
+        params: FocusParams | None = None,
+        fit_center: bool = False,
+        max_defocus: float | None = None,
+        unit: str = "um",
+        instrument: dict[str, Any] | None = None,
+    ) -> Calibration:
+        """Fit the calibration.
+
+        Parameters
+        ----------
+        defocus : sequence of float
+            Defocus of each image (relative to best focus unless ``fit_center``: then any
+            focus coordinate, e.g. the working distance).
+        density : sequence of float
+            Feature density (features per megapixel) of each image.
+        fit_center : bool
+            Also find the focus coordinate of best focus (grid search, then least squares).
+        max_defocus : float, optional
+            In-focus tolerance; default: a quarter of the largest |defocus| in the series.
+
+        Raises
+        ------
+        CalibrationError
+            Fewer than 3 usable images, no spread in defocus, or counts that do not fall
+            with defocus.
+        """
+        x = np.asarray(defocus, dtype=np.float64)
+        y = np.asarray(density, dtype=np.float64)
+        if x.shape != y.shape or x.ndim != 1:
+            raise CalibrationError(
+                f"defocus and density must be 1-D of equal length, got {x.shape} and {y.shape}"
+            )
+        usable = np.isfinite(x) & np.isfinite(y) & (y > 0)
+        if usable.sum() < 3:
+            raise CalibrationError(
+                f"need at least 3 images with features to calibrate, got {int(usable.sum())}"
+            )
+        x, logy = x[usable], np.log(y[usable])
+
+        def line(center: float) -> tuple[float, float, float]:
+            dist = np.abs(x - center)
+            if np.ptp(dist) == 0:
+                return math.nan, math.nan, math.inf
+            slope, intercept = np.polyfit(dist, logy, 1)
+            return (
+                float(intercept),
+                float(-slope),
+                float(np.sum((logy - intercept + slope * -dist) ** 2)),
+            )
+
+        center = 0.0
+        if fit_center:
+            grid = np.linspace(x.min(), x.max(), 201)
+            center = float(grid[int(np.argmin([line(c)[2] for c in grid]))])
+        intercept, slope, _ = line(center)
+        if not math.isfinite(slope):
+            raise CalibrationError("all images have the same |defocus|: nothing to fit")
+        dist = np.abs(x - center)
+        r = float(np.corrcoef(dist, logy)[0, 1])
+        if slope <= 0:
+            raise CalibrationError(
+                f"feature counts do not fall with |defocus| (slope {-slope:.3g}, r={r:.3f}): "
+                "check the defocus values and that the series spans focus"
+            )
+        if max_defocus is None:
+            max_defocus = float(dist.max()) / 4
+        return cls(
+            intercept=intercept,
+            slope=slope,
+            r=r,
+            n=int(x.size),
+            max_defocus=float(max_defocus),
+            center=center,
+            unit=unit,
+            params=(params or FocusParams()).to_dict(),
+            instrument=dict(instrument or {}),
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    @property
+    def in_focus_density(self) -> float:
+        """Predicted density at best focus (features per megapixel)."""
+        return math.exp(self.intercept)
+
+    @property
+    def min_density(self) -> float:
+        """Smallest density still called in focus."""
+        return math.exp(self.intercept - self.slope * self.max_defocus)
+
+    def estimate_defocus(self, density: float | np.ndarray) -> Any:
+        """Estimated |defocus| (in ``unit``) from feature density; 0 at or above best focus."""
+        logd = np.log(np.maximum(np.asarray(density, dtype=np.float64), 1e-12))
+        out = np.maximum((self.intercept - logd) / self.slope, 0.0)
+        return float(out) if np.ndim(out) == 0 else out
+
+    def check_params(self, params: FocusParams) -> None:
+        """Raise :class:`CalibrationError` unless ``params`` score images as the calibration did."""
+        if not self.params:
+            return
+        ours = params.to_dict()
+        differ = {k: (v, ours.get(k)) for k, v in self.params.items() if ours.get(k) != v}
+        differ.pop("cell_px", None)  # the map cell size does not change densities
+        if differ:
+            detail = ", ".join(f"{k}: calibrated {a!r}, now {b!r}" for k, (a, b) in differ.items())
+            raise CalibrationError(
+                f"the calibration was made with other focus parameters ({detail}); "
+                "score with the calibration's parameters or calibrate again"
+            )
+
+    def verdict(
+        self, density: float, *, focus_map: np.ndarray | None = None, cell_px: int = 256
+    ) -> Verdict:
+        """In or out of focus from the estimated |defocus|; ``partial`` if map cells fail."""
+        estimate = self.estimate_defocus(density)
+        status = OUT_OF_FOCUS if estimate > self.max_defocus else IN_FOCUS
+        bad = 0
+        if status == IN_FOCUS and focus_map is not None and focus_map.size > 1:
+            bad = _cells_fail(focus_map, self.min_density, 1.0, cell_px)
+            status = PARTIAL if bad else status
+        return Verdict(
+            status=status,
+            reference_density=self.in_focus_density,
+            ratio=density / self.in_focus_density,
+            defocus=estimate,
+            bad_cells=bad,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the calibration as JSON (a profile per instrument setting)."""
+        path = Path(path)
+        path.write_text(json.dumps({"scopefx_calibration": 1, **self.to_dict()}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        """Read a calibration written by :meth:`save`.
+
+        Raises
+        ------
+        CalibrationError
+            The file is missing, not JSON, or not a scopefx calibration.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CalibrationError(f"calibration file {str(path)!r} does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise CalibrationError(f"calibration file {str(path)!r} is not JSON: {exc}") from None
+        if not isinstance(data, dict) or data.pop("scopefx_calibration", None) != 1:
+            raise CalibrationError(
+                f"{str(path)!r} is not a scopefx calibration (no 'scopefx_calibration': 1 key); "
+                "make one with `scopefx calibrate`"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise CalibrationError(f"calibration file {str(path)!r} is incomplete: {exc}") from None
+
+
+class RunBaseline:
+    """Verdicts relative to the run itself, for live runs without a calibration.
+
+    The reference is the median density of the last ``window`` sections judged in focus (a
+    robust running median: one bad section does not move it, and out-of-focus sections never
+    enter it). A section is out of focus when its density falls below ``ratio`` times the
+    reference, and ``partial`` when focus-map cells fall below ``ratio`` times the median map
+    of the same sections. The first ``warmup`` sections build the baseline and are reported
+    ``"warmup"`` (they are still judged against the baseline once it exists: see
+    :meth:`rejudge`).
+
+    Parameters
+    ----------
+    window : int
+        Sections in the running median.
+    ratio : float
+        Fraction of the baseline below which a section is out of focus, in (0, 1).
+    warmup : int
+        Sections needed before verdicts are given.
+    """
+
+    def __init__(self, *, window: int = 25, ratio: float = 0.5, warmup: int = 5) -> None:
+        if not isinstance(window, int) or window < 1:
+            raise ConfigError(f"window must be an integer >= 1, got {window!r}")
+        if not 0 < ratio < 1:
+            raise ConfigError(f"ratio must be in (0, 1), got {ratio!r}")
+        if not isinstance(warmup, int) or not 1 <= warmup <= window:
+            raise ConfigError(f"warmup must be an integer in [1, window={window}], got {warmup!r}")
+        self.window, self.ratio, self.warmup = window, ratio, warmup
+        self._densities: deque[float] = deque(maxlen=window)
+        self._maps: deque[np.ndarray] = deque(maxlen=window)
+
+    @property
+    def reference(self) -> float:
+        """Current baseline density (``nan`` until ``warmup`` sections are in)."""
+        if len(self._densities) < self.warmup:
+            return math.nan
+        return float(np.median(self._densities))
+
+    def update(
+        self, density: float, *, focus_map: np.ndarray | None = None, cell_px: int = 256
+    ) -> Verdict:
+        """Judge one section and, if it is in focus, add it to the baseline."""
+        reference = self.reference
+        if math.isnan(reference):
+            status, ratio, bad = WARMUP, math.nan, 0
+        else:
+            ratio = density / reference if reference > 0 else math.inf
+            status = OUT_OF_FOCUS if ratio < self.ratio else IN_FOCUS
+            bad = 0
+            if status == IN_FOCUS and focus_map is not None and self._maps:
+                shapes_match = all(m.shape == focus_map.shape for m in self._maps)
+                if shapes_match and focus_map.size > 1:
+                    median_map = np.median(np.stack(self._maps), axis=0)
+                    bad = _cells_fail(focus_map, median_map, self.ratio, cell_px)
+                    status = PARTIAL if bad else status
+        if status in (IN_FOCUS, WARMUP):
+            self._densities.append(density)
+            if focus_map is not None:
+                self._maps.append(np.asarray(focus_map))
+        return Verdict(status=status, reference_density=reference, ratio=ratio, bad_cells=bad)
+
+    def rejudge(self, density: float) -> Verdict:
+        """Judge a density against the current baseline without adding it (for warm-up sections)."""
+        reference = self.reference
+        if math.isnan(reference):
+            return Verdict(status=WARMUP)
+        ratio = density / reference if reference > 0 else math.inf
+        status = OUT_OF_FOCUS if ratio < self.ratio else IN_FOCUS
+        return Verdict(status=status, reference_density=reference, ratio=ratio)

@@ -1,0 +1,176 @@
+import itertools
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import scopefx
+from scopefx import samples
+from scopefx._backend import get_backend
+from scopefx.errors import InvalidImageError
+from scopefx.focus._normalize import estimate_noise
+from scopefx.focus.reference import reference_features, reference_response
+
+IMAGES = ["immunohistochemistry", "moon", "brick", "hubble_deep_field"]
+
+
+def _acquired(name, amount, *, size=384, dtype=np.uint8, photons=500.0, read_noise=1.5, seed=1):
+    blurred = samples.defocus(samples.bundled_image(name, size=size), amount)
+    if dtype == np.float32:
+        return (
+            samples.acquire(
+                blurred, photons=photons, read_noise=read_noise, dtype=np.uint16, seed=seed
+            ).astype(np.float32)
+            / 65535
+        )
+    return samples.acquire(blurred, photons=photons, read_noise=read_noise, dtype=dtype, seed=seed)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("name", IMAGES)
+def test_score_falls_monotonically_with_blur(name, dtype):
+    counts = [
+        scopefx.focus_score(_acquired(name, d, dtype=dtype)).features for d in (0, 1, 2, 4, 6)
+    ]
+    assert all(a > b for a, b in itertools.pairwise(counts)), counts
+    assert counts[0] > 3 * counts[-1]
+
+
+@pytest.mark.parametrize("name", IMAGES)
+@pytest.mark.parametrize("amount", [0, 2])
+def test_exact_matches_float64_reference_within_one_percent(name, amount):
+    image = _acquired(name, amount, size=384)
+    fast_count = scopefx.focus_score(image).features
+    ref_count, ref_threshold = reference_features(image)
+    assert ref_count >= 50  # enough features for a 1 % comparison to mean something
+    assert abs(fast_count - ref_count) <= max(1, 0.01 * ref_count)
+    assert scopefx.focus_score(image).threshold == pytest.approx(ref_threshold, rel=1e-4)
+
+
+@pytest.mark.parametrize("polarity", ["dark", "bright", "both"])
+def test_response_matches_reference_everywhere_including_borders(polarity):
+    image = _acquired("brick", 1, size=200)
+    params = scopefx.FocusParams(polarity=polarity)
+    fast, _ = scopefx.focus_response(image, params=params)
+    ref, _ = reference_response(image, params)
+    scale = np.abs(ref).max()
+    assert np.abs(fast - ref).max() < 2e-3 * scale
+    border = np.r_[0:3, -3:0]
+    assert np.abs(fast[border] - ref[border]).max() < 2e-3 * scale
+
+
+def test_large_gaussians_do_not_wrap_around():
+    image = np.full((128, 128), 200, np.uint8)
+    image[50:70, 2:10] = 20  # a dark feature touching the left border only
+    response, _ = scopefx.focus_response(image)
+    assert response[:, :20].max() > 0.05
+    assert np.abs(response[:, -20:]).max() < 1e-3 * response[:, :20].max()
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_fast_mode_within_three_percent_in_focus(name):
+    image = _acquired(name, 0, size=512)
+    exact = scopefx.focus_score(image).features
+    fast = scopefx.focus_score(image, mode="fast").features
+    assert abs(fast - exact) <= 0.03 * exact
+
+
+def test_fast_mode_keeps_the_ordering_with_defocus():
+    counts = [
+        scopefx.focus_score(_acquired("immunohistochemistry", d, size=512), mode="fast").features
+        for d in (0, 1, 2, 4, 6)
+    ]
+    assert all(a > b for a, b in itertools.pairwise(counts)), counts
+
+
+def test_polarity_dark_on_image_equals_bright_on_inverted():
+    image = _acquired("moon", 1, size=256)
+    inverted = 255 - image
+    dark = scopefx.focus_score(image, polarity="dark", threshold=0.02).features
+    bright = scopefx.focus_score(inverted, polarity="bright", threshold=0.02).features
+    assert dark == bright
+    assert scopefx.focus_score(image, polarity="bright", threshold=0.02).features != dark
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_constant_image_scores_zero(dtype):
+    result = scopefx.focus_score(np.full((64, 80), 7, dtype))
+    assert result.features == 0
+    assert result.focus_map.shape == (1, 1)
+
+
+def test_threshold_is_in_real_units_independent_of_image_size():
+    small = _acquired("gravel", 1, size=256)
+    large = np.pad(small, ((0, 256), (0, 256)), mode="symmetric")  # same content, 4x the area
+    a, b = scopefx.focus_score(small), scopefx.focus_score(large)
+    assert a.threshold == pytest.approx(b.threshold, rel=0.05)
+    assert a.density_per_mpx == pytest.approx(b.density_per_mpx, rel=0.1)
+
+
+def test_automatic_threshold_follows_noise():
+    quiet = scopefx.focus_score(_acquired("moon", 0, photons=None, read_noise=1.0))
+    noisy = scopefx.focus_score(_acquired("moon", 0, photons=None, read_noise=8.0))
+    assert noisy.threshold > 3 * quiet.threshold
+
+
+def test_noise_estimate_is_robust_to_content():
+    rng = np.random.default_rng(0)
+    smooth = samples.defocus(samples.bundled_image("camera", size=512), 2)
+    noisy = (smooth + rng.normal(0, 0.02, smooth.shape)).astype(np.float32)
+    assert estimate_noise(noisy, get_backend(noisy)) == pytest.approx(0.02, rel=0.1)
+
+
+def test_focus_map_catches_a_partly_defocused_section():
+    image = samples.bundled_image("immunohistochemistry", size=512)
+    partial = samples.acquire(samples.partial_defocus(image, 5.0, fraction=0.5), seed=3)
+    result = scopefx.focus_score(partial, cell_px=128)
+    assert result.focus_map.shape == (4, 4)
+    left, right = result.focus_map[:, :2].mean(), result.focus_map[:, 2:].mean()
+    assert right < 0.5 * left
+    assert result.focus_map.sum() * 128 * 128 / 1e6 == pytest.approx(result.features)
+
+
+def test_result_fields_and_downsampling():
+    image = _acquired("grass", 1, size=512)
+    result = scopefx.focus_score(image, target_px=256)
+    assert result.shape == (256, 256)
+    assert result.downsample == 2
+    assert result.positions.shape == (result.features, 2)
+    assert result.sigmas_px.shape == (result.features,)
+    assert set(np.unique(result.sigmas_px)) <= set(np.float32(result.params.sigmas_px))
+    summary = result.summary()
+    assert summary["features"] == result.features and "positions" not in summary
+
+
+def test_streaming_does_not_hold_a_stack_of_planes():
+    image = _acquired("brick", 0, size=1024)
+    scopefx.focus_score(image)  # warm the caches
+    tracemalloc.start()
+    scopefx.focus_score(image)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    plane = 1024 * 1024 * 4
+    assert peak < 9 * plane  # a stack of 17 Gaussian levels alone would be 17 planes
+
+
+@pytest.mark.parametrize(
+    ("image", "status", "match"),
+    [
+        (np.zeros((64, 64, 3), np.uint8), "rgb", "RGB"),
+        (np.zeros((2, 3, 64, 64), np.uint8), "ndim", "must be 2-D"),
+        (np.zeros((4, 64), np.uint8), "too_small", "too small"),
+        (np.full((64, 64), np.nan, np.float32), "invalid_values", "NaN"),
+        (np.zeros((64, 64), bool), "dtype", "dtype"),
+    ],
+)
+def test_bad_images_raise_with_a_status(image, status, match):
+    with pytest.raises(InvalidImageError, match=match) as info:
+        scopefx.focus_score(image)
+    assert info.value.status == status
+
+
+def test_same_on_every_backend(xp):
+    image = _acquired("moon", 1, size=256)
+    on_device = scopefx.focus_score(xp.asarray(image))
+    on_host = scopefx.focus_score(image)
+    assert abs(on_device.features - on_host.features) <= 0.01 * on_host.features

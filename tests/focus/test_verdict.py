@@ -1,0 +1,119 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from scopefx import Calibration, FocusParams, RunBaseline
+from scopefx.errors import CalibrationError, ConfigError
+
+
+def _series(slope=0.4, intercept=9.0, center=0.0, noise=0.03, seed=0):
+    rng = np.random.default_rng(seed)
+    defocus = np.linspace(-6, 6, 25) + center
+    density = np.exp(
+        intercept - slope * np.abs(defocus - center) + rng.normal(0, noise, defocus.size)
+    )
+    return defocus, density
+
+
+def test_calibration_recovers_a_known_slope():
+    defocus, density = _series(slope=0.4, intercept=9.0)
+    cal = Calibration.fit(defocus, density, max_defocus=1.0)
+    assert cal.slope == pytest.approx(0.4, rel=0.05)
+    assert cal.intercept == pytest.approx(9.0, abs=0.05)
+    assert cal.r < -0.99
+    assert cal.estimate_defocus(math.exp(9.0 - 0.4 * 3)) == pytest.approx(3.0, abs=0.2)
+    assert cal.estimate_defocus(math.exp(10)) == 0.0
+
+
+def test_calibration_fits_the_centre_from_working_distances():
+    defocus, density = _series(center=5.2)
+    cal = Calibration.fit(defocus, density, fit_center=True)
+    assert cal.center == pytest.approx(5.2, abs=0.1)
+    assert cal.slope == pytest.approx(0.4, rel=0.05)
+
+
+def test_calibration_verdicts_and_partial_maps():
+    cal = Calibration.fit(*_series(), max_defocus=1.0)
+    sharp = math.exp(9.0)
+    assert cal.verdict(sharp).status == "in_focus"
+    assert cal.verdict(math.exp(9.0 - 0.4 * 3)).status == "out_of_focus"
+    fmap = np.full((2, 2), sharp, np.float32)
+    fmap[1, 1] = math.exp(9.0 - 0.4 * 5)
+    verdict = cal.verdict(sharp, focus_map=fmap, cell_px=256)
+    assert verdict.status == "partial" and verdict.bad_cells == 1
+
+
+def test_calibration_round_trips_through_json(tmp_path):
+    cal = Calibration.fit(*_series(), params=FocusParams(n_scales=12), instrument={"kV": 3})
+    path = cal.save(tmp_path / "cal.json")
+    assert json.loads(path.read_text())["scopefx_calibration"] == 1
+    assert Calibration.load(path) == cal
+
+
+def test_calibration_refuses_other_parameters():
+    cal = Calibration.fit(*_series(), params=FocusParams(n_scales=12))
+    cal.check_params(FocusParams(n_scales=12, cell_px=64))  # map cells do not matter
+    with pytest.raises(CalibrationError, match="n_scales: calibrated 12, now 16"):
+        cal.check_params(FocusParams())
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "does not exist"),
+        ("{not json", "is not JSON"),
+        ('{"a": 1}', "not a scopefx calibration"),
+    ],
+)
+def test_calibration_load_errors(tmp_path, content, match):
+    path = tmp_path / "cal.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(CalibrationError, match=match):
+        Calibration.load(path)
+
+
+def test_calibration_fit_errors():
+    with pytest.raises(CalibrationError, match="at least 3"):
+        Calibration.fit([0, 1], [10, 5])
+    with pytest.raises(CalibrationError, match="do not fall"):
+        Calibration.fit([0, 1, 2, 3], [10, 20, 40, 80])
+
+
+def test_run_baseline_flags_planted_drops_and_ignores_them_after():
+    baseline = RunBaseline(window=10, ratio=0.5, warmup=3)
+    rng = np.random.default_rng(0)
+    densities = 1000 * np.exp(rng.normal(0, 0.05, 30))
+    planted = {8, 9, 20}
+    densities[list(planted)] = 300
+    verdicts = [baseline.update(float(d)).status for d in densities]
+    assert verdicts[:3] == ["warmup"] * 3
+    flagged = {i for i, v in enumerate(verdicts) if v == "out_of_focus"}
+    assert flagged == planted
+    assert baseline.reference == pytest.approx(1000, rel=0.1)  # drops never entered it
+
+
+def test_run_baseline_partial_from_maps():
+    baseline = RunBaseline(window=5, ratio=0.5, warmup=2)
+    good = np.full((2, 2), 1000.0)
+    for _ in range(3):
+        assert baseline.update(1000.0, focus_map=good).status in ("warmup", "in_focus")
+    bad = good.copy()
+    bad[0, 1] = 200
+    verdict = baseline.update(800.0, focus_map=bad)
+    assert verdict.status == "partial" and verdict.bad_cells == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"window": 0}, "window must be"),
+        ({"ratio": 1.5}, "ratio must be in"),
+        ({"warmup": 50}, "warmup must be"),
+    ],
+)
+def test_run_baseline_validates(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        RunBaseline(**kwargs)
