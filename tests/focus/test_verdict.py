@@ -34,15 +34,12 @@ def test_calibration_fits_the_centre_from_working_distances():
     assert cal.slope == pytest.approx(0.4, rel=0.05)
 
 
-def test_calibration_verdicts_and_partial_maps():
+def test_calibration_verdicts():
     cal = Calibration.fit(*_series(), max_defocus=1.0)
-    sharp = math.exp(9.0)
-    assert cal.verdict(sharp).status == "in_focus"
-    assert cal.verdict(math.exp(9.0 - 0.4 * 3)).status == "out_of_focus"
-    fmap = np.full((2, 2), sharp, np.float32)
-    fmap[1, 1] = math.exp(9.0 - 0.4 * 5)
-    verdict = cal.verdict(sharp, focus_map=fmap, cell_px=256)
-    assert verdict.status == "partial" and verdict.bad_cells == 1
+    assert cal.verdict(math.exp(9.0)).status == "in_focus"
+    verdict = cal.verdict(math.exp(9.0 - 0.4 * 3))
+    assert verdict.status == "out_of_focus"
+    assert verdict.defocus == pytest.approx(3.0, abs=0.2)
 
 
 def test_calibration_round_trips_through_json(tmp_path):
@@ -101,7 +98,9 @@ def test_run_baseline_partial_from_maps():
     for _ in range(3):
         assert baseline.update(1000.0, focus_map=good).status in ("warmup", "in_focus")
     bad = good.copy()
-    bad[0, 1] = 200
+    bad[0, 1] = 400  # below ratio (0.5) but not below cell_ratio (0.3): content varies
+    assert baseline.update(900.0, focus_map=bad).status == "in_focus"
+    bad[0, 1] = 100
     verdict = baseline.update(800.0, focus_map=bad)
     assert verdict.status == "partial" and verdict.bad_cells == 1
 

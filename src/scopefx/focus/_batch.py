@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -239,18 +240,17 @@ def _drain(
 ) -> Iterator[FocusRecord]:
     for record in records:
         if record.ok:
+            verdict = baseline.update(
+                record.density_per_mpx, focus_map=record.focus_map, cell_px=params.cell_px
+            )
             if calibration is not None:
-                record.apply(
-                    calibration.verdict(
-                        record.density_per_mpx, focus_map=record.focus_map, cell_px=params.cell_px
+                whole = calibration.verdict(record.density_per_mpx)
+                if whole.status == "in_focus" and verdict.bad_cells:
+                    whole = dataclasses.replace(
+                        whole, status="partial", bad_cells=verdict.bad_cells
                     )
-                )
-            else:
-                record.apply(
-                    baseline.update(
-                        record.density_per_mpx, focus_map=record.focus_map, cell_px=params.cell_px
-                    )
-                )
+                verdict = whole
+            record.apply(verdict)
         if on_record is not None:
             on_record(record)
         yield record

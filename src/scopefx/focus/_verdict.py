@@ -49,12 +49,11 @@ class Verdict:
     bad_cells: int = 0
 
 
-def _cells_fail(
-    focus_map: np.ndarray, reference: np.ndarray | float, ratio: float, cell_px: int
-) -> int:
-    expected = np.broadcast_to(reference, focus_map.shape) * (cell_px * cell_px) / 1e6
-    judged = expected >= MIN_CELL_FEATURES
-    return int(np.count_nonzero(judged & (focus_map < ratio * np.asarray(reference))))
+def _cells_fail(focus_map: np.ndarray, reference: np.ndarray, ratio: float, cell_px: int) -> int:
+    """Cells below ``ratio`` times the reference map, among those expected to hold enough
+    features for the comparison to be meaningful."""
+    judged = reference * (cell_px * cell_px) / 1e6 >= MIN_CELL_FEATURES
+    return int(np.count_nonzero(judged & (focus_map < ratio * reference)))
 
 
 @dataclass(frozen=True)
@@ -215,22 +214,18 @@ class Calibration:
                 "score with the calibration's parameters or calibrate again"
             )
 
-    def verdict(
-        self, density: float, *, focus_map: np.ndarray | None = None, cell_px: int = 256
-    ) -> Verdict:
-        """In or out of focus from the estimated |defocus|; ``partial`` if map cells fail."""
+    def verdict(self, density: float) -> Verdict:
+        """In or out of focus from the estimated |defocus| of a whole image.
+
+        Partly defocused images are found by comparing focus-map cells with the same cells of
+        recent sections (:class:`RunBaseline`), since content varies within a section.
+        """
         estimate = self.estimate_defocus(density)
-        status = OUT_OF_FOCUS if estimate > self.max_defocus else IN_FOCUS
-        bad = 0
-        if status == IN_FOCUS and focus_map is not None and focus_map.size > 1:
-            bad = _cells_fail(focus_map, self.min_density, 1.0, cell_px)
-            status = PARTIAL if bad else status
         return Verdict(
-            status=status,
+            status=OUT_OF_FOCUS if estimate > self.max_defocus else IN_FOCUS,
             reference_density=self.in_focus_density,
             ratio=density / self.in_focus_density,
             defocus=estimate,
-            bad_cells=bad,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,8 +271,10 @@ class RunBaseline:
     The reference is the median density of the last ``window`` sections judged in focus (a
     robust running median: one bad section does not move it, and out-of-focus sections never
     enter it). A section is out of focus when its density falls below ``ratio`` times the
-    reference, and ``partial`` when focus-map cells fall below ``ratio`` times the median map
-    of the same sections. The first ``warmup`` sections build the baseline and are reported
+    reference, and ``partial`` when focus-map cells fall below ``cell_ratio`` times the same
+    cells' median over those sections (stricter than ``ratio``: the content of a cell changes
+    more from section to section than that of a whole image, while a defocused region drops
+    to a tenth or less). The first ``warmup`` sections build the baseline and are reported
     ``"warmup"`` (they are still judged against the baseline once it exists: see
     :meth:`rejudge`).
 
@@ -287,18 +284,24 @@ class RunBaseline:
         Sections in the running median.
     ratio : float
         Fraction of the baseline below which a section is out of focus, in (0, 1).
+    cell_ratio : float
+        Fraction of a cell's baseline below which the cell fails, in (0, 1).
     warmup : int
         Sections needed before verdicts are given.
     """
 
-    def __init__(self, *, window: int = 25, ratio: float = 0.5, warmup: int = 5) -> None:
+    def __init__(
+        self, *, window: int = 25, ratio: float = 0.5, cell_ratio: float = 0.3, warmup: int = 5
+    ) -> None:
         if not isinstance(window, int) or window < 1:
             raise ConfigError(f"window must be an integer >= 1, got {window!r}")
         if not 0 < ratio < 1:
             raise ConfigError(f"ratio must be in (0, 1), got {ratio!r}")
+        if not 0 < cell_ratio < 1:
+            raise ConfigError(f"cell_ratio must be in (0, 1), got {cell_ratio!r}")
         if not isinstance(warmup, int) or not 1 <= warmup <= window:
             raise ConfigError(f"warmup must be an integer in [1, window={window}], got {warmup!r}")
-        self.window, self.ratio, self.warmup = window, ratio, warmup
+        self.window, self.ratio, self.cell_ratio, self.warmup = window, ratio, cell_ratio, warmup
         self._densities: deque[float] = deque(maxlen=window)
         self._maps: deque[np.ndarray] = deque(maxlen=window)
 
@@ -324,7 +327,7 @@ class RunBaseline:
                 shapes_match = all(m.shape == focus_map.shape for m in self._maps)
                 if shapes_match and focus_map.size > 1:
                     median_map = np.median(np.stack(self._maps), axis=0)
-                    bad = _cells_fail(focus_map, median_map, self.ratio, cell_px)
+                    bad = _cells_fail(focus_map, median_map, self.cell_ratio, cell_px)
                     status = PARTIAL if bad else status
         if status in (IN_FOCUS, WARMUP):
             self._densities.append(density)

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import tifffile
+
+from scopefx import FocusParams, samples, score_files
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """Good sections, a planted out-of-focus one, and every kind of bad file."""
+    sharp = samples.bundled_image("immunohistochemistry", size=256)
+    good = []
+    for i in range(8):
+        amount = 4.0 if i == 6 else 0.0
+        path = tmp_path / f"section_{i:02d}.tif"
+        tifffile.imwrite(path, samples.acquire(samples.defocus(sharp, amount), seed=i))
+        good.append(path)
+    bad = {
+        "missing": tmp_path / "gone.tif",
+        "empty": tmp_path / "empty.tif",
+        "corrupt": tmp_path / "truncated.tif",
+        "rgb": tmp_path / "colour.png",
+        "invalid_values": tmp_path / "nan.npy",
+        "too_small": tmp_path / "tiny.npy",
+        "ndim": tmp_path / "fourd.npy",
+        "unsupported": tmp_path / "notes.txt",
+    }
+    bad["empty"].write_bytes(b"")
+    data = good[0].read_bytes()
+    bad["corrupt"].write_bytes(data[: len(data) // 3])
+    import imageio.v3 as iio
+
+    iio.imwrite(bad["rgb"], np.zeros((64, 64, 3), np.uint8))
+    nan = np.zeros((64, 64), np.float32)
+    nan[3, 4] = np.nan
+    np.save(bad["invalid_values"], nan)
+    np.save(bad["too_small"], np.zeros((4, 64), np.uint8))
+    np.save(bad["ndim"], np.zeros((2, 2, 32, 32), np.uint8))
+    bad["unsupported"].write_text("not an image")
+    return good, bad
+
+
+def test_one_bad_file_never_loses_the_rest(run_folder):
+    good, bad = run_folder
+    paths = [good[0], *bad.values(), *good[1:]]
+    records = list(score_files(paths))
+    assert [r.path for r in records] == [str(p) for p in paths]  # input order, absolute paths
+    by_path = {r.path: r for r in records}
+    for status, path in bad.items():
+        record = by_path[str(path)]
+        assert record.status == status, (status, record.error)
+        assert record.error and record.features is None
+    for path in good:
+        record = by_path[str(path)]
+        assert record.ok and record.features > 0 and record.error == ""
+    assert by_path[str(bad["missing"])].error.count("gone.tif") >= 1
+
+
+def test_verdicts_flag_the_planted_section(run_folder):
+    good, _ = run_folder
+    records = list(score_files(good, baseline=None))
+    flagged = [r.path for r in records if r.verdict == "out_of_focus"]
+    assert flagged == [str(good[6])]
+
+
+def test_threads_give_the_same_records(run_folder):
+    good, bad = run_folder
+    paths = [*good, *bad.values()]
+    one = [(r.path, r.status, r.features) for r in score_files(paths, workers=1)]
+    two = [(r.path, r.status, r.features) for r in score_files(paths, workers=2)]
+    assert one == two
+
+
+def test_a_stack_gives_a_record_per_page(tmp_path):
+    sharp = samples.bundled_image("moon", size=128)
+    stack = np.stack([samples.acquire(samples.defocus(sharp, d), seed=1) for d in (0, 2, 4)])
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack")
+    records = list(score_files([path], params=FocusParams(max_sigma_px=10)))
+    assert [r.page for r in records] == [0, 1, 2]
+    assert records[0].features > records[1].features > records[2].features
+
+
+def test_records_are_json_and_csv_ready(run_folder):
+    import json
+
+    good, bad = run_folder
+    record, failed = list(score_files([good[0], bad["corrupt"]]))
+    json.dumps([record.to_dict(), failed.to_dict()])
+    assert {"path", "features", "status", "error", "verdict", "score_seconds"} <= set(record.row())

@@ -1,0 +1,488 @@
+"""Tests of scopefx.io reading and reference handling, on real files written to tmp_path."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from scopefx.errors import (
+    ConfigError,
+    CorruptImageError,
+    EmptyFileError,
+    ImageNotFoundError,
+    ScopefxError,
+    UnsupportedFormatError,
+)
+from scopefx.io import IMAGE_SUFFIXES, find_images, read_image, split_ref
+
+
+def _image(dtype: str, shape: tuple[int, ...] = (48, 64), seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "f":
+        return rng.normal(0, 1, shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, shape, endpoint=True, dtype=dtype)
+
+
+def _stack(n: int = 3, dtype: str = "uint16") -> np.ndarray:
+    return np.stack([_image(dtype, seed=i) for i in range(n)])
+
+
+def _touch(path: Path, data: bytes = b"") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# --------------------------------------------------------------------------- TIFF
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_tiff_2d_roundtrip_keeps_dtype(tmp_path: Path, dtype: str) -> None:
+    data = _image(dtype)
+    tifffile.imwrite(tmp_path / "a.tif", data)
+    out = read_image(tmp_path / "a.tif")
+    assert out.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(out, data)
+
+
+def test_tiff_accepts_str_and_tiff_extension(tmp_path: Path) -> None:
+    data = _image("uint16")
+    tifffile.imwrite(tmp_path / "A.TIFF", data)
+    np.testing.assert_array_equal(read_image(str(tmp_path / "A.TIFF")), data)
+
+
+def test_tiff_multipage_reads_stack_or_one_page(tmp_path: Path) -> None:
+    data = _stack(3)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, data, photometric="minisblack")
+    np.testing.assert_array_equal(read_image(path), data)
+    np.testing.assert_array_equal(read_image(path, page=2), data[2])
+    np.testing.assert_array_equal(read_image(path, page=np.int64(0)), data[0])
+
+
+def test_tiff_pages_written_one_by_one_form_a_stack(tmp_path: Path) -> None:
+    data = _stack(4, "uint8")
+    path = tmp_path / "appended.tif"
+    for plane in data:
+        tifffile.imwrite(path, plane, append=True, metadata=None)
+    np.testing.assert_array_equal(read_image(path), data)
+    np.testing.assert_array_equal(read_image(path, page=3), data[3])
+
+
+def test_tiff_imagej_hyperstack_is_flattened_to_pages(tmp_path: Path) -> None:
+    data = _image("uint16", (2, 3, 32, 40))
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TZYX"})
+    out = read_image(path)
+    assert out.shape == (6, 32, 40)
+    np.testing.assert_array_equal(out, data.reshape(6, 32, 40))
+    np.testing.assert_array_equal(read_image(path, page=4), data[1, 1])
+
+
+def test_tiff_rgb_keeps_colour(tmp_path: Path) -> None:
+    data = _image("uint8", (32, 40, 3))
+    tifffile.imwrite(tmp_path / "rgb.tif", data, photometric="rgb")
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb.tif"), data)
+
+
+def test_bigtiff(tmp_path: Path) -> None:
+    data = _stack(2)
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, data, bigtiff=True, photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_bigtiff
+    np.testing.assert_array_equal(read_image(path), data)
+    np.testing.assert_array_equal(read_image(path, page=1), data[1])
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lzw", "zstd"])
+def test_compressed_tiff(tmp_path: Path, compression: str) -> None:
+    data = _stack(2)
+    path = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(path, data, compression=compression, photometric="minisblack")
+    np.testing.assert_array_equal(read_image(path), data)
+
+
+@pytest.mark.parametrize("page", [3, -1])
+def test_page_out_of_range(tmp_path: Path, page: int) -> None:
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, _stack(3), photometric="minisblack")
+    with pytest.raises(ConfigError, match=r"page .* out of range .*stack\.tif.* 3 page"):
+        read_image(path, page=page)
+
+
+@pytest.mark.parametrize("page", ["1", 1.0, True])
+def test_page_must_be_an_integer(tmp_path: Path, page: object) -> None:
+    tifffile.imwrite(tmp_path / "a.tif", _image("uint8"))
+    with pytest.raises(ConfigError, match="page must be an integer"):
+        read_image(tmp_path / "a.tif", page=page)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- Pillow formats
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("a.png", "uint8"), ("b.png", "uint16")])
+def test_png_roundtrip(tmp_path: Path, name: str, dtype: str) -> None:
+    data = _image(dtype)
+    iio.imwrite(tmp_path / name, data)
+    out = read_image(tmp_path / name)
+    assert out.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(out, data)
+
+
+def test_png_rgb(tmp_path: Path) -> None:
+    data = _image("uint8", (32, 40, 3))
+    iio.imwrite(tmp_path / "rgb.png", data)
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb.png"), data)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg"])
+def test_jpeg_values_approximately(tmp_path: Path, suffix: str) -> None:
+    yy, xx = np.mgrid[0:64, 0:80]
+    data = (100 + 60 * np.sin(xx / 9.0) * np.cos(yy / 7.0)).astype(np.uint8)
+    iio.imwrite(tmp_path / f"a{suffix}", data, quality=95)
+    out = read_image(tmp_path / f"a{suffix}")
+    assert out.shape == data.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - data).mean() < 2
+
+
+def test_bmp(tmp_path: Path) -> None:
+    data = _image("uint8")
+    iio.imwrite(tmp_path / "a.bmp", data)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.bmp"), data)
+
+
+def test_gif_single_and_animated(tmp_path: Path) -> None:
+    frame = np.zeros((16, 20), np.uint8)
+    frame[4:8, 5:10] = 255
+    iio.imwrite(tmp_path / "one.gif", frame)
+    iio.imwrite(tmp_path / "two.gif", np.stack([frame, frame[::-1]]))
+    one = read_image(tmp_path / "one.gif")
+    assert one.shape[:2] == (16, 20)
+    assert one[5, 6].min() == 255 and one[0, 0].max() == 0
+    two = read_image(tmp_path / "two.gif")
+    assert two.shape[:3] == (2, 16, 20)
+    np.testing.assert_array_equal(read_image(tmp_path / "two.gif", page=1), two[1])
+    with pytest.raises(ConfigError, match=r"two\.gif"):
+        read_image(tmp_path / "two.gif", page=2)
+
+
+def test_single_image_accepts_page_zero_only(tmp_path: Path) -> None:
+    data = _image("uint8")
+    iio.imwrite(tmp_path / "a.png", data)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png", page=0), data)
+    with pytest.raises(ConfigError, match=r"a\.png"):
+        read_image(tmp_path / "a.png", page=1)
+
+
+# --------------------------------------------------------------------------- NumPy
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_npy(tmp_path: Path, dtype: str) -> None:
+    data = _image(dtype)
+    np.save(tmp_path / "a.npy", data)
+    out = read_image(tmp_path / "a.npy")
+    assert type(out) is np.ndarray
+    np.testing.assert_array_equal(out, data)
+
+
+def test_npy_stack_page(tmp_path: Path) -> None:
+    data = _stack(3)
+    np.save(tmp_path / "s.npy", data)
+    out = read_image(tmp_path / "s.npy", page=1)
+    assert type(out) is np.ndarray
+    np.testing.assert_array_equal(out, data[1])
+
+
+def test_npy_refuses_pickles_and_npz(tmp_path: Path) -> None:
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(CorruptImageError, match=r"obj\.npy.*allow_pickle"):
+        read_image(tmp_path / "obj.npy")
+    with (tmp_path / "z.npy").open("wb") as fh:
+        np.savez(fh, a=_image("uint8"))
+    with pytest.raises(UnsupportedFormatError, match=r"z\.npy.*npz"):
+        read_image(tmp_path / "z.npy")
+
+
+# --------------------------------------------------------------------------- Zarr
+
+
+def test_zarr_v3_nested_arrays(tmp_path: Path) -> None:
+    store = tmp_path / "run.zarr"
+    root = zarr.open_group(store, mode="w", zarr_format=3)
+    data = {"raw/0": _image("uint16", seed=1), "a/b/c": _image("float32", seed=2)}
+    for name, values in data.items():
+        root.create_array(name, data=values, chunks=(16, 16))
+    assert (store / "zarr.json").is_file()
+    for name, values in data.items():
+        np.testing.assert_array_equal(read_image(f"{store}::{name}"), values)
+    np.testing.assert_array_equal(read_image(f"{store}::/a/b/c/"), data["a/b/c"])
+
+
+def test_zarr_root_array_and_pages(tmp_path: Path) -> None:
+    data = _stack(3)
+    for fmt in (2, 3):
+        store = tmp_path / f"v{fmt}.zarr"
+        arr = zarr.create_array(
+            store=store, shape=data.shape, dtype=data.dtype, chunks=(1, 16, 16), zarr_format=fmt
+        )
+        arr[...] = data
+        np.testing.assert_array_equal(read_image(store), data)
+        np.testing.assert_array_equal(read_image(f"{store}::"), data)
+        np.testing.assert_array_equal(read_image(store, page=2), data[2])
+
+
+def test_zarr_group_and_missing_array(tmp_path: Path) -> None:
+    store = tmp_path / "run.zarr"
+    root = zarr.open_group(store, mode="w", zarr_format=3)
+    root.create_array("raw/0", data=_image("uint8"), chunks=(16, 16))
+    with pytest.raises(UnsupportedFormatError, match=r"run\.zarr.*group.*run\.zarr::raw/0"):
+        read_image(store)
+    with pytest.raises(UnsupportedFormatError, match=r"'raw'.*group"):
+        read_image(f"{store}::raw")
+    with pytest.raises(ImageNotFoundError, match=r"raw/9.*run\.zarr.*raw/0"):
+        read_image(f"{store}::raw/9")
+    with pytest.raises(ImageNotFoundError, match=r"nope\.zarr"):
+        read_image(f"{tmp_path / 'nope.zarr'}::raw/0")
+
+
+def test_zarr_corrupt_chunk(tmp_path: Path) -> None:
+    store = tmp_path / "run.zarr"
+    root = zarr.open_group(store, mode="w", zarr_format=3)
+    root.create_array("raw/0", data=_image("uint16"), chunks=(16, 16))
+    chunk = next(p for p in (store / "raw" / "0" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(b"not a compressed chunk")
+    with pytest.raises(CorruptImageError, match=r"run\.zarr::raw/0"):
+        read_image(f"{store}::raw/0")
+
+
+def test_directory_that_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(UnsupportedFormatError, match=r"empty\.zarr.*not a Zarr store"):
+        read_image(tmp_path / "empty.zarr")
+    with pytest.raises(UnsupportedFormatError, match="directory, not an image"):
+        read_image(tmp_path)
+    tifffile.imwrite(tmp_path / "a.tif", _image("uint8"))
+    with pytest.raises(UnsupportedFormatError, match=r"a\.tif.*not a Zarr store directory"):
+        read_image(f"{tmp_path / 'a.tif'}::raw/0")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing_tile.tif"
+    with pytest.raises(ImageNotFoundError, match=r"missing_tile\.tif.*does not exist") as info:
+        read_image(path)
+    assert isinstance(info.value, FileNotFoundError)
+    assert info.value.status == "missing"
+
+
+@pytest.mark.parametrize("name", ["a.tif", "a.png", "a.jpg", "a.npy"])
+def test_empty_file(tmp_path: Path, name: str) -> None:
+    _touch(tmp_path / name)
+    with pytest.raises(EmptyFileError, match=rf"{re.escape(name)}.*0 bytes") as info:
+        read_image(tmp_path / name)
+    assert info.value.status == "empty"
+
+
+@pytest.mark.parametrize("name", ["noise.tif", "noise.png", "noise.jpg", "noise.gif", "noise.npy"])
+def test_random_bytes_behind_an_image_extension(tmp_path: Path, name: str) -> None:
+    _touch(tmp_path / name, np.random.default_rng(3).bytes(2000))
+    with pytest.raises(
+        CorruptImageError, match=rf"cannot decode .*{re.escape(name)}.*extension"
+    ) as info:
+        read_image(tmp_path / name)
+    assert isinstance(info.value, OSError)
+
+
+def test_png_truncated_half_way(tmp_path: Path) -> None:
+    iio.imwrite(tmp_path / "full.png", _image("uint8", (128, 128)))
+    data = (tmp_path / "full.png").read_bytes()
+    _touch(tmp_path / "half.png", data[: len(data) // 2])
+    with pytest.raises(CorruptImageError, match=r"half\.png.*truncated"):
+        read_image(tmp_path / "half.png")
+
+
+@pytest.mark.parametrize("compression", [None, "zlib", "lzw"])
+@pytest.mark.parametrize("keep", [0.5, 0.95])
+def test_truncated_tiff(tmp_path: Path, compression: str | None, keep: float) -> None:
+    data = _image("uint16", (128, 160))
+    tifffile.imwrite(tmp_path / "full.tif", data, compression=compression, rowsperstrip=16)
+    raw = (tmp_path / "full.tif").read_bytes()
+    _touch(tmp_path / "cut.tif", raw[: int(len(raw) * keep)])
+    with pytest.raises(CorruptImageError, match=r"cut\.tif"):
+        read_image(tmp_path / "cut.tif")
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_truncated_tiff_stack_does_not_lose_pages_silently(
+    tmp_path: Path, compression: str | None
+) -> None:
+    # cutting a stack drops the IFDs of the later pages: tifffile then sees fewer pages
+    data = _stack(3)
+    tifffile.imwrite(tmp_path / "full.tif", data, compression=compression, photometric="minisblack")
+    raw = (tmp_path / "full.tif").read_bytes()
+    _touch(tmp_path / "cut.tif", raw[: int(len(raw) * 0.6)])
+    with pytest.raises(CorruptImageError, match=r"cut\.tif"):
+        read_image(tmp_path / "cut.tif")
+
+
+def test_unsupported_extension_lists_supported_ones(tmp_path: Path) -> None:
+    _touch(tmp_path / "notes.txt", b"hello")
+    with pytest.raises(UnsupportedFormatError, match=r"'\.txt'.*notes\.txt.*\.tif, \.tiff"):
+        read_image(tmp_path / "notes.txt")
+    _touch(tmp_path / "README", b"hello")
+    with pytest.raises(UnsupportedFormatError, match=r"no extension.*README"):
+        read_image(tmp_path / "README")
+
+
+@pytest.mark.parametrize("ref", ["s3://bucket/a.tif", "http://host/a.png", "gs://b/run.zarr::x"])
+def test_urls_are_refused(ref: str) -> None:
+    with pytest.raises(UnsupportedFormatError, match=rf"{ref[:4]}.*local paths"):
+        read_image(ref)
+
+
+def test_every_error_is_a_scopefx_error(tmp_path: Path) -> None:
+    _touch(tmp_path / "empty.tif")
+    _touch(tmp_path / "bad.tif", b"garbage!" * 20)
+    for ref in ["nope.tif", tmp_path / "empty.tif", tmp_path / "bad.tif", "x.doc", tmp_path]:
+        with pytest.raises(ScopefxError):
+            read_image(ref)
+
+
+# --------------------------------------------------------------------------- split_ref
+
+
+@pytest.mark.parametrize(
+    ("ref", "path", "array"),
+    [
+        ("tile_001.tif", "tile_001.tif", None),
+        ("run.zarr::raw/0", "run.zarr", "raw/0"),
+        ("/data/run.zarr::/raw/0/", "/data/run.zarr", "raw/0"),
+        ("run.zarr::", "run.zarr", None),
+        ("file:///data/a.tif", "/data/a.tif", None),
+        ("file://localhost/data/a.tif", "/data/a.tif", None),
+        ("C:\\data\\a.tif", "C:\\data\\a.tif", None),
+    ],
+)
+def test_split_ref(ref: str, path: str, array: str | None) -> None:
+    assert split_ref(ref) == (Path(path), array)
+
+
+def test_split_ref_accepts_path_like(tmp_path: Path) -> None:
+    assert split_ref(tmp_path / "a.tif") == (tmp_path / "a.tif", None)
+
+
+@pytest.mark.parametrize("ref", ["s3://bucket/run.zarr::raw/0", "https://x/a.tif", "", "::a"])
+def test_split_ref_errors(ref: str) -> None:
+    with pytest.raises(UnsupportedFormatError, match=re.escape(ref) if ref else "empty"):
+        split_ref(ref)
+
+
+# --------------------------------------------------------------------------- find_images
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    for name in [
+        "section_10.tif",
+        "section_2.tif",
+        "section_1.TIF",
+        "b.png",
+        "notes.txt",
+        ".hidden.tif",
+        "sub/section_3.tif",
+        "sub/deeper/x.npy",
+        "sub/.secret/y.tif",
+    ]:
+        _touch(tmp_path / "run" / name, b"x")
+    root = zarr.open_group(tmp_path / "run" / "group.zarr", mode="w")
+    root.create_array("raw/0", data=np.zeros((4, 4), np.uint8))
+    arr = zarr.create_array(store=tmp_path / "run" / "tile.zarr", shape=(4, 4), dtype="uint8")
+    arr[...] = 1
+    return tmp_path / "run"
+
+
+def _rel(paths: list[str], base: Path) -> list[str]:
+    return [os.path.relpath(p, base) for p in paths]
+
+
+def test_find_images_directory_natural_order(tree: Path) -> None:
+    found = find_images([tree])
+    assert all(os.path.isabs(p) for p in found)
+    assert _rel(found, tree) == [
+        "b.png",
+        "section_1.TIF",
+        "section_2.tif",
+        "section_10.tif",
+        "tile.zarr",
+    ]
+
+
+def test_find_images_recursive(tree: Path) -> None:
+    found = _rel(find_images([str(tree)], recursive=True), tree)
+    assert found == [
+        "b.png",
+        "section_1.TIF",
+        "section_2.tif",
+        "section_10.tif",
+        os.path.join("sub", "deeper", "x.npy"),
+        os.path.join("sub", "section_3.tif"),
+        "tile.zarr",
+    ]
+
+
+def test_find_images_globs(tree: Path) -> None:
+    assert _rel(find_images([str(tree / "*.tif")]), tree) == ["section_2.tif", "section_10.tif"]
+    deep = _rel(find_images([str(tree / "**" / "*.tif")]), tree)
+    assert deep == ["section_2.tif", "section_10.tif", os.path.join("sub", "section_3.tif")]
+    assert _rel(find_images([str(tree / "*.zarr")]), tree) == ["group.zarr", "tile.zarr"]
+    assert find_images([str(tree / "*.czi")]) == []
+
+
+def test_find_images_keeps_explicit_items(tree: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "missing_7.tif"
+    found = find_images([tree / "notes.txt", missing, tree / "section_2.tif", "s3://b/a.tif"])
+    assert found == [
+        str(missing),
+        str(tree / "notes.txt"),
+        str(tree / "section_2.tif"),
+        "s3://b/a.tif",
+    ]
+
+
+def test_find_images_zarr_refs_and_dedup(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree)
+    found = find_images(["group.zarr::raw/0", "section_2.tif", str(tree / "section_2.tif"), "."])
+    assert f"{tree / 'group.zarr'}::raw/0" in found
+    assert found.count(str(tree / "section_2.tif")) == 1
+    assert str(tree / "tile.zarr") in found
+
+
+def test_find_images_empty_and_single_string(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert find_images([tmp_path / "empty"]) == []
+    assert find_images([]) == []
+    _touch(tmp_path / "one.tif", b"x")
+    assert find_images(str(tmp_path / "one.tif")) == [str(tmp_path / "one.tif")]
+
+
+def test_image_suffixes() -> None:
+    assert {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy"} <= set(IMAGE_SUFFIXES)
+    assert all(s == s.lower() and s.startswith(".") for s in IMAGE_SUFFIXES)
+
+
+def test_zarr_named_file_is_not_a_store(tmp_path: Path) -> None:
+    _touch(tmp_path / "packed.zarr", b"PK\x03\x04 not really")
+    with pytest.raises(UnsupportedFormatError, match=r"packed\.zarr.*directories only"):
+        read_image(tmp_path / "packed.zarr")

@@ -1,0 +1,121 @@
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from scopefx import samples
+from scopefx.cli import main
+
+
+def _run(*argv):
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def series(tmp_path):
+    csv_path = samples.write_defocus_series(tmp_path / "series", np.arange(-4, 4.5, 1.0), size=256)
+    return csv_path
+
+
+def test_focus_writes_csv_json_and_plots(series, tmp_path):
+    folder = series.parent
+    (folder / "broken.tif").write_bytes(b"II*\x00garbage")
+    out_csv, out_json = tmp_path / "focus.csv", tmp_path / "focus.json"
+    code, text = _run(
+        "focus",
+        str(folder),
+        "--csv",
+        str(out_csv),
+        "--json",
+        str(out_json),
+        "--plot",
+        str(tmp_path / "f.png"),
+        "--maps",
+        str(tmp_path / "m.png"),
+    )
+    assert code == 0
+    with out_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 10
+    assert {"path", "features", "status", "error", "verdict", "score_seconds"} <= set(rows[0])
+    broken = [r for r in rows if r["path"].endswith("broken.tif")]
+    assert broken[0]["status"] == "corrupt" and "broken.tif" in broken[0]["error"]
+    assert all(r["path"].startswith("/") for r in rows)
+    assert len(json.loads(out_json.read_text())) == 10
+    for png in ("f.png", "m.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    assert "not scored" in text
+
+
+def test_calibrate_then_score_with_the_calibration(series, tmp_path):
+    cal = tmp_path / "cal.json"
+    code, text = _run(
+        "calibrate",
+        "--defocus",
+        str(series),
+        "-o",
+        str(cal),
+        "--max-defocus",
+        "1",
+        "--plot",
+        str(tmp_path / "cal.png"),
+    )
+    assert code == 0 and "r = -0.9" in text
+    data = json.loads(cal.read_text())
+    assert data["slope"] > 0 and data["r"] < -0.95
+    out_csv = tmp_path / "f.csv"
+    code, _ = _run(
+        "focus", str(series.parent / "*.tif"), "--calibration", str(cal), "--csv", str(out_csv)
+    )
+    with out_csv.open() as handle:
+        rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(handle)}
+    assert rows["section_0004.tif"]["verdict"] == "in_focus"  # defocus 0
+    assert rows["section_0000.tif"]["verdict"] == "out_of_focus"  # defocus -4
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["focus", str(tmp_path), str(tmp_path / "*.tif")])  # an empty folder, a glob
+    assert info.value.code == 2
+    assert "no images found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["focus", str(tmp_path), "--n-scales", "0"])
+    assert info.value.code == 2
+    (tmp_path / "a.tif").write_bytes(b"")
+    with pytest.raises(SystemExit) as info:
+        main(["focus", str(tmp_path), "--calibration", str(tmp_path / "missing.json")])
+    assert info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_files_do_not_change_the_exit_code(tmp_path):
+    (tmp_path / "empty.tif").write_bytes(b"")
+    tifffile.imwrite(tmp_path / "ok.tif", samples.acquire(samples.bundled_image("moon", size=128)))
+    code, text = _run("focus", str(tmp_path))
+    assert code == 0 and "empty" in text
+
+
+@pytest.mark.slow
+def test_demo_runs_from_the_installed_command(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "scopefx", "demo", "--out", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    with (tmp_path / "d" / "focus.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    verdicts = {r["path"].rsplit("/", 1)[-1]: (r["status"], r["verdict"]) for r in rows}
+    assert verdicts["section_0007.tif"] == ("ok", "out_of_focus")
+    assert verdicts["section_0011.tif"] == ("ok", "partial")
+    assert verdicts["section_0022.tif"][0] == "corrupt"
+    assert sum(v == ("ok", "in_focus") for v in verdicts.values()) == 19
+    assert "out of focus" in result.stdout
