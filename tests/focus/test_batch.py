@@ -88,3 +88,18 @@ def test_records_are_json_and_csv_ready(run_folder):
     record, failed = list(score_files([good[0], bad["corrupt"]]))
     json.dumps([record.to_dict(), failed.to_dict()])
     assert {"path", "features", "status", "error", "verdict", "score_seconds"} <= set(record.row())
+
+
+def test_zarr_references_are_scored_and_made_absolute(tmp_path, monkeypatch):
+    import zarr
+
+    monkeypatch.chdir(tmp_path)
+    image = samples.acquire(samples.bundled_image("gravel", size=128))
+    root = zarr.open_group("run.zarr", mode="w")
+    root.create_array("raw/0", shape=image.shape, dtype=image.dtype)[:] = image
+    (record,) = score_files(["run.zarr::raw/0"])
+    assert record.ok, record.error
+    assert record.path == f"{tmp_path}/run.zarr::raw/0"
+    assert record.features == score_files([tmp_path / "run.zarr::raw/0"]).__next__().features
+    (bad,) = score_files(["s3://bucket/image.tif"])
+    assert bad.status == "unsupported" and "s3://" in bad.error

@@ -68,7 +68,7 @@ def test_large_gaussians_do_not_wrap_around():
 
 
 @pytest.mark.parametrize("name", IMAGES)
-def test_fast_mode_within_three_percent_in_focus(name):
+def test_fast_mode_within_three_percent_in_focus_at_good_snr(name):
     image = _acquired(name, 0, size=512)
     exact = scopefx.focus_score(image).features
     fast = scopefx.focus_score(image, mode="fast").features

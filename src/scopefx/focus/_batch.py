@@ -130,11 +130,12 @@ def _failed(path: str, exc: BaseException, page: int | None = None) -> FocusReco
 
 def score_one(path: str, params: FocusParams) -> list[FocusRecord]:
     """Read and score one file; a stack gives one record per page. Never raises for bad input."""
-    from ..io import read_image, read_metadata
+    from ..io import read_image, read_metadata, split_ref
 
-    path = os.path.abspath(path) if "::" not in str(path) else str(path)
     start = time.perf_counter()
     try:
+        store, inner = split_ref(path)
+        path = str(store.absolute()) + ("" if inner is None else f"::{inner}")
         pixels = np.asarray(read_image(path))
     except Exception as exc:
         logger.debug("cannot read %s", path, exc_info=True)

@@ -33,7 +33,7 @@ _CUTOFF_FACTOR = math.sqrt(2 * math.log(1 / _SPECTRUM_EPS)) / math.pi
 FAST_SAMPLES_PER_SIGMA = 3.0
 #: ... and d is at most this (each decimation level costs one full-size interpolation).
 FAST_MAX_DECIMATION = 8
-_CACHE_BYTES = 64 * 2**20
+_CACHE_BYTES = 256 * 2**20  # a 4096^2 plan (~120 MiB) is kept; 8192^2 is rebuilt
 
 
 def _cutoff(n: int, sigma: float) -> int:
@@ -81,10 +81,15 @@ def _build_plan(
     for (d, ry, rx), s0, s1 in zip(sizes, sigmas[:-1], sigmas[1:], strict=True):
         ky = xp.arange(ry, dtype=xp.float64) * (np.pi / h)
         kx = xp.arange(rx, dtype=xp.float64) * (np.pi / w)
-        block = xp.outer(xp.exp(-0.5 * (s1 * ky) ** 2), xp.exp(-0.5 * (s1 * kx) ** 2))
-        block -= xp.outer(xp.exp(-0.5 * (s0 * ky) ** 2), xp.exp(-0.5 * (s0 * kx) ** 2))
-        block *= sign * s0
-        plan.append((d, ry, rx, block.astype(xp.float32)))
+
+        def gauss(sigma: float, k: Any) -> Any:
+            return xp.exp(-0.5 * (sigma * k) ** 2).astype(xp.float32)
+
+        # 1-D factors in float64, the 2-D block in float32: no image-sized float64 temporaries
+        block = xp.outer(gauss(s1, ky), gauss(s1, kx))
+        block -= xp.outer(gauss(s0, ky), gauss(s0, kx))
+        block *= xp.float32(sign * s0)
+        plan.append((d, ry, rx, block))
     return tuple(plan)
 
 
@@ -191,7 +196,7 @@ def response_max(
     index_dtype = xp.uint8 if len(plan) < 256 else xp.uint16
     spectrum = fft.dctn(image, type=2)
 
-    best = xp.full(shape, -xp.inf, dtype=xp.float32)
+    best: Any = None  # the first full-size band becomes the running maximum itself
     best_index = xp.zeros(shape, dtype=index_dtype)
     scratch = xp.empty(shape, dtype=bool)
     coarse: dict[int, tuple[Any, Any, Any]] = {}
@@ -203,7 +208,10 @@ def response_max(
             plane *= xp.float32((out_h / h) * (out_w / w))
         if polarity == "both":
             xp.abs(plane, out=plane)
-        if d == 1:
+        if d == 1 and best is None:
+            best = plane
+            best_index[...] = i
+        elif d == 1:
             _fold(best, best_index, plane, index_dtype(i), scratch, backend)
         elif d not in coarse:
             level_index = xp.full(plane.shape, i, dtype=index_dtype)
@@ -212,6 +220,8 @@ def response_max(
             _fold(*coarse[d][:2], plane, index_dtype(i), coarse[d][2], backend)
     # Cascade coarse levels into the next finer one, and the finest into full resolution, so
     # only one interpolation runs at full size.
+    if best is None:  # only possible with a single, decimated band
+        best = xp.full(shape, -xp.inf, dtype=xp.float32)
     levels = sorted(coarse, reverse=True)
     for k, d in enumerate(levels):
         level_best, level_index, _ = coarse[d]
