@@ -1,0 +1,31 @@
+"""The benchmarks still run (quick mode) and print their figures next to their targets."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("focus_accuracy.py", ["mhfd-auto", "tenengrad", "mean r", "pooled AUC"]),
+        ("focus_speed.py", ["focus_score exact", "blob_dog", ">= 20x"]),
+    ],
+)
+def test_benchmark_runs_in_quick_mode(script, expected, tmp_path):
+    out = tmp_path / "result.txt"
+    subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    text = out.read_text()
+    for needle in expected:
+        assert needle in text, needle
