@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from .errors import ConfigError, ScopefxError
+from .errors import ScopefxError
+from .focus._verdict import FLAGGED
 
 USAGE_ERROR = 2
 
@@ -163,7 +164,7 @@ def _line(record: Any, colour: bool) -> str:
         else (f"x{record.ratio:.2f}" if not math.isnan(record.ratio) else "")
     )
     text = f"{record.features:>9d}  {record.verdict:<14} {extra:<11} {name}"
-    if record.verdict in ("out_of_focus", "partial"):
+    if record.verdict in FLAGGED:
         return f"{_BOLD_RED}{text}{_RESET}\a" if colour else text
     return text
 
@@ -216,7 +217,7 @@ def _run_scoring(args: argparse.Namespace, paths: list[str], out: TextIO) -> lis
 
 def _summary(records: list[Any], out: TextIO) -> None:
     ok = [r for r in records if r.ok]
-    flagged = [r for r in ok if r.verdict in ("out_of_focus", "partial")]
+    flagged = [r for r in ok if r.verdict in FLAGGED]
     failed = [r for r in records if not r.ok]
     print(
         f"\nscored {len(ok)} image(s), {len(flagged)} flagged, {len(failed)} not scored", file=out
@@ -455,9 +456,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     )
     try:
         return int(args.func(args, out))
-    except (UsageError, ConfigError) as exc:
-        parser.exit(USAGE_ERROR, f"scopefx {args.command}: error: {exc}\n")
-    except ScopefxError as exc:  # calibration files and the like, named by the error
+    except (UsageError, ScopefxError) as exc:  # bad options, calibration files, ...
         parser.exit(USAGE_ERROR, f"scopefx {args.command}: error: {exc}\n")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

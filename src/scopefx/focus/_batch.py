@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ScopefxError
+from ..errors import ConfigError, ScopefxError
 from ._params import FocusParams
-from ._score import FocusResult, focus_score
-from ._verdict import Calibration, RunBaseline, Verdict
+from ._score import FocusResult, _resolve, focus_score
+from ._verdict import IN_FOCUS, PARTIAL, WARMUP, Calibration, RunBaseline, Verdict
 
 __all__ = ["CSV_COLUMNS", "FocusRecord", "rejudge_warmup", "score_files", "score_one"]
 
@@ -205,13 +205,11 @@ def score_files(
     ------
     FocusRecord
     """
-    params = (
-        params.replace(**overrides) if params and overrides else params or FocusParams(**overrides)
-    )
+    params = _resolve(params, overrides)
     if calibration is not None:
         calibration.check_params(params)
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     baseline = baseline if baseline is not None else RunBaseline()
     refs: list[str] = [os.fspath(p) for p in paths]
     own = executor is None
@@ -246,10 +244,8 @@ def _drain(
             )
             if calibration is not None:
                 whole = calibration.verdict(record.density_per_mpx)
-                if whole.status == "in_focus" and verdict.bad_cells:
-                    whole = dataclasses.replace(
-                        whole, status="partial", bad_cells=verdict.bad_cells
-                    )
+                if whole.status == IN_FOCUS and verdict.bad_cells:
+                    whole = dataclasses.replace(whole, status=PARTIAL, bad_cells=verdict.bad_cells)
                 verdict = whole
             record.apply(verdict)
         if on_record is not None:
@@ -260,5 +256,5 @@ def _drain(
 def rejudge_warmup(records: list[FocusRecord], baseline: RunBaseline) -> None:
     """Give warm-up records of a finished batch their verdict against the final baseline."""
     for record in records:
-        if record.ok and record.verdict == "warmup":
+        if record.ok and record.verdict == WARMUP:
             record.apply(baseline.rejudge(record.density_per_mpx))

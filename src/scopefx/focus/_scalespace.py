@@ -65,6 +65,11 @@ def _band_sizes(
     return sizes
 
 
+def _gauss(xp: Any, sigma: float, k: Any) -> Any:
+    """Gaussian transfer at angular DCT frequencies ``k``, computed in float64, stored float32."""
+    return xp.exp(-0.5 * (sigma * k) ** 2).astype(xp.float32)
+
+
 def _build_plan(
     shape: tuple[int, int], sigmas: tuple[float, ...], sign: float, mode: str, backend: Backend
 ) -> tuple[tuple[int, int, int, Any], ...]:
@@ -81,13 +86,9 @@ def _build_plan(
     for (d, ry, rx), s0, s1 in zip(sizes, sigmas[:-1], sigmas[1:], strict=True):
         ky = xp.arange(ry, dtype=xp.float64) * (np.pi / h)
         kx = xp.arange(rx, dtype=xp.float64) * (np.pi / w)
-
-        def gauss(sigma: float, k: Any) -> Any:
-            return xp.exp(-0.5 * (sigma * k) ** 2).astype(xp.float32)
-
         # 1-D factors in float64, the 2-D block in float32: no image-sized float64 temporaries
-        block = xp.outer(gauss(s1, ky), gauss(s1, kx))
-        block -= xp.outer(gauss(s0, ky), gauss(s0, kx))
+        block = xp.outer(_gauss(xp, s1, ky), _gauss(xp, s1, kx))
+        block -= xp.outer(_gauss(xp, s0, ky), _gauss(xp, s0, kx))
         block *= xp.float32(sign * s0)
         plan.append((d, ry, rx, block))
     return tuple(plan)

@@ -22,12 +22,14 @@ from .._version import __version__
 from ..errors import CalibrationError, ConfigError
 from ._params import FocusParams
 
-__all__ = ["Calibration", "RunBaseline", "Verdict"]
+__all__ = ["FLAGGED", "Calibration", "RunBaseline", "Verdict"]
 
 IN_FOCUS = "in_focus"
 OUT_OF_FOCUS = "out_of_focus"
 PARTIAL = "partial"
 WARMUP = "warmup"
+#: Verdicts that ask the operator to look again.
+FLAGGED = (OUT_OF_FOCUS, PARTIAL)
 
 #: A focus-map cell is judged only where the reference expects at least this many features.
 MIN_CELL_FEATURES = 40.0
@@ -148,12 +150,9 @@ class Calibration:
             dist = np.abs(x - center)
             if np.ptp(dist) == 0:
                 return math.nan, math.nan, math.inf
-            slope, intercept = np.polyfit(dist, logy, 1)
-            return (
-                float(intercept),
-                float(-slope),
-                float(np.sum((logy - intercept + slope * -dist) ** 2)),
-            )
+            coeffs = np.polyfit(dist, logy, 1)
+            residuals = logy - np.polyval(coeffs, dist)
+            return float(coeffs[1]), float(-coeffs[0]), float(np.sum(residuals**2))
 
         center = 0.0
         if fit_center:
@@ -312,34 +311,38 @@ class RunBaseline:
             return math.nan
         return float(np.median(self._densities))
 
-    def update(
-        self, density: float, *, focus_map: np.ndarray | None = None, cell_px: int = 256
-    ) -> Verdict:
-        """Judge one section and, if it is in focus, add it to the baseline."""
-        reference = self.reference
-        if math.isnan(reference):
-            status, ratio, bad = WARMUP, math.nan, 0
-        else:
-            ratio = density / reference if reference > 0 else math.inf
-            status = OUT_OF_FOCUS if ratio < self.ratio else IN_FOCUS
-            bad = 0
-            if status == IN_FOCUS and focus_map is not None and self._maps:
-                shapes_match = all(m.shape == focus_map.shape for m in self._maps)
-                if shapes_match and focus_map.size > 1:
-                    median_map = np.median(np.stack(self._maps), axis=0)
-                    bad = _cells_fail(focus_map, median_map, self.cell_ratio, cell_px)
-                    status = PARTIAL if bad else status
-        if status in (IN_FOCUS, WARMUP):
-            self._densities.append(density)
-            if focus_map is not None:
-                self._maps.append(np.asarray(focus_map))
-        return Verdict(status=status, reference_density=reference, ratio=ratio, bad_cells=bad)
-
-    def rejudge(self, density: float) -> Verdict:
-        """Judge a density against the current baseline without adding it (for warm-up sections)."""
+    def _judge(self, density: float) -> Verdict:
+        """In or out of focus against the current reference (``warmup`` without one)."""
         reference = self.reference
         if math.isnan(reference):
             return Verdict(status=WARMUP)
         ratio = density / reference if reference > 0 else math.inf
         status = OUT_OF_FOCUS if ratio < self.ratio else IN_FOCUS
         return Verdict(status=status, reference_density=reference, ratio=ratio)
+
+    def update(
+        self, density: float, *, focus_map: np.ndarray | None = None, cell_px: int = 256
+    ) -> Verdict:
+        """Judge one section and, if it is in focus, add it to the baseline."""
+        verdict = self._judge(density)
+        comparable = (
+            verdict.status == IN_FOCUS
+            and focus_map is not None
+            and focus_map.size > 1
+            and bool(self._maps)
+            and all(m.shape == focus_map.shape for m in self._maps)
+        )
+        if comparable:
+            median_map = np.median(np.stack(self._maps), axis=0)
+            bad = _cells_fail(np.asarray(focus_map), median_map, self.cell_ratio, cell_px)
+            if bad:
+                verdict = dataclasses.replace(verdict, status=PARTIAL, bad_cells=bad)
+        if verdict.status in (IN_FOCUS, WARMUP):
+            self._densities.append(density)
+            if focus_map is not None:
+                self._maps.append(np.asarray(focus_map))
+        return verdict
+
+    def rejudge(self, density: float) -> Verdict:
+        """Judge a density against the current baseline without adding it (for warm-up sections)."""
+        return self._judge(density)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._verdict import FLAGGED
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -67,7 +69,7 @@ def plot_focus_series(
             zorder=3,
         )
     for i, r in enumerate(records):
-        if r.ok and r.verdict in ("out_of_focus", "partial"):
+        if r.ok and r.verdict in FLAGGED:
             ax.annotate(
                 str(i),
                 (i, density[i]),
@@ -124,7 +126,7 @@ def plot_focus_maps(records: Sequence[FocusRecord], *, max_maps: int = 12) -> Fi
     from matplotlib.figure import Figure
 
     usable = [r for r in records if r.ok and r.focus_map is not None]
-    order = sorted(usable, key=lambda r: r.verdict not in ("out_of_focus", "partial"))[:max_maps]
+    order = sorted(usable, key=lambda r: r.verdict not in FLAGGED)[:max_maps]
     n = max(1, len(order))
     cols = min(4, n)
     rows = math.ceil(n / cols)
