@@ -8,6 +8,7 @@ import pytest
 
 import scopefx
 import scopefx.focus
+import scopefx.fusion
 import scopefx.io
 from scopefx import errors
 from scopefx._backend import get_backend, is_cupy_array, to_numpy
@@ -19,14 +20,22 @@ def test_exported_members():
         "FocusParams",
         "FocusRecord",
         "FocusResult",
+        "FusionParams",
+        "FusionResult",
         "RunBaseline",
+        "TileTable",
         "__version__",
         "focus_response",
         "focus_score",
+        "fuse",
+        "fuse_lazy",
+        "read_tile_table",
         "score_files",
     ]
     assert sorted(scopefx.focus.__all__) == scopefx.focus.__all__
-    for module in (scopefx, scopefx.focus, scopefx.io, errors):
+    assert scopefx.fusion.__all__[:2] == ["fuse", "fuse_lazy"]  # the high-level API first
+    assert sorted(scopefx.fusion.__all__[2:]) == scopefx.fusion.__all__[2:]
+    for module in (scopefx, scopefx.focus, scopefx.fusion, scopefx.io, errors):
         for name in module.__all__:
             assert hasattr(module, name), (module.__name__, name)
 

@@ -14,15 +14,22 @@ from .focus import (
     focus_score,
     score_files,
 )
+from .fusion import FusionParams, FusionResult, TileTable, fuse, fuse_lazy, read_tile_table
 
 __all__ = [
     "Calibration",
     "FocusParams",
     "FocusRecord",
     "FocusResult",
+    "FusionParams",
+    "FusionResult",
     "RunBaseline",
+    "TileTable",
     "__version__",
     "focus_response",
     "focus_score",
+    "fuse",
+    "fuse_lazy",
+    "read_tile_table",
     "score_files",
 ]

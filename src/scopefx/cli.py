@@ -350,7 +350,8 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scopefx",
-        description="Focus QC (MHFD) for microscopy runs. `scopefx demo` shows it on sample data.",
+        description="Focus QC (MHFD) and mosaic fusion for microscopy runs. "
+        "`scopefx demo` shows focus QC on sample data.",
     )
     parser.add_argument("--version", action="version", version=f"scopefx {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -443,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--sections", type=int, default=24, help="sections in the run (default: %(default)s)"
     )
     demo.set_defaults(func=cmd_demo)
+
+    from ._cli_fuse import add_fuse_parser
+
+    add_fuse_parser(sub)
     return parser
 
 

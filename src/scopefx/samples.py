@@ -10,6 +10,10 @@ regenerated:
    (pillbox, ``radius = blur_per_unit * |defocus|``) point-spread function.
 3. :func:`acquire` applies shot noise (Poisson, ``photons`` at full scale) and read noise
    (Gaussian, ``read_noise`` in grey levels) and quantises to uint8 or uint16.
+
+Mosaics for fusion (:func:`make_mosaic`, :func:`write_mosaic`) cut overlapping tiles from such
+an image at known (jittered, sub-pixel, rotated) positions; their steps are listed in
+``scopefx._samples_mosaic``.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from .errors import ConfigError
 
 __all__ = [
     "BUNDLED_IMAGES",
+    "SyntheticMosaic",
     "acquire",
     "bundled_image",
     "defocus",
+    "make_mosaic",
     "partial_defocus",
     "write_defocus_series",
+    "write_mosaic",
 ]
 
 #: Grey-level images shipped inside scikit-image, by name (the loader's name in skimage.data).
@@ -197,3 +204,6 @@ def write_defocus_series(
             tifffile.imwrite(folder / name, pixels)
             writer.writerow([name, value])
     return csv_path
+
+
+from ._samples_mosaic import SyntheticMosaic, make_mosaic, write_mosaic  # noqa: E402

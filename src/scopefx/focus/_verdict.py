@@ -180,7 +180,7 @@ class Calibration:
             unit=unit,
             params=(params or FocusParams()).to_dict(),
             instrument=dict(instrument or {}),
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         )
 
     @property

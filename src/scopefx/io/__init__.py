@@ -4,17 +4,29 @@ High-level API: :func:`read_image` (pixels as stored), :func:`read_metadata` (ge
 size, Zeiss ATLAS / Fibics fields, without reading pixels) and :func:`find_images` (expand
 files, directories and globs). An image reference is a local path, or ``store.zarr::array``
 for an array inside a Zarr store (:func:`split_ref`).
+
+Mosaics: :func:`read_tile_table` (CSV or Fiji ``TileConfiguration.txt``) and OME-Zarr
+multiscale writing (:class:`OmeZarrSpec`, :func:`create_ome_zarr`).
 """
 
 from ._metadata import ImageMetadata, read_metadata
+from ._omezarr import OmeZarrSpec, create_ome_zarr, multiscales_metadata, read_multiscales
 from ._read import read_image
 from ._refs import IMAGE_SUFFIXES, find_images, split_ref
+from ._tiles import Tile, TileTable, read_tile_table
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageMetadata",
+    "OmeZarrSpec",
+    "Tile",
+    "TileTable",
+    "create_ome_zarr",
     "find_images",
+    "multiscales_metadata",
     "read_image",
     "read_metadata",
+    "read_multiscales",
+    "read_tile_table",
     "split_ref",
 ]

@@ -1,0 +1,134 @@
+"""``scopefx fuse``: tiles with positions to an OME-Zarr mosaic (a thin layer over the API)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["add_fuse_parser", "cmd_fuse"]
+
+
+def add_fuse_parser(sub: Any) -> None:
+    from .fusion import BLENDS, FusionParams
+
+    d = FusionParams()
+    p = sub.add_parser(
+        "fuse",
+        help="fuse tiles into an OME-Zarr mosaic (out of core, resumable)",
+        description="Fuse tiles placed by their stage positions (or affines) into an OME-Zarr "
+        "mosaic, chunk by chunk. TILES is a CSV (path,x,y[,z] in pixels, x_um,y_um with "
+        "--pixel-size, optional affine and focus columns) or a Fiji TileConfiguration.txt.",
+    )
+    p.add_argument("tiles", metavar="TILES", help="tile table (.csv or TileConfiguration .txt)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.ome.zarr")
+    p.add_argument("--blend", choices=BLENDS, default=d.blend, help="default: %(default)s")
+    p.add_argument(
+        "--chunk", type=int, default=None, metavar="N", help="chunk side (default: 1024 2D, 256 3D)"
+    )
+    p.add_argument(
+        "--order", type=int, choices=(0, 1, 3), default=d.order, help="default: %(default)s"
+    )
+    p.add_argument("--feather", type=float, default=None, metavar="PX", help="ramp width")
+    p.add_argument("--fill", type=float, default=d.fill, help="value where no tile covers")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace what is at OUT")
+    p.add_argument("--register", action="store_true", help="refine positions from overlaps")
+    p.add_argument(
+        "--flatfield",
+        metavar="FLAT[,DARK]|estimate",
+        help="vignetting correction from images (or .npz), or estimated from the tiles",
+    )
+    p.add_argument("--preview", metavar="PREVIEW.png", help="downsampled PNG with tile outlines")
+    p.add_argument("--pixel-size", type=float, metavar="UM", help="pixel size in micrometres")
+    p.add_argument("--rotation", type=float, default=0.0, metavar="DEG", help="camera rotation")
+    p.add_argument("--skip-missing", action="store_true", help="fill missing tiles' area")
+    p.add_argument("--force", action="store_true", help="allow outputs over the size limit")
+    p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4", help="default: %(default)s")
+    p.add_argument("--no-pyramid", action="store_true", help="write level 0 only")
+    p.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--json", metavar="OUT.json", help="write the result summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fuse)
+
+
+def _flatfield(spec: str | None) -> Any:
+    if spec is None or spec == "estimate":
+        return spec
+    from .fusion import load_flatfield
+
+    flat, _, dark = spec.partition(",")
+    return load_flatfield(flat, dark or None)
+
+
+def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
+    from tqdm import tqdm
+
+    from .fusion import FusionParams, fuse
+
+    params = FusionParams(
+        blend=args.blend,
+        order=args.order,
+        chunk_px=args.chunk,
+        feather_px=args.feather,
+        fill=args.fill,
+    )
+    bar = tqdm(
+        unit="chunk", disable=args.quiet or None, file=sys.stderr, desc="fusing", leave=False
+    )
+    lock = threading.Lock()
+
+    def on_chunk(status: int, total: int) -> None:
+        with lock:
+            if bar.total != total:
+                bar.total = total
+                bar.refresh()
+            bar.update(1)
+
+    try:
+        result = fuse(
+            args.tiles,
+            args.output,
+            params=params,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            ngff=args.ngff,
+            pyramid=not args.no_pyramid,
+            flatfield=_flatfield(args.flatfield),
+            register=args.register,
+            workers=args.workers,
+            on_chunk=on_chunk,
+            pixel_size_um=args.pixel_size,
+            rotation_deg=args.rotation,
+            skip_missing=args.skip_missing,
+            force=args.force,
+            preview=args.preview,
+        )
+    finally:
+        bar.close()
+    shape = "x".join(str(v) for v in result.shape)
+    print(
+        f"{result.path}: {shape} {result.dtype}, {result.levels} levels, {result.n_tiles} tiles, "
+        f"{result.chunks_written} chunks written, {result.chunks_resumed} already done, "
+        f"{result.seconds:.1f} s",
+        file=out,
+    )
+    if result.missing:
+        print(f"skipped {len(result.missing)} missing tiles (area filled):", file=out)
+        for ref in result.missing:
+            print(f"  {ref}", file=out)
+    if "registration" in result.extra:
+        r = result.extra["registration"]
+        print(
+            f"registration: {r['pairs_used']} of {r['pairs']} pairs used, rms residual "
+            f"{r['rms_residual_px']:.3f} px; refined table {r['table']}",
+            file=out,
+        )
+    if args.preview:
+        print(f"preview: {args.preview}", file=out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+    return 0

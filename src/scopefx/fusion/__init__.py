@@ -1,0 +1,43 @@
+"""Mosaic fusion: tiles placed by their transforms, fused chunk by chunk into OME-Zarr.
+
+High-level API: :func:`fuse` (write an OME-Zarr mosaic, resumably) and :func:`fuse_lazy`
+(the mosaic as a dask array). :func:`plan_fusion` and :func:`fuse_chunk` expose the two
+halves: the pure-geometry plan and the per-chunk execution. :func:`register` refines stage
+positions from the tiles' overlaps; :class:`FlatField` removes vignetting.
+"""
+
+from ..io._tiles import Tile, TileTable, read_tile_table
+from ._blend import TileCache, fuse_chunk
+from ._flatfield import FlatField, estimate_flatfield, flatfield_from_images, load_flatfield
+from ._fuse import fuse_lazy, plan_fusion
+from ._params import BLENDS, FusionParams
+from ._plan import FusionPlan, make_plan
+from ._register import PairResult, Registration, overlapping_pairs, register
+from ._write import FusionResult, fuse
+from .plot import plot_mosaic, write_preview
+
+__all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
+    "fuse",
+    "fuse_lazy",
+    "BLENDS",
+    "FlatField",
+    "FusionParams",
+    "FusionPlan",
+    "FusionResult",
+    "PairResult",
+    "Registration",
+    "Tile",
+    "TileCache",
+    "TileTable",
+    "estimate_flatfield",
+    "flatfield_from_images",
+    "fuse_chunk",
+    "load_flatfield",
+    "make_plan",
+    "overlapping_pairs",
+    "plan_fusion",
+    "plot_mosaic",
+    "read_tile_table",
+    "register",
+    "write_preview",
+]

@@ -1,0 +1,231 @@
+"""Probe the tiles, plan, and build the lazy mosaic: one dask task per output chunk.
+
+Each task (``map_blocks``) reads only the tiles its chunk names, so the graph's size is the
+number of chunks and a task's memory is bounded by the chunk plus the tiles that touch it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ImageNotFoundError
+from ..io._tiles import TileTable, read_tile_table
+from ._blend import Reader, TileCache, fuse_chunk
+from ._params import FusionParams
+from ._plan import FusionPlan, make_plan
+
+__all__ = ["fuse_lazy", "plan_fusion"]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# probing and planning
+
+
+def _as_table(
+    tiles: TileTable | str | os.PathLike[str], pixel_size_um: float | None, rotation_deg: float
+) -> TileTable:
+    if isinstance(tiles, TileTable):
+        return tiles
+    if isinstance(tiles, (str, os.PathLike)):
+        return read_tile_table(tiles, pixel_size_um=pixel_size_um, rotation_deg=rotation_deg)
+    raise ConfigError(
+        f"tiles must be a TileTable or the path of a tile table, got {type(tiles).__name__}"
+    )
+
+
+def _probe(table: TileTable, workers: int) -> tuple[list[Any], list[str]]:
+    """Header of every tile (shape, dtype) without decoding pixels; refs that are missing."""
+    from ..io import read_metadata
+
+    def one(ref: str) -> Any:
+        try:
+            return read_metadata(ref)
+        except ImageNotFoundError:
+            return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        metas = list(pool.map(one, table.refs))
+    missing = [r for r, m in zip(table.refs, metas, strict=True) if m is None]
+    return metas, missing
+
+
+def _layout(table: TileTable, metas: list[Any]) -> tuple[np.ndarray, tuple[int, ...], str]:
+    """Spatial shapes, common channel shape and dtype; refuses mixtures, naming the tiles."""
+    ndim = table.ndim
+    first = metas[0]
+    if len(first.shape) < ndim:
+        raise ConfigError(
+            f"tile {first.path} has shape {list(first.shape)}, fewer axes than the {ndim}D table"
+        )
+    channels = tuple(first.shape[:-ndim])
+    odd = [m for m in metas if m.dtype != first.dtype or tuple(m.shape[:-ndim]) != channels]
+    if odd:
+        listed = ", ".join(f"{m.path} ({m.dtype}{list(m.shape)})" for m in odd[:5])
+        raise ConfigError(
+            f"tiles must share dtype and channels; {first.path} is {first.dtype}"
+            f"{list(first.shape)} but {len(odd)} differ: {listed}"
+        )
+    shapes = np.array([m.shape[-ndim:] for m in metas], dtype=np.int64)
+    return shapes, channels, first.dtype
+
+
+def _score_focus(table: TileTable, read: Reader, workers: int) -> list[float]:
+    """MHFD features of every tile (the middle plane of 3D tiles, the channel sum)."""
+    from ..focus import focus_score
+
+    def one(ref: str) -> float:
+        image = np.asarray(read(ref), dtype=np.float32)
+        spatial = image.shape[image.ndim - table.ndim :]
+        image = image.reshape(-1, *spatial).sum(axis=0)  # channels summed
+        if table.ndim == 3:
+            image = image[image.shape[0] // 2]
+        return float(focus_score(image).features)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(one, table.refs))
+
+
+def plan_fusion(
+    tiles: TileTable | str | os.PathLike[str],
+    *,
+    params: FusionParams | None = None,
+    pixel_size_um: float | None = None,
+    rotation_deg: float = 0.0,
+    skip_missing: bool = False,
+    force: bool = False,
+    read: Reader | None = None,
+    workers: int = 4,
+) -> tuple[FusionPlan, list[str]]:
+    """Read the tile table and the tiles' headers, and plan the fusion.
+
+    Returns the plan and the references that were missing and skipped.
+
+    Raises
+    ------
+    ImageNotFoundError
+        Tiles are missing (all are listed) and ``skip_missing`` is not set.
+    ConfigError
+        Mixed dtypes or channel counts, a singular affine, an output over the size limit.
+    """
+    params = params or FusionParams()
+    table = _as_table(tiles, pixel_size_um, rotation_deg)
+    if pixel_size_um is not None and table.pixel_size_um is None:
+        table = TileTable(table.tiles, table.ndim, pixel_size_um, table.source, table.extra)
+    metas, missing = _probe(table, workers)
+    if missing and not skip_missing:
+        listed = "\n  ".join(missing[:20]) + ("\n  ..." if len(missing) > 20 else "")
+        raise ImageNotFoundError(
+            f"{len(missing)} of {len(table)} tiles are missing (--skip-missing fills their "
+            f"area and reports them):\n  {listed}"
+        )
+    if missing:
+        keep = [i for i, m in enumerate(metas) if m is not None]
+        if not keep:
+            raise ImageNotFoundError(f"all {len(table)} tiles are missing")
+        table = TileTable(
+            tuple(table[i] for i in keep), table.ndim, table.pixel_size_um, table.source
+        )
+        metas = [metas[i] for i in keep]
+    if table.pixel_size_um is None and metas[0].pixel_size_um:
+        table = TileTable(
+            table.tiles, table.ndim, metas[0].pixel_size_um, table.source, table.extra
+        )
+    shapes, channels, dtype = _layout(table, metas)
+    focus = None
+    if params.blend == "focus" and any(t.focus is None for t in table):
+        focus = _score_focus(table, read or _read_image, workers)
+    plan = make_plan(
+        table,
+        shapes,
+        channel_shape=channels,
+        dtype=dtype,
+        params=params,
+        focus=focus,
+        force=force,
+    )
+    return plan, missing
+
+
+def _read_image(ref: str) -> Any:
+    from ..io import read_image
+
+    return read_image(ref)
+
+
+# --------------------------------------------------------------------------------------------
+# lazy array
+
+
+def _fuse_block(
+    plan: FusionPlan,
+    read: Reader | None,
+    flatfield: Any,
+    device: str | None,
+    cache: TileCache,
+    block_info: dict[Any, Any] | None = None,
+) -> np.ndarray:
+    loc = block_info[None]["chunk-location"]  # type: ignore[index]
+    index = tuple(loc[len(plan.channel_shape) :])
+    return fuse_chunk(plan, index, read=read, flatfield=flatfield, device=device, cache=cache)
+
+
+def _dask_chunks(plan: FusionPlan) -> tuple[tuple[int, ...], ...]:
+    spatial = []
+    for s, c in zip(plan.shape, plan.chunk, strict=True):
+        spatial.append(tuple(min(c, s - i) for i in range(0, s, c)))
+    return (*((n,) for n in plan.channel_shape), *spatial)
+
+
+def fuse_lazy(
+    tiles: TileTable | str | os.PathLike[str] | FusionPlan,
+    *,
+    params: FusionParams | None = None,
+    flatfield: Any = None,
+    read: Reader | None = None,
+    device: str | None = None,
+    **plan_options: Any,
+) -> Any:
+    """The fused mosaic as a dask array, one task per output chunk; nothing is read yet.
+
+    Parameters
+    ----------
+    tiles : TileTable, path of a tile table, or FusionPlan
+    params : FusionParams, optional
+    flatfield : FlatField, optional
+    read : callable, optional
+        ``read(ref) -> array``; default :func:`scopefx.io.read_image`.
+    device : {None, "cpu", "gpu", "cuda:N"}
+    **plan_options
+        Passed to :func:`plan_fusion` (``pixel_size_um``, ``rotation_deg``, ``skip_missing``,
+        ``force``).
+
+    Returns
+    -------
+    dask.array.Array
+        Shape ``(*channels, *spatial)``, the tiles' dtype; ``.attrs``-like details are on
+        the plan: ``fuse_lazy(...).scopefx_plan``.
+    """
+    import dask.array as da
+
+    if isinstance(tiles, FusionPlan):
+        plan = tiles
+    else:
+        plan, _ = plan_fusion(tiles, params=params, read=read, **plan_options)
+    fn = functools.partial(_fuse_block, plan, read, flatfield, device, TileCache())
+    out = da.map_blocks(
+        fn,
+        chunks=_dask_chunks(plan),
+        dtype=np.dtype(plan.dtype),
+        meta=np.empty((0,) * len(plan.full_shape), dtype=plan.dtype),
+        name=f"scopefx-fuse-{plan.fingerprint()[:12]}",
+    )
+    out.scopefx_plan = plan
+    return out

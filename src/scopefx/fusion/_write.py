@@ -1,0 +1,393 @@
+"""Write a fused mosaic to OME-Zarr chunk by chunk, resumably, then its pyramid levels.
+
+Level 0 is one dask task per output chunk; each task fuses its chunk, writes it, makes it
+durable and only then records it as done (:mod:`._resume`). Pyramid levels follow, chunk by
+chunk, each from the level below.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..io._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file
+from ..io._tiles import TileTable
+from ._blend import Reader, TileCache, fuse_chunk
+from ._fuse import _as_table, plan_fusion
+from ._params import FusionParams
+from ._plan import FusionPlan
+from ._resume import Progress
+
+__all__ = ["FusionResult", "fuse"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FusionResult:
+    """What :func:`fuse` wrote (JSON-able with :meth:`to_dict`)."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    levels: int
+    origin_px: tuple[int, ...]
+    pixel_size_um: float | None
+    n_tiles: int
+    missing: tuple[str, ...] = ()
+    chunks_written: int = 0
+    chunks_resumed: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    plan: FusionPlan | None = field(default=None, repr=False, compare=False)
+    """The plan that was executed (not part of :meth:`to_dict`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "chunks": list(self.chunks),
+            "levels": self.levels,
+            "origin_px": list(self.origin_px),
+            "pixel_size_um": self.pixel_size_um,
+            "n_tiles": self.n_tiles,
+            "missing": list(self.missing),
+            "chunks_written": self.chunks_written,
+            "chunks_resumed": self.chunks_resumed,
+            "seconds": round(self.seconds, 3),
+            **self.extra,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def _flatfield_digest(flatfield: Any) -> str:
+    if flatfield is None:
+        return ""
+    h = hashlib.sha256(np.ascontiguousarray(flatfield.flat, dtype=np.float32).tobytes())
+    if getattr(flatfield, "dark", None) is not None:
+        h.update(np.ascontiguousarray(flatfield.dark, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=32)
+def _open_level(path: str, level: int) -> Any:
+    import zarr
+
+    return zarr.open_array(os.path.join(path, str(level)), mode="r+")
+
+
+def _store_chunk(
+    out: Path, level: int, zarr_format: int, lead: int, index: tuple[int, ...], data: np.ndarray,
+    chunk: tuple[int, ...],
+) -> None:  # fmt: skip
+    """Write one chunk and make it durable (fsync every channel-chunk file it made)."""
+    arr = _open_level(os.fspath(out), level)
+    sl = tuple(
+        slice(i * c, i * c + s) for i, c, s in zip(index, chunk, data.shape[lead:], strict=True)
+    )
+    arr[(*(slice(None),) * lead, *sl)] = data
+    for lead_index in np.ndindex(
+        *[math.ceil(s / c) for s, c in zip(arr.shape[:lead], arr.chunks[:lead], strict=True)]
+    ):
+        fsync_file(chunk_file(out, level, zarr_format, (*lead_index, *index)))
+
+
+def _level0_task(
+    plan: FusionPlan,
+    out: Path,
+    zarr_format: int,
+    read: Reader | None,
+    flatfield: Any,
+    device: str | None,
+    cache: TileCache,
+    progress: Progress,
+    on_chunk: Callable[..., None] | None,
+    block_info: dict[Any, Any] | None = None,
+) -> np.ndarray:
+    index = tuple(block_info[None]["chunk-location"])  # type: ignore[index]
+    if progress.is_done(0, index):
+        status = 2
+    else:
+        data = fuse_chunk(plan, index, read=read, flatfield=flatfield, device=device, cache=cache)
+        _store_chunk(out, 0, zarr_format, len(plan.channel_shape), index, data, plan.chunk)
+        progress.mark(0, index)
+        status = 1
+    if on_chunk is not None:
+        on_chunk(status)
+    return np.full((1,) * plan.ndim, status, dtype=np.int8)
+
+
+def _downsample(block: np.ndarray, lead: int, dtype: str) -> np.ndarray:
+    """Mean of 2^ndim blocks; odd edges repeat their last pixel (so they average what exists)."""
+    from ._blend import _to_dtype
+
+    pad = [(0, 0)] * lead + [(0, s % 2) for s in block.shape[lead:]]
+    x = np.pad(block.astype(np.float64), pad, mode="edge")
+    for axis in range(lead, x.ndim):
+        x = x.reshape(*x.shape[:axis], x.shape[axis] // 2, 2, *x.shape[axis + 1 :]).mean(axis + 1)
+    return _to_dtype(x, dtype, np)
+
+
+def _pyramid_task(
+    out: Path,
+    level: int,
+    zarr_format: int,
+    lead: int,
+    chunk: tuple[int, ...],
+    dtype: str,
+    progress: Progress,
+    on_chunk: Callable[..., None] | None,
+    block_info: dict[Any, Any] | None = None,
+) -> np.ndarray:
+    index = tuple(block_info[None]["chunk-location"])  # type: ignore[index]
+    if progress.is_done(level, index):
+        status = 2
+    else:
+        target = _open_level(os.fspath(out), level)
+        source = _open_level(os.fspath(out), level - 1)
+        lo = [i * c for i, c in zip(index, chunk, strict=True)]
+        hi = [min(a + c, s) for a, c, s in zip(lo, chunk, target.shape[lead:], strict=True)]
+        src = tuple(
+            slice(2 * a, min(2 * b, s)) for a, b, s in zip(lo, hi, source.shape[lead:], strict=True)
+        )
+        data = _downsample(np.asarray(source[(*(slice(None),) * lead, *src)]), lead, dtype)
+        _store_chunk(out, level, zarr_format, lead, index, data, chunk)
+        progress.mark(level, index)
+        status = 1
+    if on_chunk is not None:
+        on_chunk(status)
+    return np.full((1,) * len(index), status, dtype=np.int8)
+
+
+def _run_level(
+    task: Callable[..., np.ndarray], grid: Sequence[int], scheduler: Any, workers: int | None
+) -> np.ndarray:
+    import dask.array as da
+
+    statuses = da.map_blocks(task, chunks=tuple((1,) * g for g in grid), dtype=np.int8)
+    options = {"num_workers": workers} if workers and scheduler is None else {}
+    return np.asarray(statuses.compute(scheduler=scheduler, **options))
+
+
+def fuse(
+    tiles: TileTable | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    params: FusionParams | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    ngff: str = "0.4",
+    pyramid: bool = True,
+    flatfield: Any = None,
+    read: Reader | None = None,
+    device: str | None = None,
+    register: bool = False,
+    preview: str | os.PathLike[str] | None = None,
+    scheduler: Any = None,
+    workers: int | None = None,
+    on_chunk: Callable[..., None] | None = None,
+    **plan_options: Any,
+) -> FusionResult:
+    """Fuse tiles into an OME-Zarr mosaic on disk, chunk by chunk, resumably.
+
+    Parameters
+    ----------
+    tiles : TileTable or path of a tile table (CSV or TileConfiguration.txt)
+    out : path
+        The ``.ome.zarr`` folder to write.
+    params : FusionParams, optional
+        Blending, interpolation order, chunk size, fill value.
+    resume : bool
+        Finish an interrupted write: chunks recorded as done are skipped. The result equals
+        an uninterrupted run byte for byte.
+    overwrite : bool
+        Replace whatever is at ``out``.
+    ngff : {"0.4", "0.5"}
+        NGFF 0.4 on Zarr v2 (default: the most widely readable) or 0.5 on Zarr v3.
+    pyramid : bool
+        Write downsampled levels (halving until the image fits one chunk).
+    flatfield : FlatField or "estimate", optional
+        Vignetting correction applied to each tile before placing it; ``"estimate"`` derives
+        it from the tiles themselves (:func:`scopefx.fusion.estimate_flatfield`).
+    read : callable, optional
+        ``read(ref) -> array``; default :func:`scopefx.io.read_image`.
+    device : {None, "cpu", "gpu", "cuda:N"}
+    register : bool
+        Refine the positions from the tiles' overlaps first (:func:`scopefx.fusion.register`);
+        the refined table and per-pair residuals are written beside ``out`` as
+        ``<name>.registered.csv`` and ``<name>.pairs.csv``.
+    preview : path, optional
+        Also save a downsampled PNG with the tile outlines (:func:`write_preview`).
+    scheduler : optional
+        dask scheduler for ``compute`` (default: the threaded one, or the active
+        ``distributed.Client``).
+    workers : int, optional
+        Threads of the default scheduler (and for reading tile headers).
+    on_chunk : callable, optional
+        ``on_chunk(status, total)`` after each chunk, from worker threads: status 1 written,
+        2 already done; ``total`` chunks over all pyramid levels.
+    **plan_options
+        ``pixel_size_um``, ``rotation_deg``, ``skip_missing``, ``force``.
+
+    Returns
+    -------
+    FusionResult
+
+    Raises
+    ------
+    ImageNotFoundError
+        Missing tiles (listed), unless ``skip_missing=True``.
+    ConfigError
+        Mixed tiles, singular affines, a mosaic over the size limit, or an output path that
+        holds something else (without ``overwrite``).
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    table = _as_table(
+        tiles, plan_options.get("pixel_size_um"), plan_options.pop("rotation_deg", 0.0)
+    )
+    extra: dict[str, Any] = {}
+    if register:
+        table, extra["registration"] = _register(table, out, read, workers or 4)
+    plan, missing = plan_fusion(
+        table, params=params, read=read, workers=workers or 4, **plan_options
+    )
+    if isinstance(flatfield, str):
+        if flatfield != "estimate":
+            raise ConfigError(f'flatfield must be a FlatField or "estimate", got {flatfield!r}')
+        from ._flatfield import estimate_flatfield
+
+        flatfield = estimate_flatfield(plan.refs, read=read)
+    lead = len(plan.channel_shape)
+    if lead > 1:
+        raise ConfigError(
+            f"tiles with {lead} leading non-spatial axes {plan.channel_shape}; OME-Zarr holds "
+            "one channel axis"
+        )
+    pixel = plan.pixel_size_um
+    spec = OmeZarrSpec(
+        shape=plan.full_shape,
+        chunks=(*plan.channel_shape, *plan.chunk),
+        dtype=plan.dtype,
+        pixel_size=(pixel or 1.0,) * plan.ndim,
+        origin=tuple(float(o) * (pixel or 1.0) for o in plan.origin),
+        unit="micrometer" if pixel else None,
+        channels=plan.channel_shape[0] if lead else None,
+        ngff=ngff,
+        fill_value=plan.params.fill,
+        max_levels=10 if pyramid else 1,
+    )
+    fingerprint = hashlib.sha256(
+        f"{plan.fingerprint()}|{_flatfield_digest(flatfield)}|{spec}".encode()
+    ).hexdigest()[:32]
+    progress = Progress(out, fingerprint)
+    state = progress.begin(resume=resume, overwrite=overwrite, protect=plan.refs)
+    shapes = spec.level_shapes()
+    total = sum(
+        math.prod(math.ceil(s / c) for s, c in zip(shape[lead:], plan.chunk, strict=True))
+        for shape in shapes
+    )
+    notify = functools.partial(on_chunk, total=total) if on_chunk is not None else None
+    written, resumed = 0, total if state == "complete" else 0
+    if state != "complete":
+        create_ome_zarr(
+            out,
+            spec,
+            extra_attrs={"scopefx": {"origin_px": plan.origin[::-1].tolist(), "axes_px": "xyz"}},
+        )
+        _open_level.cache_clear()
+        task0 = functools.partial(
+            _level0_task,
+            plan,
+            out,
+            spec.zarr_format,
+            read,
+            flatfield,
+            device,
+            TileCache(),
+            progress,
+            notify,
+        )
+        statuses = _run_level(task0, plan.grid, scheduler, workers)
+        written, resumed = int((statuses == 1).sum()), int((statuses == 2).sum())
+        for level in range(1, len(shapes)):
+            grid = [math.ceil(s / c) for s, c in zip(shapes[level][lead:], plan.chunk, strict=True)]
+            task = functools.partial(
+                _pyramid_task, out, level, spec.zarr_format, lead, plan.chunk, plan.dtype,
+                progress, notify,
+            )  # fmt: skip
+            statuses = _run_level(task, grid, scheduler, workers)
+            written += int((statuses == 1).sum())
+            resumed += int((statuses == 2).sum())
+    result = FusionResult(
+        path=os.fspath(out),
+        shape=plan.full_shape,
+        dtype=plan.dtype,
+        chunks=spec.chunks,
+        levels=len(shapes),
+        origin_px=tuple(int(v) for v in plan.origin),
+        pixel_size_um=pixel,
+        n_tiles=len(plan.refs),
+        missing=tuple(missing),
+        chunks_written=written,
+        chunks_resumed=resumed,
+        seconds=time.perf_counter() - t0,
+        extra={"blend": plan.params.blend, "ngff": ngff, "feather_px": plan.feather_px, **extra},
+        plan=plan,
+    )
+    if state != "complete":
+        progress.finish(result.to_dict())
+    if preview is not None:
+        from .plot import write_preview
+
+        write_preview(preview, out, plan)
+    return result
+
+
+def sidecar(out: Path, suffix: str) -> Path:
+    """``mosaic.ome.zarr`` -> ``mosaic<suffix>`` beside it."""
+    name = out.name
+    for ext in (".ome.zarr", ".zarr"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return out.with_name(name + suffix)
+
+
+def _register(
+    table: TileTable, out: Path, read: Reader | None, workers: int
+) -> tuple[TileTable, dict[str, Any]]:
+    from ._register import register
+
+    reg = register(table, read=read, workers=workers)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    refined, pairs = sidecar(out, ".registered.csv"), sidecar(out, ".pairs.csv")
+    reg.table.to_csv(refined)
+    reg.pairs_to_csv(pairs)
+    used = sum(p.used for p in reg.pairs)
+    log.info("registration: %d of %d pairs used, rms %.3f px", used, len(reg.pairs),
+             reg.rms_residual_px)  # fmt: skip
+    summary = {
+        "pairs": len(reg.pairs),
+        "pairs_used": used,
+        "rms_residual_px": reg.rms_residual_px,
+        "table": str(refined),
+        "pairs_csv": str(pairs),
+    }
+    return reg.table, summary

@@ -1,0 +1,396 @@
+"""Tile tables: where each tile of a mosaic goes.
+
+Two on-disk forms are read:
+
+* **CSV** with a header. ``path`` plus either ``x,y[,z]`` (mosaic pixels, floats allowed, ``x`` is
+  the column axis) or ``x_um,y_um[,z_um]`` (micrometres, divided by the pixel size). The position
+  is where the tile's pixel ``(0, 0[, 0])`` lands. An optional ``affine`` column holds a JSON
+  matrix ``[[a, b, tx], [c, d, ty]]`` (3x4 in 3D) that maps tile pixel ``(x, y[, z])`` to mosaic
+  pixel ``(x, y[, z])``; when present it is authoritative. An optional ``focus`` column carries a
+  per-tile focus score (used by ``blend="focus"`` and the preview).
+* **Fiji / BigStitcher** ``TileConfiguration.txt`` and ``TileConfiguration.registered.txt``
+  (``dim = 2`` or ``3``; lines ``name; ; (x, y[, z])``).
+
+Relative paths are resolved against the table's folder.
+
+Internally every transform is a homogeneous ``(ndim + 1, ndim + 1)`` matrix in **array index
+order** (``(y, x)`` or ``(z, y, x)``), as :func:`scipy.ndimage.affine_transform` uses, so tile
+index ``i`` maps to mosaic index ``A @ [*i, 1]``. The tables speak ``(x, y[, z])``; the reversal
+happens here and nowhere else.
+
+A camera rotated relative to the stage (``rotation_deg``): the mosaic is built in the camera's
+frame, so tiles are never resampled for it; stage positions are rotated into that frame,
+``p_camera = R(rotation)^T p_stage``, with ``R`` the rotation that carries the stage's x axis onto
+the camera's x axis.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ImageNotFoundError, UnsupportedFormatError
+from ._refs import ZARR_SEP
+
+__all__ = ["Tile", "TileTable", "read_tile_table"]
+
+_TC_LINE = re.compile(r"^(?P<name>[^;]+);(?P<series>[^;]*);\s*\((?P<coords>[^)]*)\)\s*$")
+
+
+def _reverse(ndim: int) -> np.ndarray:
+    """Homogeneous permutation between (x, y[, z]) and index order (it is its own inverse)."""
+    p = np.zeros((ndim + 1, ndim + 1))
+    p[np.arange(ndim), np.arange(ndim)[::-1]] = 1
+    p[ndim, ndim] = 1
+    return p
+
+
+def xyz_to_index(matrix: np.ndarray) -> np.ndarray:
+    """A homogeneous affine in (x, y[, z]) order, re-expressed in array index order."""
+    p = _reverse(matrix.shape[0] - 1)
+    return p @ matrix @ p
+
+
+index_to_xyz = xyz_to_index  # the reversal is an involution
+
+
+def translation(offset_index: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Homogeneous translation by ``offset_index`` (index order)."""
+    n = len(offset_index)
+    m = np.eye(n + 1)
+    m[:n, n] = offset_index
+    return m
+
+
+@dataclass(frozen=True, eq=False)
+class Tile:
+    """One tile: an image reference and the transform that places it.
+
+    Attributes
+    ----------
+    ref : str
+        Path of the tile (absolute, or as given), or ``store.zarr::array``.
+    affine : ndarray, shape (ndim + 1, ndim + 1)
+        Homogeneous transform, index order, tile index -> mosaic index.
+    focus : float or None
+        A focus score (e.g. MHFD features) for ``blend="focus"`` and the preview.
+    """
+
+    ref: str
+    affine: np.ndarray
+    focus: float | None = None
+
+    @property
+    def ndim(self) -> int:
+        return int(self.affine.shape[0] - 1)
+
+    @property
+    def offset(self) -> np.ndarray:
+        """Mosaic index of the tile's pixel 0 (index order)."""
+        return np.asarray(self.affine[: self.ndim, self.ndim], dtype=float)
+
+    @property
+    def is_translation(self) -> bool:
+        return bool(np.allclose(self.affine[: self.ndim, : self.ndim], np.eye(self.ndim)))
+
+
+@dataclass(frozen=True, eq=False)
+class TileTable:
+    """The tiles of one mosaic, with the number of spatial dimensions and the pixel size.
+
+    Build one with :func:`read_tile_table`, :meth:`from_positions` or the constructor.
+    """
+
+    tiles: tuple[Tile, ...]
+    ndim: int = 2
+    pixel_size_um: float | None = None
+    source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ndim not in (2, 3):
+            raise ConfigError(f"a tile table is 2D or 3D, got ndim={self.ndim!r}")
+        if not self.tiles:
+            raise ConfigError(f"tile table {self.source or ''!s} holds no tiles".replace("  ", " "))
+        for i, t in enumerate(self.tiles):
+            a = np.asarray(t.affine, dtype=float)
+            if a.shape != (self.ndim + 1, self.ndim + 1):
+                raise ConfigError(
+                    f"tile {i} ({t.ref}): affine of shape {a.shape}, expected "
+                    f"{(self.ndim + 1, self.ndim + 1)} for a {self.ndim}D table"
+                )
+            if not np.all(np.isfinite(a)):
+                raise ConfigError(f"tile {i} ({t.ref}): affine holds NaN or infinity")
+            if abs(np.linalg.det(a[: self.ndim, : self.ndim])) < 1e-6:
+                raise ConfigError(
+                    f"tile {i} ({t.ref}): singular affine (determinant "
+                    f"{np.linalg.det(a[: self.ndim, : self.ndim]):.3g}); a tile must map to an "
+                    "area, check the affine column"
+                )
+        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
+            raise ConfigError(f"pixel_size_um must be > 0, got {self.pixel_size_um!r}")
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __iter__(self) -> Iterator[Tile]:
+        return iter(self.tiles)
+
+    def __getitem__(self, i: int) -> Tile:
+        return self.tiles[i]
+
+    @property
+    def refs(self) -> list[str]:
+        return [t.ref for t in self.tiles]
+
+    @property
+    def affines(self) -> np.ndarray:
+        """All transforms, shape (n_tiles, ndim + 1, ndim + 1), index order."""
+        return np.stack([np.asarray(t.affine, dtype=float) for t in self.tiles])
+
+    @classmethod
+    def from_positions(
+        cls,
+        refs: Sequence[str | os.PathLike[str]],
+        positions_xy: Any,
+        *,
+        pixel_size_um: float | None = None,
+        focus: Sequence[float | None] | None = None,
+    ) -> TileTable:
+        """Tiles placed by translation: ``positions_xy[i]`` is where tile ``i``'s pixel 0 lands.
+
+        Positions are ``(x, y)`` or ``(x, y, z)`` in mosaic pixels, as in the CSV table.
+        """
+        pos = np.asarray(positions_xy, dtype=float)
+        if pos.ndim != 2 or pos.shape[1] not in (2, 3) or len(pos) != len(refs):
+            raise ConfigError(
+                f"positions_xy must have shape ({len(refs)}, 2 or 3), got {pos.shape}"
+            )
+        ndim = pos.shape[1]
+        scores = list(focus) if focus is not None else [None] * len(refs)
+        tiles = tuple(
+            Tile(os.fspath(r), translation(p[::-1]), None if s is None else float(s))
+            for r, p, s in zip(refs, pos, scores, strict=True)
+        )
+        return cls(tiles, ndim=ndim, pixel_size_um=pixel_size_um)
+
+    def with_affines(self, affines: np.ndarray, **extra: Any) -> TileTable:
+        """The same tiles with new transforms (index order), e.g. after registration."""
+        tiles = tuple(
+            Tile(t.ref, np.asarray(a, dtype=float), t.focus)
+            for t, a in zip(self.tiles, affines, strict=True)
+        )
+        return TileTable(tiles, self.ndim, self.pixel_size_um, self.source, {**self.extra, **extra})
+
+    def with_focus(self, scores: Sequence[float | None]) -> TileTable:
+        tiles = tuple(
+            Tile(t.ref, t.affine, None if s is None else float(s))
+            for t, s in zip(self.tiles, scores, strict=True)
+        )
+        return TileTable(tiles, self.ndim, self.pixel_size_um, self.source, dict(self.extra))
+
+    def to_csv(self, path: str | os.PathLike[str]) -> None:
+        """Write ``path,x,y[,z],affine[,focus]``; relative paths where the tiles allow."""
+        path = Path(path)
+        base = path.resolve().parent
+        axes = ["x", "y", "z"][: self.ndim]
+        has_focus = any(t.focus is not None for t in self.tiles)
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", *axes, "affine"] + (["focus"] if has_focus else []))
+            for t in self.tiles:
+                xyz = index_to_xyz(np.asarray(t.affine, dtype=float))
+                ref = _relative_ref(t.ref, base)
+                row = [ref, *(f"{v:.6g}" for v in xyz[: self.ndim, self.ndim])]
+                row.append(json.dumps([[round(float(v), 9) for v in r] for r in xyz[:-1]]))
+                if has_focus:
+                    row.append("" if t.focus is None else f"{t.focus:.6g}")
+                w.writerow(row)
+
+
+def _relative_ref(ref: str, base: Path) -> str:
+    store, sep, array = ref.partition(ZARR_SEP)
+    try:
+        rel = Path(store).resolve().relative_to(base)
+    except ValueError:
+        return ref
+    return f"{rel.as_posix()}{sep}{array}"
+
+
+def _resolve(name: str, base: Path) -> str:
+    store, sep, array = name.strip().partition(ZARR_SEP)
+    p = Path(store)
+    if not p.is_absolute():
+        p = base / p
+    return f"{p}{sep}{array}"
+
+
+def _rotation_xy(rotation_deg: float, ndim: int) -> np.ndarray:
+    """Homogeneous R^T in (x, y[, z]) order: stage vectors into the camera frame."""
+    c, s = math.cos(math.radians(rotation_deg)), math.sin(math.radians(rotation_deg))
+    r = np.eye(ndim + 1)
+    r[:2, :2] = [[c, s], [-s, c]]
+    return r
+
+
+def _parse_affine(text: str, ndim: int, where: str) -> np.ndarray:
+    try:
+        m = np.asarray(json.loads(text), dtype=float)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: affine {text!r} is not a JSON matrix: {exc}") from None
+    if m.shape != (ndim, ndim + 1):
+        raise ConfigError(
+            f"{where}: affine of shape {m.shape}, expected {(ndim, ndim + 1)} "
+            f"({'[[a, b, tx], [c, d, ty]]' if ndim == 2 else '3x4'}) for a {ndim}D table"
+        )
+    return np.vstack([m, np.eye(ndim + 1)[-1]])
+
+
+def _read_csv(
+    path: Path, pixel_size_um: float | None, rotation_deg: float
+) -> tuple[list[Tile], int, float | None]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    if "path" not in cols:
+        raise ConfigError(f"{path}: no 'path' column; columns are {cols}")
+    if {"x", "y"} <= set(cols):
+        axes, unit = ["x", "y", "z"] if "z" in cols else ["x", "y"], "px"
+    elif {"x_um", "y_um"} <= set(cols):
+        axes = ["x_um", "y_um", "z_um"] if "z_um" in cols else ["x_um", "y_um"]
+        unit = "um"
+    elif "affine" in cols:
+        axes, unit = [], "px"
+    else:
+        raise ConfigError(
+            f"{path}: no position columns; expected 'x,y[,z]' (pixels), 'x_um,y_um[,z_um]' "
+            f"(with a pixel size) or 'affine', got {cols}"
+        )
+    if unit == "um" and pixel_size_um is None:
+        raise ConfigError(
+            f"{path}: positions are in micrometres ({', '.join(axes)}); give the pixel size "
+            "(--pixel-size / pixel_size_um=)"
+        )
+    if not rows:
+        raise ConfigError(f"{path}: the table holds no tiles")
+    ndim = len(axes) if axes else 0
+    if not axes:  # affine only: its shape says the dimension
+        try:
+            rows_in_first = len(json.loads(rows[0]["affine"]))
+        except (ValueError, TypeError):
+            rows_in_first = 2  # _parse_affine explains
+        ndim = rows_in_first if rows_in_first in (2, 3) else 2
+    rot = _rotation_xy(rotation_deg, ndim)
+    base = path.resolve().parent
+    tiles = []
+    for line, row in enumerate(rows, start=2):
+        where = f"{path}, line {line}"
+        if not row.get("path"):
+            raise ConfigError(f"{where}: empty path")
+        affine_text = row.get("affine", "")
+        if affine_text:
+            m = _parse_affine(affine_text, ndim, where)
+        else:
+            try:
+                pos = np.array([float(row[a]) for a in axes])
+            except (ValueError, KeyError):
+                values = {a: row.get(a) for a in axes}
+                raise ConfigError(f"{where}: position {values} is not numeric") from None
+            if unit == "um":
+                pos = pos / float(pixel_size_um)  # type: ignore[arg-type]
+            m = np.eye(ndim + 1)
+            m[:ndim, ndim] = rot[:ndim, :ndim] @ pos  # positions turn; the tiles do not
+        focus = row.get("focus", "")
+        tiles.append(
+            Tile(_resolve(row["path"], base), xyz_to_index(m), float(focus) if focus else None)
+        )
+    return tiles, ndim, pixel_size_um
+
+
+def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile], int]:
+    ndim = None
+    base = path.resolve().parent
+    tiles = []
+    for line, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            continue
+        key, eq, value = text.partition("=")
+        if eq and key.strip().lower() == "dim":
+            ndim = int(value)
+            continue
+        if eq and key.strip().lower() in ("multiseries",):
+            continue
+        match = _TC_LINE.match(text)
+        if match is None:
+            raise ConfigError(
+                f"{path}, line {line}: cannot parse {text!r}; expected 'name; ; (x, y)'"
+            )
+        coords = [float(v) for v in match["coords"].split(",") if v.strip()]
+        ndim = ndim or len(coords)
+        if len(coords) != ndim:
+            raise ConfigError(
+                f"{path}, line {line}: {len(coords)} coordinates, expected {ndim} (dim = {ndim})"
+            )
+        m = np.eye(ndim + 1)
+        m[:ndim, ndim] = _rotation_xy(rotation_deg, ndim)[:ndim, :ndim] @ coords
+        tiles.append(Tile(_resolve(match["name"], base), xyz_to_index(m)))
+    if ndim not in (2, 3):
+        raise ConfigError(f"{path}: dim = {ndim!r}; only 2D and 3D tile configurations exist")
+    return tiles, ndim
+
+
+def read_tile_table(
+    path: str | os.PathLike[str],
+    *,
+    pixel_size_um: float | None = None,
+    rotation_deg: float = 0.0,
+) -> TileTable:
+    """Read a tile table: a CSV, or a Fiji/BigStitcher ``TileConfiguration.txt``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``*.csv`` (see the module docs for the columns) or ``*.txt`` (TileConfiguration).
+    pixel_size_um : float, optional
+        Pixel size, needed for ``x_um,y_um`` positions; stored for the output's metadata.
+    rotation_deg : float
+        Camera rotation relative to the stage; positions are rotated into the camera frame.
+        Ignored for rows with an ``affine`` (authoritative).
+
+    Returns
+    -------
+    TileTable
+
+    Raises
+    ------
+    ImageNotFoundError
+        The table does not exist.
+    ConfigError
+        A column is missing, a value is not numeric, an affine is malformed or singular.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ImageNotFoundError(f"tile table {os.fspath(path)!r} does not exist")
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        tiles, ndim, px = _read_csv(p, pixel_size_um, rotation_deg)
+    elif suffix == ".txt":
+        tiles, ndim = _read_tile_configuration(p, rotation_deg)
+        px = pixel_size_um
+    else:
+        raise UnsupportedFormatError(
+            f"tile table {os.fspath(path)!r}: expected a .csv table or a Fiji "
+            "TileConfiguration .txt"
+        )
+    return TileTable(tuple(tiles), ndim=ndim, pixel_size_um=px, source=os.fspath(path))

@@ -1,0 +1,376 @@
+"""Fusion against ground truth: mosaics cut from a bundled image and fused back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from _mosaic_helpers import coverage, truth_view
+
+from scopefx.errors import ConfigError, ImageNotFoundError
+from scopefx.fusion import BLENDS, FusionParams, fuse, fuse_lazy
+from scopefx.io._tiles import Tile, TileTable, translation
+from scopefx.samples import make_mosaic, write_mosaic
+
+SMALL = {"grid": (3, 3), "tile_px": 128, "name": "retina"}
+
+
+def _fused(table: Path | TileTable, **params: object) -> tuple[np.ndarray, object]:
+    lazy = fuse_lazy(table, params=FusionParams(chunk_px=96, **params))  # type: ignore[arg-type]
+    return lazy.compute(), lazy.scopefx_plan
+
+
+@pytest.mark.parametrize("blend", BLENDS)
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_integer_shifts_reproduce_the_image_exactly(tmp_path, blend, dtype):
+    mosaic = make_mosaic(**SMALL, jitter_px=5, dtype=dtype)
+    table = write_mosaic(tmp_path, mosaic)
+    extra = {"focus_gamma": 1.0} if blend == "focus" else {}
+    if blend == "focus":
+        t = TileTable.from_positions(
+            [str(tmp_path / f"tile_{i:04d}.tif") for i in range(9)],
+            mosaic.positions_xy,
+            focus=list(range(1, 10)),
+        )
+        fused, plan = _fused(t, blend=blend, **extra)
+    else:
+        fused, plan = _fused(table, blend=blend)
+    covered = coverage(plan)
+    assert fused.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(fused[covered], truth_view(mosaic.truth, plan)[covered])
+    assert np.all(fused[~covered] == 0)  # the fill value
+    assert (~covered).any()  # jitter leaves uncovered corners: the check above means something
+
+
+@pytest.mark.parametrize(
+    ("case", "order", "max_rmse"),
+    [
+        ({"subpixel": True, "jitter_px": 3.0}, 1, 1.5e-3),
+        ({"subpixel": True, "jitter_px": 3.0}, 3, 3e-4),
+        ({"rotation_deg": 1.5}, 1, 1.5e-3),
+        ({"rotation_deg": 1.5}, 3, 3e-4),
+    ],
+)
+def test_subpixel_and_rotated_tiles_within_stated_rmse(tmp_path, case, order, max_rmse):
+    """Tiles resampled from a smooth truth (sigma 1 px) are put back within the RMSE given
+    (relative to a [0, 1] image); cubic beats linear."""
+    mosaic = make_mosaic(**SMALL, smooth_sigma_px=1.0, dtype="float32", **case)
+    fused, plan = _fused(write_mosaic(tmp_path, mosaic), order=order)
+    covered = coverage(plan)
+    err = (fused - truth_view(mosaic.truth, plan))[covered]
+    rmse = float(np.sqrt(np.mean(err**2)))
+    assert rmse < max_rmse, rmse
+    if "rotation_deg" in case:
+        assert not all(Tile("", a).is_translation for a in mosaic.affines)
+
+
+def test_noise_averages_down_in_overlaps(tmp_path):
+    """Read noise is independent per tile: where two tiles overlap, the mean halves its
+    variance."""
+    mosaic = make_mosaic(**SMALL, overlap=0.3, jitter_px=2, read_noise=1000.0)
+    clean = make_mosaic(**SMALL, overlap=0.3, jitter_px=2)
+    fused, plan = _fused(write_mosaic(tmp_path, mosaic), blend="mean")
+    count = np.zeros(plan.shape, int)
+    for lo, hi in plan.boxes:
+        count[lo[0] : hi[0], lo[1] : hi[1]] += 1
+    err = fused.astype(float) - truth_view(clean.truth, plan)
+    single = np.sqrt(np.mean(err[count == 1] ** 2))
+    double = np.sqrt(np.mean(err[count == 2] ** 2))
+    assert single == pytest.approx(1000, rel=0.05)
+    assert double == pytest.approx(1000 / np.sqrt(2), rel=0.05)
+
+
+def test_linear_blending_has_no_seam_steps(tmp_path):
+    """Vignetted tiles of a flat specimen: the plain mean jumps where a tile's edge enters
+    the overlap; feathered weights fall to zero there, so the mosaic stays smooth."""
+    ramp = make_mosaic(**SMALL, vignetting=0.6, dtype="float32").vignetting
+    flat = np.full((128, 128), 0.5, np.float32) * ramp
+    tifffile.imwrite(tmp_path / "flat.tif", flat)
+    refs = [str(tmp_path / "flat.tif")] * 4
+    table = TileTable.from_positions(refs, [(0, 0), (100, 0), (0, 100), (100, 100)])
+    steps = {}
+    for blend in ("linear", "mean"):
+        fused, _ = _fused(table, blend=blend)
+        steps[blend] = max(np.abs(np.diff(fused, axis=a)).max() for a in (0, 1))
+    tile_step = max(np.abs(np.diff(flat, axis=a)).max() for a in (0, 1))
+    assert steps["mean"] > 5 * tile_step
+    assert steps["linear"] < 2 * tile_step
+
+
+def test_focus_blending_prefers_the_sharper_tile(tmp_path):
+    """Two tiles of the same area, one blurred: focus blending returns the sharp one."""
+    from scipy import ndimage
+
+    mosaic = make_mosaic(**{**SMALL, "grid": (1, 1)}, dtype="float32")
+    sharp = mosaic.tiles[0]
+    soft = ndimage.gaussian_filter(sharp, 3)
+    tifffile.imwrite(tmp_path / "sharp.tif", sharp)
+    tifffile.imwrite(tmp_path / "soft.tif", soft)
+    table = TileTable.from_positions(
+        [str(tmp_path / "soft.tif"), str(tmp_path / "sharp.tif")], [(0, 0), (0, 0)]
+    )
+    fused, plan = _fused(table, blend="focus")  # scores computed with MHFD
+    assert plan.focus[1] > 2 * plan.focus[0]
+    mean, _ = _fused(table, blend="mean")
+    assert np.abs(fused - sharp).mean() < 0.05 * np.abs(mean - sharp).mean()
+
+
+def test_rounding_is_to_nearest_not_truncation(tmp_path):
+    a = np.full((64, 64), 10, np.uint8)
+    b = np.full((64, 64), 13, np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    tifffile.imwrite(tmp_path / "b.tif", b)
+    table = TileTable.from_positions([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")],
+                                     [(0, 0), (0, 0)])  # fmt: skip
+    fused, _ = _fused(table, blend="mean")
+    assert np.all(fused == 12)  # 11.5 rounds to 12; truncation would give 11
+
+
+def test_fill_value_where_no_tile_covers(tmp_path):
+    tile = np.full((40, 40), 7, np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", tile)
+    table = TileTable.from_positions([str(tmp_path / "a.tif")] * 2, [(0, 0), (100, 0)])
+    fused, _ = _fused(table, fill=3)
+    assert fused.shape == (40, 140)
+    assert np.all(fused[:, 40:100] == 3) and np.all(fused[:, :40] == 7)
+
+
+def test_3d_tiles(tmp_path):
+    mosaic = make_mosaic(**{**SMALL, "tile_px": 64}, depth=12, jitter_px=3)
+    table = write_mosaic(tmp_path, mosaic)
+    fused, plan = _fused(table)
+    assert fused.shape[0] == 12 and plan.ndim == 3
+    covered = coverage(plan)
+    np.testing.assert_array_equal(fused[covered], truth_view(mosaic.truth, plan)[covered])
+
+
+def test_3d_tiles_placed_in_z(tmp_path):
+    """Two (Z, Y, X) stacks stacked along z with a z overlap: the z position is honoured."""
+    vol = (np.arange(20)[:, None, None] * np.ones((1, 32, 32)) * 100).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "lo.tif", vol[:12])
+    tifffile.imwrite(tmp_path / "hi.tif", vol[8:])
+    table = TileTable.from_positions(
+        [str(tmp_path / "lo.tif"), str(tmp_path / "hi.tif")], [(0, 0, 0), (0, 0, 8)]
+    )
+    fused, _ = _fused(table)
+    np.testing.assert_array_equal(fused, vol)
+
+
+def test_multichannel_tiles(tmp_path):
+    mosaic = make_mosaic(**SMALL, channels=3, jitter_px=2)
+    fused, plan = _fused(write_mosaic(tmp_path, mosaic))
+    assert fused.shape[0] == 3 and plan.channel_shape == (3,)
+    covered = coverage(plan)
+    truth = truth_view(mosaic.truth, plan)
+    for c in range(3):
+        np.testing.assert_array_equal(fused[c][covered[c]], truth[c][covered[c]])
+
+
+def test_fuse_writes_an_ome_zarr_pyramid_equal_to_the_lazy_array(tmp_path):
+    mosaic = make_mosaic(**SMALL, jitter_px=4)
+    table = write_mosaic(tmp_path / "tiles", mosaic)
+    out = tmp_path / "mosaic.ome.zarr"
+    result = fuse(table, out, params=FusionParams(chunk_px=96), pixel_size_um=0.25)
+    lazy = fuse_lazy(table, params=FusionParams(chunk_px=96)).compute()
+    level0 = zarr.open_array(out / "0", mode="r")[...]
+    np.testing.assert_array_equal(level0, lazy)
+    assert result.levels >= 3 and result.chunks_written > 0 and result.chunks_resumed == 0
+    level1 = zarr.open_array(out / "1", mode="r")[...]
+    h, w = (s // 2 * 2 for s in level0.shape)
+    expected = np.rint(level0[:h, :w].astype(float).reshape(h // 2, 2, w // 2, 2).mean((1, 3)))
+    np.testing.assert_array_equal(level1[: h // 2, : w // 2], expected)
+    assert not (out / ".scopefx").exists()  # tidied up: a clean Zarr hierarchy
+    assert json.loads((out / ".zattrs").read_text())["scopefx"]["n_tiles"] == 9
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_ngff_metadata_validates_and_opens_like_napari(tmp_path, ngff):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    mosaic = make_mosaic(**SMALL, jitter_px=4, channels=2)
+    out = tmp_path / "m.ome.zarr"
+    result = fuse(write_mosaic(tmp_path / "t", mosaic), out, params=FusionParams(chunk_px=64),
+                  ngff=ngff, pixel_size_um=0.5)  # fmt: skip
+    group = zarr.open_group(out, mode="r")
+    if ngff == "0.4":
+        from ome_zarr_models.v04.image import Image
+
+        ms = Image.from_zarr(group).attributes.multiscales[0]
+    else:
+        from ome_zarr_models.v05.image import Image as Image05
+
+        ms = Image05.from_zarr(group).ome_attributes.multiscales[0]
+    assert [a.name for a in ms.axes] == ["c", "y", "x"]
+    scale0, shift0 = ms.datasets[0].coordinateTransformations
+    assert list(scale0.scale) == [1.0, 0.5, 0.5]
+    origin = np.array(result.origin_px) * 0.5
+    assert list(shift0.translation) == [0.0, *origin]
+    scale1, shift1 = ms.datasets[1].coordinateTransformations
+    assert list(scale1.scale) == [1.0, 1.0, 1.0]
+    assert list(shift1.translation) == [0.0, *(origin + 0.25)]
+    nodes = list(Reader(parse_url(str(out)))())  # ome-zarr-py: what napari-ome-zarr uses
+    assert nodes[0].data[0].shape == result.shape
+    assert len(nodes[0].data) == result.levels
+
+
+# --------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_missing_tiles_are_listed_or_skipped(tmp_path):
+    mosaic = make_mosaic(**SMALL)
+    table = write_mosaic(tmp_path, mosaic)
+    (tmp_path / "tile_0002.tif").unlink()
+    (tmp_path / "tile_0007.tif").unlink()
+    with pytest.raises(ImageNotFoundError, match=r"2 of 9 tiles are missing") as info:
+        fuse(table, tmp_path / "out.ome.zarr")
+    assert "tile_0002.tif" in str(info.value) and "tile_0007.tif" in str(info.value)
+    result = fuse(table, tmp_path / "out.ome.zarr", skip_missing=True)
+    assert len(result.missing) == 2 and result.n_tiles == 7
+
+
+def test_mixed_dtypes_are_refused_naming_the_tile(tmp_path):
+    mosaic = make_mosaic(**SMALL)
+    table = write_mosaic(tmp_path, mosaic)
+    tifffile.imwrite(tmp_path / "tile_0004.tif", mosaic.tiles[4].astype(np.float32))
+    with pytest.raises(ConfigError, match=r"share dtype.*tile_0004\.tif \(float32"):
+        fuse_lazy(table)
+
+
+def test_singular_affine_is_refused(tmp_path):
+    bad = np.eye(3)
+    bad[0, 0] = 0
+    with pytest.raises(ConfigError, match=r"tile 1 \(b\.tif\): singular affine"):
+        TileTable((Tile("a.tif", np.eye(3)), Tile("b.tif", bad)))
+
+
+def test_far_apart_positions_are_refused_unless_forced(tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((64, 64), np.uint16))
+    refs = [str(tmp_path / "a.tif")] * 3
+    table = TileTable.from_positions(refs, [(0, 0), (60, 0), (4e6, 3e6)])  # um taken as px
+    with pytest.raises(ConfigError, match=r"over the limit.*a\.tif at \[4000000, 3000000\]"):
+        fuse_lazy(table)
+    near = TileTable.from_positions(refs, [(0, 0), (60, 0), (9000, 7000)])
+    small_limit = FusionParams(max_output_gib=0.01)
+    with pytest.raises(ConfigError, match=r"over the limit of 0\.01 GiB"):
+        fuse_lazy(near, params=small_limit)
+    lazy = fuse_lazy(near, params=small_limit, force=True)
+    assert lazy.shape == (7064, 9064)  # planned, nothing computed
+
+
+def test_output_holding_something_else_needs_overwrite(tmp_path):
+    mosaic = make_mosaic(**SMALL)
+    table = write_mosaic(tmp_path / "tiles", mosaic)
+    out = tmp_path / "out.ome.zarr"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"did not write.*--overwrite"):
+        fuse(table, out)
+    fuse(table, out, overwrite=True)
+    assert not (out / "notes.txt").exists()
+    with pytest.raises(ConfigError, match=r"exists \(complete\); pass --resume"):
+        fuse(table, out)
+    assert fuse(table, out, resume=True).chunks_written == 0  # nothing left to do
+    with pytest.raises(ConfigError, match="other tiles or parameters"):
+        fuse(table, out, params=FusionParams(blend="max"), resume=True)
+    with pytest.raises(ConfigError, match="holds the tile"):
+        fuse(table, tmp_path, overwrite=True)  # would delete the tiles
+
+
+# --------------------------------------------------------------------------------------------
+# resume
+
+_KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from scopefx.fusion import FusionParams, fuse
+    table, out, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    count = 0
+    def on_chunk(status, total):
+        global count
+        count += 1
+        if count >= after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    fuse(table, out, params=FusionParams(chunk_px=64), workers=2, on_chunk=on_chunk,
+         resume=os.path.exists(out))
+    """
+)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".zattrs" not in p.name and p.name != "zarr.json"
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [1, 20, 45])
+def test_resume_after_a_kill_equals_a_clean_run(tmp_path, kill_after):
+    mosaic = make_mosaic(**SMALL, jitter_px=4, channels=2)
+    table = write_mosaic(tmp_path / "tiles", mosaic)
+    clean = tmp_path / "clean.ome.zarr"
+    fuse(table, clean, params=FusionParams(chunk_px=64))
+    out = tmp_path / "killed.ome.zarr"
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+    run = subprocess.run([sys.executable, str(script), str(table), str(out), str(kill_after)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == -9, run.stderr
+    assert (out / ".scopefx" / "plan.json").exists()
+    # a torn write: a chunk file cut short with no completion marker
+    chunk = out / "0" / "0" / "1" / "1"
+    if chunk.exists() and not (out / ".scopefx" / "done" / "0" / "1.1").exists():
+        chunk.write_bytes(chunk.read_bytes()[:10])
+    result = fuse(table, out, params=FusionParams(chunk_px=64), resume=True)
+    assert result.chunks_resumed >= 1 if kill_after > 1 else True
+    assert _tree(out) == _tree(clean)
+    meta = json.loads((out / ".zattrs").read_text())
+    clean_meta = json.loads((clean / ".zattrs").read_text())
+    assert meta["multiscales"] == clean_meta["multiscales"]
+
+
+def test_resume_rewrites_a_chunk_without_a_marker(tmp_path):
+    """In-process: a chunk whose data was damaged after its marker was lost is rewritten."""
+    mosaic = make_mosaic(**SMALL, jitter_px=4)
+    table = write_mosaic(tmp_path / "tiles", mosaic)
+    out = tmp_path / "m.ome.zarr"
+    calls = []
+
+    def stop_after_five(status: int, total: int) -> None:
+        calls.append(status)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fuse(table, out, params=FusionParams(chunk_px=64), workers=1, on_chunk=stop_after_five)
+    done = sorted(os.listdir(out / ".scopefx" / "done" / "0"))
+    assert len(done) == 5
+    result = fuse(table, out, params=FusionParams(chunk_px=64), resume=True)
+    assert result.chunks_resumed == 5
+    clean = tmp_path / "clean.ome.zarr"
+    fuse(table, clean, params=FusionParams(chunk_px=64))
+    assert _tree(out) == _tree(clean)
+
+
+def test_plan_of_a_rotated_tile_covers_its_footprint():
+    a = translation([10.0, 20.0]) @ np.array(
+        [[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]]
+    )
+    table = TileTable((Tile("a.tif", a),))
+    from scopefx.fusion import make_plan
+
+    plan = make_plan(table, [(100, 50)], params=FusionParams(chunk_px=32))
+    corners = np.array([[0, 0], [0, 49], [99, 0], [99, 49]])
+    mapped = corners @ a[:2, :2].T + a[:2, 2] - plan.origin
+    assert np.all(mapped >= -0.5) and np.all(mapped < np.array(plan.shape) + 0.5)

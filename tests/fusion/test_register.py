@@ -1,0 +1,322 @@
+"""Tests of tile registration, on tiles cut from a real bundled image at known positions.
+
+Synthetic steps: :func:`scopefx.samples.bundled_image` gives the ground truth; tiles are cut at
+true positions (sub-pixel ones by cubic-spline shifting of the ground truth); the "stage"
+positions are the true ones plus seeded uniform errors. Registration fixes tiles only up to one
+common offset (the prior pulls toward the stage mean), so positions are compared after removing
+the mean error.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage
+
+from scopefx import samples
+from scopefx.errors import ConfigError, ImageNotFoundError
+from scopefx.fusion._register import overlapping_pairs, register
+from scopefx.io._tiles import Tile, TileTable
+
+TILE, STEP, GRID, MARGIN = 160, 112, 4, 24
+
+
+def _truth(size: int = 560) -> np.ndarray:
+    return samples.bundled_image("immunohistochemistry", size=size)
+
+
+def _cut(image: np.ndarray, pos: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Tile whose pixel p shows image(p + pos), by spline shifting a padded local window."""
+    base = np.floor(pos).astype(int)
+    frac = pos - base
+    pad = 8
+    lo = base - pad
+    window = image[tuple(slice(a, a + n + 2 * pad) for a, n in zip(lo, shape, strict=True))]
+    if np.any(frac):
+        window = ndimage.shift(window.astype(np.float64), -frac, order=3, mode="reflect")
+    return np.ascontiguousarray(window[(slice(pad, -pad),) * len(shape)], dtype=np.float32)
+
+
+def _mosaic(
+    *, subpixel: bool = False, seed: int = 0, error_px: float = 6.0
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """4x4 tiles of 160 px overlapping by 48 px; returns tiles, true and stage positions (y, x)."""
+    rng = np.random.default_rng(seed)
+    grid = np.array([(r, c) for r in range(GRID) for c in range(GRID)], dtype=float)
+    true = MARGIN + grid * STEP + rng.integers(-3, 4, grid.shape)
+    if subpixel:
+        true = true + rng.uniform(-0.5, 0.5, true.shape)
+    image = _truth()
+    tiles = [_cut(image, p, (TILE, TILE)) for p in true]
+    stage = true + rng.uniform(-error_px, error_px, true.shape)
+    return tiles, true, stage
+
+
+def _table(stage_yx: np.ndarray, refs: list[str] | None = None) -> TileTable:
+    refs = refs or [f"tile_{k:02d}" for k in range(len(stage_yx))]
+    return TileTable.from_positions(refs, stage_yx[:, ::-1])
+
+
+def _memory_reader(tiles: list[np.ndarray]):
+    by_ref = {f"tile_{k:02d}": t for k, t in enumerate(tiles)}
+    return by_ref.__getitem__
+
+
+def _position_error(table: TileTable, true: np.ndarray, skip: tuple[int, ...] = ()) -> np.ndarray:
+    """|placed - true| per tile after removing the mean offset of the tiles not skipped."""
+    nd = table.ndim
+    err = table.affines[:, :nd, nd] - true
+    keep = np.setdiff1d(np.arange(len(err)), skip)
+    return np.abs(err - err[keep].mean(axis=0))
+
+
+@pytest.mark.parametrize("subpixel", [False, True], ids=["integer", "subpixel"])
+def test_register_recovers_true_positions(subpixel: bool) -> None:
+    tiles, true, stage = _mosaic(subpixel=subpixel)
+    table = _table(stage)
+    assert _position_error(table, true).max() > 3  # the stage really is off
+    reg = register(table, read=_memory_reader(tiles), shapes=[(TILE, TILE)] * len(tiles))
+    assert _position_error(reg.table, true).max() < 0.5
+    assert all(p.used and p.quality > 0.8 for p in reg.pairs)
+    assert len(reg.pairs) == 2 * GRID * (GRID - 1) + 2 * (GRID - 1) ** 2  # sides and corners
+    assert reg.rms_residual_px < 0.2
+    # Pairwise shifts are the true relative corrections, to well under a pixel.
+    c_true = true - stage
+    for p in reg.pairs:
+        np.testing.assert_allclose(p.shift_px, c_true[p.j] - c_true[p.i], atol=0.3)
+    np.testing.assert_allclose(reg.table.affines[:, :2, 2] - stage, reg.corrections_px)
+    np.testing.assert_array_equal(reg.table.affines[:, :2, :2], table.affines[:, :2, :2])
+
+
+def test_noisy_tiff_tiles_with_the_real_reader(tmp_path: Path) -> None:
+    tiles, true, stage = _mosaic(subpixel=True, seed=1)
+    paths = []
+    for k, tile in enumerate(tiles):
+        path = tmp_path / f"tile_{k:02d}.tif"
+        tifffile.imwrite(path, samples.acquire(tile, photons=100, read_noise=3, seed=k))
+        paths.append(str(path))
+    reg = register(_table(stage, paths), workers=2)  # shapes from the TIFF headers
+    assert _position_error(reg.table, true).max() < 0.5
+    assert reg.table.refs == paths
+
+
+@pytest.mark.parametrize("kind", ["blank", "noise"])
+def test_tile_without_content_keeps_its_stage_position(kind: str) -> None:
+    tiles, true, stage = _mosaic(seed=2)
+    bad = 5
+    rng = np.random.default_rng(3)
+    tiles[bad] = (
+        np.full((TILE, TILE), 0.4, np.float32)
+        if kind == "blank"
+        else rng.random((TILE, TILE)).astype(np.float32)
+    )
+    table = _table(stage)
+    reg = register(table, read=_memory_reader(tiles), shapes=[(TILE, TILE)] * len(tiles))
+    np.testing.assert_array_equal(reg.corrections_px[bad], 0.0)
+    np.testing.assert_array_equal(reg.table[bad].affine, table[bad].affine)
+    touching = [p for p in reg.pairs if bad in (p.i, p.j)]
+    assert touching and not any(p.used for p in touching)
+    assert all(p.quality < 0.2 for p in touching)
+    if kind == "blank":
+        assert all(np.isnan(p.residual_px) and np.all(np.isnan(p.shift_px)) for p in touching)
+    assert all(p.used for p in reg.pairs if bad not in (p.i, p.j))
+    assert (
+        _position_error(reg.table, true, skip=(bad,)).max(axis=1)[np.arange(16) != bad].max() < 0.5
+    )
+
+
+def test_outlier_pairs_are_rejected() -> None:
+    """Tile 6's strip shared with its left neighbour shows content displaced by 5 px (a fold)."""
+    tiles, true, stage = _mosaic(seed=4)
+    strip = TILE - STEP
+    displaced = _cut(_truth(), true[6] + [5.0, 0.0], (TILE, TILE))
+    tiles[6] = tiles[6].copy()
+    tiles[6][:, :strip] = displaced[:, :strip]
+    read, shapes = _memory_reader(tiles), [(TILE, TILE)] * len(tiles)
+    reg = register(_table(stage), read=read, shapes=shapes)
+    by_pair = {(p.i, p.j): p for p in reg.pairs}
+    bad = by_pair[(5, 6)]
+    assert bad.quality > 0.5 and not bad.used and bad.residual_px > 2
+    assert _position_error(reg.table, true).max() < 0.5
+    assert reg.rms_residual_px < 0.3
+    # Without rejection, the planted pairs drag tile 6 (and its neighbours) off.
+    kept = register(_table(stage), read=read, shapes=shapes, outlier_px=1e6)
+    assert _position_error(kept.table, true).max() > 1
+
+
+def test_3d_tiles() -> None:
+    """2x2 tiles of 32x64x64 from a stack mixing three crops of the image along z, y and x."""
+    image = _truth(512)
+    yx, zx, zy = image[:140, :140], image[200:264, 100:240], image[300:364, 300:440]
+    volume = yx[None] * (0.5 + zx[:, None, :]) + zy[:, :, None]  # (64, 140, 140)
+    rng = np.random.default_rng(5)
+    grid = np.array([(0, r, c) for r in range(2) for c in range(2)], dtype=float)
+    true = np.array([12, 12, 12]) + grid * 40 + rng.integers(-3, 4, grid.shape)
+    tiles = [_cut(volume, p, (32, 64, 64)) for p in true]
+    stage = true + rng.uniform(-3, 3, true.shape)
+    table = _table(stage)
+    assert table.ndim == 3
+    reg = register(table, read=_memory_reader(tiles), shapes=[(32, 64, 64)] * 4)
+    assert len(reg.pairs) == 6
+    assert all(p.used for p in reg.pairs)
+    assert _position_error(reg.table, true).max() < 0.5
+
+
+def test_rotated_tiles_are_resampled() -> None:
+    """Tiles whose transform has a 1 degree rotation: crops are resampled into the mosaic grid."""
+    image = _truth()
+    theta = np.deg2rad(1.0)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    rng = np.random.default_rng(6)
+    grid = np.array([(r, c) for r in range(3) for c in range(3)], dtype=float)
+    true = 40 + grid * STEP + rng.uniform(-2, 2, grid.shape)
+    yy, xx = np.mgrid[:TILE, :TILE].astype(float)
+    tiles, affines = [], []
+    for t in true:
+        coords = np.einsum("ab,bij->aij", rot, np.stack([yy, xx])) + t[:, None, None]
+        tiles.append(ndimage.map_coordinates(image, coords, order=3).astype(np.float32))
+    stage = true + rng.uniform(-4, 4, true.shape)
+    for s in stage:
+        a = np.eye(3)
+        a[:2, :2], a[:2, 2] = rot, s
+        affines.append(a)
+    table = TileTable(tuple(Tile(f"tile_{k:02d}", a) for k, a in enumerate(affines)))
+    reg = register(table, read=_memory_reader(tiles), shapes=[(TILE, TILE)] * 9)
+    assert all(p.used for p in reg.pairs)
+    assert _position_error(reg.table, true).max() < 0.5
+    np.testing.assert_allclose(reg.table.affines[:, :2, :2], table.affines[:, :2, :2])
+
+
+def test_channels_and_per_tile_shapes() -> None:
+    """Two-channel tiles (C, Y, X), the last column narrower: channels summed, shapes per tile."""
+    tiles, true, stage = _mosaic(seed=7)
+    shapes = []
+    for k in range(len(tiles)):
+        if k % GRID == GRID - 1:
+            tiles[k] = tiles[k][:, :120]
+        tiles[k] = np.stack([tiles[k] * 0.3, tiles[k] ** 2])
+        shapes.append(tiles[k].shape[1:])
+    reads: list[str] = []
+
+    def read(ref: str) -> np.ndarray:
+        reads.append(ref)
+        return _memory_reader(tiles)(ref)
+
+    reg = register(_table(stage), read=read, shapes=shapes, workers=3)
+    assert _position_error(reg.table, true).max() < 0.5
+    assert sorted(reads) == sorted(set(reads)) and len(reads) == len(tiles)  # each read once
+    with pytest.raises(ConfigError, match=r"tile 0 \(tile_00\): spatial shape \(160, 160\)"):
+        register(_table(stage), read=read, shapes=[(160, 150)] * len(tiles))
+
+
+def test_missing_tile_names_the_file(tmp_path: Path) -> None:
+    tiles, _, stage = _mosaic(seed=8)
+    paths = [str(tmp_path / f"tile_{k:02d}.tif") for k in range(len(tiles))]
+    for path, tile in zip(paths, tiles, strict=True):
+        tifffile.imwrite(path, samples.acquire(tile, seed=0))
+    Path(paths[9]).unlink()
+    with pytest.raises(ImageNotFoundError, match=r"tile_09\.tif"):
+        register(_table(stage, paths))
+    with pytest.raises(ImageNotFoundError, match=r"tile_09\.tif"):
+        register(_table(stage, paths), shapes=[(TILE, TILE)] * len(paths), workers=2)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [
+        ("min_quality", 1.5, r"min_quality must be in \[0, 1\], got 1.5"),
+        ("max_shift_px", 0, "max_shift_px must be > 0 or None, got 0"),
+        ("prior_weight", -1.0, r"prior_weight must be > 0, got -1.0"),
+        ("outlier_px", 0.0, "outlier_px must be > 0, got 0.0"),
+        ("min_overlap_px", 0, "min_overlap_px must be > 0, got 0"),
+        ("workers", 0, "workers must be an integer >= 1, got 0"),
+        ("workers", 2.5, "workers must be an integer >= 1, got 2.5"),
+        ("shapes", [(TILE, TILE)], r"shapes must give .* shape \(16, 2\), got .* \(1, 2\)"),
+    ],
+)
+def test_bad_parameters_name_the_value(option: str, value: object, match: str) -> None:
+    tiles, _, stage = _mosaic()
+    kwargs = {"read": _memory_reader(tiles), "shapes": [(TILE, TILE)] * 16, option: value}
+    with pytest.raises(ConfigError, match=match):
+        register(_table(stage), **kwargs)  # type: ignore[arg-type]
+
+
+def _brute_force(lo: np.ndarray, hi: np.ndarray, min_overlap: float) -> dict:
+    found = {}
+    ext = hi - lo
+    for i in range(len(lo)):
+        for j in range(i + 1, len(lo)):
+            olo, ohi = np.maximum(lo[i], lo[j]), np.minimum(hi[i], hi[j])
+            need = np.minimum(min_overlap, np.minimum(ext[i], ext[j]))
+            if np.all(ohi - olo > 0) and np.all(ohi - olo >= need - 1e-9):
+                found[(i, j)] = (olo, ohi)
+    return found
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_overlapping_pairs_matches_brute_force(ndim: int) -> None:
+    rng = np.random.default_rng(ndim)
+    n = 300
+    shapes = rng.integers(8, 120, (n, ndim))
+    offsets = rng.uniform(0, 600, (n, ndim))
+    scale = np.where(rng.random(n) < 0.2, 1.5, 1.0)  # some tiles scaled, so not translations
+    tiles = []
+    for k in range(n):
+        a = np.eye(ndim + 1)
+        a[:ndim, :ndim] *= scale[k]
+        a[:ndim, ndim] = offsets[k]
+        tiles.append(Tile(f"t{k}", a))
+    table = TileTable(tuple(tiles), ndim=ndim)
+    lo, hi = offsets, offsets + shapes * scale[:, None]
+    expected = _brute_force(lo, hi, 16)
+    got = overlapping_pairs(table, shapes, min_overlap_px=16)
+    assert [(i, j) for i, j, _, _ in got] == sorted(expected)
+    assert 50 < len(got) < n * (n - 1) // 2
+    for i, j, olo, ohi in got:
+        np.testing.assert_allclose(olo, expected[(i, j)][0])
+        np.testing.assert_allclose(ohi, expected[(i, j)][1])
+
+
+def test_overlapping_pairs_of_10000_tiles_is_fast() -> None:
+    side, tile, step = 100, 512, 461  # 51 px overlaps, +-3 px stage jitter
+    rng = np.random.default_rng(9)
+    grid = np.array([(r, c) for r in range(side) for c in range(side)], dtype=float)
+    stage = grid * step + rng.uniform(-3, 3, grid.shape)
+    table = _table(stage)
+    shapes = np.full((side * side, 2), tile)
+    start = time.perf_counter()
+    pairs = overlapping_pairs(table, shapes)
+    elapsed = time.perf_counter() - start
+    assert len(pairs) == 2 * side * (side - 1) + 2 * (side - 1) ** 2
+    assert elapsed < 0.5, f"{elapsed:.2f} s for 10,000 tiles"
+
+
+def test_pairs_to_csv_round_trip(tmp_path: Path) -> None:
+    tiles, _, stage = _mosaic(seed=10)
+    tiles[0] = np.zeros_like(tiles[0])  # a blank tile: its shifts are empty fields
+    reg = register(_table(stage), read=_memory_reader(tiles), shapes=[(TILE, TILE)] * 16)
+    path = tmp_path / "pairs.csv"
+    reg.pairs_to_csv(path)
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert reader.fieldnames == [
+        "i", "j", "ref_i", "ref_j", "dx", "dy", "quality", "used", "residual_px",
+    ]  # fmt: skip
+    assert len(rows) == len(reg.pairs)
+    for row, pair in zip(rows, reg.pairs, strict=True):
+        assert (int(row["i"]), int(row["j"])) == (pair.i, pair.j)
+        assert row["ref_i"] == f"tile_{pair.i:02d}" and row["ref_j"] == f"tile_{pair.j:02d}"
+        assert row["used"] == str(pair.used)
+        if np.isnan(pair.residual_px):
+            assert row["dx"] == row["dy"] == row["residual_px"] == ""
+        else:
+            assert float(row["dx"]) == pytest.approx(pair.shift_px[1], abs=1e-5)
+            assert float(row["dy"]) == pytest.approx(pair.shift_px[0], abs=1e-5)
+            assert float(row["residual_px"]) == pytest.approx(pair.residual_px, abs=1e-5)
+        assert float(row["quality"]) == pytest.approx(pair.quality, abs=1e-5)

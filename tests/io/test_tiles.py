@@ -1,0 +1,127 @@
+"""Tile tables: CSV (pixels, micrometres, affines), Fiji TileConfiguration, rotation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from scopefx.errors import ConfigError, ImageNotFoundError, UnsupportedFormatError
+from scopefx.io import Tile, TileTable, read_tile_table
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_csv_positions_in_pixels_resolve_paths_and_reverse_axes(tmp_path):
+    table = read_tile_table(_write(tmp_path / "t.csv", "path,x,y\na.tif,10.5,20\nsub/b.tif,0,0\n"))
+    assert table.ndim == 2 and len(table) == 2
+    assert table[0].ref == str(tmp_path / "a.tif")
+    assert table[1].ref == str(tmp_path / "sub" / "b.tif")
+    np.testing.assert_array_equal(table[0].offset, [20, 10.5])  # index order: row, column
+    assert table[0].is_translation
+
+
+def test_csv_micrometres_need_a_pixel_size(tmp_path):
+    path = _write(tmp_path / "t.csv", "path,x_um,y_um\na.tif,100,50\n")
+    with pytest.raises(ConfigError, match=r"micrometres.*--pixel-size"):
+        read_tile_table(path)
+    table = read_tile_table(path, pixel_size_um=0.5)
+    np.testing.assert_array_equal(table[0].offset, [100, 200])
+    assert table.pixel_size_um == 0.5
+
+
+def test_csv_3d_positions(tmp_path):
+    table = read_tile_table(_write(tmp_path / "t.csv", "path,x,y,z\na.tif,1,2,3\n"))
+    assert table.ndim == 3
+    np.testing.assert_array_equal(table[0].offset, [3, 2, 1])
+
+
+def test_affine_column_is_authoritative_and_in_xy_order(tmp_path):
+    affine = [[0.0, -1.0, 30.0], [1.0, 0.0, 40.0]]  # x' = -y + 30, y' = x + 40
+    text = f"path,x,y,affine\na.tif,999,999,{json.dumps(json.dumps(affine))}\n"
+    table = read_tile_table(_write(tmp_path / "t.csv", text.replace('"', '"', 1)))
+    a = table[0].affine
+    # tile pixel (row 2, col 5) = (x 5, y 2) -> x' = 28, y' = 45 -> index (45, 28)
+    np.testing.assert_allclose(a @ [2, 5, 1], [45, 28, 1])
+    assert not table[0].is_translation
+
+
+def test_rotation_turns_stage_positions_into_the_camera_frame(tmp_path):
+    theta = 30.0
+    c, s = math.cos(math.radians(theta)), math.sin(math.radians(theta))
+    cam = np.array([100.0, 0.0])  # the tile lies 100 px along the camera's x axis
+    stage = np.array([[c, -s], [s, c]]) @ cam
+    text = f"path,x,y\na.tif,{stage[0]},{stage[1]}\n"
+    table = read_tile_table(_write(tmp_path / "t.csv", text), rotation_deg=theta)
+    np.testing.assert_allclose(table[0].offset, [0, 100], atol=1e-9)
+    assert table[0].is_translation  # tiles are not resampled for the rotation
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_fiji_tile_configuration_2d(tmp_path, registered):
+    text = (
+        "# Define the number of dimensions we are working on\ndim = 2\n\n"
+        "# Define the image coordinates\n"
+        "tile_1.tif; ; (0.0, 0.0)\ntile_2.tif; ; (460.25, -3.5)\n"
+    )
+    name = "TileConfiguration.registered.txt" if registered else "TileConfiguration.txt"
+    table = read_tile_table(_write(tmp_path / name, text))
+    assert [t.ref for t in table] == [str(tmp_path / "tile_1.tif"), str(tmp_path / "tile_2.tif")]
+    np.testing.assert_array_equal(table[1].offset, [-3.5, 460.25])
+
+
+def test_fiji_tile_configuration_3d(tmp_path):
+    text = "dim = 3\na.tif; ; (0.0, 0.0, 0.0)\nb.tif; ; (10.0, 20.0, 30.0)\n"
+    table = read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
+    assert table.ndim == 3
+    np.testing.assert_array_equal(table[1].offset, [30, 20, 10])
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("file,x,y\na.tif,1,2\n", "no 'path' column"),
+        ("path,a,b\na.tif,1,2\n", "no position columns"),
+        ("path,x,y\na.tif,one,2\n", r"line 2: position .* not numeric"),
+        ("path,x,y\n,1,2\n", "line 2: empty path"),
+        ("path,x,y\n", "holds no tiles"),
+        ('path,affine\na.tif,"[[1, 0, 0]]"\n', r"affine of shape \(1, 3\), expected \(2, 3\)"),
+        ('path,affine\na.tif,"[[0, 0, 0], [0, 0, 0]]"\n', "singular affine"),
+        ('path,x,y,affine\na.tif,0,0,"[[1, 0, 0], [0, 1"\n', "not a JSON matrix"),
+    ],
+)
+def test_bad_tables_name_the_problem(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        read_tile_table(_write(tmp_path / "t.csv", text))
+
+
+def test_missing_or_unknown_table_files(tmp_path):
+    with pytest.raises(ImageNotFoundError, match="does not exist"):
+        read_tile_table(tmp_path / "nope.csv")
+    with pytest.raises(UnsupportedFormatError, match="expected a .csv table"):
+        read_tile_table(_write(tmp_path / "t.json", "{}"))
+    with pytest.raises(ConfigError, match=r"line 2: cannot parse"):
+        read_tile_table(_write(tmp_path / "TileConfiguration.txt", "dim = 2\nnonsense\n"))
+
+
+def test_to_csv_round_trips_affines_and_focus(tmp_path):
+    (tmp_path / "a.tif").touch()
+    a = np.array([[1.0, 0.01, 5.5], [-0.01, 1.0, 7.25], [0, 0, 1]])
+    table = TileTable((Tile(str(tmp_path / "a.tif"), a, focus=123.0),))
+    table.to_csv(tmp_path / "out.csv")
+    back = read_tile_table(tmp_path / "out.csv")
+    np.testing.assert_allclose(back[0].affine, a)
+    assert back[0].focus == 123.0 and back[0].ref == str(tmp_path / "a.tif")
+    assert "a.tif," in (tmp_path / "out.csv").read_text()  # relative to the table's folder
+
+
+def test_from_positions_validates_shapes():
+    with pytest.raises(ConfigError, match=r"positions_xy must have shape \(2, 2 or 3\)"):
+        TileTable.from_positions(["a", "b"], [(0, 0, 0, 0), (1, 1, 1, 1)])
+    with pytest.raises(ConfigError, match="holds no tiles"):
+        TileTable(())

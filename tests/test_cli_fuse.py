@@ -1,0 +1,112 @@
+"""``scopefx fuse`` end to end on real files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from scopefx.cli import main
+from scopefx.samples import make_mosaic, write_mosaic
+
+SMALL = {"grid": (3, 3), "tile_px": 128, "name": "retina", "jitter_px": 3}
+
+
+def _rows(path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out=out), out.getvalue()
+
+
+def test_fuse_writes_mosaic_preview_and_summary(tmp_path):
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    out = tmp_path / "m.ome.zarr"
+    code, text = _run(
+        "fuse", str(table), "-o", str(out), "--chunk", "128", "--preview",
+        str(tmp_path / "p.png"), "--json", str(tmp_path / "r.json"), "--pixel-size", "0.2", "-q",
+    )  # fmt: skip
+    assert code == 0, text
+    assert "9 tiles" in text and "preview:" in text
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["n_tiles"] == 9 and summary["pixel_size_um"] == 0.2
+    assert zarr.open_array(out / "0", mode="r").shape == tuple(summary["shape"])
+    code, text = _run("fuse", str(table), "-o", str(out), "--chunk", "128", "--resume", "-q",
+                      "--pixel-size", "0.2")  # fmt: skip
+    assert code == 0 and "0 chunks written" in text
+
+
+def test_fuse_usage_errors_exit_2(tmp_path, capsys):
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    (tmp_path / "tiles" / "tile_0003.tif").unlink()
+    with pytest.raises(SystemExit) as info:
+        main(["fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "-q"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "1 of 9 tiles are missing" in err and "tile_0003.tif" in err
+    code, text = _run("fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "-q",
+                      "--skip-missing")  # fmt: skip
+    assert code == 0 and "skipped 1 missing tiles" in text and "tile_0003.tif" in text
+
+
+def test_fuse_register_refines_wrong_stage_positions(tmp_path):
+    """Stage positions off by up to 5 px: --register puts the tiles back (within 0.5 px of
+    the truth, up to one shift shared by all tiles) and writes the refined table and pairs."""
+    mosaic = make_mosaic(**{**SMALL, "grid": (3, 3), "tile_px": 160}, overlap=0.2)
+    table = write_mosaic(tmp_path / "tiles", mosaic)
+    rng = np.random.default_rng(3)
+    rows = _rows(table)
+    error = rng.uniform(-5, 5, (len(rows), 2))
+    with open(table, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "x", "y"])
+        for row, (dx, dy) in zip(rows, error, strict=True):
+            w.writerow([row["path"], float(row["x"]) + dx, float(row["y"]) + dy])
+    out = tmp_path / "m.ome.zarr"
+    code, text = _run("fuse", str(table), "-o", str(out), "--register", "-q")
+    assert code == 0 and "registration:" in text
+    refined = _rows(tmp_path / "m.registered.csv")
+    pos = np.array([[float(r["x"]), float(r["y"])] for r in refined])
+    true = mosaic.positions_xy
+    residual = (pos - true) - (pos - true).mean(axis=0)
+    assert np.abs(residual).max() < 0.5
+    before = (true + error) - true
+    assert np.abs(before - before.mean(axis=0)).max() > 2  # there was something to fix
+    pairs = _rows(tmp_path / "m.pairs.csv")
+    assert len(pairs) >= 12 and {"quality", "residual_px", "used"} <= set(pairs[0])
+
+
+def test_fuse_flatfield_estimate_removes_vignetting(tmp_path):
+    mosaic = make_mosaic(name="immunohistochemistry", grid=(4, 4), tile_px=128, overlap=0.1,
+                         vignetting=0.5, dtype="float32")  # fmt: skip
+    table = write_mosaic(tmp_path / "tiles", mosaic)
+    errs = {}
+    for name, extra in (("raw", []), ("flat", ["--flatfield", "estimate"])):
+        out = tmp_path / f"{name}.ome.zarr"
+        assert _run("fuse", str(table), "-o", str(out), "-q", *extra)[0] == 0
+        fused = zarr.open_array(out / "0", mode="r")[...]
+        x0, y0 = json.loads((out / ".zattrs").read_text())["scopefx"]["origin_px"]
+        truth = mosaic.truth[y0 : y0 + fused.shape[0], x0 : x0 + fused.shape[1]]
+        ratio = fused / np.maximum(truth, 1e-3)
+        errs[name] = float(np.std(ratio[truth > 0.1] / np.median(ratio[truth > 0.1])))
+    assert errs["flat"] < 0.5 * errs["raw"], errs
+
+
+def test_fuse_flatfield_from_images(tmp_path):
+    mosaic = make_mosaic(**SMALL, vignetting=0.4, dtype="float32")
+    table = write_mosaic(tmp_path / "tiles", mosaic)
+    tifffile.imwrite(tmp_path / "flat.tif", mosaic.vignetting)
+    out = tmp_path / "m.ome.zarr"
+    assert _run("fuse", str(table), "-o", str(out), "-q", "--flatfield",
+                str(tmp_path / "flat.tif"))[0] == 0  # fmt: skip
+    fused = zarr.open_array(out / "0", mode="r")[...]
+    assert fused.shape[0] > 300
