@@ -9,4 +9,5 @@ scopefx demo --out run >/dev/null
 scopefx focus run/run --calibration run/calibration.json --cell-px 128 --quiet \
     --plot "$here/images/focus.png" --maps "$here/images/focus_maps.png"
 cp run/calibration.png "$here/images/calibration.png"
-echo "wrote $here/images/{focus,focus_maps,calibration}.png"
+cp run/mosaic.png "$here/images/mosaic.png"   # made by `scopefx fuse --preview` in the demo
+echo "wrote $here/images/{focus,focus_maps,calibration,mosaic}.png"

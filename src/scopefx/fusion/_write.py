@@ -134,13 +134,21 @@ def _level0_task(
 
 
 def _downsample(block: np.ndarray, lead: int, dtype: str) -> np.ndarray:
-    """Mean of 2^ndim blocks; odd edges repeat their last pixel (so they average what exists)."""
+    """Mean of 2^ndim blocks; an odd edge averages the pixels it has."""
     from ._blend import _to_dtype
 
-    pad = [(0, 0)] * lead + [(0, s % 2) for s in block.shape[lead:]]
-    x = np.pad(block.astype(np.float64), pad, mode="edge")
+    x: Any = block.astype(np.float32 if np.dtype(dtype).itemsize <= 2 else np.float64)
     for axis in range(lead, x.ndim):
-        x = x.reshape(*x.shape[:axis], x.shape[axis] // 2, 2, *x.shape[axis + 1 :]).mean(axis + 1)
+        n = x.shape[axis]
+        even = [slice(None)] * x.ndim
+        odd = [slice(None)] * x.ndim
+        even[axis], odd[axis] = slice(0, n - n % 2, 2), slice(1, n, 2)
+        pairs = (x[tuple(even)] + x[tuple(odd)]) * 0.5
+        if n % 2:
+            last = [slice(None)] * x.ndim
+            last[axis] = slice(n - 1, n)
+            pairs = np.concatenate([pairs, x[tuple(last)]], axis=axis)
+        x = pairs
     return _to_dtype(x, dtype, np)
 
 
