@@ -222,6 +222,19 @@ def test_ngff_metadata_validates_and_opens_like_napari(tmp_path, ngff):
     assert len(nodes[0].data) == result.levels
 
 
+def test_small_mosaics_can_be_written_as_tiff(tmp_path):
+    mosaic = make_mosaic(**SMALL, jitter_px=4, channels=2)
+    table = write_mosaic(tmp_path / "tiles", mosaic)
+    result = fuse(table, tmp_path / "m.tif", pixel_size_um=0.5)
+    with tifffile.TiffFile(tmp_path / "m.tif") as tif:
+        assert tif.is_ome and tif.series[0].axes == "CYX"
+        data = tif.asarray()
+    np.testing.assert_array_equal(data, fuse_lazy(table).compute())
+    assert result.levels == 1 and result.shape == data.shape
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+        fuse(table, tmp_path / "m.tif")
+
+
 # --------------------------------------------------------------------------------------------
 # bad input
 

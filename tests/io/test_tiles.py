@@ -103,7 +103,7 @@ def test_bad_tables_name_the_problem(tmp_path, text, match):
 def test_missing_or_unknown_table_files(tmp_path):
     with pytest.raises(ImageNotFoundError, match="does not exist"):
         read_tile_table(tmp_path / "nope.csv")
-    with pytest.raises(UnsupportedFormatError, match="expected a .csv table"):
+    with pytest.raises(UnsupportedFormatError, match=r"expected a \.csv table"):
         read_tile_table(_write(tmp_path / "t.json", "{}"))
     with pytest.raises(ConfigError, match=r"line 2: cannot parse"):
         read_tile_table(_write(tmp_path / "TileConfiguration.txt", "dim = 2\nnonsense\n"))

@@ -218,7 +218,8 @@ def fuse(
     ----------
     tiles : TileTable or path of a tile table (CSV or TileConfiguration.txt)
     out : path
-        The ``.ome.zarr`` folder to write.
+        The ``.ome.zarr`` folder to write; a ``.tif``/``.tiff`` path writes one (Big)TIFF
+        instead, for mosaics up to 4 GiB (computed in memory; no resume, no pyramid).
     params : FusionParams, optional
         Blending, interpolation order, chunk size, fill value.
     resume : bool
@@ -282,6 +283,11 @@ def fuse(
         from ._flatfield import estimate_flatfield
 
         flatfield = estimate_flatfield(plan.refs, read=read)
+    if out.suffix.lower() in (".tif", ".tiff"):
+        return _fuse_tiff(
+            plan, out, missing, extra, t0, overwrite=overwrite, flatfield=flatfield, read=read,
+            device=device, scheduler=scheduler, workers=workers,
+        )  # fmt: skip
     lead = len(plan.channel_shape)
     if lead > 1:
         raise ConfigError(
@@ -399,3 +405,61 @@ def _register(
         "pairs_csv": str(pairs),
     }
     return reg.table, summary
+
+
+TIFF_LIMIT_GIB = 4.0
+
+
+def _fuse_tiff(
+    plan: FusionPlan,
+    out: Path,
+    missing: list[str],
+    extra: dict[str, Any],
+    t0: float,
+    *,
+    overwrite: bool,
+    **lazy: Any,
+) -> FusionResult:
+    """A small mosaic as one TIFF, written to a temporary name and renamed when complete."""
+    import tifffile
+
+    from ._fuse import fuse_lazy
+
+    nbytes = math.prod(plan.full_shape) * np.dtype(plan.dtype).itemsize
+    if nbytes > TIFF_LIMIT_GIB * 2**30:
+        raise ConfigError(
+            f"a {nbytes / 2**30:.1f} GiB mosaic is too large for a TIFF (limit "
+            f"{TIFF_LIMIT_GIB:g} GiB, computed in memory); write OME-Zarr (OUT.ome.zarr)"
+        )
+    if out.exists() and not overwrite:
+        raise ConfigError(f"output {out} exists; pass --overwrite to replace it")
+    scheduler, workers = lazy.pop("scheduler"), lazy.pop("workers")
+    options = {"num_workers": workers} if workers and scheduler is None else {}
+    data = fuse_lazy(plan, **lazy).compute(scheduler=scheduler, **options)
+    axes = ("C" if plan.channel_shape else "") + "ZYX"[-plan.ndim :]
+    meta: dict[str, Any] = {"axes": axes}
+    resolution = None
+    if plan.pixel_size_um:
+        meta.update(PhysicalSizeX=plan.pixel_size_um, PhysicalSizeY=plan.pixel_size_um)
+        resolution = (1e4 / plan.pixel_size_um, 1e4 / plan.pixel_size_um)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tifffile.imwrite(tmp, data, ome=True, metadata=meta, bigtiff=nbytes > 2**31,
+                     tile=(256, 256) if min(plan.shape[-2:]) >= 256 else None,
+                     resolution=resolution, resolutionunit="CENTIMETER" if resolution else None,
+                     compression="zlib")  # fmt: skip
+    os.replace(tmp, out)
+    return FusionResult(
+        path=os.fspath(out),
+        shape=plan.full_shape,
+        dtype=plan.dtype,
+        chunks=plan.full_shape,
+        levels=1,
+        origin_px=tuple(int(v) for v in plan.origin),
+        pixel_size_um=plan.pixel_size_um,
+        n_tiles=len(plan.refs),
+        missing=tuple(missing),
+        chunks_written=plan.n_chunks,
+        seconds=time.perf_counter() - t0,
+        extra={"blend": plan.params.blend, "format": "tiff", **extra},
+        plan=plan,
+    )
