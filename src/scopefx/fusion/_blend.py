@@ -28,6 +28,9 @@ __all__ = ["TileCache", "fuse_chunk"]
 
 Reader = Callable[[str], Any]
 
+#: Weight factor of pixels in a tile's outer half pixel (beyond its last sample).
+_EDGE_WEIGHT = np.float32(1e-3)
+
 #: Spline prefilters reach this far (px) with a weight above 1e-6 (order 3 pole 0.268).
 _SPLINE_MARGIN = 12
 
@@ -111,16 +114,25 @@ def _work_dtype(dtype: str) -> Any:
 def _profiles(
     coords: list[Any], shape: np.ndarray, plan: FusionPlan, xp: Any
 ) -> tuple[Any, Any, Any]:
-    """Validity, feather weight and centre distance from tile coordinates (any broadcastable
-    arrays, one per axis)."""
+    """Validity, weight and centre distance from tile coordinates (any broadcastable arrays,
+    one per axis).
+
+    A pixel is covered when its centre falls on the tile (``-0.5 <= c <= n - 0.5``). The
+    outer half pixel lies beyond the last sample, where values are the edge's, not
+    interpolated; there the weight is scaled by ``_EDGE_WEIGHT``, so it fills the mosaic's rim
+    but never dilutes a neighbour's interpolated value in an overlap."""
     valid = weight = dist = None
     blend = plan.params.blend
     for c, n in zip(coords, shape, strict=True):
         v = (c >= -0.5) & (c <= n - 0.5)
         valid = v if valid is None else valid & v
-        if blend in ("linear", "focus"):
-            d = xp.minimum(c + 0.5, n - 0.5 - c)
-            w = xp.clip((d + 0.5) / (plan.feather_px + 0.5), 0, 1).astype(xp.float32)
+        if blend in ("linear", "focus", "mean"):
+            if blend == "mean":
+                w = xp.ones(c.shape, dtype=xp.float32)
+            else:
+                d = xp.minimum(c + 0.5, n - 0.5 - c)
+                w = xp.clip((d + 0.5) / (plan.feather_px + 0.5), 0, 1).astype(xp.float32)
+            w = xp.where((c < 0) | (c > n - 1), w * _EDGE_WEIGHT, w)
             weight = w if weight is None else weight * w
         elif blend == "closest":
             r = (xp.abs(c - (n - 1) / 2) / (n / 2)).astype(xp.float32)
