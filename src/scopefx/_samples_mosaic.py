@@ -90,8 +90,6 @@ def make_mosaic(
     """A mosaic of tiles cut from a bundled image, with ground truth (see the module docs)."""
     from scipy import ndimage
 
-    from .samples import acquire
-
     if not 0 <= overlap < 0.5:
         raise ConfigError(f"overlap must be in [0, 0.5), got {overlap!r}")
     rng = np.random.default_rng(seed)
@@ -109,6 +107,7 @@ def make_mosaic(
     if vignetting:
         yy, xx = np.meshgrid(*[np.linspace(-1, 1, tile_px)] * 2, indexing="ij")
         ramp = (1 - vignetting * (yy**2 + xx**2) / 2).astype(np.float32)
+    planes = truth.reshape(-1, *spatial)
     for r in range(rows):
         for c in range(cols):
             jitter = rng.uniform(-jitter_px, jitter_px, 2)
@@ -122,7 +121,6 @@ def make_mosaic(
             ]
             a[-3:-1, nd] = [margin + r * step + jitter[0], margin + c * step + jitter[1]]
             tshape = (*spatial[:-2], tile_px, tile_px)
-            planes = truth.reshape(-1, *spatial)
             if np.allclose(a[:nd, :nd], np.eye(nd)) and np.allclose(a[:nd, nd] % 1, 0):
                 sl = tuple(
                     slice(int(o), int(o) + s) for o, s in zip(a[:nd, nd], tshape, strict=True)
@@ -136,10 +134,10 @@ def make_mosaic(
             tile = tile.reshape(*truth.shape[:lead], *tshape)
             if ramp is not None:
                 tile = tile * ramp
-            tiles.append(_quantise(tile, dtype, photons, read_noise, seed + len(tiles), acquire))
+            tiles.append(_quantise(tile, dtype, photons, read_noise, seed + len(tiles)))
             affines.append(a)
     return SyntheticMosaic(
-        truth=_quantise(truth, dtype, None, 0.0, 0, acquire),
+        truth=_quantise(truth, dtype, None, 0.0, 0),
         truth_float=truth,
         tiles=tiles,
         affines=np.stack(affines),
@@ -147,8 +145,11 @@ def make_mosaic(
     )
 
 
-def _quantise(img: np.ndarray, dtype: str, photons: float | None, read_noise: float, seed: int,
-              acquire: object) -> np.ndarray:  # fmt: skip
+def _quantise(
+    img: np.ndarray, dtype: str, photons: float | None, read_noise: float, seed: int
+) -> np.ndarray:
+    from .samples import acquire
+
     d = np.dtype(dtype)
     if d.kind == "f":
         out = img.astype(d)
@@ -157,7 +158,7 @@ def _quantise(img: np.ndarray, dtype: str, photons: float | None, read_noise: fl
         return out
     if photons is None and not read_noise:
         return np.rint(np.clip(img, 0, 1) * np.iinfo(d).max).astype(d)
-    return acquire(img, photons=photons, read_noise=read_noise, dtype=d.type, seed=seed)  # type: ignore[operator]
+    return acquire(img, photons=photons, read_noise=read_noise, dtype=d.type, seed=seed)
 
 
 def write_mosaic(

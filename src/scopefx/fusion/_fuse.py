@@ -57,7 +57,7 @@ def _probe(table: TileTable, workers: int) -> tuple[list[Any], list[str]]:
     return metas, missing
 
 
-def _layout(table: TileTable, metas: list[Any]) -> tuple[np.ndarray, tuple[int, ...], str]:
+def tile_layout(table: TileTable, metas: list[Any]) -> tuple[np.ndarray, tuple[int, ...], str]:
     """Spatial shapes, common channel shape and dtype; refuses mixtures, naming the tiles."""
     ndim = table.ndim
     first = metas[0]
@@ -115,7 +115,27 @@ def plan_fusion(
     ConfigError
         Mixed dtypes or channel counts, a singular affine, an output over the size limit.
     """
-    params = params or FusionParams()
+    table, metas, missing = load_tiles(
+        tiles,
+        pixel_size_um=pixel_size_um,
+        rotation_deg=rotation_deg,
+        skip_missing=skip_missing,
+        workers=workers,
+    )
+    plan = plan_loaded(table, metas, params=params, read=read, workers=workers, force=force)
+    return plan, missing
+
+
+def load_tiles(
+    tiles: TileTable | str | os.PathLike[str],
+    *,
+    pixel_size_um: float | None = None,
+    rotation_deg: float = 0.0,
+    skip_missing: bool = False,
+    workers: int = 4,
+) -> tuple[TileTable, list[Any], list[str]]:
+    """The tile table, the header of each present tile, and the missing refs (skipped when
+    ``skip_missing``, else an ``ImageNotFoundError`` listing them)."""
     table = _as_table(tiles, pixel_size_um, rotation_deg)
     if pixel_size_um is not None and table.pixel_size_um is None:
         table = TileTable(table.tiles, table.ndim, pixel_size_um, table.source, table.extra)
@@ -138,11 +158,26 @@ def plan_fusion(
         table = TileTable(
             table.tiles, table.ndim, metas[0].pixel_size_um, table.source, table.extra
         )
-    shapes, channels, dtype = _layout(table, metas)
+    return table, metas, missing
+
+
+def plan_loaded(
+    table: TileTable,
+    metas: list[Any],
+    *,
+    params: FusionParams | None = None,
+    read: Reader | None = None,
+    workers: int = 4,
+    force: bool = False,
+) -> FusionPlan:
+    """Plan from a table and the headers :func:`load_tiles` read (no pixel is read unless
+    ``blend="focus"`` must score tiles that have no focus value)."""
+    params = params or FusionParams()
+    shapes, channels, dtype = tile_layout(table, metas)
     focus = None
     if params.blend == "focus" and any(t.focus is None for t in table):
         focus = _score_focus(table, read or _read_image, workers)
-    plan = make_plan(
+    return make_plan(
         table,
         shapes,
         channel_shape=channels,
@@ -151,7 +186,6 @@ def plan_fusion(
         focus=focus,
         force=force,
     )
-    return plan, missing
 
 
 def _read_image(ref: str) -> Any:

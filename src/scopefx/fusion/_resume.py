@@ -20,7 +20,6 @@ is repaired by the resume.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -125,10 +124,6 @@ class Progress:
         return None
 
     def is_complete(self) -> bool:
-        return self._complete
-
-    @functools.cached_property
-    def _complete(self) -> bool:
         return self._finished() is not None
 
     def finish(self, summary: dict[str, Any]) -> None:
@@ -137,7 +132,6 @@ class Progress:
 
         group = zarr.open_group(os.fspath(self.out), mode="r+")
         group.attrs["scopefx"] = {"fingerprint": self.fingerprint, **summary}
-        self.__dict__["_complete"] = True
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- chunks -------------------------------------------------------------------------------
@@ -146,7 +140,7 @@ class Progress:
         return self.dir / "done" / str(level) / ".".join(str(int(i)) for i in index)
 
     def is_done(self, level: int, index: Sequence[int]) -> bool:
-        return self.is_complete() or self._marker(level, index).exists()
+        return self._marker(level, index).exists()
 
     def mark(self, level: int, index: Sequence[int]) -> None:
         """Record a chunk as finished; call only after its data is durable."""

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..io._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file
 from ..io._tiles import TileTable
 from ._blend import Reader, TileCache, fuse_chunk
-from ._fuse import _as_table, plan_fusion
+from ._fuse import load_tiles, plan_loaded, tile_layout
 from ._params import FusionParams
 from ._plan import FusionPlan
 from ._resume import Progress
@@ -108,29 +108,40 @@ def _store_chunk(
         fsync_file(chunk_file(out, level, zarr_format, (*lead_index, *index)))
 
 
-def _level0_task(
-    plan: FusionPlan,
+def _chunk_task(
+    compute: Callable[[tuple[int, ...]], np.ndarray],
     out: Path,
+    level: int,
     zarr_format: int,
-    read: Reader | None,
-    flatfield: Any,
-    device: str | None,
-    cache: TileCache,
+    lead: int,
+    chunk: tuple[int, ...],
     progress: Progress,
     on_chunk: Callable[..., None] | None,
     block_info: dict[Any, Any] | None = None,
 ) -> np.ndarray:
+    """One output chunk of one level: skip it if recorded done, else compute, write, make
+    durable, record. Returns a 1-element status block (1 written, 2 already done)."""
     index = tuple(block_info[None]["chunk-location"])  # type: ignore[index]
-    if progress.is_done(0, index):
+    if progress.is_done(level, index):
         status = 2
     else:
-        data = fuse_chunk(plan, index, read=read, flatfield=flatfield, device=device, cache=cache)
-        _store_chunk(out, 0, zarr_format, len(plan.channel_shape), index, data, plan.chunk)
-        progress.mark(0, index)
+        _store_chunk(out, level, zarr_format, lead, index, compute(index), chunk)
+        progress.mark(level, index)
         status = 1
     if on_chunk is not None:
         on_chunk(status)
-    return np.full((1,) * plan.ndim, status, dtype=np.int8)
+    return np.full((1,) * len(index), status, dtype=np.int8)
+
+
+def _fused(
+    plan: FusionPlan,
+    read: Reader | None,
+    flatfield: Any,
+    device: str | None,
+    cache: TileCache,
+    index: tuple[int, ...],
+) -> np.ndarray:
+    return fuse_chunk(plan, index, read=read, flatfield=flatfield, device=device, cache=cache)
 
 
 def _downsample(block: np.ndarray, lead: int, dtype: str) -> np.ndarray:
@@ -152,35 +163,18 @@ def _downsample(block: np.ndarray, lead: int, dtype: str) -> np.ndarray:
     return _to_dtype(x, dtype, np)
 
 
-def _pyramid_task(
-    out: Path,
-    level: int,
-    zarr_format: int,
-    lead: int,
-    chunk: tuple[int, ...],
-    dtype: str,
-    progress: Progress,
-    on_chunk: Callable[..., None] | None,
-    block_info: dict[Any, Any] | None = None,
+def _halved(
+    out: Path, level: int, lead: int, chunk: tuple[int, ...], dtype: str, index: tuple[int, ...]
 ) -> np.ndarray:
-    index = tuple(block_info[None]["chunk-location"])  # type: ignore[index]
-    if progress.is_done(level, index):
-        status = 2
-    else:
-        target = _open_level(os.fspath(out), level)
-        source = _open_level(os.fspath(out), level - 1)
-        lo = [i * c for i, c in zip(index, chunk, strict=True)]
-        hi = [min(a + c, s) for a, c, s in zip(lo, chunk, target.shape[lead:], strict=True)]
-        src = tuple(
-            slice(2 * a, min(2 * b, s)) for a, b, s in zip(lo, hi, source.shape[lead:], strict=True)
-        )
-        data = _downsample(np.asarray(source[(*(slice(None),) * lead, *src)]), lead, dtype)
-        _store_chunk(out, level, zarr_format, lead, index, data, chunk)
-        progress.mark(level, index)
-        status = 1
-    if on_chunk is not None:
-        on_chunk(status)
-    return np.full((1,) * len(index), status, dtype=np.int8)
+    """A chunk of pyramid ``level``, from the 2x larger region of ``level - 1``."""
+    target = _open_level(os.fspath(out), level)
+    source = _open_level(os.fspath(out), level - 1)
+    lo = [i * c for i, c in zip(index, chunk, strict=True)]
+    hi = [min(a + c, s) for a, c, s in zip(lo, chunk, target.shape[lead:], strict=True)]
+    src = tuple(
+        slice(2 * a, min(2 * b, s)) for a, b, s in zip(lo, hi, source.shape[lead:], strict=True)
+    )
+    return _downsample(np.asarray(source[(*(slice(None),) * lead, *src)]), lead, dtype)
 
 
 def _run_level(
@@ -268,15 +262,18 @@ def fuse(
     """
     t0 = time.perf_counter()
     out = Path(out)
-    table = _as_table(
-        tiles, plan_options.get("pixel_size_um"), plan_options.pop("rotation_deg", 0.0)
+    table, metas, missing = load_tiles(
+        tiles,
+        pixel_size_um=plan_options.pop("pixel_size_um", None),
+        rotation_deg=plan_options.pop("rotation_deg", 0.0),
+        skip_missing=plan_options.pop("skip_missing", False),
+        workers=workers or 4,
     )
     extra: dict[str, Any] = {}
     if register:
-        table, extra["registration"] = _register(table, out, read, workers or 4)
-    plan, missing = plan_fusion(
-        table, params=params, read=read, workers=workers or 4, **plan_options
-    )
+        tile_shapes = tile_layout(table, metas)[0]
+        table, extra["registration"] = _register(table, tile_shapes, out, read, workers or 4)
+    plan = plan_loaded(table, metas, params=params, read=read, workers=workers or 4, **plan_options)
     if isinstance(flatfield, str):
         if flatfield != "estimate":
             raise ConfigError(f'flatfield must be a FlatField or "estimate", got {flatfield!r}')
@@ -326,26 +323,20 @@ def fuse(
             extra_attrs={"scopefx": {"origin_px": plan.origin[::-1].tolist(), "axes_px": "xyz"}},
         )
         _open_level.cache_clear()
-        task0 = functools.partial(
-            _level0_task,
-            plan,
-            out,
-            spec.zarr_format,
-            read,
-            flatfield,
-            device,
-            TileCache(),
-            progress,
-            notify,
-        )
-        statuses = _run_level(task0, plan.grid, scheduler, workers)
+
+        def level_task(level: int, compute: Callable[..., np.ndarray]) -> Callable[..., Any]:
+            return functools.partial(
+                _chunk_task, compute, out, level, spec.zarr_format, lead, plan.chunk, progress,
+                notify,
+            )  # fmt: skip
+
+        fused = functools.partial(_fused, plan, read, flatfield, device, TileCache())
+        statuses = _run_level(level_task(0, fused), plan.grid, scheduler, workers)
         written, resumed = int((statuses == 1).sum()), int((statuses == 2).sum())
         for level in range(1, len(shapes)):
             grid = [math.ceil(s / c) for s, c in zip(shapes[level][lead:], plan.chunk, strict=True)]
-            task = functools.partial(
-                _pyramid_task, out, level, spec.zarr_format, lead, plan.chunk, plan.dtype,
-                progress, notify,
-            )  # fmt: skip
+            halved = functools.partial(_halved, out, level, lead, plan.chunk, plan.dtype)
+            task = level_task(level, halved)
             statuses = _run_level(task, grid, scheduler, workers)
             written += int((statuses == 1).sum())
             resumed += int((statuses == 2).sum())
@@ -385,11 +376,11 @@ def sidecar(out: Path, suffix: str) -> Path:
 
 
 def _register(
-    table: TileTable, out: Path, read: Reader | None, workers: int
+    table: TileTable, shapes: np.ndarray, out: Path, read: Reader | None, workers: int
 ) -> tuple[TileTable, dict[str, Any]]:
     from ._register import register
 
-    reg = register(table, read=read, workers=workers)
+    reg = register(table, read=read, shapes=shapes, workers=workers)
     out.parent.mkdir(parents=True, exist_ok=True)
     refined, pairs = sidecar(out, ".registered.csv"), sidecar(out, ".pairs.csv")
     reg.table.to_csv(refined)

@@ -10,7 +10,7 @@ multiscale writing (:class:`OmeZarrSpec`, :func:`create_ome_zarr`).
 """
 
 from ._metadata import ImageMetadata, read_metadata
-from ._omezarr import OmeZarrSpec, create_ome_zarr, multiscales_metadata, read_multiscales
+from ._omezarr import OmeZarrSpec, create_ome_zarr, multiscales_metadata
 from ._read import read_image
 from ._refs import IMAGE_SUFFIXES, find_images, split_ref
 from ._tiles import Tile, TileTable, read_tile_table
@@ -26,7 +26,6 @@ __all__ = [
     "multiscales_metadata",
     "read_image",
     "read_metadata",
-    "read_multiscales",
     "read_tile_table",
     "split_ref",
 ]

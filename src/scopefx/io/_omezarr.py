@@ -14,7 +14,6 @@ on the same physical grid). Levels halve every spatial axis until the image fits
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["OmeZarrSpec", "create_ome_zarr", "multiscales_metadata", "read_multiscales"]
+__all__ = ["OmeZarrSpec", "create_ome_zarr", "multiscales_metadata"]
 
 NGFF_VERSIONS = ("0.4", "0.5")
 _SPATIAL = ("z", "y", "x")
@@ -196,15 +195,3 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def read_multiscales(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``multiscales[0]`` entry of an OME-Zarr group (0.4 or 0.5), with ``version``."""
-    p = Path(path)
-    if (p / ".zattrs").is_file():
-        attrs = json.loads((p / ".zattrs").read_text())
-        ms = attrs["multiscales"][0]
-        return dict(ms)
-    meta = json.loads((p / "zarr.json").read_text())
-    ome = meta["attributes"]["ome"]
-    return {"version": ome["version"], **ome["multiscales"][0]}
