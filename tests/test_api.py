@@ -10,6 +10,7 @@ import scopefx
 import scopefx.focus
 import scopefx.fusion
 import scopefx.io
+import scopefx.remote
 from scopefx import errors
 from scopefx._backend import get_backend, is_cupy_array, to_numpy
 
@@ -17,6 +18,7 @@ from scopefx._backend import get_backend, is_cupy_array, to_numpy
 def test_exported_members():
     assert scopefx.__all__ == [
         "Calibration",
+        "Client",
         "FocusParams",
         "FocusRecord",
         "FocusResult",
@@ -35,7 +37,10 @@ def test_exported_members():
     assert sorted(scopefx.focus.__all__) == scopefx.focus.__all__
     assert scopefx.fusion.__all__[:2] == ["fuse", "fuse_lazy"]  # the high-level API first
     assert sorted(scopefx.fusion.__all__[2:]) == scopefx.fusion.__all__[2:]
-    for module in (scopefx, scopefx.focus, scopefx.fusion, scopefx.io, errors):
+    assert scopefx.remote.__all__[0] == "Client"
+    assert sorted(scopefx.remote.__all__[1:]) == scopefx.remote.__all__[1:]
+    modules = (scopefx, scopefx.focus, scopefx.fusion, scopefx.io, scopefx.remote, errors)
+    for module in modules:
         for name in module.__all__:
             assert hasattr(module, name), (module.__name__, name)
 
@@ -53,7 +58,7 @@ def test_every_error_is_also_a_builtin():
 
 def test_import_has_no_side_effects(tmp_path):
     code = (
-        "import sys, scopefx, scopefx.focus, scopefx.io, scopefx.cli; "
+        "import sys, scopefx, scopefx.focus, scopefx.io, scopefx.remote, scopefx.cli; "
         "assert 'cupy' not in sys.modules; assert 'matplotlib.pyplot' not in sys.modules; "
         "print('ok')"
     )

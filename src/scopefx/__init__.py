@@ -15,9 +15,11 @@ from .focus import (
     score_files,
 )
 from .fusion import FusionParams, FusionResult, TileTable, fuse, fuse_lazy, read_tile_table
+from .remote import Client
 
 __all__ = [
     "Calibration",
+    "Client",
     "FocusParams",
     "FocusRecord",
     "FocusResult",

@@ -52,6 +52,16 @@ def add_fuse_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--json", metavar="OUT.json", help="write the result summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from ._cli_remote import add_endpoint_options
+
+    add_endpoint_options(p)
+    p.add_argument(
+        "--regions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="on an endpoint: fan out over N fuse_region tasks (default: one fuse_mosaic task)",
+    )
     p.set_defaults(func=cmd_fuse)
 
 
@@ -62,6 +72,45 @@ def _flatfield(spec: str | None) -> Any:
 
     flat, _, dark = spec.partition(",")
     return load_flatfield(flat, dark or None)
+
+
+def _remote(args: argparse.Namespace) -> bool:
+    if args.endpoint is not None:
+        return bool(args.endpoint != "local")
+    from .remote import ClientConfig
+
+    return ClientConfig.load(args.config).for_role("fusion") is not None
+
+
+def _cmd_fuse_remote(args: argparse.Namespace, params: Any, out: TextIO) -> int:
+    from ._cli_remote import make_client
+    from .errors import ConfigError
+
+    if args.flatfield not in (None, "estimate") and "," in args.flatfield:
+        raise ConfigError(
+            "on an endpoint, --flatfield takes 'estimate' or one saved .npz reference"
+        )
+    options = {
+        "resume": args.resume, "overwrite": args.overwrite, "ngff": args.ngff,
+        "pyramid": not args.no_pyramid, "register": args.register, "flatfield": args.flatfield,
+        "pixel_size_um": args.pixel_size, "rotation_deg": args.rotation,
+        "skip_missing": args.skip_missing, "force": args.force, "workers": args.workers,
+    }  # fmt: skip
+    with make_client(args, quiet=args.quiet) as client:
+        summary = client.fuse(
+            args.tiles, args.output, params=params, regions=args.regions, preview=args.preview,
+            **options,
+        )  # fmt: skip
+    shape = "x".join(str(v) for v in summary["shape"])
+    print(
+        f"{summary['output']} (on the endpoint): {shape} {summary['dtype']}, {summary['levels']} "
+        f"levels, {summary['n_tiles']} tiles, {summary['chunks_written']} chunks written, "
+        f"{summary['chunks_resumed']} already done",
+        file=out,
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0
 
 
 def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
@@ -76,6 +125,8 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
         feather_px=args.feather,
         fill=args.fill,
     )
+    if _remote(args):
+        return _cmd_fuse_remote(args, params, out)
     bar = tqdm(
         unit="chunk", disable=args.quiet or None, file=sys.stderr, desc="fusing", leave=False
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import json
 import logging
 import math
@@ -176,7 +177,7 @@ def _line(record: Any, colour: bool) -> str:
 def _run_scoring(args: argparse.Namespace, paths: list[str], out: TextIO) -> list[Any]:
     from tqdm.auto import tqdm
 
-    from .focus import Calibration, RunBaseline, score_files
+    from .focus import Calibration, RunBaseline
     from .focus._batch import rejudge_warmup
 
     params = _params(args)
@@ -192,9 +193,7 @@ def _run_scoring(args: argparse.Namespace, paths: list[str], out: TextIO) -> lis
     records = []
     bar = tqdm(total=len(paths), unit="img", disable=args.quiet or None, file=sys.stderr)
     try:
-        for record in score_files(
-            paths, params=params, workers=args.workers, calibration=calibration, baseline=baseline
-        ):
+        for record in _score(args, paths, params, calibration, baseline):
             records.append(record)
             sink.write(record)
             if record.page is None or record.page == 0:
@@ -213,6 +212,34 @@ def _run_scoring(args: argparse.Namespace, paths: list[str], out: TextIO) -> lis
             final.close()
             os.replace(args.csv + ".tmp", args.csv)
     return records
+
+
+def _remote(args: argparse.Namespace) -> bool:
+    """Whether focus scoring goes through the client: --endpoint, or a focus route in the
+    user's endpoint configuration."""
+    if getattr(args, "endpoint", None) is not None:
+        return bool(args.endpoint != "local")
+    from .remote import ClientConfig
+
+    return ClientConfig.load(getattr(args, "config", None)).for_role("focus") is not None
+
+
+def _score(
+    args: argparse.Namespace, paths: list[str], params: Any, calibration: Any, baseline: Any
+) -> Any:
+    if not _remote(args):
+        from .focus import score_files
+
+        yield from score_files(
+            paths, params=params, workers=args.workers, calibration=calibration, baseline=baseline
+        )
+        return
+    from ._cli_remote import make_client
+
+    with make_client(args, quiet=True) as client:
+        yield from client.iter_focus(
+            paths, params=params, calibration=calibration, baseline=baseline
+        )
 
 
 def _summary(records: list[Any], out: TextIO) -> None:
@@ -247,7 +274,12 @@ def _write_outputs(args: argparse.Namespace, records: list[Any], out: TextIO) ->
 
 
 def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
-    paths = _find(args.paths, args.recursive)
+    if _remote(args):  # references on the endpoint: expand only what exists here too
+        local = [p for p in args.paths if os.path.isdir(p) or glob.has_magic(p)]
+        paths = _find(local, args.recursive) if local else []
+        paths += [p for p in args.paths if p not in local]
+    else:
+        paths = _find(args.paths, args.recursive)
     records = _run_scoring(args, paths, out)
     _summary(records, out)
     _write_outputs(args, records, out)
@@ -396,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="no per-image lines or progress bar"
     )
     _add_focus_options(focus)
+    from ._cli_remote import add_endpoint_options, add_remote_parsers
+
+    add_endpoint_options(focus)
     focus.set_defaults(func=cmd_focus)
 
     cal = sub.add_parser(
@@ -448,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_fuse import add_fuse_parser
 
     add_fuse_parser(sub)
+    add_remote_parsers(sub)
     return parser
 
 

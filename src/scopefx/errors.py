@@ -9,11 +9,13 @@ their per-item records instead of raising.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
     "CalibrationError",
     "ConfigError",
     "CorruptImageError",
     "DeviceUnavailableError",
     "EmptyFileError",
+    "EndpointError",
     "ImageNotFoundError",
     "InvalidImageError",
     "ScopefxError",
@@ -81,3 +83,20 @@ class CalibrationError(ScopefxError, ValueError):
     """A calibration cannot be fitted, loaded, or applied to these results."""
 
     status = "calibration"
+
+
+class AccessDeniedError(ScopefxError, PermissionError):
+    """A reference resolves outside the data roots this process may read and write.
+
+    Raised on endpoints, where every reference must lie inside ``SCOPEFX_DATA_ROOTS``
+    (see :class:`scopefx.io.DataRoots`): ``..`` components, symbolic links that lead out,
+    and absolute paths elsewhere are refused.
+    """
+
+    status = "denied"
+
+
+class EndpointError(ScopefxError, RuntimeError):
+    """An endpoint cannot take scopefx work: wrong scopefx version, or it is unreachable."""
+
+    status = "endpoint"

@@ -10,7 +10,6 @@ the mean error.
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 
 import numpy as np
@@ -282,18 +281,16 @@ def test_overlapping_pairs_matches_brute_force(ndim: int) -> None:
         np.testing.assert_allclose(ohi, expected[(i, j)][1])
 
 
-def test_overlapping_pairs_of_10000_tiles_is_fast() -> None:
+def test_overlapping_pairs_of_10000_tiles() -> None:
+    """Every neighbour pair of a 100 x 100 grid, diagonals included (speed: bench/fusion.py)."""
     side, tile, step = 100, 512, 461  # 51 px overlaps, +-3 px stage jitter
     rng = np.random.default_rng(9)
     grid = np.array([(r, c) for r in range(side) for c in range(side)], dtype=float)
     stage = grid * step + rng.uniform(-3, 3, grid.shape)
     table = _table(stage)
     shapes = np.full((side * side, 2), tile)
-    start = time.perf_counter()
     pairs = overlapping_pairs(table, shapes)
-    elapsed = time.perf_counter() - start
     assert len(pairs) == 2 * side * (side - 1) + 2 * (side - 1) ** 2
-    assert elapsed < 0.5, f"{elapsed:.2f} s for 10,000 tiles"
 
 
 def test_pairs_to_csv_round_trip(tmp_path: Path) -> None:

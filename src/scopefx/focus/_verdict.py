@@ -257,11 +257,18 @@ class Calibration:
                 f"{str(path)!r} is not a scopefx calibration (no 'scopefx_calibration': 1 key); "
                 "make one with `scopefx calibrate`"
             )
+        return cls.from_dict(data, source=f"calibration file {str(path)!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "calibration") -> Calibration:
+        """Build from :meth:`to_dict` output (unknown keys are ignored, for newer files)."""
+        if not isinstance(data, dict):
+            raise CalibrationError(f"{source} must be a dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
-            raise CalibrationError(f"calibration file {str(path)!r} is incomplete: {exc}") from None
+            raise CalibrationError(f"{source} is incomplete: {exc}") from None
 
 
 class RunBaseline:

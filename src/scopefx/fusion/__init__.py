@@ -4,12 +4,15 @@ High-level API: :func:`fuse` (write an OME-Zarr mosaic, resumably) and :func:`fu
 (the mosaic as a dask array). :func:`plan_fusion` and :func:`fuse_chunk` expose the two
 halves: the pure-geometry plan and the per-chunk execution. :func:`register` refines stage
 positions from the tiles' overlaps; :class:`FlatField` removes vignetting.
+:func:`prepare_fusion` and :class:`FusionJob` write a mosaic in stages, so that regions of it
+can be fused by separate tasks (the remote ``plan_mosaic`` / ``fuse_region`` functions).
 """
 
 from ..io._tiles import Tile, TileTable, read_tile_table
 from ._blend import TileCache, fuse_chunk
 from ._flatfield import FlatField, estimate_flatfield, flatfield_from_images, load_flatfield
 from ._fuse import fuse_lazy, plan_fusion
+from ._job import FusionJob, prepare_fusion
 from ._params import BLENDS, FusionParams
 from ._plan import FusionPlan, make_plan
 from ._register import PairResult, Registration, overlapping_pairs, register
@@ -21,6 +24,7 @@ __all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
     "fuse_lazy",
     "BLENDS",
     "FlatField",
+    "FusionJob",
     "FusionParams",
     "FusionPlan",
     "FusionResult",
@@ -37,6 +41,7 @@ __all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
     "overlapping_pairs",
     "plan_fusion",
     "plot_mosaic",
+    "prepare_fusion",
     "read_tile_table",
     "register",
     "write_preview",

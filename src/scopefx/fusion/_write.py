@@ -7,13 +7,11 @@ chunk, each from the level below.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..io._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file
 from ..io._tiles import TileTable
-from ._blend import Reader, TileCache, fuse_chunk
+from ._blend import Reader
 from ._fuse import load_tiles, plan_loaded, tile_layout
+from ._job import prepare_fusion
 from ._params import FusionParams
 from ._plan import FusionPlan
-from ._resume import Progress
 
 __all__ = ["FusionResult", "fuse"]
 
@@ -74,117 +71,6 @@ class FusionResult:
 
 # --------------------------------------------------------------------------------------------
 # writing
-
-
-def _flatfield_digest(flatfield: Any) -> str:
-    if flatfield is None:
-        return ""
-    h = hashlib.sha256(np.ascontiguousarray(flatfield.flat, dtype=np.float32).tobytes())
-    if getattr(flatfield, "dark", None) is not None:
-        h.update(np.ascontiguousarray(flatfield.dark, dtype=np.float32).tobytes())
-    return h.hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=32)
-def _open_level(path: str, level: int) -> Any:
-    import zarr
-
-    return zarr.open_array(os.path.join(path, str(level)), mode="r+")
-
-
-def _store_chunk(
-    out: Path, level: int, zarr_format: int, lead: int, index: tuple[int, ...], data: np.ndarray,
-    chunk: tuple[int, ...],
-) -> None:  # fmt: skip
-    """Write one chunk and make it durable (fsync every channel-chunk file it made)."""
-    arr = _open_level(os.fspath(out), level)
-    sl = tuple(
-        slice(i * c, i * c + s) for i, c, s in zip(index, chunk, data.shape[lead:], strict=True)
-    )
-    arr[(*(slice(None),) * lead, *sl)] = data
-    for lead_index in np.ndindex(
-        *[math.ceil(s / c) for s, c in zip(arr.shape[:lead], arr.chunks[:lead], strict=True)]
-    ):
-        fsync_file(chunk_file(out, level, zarr_format, (*lead_index, *index)))
-
-
-def _chunk_task(
-    compute: Callable[[tuple[int, ...]], np.ndarray],
-    out: Path,
-    level: int,
-    zarr_format: int,
-    lead: int,
-    chunk: tuple[int, ...],
-    progress: Progress,
-    on_chunk: Callable[..., None] | None,
-    block_info: dict[Any, Any] | None = None,
-) -> np.ndarray:
-    """One output chunk of one level: skip it if recorded done, else compute, write, make
-    durable, record. Returns a 1-element status block (1 written, 2 already done)."""
-    index = tuple(block_info[None]["chunk-location"])  # type: ignore[index]
-    if progress.is_done(level, index):
-        status = 2
-    else:
-        _store_chunk(out, level, zarr_format, lead, index, compute(index), chunk)
-        progress.mark(level, index)
-        status = 1
-    if on_chunk is not None:
-        on_chunk(status)
-    return np.full((1,) * len(index), status, dtype=np.int8)
-
-
-def _fused(
-    plan: FusionPlan,
-    read: Reader | None,
-    flatfield: Any,
-    device: str | None,
-    cache: TileCache,
-    index: tuple[int, ...],
-) -> np.ndarray:
-    return fuse_chunk(plan, index, read=read, flatfield=flatfield, device=device, cache=cache)
-
-
-def _downsample(block: np.ndarray, lead: int, dtype: str) -> np.ndarray:
-    """Mean of 2^ndim blocks; an odd edge averages the pixels it has."""
-    from ._blend import _to_dtype
-
-    x: Any = block.astype(np.float32 if np.dtype(dtype).itemsize <= 2 else np.float64)
-    for axis in range(lead, x.ndim):
-        n = x.shape[axis]
-        even = [slice(None)] * x.ndim
-        odd = [slice(None)] * x.ndim
-        even[axis], odd[axis] = slice(0, n - n % 2, 2), slice(1, n, 2)
-        pairs = (x[tuple(even)] + x[tuple(odd)]) * 0.5
-        if n % 2:
-            last = [slice(None)] * x.ndim
-            last[axis] = slice(n - 1, n)
-            pairs = np.concatenate([pairs, x[tuple(last)]], axis=axis)
-        x = pairs
-    return _to_dtype(x, dtype, np)
-
-
-def _halved(
-    out: Path, level: int, lead: int, chunk: tuple[int, ...], dtype: str, index: tuple[int, ...]
-) -> np.ndarray:
-    """A chunk of pyramid ``level``, from the 2x larger region of ``level - 1``."""
-    target = _open_level(os.fspath(out), level)
-    source = _open_level(os.fspath(out), level - 1)
-    lo = [i * c for i, c in zip(index, chunk, strict=True)]
-    hi = [min(a + c, s) for a, c, s in zip(lo, chunk, target.shape[lead:], strict=True)]
-    src = tuple(
-        slice(2 * a, min(2 * b, s)) for a, b, s in zip(lo, hi, source.shape[lead:], strict=True)
-    )
-    return _downsample(np.asarray(source[(*(slice(None),) * lead, *src)]), lead, dtype)
-
-
-def _run_level(
-    task: Callable[..., np.ndarray], grid: Sequence[int], scheduler: Any, workers: int | None
-) -> np.ndarray:
-    import dask.array as da
-
-    statuses = da.map_blocks(task, chunks=tuple((1,) * g for g in grid), dtype=np.int8)
-    options = {"num_workers": workers} if workers and scheduler is None else {}
-    return np.asarray(statuses.compute(scheduler=scheduler, **options))
 
 
 def fuse(
@@ -285,84 +171,11 @@ def fuse(
             plan, out, missing, extra, t0, overwrite=overwrite, flatfield=flatfield, read=read,
             device=device, scheduler=scheduler, workers=workers,
         )  # fmt: skip
-    lead = len(plan.channel_shape)
-    if lead > 1:
-        raise ConfigError(
-            f"tiles with {lead} leading non-spatial axes {plan.channel_shape}; OME-Zarr holds "
-            "one channel axis"
-        )
-    pixel = plan.pixel_size_um
-    spec = OmeZarrSpec(
-        shape=plan.full_shape,
-        chunks=(*plan.channel_shape, *plan.chunk),
-        dtype=plan.dtype,
-        pixel_size=(pixel or 1.0,) * plan.ndim,
-        origin=tuple(float(o) * (pixel or 1.0) for o in plan.origin),
-        unit="micrometer" if pixel else None,
-        channels=plan.channel_shape[0] if lead else None,
-        ngff=ngff,
-        fill_value=plan.params.fill,
-        max_levels=10 if pyramid else 1,
-    )
-    fingerprint = hashlib.sha256(
-        f"{plan.fingerprint()}|{_flatfield_digest(flatfield)}|{spec}".encode()
-    ).hexdigest()[:32]
-    progress = Progress(out, fingerprint)
-    state = progress.begin(resume=resume, overwrite=overwrite, protect=plan.refs)
-    shapes = spec.level_shapes()
-    total = sum(
-        math.prod(math.ceil(s / c) for s, c in zip(shape[lead:], plan.chunk, strict=True))
-        for shape in shapes
-    )
-    notify = functools.partial(on_chunk, total=total) if on_chunk is not None else None
-    written, resumed = 0, total if state == "complete" else 0
-    if state != "complete":
-        create_ome_zarr(
-            out,
-            spec,
-            extra_attrs={"scopefx": {"origin_px": plan.origin[::-1].tolist(), "axes_px": "xyz"}},
-        )
-        _open_level.cache_clear()
-
-        def level_task(level: int, compute: Callable[..., np.ndarray]) -> Callable[..., Any]:
-            return functools.partial(
-                _chunk_task, compute, out, level, spec.zarr_format, lead, plan.chunk, progress,
-                notify,
-            )  # fmt: skip
-
-        fused = functools.partial(_fused, plan, read, flatfield, device, TileCache())
-        statuses = _run_level(level_task(0, fused), plan.grid, scheduler, workers)
-        written, resumed = int((statuses == 1).sum()), int((statuses == 2).sum())
-        for level in range(1, len(shapes)):
-            grid = [math.ceil(s / c) for s, c in zip(shapes[level][lead:], plan.chunk, strict=True)]
-            halved = functools.partial(_halved, out, level, lead, plan.chunk, plan.dtype)
-            task = level_task(level, halved)
-            statuses = _run_level(task, grid, scheduler, workers)
-            written += int((statuses == 1).sum())
-            resumed += int((statuses == 2).sum())
-    result = FusionResult(
-        path=os.fspath(out),
-        shape=plan.full_shape,
-        dtype=plan.dtype,
-        chunks=spec.chunks,
-        levels=len(shapes),
-        origin_px=tuple(int(v) for v in plan.origin),
-        pixel_size_um=pixel,
-        n_tiles=len(plan.refs),
-        missing=tuple(missing),
-        chunks_written=written,
-        chunks_resumed=resumed,
-        seconds=time.perf_counter() - t0,
-        extra={"blend": plan.params.blend, "ngff": ngff, "feather_px": plan.feather_px, **extra},
-        plan=plan,
-    )
-    if state != "complete":
-        progress.finish(result.to_dict())
-    if preview is not None:
-        from .plot import write_preview
-
-        write_preview(preview, out, plan)
-    return result
+    job = prepare_fusion(
+        plan, out, resume=resume, overwrite=overwrite, ngff=ngff, pyramid=pyramid,
+        flatfield=flatfield, read=read, device=device, missing=missing, extra=extra, started=t0,
+    )  # fmt: skip
+    return job.finish(scheduler=scheduler, workers=workers, on_chunk=on_chunk, preview=preview)
 
 
 def sidecar(out: Path, suffix: str) -> Path:

@@ -1,0 +1,156 @@
+"""``scopefx endpoints``, ``register``, ``endpoint-config``, and the ``--endpoint`` option."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["add_endpoint_options", "add_remote_parsers", "make_client"]
+
+
+def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("where it runs (see docs/remote.md)")
+    g.add_argument(
+        "--endpoint",
+        metavar="NAME",
+        help="run on this endpoint of the endpoint configuration ('local': here); paths are "
+        "then references on that endpoint's filesystem (default: as the configuration routes)",
+    )
+    g.add_argument(
+        "--config",
+        metavar="ENDPOINTS.toml",
+        help="endpoint configuration (default: $SCOPEFX_CONFIG, ~/.config/scopefx/endpoints.toml)",
+    )
+    g.add_argument("--batch-size", type=int, default=None, metavar="N", help="references per task")
+
+
+def make_client(args: argparse.Namespace, *, quiet: bool = False) -> Any:
+    from .remote import Client
+
+    return Client.from_config(
+        args.config, endpoint=args.endpoint, batch_size=args.batch_size, progress=not quiet and None
+    )
+
+
+def add_remote_parsers(sub: Any) -> None:
+    ep = sub.add_parser(
+        "endpoints",
+        help="list the configured endpoints, their roles, status and versions",
+        description="List the endpoints of the endpoint configuration; unless --no-check, ask "
+        "each for its endpoint_info (scopefx version, backend, GPUs, data roots).",
+    )
+    ep.add_argument("--config", metavar="ENDPOINTS.toml", help="endpoint configuration")
+    ep.add_argument("--no-check", action="store_true", help="do not contact the endpoints")
+    ep.add_argument("--json", action="store_true", help="print JSON")
+    ep.set_defaults(func=cmd_endpoints)
+
+    reg = sub.add_parser(
+        "register",
+        help="register the function suite with Globus Compute and write the manifest",
+        description="Register scopefx's remote functions with Globus Compute (logs in) and "
+        "write a manifest of function name -> UUID for this scopefx version.",
+    )
+    reg.add_argument(
+        "-o", "--manifest", metavar="OUT.json", help="default: ~/.config/scopefx/functions-X.Y.json"
+    )
+    reg.add_argument("--public", action="store_true", help="let anyone run the functions")
+    reg.add_argument("--group", metavar="UUID", help="share the functions with a Globus group")
+    reg.set_defaults(func=cmd_register)
+
+    cfg = sub.add_parser(
+        "endpoint-config",
+        help="fill allowed_functions of an endpoint config.yaml from the manifest",
+        description="Write CONFIG with allowed_functions set to the manifest's function UUIDs "
+        "(comments and other settings kept), so the endpoint runs the suite and nothing else.",
+    )
+    cfg.add_argument("config_yaml", metavar="CONFIG.yaml", help="an endpoint config.yaml")
+    cfg.add_argument("--manifest", metavar="MANIFEST.json", help="default: this version's")
+    cfg.add_argument("-o", "--output", metavar="OUT.yaml", help="default: print to stdout")
+    cfg.set_defaults(func=cmd_endpoint_config)
+
+
+def cmd_endpoints(args: argparse.Namespace, out: TextIO) -> int:
+    from .remote import ROLES, Client, ClientConfig
+
+    config = ClientConfig.load(args.config)
+    rows: list[dict[str, Any]] = []
+    local_roles = [r for r in ROLES if config.for_role(r) is None]
+    entries: list[tuple[str, Any]] = [(name, spec) for name, spec in config.endpoints.items()]
+    if local_roles or not entries:
+        entries.insert(0, ("local", None))
+    for name, spec in entries:
+        row: dict[str, Any] = {
+            "name": name,
+            "id": None if spec is None else (spec.id or spec.factory),
+            "roles": local_roles if spec is None else list(spec.roles),
+        }
+        if not args.no_check:
+            try:
+                with Client.from_config(args.config, endpoint=name, progress=False) as client:
+                    info = client.info("focus")
+                row.update(status="ok", info=info)
+            except Exception as exc:  # report and go on to the next endpoint
+                row.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=1), file=out)
+        return 0
+    where = config.path or "no configuration file: everything runs locally"
+    print(f"endpoints ({where}):", file=out)
+    for row in rows:
+        roles = ",".join(row["roles"]) or "-"
+        line = f"  {row['name']:<12} roles={roles:<13} {row['id'] or ''}"
+        if row.get("status") == "ok":
+            info = row["info"]
+            gpus = len(info.get("gpus") or [])
+            roots = info.get("data_roots")
+            line += (
+                f"\n      ok: scopefx {info['scopefx']}, {info['backend']}, {gpus} GPU(s), "
+                f"host {info.get('host')}, data roots: "
+                f"{', '.join(roots) if roots else 'unrestricted (local default)'}"
+            )
+        elif row.get("status") == "error":
+            line += f"\n      unreachable: {row['error']}"
+        print(line, file=out)
+    return 0
+
+
+def cmd_register(args: argparse.Namespace, out: TextIO) -> int:
+    from .remote import register_functions
+
+    manifest = register_functions(public=args.public, group=args.group)
+    path = manifest.save(args.manifest)
+    for name, fid in manifest.functions.items():
+        print(f"  {name:<14} {fid}", file=out)
+    print(f"wrote {path}", file=out)
+    return 0
+
+
+def cmd_endpoint_config(args: argparse.Namespace, out: TextIO) -> int:
+    from .errors import ConfigError
+    from .remote import Manifest, fill_allowed_functions
+
+    manifest = Manifest.find(args.manifest)
+    if manifest is None:
+        raise ConfigError(
+            f"no function manifest at {Manifest.default_path()}; run `scopefx register` first "
+            "or pass --manifest"
+        )
+    try:
+        text = Path(args.config_yaml).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read endpoint config {args.config_yaml!r}: {exc}") from None
+    filled = fill_allowed_functions(text, manifest)
+    if args.output:
+        Path(args.output).write_text(filled)
+        print(
+            f"wrote {args.output}: allowed_functions = {len(manifest.functions)} scopefx "
+            f"{manifest.scopefx_version} functions",
+            file=sys.stderr,
+        )
+    else:
+        out.write(filled)
+    return 0

@@ -1,0 +1,507 @@
+"""A fusion written in stages, so that its level-0 chunks can be spread over many tasks.
+
+:func:`prepare_fusion` plans the mosaic, creates the OME-Zarr store and saves the plan inside
+it (``.scopefx/plan.npz`` and ``job.json``: arrays without pickle, and plain JSON). Any process
+that sees the store can then :meth:`FusionJob.open` it and write any subset of the level-0
+chunks (:meth:`FusionJob.write`); :meth:`FusionJob.finish` writes what is left, the pyramid,
+and records completion. :func:`scopefx.fuse` is the three stages in one call.
+
+Every chunk is written, made durable, and only then recorded as done (:mod:`._resume`), so
+regions may overlap, be retried or be lost: the finished store equals a one-process run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..io._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file
+from ._blend import Reader, TileCache, fuse_chunk
+from ._params import FusionParams
+from ._plan import FusionPlan
+from ._resume import STATE_DIR, Progress, _atomic_write
+
+__all__ = ["FusionJob", "prepare_fusion"]
+
+log = logging.getLogger(__name__)
+
+_PLAN_ARRAYS = (
+    "affines", "tile_shapes", "origin", "boxes", "chunk_ptr", "chunk_tiles", "weights", "focus"
+)  # fmt: skip
+
+
+def flatfield_digest(flatfield: Any) -> str:
+    if flatfield is None:
+        return ""
+    h = hashlib.sha256(np.ascontiguousarray(flatfield.flat, dtype=np.float32).tobytes())
+    if getattr(flatfield, "dark", None) is not None:
+        h.update(np.ascontiguousarray(flatfield.dark, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# per-chunk work
+
+
+@functools.lru_cache(maxsize=32)
+def _open_level(path: str, level: int) -> Any:
+    import zarr
+
+    return zarr.open_array(os.path.join(path, str(level)), mode="r+")
+
+
+def _store_chunk(
+    out: Path, level: int, zarr_format: int, lead: int, index: tuple[int, ...], data: np.ndarray,
+    chunk: tuple[int, ...],
+) -> None:  # fmt: skip
+    """Write one chunk and make it durable (fsync every channel-chunk file it made)."""
+    arr = _open_level(os.fspath(out), level)
+    sl = tuple(
+        slice(i * c, i * c + s) for i, c, s in zip(index, chunk, data.shape[lead:], strict=True)
+    )
+    arr[(*(slice(None),) * lead, *sl)] = data
+    for lead_index in np.ndindex(
+        *[math.ceil(s / c) for s, c in zip(arr.shape[:lead], arr.chunks[:lead], strict=True)]
+    ):
+        fsync_file(chunk_file(out, level, zarr_format, (*lead_index, *index)))
+
+
+def _do_chunk(
+    compute: Callable[[tuple[int, ...]], np.ndarray],
+    out: Path,
+    level: int,
+    zarr_format: int,
+    lead: int,
+    chunk: tuple[int, ...],
+    progress: Progress,
+    on_chunk: Callable[..., None] | None,
+    index: tuple[int, ...],
+) -> int:
+    """One output chunk of one level: skip it if recorded done, else compute, write, make
+    durable, record. Returns 1 (written) or 2 (already done)."""
+    if progress.is_done(level, index):
+        status = 2
+    else:
+        _store_chunk(out, level, zarr_format, lead, index, compute(index), chunk)
+        progress.mark(level, index)
+        status = 1
+    if on_chunk is not None:
+        on_chunk(status)
+    return status
+
+
+def _block_task(task: Callable[[tuple[int, ...]], int], block_info: Any = None) -> np.ndarray:
+    index = tuple(block_info[None]["chunk-location"])
+    return np.full((1,) * len(index), task(index), dtype=np.int8)
+
+
+def _fused(
+    plan: FusionPlan,
+    read: Reader | None,
+    flatfield: Any,
+    device: str | None,
+    cache: TileCache,
+    index: tuple[int, ...],
+) -> np.ndarray:
+    return fuse_chunk(plan, index, read=read, flatfield=flatfield, device=device, cache=cache)
+
+
+def _downsample(block: np.ndarray, lead: int, dtype: str) -> np.ndarray:
+    """Mean of 2^ndim blocks; an odd edge averages the pixels it has."""
+    from ._blend import _to_dtype
+
+    x: Any = block.astype(np.float32 if np.dtype(dtype).itemsize <= 2 else np.float64)
+    for axis in range(lead, x.ndim):
+        n = x.shape[axis]
+        even = [slice(None)] * x.ndim
+        odd = [slice(None)] * x.ndim
+        even[axis], odd[axis] = slice(0, n - n % 2, 2), slice(1, n, 2)
+        pairs = (x[tuple(even)] + x[tuple(odd)]) * 0.5
+        if n % 2:
+            last = [slice(None)] * x.ndim
+            last[axis] = slice(n - 1, n)
+            pairs = np.concatenate([pairs, x[tuple(last)]], axis=axis)
+        x = pairs
+    return _to_dtype(x, dtype, np)
+
+
+def _halved(
+    out: Path, level: int, lead: int, chunk: tuple[int, ...], dtype: str, index: tuple[int, ...]
+) -> np.ndarray:
+    """A chunk of pyramid ``level``, from the 2x larger region of ``level - 1``."""
+    target = _open_level(os.fspath(out), level)
+    source = _open_level(os.fspath(out), level - 1)
+    lo = [i * c for i, c in zip(index, chunk, strict=True)]
+    hi = [min(a + c, s) for a, c, s in zip(lo, chunk, target.shape[lead:], strict=True)]
+    src = tuple(
+        slice(2 * a, min(2 * b, s)) for a, b, s in zip(lo, hi, source.shape[lead:], strict=True)
+    )
+    return _downsample(np.asarray(source[(*(slice(None),) * lead, *src)]), lead, dtype)
+
+
+def _run(
+    task: Callable[[tuple[int, ...]], int],
+    grid: Sequence[int],
+    only: Sequence[tuple[int, ...]] | None,
+    scheduler: Any,
+    workers: int | None,
+) -> np.ndarray:
+    """Run ``task`` on every chunk of ``grid`` (one ``map_blocks`` task each), or on the
+    chunks ``only`` lists; returns the statuses."""
+    import dask
+    import dask.array as da
+
+    options = {"num_workers": workers} if workers and scheduler is None else {}
+    if only is None:
+        blocks = da.map_blocks(
+            functools.partial(_block_task, task),
+            chunks=tuple((1,) * g for g in grid),
+            dtype=np.int8,
+        )
+        return np.asarray(blocks.compute(scheduler=scheduler, **options))
+    tasks = [dask.delayed(task, pure=False)(tuple(index)) for index in only]
+    return np.asarray(dask.compute(*tasks, scheduler=scheduler, **options), dtype=np.int8)
+
+
+# --------------------------------------------------------------------------------------------
+# the job
+
+
+@dataclass
+class FusionJob:
+    """A planned mosaic and its output store, written in stages (see the module docs).
+
+    Create one with :func:`prepare_fusion`, or re-open a prepared store with
+    :meth:`FusionJob.open` (from any process that sees the store).
+    """
+
+    out: Path
+    plan: FusionPlan
+    spec: OmeZarrSpec
+    progress: Progress
+    state: str
+    """``"new"``, ``"resume"`` or ``"complete"``."""
+    flatfield: Any = None
+    device: str | None = None
+    read: Reader | None = None
+    missing: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+    written: int = 0
+    resumed: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    _cache: TileCache = field(default_factory=TileCache, repr=False)
+
+    @property
+    def lead(self) -> int:
+        return len(self.plan.channel_shape)
+
+    def level_grids(self) -> list[tuple[int, ...]]:
+        """Chunk grid of every pyramid level."""
+        return [
+            tuple(
+                math.ceil(s / c) for s, c in zip(shape[self.lead :], self.plan.chunk, strict=True)
+            )
+            for shape in self.spec.level_shapes()
+        ]
+
+    @property
+    def total_chunks(self) -> int:
+        return sum(math.prod(g) for g in self.level_grids())
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Save the plan in the store's state folder, for :meth:`open` elsewhere."""
+        state = self.out / STATE_DIR
+        plan = self.plan
+        arrays = {name: np.asarray(getattr(plan, name)) for name in _PLAN_ARRAYS}
+        if self.flatfield is not None:
+            arrays["flatfield_flat"] = np.asarray(self.flatfield.flat)
+            if self.flatfield.dark is not None:
+                arrays["flatfield_dark"] = np.asarray(self.flatfield.dark)
+        tmp = state / f".plan.{os.getpid()}.npz"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, state / "plan.npz")
+        meta = {
+            "fingerprint": self.progress.fingerprint,
+            "refs": list(plan.refs),
+            "channel_shape": list(plan.channel_shape),
+            "dtype": plan.dtype,
+            "shape": list(plan.shape),
+            "chunk": list(plan.chunk),
+            "feather_px": plan.feather_px,
+            "params": plan.params.to_dict(),
+            "pixel_size_um": plan.pixel_size_um,
+            "spec": dataclasses.asdict(self.spec),
+            "device": self.device,
+            "custom_reader": self.read is not None,
+            "missing": list(self.missing),
+            "extra": self.extra,
+        }
+        _atomic_write(state / "job.json", json.dumps(meta))
+
+    @classmethod
+    def open(
+        cls, out: str | os.PathLike[str], *, read: Reader | None = None, device: str | None = None
+    ) -> FusionJob:
+        """Re-open a store prepared by :func:`prepare_fusion` and not yet finished.
+
+        Raises
+        ------
+        ConfigError
+            ``out`` is not a prepared, unfinished scopefx store, or it was prepared with a
+            custom reader and none is given.
+        """
+        from ._flatfield import FlatField
+
+        out = Path(out)
+        state = out / STATE_DIR
+        try:
+            meta = json.loads((state / "job.json").read_text())
+            with np.load(state / "plan.npz", allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except FileNotFoundError:
+            done = Progress(out, "")._finished() if out.is_dir() else None
+            what = "is already finished" if done else "was not prepared by scopefx (no saved plan)"
+            raise ConfigError(
+                f"cannot open fusion job {os.fspath(out)!r}: it {what}; prepare it with "
+                "scopefx.fusion.prepare_fusion() (remote: plan_mosaic)"
+            ) from None
+        if meta["custom_reader"] and read is None:
+            raise ConfigError(
+                f"fusion job {os.fspath(out)!r} was prepared with a custom tile reader; pass "
+                "the same read= to FusionJob.open"
+            )
+        flatfield = None
+        if "flatfield_flat" in arrays:
+            flatfield = FlatField(arrays.pop("flatfield_flat"), arrays.pop("flatfield_dark", None))
+        plan = FusionPlan(
+            refs=tuple(meta["refs"]),
+            channel_shape=tuple(meta["channel_shape"]),
+            dtype=meta["dtype"],
+            shape=tuple(meta["shape"]),
+            chunk=tuple(meta["chunk"]),
+            feather_px=meta["feather_px"],
+            params=FusionParams(**meta["params"]),
+            pixel_size_um=meta["pixel_size_um"],
+            **{name: arrays[name] for name in _PLAN_ARRAYS},
+        )
+        spec_fields = meta["spec"]
+        for key in ("shape", "chunks", "pixel_size", "origin"):
+            spec_fields[key] = tuple(spec_fields[key])
+        return cls(
+            out=out,
+            plan=plan,
+            spec=OmeZarrSpec(**spec_fields),
+            progress=Progress(out, meta["fingerprint"]),
+            state="resume",
+            flatfield=flatfield,
+            device=device if device is not None else meta["device"],
+            read=read,
+            missing=tuple(meta["missing"]),
+            extra=meta["extra"],
+        )
+
+    # -- regions ------------------------------------------------------------------------------
+
+    def regions(self, n: int) -> list[dict[str, int]]:
+        """Split the level-0 chunks into ``n`` (or fewer) contiguous runs, as JSON-able
+        ``{"start": a, "stop": b}`` ranges of chunk numbers (C order over the grid)."""
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"number of regions must be an integer >= 1, got {n!r}")
+        total = self.plan.n_chunks
+        bounds = np.linspace(0, total, min(n, total) + 1).round().astype(int)
+        return [{"start": int(a), "stop": int(b)} for a, b in itertools.pairwise(bounds)]
+
+    def region_chunks(self, region: dict[str, int] | None) -> list[tuple[int, ...]] | None:
+        """Grid indices of a region from :meth:`regions` (``None``: all chunks)."""
+        if region is None:
+            return None
+        total = self.plan.n_chunks
+        try:
+            start, stop = int(region["start"]), int(region["stop"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(
+                f'a region is {{"start": a, "stop": b}} (chunk numbers), got {region!r}'
+            ) from None
+        if not 0 <= start <= stop <= total:
+            raise ConfigError(
+                f"region {region!r} is outside the {total} level-0 chunks of {self.out}"
+            )
+        return [
+            tuple(int(i) for i in np.unravel_index(c, self.plan.grid)) for c in range(start, stop)
+        ]
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _task(self, level: int, on_chunk: Callable[..., None] | None) -> Callable[..., int]:
+        plan = self.plan
+        if level == 0:
+            compute: Callable[..., np.ndarray] = functools.partial(
+                _fused, plan, self.read, self.flatfield, self.device, self._cache
+            )
+        else:
+            compute = functools.partial(_halved, self.out, level, self.lead, plan.chunk, plan.dtype)
+        notify = functools.partial(on_chunk, total=self.total_chunks) if on_chunk else None
+        return functools.partial(
+            _do_chunk, compute, self.out, level, self.spec.zarr_format, self.lead, plan.chunk,
+            self.progress, notify,
+        )  # fmt: skip
+
+    def write(
+        self,
+        region: dict[str, int] | None = None,
+        *,
+        scheduler: Any = None,
+        workers: int | None = None,
+        on_chunk: Callable[..., None] | None = None,
+    ) -> tuple[int, int]:
+        """Write the level-0 chunks of ``region`` (default: all) that are not done yet.
+
+        Returns ``(written, already_done)`` chunk counts.
+        """
+        if self.state == "complete":
+            return 0, 0
+        only = self.region_chunks(region)
+        statuses = _run(self._task(0, on_chunk), self.plan.grid, only, scheduler, workers)
+        counts = int((statuses == 1).sum()), int((statuses == 2).sum())
+        self.written += counts[0]
+        self.resumed += counts[1]
+        return counts
+
+    def finish(
+        self,
+        *,
+        scheduler: Any = None,
+        workers: int | None = None,
+        on_chunk: Callable[..., None] | None = None,
+        preview: str | os.PathLike[str] | None = None,
+    ) -> Any:
+        """Write the level-0 chunks still missing, the pyramid, and record completion.
+
+        Returns
+        -------
+        FusionResult
+        """
+        from ._write import FusionResult
+
+        grids = self.level_grids()
+        if self.state == "complete":
+            self.resumed = self.total_chunks
+        else:
+            self.write(scheduler=scheduler, workers=workers, on_chunk=on_chunk)
+            for level in range(1, len(grids)):
+                statuses = _run(self._task(level, on_chunk), grids[level], None, scheduler, workers)
+                self.written += int((statuses == 1).sum())
+                self.resumed += int((statuses == 2).sum())
+        plan = self.plan
+        result = FusionResult(
+            path=os.fspath(self.out),
+            shape=plan.full_shape,
+            dtype=plan.dtype,
+            chunks=self.spec.chunks,
+            levels=len(grids),
+            origin_px=tuple(int(v) for v in plan.origin),
+            pixel_size_um=plan.pixel_size_um,
+            n_tiles=len(plan.refs),
+            missing=self.missing,
+            chunks_written=self.written,
+            chunks_resumed=self.resumed,
+            seconds=time.perf_counter() - self.started,
+            extra={
+                "blend": plan.params.blend,
+                "ngff": self.spec.ngff,
+                "feather_px": plan.feather_px,
+                **self.extra,
+            },
+            plan=plan,
+        )
+        if self.state != "complete":
+            self.progress.finish(result.to_dict())
+            self.state = "complete"
+        if preview is not None:
+            from .plot import write_preview
+
+            write_preview(preview, self.out, plan)
+        return result
+
+
+def prepare_fusion(
+    plan: FusionPlan,
+    out: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    ngff: str = "0.4",
+    pyramid: bool = True,
+    flatfield: Any = None,
+    read: Reader | None = None,
+    device: str | None = None,
+    missing: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> FusionJob:
+    """Create (or re-open, with ``resume``) the OME-Zarr store for ``plan`` and save the plan
+    in it; nothing is fused yet. See :func:`scopefx.fuse` for the parameters.
+
+    Returns
+    -------
+    FusionJob
+        ``job.state`` is ``"new"``, ``"resume"`` or ``"complete"``.
+    """
+    out = Path(out)
+    lead = len(plan.channel_shape)
+    if lead > 1:
+        raise ConfigError(
+            f"tiles with {lead} leading non-spatial axes {plan.channel_shape}; OME-Zarr holds "
+            "one channel axis"
+        )
+    pixel = plan.pixel_size_um
+    spec = OmeZarrSpec(
+        shape=plan.full_shape,
+        chunks=(*plan.channel_shape, *plan.chunk),
+        dtype=plan.dtype,
+        pixel_size=(pixel or 1.0,) * plan.ndim,
+        origin=tuple(float(o) * (pixel or 1.0) for o in plan.origin),
+        unit="micrometer" if pixel else None,
+        channels=plan.channel_shape[0] if lead else None,
+        ngff=ngff,
+        fill_value=plan.params.fill,
+        max_levels=10 if pyramid else 1,
+    )
+    fingerprint = hashlib.sha256(
+        f"{plan.fingerprint()}|{flatfield_digest(flatfield)}|{spec}".encode()
+    ).hexdigest()[:32]
+    progress = Progress(out, fingerprint)
+    state = progress.begin(resume=resume, overwrite=overwrite, protect=plan.refs)
+    job = FusionJob(
+        out=out, plan=plan, spec=spec, progress=progress, state=state, flatfield=flatfield,
+        device=device, read=read, missing=tuple(missing), extra=dict(extra or {}),
+        started=time.perf_counter() if started is None else started,
+    )  # fmt: skip
+    if state != "complete":
+        create_ome_zarr(
+            out,
+            spec,
+            extra_attrs={"scopefx": {"origin_px": plan.origin[::-1].tolist(), "axes_px": "xyz"}},
+        )
+        _open_level.cache_clear()
+        job.save()
+    return job

@@ -1,0 +1,26 @@
+"""Where work runs: the registered function suite, the thin client, and registration.
+
+* :mod:`scopefx.remote.functions` — what endpoints run (``score_focus``, ``fuse_mosaic``,
+  ``plan_mosaic``, ``fuse_region``, ``finish_mosaic``, ``endpoint_info``).
+* :class:`Client` — batches references, submits them to any ``concurrent.futures.Executor``
+  (a Globus Compute ``Executor``, or the embedded local default), gathers the results.
+* :func:`register_functions` / :class:`Manifest` — registration with Globus Compute, and
+  the name -> UUID manifest that clients and endpoint configurations use.
+"""
+
+from ._config import ROLES, ClientConfig, EndpointSpec, default_config_path
+from ._manifest import FUNCTION_NAMES, Manifest, fill_allowed_functions, register_functions
+from .client import PAYLOAD_LIMIT_BYTES, Client
+
+__all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
+    "Client",
+    "ClientConfig",
+    "EndpointSpec",
+    "FUNCTION_NAMES",
+    "Manifest",
+    "PAYLOAD_LIMIT_BYTES",
+    "ROLES",
+    "default_config_path",
+    "fill_allowed_functions",
+    "register_functions",
+]

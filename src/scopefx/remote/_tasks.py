@@ -1,0 +1,354 @@
+"""What the registered functions do, on the endpoint (see :mod:`scopefx.remote.functions`).
+
+Everything here takes and returns JSON-able values. References are resolved inside the
+endpoint's data roots (:class:`scopefx.io.DataRoots`, from ``SCOPEFX_DATA_ROOTS``). Focus
+scoring never raises for one bad reference: the item carries ``status`` and ``error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import time
+from typing import Any
+
+from .._version import __version__
+from ..errors import ConfigError, ScopefxError
+from ..io._roots import DataRoots
+
+__all__ = [
+    "endpoint_info",
+    "finish_mosaic",
+    "fuse_mosaic",
+    "fuse_region",
+    "plan_mosaic",
+    "score_focus",
+]
+
+log = logging.getLogger(__name__)
+
+#: Keys a mosaic job may hold (see :func:`fuse_mosaic`).
+JOB_KEYS = frozenset(
+    {
+        "tiles", "output", "params", "resume", "overwrite", "ngff", "pyramid", "register",
+        "flatfield", "preview", "pixel_size_um", "rotation_deg", "skip_missing", "force",
+        "workers", "device", "regions",
+    }
+)  # fmt: skip
+
+
+def _error_item(ref: Any, exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, ScopefxError):
+        status, message = exc.status, str(exc)
+    else:
+        status, message = "error", f"{type(exc).__name__}: {exc}"
+    return {"ref": ref, "path": None, "status": status, "error": message, "features": None}
+
+
+# --------------------------------------------------------------------------------------------
+# focus
+
+
+def score_focus(
+    refs: list[str], params: dict[str, Any] | None = None, calibration: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Score a batch of image references; one dict per reference, in order.
+
+    Each dict holds ``ref`` (as sent), ``path`` (as resolved on the endpoint), ``status``
+    (``"ok"`` or an error kind: ``missing``, ``corrupt``, ``denied``...), ``error``,
+    ``features``, ``density_per_mpx``, the focus-map summary and map, timings (``read_seconds``,
+    ``score_seconds``, ``seconds``) and, with a ``calibration``, the ``verdict``. A multi-page
+    stack gives ``pages``, one such dict per page.
+
+    Raises
+    ------
+    ConfigError
+        ``refs`` is not a list, or ``params`` / ``calibration`` are invalid: the whole batch
+        is wrong, not one item.
+    """
+    from ..focus import Calibration, FocusParams
+    from ..focus._batch import score_one
+
+    if isinstance(refs, (str, bytes)) or not isinstance(refs, (list, tuple)):
+        raise ConfigError(f"refs must be a list of image references, got {type(refs).__name__}")
+    focus_params = FocusParams.from_dict(params or {})
+    cal = None
+    if calibration is not None:
+        cal = Calibration.from_dict(calibration, source="calibration sent with the batch")
+        cal.check_params(focus_params)
+    roots = DataRoots.from_env()
+    items = []
+    for ref in refs:
+        start = time.perf_counter()
+        if not isinstance(ref, str):
+            exc = ConfigError(f"a reference must be a string, got {type(ref).__name__}: {ref!r}")
+            items.append(_error_item(ref, exc))
+            continue
+        try:
+            resolved = roots.resolve(ref)
+        except Exception as exc:
+            items.append(_error_item(ref, exc))
+            continue
+        pages = []
+        for record in score_one(resolved, focus_params):
+            if cal is not None and record.ok:
+                record.apply(cal.verdict(record.density_per_mpx))
+            pages.append({"ref": ref, **record.to_dict()})
+        seconds = time.perf_counter() - start
+        if len(pages) == 1:
+            item = pages[0]
+        else:
+            failed = [p for p in pages if p["status"] != "ok"]
+            item = {
+                "ref": ref,
+                "path": pages[0]["path"],
+                "status": "ok" if not failed else failed[0]["status"],
+                "error": "" if not failed else f"{len(failed)} of {len(pages)} pages failed",
+                "features": None,
+                "pages": pages,
+            }
+        item["seconds"] = round(seconds, 6)
+        items.append(item)
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# mosaics
+
+
+def _job_options(job: Any) -> dict[str, Any]:
+    if not isinstance(job, dict):
+        raise ConfigError(f"a mosaic job is a dict, got {type(job).__name__}")
+    unknown = sorted(set(job) - JOB_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown mosaic job key(s) {unknown}; expected some of {sorted(JOB_KEYS)}"
+        )
+    for key in ("tiles", "output"):
+        if not isinstance(job.get(key), str) or not job[key]:
+            raise ConfigError(f"mosaic job needs {key!r}: a reference string, got {job.get(key)!r}")
+    return dict(job)
+
+
+def _load(job: dict[str, Any], roots: DataRoots) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Check every reference of a job against the roots and read its tile table.
+
+    Returns the table and the keyword arguments for planning and for writing.
+    """
+    from ..fusion import FusionParams, load_flatfield
+    from ..io import read_tile_table
+
+    tiles = roots.resolve(job["tiles"])
+    output = roots.resolve(job["output"], must_exist=False)
+    table = read_tile_table(
+        tiles,
+        pixel_size_um=job.get("pixel_size_um"),
+        rotation_deg=float(job.get("rotation_deg", 0.0)),
+    )
+    roots.check_all(table.refs)  # a table inside the roots may still name tiles outside
+    flatfield = job.get("flatfield")
+    if flatfield not in (None, "estimate"):
+        flatfield = load_flatfield(roots.resolve(flatfield))
+    preview = job.get("preview")
+    write = {
+        "params": FusionParams(**(job.get("params") or {})),
+        "resume": bool(job.get("resume", False)),
+        "overwrite": bool(job.get("overwrite", False)),
+        "ngff": str(job.get("ngff", "0.4")),
+        "pyramid": bool(job.get("pyramid", True)),
+        "register": bool(job.get("register", False)),
+        "flatfield": flatfield,
+        "device": job.get("device"),
+        "workers": job.get("workers"),
+        "preview": None if preview is None else roots.resolve(preview, must_exist=False),
+        "skip_missing": bool(job.get("skip_missing", False)),
+        "force": bool(job.get("force", False)),
+    }
+    return table, {"output": output}, write
+
+
+def fuse_mosaic(job: dict[str, Any]) -> dict[str, Any]:
+    """Fuse a mosaic on the endpoint: tile table reference in, output reference out.
+
+    ``job`` holds ``tiles`` and ``output`` (references), and optionally ``params`` (a
+    :class:`~scopefx.FusionParams` dict), ``resume``, ``overwrite``, ``ngff``, ``pyramid``,
+    ``register``, ``flatfield`` (``"estimate"`` or a reference to a saved flat field),
+    ``preview`` (a PNG reference), ``pixel_size_um``, ``rotation_deg``, ``skip_missing``,
+    ``force``, ``workers``, ``device``.
+
+    Returns the :class:`~scopefx.FusionResult` summary with ``output`` (the reference as sent)
+    and ``timings``.
+    """
+    from ..fusion import fuse
+
+    start = time.perf_counter()
+    job = _job_options(job)
+    roots = DataRoots.from_env()
+    table, refs, write = _load(job, roots)
+    loaded = time.perf_counter()
+    result = fuse(table, refs["output"], **write)
+    summary = result.to_dict()
+    summary.update(
+        output=job["output"],
+        timings={
+            "read_table_s": round(loaded - start, 4),
+            "fuse_s": round(time.perf_counter() - loaded, 4),
+        },
+    )
+    return summary
+
+
+def plan_mosaic(job: dict[str, Any]) -> dict[str, Any]:
+    """Plan a mosaic and create its output store, without fusing, for fan-out.
+
+    Takes the same ``job`` as :func:`fuse_mosaic` plus ``regions`` (how many pieces to split
+    the level-0 chunks into, default 16). Returns ``plan`` (the output reference, which
+    :func:`fuse_region` and :func:`finish_mosaic` take), ``regions``, ``chunks``, ``shape``
+    and ``state``.
+    """
+    from ..fusion._fuse import load_tiles, plan_loaded, tile_layout
+    from ..fusion._job import prepare_fusion
+    from ..fusion._write import _register
+
+    start = time.perf_counter()
+    job = _job_options(job)
+    roots = DataRoots.from_env()
+    table, refs, write = _load(job, roots)
+    workers = write["workers"] or 4
+    table, metas, missing = load_tiles(table, skip_missing=write["skip_missing"], workers=workers)
+    extra: dict[str, Any] = {}
+    out = refs["output"]
+    if write["register"]:
+        from pathlib import Path
+
+        shapes = tile_layout(table, metas)[0]
+        table, extra["registration"] = _register(table, shapes, Path(out), None, workers)
+    plan = plan_loaded(table, metas, params=write["params"], workers=workers, force=write["force"])
+    flatfield = write["flatfield"]
+    if flatfield == "estimate":
+        from ..fusion import estimate_flatfield
+
+        flatfield = estimate_flatfield(plan.refs)
+    fusion = prepare_fusion(
+        plan, out, resume=write["resume"], overwrite=write["overwrite"], ngff=write["ngff"],
+        pyramid=write["pyramid"], flatfield=flatfield, device=write["device"], missing=missing,
+        extra=extra,
+    )  # fmt: skip
+    n = int(job.get("regions", 16))
+    return {
+        "plan": job["output"],
+        "state": fusion.state,
+        "regions": [] if fusion.state == "complete" else fusion.regions(n),
+        "chunks": plan.n_chunks,
+        "shape": list(plan.full_shape),
+        "n_tiles": len(plan.refs),
+        "missing": list(missing),
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+
+
+def _open_job(plan_ref: str, roots: DataRoots) -> Any:
+    from ..fusion._job import FusionJob
+
+    if not isinstance(plan_ref, str) or not plan_ref:
+        raise ConfigError(
+            f"plan_ref must be the output reference plan_mosaic returned, got {plan_ref!r}"
+        )
+    return FusionJob.open(roots.resolve(plan_ref))
+
+
+def fuse_region(
+    plan_ref: str, region: dict[str, int], workers: int | None = None
+) -> dict[str, Any]:
+    """Fuse one region (a run of level-0 chunks) of a mosaic prepared by :func:`plan_mosaic`.
+
+    Idempotent: chunks already recorded as done are skipped, so a retried or duplicated
+    region costs time, never correctness.
+    """
+    start = time.perf_counter()
+    roots = DataRoots.from_env()
+    job = _open_job(plan_ref, roots)
+    roots.check_all(job.plan.refs)
+    written, skipped = job.write(region, workers=workers)
+    return {
+        "plan": plan_ref,
+        "region": dict(region),
+        "written": written,
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+
+
+def finish_mosaic(
+    plan_ref: str, preview: str | None = None, workers: int | None = None
+) -> dict[str, Any]:
+    """Write what :func:`fuse_region` calls left undone, the pyramid, and mark the mosaic
+    complete. Returns the same summary as :func:`fuse_mosaic`."""
+    start = time.perf_counter()
+    roots = DataRoots.from_env()
+    job = _open_job(plan_ref, roots)
+    roots.check_all(job.plan.refs)
+    out_preview = None if preview is None else roots.resolve(preview, must_exist=False)
+    result = job.finish(workers=workers, preview=out_preview)
+    summary = result.to_dict()
+    summary.update(output=plan_ref, timings={"finish_s": round(time.perf_counter() - start, 4)})
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# the endpoint
+
+
+def _gpus() -> list[dict[str, Any]]:
+    """CUDA devices CuPy sees (empty without CuPy or a device); never raises."""
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is None:
+        return []
+    try:
+        import cupy
+
+        out = []
+        for i in range(cupy.cuda.runtime.getDeviceCount()):
+            props = cupy.cuda.runtime.getDeviceProperties(i)
+            name = props["name"]
+            out.append(
+                {
+                    "index": i,
+                    "name": name.decode() if isinstance(name, bytes) else str(name),
+                    "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+                }
+            )
+        return out
+    except Exception as exc:  # CuPy without a driver: report, don't fail
+        log.debug("no CUDA devices: %s", exc)
+        return []
+
+
+def endpoint_info() -> dict[str, Any]:
+    """What runs here: scopefx version, backend, GPUs, data roots, host."""
+    from importlib import metadata
+
+    from . import FUNCTION_NAMES
+
+    versions: dict[str, str | None] = {}
+    for dist in ("globus-compute-endpoint", "globus-compute-sdk", "numpy", "dask", "zarr"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    gpus = _gpus()
+    return {
+        "scopefx": __version__,
+        "backend": "cupy" if gpus else "numpy",
+        "gpus": gpus,
+        "data_roots": DataRoots.from_env().describe(),
+        "functions": list(FUNCTION_NAMES),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "packages": versions,
+        "accelerator": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }

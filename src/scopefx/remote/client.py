@@ -1,0 +1,518 @@
+"""The thin client: references in, batches out, small results gathered back.
+
+The client depends only on :class:`concurrent.futures.Executor`. A Globus Compute
+``Executor(endpoint_id=...)`` sends the work to an endpoint; with none the embedded local
+default (a thread pool in this process) runs the same functions here. Nothing above the
+client knows which it has.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import ConfigError, EndpointError
+from . import functions as _functions
+from ._config import ROLES, ClientConfig, EndpointSpec
+from ._manifest import FUNCTION_NAMES, Manifest, major_minor
+
+__all__ = ["PAYLOAD_LIMIT_BYTES", "Client"]
+
+log = logging.getLogger(__name__)
+
+#: Globus Compute's limit on a task's arguments and on its result.
+PAYLOAD_LIMIT_BYTES = 10 * 2**20
+#: What one batch may use of it (arguments or estimated result), to stay far below.
+_BATCH_BUDGET_BYTES = PAYLOAD_LIMIT_BYTES // 10
+#: Upper estimate of one focus record's size in the result (a record with its focus map).
+_RECORD_BYTES = 4096
+#: Largest automatic batch: enough to amortise the per-task cost (see bench/remote.py).
+_MAX_AUTO_BATCH = 64
+
+
+def _local_workers() -> int:
+    return max(
+        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed task may succeed when sent again (a lost worker, a dropped
+    connection), as opposed to a scopefx error that would only repeat. Remote exceptions
+    arrive as text (Globus Compute's ``TaskExecutionFailed``), so the text is checked too."""
+    from .. import errors
+
+    if isinstance(exc, errors.ScopefxError):
+        return False
+    text = f"{type(exc).__name__}: {exc}"
+    return not any(name in text for name in errors.__all__)
+
+
+def _to_record(item: dict[str, Any]) -> list[Any]:
+    """FocusRecords (one per page) from one result item of ``score_focus``."""
+    import dataclasses
+
+    from ..focus import FocusRecord
+
+    known = {f.name for f in dataclasses.fields(FocusRecord)}
+    pages = item.get("pages") or [item]
+    records = []
+    for page in pages:
+        fields = {k: v for k, v in page.items() if k in known}
+        fields["path"] = str(page.get("ref", item.get("ref", "")))
+        for key, value in list(fields.items()):
+            if value is None and isinstance(getattr(FocusRecord, key, None), float):
+                fields[key] = math.nan
+        if fields.get("focus_map") is not None:
+            fields["focus_map"] = np.asarray(fields["focus_map"], dtype=np.float64)
+        records.append(FocusRecord(**fields))
+    return records
+
+
+class Client:
+    """Send scopefx work where it should run and gather the answers.
+
+    Parameters
+    ----------
+    executor : concurrent.futures.Executor, optional
+        Where every role runs: e.g. ``globus_compute_sdk.Executor(endpoint_id=...)``. Default:
+        the embedded local default (threads in this process; no account, no network).
+    routes : mapping of role -> Executor, optional
+        Per-role executors (``"focus"``, ``"fusion"``), taking precedence over ``executor``.
+    batch_size : int, optional
+        References per task. Default: chosen per run to spread the work over the endpoint's
+        workers while amortising the per-task cost (at most 64), and always small enough to
+        keep a task's arguments and result far below Globus Compute's 10 MB limit.
+    max_retries : int
+        How many times a task that failed as a whole (lost worker, endpoint restart) is
+        resubmitted before its items are reported as ``status="failed"``.
+    manifest : Manifest or path, optional
+        Registered function UUIDs (``scopefx register``). With one, Globus Compute executors
+        get ``submit_to_registered_function``; default: the manifest for this scopefx version
+        if it exists.
+    check_version : bool
+        Ask each executor's ``endpoint_info`` before the first task and refuse an endpoint
+        whose scopefx major.minor differs from this one's.
+    progress : bool, optional
+        Show a progress bar (default: when stderr is a terminal or a notebook).
+
+    Examples
+    --------
+    >>> with Client() as client:                                  # doctest: +SKIP
+    ...     records = client.score_focus(["run1/s001.tif", "run1/s002.tif"])
+    >>> from globus_compute_sdk import Executor                   # doctest: +SKIP
+    >>> client = Client(Executor(endpoint_id="2f8c..."))          # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        executor: cf.Executor | None = None,
+        *,
+        routes: Mapping[str, cf.Executor] | None = None,
+        batch_size: int | None = None,
+        max_retries: int = 2,
+        manifest: Manifest | str | os.PathLike[str] | None = None,
+        check_version: bool = True,
+        progress: bool | None = None,
+    ) -> None:
+        if executor is not None and not isinstance(executor, cf.Executor):
+            raise ConfigError(
+                f"executor must be a concurrent.futures.Executor, got {type(executor).__name__}"
+            )
+        routes = dict(routes or {})
+        bad = [r for r in routes if r not in ROLES]
+        if bad:
+            raise ConfigError(f"unknown role(s) {bad} in routes; roles are {list(ROLES)}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        self._default = executor
+        self._routes: dict[str, Any] = routes
+        self._factories: dict[str, Callable[[], cf.Executor]] = {}
+        self._owned: list[cf.Executor] = []
+        self._local: cf.Executor | None = None
+        self._info: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self.batch_size = batch_size
+        self.max_retries = max_retries
+        self.check_version = check_version
+        self.progress = progress
+        if isinstance(manifest, Manifest):
+            self.manifest: Manifest | None = manifest
+        else:
+            self.manifest = Manifest.find(manifest)
+        if self.manifest is not None and not self.manifest.matches_installed():
+            log.warning(
+                "manifest %s is for scopefx %s, this is %s: submitting functions by value",
+                self.manifest.path, self.manifest.scopefx_version, __version__,
+            )  # fmt: skip
+            self.manifest = None
+        self.endpoint_names: dict[str, str] = {}
+
+    # -- construction from the user's configuration --------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        endpoint: str | None = None,
+        **kwargs: Any,
+    ) -> Client:
+        """A client routed as the user's endpoint configuration says.
+
+        Parameters
+        ----------
+        path : path, optional
+            The TOML file (default ``$SCOPEFX_CONFIG`` or ``~/.config/scopefx/endpoints.toml``;
+            see :mod:`scopefx.remote._config`). Without a file everything runs locally.
+        endpoint : str, optional
+            Send every role to this configured endpoint (``"local"``: run everything here).
+        **kwargs
+            Override :class:`Client` arguments (``batch_size``, ``max_retries``...).
+        """
+        config = ClientConfig.load(path)
+        kwargs.setdefault("batch_size", config.batch_size)
+        kwargs.setdefault("max_retries", config.max_retries)
+        kwargs.setdefault("manifest", config.manifest)
+        client = cls(**kwargs)
+        if endpoint is not None and endpoint != "local":
+            if endpoint not in config.endpoints:
+                known = sorted(config.endpoints) or "none"
+                where = config.path or "no configuration file"
+                raise ConfigError(
+                    f"no endpoint named {endpoint!r} in {where} (configured: {known}); add "
+                    "[endpoints.NAME] with its id, or use --endpoint local"
+                )
+            specs = dict.fromkeys(ROLES, config.endpoints[endpoint])
+        elif endpoint == "local":
+            specs = {}
+        else:
+            specs = {role: spec for role in ROLES if (spec := config.for_role(role)) is not None}
+        made: dict[str, cf.Executor] = {}
+
+        def factory(spec: EndpointSpec) -> cf.Executor:
+            if spec.name not in made:  # one executor per endpoint, shared by its roles
+                made[spec.name] = spec.make_executor()
+            return made[spec.name]
+
+        for role, spec in specs.items():
+            client.endpoint_names[role] = spec.name
+            client._factories[role] = functools.partial(factory, spec)
+        return client
+
+    # -- executors --------------------------------------------------------------------------------
+
+    def executor_for(self, role: str) -> cf.Executor:
+        """The executor that runs ``role`` (made on first use)."""
+        if role not in ROLES:
+            raise ConfigError(f"unknown role {role!r}; roles are {list(ROLES)}")
+        with self._lock:
+            if role in self._routes:
+                return self._routes[role]
+            if role in self._factories:
+                ex = self._factories.pop(role)()
+                self._routes[role] = ex
+                if ex not in self._owned:
+                    self._owned.append(ex)
+                return ex
+            if self._default is not None:
+                return self._default
+            if self._local is None:
+                self._local = cf.ThreadPoolExecutor(
+                    max_workers=_local_workers(), thread_name_prefix="scopefx-local"
+                )
+                self._owned.append(self._local)
+            return self._local
+
+    def is_local(self, role: str) -> bool:
+        ex = self.executor_for(role)
+        return ex is self._local
+
+    def _submit(self, role: str, name: str, *args: Any) -> cf.Future[Any]:
+        if name not in FUNCTION_NAMES:
+            raise ConfigError(f"unknown function {name!r}; the suite has {list(FUNCTION_NAMES)}")
+        ex = self.executor_for(role)
+        self._check(role, ex)
+        fid = self.manifest.function_id(name) if self.manifest is not None else None
+        if fid is not None and hasattr(ex, "submit_to_registered_function"):
+            return ex.submit_to_registered_function(fid, args=args)
+        return ex.submit(getattr(_functions, name), *args)
+
+    def submit(self, name: str, *args: Any, role: str = "focus") -> cf.Future[Any]:
+        """Submit one call of a suite function (by name) to the executor of ``role``."""
+        return self._submit(role, name, *args)
+
+    def _check(self, role: str, ex: cf.Executor) -> None:
+        if not self.check_version or ex is self._local or id(ex) in self._info:
+            return
+        fid = self.manifest.function_id("endpoint_info") if self.manifest is not None else None
+        try:
+            if fid is not None and hasattr(ex, "submit_to_registered_function"):
+                future = ex.submit_to_registered_function(fid, args=())
+            else:
+                future = ex.submit(_functions.endpoint_info)
+            info = future.result(timeout=float(os.environ.get("SCOPEFX_INFO_TIMEOUT", 300)))
+        except Exception as exc:
+            name = self.endpoint_names.get(role, type(ex).__name__)
+            raise EndpointError(
+                f"endpoint {name!r} did not answer endpoint_info: {type(exc).__name__}: {exc}"
+            ) from exc
+        theirs = str(info.get("scopefx", "?"))
+        if major_minor(theirs) != major_minor(__version__):
+            name = self.endpoint_names.get(role, type(ex).__name__)
+            raise EndpointError(
+                f"endpoint {name!r} runs scopefx {theirs}, this client is {__version__}: "
+                "major.minor must match; install the same scopefx version on both sides"
+            )
+        self._info[id(ex)] = info
+
+    def info(self, role: str = "focus") -> dict[str, Any]:
+        """``endpoint_info()`` of the executor that runs ``role``."""
+        ex = self.executor_for(role)
+        if ex is self._local:
+            return _functions.endpoint_info()
+        if id(ex) not in self._info:
+            saved, self.check_version = self.check_version, True
+            try:
+                self._check(role, ex)
+            finally:
+                self.check_version = saved
+        return self._info[id(ex)]
+
+    # -- focus ------------------------------------------------------------------------------------
+
+    def _batch_size(self, refs: list[str], role: str) -> int:
+        if self.batch_size is not None:
+            size = self.batch_size
+        else:
+            ex = self.executor_for(role)
+            info = self._info.get(id(ex), {})
+            workers = (
+                _local_workers()
+                if ex is self._local
+                else len(info.get("gpus") or []) or info.get("cpus") or 4
+            )
+            size = max(1, min(_MAX_AUTO_BATCH, math.ceil(len(refs) / (4 * workers))))
+        longest = max((len(r.encode()) for r in refs), default=1) + 8
+        return max(1, min(size, _BATCH_BUDGET_BYTES // max(longest, _RECORD_BYTES)))
+
+    def iter_focus(
+        self,
+        refs: Iterable[str | os.PathLike[str]],
+        *,
+        params: Any = None,
+        calibration: Any = None,
+        baseline: Any = None,
+        on_record: Callable[[Any], None] | None = None,
+        **overrides: Any,
+    ) -> Iterator[Any]:
+        """Score references where the ``focus`` role runs; yield :class:`~scopefx.FocusRecord`
+        objects in input order, each as soon as it and all before it are back.
+
+        Verdicts: with a ``calibration``, from the estimated |defocus|; otherwise relative to
+        the run (``baseline``, a :class:`~scopefx.RunBaseline`, made if not given).
+        A reference that fails yields a record with its ``status`` and ``error``; a task
+        that fails as a whole is retried ``max_retries`` times, then its records say
+        ``status="failed"``.
+        """
+        from ..focus import RunBaseline
+        from ..focus._batch import _drain
+        from ..focus._score import _resolve
+
+        focus_params = _resolve(params, overrides)
+        if calibration is not None:
+            calibration.check_params(focus_params)
+        baseline = baseline if baseline is not None else RunBaseline()
+        items = [os.fspath(r) for r in refs]
+        if not items:
+            return
+        self.executor_for("focus")
+        self._check("focus", self.executor_for("focus"))
+        size = self._batch_size(items, "focus")
+        batches = [items[i : i + size] for i in range(0, len(items), size)]
+        wire = focus_params.to_dict()
+        for records in self._gather(
+            batches, lambda batch: self._submit("focus", "score_focus", batch, wire)
+        ):
+            yield from _drain(records, calibration, baseline, focus_params, on_record)
+
+    def _gather(
+        self, batches: list[list[str]], submit: Callable[[list[str]], cf.Future[Any]]
+    ) -> Iterator[list[Any]]:
+        """Submit every batch, retry failed tasks, and yield each batch's records in order."""
+        from tqdm.auto import tqdm
+
+        from ..focus import FocusRecord
+
+        total = sum(len(b) for b in batches)
+        results: dict[int, list[Any]] = {}
+        attempts = dict.fromkeys(range(len(batches)), 0)
+        pending: dict[cf.Future[Any], int] = {}
+        bar = tqdm(
+            total=total, unit="img", disable=None if self.progress is None else not self.progress
+        )
+
+        def send(k: int) -> None:
+            try:
+                pending[submit(batches[k])] = k
+            except Exception as exc:  # submission itself failed: count it as an attempt
+                failed: cf.Future[Any] = cf.Future()
+                failed.set_exception(exc)
+                pending[failed] = k
+
+        try:
+            for k in range(len(batches)):
+                send(k)
+            following = 0
+            while pending:
+                done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    k = pending.pop(future)
+                    batch = batches[k]
+                    try:
+                        items = future.result()
+                        if not isinstance(items, list) or len(items) != len(batch):
+                            raise EndpointError(
+                                f"score_focus returned {type(items).__name__} of "
+                                f"{len(items) if isinstance(items, list) else '?'} items for "
+                                f"{len(batch)} references"
+                            )
+                        results[k] = [r for item in items for r in _to_record(item)]
+                        bar.update(len(batch))
+                    except Exception as exc:
+                        attempts[k] += 1
+                        if attempts[k] <= self.max_retries and is_transient(exc):
+                            log.warning("task of %d references failed (%s: %s); retry %d of %d",
+                                        len(batch), type(exc).__name__, exc, attempts[k],
+                                        self.max_retries)  # fmt: skip
+                            send(k)
+                            continue
+                        message = (
+                            f"task failed after {attempts[k]} attempt(s): "
+                            f"{type(exc).__name__}: {exc}"
+                        )
+                        results[k] = [
+                            FocusRecord(path=ref, status="failed", error=message) for ref in batch
+                        ]
+                        bar.update(len(batch))
+                while following in results:
+                    yield results.pop(following)
+                    following += 1
+        finally:
+            bar.close()
+            for future in pending:
+                future.cancel()
+
+    def score_focus(self, refs: Iterable[str | os.PathLike[str]], **kwargs: Any) -> list[Any]:
+        """:meth:`iter_focus` gathered into a list; warm-up verdicts settled at the end."""
+        from ..focus import RunBaseline
+        from ..focus._batch import rejudge_warmup
+
+        baseline = kwargs.pop("baseline", None) or RunBaseline()
+        records = list(self.iter_focus(refs, baseline=baseline, **kwargs))
+        if kwargs.get("calibration") is None:
+            rejudge_warmup(records, baseline)
+        return records
+
+    # -- mosaics ----------------------------------------------------------------------------------
+
+    def fuse(
+        self,
+        tiles: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        params: Any = None,
+        regions: int | None = None,
+        preview: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Fuse a mosaic where the ``fusion`` role runs; returns the summary dict.
+
+        Parameters
+        ----------
+        tiles, output : references on that endpoint (tile table; ``.ome.zarr`` output)
+        params : FusionParams, optional
+        regions : int, optional
+            Fan out: plan once, fuse this many regions as separate tasks at once, then
+            finish (pyramid, completion). Default: one ``fuse_mosaic`` task.
+        preview : reference, optional
+            A PNG preview written beside the mosaic.
+        **options
+            Other :func:`scopefx.remote.functions.fuse_mosaic` job keys (``resume``,
+            ``overwrite``, ``register``, ``flatfield``, ``pixel_size_um``...).
+
+        A task lost on the way is resubmitted up to ``max_retries`` times with
+        ``resume=True``: chunks already written are kept.
+        """
+        job: dict[str, Any] = {"tiles": os.fspath(tiles), "output": os.fspath(output), **options}
+        if params is not None:
+            job["params"] = params.to_dict() if hasattr(params, "to_dict") else dict(params)
+        if regions is None:
+            if preview is not None:
+                job["preview"] = os.fspath(preview)
+            return self._retrying("fuse_mosaic", job, resume_key=True)
+        if not isinstance(regions, int) or regions < 1:
+            raise ConfigError(f"regions must be an integer >= 1, got {regions!r}")
+        planned = self._retrying("plan_mosaic", {**job, "regions": regions}, resume_key=True)
+        futures = {
+            self._submit("fusion", "fuse_region", planned["plan"], region): region
+            for region in planned["regions"]
+        }
+        for future in cf.as_completed(futures):
+            try:
+                future.result()
+            except Exception as exc:  # finish_mosaic writes whatever a lost region left
+                log.warning(
+                    "region %s failed (%s); finish_mosaic will write it", futures[future], exc
+                )
+        preview_ref = None if preview is None else os.fspath(preview)
+        return self._retrying("finish_mosaic", planned["plan"], preview_ref)
+
+    def _retrying(self, name: str, *args: Any, resume_key: bool = False) -> dict[str, Any]:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._submit("fusion", name, *args).result()
+            except Exception as exc:
+                if attempt == self.max_retries or not is_transient(exc):
+                    raise
+                log.warning(
+                    "%s failed (%s: %s); retrying with resume", name, type(exc).__name__, exc
+                )
+                if resume_key:
+                    args = ({**args[0], "resume": True, "overwrite": False}, *args[1:])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Shut down the executors this client made (not the ones it was given)."""
+        owned, self._owned = self._owned, []
+        for ex in owned:
+            ex.shutdown(wait=True, cancel_futures=True)
+        self._local = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = {
+            r: self.endpoint_names.get(
+                r, "local" if r not in self._routes and self._default is None else "given"
+            )
+            for r in ROLES
+        }
+        return f"Client({', '.join(f'{r}={w}' for r, w in where.items())})"

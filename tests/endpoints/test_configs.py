@@ -1,0 +1,552 @@
+"""The endpoint configurations in ``endpoints/`` load with globus-compute-endpoint's own code.
+
+globus-compute-endpoint 4.x starts every endpoint from a ``config.yaml`` without an engine
+(a ``CoreEndpointConfig``); when work arrives it renders ``user_config_template.yaml.j2``
+with the user's options, after checking them against ``user_config_schema.json``, and
+loads the result as a ``UserEndpointConfig``. These tests go through the same functions,
+in the same order, as ``CoreEndpoint`` and ``globus-compute-endpoint render-user-config``:
+``get_config``, ``Endpoint.user_config_template_path`` / ``user_config_schema_path``,
+``load_user_config_template``, ``load_user_config_schema``,
+``render_config_user_template`` and ``load_config_yaml``. Nothing here starts an endpoint
+or reaches the Globus service.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import pathlib
+import pwd
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from typing import Any
+
+import pytest
+
+pytest.importorskip("globus_compute_endpoint")
+
+import jsonschema
+import parsl.addresses
+import parsl.executors.high_throughput.executor as htex_module
+import yaml
+from globus_compute_endpoint.endpoint.config import CoreEndpointConfig, UserEndpointConfig
+from globus_compute_endpoint.endpoint.config.utils import (
+    get_config,
+    load_config_yaml,
+    load_user_config_schema,
+    load_user_config_template,
+    render_config_user_template,
+)
+from globus_compute_endpoint.endpoint.endpoint import Endpoint
+from globus_compute_endpoint.endpoint.identity_mapper import (
+    MappedPosixIdentity,
+    PosixIdentityMapper,
+)
+from globus_compute_endpoint.engines import GlobusComputeEngine
+from globus_compute_sdk.sdk.batch import create_user_runtime
+from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
+from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
+
+pytestmark = pytest.mark.endpoint
+
+ENDPOINTS = pathlib.Path(__file__).resolve().parents[2] / "endpoints"
+SINGLE_USER = ("edge-gpu", "hpc-slurm", "pbs-polaris")
+FACILITY = "facility-multiuser"
+#: Where docs/endpoints.md installs the facility endpoint's files; config.yaml names them there.
+FACILITY_INSTALL_DIR = "/opt/scopefx/endpoint"
+#: The login-node interface the Polaris configuration names, and the address the fake gives.
+POLARIS_IFNAME = "bond0"
+POLARIS_ADDRESS = "10.1.2.3"
+
+FACILITY_SLURM = {
+    "provider": "slurm",
+    "account": "mic-042",
+    "partition": "gpu-debug",
+    "walltime": "04:00:00",
+    "gpus_per_node": 2,
+    "max_blocks": 3,
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[pathlib.Path]:
+    """Point HOME and the Globus Compute directory at an empty folder; it must stay empty."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GLOBUS_COMPUTE_USER_DIR", str(home / ".globus_compute"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # the engine records its run directory as the current one
+    yield home
+    assert sorted(p.name for p in home.iterdir()) == []
+
+
+@pytest.fixture(autouse=True)
+def address_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Stand in for parsl's address discovery, which the engine runs while being built.
+
+    Without an ``address``, parsl lists every address of this host, asking a public web
+    service for the external one (and leaking a socket per interface); with
+    ``address_by_interface`` it reads a network interface this test machine lacks. The
+    fakes answer at once; the list records the interfaces asked for.
+    """
+    asked: list[str] = []
+
+    def by_interface(ifname: str) -> str:
+        asked.append(ifname)
+        return POLARIS_ADDRESS
+
+    monkeypatch.setattr(htex_module, "get_all_addresses", lambda: {"127.0.0.1"})
+    monkeypatch.setattr(parsl.addresses, "address_by_interface", by_interface)
+    return asked
+
+
+@pytest.fixture
+def endpoint_dir(tmp_path: pathlib.Path) -> Callable[[str], pathlib.Path]:
+    """The endpoint directory for one folder of ``endpoints/``, as the endpoint would see it.
+
+    The single-user folders are used in place (their files have the default names). The
+    facility's files are copied to a stand-in for /opt/scopefx/endpoint and its config.yaml
+    pointed there, since the loader requires the files it names to exist.
+    """
+
+    def _dir(name: str) -> pathlib.Path:
+        if name != FACILITY:
+            return ENDPOINTS / name
+        installed = tmp_path / "opt-scopefx-endpoint"
+        if installed.exists():
+            return installed
+        shutil.copytree(ENDPOINTS / name, installed)
+        config = installed / "config.yaml"
+        config.write_text(config.read_text().replace(FACILITY_INSTALL_DIR, str(installed)))
+        return installed
+
+    return _dir
+
+
+def render_user_config(ep_dir: pathlib.Path, user_opts: dict[str, Any]) -> UserEndpointConfig:
+    """Render and load the user endpoint config as the core endpoint does before starting it."""
+    parent = get_config(ep_dir)
+    template_path = Endpoint.user_config_template_path(ep_dir, parent)
+    rendered = render_config_user_template(
+        parent_config=parent,
+        user_config_template=load_user_config_template(template_path),
+        user_config_template_path=template_path,
+        mapped_identity=MappedPosixIdentity(
+            local_user_record=pwd.getpwuid(os.getuid()),
+            matched_identity=uuid.UUID(int=0),
+            globus_identity_candidates=[],
+        ),
+        user_config_schema=load_user_config_schema(
+            Endpoint.user_config_schema_path(ep_dir, parent)
+        ),
+        user_opts=user_opts,
+        # What the SDK sends with each task; JSON round trip as the service delivers it.
+        user_runtime=json.loads(json.dumps(asdict(create_user_runtime()))),
+    )
+    config = load_config_yaml(rendered)
+    assert isinstance(config, UserEndpointConfig)
+    return config
+
+
+def worker_environment(worker_init: str, *, home: pathlib.Path) -> dict[str, str]:
+    """The SCOPEFX_* variables a worker_init exports, expanded by bash as a job would.
+
+    Only the ``export SCOPEFX_...`` lines run (the environment activation needs the real
+    host), with HOME and USER set as on the endpoint.
+    """
+    exports = [line for line in worker_init.splitlines() if re.match(r"\s*export SCOPEFX_", line)]
+    script = "\n".join([*exports, "env"])
+    env = {"HOME": str(home), "USER": "alice", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pairs = (line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return {key: value for key, value in pairs if key.startswith("SCOPEFX_")}
+
+
+# --- the endpoint (core) configurations ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*SINGLE_USER, FACILITY])
+def test_config_yaml_is_a_core_endpoint_that_runs_nothing_until_filled(
+    name: str, endpoint_dir: Callable[[str], pathlib.Path]
+) -> None:
+    config = get_config(endpoint_dir(name))
+
+    # No engine block: `globus-compute-endpoint start` refuses a config.yaml with one.
+    assert isinstance(config, CoreEndpointConfig)
+    assert config.display_name
+    # Fail closed: an empty allow-list refuses every function; None would allow any.
+    assert config.allowed_functions == ()
+
+
+@pytest.mark.parametrize("name", [*SINGLE_USER, FACILITY])
+def test_endpoint_config_fills_the_allow_list(
+    name: str, endpoint_dir: Callable[[str], pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    """What `scopefx endpoint-config` writes is a config.yaml the endpoint accepts."""
+    from scopefx.remote._manifest import FUNCTION_NAMES, Manifest, fill_allowed_functions
+
+    ids = {fn: str(uuid.uuid5(uuid.NAMESPACE_URL, f"scopefx:{fn}")) for fn in FUNCTION_NAMES}
+    manifest = Manifest(scopefx_version="0.0.test", functions=ids, registered="2024-01-01")
+    filled_dir = tmp_path / "filled"
+    filled_dir.mkdir()
+    filled = fill_allowed_functions((endpoint_dir(name) / "config.yaml").read_text(), manifest)
+    (filled_dir / "config.yaml").write_text(filled)
+
+    config = get_config(filled_dir)
+
+    assert isinstance(config, CoreEndpointConfig)
+    assert config.allowed_functions == tuple(ids.values())
+
+
+def test_facility_config_names_its_installed_files(
+    endpoint_dir: Callable[[str], pathlib.Path],
+) -> None:
+    shipped = yaml.safe_load((ENDPOINTS / FACILITY / "config.yaml").read_text())
+    keys = ("identity_mapping_config_path", "user_config_template_path", "user_config_schema_path")
+    for key in keys:
+        path = pathlib.PurePosixPath(shipped[key])
+        assert str(path.parent) == FACILITY_INSTALL_DIR, key
+        assert (ENDPOINTS / FACILITY / path.name).is_file(), key
+
+    ep_dir = endpoint_dir(FACILITY)
+    config = get_config(ep_dir)
+    assert isinstance(config, CoreEndpointConfig)
+    assert config.identity_mapping_config_path == ep_dir / "identity_mapping.json"
+    assert Endpoint.user_config_template_path(ep_dir, config) == (
+        ep_dir / "user_config_template.yaml.j2"
+    )
+    assert Endpoint.user_config_schema_path(ep_dir, config) == ep_dir / "user_config_schema.json"
+    assert config.email  # a privileged endpoint will not start without one
+    assert config.public is False
+
+
+# --- the user endpoint configurations rendered from the templates -------------------------
+
+RENDER_CASES = {
+    "edge-gpu": (
+        "edge-gpu",
+        {},
+        LocalProvider,
+        SingleNodeLauncher,
+        {
+            "engine.max_workers_per_node": 2,
+            "engine.executor.available_accelerators": ["0", "1"],
+            "engine.executor.cpu_affinity": "none",
+            "engine.executor.address": "127.0.0.1",
+            "engine.max_retries_on_system_failure": 2,
+            "engine.executor.provider.init_blocks": 1,
+            "engine.executor.provider.min_blocks": 1,
+            "engine.executor.provider.max_blocks": 1,
+            "idle_heartbeats_soft": 240,
+        },
+    ),
+    "hpc-slurm": (
+        "hpc-slurm",
+        {},
+        SlurmProvider,
+        SrunLauncher,
+        {
+            "engine.max_workers_per_node": 4,
+            "engine.executor.available_accelerators": ["0", "1", "2", "3"],
+            "engine.executor.cpu_affinity": "block",
+            "engine.max_retries_on_system_failure": 2,
+            "engine.executor.provider.partition": "gpu",
+            "engine.executor.provider.walltime": "02:00:00",
+            "engine.executor.provider.nodes_per_block": 1,
+            "engine.executor.provider.init_blocks": 0,
+            "engine.executor.provider.min_blocks": 0,
+            "engine.executor.provider.max_blocks": 4,
+            "engine.executor.provider.exclusive": True,
+        },
+    ),
+    "pbs-polaris": (
+        "pbs-polaris",
+        {},
+        PBSProProvider,
+        MpiExecLauncher,
+        {
+            "engine.max_workers_per_node": 4,
+            "engine.executor.available_accelerators": ["0", "1", "2", "3"],
+            "engine.executor.cpu_affinity": "block-reverse",
+            "engine.executor.address": POLARIS_ADDRESS,
+            "engine.max_retries_on_system_failure": 2,
+            "engine.executor.provider.queue": "debug",
+            "engine.executor.provider.walltime": "01:00:00",
+            "engine.executor.provider.cpus_per_node": 64,
+            "engine.executor.provider.select_options": "ngpus=4",
+            "engine.executor.provider.scheduler_options": "#PBS -l filesystems=home:eagle",
+            "engine.executor.provider.init_blocks": 0,
+            "engine.executor.provider.min_blocks": 0,
+            "engine.executor.provider.launcher.bind_cmd": "--cpu-bind",
+            "engine.executor.provider.launcher.overrides": "--depth=64 --ppn 1",
+        },
+    ),
+    "facility-local": (
+        FACILITY,
+        {},
+        LocalProvider,
+        SingleNodeLauncher,
+        {
+            "engine.max_workers_per_node": 1,
+            "engine.executor.available_accelerators": ["0"],
+            "engine.executor.address": "127.0.0.1",
+            "engine.max_retries_on_system_failure": 2,
+            "engine.executor.provider.max_blocks": 1,
+            "idle_heartbeats_soft": 10,
+        },
+    ),
+    "facility-slurm": (
+        FACILITY,
+        FACILITY_SLURM,
+        SlurmProvider,
+        SrunLauncher,
+        {
+            "engine.max_workers_per_node": 2,
+            "engine.executor.available_accelerators": ["0", "1"],
+            "engine.executor.provider.account": "mic-042",
+            "engine.executor.provider.partition": "gpu-debug",
+            "engine.executor.provider.walltime": "04:00:00",
+            "engine.executor.provider.gpus_per_node": 2,
+            "engine.executor.provider.max_blocks": 3,
+            "engine.executor.provider.init_blocks": 0,
+            "engine.executor.provider.exclusive": False,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "user_opts", "provider_type", "launcher_type", "expected"),
+    list(RENDER_CASES.values()),
+    ids=list(RENDER_CASES),
+)
+def test_template_renders_to_the_intended_engine(
+    name: str,
+    user_opts: dict[str, Any],
+    provider_type: type,
+    launcher_type: type,
+    expected: dict[str, Any],
+    endpoint_dir: Callable[[str], pathlib.Path],
+) -> None:
+    config = render_user_config(endpoint_dir(name), user_opts)
+
+    assert type(config.engine) is GlobusComputeEngine
+    assert type(config.engine.executor.provider) is provider_type
+    assert type(config.engine.executor.provider.launcher) is launcher_type
+    actual = {path: operator.attrgetter(path)(config) for path in expected}
+    assert actual == expected
+
+
+def test_slurm_templates_ask_for_the_gpus(endpoint_dir: Callable[[str], pathlib.Path]) -> None:
+    hpc = render_user_config(endpoint_dir("hpc-slurm"), {}).engine.executor.provider
+    facility = render_user_config(endpoint_dir(FACILITY), FACILITY_SLURM).engine.executor.provider
+    assert "#SBATCH --gpus-per-node=4" in hpc.scheduler_options.splitlines()
+    assert "#SBATCH --gpus-per-node=2" in facility.scheduler_options.splitlines()
+    assert "#SBATCH --account=mic-042" in facility.scheduler_options.splitlines()
+
+
+def test_polaris_address_is_the_named_login_interface(
+    endpoint_dir: Callable[[str], pathlib.Path], address_lookups: list[str]
+) -> None:
+    render_user_config(endpoint_dir("pbs-polaris"), {})
+    assert address_lookups == [POLARIS_IFNAME]
+
+
+@pytest.mark.parametrize(
+    ("name", "user_opts", "cluster"),
+    [
+        ("edge-gpu", {}, False),
+        ("hpc-slurm", {}, True),
+        ("pbs-polaris", {}, True),
+        (FACILITY, {}, False),
+        (FACILITY, FACILITY_SLURM, True),
+    ],
+    ids=["edge-gpu", "hpc-slurm", "pbs-polaris", "facility-local", "facility-slurm"],
+)
+def test_worker_init_sets_data_roots(
+    name: str,
+    user_opts: dict[str, Any],
+    cluster: bool,
+    endpoint_dir: Callable[[str], pathlib.Path],
+    tmp_path: pathlib.Path,
+) -> None:
+    config = render_user_config(endpoint_dir(name), user_opts)
+    worker_home = tmp_path / "worker-home"
+
+    env = worker_environment(config.engine.executor.provider.worker_init, home=worker_home)
+
+    roots = env["SCOPEFX_DATA_ROOTS"].split(os.pathsep)
+    assert roots, env
+    for root in roots:
+        path = pathlib.PurePosixPath(root)
+        assert path.is_absolute(), root
+        assert ".." not in path.parts, root
+        assert "$" not in root, root  # every variable was expanded
+    if cluster:
+        cluster_file = pathlib.PurePosixPath(env["SCOPEFX_CLUSTER"])
+        assert cluster_file.is_absolute() and cluster_file.suffix == ".yaml"
+    else:
+        assert "SCOPEFX_CLUSTER" not in env
+
+
+# --- what users may and may not send ------------------------------------------------------
+
+
+def test_schemas_are_valid_json_schema() -> None:
+    for name in (*SINGLE_USER, FACILITY):
+        schema = load_user_config_schema(ENDPOINTS / name / "user_config_schema.json")
+        assert schema is not None
+        jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_facility_defaults_match_the_schema(endpoint_dir: Callable[[str], pathlib.Path]) -> None:
+    """What the template renders for an omitted option is the default the schema documents."""
+    schema = json.loads((ENDPOINTS / FACILITY / "user_config_schema.json").read_text())
+    defaults = {
+        key: spec["default"] for key, spec in schema["properties"].items() if "default" in spec
+    }
+    provider = render_user_config(
+        endpoint_dir(FACILITY), {"provider": "slurm", "account": "mic-042"}
+    ).engine.executor.provider
+
+    rendered = {
+        "provider": "slurm" if isinstance(provider, SlurmProvider) else "local",
+        "gpus_per_node": provider.gpus_per_node,
+        "partition": provider.partition,
+        "walltime": provider.walltime,
+        "max_blocks": provider.max_blocks,
+    }
+    assert rendered == defaults | {"provider": "slurm"}
+    local = render_user_config(endpoint_dir(FACILITY), {}).engine.executor.provider
+    assert isinstance(local, LocalProvider) and defaults["provider"] == "local"
+
+
+BAD_OPTIONS = {
+    # The single-user endpoints take no options at all.
+    "edge-any-option": ("edge-gpu", {"gpus": 1}, "Additional properties are not allowed"),
+    "edge-worker-init": (
+        "edge-gpu",
+        {"worker_init": "export SCOPEFX_DATA_ROOTS=/"},
+        r"'worker_init' was unexpected",
+    ),
+    "slurm-walltime": ("hpc-slurm", {"walltime": "04:00:00"}, r"'walltime' was unexpected"),
+    "polaris-queue": ("pbs-polaris", {"queue": "prod"}, r"'queue' was unexpected"),
+    # The facility endpoint: types, enums, bounds, unknown keys.
+    "wrong-type": (FACILITY, {"gpus_per_node": "2"}, r"'2' is not of type 'integer'"),
+    "bool-for-int": (FACILITY, {"gpus_per_node": True}, r"True is not of type 'integer'"),
+    "too-many-gpus": (FACILITY, {"gpus_per_node": 8}, r"8 is greater than the maximum of 4"),
+    "no-gpus": (FACILITY, {"gpus_per_node": 0}, r"0 is less than the minimum of 1"),
+    "unknown-provider": (
+        FACILITY,
+        {"provider": "kubernetes"},
+        r"'kubernetes' is not one of \['local', 'slurm'\]",
+    ),
+    "unknown-partition": (
+        FACILITY,
+        {**FACILITY_SLURM, "partition": "bigmem"},
+        r"'bigmem' is not one of \['gpu', 'gpu-debug'\]",
+    ),
+    "walltime-too-long": (
+        FACILITY,
+        {**FACILITY_SLURM, "walltime": "48:00:00"},
+        r"'48:00:00' does not match",
+    ),
+    "walltime-not-hms": (FACILITY, {**FACILITY_SLURM, "walltime": 3600}, r"3600 is not of type"),
+    "too-many-blocks": (FACILITY, {**FACILITY_SLURM, "max_blocks": 5}, r"5 is greater than"),
+    "account-injection": (
+        FACILITY,
+        {**FACILITY_SLURM, "account": "x\nworker_init: rm -rf ~"},
+        r"does not match",
+    ),
+    "slurm-without-account": (
+        FACILITY,
+        {"provider": "slurm"},
+        r"'account' is a required property",
+    ),
+    "slurm-option-for-local": (FACILITY, {"partition": "gpu"}, r"False schema does not allow"),
+    # Nothing may reach the environment or the data roots.
+    "data-roots": (
+        FACILITY,
+        {"SCOPEFX_DATA_ROOTS": "/"},
+        r"'SCOPEFX_DATA_ROOTS' was unexpected",
+    ),
+    "worker-init": (
+        FACILITY,
+        {"worker_init": "export SCOPEFX_DATA_ROOTS=/"},
+        r"'worker_init' was unexpected",
+    ),
+    "endpoint-setup": (FACILITY, {"endpoint_setup": "id"}, r"'endpoint_setup' was unexpected"),
+    "requirements": (FACILITY, {"requirements": "numpy"}, r"'requirements' was unexpected"),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "user_opts", "match"), list(BAD_OPTIONS.values()), ids=list(BAD_OPTIONS)
+)
+def test_bad_user_options_are_refused(
+    name: str,
+    user_opts: dict[str, Any],
+    match: str,
+    endpoint_dir: Callable[[str], pathlib.Path],
+) -> None:
+    with pytest.raises(jsonschema.ValidationError, match=match):
+        render_user_config(endpoint_dir(name), user_opts)
+
+
+def test_reserved_template_variables_are_refused(
+    endpoint_dir: Callable[[str], pathlib.Path],
+) -> None:
+    # Refused by the endpoint itself, before the schema: a user cannot replace what the
+    # template reads about the mapped identity or the runtime.
+    with pytest.raises(ValueError, match="'_GC' is a reserved word"):
+        render_user_config(endpoint_dir(FACILITY), {"_GC": {"env": {}}})
+
+
+# --- identity mapping ---------------------------------------------------------------------
+
+
+def _identity(username: str) -> dict[str, str]:
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_DNS, username)),
+        "username": username,
+        "status": "used",
+    }
+
+
+@pytest.mark.parametrize(
+    ("username", "local_user"),
+    [
+        ("alice@facility.example.org", "alice"),
+        ("bob.smith@facility.example.org", "bob.smith"),
+        ("alice@example.org", None),
+        ("alice@facility.example.org.evil.example", None),
+        ("alice@facilityXexample.org", None),  # the dots are literal
+    ],
+)
+def test_identity_mapping(username: str, local_user: str | None) -> None:
+    # The mapper the core endpoint builds from identity_mapping_config_path.
+    mapper = PosixIdentityMapper(ENDPOINTS / FACILITY / "identity_mapping.json", "scopefx-test")
+    try:
+        assert len(mapper.identity_mappings) == 1
+        identity = _identity(username)
+        results = mapper.map_identities([identity])
+    finally:
+        mapper.stop_watching()
+
+    expected = [[{identity["id"]: [local_user]}]] if local_user else [[]]
+    assert results == expected

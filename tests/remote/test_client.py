@@ -1,0 +1,324 @@
+"""The thin client over the embedded local default and over any Executor; the Globus
+Compute Executor path up to the HTTP request it sends."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import threading
+import uuid
+
+import pytest
+
+import scopefx
+from conftest import DEFOCUS
+from scopefx import Client
+from scopefx.errors import ConfigError, EndpointError
+from scopefx.remote import FUNCTION_NAMES, ClientConfig, Manifest, functions
+from scopefx.remote.client import PAYLOAD_LIMIT_BYTES, is_transient
+
+
+@pytest.fixture
+def in_root(data_root, monkeypatch):
+    monkeypatch.chdir(data_root)
+    return data_root
+
+
+def test_local_default_scores_in_order_with_verdicts(in_root, section_refs):
+    refs = [*section_refs, "run1/corrupt.tif", "run1/missing.tif"]
+    with Client(progress=False) as client:
+        records = client.score_focus(refs)
+        assert client.is_local("focus") and client.is_local("fusion")
+    assert [r.path for r in records] == refs
+    assert [r.status for r in records[-2:]] == ["corrupt", "missing"]
+    flagged = [i for i, r in enumerate(records) if r.verdict == "out_of_focus"]
+    assert flagged == [i for i, d in enumerate(DEFOCUS) if d > 1]
+
+
+def test_iter_focus_streams_in_input_order(in_root, section_refs):
+    seen = []
+    with Client(batch_size=2, progress=False) as client:
+        for record in client.iter_focus(section_refs, on_record=lambda r: seen.append(r.path)):
+            assert record.path == section_refs[len(seen) - 1]  # yielded as it came back
+    assert seen == section_refs
+
+
+def test_given_executor_is_used_and_not_shut_down(in_root, section_refs):
+    pool = cf.ThreadPoolExecutor(2)
+    calls = []
+    original = pool.submit
+
+    def spy(fn, *args, **kwargs):
+        calls.append(fn.__name__)
+        return original(fn, *args, **kwargs)
+
+    pool.submit = spy  # type: ignore[method-assign]
+    with Client(pool, batch_size=5, progress=False) as client:
+        records = client.score_focus(section_refs)
+    assert calls == ["endpoint_info", "score_focus", "score_focus", "score_focus"]
+    assert len(records) == len(section_refs)
+    assert pool.submit(sum, [1, 2]).result() == 3  # still open: the client did not own it
+    pool.shutdown()
+
+
+def test_version_mismatch_is_refused(in_root, monkeypatch):
+    from scopefx.remote import _tasks
+
+    monkeypatch.setattr(_tasks, "__version__", "9.9.0")
+    with (
+        cf.ThreadPoolExecutor(1) as pool,
+        Client(pool, progress=False) as client,
+        pytest.raises(EndpointError, match=r"runs scopefx 9\.9\.0, this client is .*major\.minor"),
+    ):
+        client.score_focus(["run1/section_0000.tif"])
+    monkeypatch.setattr(_tasks, "__version__", scopefx.__version__.rsplit(".", 1)[0] + ".99")
+    with cf.ThreadPoolExecutor(1) as pool, Client(pool, progress=False) as client:
+        assert client.score_focus(["run1/section_0000.tif"])[0].ok  # patch level may differ
+
+
+class FlakyExecutor(cf.ThreadPoolExecutor):
+    """A pool whose first ``failures`` score tasks die as a lost worker would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(2)
+        self.failures = failures
+        self.lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self.lock:
+            fail = fn.__name__ == "score_focus" and self.failures > 0
+            self.failures -= fail
+        if fail:
+            future: cf.Future = cf.Future()
+            future.set_exception(ConnectionResetError("worker lost (ManagerLost)"))
+            return future
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_transient_failures_are_retried(in_root, section_refs, caplog):
+    caplog.set_level(logging.WARNING)
+    with FlakyExecutor(2) as pool, Client(pool, batch_size=4, max_retries=2, progress=False) as c:
+        records = c.score_focus(section_refs)
+    assert [r.status for r in records] == ["ok"] * len(section_refs)
+    assert sum("retry" in r.message for r in caplog.records) == 2
+
+
+def test_retries_are_bounded_and_other_batches_survive(in_root, section_refs):
+    with FlakyExecutor(3) as pool, Client(pool, batch_size=6, max_retries=1, progress=False) as c:
+        records = c.score_focus(section_refs)
+    halves = [{r.status for r in records[:6]}, {r.status for r in records[6:]}]
+    # three failures over two batches with one retry each: one batch failed twice and is
+    # reported per item; the other's retry succeeded and its results are all there
+    assert sorted(map(sorted, halves)) == [["failed"], ["ok"]]
+    records = [r for r in records if r.status == "failed"]
+    assert "after 2 attempt(s)" in records[0].error and "ManagerLost" in records[0].error
+
+
+def test_scopefx_errors_are_not_retried():
+    assert not is_transient(ConfigError("bad"))
+    assert not is_transient(RuntimeError("Traceback ... scopefx.errors.ConfigError: unknown"))
+    assert is_transient(RuntimeError("parsl WorkerLost: worker 3 died"))
+
+
+def test_batch_size_is_auto_and_bounded(in_root):
+    with Client(progress=False) as client:
+        assert client._batch_size(["a.tif"] * 10_000, "focus") == 64
+        assert client._batch_size(["a.tif"] * 8, "focus") == 1  # spread over the workers
+        long = ["/" + "x" * 200_000 + ".tif"] * 500  # absurdly long references
+        size = client._batch_size(long, "focus")
+        assert size * 200_000 < PAYLOAD_LIMIT_BYTES / 5
+    with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):
+        Client(batch_size=0)
+
+
+def test_fuse_through_the_local_default(in_root):
+    with Client(progress=False) as client:
+        one = client.fuse("mosaic/tiles.csv", "out/client.ome.zarr", params={"chunk_px": 64})
+        fan = client.fuse(
+            "mosaic/tiles.csv", "out/fan.ome.zarr", params={"chunk_px": 64}, regions=3
+        )
+    assert one["shape"] == fan["shape"] and one["n_tiles"] == fan["n_tiles"] == 9
+    assert fan["chunks_written"] > 0
+
+
+def test_fuse_resumes_after_a_lost_task(in_root, caplog):
+    class LosesFirstFuse(cf.ThreadPoolExecutor):
+        lost = False
+
+        def submit(self, fn, /, *args, **kwargs):
+            if fn.__name__ == "fuse_mosaic" and not self.lost:
+                self.lost = True
+                # the task ran part-way (the store exists) and then its worker was lost
+                functions.plan_mosaic(dict(args[0]))
+                future: cf.Future = cf.Future()
+                future.set_exception(ConnectionResetError("WorkerLost"))
+                return future
+            return super().submit(fn, *args, **kwargs)
+
+    caplog.set_level(logging.WARNING)
+    with LosesFirstFuse(1) as pool, Client(pool, progress=False) as client:
+        summary = client.fuse("mosaic/tiles.csv", "out/lost.ome.zarr")
+    assert summary["chunks_written"] > 0
+    assert any("retrying with resume" in r.message for r in caplog.records)
+
+
+# --------------------------------------------------------------------------------------------
+# configuration and routing
+
+
+def _write_config(tmp_path, text: str):
+    path = tmp_path / "endpoints.toml"
+    path.write_text(text)
+    return path
+
+
+def make_pool() -> cf.Executor:
+    """A factory named in the test configurations."""
+    return cf.ThreadPoolExecutor(2)
+
+
+def test_from_config_routes_roles(tmp_path, in_root, section_refs):
+    config = _write_config(
+        tmp_path,
+        """
+        batch_size = 3
+        [endpoints.edge]
+        factory = "test_client:make_pool"
+        roles = ["focus"]
+        """,
+    )
+    with Client.from_config(config, progress=False) as client:
+        assert client.batch_size == 3
+        assert not client.is_local("focus") and client.is_local("fusion")
+        assert client.endpoint_names == {"focus": "edge"}
+        assert len(client.score_focus(section_refs[:4])) == 4
+    with Client.from_config(config, endpoint="local", progress=False) as client:
+        assert client.is_local("focus")
+    with Client.from_config(config, endpoint="edge", progress=False) as client:
+        assert not client.is_local("fusion") and client.endpoint_names["fusion"] == "edge"
+        assert client.executor_for("focus") is client.executor_for("fusion")  # one per endpoint
+
+
+def test_no_config_file_means_everything_local(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCOPEFX_CONFIG", str(tmp_path / "absent.toml"))
+    assert ClientConfig.load().endpoints == {}
+    with Client.from_config(progress=False) as client:
+        assert client.is_local("focus") and client.is_local("fusion")
+
+
+_ID_A = "6f1c2b9e-0d4a-4c59-9d7e-2a1b3c4d5e6f"
+_ID_B = "0b7e3f2a-9c8d-4e1f-8a2b-3c4d5e6f7a8b"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[endpoints.a]\nroles = ['focus']\n", "needs exactly one of 'id'"),
+        ("[endpoints.a]\nid = 'nope'\n", "id must be a UUID"),
+        (f"[endpoints.a]\nid = '{_ID_A}'\nroles = ['gpu']\n", "unknown role"),
+        (f"[endpoints.a]\nid = '{_ID_A}'\nendpoint = 'x'\n", "unknown key"),
+        (
+            f"[endpoints.a]\nid = '{_ID_A}'\nroles = ['focus']\n"
+            f"[endpoints.b]\nid = '{_ID_B}'\nroles = ['focus']\n",
+            "given to both",
+        ),
+        ("batch_size = 0\n", "batch_size must be"),
+        ("this is = not toml", "cannot read endpoint configuration"),
+    ],
+)
+def test_bad_configs_are_refused(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        ClientConfig.load(_write_config(tmp_path, text))
+
+
+def test_unknown_endpoint_name(tmp_path):
+    config = _write_config(tmp_path, f"[endpoints.edge]\nid = '{uuid.uuid4()}'\n")
+    with pytest.raises(ConfigError, match=r"no endpoint named 'hpc' .*configured: \['edge'\]"):
+        Client.from_config(config, endpoint="hpc")
+
+
+# --------------------------------------------------------------------------------------------
+# the Globus Compute Executor, up to the request it sends (the service is unreachable here)
+
+
+@pytest.fixture
+def compute_service(tmp_path, monkeypatch):
+    """A real globus_compute_sdk Client and Executor whose HTTP requests are recorded and
+    answered 400 (the web service cannot be reached from here)."""
+    pytest.importorskip("globus_compute_sdk")
+    responses = pytest.importorskip("responses")
+    import globus_sdk
+    from globus_compute_sdk import Client as ComputeClient
+    from globus_compute_sdk import Executor
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    gcc = ComputeClient(do_version_check=False, authorizer=globus_sdk.NullAuthorizer())
+    base = gcc._compute_web_client.v3.base_url.rstrip("/")
+    endpoint_id = str(uuid.uuid4())
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        refusal = {"code": "TEST", "message": "the web service is not reachable in tests"}
+        mock.add(
+            responses.POST, f"{base}/v3/endpoints/{endpoint_id}/submit", status=400, json=refusal
+        )
+        mock.add(responses.POST, f"{base}/v3/functions", json={"function_uuid": str(uuid.uuid4())})
+        executor = Executor(endpoint_id=endpoint_id, client=gcc)
+        try:
+            yield executor, mock, endpoint_id
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _sent_tasks(mock) -> list[tuple[str, tuple, dict]]:
+    """(function_uuid, args, kwargs) of every task in the submit requests, deserialized."""
+    from globus_compute_sdk.serialize import ComputeSerializer
+
+    serde = ComputeSerializer()
+    out = []
+    for call in mock.calls:
+        if not call.request.url.endswith("/submit"):
+            continue
+        body = json.loads(call.request.body)
+        for fid, payloads in body["tasks"].items():
+            for payload in payloads:
+                assert len(payload) < PAYLOAD_LIMIT_BYTES / 10
+                args, kwargs = (serde.deserialize(b) for b in serde.unpack_buffers(payload))
+                out.append((fid, args, kwargs))
+    return out
+
+
+def test_globus_executor_submits_registered_functions_by_uuid(compute_service, section_refs):
+    executor, mock, _ = compute_service
+    manifest = Manifest(
+        scopefx_version=scopefx.__version__,
+        functions={name: str(uuid.uuid4()) for name in FUNCTION_NAMES},
+    )
+    client = Client(executor, manifest=manifest, batch_size=5, max_retries=0, check_version=False,
+                    progress=False)  # fmt: skip
+    records = client.score_focus(section_refs, n_scales=6)
+    # the service refused: every item is reported, none lost
+    assert [r.status for r in records] == ["failed"] * len(section_refs)
+    assert "not reachable in tests" in records[0].error
+    sent = _sent_tasks(mock)
+    assert [fid for fid, _, _ in sent] == [manifest.functions["score_focus"]] * 3
+    batches = [args[0] for _, args, _ in sent]
+    assert sorted(batches) == sorted([section_refs[0:5], section_refs[5:10], section_refs[10:]])
+    assert all(args[1]["n_scales"] == 6 for _, args, _ in sent)  # FocusParams as a dict
+    assert not any(c.request.url.endswith("/v3/functions") for c in mock.calls)  # no upload
+
+
+def test_globus_executor_without_manifest_registers_the_function(compute_service, tmp_path):
+    from globus_compute_sdk.serialize import ComputeSerializer
+
+    executor, mock, _ = compute_service
+    client = Client(executor, manifest=None, max_retries=0, progress=False)
+    with pytest.raises(EndpointError, match="did not answer endpoint_info"):
+        client.score_focus(["run1/section_0000.tif"])
+    (registration,) = [c for c in mock.calls if c.request.url.endswith("/v3/functions")]
+    body = json.loads(registration.request.body)
+    assert body["function_name"] == "endpoint_info"
+    serde = ComputeSerializer()
+    (code,) = serde.unpack_buffers(body["function_code"])
+    assert serde.deserialize(code)()["functions"] == list(FUNCTION_NAMES)
+    ((_, args, kwargs),) = _sent_tasks(mock)
+    assert args == () and kwargs == {}

@@ -1,0 +1,123 @@
+"""The suite inside globus-compute-endpoint's real GlobusComputeEngine: Parsl's interchange
+and real worker processes on a LocalProvider, tasks packed as the service delivers them
+(:class:`scopefx.remote._engine.EngineExecutor`). Only the Globus web service is left out."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+pytest.importorskip("globus_compute_endpoint")
+
+from scopefx import Client, fuse
+from scopefx.remote import functions
+from scopefx.remote._engine import EngineExecutor, RemoteTaskError
+
+pytestmark = pytest.mark.endpoint
+
+
+@pytest.fixture(scope="module")
+def engine(data_root):
+    """One engine for the module: 2 workers, data roots set through worker_init."""
+    ex = EngineExecutor(2, env={"SCOPEFX_DATA_ROOTS": str(data_root)})
+    try:
+        ex.submit(functions.endpoint_info).result(timeout=120)  # workers up
+        yield ex
+    finally:
+        ex.shutdown()
+
+
+def test_endpoint_info_from_the_workers(engine, data_root):
+    info = engine.submit(functions.endpoint_info).result(timeout=60)
+    assert info["data_roots"] == [str(data_root)]  # set by the provider's worker_init
+    assert info["backend"] == "numpy"
+
+
+def test_batch_in_the_engine_equals_the_local_result(engine, data_root, section_refs, monkeypatch):
+    refs = [*section_refs, "run1/corrupt.tif", "../outside/secret.tif", "/etc/passwd"]
+    remote = engine.submit(functions.score_focus, refs).result(timeout=120)
+    monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(data_root))
+    local = functions.score_focus(refs)
+    assert [r["ref"] for r in remote] == refs
+    assert [r["status"] for r in remote] == [r["status"] for r in local]
+    assert [r["status"] for r in remote[-3:]] == ["corrupt", "denied", "denied"]
+    assert [r["features"] for r in remote] == [r["features"] for r in local]
+    for a, b in zip(remote, local, strict=True):
+        if a["status"] == "ok":
+            np.testing.assert_allclose(a["focus_map"], b["focus_map"])
+
+
+def test_a_function_error_comes_back_as_the_endpoints_traceback(engine):
+    future = engine.submit(functions.score_focus, ["x.tif"], {"no_such_param": 1})
+    with pytest.raises(RemoteTaskError, match=r"ConfigError.*unknown focus parameter"):
+        future.result(timeout=60)
+
+
+def test_client_end_to_end_over_the_engine(engine, data_root, section_refs, monkeypatch):
+    refs = [*section_refs, "run1/corrupt.tif"]
+    with Client(engine, batch_size=4, progress=False) as client:
+        remote = client.score_focus(refs)
+    monkeypatch.chdir(data_root)
+    with Client(progress=False) as client:  # the embedded local default
+        local = client.score_focus(refs)
+    assert [r.path for r in remote] == refs
+    assert [r.features for r in remote] == [r.features for r in local]
+    assert [r.verdict for r in remote] == [r.verdict for r in local]
+    assert remote[-1].status == "corrupt"
+    flagged = [i for i, r in enumerate(remote) if r.verdict == "out_of_focus"]
+    assert flagged == [5, 9]
+
+
+def test_worker_killed_mid_batch_is_retried_to_a_complete_result(
+    engine, section_refs, caplog, data_root, monkeypatch
+):
+    import psutil
+
+    refs = section_refs * 20  # 240 references in tasks of 40: each task runs for a while
+    killed: list[int] = []
+
+    def kill_workers() -> None:
+        time.sleep(1.0)  # the first tasks are running by now
+        for pid in engine.worker_pids():
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+                killed.append(pid)
+
+    killer = threading.Thread(target=kill_workers)
+    caplog.set_level(logging.WARNING, logger="scopefx.remote.client")
+    with Client(engine, batch_size=40, max_retries=3, progress=False) as client:
+        killer.start()
+        records = client.score_focus(refs)
+    killer.join()
+    assert killed, "no busy worker was found to kill"
+    assert any("retry" in r.message for r in caplog.records)
+    assert [r.status for r in records] == ["ok"] * len(refs)
+    monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(data_root))
+    expected = [i["features"] for i in functions.score_focus(section_refs)] * 20
+    assert [r.features for r in records] == expected
+
+
+def test_fan_out_fusion_over_the_engine_equals_local_fuse(engine, data_root, tmp_path):
+    with Client(engine, progress=False) as client:
+        summary = client.fuse(
+            "mosaic/tiles.csv", "out/engine.ome.zarr", regions=4, params={"chunk_px": 64}
+        )
+    assert summary["output"] == "out/engine.ome.zarr" and summary["n_tiles"] == 9
+    from scopefx import FusionParams
+
+    local = fuse(
+        data_root / "mosaic" / "tiles.csv",
+        tmp_path / "local.ome.zarr",
+        params=FusionParams(chunk_px=64),
+    )
+    assert summary["shape"] == list(local.shape) and summary["levels"] == local.levels
+    a = zarr.open_group(str(data_root / "out" / "engine.ome.zarr"), mode="r")
+    b = zarr.open_group(str(tmp_path / "local.ome.zarr"), mode="r")
+    for level in range(local.levels):
+        np.testing.assert_array_equal(a[str(level)][...], b[str(level)][...])

@@ -1,0 +1,179 @@
+"""The registered functions, called as an endpoint calls them (in this process here; in a
+real GlobusComputeEngine in test_engine.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import DEFOCUS
+from scopefx import FocusParams, fuse
+from scopefx.errors import AccessDeniedError, ConfigError
+from scopefx.focus._batch import score_one
+from scopefx.remote import FUNCTION_NAMES, functions
+
+
+
+def _same_levels(a, b) -> None:
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    levels = sorted(k for k in ga.array_keys())
+    assert levels == sorted(gb.array_keys()) and levels
+    for level in levels:
+        np.testing.assert_array_equal(ga[level][...], gb[level][...])
+
+
+def test_score_focus_one_dict_per_reference_in_order(confined, section_refs):
+    refs = [*section_refs[:3], "run1/corrupt.tif", "run1/nope.tif", "../outside/secret.tif"]
+    out = functions.score_focus(refs)
+    assert [item["ref"] for item in out] == refs
+    assert [item["status"] for item in out] == [
+        "ok", "ok", "ok", "corrupt", "missing", "denied"
+    ]  # fmt: skip
+    for item in out[:3]:
+        assert item["features"] > 0 and item["error"] == ""
+        assert item["map_min"] <= item["map_median"] <= item["map_max"]
+        assert item["score_seconds"] > 0 and item["seconds"] >= item["score_seconds"]
+        assert item["path"].startswith(str(confined))
+    for item in out[3:]:
+        assert item["features"] is None and item["error"]
+    assert "outside the data roots" in out[5]["error"] or "'..'" in out[5]["error"]
+    json.dumps(out)  # JSON-able as it is
+
+
+def test_score_focus_equals_local_scoring(confined, section_refs):
+    out = functions.score_focus(section_refs)
+    local = [score_one(str(confined / r), FocusParams())[0] for r in section_refs]
+    assert [i["features"] for i in out] == [r.features for r in local]
+    # the defocused sections score lowest
+    order = np.argsort([i["features"] for i in out])
+    assert set(order[:2]) == {i for i, d in enumerate(DEFOCUS) if d > 1}
+
+
+def test_score_focus_absolute_path_outside_roots_is_denied(confined):
+    secret = str(confined.parent / "outside" / "secret.tif")
+    (item,) = functions.score_focus([secret])
+    assert item["status"] == "denied" and "outside the data roots" in item["error"]
+
+
+def test_score_focus_with_calibration_gives_verdicts(confined, section_refs):
+    from scopefx import Calibration
+
+    densities = [i["density_per_mpx"] for i in functions.score_focus(section_refs)]
+    cal = Calibration.fit([abs(d) for d in DEFOCUS], densities, max_defocus=1.0)
+    out = functions.score_focus(section_refs, None, cal.to_dict())
+    flagged = [i for i, item in enumerate(out) if item["verdict"] == "out_of_focus"]
+    assert flagged == [i for i, d in enumerate(DEFOCUS) if d > 1]
+
+
+def test_score_focus_stack_gives_pages(confined):
+    import tifffile
+
+    from scopefx.samples import bundled_image
+
+    stack = (np.stack([bundled_image("camera", size=128)] * 2) * 255).astype(np.uint8)
+    tifffile.imwrite(confined / "stack.tif", stack)
+    (item,) = functions.score_focus(["stack.tif"])
+    assert item["status"] == "ok" and len(item["pages"]) == 2
+    assert [p["page"] for p in item["pages"]] == [0, 1]
+
+
+def test_score_focus_bad_batch_arguments_raise(confined):
+    with pytest.raises(ConfigError, match="refs must be a list"):
+        functions.score_focus("run1/section_0000.tif")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown focus parameter"):
+        functions.score_focus(["run1/section_0000.tif"], {"n_scales_typo": 3})
+    (item,) = functions.score_focus([42])  # type: ignore[list-item]
+    assert item["status"] == "config" and "must be a string" in item["error"]
+
+
+def test_fuse_mosaic_equals_local_fuse(confined, tmp_path):
+    out = functions.fuse_mosaic({"tiles": "mosaic/tiles.csv", "output": "out/a.ome.zarr"})
+    assert out["output"] == "out/a.ome.zarr" and out["n_tiles"] == 9
+    assert out["chunks_written"] >= 1 and set(out["timings"]) == {"read_table_s", "fuse_s"}
+    json.dumps(out)
+    local = fuse(confined / "mosaic" / "tiles.csv", tmp_path / "local.ome.zarr")
+    assert out["shape"] == list(local.shape)
+    _same_levels(confined / "out" / "a.ome.zarr", tmp_path / "local.ome.zarr")
+
+
+def test_fan_out_plan_regions_finish_equals_one_call(confined):
+    job = {"tiles": "mosaic/tiles.csv", "output": "out/fan.ome.zarr", "params": {"chunk_px": 64}}
+    planned = functions.plan_mosaic({**job, "regions": 5})
+    assert planned["plan"] == "out/fan.ome.zarr" and planned["state"] == "new"
+    assert len(planned["regions"]) == 5 and planned["regions"][-1]["stop"] == planned["chunks"]
+    json.dumps(planned)
+    done = [functions.fuse_region(planned["plan"], r) for r in planned["regions"][:3]]
+    assert sum(d["written"] for d in done) == planned["regions"][2]["stop"]
+    again = functions.fuse_region(planned["plan"], planned["regions"][0])  # idempotent
+    assert again["written"] == 0 and again["skipped"] == planned["regions"][0]["stop"]
+    # two regions never ran (lost tasks): finish writes them, then the pyramid
+    summary = functions.finish_mosaic(planned["plan"])
+    assert summary["chunks_resumed"] >= planned["regions"][2]["stop"]
+    one = functions.fuse_mosaic({**job, "output": "out/one.ome.zarr"})
+    assert one["shape"] == summary["shape"] and one["levels"] == summary["levels"]
+    _same_levels(confined / "out" / "fan.ome.zarr", confined / "out" / "one.ome.zarr")
+    with pytest.raises(ConfigError, match="already finished"):
+        functions.fuse_region(planned["plan"], planned["regions"][0])
+
+
+def test_mosaic_refs_are_confined(confined):
+    with pytest.raises(AccessDeniedError, match=r"'\.\.'"):
+        functions.fuse_mosaic({"tiles": "../outside/t.csv", "output": "out/x.ome.zarr"})
+    with pytest.raises(AccessDeniedError, match="outside the data roots"):
+        functions.fuse_mosaic({"tiles": "mosaic/tiles.csv", "output": "/tmp/elsewhere.ome.zarr"})
+    # a table inside the roots that names a tile outside them
+    secret = confined.parent / "outside" / "secret.tif"
+    (confined / "evil.csv").write_text(f"path,x,y\n{secret},0,0\n")
+    with pytest.raises(AccessDeniedError, match=r"secret\.tif"):
+        functions.fuse_mosaic({"tiles": "evil.csv", "output": "out/evil.ome.zarr"})
+    assert not (confined / "out" / "evil.ome.zarr").exists()
+
+
+def test_mosaic_job_validation(confined):
+    with pytest.raises(ConfigError, match="unknown mosaic job key"):
+        functions.fuse_mosaic({"tiles": "t.csv", "output": "o.ome.zarr", "blend": "max"})
+    with pytest.raises(ConfigError, match="needs 'output'"):
+        functions.fuse_mosaic({"tiles": "t.csv"})
+    with pytest.raises(ConfigError, match="a mosaic job is a dict"):
+        functions.fuse_mosaic(["t.csv"])  # type: ignore[arg-type]
+
+
+def test_endpoint_info(confined):
+    import scopefx
+
+    info = functions.endpoint_info()
+    assert info["scopefx"] == scopefx.__version__
+    assert info["backend"] in ("numpy", "cupy") and isinstance(info["gpus"], list)
+    assert info["data_roots"] == [str(confined)]
+    assert info["functions"] == list(FUNCTION_NAMES)
+    json.dumps(info)
+
+
+@pytest.mark.parametrize("name", FUNCTION_NAMES)
+def test_every_function_round_trips_through_the_sdk_serializer(name):
+    """Serialized as registration serializes it, deserialized as the endpoint does."""
+    pytest.importorskip("globus_compute_sdk")
+    from globus_compute_sdk.sdk.client import FunctionRegistrationData
+    from globus_compute_sdk.serialize import ComputeSerializer
+
+    fn = getattr(functions, name)
+    serde = ComputeSerializer()
+    data = FunctionRegistrationData(function=fn, serializer=serde)
+    (buffer,) = serde.unpack_buffers(data.function_code)
+    restored = serde.deserialize(buffer)
+    assert restored.__name__ == name and restored.__doc__ == fn.__doc__
+    assert len(data.function_code) < 100_000  # far below the 10 MB payload limit
+    if name == "endpoint_info":
+        assert restored()["functions"] == list(FUNCTION_NAMES)
+
+
+def test_functions_import_inside_their_bodies():
+    import inspect
+
+    for name in FUNCTION_NAMES:
+        source = inspect.getsource(getattr(functions, name))
+        body = source.split('"""')[-1]
+        assert "from scopefx.remote import _tasks" in body, name

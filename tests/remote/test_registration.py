@@ -1,0 +1,149 @@
+"""Registration payloads, the manifest, and the remote CLI commands."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import pytest
+
+import scopefx
+from scopefx.cli import main
+from scopefx.errors import ConfigError
+from scopefx.remote import FUNCTION_NAMES, Manifest, fill_allowed_functions, register_functions
+
+
+@pytest.fixture
+def config_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SCOPEFX_CONFIG", raising=False)
+    return tmp_path / "config" / "scopefx"
+
+
+def test_register_sends_each_function_once(config_home):
+    """Through globus_compute_sdk's real Client, up to the HTTP request."""
+    pytest.importorskip("globus_compute_sdk")
+    responses = pytest.importorskip("responses")
+    import globus_sdk
+    from globus_compute_sdk import Client as ComputeClient
+    from globus_compute_sdk.serialize import ComputeSerializer
+
+    gcc = ComputeClient(do_version_check=False, authorizer=globus_sdk.NullAuthorizer())
+    url = gcc._compute_web_client.v3.base_url.rstrip("/") + "/v3/functions"
+    ids = iter(str(uuid.uuid4()) for _ in FUNCTION_NAMES)
+    with responses.RequestsMock() as mock:
+        mock.add_callback(
+            responses.POST,
+            url,
+            callback=lambda req: (200, {}, json.dumps({"function_uuid": next(ids)})),
+        )
+        manifest = register_functions(gcc, group=str(uuid.uuid4()))
+        bodies = [json.loads(c.request.body) for c in mock.calls]
+    assert [b["function_name"] for b in bodies] == list(FUNCTION_NAMES)
+    assert all(b["description"].startswith(f"scopefx {scopefx.__version__}: ") for b in bodies)
+    assert all("group" in b for b in bodies)
+    serde = ComputeSerializer()
+    for body in bodies:
+        assert len(body["function_code"]) < 100_000
+        (code,) = serde.unpack_buffers(body["function_code"])
+        assert serde.deserialize(code).__name__ == body["function_name"]
+    assert list(manifest.functions) == list(FUNCTION_NAMES)
+    path = manifest.save()
+    assert path == config_home / f"functions-{'.'.join(scopefx.__version__.split('.')[:2])}.json"
+    again = Manifest.load(path)
+    assert again.functions == manifest.functions and again.matches_installed()
+    assert Manifest.find() == again
+
+
+def test_manifest_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist; run `scopefx register`"):
+        Manifest.load(tmp_path / "nope.json")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a scopefx function manifest"):
+        Manifest.load(tmp_path / "x.json")
+    with pytest.raises(ConfigError, match="not a UUID"):
+        Manifest("0.1.0", {"score_focus": "abc"})
+    with pytest.raises(ConfigError, match="unknown function"):
+        register_functions(object(), names=["rm_rf"])
+
+
+def test_fill_allowed_functions_keeps_the_rest():
+    manifest = Manifest("0.1.0", {n: str(uuid.uuid4()) for n in FUNCTION_NAMES})
+    text = (
+        "# edge\ndisplay_name: edge  # shown\nallowed_functions:\n  - old-id\n\n"
+        "idle_heartbeats_soft: 10\n"
+    )
+    filled = fill_allowed_functions(text, manifest)
+    import yaml
+
+    data = yaml.safe_load(filled)
+    assert data["allowed_functions"] == list(manifest.functions.values())
+    assert data["idle_heartbeats_soft"] == 10 and "# shown" in filled and "old-id" not in filled
+    appended = yaml.safe_load(fill_allowed_functions("display_name: x\n", manifest))
+    assert appended["allowed_functions"] == list(manifest.functions.values())
+    with pytest.raises(ConfigError, match="lists no functions"):
+        fill_allowed_functions(text, Manifest("0.1.0", {}))
+
+
+def test_cli_endpoint_config(tmp_path, config_home):
+    manifest = Manifest(scopefx.__version__, {n: str(uuid.uuid4()) for n in FUNCTION_NAMES})
+    manifest.save()
+    src = tmp_path / "config.yaml"
+    src.write_text("display_name: edge\nallowed_functions: []\n")
+    out = io.StringIO()
+    assert main(["endpoint-config", str(src), "-o", str(tmp_path / "filled.yaml")], out=out) == 0
+    assert manifest.functions["score_focus"] in (tmp_path / "filled.yaml").read_text()
+    out = io.StringIO()
+    main(["endpoint-config", str(src)], out=out)
+    assert manifest.functions["endpoint_info"] in out.getvalue()
+
+
+def test_cli_endpoint_config_without_manifest(tmp_path, config_home, capsys):
+    (tmp_path / "c.yaml").write_text("display_name: x\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["endpoint-config", str(tmp_path / "c.yaml")])
+    assert exc.value.code == 2
+    assert "run `scopefx register` first" in capsys.readouterr().err
+
+
+def test_cli_endpoints_lists_local_and_configured(tmp_path, config_home):
+    out = io.StringIO()
+    assert main(["endpoints"], out=out) == 0
+    text = out.getvalue()
+    assert "everything runs locally" in text and f"scopefx {scopefx.__version__}" in text
+    config = tmp_path / "endpoints.toml"
+    endpoint_id = str(uuid.uuid4())
+    config.write_text(
+        f'[endpoints.pool]\nfactory = "test_client:make_pool"\nroles = ["focus"]\n'
+        f'[endpoints.hpc]\nid = "{endpoint_id}"\nroles = ["fusion"]\n'
+    )
+    out = io.StringIO()
+    assert main(["endpoints", "--config", str(config), "--json", "--no-check"], out=out) == 0
+    rows = json.loads(out.getvalue())
+    assert [(r["name"], r["roles"]) for r in rows] == [("pool", ["focus"]), ("hpc", ["fusion"])]
+    out = io.StringIO()
+    assert main(["endpoints", "--config", str(config), "--json"], out=out) == 0
+    pool, hpc = json.loads(out.getvalue())
+    assert pool["status"] == "ok" and pool["info"]["scopefx"] == scopefx.__version__
+    assert hpc["status"] == "error"  # the Globus service cannot be reached from here
+
+
+def test_cli_focus_and_fuse_on_a_configured_endpoint(tmp_path, data_root, config_home, monkeypatch):
+    monkeypatch.chdir(data_root)
+    config = tmp_path / "endpoints.toml"
+    config.write_text('[endpoints.pool]\nfactory = "test_client:make_pool"\nroles = []\n')
+    refs = [f"run1/section_{i:04d}.tif" for i in range(12)]
+    out = io.StringIO()
+    args = ["focus", *refs, "run1/corrupt.tif", "--endpoint", "pool", "--config", str(config)]
+    assert main([*args, "--csv", str(tmp_path / "f.csv"), "-q"], out=out) == 0
+    text = out.getvalue()
+    assert "scored 12 image(s), 2 flagged, 1 not scored" in text
+    assert "run1/section_0005.tif" in text and "corrupt: run1/corrupt.tif" in text
+    out = io.StringIO()
+    fuse_args = ["fuse", "mosaic/tiles.csv", "-o", "out/cli.ome.zarr", "--chunk", "64"]
+    assert main([*fuse_args, "--endpoint", "pool", "--config", str(config), "--regions", "3",
+                 "--json", str(tmp_path / "s.json")], out=out) == 0  # fmt: skip
+    assert "out/cli.ome.zarr (on the endpoint)" in out.getvalue()
+    assert json.loads((tmp_path / "s.json").read_text())["n_tiles"] == 9
