@@ -121,3 +121,16 @@ def test_fan_out_fusion_over_the_engine_equals_local_fuse(engine, data_root, tmp
     b = zarr.open_group(str(tmp_path / "local.ome.zarr"), mode="r")
     for level in range(local.levels):
         np.testing.assert_array_equal(a[str(level)][...], b[str(level)][...])
+
+
+def test_fuse_mosaic_in_the_engine_refuses_then_writes(engine, data_root):
+    job = {"tiles": "mosaic/tiles.csv", "output": "out/whole.ome.zarr"}
+    summary = engine.submit(functions.fuse_mosaic, job).result(timeout=120)
+    assert summary["output"] == "out/whole.ome.zarr" and summary["chunks_written"] >= 1
+    assert (data_root / "out" / "whole.ome.zarr" / "0").is_dir()
+    # the same output again, without resume: the endpoint's ConfigError comes back whole
+    with pytest.raises(RemoteTaskError, match="exists .*pass --resume"):
+        engine.submit(functions.fuse_mosaic, job).result(timeout=120)
+    escape = {"tiles": "mosaic/tiles.csv", "output": "/tmp/escape.ome.zarr"}
+    with pytest.raises(RemoteTaskError, match="AccessDeniedError"):
+        engine.submit(functions.fuse_mosaic, escape).result(timeout=120)

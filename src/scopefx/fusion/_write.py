@@ -148,6 +148,36 @@ def fuse(
     """
     t0 = time.perf_counter()
     out = Path(out)
+    plan, flatfield, missing, extra = plan_tiles(
+        tiles, out, params=params, flatfield=flatfield, read=read, register=register,
+        workers=workers, **plan_options,
+    )  # fmt: skip
+    if out.suffix.lower() in (".tif", ".tiff"):
+        return _fuse_tiff(
+            plan, out, missing, extra, t0, overwrite=overwrite, flatfield=flatfield, read=read,
+            device=device, scheduler=scheduler, workers=workers,
+        )  # fmt: skip
+    job = prepare_fusion(
+        plan, out, resume=resume, overwrite=overwrite, ngff=ngff, pyramid=pyramid,
+        flatfield=flatfield, read=read, device=device, missing=missing, extra=extra, started=t0,
+    )  # fmt: skip
+    return job.finish(scheduler=scheduler, workers=workers, on_chunk=on_chunk, preview=preview)
+
+
+def plan_tiles(
+    tiles: TileTable | str | os.PathLike[str],
+    out: Path,
+    *,
+    params: FusionParams | None = None,
+    flatfield: Any = None,
+    read: Reader | None = None,
+    register: bool = False,
+    workers: int | None = None,
+    **plan_options: Any,
+) -> tuple[FusionPlan, Any, list[str], dict[str, Any]]:
+    """What :func:`fuse` does before writing: read the table and the tile headers, register
+    (sidecar files beside ``out``), plan, estimate the flat field. Returns the plan, the flat
+    field, the missing tiles and the run's extra summary (registration)."""
     table, metas, missing = load_tiles(
         tiles,
         pixel_size_um=plan_options.pop("pixel_size_um", None),
@@ -166,16 +196,7 @@ def fuse(
         from ._flatfield import estimate_flatfield
 
         flatfield = estimate_flatfield(plan.refs, read=read)
-    if out.suffix.lower() in (".tif", ".tiff"):
-        return _fuse_tiff(
-            plan, out, missing, extra, t0, overwrite=overwrite, flatfield=flatfield, read=read,
-            device=device, scheduler=scheduler, workers=workers,
-        )  # fmt: skip
-    job = prepare_fusion(
-        plan, out, resume=resume, overwrite=overwrite, ngff=ngff, pyramid=pyramid,
-        flatfield=flatfield, read=read, device=device, missing=missing, extra=extra, started=t0,
-    )  # fmt: skip
-    return job.finish(scheduler=scheduler, workers=workers, on_chunk=on_chunk, preview=preview)
+    return plan, flatfield, missing, extra
 
 
 def sidecar(out: Path, suffix: str) -> Path:

@@ -208,29 +208,21 @@ def plan_mosaic(job: dict[str, Any]) -> dict[str, Any]:
     :func:`fuse_region` and :func:`finish_mosaic` take), ``regions``, ``chunks``, ``shape``
     and ``state``.
     """
-    from ..fusion._fuse import load_tiles, plan_loaded, tile_layout
+    from pathlib import Path
+
     from ..fusion._job import prepare_fusion
-    from ..fusion._write import _register
+    from ..fusion._write import plan_tiles
 
     start = time.perf_counter()
     job = _job_options(job)
     roots = DataRoots.from_env()
     table, refs, write = _load(job, roots)
-    workers = write["workers"] or 4
-    table, metas, missing = load_tiles(table, skip_missing=write["skip_missing"], workers=workers)
-    extra: dict[str, Any] = {}
-    out = refs["output"]
-    if write["register"]:
-        from pathlib import Path
-
-        shapes = tile_layout(table, metas)[0]
-        table, extra["registration"] = _register(table, shapes, Path(out), None, workers)
-    plan = plan_loaded(table, metas, params=write["params"], workers=workers, force=write["force"])
-    flatfield = write["flatfield"]
-    if flatfield == "estimate":
-        from ..fusion import estimate_flatfield
-
-        flatfield = estimate_flatfield(plan.refs)
+    out = Path(refs["output"])
+    plan, flatfield, missing, extra = plan_tiles(
+        table, out, params=write["params"], flatfield=write["flatfield"],
+        register=write["register"], workers=write["workers"], skip_missing=write["skip_missing"],
+        force=write["force"],
+    )  # fmt: skip
     fusion = prepare_fusion(
         plan, out, resume=write["resume"], overwrite=write["overwrite"], ngff=write["ngff"],
         pyramid=write["pyramid"], flatfield=flatfield, device=write["device"], missing=missing,
