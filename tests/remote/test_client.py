@@ -136,7 +136,7 @@ def test_fuse_through_the_local_default(in_root):
     with Client(progress=False) as client:
         one = client.fuse("mosaic/tiles.csv", "out/client.ome.zarr", params={"chunk_px": 64})
         fan = client.fuse(
-            "mosaic/tiles.csv", "out/fan.ome.zarr", params={"chunk_px": 64}, regions=3
+            "mosaic/tiles.csv", "out/client_fan.ome.zarr", params={"chunk_px": 64}, regions=3
         )
     assert one["shape"] == fan["shape"] and one["n_tiles"] == fan["n_tiles"] == 9
     assert fan["chunks_written"] > 0
@@ -158,7 +158,7 @@ def test_fuse_resumes_after_a_lost_task(in_root, caplog):
 
     caplog.set_level(logging.WARNING)
     with LosesFirstFuse(1) as pool, Client(pool, progress=False) as client:
-        summary = client.fuse("mosaic/tiles.csv", "out/lost.ome.zarr")
+        summary = client.fuse("mosaic/tiles.csv", "out/client_lost.ome.zarr")
     assert summary["chunks_written"] > 0
     assert any("retrying with resume" in r.message for r in caplog.records)
 
