@@ -79,17 +79,20 @@ def test_worker_killed_mid_batch_is_retried_to_a_complete_result(
 ):
     import psutil
 
-    refs = section_refs * 20  # 240 references in tasks of 40: each task runs for a while
+    refs = section_refs * 40  # 480 references in tasks of 40: a few seconds of work
     killed: list[int] = []
 
-    def kill_workers() -> None:
-        time.sleep(1.0)  # the first tasks are running by now
-        for pid in engine.worker_pids():
-            with contextlib.suppress(psutil.Error):
-                psutil.Process(pid).kill()
-                killed.append(pid)
+    def kill_a_busy_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            for pid in engine.worker_pids():
+                with contextlib.suppress(psutil.Error):
+                    if psutil.Process(pid).cpu_percent(0.05) > 50:  # running a task now
+                        psutil.Process(pid).kill()
+                        killed.append(pid)
+                        return
 
-    killer = threading.Thread(target=kill_workers)
+    killer = threading.Thread(target=kill_a_busy_worker)
     caplog.set_level(logging.WARNING, logger="scopefx.remote.client")
     with Client(engine, batch_size=40, max_retries=3, progress=False) as client:
         killer.start()
@@ -99,7 +102,7 @@ def test_worker_killed_mid_batch_is_retried_to_a_complete_result(
     assert any("retry" in r.message for r in caplog.records)
     assert [r.status for r in records] == ["ok"] * len(refs)
     monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(data_root))
-    expected = [i["features"] for i in functions.score_focus(section_refs)] * 20
+    expected = [i["features"] for i in functions.score_focus(section_refs)] * 40
     assert [r.features for r in records] == expected
 
 

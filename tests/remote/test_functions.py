@@ -16,7 +16,6 @@ from scopefx.focus._batch import score_one
 from scopefx.remote import FUNCTION_NAMES, functions
 
 
-
 def _same_levels(a, b) -> None:
     ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
     levels = sorted(k for k in ga.array_keys())

@@ -170,5 +170,25 @@ class EngineExecutor(cf.Executor):
         try:
             self.engine.shutdown()
         finally:
+            self._reap()
             if self._tmp is not None:
                 self._tmp.cleanup()
+
+    def _reap(self, grace_s: float = 5.0) -> None:
+        """Stop what the provider started for this engine and did not stop: a worker pool
+        whose workers were killed can outlive the interchange (it would spin until its
+        heartbeat threshold, or longer)."""
+        import psutil
+
+        procs = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if self.run_dir in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
+                with contextlib.suppress(psutil.Error):
+                    procs.extend([proc, *proc.children(recursive=True)])
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
