@@ -132,7 +132,7 @@ def test_fuse_mosaic_in_the_engine_refuses_then_writes(engine, data_root):
     assert summary["output"] == "out/whole.ome.zarr" and summary["chunks_written"] >= 1
     assert (data_root / "out" / "whole.ome.zarr" / "0").is_dir()
     # the same output again, without resume: the endpoint's ConfigError comes back whole
-    with pytest.raises(RemoteTaskError, match="exists .*pass --resume"):
+    with pytest.raises(RemoteTaskError, match=r"exists .*pass --resume"):
         engine.submit(functions.fuse_mosaic, job).result(timeout=120)
     escape = {"tiles": "mosaic/tiles.csv", "output": "/tmp/escape.ome.zarr"}
     with pytest.raises(RemoteTaskError, match="AccessDeniedError"):
