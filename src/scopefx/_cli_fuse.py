@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -52,6 +53,11 @@ def add_fuse_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--json", metavar="OUT.json", help="write the result summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--cluster",
+        metavar="CLUSTER.yaml",
+        help="run the chunks on a dask cluster: local, SLURM or PBS (see scopefx.cluster)",
+    )
     from ._cli_remote import add_endpoint_options
 
     add_endpoint_options(p)
@@ -86,6 +92,11 @@ def _cmd_fuse_remote(args: argparse.Namespace, params: Any, out: TextIO) -> int:
     from ._cli_remote import make_client
     from .errors import ConfigError
 
+    if args.cluster:
+        raise ConfigError(
+            "--cluster is for local runs; on an endpoint the cluster comes from its "
+            "configuration (SCOPEFX_CLUSTER in worker_init)"
+        )
     if args.flatfield not in (None, "estimate") and "," in args.flatfield:
         raise ConfigError(
             "on an endpoint, --flatfield takes 'estimate' or one saved .npz reference"
@@ -139,6 +150,13 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
                 bar.refresh()
             bar.update(1)
 
+    stack = contextlib.ExitStack()
+    scheduler = None
+    if args.cluster:  # dask workers elsewhere: their chunks cannot tick this bar
+        from .cluster import open_cluster
+
+        scheduler = stack.enter_context(open_cluster(args.cluster))
+        bar.disable = True
     try:
         result = fuse(
             args.tiles,
@@ -151,7 +169,8 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
             flatfield=_flatfield(args.flatfield),
             register=args.register,
             workers=args.workers,
-            on_chunk=on_chunk,
+            on_chunk=None if scheduler is not None else on_chunk,
+            scheduler=scheduler,
             pixel_size_um=args.pixel_size,
             rotation_deg=args.rotation,
             skip_missing=args.skip_missing,
@@ -159,6 +178,7 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
             preview=args.preview,
         )
     finally:
+        stack.close()
         bar.close()
     shape = "x".join(str(v) for v in result.shape)
     print(

@@ -34,7 +34,7 @@ JOB_KEYS = frozenset(
     {
         "tiles", "output", "params", "resume", "overwrite", "ngff", "pyramid", "register",
         "flatfield", "preview", "pixel_size_um", "rotation_deg", "skip_missing", "force",
-        "workers", "device", "regions",
+        "workers", "device", "regions", "cluster",
     }
 )  # fmt: skip
 
@@ -169,51 +169,38 @@ def _load(job: dict[str, Any], roots: DataRoots) -> tuple[Any, dict[str, Any], d
     return table, {"output": output}, write
 
 
-def fuse_mosaic(job: dict[str, Any]) -> dict[str, Any]:
-    """Fuse a mosaic on the endpoint: tile table reference in, output reference out.
-
-    ``job`` holds ``tiles`` and ``output`` (references), and optionally ``params`` (a
-    :class:`~scopefx.FusionParams` dict), ``resume``, ``overwrite``, ``ngff``, ``pyramid``,
-    ``register``, ``flatfield`` (``"estimate"`` or a reference to a saved flat field),
-    ``preview`` (a PNG reference), ``pixel_size_um``, ``rotation_deg``, ``skip_missing``,
-    ``force``, ``workers``, ``device``.
-
-    Returns the :class:`~scopefx.FusionResult` summary with ``output`` (the reference as sent)
-    and ``timings``.
-    """
-    from ..fusion import fuse
-
-    start = time.perf_counter()
-    job = _job_options(job)
-    roots = DataRoots.from_env()
-    table, refs, write = _load(job, roots)
-    loaded = time.perf_counter()
-    result = fuse(table, refs["output"], **write)
-    summary = result.to_dict()
-    summary.update(
-        output=job["output"],
-        timings={
-            "read_table_s": round(loaded - start, 4),
-            "fuse_s": round(time.perf_counter() - loaded, 4),
-        },
-    )
-    return summary
+#: Smallest mosaic (level-0 chunks) sent to the endpoint's cluster when ``cluster`` is unset.
+CLUSTER_MIN_CHUNKS = 64
 
 
-def plan_mosaic(job: dict[str, Any]) -> dict[str, Any]:
-    """Plan a mosaic and create its output store, without fusing, for fan-out.
+def _cluster_for(job: dict[str, Any], n_chunks: int) -> Any:
+    """The endpoint's cluster spec (``SCOPEFX_CLUSTER``) if this job should use it."""
+    from ..cluster import CLUSTER_ENV, cluster_from_env
 
-    Takes the same ``job`` as :func:`fuse_mosaic` plus ``regions`` (how many pieces to split
-    the level-0 chunks into, default 16). Returns ``plan`` (the output reference, which
-    :func:`fuse_region` and :func:`finish_mosaic` take), ``regions``, ``chunks``, ``shape``
-    and ``state``.
-    """
+    wanted = job.get("cluster")
+    if wanted not in (None, True, False):
+        raise ConfigError(f"job key 'cluster' is true, false or absent, got {wanted!r}")
+    if wanted is False:
+        return None
+    spec = cluster_from_env()
+    if spec is None:
+        if wanted:
+            raise ConfigError(
+                f"the job asks for a cluster but this endpoint sets no {CLUSTER_ENV}; set it in "
+                "the endpoint's worker_init, or send the job without 'cluster'"
+            )
+        return None
+    minimum = int(os.environ.get("SCOPEFX_CLUSTER_MIN_CHUNKS", CLUSTER_MIN_CHUNKS))
+    return spec if wanted or n_chunks >= minimum else None
+
+
+def _prepared(job: dict[str, Any]) -> tuple[Any, dict[str, Any], DataRoots]:
+    """Check the job, plan it and create its store: the first half of every mosaic task."""
     from pathlib import Path
 
     from ..fusion._job import prepare_fusion
     from ..fusion._write import plan_tiles
 
-    start = time.perf_counter()
     job = _job_options(job)
     roots = DataRoots.from_env()
     table, refs, write = _load(job, roots)
@@ -228,6 +215,71 @@ def plan_mosaic(job: dict[str, Any]) -> dict[str, Any]:
         pyramid=write["pyramid"], flatfield=flatfield, device=write["device"], missing=missing,
         extra=extra,
     )  # fmt: skip
+    return fusion, write, roots
+
+
+def fuse_mosaic(job: dict[str, Any]) -> dict[str, Any]:
+    """Fuse a mosaic on the endpoint: tile table reference in, output reference out.
+
+    ``job`` holds ``tiles`` and ``output`` (references), and optionally ``params`` (a
+    :class:`~scopefx.FusionParams` dict), ``resume``, ``overwrite``, ``ngff``, ``pyramid``,
+    ``register``, ``flatfield`` (``"estimate"`` or a reference to a saved flat field),
+    ``preview`` (a PNG reference), ``pixel_size_um``, ``rotation_deg``, ``skip_missing``,
+    ``force``, ``workers``, ``device`` and ``cluster``.
+
+    Where the chunks run: on the dask cluster the endpoint's configuration names
+    (``SCOPEFX_CLUSTER``, e.g. SLURM jobs inside the allocation) when the mosaic has at least
+    64 level-0 chunks (``SCOPEFX_CLUSTER_MIN_CHUNKS``) or ``cluster`` is true; otherwise in
+    this worker's threads. ``cluster: false`` keeps it in-process.
+
+    Returns the :class:`~scopefx.FusionResult` summary with ``output`` (the reference as sent),
+    ``cluster`` (its kind, or ``None``) and ``timings``.
+    """
+    from ..cluster import open_cluster
+    from ..fusion import fuse
+
+    start = time.perf_counter()
+    checked = _job_options(job)
+    if checked["output"].lower().endswith((".tif", ".tiff")):  # small, in memory, one call
+        roots = DataRoots.from_env()
+        table, refs, write = _load(checked, roots)
+        summary = fuse(table, refs["output"], **write).to_dict()
+        summary.update(output=job["output"], cluster=None)
+        summary["timings"] = {"total_s": round(time.perf_counter() - start, 4)}
+        return summary
+    fusion, write, _ = _prepared(checked)
+    planned = time.perf_counter()
+    spec = _cluster_for(checked, fusion.plan.n_chunks)
+    options = {"workers": write["workers"], "preview": write["preview"]}
+    if spec is None:
+        result = fusion.finish(**options)
+    else:
+        with open_cluster(spec) as client:
+            result = fusion.finish(scheduler=client, **options)
+    summary = result.to_dict()
+    summary.update(
+        output=job["output"],
+        cluster=None if spec is None else spec.kind,
+        timings={
+            "plan_s": round(planned - start, 4),
+            "fuse_s": round(time.perf_counter() - planned, 4),
+        },
+    )
+    return summary
+
+
+def plan_mosaic(job: dict[str, Any]) -> dict[str, Any]:
+    """Plan a mosaic and create its output store, without fusing, for fan-out.
+
+    Takes the same ``job`` as :func:`fuse_mosaic` plus ``regions`` (how many pieces to split
+    the level-0 chunks into, default 16). Returns ``plan`` (the output reference, which
+    :func:`fuse_region` and :func:`finish_mosaic` take), ``regions``, ``chunks``, ``shape``
+    and ``state``.
+    """
+    start = time.perf_counter()
+    fusion, _, _ = _prepared(job)
+    plan = fusion.plan
+    missing = fusion.missing
     n = int(job.get("regions", 16))
     return {
         "plan": job["output"],

@@ -1,0 +1,156 @@
+"""dask clusters from config files; real LocalCluster runs, SLURM/PBS job scripts."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import zarr
+
+from scopefx import FusionParams, fuse
+from scopefx.cli import main
+from scopefx.cluster import ClusterSpec, load_cluster_spec, open_cluster
+from scopefx.errors import ConfigError
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory):
+    from scopefx.samples import make_mosaic, write_mosaic
+
+    folder = tmp_path_factory.mktemp("cluster-tiles")
+    return write_mosaic(folder, make_mosaic(grid=(3, 3), tile_px=128, jitter_px=1.0))
+
+
+def _equal(a, b) -> None:
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    keys = sorted(ga.array_keys())
+    assert keys == sorted(gb.array_keys()) and keys
+    for key in keys:
+        np.testing.assert_array_equal(ga[key][...], gb[key][...])
+
+
+def test_spec_from_yaml_and_toml(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        textwrap.dedent(
+            """\
+            cluster:
+              kind: slurm
+              cores: 4
+              processes: 2
+              memory: 8GiB
+              walltime: "00:30:00"
+              queue: debug
+              gpus: 1
+              jobs: 2
+              job_extra_directives: ["--exclusive"]
+            """
+        )
+    )
+    spec = load_cluster_spec(tmp_path / "c.yaml")
+    assert (spec.kind, spec.cores, spec.workers, spec.job_extra_directives) == (
+        "slurm", 4, 4, ("--exclusive",)
+    )  # fmt: skip
+    (tmp_path / "c.toml").write_text('kind = "pbs"\ncores = 2\nwalltime = "1:00:00"\n')
+    assert load_cluster_spec(tmp_path / "c.toml").kind == "pbs"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"kind": "k8s"}, "kind must be"),
+        ({"cores": 0}, "cores must be an integer >= 1"),
+        ({"cores": 2, "processes": 3}, "cannot exceed cores"),
+        ({"walltime": 3600}, "walltime must be"),
+        ({"memory": "lots"}, "memory must be like"),
+        ({"adapt_min": 1}, "give both adapt_min and adapt_max"),
+        ({"adapt_min": 3, "adapt_max": 2}, "adapt_min <= adapt_max"),
+        ({"partition": "gpu"}, r"unknown key\(s\) \['partition'\]"),
+    ],
+)
+def test_bad_specs_name_the_problem(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        ClusterSpec.from_dict(settings)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read cluster config"):
+        load_cluster_spec(tmp_path / "nope.yaml")
+
+
+def test_importing_jobqueue_through_scopefx_writes_nothing_home(tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    code = (
+        "import sys, scopefx.cluster as c; assert 'dask_jobqueue' not in sys.modules; "
+        "c._jobqueue(); assert 'dask_jobqueue' in sys.modules; print('ok')"
+    )
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+    assert list(tmp_path.iterdir()) == []  # no ~/.config/dask/jobqueue.yaml
+
+
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+def test_job_scripts_carry_the_settings(kind, tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    from scopefx.cluster import _make
+
+    spec = ClusterSpec(
+        kind=kind, cores=4, processes=2, memory="8GiB", walltime="00:20:00", queue="gpu",
+        account="lab42", gpus=2, job_extra_directives=("--constraint=a100",) if kind == "slurm"
+        else ("-l filesystems=home:eagle",), job_script_prologue=("source /opt/venv/bin/activate",),
+        log_directory=str(tmp_path),
+    )  # fmt: skip
+    cluster = _make(spec)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "source /opt/venv/bin/activate" in script and "--nworkers 2" in script
+    if kind == "slurm":
+        for line in ("-p gpu", "-A lab42", "-t 00:20:00", "--gpus=2", "--constraint=a100"):
+            assert f"#SBATCH {line}" in script, line
+    else:
+        for line in ("-q gpu", "-A lab42", "walltime=00:20:00", "ngpus=2", "filesystems=home"):
+            assert line in script, line
+
+
+def test_cli_fuse_on_a_local_cluster_equals_threads(tiles, tmp_path):
+    (tmp_path / "local.yaml").write_text("kind: local\ncores: 2\nprocesses: 2\nmemory: 1GiB\n")
+    fuse(tiles, tmp_path / "threads.ome.zarr", params=FusionParams(chunk_px=64))
+    out = io.StringIO()
+    args = ["fuse", str(tiles), "-o", str(tmp_path / "cluster.ome.zarr"), "--chunk", "64"]
+    assert main([*args, "--cluster", str(tmp_path / "local.yaml"), "-q"], out=out) == 0
+    assert "chunks written" in out.getvalue()
+    _equal(tmp_path / "threads.ome.zarr", tmp_path / "cluster.ome.zarr")
+
+
+def test_remote_fuse_mosaic_uses_the_endpoint_cluster(tiles, tmp_path, monkeypatch):
+    from scopefx.remote import functions
+
+    (tmp_path / "local.yaml").write_text("kind: local\ncores: 2\nprocesses: 2\nmemory: 1GiB\n")
+    monkeypatch.setenv("SCOPEFX_CLUSTER", str(tmp_path / "local.yaml"))
+    job = {"tiles": str(tiles), "params": {"chunk_px": 64}}
+    small = functions.fuse_mosaic({**job, "output": str(tmp_path / "small.ome.zarr")})
+    assert small["cluster"] is None  # fewer chunks than SCOPEFX_CLUSTER_MIN_CHUNKS
+    monkeypatch.setenv("SCOPEFX_CLUSTER_MIN_CHUNKS", "4")
+    big = functions.fuse_mosaic({**job, "output": str(tmp_path / "big.ome.zarr")})
+    assert big["cluster"] == "local" and big["chunks_written"] == small["chunks_written"]
+    _equal(tmp_path / "small.ome.zarr", tmp_path / "big.ome.zarr")
+    monkeypatch.delenv("SCOPEFX_CLUSTER")
+    with pytest.raises(ConfigError, match="sets no SCOPEFX_CLUSTER"):
+        functions.fuse_mosaic({**job, "output": str(tmp_path / "x.ome.zarr"), "cluster": True})
+
+
+def test_open_cluster_closes_on_error(tmp_path):
+    spec = ClusterSpec(kind="local", cores=1, memory="512MiB")
+    clients = []
+    with pytest.raises(RuntimeError, match="inside the block"), open_cluster(spec) as client:
+        clients.append(client)
+        raise RuntimeError("inside the block")
+    assert clients[0].status == "closed"
