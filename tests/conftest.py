@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,3 +34,44 @@ def xp(request: pytest.FixtureRequest):
     except Exception as exc:
         pytest.skip(f"no CUDA device: {exc}")
     return cupy
+
+
+_SLURM_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "slurm" / "slurm.sh"
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return probe.returncode == 0 and any(s in probe.stdout for s in ("idle", "mix", "alloc"))
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[None]:
+    """A running single-node SLURM: the one already up, or one started here with
+    tools/slurm/slurm.sh (stopped again at the end, unless pytest-xdist workers may share it).
+    Where SLURM is not installed the test is skipped, unless SCOPEFX_REQUIRE_SLURM=1 (set by
+    CI) makes that a failure."""
+    started, why = False, ""
+    if not _slurm_up() and shutil.which("slurmctld") is not None:
+        run = subprocess.run(["bash", str(_SLURM_SCRIPT), "start"], capture_output=True, text=True)
+        if run.returncode == 0:
+            started = True
+            for line in run.stdout.splitlines():  # export SLURM_CONF=...
+                if line.startswith("export SLURM_CONF="):
+                    os.environ["SLURM_CONF"] = line.split("=", 1)[1].strip().strip("'\"")
+        else:
+            why = f" (tools/slurm/slurm.sh start failed: {run.stderr.strip()[-500:]})"
+    if not _slurm_up():
+        message = (
+            "no SLURM here: start one with `tools/slurm/slurm.sh install` and "
+            f"`tools/slurm/slurm.sh start` (docs/slurm-dev.md){why}"
+        )
+        if os.environ.get("SCOPEFX_REQUIRE_SLURM") == "1":
+            pytest.fail(message + "; SCOPEFX_REQUIRE_SLURM=1 requires it")
+        pytest.skip(message)
+    try:
+        yield
+    finally:
+        if started and "PYTEST_XDIST_WORKER" not in os.environ:
+            subprocess.run(["bash", str(_SLURM_SCRIPT), "stop"], capture_output=True)
