@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +156,23 @@ def test_open_cluster_closes_on_error(tmp_path):
         clients.append(client)
         raise RuntimeError("inside the block")
     assert clients[0].status == "closed"
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "endpoints").glob("*/cluster-*.yaml")),
+    ids=lambda p: p.parent.name,
+)
+def test_shipped_cluster_configs_make_job_scripts(path, tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    from scopefx.cluster import _make
+
+    spec = load_cluster_spec(path)
+    assert spec.kind in ("slurm", "pbs") and spec.adapt_max is not None
+    # no such NIC here; logs in tmp_path, not in the home folder
+    cluster = _make(dataclasses.replace(spec, interface=None, log_directory=str(tmp_path)))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert spec.job_script_prologue[-1] in script

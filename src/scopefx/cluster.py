@@ -181,6 +181,10 @@ def _jobqueue() -> Any:
     return dask_jobqueue
 
 
+def _expand(path: str | None) -> str | None:
+    return None if path is None else os.path.expanduser(os.path.expandvars(path))
+
+
 def _make(spec: ClusterSpec) -> Any:
     if spec.kind == "local":
         from distributed import LocalCluster
@@ -190,7 +194,7 @@ def _make(spec: ClusterSpec) -> Any:
             threads_per_worker=max(1, spec.cores // spec.processes),
             memory_limit=spec.memory,
             processes=True,
-            local_directory=spec.local_directory,
+            local_directory=_expand(spec.local_directory),
             dashboard_address=None,
             **spec.extra,
         )
@@ -204,8 +208,8 @@ def _make(spec: ClusterSpec) -> Any:
         "queue": spec.queue,
         "account": spec.account,
         "job_script_prologue": list(spec.job_script_prologue),
-        "local_directory": spec.local_directory,
-        "log_directory": spec.log_directory,
+        "local_directory": spec.local_directory,  # expanded in the job ($TMPDIR on the node)
+        "log_directory": _expand(spec.log_directory),  # made here, by the submitting side
         "interface": spec.interface,
         "scheduler_options": {"dashboard_address": None},
     }
