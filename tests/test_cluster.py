@@ -176,3 +176,15 @@ def test_shipped_cluster_configs_make_job_scripts(path, tmp_path):
     finally:
         cluster.close()
     assert spec.job_script_prologue[-1] in script
+
+
+def _malloc_trim() -> str | None:
+    import os
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_workers_keep_the_default_malloc(tmp_path):
+    """distributed's nanny would set MALLOC_TRIM_THRESHOLD_=65536 (2.2x slower chunks)."""
+    with open_cluster(ClusterSpec(kind="local", cores=1, memory="512MiB")) as client:
+        assert set(client.run(_malloc_trim).values()) == {None}

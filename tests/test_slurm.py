@@ -94,6 +94,8 @@ def test_worker_killed_mid_fusion_is_rescheduled(tiles, reference, tmp_path, no_
     with open_cluster(spec) as client:
         client.wait_for_workers(2, timeout=120)
         pids = client.run(os.getpid)  # worker address -> pid (on this single node)
+        trims = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        assert set(trims.values()) == {None}  # glibc's default malloc, not the nanny's
         victim = sorted(pids.values())[0]
 
         def kill_when_started() -> None:

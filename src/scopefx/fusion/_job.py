@@ -166,15 +166,20 @@ def _run(
     import dask.array as da
 
     options = {"num_workers": workers} if workers and scheduler is None else {}
+    # the task (it holds the plan: 2 MiB for 10,000 tiles) is one node of the graph that every
+    # chunk depends on, so a distributed scheduler ships it to each worker once, not per chunk
+    shared = dask.delayed(task, pure=False)
     if only is None:
         blocks = da.map_blocks(
-            functools.partial(_block_task, task),
-            chunks=tuple((1,) * g for g in grid),
-            dtype=np.int8,
+            _block_task, shared, chunks=tuple((1,) * g for g in grid), dtype=np.int8
         )
         return np.asarray(blocks.compute(scheduler=scheduler, **options))
-    tasks = [dask.delayed(task, pure=False)(tuple(index)) for index in only]
+    tasks = [dask.delayed(_call, pure=False)(shared, tuple(index)) for index in only]
     return np.asarray(dask.compute(*tasks, scheduler=scheduler, **options), dtype=np.int8)
+
+
+def _call(task: Callable[[tuple[int, ...]], int], index: tuple[int, ...]) -> int:
+    return task(index)
 
 
 # --------------------------------------------------------------------------------------------
