@@ -217,8 +217,9 @@ class Run:
 
 def is_chunk_task(key: Any) -> bool:
     """Every task of a compute call is a chunk task but dask's ``finalize-...`` (which gathers
-    the chunks' statuses); a one-chunk level runs as ``<name>-finalize-...`` and counts."""
-    return not (isinstance(key, str) and key.startswith("finalize-"))
+    the chunks' statuses) and ``scopefx-plan-...`` (the plan, one graph node every chunk task
+    depends on); a one-chunk level runs as ``<name>-finalize-...`` and counts."""
+    return not (isinstance(key, str) and key.startswith(("finalize-", "scopefx-plan-")))
 
 
 def digest(store: Path) -> str:
@@ -613,17 +614,19 @@ def paper_lines(ref: Config, configs: Sequence[Config]) -> list[str]:
     thin, big = probes.get("nothing"), probes.get("the 100-node mosaic's plan")
     if thin is not None and big is not None:
         lines += [
-            f"  the scheduler's throughput: every task carries the whole plan, "
-            f"{big.payload_bytes / 2**20:.1f} MiB pickled at 10,000 tiles, sent with each task "
-            f"({big.sent_kib / 1024:.1f} MiB sent per no-op task: {n * big.sent_kib / 2**20:,.0f}"
-            f" GiB out of the scheduler for {n:,} tasks) and costing it {big.cpu_ms:.2f} ms of "
-            f"CPU per task (at most {1e3 / big.cpu_ms:,.0f} tasks/s; a task carrying nothing: "
-            f"{thin.cpu_ms:.2f} ms)",
+            f"  the scheduler's throughput: scopefx ships the plan once per worker (a node of the "
+            f"graph; the runs above sent {ref.runs[0].sent_bytes / ref.runs[0].n / 1024:.0f} KiB "
+            f"per task), so a "
+            f"task costs the scheduler about what a task carrying nothing does: {thin.cpu_ms:.2f} "
+            f"ms of CPU (at most {1e3 / thin.cpu_ms:,.0f} tasks/s). Were the plan in every task, "
+            f"as a naive map_blocks closure puts it: {big.payload_bytes / 2**20:.1f} MiB per task "
+            f"at 10,000 tiles, {n * big.sent_kib / 2**20:,.0f} GiB out of the scheduler and "
+            f"{big.cpu_ms:.2f} ms of its CPU per task",
             f"  refined: compute in waves (level 0 is {math.ceil(levels[0] / cores)} waves of "
-            f"{cores:,}) {waves:.1f} s + the one scheduler, {n:,} tasks x {big.cpu_ms:.2f} ms = "
-            f"{n * big.cpu_ms / 1e3:.0f} s: about {waves + n * big.cpu_ms / 1e3:.0f} s, the "
-            f"scheduler's CPU and network bound; with the plan sent once (tasks carrying only "
-            f"their chunk index) about {waves + n * thin.cpu_ms / 1e3:.0f} s",
+            f"{cores:,}) {waves:.1f} s + the one scheduler, {n:,} tasks x {thin.cpu_ms:.2f} ms = "
+            f"{n * thin.cpu_ms / 1e3:.0f} s: about {waves + n * thin.cpu_ms / 1e3:.0f} s, bound by "
+            f"the scheduler's CPU (with the plan in every task it would be about "
+            f"{waves + n * big.cpu_ms / 1e3:.0f} s); file-system reads and writes come on top",
         ]
     by_name = {c.name: c for c in configs if c.runs}
     if "slurm-1x1" in by_name and "slurm-1x2" in by_name:

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +169,7 @@ def _run(
     options = {"num_workers": workers} if workers and scheduler is None else {}
     # the task (it holds the plan: 2 MiB for 10,000 tiles) is one node of the graph that every
     # chunk depends on, so a distributed scheduler ships it to each worker once, not per chunk
-    shared = dask.delayed(task, pure=False)
+    shared = dask.delayed(task, name=f"scopefx-plan-{uuid.uuid4().hex}")
     if only is None:
         blocks = da.map_blocks(
             _block_task, shared, chunks=tuple((1,) * g for g in grid), dtype=np.int8
