@@ -239,56 +239,53 @@ class Client:
         ex = self.executor_for(role)
         return ex is self._local
 
-    def _submit(self, role: str, name: str, *args: Any) -> cf.Future[Any]:
-        if name not in FUNCTION_NAMES:
-            raise ConfigError(f"unknown function {name!r}; the suite has {list(FUNCTION_NAMES)}")
-        ex = self.executor_for(role)
-        self._check(role, ex)
+    def _dispatch(self, ex: cf.Executor, name: str, *args: Any) -> cf.Future[Any]:
+        """One call of suite function ``name`` on ``ex``: by UUID where a manifest names it
+        and the executor is a Globus Compute one, else the function itself."""
         fid = self.manifest.function_id(name) if self.manifest is not None else None
         if fid is not None and hasattr(ex, "submit_to_registered_function"):
             return ex.submit_to_registered_function(fid, args=args)
         return ex.submit(getattr(_functions, name), *args)
 
+    def _submit(self, role: str, name: str, *args: Any) -> cf.Future[Any]:
+        if name not in FUNCTION_NAMES:
+            raise ConfigError(f"unknown function {name!r}; the suite has {list(FUNCTION_NAMES)}")
+        ex = self.executor_for(role)
+        if self.check_version and ex is not self._local:
+            self._endpoint_info(role, ex)
+        return self._dispatch(ex, name, *args)
+
     def submit(self, name: str, *args: Any, role: str = "focus") -> cf.Future[Any]:
         """Submit one call of a suite function (by name) to the executor of ``role``."""
         return self._submit(role, name, *args)
 
-    def _check(self, role: str, ex: cf.Executor) -> None:
-        if not self.check_version or ex is self._local or id(ex) in self._info:
-            return
-        fid = self.manifest.function_id("endpoint_info") if self.manifest is not None else None
+    def _endpoint_info(self, role: str, ex: cf.Executor) -> dict[str, Any]:
+        """``endpoint_info()`` of ``ex``, asked once per executor; refuses an endpoint whose
+        scopefx major.minor differs from this one's."""
+        if ex is self._local:
+            return _functions.endpoint_info()
+        if id(ex) in self._info:
+            return self._info[id(ex)]
+        name = self.endpoint_names.get(role, type(ex).__name__)
         try:
-            if fid is not None and hasattr(ex, "submit_to_registered_function"):
-                future = ex.submit_to_registered_function(fid, args=())
-            else:
-                future = ex.submit(_functions.endpoint_info)
+            future = self._dispatch(ex, "endpoint_info")
             info = future.result(timeout=float(os.environ.get("SCOPEFX_INFO_TIMEOUT", 300)))
         except Exception as exc:
-            name = self.endpoint_names.get(role, type(ex).__name__)
             raise EndpointError(
                 f"endpoint {name!r} did not answer endpoint_info: {type(exc).__name__}: {exc}"
             ) from exc
         theirs = str(info.get("scopefx", "?"))
         if major_minor(theirs) != major_minor(__version__):
-            name = self.endpoint_names.get(role, type(ex).__name__)
             raise EndpointError(
                 f"endpoint {name!r} runs scopefx {theirs}, this client is {__version__}: "
                 "major.minor must match; install the same scopefx version on both sides"
             )
         self._info[id(ex)] = info
+        return info
 
     def info(self, role: str = "focus") -> dict[str, Any]:
-        """``endpoint_info()`` of the executor that runs ``role``."""
-        ex = self.executor_for(role)
-        if ex is self._local:
-            return _functions.endpoint_info()
-        if id(ex) not in self._info:
-            saved, self.check_version = self.check_version, True
-            try:
-                self._check(role, ex)
-            finally:
-                self.check_version = saved
-        return self._info[id(ex)]
+        """``endpoint_info()`` of the executor that runs ``role`` (version checked)."""
+        return self._endpoint_info(role, self.executor_for(role))
 
     # -- focus ------------------------------------------------------------------------------------
 
@@ -337,8 +334,9 @@ class Client:
         items = [os.fspath(r) for r in refs]
         if not items:
             return
-        self.executor_for("focus")
-        self._check("focus", self.executor_for("focus"))
+        ex = self.executor_for("focus")
+        if self.check_version and ex is not self._local:
+            self._endpoint_info("focus", ex)  # also tells _batch_size the endpoint's workers
         size = self._batch_size(items, "focus")
         batches = [items[i : i + size] for i in range(0, len(items), size)]
         wire = focus_params.to_dict()
