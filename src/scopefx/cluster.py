@@ -210,7 +210,7 @@ def _local_cluster(spec: ClusterSpec) -> Any:
         memory_limit=spec.memory,
         processes=True,
         local_directory=_expand(spec.local_directory),
-        dashboard_address=None,
+        dashboard_address=":0",  # a free port, as for the batch-job clusters
         **spec.extra,
     )
 
@@ -232,7 +232,8 @@ def _jobqueue_cluster(spec: ClusterSpec) -> Any:
         "local_directory": spec.local_directory,  # expanded in the job ($TMPDIR on the node)
         "log_directory": _expand(spec.log_directory),  # made here, by the submitting side
         "interface": spec.interface,
-        "scheduler_options": {"dashboard_address": None},
+        # a free port: several users (or runs) share a login node, 8787 would collide
+        "scheduler_options": {"dashboard_address": ":0"},
     }
     if spec.kind == "slurm":
         if spec.gpus:
