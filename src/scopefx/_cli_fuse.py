@@ -80,14 +80,6 @@ def _flatfield(spec: str | None) -> Any:
     return load_flatfield(flat, dark or None)
 
 
-def _remote(args: argparse.Namespace) -> bool:
-    if args.endpoint is not None:
-        return bool(args.endpoint != "local")
-    from .remote import ClientConfig
-
-    return ClientConfig.load(args.config).for_role("fusion") is not None
-
-
 def _cmd_fuse_remote(args: argparse.Namespace, params: Any, out: TextIO) -> int:
     from ._cli_remote import make_client
     from .errors import ConfigError
@@ -136,7 +128,9 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
         feather_px=args.feather,
         fill=args.fill,
     )
-    if _remote(args):
+    from ._cli_remote import runs_remotely
+
+    if runs_remotely(args, "fusion"):
         return _cmd_fuse_remote(args, params, out)
     bar = tqdm(
         unit="chunk", disable=args.quiet or None, file=sys.stderr, desc="fusing", leave=False

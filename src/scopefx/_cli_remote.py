@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["add_endpoint_options", "add_remote_parsers", "make_client"]
+__all__ = ["add_endpoint_options", "add_remote_parsers", "make_client", "runs_remotely"]
 
 
 def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +25,16 @@ def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
         help="endpoint configuration (default: $SCOPEFX_CONFIG, ~/.config/scopefx/endpoints.toml)",
     )
     g.add_argument("--batch-size", type=int, default=None, metavar="N", help="references per task")
+
+
+def runs_remotely(args: argparse.Namespace, role: str) -> bool:
+    """Whether ``role`` goes through the client: ``--endpoint NAME`` (not ``local``), or an
+    endpoint that takes ``role`` in the user's endpoint configuration."""
+    if args.endpoint is not None:
+        return bool(args.endpoint != "local")
+    from .remote import ClientConfig
+
+    return ClientConfig.load(args.config).for_role(role) is not None
 
 
 def make_client(args: argparse.Namespace, *, quiet: bool = False) -> Any:

@@ -214,20 +214,10 @@ def _run_scoring(args: argparse.Namespace, paths: list[str], out: TextIO) -> lis
     return records
 
 
-def _remote(args: argparse.Namespace) -> bool:
-    """Whether focus scoring goes through the client: --endpoint, or a focus route in the
-    user's endpoint configuration."""
-    if getattr(args, "endpoint", None) is not None:
-        return bool(args.endpoint != "local")
-    from .remote import ClientConfig
-
-    return ClientConfig.load(getattr(args, "config", None)).for_role("focus") is not None
-
-
 def _score(
     args: argparse.Namespace, paths: list[str], params: Any, calibration: Any, baseline: Any
 ) -> Any:
-    if not _remote(args):
+    if not args.remote:
         from .focus import score_files
 
         yield from score_files(
@@ -274,7 +264,10 @@ def _write_outputs(args: argparse.Namespace, records: list[Any], out: TextIO) ->
 
 
 def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
-    if _remote(args):  # references on the endpoint: expand only what exists here too
+    from ._cli_remote import runs_remotely
+
+    args.remote = runs_remotely(args, "focus")
+    if args.remote:  # references on the endpoint: expand only what exists here too
         local = [p for p in args.paths if os.path.isdir(p) or glob.has_magic(p)]
         paths = _find(local, args.recursive) if local else []
         paths += [p for p in args.paths if p not in local]
