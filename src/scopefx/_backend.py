@@ -9,6 +9,7 @@ a GPU is asked for or a CuPy array is seen: importing scopefx never touches CUDA
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -17,7 +18,9 @@ import numpy as np
 
 from .errors import ConfigError, DeviceUnavailableError
 
-__all__ = ["Backend", "get_backend", "is_cupy_array", "to_numpy"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Backend", "get_backend", "is_cupy_array", "list_gpus", "to_numpy"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +120,29 @@ def get_backend(array: Any = None, *, device: str | None = None) -> Backend:
             backend.xp.cuda.Device(index).use()
         return backend
     raise ConfigError(f"device must be None, 'cpu', 'gpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def list_gpus() -> list[dict[str, Any]]:
+    """CUDA devices CuPy sees (empty without CuPy or a device); never raises."""
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is None:
+        return []
+    try:
+        import cupy
+
+        out = []
+        for i in range(cupy.cuda.runtime.getDeviceCount()):
+            props = cupy.cuda.runtime.getDeviceProperties(i)
+            name = props["name"]
+            out.append(
+                {
+                    "index": i,
+                    "name": name.decode() if isinstance(name, bytes) else str(name),
+                    "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+                }
+            )
+        return out
+    except Exception as exc:  # CuPy without a driver: report, don't fail
+        log.debug("no CUDA devices: %s", exc)
+        return []

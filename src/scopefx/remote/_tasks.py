@@ -345,36 +345,11 @@ def finish_mosaic(
 # the endpoint
 
 
-def _gpus() -> list[dict[str, Any]]:
-    """CUDA devices CuPy sees (empty without CuPy or a device); never raises."""
-    import importlib.util
-
-    if importlib.util.find_spec("cupy") is None:
-        return []
-    try:
-        import cupy
-
-        out = []
-        for i in range(cupy.cuda.runtime.getDeviceCount()):
-            props = cupy.cuda.runtime.getDeviceProperties(i)
-            name = props["name"]
-            out.append(
-                {
-                    "index": i,
-                    "name": name.decode() if isinstance(name, bytes) else str(name),
-                    "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
-                }
-            )
-        return out
-    except Exception as exc:  # CuPy without a driver: report, don't fail
-        log.debug("no CUDA devices: %s", exc)
-        return []
-
-
 def endpoint_info() -> dict[str, Any]:
     """What runs here: scopefx version, backend, GPUs, data roots, host."""
     from importlib import metadata
 
+    from .._backend import list_gpus
     from . import FUNCTION_NAMES
 
     versions: dict[str, str | None] = {}
@@ -383,7 +358,7 @@ def endpoint_info() -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
-    gpus = _gpus()
+    gpus = list_gpus()
     return {
         "scopefx": __version__,
         "backend": "cupy" if gpus else "numpy",
