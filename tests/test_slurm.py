@@ -84,8 +84,6 @@ def test_cli_fuse_on_slurm_equals_local(tiles, reference, tmp_path, no_leaked_jo
 
 
 def test_worker_killed_mid_fusion_is_rescheduled(tiles, reference, tmp_path, no_leaked_jobs):
-    from distributed import get_worker  # noqa: F401  (distributed is there)
-
     from scopefx.cluster import open_cluster
 
     spec = _slurm_yaml(tmp_path, jobs=2)
@@ -132,9 +130,9 @@ def test_killed_job_resumes_byte_identically(tiles, reference, tmp_path, no_leak
     proc.wait()
     subprocess.run(["scancel", "--user", os.environ.get("USER", "root")])  # as a walltime would
     marked = sorted(p.name for p in done.iterdir())
-    assert 10 <= len(marked) < 25 * 4  # part-way
-    # every chunk marked done is durable and final: it equals the clean run's chunk
     ref0 = zarr.open_array(str(reference / "0"), mode="r")
+    assert 10 <= len(marked) < ref0.nchunks  # killed part-way through level 0
+    # every chunk marked done is durable and final: it equals the clean run's chunk
     got0 = zarr.open_array(str(out / "0"), mode="r")
     for name in marked:
         i, j = (int(v) for v in name.split("."))
