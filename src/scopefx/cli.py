@@ -476,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_fuse import add_fuse_parser
 
     add_fuse_parser(sub)
+    from ._cli_watch import add_watch_parser
+
+    add_watch_parser(sub)
     add_remote_parsers(sub)
     return parser
 

@@ -97,6 +97,31 @@ class FocusRecord:
         """The CSV row (:data:`CSV_COLUMNS`)."""
         return {name: getattr(self, name) for name in CSV_COLUMNS}
 
+    @classmethod
+    def from_row(cls, row: dict[str, str]) -> FocusRecord:
+        """A record from a CSV row as :meth:`row` wrote it (no focus map; unknown columns and
+        empty cells ignored), e.g. to plot or re-judge a run from its CSV."""
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            text = row.get(f.name)
+            if f.name == "focus_map" or text is None or text == "":
+                continue
+            kind = str(f.type)
+            try:
+                if "int" in kind and "float" not in kind:
+                    kwargs[f.name] = int(float(text))
+                elif "float" in kind:
+                    kwargs[f.name] = float(text)
+                else:
+                    kwargs[f.name] = text
+            except ValueError:
+                raise ConfigError(
+                    f"CSV row of {row.get('path')!r}: {f.name} {text!r} is not a number"
+                ) from None
+        if "path" not in kwargs:
+            raise ConfigError(f"CSV row without a path: {row}")
+        return cls(**kwargs)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict, focus map included as nested lists."""
         out = self.row()

@@ -1,0 +1,269 @@
+"""``scopefx watch``: follow an acquisition folder, score each image as it lands, flag at once."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["add_watch_parser", "cmd_watch"]
+
+_BOLD_RED = "\033[1;31m"
+_YELLOW = "\033[33m"
+_RESET = "\033[0m"
+
+
+def add_watch_parser(sub: Any) -> None:
+    from ._cli_remote import add_endpoint_options
+    from .cli import _add_focus_options
+
+    p = sub.add_parser(
+        "watch",
+        help="follow an acquisition folder and flag out-of-focus sections as they land",
+        description="Follow DIR and its subfolders; score each new image once it is complete "
+        "(size stable and readable), locally or on --endpoint; print a live table, append to "
+        "--csv, flag out-of-focus sections at once (highlight, bell, --on-oof), and write a "
+        "summary plot on exit (Ctrl-C). Restart-safe: files already in the CSV are skipped.",
+    )
+    p.add_argument("folder", metavar="DIR", help="the acquisition folder")
+    p.add_argument("--csv", metavar="OUT", help="append one row per image (and resume from it)")
+    p.add_argument(
+        "--on-oof",
+        metavar="CMD",
+        help="run CMD for each flagged section, in the background: the path replaces {} or is "
+        "appended; $SCOPEFX_PATH, $SCOPEFX_VERDICT, $SCOPEFX_FEATURES are set",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="summary plot written on exit (default: the CSV's name with .png, else none)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="CAL.json",
+        help="verdicts from a calibration (default: relative to the run's baseline)",
+    )
+    p.add_argument("--ratio", type=float, default=0.5, help="baseline ratio (default: 0.5)")
+    p.add_argument("--window", type=int, default=25, help="baseline window (default: 25)")
+    p.add_argument("--warmup", type=int, default=5, help="baseline warm-up (default: 5)")
+    p.add_argument(
+        "--new-only", action="store_true", help="skip images already in DIR when it starts"
+    )
+    p.add_argument("--interval", type=float, default=0.2, metavar="S", help="scan every S seconds")
+    p.add_argument(
+        "--settle", type=float, default=0.25, metavar="S", help="unchanged this long = complete"
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="retry an unreadable file for S seconds after its last change (default: 10)",
+    )
+    p.add_argument(
+        "--idle-exit", type=float, metavar="S", help="stop after S seconds with no new image"
+    )
+    p.add_argument("--max-files", type=int, metavar="N", help="stop after N images")
+    p.add_argument(
+        "--remote-dir",
+        metavar="PATH",
+        help="DIR's path on the endpoint's filesystem, if it differs (with --endpoint)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only flagged and failed sections")
+    _add_focus_options(p)
+    add_endpoint_options(p)
+    p.set_defaults(func=cmd_watch)
+
+
+class _Alarm:
+    """Runs ``--on-oof`` for each flagged section without holding up the watch."""
+
+    def __init__(self, command: str | None, out: TextIO) -> None:
+        self.command, self.out = command, out
+        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def fire(self, record: Any) -> None:
+        if not self.command:
+            return
+        quoted = shlex.quote(record.path)
+        cmd = (
+            self.command.replace("{}", quoted)
+            if "{}" in self.command
+            else f"{self.command} {quoted}"
+        )
+        env = dict(
+            os.environ,
+            SCOPEFX_PATH=record.path,
+            SCOPEFX_VERDICT=record.verdict,
+            SCOPEFX_FEATURES=str(record.features),
+        )
+        try:
+            proc = subprocess.Popen(cmd, shell=True, env=env, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            print(f"--on-oof failed to start for {record.path}: {exc}", file=self.out)
+            return
+        self.running.append((record.path, proc))
+
+    def reap(self, *, wait: float = 0.0) -> None:
+        deadline = time.monotonic() + wait
+        for path, proc in list(self.running):
+            try:
+                code = proc.wait(timeout=max(0.0, deadline - time.monotonic()) if wait else 0)
+            except subprocess.TimeoutExpired:
+                if not wait:
+                    continue
+                proc.kill()
+                code = proc.wait()
+                print(f"--on-oof for {path}: still running after {wait:g} s, killed", file=self.out)
+            self.running.remove((path, proc))
+            if code:
+                print(f"--on-oof for {path} exited with status {code}", file=self.out)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM and the first Ctrl-C (a second Ctrl-C interrupts at once)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _row(scored: Any, colour: bool) -> str:
+    r = scored.record
+    clock = time.strftime("%H:%M:%S")
+    name = scored.section + ("" if r.page is None else f"[{r.page}]")
+    latency = (
+        "settled"  # a warm-up section judged again once the baseline exists
+        if scored.late
+        else ("backlog" if math.isnan(scored.latency) else f"{scored.latency:.2f}s")
+    )
+    if not r.ok:
+        text = f"{clock}  {'-':>9}  {r.status:<13} {latency:>7}  {name}: {r.error}"
+        return f"{_YELLOW}{text}{_RESET}" if colour else text
+    text = f"{clock}  {r.features:>9d}  {r.verdict:<13} {latency:>7}  {name}"
+    if scored.flagged:
+        return f"{_BOLD_RED}{text}  <- re-acquire{_RESET}\a" if colour else f"{text}  <- re-acquire"
+    return text
+
+
+def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
+    from ._cli_remote import make_client, runs_remotely
+    from .cli import UsageError, _params
+    from .focus import Calibration, RunBaseline
+    from .watch import FolderWatch
+
+    if not Path(args.folder).is_dir():
+        raise UsageError(f"{args.folder!r} is not a directory")
+    params = _params(args)
+    calibration = Calibration.load(args.calibration) if args.calibration else None
+    baseline = RunBaseline(
+        window=args.window, ratio=args.ratio, warmup=min(args.warmup, args.window)
+    )
+    remote = runs_remotely(args, "focus")
+    if args.remote_dir and not remote:
+        raise UsageError("--remote-dir only applies with --endpoint (or a focus endpoint)")
+    client = make_client(args, quiet=True) if remote else None
+    plot = args.plot or (str(Path(args.csv).with_suffix(".png")) if args.csv else None)
+    colour = out.isatty() and not os.environ.get("NO_COLOR")
+    alarm = _Alarm(args.on_oof, out)
+    where = f"endpoint {args.endpoint}" if remote and args.endpoint else "locally"
+    if remote and not args.endpoint:
+        where = "on the configured focus endpoint"
+    watch = FolderWatch(
+        args.folder,
+        client=client,
+        params=params,
+        calibration=calibration,
+        baseline=baseline,
+        csv=args.csv,
+        remote_dir=args.remote_dir,
+        interval=args.interval,
+        settle=args.settle,
+        grace=args.grace,
+        batch_size=args.batch_size or 8,
+        include_existing=not args.new_only,
+    )
+    try:
+        done = len({r.path for r in watch.previous})
+        print(
+            f"watching {watch.folder} (scoring {where}"
+            + (f"; {done} file(s) already in {args.csv}" if done else "")
+            + "); Ctrl-C to stop",
+            file=out,
+        )
+        print(f"{'time':<8}  {'features':>9}  {'verdict':<13} {'latency':>7}  section", file=out)
+        with _stop_on_signals() as stop:
+            for scored in watch.follow(
+                idle_exit=args.idle_exit, max_files=args.max_files, stop=stop
+            ):
+                if not args.quiet or scored.flagged or not scored.record.ok:
+                    print(_row(scored, colour), file=out, flush=True)
+                if scored.flagged:
+                    alarm.fire(scored.record)
+                alarm.reap()
+    finally:
+        watch.close()
+        if client is not None:
+            client.close()
+        alarm.reap(wait=10.0)
+    _summary(watch, plot, out)
+    return 0
+
+
+def _summary(watch: Any, plot: str | None, out: TextIO) -> None:
+    import numpy as np
+
+    from .focus._verdict import FLAGGED
+
+    records = watch.records
+    ok = [r for r in records if r.ok]
+    flagged = [r for r in ok if r.verdict in FLAGGED]
+    failed = [r for r in records if not r.ok]
+    print(
+        f"\nthis session: scored {len(ok)} image(s), {len(flagged)} flagged, "
+        f"{len(failed)} not scored",
+        file=out,
+    )
+    for r in flagged:
+        print(f"  {r.verdict.replace('_', ' '):>13}: {r.path}", file=out)
+    for r in failed:
+        print(f"  {r.status:>13}: {r.path}", file=out)
+    if watch.latencies:
+        lat = np.asarray(watch.latencies)
+        print(
+            f"latency from file written to verdict: median {np.median(lat):.2f} s, "
+            f"95th percentile {np.percentile(lat, 95):.2f} s, max {lat.max():.2f} s "
+            f"({lat.size} live file(s))",
+            file=out,
+        )
+    everything = watch.all_records()
+    if plot and everything:
+        from .focus.plot import plot_focus_series
+
+        fig = plot_focus_series(everything, title=f"{watch.folder.name}: features per section")
+        fig.savefig(plot, dpi=120)
+        print(f"wrote {plot} ({len(everything)} section(s), flagged ones labelled)", file=out)
+    sys.stdout.flush()

@@ -1,0 +1,445 @@
+"""Follow an acquisition folder and score each image as soon as it is complete.
+
+:class:`FolderWatch` polls a folder and its subfolders (polling works on the network shares
+instruments write to, where change notifications often do not arrive). A new image file is
+*complete* when its size and modification time have stopped changing for ``settle`` seconds
+and it can be read: a file that is still being written and cannot be decoded yet is tried
+again until ``grace`` seconds after its last change, and only then reported as unreadable.
+Complete files are scored in small batches through a :class:`~scopefx.Client` (the local
+default or an endpoint), and each record comes back with its *latency*: seconds from the
+file's last write to its verdict.
+
+With a CSV (``csv=``) the watch is restart-safe: every record is appended and flushed as it
+comes, and files already in the CSV are never scored again (a torn last line left by a kill is
+dropped). Verdicts continue across restarts: a run baseline is re-seeded from the CSV.
+
+Examples
+--------
+>>> from scopefx.watch import FolderWatch
+>>> with FolderWatch("run/", csv="run-focus.csv") as watch:        # doctest: +SKIP
+...     for scored in watch.follow(idle_exit=60):
+...         print(scored.record.path, scored.record.verdict, f"{scored.latency:.2f} s")
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import ConfigError
+from .focus import CSV_COLUMNS, Calibration, FocusParams, FocusRecord, RunBaseline
+from .focus._verdict import FLAGGED, IN_FOCUS, WARMUP
+from .io import IMAGE_SUFFIXES
+
+__all__ = ["WATCH_COLUMNS", "FolderWatch", "Scored", "read_watch_csv"]
+
+#: Columns of the watch CSV: the focus CSV's, then when and how fast each verdict came.
+WATCH_COLUMNS = (*CSV_COLUMNS, "latency_seconds", "scored_at")
+
+#: Statuses that may mean "still being written": retried until ``grace`` has passed.
+_RETRY_STATUSES = frozenset({"corrupt", "empty", "missing"})
+#: Seconds between tries of a file that could not be read yet.
+_RETRY_EVERY = 0.5
+#: File suffixes never followed (partial downloads, editors' and writers' temporaries).
+_TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")
+#: Suffixes the watch follows: image files (Zarr stores are directories written piecewise).
+_WATCHED_SUFFIXES = frozenset(s for s in IMAGE_SUFFIXES if s != ".zarr")
+
+
+@dataclass
+class Scored:
+    """One scored image (one page of a stack) from :meth:`FolderWatch.follow`."""
+
+    record: FocusRecord
+    """The focus record; ``record.path`` is the local path of the file."""
+    latency: float
+    """Seconds from the file's last write to its verdict."""
+    section: str
+    """The file's path relative to the watched folder."""
+    late: bool = False
+    """``True`` for a warm-up section judged again once the baseline existed."""
+
+    @property
+    def flagged(self) -> bool:
+        return self.record.ok and self.record.verdict in FLAGGED
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return format(value, ".6g") if isinstance(value, float) else str(value)
+
+
+def read_watch_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The complete rows of a watch (or ``scopefx focus``) CSV; a torn last line is skipped."""
+    with open(path, newline="") as handle:
+        text = handle.read()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+class _Csv:
+    """The watch CSV: appended row by row and flushed; a kill loses at most the line being
+    written, which the next start removes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, str]] = []
+        fresh = not path.exists() or path.stat().st_size == 0
+        if not fresh:
+            with path.open("rb+") as handle:  # drop a torn last line left by a kill
+                data = handle.read()
+                if not data.endswith(b"\n"):
+                    handle.truncate(data.rfind(b"\n") + 1)
+            self.rows = read_watch_csv(path)
+            with path.open(newline="") as handle:
+                header = next(csv.reader(handle), [])
+            if not header:
+                fresh = True
+            elif header[0] != "path" or "features" not in header:
+                raise ConfigError(
+                    f"{path} is not a scopefx focus CSV (header {header[:4]}...); "
+                    "give another --csv or move it away"
+                )
+            else:
+                self.columns = header
+        if fresh:
+            self.columns = list(WATCH_COLUMNS)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle: TextIO = path.open("a", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, extrasaction="ignore")
+        if fresh:
+            self.handle.seek(0)
+            self.handle.truncate()
+            self.writer.writeheader()
+            self.handle.flush()
+
+    def append(self, scored: Scored) -> None:
+        row = {k: _fmt(v) for k, v in scored.record.row().items()}
+        row["latency_seconds"] = "" if math.isnan(scored.latency) else f"{scored.latency:.3f}"
+        row["scored_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.writer.writerow(row)
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.rows.append(row)
+
+    def rewrite_verdicts(self, updates: dict[tuple[str, str], FocusRecord]) -> None:
+        """Write new verdicts into existing rows, atomically (for settled warm-up sections)."""
+        self.handle.close()
+        for row in self.rows:
+            record = updates.get((row["path"], row.get("page", "")))
+            if record is not None:
+                for key in ("verdict", "ratio", "defocus_estimate", "bad_cells"):
+                    row[key] = _fmt(getattr(record, key))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        self.handle = self.path.open("a", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, extrasaction="ignore")
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    changed_at: float  # monotonic time when (size, mtime) last changed
+    next_try: float = 0.0  # monotonic time before which a held file is not tried again
+
+
+class FolderWatch:
+    """Follow ``folder`` (and its subfolders) and score each new image once.
+
+    Parameters
+    ----------
+    folder : path-like
+        The acquisition folder (local, or a mount of the endpoint's filesystem).
+    client : Client, optional
+        Where scoring runs; default: the local default (``Client()``). The watch closes a
+        client it made, not one it was given.
+    params, calibration, baseline
+        As for :meth:`Client.iter_focus`. Without a calibration, verdicts are relative to
+        the run; the first ``baseline.warmup`` sections are ``warmup`` until there is a
+        baseline, then judged again (yielded with ``late=True``).
+    csv : path-like, optional
+        Append one row per record; files already in it are skipped (restart-safe).
+    remote_dir : str, optional
+        The watched folder's path on the endpoint, when it differs from ``folder``
+        (references sent are ``remote_dir/<path relative to folder>``).
+    interval : float
+        Seconds between scans of the folder.
+    settle : float
+        Seconds a file's size and time must be unchanged before it is scored.
+    grace : float
+        Seconds after its last change that an unreadable file is tried again before it is
+        reported (a writer may pause).
+    batch_size : int
+        Most files scored per batch (more ready files go in several batches).
+    include_existing : bool
+        Also score files already in the folder when the watch starts (default); ``False``
+        scores only files that appear afterwards.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        client: Any = None,
+        params: FocusParams | None = None,
+        calibration: Calibration | None = None,
+        baseline: RunBaseline | None = None,
+        csv: str | os.PathLike[str] | None = None,
+        remote_dir: str | None = None,
+        interval: float = 0.2,
+        settle: float = 0.25,
+        grace: float = 10.0,
+        batch_size: int = 8,
+        include_existing: bool = True,
+    ) -> None:
+        self.folder = Path(folder).absolute()
+        if not self.folder.is_dir():
+            raise ConfigError(f"watch folder {os.fspath(folder)!r} is not a directory")
+        for name, value in (("interval", interval), ("settle", settle), ("grace", grace)):
+            if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if calibration is not None:
+            calibration.check_params(params or FocusParams())
+        self.params = params
+        self.calibration = calibration
+        self.baseline = baseline if baseline is not None else RunBaseline()
+        self.remote_dir = remote_dir.rstrip("/") if remote_dir else None
+        self.interval, self.settle, self.grace = float(interval), float(settle), float(grace)
+        self.batch_size = batch_size
+        self._own_client = client is None
+        if client is None:
+            from .remote import Client
+
+            client = Client(progress=False)
+        self.client = client
+        self._csv = _Csv(Path(csv)) if csv is not None else None
+        self._done: set[str] = set()
+        self._seen: dict[str, _Seen] = {}
+        self._warmup: list[FocusRecord] = []
+        self.previous: list[FocusRecord] = []
+        """Records of earlier sessions read back from the CSV (in its order)."""
+        self.records: list[FocusRecord] = []
+        """Records of this session, in the order they were scored."""
+        self.latencies: list[float] = []
+        """Latency of each live file of this session (files older than the watch excluded)."""
+        self._started = time.time()
+        if self._csv is not None:
+            self._resume(self._csv.rows)
+        if not include_existing:
+            for path in self._scan():
+                self._done.add(path)
+
+    # -- restart --------------------------------------------------------------------------------
+
+    def _resume(self, rows: list[dict[str, str]]) -> None:
+        for row in rows:
+            self._done.add(os.path.abspath(row["path"]))
+            record = FocusRecord.from_row(row)
+            self.previous.append(record)
+            if self.calibration is None and record.ok and record.verdict in (IN_FOCUS, WARMUP):
+                self.baseline.update(record.density_per_mpx)  # the run's baseline goes on
+
+    # -- finding complete files -----------------------------------------------------------------
+
+    def _scan(self) -> list[str]:
+        found: list[str] = []
+        stack = [self.folder]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue  # removed or unreadable meanwhile
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or name.endswith(_TEMP_SUFFIXES):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if not name.lower().endswith(".zarr"):
+                            stack.append(Path(entry.path))
+                    elif os.path.splitext(name)[1].lower() in _WATCHED_SUFFIXES:
+                        found.append(os.path.abspath(entry.path))
+                except OSError:
+                    continue
+        return found
+
+    def ready(self) -> list[str]:
+        """New files that have stopped changing, oldest first (one scan of the folder)."""
+        now = time.monotonic()
+        wall = time.time()
+        ready: list[tuple[int, str]] = []
+        present = set()
+        for path in self._scan():
+            if path in self._done:
+                continue
+            present.add(path)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            seen = self._seen.get(path)
+            if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
+                # new or still growing; a file written long before we saw it is settled already
+                age = max(0.0, wall - st.st_mtime_ns / 1e9)
+                changed = now - age if seen is None else now
+                self._seen[path] = seen = _Seen(st.st_size, st.st_mtime_ns, changed)
+            if seen.next_try > now:
+                continue
+            if st.st_size > 0 and now - seen.changed_at >= self.settle:
+                ready.append((st.st_mtime_ns, path))
+            elif st.st_size == 0 and now - seen.changed_at >= self.grace:
+                ready.append((st.st_mtime_ns, path))  # still empty after the grace: report it
+        for gone in set(self._seen) - present:
+            del self._seen[gone]
+        return [p for _, p in sorted(ready)]
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    def _ref(self, path: str) -> str:
+        if self.remote_dir is None:
+            return path
+        rel = os.path.relpath(path, self.folder).replace(os.sep, "/")
+        return f"{self.remote_dir}/{rel}"
+
+    def _section(self, path: str) -> str:
+        return os.path.relpath(path, self.folder)
+
+    def _latency(self, path: str) -> float:
+        seen = self._seen.get(path)
+        if seen is None or seen.mtime_ns / 1e9 < self._started:
+            return math.nan  # there before the watch started: a backlog, not a live file
+        return max(0.0, time.time() - seen.mtime_ns / 1e9)
+
+    def score(self, paths: list[str]) -> Iterator[Scored]:
+        """Score ``paths`` in batches; yield what is final, keep what may be still writing."""
+        for start in range(0, len(paths), self.batch_size):
+            batch = paths[start : start + self.batch_size]
+            refs = [self._ref(p) for p in batch]
+            by_ref = dict(zip(refs, batch, strict=True))
+            held: set[str] = set()
+            for record in self.client.iter_focus(
+                refs, params=self.params, calibration=self.calibration, baseline=self.baseline
+            ):  # failed records never enter the baseline, so a held file leaves no trace
+                path = by_ref.get(record.path, record.path)
+                if path in held:
+                    continue
+                if self._hold(path, record):
+                    held.add(path)
+                    continue
+                record.path = path
+                yield self._finish(path, record)
+                if self._warmup and not math.isnan(self.baseline.reference):
+                    yield from self._settle_warmup()
+            for path in batch:
+                if path not in held:
+                    self._done.add(path)
+                    self._seen.pop(path, None)
+
+    def _hold(self, path: str, record: FocusRecord) -> bool:
+        """Whether a failed record may be a file still being written (try it again later)."""
+        if record.ok or record.status not in _RETRY_STATUSES:
+            return False
+        seen = self._seen.get(path)
+        if seen is None:
+            return False
+        if record.status == "missing" and not os.path.exists(path):
+            self._seen.pop(path, None)  # renamed or removed before it was read: forget it
+            self._done.add(path)
+            return True
+        now = time.monotonic()
+        seen.next_try = now + _RETRY_EVERY
+        return now - seen.changed_at < self.grace
+
+    def _finish(self, path: str, record: FocusRecord) -> Scored:
+        scored = Scored(record, self._latency(path), self._section(path))
+        if record.verdict == WARMUP:
+            self._warmup.append(record)
+        self.records.append(record)
+        if record.ok and not math.isnan(scored.latency):
+            self.latencies.append(scored.latency)
+        if self._csv is not None:
+            self._csv.append(scored)
+        return scored
+
+    def _settle_warmup(self) -> Iterator[Scored]:
+        """Judge the warm-up sections against the baseline they built; report them again."""
+        updates = {}
+        for record in self._warmup:
+            record.apply(self.baseline.rejudge(record.density_per_mpx))
+            updates[(record.path, _fmt(record.page))] = record
+        if self._csv is not None:
+            self._csv.rewrite_verdicts(updates)
+        warm, self._warmup = self._warmup, []
+        for record in warm:
+            yield Scored(record, math.nan, self._section(record.path), late=True)
+
+    def poll(self) -> list[Scored]:
+        """One scan: score whatever is complete, return the records."""
+        return list(self.score(self.ready()))
+
+    def follow(
+        self,
+        *,
+        idle_exit: float | None = None,
+        max_files: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[Scored]:
+        """Scan every ``interval`` and yield each record as it is scored, until ``stop`` is set,
+        ``idle_exit`` seconds pass without a new file, or ``max_files`` files are done."""
+        stop = stop or threading.Event()
+        last_new = time.monotonic()
+        files = 0
+        while not stop.is_set():
+            for scored in self.score(self.ready()):
+                last_new = time.monotonic()
+                if not scored.late and scored.record.page in (None, 0):
+                    files += 1
+                yield scored
+            if max_files is not None and files >= max_files:
+                return
+            if self._seen:  # files still being written or retried are activity
+                last_new = max(last_new, max(s.changed_at for s in self._seen.values()))
+            elif idle_exit is not None and time.monotonic() - last_new >= idle_exit:
+                return
+            stop.wait(self.interval)
+
+    # -- summary --------------------------------------------------------------------------------
+
+    def all_records(self) -> list[FocusRecord]:
+        """Every record of the run: earlier sessions' (from the CSV) then this session's."""
+        return [*self.previous, *self.records]
+
+    def close(self) -> None:
+        if self._csv is not None:
+            self._csv.close()
+        if self._own_client:
+            self.client.close()
+
+    def __enter__(self) -> FolderWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

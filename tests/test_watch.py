@@ -1,0 +1,290 @@
+"""``scopefx watch`` / :class:`scopefx.watch.FolderWatch` on folders written while they run.
+
+A writer thread (or the test itself) writes sections slowly, in pieces with pauses, into
+subfolders; one file stays truncated, one is written under a temporary name and renamed, one is
+not an image. The watch is stopped or killed part-way and restarted on the same CSV. Every
+image must end up in the CSV exactly once, and exactly the planted out-of-focus sections must
+be flagged.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scopefx.errors import ConfigError
+from scopefx.watch import WATCH_COLUMNS, FolderWatch, read_watch_csv
+
+SIZE = 256
+#: Sections planted out of focus (after the run baseline's 5 warm-up sections).
+PLANTED_OOF = {6, 11}
+N_SECTIONS = 14
+CORRUPT = 9
+
+
+def _section(i: int) -> bytes:
+    """TIFF bytes of section ``i``: a shifted crop of a bundled histology image, sharp or, for
+    the planted ones, defocused by 5 px, with detector noise."""
+    import tifffile
+
+    from scopefx.samples import acquire, bundled_image, defocus
+
+    base = bundled_image("immunohistochemistry", size=SIZE + 32)
+    crop = base[i % 32 : i % 32 + SIZE, (3 * i) % 32 : (3 * i) % 32 + SIZE]
+    pixels = acquire(defocus(crop, 5.0 if i in PLANTED_OOF else 0.0), seed=i)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels)
+    data = buffer.getvalue()
+    return data[: len(data) // 3] if i == CORRUPT else data
+
+
+def _name(folder: Path, i: int) -> Path:
+    return folder / f"grid{i % 2}" / f"section_{i:04d}.tif"
+
+
+def _write_slowly(path: Path, data: bytes, *, pieces: int = 3, pause: float = 0.08) -> None:
+    """Write ``data`` in ``pieces`` with pauses, as an instrument streaming a frame does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    step = -(-len(data) // pieces)
+    with path.open("wb") as handle:
+        for k in range(0, len(data), step):
+            handle.write(data[k : k + step])
+            handle.flush()
+            time.sleep(pause)
+
+
+def _writer(folder: Path, sections: range, *, gap: float = 0.15) -> None:
+    for i in sections:
+        data = _section(i)
+        target = _name(folder, i)
+        if i == 4:  # written under a temporary name, then renamed into place
+            _write_slowly(target.with_name(target.name + ".part"), data)
+            os.replace(target.with_name(target.name + ".part"), target)
+        elif i == 8:  # a long pause mid-write, longer than `settle`: tried, held, finished
+            _write_slowly(target, data, pieces=2, pause=0.7)
+        else:
+            _write_slowly(target, data)
+        time.sleep(gap)
+
+
+def _csv_paths(path: Path) -> list[str]:
+    return [row["path"] for row in read_watch_csv(path)]
+
+
+def _expected(folder: Path) -> set[str]:
+    return {str(_name(folder, i).absolute()) for i in range(N_SECTIONS)}
+
+
+def _planted(folder: Path) -> set[str]:
+    return {str(_name(folder, i).absolute()) for i in PLANTED_OOF}
+
+
+@pytest.mark.slow
+def test_watch_finds_every_file_once_across_a_restart(tmp_path: Path) -> None:
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    (acq / "notes.txt").write_text("not an image")
+    table = tmp_path / "focus.csv"
+    writer = threading.Thread(target=_writer, args=(acq, range(N_SECTIONS)))
+    writer.start()
+    try:
+        with FolderWatch(acq, csv=table, settle=0.25, grace=2.0) as first:
+            seen_first = [s for s in first.follow(max_files=6, idle_exit=20)]
+        assert writer.is_alive(), "the restart must happen part-way through the acquisition"
+        with FolderWatch(acq, csv=table, settle=0.25, grace=2.0) as second:
+            assert {r.path for r in second.previous} == {s.record.path for s in seen_first}
+            seen_second = list(second.follow(idle_exit=2.0))
+    finally:
+        writer.join()
+
+    paths = _csv_paths(table)
+    counts = collections.Counter(paths)
+    assert set(counts) == _expected(acq), "every image once, nothing else (no .part, no .txt)"
+    assert max(counts.values()) == 1
+    live = [s for s in [*seen_first, *seen_second] if not s.late]
+    assert sorted(s.record.path for s in live) == sorted(paths)
+
+    rows = {row["path"]: row for row in read_watch_csv(table)}
+    statuses = {p: row["status"] for p, row in rows.items()}
+    corrupt = str(_name(acq, CORRUPT).absolute())
+    assert statuses.pop(corrupt) == "corrupt"
+    assert set(statuses.values()) == {"ok"}, "a file caught mid-write is retried, not reported"
+    flagged = {p for p, row in rows.items() if row["verdict"] in ("out_of_focus", "partial")}
+    assert flagged == _planted(acq)
+    live_flagged = {s.record.path for s in [*seen_first, *seen_second] if s.flagged}
+    assert live_flagged == _planted(acq), "flagged when scored, not only in the CSV"
+    # the warm-up sections were settled against the baseline and rewritten in place
+    assert all(row["verdict"] == "in_focus" for p, row in rows.items()
+               if row["status"] == "ok" and p not in _planted(acq))  # fmt: skip
+    for row in rows.values():
+        if row["status"] == "ok" and row["latency_seconds"]:
+            assert float(row["latency_seconds"]) >= 0
+    # the summary covers both sessions
+    assert len(second.all_records()) == N_SECTIONS
+
+
+def test_torn_last_line_is_dropped_and_foreign_csv_refused(tmp_path: Path) -> None:
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    for i in range(2):
+        _name(acq, i).parent.mkdir(parents=True, exist_ok=True)
+        _name(acq, i).write_bytes(_section(i))
+    table = tmp_path / "focus.csv"
+    with FolderWatch(acq, csv=table, settle=0) as watch:
+        assert len(watch.poll()) == 2
+    torn = str(_name(acq, 1).absolute())
+    text = table.read_text()
+    # a kill while the second row was being written leaves a torn line
+    table.write_text(text[: text.index(torn)] + torn + ",,o")
+    with FolderWatch(acq, csv=table, settle=0) as watch:
+        assert [r.path for r in watch.previous] == [str(_name(acq, 0).absolute())]
+        again = watch.poll()
+    assert [s.record.path for s in again] == [torn]
+    assert _csv_paths(table) == [str(_name(acq, 0).absolute()), torn]
+    with table.open() as handle:
+        assert next(csv.reader(handle)) == list(WATCH_COLUMNS)
+
+    other = tmp_path / "other.csv"
+    other.write_text("x,y\n1,2\n")
+    with pytest.raises(ConfigError, match="not a scopefx focus CSV"):
+        FolderWatch(acq, csv=other)
+    with pytest.raises(ConfigError, match="not a directory"):
+        FolderWatch(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="settle"):
+        FolderWatch(acq, settle=-1)
+
+
+def test_new_only_and_files_removed_before_reading(tmp_path: Path) -> None:
+    acq = tmp_path / "acq"
+    (acq / "grid0").mkdir(parents=True)
+    _name(acq, 0).write_bytes(_section(0))
+    with FolderWatch(acq, settle=0, include_existing=False) as watch:
+        assert watch.poll() == []
+        _name(acq, 2).write_bytes(_section(2))
+        gone = acq / "grid0" / "vanishes.tif"
+        gone.write_bytes(_section(3))
+        assert watch.ready() == [str(_name(acq, 2).absolute()), str(gone.absolute())]
+        gone.unlink()  # removed after it was seen complete, before it was read
+        scored = list(watch.score([str(_name(acq, 2).absolute()), str(gone.absolute())]))
+    assert [s.record.path for s in scored] == [str(_name(acq, 2).absolute())]
+
+
+def _watch_cmd(acq: Path, table: Path, log: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "scopefx", "watch", str(acq), "--csv", str(table),
+        "--grace", "2", "--on-oof", f"echo {{}} >> {log}", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_killed_and_restarted(tmp_path: Path) -> None:
+    """The real command: SIGKILL part-way, a torn line, a restart ended by Ctrl-C."""
+    acq, table, log = tmp_path / "acq", tmp_path / "focus.csv", tmp_path / "oof.log"
+    acq.mkdir()
+    env = dict(os.environ, NO_COLOR="1", MPLBACKEND="Agg")
+    first = subprocess.Popen(
+        _watch_cmd(acq, table, log), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    try:
+        _writer(acq, range(8))
+        deadline = time.monotonic() + 60
+        while len(_csv_paths(table) if table.exists() else []) < 7:
+            assert time.monotonic() < deadline, "the watch scored nothing"
+            time.sleep(0.1)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    n_first = len(_csv_paths(table))
+    with table.open("a") as handle:  # as if killed while writing a row
+        handle.write(str(_name(acq, 99).absolute()) + ",,ok,,12")
+
+    second = subprocess.Popen(
+        _watch_cmd(acq, table, log), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        text=True,
+    )  # fmt: skip
+    try:
+        _writer(acq, range(8, N_SECTIONS))
+        deadline = time.monotonic() + 60
+        while len(_csv_paths(table)) < N_SECTIONS:
+            assert time.monotonic() < deadline, "the restarted watch did not finish"
+            assert second.poll() is None, second.communicate()[0]
+            time.sleep(0.1)
+        second.send_signal(signal.SIGINT)  # Ctrl-C: stop cleanly and write the summary
+        output, _ = second.communicate(timeout=60)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert second.returncode == 0, output
+
+    counts = collections.Counter(_csv_paths(table))
+    assert set(counts) == _expected(acq) and max(counts.values()) == 1
+    assert "section(s), flagged ones labelled" in output
+    assert table.with_suffix(".png").stat().st_size > 0
+    assert f"{n_first} file(s) already in" in output  # the torn row was dropped
+    flagged_lines = [line for line in output.splitlines() if line.endswith("<- re-acquire")]
+    assert [line.split()[-3] for line in flagged_lines] == ["grid1/section_0011.tif"]
+    # --on-oof ran once per planted section, across both processes
+    assert sorted(log.read_text().split()) == sorted(_planted(acq))
+
+
+def test_watch_on_an_endpoint_engine(tmp_path: Path) -> None:
+    """Scoring on a real GlobusComputeEngine whose data root holds the folder under another
+    path: references go out as ``--remote-dir`` paths, the CSV keeps the local ones."""
+    from scopefx import Client
+    from scopefx.remote._engine import EngineExecutor
+
+    root = tmp_path / "root"
+    acq = root / "instrument" / "run7"
+    acq.mkdir(parents=True)
+    for i in (0, 1, CORRUPT):
+        _name(acq, i).parent.mkdir(parents=True, exist_ok=True)
+        _name(acq, i).write_bytes(_section(i))
+    ex = EngineExecutor(1, env={"SCOPEFX_DATA_ROOTS": str(root)})
+    try:
+        with (
+            Client(ex, progress=False) as client,
+            FolderWatch(
+                acq, client=client, csv=tmp_path / "f.csv", remote_dir="instrument/run7",
+                settle=0, grace=0,
+            ) as watch,
+        ):  # fmt: skip
+            scored = watch.poll()
+    finally:
+        ex.shutdown()
+    by_path = {s.record.path: s.record for s in scored}
+    assert set(by_path) == {str(_name(acq, i).absolute()) for i in (0, 1, CORRUPT)}
+    assert by_path[str(_name(acq, CORRUPT).absolute())].status == "corrupt"
+    assert all(by_path[str(_name(acq, i).absolute())].features > 0 for i in (0, 1))
+    local = {r.path: r.features for r in scored_locally(acq)}
+    assert {p: r.features for p, r in by_path.items() if r.ok} == local
+
+
+def scored_locally(acq: Path) -> list:
+    from scopefx import score_files
+
+    return [r for r in score_files(sorted(str(p.absolute()) for p in acq.rglob("*.tif"))) if r.ok]
+
+
+def test_latency_is_reported_for_live_files_only(tmp_path: Path) -> None:
+    acq = tmp_path / "acq"
+    (acq / "grid0").mkdir(parents=True)
+    old = _name(acq, 0)
+    old.write_bytes(_section(0))
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    with FolderWatch(acq, settle=0) as watch:
+        backlog = watch.poll()
+        _name(acq, 2).write_bytes(_section(2))
+        live = watch.poll()
+    assert np.isnan(backlog[0].latency)
+    assert live[0].latency >= 0 and watch.latencies == [live[0].latency]
