@@ -119,3 +119,30 @@ def test_demo_runs_from_the_installed_command(tmp_path):
     assert verdicts["section_0022.tif"][0] == "corrupt"
     assert sum(v == ("ok", "in_focus") for v in verdicts.values()) == 19
     assert "out of focus" in result.stdout
+    # every planted out-of-focus or partial section is flagged, and nothing else
+    out = tmp_path / "d"
+    with (out / "planted.csv").open() as handle:
+        planted = {
+            r["path"] for r in csv.DictReader(handle) if r["planted"] in ("out_of_focus", "partial")
+        }
+    flagged = {
+        name for name, (_, verdict) in verdicts.items() if verdict in ("out_of_focus", "partial")
+    }
+    assert flagged == planted
+    with (out / "focus_baseline.csv").open() as handle:
+        baseline = {r["path"].rsplit("/", 1)[-1] for r in csv.DictReader(handle)
+                    if r["verdict"] in ("out_of_focus", "partial")}  # fmt: skip
+    assert baseline == planted
+    assert "through scopefx.Client's local default" in result.stdout
+    for name in (
+        "focus.png",
+        "focus_maps.png",
+        "calibration.png",
+        "mosaic.png",
+        "calibration.json",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    import zarr
+
+    mosaic = zarr.open_group(str(out / "mosaic.ome.zarr"), mode="r")
+    assert mosaic["0"].shape[-2:] == (1367, 1367) and int(mosaic["0"][:].max()) > 0

@@ -8,6 +8,8 @@ from typing import TextIO
 
 import numpy as np
 
+from .focus._verdict import FLAGGED
+
 __all__ = ["make_demo_run", "run_demo"]
 
 #: Sections of the demo run that are planted out of focus (|defocus| in blur px), and partial.
@@ -78,62 +80,88 @@ def make_demo_mosaic(folder: Path, *, tile_px: int = 384) -> Path:
 
 
 def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) -> None:
-    """Generate the sample run, calibrate on its through-focus series, score it, report."""
-    from .cli import main
+    """Generate the sample run, then calibrate, score and fuse it through :class:`Client`'s
+    local default (the same calls an edge or HPC endpoint answers), and report."""
+    import os
+
+    from . import Calibration, Client, FocusParams, FusionParams, RunBaseline
+    from .cli import _CsvSink, _line, _summary
+    from .focus._batch import rejudge_warmup
+    from .focus.plot import plot_calibration, plot_focus_maps, plot_focus_series
 
     print(f"scopefx demo: writing a sample run under {folder}/ ...", file=out)
     made = make_demo_run(folder, size=size, sections=sections)
-    print("\n== 1. calibrate on the through-focus series (defocus -6..6) ==", file=out)
-    calibration = folder / "calibration.json"
-    main(
-        [
-            "calibrate",
-            "--defocus",
-            str(made["through_focus"]),
-            "-o",
-            str(calibration),
-            "--max-defocus",
-            "1.5",
-            "--unit",
-            "px-blur",
-            "--plot",
-            str(folder / "calibration.png"),
-        ],
-        out=out,
-    )
-    print("\n== 2. score the run: verdicts from the calibration ==", file=out)
-    main(
-        [
-            "focus",
-            str(made["run"]),
-            "--calibration",
-            str(calibration),
-            "--cell-px",
-            "128",
-            "--csv",
-            str(folder / "focus.csv"),
-            "--plot",
-            str(folder / "focus.png"),
-            "--maps",
-            str(folder / "focus_maps.png"),
-        ],
-        out=out,
-    )
-    print(
-        "\n== 3. the same run without calibration: verdicts from the run's own baseline ==",
-        file=out,
-    )
-    main(
-        ["focus", str(made["run"]), "--quiet", "--csv", str(folder / "focus_baseline.csv")], out=out
-    )
-    print("\n== 4. fuse a 4x4 tile mosaic to OME-Zarr (tile 5 is out of focus) ==", file=out)
     tiles = make_demo_mosaic(folder / "mosaic_tiles")
-    mosaic = folder / "mosaic.ome.zarr"
-    main(
-        ["fuse", str(tiles), "-o", str(mosaic), "--blend", "focus", "--overwrite", "--quiet",
-         "--pixel-size", "0.5", "--preview", str(folder / "mosaic.png")],
-        out=out,
-    )  # fmt: skip
+    colour = out.isatty() and not os.environ.get("NO_COLOR")
+    params = FocusParams(cell_px=128)
+    with Client(progress=False) as client:  # the local default: no account, no network
+        info = client.info()
+        print(
+            f"running through scopefx.Client's local default (scopefx {info['scopefx']}, "
+            f"{info['backend']}, host {info['host']}); with an endpoint configured the same "
+            "calls go to it",
+            file=out,
+        )
+        print("\n== 1. calibrate on the through-focus series (defocus -6..6) ==", file=out)
+        with made["through_focus"].open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        refs = [str(made["through_focus"].parent / row["path"]) for row in rows]
+        series = client.score_focus(refs, params=params)
+        defocus = [float(row["defocus"]) for row, r in zip(rows, series, strict=True) if r.ok]
+        density = [r.density_per_mpx for r in series if r.ok]
+        calibration = Calibration.fit(
+            defocus, density, params=params, max_defocus=1.5, unit="px-blur"
+        )
+        calibration.save(folder / "calibration.json")
+        plot_calibration(calibration, defocus, density).savefig(folder / "calibration.png", dpi=120)
+        print(
+            f"calibrated on {calibration.n} images: r = {calibration.r:.4f}; in focus down to "
+            f"{calibration.min_density:.0f} features/Mpx (|defocus| <= 1.5 px of blur)",
+            file=out,
+        )
+
+        print("\n== 2. score the run: verdicts from the calibration ==", file=out)
+        run = sorted(str(p) for p in made["run"].glob("*.tif"))
+        sink = _CsvSink(str(folder / "focus.csv"))
+        records = []
+        try:
+            for record in client.iter_focus(run, params=params, calibration=calibration):
+                records.append(record)
+                sink.write(record)
+                print(_line(record, colour), file=out)
+        finally:
+            sink.close()
+        _summary(records, out)
+        plot_focus_series(records).savefig(folder / "focus.png", dpi=120)
+        plot_focus_maps(records).savefig(folder / "focus_maps.png", dpi=120)
+
+        print(
+            "\n== 3. the same run without calibration: verdicts from the run's own baseline ==",
+            file=out,
+        )
+        baseline = RunBaseline()
+        relative = list(client.iter_focus(run, params=params, baseline=baseline))
+        rejudge_warmup(relative, baseline)
+        sink = _CsvSink(str(folder / "focus_baseline.csv"))
+        for record in relative:
+            sink.write(record)
+        sink.close()
+        flagged = [Path(r.path).name for r in relative if r.ok and r.verdict in FLAGGED]
+        print(f"flagged against the run's baseline: {', '.join(flagged) or 'none'}", file=out)
+
+        print("\n== 4. fuse a 4x4 tile mosaic to OME-Zarr (tile 5 is out of focus) ==", file=out)
+        mosaic = folder / "mosaic.ome.zarr"
+        result = client.fuse(
+            tiles, mosaic, params=FusionParams(blend="focus"), overwrite=True,
+            pixel_size_um=0.5, preview=str(folder / "mosaic.png"),
+        )  # fmt: skip
+        shape = "x".join(str(v) for v in result["shape"])
+        print(
+            f"{mosaic}: {shape} {result['dtype']}, {result['levels']} levels, "
+            f"{result['n_tiles']} tiles, blend 'focus' (the sharper tile wins in overlaps), "
+            f"{result['seconds']:.1f} s",
+            file=out,
+        )
     print(
         f"\nplanted truth: {made['planted']} (sections 7, 15, 19 out of focus; 11 half out of "
         "focus; 22 truncated)",
@@ -142,6 +170,11 @@ def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) 
     print(f"mosaic: {mosaic} (open with: napari --plugin napari-ome-zarr {mosaic})", file=out)
     print(
         f"report: {folder / 'focus.csv'}; plots: {folder / 'focus.png'}, "
-        f"{folder / 'focus_maps.png'}, {folder / 'calibration.png'}",
+        f"{folder / 'focus_maps.png'}, {folder / 'calibration.png'}, {folder / 'mosaic.png'}",
+        file=out,
+    )
+    print(
+        f"next: follow a live acquisition with `scopefx watch DIR --calibration "
+        f"{folder / 'calibration.json'} --csv focus.csv`",
         file=out,
     )
