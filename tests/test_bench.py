@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("focus_speed.py", ["focus_score exact", "blob_dog", ">= 20x"]),
         ("fusion.py", ["scopefx s", "RMSE", "plan 10,000 tiles"]),
         ("remote.py", ["overhead ms/img", "overhead %", "batch"]),
+        ("watch.py", ["median s", "latency / scoring", "target: latency < 1 s"]),
     ],
 )
 def test_benchmark_runs_in_quick_mode(script, expected, tmp_path):
