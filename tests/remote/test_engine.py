@@ -137,3 +137,27 @@ def test_fuse_mosaic_in_the_engine_refuses_then_writes(engine, data_root):
     escape = {"tiles": "mosaic/tiles.csv", "output": "/tmp/escape.ome.zarr"}
     with pytest.raises(RemoteTaskError, match="AccessDeniedError"):
         engine.submit(functions.fuse_mosaic, escape).result(timeout=120)
+
+
+def test_a_result_over_the_size_limit_is_split_not_lost(engine, data_root, caplog):
+    """256 records with 4,096-cell focus maps are about 13 MB, over the endpoint's 10 MiB
+    result limit (``MaxResultSizeExceeded``, raised by the engine itself): the client sends
+    the batch again as two halves, and every record comes back equal to the local result."""
+    import os
+
+    from scopefx.samples import write_defocus_series
+
+    big = data_root / "big"
+    if not big.exists():
+        write_defocus_series(big, [0.0, 4.0], size=512, seed=5)
+        for i in range(256):
+            os.link(big / f"section_{i % 2:04d}.tif", big / f"ref_{i:04d}.tif")
+    refs = [f"big/ref_{i:04d}.tif" for i in range(256)]
+    with Client(engine, batch_size=256, progress=False) as client:
+        with caplog.at_level(logging.WARNING, logger="scopefx.remote.client"):
+            records = client.score_focus(refs, cell_px=8)
+    assert "over the size limit" in caplog.text
+    assert [r.status for r in records] == ["ok"] * 256
+    assert records[0].focus_map.size == 4096
+    assert {r.features for r in records[0::2]} == {records[0].features}
+    assert records[1].features < records[0].features  # the defocused one

@@ -54,7 +54,15 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, errors.ScopefxError):
         return False
     text = f"{type(exc).__name__}: {exc}"
+    if "MaxResultSizeExceeded" in text:  # the same task gives the same result
+        return False
     return not any(name in text for name in errors.__all__)
+
+
+def _too_large(exc: BaseException) -> bool:
+    """Whether a task failed because its result was over the endpoint's size limit
+    (Globus Compute's ``MaxResultSizeExceeded``, also when it arrives as text)."""
+    return "MaxResultSizeExceeded" in f"{type(exc).__name__}: {exc}"
 
 
 def _to_record(item: dict[str, Any]) -> list[Any]:
@@ -348,64 +356,86 @@ class Client:
     def _gather(
         self, batches: list[list[str]], submit: Callable[[list[str]], cf.Future[Any]]
     ) -> Iterator[list[Any]]:
-        """Submit every batch, retry failed tasks, and yield each batch's records in order."""
-        from tqdm.auto import tqdm
+        """Submit every batch, retry failed tasks, and yield each batch's records in order.
 
+        A task whose result is over the endpoint's size limit (large focus maps, many pages)
+        is split in two and each half sent again, down to single references; only a single
+        reference whose result alone is too large fails.
+        """
         from ..focus import FocusRecord
 
+        if self.progress is False:  # tqdm.auto warns in a kernel without ipywidgets
+            from tqdm import tqdm
+        else:
+            from tqdm.auto import tqdm
+
         total = sum(len(b) for b in batches)
-        results: dict[int, list[Any]] = {}
-        attempts = dict.fromkeys(range(len(batches)), 0)
-        pending: dict[cf.Future[Any], int] = {}
+        parts: dict[int, dict[int, list[Any]]] = {k: {} for k in range(len(batches))}
+        left = {k: len(b) for k, b in enumerate(batches)}
+        attempts: dict[tuple[int, int, int], int] = {}
+        pending: dict[cf.Future[Any], tuple[int, int, int]] = {}
         bar = tqdm(
             total=total, unit="img", disable=None if self.progress is None else not self.progress
         )
 
-        def send(k: int) -> None:
+        def send(key: tuple[int, int, int]) -> None:
+            k, lo, hi = key
             try:
-                pending[submit(batches[k])] = k
+                pending[submit(batches[k][lo:hi])] = key
             except Exception as exc:  # submission itself failed: count it as an attempt
                 failed: cf.Future[Any] = cf.Future()
                 failed.set_exception(exc)
-                pending[failed] = k
+                pending[failed] = key
+
+        def settle(key: tuple[int, int, int], records: list[Any]) -> None:
+            k, lo, hi = key
+            parts[k][lo] = records
+            left[k] -= hi - lo
+            bar.update(hi - lo)
 
         try:
-            for k in range(len(batches)):
-                send(k)
+            for k, batch in enumerate(batches):
+                send((k, 0, len(batch)))
             following = 0
             while pending:
                 done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
                 for future in done:
-                    k = pending.pop(future)
-                    batch = batches[k]
+                    key = pending.pop(future)
+                    k, lo, hi = key
+                    refs = batches[k][lo:hi]
                     try:
                         items = future.result()
-                        if not isinstance(items, list) or len(items) != len(batch):
+                        if not isinstance(items, list) or len(items) != len(refs):
                             raise EndpointError(
                                 f"score_focus returned {type(items).__name__} of "
                                 f"{len(items) if isinstance(items, list) else '?'} items for "
-                                f"{len(batch)} references"
+                                f"{len(refs)} references"
                             )
-                        results[k] = [r for item in items for r in _to_record(item)]
-                        bar.update(len(batch))
+                        settle(key, [r for item in items for r in _to_record(item)])
                     except Exception as exc:
-                        attempts[k] += 1
-                        if attempts[k] <= self.max_retries and is_transient(exc):
+                        if _too_large(exc) and hi - lo > 1:
+                            mid = (lo + hi) // 2
+                            log.warning("result of %d references over the size limit; sending "
+                                        "them as two tasks", hi - lo)  # fmt: skip
+                            send((k, lo, mid))
+                            send((k, mid, hi))
+                            continue
+                        attempts[key] = attempts.get(key, 0) + 1
+                        if attempts[key] <= self.max_retries and is_transient(exc):
                             log.warning("task of %d references failed (%s: %s); retry %d of %d",
-                                        len(batch), type(exc).__name__, exc, attempts[k],
+                                        len(refs), type(exc).__name__, exc, attempts[key],
                                         self.max_retries)  # fmt: skip
-                            send(k)
+                            send(key)
                             continue
                         message = (
-                            f"task failed after {attempts[k]} attempt(s): "
+                            f"task failed after {attempts[key]} attempt(s): "
                             f"{type(exc).__name__}: {exc}"
                         )
-                        results[k] = [
-                            FocusRecord(path=ref, status="failed", error=message) for ref in batch
-                        ]
-                        bar.update(len(batch))
-                while following in results:
-                    yield results.pop(following)
+                        settle(key, [FocusRecord(path=r, status="failed", error=message)
+                                     for r in refs])  # fmt: skip
+                while following < len(batches) and left[following] == 0:
+                    pieces = parts.pop(following)
+                    yield [r for lo in sorted(pieces) for r in pieces[lo]]
                     following += 1
         finally:
             bar.close()
