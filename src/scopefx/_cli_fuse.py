@@ -25,7 +25,9 @@ def add_fuse_parser(sub: Any) -> None:
         "--pixel-size, optional affine and focus columns) or a Fiji TileConfiguration.txt.",
     )
     p.add_argument("tiles", metavar="TILES", help="tile table (.csv or TileConfiguration .txt)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.ome.zarr")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT.ome.zarr", help="the OME-Zarr mosaic to write"
+    )
     p.add_argument("--blend", choices=BLENDS, default=d.blend, help="default: %(default)s")
     p.add_argument(
         "--chunk", type=int, default=None, metavar="N", help="chunk side (default: 1024 2D, 256 3D)"

@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "paths", nargs="*", metavar="PATHS", help="images (default: those in --defocus)"
     )
-    cal.add_argument("-r", "--recursive", action="store_true")
+    cal.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders")
     src = cal.add_mutually_exclusive_group(required=True)
     src.add_argument("--defocus", metavar="CSV", help="table with columns path,defocus")
     src.add_argument(
@@ -442,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("focus", "working_distance"),
         help="take the focus coordinate from instrument metadata (best focus is fitted)",
     )
-    cal.add_argument("-o", "--output", required=True, metavar="CAL.json")
+    cal.add_argument(
+        "-o", "--output", required=True, metavar="CAL.json", help="where to write the calibration"
+    )
     cal.add_argument("--plot", metavar="OUT.png", help="plot the series and the fit")
     cal.add_argument(
         "--max-defocus",
@@ -454,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--unit", default="um", help="unit of the defocus values (default: %(default)s)"
     )
     cal.add_argument("--fit-center", action="store_true", help="fit the position of best focus")
-    cal.add_argument("--workers", type=int, default=1)
+    cal.add_argument("--workers", type=int, default=1, help="images scored at once (default: 1)")
     _add_focus_options(cal)
     cal.set_defaults(func=cmd_calibrate)
 
