@@ -16,8 +16,10 @@ interpolated back (cubic).
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,7 @@ _CUTOFF_FACTOR = math.sqrt(2 * math.log(1 / _SPECTRUM_EPS)) / math.pi
 FAST_SAMPLES_PER_SIGMA = 3.0
 #: ... and d is at most this (each decimation level costs one full-size interpolation).
 FAST_MAX_DECIMATION = 8
-_CACHE_BYTES = 256 * 2**20  # a 4096^2 plan (~120 MiB) is kept; 8192^2 is rebuilt
+_CACHE_BYTES = 256 * 2**20  # all cached plans together: two 4096^2 plans (~120 MiB each)
 
 
 def _cutoff(n: int, sigma: float) -> int:
@@ -94,16 +96,40 @@ def _build_plan(
     return tuple(plan)
 
 
-_cached_plan = functools.lru_cache(maxsize=8)(_build_plan)
+_plans: collections.OrderedDict[tuple[Any, ...], tuple[int, tuple[Any, ...]]] = (
+    collections.OrderedDict()
+)
+_plans_lock = threading.Lock()
+
+
+def _device_id(backend: Backend) -> int:
+    """The device a plan's arrays live on: -1 for host memory, else the current CUDA device."""
+    return int(backend.xp.cuda.Device().id) if backend.is_gpu else -1
 
 
 def _plan(
     shape: tuple[int, int], sigmas: tuple[float, ...], sign: float, mode: str, backend: Backend
 ) -> tuple[tuple[int, int, int, Any], ...]:
-    """The band plan, cached per (shape, scales, polarity, mode, device) while it is small."""
+    """The band plan, cached per (shape, scales, polarity, mode, backend, device).
+
+    The cache holds at most ``_CACHE_BYTES`` of plans in all, least recently used out first,
+    so a long-lived process (``scopefx watch``, an endpoint worker) seeing many image sizes
+    stays bounded; a plan larger than the whole budget is built for each call.
+    """
     nbytes = 4 * sum(ry * rx for _, ry, rx in _band_sizes(shape, sigmas, mode))
-    build = _cached_plan if nbytes <= _CACHE_BYTES else _build_plan
-    return build(shape, sigmas, sign, mode, backend)
+    key = (shape, sigmas, sign, mode, backend.name, _device_id(backend))
+    with _plans_lock:
+        hit = _plans.get(key)
+        if hit is not None:
+            _plans.move_to_end(key)
+            return hit[1]
+    plan = _build_plan(shape, sigmas, sign, mode, backend)
+    if nbytes <= _CACHE_BYTES:
+        with _plans_lock:
+            _plans[key] = (nbytes, plan)
+            while sum(n for n, _ in _plans.values()) > _CACHE_BYTES:
+                _plans.popitem(last=False)
+    return plan
 
 
 @functools.lru_cache(maxsize=32)
