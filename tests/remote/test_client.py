@@ -132,6 +132,16 @@ def test_batch_size_is_auto_and_bounded(in_root):
         Client(batch_size=0)
 
 
+def test_a_batch_size_over_the_payload_budget_is_lowered_with_a_warning(caplog):
+    with (
+        Client(batch_size=1000, progress=False) as client,
+        caplog.at_level(logging.WARNING, logger="scopefx.remote.client"),
+    ):
+        assert client._batch_size(["a.tif"] * 2000, "focus") == 256
+        client._batch_size(["a.tif"] * 2000, "focus")
+    assert caplog.text.count("batch_size 1000 lowered to 256") == 1
+
+
 def test_fuse_through_the_local_default(in_root):
     with Client(progress=False) as client:
         one = client.fuse("mosaic/tiles.csv", "out/client.ome.zarr", params={"chunk_px": 64})

@@ -153,9 +153,11 @@ def test_a_result_over_the_size_limit_is_split_not_lost(engine, data_root, caplo
         for i in range(256):
             os.link(big / f"section_{i % 2:04d}.tif", big / f"ref_{i:04d}.tif")
     refs = [f"big/ref_{i:04d}.tif" for i in range(256)]
-    with Client(engine, batch_size=256, progress=False) as client:
-        with caplog.at_level(logging.WARNING, logger="scopefx.remote.client"):
-            records = client.score_focus(refs, cell_px=8)
+    with (
+        Client(engine, batch_size=256, progress=False) as client,
+        caplog.at_level(logging.WARNING, logger="scopefx.remote.client"),
+    ):
+        records = client.score_focus(refs, cell_px=8)
     assert "over the size limit" in caplog.text
     assert [r.status for r in records] == ["ok"] * 256
     assert records[0].focus_map.size == 4096

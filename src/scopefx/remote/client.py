@@ -166,6 +166,7 @@ class Client:
             )  # fmt: skip
             self.manifest = None
         self.endpoint_names: dict[str, str] = {}
+        self._warned_batch = False
 
     # -- construction from the user's configuration --------------------------------------------
 
@@ -310,7 +311,15 @@ class Client:
             )
             size = max(1, min(_MAX_AUTO_BATCH, math.ceil(len(refs) / (4 * workers))))
         longest = max((len(r.encode()) for r in refs), default=1) + 8
-        return max(1, min(size, _BATCH_BUDGET_BYTES // max(longest, _RECORD_BYTES)))
+        bounded = max(1, min(size, _BATCH_BUDGET_BYTES // max(longest, _RECORD_BYTES)))
+        if self.batch_size is not None and bounded < self.batch_size and not self._warned_batch:
+            self._warned_batch = True
+            log.warning(
+                "batch_size %d lowered to %d to keep each task's arguments and result far "
+                "below Globus Compute's %d MiB limit", self.batch_size, bounded,
+                PAYLOAD_LIMIT_BYTES // 2**20,
+            )  # fmt: skip
+        return bounded
 
     def iter_focus(
         self,
