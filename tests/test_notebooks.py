@@ -1,7 +1,8 @@
 """The notebooks in ``notebooks/`` run top to bottom in a fresh ``python3`` kernel of this
 interpreter, and are committed without outputs.
 
-Each runs with its working directory and ``TMPDIR`` in pytest's temporary folder, so nothing is
+Each runs with its working directory in pytest's temporary folder (``TMPDIR`` in a short one of
+its own), so nothing is
 written into the repository; a cell that raises fails the test (nbclient's
 ``CellExecutionError``, with the cell and its traceback), and so does a cell that writes to
 stderr (a warning, a log message), since a reader would see it.
@@ -10,7 +11,10 @@ stderr (a warning, a log message), since a reader would see it.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -43,7 +47,7 @@ def test_notebook_is_committed_without_outputs(name):
 
 
 @pytest.fixture
-def kernel_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def kernel_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A ``python3`` kernelspec that runs this interpreter, found before any other one, and
     Jupyter's, IPython's and the kernel's temporary files in ``tmp_path``.
 
@@ -62,10 +66,15 @@ def kernel_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     work = tmp_path / "work"
     work.mkdir()
-    monkeypatch.setenv("TMPDIR", str(work))  # the notebooks' tempfile folders
+    # the notebooks' tempfile folders: a short path, because the engine's worker pool (notebook
+    # 3) opens Unix sockets in TMPDIR and their paths may not exceed 107 bytes, which pytest's
+    # temporary folders under xdist can
+    short = Path(tempfile.mkdtemp(prefix="scopefx-nb-"))
+    monkeypatch.setenv("TMPDIR", str(short))
     spec = KernelSpecManager().get_kernel_spec("python3")
     assert Path(spec.argv[0]) == Path(sys.executable), spec.argv
-    return work
+    yield work
+    shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.mark.slow
