@@ -156,9 +156,10 @@ def test_torn_last_line_is_dropped_and_foreign_csv_refused(tmp_path: Path) -> No
         assert next(csv.reader(handle)) == list(WATCH_COLUMNS)
 
     other = tmp_path / "other.csv"
-    other.write_text("x,y\n1,2\n")
+    other.write_text("x,y\n1,2")  # someone else's file, last line without a newline
     with pytest.raises(ConfigError, match="not a scopefx focus CSV"):
         FolderWatch(acq, csv=other)
+    assert other.read_text() == "x,y\n1,2", "a refused file is left as it was"
     with pytest.raises(ConfigError, match="not a directory"):
         FolderWatch(tmp_path / "nope")
     with pytest.raises(ConfigError, match="settle"):

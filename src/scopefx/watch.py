@@ -78,12 +78,14 @@ def _fmt(value: Any) -> str:
     return format(value, ".6g") if isinstance(value, float) else str(value)
 
 
+def _complete_lines(data: bytes) -> bytes:
+    """``data`` up to its last newline: a kill mid-row leaves a torn last line."""
+    return data[: data.rfind(b"\n") + 1]
+
+
 def read_watch_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     """The complete rows of a watch (or ``scopefx focus``) CSV; a torn last line is skipped."""
-    with open(path, newline="") as handle:
-        text = handle.read()
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
+    text = _complete_lines(Path(path).read_bytes()).decode()
     return list(csv.DictReader(io.StringIO(text, newline="")))
 
 
@@ -93,33 +95,26 @@ class _Csv:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.columns = list(WATCH_COLUMNS)
         self.rows: list[dict[str, str]] = []
-        fresh = not path.exists() or path.stat().st_size == 0
-        if not fresh:
-            with path.open("rb+") as handle:  # drop a torn last line left by a kill
-                data = handle.read()
-                if not data.endswith(b"\n"):
-                    handle.truncate(data.rfind(b"\n") + 1)
-            self.rows = read_watch_csv(path)
-            with path.open(newline="") as handle:
-                header = next(csv.reader(handle), [])
-            if not header:
-                fresh = True
-            elif header[0] != "path" or "features" not in header:
-                raise ConfigError(
-                    f"{path} is not a scopefx focus CSV (header {header[:4]}...); "
-                    "give another --csv or move it away"
-                )
-            else:
-                self.columns = header
-        if fresh:
-            self.columns = list(WATCH_COLUMNS)
+        data = path.read_bytes() if path.exists() else b""
+        complete = _complete_lines(data)
+        reader = csv.DictReader(io.StringIO(complete.decode(), newline=""))
+        header = list(reader.fieldnames or [])
+        if header and (header[0] != "path" or "features" not in header):
+            raise ConfigError(
+                f"{path} is not a scopefx focus CSV (header {header[:4]}...); "
+                "give another --csv or move it away"
+            )
+        if header:
+            self.columns, self.rows = header, list(reader)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if len(complete) < len(data):  # drop the torn last line (only once the file is ours)
+            with path.open("rb+") as handle:
+                handle.truncate(len(complete))
         self.handle: TextIO = path.open("a", newline="")
         self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, extrasaction="ignore")
-        if fresh:
-            self.handle.seek(0)
-            self.handle.truncate()
+        if not header:
             self.writer.writeheader()
             self.handle.flush()
 
