@@ -73,6 +73,16 @@ def add_fuse_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_fuse)
 
 
+def describe_mosaic(summary: dict[str, Any]) -> str:
+    """One line for a fusion summary (``FusionResult.to_dict()`` or what an endpoint returns)."""
+    shape = "x".join(str(v) for v in summary["shape"])
+    return (
+        f"{shape} {summary['dtype']}, {summary['levels']} levels, {summary['n_tiles']} tiles, "
+        f"{summary['chunks_written']} chunks written, {summary['chunks_resumed']} already done, "
+        f"{summary['seconds']:.1f} s"
+    )
+
+
 def _flatfield(spec: str | None) -> Any:
     if spec is None or spec == "estimate":
         return spec
@@ -106,13 +116,7 @@ def _cmd_fuse_remote(args: argparse.Namespace, params: Any, out: TextIO) -> int:
             args.tiles, args.output, params=params, regions=args.regions, preview=args.preview,
             **options,
         )  # fmt: skip
-    shape = "x".join(str(v) for v in summary["shape"])
-    print(
-        f"{summary['output']} (on the endpoint): {shape} {summary['dtype']}, {summary['levels']} "
-        f"levels, {summary['n_tiles']} tiles, {summary['chunks_written']} chunks written, "
-        f"{summary['chunks_resumed']} already done",
-        file=out,
-    )
+    print(f"{summary['output']} (on the endpoint): {describe_mosaic(summary)}", file=out)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     return 0
@@ -176,13 +180,7 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         stack.close()
         bar.close()
-    shape = "x".join(str(v) for v in result.shape)
-    print(
-        f"{result.path}: {shape} {result.dtype}, {result.levels} levels, {result.n_tiles} tiles, "
-        f"{result.chunks_written} chunks written, {result.chunks_resumed} already done, "
-        f"{result.seconds:.1f} s",
-        file=out,
-    )
+    print(f"{result.path}: {describe_mosaic(result.to_dict())}", file=out)
     if result.missing:
         print(f"skipped {len(result.missing)} missing tiles (area filled):", file=out)
         for ref in result.missing:

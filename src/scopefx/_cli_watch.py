@@ -9,23 +9,19 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["add_watch_parser", "cmd_watch"]
+from .cli import _BOLD_RED, _RESET, _YELLOW, UsageError, _add_focus_options, _params, _summary
 
-_BOLD_RED = "\033[1;31m"
-_YELLOW = "\033[33m"
-_RESET = "\033[0m"
+__all__ = ["add_watch_parser", "cmd_watch"]
 
 
 def add_watch_parser(sub: Any) -> None:
     from ._cli_remote import add_endpoint_options
-    from .cli import _add_focus_options
 
     p = sub.add_parser(
         "watch",
@@ -171,7 +167,6 @@ def _row(scored: Any, colour: bool) -> str:
 
 def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     from ._cli_remote import make_client, runs_remotely
-    from .cli import UsageError, _params
     from .focus import Calibration, RunBaseline
     from .watch import FolderWatch
 
@@ -229,28 +224,15 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
         if client is not None:
             client.close()
         alarm.reap(wait=10.0)
-    _summary(watch, plot, out)
+    _report(watch, plot, out)
     return 0
 
 
-def _summary(watch: Any, plot: str | None, out: TextIO) -> None:
+def _report(watch: Any, plot: str | None, out: TextIO) -> None:
+    """This session's summary, its latencies, and the plot of the whole run."""
     import numpy as np
 
-    from .focus._verdict import FLAGGED
-
-    records = watch.records
-    ok = [r for r in records if r.ok]
-    flagged = [r for r in ok if r.verdict in FLAGGED]
-    failed = [r for r in records if not r.ok]
-    print(
-        f"\nthis session: scored {len(ok)} image(s), {len(flagged)} flagged, "
-        f"{len(failed)} not scored",
-        file=out,
-    )
-    for r in flagged:
-        print(f"  {r.verdict.replace('_', ' '):>13}: {r.path}", file=out)
-    for r in failed:
-        print(f"  {r.status:>13}: {r.path}", file=out)
+    _summary(watch.records, out)  # this session's records; the plot covers every session
     if watch.latencies:
         lat = np.asarray(watch.latencies)
         print(
@@ -266,4 +248,3 @@ def _summary(watch: Any, plot: str | None, out: TextIO) -> None:
         fig = plot_focus_series(everything, title=f"{watch.folder.name}: features per section")
         fig.savefig(plot, dpi=120)
         print(f"wrote {plot} ({len(everything)} section(s), flagged ones labelled)", file=out)
-    sys.stdout.flush()

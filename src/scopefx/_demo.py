@@ -85,7 +85,8 @@ def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) 
     import os
 
     from . import Calibration, Client, FocusParams, FusionParams, RunBaseline
-    from .cli import _CsvSink, _line, _summary
+    from ._cli_fuse import describe_mosaic
+    from .cli import _CsvSink, _line, _read_defocus_csv, _summary
     from .focus._batch import rejudge_warmup
     from .focus.plot import plot_calibration, plot_focus_maps, plot_focus_series
 
@@ -103,12 +104,10 @@ def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) 
             file=out,
         )
         print("\n== 1. calibrate on the through-focus series (defocus -6..6) ==", file=out)
-        with made["through_focus"].open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        refs = [str(made["through_focus"].parent / row["path"]) for row in rows]
-        series = client.score_focus(refs, params=params)
-        defocus = [float(row["defocus"]) for row, r in zip(rows, series, strict=True) if r.ok]
-        density = [r.density_per_mpx for r in series if r.ok]
+        table = _read_defocus_csv(str(made["through_focus"]))  # resolved path -> defocus
+        series = [r for r in client.score_focus(list(table), params=params) if r.ok]
+        defocus = [table[r.path] for r in series]
+        density = [r.density_per_mpx for r in series]
         calibration = Calibration.fit(
             defocus, density, params=params, max_defocus=1.5, unit="px-blur"
         )
@@ -155,13 +154,8 @@ def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) 
             tiles, mosaic, params=FusionParams(blend="focus"), overwrite=True,
             pixel_size_um=0.5, preview=str(folder / "mosaic.png"),
         )  # fmt: skip
-        shape = "x".join(str(v) for v in result["shape"])
-        print(
-            f"{mosaic}: {shape} {result['dtype']}, {result['levels']} levels, "
-            f"{result['n_tiles']} tiles, blend 'focus' (the sharper tile wins in overlaps), "
-            f"{result['seconds']:.1f} s",
-            file=out,
-        )
+        print(f"{mosaic}: {describe_mosaic(result)}", file=out)
+        print("blend 'focus': the sharper tile wins where tiles overlap", file=out)
     print(
         f"\nplanted truth: {made['planted']} (sections 7, 15, 19 out of focus; 11 half out of "
         "focus; 22 truncated)",
