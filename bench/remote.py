@@ -370,7 +370,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from scopefx.io._roots import DATA_ROOTS_ENV
-    from scopefx.remote._engine import EngineExecutor
+    from scopefx.remote import EngineExecutor
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="scopefx-bench-remote-")).resolve()
     env = {name: "1" for name in THREAD_VARS}

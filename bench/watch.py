@@ -152,7 +152,7 @@ def main() -> None:
     if not args.no_engine:
         from scopefx import Client
         from scopefx.remote import functions
-        from scopefx.remote._engine import EngineExecutor
+        from scopefx.remote import EngineExecutor
 
         engine = EngineExecutor(2)
         for _ in range(4):  # both workers up and warm

@@ -22,6 +22,8 @@ def test_exported_members():
         "FocusParams",
         "FocusRecord",
         "FocusResult",
+        "FocusRun",
+        "FuseOptions",
         "FusionParams",
         "FusionResult",
         "RunBaseline",
@@ -31,12 +33,13 @@ def test_exported_members():
         "focus_score",
         "fuse",
         "fuse_lazy",
+        "prepare",
         "read_tile_table",
         "score_files",
     ]
     assert sorted(scopefx.focus.__all__) == scopefx.focus.__all__
-    assert scopefx.fusion.__all__[:2] == ["fuse", "fuse_lazy"]  # the high-level API first
-    assert sorted(scopefx.fusion.__all__[2:]) == scopefx.fusion.__all__[2:]
+    assert scopefx.fusion.__all__[:3] == ["fuse", "fuse_lazy", "prepare"]  # high-level first
+    assert sorted(scopefx.fusion.__all__[3:]) == scopefx.fusion.__all__[3:]
     assert scopefx.remote.__all__[0] == "Client"
     assert sorted(scopefx.remote.__all__[1:]) == scopefx.remote.__all__[1:]
     modules = (scopefx, scopefx.focus, scopefx.fusion, scopefx.io, scopefx.remote, errors)

@@ -159,7 +159,7 @@ def test_fuse_mosaic_in_an_engine_on_the_slurm_provider(tiles, reference, tmp_pa
     from parsl.providers import SlurmProvider
 
     from scopefx.remote import functions
-    from scopefx.remote._engine import EngineExecutor
+    from scopefx.remote import EngineExecutor
 
     root = tiles.parent
     provider = SlurmProvider(

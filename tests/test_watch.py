@@ -243,7 +243,7 @@ def test_watch_on_an_endpoint_engine(tmp_path: Path) -> None:
     """Scoring on a real GlobusComputeEngine whose data root holds the folder under another
     path: references go out as ``--remote-dir`` paths, the CSV keeps the local ones."""
     from scopefx import Client
-    from scopefx.remote._engine import EngineExecutor
+    from scopefx.remote import EngineExecutor
 
     root = tmp_path / "root"
     acq = root / "instrument" / "run7"

@@ -9,12 +9,22 @@ from .focus import (
     FocusParams,
     FocusRecord,
     FocusResult,
+    FocusRun,
     RunBaseline,
     focus_response,
     focus_score,
     score_files,
 )
-from .fusion import FusionParams, FusionResult, TileTable, fuse, fuse_lazy, read_tile_table
+from .fusion import (
+    FuseOptions,
+    FusionParams,
+    FusionResult,
+    TileTable,
+    fuse,
+    fuse_lazy,
+    prepare,
+    read_tile_table,
+)
 from .remote import Client
 
 __all__ = [
@@ -23,6 +33,8 @@ __all__ = [
     "FocusParams",
     "FocusRecord",
     "FocusResult",
+    "FocusRun",
+    "FuseOptions",
     "FusionParams",
     "FusionResult",
     "RunBaseline",
@@ -32,6 +44,7 @@ __all__ = [
     "focus_score",
     "fuse",
     "fuse_lazy",
+    "prepare",
     "read_tile_table",
     "score_files",
 ]

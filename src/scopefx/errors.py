@@ -18,6 +18,7 @@ __all__ = [
     "EndpointError",
     "ImageNotFoundError",
     "InvalidImageError",
+    "RemoteTaskError",
     "ScopefxError",
     "UnsupportedFormatError",
 ]
@@ -100,3 +101,12 @@ class EndpointError(ScopefxError, RuntimeError):
     """An endpoint cannot take scopefx work: wrong scopefx version, or it is unreachable."""
 
     status = "endpoint"
+
+
+class RemoteTaskError(ScopefxError, RuntimeError):
+    """A task failed where it ran (an endpoint engine); the message is that side's formatted
+    traceback, as ``globus_compute_sdk.errors.TaskExecutionFailed`` carries it. Whether it may
+    succeed when sent again depends on that text (a lost worker, or a scopefx error that would
+    only repeat): see :func:`scopefx.remote.client.is_transient`."""
+
+    status = "remote"

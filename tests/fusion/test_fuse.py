@@ -16,7 +16,7 @@ import zarr
 from _mosaic_helpers import coverage, truth_view
 
 from scopefx.errors import ConfigError, ImageNotFoundError
-from scopefx.fusion import BLENDS, FusionParams, fuse, fuse_lazy
+from scopefx.fusion import BLENDS, FuseOptions, FusionParams, fuse, fuse_lazy
 from scopefx.io._tiles import Tile, TileTable, translation
 from scopefx.samples import make_mosaic, write_mosaic
 
@@ -178,7 +178,9 @@ def test_fuse_writes_an_ome_zarr_pyramid_equal_to_the_lazy_array(tmp_path):
     mosaic = make_mosaic(**SMALL, jitter_px=4)
     table = write_mosaic(tmp_path / "tiles", mosaic)
     out = tmp_path / "mosaic.ome.zarr"
-    result = fuse(table, out, params=FusionParams(chunk_px=96), pixel_size_um=0.25)
+    result = fuse(
+        table, out, params=FusionParams(chunk_px=96), options=FuseOptions(pixel_size_um=0.25)
+    )
     lazy = fuse_lazy(table, params=FusionParams(chunk_px=96)).compute()
     level0 = zarr.open_array(out / "0", mode="r")[...]
     np.testing.assert_array_equal(level0, lazy)
@@ -199,7 +201,7 @@ def test_ngff_metadata_validates_and_opens_like_napari(tmp_path, ngff):
     mosaic = make_mosaic(**SMALL, jitter_px=4, channels=2)
     out = tmp_path / "m.ome.zarr"
     result = fuse(write_mosaic(tmp_path / "t", mosaic), out, params=FusionParams(chunk_px=64),
-                  ngff=ngff, pixel_size_um=0.5)  # fmt: skip
+                  options=FuseOptions(ngff=ngff, pixel_size_um=0.5))  # fmt: skip
     group = zarr.open_group(out, mode="r")
     if ngff == "0.4":
         from ome_zarr_models.v04.image import Image
@@ -225,7 +227,7 @@ def test_ngff_metadata_validates_and_opens_like_napari(tmp_path, ngff):
 def test_small_mosaics_can_be_written_as_tiff(tmp_path):
     mosaic = make_mosaic(**SMALL, jitter_px=4, channels=2)
     table = write_mosaic(tmp_path / "tiles", mosaic)
-    result = fuse(table, tmp_path / "m.tif", pixel_size_um=0.5)
+    result = fuse(table, tmp_path / "m.tif", options=FuseOptions(pixel_size_um=0.5))
     with tifffile.TiffFile(tmp_path / "m.tif") as tif:
         assert tif.is_ome and tif.series[0].axes == "CYX"
         data = tif.asarray()
@@ -247,7 +249,7 @@ def test_missing_tiles_are_listed_or_skipped(tmp_path):
     with pytest.raises(ImageNotFoundError, match=r"2 of 9 tiles are missing") as info:
         fuse(table, tmp_path / "out.ome.zarr")
     assert "tile_0002.tif" in str(info.value) and "tile_0007.tif" in str(info.value)
-    result = fuse(table, tmp_path / "out.ome.zarr", skip_missing=True)
+    result = fuse(table, tmp_path / "out.ome.zarr", options=FuseOptions(skip_missing=True))
     assert len(result.missing) == 2 and result.n_tiles == 7
 
 
@@ -276,7 +278,7 @@ def test_far_apart_positions_are_refused_unless_forced(tmp_path):
     small_limit = FusionParams(max_output_gib=0.01)
     with pytest.raises(ConfigError, match=r"over the limit of 0\.01 GiB"):
         fuse_lazy(near, params=small_limit)
-    lazy = fuse_lazy(near, params=small_limit, force=True)
+    lazy = fuse_lazy(near, params=small_limit, options=FuseOptions(force=True))
     assert lazy.shape == (7064, 9064)  # planned, nothing computed
 
 
@@ -288,15 +290,16 @@ def test_output_holding_something_else_needs_overwrite(tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match=r"did not write.*--overwrite"):
         fuse(table, out)
-    fuse(table, out, overwrite=True)
+    fuse(table, out, options=FuseOptions(overwrite=True))
     assert not (out / "notes.txt").exists()
     with pytest.raises(ConfigError, match=r"exists \(complete\); pass --resume"):
         fuse(table, out)
-    assert fuse(table, out, resume=True).chunks_written == 0  # nothing left to do
+    resumed = fuse(table, out, options=FuseOptions(resume=True))
+    assert resumed.chunks_written == 0  # nothing left to do
     with pytest.raises(ConfigError, match="other tiles or parameters"):
-        fuse(table, out, params=FusionParams(blend="max"), resume=True)
+        fuse(table, out, params=FusionParams(blend="max"), options=FuseOptions(resume=True))
     with pytest.raises(ConfigError, match="holds the tile"):
-        fuse(table, tmp_path, overwrite=True)  # would delete the tiles
+        fuse(table, tmp_path, options=FuseOptions(overwrite=True))  # would delete the tiles
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +308,7 @@ def test_output_holding_something_else_needs_overwrite(tmp_path):
 _KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    from scopefx.fusion import FusionParams, fuse
+    from scopefx.fusion import FuseOptions, FusionParams, fuse
     table, out, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
     count = 0
     def on_chunk(status, total):
@@ -314,7 +317,7 @@ _KILLER = textwrap.dedent(
         if count >= after:
             os.kill(os.getpid(), signal.SIGKILL)
     fuse(table, out, params=FusionParams(chunk_px=64), workers=2, on_chunk=on_chunk,
-         resume=os.path.exists(out))
+         options=FuseOptions(resume=os.path.exists(out)))
     """
 )
 
@@ -352,7 +355,7 @@ def test_resume_after_a_kill_equals_a_clean_run(tmp_path, kill_after):
     )  # fmt: skip
     (out / torn.relative_to(clean)).parent.mkdir(parents=True, exist_ok=True)
     (out / torn.relative_to(clean)).write_bytes(torn.read_bytes()[:10])
-    result = fuse(table, out, params=FusionParams(chunk_px=64), resume=True)
+    result = fuse(table, out, params=FusionParams(chunk_px=64), options=FuseOptions(resume=True))
     assert result.chunks_resumed >= kill_after  # each marker was written before on_chunk
     assert _tree(out) == _tree(clean)
     meta = json.loads((out / ".zattrs").read_text())
@@ -364,7 +367,9 @@ def test_register_with_missing_tiles_skips_them(tmp_path):
     mosaic = make_mosaic(**{**SMALL, "tile_px": 160}, overlap=0.2, jitter_px=3)
     table = write_mosaic(tmp_path / "tiles", mosaic)
     (tmp_path / "tiles" / "tile_0004.tif").unlink()
-    result = fuse(table, tmp_path / "m.ome.zarr", register=True, skip_missing=True)
+    result = fuse(
+        table, tmp_path / "m.ome.zarr", options=FuseOptions(register=True, skip_missing=True)
+    )
     assert result.n_tiles == 8 and len(result.missing) == 1
     assert result.extra["registration"]["pairs_used"] > 0
 
@@ -385,7 +390,7 @@ def test_resume_rewrites_a_chunk_without_a_marker(tmp_path):
         fuse(table, out, params=FusionParams(chunk_px=64), workers=1, on_chunk=stop_after_five)
     done = sorted(os.listdir(out / ".scopefx" / "done" / "0"))
     assert len(done) == 5
-    result = fuse(table, out, params=FusionParams(chunk_px=64), resume=True)
+    result = fuse(table, out, params=FusionParams(chunk_px=64), options=FuseOptions(resume=True))
     assert result.chunks_resumed == 5
     clean = tmp_path / "clean.ome.zarr"
     fuse(table, clean, params=FusionParams(chunk_px=64))

@@ -143,13 +143,15 @@ def test_a_batch_size_over_the_payload_budget_is_lowered_with_a_warning(caplog):
 
 
 def test_fuse_through_the_local_default(in_root):
+    params = scopefx.FusionParams(chunk_px=64)
     with Client(progress=False) as client:
-        one = client.fuse("mosaic/tiles.csv", "out/client.ome.zarr", params={"chunk_px": 64})
-        fan = client.fuse(
-            "mosaic/tiles.csv", "out/client_fan.ome.zarr", params={"chunk_px": 64}, regions=3
-        )
-    assert one["shape"] == fan["shape"] and one["n_tiles"] == fan["n_tiles"] == 9
-    assert fan["chunks_written"] > 0
+        one = client.fuse("mosaic/tiles.csv", "out/client.ome.zarr", params=params)
+        fan = client.fuse("mosaic/tiles.csv", "out/client_fan.ome.zarr", params=params, regions=3)
+        with pytest.raises(ConfigError, match="params must be a FusionParams"):
+            client.fuse("mosaic/tiles.csv", "out/x.ome.zarr", params={"chunk_px": 64})
+    assert isinstance(one, scopefx.FusionResult) and isinstance(fan, scopefx.FusionResult)
+    assert one.shape == fan.shape and one.n_tiles == fan.n_tiles == 9
+    assert fan.chunks_written > 0 and one.extra["output"] == "out/client.ome.zarr"
 
 
 def test_fuse_resumes_after_a_lost_task(in_root, caplog):
@@ -160,7 +162,7 @@ def test_fuse_resumes_after_a_lost_task(in_root, caplog):
             if fn.__name__ == "fuse_mosaic" and not self.lost:
                 self.lost = True
                 # the task ran part-way (the store exists) and then its worker was lost
-                functions.plan_mosaic(dict(args[0]))
+                functions.plan_mosaic(args[0])
                 future: cf.Future = cf.Future()
                 future.set_exception(ConnectionResetError("WorkerLost"))
                 return future
@@ -169,7 +171,7 @@ def test_fuse_resumes_after_a_lost_task(in_root, caplog):
     caplog.set_level(logging.WARNING)
     with LosesFirstFuse(1) as pool, Client(pool, progress=False) as client:
         summary = client.fuse("mosaic/tiles.csv", "out/client_lost.ome.zarr")
-    assert summary["chunks_written"] > 0
+    assert summary.chunks_written > 0
     assert any("retrying with resume" in r.message for r in caplog.records)
 
 

@@ -1,6 +1,6 @@
 """The suite inside globus-compute-endpoint's real GlobusComputeEngine: Parsl's interchange
 and real worker processes on a LocalProvider, tasks packed as the service delivers them
-(:class:`scopefx.remote._engine.EngineExecutor`). Only the Globus web service is left out."""
+(:class:`scopefx.remote.EngineExecutor`). Only the Globus web service is left out."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import zarr
 
 pytest.importorskip("globus_compute_endpoint")
 
-from scopefx import Client, fuse
+from scopefx import Client, FusionParams, fuse
 from scopefx.remote import functions
-from scopefx.remote._engine import EngineExecutor, RemoteTaskError
+from scopefx.errors import RemoteTaskError
+from scopefx.remote import EngineExecutor
 
 pytestmark = pytest.mark.endpoint
 
@@ -109,17 +110,16 @@ def test_worker_killed_mid_batch_is_retried_to_a_complete_result(
 def test_fan_out_fusion_over_the_engine_equals_local_fuse(engine, data_root, tmp_path):
     with Client(engine, progress=False) as client:
         summary = client.fuse(
-            "mosaic/tiles.csv", "out/engine.ome.zarr", regions=4, params={"chunk_px": 64}
+            "mosaic/tiles.csv", "out/engine.ome.zarr", regions=4, params=FusionParams(chunk_px=64)
         )
-    assert summary["output"] == "out/engine.ome.zarr" and summary["n_tiles"] == 9
-    from scopefx import FusionParams
+    assert summary.extra["output"] == "out/engine.ome.zarr" and summary.n_tiles == 9
 
     local = fuse(
         data_root / "mosaic" / "tiles.csv",
         tmp_path / "local.ome.zarr",
         params=FusionParams(chunk_px=64),
     )
-    assert summary["shape"] == list(local.shape) and summary["levels"] == local.levels
+    assert summary.shape == local.shape and summary.levels == local.levels
     a = zarr.open_group(str(data_root / "out" / "engine.ome.zarr"), mode="r")
     b = zarr.open_group(str(tmp_path / "local.ome.zarr"), mode="r")
     for level in range(local.levels):

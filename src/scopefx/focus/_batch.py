@@ -16,10 +16,11 @@ import numpy as np
 
 from ..errors import ConfigError, ScopefxError
 from ._params import FocusParams
-from ._score import FocusResult, _resolve, focus_score
-from ._verdict import IN_FOCUS, PARTIAL, WARMUP, Calibration, RunBaseline, Verdict
+from ._run import FocusRun
+from ._score import FocusResult, focus_score
+from ._verdict import Calibration, RunBaseline, Verdict
 
-__all__ = ["CSV_COLUMNS", "FocusRecord", "rejudge_warmup", "score_files", "score_one"]
+__all__ = ["CSV_COLUMNS", "FocusRecord", "score_files", "score_one"]
 
 logger = logging.getLogger(__name__)
 
@@ -192,17 +193,18 @@ def score_one(path: str, params: FocusParams) -> list[FocusRecord]:
 
 
 def score_files(
-    paths: Iterable[str | os.PathLike[str]],
+    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
     params: FocusParams | None = None,
     workers: int = 1,
+    run: FocusRun | None = None,
     calibration: Calibration | None = None,
     baseline: RunBaseline | None = None,
     executor: Executor | None = None,
     on_record: Callable[[FocusRecord], None] | None = None,
     **overrides: Any,
 ) -> Iterator[FocusRecord]:
-    """Score files and yield one :class:`FocusRecord` per image, in input order.
+    """Score files and yield one :class:`FocusRecord` per image, in input order, judged.
 
     A file that cannot be read or scored yields a record with its ``status`` and ``error``; the
     rest of the batch goes on. Files are read and scored concurrently on ``workers`` threads
@@ -211,34 +213,47 @@ def score_files(
 
     Parameters
     ----------
-    paths : iterable of path-like
-        Image references (files, ``store.zarr::array``). Expand directories and globs first
-        with :func:`scopefx.io.find_images`.
+    paths : list of path-like, or a folder or glob
+        Image references (files, ``store.zarr::array``). A single folder or glob is expanded
+        (:func:`scopefx.io.as_image_refs`); a single file must be a one-item list.
     params : FocusParams, optional
         Focus parameters; ``**overrides`` are applied on top.
     workers : int
         Threads used when no ``executor`` is given.
-    calibration : Calibration, optional
-        Gives verdicts from estimated |defocus|; its parameters must match ``params``.
-    baseline : RunBaseline, optional
-        Gives verdicts relative to the run (used when there is no calibration; one is created
-        with default settings if neither is given).
+    run : FocusRun, optional
+        The run's verdict policy (carry one across calls to judge a run that arrives in
+        pieces). Default: ``FocusRun(calibration=..., baseline=..., params=...)``.
+    calibration, baseline : optional
+        Shorthands for a new ``run`` (ignored when ``run`` is given).
     on_record : callable, optional
         Called with each record as it is yielded (e.g. to advance a progress bar).
 
     Yields
     ------
     FocusRecord
+        Warm-up records (run baseline without history yet) say ``"warmup"``; call
+        ``run.settle()`` at the end to judge them (:meth:`FocusRun.settle`).
     """
-    params = _resolve(params, overrides)
-    if calibration is not None:
-        calibration.check_params(params)
+    from ..io import as_image_refs
+
+    params = FocusParams.resolve(params, **overrides)
+    if run is None:
+        run = FocusRun(calibration=calibration, baseline=baseline, params=params)
+    elif run.calibration is not None:
+        run.calibration.check_params(params)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
-    baseline = baseline if baseline is not None else RunBaseline()
-    refs: list[str] = [os.fspath(p) for p in paths]
+    refs = as_image_refs(paths, what="paths")
     own = executor is None
     pool = ThreadPoolExecutor(max_workers=workers) if executor is None else executor
+
+    def judged(records: list[FocusRecord]) -> Iterator[FocusRecord]:
+        for record in records:
+            run.judge(record)
+            if on_record is not None:
+                on_record(record)
+            yield record
+
     try:
         # submit lazily, keeping at most a few tasks per worker in flight (bounded memory)
         pending: list[Any] = []
@@ -247,39 +262,9 @@ def score_files(
             pending.append(pool.submit(score_one, path, params))
             if len(pending) < ahead:
                 continue
-            yield from _drain(pending.pop(0).result(), calibration, baseline, params, on_record)
+            yield from judged(pending.pop(0).result())
         for future in pending:
-            yield from _drain(future.result(), calibration, baseline, params, on_record)
+            yield from judged(future.result())
     finally:
         if own:
             pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _drain(
-    records: list[FocusRecord],
-    calibration: Calibration | None,
-    baseline: RunBaseline,
-    params: FocusParams,
-    on_record: Callable[[FocusRecord], None] | None,
-) -> Iterator[FocusRecord]:
-    for record in records:
-        if record.ok:
-            verdict = baseline.update(
-                record.density_per_mpx, focus_map=record.focus_map, cell_px=params.cell_px
-            )
-            if calibration is not None:
-                whole = calibration.verdict(record.density_per_mpx)
-                if whole.status == IN_FOCUS and verdict.bad_cells:
-                    whole = dataclasses.replace(whole, status=PARTIAL, bad_cells=verdict.bad_cells)
-                verdict = whole
-            record.apply(verdict)
-        if on_record is not None:
-            on_record(record)
-        yield record
-
-
-def rejudge_warmup(records: list[FocusRecord], baseline: RunBaseline) -> None:
-    """Give warm-up records of a finished batch their verdict against the final baseline."""
-    for record in records:
-        if record.ok and record.verdict == WARMUP:
-            record.apply(baseline.rejudge(record.density_per_mpx))

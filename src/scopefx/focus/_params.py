@@ -125,6 +125,16 @@ class FocusParams:
         finest DoG band needs room for a feature of ``2 * min_sigma_px``."""
         return max(8, math.ceil(4 * self.min_sigma_px))
 
+    @classmethod
+    def resolve(cls, params: FocusParams | None = None, **overrides: Any) -> FocusParams:
+        """``params`` (default ``FocusParams()``) with ``overrides`` applied; refuses other
+        types with a message that names them."""
+        if params is None:
+            return cls(**overrides) if overrides else cls()
+        if not isinstance(params, FocusParams):
+            raise ConfigError(f"params must be a FocusParams, got {type(params).__name__}")
+        return params.replace(**overrides) if overrides else params
+
     def replace(self, **changes: Any) -> FocusParams:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from .._backend import Backend, get_backend
-from ..errors import ConfigError
 from ._normalize import (
     auto_threshold,
     block_downsample,
@@ -105,11 +104,7 @@ def focus_map_from_positions(
 
 
 def _resolve(params: FocusParams | None, overrides: dict[str, Any]) -> FocusParams:
-    if params is None:
-        return FocusParams(**overrides) if overrides else FocusParams()
-    if not isinstance(params, FocusParams):
-        raise ConfigError(f"params must be a FocusParams, got {type(params).__name__}")
-    return params.replace(**overrides) if overrides else params
+    return FocusParams.resolve(params, **overrides)
 
 
 def _prepare(

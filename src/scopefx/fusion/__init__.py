@@ -1,29 +1,34 @@
 """Mosaic fusion: tiles placed by their transforms, fused chunk by chunk into OME-Zarr.
 
-High-level API: :func:`fuse` (write an OME-Zarr mosaic, resumably) and :func:`fuse_lazy`
-(the mosaic as a dask array). :func:`plan_fusion` and :func:`fuse_chunk` expose the two
-halves: the pure-geometry plan and the per-chunk execution. :func:`register` refines stage
-positions from the tiles' overlaps; :class:`FlatField` removes vignetting.
-:func:`prepare_fusion` and :class:`FusionJob` write a mosaic in stages, so that regions of it
-can be fused by separate tasks (the remote ``plan_mosaic`` / ``fuse_region`` functions).
+High-level API: :func:`fuse` (write an OME-Zarr mosaic, resumably), which is :func:`prepare`
+(table, headers, registration, flat field, plan, store) then ``job.finish()``, and
+:func:`fuse_lazy` (the mosaic as a dask array). A job's options travel as one
+:class:`FuseOptions`, its resampling and blending as one :class:`FusionParams`.
+:func:`plan_fusion` and :func:`fuse_chunk` expose the two halves: the pure-geometry plan and
+the per-chunk execution. :func:`register` refines stage positions from the tiles' overlaps;
+:class:`FlatField` removes vignetting. :class:`FusionJob` (:func:`prepare_fusion` from a plan)
+writes a mosaic in stages, so that regions of it can be fused by separate tasks (the remote
+``plan_mosaic`` / ``fuse_region`` functions).
 """
 
 from ..io._tiles import Tile, TileTable, read_tile_table
 from ._blend import TileCache, fuse_chunk
 from ._flatfield import FlatField, estimate_flatfield, flatfield_from_images, load_flatfield
 from ._fuse import fuse_lazy, plan_fusion
-from ._job import FusionJob, prepare_fusion
-from ._params import BLENDS, FusionParams
+from ._job import FusionJob, FusionResult, prepare_fusion
+from ._params import BLENDS, FuseOptions, FusionParams
 from ._plan import FusionPlan, make_plan
 from ._register import PairResult, Registration, overlapping_pairs, register
-from ._write import FusionResult, fuse
+from ._write import TiffJob, fuse, prepare
 from .plot import plot_mosaic, write_preview
 
 __all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
     "fuse",
     "fuse_lazy",
+    "prepare",
     "BLENDS",
     "FlatField",
+    "FuseOptions",
     "FusionJob",
     "FusionParams",
     "FusionPlan",
@@ -33,6 +38,7 @@ __all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
     "Tile",
     "TileCache",
     "TileTable",
+    "TiffJob",
     "estimate_flatfield",
     "flatfield_from_images",
     "fuse_chunk",

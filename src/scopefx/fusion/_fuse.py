@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ConfigError, ImageNotFoundError
 from ..io._tiles import TileTable, read_tile_table
 from ._blend import Reader, TileCache, fuse_chunk
-from ._params import FusionParams
+from ._params import FuseOptions, FusionParams
 from ._plan import FusionPlan, make_plan
 
 __all__ = ["fuse_lazy", "plan_fusion"]
@@ -97,15 +97,14 @@ def plan_fusion(
     tiles: TileTable | str | os.PathLike[str],
     *,
     params: FusionParams | None = None,
-    pixel_size_um: float | None = None,
-    rotation_deg: float = 0.0,
-    skip_missing: bool = False,
-    force: bool = False,
+    options: FuseOptions | None = None,
     read: Reader | None = None,
     workers: int = 4,
 ) -> tuple[FusionPlan, list[str]]:
     """Read the tile table and the tiles' headers, and plan the fusion.
 
+    ``options`` (a :class:`FuseOptions`) gives the pixel size, rotation, ``skip_missing``
+    and ``force``; registration and flat fields are :func:`scopefx.fusion.prepare`'s.
     Returns the plan and the references that were missing and skipped.
 
     Raises
@@ -115,14 +114,15 @@ def plan_fusion(
     ConfigError
         Mixed dtypes or channel counts, a singular affine, an output over the size limit.
     """
+    options = FuseOptions.resolve(options)
     table, metas, missing = load_tiles(
         tiles,
-        pixel_size_um=pixel_size_um,
-        rotation_deg=rotation_deg,
-        skip_missing=skip_missing,
+        pixel_size_um=options.pixel_size_um,
+        rotation_deg=options.rotation_deg,
+        skip_missing=options.skip_missing,
         workers=workers,
     )
-    plan = plan_loaded(table, metas, params=params, read=read, workers=workers, force=force)
+    plan = plan_loaded(table, metas, params=params, read=read, workers=workers, force=options.force)
     return plan, missing
 
 
@@ -222,10 +222,10 @@ def fuse_lazy(
     tiles: TileTable | str | os.PathLike[str] | FusionPlan,
     *,
     params: FusionParams | None = None,
+    options: FuseOptions | None = None,
     flatfield: Any = None,
     read: Reader | None = None,
     device: str | None = None,
-    **plan_options: Any,
 ) -> Any:
     """The fused mosaic as a dask array, one task per output chunk; nothing is read yet.
 
@@ -233,26 +233,25 @@ def fuse_lazy(
     ----------
     tiles : TileTable, path of a tile table, or FusionPlan
     params : FusionParams, optional
+    options : FuseOptions, optional
+        Pixel size, rotation, ``skip_missing``, ``force`` (see :func:`plan_fusion`).
     flatfield : FlatField, optional
     read : callable, optional
         ``read(ref) -> array``; default :func:`scopefx.io.read_image`.
     device : {None, "cpu", "gpu", "cuda:N"}
-    **plan_options
-        Passed to :func:`plan_fusion` (``pixel_size_um``, ``rotation_deg``, ``skip_missing``,
-        ``force``).
 
     Returns
     -------
     dask.array.Array
-        Shape ``(*channels, *spatial)``, the tiles' dtype; ``.attrs``-like details are on
-        the plan: ``fuse_lazy(...).scopefx_plan``.
+        Shape ``(*channels, *spatial)``, the tiles' dtype; the plan is
+        ``fuse_lazy(...).scopefx_plan``.
     """
     import dask.array as da
 
     if isinstance(tiles, FusionPlan):
         plan = tiles
     else:
-        plan, _ = plan_fusion(tiles, params=params, read=read, **plan_options)
+        plan, _ = plan_fusion(tiles, params=params, options=options, read=read)
     fn = functools.partial(_fuse_block, plan, read, flatfield, device, TileCache())
     out = da.map_blocks(
         fn,

@@ -36,7 +36,7 @@ from ._params import FusionParams
 from ._plan import FusionPlan
 from ._resume import STATE_DIR, Progress, _atomic_write
 
-__all__ = ["FusionJob", "prepare_fusion"]
+__all__ = ["FusionJob", "FusionResult", "prepare_fusion"]
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,61 @@ def _call(task: Callable[[tuple[int, ...]], int], index: tuple[int, ...]) -> int
 
 
 # --------------------------------------------------------------------------------------------
-# the job
+# the job and its result
+
+
+@dataclass(frozen=True)
+class FusionResult:
+    """What :func:`fuse` wrote (JSON-able with :meth:`to_dict`)."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    levels: int
+    origin_px: tuple[int, ...]
+    pixel_size_um: float | None
+    n_tiles: int
+    missing: tuple[str, ...] = ()
+    chunks_written: int = 0
+    chunks_resumed: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    plan: FusionPlan | None = field(default=None, repr=False, compare=False)
+    """The plan that was executed (not part of :meth:`to_dict`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "chunks": list(self.chunks),
+            "levels": self.levels,
+            "origin_px": list(self.origin_px),
+            "pixel_size_um": self.pixel_size_um,
+            "n_tiles": self.n_tiles,
+            "missing": list(self.missing),
+            "chunks_written": self.chunks_written,
+            "chunks_resumed": self.chunks_resumed,
+            "seconds": round(self.seconds, 3),
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FusionResult:
+        """Rebuild from :meth:`to_dict` output (e.g. what an endpoint returned); keys that are
+        not fields go to ``extra``."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a fusion result is a dict, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "plan"}
+        fields = {k: v for k, v in data.items() if k in names}
+        for key in ("shape", "chunks", "origin_px", "missing"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        try:
+            return cls(**fields, extra={k: v for k, v in data.items() if k not in names})
+        except TypeError as exc:
+            raise ConfigError(f"incomplete fusion result {sorted(data)}: {exc}") from None
 
 
 @dataclass
@@ -206,6 +260,8 @@ class FusionJob:
     read: Reader | None = None
     missing: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    preview: str | os.PathLike[str] | None = None
+    """Where :meth:`finish` writes the PNG preview by default (``FuseOptions.preview``)."""
     written: int = 0
     resumed: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -399,15 +455,14 @@ class FusionJob:
         workers: int | None = None,
         on_chunk: Callable[..., None] | None = None,
         preview: str | os.PathLike[str] | None = None,
-    ) -> Any:
-        """Write the level-0 chunks still missing, the pyramid, and record completion.
+    ) -> FusionResult:
+        """Write the level-0 chunks still missing, the pyramid, and record completion; then
+        the preview (``preview``, default the job's).
 
         Returns
         -------
         FusionResult
         """
-        from ._write import FusionResult
-
         grids = self.level_grids()
         if self.state == "complete":
             self.resumed = self.total_chunks
@@ -442,6 +497,7 @@ class FusionJob:
         if self.state != "complete":
             self.progress.finish(result.to_dict())
             self.state = "complete"
+        preview = preview if preview is not None else self.preview
         if preview is not None:
             from .plot import write_preview
 
@@ -463,6 +519,7 @@ def prepare_fusion(
     missing: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
     started: float | None = None,
+    preview: str | os.PathLike[str] | None = None,
 ) -> FusionJob:
     """Create (or re-open, with ``resume``) the OME-Zarr store for ``plan`` and save the plan
     in it; nothing is fused yet. See :func:`scopefx.fuse` for the parameters.
@@ -500,7 +557,7 @@ def prepare_fusion(
     job = FusionJob(
         out=out, plan=plan, spec=spec, progress=progress, state=state, flatfield=flatfield,
         device=device, read=read, missing=tuple(missing), extra=dict(extra or {}),
-        started=time.perf_counter() if started is None else started,
+        preview=preview, started=time.perf_counter() if started is None else started,
     )  # fmt: skip
     if state != "complete":
         create_ome_zarr(

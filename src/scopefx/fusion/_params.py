@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import ConfigError
 
-__all__ = ["BLENDS", "FusionParams"]
+__all__ = ["BLENDS", "NGFF_VERSIONS", "FuseOptions", "FusionParams"]
 
 Blend = Literal["linear", "mean", "max", "first", "closest", "focus"]
 BLENDS: tuple[str, ...] = ("linear", "mean", "max", "first", "closest", "focus")
 ORDERS = (0, 1, 3)
+NGFF_VERSIONS = ("0.4", "0.5")
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,128 @@ class FusionParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FusionParams:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown fusion parameters {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        """Build from :meth:`to_dict` output, refusing unknown keys by name."""
+        return _from_dict(cls, data, "fusion parameters")
+
+
+def _from_dict(cls: Any, data: Any, what: str) -> Any:
+    """``cls(**data)`` for a plain dict, refusing other types and unknown keys by name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a dict, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown}; known: {sorted(names)}")
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class FuseOptions:
+    """What a fusion job reads and how it writes: one typed object that travels whole from
+    the CLI through the wire to :func:`scopefx.fuse` (with :class:`FusionParams`, which says
+    how tiles are resampled and blended).
+
+    Parameters
+    ----------
+    pixel_size_um : float or None
+        Pixel size in micrometres, for tables in micrometres and the output's physical
+        scale; ``None``: from the table or the tiles' metadata.
+    rotation_deg : float
+        Camera rotation relative to the stage, applied to stage positions.
+    skip_missing : bool
+        Fill the area of missing tiles (and list them) instead of refusing the job.
+    force : bool
+        Allow a mosaic over ``FusionParams.max_output_gib`` (locally; on an endpoint the
+        limits are the endpoint's settings).
+    register : bool
+        Refine the positions from the tiles' overlaps before fusing; the refined table and the
+        per-pair results are written beside the output.
+    flatfield : str, path or None
+        Vignetting correction: ``"estimate"`` (from the tiles), a saved ``.npz``, or
+        ``"FLAT[,DARK]"`` image references.
+    ngff : {"0.4", "0.5"}
+        NGFF 0.4 on Zarr v2 (the most widely readable) or 0.5 on Zarr v3.
+    pyramid : bool
+        Write downsampled levels (halving until the image fits one chunk).
+    resume : bool
+        Finish an interrupted write: chunks recorded as done are skipped.
+    overwrite : bool
+        Replace a mosaic scopefx wrote earlier at the output.
+    preview : str, path or None
+        Also write a downsampled PNG with the tile outlines here.
+
+    Examples
+    --------
+    >>> from scopefx.fusion import FuseOptions
+    >>> FuseOptions(register=True, ngff="0.5").to_dict()["ngff"]
+    '0.5'
+    """
+
+    pixel_size_um: float | None = None
+    rotation_deg: float = 0.0
+    skip_missing: bool = False
+    force: bool = False
+    register: bool = False
+    flatfield: str | None = None
+    ngff: str = "0.4"
+    pyramid: bool = True
+    resume: bool = False
+    overwrite: bool = False
+    preview: str | None = None
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> ConfigError:
+            return ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+        for name in ("skip_missing", "force", "register", "pyramid", "resume", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "true or false")
+        size = self.pixel_size_um
+        if size is not None and (
+            isinstance(size, bool)
+            or not isinstance(size, (int, float))
+            or not (math.isfinite(size) and size > 0)
+        ):
+            raise bad("pixel_size_um", "None or a finite number > 0")
+        rotation = self.rotation_deg
+        if isinstance(rotation, bool) or not isinstance(rotation, (int, float)):
+            raise bad("rotation_deg", "a number of degrees")
+        if not math.isfinite(rotation):
+            raise bad("rotation_deg", "a finite number of degrees")
+        for name in ("flatfield", "preview"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):  # kept as plain text: the options are JSON data
+                object.__setattr__(self, name, value := os.fspath(value))
+            if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+                raise bad(name, "None or a non-empty path string")
+        if self.ngff not in NGFF_VERSIONS:
+            raise bad("ngff", f"one of {NGFF_VERSIONS}")
+        if self.resume and self.overwrite:
+            raise ConfigError(
+                "resume and overwrite exclude each other: resume keeps what is "
+                "written, overwrite replaces it; choose one"
+            )
+
+    def replace(self, **changes: Any) -> FuseOptions:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FuseOptions:
+        """Build from :meth:`to_dict` output, refusing unknown keys by name."""
+        return _from_dict(cls, data, "fuse options")
+
+    @classmethod
+    def resolve(cls, options: FuseOptions | None = None, **overrides: Any) -> FuseOptions:
+        """``options`` (default ``FuseOptions()``) with ``overrides`` applied."""
+        if options is None:
+            return cls.from_dict(overrides)
+        if not isinstance(options, FuseOptions):
+            raise ConfigError(f"options must be a FuseOptions, got {type(options).__name__}")
+        if not overrides:
+            return options
+        return cls.from_dict({**options.to_dict(), **overrides})

@@ -1,8 +1,9 @@
-"""Write a fused mosaic to OME-Zarr chunk by chunk, resumably, then its pyramid levels.
+"""The front door of fusion: :func:`prepare` (read the table and the tile headers, register,
+estimate the flat field, plan, create the output) returns a job, and ``job.finish()`` writes it.
+:func:`fuse` is the two in one call.
 
-Level 0 is one dask task per output chunk; each task fuses its chunk, writes it, makes it
-durable and only then records it as done (:mod:`._resume`). Pyramid levels follow, chunk by
-chunk, each from the level below.
+An OME-Zarr output is written chunk by chunk, resumably (:class:`~scopefx.fusion.FusionJob`);
+a ``.tif`` output is one (Big)TIFF computed in memory (:class:`TiffJob`).
 """
 
 from __future__ import annotations
@@ -22,55 +23,77 @@ from ..errors import ConfigError
 from ..io._tiles import TileTable
 from ._blend import Reader
 from ._fuse import load_tiles, plan_loaded, tile_layout
-from ._job import prepare_fusion
-from ._params import FusionParams
+from ._job import FusionJob, FusionResult, prepare_fusion
+from ._params import FuseOptions, FusionParams
 from ._plan import FusionPlan
 
-__all__ = ["FusionResult", "fuse"]
+__all__ = ["TiffJob", "fuse", "prepare"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class FusionResult:
-    """What :func:`fuse` wrote (JSON-able with :meth:`to_dict`)."""
-
-    path: str
-    shape: tuple[int, ...]
-    dtype: str
-    chunks: tuple[int, ...]
-    levels: int
-    origin_px: tuple[int, ...]
-    pixel_size_um: float | None
-    n_tiles: int
-    missing: tuple[str, ...] = ()
-    chunks_written: int = 0
-    chunks_resumed: int = 0
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-    plan: FusionPlan | None = field(default=None, repr=False, compare=False)
-    """The plan that was executed (not part of :meth:`to_dict`)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "shape": list(self.shape),
-            "dtype": self.dtype,
-            "chunks": list(self.chunks),
-            "levels": self.levels,
-            "origin_px": list(self.origin_px),
-            "pixel_size_um": self.pixel_size_um,
-            "n_tiles": self.n_tiles,
-            "missing": list(self.missing),
-            "chunks_written": self.chunks_written,
-            "chunks_resumed": self.chunks_resumed,
-            "seconds": round(self.seconds, 3),
-            **self.extra,
-        }
+TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-# --------------------------------------------------------------------------------------------
-# writing
+def prepare(
+    tiles: TileTable | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    params: FusionParams | None = None,
+    options: FuseOptions | None = None,
+    flatfield: Any = None,
+    read: Reader | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+) -> FusionJob | TiffJob:
+    """Everything a fusion does before writing pixels; returns the job that writes them.
+
+    The steps, in order: read the tile table and every tile's header (no pixels); register
+    the positions from the overlaps (``options.register``; sidecar files beside ``out``);
+    estimate or load the flat field (``options.flatfield``); plan (pure geometry; tiles are
+    scored for focus only for ``blend="focus"``); create the output store and save the plan
+    in it, so that any process can write its chunks (:meth:`FusionJob.open`).
+
+    Parameters
+    ----------
+    tiles, out, params, read, device, workers
+        As for :func:`fuse`.
+    options : FuseOptions, optional
+        What to read and how to write (default ``FuseOptions()``).
+    flatfield : FlatField, optional
+        A flat field in memory; takes precedence over ``options.flatfield``.
+
+    Returns
+    -------
+    FusionJob or TiffJob
+        ``job.finish(...)`` writes the mosaic and returns the :class:`FusionResult`.
+    """
+    started = time.perf_counter()
+    options = FuseOptions.resolve(options)
+    out = Path(out)
+    n_workers = workers or 4
+    table, metas, missing = load_tiles(
+        tiles,
+        pixel_size_um=options.pixel_size_um,
+        rotation_deg=options.rotation_deg,
+        skip_missing=options.skip_missing,
+        workers=n_workers,
+    )
+    extra: dict[str, Any] = {}
+    if options.register:
+        tile_shapes = tile_layout(table, metas)[0]
+        table, extra["registration"] = _register(table, tile_shapes, out, read, n_workers)
+    plan = plan_loaded(
+        table, metas, params=params, read=read, workers=n_workers, force=options.force
+    )
+    if flatfield is None and options.flatfield is not None:
+        flatfield = _flatfield(options.flatfield, plan, read)
+    if out.suffix.lower() in TIFF_SUFFIXES:
+        return TiffJob(out, plan, options, flatfield, read, device, tuple(missing), extra, started)
+    return prepare_fusion(
+        plan, out, resume=options.resume, overwrite=options.overwrite, ngff=options.ngff,
+        pyramid=options.pyramid, flatfield=flatfield, read=read, device=device, missing=missing,
+        extra=extra, started=started, preview=options.preview,
+    )  # fmt: skip
 
 
 def fuse(
@@ -78,21 +101,17 @@ def fuse(
     out: str | os.PathLike[str],
     *,
     params: FusionParams | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    ngff: str = "0.4",
-    pyramid: bool = True,
+    options: FuseOptions | None = None,
     flatfield: Any = None,
     read: Reader | None = None,
     device: str | None = None,
-    register: bool = False,
-    preview: str | os.PathLike[str] | None = None,
     scheduler: Any = None,
     workers: int | None = None,
     on_chunk: Callable[..., None] | None = None,
-    **plan_options: Any,
 ) -> FusionResult:
     """Fuse tiles into an OME-Zarr mosaic on disk, chunk by chunk, resumably.
+
+    ``fuse(...)`` is ``prepare(...).finish(...)``.
 
     Parameters
     ----------
@@ -102,27 +121,14 @@ def fuse(
         instead, for mosaics up to 4 GiB (computed in memory; no resume, no pyramid).
     params : FusionParams, optional
         Blending, interpolation order, chunk size, fill value.
-    resume : bool
-        Finish an interrupted write: chunks recorded as done are skipped. The result equals
-        an uninterrupted run byte for byte.
-    overwrite : bool
-        Replace whatever is at ``out``.
-    ngff : {"0.4", "0.5"}
-        NGFF 0.4 on Zarr v2 (default: the most widely readable) or 0.5 on Zarr v3.
-    pyramid : bool
-        Write downsampled levels (halving until the image fits one chunk).
-    flatfield : FlatField or "estimate", optional
-        Vignetting correction applied to each tile before placing it; ``"estimate"`` derives
-        it from the tiles themselves (:func:`scopefx.fusion.estimate_flatfield`).
+    options : FuseOptions, optional
+        What to read and how to write: pixel size, rotation, missing tiles, registration,
+        flat field, NGFF version, pyramid, resume, overwrite, preview.
+    flatfield : FlatField, optional
+        A flat field in memory (instead of ``options.flatfield``).
     read : callable, optional
         ``read(ref) -> array``; default :func:`scopefx.io.read_image`.
     device : {None, "cpu", "gpu", "cuda:N"}
-    register : bool
-        Refine the positions from the tiles' overlaps first (:func:`scopefx.fusion.register`);
-        the refined table and per-pair residuals are written beside ``out`` as
-        ``<name>.registered.csv`` and ``<name>.pairs.csv``.
-    preview : path, optional
-        Also save a downsampled PNG with the tile outlines (:func:`write_preview`).
     scheduler : optional
         dask scheduler for ``compute`` (default: the threaded one, or the active
         ``distributed.Client``).
@@ -131,8 +137,6 @@ def fuse(
     on_chunk : callable, optional
         ``on_chunk(status, total)`` after each chunk, from worker threads: status 1 written,
         2 already done; ``total`` chunks over all pyramid levels.
-    **plan_options
-        ``pixel_size_um``, ``rotation_deg``, ``skip_missing``, ``force``.
 
     Returns
     -------
@@ -141,62 +145,34 @@ def fuse(
     Raises
     ------
     ImageNotFoundError
-        Missing tiles (listed), unless ``skip_missing=True``.
+        Missing tiles (listed), unless ``options.skip_missing``.
     ConfigError
         Mixed tiles, singular affines, a mosaic over the size limit, or an output path that
         holds something else (without ``overwrite``).
+
+    Examples
+    --------
+    >>> import scopefx                                                    # doctest: +SKIP
+    >>> from scopefx.fusion import FuseOptions, FusionParams
+    >>> scopefx.fuse("tiles.csv", "mosaic.ome.zarr", params=FusionParams(blend="linear"),
+    ...              options=FuseOptions(register=True, preview="mosaic.png"))
     """
-    t0 = time.perf_counter()
-    out = Path(out)
-    plan, flatfield, missing, extra = plan_tiles(
-        tiles, out, params=params, flatfield=flatfield, read=read, register=register,
-        workers=workers, **plan_options,
+    job = prepare(
+        tiles, out, params=params, options=options, flatfield=flatfield, read=read,
+        device=device, workers=workers,
     )  # fmt: skip
-    if out.suffix.lower() in (".tif", ".tiff"):
-        return _fuse_tiff(
-            plan, out, missing, extra, t0, overwrite=overwrite, flatfield=flatfield, read=read,
-            device=device, scheduler=scheduler, workers=workers,
-        )  # fmt: skip
-    job = prepare_fusion(
-        plan, out, resume=resume, overwrite=overwrite, ngff=ngff, pyramid=pyramid,
-        flatfield=flatfield, read=read, device=device, missing=missing, extra=extra, started=t0,
-    )  # fmt: skip
-    return job.finish(scheduler=scheduler, workers=workers, on_chunk=on_chunk, preview=preview)
+    return job.finish(scheduler=scheduler, workers=workers, on_chunk=on_chunk)
 
 
-def plan_tiles(
-    tiles: TileTable | str | os.PathLike[str],
-    out: Path,
-    *,
-    params: FusionParams | None = None,
-    flatfield: Any = None,
-    read: Reader | None = None,
-    register: bool = False,
-    workers: int | None = None,
-    **plan_options: Any,
-) -> tuple[FusionPlan, Any, list[str], dict[str, Any]]:
-    """What :func:`fuse` does before writing: read the table and the tile headers, register
-    (sidecar files beside ``out``), plan, estimate the flat field. Returns the plan, the flat
-    field, the missing tiles and the run's extra summary (registration)."""
-    table, metas, missing = load_tiles(
-        tiles,
-        pixel_size_um=plan_options.pop("pixel_size_um", None),
-        rotation_deg=plan_options.pop("rotation_deg", 0.0),
-        skip_missing=plan_options.pop("skip_missing", False),
-        workers=workers or 4,
-    )
-    extra: dict[str, Any] = {}
-    if register:
-        tile_shapes = tile_layout(table, metas)[0]
-        table, extra["registration"] = _register(table, tile_shapes, out, read, workers or 4)
-    plan = plan_loaded(table, metas, params=params, read=read, workers=workers or 4, **plan_options)
-    if isinstance(flatfield, str):
-        if flatfield != "estimate":
-            raise ConfigError(f'flatfield must be a FlatField or "estimate", got {flatfield!r}')
-        from ._flatfield import estimate_flatfield
+def _flatfield(spec: str, plan: FusionPlan, read: Reader | None) -> Any:
+    """The flat field ``FuseOptions.flatfield`` names: estimated, a saved ``.npz``, or
+    ``FLAT[,DARK]`` images."""
+    from ._flatfield import estimate_flatfield, load_flatfield
 
-        flatfield = estimate_flatfield(plan.refs, read=read)
-    return plan, flatfield, missing, extra
+    if spec == "estimate":
+        return estimate_flatfield(plan.refs, read=read)
+    flat, _, dark = spec.partition(",")
+    return load_flatfield(flat, dark or None)
 
 
 def sidecar(out: Path, suffix: str) -> Path:
@@ -233,6 +209,38 @@ def _register(
 
 
 TIFF_LIMIT_GIB = 4.0
+
+
+@dataclass
+class TiffJob:
+    """A planned mosaic written as one TIFF (:func:`prepare` with a ``.tif`` output)."""
+
+    out: Path
+    plan: FusionPlan
+    options: FuseOptions
+    flatfield: Any = None
+    read: Reader | None = None
+    device: str | None = None
+    missing: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    state: str = "new"
+
+    def finish(
+        self,
+        *,
+        scheduler: Any = None,
+        workers: int | None = None,
+        on_chunk: Callable[..., None] | None = None,
+        preview: str | os.PathLike[str] | None = None,
+    ) -> FusionResult:
+        """Compute the mosaic in memory and write it to a temporary name, renamed when
+        complete (``on_chunk`` and ``preview`` are not used for TIFF output)."""
+        return _fuse_tiff(
+            self.plan, self.out, list(self.missing), self.extra, self.started,
+            overwrite=self.options.overwrite, flatfield=self.flatfield, read=self.read,
+            device=self.device, scheduler=scheduler, workers=workers,
+        )  # fmt: skip
 
 
 def _fuse_tiff(

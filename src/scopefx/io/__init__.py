@@ -11,6 +11,7 @@ multiscale writing (:class:`OmeZarrSpec`, :func:`create_ome_zarr`).
 On endpoints, :class:`DataRoots` confines references to the configured data roots.
 """
 
+from ._expand import as_image_refs
 from ._metadata import ImageMetadata, read_metadata
 from ._omezarr import OmeZarrSpec, create_ome_zarr, multiscales_metadata
 from ._read import read_image
@@ -26,6 +27,7 @@ __all__ = [
     "OmeZarrSpec",
     "Tile",
     "TileTable",
+    "as_image_refs",
     "create_ome_zarr",
     "find_images",
     "multiscales_metadata",

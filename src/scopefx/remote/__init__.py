@@ -4,11 +4,15 @@
   ``plan_mosaic``, ``fuse_region``, ``finish_mosaic``, ``endpoint_info``).
 * :class:`Client` — batches references, submits them to any ``concurrent.futures.Executor``
   (a Globus Compute ``Executor``, or the embedded local default), gathers the results.
+* :class:`EngineExecutor` — a real Globus Compute endpoint engine in this process, as an
+  Executor (offline use, tests; ``factory = "scopefx.remote:EngineExecutor"`` in an
+  endpoint configuration).
 * :func:`register_functions` / :class:`Manifest` — registration with Globus Compute, and
   the name -> UUID manifest that clients and endpoint configurations use.
 """
 
 from ._config import ROLES, ClientConfig, EndpointSpec, default_config_path
+from ._engine import EngineExecutor
 from ._manifest import FUNCTION_NAMES, Manifest, fill_allowed_functions, register_functions
 from .client import PAYLOAD_LIMIT_BYTES, Client
 
@@ -16,6 +20,7 @@ __all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
     "Client",
     "ClientConfig",
     "EndpointSpec",
+    "EngineExecutor",
     "FUNCTION_NAMES",
     "Manifest",
     "PAYLOAD_LIMIT_BYTES",

@@ -10,7 +10,7 @@ back as messagepack ``Result`` messages and are deserialized the way the SDK doe
 Only the Globus web service (login, registration, routing) is left out, which is why the tests
 and ``bench/remote.py`` use it: everything the endpoint does to a task is real. It also runs
 the suite on a machine with no network at all (``factory =
-"scopefx.remote._engine:EngineExecutor"`` in the endpoint configuration).
+"scopefx.remote:EngineExecutor"`` in the endpoint configuration).
 """
 
 from __future__ import annotations
@@ -25,14 +25,11 @@ import threading
 import uuid
 from typing import Any
 
+from ..errors import RemoteTaskError
+
 __all__ = ["EngineExecutor", "RemoteTaskError", "pack_task"]
 
 log = logging.getLogger(__name__)
-
-
-class RemoteTaskError(RuntimeError):
-    """A task failed on the engine; the message is the endpoint's formatted traceback (as
-    ``globus_compute_sdk.errors.TaskExecutionFailed`` carries it)."""
 
 
 def pack_task(

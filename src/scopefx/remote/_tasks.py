@@ -29,14 +29,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Keys a mosaic job may hold (see :func:`fuse_mosaic`).
-JOB_KEYS = frozenset(
-    {
-        "tiles", "output", "params", "resume", "overwrite", "ngff", "pyramid", "register",
-        "flatfield", "preview", "pixel_size_um", "rotation_deg", "skip_missing", "force",
-        "workers", "device", "regions", "cluster",
-    }
-)  # fmt: skip
+#: Keys a mosaic job may hold (see :func:`fuse_mosaic`): what to fuse, how, and where it runs.
+JOB_KEYS = frozenset({"tiles", "output", "params", "options", "workers", "cluster"})
 
 
 def _error_item(ref: Any, exc: BaseException) -> dict[str, Any]:
@@ -51,33 +45,29 @@ def _error_item(ref: Any, exc: BaseException) -> dict[str, Any]:
 # focus
 
 
-def score_focus(
-    refs: list[str], params: dict[str, Any] | None = None, calibration: dict[str, Any] | None = None
-) -> list[dict[str, Any]]:
+def score_focus(refs: list[str], params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Score a batch of image references; one dict per reference, in order.
 
     Each dict holds ``ref`` (as sent), ``path`` (as resolved on the endpoint), ``status``
     (``"ok"`` or an error kind: ``missing``, ``corrupt``, ``denied``...), ``error``,
-    ``features``, ``density_per_mpx``, the focus-map summary and map, timings (``read_seconds``,
-    ``score_seconds``, ``seconds``) and, with a ``calibration``, the ``verdict``. A multi-page
-    stack gives ``pages``, one such dict per page.
+    ``features``, ``density_per_mpx``, the focus-map summary and map, and timings
+    (``read_seconds``, ``score_seconds``, ``seconds``). A multi-page stack gives ``pages``,
+    one such dict per page. Scores only: the caller's :class:`~scopefx.focus.FocusRun` gives
+    the verdicts, so they are the same wherever the scores were computed.
 
     Raises
     ------
     ConfigError
-        ``refs`` is not a list, or ``params`` / ``calibration`` are invalid: the whole batch
-        is wrong, not one item.
+        ``refs`` is not a list, or ``params`` are invalid: the whole batch is wrong, not one
+        item.
     """
-    from ..focus import Calibration, FocusParams
-    from ..focus._batch import score_one
+    from ..focus import FocusParams, score_one
 
     if isinstance(refs, (str, bytes)) or not isinstance(refs, (list, tuple)):
         raise ConfigError(f"refs must be a list of image references, got {type(refs).__name__}")
+    if params is not None and not isinstance(params, dict):
+        raise ConfigError(f"params must be a FocusParams dict, got {type(params).__name__}")
     focus_params = FocusParams.from_dict(params or {})
-    cal = None
-    if calibration is not None:
-        cal = Calibration.from_dict(calibration, source="calibration sent with the batch")
-        cal.check_params(focus_params)
     roots = DataRoots.from_env()
     items = []
     for ref in refs:
@@ -91,11 +81,7 @@ def score_focus(
         except Exception as exc:
             items.append(_error_item(ref, exc))
             continue
-        pages = []
-        for record in score_one(resolved, focus_params):
-            if cal is not None and record.ok:
-                record.apply(cal.verdict(record.density_per_mpx))
-            pages.append({"ref": ref, **record.to_dict()})
+        pages = [{"ref": ref, **record.to_dict()} for record in score_one(resolved, focus_params)]
         seconds = time.perf_counter() - start
         if len(pages) == 1:
             item = pages[0]
@@ -118,7 +104,8 @@ def score_focus(
 # mosaics
 
 
-def _job_options(job: Any) -> dict[str, Any]:
+def _checked_job(job: Any) -> dict[str, Any]:
+    """The job's keys checked: references are non-empty strings, the rest plain data."""
     if not isinstance(job, dict):
         raise ConfigError(f"a mosaic job is a dict, got {type(job).__name__}")
     unknown = sorted(set(job) - JOB_KEYS)
@@ -129,44 +116,48 @@ def _job_options(job: Any) -> dict[str, Any]:
     for key in ("tiles", "output"):
         if not isinstance(job.get(key), str) or not job[key]:
             raise ConfigError(f"mosaic job needs {key!r}: a reference string, got {job.get(key)!r}")
+    workers = job.get("workers")
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise ConfigError(f"job key 'workers' must be an integer >= 1 or absent, got {workers!r}")
     return dict(job)
 
 
-def _load(job: dict[str, Any], roots: DataRoots) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Check every reference of a job against the roots and read its tile table.
+def _load(job: dict[str, Any], roots: DataRoots) -> tuple[Any, Any, Any, Any]:
+    """The job's parameters and options, with every reference resolved inside the roots.
 
-    Returns the table and the keyword arguments for planning and for writing.
+    Returns ``(tiles, output, params, options)``: the tile table (read, its tiles checked),
+    the output path, :class:`~scopefx.FusionParams` and :class:`~scopefx.fusion.FuseOptions`
+    whose references (flat field, preview) are resolved paths.
     """
-    from ..fusion import FusionParams, load_flatfield
+    from ..fusion import FuseOptions, FusionParams
     from ..io import read_tile_table
 
+    params = FusionParams.from_dict(job.get("params") or {})
+    options = FuseOptions.from_dict(job.get("options") or {})
+    if options.force:
+        raise ConfigError(
+            "'force' is not accepted from a remote caller: the size limits are this endpoint's "
+            "settings; split the mosaic or ask the endpoint's administrator"
+        )
     tiles = roots.resolve(job["tiles"])
     output = roots.resolve(job["output"], must_exist=False)
     table = read_tile_table(
-        tiles,
-        pixel_size_um=job.get("pixel_size_um"),
-        rotation_deg=float(job.get("rotation_deg", 0.0)),
+        tiles, pixel_size_um=options.pixel_size_um, rotation_deg=options.rotation_deg
     )
     roots.check_all(table.refs)  # a table inside the roots may still name tiles outside
-    flatfield = job.get("flatfield")
-    if flatfield not in (None, "estimate"):
-        flatfield = load_flatfield(roots.resolve(flatfield))
-    preview = job.get("preview")
-    write = {
-        "params": FusionParams(**(job.get("params") or {})),
-        "resume": bool(job.get("resume", False)),
-        "overwrite": bool(job.get("overwrite", False)),
-        "ngff": str(job.get("ngff", "0.4")),
-        "pyramid": bool(job.get("pyramid", True)),
-        "register": bool(job.get("register", False)),
-        "flatfield": flatfield,
-        "device": job.get("device"),
-        "workers": job.get("workers"),
-        "preview": None if preview is None else roots.resolve(preview, must_exist=False),
-        "skip_missing": bool(job.get("skip_missing", False)),
-        "force": bool(job.get("force", False)),
-    }
-    return table, {"output": output}, write
+    resolved: dict[str, Any] = {}
+    if options.flatfield not in (None, "estimate"):
+        if "," in options.flatfield:
+            raise ConfigError(
+                "on an endpoint, flatfield is 'estimate' or one saved .npz reference, got "
+                f"{options.flatfield!r}"
+            )
+        resolved["flatfield"] = os.fspath(roots.resolve(options.flatfield))
+    if options.preview is not None:
+        resolved["preview"] = os.fspath(roots.resolve(options.preview, must_exist=False))
+    return table, output, params, options.replace(**resolved)
 
 
 #: Smallest mosaic (level-0 chunks) sent to the endpoint's cluster when ``cluster`` is unset.
@@ -194,38 +185,27 @@ def _cluster_for(job: dict[str, Any], n_chunks: int) -> Any:
     return spec if wanted or n_chunks >= minimum else None
 
 
-def _prepared(job: dict[str, Any]) -> tuple[Any, dict[str, Any], DataRoots]:
-    """Check the job, plan it and create its store: the first half of every mosaic task."""
-    from pathlib import Path
+def _prepared(job: Any) -> tuple[Any, dict[str, Any]]:
+    """Check the job and :func:`scopefx.fusion.prepare` it: the first half of every mosaic
+    task. Returns the job (a FusionJob, or a TiffJob for a ``.tif`` output) and the checked
+    job dict."""
+    from ..fusion import prepare
 
-    from ..fusion._job import prepare_fusion
-    from ..fusion._write import plan_tiles
-
-    job = _job_options(job)
-    roots = DataRoots.from_env()
-    table, refs, write = _load(job, roots)
-    out = Path(refs["output"])
-    plan, flatfield, missing, extra = plan_tiles(
-        table, out, params=write["params"], flatfield=write["flatfield"],
-        register=write["register"], workers=write["workers"], skip_missing=write["skip_missing"],
-        force=write["force"],
-    )  # fmt: skip
-    fusion = prepare_fusion(
-        plan, out, resume=write["resume"], overwrite=write["overwrite"], ngff=write["ngff"],
-        pyramid=write["pyramid"], flatfield=flatfield, device=write["device"], missing=missing,
-        extra=extra,
-    )  # fmt: skip
-    return fusion, write, roots
+    checked = _checked_job(job)
+    table, output, params, options = _load(checked, DataRoots.from_env())
+    prepared = prepare(
+        table, output, params=params, options=options, workers=checked.get("workers")
+    )
+    return prepared, checked
 
 
 def fuse_mosaic(job: dict[str, Any]) -> dict[str, Any]:
     """Fuse a mosaic on the endpoint: tile table reference in, output reference out.
 
-    ``job`` holds ``tiles`` and ``output`` (references), and optionally ``params`` (a
-    :class:`~scopefx.FusionParams` dict), ``resume``, ``overwrite``, ``ngff``, ``pyramid``,
-    ``register``, ``flatfield`` (``"estimate"`` or a reference to a saved flat field),
-    ``preview`` (a PNG reference), ``pixel_size_um``, ``rotation_deg``, ``skip_missing``,
-    ``force``, ``workers``, ``device`` and ``cluster``.
+    ``job`` is plain JSON data: ``tiles`` and ``output`` (references), optionally ``params``
+    (:meth:`scopefx.FusionParams.to_dict`), ``options``
+    (:meth:`scopefx.fusion.FuseOptions.to_dict`; its ``flatfield`` and ``preview`` are
+    references too), ``workers`` and ``cluster``.
 
     Where the chunks run: on the dask cluster the endpoint's configuration names
     (``SCOPEFX_CLUSTER``, e.g. SLURM jobs inside the allocation) when the mosaic has at least
@@ -236,29 +216,21 @@ def fuse_mosaic(job: dict[str, Any]) -> dict[str, Any]:
     ``cluster`` (its kind, or ``None``) and ``timings``.
     """
     from ..cluster import open_cluster
-    from ..fusion import fuse
+    from ..fusion import FusionJob
 
     start = time.perf_counter()
-    checked = _job_options(job)
-    if checked["output"].lower().endswith((".tif", ".tiff")):  # small, in memory, one call
-        roots = DataRoots.from_env()
-        table, refs, write = _load(checked, roots)
-        summary = fuse(table, refs["output"], **write).to_dict()
-        summary.update(output=job["output"], cluster=None)
-        summary["timings"] = {"total_s": round(time.perf_counter() - start, 4)}
-        return summary
-    fusion, write, _ = _prepared(checked)
+    prepared, checked = _prepared(job)
     planned = time.perf_counter()
-    spec = _cluster_for(checked, fusion.plan.n_chunks)
-    options = {"workers": write["workers"], "preview": write["preview"]}
-    if spec is None:
-        result = fusion.finish(**options)
+    spec = _cluster_for(checked, prepared.plan.n_chunks)
+    if spec is None or not isinstance(prepared, FusionJob):
+        result = prepared.finish(workers=checked.get("workers"))
+        spec = None
     else:
         with open_cluster(spec) as client:
-            result = fusion.finish(scheduler=client, **options)
+            result = prepared.finish(scheduler=client, workers=checked.get("workers"))
     summary = result.to_dict()
     summary.update(
-        output=job["output"],
+        output=checked["output"],
         cluster=None if spec is None else spec.kind,
         timings={
             "plan_s": round(planned - start, 4),
@@ -268,33 +240,40 @@ def fuse_mosaic(job: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def plan_mosaic(job: dict[str, Any]) -> dict[str, Any]:
+def plan_mosaic(job: dict[str, Any], regions: int = 16) -> dict[str, Any]:
     """Plan a mosaic and create its output store, without fusing, for fan-out.
 
-    Takes the same ``job`` as :func:`fuse_mosaic` plus ``regions`` (how many pieces to split
-    the level-0 chunks into, default 16). Returns ``plan`` (the output reference, which
+    Takes the same ``job`` as :func:`fuse_mosaic` (an OME-Zarr output) and how many pieces to
+    split the level-0 chunks into. Returns ``plan`` (the output reference, which
     :func:`fuse_region` and :func:`finish_mosaic` take), ``regions``, ``chunks``, ``shape``
     and ``state``.
     """
+    from ..fusion import FusionJob
+
     start = time.perf_counter()
-    fusion, _, _ = _prepared(job)
-    plan = fusion.plan
-    missing = fusion.missing
-    n = int(job.get("regions", 16))
+    if isinstance(regions, bool) or not isinstance(regions, int) or regions < 1:
+        raise ConfigError(f"regions must be an integer >= 1, got {regions!r}")
+    prepared, checked = _prepared(job)
+    if not isinstance(prepared, FusionJob):
+        raise ConfigError(
+            f"plan_mosaic needs an OME-Zarr output to fan out over, got {checked['output']!r}; "
+            "use fuse_mosaic for a TIFF"
+        )
+    plan = prepared.plan
     return {
-        "plan": job["output"],
-        "state": fusion.state,
-        "regions": [] if fusion.state == "complete" else fusion.regions(n),
+        "plan": checked["output"],
+        "state": prepared.state,
+        "regions": [] if prepared.state == "complete" else prepared.regions(regions),
         "chunks": plan.n_chunks,
         "shape": list(plan.full_shape),
         "n_tiles": len(plan.refs),
-        "missing": list(missing),
+        "missing": list(prepared.missing),
         "seconds": round(time.perf_counter() - start, 4),
     }
 
 
 def _open_job(plan_ref: str, roots: DataRoots) -> Any:
-    from ..fusion._job import FusionJob
+    from ..fusion import FusionJob
 
     if not isinstance(plan_ref, str) or not plan_ref:
         raise ConfigError(

@@ -35,6 +35,8 @@ PAYLOAD_LIMIT_BYTES = 10 * 2**20
 _BATCH_BUDGET_BYTES = PAYLOAD_LIMIT_BYTES // 10
 #: Upper estimate of one focus record's size in the result (a record with its focus map).
 _RECORD_BYTES = 4096
+#: Keyword arguments of :meth:`Client.iter_focus` that are not FocusParams overrides.
+_ITER_FOCUS_KEYWORDS = frozenset({"params", "run", "calibration", "baseline", "on_record"})
 #: Largest automatic batch: enough to amortise the per-task cost (see bench/remote.py).
 _MAX_AUTO_BATCH = 64
 
@@ -48,15 +50,17 @@ def _local_workers() -> int:
 def is_transient(exc: BaseException) -> bool:
     """Whether a failed task may succeed when sent again (a lost worker, a dropped
     connection), as opposed to a scopefx error that would only repeat. Remote exceptions
-    arrive as text (Globus Compute's ``TaskExecutionFailed``), so the text is checked too."""
+    arrive as text (Globus Compute's ``TaskExecutionFailed``, scopefx's
+    :class:`~scopefx.errors.RemoteTaskError`), so the text is checked too."""
     from .. import errors
 
-    if isinstance(exc, errors.ScopefxError):
+    if isinstance(exc, errors.ScopefxError) and not isinstance(exc, errors.RemoteTaskError):
         return False
     text = f"{type(exc).__name__}: {exc}"
     if "MaxResultSizeExceeded" in text:  # the same task gives the same result
         return False
-    return not any(name in text for name in errors.__all__)
+    names = [name for name in errors.__all__ if name != "RemoteTaskError"]
+    return not any(name in text.replace("RemoteTaskError", "") for name in names)
 
 
 def _too_large(exc: BaseException) -> bool:
@@ -323,9 +327,10 @@ class Client:
 
     def iter_focus(
         self,
-        refs: Iterable[str | os.PathLike[str]],
+        refs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
         *,
         params: Any = None,
+        run: Any = None,
         calibration: Any = None,
         baseline: Any = None,
         on_record: Callable[[Any], None] | None = None,
@@ -334,21 +339,23 @@ class Client:
         """Score references where the ``focus`` role runs; yield :class:`~scopefx.FocusRecord`
         objects in input order, each as soon as it and all before it are back.
 
-        Verdicts: with a ``calibration``, from the estimated |defocus|; otherwise relative to
-        the run (``baseline``, a :class:`~scopefx.RunBaseline`, made if not given).
-        A reference that fails yields a record with its ``status`` and ``error``; a task
-        that fails as a whole is retried ``max_retries`` times, then its records say
-        ``status="failed"``.
+        The endpoint returns scores; verdicts are given here, by ``run`` (a
+        :class:`~scopefx.focus.FocusRun`; default one made from ``calibration`` and
+        ``baseline``), so local and remote scoring give the same verdicts. A reference that
+        fails yields a record with its ``status`` and ``error``; a task that fails as a whole
+        is retried ``max_retries`` times, then its records say ``status="failed"``.
+        ``refs`` is a list; a single folder or glob is expanded here
+        (:func:`scopefx.io.as_image_refs`).
         """
-        from ..focus import RunBaseline
-        from ..focus._batch import _drain
-        from ..focus._score import _resolve
+        from ..focus import FocusParams, FocusRun
+        from ..io import as_image_refs
 
-        focus_params = _resolve(params, overrides)
-        if calibration is not None:
-            calibration.check_params(focus_params)
-        baseline = baseline if baseline is not None else RunBaseline()
-        items = [os.fspath(r) for r in refs]
+        focus_params = FocusParams.resolve(params, **overrides)
+        if run is None:
+            run = FocusRun(calibration=calibration, baseline=baseline, params=focus_params)
+        elif run.calibration is not None:
+            run.calibration.check_params(focus_params)
+        items = as_image_refs(refs)
         if not items:
             return
         ex = self.executor_for("focus")
@@ -360,7 +367,11 @@ class Client:
         for records in self._gather(
             batches, lambda batch: self._submit("focus", "score_focus", batch, wire)
         ):
-            yield from _drain(records, calibration, baseline, focus_params, on_record)
+            for record in records:
+                run.judge(record)
+                if on_record is not None:
+                    on_record(record)
+                yield record
 
     def _gather(
         self, batches: list[list[str]], submit: Callable[[list[str]], cf.Future[Any]]
@@ -451,15 +462,26 @@ class Client:
             for future in pending:
                 future.cancel()
 
-    def score_focus(self, refs: Iterable[str | os.PathLike[str]], **kwargs: Any) -> list[Any]:
-        """:meth:`iter_focus` gathered into a list; warm-up verdicts settled at the end."""
-        from ..focus import RunBaseline
-        from ..focus._batch import rejudge_warmup
+    def score_focus(
+        self, refs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str], **kwargs: Any
+    ) -> list[Any]:
+        """:meth:`iter_focus` gathered into a list, warm-up verdicts settled at the end
+        (:meth:`FocusRun.settle`)."""
+        from ..focus import FocusParams, FocusRun
 
-        baseline = kwargs.pop("baseline", None) or RunBaseline()
-        records = list(self.iter_focus(refs, baseline=baseline, **kwargs))
-        if kwargs.get("calibration") is None:
-            rejudge_warmup(records, baseline)
+        run = kwargs.pop("run", None)
+        if run is None:
+            params = FocusParams.resolve(
+                kwargs.get("params"),
+                **{k: v for k, v in kwargs.items() if k not in _ITER_FOCUS_KEYWORDS},
+            )
+            run = FocusRun(
+                calibration=kwargs.pop("calibration", None),
+                baseline=kwargs.pop("baseline", None),
+                params=params,
+            )
+        records = list(self.iter_focus(refs, run=run, **kwargs))
+        run.settle()
         return records
 
     # -- mosaics ----------------------------------------------------------------------------------
@@ -470,40 +492,57 @@ class Client:
         output: str | os.PathLike[str],
         *,
         params: Any = None,
+        options: Any = None,
         regions: int | None = None,
-        preview: str | os.PathLike[str] | None = None,
-        **options: Any,
-    ) -> dict[str, Any]:
-        """Fuse a mosaic where the ``fusion`` role runs; returns the summary dict.
+        workers: int | None = None,
+        **overrides: Any,
+    ) -> Any:
+        """Fuse a mosaic where the ``fusion`` role runs.
 
         Parameters
         ----------
         tiles, output : references on that endpoint (tile table; ``.ome.zarr`` output)
         params : FusionParams, optional
+        options : FuseOptions, optional
+            What to read and how to write (``resume``, ``overwrite``, ``register``,
+            ``flatfield``, ``pixel_size_um``, ``preview``...); ``**overrides`` of its fields
+            are applied on top. Its ``flatfield`` and ``preview`` are references there too.
         regions : int, optional
             Fan out: plan once, fuse this many regions as separate tasks at once, then
             finish (pyramid, completion). Default: one ``fuse_mosaic`` task.
-        preview : reference, optional
-            A PNG preview written beside the mosaic.
-        **options
-            Other :func:`scopefx.remote.functions.fuse_mosaic` job keys (``resume``,
-            ``overwrite``, ``register``, ``flatfield``, ``pixel_size_um``...).
+        workers : int, optional
+            Threads per task on the endpoint.
+
+        Returns
+        -------
+        FusionResult
+            Without the plan; ``extra`` holds ``output`` (the reference as sent) and the
+            endpoint's ``timings``.
 
         A task lost on the way is resubmitted up to ``max_retries`` times with
-        ``resume=True``: chunks already written are kept.
+        ``resume=True``: chunks already written are kept. Only JSON data is sent.
         """
-        job: dict[str, Any] = {"tiles": os.fspath(tiles), "output": os.fspath(output), **options}
-        if params is not None:
-            job["params"] = params.to_dict() if hasattr(params, "to_dict") else dict(params)
+        from ..fusion import FuseOptions, FusionParams, FusionResult
+
+        fuse_options = FuseOptions.resolve(options, **overrides)
+        fusion_params = params if params is not None else FusionParams()
+        if not isinstance(fusion_params, FusionParams):
+            raise ConfigError(f"params must be a FusionParams, got {type(params).__name__}")
+        job: dict[str, Any] = {
+            "tiles": os.fspath(tiles),
+            "output": os.fspath(output),
+            "params": fusion_params.to_dict(),
+            "options": fuse_options.to_dict(),
+        }
+        if workers is not None:
+            job["workers"] = workers
         if regions is None:
-            if preview is not None:
-                job["preview"] = os.fspath(preview)
-            return self._retrying("fuse_mosaic", job, resume_key=True)
+            return FusionResult.from_dict(self._retrying("fuse_mosaic", job, resume_key=True))
         if not isinstance(regions, int) or regions < 1:
             raise ConfigError(f"regions must be an integer >= 1, got {regions!r}")
-        planned = self._retrying("plan_mosaic", {**job, "regions": regions}, resume_key=True)
+        planned = self._retrying("plan_mosaic", job, regions, resume_key=True)
         futures = {
-            self._submit("fusion", "fuse_region", planned["plan"], region): region
+            self._submit("fusion", "fuse_region", planned["plan"], region, workers): region
             for region in planned["regions"]
         }
         for future in cf.as_completed(futures):
@@ -513,8 +552,8 @@ class Client:
                 log.warning(
                     "region %s failed (%s); finish_mosaic will write it", futures[future], exc
                 )
-        preview_ref = None if preview is None else os.fspath(preview)
-        return self._retrying("finish_mosaic", planned["plan"], preview_ref)
+        summary = self._retrying("finish_mosaic", planned["plan"], fuse_options.preview, workers)
+        return FusionResult.from_dict(summary)
 
     def _retrying(self, name: str, *args: Any, resume_key: bool = False) -> dict[str, Any]:
         for attempt in range(self.max_retries + 1):
@@ -526,8 +565,10 @@ class Client:
                 log.warning(
                     "%s failed (%s: %s); retrying with resume", name, type(exc).__name__, exc
                 )
-                if resume_key:
-                    args = ({**args[0], "resume": True, "overwrite": False}, *args[1:])
+                if resume_key:  # the job again, now finishing what the lost task wrote
+                    job = args[0]
+                    options = {**job["options"], "resume": True, "overwrite": False}
+                    args = ({**job, "options": options}, *args[1:])
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- life cycle -------------------------------------------------------------------------------

@@ -31,23 +31,22 @@ __all__ = [
 ]
 
 
-def score_focus(
-    refs: list[str], params: dict[str, Any] | None = None, calibration: dict[str, Any] | None = None
-) -> list[dict[str, Any]]:
+def score_focus(refs: list[str], params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Score image references for focus (MHFD); one dict per reference, in order.
 
     One bad reference never fails the batch: its dict has ``status`` (``missing``,
     ``corrupt``, ``denied``...) and ``error``. ``params`` is a :class:`scopefx.FocusParams`
-    dict; with a ``calibration`` (:meth:`scopefx.Calibration.to_dict`) each record carries
-    its verdict. See :func:`scopefx.remote._tasks.score_focus`.
+    dict. Scores only: verdicts are the caller's (:class:`scopefx.focus.FocusRun`).
     """
     from scopefx.remote import _tasks
 
-    return _tasks.score_focus(refs, params, calibration)
+    return _tasks.score_focus(refs, params)
 
 
 def fuse_mosaic(job: dict[str, Any]) -> dict[str, Any]:
-    """Fuse the mosaic a job describes (``tiles``, ``output`` and options) on this endpoint.
+    """Fuse the mosaic a job describes on this endpoint: JSON data with ``tiles`` and
+    ``output`` (references), ``params`` (:class:`scopefx.FusionParams`), ``options``
+    (:class:`scopefx.fusion.FuseOptions`), ``workers`` and ``cluster``.
 
     See :func:`scopefx.remote._tasks.fuse_mosaic` for the job's keys.
     """
@@ -56,11 +55,11 @@ def fuse_mosaic(job: dict[str, Any]) -> dict[str, Any]:
     return _tasks.fuse_mosaic(job)
 
 
-def plan_mosaic(job: dict[str, Any]) -> dict[str, Any]:
-    """Plan a mosaic and create its store, returning the regions to fan out."""
+def plan_mosaic(job: dict[str, Any], regions: int = 16) -> dict[str, Any]:
+    """Plan a mosaic and create its store, returning ``regions`` regions to fan out."""
     from scopefx.remote import _tasks
 
-    return _tasks.plan_mosaic(job)
+    return _tasks.plan_mosaic(job, regions)
 
 
 def fuse_region(

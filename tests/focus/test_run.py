@@ -1,0 +1,120 @@
+"""One verdict policy (FocusRun) for every caller: the same scores give the same verdicts
+whether they were computed here or by the remote function."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tifffile
+
+from scopefx import Calibration, Client, FocusParams, FocusRun, RunBaseline, score_files
+from scopefx.errors import ConfigError
+from scopefx.focus import FocusRecord
+from scopefx.samples import acquire, bundled_image, defocus, partial_defocus
+
+#: Sections 0..11: 5 and 9 out of focus, 7 sharp on the left and blurred on the right.
+OUT, PARTIAL = (5, 9), 7
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("run")
+    base = bundled_image("immunohistochemistry", size=512)
+    paths = []
+    for i in range(12):
+        section = np.roll(base, 7 * i, axis=1)
+        if i in OUT:
+            section = defocus(section, 4.0)
+        elif i == PARTIAL:
+            section = partial_defocus(section, 6.0, fraction=0.5)
+        path = folder / f"section_{i:02d}.tif"
+        tifffile.imwrite(path, acquire(section, seed=i))
+        paths.append(str(path))
+    return folder, paths
+
+
+PARAMS = FocusParams(cell_px=128)
+
+
+def _verdicts(records):
+    return [(r.path.rsplit("/", 1)[-1], r.verdict, r.bad_cells) for r in records]
+
+
+def test_local_and_remote_give_the_same_verdicts_partial_included(run_folder):
+    _, paths = run_folder
+    run = FocusRun(params=PARAMS)
+    local = list(score_files(paths, params=PARAMS, run=run))
+    run.settle()
+    with Client(progress=False) as client:  # the registered function's path: scores only
+        remote = client.score_focus(paths, params=PARAMS)
+    assert _verdicts(local) == _verdicts(remote)
+    verdicts = [r.verdict for r in remote]
+    assert [i for i, v in enumerate(verdicts) if v == "out_of_focus"] == list(OUT)
+    assert verdicts[PARTIAL] == "partial"
+    assert "warmup" not in verdicts  # settled at the end
+
+
+def test_calibrated_verdicts_are_the_same_and_partial_survives(run_folder):
+    _, paths = run_folder
+    densities = [r.density_per_mpx for r in score_files(paths, params=PARAMS)]
+    defocus_um = [4.0 if i in OUT else 0.0 for i in range(len(paths))]
+    cal = Calibration.fit(defocus_um, densities, params=PARAMS, max_defocus=2.0)
+    local = list(score_files(paths, params=PARAMS, calibration=cal))
+    with Client(progress=False) as client:
+        remote = client.score_focus(paths, params=PARAMS, calibration=cal)
+    assert _verdicts(local) == _verdicts(remote)
+    verdicts = [r.verdict for r in remote]
+    assert [i for i, v in enumerate(verdicts) if v == "out_of_focus"] == list(OUT)
+    assert verdicts[PARTIAL] == "partial"  # passes as a whole; its cells are judged by the run
+    assert all(not math.isnan(r.defocus_estimate) for r in remote)
+
+
+def test_a_run_continued_in_pieces_judges_like_one_batch(run_folder):
+    _, paths = run_folder
+    whole = FocusRun(params=PARAMS)
+    one = list(score_files(paths, params=PARAMS, run=whole))
+    pieces = FocusRun(params=PARAMS)
+    two = [r for part in (paths[:4], paths[4:]) for r in score_files(part, run=pieces)]
+    assert [r.verdict for r in one] == [r.verdict for r in two]
+
+
+def test_seed_continues_the_baseline_without_judging_again():
+    run = FocusRun(baseline=RunBaseline(warmup=3))
+    earlier = [FocusRecord(path=f"s{i}", features=1, density_per_mpx=1000.0, verdict="in_focus")
+               for i in range(3)]  # fmt: skip
+    run.seed(earlier)
+    assert run.ready and [r.verdict for r in earlier] == ["in_focus"] * 3
+    low = run.judge(FocusRecord(path="s3", features=1, density_per_mpx=100.0))
+    assert low.verdict == "out_of_focus"
+    failed = run.judge(FocusRecord(path="bad", status="corrupt", error="truncated"))
+    assert failed.verdict == "" and run.baseline.reference == 1000.0
+
+
+def test_settle_waits_for_the_baseline():
+    run = FocusRun(baseline=RunBaseline(warmup=3))
+    first = run.judge(FocusRecord(path="a", features=1, density_per_mpx=900.0))
+    assert first.verdict == "warmup" and run.settle() == [] and not run.ready
+    for density in (1000.0, 1100.0):
+        run.judge(FocusRecord(path="b", features=1, density_per_mpx=density))
+    assert [r.verdict for r in run.settle()] == ["in_focus"] * 3
+    assert run.settle() == []
+
+
+def test_bad_policy_arguments_are_named():
+    with pytest.raises(ConfigError, match="calibration must be a Calibration, got dict"):
+        FocusRun(calibration={"slope": 1})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="baseline must be a RunBaseline"):
+        FocusRun(baseline=0.5)  # type: ignore[arg-type]
+
+
+def test_a_single_string_is_refused_or_expanded(run_folder):
+    folder, paths = run_folder
+    with pytest.raises(ConfigError, match=r"single string .*section_00\.tif.*pass \["):
+        list(score_files(paths[0]))
+    with Client(progress=False) as client:
+        with pytest.raises(ConfigError, match="single string"):
+            client.score_focus(paths[0])
+        expanded = client.score_focus(str(folder), params=PARAMS)  # a folder is expanded
+    assert [r.path for r in expanded] == paths
