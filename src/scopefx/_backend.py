@@ -36,6 +36,11 @@ class Backend:
     def is_gpu(self) -> bool:
         return self.name == "cupy"
 
+    @property
+    def device_id(self) -> int:
+        """The device arrays are made on: -1 for host memory, else the current CUDA device."""
+        return int(self.xp.cuda.Device().id) if self.is_gpu else -1
+
     def asarray(self, array: Any) -> Any:
         """Move ``array`` onto this backend's device (a no-op when it is already there)."""
         return self.xp.asarray(array)
@@ -120,6 +125,12 @@ def get_backend(array: Any = None, *, device: str | None = None) -> Backend:
             backend.xp.cuda.Device(index).use()
         return backend
     raise ConfigError(f"device must be None, 'cpu', 'gpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def default_backend_name() -> str:
+    """The backend work lands on by default here: ``"cupy"`` where a CUDA device is usable,
+    else ``"numpy"``."""
+    return "cupy" if list_gpus() else "numpy"
 
 
 def list_gpus() -> list[dict[str, Any]]:

@@ -104,7 +104,7 @@ _plans_lock = threading.Lock()
 
 def _device_id(backend: Backend) -> int:
     """The device a plan's arrays live on: -1 for host memory, else the current CUDA device."""
-    return int(backend.xp.cuda.Device().id) if backend.is_gpu else -1
+    return backend.device_id
 
 
 def _plan(

@@ -11,7 +11,7 @@ writes a mosaic in stages, so that regions of it can be fused by separate tasks 
 ``plan_mosaic`` / ``fuse_region`` functions).
 """
 
-from ..io._tiles import Tile, TileTable, read_tile_table
+from ..io import Tile, TileTable, read_tile_table
 from ._blend import TileCache, fuse_chunk
 from ._flatfield import FlatField, estimate_flatfield, flatfield_from_images, load_flatfield
 from ._fuse import fuse_lazy, plan_fusion

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ImageNotFoundError
-from ..io._tiles import TileTable, read_tile_table
+from ..io import TileTable, read_tile_table
 from ._blend import Reader, TileCache, fuse_chunk
 from ._params import FuseOptions, FusionParams
 from ._plan import FusionPlan, make_plan

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..io._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file
+from ..io import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file
 from ._blend import Reader, TileCache, fuse_chunk
 from ._params import FusionParams
 from ._plan import FusionPlan

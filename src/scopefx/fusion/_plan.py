@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..io._tiles import TileTable, translation
+from ..io import TileTable, translation
 from ._params import FusionParams
 
 __all__ = ["FusionPlan", "make_plan", "tile_corners"]

@@ -22,8 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import read_image, read_metadata
-from ..io._tiles import TileTable, translation
+from ..io import TileTable, read_image, read_metadata, translation
 
 __all__ = ["PairResult", "Registration", "overlapping_pairs", "register"]
 

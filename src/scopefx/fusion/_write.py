@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..io._tiles import TileTable
+from ..io import TileTable
 from ._blend import Reader
 from ._fuse import load_tiles, plan_loaded, tile_layout
 from ._job import FusionJob, FusionResult, prepare_fusion

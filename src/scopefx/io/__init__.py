@@ -13,11 +13,11 @@ On endpoints, :class:`DataRoots` confines references to the configured data root
 
 from ._expand import as_image_refs
 from ._metadata import ImageMetadata, read_metadata
-from ._omezarr import OmeZarrSpec, create_ome_zarr, multiscales_metadata
+from ._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file, multiscales_metadata
 from ._read import read_image
 from ._refs import IMAGE_SUFFIXES, find_images, split_ref
 from ._roots import DATA_ROOTS_ENV, DataRoots
-from ._tiles import Tile, TileTable, read_tile_table
+from ._tiles import Tile, TileTable, read_tile_table, translation
 
 __all__ = [
     "DATA_ROOTS_ENV",
@@ -28,11 +28,14 @@ __all__ = [
     "Tile",
     "TileTable",
     "as_image_refs",
+    "chunk_file",
     "create_ome_zarr",
     "find_images",
+    "fsync_file",
     "multiscales_metadata",
     "read_image",
     "read_metadata",
     "read_tile_table",
     "split_ref",
+    "translation",
 ]

@@ -22,13 +22,9 @@ from typing import Any
 from .._version import __version__
 from ..errors import ConfigError
 from ._config import config_dir
+from ._names import FUNCTION_NAMES
 
 __all__ = ["FUNCTION_NAMES", "Manifest", "fill_allowed_functions", "register_functions"]
-
-#: The functions of :mod:`scopefx.remote.functions`, in registration order.
-FUNCTION_NAMES = (
-    "score_focus", "fuse_mosaic", "plan_mosaic", "fuse_region", "finish_mosaic", "endpoint_info"
-)  # fmt: skip
 
 
 def major_minor(version: str) -> tuple[str, ...]:

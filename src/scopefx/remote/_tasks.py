@@ -16,7 +16,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import ConfigError, ScopefxError
-from ..io._roots import DataRoots
+from ..io import DataRoots
 
 __all__ = [
     "endpoint_info",
@@ -328,8 +328,8 @@ def endpoint_info() -> dict[str, Any]:
     """What runs here: scopefx version, backend, GPUs, data roots, host."""
     from importlib import metadata
 
-    from .._backend import list_gpus
-    from . import FUNCTION_NAMES
+    from .._backend import default_backend_name, list_gpus
+    from ._names import FUNCTION_NAMES
 
     versions: dict[str, str | None] = {}
     for dist in ("globus-compute-endpoint", "globus-compute-sdk", "numpy", "dask", "zarr"):
@@ -340,7 +340,7 @@ def endpoint_info() -> dict[str, Any]:
     gpus = list_gpus()
     return {
         "scopefx": __version__,
-        "backend": "cupy" if gpus else "numpy",
+        "backend": default_backend_name(),
         "gpus": gpus,
         "data_roots": DataRoots.from_env().describe(),
         "functions": list(FUNCTION_NAMES),
