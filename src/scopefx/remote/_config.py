@@ -4,7 +4,7 @@ A TOML file, by default ``$SCOPEFX_CONFIG`` or ``~/.config/scopefx/endpoints.tom
 (``$XDG_CONFIG_HOME`` respected)::
 
     # optional: function UUIDs from `scopefx register` (default: the manifest for this version)
-    manifest = "~/.config/scopefx/functions-0.1.json"
+    manifest = "~/.config/scopefx/functions-0.2.json"
     batch_size = 64        # references per task (default: chosen per run)
     max_retries = 2        # resubmissions of a failed task
 
