@@ -26,7 +26,7 @@ def test_the_example_is_ten_lines():
 
 @pytest.mark.slow
 def test_the_readme_example_runs_on_the_demo_data(tmp_path, monkeypatch):
-    from scopefx._demo import run_demo
+    from scopefx.cli.demo import run_demo
 
     monkeypatch.chdir(tmp_path)
     run_demo(Path("scopefx-demo"), out=io.StringIO())
