@@ -36,7 +36,7 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 def test_every_focus_parameter_has_an_option(command):
     options = _options(_subparser(command))
     for field in dataclasses.fields(FocusParams):
-        assert field.name in options, f"scopefx {command} has no option for FocusParams.{field.name}"
+        assert field.name in options, f"scopefx {command}: no option for {field.name}"
         assert options[field.name].help, field.name  # from FocusParams' docstring
 
 
