@@ -2,9 +2,10 @@
 
 Exit codes: 0 when the command ran, even if some images could not be scored (each is reported
 on its own line and in the CSV); 2 for usage errors (bad options or option values, an
-unreadable calibration, defocus table or endpoint configuration); 3 for data errors: the data
-named gave nothing (no images found, not one image could be scored, no tile could be read or
-fused); 130 when interrupted.
+unreadable calibration, defocus table or endpoint configuration, a watch folder that is not a
+directory); 3 for data errors: the data named gave nothing (no images found, not one image
+could be scored, a tile table or tile missing or unreadable, so nothing fused; for ``watch``,
+images were found and not one could be scored); 130 when interrupted.
 """
 
 from __future__ import annotations

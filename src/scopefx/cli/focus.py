@@ -143,18 +143,20 @@ def _score(
         )
 
 
-def _write_outputs(args: argparse.Namespace, records: list[Any], out: TextIO) -> None:
+def _write_outputs(
+    args: argparse.Namespace, records: list[Any], out: TextIO, *, plots: bool = True
+) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps([r.to_dict() for r in records], indent=1) + "\n")
         print(f"wrote {args.json}", file=out)
     if args.csv:
         print(f"wrote {args.csv}", file=out)
-    if args.plot:
+    if args.plot and plots:
         from ..focus.plot import plot_focus_series
 
         plot_focus_series(records).savefig(args.plot, dpi=120)
         print(f"wrote {args.plot}", file=out)
-    if args.maps:
+    if args.maps and plots:
         from ..focus.plot import plot_focus_maps
 
         plot_focus_maps(records).savefig(args.maps, dpi=120)
@@ -179,11 +181,9 @@ def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
         paths = find(args.paths, args.recursive)
     records = _run_scoring(args, paths, params, calibration, baseline, out)
     summary(records, out)
-    if not any(r.ok for r in records):  # the CSV and JSON still say why, item by item
-        if args.json:
-            Path(args.json).write_text(json.dumps([r.to_dict() for r in records], indent=1) + "\n")
-        check_scored(records)
-    _write_outputs(args, records, out)
+    scored = any(r.ok for r in records)
+    _write_outputs(args, records, out, plots=scored)  # the CSV and JSON say why, item by item
+    check_scored(records)  # nothing scored: a data error
     return 0
 
 
