@@ -160,7 +160,7 @@ def add_params_options(
         kind, choices = _option_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         text = _first_sentence(docs.get(f.name, "")).replace("%", "%%")
-        if default is not None:
+        if kind is not bool:  # BooleanOptionalAction adds the default itself
             text = f"{text} (default: %(default)s)".strip()
         options: dict[str, Any] = {"dest": f.name, "default": default, "help": text}
         if kind is bool:
