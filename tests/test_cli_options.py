@@ -15,7 +15,7 @@ import pytest
 
 import scopefx
 from scopefx.cli import build_parser
-from scopefx.cli._common import add_params_options, focus_params, params_from_args
+from scopefx.cli._common import _doc_entries, add_params_options, focus_params, params_from_args
 from scopefx.focus import FocusParams
 
 SRC = Path(scopefx.__file__).parent
@@ -37,7 +37,11 @@ def test_every_focus_parameter_has_an_option(command):
     options = _options(_subparser(command))
     for field in dataclasses.fields(FocusParams):
         assert field.name in options, f"scopefx {command}: no option for {field.name}"
-        assert options[field.name].help, field.name  # from FocusParams' docstring
+        assert _doc_entries(FocusParams).get(field.name), (
+            f"FocusParams.{field.name} has no entry under Parameters in FocusParams' docstring "
+            "(the option's help is its first sentence)"
+        )
+        assert not options[field.name].help.startswith("(default"), options[field.name].help
 
 
 @pytest.mark.parametrize("command", COMMANDS_WITH_FOCUS_OPTIONS)
