@@ -158,7 +158,10 @@ def add_params_options(
             continue
         flag, metavar = aliases.get(f.name, ("--" + f.name.replace("_", "-"), None))
         kind, choices = _option_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
+        default = f.default
+        if default is dataclasses.MISSING:
+            factory = f.default_factory
+            default = None if factory is dataclasses.MISSING else factory()
         text = _first_sentence(docs.get(f.name, "")).replace("%", "%%")
         if kind is not bool:  # BooleanOptionalAction adds the default itself
             text = f"{text} (default: %(default)s)".strip()
