@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +77,34 @@ def slurm() -> Iterator[None]:
     finally:
         if started and "PYTEST_XDIST_WORKER" not in os.environ:
             subprocess.run(["bash", str(_SLURM_SCRIPT), "stop"], capture_output=True)
+
+
+@pytest.fixture
+def kernel_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A ``python3`` kernelspec that runs this interpreter, found before any other one, and
+    Jupyter's, IPython's and the kernel's temporary files in ``tmp_path``.
+
+    Without it, ``python3`` may resolve to a kernelspec in the user's Jupyter folders that
+    runs another Python, which would not have this checkout installed.
+    """
+    from ipykernel.kernelspec import write_kernel_spec
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    share = tmp_path / "jupyter"
+    write_kernel_spec(share / "kernels" / "python3")
+    monkeypatch.setenv("JUPYTER_PATH", str(share))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    # jupyter_core 5.0-5.x warns (DeprecationWarning) that its paths are migrating, unless set
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    work = tmp_path / "work"
+    work.mkdir()
+    # the notebooks' tempfile folders: a short path, because the engine's worker pool (notebook
+    # 3) opens Unix sockets in TMPDIR and their paths may not exceed 107 bytes, which pytest's
+    # temporary folders under xdist can
+    short = Path(tempfile.mkdtemp(prefix="scopefx-nb-"))
+    monkeypatch.setenv("TMPDIR", str(short))
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert Path(spec.argv[0]) == Path(sys.executable), spec.argv
+    yield work
+    shutil.rmtree(short, ignore_errors=True)

@@ -82,17 +82,61 @@ def test_calibrate_then_score_with_the_calibration(series, tmp_path):
 
 def test_usage_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["focus", str(tmp_path), str(tmp_path / "*.tif")])  # an empty folder, a glob
+        main(["focus", str(tmp_path), "--n-scales", "0"])  # a bad option before missing data
     assert info.value.code == 2
-    assert "no images found" in capsys.readouterr().err
+    assert "n_scales must be between 1 and 256, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
-        main(["focus", str(tmp_path), "--n-scales", "0"])
+        main(["calibrate", "--defocus", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "c")])
     assert info.value.code == 2
+    assert "cannot read defocus table" in capsys.readouterr().err
     (tmp_path / "a.tif").write_bytes(b"")
     with pytest.raises(SystemExit) as info:
         main(["focus", str(tmp_path), "--calibration", str(tmp_path / "missing.json")])
     assert info.value.code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_data_errors_exit_3(tmp_path, capsys, monkeypatch):
+    """Nothing found, nothing scored, nothing fused: exit 3, with a message that says so."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["focus", str(tmp_path), str(tmp_path / "*.tif")])  # an empty folder, a glob
+    assert info.value.code == 3
+    assert "no images found" in capsys.readouterr().err
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as info:  # a folder that does not exist
+        main(["focus", "nope/", "--csv", "f.csv", "--json", "f.json"], out=out)
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert "scopefx focus: error: none of the 1 image(s) could be scored (missing)" in err
+    assert "missing" in out.getvalue() and "nope" in out.getvalue()
+    with open("f.csv", newline="") as handle:  # the report still says why, item by item
+        assert [r["status"] for r in csv.DictReader(handle)] == ["missing"]
+    assert json.loads((tmp_path / "f.json").read_text())[0]["status"] == "missing"
+    (tmp_path / "empty.tif").write_bytes(b"")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(SystemExit) as info:  # a batch where every image failed
+        main(["focus", str(tmp_path)], out=io.StringIO())
+    assert info.value.code == 3
+    assert "none of the 2 image(s) could be scored (corrupt, empty)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["calibrate", str(tmp_path), "--from-metadata", "focus", "-o", "c.json"],
+             out=io.StringIO())  # fmt: skip
+    assert info.value.code == 3
+    assert "could be scored" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["fuse", "nope.csv", "-o", "m.ome.zarr"], out=io.StringIO())
+    assert info.value.code == 3
+    assert "tile table 'nope.csv' does not exist" in capsys.readouterr().err
+
+
+def test_exit_codes_are_documented():
+    import scopefx.cli
+
+    doc = scopefx.cli.__doc__ or ""
+    assert (scopefx.cli.USAGE_ERROR, scopefx.cli.DATA_ERROR) == (2, 3)
+    for text in ("0 when the command ran", "2 for usage errors", "3 for data errors"):
+        assert text in doc
 
 
 def test_bad_files_do_not_change_the_exit_code(tmp_path):

@@ -45,12 +45,16 @@ def test_fuse_writes_mosaic_preview_and_summary(tmp_path):
     assert code == 0 and "0 chunks written" in text
 
 
-def test_fuse_usage_errors_exit_2(tmp_path, capsys):
+def test_fuse_usage_errors_exit_2_data_errors_exit_3(tmp_path, capsys):
     table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
-    (tmp_path / "tiles" / "tile_0003.tif").unlink()
     with pytest.raises(SystemExit) as info:
-        main(["fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "-q"])
+        main(["fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "-q", "--chunk", "0"])
     assert info.value.code == 2
+    assert "chunk_px must be between 16 and 16384, got 0" in capsys.readouterr().err
+    (tmp_path / "tiles" / "tile_0003.tif").unlink()
+    with pytest.raises(SystemExit) as info:  # a missing tile: nothing fused
+        main(["fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "-q"])
+    assert info.value.code == 3
     err = capsys.readouterr().err
     assert "1 of 9 tiles are missing" in err and "tile_0003.tif" in err
     code, text = _run("fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "-q",

@@ -11,10 +11,6 @@ stderr (a warning, a log message), since a reader would see it.
 from __future__ import annotations
 
 import json
-import shutil
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -46,40 +42,9 @@ def test_notebook_is_committed_without_outputs(name):
             assert cell["execution_count"] is None, f"{where} has an execution count"
 
 
-@pytest.fixture
-def kernel_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A ``python3`` kernelspec that runs this interpreter, found before any other one, and
-    Jupyter's, IPython's and the kernel's temporary files in ``tmp_path``.
-
-    Without it, ``python3`` may resolve to a kernelspec in the user's Jupyter folders that
-    runs another Python, which would not have this checkout installed.
-    """
-    from ipykernel.kernelspec import write_kernel_spec
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    share = tmp_path / "jupyter"
-    write_kernel_spec(share / "kernels" / "python3")
-    monkeypatch.setenv("JUPYTER_PATH", str(share))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    # jupyter_core 5.0-5.x warns (DeprecationWarning) that its paths are migrating, unless set
-    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    work = tmp_path / "work"
-    work.mkdir()
-    # the notebooks' tempfile folders: a short path, because the engine's worker pool (notebook
-    # 3) opens Unix sockets in TMPDIR and their paths may not exceed 107 bytes, which pytest's
-    # temporary folders under xdist can
-    short = Path(tempfile.mkdtemp(prefix="scopefx-nb-"))
-    monkeypatch.setenv("TMPDIR", str(short))
-    spec = KernelSpecManager().get_kernel_spec("python3")
-    assert Path(spec.argv[0]) == Path(sys.executable), spec.argv
-    yield work
-    shutil.rmtree(short, ignore_errors=True)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_top_to_bottom(name, kernel_home):
+def test_notebook_runs_top_to_bottom(name, kernel_home):  # kernel_home: tests/conftest.py
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     client = NotebookClient(
         nb,

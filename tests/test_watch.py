@@ -289,3 +289,18 @@ def test_latency_is_reported_for_live_files_only(tmp_path: Path) -> None:
         live = watch.poll()
     assert np.isnan(backlog[0].latency)
     assert live[0].latency >= 0 and watch.latencies == [live[0].latency]
+
+
+def test_cli_exits_3_when_nothing_it_found_could_be_scored(tmp_path: Path, capsys) -> None:
+    from scopefx.cli import main
+
+    acq = tmp_path / "acq"
+    (acq / "grid0").mkdir(parents=True)
+    (acq / "grid0" / "broken.tif").write_bytes(b"II*\x00garbage")
+    argv = ["watch", str(acq), "--settle", "0", "--grace", "0", "--idle-exit", "0", "-q"]
+    with pytest.raises(SystemExit) as info:
+        main(argv, out=io.StringIO())
+    assert info.value.code == 3
+    assert "none of the 1 image(s) this session found could be scored" in capsys.readouterr().err
+    (acq / "grid0" / "broken.tif").unlink()  # an empty folder is a watch that saw nothing yet
+    assert main(argv, out=io.StringIO()) == 0

@@ -23,8 +23,6 @@ Examples
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import threading
@@ -32,11 +30,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from .errors import ConfigError
 from .focus import CSV_COLUMNS, Calibration, FocusParams, FocusRecord, RunBaseline
 from .focus._verdict import FLAGGED, IN_FOCUS, WARMUP
+from .focus.csv import FocusCsvWriter
+from .focus.csv import read_focus_csv as read_watch_csv
 from .io import IMAGE_SUFFIXES
 
 __all__ = ["WATCH_COLUMNS", "FolderWatch", "Scored", "read_watch_csv"]
@@ -70,84 +70,6 @@ class Scored:
     @property
     def flagged(self) -> bool:
         return self.record.ok and self.record.verdict in FLAGGED
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return format(value, ".6g") if isinstance(value, float) else str(value)
-
-
-def _complete_lines(data: bytes) -> bytes:
-    """``data`` up to its last newline: a kill mid-row leaves a torn last line."""
-    return data[: data.rfind(b"\n") + 1]
-
-
-def read_watch_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """The complete rows of a watch (or ``scopefx focus``) CSV; a torn last line is skipped."""
-    text = _complete_lines(Path(path).read_bytes()).decode()
-    return list(csv.DictReader(io.StringIO(text, newline="")))
-
-
-class _Csv:
-    """The watch CSV: appended row by row and flushed; a kill loses at most the line being
-    written, which the next start removes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.columns = list(WATCH_COLUMNS)
-        self.rows: list[dict[str, str]] = []
-        data = path.read_bytes() if path.exists() else b""
-        complete = _complete_lines(data)
-        reader = csv.DictReader(io.StringIO(complete.decode(), newline=""))
-        header = list(reader.fieldnames or [])
-        if header and (header[0] != "path" or "features" not in header):
-            raise ConfigError(
-                f"{path} is not a scopefx focus CSV (header {header[:4]}...); "
-                "give another --csv or move it away"
-            )
-        if header:
-            self.columns, self.rows = header, list(reader)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if len(complete) < len(data):  # drop the torn last line (only once the file is ours)
-            with path.open("rb+") as handle:
-                handle.truncate(len(complete))
-        self.handle: TextIO = path.open("a", newline="")
-        self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, extrasaction="ignore")
-        if not header:
-            self.writer.writeheader()
-            self.handle.flush()
-
-    def append(self, scored: Scored) -> None:
-        row = {k: _fmt(v) for k, v in scored.record.row().items()}
-        row["latency_seconds"] = "" if math.isnan(scored.latency) else f"{scored.latency:.3f}"
-        row["scored_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        self.writer.writerow(row)
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.rows.append(row)
-
-    def rewrite_verdicts(self, updates: dict[tuple[str, str], FocusRecord]) -> None:
-        """Write new verdicts into existing rows, atomically (for settled warm-up sections)."""
-        self.handle.close()
-        for row in self.rows:
-            record = updates.get((row["path"], row.get("page", "")))
-            if record is not None:
-                for key in ("verdict", "ratio", "defocus_estimate", "bad_cells"):
-                    row[key] = _fmt(getattr(record, key))
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(self.rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        self.handle = self.path.open("a", newline="")
-        self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, extrasaction="ignore")
-
-    def close(self) -> None:
-        self.handle.close()
 
 
 @dataclass
@@ -229,7 +151,9 @@ class FolderWatch:
 
             client = Client(progress=False)
         self.client = client
-        self._csv = _Csv(Path(csv)) if csv is not None else None
+        self._csv = (
+            FocusCsvWriter(csv, columns=WATCH_COLUMNS, resume=True) if csv is not None else None
+        )
         self._done: set[str] = set()
         self._seen: dict[str, _Seen] = {}
         self._warmup: list[FocusRecord] = []
@@ -376,17 +300,19 @@ class FolderWatch:
         if record.ok and not math.isnan(scored.latency):
             self.latencies.append(scored.latency)
         if self._csv is not None:
-            self._csv.append(scored)
+            self._csv.write(
+                record,
+                latency_seconds=None if math.isnan(scored.latency) else f"{scored.latency:.3f}",
+                scored_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            )
         return scored
 
     def _settle_warmup(self) -> Iterator[Scored]:
         """Judge the warm-up sections against the baseline they built; report them again."""
-        updates = {}
         for record in self._warmup:
             record.apply(self.baseline.rejudge(record.density_per_mpx))
-            updates[(record.path, _fmt(record.page))] = record
         if self._csv is not None:
-            self._csv.rewrite_verdicts(updates)
+            self._csv.rewrite_verdicts(self._warmup)
         warm, self._warmup = self._warmup, []
         for record in warm:
             yield Scored(record, math.nan, self._section(record.path), late=True)

@@ -1,7 +1,8 @@
 """Figures: the run's focus plot, focus-map heat maps, the calibration fit.
 
 Each function draws into a given Matplotlib ``Axes`` or creates a ``Figure`` (no pyplot state,
-no display needed) and returns the figure. Save it with ``fig.savefig(path)``.
+no display needed) and returns the figure. Save it with ``fig.savefig(path)``; in Jupyter it
+shows as an image, with or without ``%matplotlib inline``.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ VERDICT_COLOURS = {
 def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
         return ax.figure, ax  # type: ignore[return-value]
-    from matplotlib.figure import Figure
+    from .._figure import new_figure
 
-    fig = Figure(figsize=size, layout="constrained")
+    fig = new_figure(figsize=size, layout="constrained")
     return fig, fig.add_subplot()
 
 
@@ -123,14 +124,14 @@ def plot_focus_map(
 
 def plot_focus_maps(records: Sequence[FocusRecord], *, max_maps: int = 12) -> Figure:
     """A montage of focus maps, flagged sections first, on a shared colour scale."""
-    from matplotlib.figure import Figure
+    from .._figure import new_figure
 
     usable = [r for r in records if r.ok and r.focus_map is not None]
     order = sorted(usable, key=lambda r: r.verdict not in FLAGGED)[:max_maps]
     n = max(1, len(order))
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(3.2 * cols, 3.0 * rows), layout="constrained")
+    fig = new_figure(figsize=(3.2 * cols, 3.0 * rows), layout="constrained")
     vmax = max((float(np.max(r.focus_map)) for r in order if r.focus_map is not None), default=1.0)
     shown: Any = None
     for k, record in enumerate(order):

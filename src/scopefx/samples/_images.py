@@ -1,20 +1,4 @@
-"""Reproducible sample data from real images bundled with scikit-image.
-
-Nothing is downloaded: the images ship inside the installed ``scikit-image`` package. Each
-synthetic step is documented and seeded so every test, benchmark and figure can be
-regenerated:
-
-1. :func:`bundled_image` reads a bundled image, converts colour to grey and mirror-tiles it
-   (``numpy.pad(mode="symmetric")``) to the requested size, so its native pixel texture is kept.
-2. :func:`defocus` blurs it with a Gaussian (``sigma = blur_per_unit * |defocus|``) or a disk
-   (pillbox, ``radius = blur_per_unit * |defocus|``) point-spread function.
-3. :func:`acquire` applies shot noise (Poisson, ``photons`` at full scale) and read noise
-   (Gaussian, ``read_noise`` in grey levels) and quantises to uint8 or uint16.
-
-Mosaics for fusion (:func:`make_mosaic`, :func:`write_mosaic`) cut overlapping tiles from such
-an image at known (jittered, sub-pixel, rotated) positions; their steps are listed in
-``scopefx._samples_mosaic``.
-"""
+"""Bundled images, defocus, detector noise, through-focus series (see :mod:`scopefx.samples`)."""
 
 from __future__ import annotations
 
@@ -27,18 +11,15 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "BUNDLED_IMAGES",
-    "SyntheticMosaic",
     "acquire",
     "bundled_image",
     "defocus",
-    "make_mosaic",
     "partial_defocus",
     "write_defocus_series",
-    "write_mosaic",
 ]
 
 #: Grey-level images shipped inside scikit-image, by name (the loader's name in skimage.data).
@@ -204,6 +185,3 @@ def write_defocus_series(
             tifffile.imwrite(folder / name, pixels)
             writer.writerow([name, value])
     return csv_path
-
-
-from ._samples_mosaic import SyntheticMosaic, make_mosaic, write_mosaic  # noqa: E402

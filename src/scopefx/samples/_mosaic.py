@@ -1,4 +1,4 @@
-"""Synthetic mosaics cut from a bundled image, with their ground truth (see ``scopefx.samples``).
+"""Synthetic mosaics cut from a bundled image, with their ground truth (see :mod:`scopefx.samples`).
 
 Steps, each documented and seeded:
 
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ._images import acquire, bundled_image
 
 __all__ = ["SyntheticMosaic", "make_mosaic", "write_mosaic"]
 
@@ -51,8 +52,6 @@ class SyntheticMosaic:
 def _truth(name: str, shape: tuple[int, ...], depth: int | None, channels: int | None,
            smooth: float) -> np.ndarray:  # fmt: skip
     from scipy import ndimage
-
-    from .samples import bundled_image
 
     base = bundled_image(name, size=(shape[-2], shape[-1])).astype(np.float32)
     if smooth > 0:
@@ -148,8 +147,6 @@ def make_mosaic(
 def _quantise(
     img: np.ndarray, dtype: str, photons: float | None, read_noise: float, seed: int
 ) -> np.ndarray:
-    from .samples import acquire
-
     d = np.dtype(dtype)
     if d.kind == "f":
         out = img.astype(d)
@@ -168,7 +165,7 @@ def write_mosaic(
     ``affine`` or when a tile is rotated). Returns the table's path."""
     import tifffile
 
-    from .io._tiles import Tile, TileTable
+    from ..io import Tile, TileTable
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""``scopefx endpoints``, ``register``, ``endpoint-config``, and the ``--endpoint`` option."""
+"""``scopefx endpoints``, ``scopefx register``, ``scopefx endpoint-config``."""
 
 from __future__ import annotations
 
@@ -8,44 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["add_endpoint_options", "add_remote_parsers", "make_client", "runs_remotely"]
+__all__ = ["add_parsers", "cmd_endpoint_config", "cmd_endpoints", "cmd_register"]
 
 
-def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("where it runs (see docs/remote.md)")
-    g.add_argument(
-        "--endpoint",
-        metavar="NAME",
-        help="run on this endpoint of the endpoint configuration ('local': here); paths are "
-        "then references on that endpoint's filesystem (default: as the configuration routes)",
-    )
-    g.add_argument(
-        "--config",
-        metavar="ENDPOINTS.toml",
-        help="endpoint configuration (default: $SCOPEFX_CONFIG, ~/.config/scopefx/endpoints.toml)",
-    )
-    g.add_argument("--batch-size", type=int, default=None, metavar="N", help="references per task")
-
-
-def runs_remotely(args: argparse.Namespace, role: str) -> bool:
-    """Whether ``role`` goes through the client: ``--endpoint NAME`` (not ``local``), or an
-    endpoint that takes ``role`` in the user's endpoint configuration."""
-    if args.endpoint is not None:
-        return bool(args.endpoint != "local")
-    from .remote import ClientConfig
-
-    return ClientConfig.load(args.config).for_role(role) is not None
-
-
-def make_client(args: argparse.Namespace, *, quiet: bool = False) -> Any:
-    from .remote import Client
-
-    return Client.from_config(
-        args.config, endpoint=args.endpoint, batch_size=args.batch_size, progress=not quiet and None
-    )
-
-
-def add_remote_parsers(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     ep = sub.add_parser(
         "endpoints",
         help="list the configured endpoints, their roles, status and versions",
@@ -83,7 +49,7 @@ def add_remote_parsers(sub: Any) -> None:
 
 
 def cmd_endpoints(args: argparse.Namespace, out: TextIO) -> int:
-    from .remote import ROLES, Client, ClientConfig
+    from ..remote import ROLES, Client, ClientConfig
 
     config = ClientConfig.load(args.config)
     rows: list[dict[str, Any]] = []
@@ -129,7 +95,7 @@ def cmd_endpoints(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_register(args: argparse.Namespace, out: TextIO) -> int:
-    from .remote import register_functions
+    from ..remote import register_functions
 
     manifest = register_functions(public=args.public, group=args.group)
     path = manifest.save(args.manifest)
@@ -140,8 +106,8 @@ def cmd_register(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_endpoint_config(args: argparse.Namespace, out: TextIO) -> int:
-    from .errors import ConfigError
-    from .remote import Manifest, fill_allowed_functions
+    from ..errors import ConfigError
+    from ..remote import Manifest, fill_allowed_functions
 
     manifest = Manifest.find(args.manifest)
     if manifest is None:

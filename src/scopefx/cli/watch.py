@@ -15,14 +15,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from .cli import _BOLD_RED, _RESET, _YELLOW, UsageError, _add_focus_options, _params, _summary
+from ._common import (
+    BOLD_RED,
+    RESET,
+    YELLOW,
+    DataError,
+    UsageError,
+    add_baseline_options,
+    add_endpoint_options,
+    add_focus_options,
+    baseline_from_args,
+    colour,
+    focus_params,
+    make_client,
+    runs_remotely,
+    summary,
+)
 
-__all__ = ["add_watch_parser", "cmd_watch"]
+__all__ = ["add_parser", "cmd_watch"]
 
 
-def add_watch_parser(sub: Any) -> None:
-    from ._cli_remote import add_endpoint_options
-
+def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "watch",
         help="follow an acquisition folder and flag out-of-focus sections as they land",
@@ -44,14 +57,6 @@ def add_watch_parser(sub: Any) -> None:
         metavar="OUT.png",
         help="summary plot written on exit (default: the CSV's name with .png, else none)",
     )
-    p.add_argument(
-        "--calibration",
-        metavar="CAL.json",
-        help="verdicts from a calibration (default: relative to the run's baseline)",
-    )
-    p.add_argument("--ratio", type=float, default=0.5, help="baseline ratio (default: 0.5)")
-    p.add_argument("--window", type=int, default=25, help="baseline window (default: 25)")
-    p.add_argument("--warmup", type=int, default=5, help="baseline warm-up (default: 5)")
     p.add_argument(
         "--new-only", action="store_true", help="skip images already in DIR when it starts"
     )
@@ -76,7 +81,8 @@ def add_watch_parser(sub: Any) -> None:
         help="DIR's path on the endpoint's filesystem, if it differs (with --endpoint)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only flagged and failed sections")
-    _add_focus_options(p)
+    add_baseline_options(p)
+    add_focus_options(p)
     add_endpoint_options(p)
     p.set_defaults(func=cmd_watch)
 
@@ -147,7 +153,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
-def _row(scored: Any, colour: bool) -> str:
+def _row(scored: Any, in_colour: bool) -> str:
     r = scored.record
     clock = time.strftime("%H:%M:%S")
     name = scored.section + ("" if r.page is None else f"[{r.page}]")
@@ -158,31 +164,30 @@ def _row(scored: Any, colour: bool) -> str:
     )
     if not r.ok:
         text = f"{clock}  {'-':>9}  {r.status:<13} {latency:>7}  {name}: {r.error}"
-        return f"{_YELLOW}{text}{_RESET}" if colour else text
+        return f"{YELLOW}{text}{RESET}" if in_colour else text
     text = f"{clock}  {r.features:>9d}  {r.verdict:<13} {latency:>7}  {name}"
     if scored.flagged:
-        return f"{_BOLD_RED}{text}  <- re-acquire{_RESET}\a" if colour else f"{text}  <- re-acquire"
+        return (
+            f"{BOLD_RED}{text}  <- re-acquire{RESET}\a" if in_colour else f"{text}  <- re-acquire"
+        )
     return text
 
 
 def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
-    from ._cli_remote import make_client, runs_remotely
-    from .focus import Calibration, RunBaseline
-    from .watch import FolderWatch
+    from ..focus import Calibration
+    from ..watch import FolderWatch
 
     if not Path(args.folder).is_dir():
         raise UsageError(f"{args.folder!r} is not a directory")
-    params = _params(args)
+    params = focus_params(args)
     calibration = Calibration.load(args.calibration) if args.calibration else None
-    baseline = RunBaseline(
-        window=args.window, ratio=args.ratio, warmup=min(args.warmup, args.window)
-    )
+    baseline = baseline_from_args(args)
     remote = runs_remotely(args, "focus")
     if args.remote_dir and not remote:
         raise UsageError("--remote-dir only applies with --endpoint (or a focus endpoint)")
     client = make_client(args, quiet=True) if remote else None
     plot = args.plot or (str(Path(args.csv).with_suffix(".png")) if args.csv else None)
-    colour = out.isatty() and not os.environ.get("NO_COLOR")
+    lines_in_colour = colour(out)
     alarm = _Alarm(args.on_oof, out)
     where = f"endpoint {args.endpoint}" if remote and args.endpoint else "locally"
     if remote and not args.endpoint:
@@ -215,7 +220,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
                 idle_exit=args.idle_exit, max_files=args.max_files, stop=stop
             ):
                 if not args.quiet or scored.flagged or not scored.record.ok:
-                    print(_row(scored, colour), file=out, flush=True)
+                    print(_row(scored, lines_in_colour), file=out, flush=True)
                 if scored.flagged:
                     alarm.fire(scored.record)
                 alarm.reap()
@@ -225,6 +230,11 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
             client.close()
         alarm.reap(wait=10.0)
     _report(watch, plot, out)
+    if watch.records and not any(r.ok for r in watch.records):
+        raise DataError(
+            f"none of the {len(watch.records)} image(s) this session found could be scored; "
+            "see the lines above"
+        )
     return 0
 
 
@@ -232,7 +242,7 @@ def _report(watch: Any, plot: str | None, out: TextIO) -> None:
     """This session's summary, its latencies, and the plot of the whole run."""
     import numpy as np
 
-    _summary(watch.records, out)  # this session's records; the plot covers every session
+    summary(watch.records, out)  # this session's records; the plot covers every session
     if watch.latencies:
         lat = np.asarray(watch.latencies)
         print(
@@ -243,7 +253,7 @@ def _report(watch: Any, plot: str | None, out: TextIO) -> None:
         )
     everything = watch.all_records()
     if plot and everything:
-        from .focus.plot import plot_focus_series
+        from ..focus.plot import plot_focus_series
 
         fig = plot_focus_series(everything, title=f"{watch.folder.name}: features per section")
         fig.savefig(plot, dpi=120)

@@ -2,98 +2,51 @@
 
 from __future__ import annotations
 
-import csv
+import argparse
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-import numpy as np
+from ..focus._verdict import FLAGGED
+from ._common import colour, describe_mosaic, record_line, summary
 
-from .focus._verdict import FLAGGED
-
-__all__ = ["make_demo_run", "run_demo"]
-
-#: Sections of the demo run that are planted out of focus (|defocus| in blur px), and partial.
-_PLANTED_OOF = {7: 4.0, 15: 3.0, 19: 5.0}
-_PLANTED_PARTIAL = 11
-_PLANTED_CORRUPT = 22
+__all__ = ["add_parser", "cmd_demo", "run_demo"]
 
 
-def make_demo_run(
-    folder: Path, *, size: int = 512, sections: int = 24, seed: int = 0
-) -> dict[str, Path]:
-    """Write a through-focus series and an acquisition run of 8-bit TIFFs.
-
-    The run is ``sections`` serial sections of scikit-image's bundled immunohistochemistry
-    image (a histology section), each shifted a little and acquired with shot and read noise,
-    mostly in focus (|defocus| <= 0.5), with sections 7, 15 and 19 out of focus, section 11 half
-    out of focus (as a wrinkle or tilt would do) and section 22 a truncated file.
-    """
-    import tifffile
-
-    from .samples import acquire, bundled_image, defocus, partial_defocus, write_defocus_series
-
-    folder.mkdir(parents=True, exist_ok=True)
-    through = folder / "through-focus"
-    table = write_defocus_series(through, np.arange(-6, 6.5, 1.0), size=size, seed=seed)
-    run = folder / "run"
-    run.mkdir(exist_ok=True)
-    rng = np.random.default_rng(seed)
-    base = bundled_image("immunohistochemistry", size=size + 64)
-    truth = []
-    for i in range(sections):
-        dy, dx = rng.integers(0, 64, size=2)
-        section = base[dy : dy + size, dx : dx + size]
-        amount = _PLANTED_OOF.get(i, float(rng.uniform(-0.5, 0.5)))
-        if i == _PLANTED_PARTIAL:
-            blurred, kind = partial_defocus(section, 5.0, fraction=0.5), "partial"
-        else:
-            blurred, kind = (
-                defocus(section, amount),
-                "out_of_focus" if i in _PLANTED_OOF else "in_focus",
-            )
-        path = run / f"section_{i:04d}.tif"
-        tifffile.imwrite(path, acquire(blurred, photons=200, read_noise=2, seed=seed + 100 + i))
-        if i == _PLANTED_CORRUPT:
-            data = path.read_bytes()
-            path.write_bytes(data[: len(data) // 3])
-            kind = "corrupt"
-        truth.append((path.name, kind))
-    with (folder / "planted.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows([("path", "planted"), *truth])
-    return {"through_focus": table, "run": run, "planted": folder / "planted.csv"}
+def add_parser(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="generate a sample run, calibrate, score it, show verdicts",
+        description="Generate a sample run from images bundled with scikit-image "
+        "and run focus QC on it (no accounts, no network, no GPU).",
+    )
+    demo.add_argument("--out", default="scopefx-demo", help="output folder (default: %(default)s)")
+    demo.add_argument(
+        "--size", type=int, default=512, help="section size in px (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--sections", type=int, default=24, help="sections in the run (default: %(default)s)"
+    )
+    demo.set_defaults(func=cmd_demo)
 
 
-def make_demo_mosaic(folder: Path, *, tile_px: int = 384) -> Path:
-    """A 4x4 mosaic cut from a bundled image at jittered sub-pixel positions, with detector
-    noise; tile 5 is blurred (out of focus). Returns the tile table."""
-    from scipy import ndimage
-
-    from .samples import make_mosaic, write_mosaic
-
-    m = make_mosaic(
-        "immunohistochemistry", grid=(4, 4), tile_px=tile_px, overlap=0.15, jitter_px=3.0,
-        subpixel=True, photons=400.0, read_noise=200.0, seed=7,
-    )  # fmt: skip
-    blurred = ndimage.gaussian_filter(m.tiles[5].astype(np.float32), 3.0)
-    m.tiles[5] = np.rint(blurred).astype(m.tiles[5].dtype)
-    return write_mosaic(folder, m)
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    run_demo(Path(args.out), size=args.size, sections=args.sections, out=out)
+    return 0
 
 
 def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) -> None:
     """Generate the sample run, then calibrate, score and fuse it through :class:`Client`'s
     local default (the same calls an edge or HPC endpoint answers), and report."""
-    import os
-
-    from . import Calibration, Client, FocusParams, FusionParams, RunBaseline
-    from ._cli_fuse import describe_mosaic
-    from .cli import _CsvSink, _line, _read_defocus_csv, _summary
-    from .focus._batch import rejudge_warmup
-    from .focus.plot import plot_calibration, plot_focus_maps, plot_focus_series
+    from .. import Calibration, Client, FocusParams, FusionParams, RunBaseline
+    from ..focus._batch import rejudge_warmup
+    from ..focus.csv import FocusCsvWriter, read_defocus_table
+    from ..focus.plot import plot_calibration, plot_focus_maps, plot_focus_series
+    from ..samples import make_demo_mosaic, make_demo_run
 
     print(f"scopefx demo: writing a sample run under {folder}/ ...", file=out)
     made = make_demo_run(folder, size=size, sections=sections)
     tiles = make_demo_mosaic(folder / "mosaic_tiles")
-    colour = out.isatty() and not os.environ.get("NO_COLOR")
+    in_colour = colour(out)
     params = FocusParams(cell_px=128)
     with Client(progress=False) as client:  # the local default: no account, no network
         info = client.info()
@@ -104,7 +57,7 @@ def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) 
             file=out,
         )
         print("\n== 1. calibrate on the through-focus series (defocus -6..6) ==", file=out)
-        table = _read_defocus_csv(str(made["through_focus"]))  # resolved path -> defocus
+        table = read_defocus_table(made["through_focus"])  # resolved path -> defocus
         series = [r for r in client.score_focus(list(table), params=params) if r.ok]
         defocus = [table[r.path] for r in series]
         density = [r.density_per_mpx for r in series]
@@ -121,16 +74,13 @@ def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) 
 
         print("\n== 2. score the run: verdicts from the calibration ==", file=out)
         run = sorted(str(p) for p in made["run"].glob("*.tif"))
-        sink = _CsvSink(str(folder / "focus.csv"))
         records = []
-        try:
+        with FocusCsvWriter(folder / "focus.csv") as sink:
             for record in client.iter_focus(run, params=params, calibration=calibration):
                 records.append(record)
                 sink.write(record)
-                print(_line(record, colour), file=out)
-        finally:
-            sink.close()
-        _summary(records, out)
+                print(record_line(record, in_colour), file=out)
+        summary(records, out)
         plot_focus_series(records).savefig(folder / "focus.png", dpi=120)
         plot_focus_maps(records).savefig(folder / "focus_maps.png", dpi=120)
 
@@ -141,10 +91,9 @@ def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) 
         baseline = RunBaseline()
         relative = list(client.iter_focus(run, params=params, baseline=baseline))
         rejudge_warmup(relative, baseline)
-        sink = _CsvSink(str(folder / "focus_baseline.csv"))
-        for record in relative:
-            sink.write(record)
-        sink.close()
+        with FocusCsvWriter(folder / "focus_baseline.csv") as sink:
+            for record in relative:
+                sink.write(record)
         flagged = [Path(r.path).name for r in relative if r.ok and r.verdict in FLAGGED]
         print(f"flagged against the run's baseline: {', '.join(flagged) or 'none'}", file=out)
 

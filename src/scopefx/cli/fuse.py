@@ -10,11 +10,13 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["add_fuse_parser", "cmd_fuse"]
+from ._common import add_endpoint_options, describe_mosaic, make_client, runs_remotely
+
+__all__ = ["add_parser", "cmd_fuse"]
 
 
-def add_fuse_parser(sub: Any) -> None:
-    from .fusion import BLENDS, FusionParams
+def add_parser(sub: Any) -> None:
+    from ..fusion import BLENDS, FusionParams
 
     d = FusionParams()
     p = sub.add_parser(
@@ -60,8 +62,6 @@ def add_fuse_parser(sub: Any) -> None:
         metavar="CLUSTER.yaml",
         help="run the chunks on a dask cluster: local, SLURM or PBS (see scopefx.cluster)",
     )
-    from ._cli_remote import add_endpoint_options
-
     add_endpoint_options(p)
     p.add_argument(
         "--regions",
@@ -73,28 +73,17 @@ def add_fuse_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_fuse)
 
 
-def describe_mosaic(summary: dict[str, Any]) -> str:
-    """One line for a fusion summary (``FusionResult.to_dict()`` or what an endpoint returns)."""
-    shape = "x".join(str(v) for v in summary["shape"])
-    return (
-        f"{shape} {summary['dtype']}, {summary['levels']} levels, {summary['n_tiles']} tiles, "
-        f"{summary['chunks_written']} chunks written, {summary['chunks_resumed']} already done, "
-        f"{summary['seconds']:.1f} s"
-    )
-
-
 def _flatfield(spec: str | None) -> Any:
     if spec is None or spec == "estimate":
         return spec
-    from .fusion import load_flatfield
+    from ..fusion import load_flatfield
 
     flat, _, dark = spec.partition(",")
     return load_flatfield(flat, dark or None)
 
 
 def _cmd_fuse_remote(args: argparse.Namespace, params: Any, out: TextIO) -> int:
-    from ._cli_remote import make_client
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if args.cluster:
         raise ConfigError(
@@ -125,7 +114,7 @@ def _cmd_fuse_remote(args: argparse.Namespace, params: Any, out: TextIO) -> int:
 def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     from tqdm import tqdm
 
-    from .fusion import FusionParams, fuse
+    from ..fusion import FusionParams, fuse
 
     params = FusionParams(
         blend=args.blend,
@@ -134,8 +123,6 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
         feather_px=args.feather,
         fill=args.fill,
     )
-    from ._cli_remote import runs_remotely
-
     if runs_remotely(args, "fusion"):
         return _cmd_fuse_remote(args, params, out)
     bar = tqdm(
@@ -153,7 +140,7 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     stack = contextlib.ExitStack()
     scheduler = None
     if args.cluster:  # dask workers elsewhere: their chunks cannot tick this bar
-        from .cluster import open_cluster
+        from ..cluster import open_cluster
 
         scheduler = stack.enter_context(open_cluster(args.cluster))
         bar.disable = True

@@ -1,0 +1,66 @@
+"""``scopefx`` command line: a thin layer over the public API.
+
+Exit codes: 0 when the command ran, even if some images could not be scored (each is reported
+on its own line and in the CSV); 2 for usage errors (bad options or option values, an
+unreadable calibration, defocus table or endpoint configuration, a watch folder that is not a
+directory); 3 for data errors: the data named gave nothing (no images found, not one image
+could be scored, a tile table or tile missing or unreadable, so nothing fused; for ``watch``,
+images were found and not one could be scored); 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from .._version import __version__
+from ..errors import ScopefxError
+from . import demo, focus, fuse, remote, watch
+from ._common import DATA_ERROR, DATA_ERRORS, USAGE_ERROR, DataError, UsageError
+
+__all__ = ["DATA_ERROR", "USAGE_ERROR", "DataError", "UsageError", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``scopefx`` command, one subcommand per command module's parser."""
+    parser = argparse.ArgumentParser(
+        prog="scopefx",
+        description="Focus QC (MHFD) and mosaic fusion for microscopy runs. "
+        "`scopefx demo` shows focus QC on sample data.",
+    )
+    parser.add_argument("--version", action="version", version=f"scopefx {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    focus.add_parsers(sub)
+    demo.add_parser(sub)
+    fuse.add_parser(sub)
+    watch.add_parser(sub)
+    remote.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Entry point of the ``scopefx`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = out or sys.stdout
+    logging.basicConfig(
+        level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args, out))
+    except (DataError, *DATA_ERRORS) as exc:  # nothing found, scored or fused
+        parser.exit(DATA_ERROR, f"scopefx {args.command}: error: {exc}\n")
+    except (UsageError, ScopefxError) as exc:  # bad options, calibration files, ...
+        parser.exit(USAGE_ERROR, f"scopefx {args.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""``scopefx focus`` (score images, flag the out-of-focus ones) and ``scopefx calibrate``."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from ._common import (
+    DataError,
+    UsageError,
+    add_baseline_options,
+    add_endpoint_options,
+    add_focus_options,
+    baseline_from_args,
+    check_scored,
+    colour,
+    find,
+    focus_params,
+    make_client,
+    record_line,
+    runs_remotely,
+    summary,
+)
+
+__all__ = ["add_parsers", "cmd_calibrate", "cmd_focus"]
+
+
+def add_parsers(sub: Any) -> None:
+    focus = sub.add_parser(
+        "focus",
+        help="score images for focus and flag out-of-focus ones",
+        description="Score images (files, folders, globs) for focus by MHFD.",
+    )
+    focus.add_argument("paths", nargs="+", metavar="PATHS", help="image files, folders or globs")
+    focus.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders")
+    focus.add_argument("--csv", metavar="OUT", help="write one row per image")
+    focus.add_argument("--json", metavar="OUT", help="write records (with focus maps) as JSON")
+    focus.add_argument("--plot", metavar="OUT.png", help="plot features per section")
+    focus.add_argument("--maps", metavar="OUT.png", help="plot focus maps, flagged sections first")
+    focus.add_argument("--workers", type=int, default=1, help="images scored at once (default: 1)")
+    focus.add_argument(
+        "-q", "--quiet", action="store_true", help="no per-image lines or progress bar"
+    )
+    add_baseline_options(focus)
+    add_focus_options(focus)
+    add_endpoint_options(focus)
+    focus.set_defaults(func=cmd_focus)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="fit log(count) against |defocus| on a through-focus series",
+        description="Fit a calibration profile (JSON) from a through-focus series.",
+    )
+    cal.add_argument(
+        "paths", nargs="*", metavar="PATHS", help="images (default: those in --defocus)"
+    )
+    cal.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders")
+    src = cal.add_mutually_exclusive_group(required=True)
+    src.add_argument("--defocus", metavar="CSV", help="table with columns path,defocus")
+    src.add_argument(
+        "--from-metadata",
+        choices=("focus", "working_distance"),
+        help="take the focus coordinate from instrument metadata (best focus is fitted)",
+    )
+    cal.add_argument(
+        "-o", "--output", required=True, metavar="CAL.json", help="where to write the calibration"
+    )
+    cal.add_argument("--plot", metavar="OUT.png", help="plot the series and the fit")
+    cal.add_argument(
+        "--max-defocus",
+        type=float,
+        default=None,
+        help="in-focus tolerance (default: a quarter of the series' range)",
+    )
+    cal.add_argument(
+        "--unit", default="um", help="unit of the defocus values (default: %(default)s)"
+    )
+    cal.add_argument("--fit-center", action="store_true", help="fit the position of best focus")
+    cal.add_argument("--workers", type=int, default=1, help="images scored at once (default: 1)")
+    add_focus_options(cal)
+    cal.set_defaults(func=cmd_calibrate)
+
+
+# --------------------------------------------------------------------------------------------
+# scopefx focus
+
+
+def _run_scoring(
+    args: argparse.Namespace,
+    paths: list[str],
+    params: Any,
+    calibration: Any,
+    baseline: Any,
+    out: TextIO,
+) -> list[Any]:
+    from tqdm.auto import tqdm
+
+    from ..focus._batch import rejudge_warmup
+    from ..focus.csv import FocusCsvWriter
+
+    lines_in_colour = colour(out)
+    sink = FocusCsvWriter(args.csv) if args.csv else None
+    records = []
+    bar = tqdm(total=len(paths), unit="img", disable=args.quiet or None, file=sys.stderr)
+    try:
+        for record in _score(args, paths, params, calibration, baseline):
+            records.append(record)
+            if sink is not None:
+                sink.write(record)
+            if record.page is None or record.page == 0:
+                bar.update(1)
+            if not args.quiet:
+                bar.write(record_line(record, lines_in_colour), file=out)
+        if calibration is None:  # settle the warm-up sections' verdicts and write them again
+            rejudge_warmup(records, baseline)
+            if sink is not None:  # atomically: a kill now leaves the streamed rows in place
+                sink.rewrite_verdicts(records)
+    finally:
+        bar.close()
+        if sink is not None:
+            sink.close()
+    return records
+
+
+def _score(
+    args: argparse.Namespace, paths: list[str], params: Any, calibration: Any, baseline: Any
+) -> Any:
+    if not args.remote:
+        from ..focus import score_files
+
+        yield from score_files(
+            paths, params=params, workers=args.workers, calibration=calibration, baseline=baseline
+        )
+        return
+    with make_client(args, quiet=True) as client:
+        yield from client.iter_focus(
+            paths, params=params, calibration=calibration, baseline=baseline
+        )
+
+
+def _write_outputs(
+    args: argparse.Namespace, records: list[Any], out: TextIO, *, plots: bool = True
+) -> None:
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in records], indent=1) + "\n")
+        print(f"wrote {args.json}", file=out)
+    if args.csv:
+        print(f"wrote {args.csv}", file=out)
+    if args.plot and plots:
+        from ..focus.plot import plot_focus_series
+
+        plot_focus_series(records).savefig(args.plot, dpi=120)
+        print(f"wrote {args.plot}", file=out)
+    if args.maps and plots:
+        from ..focus.plot import plot_focus_maps
+
+        plot_focus_maps(records).savefig(args.maps, dpi=120)
+        print(f"wrote {args.maps}", file=out)
+
+
+def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
+    from ..focus import Calibration
+
+    params = focus_params(args)  # options first: a usage error before any data is looked at
+    calibration = None
+    if args.calibration:
+        calibration = Calibration.load(args.calibration)
+        calibration.check_params(params)
+    baseline = baseline_from_args(args)
+    args.remote = runs_remotely(args, "focus")
+    if args.remote:  # references on the endpoint: expand only what exists here too
+        local = [p for p in args.paths if os.path.isdir(p) or glob.has_magic(p)]
+        paths = find(local, args.recursive) if local else []
+        paths += [p for p in args.paths if p not in local]
+    else:
+        paths = find(args.paths, args.recursive)
+    records = _run_scoring(args, paths, params, calibration, baseline, out)
+    summary(records, out)
+    scored = any(r.ok for r in records)
+    _write_outputs(args, records, out, plots=scored)  # the CSV and JSON say why, item by item
+    check_scored(records)  # nothing scored: a data error
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# scopefx calibrate
+
+
+def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
+    from ..focus import Calibration, score_files
+    from ..focus.csv import read_defocus_table
+    from ..focus.plot import plot_calibration
+
+    params = focus_params(args)
+    table = read_defocus_table(args.defocus) if args.defocus else {}
+    paths = find(args.paths, args.recursive) if args.paths else sorted(table)
+    if not paths:
+        raise UsageError("give images to calibrate on, or a --defocus table listing them")
+    defocus, density = [], []
+    records = []
+    for record in score_files(paths, params=params, workers=args.workers):
+        records.append(record)
+        if not record.ok:
+            print(f"skipped {record.path}: {record.error}", file=out)
+            continue
+        if args.from_metadata:
+            value = (
+                record.working_distance_mm
+                if args.from_metadata == "working_distance"
+                else record.focus
+            )
+        else:
+            value = table.get(str(Path(record.path).resolve()))
+        if value is None:
+            print(f"skipped {record.path}: no defocus value for it", file=out)
+            continue
+        defocus.append(float(value))
+        density.append(record.density_per_mpx)
+    check_scored(records)
+    if not defocus:
+        raise DataError(
+            f"none of the {len(records)} scored image(s) has a defocus value "
+            + ("in its metadata" if args.from_metadata else f"in {args.defocus}")
+        )
+    calibration = Calibration.fit(
+        defocus,
+        density,
+        params=params,
+        fit_center=args.fit_center or bool(args.from_metadata),
+        max_defocus=args.max_defocus,
+        unit=args.unit,
+    )
+    calibration.save(args.output)
+    print(
+        f"calibrated on {calibration.n} images: log(features/Mpx) = {calibration.intercept:.3f} "
+        f"- {calibration.slope:.4f} |defocus - {calibration.center:g}| ({calibration.unit}), "
+        f"r = {calibration.r:.4f}",
+        file=out,
+    )
+    print(
+        f"in focus down to {calibration.min_density:.0f} features/Mpx "
+        f"(|defocus| <= {calibration.max_defocus:g} {calibration.unit})",
+        file=out,
+    )
+    print(f"wrote {args.output}", file=out)
+    if args.plot:
+        plot_calibration(calibration, defocus, density).savefig(args.plot, dpi=120)
+        print(f"wrote {args.plot}", file=out)
+    return 0

@@ -1,0 +1,208 @@
+"""The focus CSV: one row per image (one page of a stack), written so that a kill loses nothing.
+
+One module for every program that writes or reads it (``scopefx focus``, ``scopefx watch``,
+``scopefx demo``, :class:`scopefx.watch.FolderWatch`):
+
+- :class:`FocusCsvWriter` appends a row per record and flushes and fsyncs it before the next
+  one, so a killed run keeps every finished row; it can resume a CSV a killed run left (a torn
+  last line is dropped) and rewrite verdicts in place, atomically (warm-up sections settled
+  once the run's baseline exists).
+- :func:`read_focus_csv` reads the complete rows, skipping a torn last line.
+- :func:`read_defocus_table` reads the ``path,defocus`` table of a through-focus series.
+
+The columns are :data:`scopefx.focus.CSV_COLUMNS` (extra columns, such as the watch's latency,
+follow them).
+
+Examples
+--------
+>>> from scopefx.focus.csv import FocusCsvWriter, read_focus_csv
+>>> with FocusCsvWriter("focus.csv") as sink:          # doctest: +SKIP
+...     for record in scopefx.score_files(paths):
+...         sink.write(record)
+>>> [row["verdict"] for row in read_focus_csv("focus.csv")]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import ConfigError
+from ._batch import CSV_COLUMNS, FocusRecord
+
+__all__ = ["VERDICT_COLUMNS", "FocusCsvWriter", "read_defocus_table", "read_focus_csv"]
+
+#: The columns a verdict sets (:meth:`FocusRecord.apply`), rewritten by
+#: :meth:`FocusCsvWriter.rewrite_verdicts`.
+VERDICT_COLUMNS = ("verdict", "ratio", "defocus_estimate", "bad_cells")
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell: empty for None and NaN, 6 significant digits for floats."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return format(value, ".6g") if isinstance(value, float) else str(value)
+
+
+def _complete(data: bytes) -> bytes:
+    """``data`` up to its last newline: a kill mid-row leaves a torn last line."""
+    return data[: data.rfind(b"\n") + 1]
+
+
+def _parse(data: bytes) -> tuple[list[str], list[dict[str, str]]]:
+    reader = csv.DictReader(io.StringIO(_complete(data).decode(), newline=""))
+    header = list(reader.fieldnames or [])
+    return header, list(reader)
+
+
+def read_focus_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The complete rows of a focus CSV (``scopefx focus --csv``, ``scopefx watch --csv``).
+
+    A torn last line (a row a killed run was writing) is skipped. Cells are strings as written
+    (empty for a missing value); :meth:`scopefx.focus.FocusRecord.from_row` makes a record of one.
+    """
+    return _parse(Path(path).read_bytes())[1]
+
+
+def _key(path: str, page: Any) -> tuple[str, str]:
+    return path, _cell(page)
+
+
+class FocusCsvWriter:
+    """Writes a focus CSV row by row, each flushed and fsync'd before the next.
+
+    Parameters
+    ----------
+    path : path-like
+        The CSV. Its folder is created.
+    columns : sequence of str
+        The columns of a new file: :data:`CSV_COLUMNS` and any extra ones (values for those are
+        given to :meth:`write`).
+    resume : bool
+        ``False`` (default): start a new file (an existing one is replaced). ``True``: keep an
+        existing file's rows (:attr:`rows`) and columns and append to it; a torn last line is
+        removed first.
+
+    Raises
+    ------
+    ConfigError
+        With ``resume``, when the file is not a focus CSV (its header does not start with
+        ``path`` or has no ``features``); the file is left untouched.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        columns: Sequence[str] = CSV_COLUMNS,
+        resume: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.rows: list[dict[str, str]] = []
+        """Every complete row of the file, those read back and those written, in order."""
+        header: list[str] = []
+        if resume and self.path.exists():
+            data = self.path.read_bytes()
+            header, rows = _parse(data)
+            if header and (header[0] != "path" or "features" not in header):
+                raise ConfigError(
+                    f"{self.path} is not a scopefx focus CSV (header {header[:4]}...); "
+                    "give another CSV or move it away"
+                )
+            if header:
+                self.columns, self.rows = header, rows
+            torn = len(data) - len(_complete(data))
+            if torn:  # drop the torn last line (only once the file is known to be ours)
+                with self.path.open("rb+") as handle:
+                    handle.truncate(len(data) - torn)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle: TextIO = self.path.open("a" if header else "w", newline="")
+        self._writer = self._dict_writer(self._handle)
+        if not header:
+            self._writer.writeheader()
+            self._sync()
+
+    def _dict_writer(self, handle: TextIO) -> csv.DictWriter[str]:
+        return csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
+
+    def _sync(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def write(self, record: FocusRecord, **extra: Any) -> dict[str, str]:
+        """Append ``record``'s row (``extra`` fills extra columns) and make it durable."""
+        row = {k: _cell(v) for k, v in record.row().items()}
+        row.update({k: _cell(v) for k, v in extra.items()})
+        self._writer.writerow(row)
+        self._sync()
+        self.rows.append(row)
+        return row
+
+    def rewrite_verdicts(self, records: Iterable[FocusRecord]) -> None:
+        """Write the verdicts of ``records`` (:data:`VERDICT_COLUMNS`) into their rows, matched
+        by path and page, atomically: the file is replaced by a complete new one, so a kill
+        leaves either the old rows or the new ones."""
+        updates = {_key(r.path, r.page): r for r in records}
+        for row in self.rows:
+            record = updates.get((row["path"], row.get("page", "")))
+            if record is not None:
+                row.update({k: _cell(getattr(record, k)) for k in VERDICT_COLUMNS})
+        self._handle.close()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = self._dict_writer(handle)
+            writer.writeheader()
+            writer.writerows(self.rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        self._handle = self.path.open("a", newline="")
+        self._writer = self._dict_writer(self._handle)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> FocusCsvWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
+    """The ``path,defocus`` table of a through-focus series: resolved image path -> defocus.
+
+    Paths in the table are relative to the table's folder (or absolute).
+
+    Raises
+    ------
+    ConfigError
+        The table cannot be read, lacks the ``path`` or ``defocus`` column, or holds a defocus
+        that is not a number (the message names the line).
+    """
+    table = Path(path)
+    try:
+        with table.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise ConfigError(f"cannot read defocus table {os.fspath(path)!r}: {exc}") from None
+    if not rows or not {"path", "defocus"} <= set(rows[0]):
+        raise ConfigError(
+            f"defocus table {os.fspath(path)!r} needs the columns 'path' and 'defocus'"
+        )
+    out = {}
+    for i, row in enumerate(rows, start=2):
+        try:
+            value = float(row["defocus"])
+        except ValueError:
+            raise ConfigError(
+                f"{os.fspath(path)!r} line {i}: defocus {row['defocus']!r} is not a number"
+            ) from None
+        out[str((table.parent / row["path"]).resolve())] = value
+    return out

@@ -1,0 +1,100 @@
+"""The focus CSV (:mod:`scopefx.focus.csv`): rows durable as written, a torn last line dropped,
+verdicts rewritten atomically, the defocus table read with line-level errors."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from scopefx.errors import ConfigError
+from scopefx.focus import CSV_COLUMNS, FocusRecord
+from scopefx.focus.csv import FocusCsvWriter, read_defocus_table, read_focus_csv
+
+
+def _record(i: int, verdict: str = "in_focus", page: int | None = None) -> FocusRecord:
+    return FocusRecord(
+        path=f"/run/section_{i:04d}.tif", page=page, features=100 + i, density_per_mpx=1.5 * i,
+        verdict=verdict,
+    )  # fmt: skip
+
+
+def test_rows_are_on_disk_as_soon_as_written(tmp_path):
+    path = tmp_path / "sub" / "focus.csv"
+    sink = FocusCsvWriter(path)
+    sink.write(_record(1))
+    rows = read_focus_csv(path)  # before close: flushed (and fsync'd)
+    assert [r["path"] for r in rows] == ["/run/section_0001.tif"]
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    assert rows[0]["ratio"] == "" and rows[0]["page"] == "" and rows[0]["features"] == "101"
+    sink.close()
+    with FocusCsvWriter(path) as again:  # a new run replaces the file
+        again.write(_record(2))
+    assert [r["path"] for r in read_focus_csv(path)] == ["/run/section_0002.tif"]
+
+
+def test_resume_drops_a_torn_line_and_keeps_extra_columns(tmp_path):
+    path = tmp_path / "watch.csv"
+    columns = (*CSV_COLUMNS, "latency_seconds")
+    with FocusCsvWriter(path, columns=columns) as sink:
+        sink.write(_record(0), latency_seconds=0.25)
+    with path.open("a") as handle:
+        handle.write("/run/section_0001.tif,,ok,,1")  # killed mid-row
+    assert len(read_focus_csv(path)) == 1  # the reader skips it
+    with FocusCsvWriter(path, resume=True) as sink:
+        assert sink.columns == list(columns)
+        assert [r["latency_seconds"] for r in sink.rows] == ["0.25"]
+        sink.write(_record(1), latency_seconds=0.5)
+    rows = read_focus_csv(path)
+    assert [(r["path"], r["latency_seconds"]) for r in rows] == [
+        ("/run/section_0000.tif", "0.25"), ("/run/section_0001.tif", "0.5"),
+    ]  # fmt: skip
+    assert path.read_text().count("\n") == 3
+
+
+def test_resume_refuses_a_foreign_file_and_leaves_it_alone(tmp_path):
+    path = tmp_path / "other.csv"
+    path.write_text("x,y\n1,2")
+    with pytest.raises(ConfigError, match="not a scopefx focus CSV"):
+        FocusCsvWriter(path, resume=True)
+    assert path.read_text() == "x,y\n1,2"
+
+
+def test_rewrite_verdicts_matches_path_and_page(tmp_path):
+    path = tmp_path / "focus.csv"
+    records = [_record(0, "warmup", page=0), _record(0, "warmup", page=1), _record(1, "warmup")]
+    with FocusCsvWriter(path) as sink:
+        for record in records:
+            sink.write(record)
+        records[1].verdict, records[1].ratio = "out_of_focus", 0.25
+        records[2].verdict = "in_focus"
+        sink.rewrite_verdicts(records[1:])
+        sink.write(_record(2))  # still appending after the rewrite
+    rows = read_focus_csv(path)
+    assert [(r["page"], r["verdict"], r["ratio"]) for r in rows] == [
+        ("0", "warmup", ""), ("1", "out_of_focus", "0.25"), ("", "in_focus", ""),
+        ("", "in_focus", ""),
+    ]  # fmt: skip
+    assert not (tmp_path / "focus.csv.tmp").exists()
+    back = FocusRecord.from_row(rows[1])
+    assert back.verdict == "out_of_focus" and math.isclose(back.ratio, 0.25)
+
+
+def test_defocus_table(tmp_path):
+    table = tmp_path / "series" / "defocus.csv"
+    table.parent.mkdir()
+    with table.open("w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "defocus"), ("a.tif", "-1.5"), ("b.tif", "2")])
+    assert read_defocus_table(table) == {
+        str((table.parent / "a.tif").resolve()): -1.5,
+        str((table.parent / "b.tif").resolve()): 2.0,
+    }
+    table.write_text("path,defocus\na.tif,near\n")
+    with pytest.raises(ConfigError, match="line 2: defocus 'near' is not a number"):
+        read_defocus_table(table)
+    table.write_text("path,z\na.tif,1\n")
+    with pytest.raises(ConfigError, match="needs the columns 'path' and 'defocus'"):
+        read_defocus_table(table)
+    with pytest.raises(ConfigError, match="cannot read defocus table"):
+        read_defocus_table(tmp_path / "nope.csv")
