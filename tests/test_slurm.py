@@ -158,8 +158,7 @@ def test_fuse_mosaic_in_an_engine_on_the_slurm_provider(tiles, reference, tmp_pa
     from parsl.launchers import SimpleLauncher
     from parsl.providers import SlurmProvider
 
-    from scopefx.remote import functions
-    from scopefx.remote import EngineExecutor
+    from scopefx.remote import EngineExecutor, functions
 
     root = tiles.parent
     provider = SlurmProvider(

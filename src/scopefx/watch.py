@@ -33,8 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .focus import CSV_COLUMNS, Calibration, FocusParams, FocusRecord, RunBaseline
-from .focus._verdict import FLAGGED, IN_FOCUS, WARMUP
+from .focus import (
+    CSV_COLUMNS,
+    FLAGGED,
+    Calibration,
+    FocusParams,
+    FocusRecord,
+    FocusRun,
+    RunBaseline,
+)
 from .focus.csv import FocusCsvWriter
 from .focus.csv import read_focus_csv as read_watch_csv
 from .io import IMAGE_SUFFIXES
@@ -90,10 +97,12 @@ class FolderWatch:
     client : Client, optional
         Where scoring runs; default: the local default (``Client()``). The watch closes a
         client it made, not one it was given.
-    params, calibration, baseline
-        As for :meth:`Client.iter_focus`. Without a calibration, verdicts are relative to
-        the run; the first ``baseline.warmup`` sections are ``warmup`` until there is a
-        baseline, then judged again (yielded with ``late=True``).
+    params : FocusParams, optional
+    run : FocusRun, optional
+        The run's verdict policy; default one made from ``calibration`` and ``baseline``
+        (shorthands). Without a calibration, verdicts are relative to the run; the first
+        ``baseline.warmup`` sections are ``warmup`` until there is a baseline, then judged
+        again (yielded with ``late=True``).
     csv : path-like, optional
         Append one row per record; files already in it are skipped (restart-safe).
     remote_dir : str, optional
@@ -119,6 +128,7 @@ class FolderWatch:
         *,
         client: Any = None,
         params: FocusParams | None = None,
+        run: FocusRun | None = None,
         calibration: Calibration | None = None,
         baseline: RunBaseline | None = None,
         csv: str | os.PathLike[str] | None = None,
@@ -137,11 +147,14 @@ class FolderWatch:
                 raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if calibration is not None:
-            calibration.check_params(params or FocusParams())
         self.params = params
-        self.calibration = calibration
-        self.baseline = baseline if baseline is not None else RunBaseline()
+        if run is None:
+            run = FocusRun(calibration=calibration, baseline=baseline, params=params)
+        elif run.calibration is not None:
+            run.calibration.check_params(params or FocusParams())
+        self.run = run
+        self.calibration = run.calibration
+        self.baseline = run.baseline
         self.remote_dir = remote_dir.rstrip("/") if remote_dir else None
         self.interval, self.settle, self.grace = float(interval), float(settle), float(grace)
         self.batch_size = batch_size
@@ -156,7 +169,6 @@ class FolderWatch:
         )
         self._done: set[str] = set()
         self._seen: dict[str, _Seen] = {}
-        self._warmup: list[FocusRecord] = []
         self.previous: list[FocusRecord] = []
         """Records of earlier sessions read back from the CSV (in its order)."""
         self.records: list[FocusRecord] = []
@@ -177,8 +189,7 @@ class FolderWatch:
             self._done.add(os.path.abspath(row["path"]))
             record = FocusRecord.from_row(row)
             self.previous.append(record)
-            if self.calibration is None and record.ok and record.verdict in (IN_FOCUS, WARMUP):
-                self.baseline.update(record.density_per_mpx)  # the run's baseline goes on
+            self.run.seed([record])  # the run's baseline goes on
 
     # -- finding complete files -----------------------------------------------------------------
 
@@ -259,9 +270,8 @@ class FolderWatch:
             refs = [self._ref(p) for p in batch]
             by_ref = dict(zip(refs, batch, strict=True))
             held: set[str] = set()
-            for record in self.client.iter_focus(
-                refs, params=self.params, calibration=self.calibration, baseline=self.baseline
-            ):  # failed records never enter the baseline, so a held file leaves no trace
+            for record in self.client.iter_focus(refs, params=self.params, run=self.run):
+                # failed records never enter the baseline, so a held file leaves no trace
                 path = by_ref.get(record.path, record.path)
                 if path in held:
                     continue
@@ -270,8 +280,7 @@ class FolderWatch:
                     continue
                 record.path = path
                 yield self._finish(path, record)
-                if self._warmup and not math.isnan(self.baseline.reference):
-                    yield from self._settle_warmup()
+                yield from self._settle_warmup()
             for path in batch:
                 if path not in held:
                     self._done.add(path)
@@ -294,8 +303,6 @@ class FolderWatch:
 
     def _finish(self, path: str, record: FocusRecord) -> Scored:
         scored = Scored(record, self._latency(path), self._section(path))
-        if record.verdict == WARMUP:
-            self._warmup.append(record)
         self.records.append(record)
         if record.ok and not math.isnan(scored.latency):
             self.latencies.append(scored.latency)
@@ -308,12 +315,10 @@ class FolderWatch:
         return scored
 
     def _settle_warmup(self) -> Iterator[Scored]:
-        """Judge the warm-up sections against the baseline they built; report them again."""
-        for record in self._warmup:
-            record.apply(self.baseline.rejudge(record.density_per_mpx))
-        if self._csv is not None:
-            self._csv.rewrite_verdicts(self._warmup)
-        warm, self._warmup = self._warmup, []
+        """Once the baseline exists, judge the warm-up sections against it; report them again."""
+        warm = self.run.settle()
+        if warm and self._csv is not None:
+            self._csv.rewrite_verdicts(warm)
         for record in warm:
             yield Scored(record, math.nan, self._section(record.path), late=True)
 

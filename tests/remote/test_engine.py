@@ -16,9 +16,8 @@ import zarr
 pytest.importorskip("globus_compute_endpoint")
 
 from scopefx import Client, FusionParams, fuse
-from scopefx.remote import functions
 from scopefx.errors import RemoteTaskError
-from scopefx.remote import EngineExecutor
+from scopefx.remote import EngineExecutor, functions
 
 pytestmark = pytest.mark.endpoint
 

@@ -23,7 +23,7 @@ from ..errors import (
     InvalidImageError,
     UnsupportedFormatError,
 )
-from ..focus._verdict import FLAGGED
+from ..focus import FLAGGED
 
 __all__ = [
     "DATA_ERROR",
@@ -36,7 +36,6 @@ __all__ = [
     "add_endpoint_options",
     "add_focus_options",
     "add_params_options",
-    "baseline_from_args",
     "check_scored",
     "colour",
     "describe_mosaic",
@@ -45,6 +44,7 @@ __all__ = [
     "make_client",
     "params_from_args",
     "record_line",
+    "run_from_args",
     "runs_remotely",
     "summary",
 ]
@@ -222,11 +222,17 @@ def add_baseline_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def baseline_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`scopefx.RunBaseline` of ``--ratio``, ``--window``, ``--warmup``."""
-    from ..focus import RunBaseline
+def run_from_args(args: argparse.Namespace, params: Any) -> Any:
+    """The run's verdict policy (:class:`scopefx.FocusRun`): ``--calibration`` if given
+    (checked against ``params``), and the run baseline of ``--ratio``, ``--window``,
+    ``--warmup``."""
+    from ..focus import Calibration, FocusRun, RunBaseline
 
-    return RunBaseline(window=args.window, ratio=args.ratio, warmup=min(args.warmup, args.window))
+    calibration = Calibration.load(args.calibration) if args.calibration else None
+    baseline = RunBaseline(
+        window=args.window, ratio=args.ratio, warmup=min(args.warmup, args.window)
+    )
+    return FocusRun(calibration=calibration, baseline=baseline, params=params)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..focus._verdict import FLAGGED
+from ..focus import FLAGGED
 from ._common import colour, describe_mosaic, record_line, summary
 
 __all__ = ["add_parser", "cmd_demo", "run_demo"]
@@ -37,8 +37,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) -> None:
     """Generate the sample run, then calibrate, score and fuse it through :class:`Client`'s
     local default (the same calls an edge or HPC endpoint answers), and report."""
-    from .. import Calibration, Client, FocusParams, FusionParams, RunBaseline
-    from ..focus._batch import rejudge_warmup
+    from .. import Calibration, Client, FocusParams, FocusRun, FuseOptions, FusionParams
     from ..focus.csv import FocusCsvWriter, read_defocus_table
     from ..focus.plot import plot_calibration, plot_focus_maps, plot_focus_series
     from ..samples import make_demo_mosaic, make_demo_run
@@ -88,9 +87,7 @@ def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) 
             "\n== 3. the same run without calibration: verdicts from the run's own baseline ==",
             file=out,
         )
-        baseline = RunBaseline()
-        relative = list(client.iter_focus(run, params=params, baseline=baseline))
-        rejudge_warmup(relative, baseline)
+        relative = client.score_focus(run, run=FocusRun(params=params), params=params)
         with FocusCsvWriter(folder / "focus_baseline.csv") as sink:
             for record in relative:
                 sink.write(record)
@@ -99,11 +96,9 @@ def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) 
 
         print("\n== 4. fuse a 4x4 tile mosaic to OME-Zarr (tile 5 is out of focus) ==", file=out)
         mosaic = folder / "mosaic.ome.zarr"
-        result = client.fuse(
-            tiles, mosaic, params=FusionParams(blend="focus"), overwrite=True,
-            pixel_size_um=0.5, preview=str(folder / "mosaic.png"),
-        )  # fmt: skip
-        print(f"{mosaic}: {describe_mosaic(result)}", file=out)
+        options = FuseOptions(overwrite=True, pixel_size_um=0.5, preview=str(folder / "mosaic.png"))
+        result = client.fuse(tiles, mosaic, params=FusionParams(blend="focus"), options=options)
+        print(f"{mosaic}: {describe_mosaic(result.to_dict())}", file=out)
         print("blend 'focus': the sharper tile wins where tiles overlap", file=out)
     print(
         f"\nplanted truth: {made['planted']} (sections 7, 15, 19 out of focus; 11 half out of "

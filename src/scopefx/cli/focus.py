@@ -16,13 +16,13 @@ from ._common import (
     add_baseline_options,
     add_endpoint_options,
     add_focus_options,
-    baseline_from_args,
     check_scored,
     colour,
     find,
     focus_params,
     make_client,
     record_line,
+    run_from_args,
     runs_remotely,
     summary,
 )
@@ -91,16 +91,10 @@ def add_parsers(sub: Any) -> None:
 
 
 def _run_scoring(
-    args: argparse.Namespace,
-    paths: list[str],
-    params: Any,
-    calibration: Any,
-    baseline: Any,
-    out: TextIO,
+    args: argparse.Namespace, paths: list[str], params: Any, run: Any, out: TextIO
 ) -> list[Any]:
     from tqdm.auto import tqdm
 
-    from ..focus._batch import rejudge_warmup
     from ..focus.csv import FocusCsvWriter
 
     lines_in_colour = colour(out)
@@ -108,7 +102,7 @@ def _run_scoring(
     records = []
     bar = tqdm(total=len(paths), unit="img", disable=args.quiet or None, file=sys.stderr)
     try:
-        for record in _score(args, paths, params, calibration, baseline):
+        for record in _score(args, paths, params, run):
             records.append(record)
             if sink is not None:
                 sink.write(record)
@@ -116,10 +110,10 @@ def _run_scoring(
                 bar.update(1)
             if not args.quiet:
                 bar.write(record_line(record, lines_in_colour), file=out)
-        if calibration is None:  # settle the warm-up sections' verdicts and write them again
-            rejudge_warmup(records, baseline)
-            if sink is not None:  # atomically: a kill now leaves the streamed rows in place
-                sink.rewrite_verdicts(records)
+        # settle the warm-up sections' verdicts and write them again, atomically: a kill now
+        # leaves the streamed rows in place
+        if run.settle() and sink is not None:
+            sink.rewrite_verdicts(records)
     finally:
         bar.close()
         if sink is not None:
@@ -127,20 +121,14 @@ def _run_scoring(
     return records
 
 
-def _score(
-    args: argparse.Namespace, paths: list[str], params: Any, calibration: Any, baseline: Any
-) -> Any:
+def _score(args: argparse.Namespace, paths: list[str], params: Any, run: Any) -> Any:
     if not args.remote:
         from ..focus import score_files
 
-        yield from score_files(
-            paths, params=params, workers=args.workers, calibration=calibration, baseline=baseline
-        )
+        yield from score_files(paths, params=params, workers=args.workers, run=run)
         return
     with make_client(args, quiet=True) as client:
-        yield from client.iter_focus(
-            paths, params=params, calibration=calibration, baseline=baseline
-        )
+        yield from client.iter_focus(paths, params=params, run=run)
 
 
 def _write_outputs(
@@ -164,14 +152,8 @@ def _write_outputs(
 
 
 def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
-    from ..focus import Calibration
-
     params = focus_params(args)  # options first: a usage error before any data is looked at
-    calibration = None
-    if args.calibration:
-        calibration = Calibration.load(args.calibration)
-        calibration.check_params(params)
-    baseline = baseline_from_args(args)
+    run = run_from_args(args, params)
     args.remote = runs_remotely(args, "focus")
     if args.remote:  # references on the endpoint: expand only what exists here too
         local = [p for p in args.paths if os.path.isdir(p) or glob.has_magic(p)]
@@ -179,7 +161,7 @@ def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
         paths += [p for p in args.paths if p not in local]
     else:
         paths = find(args.paths, args.recursive)
-    records = _run_scoring(args, paths, params, calibration, baseline, out)
+    records = _run_scoring(args, paths, params, run, out)
     summary(records, out)
     scored = any(r.ok for r in records)
     _write_outputs(args, records, out, plots=scored)  # the CSV and JSON say why, item by item

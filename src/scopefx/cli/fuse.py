@@ -73,16 +73,45 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_fuse)
 
 
-def _flatfield(spec: str | None) -> Any:
-    if spec is None or spec == "estimate":
-        return spec
-    from ..fusion import load_flatfield
+def _params(args: argparse.Namespace) -> Any:
+    """The :class:`scopefx.FusionParams` the options describe."""
+    from ..fusion import FusionParams
 
-    flat, _, dark = spec.partition(",")
-    return load_flatfield(flat, dark or None)
+    return FusionParams(
+        blend=args.blend, order=args.order, chunk_px=args.chunk, feather_px=args.feather,
+        fill=args.fill,
+    )  # fmt: skip
 
 
-def _cmd_fuse_remote(args: argparse.Namespace, params: Any, out: TextIO) -> int:
+def _options(args: argparse.Namespace) -> Any:
+    """The :class:`scopefx.fusion.FuseOptions` the options describe: the one object that
+    travels to :func:`scopefx.fuse` or, as JSON, to the endpoint."""
+    from ..fusion import FuseOptions
+
+    return FuseOptions(
+        pixel_size_um=args.pixel_size, rotation_deg=args.rotation,
+        skip_missing=args.skip_missing, force=args.force, register=args.register,
+        flatfield=args.flatfield, ngff=args.ngff, pyramid=not args.no_pyramid,
+        resume=args.resume, overwrite=args.overwrite, preview=args.preview,
+    )  # fmt: skip
+
+
+def _report(result: Any, where: str, out: TextIO) -> None:
+    print(f"{where}: {describe_mosaic(result.to_dict())}", file=out)
+    if result.missing:
+        print(f"skipped {len(result.missing)} missing tiles (area filled):", file=out)
+        for ref in result.missing:
+            print(f"  {ref}", file=out)
+    if "registration" in result.extra:
+        r = result.extra["registration"]
+        print(
+            f"registration: {r['pairs_used']} of {r['pairs']} pairs used, rms residual "
+            f"{r['rms_residual_px']:.3f} px; refined table {r['table']}",
+            file=out,
+        )
+
+
+def _cmd_fuse_remote(args: argparse.Namespace, params: Any, options: Any, out: TextIO) -> int:
     from ..errors import ConfigError
 
     if args.cluster:
@@ -90,41 +119,25 @@ def _cmd_fuse_remote(args: argparse.Namespace, params: Any, out: TextIO) -> int:
             "--cluster is for local runs; on an endpoint the cluster comes from its "
             "configuration (SCOPEFX_CLUSTER in worker_init)"
         )
-    if args.flatfield not in (None, "estimate") and "," in args.flatfield:
-        raise ConfigError(
-            "on an endpoint, --flatfield takes 'estimate' or one saved .npz reference"
-        )
-    options = {
-        "resume": args.resume, "overwrite": args.overwrite, "ngff": args.ngff,
-        "pyramid": not args.no_pyramid, "register": args.register, "flatfield": args.flatfield,
-        "pixel_size_um": args.pixel_size, "rotation_deg": args.rotation,
-        "skip_missing": args.skip_missing, "force": args.force, "workers": args.workers,
-    }  # fmt: skip
     with make_client(args, quiet=args.quiet) as client:
-        summary = client.fuse(
-            args.tiles, args.output, params=params, regions=args.regions, preview=args.preview,
-            **options,
+        result = client.fuse(
+            args.tiles, args.output, params=params, options=options, regions=args.regions,
+            workers=args.workers,
         )  # fmt: skip
-    print(f"{summary['output']} (on the endpoint): {describe_mosaic(summary)}", file=out)
+    _report(result, f"{result.extra.get('output', args.output)} (on the endpoint)", out)
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1))
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
     return 0
 
 
 def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     from tqdm import tqdm
 
-    from ..fusion import FusionParams, fuse
+    from ..fusion import fuse
 
-    params = FusionParams(
-        blend=args.blend,
-        order=args.order,
-        chunk_px=args.chunk,
-        feather_px=args.feather,
-        fill=args.fill,
-    )
+    params, options = _params(args), _options(args)  # usage errors before any data is read
     if runs_remotely(args, "fusion"):
-        return _cmd_fuse_remote(args, params, out)
+        return _cmd_fuse_remote(args, params, options, out)
     bar = tqdm(
         unit="chunk", disable=args.quiet or None, file=sys.stderr, desc="fusing", leave=False
     )
@@ -146,39 +159,13 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
         bar.disable = True
     try:
         result = fuse(
-            args.tiles,
-            args.output,
-            params=params,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            ngff=args.ngff,
-            pyramid=not args.no_pyramid,
-            flatfield=_flatfield(args.flatfield),
-            register=args.register,
-            workers=args.workers,
-            on_chunk=None if scheduler is not None else on_chunk,
-            scheduler=scheduler,
-            pixel_size_um=args.pixel_size,
-            rotation_deg=args.rotation,
-            skip_missing=args.skip_missing,
-            force=args.force,
-            preview=args.preview,
-        )
+            args.tiles, args.output, params=params, options=options, workers=args.workers,
+            on_chunk=None if scheduler is not None else on_chunk, scheduler=scheduler,
+        )  # fmt: skip
     finally:
         stack.close()
         bar.close()
-    print(f"{result.path}: {describe_mosaic(result.to_dict())}", file=out)
-    if result.missing:
-        print(f"skipped {len(result.missing)} missing tiles (area filled):", file=out)
-        for ref in result.missing:
-            print(f"  {ref}", file=out)
-    if "registration" in result.extra:
-        r = result.extra["registration"]
-        print(
-            f"registration: {r['pairs_used']} of {r['pairs']} pairs used, rms residual "
-            f"{r['rms_residual_px']:.3f} px; refined table {r['table']}",
-            file=out,
-        )
+    _report(result, result.path, out)
     if args.preview:
         print(f"preview: {args.preview}", file=out)
     if args.json:

@@ -24,10 +24,10 @@ from ._common import (
     add_baseline_options,
     add_endpoint_options,
     add_focus_options,
-    baseline_from_args,
     colour,
     focus_params,
     make_client,
+    run_from_args,
     runs_remotely,
     summary,
 )
@@ -174,14 +174,12 @@ def _row(scored: Any, in_colour: bool) -> str:
 
 
 def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
-    from ..focus import Calibration
     from ..watch import FolderWatch
 
     if not Path(args.folder).is_dir():
         raise UsageError(f"{args.folder!r} is not a directory")
     params = focus_params(args)
-    calibration = Calibration.load(args.calibration) if args.calibration else None
-    baseline = baseline_from_args(args)
+    run = run_from_args(args, params)
     remote = runs_remotely(args, "focus")
     if args.remote_dir and not remote:
         raise UsageError("--remote-dir only applies with --endpoint (or a focus endpoint)")
@@ -196,8 +194,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
         args.folder,
         client=client,
         params=params,
-        calibration=calibration,
-        baseline=baseline,
+        run=run,
         csv=args.csv,
         remote_dir=args.remote_dir,
         interval=args.interval,

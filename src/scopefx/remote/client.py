@@ -63,6 +63,20 @@ def is_transient(exc: BaseException) -> bool:
     return not any(name in text.replace("RemoteTaskError", "") for name in names)
 
 
+def _progress_bar_class(progress: bool | None) -> Any:
+    """tqdm's notebook bar where it can draw (a kernel with ipywidgets), else the text bar:
+    ``tqdm.auto`` without ipywidgets prints a warning to the notebook's stderr."""
+    import importlib.util
+
+    if progress is not False and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+
+        return tqdm
+    from tqdm import tqdm as text_tqdm
+
+    return text_tqdm
+
+
 def _too_large(exc: BaseException) -> bool:
     """Whether a task failed because its result was over the endpoint's size limit
     (Globus Compute's ``MaxResultSizeExceeded``, also when it arrives as text)."""
@@ -384,10 +398,7 @@ class Client:
         """
         from ..focus import FocusRecord
 
-        if self.progress is False:  # tqdm.auto warns in a kernel without ipywidgets
-            from tqdm import tqdm
-        else:
-            from tqdm.auto import tqdm
+        tqdm = _progress_bar_class(self.progress)
 
         total = sum(len(b) for b in batches)
         parts: dict[int, dict[int, list[Any]]] = {k: {} for k in range(len(batches))}
