@@ -115,28 +115,19 @@ def plan_fusion(
         Mixed dtypes or channel counts, a singular affine, an output over the size limit.
     """
     options = FuseOptions.resolve(options)
-    table, metas, missing = load_tiles(
-        tiles,
-        pixel_size_um=options.pixel_size_um,
-        rotation_deg=options.rotation_deg,
-        skip_missing=options.skip_missing,
-        workers=workers,
-    )
+    table, metas, missing = load_tiles(tiles, options, workers=workers)
     plan = plan_loaded(table, metas, params=params, read=read, workers=workers, force=options.force)
     return plan, missing
 
 
 def load_tiles(
-    tiles: TileTable | str | os.PathLike[str],
-    *,
-    pixel_size_um: float | None = None,
-    rotation_deg: float = 0.0,
-    skip_missing: bool = False,
-    workers: int = 4,
+    tiles: TileTable | str | os.PathLike[str], options: FuseOptions, *, workers: int = 4
 ) -> tuple[TileTable, list[Any], list[str]]:
-    """The tile table, the header of each present tile, and the missing refs (skipped when
-    ``skip_missing``, else an ``ImageNotFoundError`` listing them)."""
-    table = _as_table(tiles, pixel_size_um, rotation_deg)
+    """The tile table (with ``options``' pixel size and rotation), the header of each present
+    tile, and the missing refs (skipped when ``options.skip_missing``, else an
+    ``ImageNotFoundError`` listing them)."""
+    pixel_size_um, skip_missing = options.pixel_size_um, options.skip_missing
+    table = _as_table(tiles, pixel_size_um, options.rotation_deg)
     if pixel_size_um is not None and table.pixel_size_um is None:
         table = TileTable(table.tiles, table.ndim, pixel_size_um, table.source, table.extra)
     metas, missing = _probe(table, workers)

@@ -71,13 +71,7 @@ def prepare(
     options = FuseOptions.resolve(options)
     out = Path(out)
     n_workers = workers or 4
-    table, metas, missing = load_tiles(
-        tiles,
-        pixel_size_um=options.pixel_size_um,
-        rotation_deg=options.rotation_deg,
-        skip_missing=options.skip_missing,
-        workers=n_workers,
-    )
+    table, metas, missing = load_tiles(tiles, options, workers=n_workers)
     extra: dict[str, Any] = {}
     if options.register:
         tile_shapes = tile_layout(table, metas)[0]
