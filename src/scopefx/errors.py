@@ -14,10 +14,12 @@ __all__ = [
     "ConfigError",
     "CorruptImageError",
     "DeviceUnavailableError",
+    "DiskFullError",
     "EmptyFileError",
     "EndpointError",
     "ImageNotFoundError",
     "InvalidImageError",
+    "ResourceLimitError",
     "ScopefxError",
     "UnsupportedFormatError",
 ]
@@ -100,3 +102,17 @@ class EndpointError(ScopefxError, RuntimeError):
     """An endpoint cannot take scopefx work: wrong scopefx version, or it is unreachable."""
 
     status = "endpoint"
+
+
+class ResourceLimitError(ScopefxError, ValueError):
+    """The work asked for is over a limit of this process (:class:`scopefx.io.EndpointLimits`):
+    an image or chunk larger than the decoding budget, a mosaic with too many or too large
+    chunks. Not transient: retrying gives the same answer."""
+
+    status = "limit"
+
+
+class DiskFullError(ScopefxError, OSError):
+    """An output could not be written because its file system is full (or over quota)."""
+
+    status = "disk_full"
