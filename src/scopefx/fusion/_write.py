@@ -7,6 +7,7 @@ chunk, each from the level below.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -18,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DiskFullError
+from ..io._confine import created, open_binary
 from ..io._tiles import TileTable
 from ._blend import Reader
 from ._fuse import load_tiles, plan_loaded, tile_layout
@@ -150,7 +152,7 @@ def fuse(
     out = Path(out)
     plan, flatfield, missing, extra = plan_tiles(
         tiles, out, params=params, flatfield=flatfield, read=read, register=register,
-        workers=workers, **plan_options,
+        workers=workers, replace_sidecars=overwrite or resume, **plan_options,
     )  # fmt: skip
     if out.suffix.lower() in (".tif", ".tiff"):
         return _fuse_tiff(
@@ -173,11 +175,13 @@ def plan_tiles(
     read: Reader | None = None,
     register: bool = False,
     workers: int | None = None,
+    replace_sidecars: bool = False,
     **plan_options: Any,
 ) -> tuple[FusionPlan, Any, list[str], dict[str, Any]]:
     """What :func:`fuse` does before writing: read the table and the tile headers, register
-    (sidecar files beside ``out``), plan, estimate the flat field. Returns the plan, the flat
-    field, the missing tiles and the run's extra summary (registration)."""
+    (sidecar files beside ``out``, created exclusively unless ``replace_sidecars``), plan,
+    estimate the flat field. Returns the plan, the flat field, the missing tiles and the run's
+    extra summary (registration)."""
     table, metas, missing = load_tiles(
         tiles,
         pixel_size_um=plan_options.pop("pixel_size_um", None),
@@ -188,7 +192,9 @@ def plan_tiles(
     extra: dict[str, Any] = {}
     if register:
         tile_shapes = tile_layout(table, metas)[0]
-        table, extra["registration"] = _register(table, tile_shapes, out, read, workers or 4)
+        table, extra["registration"] = _register(
+            table, tile_shapes, out, read, workers or 4, replace=replace_sidecars
+        )
     plan = plan_loaded(table, metas, params=params, read=read, workers=workers or 4, **plan_options)
     if isinstance(flatfield, str):
         if flatfield != "estimate":
@@ -209,16 +215,85 @@ def sidecar(out: Path, suffix: str) -> Path:
     return out.with_name(name + suffix)
 
 
+def publish(path: Path, write: Callable[[Path], Any], *, replace: bool) -> None:
+    """Write a side file through ``write(tmp_path)`` in a private folder, then publish it at
+    ``path``: created exclusively, or with ``replace`` over a regular file (never through a
+    link). ``ENOSPC`` becomes DiskFullError."""
+    import shutil
+    import tempfile
+
+    if os.path.lexists(path):
+        if not replace:
+            raise ConfigError(
+                f"{path} exists; scopefx creates its side files only where nothing is (pass "
+                "--overwrite or --resume to replace a previous run's), or choose another output"
+            )
+        if path.is_symlink() or not path.is_file():
+            raise ConfigError(
+                f"{path} is a link or not a regular file; scopefx will not replace it"
+            )
+    with tempfile.TemporaryDirectory(prefix="scopefx-") as private:
+        tmp = Path(private) / path.name
+        try:
+            write(tmp)
+        except OSError as exc:
+            raise _disk_full(tmp, exc) if exc.errno in _FULL else exc from None
+        try:
+            with created(path, replace=replace) as dst, open(tmp, "rb") as src:
+                shutil.copyfileobj(src, dst)
+        except FileExistsError:
+            raise ConfigError(
+                f"{path} appeared while being written; choose another output"
+            ) from None
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _disk_full(path: Path, exc: OSError) -> DiskFullError:
+    return DiskFullError(
+        f"cannot write {path}: {os.strerror(exc.errno or errno.ENOSPC)}; free space on its "
+        "file system or write elsewhere"
+    )
+
+
+def publish_preview(preview: str | os.PathLike[str], mosaic: Path, plan: FusionPlan) -> None:
+    """:func:`write_preview` published with :func:`publish`: a PNG scopefx wrote (its
+    ``scopefx`` text chunk) may be replaced, anything else at ``preview`` is kept and refused."""
+    from PIL import Image, PngImagePlugin
+
+    from .plot import write_preview
+
+    path = Path(preview)
+
+    def render(tmp: Path) -> None:
+        png = tmp.with_name("render.png")
+        write_preview(png, mosaic, plan)
+        info = PngImagePlugin.PngInfo()
+        info.add_text("scopefx", f"preview of {mosaic.name}")
+        with Image.open(png) as im:
+            im.save(tmp, format="PNG", pnginfo=info)
+
+    replace = False
+    if path.is_file() and not path.is_symlink():
+        try:
+            with open_binary(path) as fh, Image.open(fh) as im:
+                replace = "scopefx" in getattr(im, "text", {})
+        except (OSError, ValueError):
+            replace = False
+    publish(path, render, replace=replace)
+
+
 def _register(
-    table: TileTable, shapes: np.ndarray, out: Path, read: Reader | None, workers: int
-) -> tuple[TileTable, dict[str, Any]]:
+    table: TileTable, shapes: np.ndarray, out: Path, read: Reader | None, workers: int,
+    *, replace: bool = False,
+) -> tuple[TileTable, dict[str, Any]]:  # fmt: skip
     from ._register import register
 
     reg = register(table, read=read, shapes=shapes, workers=workers)
-    out.parent.mkdir(parents=True, exist_ok=True)
     refined, pairs = sidecar(out, ".registered.csv"), sidecar(out, ".pairs.csv")
-    reg.table.to_csv(refined)
-    reg.pairs_to_csv(pairs)
+    publish(refined, reg.table.to_csv, replace=replace)
+    publish(pairs, reg.pairs_to_csv, replace=replace)
     used = sum(p.used for p in reg.pairs)
     log.info("registration: %d of %d pairs used, rms %.3f px", used, len(reg.pairs),
              reg.rms_residual_px)  # fmt: skip
@@ -233,6 +308,30 @@ def _register(
 
 
 TIFF_LIMIT_GIB = 4.0
+#: The TIFF ``Software`` tag of a mosaic scopefx wrote; ``overwrite`` replaces only such a TIFF.
+TIFF_SOFTWARE = "scopefx fuse"
+
+
+def _check_tiff_overwrite(out: Path, plan: FusionPlan) -> None:
+    """``overwrite`` of a TIFF output: only a regular file scopefx wrote, never a tile."""
+    real = os.path.realpath(out)
+    if any(os.path.realpath(ref.partition("::")[0]) == real for ref in plan.refs):
+        raise ConfigError(f"--overwrite refused: {out} is one of the tiles; choose another output")
+    software = None
+    if not out.is_symlink() and out.is_file():
+        import tifffile
+
+        try:
+            with open_binary(out) as fh, tifffile.TiffFile(fh, _multifile=False) as tif:
+                tag = tif.pages.first.tags.get(305)  # Software
+                software = None if tag is None else tag.value
+        except (OSError, ValueError, tifffile.TiffFileError):
+            software = None
+    if software != TIFF_SOFTWARE:
+        raise ConfigError(
+            f"--overwrite refused: {out} is not a TIFF mosaic scopefx wrote; overwrite replaces "
+            "only those. Choose another output path"
+        )
 
 
 def _fuse_tiff(
@@ -256,8 +355,10 @@ def _fuse_tiff(
             f"a {nbytes / 2**30:.1f} GiB mosaic is too large for a TIFF (limit "
             f"{TIFF_LIMIT_GIB:g} GiB, computed in memory); write OME-Zarr (OUT.ome.zarr)"
         )
-    if out.exists() and not overwrite:
-        raise ConfigError(f"output {out} exists; pass --overwrite to replace it")
+    if os.path.lexists(out):
+        if not overwrite:
+            raise ConfigError(f"output {out} exists; pass --overwrite to replace it")
+        _check_tiff_overwrite(out, plan)
     scheduler, workers = lazy.pop("scheduler"), lazy.pop("workers")
     options = {"num_workers": workers} if workers and scheduler is None else {}
     data = fuse_lazy(plan, **lazy).compute(scheduler=scheduler, **options)
@@ -267,12 +368,15 @@ def _fuse_tiff(
     if plan.pixel_size_um:
         meta.update(PhysicalSizeX=plan.pixel_size_um, PhysicalSizeY=plan.pixel_size_um)
         resolution = (1e4 / plan.pixel_size_um, 1e4 / plan.pixel_size_um)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tifffile.imwrite(tmp, data, ome=True, metadata=meta, bigtiff=nbytes > 2**31,
-                     tile=(256, 256) if min(plan.shape[-2:]) >= 256 else None,
-                     resolution=resolution, resolutionunit="CENTIMETER" if resolution else None,
-                     compression="zlib")  # fmt: skip
-    os.replace(tmp, out)
+
+    def write(tmp: Path) -> None:
+        tifffile.imwrite(tmp, data, ome=True, metadata=meta, bigtiff=nbytes > 2**31,
+                         tile=(256, 256) if min(plan.shape[-2:]) >= 256 else None,
+                         resolution=resolution,
+                         resolutionunit="CENTIMETER" if resolution else None,
+                         compression="zlib", software=TIFF_SOFTWARE)  # fmt: skip
+
+    publish(out, write, replace=overwrite)
     return FusionResult(
         path=os.fspath(out),
         shape=plan.full_shape,

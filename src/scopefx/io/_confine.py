@@ -225,7 +225,7 @@ def _disk_full(shown: str, exc: OSError) -> DiskFullError:
 def write_file(
     root: str | os.PathLike[str],
     key: str,
-    data: bytes | memoryview,
+    data: bytes | bytearray | memoryview,
     *,
     exclusive: bool = False,
     fsync: bool = True,

@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -218,7 +218,7 @@ def _read_npy(r: ResolvedRef, page: int | None) -> np.ndarray:
         planes = n_planes(shape)
         want = shape if page is None else shape[1:] if planes > 1 else shape
         EndpointLimits.from_env().check_image(want, dtype, r.ref)
-        order = "F" if fortran else "C"
+        order: Literal["C", "F"] = "F" if fortran else "C"
         if page is None:
             count = int(np.prod(shape, dtype=np.int64))
             data = np.fromfile(fh, dtype=dtype, count=count)
@@ -227,7 +227,7 @@ def _read_npy(r: ResolvedRef, page: int | None) -> np.ndarray:
                     f".npy '{r.ref}' is truncated: {data.size} of {count} values; save it again"
                 )
             return data.reshape(shape, order=order)
-        loaded = np.memmap(fh, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order=order)
+        loaded = np.memmap(fh, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order=order)  # type: ignore[call-overload]
         data = np.array(loaded[check_page(page, planes, r.ref)])
         del loaded  # closes the memory map
         return data

@@ -141,7 +141,7 @@ def _load(job: dict[str, Any], roots: DataRoots) -> tuple[Any, dict[str, Any], d
     from ..io import read_tile_table
 
     tiles = roots.resolve(job["tiles"])
-    output = roots.resolve(job["output"], must_exist=False)
+    output = roots.resolve_output(job["output"])  # under the output roots, never a data root
     table = read_tile_table(
         tiles,
         pixel_size_um=job.get("pixel_size_um"),
@@ -162,7 +162,7 @@ def _load(job: dict[str, Any], roots: DataRoots) -> tuple[Any, dict[str, Any], d
         "flatfield": flatfield,
         "device": job.get("device"),
         "workers": job.get("workers"),
-        "preview": None if preview is None else roots.resolve(preview, must_exist=False),
+        "preview": None if preview is None else roots.resolve_output(preview),
         "skip_missing": bool(job.get("skip_missing", False)),
         "force": bool(job.get("force", False)),
     }
@@ -208,7 +208,7 @@ def _prepared(job: dict[str, Any]) -> tuple[Any, dict[str, Any], DataRoots]:
     plan, flatfield, missing, extra = plan_tiles(
         table, out, params=write["params"], flatfield=write["flatfield"],
         register=write["register"], workers=write["workers"], skip_missing=write["skip_missing"],
-        force=write["force"],
+        force=write["force"], replace_sidecars=write["overwrite"] or write["resume"],
     )  # fmt: skip
     fusion = prepare_fusion(
         plan, out, resume=write["resume"], overwrite=write["overwrite"], ngff=write["ngff"],
@@ -300,7 +300,7 @@ def _open_job(plan_ref: str, roots: DataRoots) -> Any:
         raise ConfigError(
             f"plan_ref must be the output reference plan_mosaic returned, got {plan_ref!r}"
         )
-    return FusionJob.open(roots.resolve(plan_ref))
+    return FusionJob.open(roots.resolve_output(plan_ref))
 
 
 def fuse_region(
@@ -334,7 +334,7 @@ def finish_mosaic(
     roots = DataRoots.from_env()
     job = _open_job(plan_ref, roots)
     roots.check_all(job.plan.refs)
-    out_preview = None if preview is None else roots.resolve(preview, must_exist=False)
+    out_preview = None if preview is None else roots.resolve_output(preview)
     result = job.finish(workers=workers, preview=out_preview)
     summary = result.to_dict()
     summary.update(output=plan_ref, timings={"finish_s": round(time.perf_counter() - start, 4)})
@@ -364,6 +364,7 @@ def endpoint_info() -> dict[str, Any]:
         "backend": "cupy" if gpus else "numpy",
         "gpus": gpus,
         "data_roots": DataRoots.from_env().describe(),
+        "output_roots": DataRoots.from_env().describe_outputs(),
         "functions": list(FUNCTION_NAMES),
         "host": socket.gethostname(),
         "python": platform.python_version(),
