@@ -227,7 +227,7 @@ def _read_npy(r: ResolvedRef, page: int | None) -> np.ndarray:
                     f".npy '{r.ref}' is truncated: {data.size} of {count} values; save it again"
                 )
             return data.reshape(shape, order=order)
-        loaded = np.memmap(fh, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order=order)  # type: ignore[call-overload]
+        loaded = np.memmap(fh, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order=order)
         data = np.array(loaded[check_page(page, planes, r.ref)])
         del loaded  # closes the memory map
         return data

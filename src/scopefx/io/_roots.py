@@ -180,7 +180,13 @@ class DataRoots:
         """Refuse ``path`` when, symbolic links followed, it lies outside every root."""
         if self.roots is None:
             return
-        real = os.path.realpath(path)
+        try:
+            real = os.path.realpath(path)
+        except OSError as exc:  # a component swapped between a link and a file meanwhile
+            raise AccessDeniedError(
+                f"{ref if ref is not None else os.fspath(path)!r} is refused: it changed while "
+                f"being checked ({exc.strerror})"
+            ) from None
         if not any(_inside(real, r) for r in self.readable or ()):
             shown = ref if ref is not None else os.fspath(path)
             raise AccessDeniedError(
