@@ -322,7 +322,10 @@ def _check_tiff_overwrite(out: Path, plan: FusionPlan) -> None:
         import tifffile
 
         try:
-            with open_binary(out) as fh, tifffile.TiffFile(fh, _multifile=False) as tif:
+            with (
+                open_binary(out) as fh,
+                tifffile.TiffFile(fh, name=out.name, _multifile=False) as tif,
+            ):
                 tag = tif.pages.first.tags.get(305)  # Software
                 software = None if tag is None else tag.value
         except (OSError, ValueError, tifffile.TiffFileError):
