@@ -111,6 +111,11 @@ class Progress:
             started = finished.get("fingerprint")
         elif plan_file.is_file():
             started = _read_json(plan_file).get("fingerprint")
+        elif self.dir.is_dir():
+            raise ConfigError(
+                f"output {out} is being started by another job; choose another output path, "
+                "or run again with --resume once that job has ended"
+            )
         else:
             raise ConfigError(
                 f"output {out} already holds something that scopefx did not write; "
