@@ -8,20 +8,24 @@ for an array inside a Zarr store (:func:`split_ref`).
 Mosaics: :func:`read_tile_table` (CSV or Fiji ``TileConfiguration.txt``) and OME-Zarr
 multiscale writing (:class:`OmeZarrSpec`, :func:`create_ome_zarr`).
 
-On endpoints, :class:`DataRoots` confines references to the configured data roots.
+On endpoints, :class:`DataRoots` confines references to the configured data roots (read only)
+and outputs to the output roots, and :class:`EndpointLimits` bounds the work of one task.
 """
 
+from ._limits import EndpointLimits
 from ._metadata import ImageMetadata, read_metadata
 from ._omezarr import OmeZarrSpec, create_ome_zarr, multiscales_metadata
 from ._read import read_image
 from ._refs import IMAGE_SUFFIXES, find_images, split_ref
-from ._roots import DATA_ROOTS_ENV, DataRoots
+from ._roots import DATA_ROOTS_ENV, OUTPUT_ROOTS_ENV, DataRoots
 from ._tiles import Tile, TileTable, read_tile_table
 
 __all__ = [
     "DATA_ROOTS_ENV",
     "IMAGE_SUFFIXES",
+    "OUTPUT_ROOTS_ENV",
     "DataRoots",
+    "EndpointLimits",
     "ImageMetadata",
     "OmeZarrSpec",
     "Tile",
