@@ -172,3 +172,26 @@ def test_limits_come_from_the_environment_only():
         scopefx.io.EndpointLimits.from_env({"SCOPEFX_MAX_CHUNKS": "lots"})
     with pytest.raises(ValueError, match="max_chunk_px"):
         scopefx.io.EndpointLimits(max_chunk_px=0)
+
+
+MALFORMED = {
+    "empty.csv": "",
+    "no_header.csv": "a,b\n1,2\n",
+    "not_numeric.csv": "path,x,y\nt.tif,abc,1\n",
+    "no_positions.csv": "path,x\nt.tif,1\n",
+    "nan.csv": "path,x,y\nt.tif,nan,1\n",
+    "binary.csv": "\x00\x01\x02\xff",
+    "short_row.csv": "path,x,y\nt.tif,1\n",
+    "long_row.csv": "path,x,y,affine\nt.tif,1,1,[[1,2]]\n",
+    "TileConfiguration.txt": "dim = 2\nt.tif; ; (1, 2\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_a_malformed_table_is_a_clear_configuration_error(site, name):
+    (site.data / name).write_text(MALFORMED[name], encoding="latin-1")
+    with pytest.raises(scopefx.errors.ScopefxError) as info:
+        functions.fuse_mosaic({"tiles": name, "output": "m.ome.zarr"})
+    assert info.value.status in ("config", "unsupported"), info.value
+    assert name in str(info.value) or "tile 0" in str(info.value)
+
