@@ -132,6 +132,13 @@ def open_read(path: str | os.PathLike[str], *, ref: str | None = None) -> int:
     text = check_name(path, ref)
     shown = ref if ref is not None else text
     allowed = current_roots().readable
+    if allowed is not None:  # cheap early refusal; the check that counts is after the open
+        real = os.path.realpath(text)
+        if not any(inside(real, r) for r in allowed):
+            raise AccessDeniedError(
+                f"'{shown}' is refused: it resolves to {real!r}, outside the roots of this "
+                f"endpoint ({os.pathsep.join(allowed)}); a symbolic link may lead out of them"
+            )
     fd = os.open(text, _READ)
     try:
         _check_opened(fd, text, shown, allowed)

@@ -140,10 +140,12 @@ def check_tiff_budget(tif: Any, series: Any, page: int | None, ref: str) -> None
     keyframe = series.keyframe
     shape = tuple(keyframe.shape) if page is not None else tuple(series.shape)
     limits.check_image(shape, series.dtype, ref)
+    if keyframe.compression == 1:  # uncompressed: read in place, no decoding buffer per segment
+        return
     segment = (
         (keyframe.tilelength or 1, keyframe.tilewidth or 1)
         if keyframe.is_tiled
-        else (keyframe.rowsperstrip or keyframe.imagelength, keyframe.imagewidth)
+        else (min(keyframe.rowsperstrip or 1, keyframe.imagelength), keyframe.imagewidth)
     )
     limits.check_chunk((*segment, keyframe.samplesperpixel), series.dtype, ref)
 
