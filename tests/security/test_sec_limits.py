@@ -194,4 +194,3 @@ def test_a_malformed_table_is_a_clear_configuration_error(site, name):
         functions.fuse_mosaic({"tiles": name, "output": "m.ome.zarr"})
     assert info.value.status in ("config", "unsupported"), info.value
     assert name in str(info.value) or "tile 0" in str(info.value)
-
