@@ -170,7 +170,7 @@ def test_fuse_mosaic_in_an_engine_on_the_slurm_provider(tiles, reference, tmp_pa
         walltime="00:10:00",
         exclusive=False,
         launcher=SimpleLauncher(),
-        worker_init=f"export SCOPEFX_DATA_ROOTS={root}:{tmp_path}",
+        worker_init=f"export SCOPEFX_DATA_ROOTS={root}:{tmp_path} SCOPEFX_OUTPUT_ROOTS={tmp_path}",
     )
     engine = EngineExecutor(1, provider=provider, run_dir=tmp_path / "engine")
     try:

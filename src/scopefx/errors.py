@@ -14,11 +14,13 @@ __all__ = [
     "ConfigError",
     "CorruptImageError",
     "DeviceUnavailableError",
+    "DiskFullError",
     "EmptyFileError",
     "EndpointError",
     "ImageNotFoundError",
     "InvalidImageError",
     "RemoteTaskError",
+    "ResourceLimitError",
     "ScopefxError",
     "UnsupportedFormatError",
 ]
@@ -110,3 +112,17 @@ class RemoteTaskError(ScopefxError, RuntimeError):
     only repeat): see :func:`scopefx.remote.client.is_transient`."""
 
     status = "remote"
+
+
+class ResourceLimitError(ScopefxError, ValueError):
+    """The work asked for is over a limit of this process (:class:`scopefx.io.EndpointLimits`):
+    an image or chunk larger than the decoding budget, a mosaic with too many or too large
+    chunks. Not transient: retrying gives the same answer."""
+
+    status = "limit"
+
+
+class DiskFullError(ScopefxError, OSError):
+    """An output could not be written because its file system is full (or over quota)."""
+
+    status = "disk_full"

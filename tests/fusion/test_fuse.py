@@ -288,10 +288,16 @@ def test_output_holding_something_else_needs_overwrite(tmp_path):
     out = tmp_path / "out.ome.zarr"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match=r"did not write.*--overwrite"):
+    with pytest.raises(ConfigError, match=r"did not write; choose another path"):
         fuse(table, out)
-    fuse(table, out, options=FuseOptions(overwrite=True))
-    assert not (out / "notes.txt").exists()
+    with pytest.raises(ConfigError, match=r"--overwrite refused: .* not a scopefx mosaic"):
+        fuse(
+            table, out, options=FuseOptions(overwrite=True)
+        )  # overwrite removes only what scopefx wrote
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    fuse(table, out)
+    fuse(table, out, options=FuseOptions(overwrite=True))  # a scopefx mosaic: replaced
     with pytest.raises(ConfigError, match=r"exists \(complete\); pass --resume"):
         fuse(table, out)
     resumed = fuse(table, out, options=FuseOptions(resume=True))

@@ -38,6 +38,8 @@ def section_refs(data_root: Path) -> list[str]:
 
 @pytest.fixture
 def confined(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """SCOPEFX_DATA_ROOTS set to the data root, as an endpoint's worker_init sets it."""
+    """SCOPEFX_DATA_ROOTS set to the data root, as an endpoint's worker_init sets it, and
+    SCOPEFX_OUTPUT_ROOTS to the same folder (writable: an output root wins where they tie)."""
     monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(data_root))
+    monkeypatch.setenv("SCOPEFX_OUTPUT_ROOTS", str(data_root))
     return data_root

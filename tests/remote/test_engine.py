@@ -25,7 +25,8 @@ pytestmark = pytest.mark.endpoint
 @pytest.fixture(scope="module")
 def engine(data_root):
     """One engine for the module: 2 workers, data roots set through worker_init."""
-    ex = EngineExecutor(2, env={"SCOPEFX_DATA_ROOTS": str(data_root)})
+    env = {"SCOPEFX_DATA_ROOTS": str(data_root), "SCOPEFX_OUTPUT_ROOTS": str(data_root)}
+    ex = EngineExecutor(2, env=env)
     try:
         ex.submit(functions.endpoint_info).result(timeout=120)  # workers up
         yield ex
@@ -43,6 +44,7 @@ def test_batch_in_the_engine_equals_the_local_result(engine, data_root, section_
     refs = [*section_refs, "run1/corrupt.tif", "../outside/secret.tif", "/etc/passwd"]
     remote = engine.submit(functions.score_focus, refs).result(timeout=120)
     monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(data_root))
+    monkeypatch.setenv("SCOPEFX_OUTPUT_ROOTS", str(data_root))
     local = functions.score_focus(refs)
     assert [r["ref"] for r in remote] == refs
     assert [r["status"] for r in remote] == [r["status"] for r in local]
@@ -102,6 +104,7 @@ def test_worker_killed_mid_batch_is_retried_to_a_complete_result(
     assert any("retry" in r.message for r in caplog.records)
     assert [r.status for r in records] == ["ok"] * len(refs)
     monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(data_root))
+    monkeypatch.setenv("SCOPEFX_OUTPUT_ROOTS", str(data_root))
     expected = [i["features"] for i in functions.score_focus(section_refs)] * 40
     assert [r.features for r in records] == expected
 

@@ -4,6 +4,7 @@ real GlobusComputeEngine in test_engine.py)."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -86,12 +87,13 @@ def test_score_focus_bad_batch_arguments_raise(confined):
     assert item["status"] == "config" and "must be a string" in item["error"]
 
 
-def test_fuse_mosaic_equals_local_fuse(confined, tmp_path):
+def test_fuse_mosaic_equals_local_fuse(confined, tmp_path, monkeypatch):
     out = functions.fuse_mosaic({"tiles": "mosaic/tiles.csv", "output": "out/a.ome.zarr"})
     assert out["output"] == "out/a.ome.zarr" and out["n_tiles"] == 9
     assert out["chunks_written"] >= 1 and set(out["timings"]) == {"plan_s", "fuse_s"}
     assert out["cluster"] is None  # no SCOPEFX_CLUSTER here
     json.dumps(out)
+    monkeypatch.setenv("SCOPEFX_OUTPUT_ROOTS", f"{confined}{os.pathsep}{tmp_path}")
     local = fuse(confined / "mosaic" / "tiles.csv", tmp_path / "local.ome.zarr")
     assert out["shape"] == list(local.shape)
     _same_levels(confined / "out" / "a.ome.zarr", tmp_path / "local.ome.zarr")
@@ -120,7 +122,7 @@ def test_fan_out_plan_regions_finish_equals_one_call(confined):
 def test_mosaic_refs_are_confined(confined):
     with pytest.raises(AccessDeniedError, match=r"'\.\.'"):
         functions.fuse_mosaic({"tiles": "../outside/t.csv", "output": "out/x.ome.zarr"})
-    with pytest.raises(AccessDeniedError, match="outside the data roots"):
+    with pytest.raises(AccessDeniedError, match="outside the output roots"):
         functions.fuse_mosaic({"tiles": "mosaic/tiles.csv", "output": "/tmp/elsewhere.ome.zarr"})
     # a table inside the roots that names a tile outside them
     secret = confined.parent / "outside" / "secret.tif"

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import math
 import os
-import shlex
 import signal
 import subprocess
 import threading
@@ -87,6 +86,34 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_watch)
 
 
+def on_oof_command(command: str) -> str:
+    """``--on-oof``'s shell command with ``{}`` standing for the path: the path itself never
+    enters the command line (a file name such as ``$(rm -rf ~).tif`` is never parsed by the
+    shell); ``{}`` becomes a reference to ``$SCOPEFX_PATH``, quoted for where it stands
+    (outside quotes, inside ``"..."`` or inside ``'...'``). Without ``{}`` the path is appended.
+    """
+    if "{}" not in command:
+        return f'{command} "$SCOPEFX_PATH"'
+    out, quote, i = [], "", 0
+    while i < len(command):
+        ch = command[i]
+        if command.startswith("{}", i):
+            out.append(
+                {"": '"$SCOPEFX_PATH"', '"': "$SCOPEFX_PATH"}.get(quote, "'\"$SCOPEFX_PATH\"'")
+            )
+            i += 2
+            continue
+        if ch == "\\" and quote != "'" and i + 1 < len(command):
+            out.append(command[i : i + 2])
+            i += 2
+            continue
+        if ch in "'\"" and quote in ("", ch):
+            quote = "" if quote else ch
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 class _Alarm:
     """Runs ``--on-oof`` for each flagged section without holding up the watch."""
 
@@ -97,12 +124,7 @@ class _Alarm:
     def fire(self, record: Any) -> None:
         if not self.command:
             return
-        quoted = shlex.quote(record.path)
-        cmd = (
-            self.command.replace("{}", quoted)
-            if "{}" in self.command
-            else f"{self.command} {quoted}"
-        )
+        cmd = on_oof_command(self.command)
         env = dict(
             os.environ,
             SCOPEFX_PATH=record.path,

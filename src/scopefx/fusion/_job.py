@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file
+from ..io import (
+    OmeZarrSpec,
+    chunk_file,
+    create_ome_zarr,
+    created,
+    fsync_file,
+    open_binary,
+    read_bytes,
+)
 from ._blend import Reader, TileCache, fuse_chunk
 from ._params import FusionParams
 from ._plan import FusionPlan
@@ -62,7 +70,9 @@ def flatfield_digest(flatfield: Any) -> str:
 def _open_level(path: str, level: int) -> Any:
     import zarr
 
-    return zarr.open_array(os.path.join(path, str(level)), mode="r+")
+    from ..io.confined import open_store
+
+    return zarr.open_array(store=open_store(os.path.join(path, str(level)), mode="r+"), mode="r+")
 
 
 def _store_chunk(
@@ -295,12 +305,8 @@ class FusionJob:
             arrays["flatfield_flat"] = np.asarray(self.flatfield.flat)
             if self.flatfield.dark is not None:
                 arrays["flatfield_dark"] = np.asarray(self.flatfield.dark)
-        tmp = state / f".plan.{os.getpid()}.npz"
-        with open(tmp, "wb") as fh:
+        with created(state / "plan.npz", replace=True) as fh:  # no link followed
             np.savez(fh, **arrays)  # type: ignore[arg-type]
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, state / "plan.npz")
         meta = {
             "fingerprint": self.progress.fingerprint,
             "refs": list(plan.refs),
@@ -336,8 +342,11 @@ class FusionJob:
         out = Path(out)
         state = out / STATE_DIR
         try:
-            meta = json.loads((state / "job.json").read_text())
-            with np.load(state / "plan.npz", allow_pickle=False) as npz:
+            meta = json.loads(read_bytes(state / "job.json", limit=64 * 2**20))
+            with (
+                open_binary(state / "plan.npz") as fh,
+                np.load(fh, allow_pickle=False) as npz,
+            ):
                 arrays = {name: npz[name] for name in npz.files}
         except FileNotFoundError:
             done = Progress(out, "")._finished() if out.is_dir() else None
@@ -442,7 +451,9 @@ class FusionJob:
         if self.state == "complete":
             return 0, 0
         only = self.region_chunks(region)
-        statuses = _run(self._task(0, on_chunk), self.plan.grid, only, scheduler, workers)
+        with self.progress.hold():  # a job writing: no other job may remove the store
+            self.progress.check_owner()
+            statuses = _run(self._task(0, on_chunk), self.plan.grid, only, scheduler, workers)
         counts = int((statuses == 1).sum()), int((statuses == 2).sum())
         self.written += counts[0]
         self.resumed += counts[1]
@@ -468,10 +479,13 @@ class FusionJob:
             self.resumed = self.total_chunks
         else:
             self.write(scheduler=scheduler, workers=workers, on_chunk=on_chunk)
-            for level in range(1, len(grids)):
-                statuses = _run(self._task(level, on_chunk), grids[level], None, scheduler, workers)
-                self.written += int((statuses == 1).sum())
-                self.resumed += int((statuses == 2).sum())
+            with self.progress.hold():
+                self.progress.check_owner()
+                for level in range(1, len(grids)):
+                    task = self._task(level, on_chunk)
+                    statuses = _run(task, grids[level], None, scheduler, workers)
+                    self.written += int((statuses == 1).sum())
+                    self.resumed += int((statuses == 2).sum())
         plan = self.plan
         result = FusionResult(
             path=os.fspath(self.out),
@@ -499,9 +513,9 @@ class FusionJob:
             self.state = "complete"
         preview = preview if preview is not None else self.preview
         if preview is not None:
-            from .plot import write_preview
+            from ._publish import publish_preview
 
-            write_preview(preview, self.out, plan)
+            publish_preview(preview, self.out, plan)
         return result
 
 

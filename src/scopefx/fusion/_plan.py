@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..io import TileTable, translation
+from ..errors import ConfigError, ResourceLimitError
+from ..io import EndpointLimits, TileTable, translation
 from ._params import FusionParams
 
 __all__ = ["FusionPlan", "make_plan", "tile_corners"]
@@ -160,6 +160,7 @@ def make_plan(
     params: FusionParams | None = None,
     focus: Sequence[float | None] | None = None,
     force: bool = False,
+    limits: EndpointLimits | None = None,
 ) -> FusionPlan:
     """Plan a fusion from transforms and tile shapes (no file is opened).
 
@@ -178,6 +179,10 @@ def make_plan(
         Per-tile focus scores for ``blend="focus"`` (defaults to the table's ``focus``).
     force : bool
         Plan even when the output exceeds ``params.max_output_gib``.
+    limits : EndpointLimits, optional
+        Hard bounds no option lifts (default: from the environment): output size, number of
+        chunks, pixels per chunk, (tile, chunk) pairs. Checked before anything of the
+        output's size is allocated.
 
     Raises
     ------
@@ -213,6 +218,10 @@ def make_plan(
             "in micrometres given as pixels? Fix the table, or raise max_output_gib / --force"
         )
 
+    limits = limits if limits is not None else EndpointLimits.from_env()
+    chunk = tuple(min(params.chunk_for(ndim), s) for s in shape)
+    _check_bounds(table, shape, chunk, lo, hi - lo, gib, limits)
+
     scores = list(focus) if focus is not None else [t.focus for t in table]
     weights = np.ones(len(table))
     if params.blend == "focus":
@@ -229,7 +238,6 @@ def make_plan(
 
     out_affines = np.stack([translation(-origin) @ a for a in affines])
     boxes = np.stack([lo - origin, hi - origin], axis=1)
-    chunk = tuple(min(params.chunk_for(ndim), s) for s in shape)
     grid = tuple(math.ceil(s / c) for s, c in zip(shape, chunk, strict=True))
     ptr, idx = _chunk_index(boxes, np.asarray(chunk), grid)
     feather = params.feather_px if params.feather_px is not None else _feather(boxes, shapes)
@@ -251,6 +259,40 @@ def make_plan(
         params=params,
         pixel_size_um=table.pixel_size_um,
     )
+
+
+def _check_bounds(
+    table: TileTable, shape: tuple[int, ...], chunk: tuple[int, ...], lo: np.ndarray,
+    extent: np.ndarray, gib: float, limits: EndpointLimits,
+) -> None:  # fmt: skip
+    """Refuse, from geometry alone, a fusion over the endpoint's hard limits."""
+    from ..io.confined import LIMIT_ENV
+
+    size = "x".join(map(str, shape))
+    if gib > limits.max_output_gib:
+        far = np.argsort(-np.abs(lo - np.median(lo, axis=0)).max(axis=1))[:3]
+        names = ", ".join(f"{table[int(i)].ref} at {lo[int(i)][::-1].tolist()}" for i in far)
+        raise ResourceLimitError(
+            f"the mosaic would be {size} px ({gib:.3g} GiB), over this process's hard limit of "
+            f"{limits.max_output_gib:g} GiB ({LIMIT_ENV['max_output_gib']}, which force does "
+            f"not lift); the farthest tiles are {names}. Fix the positions in the table"
+        )
+    chunk_px = math.prod(chunk)
+    if chunk_px > limits.max_chunk_px:
+        raise ResourceLimitError(
+            f"output chunks of {'x'.join(map(str, chunk))} px ({chunk_px:,} px) are over the "
+            f"limit of {limits.max_chunk_px:,} px per chunk ({LIMIT_ENV['max_chunk_px']}); "
+            "use a smaller chunk_px"
+        )
+    n_chunks = math.prod(math.ceil(s / c) for s, c in zip(shape, chunk, strict=True))
+    # (tile, chunk) pairs of the CSR index: each tile's extent in chunks, plus its edges
+    pairs = float(np.prod(extent / np.asarray(chunk) + 2, axis=1).sum())
+    if n_chunks > limits.max_chunks or pairs > 4 * limits.max_chunks:
+        raise ResourceLimitError(
+            f"the mosaic {size} px in chunks of {'x'.join(map(str, chunk))} has {n_chunks:,} "
+            f"chunks, over the limit of {limits.max_chunks:,} ({LIMIT_ENV['max_chunks']}); "
+            "tiles far apart (positions in micrometres given as pixels?), or chunk_px too small"
+        )
 
 
 def _chunk_index(

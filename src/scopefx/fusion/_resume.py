@@ -20,27 +20,33 @@ is repaired by the resume.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..io.confined import open_dir, read_bytes, remove_tree, write_file
 
 __all__ = ["Progress"]
 
 STATE_DIR = ".scopefx"
+#: What ``plan.json`` and the finished attributes say this store is; ``overwrite`` removes
+#: only a store of this kind.
+KIND = "fusion"
+_META_LIMIT = 16 * 2**20
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``path`` (inside an output store) atomically, never following a link."""
+    write_file(path.parent, path.name, text.encode())
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(read_bytes(path, limit=_META_LIMIT))
 
 
 class Progress:
@@ -56,51 +62,139 @@ class Progress:
     def begin(self, *, resume: bool, overwrite: bool, protect: Sequence[str] = ()) -> str:
         """Prepare the output folder. Returns ``"new"``, ``"resume"`` or ``"complete"``.
 
+        The output is claimed by creating ``.scopefx/plan.json`` exclusively, so of two jobs
+        started on one output at once exactly one goes on; ``overwrite`` removes only a
+        scopefx store of the same kind that no job is writing.
+
         Raises
         ------
         ConfigError
             The path holds something else, or a different plan, and ``overwrite`` is not set;
-            or ``overwrite`` would delete one of the ``protect`` paths (the tiles).
+            ``overwrite`` would delete one of the ``protect`` paths (the tiles), or something
+            scopefx did not write, or a store another job is writing.
         """
         out = self.out
+        if out.is_symlink():
+            raise ConfigError(
+                f"output {out} is a symbolic link; scopefx writes only to folders it creates"
+            )
         if out.exists() and overwrite:
             self._check_protect(protect)
-            if out.is_dir() and not out.is_symlink():
-                shutil.rmtree(out)
-            else:
-                out.unlink()
+            if self.kind() != KIND:
+                raise ConfigError(
+                    f"--overwrite refused: {out} is not a scopefx mosaic (it holds something "
+                    "scopefx did not write); overwrite replaces only a mosaic scopefx wrote. "
+                    "Choose another output path"
+                )
+            with self.hold(exclusive=True):
+                remove_tree(out)
         if out.exists() and not out.is_dir():
-            raise ConfigError(f"output {out} is a file; remove it or pass --overwrite")
+            raise ConfigError(f"output {out} is a file; remove it or choose another path")
         if out.exists() and any(out.iterdir()):
-            plan_file = self.dir / "plan.json"
-            finished = self._finished()
-            if finished is not None:
-                started = finished.get("fingerprint")
-            elif plan_file.is_file():
-                started = json.loads(plan_file.read_text()).get("fingerprint")
-            else:
-                raise ConfigError(
-                    f"output {out} already holds something that scopefx did not write; "
-                    "choose another path or pass --overwrite to replace it"
-                )
-            if started != self.fingerprint:
-                raise ConfigError(
-                    f"output {out} was started with other tiles or parameters (plan "
-                    f"{started}, now {self.fingerprint}); pass --overwrite to start over"
-                )
-            if not resume:
-                state = "complete" if self.is_complete() else "unfinished"
-                raise ConfigError(
-                    f"output {out} exists ({state}); pass --resume to finish it or "
-                    "--overwrite to start over"
-                )
-            if finished is not None:
-                shutil.rmtree(self.dir, ignore_errors=True)  # killed while tidying up
-                return "complete"
-            return "resume"
-        (self.dir / "done").mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.dir / "plan.json", json.dumps({"fingerprint": self.fingerprint}))
+            return self._existing(resume)
+        try:
+            write_file(
+                self.dir, "plan.json",
+                json.dumps({"fingerprint": self.fingerprint, "kind": KIND}).encode(),
+                exclusive=True,
+            )  # fmt: skip
+        except FileExistsError:  # another job claimed it between our look and our claim
+            return self._existing(resume)
+        os.close(open_dir(self.dir / "done", create=True))
         return "new"
+
+    def _existing(self, resume: bool) -> str:
+        out = self.out
+        plan_file = self.dir / "plan.json"
+        finished = self._finished()
+        if finished is not None:
+            started = finished.get("fingerprint")
+        elif plan_file.is_file():
+            started = _read_json(plan_file).get("fingerprint")
+        elif self.dir.is_dir():
+            raise ConfigError(
+                f"output {out} is being started by another job; choose another output path, "
+                "or run again with --resume once that job has ended"
+            )
+        else:
+            raise ConfigError(
+                f"output {out} already holds something that scopefx did not write; "
+                "choose another path"
+            )
+        if started != self.fingerprint:
+            raise ConfigError(
+                f"output {out} was started by another job, with other tiles or parameters "
+                f"(plan {started}, this job {self.fingerprint}); choose another output path, "
+                "or pass --overwrite to start over once that job has ended"
+            )
+        if not resume:
+            state = "complete" if self.is_complete() else "unfinished"
+            raise ConfigError(
+                f"output {out} exists ({state}); pass --resume to finish it or "
+                "--overwrite to start over"
+            )
+        if finished is not None:
+            if self.dir.is_dir():
+                with self.hold(exclusive=True):
+                    remove_tree(self.dir)  # killed while tidying up
+            return "complete"
+        return "resume"
+
+    def kind(self) -> str | None:
+        """``"fusion"`` for a store scopefx wrote (finished or not), else ``None``."""
+        if self.out.is_symlink() or not self.out.is_dir():
+            return None
+        finished = self._finished()
+        if finished is not None:
+            return str(finished.get("kind", KIND))
+        try:
+            plan = _read_json(self.dir / "plan.json")
+        except (OSError, ValueError):
+            return None
+        return str(plan.get("kind", KIND)) if "fingerprint" in plan else None
+
+    @contextlib.contextmanager
+    def hold(self, *, exclusive: bool = False) -> Iterator[None]:
+        """Hold the store's lock (``.scopefx/lock``): shared while writing chunks, exclusive to
+        remove the store. Refused at once (ConfigError) when another job holds it otherwise;
+        a store without a state folder (finished) has nothing to lock."""
+        import fcntl
+
+        try:
+            dfd = open_dir(self.dir)
+        except FileNotFoundError:
+            yield
+            return
+        try:
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open("lock", flags, 0o666, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        try:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise ConfigError(
+                    f"output {self.out} is being written by another job; wait for it to end "
+                    "or choose another output path"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+    def check_owner(self) -> None:
+        """Refuse to go on when the store's claim is not this job's (taken over meanwhile)."""
+        try:
+            started = _read_json(self.dir / "plan.json").get("fingerprint")
+        except FileNotFoundError:
+            started = (self._finished() or {}).get("fingerprint")
+        if started != self.fingerprint:
+            raise ConfigError(
+                f"output {self.out} now belongs to another job (plan {started}, this job "
+                f"{self.fingerprint}); nothing more was written or recorded"
+            )
 
     def _check_protect(self, protect: Sequence[str]) -> None:
         out = self.out.resolve()
@@ -117,7 +211,7 @@ class Progress:
         for name in (".zattrs", "zarr.json"):
             meta = self.out / name
             if meta.is_file():
-                attrs = json.loads(meta.read_text())
+                attrs = _read_json(meta)
                 attrs = attrs.get("attributes", {}) if name == "zarr.json" else attrs
                 done = attrs.get("scopefx", {})
                 return done if "fingerprint" in done else None
@@ -130,9 +224,14 @@ class Progress:
         """Record completion in the group's attributes, then drop the markers."""
         import zarr
 
-        group = zarr.open_group(os.fspath(self.out), mode="r+")
-        group.attrs["scopefx"] = {"fingerprint": self.fingerprint, **summary}
-        shutil.rmtree(self.dir, ignore_errors=True)
+        from ..io.confined import open_store
+
+        with self.hold():
+            self.check_owner()
+            group = zarr.open_group(store=open_store(self.out, mode="r+", fsync=True), mode="r+")
+            group.attrs["scopefx"] = {"fingerprint": self.fingerprint, "kind": KIND, **summary}
+        with contextlib.suppress(ConfigError), self.hold(exclusive=True):
+            remove_tree(self.dir)
 
     # -- chunks -------------------------------------------------------------------------------
 
@@ -145,5 +244,4 @@ class Progress:
     def mark(self, level: int, index: Sequence[int]) -> None:
         """Record a chunk as finished; call only after its data is durable."""
         marker = self._marker(level, index)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(marker, "")
+        write_file(self.dir, os.path.relpath(marker, self.dir).replace(os.sep, "/"), b"")

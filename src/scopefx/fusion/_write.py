@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import TileTable
+from ..io import TileTable, open_binary
 from ._blend import Reader
 from ._fuse import load_tiles, plan_loaded, tile_layout
 from ._job import FusionJob, FusionResult, prepare_fusion
 from ._params import FuseOptions, FusionParams
 from ._plan import FusionPlan
+from ._publish import publish
 
 __all__ = ["TiffJob", "fuse", "prepare"]
 
@@ -75,7 +76,10 @@ def prepare(
     extra: dict[str, Any] = {}
     if options.register:
         tile_shapes = tile_layout(table, metas)[0]
-        table, extra["registration"] = _register(table, tile_shapes, out, read, n_workers)
+        replace = options.overwrite or options.resume  # a previous run's sidecars
+        table, extra["registration"] = _register(
+            table, tile_shapes, out, read, n_workers, replace=replace
+        )
     plan = plan_loaded(
         table, metas, params=params, read=read, workers=n_workers, force=options.force
     )
@@ -180,15 +184,15 @@ def sidecar(out: Path, suffix: str) -> Path:
 
 
 def _register(
-    table: TileTable, shapes: np.ndarray, out: Path, read: Reader | None, workers: int
-) -> tuple[TileTable, dict[str, Any]]:
+    table: TileTable, shapes: np.ndarray, out: Path, read: Reader | None, workers: int,
+    *, replace: bool = False,
+) -> tuple[TileTable, dict[str, Any]]:  # fmt: skip
     from ._register import register
 
     reg = register(table, read=read, shapes=shapes, workers=workers)
-    out.parent.mkdir(parents=True, exist_ok=True)
     refined, pairs = sidecar(out, ".registered.csv"), sidecar(out, ".pairs.csv")
-    reg.table.to_csv(refined)
-    reg.pairs_to_csv(pairs)
+    publish(refined, reg.table.to_csv, replace=replace)
+    publish(pairs, reg.pairs_to_csv, replace=replace)
     used = sum(p.used for p in reg.pairs)
     log.info("registration: %d of %d pairs used, rms %.3f px", used, len(reg.pairs),
              reg.rms_residual_px)  # fmt: skip
@@ -203,6 +207,33 @@ def _register(
 
 
 TIFF_LIMIT_GIB = 4.0
+#: The TIFF ``Software`` tag of a mosaic scopefx wrote; ``overwrite`` replaces only such a TIFF.
+TIFF_SOFTWARE = "scopefx fuse"
+
+
+def _check_tiff_overwrite(out: Path, plan: FusionPlan) -> None:
+    """``overwrite`` of a TIFF output: only a regular file scopefx wrote, never a tile."""
+    real = os.path.realpath(out)
+    if any(os.path.realpath(ref.partition("::")[0]) == real for ref in plan.refs):
+        raise ConfigError(f"--overwrite refused: {out} is one of the tiles; choose another output")
+    software = None
+    if not out.is_symlink() and out.is_file():
+        import tifffile
+
+        try:
+            with (
+                open_binary(out) as fh,
+                tifffile.TiffFile(fh, name=out.name, _multifile=False) as tif,
+            ):
+                tag = tif.pages.first.tags.get(305)  # Software
+                software = None if tag is None else tag.value
+        except (OSError, ValueError, tifffile.TiffFileError):
+            software = None
+    if software != TIFF_SOFTWARE:
+        raise ConfigError(
+            f"--overwrite refused: {out} is not a TIFF mosaic scopefx wrote; overwrite replaces "
+            "only those. Choose another output path"
+        )
 
 
 @dataclass
@@ -258,8 +289,10 @@ def _fuse_tiff(
             f"a {nbytes / 2**30:.1f} GiB mosaic is too large for a TIFF (limit "
             f"{TIFF_LIMIT_GIB:g} GiB, computed in memory); write OME-Zarr (OUT.ome.zarr)"
         )
-    if out.exists() and not overwrite:
-        raise ConfigError(f"output {out} exists; pass --overwrite to replace it")
+    if os.path.lexists(out):
+        if not overwrite:
+            raise ConfigError(f"output {out} exists; pass --overwrite to replace it")
+        _check_tiff_overwrite(out, plan)
     scheduler, workers = lazy.pop("scheduler"), lazy.pop("workers")
     options = {"num_workers": workers} if workers and scheduler is None else {}
     data = fuse_lazy(plan, **lazy).compute(scheduler=scheduler, **options)
@@ -269,12 +302,15 @@ def _fuse_tiff(
     if plan.pixel_size_um:
         meta.update(PhysicalSizeX=plan.pixel_size_um, PhysicalSizeY=plan.pixel_size_um)
         resolution = (1e4 / plan.pixel_size_um, 1e4 / plan.pixel_size_um)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tifffile.imwrite(tmp, data, ome=True, metadata=meta, bigtiff=nbytes > 2**31,
-                     tile=(256, 256) if min(plan.shape[-2:]) >= 256 else None,
-                     resolution=resolution, resolutionunit="CENTIMETER" if resolution else None,
-                     compression="zlib")  # fmt: skip
-    os.replace(tmp, out)
+
+    def write(tmp: Path) -> None:
+        tifffile.imwrite(tmp, data, ome=True, metadata=meta, bigtiff=nbytes > 2**31,
+                         tile=(256, 256) if min(plan.shape[-2:]) >= 256 else None,
+                         resolution=resolution,
+                         resolutionunit="CENTIMETER" if resolution else None,
+                         compression="zlib", software=TIFF_SOFTWARE)  # fmt: skip
+
+    publish(out, write, replace=overwrite)
     return FusionResult(
         path=os.fspath(out),
         shape=plan.full_shape,

@@ -22,9 +22,12 @@ def _pick_level(path: str, max_px: int) -> tuple[np.ndarray, int]:
     and its factor relative to level 0."""
     import zarr
 
-    group = zarr.open_group(path, mode="r")
+    from ..io.confined import open_store
+
+    group = zarr.open_group(store=open_store(path), mode="r")  # confined reads (no link out)
     levels = sorted(int(k) for k in group.array_keys() if k.isdigit())
-    arrays = {lv: zarr.open_array(os.path.join(path, str(lv)), mode="r") for lv in levels}
+    arrays = {lv: zarr.open_array(store=open_store(os.path.join(path, str(lv))), mode="r")
+              for lv in levels}  # fmt: skip
     level = levels[-1]
     for lv in levels:
         if max(arrays[lv].shape[-2:]) <= max_px:

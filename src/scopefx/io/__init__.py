@@ -8,21 +8,26 @@ for an array inside a Zarr store (:func:`split_ref`).
 Mosaics: :func:`read_tile_table` (CSV or Fiji ``TileConfiguration.txt``) and OME-Zarr
 multiscale writing (:class:`OmeZarrSpec`, :func:`create_ome_zarr`).
 
-On endpoints, :class:`DataRoots` confines references to the configured data roots.
+On endpoints, :class:`DataRoots` confines references to the configured data roots (read only)
+and outputs to the output roots, and :class:`EndpointLimits` bounds the work of one task.
 """
 
+from ._confine import created, open_binary, read_bytes
 from ._expand import as_image_refs
+from ._limits import EndpointLimits
 from ._metadata import ImageMetadata, read_metadata
 from ._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file, multiscales_metadata
 from ._read import read_image
 from ._refs import IMAGE_SUFFIXES, find_images, split_ref
-from ._roots import DATA_ROOTS_ENV, DataRoots
+from ._roots import DATA_ROOTS_ENV, OUTPUT_ROOTS_ENV, DataRoots
 from ._tiles import Tile, TileTable, read_tile_table, translation
 
 __all__ = [
     "DATA_ROOTS_ENV",
     "IMAGE_SUFFIXES",
+    "OUTPUT_ROOTS_ENV",
     "DataRoots",
+    "EndpointLimits",
     "ImageMetadata",
     "OmeZarrSpec",
     "Tile",
@@ -30,9 +35,12 @@ __all__ = [
     "as_image_refs",
     "chunk_file",
     "create_ome_zarr",
+    "created",
     "find_images",
     "fsync_file",
     "multiscales_metadata",
+    "open_binary",
+    "read_bytes",
     "read_image",
     "read_metadata",
     "read_tile_table",

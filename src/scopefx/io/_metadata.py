@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptImageError
-from ._read import decoding, n_planes, open_zarr_array, tiff_damage
+from ._confine import open_binary
+from ._read import decoding, n_planes, open_tiff, open_zarr_array, tiff_damage
 from ._refs import ZARR_SEP, ResolvedRef, resolve_ref
 
 __all__ = ["FIBICS_TAG", "ImageMetadata", "read_metadata"]
@@ -335,9 +336,8 @@ def _imagej_um(ij: dict[str, Any], page: Any) -> tuple[float | None, dict[str, A
 
 
 def _tiff_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
-    import tifffile
 
-    with tiff_damage(r.ref), decoding(r.ref, r.kind), tifffile.TiffFile(r.path) as tif:
+    with tiff_damage(r.ref), decoding(r.ref, r.kind), open_tiff(r) as tif:
         if not tif.series:
             raise CorruptImageError(f"TIFF '{r.ref}' holds no image data; export it again")
         series = tif.series[0]
@@ -381,8 +381,8 @@ def _tiff_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
 def _pillow_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
     import imageio.v3 as iio
 
-    with decoding(r.ref, r.kind):
-        props = iio.improps(r.path, plugin="pillow")
+    with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
+        props = iio.improps(fh, plugin="pillow", extension=r.path.suffix.lower())
     shape, pages = tuple(props.shape), 1
     if props.is_batch:  # GIF frames
         pages = shape[0]
@@ -391,7 +391,7 @@ def _pillow_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
 
 
 def _npy_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
-    with decoding(r.ref, r.kind), r.path.open("rb") as fh:
+    with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
             shape, _, dtype = np.lib.format.read_array_header_1_0(fh)

@@ -134,7 +134,10 @@ def create_ome_zarr(
     """
     import zarr
 
-    group = zarr.open_group(os.fspath(path), mode="a", zarr_format=spec.zarr_format)  # type: ignore[arg-type]
+    from ._zarrstore import open_store
+
+    store = open_store(path, mode="a", fsync=True)  # no link followed, every file made durable
+    group = zarr.open_group(store=store, mode="a", zarr_format=spec.zarr_format)  # type: ignore[arg-type]
     arrays = []
     for level, shape in enumerate(spec.level_shapes()):
         kwargs: dict[str, Any] = {}
@@ -187,8 +190,8 @@ def chunk_file(path: Path, level: int, zarr_format: int, index: Sequence[int]) -
 
 def fsync_file(path: Path) -> None:
     """Flush a file's data to stable storage (no-op when it does not exist: an empty chunk)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # never through a link, never blocking on a FIFO planted there
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:

@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -19,6 +19,8 @@ from ..errors import (
     ScopefxError,
     UnsupportedFormatError,
 )
+from ._confine import open_binary
+from ._limits import EndpointLimits
 from ._refs import ResolvedRef, resolve_ref, zarr_node_type
 
 __all__ = ["read_image"]
@@ -115,14 +117,46 @@ def check_page(page: Any, n: int, ref: str) -> int:
     return int(page)
 
 
-def _read_tiff(r: ResolvedRef, page: int | None) -> np.ndarray:
+@contextlib.contextmanager
+def open_tiff(r: ResolvedRef) -> Iterator[Any]:
+    """A ``tifffile.TiffFile`` over the confined file of ``r`` (both closed on exit).
+
+    OME multi-file series are not followed (tifffile's ``_multifile=False``): another file
+    named in the OME-XML (``/abs/outside.ome.tif``, ``../../x``) is never opened, and the file
+    reads as its own pages.
+    """
     import tifffile
 
-    with tiff_damage(r.ref), decoding(r.ref, r.kind), tifffile.TiffFile(r.path) as tif:
+    with (
+        open_binary(r.path, ref=r.ref) as fh,
+        tifffile.TiffFile(fh, name=r.path.name, _multifile=False) as tif,
+    ):
+        yield tif
+
+
+def check_tiff_budget(tif: Any, series: Any, page: int | None, ref: str) -> None:
+    """Refuse, from the headers, a TIFF whose pixels or tiles/strips are over the budget."""
+    limits = EndpointLimits.from_env()
+    keyframe = series.keyframe
+    shape = tuple(keyframe.shape) if page is not None else tuple(series.shape)
+    limits.check_image(shape, series.dtype, ref)
+    if keyframe.compression == 1:  # uncompressed: read in place, no decoding buffer per segment
+        return
+    segment = (
+        (keyframe.tilelength or 1, keyframe.tilewidth or 1)
+        if keyframe.is_tiled
+        else (min(keyframe.rowsperstrip or 1, keyframe.imagelength), keyframe.imagewidth)
+    )
+    limits.check_chunk((*segment, keyframe.samplesperpixel), series.dtype, ref)
+
+
+def _read_tiff(r: ResolvedRef, page: int | None) -> np.ndarray:
+    with tiff_damage(r.ref), decoding(r.ref, r.kind), open_tiff(r) as tif:
         if not tif.series:
             raise CorruptImageError(f"TIFF '{r.ref}' holds no image data; export it again")
         series = tif.series[0]
         n = len(series)
+        check_tiff_budget(tif, series, page, r.ref)
         if page is not None:
             return np.asarray(tif.asarray(key=check_page(page, n, r.ref), series=0))
         data = np.asarray(series.asarray())
@@ -135,8 +169,9 @@ def _read_tiff(r: ResolvedRef, page: int | None) -> np.ndarray:
 def _read_pillow(r: ResolvedRef, page: int | None) -> np.ndarray:
     import imageio.v3 as iio
 
-    with decoding(r.ref, r.kind):
-        data = np.asarray(iio.imread(r.path, plugin="pillow"))
+    with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
+        check_pillow_budget(fh, r.ref)
+        data = np.asarray(iio.imread(fh, plugin="pillow", extension=r.path.suffix.lower()))
     if r.path.suffix.lower() == ".gif":  # frames come stacked, (frames, H, W, C)
         if page is not None:
             return data[check_page(page, data.shape[0], r.ref)]
@@ -146,18 +181,56 @@ def _read_pillow(r: ResolvedRef, page: int | None) -> np.ndarray:
     return data
 
 
+def check_pillow_budget(fh: Any, ref: str) -> None:
+    """Refuse, from its header, a PNG/JPEG/BMP/GIF over the pixel budget (all frames)."""
+    from PIL import Image
+
+    with Image.open(fh) as im:
+        width, height = im.size
+        frames = int(getattr(im, "n_frames", 1))
+        bands = len(im.getbands())
+    EndpointLimits.from_env().check_image((frames, height, width, bands), np.uint8, ref)
+    fh.seek(0)
+
+
+def npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """``(shape, fortran_order, dtype)`` of an ``.npy`` file; the handle is left at the data."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    return tuple(shape), fortran, dtype
+
+
 def _read_npy(r: ResolvedRef, page: int | None) -> np.ndarray:
-    with decoding(r.ref, r.kind):
-        loaded = np.load(r.path, mmap_mode=None if page is None else "r", allow_pickle=False)
-        if not isinstance(loaded, np.ndarray):  # an .npz archive behind an .npy name
-            loaded.close()
+    with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
+        if fh.read(2) == b"PK":  # an .npz archive behind an .npy name
             raise UnsupportedFormatError(
                 f"'{r.ref}' is an .npz archive, not a single .npy array; save one array with "
                 "numpy.save() or rename the file to .npz and extract the array first"
             )
+        fh.seek(0)
+        shape, fortran, dtype = npy_header(fh)
+        if dtype.hasobject:
+            raise CorruptImageError(
+                f"cannot decode NumPy .npy '{r.ref}': it holds Python objects, which are never "
+                "unpickled (allow_pickle=False); save an array of numbers"
+            )
+        planes = n_planes(shape)
+        want = shape if page is None else shape[1:] if planes > 1 else shape
+        EndpointLimits.from_env().check_image(want, dtype, r.ref)
+        order: Literal["C", "F"] = "F" if fortran else "C"
         if page is None:
-            return loaded
-        data = np.array(loaded[check_page(page, n_planes(loaded.shape), r.ref)])
+            count = int(np.prod(shape, dtype=np.int64))
+            data = np.fromfile(fh, dtype=dtype, count=count)
+            if data.size != count:
+                raise CorruptImageError(
+                    f".npy '{r.ref}' is truncated: {data.size} of {count} values; save it again"
+                )
+            return data.reshape(shape, order=order)
+        loaded = np.memmap(fh, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order=order)
+        data = np.array(loaded[check_page(page, planes, r.ref)])
         del loaded  # closes the memory map
         return data
 
@@ -206,14 +279,26 @@ def open_zarr_array(r: ResolvedRef) -> Any:
         )
     import zarr
 
+    from ._zarrstore import open_store
+
     with decoding(r.ref, r.kind):
+        store = open_store(r.path)
         if r.array:
-            return zarr.open_array(str(r.path), path=r.array, mode="r")
-        return zarr.open_array(str(r.path), mode="r")
+            array = zarr.open_array(store=store, path=r.array, mode="r")
+        else:
+            array = zarr.open_array(store=store, mode="r")
+    EndpointLimits.from_env().check_chunk(array.chunks, array.dtype, r.ref)
+    return array
 
 
 def _read_zarr(r: ResolvedRef, page: int | None) -> np.ndarray:
     array = open_zarr_array(r)
+    shape = tuple(array.shape)
+    limits = EndpointLimits.from_env()
+    if page is None:
+        limits.check_image(shape, array.dtype, r.ref)
+    else:
+        limits.check_image(shape[1:] if n_planes(shape) > 1 else shape, array.dtype, r.ref)
     with decoding(r.ref, r.kind):
         if page is None:
             return np.asarray(array[...])
@@ -262,13 +347,20 @@ def read_image(ref: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     ConfigError
         ``page`` is not an integer or is out of range.
     PermissionError
-        The file cannot be opened for reading.
+        The file cannot be opened for reading; AccessDeniedError (a subclass) when it lies
+        outside the roots of this endpoint.
+    ResourceLimitError
+        The image (or one of its chunks, tiles or strips) is over the decoding budget.
 
     Notes
     -----
     TIFF is read with tifffile (compressed files through imagecodecs, BigTIFF included),
     PNG/JPEG/BMP/GIF with imageio's Pillow plugin (palette GIFs come out as RGB), ``.npy``
-    with ``numpy.load(allow_pickle=False)``, and Zarr with ``zarr.open_array(mode="r")``.
+    from its header then ``numpy.fromfile`` (never unpickled), and Zarr with
+    ``zarr.open_array(mode="r")`` over a :class:`~scopefx.io._zarrstore.ConfinedStore`.
+    Every file is opened through :mod:`scopefx.io._confine` (regular files inside the roots
+    only), and the pixel and byte budgets of :class:`~scopefx.io.EndpointLimits` are checked
+    from the headers before decoding.
     A TIFF is read from its first series; pages of another size form other series and are not
     returned.
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import EmptyFileError, ImageNotFoundError, UnsupportedFormatError
+from ..errors import EmptyFileError, ImageNotFoundError, ScopefxError, UnsupportedFormatError
 
 __all__ = ["IMAGE_SUFFIXES", "ResolvedRef", "find_images", "resolve_ref", "split_ref"]
 
@@ -100,6 +100,11 @@ def split_ref(ref: str | os.PathLike[str]) -> tuple[Path, str | None]:
         raise UnsupportedFormatError(
             f"empty image reference {text!r}: expected a file path or 'store.zarr::array/path'"
         )
+    if "\x00" in text:
+        raise UnsupportedFormatError(
+            f"image reference {text!r} holds a NUL byte (\\x00), which no file name can "
+            "contain; check how the list of references was built"
+        )
     match = _SCHEME_RE.match(text)
     if match:
         scheme = match.group(1).lower()
@@ -124,7 +129,8 @@ def split_ref(ref: str | os.PathLike[str]) -> tuple[Path, str | None]:
 def zarr_node_type(path: Path) -> str | None:
     """``"array"`` or ``"group"`` for a Zarr v2/v3 node directory, else ``None``.
 
-    Reads only the node's metadata file; Zarr itself is not imported.
+    Reads only the node's metadata file (confined, bounded: :mod:`._confine`); Zarr itself is
+    not imported.
     """
     if (path / ".zarray").is_file():
         return "array"
@@ -132,9 +138,14 @@ def zarr_node_type(path: Path) -> str | None:
         return "group"
     meta = path / "zarr.json"
     if meta.is_file():
+        from ._confine import read_bytes
+        from ._limits import EndpointLimits
+
+        limit = EndpointLimits.from_env().max_meta_bytes
         try:
-            with meta.open("rb") as fh:
-                node_type = json.load(fh).get("node_type")
+            node_type = json.loads(read_bytes(meta, limit=limit)).get("node_type")
+        except ScopefxError:
+            raise
         except (OSError, ValueError, AttributeError):
             return None
         return node_type if node_type in ("array", "group") else None

@@ -13,8 +13,14 @@ When roots are set, a reference is refused, per item, when
 * it is absolute and not inside a root;
 * it resolves, after following symbolic links, to a place outside every root.
 
-A relative reference is looked up in each root in turn; the first root where it exists wins
-(for outputs that do not exist yet: the first root).
+A relative reference is looked up in each root in turn; the first root where it exists wins.
+
+Data roots are read-only to scopefx. Outputs go under the **output roots**, named by
+``SCOPEFX_OUTPUT_ROOTS`` (same syntax; for a facility endpoint, per mapped user): see
+:meth:`DataRoots.resolve_output`. With data roots set and no output roots, every output is
+refused. Output roots are readable too (a planned mosaic is re-opened from there). Where the
+two nest, the innermost root that holds a path decides (an output root inside a data root is
+writable; a data root inside an output root is not).
 """
 
 from __future__ import annotations
@@ -27,14 +33,40 @@ from pathlib import Path, PurePosixPath
 from ..errors import AccessDeniedError, ConfigError
 from ._refs import ZARR_SEP, split_ref
 
-__all__ = ["DATA_ROOTS_ENV", "DataRoots"]
+__all__ = ["DATA_ROOTS_ENV", "OUTPUT_ROOTS_ENV", "DataRoots"]
 
 #: Environment variable that names the data roots (``os.pathsep``-separated).
 DATA_ROOTS_ENV = "SCOPEFX_DATA_ROOTS"
+#: Environment variable that names the output roots (``os.pathsep``-separated).
+OUTPUT_ROOTS_ENV = "SCOPEFX_OUTPUT_ROOTS"
 
 
-def _inside(path: str, root: str) -> bool:
+def inside(path: str, root: str) -> bool:
+    """Whether absolute ``path`` is ``root`` or below it (lexically)."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+_inside = inside
+
+
+def _clean(roots: Sequence[str | os.PathLike[str]], env: str) -> tuple[str, ...]:
+    if isinstance(roots, (str, os.PathLike)):
+        raise ConfigError(f"roots must be a sequence of folders, got the single path {roots!r}")
+    clean = []
+    for root in roots:
+        text = os.fspath(root)
+        if not text or not os.path.isabs(text):
+            raise ConfigError(
+                f"root {text!r} is not an absolute path; {env} lists absolute folders "
+                f"separated by {os.pathsep!r}"
+            )
+        clean.append(os.path.realpath(text))
+    return tuple(clean)
+
+
+def _split_env(value: str) -> tuple[str, ...] | None:
+    parts = [p.strip() for p in value.split(os.pathsep) if p.strip()]
+    return tuple(parts) if parts else None
 
 
 @dataclass(frozen=True)
@@ -53,31 +85,37 @@ class DataRoots:
     """
 
     roots: tuple[str, ...] | None = None
+    outputs: tuple[str, ...] | None = None
+    """Output roots (``SCOPEFX_OUTPUT_ROOTS``); ``None``: none configured."""
 
     def __post_init__(self) -> None:
-        if self.roots is None:
-            return
-        if isinstance(self.roots, (str, os.PathLike)):
-            raise ConfigError(
-                f"roots must be a sequence of folders, got the single path {self.roots!r}"
-            )
-        clean = []
-        for root in self.roots:
-            text = os.fspath(root)
-            if not text or not os.path.isabs(text):
-                raise ConfigError(
-                    f"data root {text!r} is not an absolute path; {DATA_ROOTS_ENV} lists "
-                    f"absolute folders separated by {os.pathsep!r}"
-                )
-            clean.append(os.path.realpath(text))
-        object.__setattr__(self, "roots", tuple(clean))
+        if self.roots is not None:
+            object.__setattr__(self, "roots", _clean(self.roots, DATA_ROOTS_ENV))
+        if self.outputs is not None:
+            object.__setattr__(self, "outputs", _clean(self.outputs, OUTPUT_ROOTS_ENV))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DataRoots:
-        """The roots named by ``SCOPEFX_DATA_ROOTS``; unrestricted when it is unset or empty."""
-        value = (os.environ if environ is None else environ).get(DATA_ROOTS_ENV, "")
-        parts = [p for p in value.split(os.pathsep) if p.strip()]
-        return cls(tuple(p.strip() for p in parts) if parts else None)
+        """The roots named by ``SCOPEFX_DATA_ROOTS`` and ``SCOPEFX_OUTPUT_ROOTS``; unrestricted
+        when the data roots are unset or empty."""
+        env = os.environ if environ is None else environ
+        return cls(
+            _split_env(env.get(DATA_ROOTS_ENV, "")), _split_env(env.get(OUTPUT_ROOTS_ENV, ""))
+        )
+
+    @property
+    def readable(self) -> tuple[str, ...] | None:
+        """Folders files may be read from (data and output roots); ``None``: anywhere."""
+        if self.roots is None:
+            return None
+        return self.roots + (self.outputs or ())
+
+    @property
+    def writable(self) -> tuple[str, ...] | None:
+        """Output roots when restricted (``()`` when none are set); ``None``: anywhere."""
+        if self.roots is None:
+            return None
+        return self.outputs or ()
 
     @property
     def restricted(self) -> bool:
@@ -86,6 +124,10 @@ class DataRoots:
     def describe(self) -> list[str] | None:
         """JSON-able list of the roots (``None``: unrestricted)."""
         return None if self.roots is None else list(self.roots)
+
+    def describe_outputs(self) -> list[str] | None:
+        """JSON-able list of the output roots (``None``: unrestricted)."""
+        return None if self.roots is None else list(self.outputs or ())
 
     def resolve(self, ref: str | os.PathLike[str], *, must_exist: bool = True) -> str:
         """Check one reference and return it as an absolute reference string.
@@ -107,7 +149,7 @@ class DataRoots:
             A URL scheme other than ``file://``, or an empty reference.
         """
         text = os.fsdecode(os.fspath(ref))
-        path, array = split_ref(text)  # refuses unsupported schemes and empty references
+        path, array = split_ref(text)  # refuses unsupported schemes, empty and NUL references
         if self.roots is None:
             full = os.path.abspath(path)
             return full if array is None else f"{full}{ZARR_SEP}{array}"
@@ -119,15 +161,16 @@ class DataRoots:
                 )
         if path.is_absolute():
             full = os.path.normpath(path)
-            if not any(_inside(full, r) for r in self.roots) and not any(
-                _inside(os.path.realpath(full), r) for r in self.roots
+            readable = self.readable or ()
+            if not any(_inside(full, r) for r in readable) and not any(
+                _inside(os.path.realpath(full), r) for r in readable
             ):
                 raise AccessDeniedError(
                     f"{text!r} is outside the data roots of this endpoint ({self._listed()}); "
                     "pass a path inside them, or a path relative to them"
                 )
         else:
-            candidates = [os.path.join(r, path) for r in self.roots]
+            candidates = [os.path.join(r, path) for r in self.readable or ()]
             existing = [c for c in candidates if os.path.lexists(c)]
             full = existing[0] if existing else candidates[0]
         self.check(full if array is None else os.path.join(full, array), text)
@@ -137,8 +180,14 @@ class DataRoots:
         """Refuse ``path`` when, symbolic links followed, it lies outside every root."""
         if self.roots is None:
             return
-        real = os.path.realpath(path)
-        if not any(_inside(real, r) for r in self.roots):
+        try:
+            real = os.path.realpath(path)
+        except OSError as exc:  # a component swapped between a link and a file meanwhile
+            raise AccessDeniedError(
+                f"{ref if ref is not None else os.fspath(path)!r} is refused: it changed while "
+                f"being checked ({exc.strerror})"
+            ) from None
+        if not any(_inside(real, r) for r in self.readable or ()):
             shown = ref if ref is not None else os.fspath(path)
             raise AccessDeniedError(
                 f"{shown!r} is refused: it resolves to {real!r}, outside the data roots of "
@@ -152,4 +201,76 @@ class DataRoots:
             self.check(path if array is None else Path(path) / array, ref)
 
     def _listed(self) -> str:
-        return os.pathsep.join(self.roots or ())
+        return os.pathsep.join(self.readable or ())
+
+    def is_writable(self, path: str) -> bool:
+        """Whether absolute, resolved ``path`` may be written: the innermost root holding it
+        is an output root (unrestricted: always)."""
+        if self.roots is None:
+            return True
+        holding = [(len(r), r in (self.outputs or ())) for r in self.roots + (self.outputs or ())
+                   if _inside(path, r)]  # fmt: skip
+        if not holding:
+            return False
+        depth = max(n for n, _ in holding)
+        return all(out for n, out in holding if n == depth)
+
+    def resolve_output(self, ref: str | os.PathLike[str]) -> str:
+        """Check an output reference; return the absolute path to write.
+
+        A relative reference resolves under the first output root; an absolute one must lie
+        inside an output root (and not inside a data root nested in it). ``..`` is refused, and
+        so is a link on the way that leads out of the output roots. Unrestricted (no data
+        roots): the path as given, made absolute.
+
+        Raises
+        ------
+        AccessDeniedError
+            No output roots configured, ``..``, a path outside the output roots, a data root.
+        """
+        text = os.fsdecode(os.fspath(ref))
+        path, array = split_ref(text)
+        if array is not None:
+            raise AccessDeniedError(
+                f"output {text!r} names an array inside a store; an output is a file or a "
+                "folder (e.g. 'run/mosaic.ome.zarr')"
+            )
+        if self.roots is None:
+            return os.path.abspath(path)
+        if not self.outputs:
+            raise AccessDeniedError(
+                f"output {text!r} is refused: this endpoint sets no output roots "
+                f"({OUTPUT_ROOTS_ENV}); its data roots are read-only. Ask its operator to "
+                f"set {OUTPUT_ROOTS_ENV} in the endpoint's worker_init"
+            )
+        if ".." in PurePosixPath(str(path).replace("\\", "/")).parts:
+            raise AccessDeniedError(
+                f"output {text!r} is refused: '..' is not allowed on this endpoint; pass a path "
+                f"inside the output roots ({os.pathsep.join(self.outputs)})"
+            )
+        full = os.path.normpath(path if path.is_absolute() else os.path.join(self.outputs[0], path))
+        # resolve the part that exists (links there must stay inside), keep the rest as named
+        head, tail = full, []
+        while not os.path.lexists(head) and os.path.dirname(head) != head:
+            head, name = os.path.split(head)
+            tail.append(name)
+        if os.path.islink(head) and not tail:
+            raise AccessDeniedError(
+                f"output {text!r} is refused: {head!r} is a symbolic link; scopefx writes "
+                "outputs only to real folders and files it creates"
+            )
+        real = os.path.join(os.path.realpath(head), *reversed(tail))
+        if real in self.outputs:
+            raise AccessDeniedError(
+                f"output {text!r} is refused: it is the output root {real!r} itself; name a "
+                "file or folder inside it (e.g. 'run1/mosaic.ome.zarr')"
+            )
+        if not self.is_writable(real):
+            where = "a data root (read-only)" if any(_inside(real, r) for r in self.roots) else (
+                "outside the output roots"
+            )  # fmt: skip
+            raise AccessDeniedError(
+                f"output {text!r} is refused: it resolves to {real!r}, {where}; outputs go "
+                f"only under the output roots of this endpoint ({os.pathsep.join(self.outputs)})"
+            )
+        return real

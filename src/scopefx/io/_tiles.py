@@ -27,6 +27,7 @@ the camera's x axis.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -255,13 +256,28 @@ def _parse_affine(text: str, ndim: int, where: str) -> np.ndarray:
     return np.vstack([m, np.eye(ndim + 1)[-1]])
 
 
+def _open_text(path: Path, **options: Any) -> io.TextIOWrapper:
+    """A tile table opened through the confined opener (a regular file inside the roots; a
+    FIFO or a link out is refused, never waited on or followed)."""
+    from ._confine import open_binary
+
+    return io.TextIOWrapper(open_binary(path), **options)
+
+
 def _read_csv(
     path: Path, pixel_size_um: float | None, rotation_deg: float
 ) -> tuple[list[Tile], int, float | None]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with _open_text(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         cols = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+        rows = []
+        for r in reader:
+            if None in r:  # more fields than the header names (an unquoted comma?)
+                raise ConfigError(
+                    f"{path}, line {reader.line_num}: {len(cols) + len(r[None])} fields, the "
+                    f"header names {len(cols)}; quote fields that hold commas"
+                )
+            rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
     if "path" not in cols:
         raise ConfigError(f"{path}: no 'path' column; columns are {cols}")
     if {"x", "y"} <= set(cols):
@@ -321,7 +337,9 @@ def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile
     ndim = None
     base = path.resolve().parent
     tiles = []
-    for line, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    with _open_text(path, encoding="utf-8") as fh:
+        text = fh.read()
+    for line, raw in enumerate(text.splitlines(), start=1):
         text = raw.strip()
         if not text or text.startswith("#"):
             continue
@@ -383,12 +401,18 @@ def read_tile_table(
     if not p.is_file():
         raise ImageNotFoundError(f"tile table {os.fspath(path)!r} does not exist")
     suffix = p.suffix.lower()
-    if suffix == ".csv":
-        tiles, ndim, px = _read_csv(p, pixel_size_um, rotation_deg)
-    elif suffix == ".txt":
-        tiles, ndim = _read_tile_configuration(p, rotation_deg)
-        px = pixel_size_um
-    else:
+    try:
+        if suffix == ".csv":
+            tiles, ndim, px = _read_csv(p, pixel_size_um, rotation_deg)
+        elif suffix == ".txt":
+            tiles, ndim = _read_tile_configuration(p, rotation_deg)
+            px = pixel_size_um
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"tile table {os.fspath(path)!r} is not UTF-8 text ({exc.reason} at byte "
+            f"{exc.start}); save it as a UTF-8 CSV or TileConfiguration.txt"
+        ) from None
+    if suffix not in (".csv", ".txt"):
         raise UnsupportedFormatError(
             f"tile table {os.fspath(path)!r}: expected a .csv table or a Fiji "
             "TileConfiguration .txt"

@@ -142,7 +142,7 @@ def _load(job: dict[str, Any], roots: DataRoots) -> tuple[Any, Any, Any, Any]:
             "settings; split the mosaic or ask the endpoint's administrator"
         )
     tiles = roots.resolve(job["tiles"])
-    output = roots.resolve(job["output"], must_exist=False)
+    output = roots.resolve_output(job["output"])  # under the output roots, never a data root
     table = read_tile_table(
         tiles, pixel_size_um=options.pixel_size_um, rotation_deg=options.rotation_deg
     )
@@ -156,7 +156,7 @@ def _load(job: dict[str, Any], roots: DataRoots) -> tuple[Any, Any, Any, Any]:
             )
         resolved["flatfield"] = os.fspath(roots.resolve(options.flatfield))
     if options.preview is not None:
-        resolved["preview"] = os.fspath(roots.resolve(options.preview, must_exist=False))
+        resolved["preview"] = os.fspath(roots.resolve_output(options.preview))
     return table, output, params, options.replace(**resolved)
 
 
@@ -279,7 +279,7 @@ def _open_job(plan_ref: str, roots: DataRoots) -> Any:
         raise ConfigError(
             f"plan_ref must be the output reference plan_mosaic returned, got {plan_ref!r}"
         )
-    return FusionJob.open(roots.resolve(plan_ref))
+    return FusionJob.open(roots.resolve_output(plan_ref))
 
 
 def fuse_region(
@@ -313,7 +313,7 @@ def finish_mosaic(
     roots = DataRoots.from_env()
     job = _open_job(plan_ref, roots)
     roots.check_all(job.plan.refs)
-    out_preview = None if preview is None else roots.resolve(preview, must_exist=False)
+    out_preview = None if preview is None else roots.resolve_output(preview)
     result = job.finish(workers=workers, preview=out_preview)
     summary = result.to_dict()
     summary.update(output=plan_ref, timings={"finish_s": round(time.perf_counter() - start, 4)})
@@ -343,6 +343,7 @@ def endpoint_info() -> dict[str, Any]:
         "backend": default_backend_name(),
         "gpus": gpus,
         "data_roots": DataRoots.from_env().describe(),
+        "output_roots": DataRoots.from_env().describe_outputs(),
         "functions": list(FUNCTION_NAMES),
         "host": socket.gethostname(),
         "python": platform.python_version(),

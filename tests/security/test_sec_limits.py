@@ -1,0 +1,196 @@
+"""Bounded work (issue 14, part 5): budgets checked from headers before decoding, with the
+peak memory of a fresh process measured under each bomb; bounds on a fusion's chunks checked
+at planning; limits a job cannot lift; reads that cannot block; clear per-item errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import tifffile
+from _sec_helpers import RSS_BUDGET_MIB, run_measured
+
+import scopefx.errors
+import scopefx.io
+from scopefx import FusionParams
+from scopefx.io import read_image
+from scopefx.remote import functions
+
+# names new in issue 14 are looked up as the tests run (so each test fails on its own before)
+BOMB_PX = 20000
+
+
+@pytest.fixture(scope="module")
+def deflate_bomb(tmp_path_factory):
+    """A deflate TIFF of a few hundred kB that declares 20000 x 20000 uint16 (800 MB)."""
+    path = tmp_path_factory.mktemp("bombs") / "bomb.tif"
+    tile = np.zeros((1024, 1024), np.uint16)
+    n = (-(-BOMB_PX // 1024)) ** 2
+    tifffile.imwrite(path, (tile for _ in range(n)), shape=(BOMB_PX, BOMB_PX), dtype=np.uint16,
+                     tile=(1024, 1024), compression="zlib")  # fmt: skip
+    assert path.stat().st_size < 4 * 2**20
+    return path
+
+
+def _read_in_child(ref, **env: str) -> dict:
+    return run_measured(
+        f"from scopefx.io import read_image\nread_image({str(ref)!r})\nresult = 'decoded'",
+        env=env,
+    )
+
+
+def test_deflate_bomb_is_refused_from_its_header(deflate_bomb):
+    out = _read_in_child(deflate_bomb)
+    assert out["error"] and out["error"][0] == "ResourceLimitError", out
+    assert "20000x20000" in out["error"][1] and "SCOPEFX_MAX_IMAGE_PX" in out["error"][1]
+    assert out["peak_rss_mib"] < RSS_BUDGET_MIB, out
+
+
+def test_zarr_metadata_bomb_is_refused(tmp_path):
+    """A 300-byte zarr.json declaring a 200000^2 array in one chunk, no chunk files."""
+    store = tmp_path / "bomb.zarr"
+    store.mkdir()
+    meta = {
+        "zarr_format": 3, "node_type": "array", "shape": [200000, 200000],
+        "data_type": "uint16", "chunk_grid": {"name": "regular",
+        "configuration": {"chunk_shape": [200000, 200000]}},
+        "chunk_key_encoding": {"name": "default"}, "fill_value": 7,
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+    }  # fmt: skip
+    (store / "zarr.json").write_text(json.dumps(meta))
+    assert (store / "zarr.json").stat().st_size < 400
+    out = _read_in_child(store)
+    assert out["error"] and out["error"][0] == "ResourceLimitError", out
+    assert out["peak_rss_mib"] < RSS_BUDGET_MIB, out
+
+
+def test_png_and_npy_headers_are_checked_before_decoding(tmp_path, monkeypatch):
+    import imageio.v3 as iio
+
+    monkeypatch.setenv("SCOPEFX_MAX_IMAGE_PX", str(10**6))
+    iio.imwrite(tmp_path / "wide.png", np.zeros((2000, 2000), np.uint8))
+    with pytest.raises(scopefx.errors.ResourceLimitError, match=r"wide\.png"):
+        read_image(tmp_path / "wide.png")
+    npy = tmp_path / "liar.npy"
+    with open(npy, "wb") as fh:  # a header declaring 10^10 values, then 16 bytes
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<u2", "fortran_order": False, "shape": (100000, 100000)}
+        )
+        fh.write(bytes(16))
+    out = _read_in_child(npy)
+    assert out["error"] and out["error"][0] == "ResourceLimitError", out
+    assert out["peak_rss_mib"] < RSS_BUDGET_MIB, out
+
+
+@pytest.mark.parametrize("where", ["chunk", "metadata"])
+def test_a_fifo_in_a_zarr_store_does_not_block(tmp_path, where):
+    import zarr
+
+    store = tmp_path / "img.zarr"
+    zarr.create_array(store, shape=(16, 16), chunks=(8, 8), dtype="uint16", fill_value=0)[...] = 1
+    target = store / ("c/0/0" if where == "chunk" else "zarr.json")
+    target.unlink()
+    os.mkfifo(target)
+    try:  # the timeout only guards the test run against a regression that hangs
+        out = run_measured(
+            f"from scopefx.io import read_image\nread_image({str(store)!r})", timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reading a Zarr store whose {where} is a FIFO blocked")
+    assert out["error"] is not None, out
+    assert "FIFO" in out["error"][1] or "not a Zarr store" in out["error"][1], out
+
+
+def _far_tiles(site, gap_px: float, n: int = 2):
+    for i in range(n):
+        tifffile.imwrite(site.data / f"far{i}.tif", np.ones((64, 64), np.uint16))
+    rows = "".join(f"far{i}.tif,{i * gap_px},{i * gap_px}\n" for i in range(n))
+    (site.data / "far.csv").write_text("path,x,y\n" + rows)
+
+
+def test_tiles_far_apart_are_refused_at_planning_whatever_the_params_say(site):
+    """Two tiles 10^6 px apart: a 10^12 px mosaic, ~954k chunks; refused from geometry."""
+    _far_tiles(site, 1e6)
+    job = {"tiles": "far.csv", "output": "far.ome.zarr", "params": {"max_output_gib": 1e9}}
+    out = run_measured(
+        f"from scopefx.remote import functions\nfunctions.fuse_mosaic({job!r})",
+        env={"SCOPEFX_DATA_ROOTS": str(site.data), "SCOPEFX_OUTPUT_ROOTS": str(site.out)},
+    )
+    assert out["error"] and out["error"][0] == "ResourceLimitError", out
+    assert out["peak_rss_mib"] < RSS_BUDGET_MIB, out
+    assert not (site.out / "far.ome.zarr").exists()
+
+
+def test_huge_chunks_and_too_many_chunks_are_refused_at_planning(site, monkeypatch):
+    _far_tiles(site, 16000)
+    job = {"tiles": "far.csv", "output": "f.ome.zarr", "params": {"chunk_px": 16384}}
+    with pytest.raises(scopefx.errors.ResourceLimitError, match="SCOPEFX_MAX_CHUNK_PX"):
+        functions.fuse_mosaic(job)
+    monkeypatch.setenv("SCOPEFX_MAX_CHUNKS", "100")
+    with pytest.raises(scopefx.errors.ResourceLimitError, match="SCOPEFX_MAX_CHUNKS"):
+        functions.fuse_mosaic({**job, "params": {"chunk_px": 256}})
+
+
+def test_force_and_params_cannot_lift_the_endpoint_size_limit(site, monkeypatch):
+    monkeypatch.setenv("SCOPEFX_MAX_OUTPUT_GIB", "0.00001")  # ~10 kB
+    job = {"tiles": "mosaic/tiles.csv", "output": "m.ome.zarr",
+           "params": FusionParams(max_output_gib=1e6).to_dict()}  # fmt: skip
+    with pytest.raises(scopefx.errors.ResourceLimitError, match="SCOPEFX_MAX_OUTPUT_GIB"):
+        functions.fuse_mosaic(job)
+    with pytest.raises(scopefx.errors.ConfigError, match="'force' is not accepted"):
+        functions.fuse_mosaic({**job, "options": {"force": True}})
+    assert scopefx.io.EndpointLimits.from_env().max_output_gib == 0.00001
+
+
+def test_a_nul_byte_in_a_reference_is_a_clear_per_item_error(site):
+    items = functions.score_focus(["run1/section_0.tif", "run1/sec\x00tion_1.tif"])
+    assert items[1]["status"] == "unsupported"
+    assert "NUL byte" in items[1]["error"] and "sec\\x00tion_1.tif" in items[1]["error"]
+    assert items[0]["status"] != "unsupported"
+
+
+def test_disk_full_is_a_clear_error(site, monkeypatch):
+    import errno
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(scopefx.errors.DiskFullError, match="No space left on device"):
+        functions.fuse_mosaic({"tiles": "mosaic/tiles.csv", "output": "m.ome.zarr"})
+
+
+def test_limits_come_from_the_environment_only():
+    limits = scopefx.io.EndpointLimits.from_env(
+        {"SCOPEFX_MAX_IMAGE_PX": "1000", "SCOPEFX_MAX_CHUNKS": "5"}
+    )
+    assert (limits.max_image_px, limits.max_chunks) == (1000, 5)
+    with pytest.raises(ValueError, match="SCOPEFX_MAX_CHUNKS"):
+        scopefx.io.EndpointLimits.from_env({"SCOPEFX_MAX_CHUNKS": "lots"})
+    with pytest.raises(ValueError, match="max_chunk_px"):
+        scopefx.io.EndpointLimits(max_chunk_px=0)
+
+
+MALFORMED = {
+    "empty.csv": "",
+    "no_header.csv": "a,b\n1,2\n",
+    "not_numeric.csv": "path,x,y\nt.tif,abc,1\n",
+    "no_positions.csv": "path,x\nt.tif,1\n",
+    "nan.csv": "path,x,y\nt.tif,nan,1\n",
+    "binary.csv": "\x00\x01\x02\xff",
+    "short_row.csv": "path,x,y\nt.tif,1\n",
+    "long_row.csv": "path,x,y,affine\nt.tif,1,1,[[1,2]]\n",
+    "TileConfiguration.txt": "dim = 2\nt.tif; ; (1, 2\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_a_malformed_table_is_a_clear_configuration_error(site, name):
+    (site.data / name).write_text(MALFORMED[name], encoding="latin-1")
+    with pytest.raises(scopefx.errors.ScopefxError) as info:
+        functions.fuse_mosaic({"tiles": name, "output": "m.ome.zarr"})
+    assert info.value.status in ("config", "unsupported"), info.value
+    assert name in str(info.value) or "tile 0" in str(info.value)

@@ -1,0 +1,25 @@
+"""``scopefx watch --on-oof`` never lets a file name run code (issue 14, smaller items)."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import pytest
+from scopefx.cli.watch import _Alarm
+
+
+@pytest.mark.parametrize(
+    "template", ['echo "{}" >> {log}', "echo {} >> {log}", "echo '{}' >> {log}", "echo >> {log}"]
+)
+def test_a_file_name_is_never_run_by_the_shell(tmp_path, template):
+    pwned = tmp_path / "PWNED"
+    name = f"/acq/sec $(touch {pwned}) `touch {pwned}` ' \" ;touch {pwned}.tif"
+    log = tmp_path / "log.txt"
+    alarm = _Alarm(template.replace("{log}", str(log)), io.StringIO())
+    alarm.fire(SimpleNamespace(path=name, verdict="out of focus", features=3))
+    for _, proc in alarm.running:
+        assert proc.wait(timeout=60) == 0
+    assert not pwned.exists() and not pwned.with_name("PWNED.tif").exists()
+    if "{}" in template:
+        assert log.read_text().strip() == name
