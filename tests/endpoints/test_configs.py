@@ -550,3 +550,67 @@ def test_identity_mapping(username: str, local_user: str | None) -> None:
 
     expected = [[{identity["id"]: [local_user]}]] if local_user else [[]]
     assert results == expected
+
+
+# --- what crosses the wire, and for how long it may run -----------------------------------
+
+ALL_RENDERS = [
+    ("edge-gpu", {}),
+    ("hpc-slurm", {}),
+    ("pbs-polaris", {}),
+    (FACILITY, {}),
+    (FACILITY, FACILITY_SLURM),
+]
+ALL_RENDER_IDS = ["edge-gpu", "hpc-slurm", "pbs-polaris", "facility-local", "facility-slurm"]
+
+
+@pytest.mark.parametrize(("name", "user_opts"), ALL_RENDERS, ids=ALL_RENDER_IDS)
+def test_engine_deserializes_json_data_only(
+    name: str, user_opts: dict[str, Any], endpoint_dir: Callable[[str], pathlib.Path]
+) -> None:
+    from globus_compute_sdk.serialize import DillCode, DillDataBase64, JSONData
+    from globus_compute_sdk.serialize.base import DeserializationError
+
+    engine = render_user_config(endpoint_dir(name), user_opts).engine
+    serde = engine.serde
+
+    assert serde.allowed_deserializer_types == {DillCode, JSONData}
+    data = {"refs": ["run1/a.tif"], "params": {"sigma_ratio": 1.6}}
+    assert serde.deserialize(JSONData().serialize(data)) == data
+    with pytest.raises(DeserializationError, match="DillDataBase64"):
+        serde.deserialize(DillDataBase64().serialize(data))
+
+
+@pytest.mark.parametrize(
+    ("name", "user_opts", "timeout_s"),
+    [
+        ("edge-gpu", {}, 3600),
+        ("hpc-slurm", {}, 6600),  # walltime 02:00:00
+        ("pbs-polaris", {}, 3300),  # walltime 01:00:00
+        (FACILITY, {}, 3600),
+        (FACILITY, FACILITY_SLURM, 4 * 3600 - 300),  # walltime 04:00:00
+        (FACILITY, {"provider": "slurm", "account": "mic-042"}, 1620),  # default 00:30:00
+        (FACILITY, {"provider": "slurm", "account": "a", "walltime": "00:05:00"}, 270),
+    ],
+    ids=[*ALL_RENDER_IDS, "facility-slurm-default", "facility-slurm-short"],
+)
+def test_every_template_sets_a_task_timeout(
+    name: str,
+    user_opts: dict[str, Any],
+    timeout_s: int,
+    endpoint_dir: Callable[[str], pathlib.Path],
+    tmp_path: pathlib.Path,
+) -> None:
+    """GC_TASK_TIMEOUT, read by the engine's worker for every task; under the walltime of
+    a batch job, so a stuck task is reported as timed out instead of lost and retried."""
+    provider = render_user_config(endpoint_dir(name), user_opts).engine.executor.provider
+    exports = [
+        line.strip()
+        for line in provider.worker_init.splitlines()
+        if line.strip().startswith("export GC_TASK_TIMEOUT=")
+    ]
+    assert exports == [f"export GC_TASK_TIMEOUT={timeout_s}"]
+    walltime = getattr(provider, "walltime", None)
+    if walltime:
+        h, m, s = (int(x) for x in walltime.split(":"))
+        assert timeout_s < h * 3600 + m * 60 + s
