@@ -65,6 +65,29 @@ def _too_large(exc: BaseException) -> bool:
     return "MaxResultSizeExceeded" in f"{type(exc).__name__}: {exc}"
 
 
+def _send_json(ex: Any) -> None:
+    """Make a Globus Compute executor (anything with a ``ComputeSerializer`` as
+    ``serializer``) send task arguments as JSON data (``JSONData``) instead of pickles.
+
+    scopefx's arguments are references and plain dicts, so nothing is lost; and endpoints
+    whose engine sets ``allowed_serializers`` (every shipped template) refuse pickled
+    arguments, since un-pickling runs code before the function does. The function itself
+    keeps the executor's code serializer.
+    """
+    serde = getattr(ex, "serializer", None)
+    if serde is None:  # not a Globus Compute executor (the local default, a process pool)
+        return
+    from globus_compute_sdk.serialize import ComputeSerializer, JSONData
+
+    if not isinstance(serde, ComputeSerializer) or isinstance(serde.data_serializer, JSONData):
+        return
+    ex.serializer = ComputeSerializer(
+        strategy_code=serde.code_serializer,
+        strategy_data=JSONData(),
+        allowed_deserializer_types=serde.allowed_deserializer_types or None,
+    )
+
+
 def _to_record(item: dict[str, Any]) -> list[Any]:
     """FocusRecords (one per page) from one result item of ``score_focus``."""
     import dataclasses
@@ -250,7 +273,9 @@ class Client:
 
     def _dispatch(self, ex: cf.Executor, name: str, *args: Any) -> cf.Future[Any]:
         """One call of suite function ``name`` on ``ex``: by UUID where a manifest names it
-        and the executor is a Globus Compute one, else the function itself."""
+        and the executor is a Globus Compute one, else the function itself. Arguments
+        travel as JSON data (see :func:`_send_json`)."""
+        _send_json(ex)
         fid = self.manifest.function_id(name) if self.manifest is not None else None
         if fid is not None and hasattr(ex, "submit_to_registered_function"):
             return ex.submit_to_registered_function(fid, args=args)
