@@ -138,7 +138,12 @@ disk_free_limit.absolute = 10MB
 vm_memory_high_watermark.absolute = 2GB
 EOF
     local t0=$SECONDS
-    (rmq_env && setsid "$RMQ_BIN/rabbitmq-server" >"$STATE_DIR/startup.log" 2>&1 9>&- &)
+    # In the background, without the lock (fd 9): the broker outlives this script.
+    (
+        exec 9>&-
+        rmq_env
+        exec setsid "$RMQ_BIN/rabbitmq-server" >"$STATE_DIR/startup.log" 2>&1 </dev/null
+    ) &
     local deadline=$((SECONDS + TIMEOUT))
     while [ "$SECONDS" -lt "$deadline" ]; do
         if pid_alive && ctl await_startup >/dev/null 2>&1; then
