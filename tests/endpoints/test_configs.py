@@ -13,6 +13,7 @@ or reaches the Globus service.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import operator
 import os
@@ -49,6 +50,7 @@ from globus_compute_endpoint.endpoint.identity_mapper import (
 )
 from globus_compute_endpoint.engines import GlobusComputeEngine
 from globus_compute_sdk.sdk.batch import create_user_runtime
+from packaging.version import Version
 from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
 
@@ -614,3 +616,23 @@ def test_every_template_sets_a_task_timeout(
     if walltime:
         h, m, s = (int(x) for x in walltime.split(":"))
         assert timeout_s < h * 3600 + m * 60 + s
+
+
+def test_globus_compute_pins_have_an_upper_bound() -> None:
+    """The templates use the 4.x schema and settings; a new major must be a decision."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ENDPOINTS.parent / "pyproject.toml").read_text())["project"]
+    pins = [
+        Requirement(r)
+        for extra in project["optional-dependencies"].values()
+        for r in extra
+        if r.startswith("globus-compute")
+    ]
+    assert pins
+    for pin in pins:
+        assert any(s.operator == "<" for s in pin.specifier), str(pin)
+        installed = Version(importlib.metadata.version(pin.name))
+        assert installed in pin.specifier, f"{pin.name} {installed} outside {pin}"
