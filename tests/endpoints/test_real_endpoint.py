@@ -359,3 +359,20 @@ def test_a_pickle_tagged_as_code_in_an_argument_is_refused(
     buffer = DillCode().serialize([_Plant(marker)])
     run_raw(endpoint, manifest.functions["endpoint_info"], buffer)
     assert not marker.exists()
+
+
+def test_without_a_manifest_the_client_points_at_scopefx_register(
+    endpoint: UserEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Submitting by value registers a fresh function, which allowed_functions refuses: the
+    error says what to do, once, instead of retrying."""
+    from scopefx.errors import EndpointError
+
+    executor = StandInExecutor(endpoint, timeout_s=RESULT_TIMEOUT_S)
+    with (
+        Client(executor, manifest=None, max_retries=2, progress=False) as client,
+        pytest.raises(EndpointError, match=r"not permitted.*run `scopefx register` once"),
+    ):
+        client.info()
+    assert len(executor.registered) == 1  # one try, not one per retry
+    assert "Run `scopefx register` once" in caplog.text

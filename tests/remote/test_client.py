@@ -335,3 +335,31 @@ def test_globus_executor_without_manifest_registers_the_function(compute_service
     assert serde.deserialize(code)()["functions"] == list(FUNCTION_NAMES)
     ((_, args, kwargs),) = _sent_tasks(mock)
     assert args == [] and kwargs == {}  # JSON has no tuples
+
+
+def test_the_first_answer_of_a_batch_endpoint_is_waited_for(monkeypatch, caplog):
+    """A SLURM/PBS endpoint queues a job for its first task: no fixed limit, a notice while
+    waiting, and a limit only where SCOPEFX_INFO_TIMEOUT sets one."""
+    import concurrent.futures as cf
+    import threading
+
+    from scopefx.remote import client as client_module
+
+    monkeypatch.setattr(client_module, "_INFO_NOTICE_S", 0.05)
+    monkeypatch.delenv("SCOPEFX_INFO_TIMEOUT", raising=False)
+    future: cf.Future = cf.Future()
+    answered = threading.Event()
+
+    def answer_after_notices() -> None:
+        while "waiting" not in caplog.text:
+            threading.Event().wait(0.01)
+        future.set_result({"scopefx": scopefx.__version__})
+        answered.set()
+
+    threading.Thread(target=answer_after_notices, daemon=True).start()
+    assert client_module._wait_for_info(future, "hpc") == {"scopefx": scopefx.__version__}
+    assert "'hpc'" in caplog.text and "queue" in caplog.text
+
+    monkeypatch.setenv("SCOPEFX_INFO_TIMEOUT", "0.1")
+    with pytest.raises(TimeoutError, match=r"SCOPEFX_INFO_TIMEOUT=0\.1 s; a batch endpoint"):
+        client_module._wait_for_info(cf.Future(), "hpc")

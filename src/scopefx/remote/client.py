@@ -54,7 +54,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, errors.ScopefxError):
         return False
     text = f"{type(exc).__name__}: {exc}"
-    if "MaxResultSizeExceeded" in text:  # the same task gives the same result
+    if "MaxResultSizeExceeded" in text or _refused_function(exc):  # the same again
         return False
     return not any(name in text for name in errors.__all__)
 
@@ -63,6 +63,51 @@ def _too_large(exc: BaseException) -> bool:
     """Whether a task failed because its result was over the endpoint's size limit
     (Globus Compute's ``MaxResultSizeExceeded``, also when it arrives as text)."""
     return "MaxResultSizeExceeded" in f"{type(exc).__name__}: {exc}"
+
+
+#: Seconds between "still waiting" messages while an endpoint's first answer is queued.
+_INFO_NOTICE_S = 60.0
+
+
+def _wait_for_info(future: cf.Future[Any], name: str) -> Any:
+    """The result of the first ``endpoint_info``, waited for as long as it takes.
+
+    A batch endpoint (the SLURM and PBS templates) starts no job until a task arrives, so
+    its first answer waits in the scheduler's queue, for minutes or hours: a fixed limit
+    would fail a command only because the queue is slow. The wait is logged once a minute;
+    ``SCOPEFX_INFO_TIMEOUT`` (seconds) sets a limit where one is wanted.
+    """
+    limit = os.environ.get("SCOPEFX_INFO_TIMEOUT")
+    limit_s = float(limit) if limit else math.inf
+    waited = 0.0
+    while True:
+        step = min(_INFO_NOTICE_S, limit_s - waited)
+        try:
+            return future.result(timeout=step)
+        except cf.TimeoutError:
+            waited += step
+            if waited >= limit_s:
+                future.cancel()
+                raise TimeoutError(
+                    f"no answer within SCOPEFX_INFO_TIMEOUT={limit} s; a batch endpoint may "
+                    "still be waiting for its job to start: raise or unset the limit"
+                ) from None
+            log.warning(
+                "waiting %.0f s so far for endpoint %r to answer (a batch endpoint waits for "
+                "its first job to start in the scheduler's queue)", waited, name,
+            )  # fmt: skip
+
+
+def _refused_function(exc: BaseException) -> str:
+    """What to do when an endpoint refused to run a function (``allowed_functions``), or ""."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "not permitted on endpoint" not in text and "FUNCTION_NOT_ALLOWED" not in text:
+        return ""
+    return (
+        "the endpoint runs only the functions its allowed_functions lists: run `scopefx "
+        "register` once (it writes the function manifest this client submits by), then "
+        "`scopefx endpoint-config` on the endpoint's config.yaml, and restart the endpoint"
+    )
 
 
 def _send_json(ex: Any) -> None:
@@ -190,6 +235,7 @@ class Client:
             self.manifest = None
         self.endpoint_names: dict[str, str] = {}
         self._warned_batch = False
+        self._warned_by_value = False
 
     # -- construction from the user's configuration --------------------------------------------
 
@@ -277,8 +323,17 @@ class Client:
         travel as JSON data (see :func:`_send_json`)."""
         _send_json(ex)
         fid = self.manifest.function_id(name) if self.manifest is not None else None
-        if fid is not None and hasattr(ex, "submit_to_registered_function"):
-            return ex.submit_to_registered_function(fid, args=args)
+        if hasattr(ex, "submit_to_registered_function"):
+            if fid is not None:
+                return ex.submit_to_registered_function(fid, args=args)
+            if not self._warned_by_value:
+                self._warned_by_value = True
+                log.warning(
+                    "no function manifest for scopefx %s: sending the functions themselves, "
+                    "registered anew for this run; an endpoint whose allowed_functions is set "
+                    "(every shipped template) refuses them. Run `scopefx register` once.",
+                    ".".join(major_minor(__version__)),
+                )
         return ex.submit(getattr(_functions, name), *args)
 
     def _submit(self, role: str, name: str, *args: Any) -> cf.Future[Any]:
@@ -303,10 +358,12 @@ class Client:
         name = self.endpoint_names.get(role, type(ex).__name__)
         try:
             future = self._dispatch(ex, "endpoint_info")
-            info = future.result(timeout=float(os.environ.get("SCOPEFX_INFO_TIMEOUT", 300)))
+            info = _wait_for_info(future, name)
         except Exception as exc:
+            refused = _refused_function(exc)
             raise EndpointError(
                 f"endpoint {name!r} did not answer endpoint_info: {type(exc).__name__}: {exc}"
+                + (f"; {refused}" if refused else "")
             ) from exc
         theirs = str(info.get("scopefx", "?"))
         if major_minor(theirs) != major_minor(__version__):
@@ -465,6 +522,8 @@ class Client:
                             f"task failed after {attempts[key]} attempt(s): "
                             f"{type(exc).__name__}: {exc}"
                         )
+                        if refused := _refused_function(exc):
+                            message += f"; {refused}"
                         settle(key, [FocusRecord(path=r, status="failed", error=message)
                                      for r in refs])  # fmt: skip
                 while following < len(batches) and left[following] == 0:
