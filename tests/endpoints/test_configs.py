@@ -636,3 +636,48 @@ def test_globus_compute_pins_have_an_upper_bound() -> None:
         assert any(s.operator == "<" for s in pin.specifier), str(pin)
         installed = Version(importlib.metadata.version(pin.name))
         assert installed in pin.specifier, f"{pin.name} {installed} outside {pin}"
+
+
+def _user_endpoint_config_examples() -> list[tuple[str, str]]:
+    """(where, TOML line) of every ``user_endpoint_config = {...}`` example we ship."""
+    root = ENDPOINTS.parent
+    files = [
+        *sorted((root / "src").rglob("*.py")),
+        *sorted((root / "docs").rglob("*.md")),
+        root / "README.md",
+        *sorted((root / "notebooks").glob("*.ipynb")),
+    ]
+    found = []
+    for path in files:
+        text = path.read_text()
+        if path.suffix == ".ipynb":
+            text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"])
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("user_endpoint_config = {"):
+                found.append((str(path.relative_to(root)), stripped))
+    return found
+
+
+EXAMPLES = _user_endpoint_config_examples()
+
+
+def test_user_endpoint_config_examples_are_found() -> None:
+    where = {w for w, _ in EXAMPLES}
+    assert {"notebooks/03_remote_execution.ipynb", "src/scopefx/remote/_config.py"} <= where
+
+
+@pytest.mark.parametrize(("where", "line"), EXAMPLES, ids=[w for w, _ in EXAMPLES])
+def test_user_endpoint_config_examples_are_accepted(
+    where: str, line: str, endpoint_dir: Callable[[str], pathlib.Path]
+) -> None:
+    """Every example renders through the facility template (the only endpoint that takes
+    options); the single-user schemas accept only no options at all."""
+    import tomllib
+
+    options = tomllib.loads(line)["user_endpoint_config"]
+    render_user_config(endpoint_dir(FACILITY), options)
+    for name in SINGLE_USER:
+        schema = json.loads((ENDPOINTS / name / "user_config_schema.json").read_text())
+        assert list(jsonschema.Draft202012Validator(schema).iter_errors(options)), name
+        jsonschema.validate({}, schema)
