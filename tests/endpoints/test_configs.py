@@ -530,28 +530,86 @@ def _identity(username: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize(
-    ("username", "local_user"),
-    [
-        ("alice@facility.example.org", "alice"),
-        ("bob.smith@facility.example.org", "bob.smith"),
-        ("alice@example.org", None),
-        ("alice@facility.example.org.evil.example", None),
-        ("alice@facilityXexample.org", None),  # the dots are literal
-    ],
-)
-def test_identity_mapping(username: str, local_user: str | None) -> None:
-    # The mapper the core endpoint builds from identity_mapping_config_path.
-    mapper = PosixIdentityMapper(ENDPOINTS / FACILITY / "identity_mapping.json", "scopefx-test")
+#: A throwaway ordinary account the tests create where they can (root, as in CI).
+TEST_USER = "scopefxidm"
+
+
+@pytest.fixture(scope="module")
+def ordinary_account() -> Iterator[str | None]:
+    """TEST_USER as an ordinary account (uid >= 1000, a login shell), created here when this
+    runs as root and removed after; None where accounts cannot be created."""
     try:
-        assert len(mapper.identity_mappings) == 1
-        identity = _identity(username)
-        results = mapper.map_identities([identity])
+        pwd.getpwnam(TEST_USER)
+        yield TEST_USER
+        return
+    except KeyError:
+        pass
+    if os.getuid() != 0 or shutil.which("useradd") is None:
+        yield None
+        return
+    subprocess.run(["useradd", "-M", "-s", "/bin/sh", TEST_USER], check=True)
+    try:
+        yield TEST_USER
+    finally:
+        subprocess.run(["userdel", TEST_USER], check=False)
+
+
+@pytest.fixture
+def identity_mapper(tmp_path: pathlib.Path) -> Iterator[PosixIdentityMapper]:
+    """The mapper the core endpoint builds from the shipped identity_mapping.json, its
+    program pointed at this checkout's identity_map.py (installed: /opt/scopefx/endpoint)."""
+    import sys
+
+    doc = json.loads((ENDPOINTS / FACILITY / "identity_mapping.json").read_text())
+    (mapping,) = doc
+    assert mapping["command"] == ["/usr/bin/python3", f"{FACILITY_INSTALL_DIR}/identity_map.py"]
+    mapping["command"] = [sys.executable, str(ENDPOINTS / FACILITY / "identity_map.py")]
+    path = tmp_path / "identity_mapping.json"
+    path.write_text(json.dumps(doc))
+    mapper = PosixIdentityMapper(path, "scopefx-test")
+    try:
+        yield mapper
     finally:
         mapper.stop_watching()
 
-    expected = [[{identity["id"]: [local_user]}]] if local_user else [[]]
-    assert results == expected
+
+def _map(mapper: PosixIdentityMapper, username: str) -> str | None:
+    identity = _identity(username)
+    (results,) = mapper.map_identities([identity])
+    return results[0][identity["id"]][0] if results else None
+
+
+@pytest.mark.parametrize(
+    "username",
+    [
+        "root@facility.example.org",  # uid 0
+        "daemon@facility.example.org",  # a system account (uid < 1000)
+        "bin@facility.example.org",
+        "nobody@facility.example.org",  # uid 65534, no login shell
+        "no-such-user-xyz@facility.example.org",
+        "alice@example.org",
+        "root@facility.example.org.evil.example",
+        "root@facilityXexample.org",
+        "-rf@facility.example.org",
+        "@facility.example.org",
+    ],
+)
+def test_identity_mapping_refuses_system_accounts_and_strangers(
+    identity_mapper: PosixIdentityMapper, username: str
+) -> None:
+    assert _map(identity_mapper, username) is None
+
+
+def test_identity_mapping_maps_an_ordinary_account(
+    identity_mapper: PosixIdentityMapper, ordinary_account: str | None
+) -> None:
+    if ordinary_account is None:
+        pytest.skip("needs root to create a throwaway ordinary account (CI runs as root)")
+    record = pwd.getpwnam(ordinary_account)
+    assert record.pw_uid >= 1000
+    assert _map(identity_mapper, f"{ordinary_account}@facility.example.org") == ordinary_account
+    assert _map(identity_mapper, f"{ordinary_account}@FACILITY.example.org") == ordinary_account
+    assert _map(identity_mapper, f"{ordinary_account}@facility.example.org.evil.example") is None
 
 
 # --- what crosses the wire, and for how long it may run -----------------------------------
