@@ -363,3 +363,55 @@ def test_the_first_answer_of_a_batch_endpoint_is_waited_for(monkeypatch, caplog)
     monkeypatch.setenv("SCOPEFX_INFO_TIMEOUT", "0.1")
     with pytest.raises(TimeoutError, match=r"SCOPEFX_INFO_TIMEOUT=0\.1 s; a batch endpoint"):
         client_module._wait_for_info(cf.Future(), "hpc")
+
+
+class _FailingExecutor(cf.Executor):
+    """Every task fails as an endpoint reports a lost worker: with the engine's own retries
+    (one traceback per attempt, as GlobusComputeEngine formats them) or without."""
+
+    def __init__(self, engine_attempts: int) -> None:
+        from globus_compute_endpoint.engines.base import _EXC_HISTORY_TMPL, _EXC_NO_HISTORY_TMPL
+
+        lost = "parsl.executors.high_throughput.errors.WorkerLost: Task failure due to loss"
+        if engine_attempts == 1:
+            self.text = _EXC_NO_HISTORY_TMPL.format(exc=lost)
+        else:
+            ndx = [*range(engine_attempts - 1), "final attempt"]
+            self.text = "\n".join(_EXC_HISTORY_TMPL.format(ndx=i, exc=lost) for i in ndx)
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        future: cf.Future = cf.Future()
+        future.set_exception(RuntimeError(self.text))
+        return future
+
+
+@pytest.mark.parametrize(("engine_attempts", "client_sends"), [(1, 3), (3, 1), (2, 2)])
+def test_retries_are_counted_once_across_engine_and_client(
+    engine_attempts, client_sends, monkeypatch
+):
+    """max_retries=2: a task runs at most 3 times in all. An endpoint whose engine already
+    ran it 3 times (the templates' max_retries_on_system_failure: 2) is not sent it again."""
+    pytest.importorskip("globus_compute_endpoint")
+    from scopefx.remote import client as client_module
+
+    monkeypatch.setattr(client_module, "_sleep", lambda s: None)
+    executor = _FailingExecutor(engine_attempts)
+    client = Client(executor, max_retries=2, check_version=False, progress=False, manifest=None)
+    (record,) = client.score_focus(["run1/section_0000.tif"])
+    assert record.status == "failed"
+    assert executor.submitted == client_sends
+    assert f"after {engine_attempts * client_sends} attempt(s)" in record.error
+
+
+def test_retries_back_off(monkeypatch):
+    pytest.importorskip("globus_compute_endpoint")
+    from scopefx.remote import client as client_module
+
+    waits: list[float] = []
+    monkeypatch.setattr(client_module, "_sleep", waits.append)
+    client = Client(_FailingExecutor(1), max_retries=3, check_version=False, progress=False,
+                    manifest=None)  # fmt: skip
+    client.score_focus(["run1/section_0000.tif"])
+    assert waits == [1.0, 2.0, 4.0]

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -57,6 +58,30 @@ def is_transient(exc: BaseException) -> bool:
     if "MaxResultSizeExceeded" in text or _refused_function(exc):  # the same again
         return False
     return not any(name in text for name in errors.__all__)
+
+
+def engine_attempts(exc: BaseException) -> int:
+    """How many times the endpoint already ran the task that failed with ``exc``.
+
+    An endpoint engine with ``max_retries_on_system_failure`` (every shipped template: 2)
+    runs a task whose worker was lost again itself, and its error then carries one
+    traceback per attempt ("Traceback from attempt: ..."). The client counts those against
+    its own ``max_retries``, so one failing task runs at most ``1 + max_retries`` times in
+    all, not (1 + engine retries) x (1 + client retries).
+    """
+    return max(1, f"{exc}".count("Traceback from attempt:"))
+
+
+#: First wait before a retry, doubled each time up to _BACKOFF_MAX_S.
+_BACKOFF_S = 1.0
+_BACKOFF_MAX_S = 30.0
+_sleep = time.sleep
+
+
+def _backoff(attempt: int) -> None:
+    """Wait before retry ``attempt`` (1, 2, ...): a lost node or a restarting endpoint needs
+    a moment, and resending at once only loses the retry too."""
+    _sleep(min(_BACKOFF_MAX_S, _BACKOFF_S * 2 ** (attempt - 1)))
 
 
 def _too_large(exc: BaseException) -> bool:
@@ -511,11 +536,12 @@ class Client:
                             send((k, lo, mid))
                             send((k, mid, hi))
                             continue
-                        attempts[key] = attempts.get(key, 0) + 1
+                        attempts[key] = attempts.get(key, 0) + engine_attempts(exc)
                         if attempts[key] <= self.max_retries and is_transient(exc):
                             log.warning("task of %d references failed (%s: %s); retry %d of %d",
                                         len(refs), type(exc).__name__, exc, attempts[key],
                                         self.max_retries)  # fmt: skip
+                            _backoff(attempts[key])
                             send(key)
                             continue
                         message = (
@@ -601,18 +627,20 @@ class Client:
         return self._retrying("finish_mosaic", planned["plan"], preview_ref)
 
     def _retrying(self, name: str, *args: Any, resume_key: bool = False) -> dict[str, Any]:
-        for attempt in range(self.max_retries + 1):
+        attempts = 0
+        while True:
             try:
                 return self._submit("fusion", name, *args).result()
             except Exception as exc:
-                if attempt == self.max_retries or not is_transient(exc):
+                attempts += engine_attempts(exc)
+                if attempts > self.max_retries or not is_transient(exc):
                     raise
                 log.warning(
                     "%s failed (%s: %s); retrying with resume", name, type(exc).__name__, exc
                 )
+                _backoff(attempts)
                 if resume_key:
                     args = ({**args[0], "resume": True, "overwrite": False}, *args[1:])
-        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- life cycle -------------------------------------------------------------------------------
 
