@@ -364,6 +364,13 @@ def test_the_first_answer_of_a_batch_endpoint_is_waited_for(monkeypatch, caplog)
     with pytest.raises(TimeoutError, match=r"SCOPEFX_INFO_TIMEOUT=0\.1 s; a batch endpoint"):
         client_module._wait_for_info(cf.Future(), "hpc")
 
+    # a task that itself failed with TimeoutError is an answer, not a reason to wait on
+    monkeypatch.delenv("SCOPEFX_INFO_TIMEOUT")
+    failed: cf.Future = cf.Future()
+    failed.set_exception(TimeoutError("no result from the endpoint"))
+    with pytest.raises(TimeoutError, match="no result from the endpoint"):
+        client_module._wait_for_info(failed, "hpc")
+
 
 class _FailingExecutor(cf.Executor):
     """Every task fails as an endpoint reports a lost worker: with the engine's own retries

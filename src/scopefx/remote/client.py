@@ -107,20 +107,21 @@ def _wait_for_info(future: cf.Future[Any], name: str) -> Any:
     waited = 0.0
     while True:
         step = min(_INFO_NOTICE_S, limit_s - waited)
-        try:
-            return future.result(timeout=step)
-        except cf.TimeoutError:
-            waited += step
-            if waited >= limit_s:
-                future.cancel()
-                raise TimeoutError(
-                    f"no answer within SCOPEFX_INFO_TIMEOUT={limit} s; a batch endpoint may "
-                    "still be waiting for its job to start: raise or unset the limit"
-                ) from None
-            log.warning(
-                "waiting %.0f s so far for endpoint %r to answer (a batch endpoint waits for "
-                "its first job to start in the scheduler's queue)", waited, name,
-            )  # fmt: skip
+        # cf.wait, not result(timeout=): a task that failed with TimeoutError is an answer
+        done, _ = cf.wait([future], timeout=step)
+        if done:
+            return future.result()
+        waited += step
+        if waited >= limit_s:
+            future.cancel()
+            raise TimeoutError(
+                f"no answer within SCOPEFX_INFO_TIMEOUT={limit} s; a batch endpoint may "
+                "still be waiting for its job to start: raise or unset the limit"
+            )
+        log.warning(
+            "waiting %.0f s so far for endpoint %r to answer (a batch endpoint waits for "
+            "its first job to start in the scheduler's queue)", waited, name,
+        )  # fmt: skip
 
 
 def _refused_function(exc: BaseException) -> str:
