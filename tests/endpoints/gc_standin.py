@@ -150,17 +150,78 @@ class ServiceStandIn:
             raise TimeoutError(f"no result for {len(missing)} of {len(wanted)} tasks")
         return {tid: self._results.pop(tid) for tid in task_ids}
 
-    def heartbeats(self, endpoint_id: str) -> int:
-        """How many heartbeats the endpoint published so far (drains them)."""
-        n = 0
+    def heartbeats(self, endpoint_id: str) -> list[Any]:
+        """The status reports (messagepack ``EPStatusReport``) the endpoint published so far on
+        its heartbeat queue, drained: heartbeats, and a core endpoint's start failures."""
+        from globus_compute_common import messagepack
+
+        reports = []
         with self._lock:
             while True:
-                method, _props, _body = self._chan.basic_get(
+                method, _props, body = self._chan.basic_get(
                     f"{endpoint_id}.heartbeats", auto_ack=True
                 )
                 if method is None:
-                    return n
-                n += 1
+                    return reports
+                reports.append(messagepack.unpack(body))
+
+    # -- a core (multi-user) endpoint: its command queue and the start command --------------
+
+    def create_core_endpoint(self) -> dict[str, Any]:
+        """Queues for a core endpoint; returns the registration info the service would
+        answer its registration with (``command_queue_info``, ``heartbeat_queue_info``)."""
+        creds = self.create_endpoint()
+        eid = creds["endpoint_id"]
+        with self._lock:
+            self._chan.queue_declare(queue=f"{eid}.commands")
+        return {
+            "endpoint_id": eid,
+            "command_queue_info": {"connection_url": self.url, "queue": f"{eid}.commands"},
+            "heartbeat_queue_info": creds["heartbeat_queue_info"],
+        }
+
+    def start_user_endpoint(
+        self,
+        core_id: str,
+        *,
+        username: str,
+        amqp_creds: dict[str, Any],
+        user_opts: dict[str, Any] | None = None,
+    ) -> None:
+        """The command the service sends a core endpoint when ``username`` (a Globus
+        identity) submits to it: start that user's endpoint with these queues and options."""
+        from dataclasses import asdict
+
+        from globus_compute_sdk.sdk.batch import create_user_runtime
+
+        identity = {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_DNS, username)),
+            "sub": str(uuid.uuid5(uuid.NAMESPACE_DNS, username)),
+            "username": username,
+            "status": "used",
+        }
+        body = {
+            "command": "cmd_start_endpoint",
+            "globus_effective_identity": identity["id"],
+            "globus_identity_set": [identity],
+            "globus_username": username,
+            "args": [],
+            "kwargs": {
+                "name": f"uep.{core_id}.{amqp_creds['endpoint_id']}",
+                "amqp_creds": amqp_creds,
+                "user_opts": user_opts or {},
+                "user_runtime": json.loads(json.dumps(asdict(create_user_runtime()))),
+            },
+        }
+        with self._lock:
+            self._chan.basic_publish(
+                exchange="",
+                routing_key=f"{core_id}.commands",
+                body=json.dumps(body).encode(),
+                properties=self._pika.BasicProperties(
+                    content_type="application/json", timestamp=round(time.time())
+                ),
+            )
 
 
 class UserEndpoint:
