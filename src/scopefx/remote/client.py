@@ -196,14 +196,18 @@ class Client:
         keep a task's arguments and result far below Globus Compute's 10 MB limit.
     max_retries : int
         How many times a task that failed as a whole (lost worker, endpoint restart) is
-        resubmitted before its items are reported as ``status="failed"``.
+        run again before its items are reported as ``status="failed"``, counting the
+        endpoint engine's own reruns (``max_retries_on_system_failure``), with a growing
+        wait before each resend.
     manifest : Manifest or path, optional
         Registered function UUIDs (``scopefx register``). With one, Globus Compute executors
         get ``submit_to_registered_function``; default: the manifest for this scopefx version
         if it exists.
     check_version : bool
         Ask each executor's ``endpoint_info`` before the first task and refuse an endpoint
-        whose scopefx major.minor differs from this one's.
+        whose scopefx major.minor differs from this one's. The answer is waited for as long
+        as it takes (a batch endpoint's first job may queue), unless ``SCOPEFX_INFO_TIMEOUT``
+        (seconds) is set.
     progress : bool, optional
         Show a progress bar (default: when stderr is a terminal or a notebook).
 
