@@ -13,6 +13,7 @@ or reaches the Globus service.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import operator
 import os
@@ -49,6 +50,7 @@ from globus_compute_endpoint.endpoint.identity_mapper import (
 )
 from globus_compute_endpoint.engines import GlobusComputeEngine
 from globus_compute_sdk.sdk.batch import create_user_runtime
+from packaging.version import Version
 from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
 
@@ -528,25 +530,212 @@ def _identity(username: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize(
-    ("username", "local_user"),
-    [
-        ("alice@facility.example.org", "alice"),
-        ("bob.smith@facility.example.org", "bob.smith"),
-        ("alice@example.org", None),
-        ("alice@facility.example.org.evil.example", None),
-        ("alice@facilityXexample.org", None),  # the dots are literal
-    ],
-)
-def test_identity_mapping(username: str, local_user: str | None) -> None:
-    # The mapper the core endpoint builds from identity_mapping_config_path.
-    mapper = PosixIdentityMapper(ENDPOINTS / FACILITY / "identity_mapping.json", "scopefx-test")
+#: A throwaway ordinary account the tests create where they can (root, as in CI).
+TEST_USER = "scopefxidm"
+
+
+@pytest.fixture(scope="module")
+def ordinary_account() -> Iterator[str | None]:
+    """TEST_USER as an ordinary account (uid >= 1000, a login shell), created here when this
+    runs as root and removed after; None where accounts cannot be created."""
     try:
-        assert len(mapper.identity_mappings) == 1
-        identity = _identity(username)
-        results = mapper.map_identities([identity])
+        pwd.getpwnam(TEST_USER)
+        yield TEST_USER
+        return
+    except KeyError:
+        pass
+    if os.getuid() != 0 or shutil.which("useradd") is None:
+        yield None
+        return
+    subprocess.run(["useradd", "-M", "-s", "/bin/sh", TEST_USER], check=True)
+    try:
+        yield TEST_USER
+    finally:
+        subprocess.run(["userdel", TEST_USER], check=False)
+
+
+@pytest.fixture
+def identity_mapper(tmp_path: pathlib.Path) -> Iterator[PosixIdentityMapper]:
+    """The mapper the core endpoint builds from the shipped identity_mapping.json, its
+    program pointed at this checkout's identity_map.py (installed: /opt/scopefx/endpoint)."""
+    import sys
+
+    doc = json.loads((ENDPOINTS / FACILITY / "identity_mapping.json").read_text())
+    (mapping,) = doc
+    assert mapping["command"] == ["/usr/bin/python3", f"{FACILITY_INSTALL_DIR}/identity_map.py"]
+    mapping["command"] = [sys.executable, str(ENDPOINTS / FACILITY / "identity_map.py")]
+    path = tmp_path / "identity_mapping.json"
+    path.write_text(json.dumps(doc))
+    mapper = PosixIdentityMapper(path, "scopefx-test")
+    try:
+        yield mapper
     finally:
         mapper.stop_watching()
 
-    expected = [[{identity["id"]: [local_user]}]] if local_user else [[]]
-    assert results == expected
+
+def _map(mapper: PosixIdentityMapper, username: str) -> str | None:
+    identity = _identity(username)
+    (results,) = mapper.map_identities([identity])
+    return results[0][identity["id"]][0] if results else None
+
+
+@pytest.mark.parametrize(
+    "username",
+    [
+        "root@facility.example.org",  # uid 0
+        "daemon@facility.example.org",  # a system account (uid < 1000)
+        "bin@facility.example.org",
+        "nobody@facility.example.org",  # uid 65534, no login shell
+        "no-such-user-xyz@facility.example.org",
+        "alice@example.org",
+        "root@facility.example.org.evil.example",
+        "root@facilityXexample.org",
+        "-rf@facility.example.org",
+        "@facility.example.org",
+    ],
+)
+def test_identity_mapping_refuses_system_accounts_and_strangers(
+    identity_mapper: PosixIdentityMapper, username: str
+) -> None:
+    assert _map(identity_mapper, username) is None
+
+
+def test_identity_mapping_maps_an_ordinary_account(
+    identity_mapper: PosixIdentityMapper, ordinary_account: str | None
+) -> None:
+    if ordinary_account is None:
+        pytest.skip("needs root to create a throwaway ordinary account (CI runs as root)")
+    record = pwd.getpwnam(ordinary_account)
+    assert record.pw_uid >= 1000
+    assert _map(identity_mapper, f"{ordinary_account}@facility.example.org") == ordinary_account
+    assert _map(identity_mapper, f"{ordinary_account}@FACILITY.example.org") == ordinary_account
+    assert _map(identity_mapper, f"{ordinary_account}@facility.example.org.evil.example") is None
+
+
+# --- what crosses the wire, and for how long it may run -----------------------------------
+
+ALL_RENDERS = [
+    ("edge-gpu", {}),
+    ("hpc-slurm", {}),
+    ("pbs-polaris", {}),
+    (FACILITY, {}),
+    (FACILITY, FACILITY_SLURM),
+]
+ALL_RENDER_IDS = ["edge-gpu", "hpc-slurm", "pbs-polaris", "facility-local", "facility-slurm"]
+
+
+@pytest.mark.parametrize(("name", "user_opts"), ALL_RENDERS, ids=ALL_RENDER_IDS)
+def test_engine_deserializes_json_data_only(
+    name: str, user_opts: dict[str, Any], endpoint_dir: Callable[[str], pathlib.Path]
+) -> None:
+    from globus_compute_sdk.serialize import DillCode, DillDataBase64, JSONData
+    from globus_compute_sdk.serialize.base import DeserializationError
+
+    engine = render_user_config(endpoint_dir(name), user_opts).engine
+    serde = engine.serde
+
+    assert serde.allowed_deserializer_types == {DillCode, JSONData}
+    data = {"refs": ["run1/a.tif"], "params": {"sigma_ratio": 1.6}}
+    assert serde.deserialize(JSONData().serialize(data)) == data
+    with pytest.raises(DeserializationError, match="DillDataBase64"):
+        serde.deserialize(DillDataBase64().serialize(data))
+
+
+@pytest.mark.parametrize(
+    ("name", "user_opts", "timeout_s"),
+    [
+        ("edge-gpu", {}, 3600),
+        ("hpc-slurm", {}, 6600),  # walltime 02:00:00
+        ("pbs-polaris", {}, 3300),  # walltime 01:00:00
+        (FACILITY, {}, 3600),
+        (FACILITY, FACILITY_SLURM, 4 * 3600 - 300),  # walltime 04:00:00
+        (FACILITY, {"provider": "slurm", "account": "mic-042"}, 1620),  # default 00:30:00
+        (FACILITY, {"provider": "slurm", "account": "a", "walltime": "00:05:00"}, 270),
+    ],
+    ids=[*ALL_RENDER_IDS, "facility-slurm-default", "facility-slurm-short"],
+)
+def test_every_template_sets_a_task_timeout(
+    name: str,
+    user_opts: dict[str, Any],
+    timeout_s: int,
+    endpoint_dir: Callable[[str], pathlib.Path],
+    tmp_path: pathlib.Path,
+) -> None:
+    """GC_TASK_TIMEOUT, read by the engine's worker for every task; under the walltime of
+    a batch job, so a stuck task is reported as timed out instead of lost and retried."""
+    provider = render_user_config(endpoint_dir(name), user_opts).engine.executor.provider
+    exports = [
+        line.strip()
+        for line in provider.worker_init.splitlines()
+        if line.strip().startswith("export GC_TASK_TIMEOUT=")
+    ]
+    assert exports == [f"export GC_TASK_TIMEOUT={timeout_s}"]
+    walltime = getattr(provider, "walltime", None)
+    if walltime:
+        h, m, s = (int(x) for x in walltime.split(":"))
+        assert timeout_s < h * 3600 + m * 60 + s
+
+
+def test_globus_compute_pins_have_an_upper_bound() -> None:
+    """The templates use the 4.x schema and settings; a new major must be a decision."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ENDPOINTS.parent / "pyproject.toml").read_text())["project"]
+    pins = [
+        Requirement(r)
+        for extra in project["optional-dependencies"].values()
+        for r in extra
+        if r.startswith("globus-compute")
+    ]
+    assert pins
+    for pin in pins:
+        assert any(s.operator == "<" for s in pin.specifier), str(pin)
+        installed = Version(importlib.metadata.version(pin.name))
+        assert installed in pin.specifier, f"{pin.name} {installed} outside {pin}"
+
+
+def _user_endpoint_config_examples() -> list[tuple[str, str]]:
+    """(where, TOML line) of every ``user_endpoint_config = {...}`` example we ship."""
+    root = ENDPOINTS.parent
+    files = [
+        *sorted((root / "src").rglob("*.py")),
+        *sorted((root / "docs").rglob("*.md")),
+        root / "README.md",
+        *sorted((root / "notebooks").glob("*.ipynb")),
+    ]
+    found = []
+    for path in files:
+        text = path.read_text()
+        if path.suffix == ".ipynb":
+            text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"])
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("user_endpoint_config = {"):
+                found.append((str(path.relative_to(root)), stripped))
+    return found
+
+
+EXAMPLES = _user_endpoint_config_examples()
+
+
+def test_user_endpoint_config_examples_are_found() -> None:
+    where = {w for w, _ in EXAMPLES}
+    assert {"notebooks/03_remote_execution.ipynb", "src/scopefx/remote/_config.py"} <= where
+
+
+@pytest.mark.parametrize(("where", "line"), EXAMPLES, ids=[w for w, _ in EXAMPLES])
+def test_user_endpoint_config_examples_are_accepted(
+    where: str, line: str, endpoint_dir: Callable[[str], pathlib.Path]
+) -> None:
+    """Every example renders through the facility template (the only endpoint that takes
+    options); the single-user schemas accept only no options at all."""
+    import tomllib
+
+    options = tomllib.loads(line)["user_endpoint_config"]
+    render_user_config(endpoint_dir(FACILITY), options)
+    for name in SINGLE_USER:
+        schema = json.loads((ENDPOINTS / name / "user_config_schema.json").read_text())
+        assert list(jsonschema.Draft202012Validator(schema).iter_errors(options)), name
+        jsonschema.validate({}, schema)

@@ -283,7 +283,7 @@ def compute_service(tmp_path, monkeypatch):
 
 def _sent_tasks(mock) -> list[tuple[str, tuple, dict]]:
     """(function_uuid, args, kwargs) of every task in the submit requests, deserialized."""
-    from globus_compute_sdk.serialize import ComputeSerializer
+    from globus_compute_sdk.serialize import ComputeSerializer, JSONData
 
     serde = ComputeSerializer()
     out = []
@@ -294,7 +294,10 @@ def _sent_tasks(mock) -> list[tuple[str, tuple, dict]]:
         for fid, payloads in body["tasks"].items():
             for payload in payloads:
                 assert len(payload) < PAYLOAD_LIMIT_BYTES / 10
-                args, kwargs = (serde.deserialize(b) for b in serde.unpack_buffers(payload))
+                buffers = serde.unpack_buffers(payload)
+                # JSON data only: endpoints that allow only JSONData would refuse pickles
+                assert [b[:3] for b in buffers] == [JSONData.identifier] * 2
+                args, kwargs = (serde.deserialize(b) for b in buffers)
                 out.append((fid, args, kwargs))
     return out
 
@@ -333,4 +336,91 @@ def test_globus_executor_without_manifest_registers_the_function(compute_service
     (code,) = serde.unpack_buffers(body["function_code"])
     assert serde.deserialize(code)()["functions"] == list(FUNCTION_NAMES)
     ((_, args, kwargs),) = _sent_tasks(mock)
-    assert args == () and kwargs == {}
+    assert args == [] and kwargs == {}  # JSON has no tuples
+
+
+def test_the_first_answer_of_a_batch_endpoint_is_waited_for(monkeypatch, caplog):
+    """A SLURM/PBS endpoint queues a job for its first task: no fixed limit, a notice while
+    waiting, and a limit only where SCOPEFX_INFO_TIMEOUT sets one."""
+    import concurrent.futures as cf
+    import threading
+
+    from scopefx.remote import client as client_module
+
+    monkeypatch.setattr(client_module, "_INFO_NOTICE_S", 0.05)
+    monkeypatch.delenv("SCOPEFX_INFO_TIMEOUT", raising=False)
+    future: cf.Future = cf.Future()
+    answered = threading.Event()
+
+    def answer_after_notices() -> None:
+        while "waiting" not in caplog.text:
+            threading.Event().wait(0.01)
+        future.set_result({"scopefx": scopefx.__version__})
+        answered.set()
+
+    threading.Thread(target=answer_after_notices, daemon=True).start()
+    assert client_module._wait_for_info(future, "hpc") == {"scopefx": scopefx.__version__}
+    assert "'hpc'" in caplog.text and "queue" in caplog.text
+
+    monkeypatch.setenv("SCOPEFX_INFO_TIMEOUT", "0.1")
+    with pytest.raises(TimeoutError, match=r"SCOPEFX_INFO_TIMEOUT=0\.1 s; a batch endpoint"):
+        client_module._wait_for_info(cf.Future(), "hpc")
+
+    # a task that itself failed with TimeoutError is an answer, not a reason to wait on
+    monkeypatch.delenv("SCOPEFX_INFO_TIMEOUT")
+    failed: cf.Future = cf.Future()
+    failed.set_exception(TimeoutError("no result from the endpoint"))
+    with pytest.raises(TimeoutError, match="no result from the endpoint"):
+        client_module._wait_for_info(failed, "hpc")
+
+
+class _FailingExecutor(cf.Executor):
+    """Every task fails as an endpoint reports a lost worker: with the engine's own retries
+    (one traceback per attempt, as GlobusComputeEngine formats them) or without."""
+
+    def __init__(self, engine_attempts: int) -> None:
+        from globus_compute_endpoint.engines.base import _EXC_HISTORY_TMPL, _EXC_NO_HISTORY_TMPL
+
+        lost = "parsl.executors.high_throughput.errors.WorkerLost: Task failure due to loss"
+        if engine_attempts == 1:
+            self.text = _EXC_NO_HISTORY_TMPL.format(exc=lost)
+        else:
+            ndx = [*range(engine_attempts - 1), "final attempt"]
+            self.text = "\n".join(_EXC_HISTORY_TMPL.format(ndx=i, exc=lost) for i in ndx)
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        future: cf.Future = cf.Future()
+        future.set_exception(RuntimeError(self.text))
+        return future
+
+
+@pytest.mark.parametrize(("engine_attempts", "client_sends"), [(1, 3), (3, 1), (2, 2)])
+def test_retries_are_counted_once_across_engine_and_client(
+    engine_attempts, client_sends, monkeypatch
+):
+    """max_retries=2: a task runs at most 3 times in all. An endpoint whose engine already
+    ran it 3 times (the templates' max_retries_on_system_failure: 2) is not sent it again."""
+    pytest.importorskip("globus_compute_endpoint")
+    from scopefx.remote import client as client_module
+
+    monkeypatch.setattr(client_module, "_sleep", lambda s: None)
+    executor = _FailingExecutor(engine_attempts)
+    client = Client(executor, max_retries=2, check_version=False, progress=False, manifest=None)
+    (record,) = client.score_focus(["run1/section_0000.tif"])
+    assert record.status == "failed"
+    assert executor.submitted == client_sends
+    assert f"after {engine_attempts * client_sends} attempt(s)" in record.error
+
+
+def test_retries_back_off(monkeypatch):
+    pytest.importorskip("globus_compute_endpoint")
+    from scopefx.remote import client as client_module
+
+    waits: list[float] = []
+    monkeypatch.setattr(client_module, "_sleep", waits.append)
+    client = Client(_FailingExecutor(1), max_retries=3, check_version=False, progress=False,
+                    manifest=None)  # fmt: skip
+    client.score_focus(["run1/section_0000.tif"])
+    assert waits == [1.0, 2.0, 4.0]

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import zarr
 
 pytest.importorskip("globus_compute_endpoint")
 
+import scopefx as scopefx_module
 from scopefx import Client, FusionParams, fuse
 from scopefx.errors import RemoteTaskError
 from scopefx.remote import EngineExecutor, functions
@@ -165,3 +167,21 @@ def test_a_result_over_the_size_limit_is_split_not_lost(engine, data_root, caplo
     assert records[0].focus_map.size == 4096
     assert {r.features for r in records[0::2]} == {records[0].features}
     assert records[1].features < records[0].features  # the defocused one
+
+
+def test_engine_starts_without_its_environment_on_path(monkeypatch, tmp_path):
+    """A Jupyter kernel registered from a venv runs that venv's python without its bin/ on
+    PATH: the engine must not need ``globus-compute-endpoint`` there (notebook 03)."""
+    import shutil
+    import sys
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert shutil.which("globus-compute-endpoint") is None
+    src = str(Path(scopefx_module.__file__).resolve().parents[1])
+    ex = EngineExecutor(workers=1, env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
+    try:
+        info = ex.submit(functions.endpoint_info).result(timeout=120)
+    finally:
+        ex.shutdown()
+    assert info["scopefx"] == scopefx_module.__version__
+    assert sys.executable in " ".join(ex.engine.executor.interchange_launch_cmd)

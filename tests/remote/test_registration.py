@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,8 @@ import scopefx
 from scopefx.cli import main
 from scopefx.errors import ConfigError
 from scopefx.remote import FUNCTION_NAMES, Manifest, fill_allowed_functions, register_functions
+
+SRC = Path(scopefx.__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -147,3 +151,36 @@ def test_cli_focus_and_fuse_on_a_configured_endpoint(tmp_path, data_root, config
                  "--json", str(tmp_path / "s.json")], out=out) == 0  # fmt: skip
     assert "out/cli.ome.zarr (on the endpoint)" in out.getvalue()
     assert json.loads((tmp_path / "s.json").read_text())["n_tiles"] == 9
+
+
+@pytest.mark.parametrize(
+    ("credentials", "says"),
+    [
+        ({}, "not logged in to Globus Compute, and no terminal"),
+        ({"GLOBUS_COMPUTE_CLIENT_SECRET": "x"}, "Both GLOBUS_COMPUTE_CLIENT_ID and"),
+    ],
+    ids=["no-login", "secret-without-id"],
+)
+def test_register_without_a_terminal_says_what_to_do_in_one_line(
+    tmp_path: Path, credentials: dict[str, str], says: str
+) -> None:
+    import subprocess
+    import sys
+
+    pytest.importorskip("globus_compute_sdk")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLOBUS_COMPUTE_CLIENT")}
+    env.update(HOME=str(tmp_path), GLOBUS_COMPUTE_USER_DIR=str(tmp_path / "gc"), **credentials)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "scopefx", "register"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], done.stderr
+    assert "GLOBUS_COMPUTE_CLIENT_ID" in lines[0]
+    assert "Traceback" not in done.stderr and "authorize" not in done.stdout

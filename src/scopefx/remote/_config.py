@@ -12,10 +12,11 @@ A TOML file, by default ``$SCOPEFX_CONFIG`` or ``~/.config/scopefx/endpoints.tom
     id = "2f8c...-uuid"
     roles = ["focus"]
 
-    [endpoints.hpc]        # the facility's cluster
+    [endpoints.facility]   # the facility's multi-user endpoint (endpoints/facility-multiuser)
     id = "7a1d...-uuid"
     roles = ["fusion"]
-    user_endpoint_config = { partition = "gpu", walltime = "01:00:00" }
+    # options its user_config_schema.json allows; single-user endpoints take none
+    user_endpoint_config = { provider = "slurm", account = "lab42", walltime = "01:00:00" }
 
 Roles are ``focus`` (:meth:`Client.score_focus`) and ``fusion`` (:meth:`Client.fuse`); a role
 no endpoint takes runs locally. Instead of ``id`` an endpoint may name ``factory =

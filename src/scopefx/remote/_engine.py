@@ -48,6 +48,25 @@ def pack_task(
     return task_id, messagepack.pack(Task(task_id=task_id, task_buffer=function_code + payload))
 
 
+def _launch_from_this_interpreter(engine: Any) -> None:
+    """Start the engine's interchange and worker pool with this interpreter
+    (``python -m globus_compute_endpoint.cli``) instead of looking up
+    ``globus-compute-endpoint`` on PATH, which a Jupyter kernel registered from a virtual
+    environment does not have (FileNotFoundError on start)."""
+    import shlex
+    import sys
+
+    module = [sys.executable, "-m", "globus_compute_endpoint.cli"]
+    executor = engine.executor
+    ix = list(executor.interchange_launch_cmd)
+    if ix[:1] == ["globus-compute-endpoint"]:
+        executor.interchange_launch_cmd = [*module, *ix[1:]]
+    prefix = "globus-compute-endpoint "
+    if executor.launch_cmd.startswith(prefix):
+        here = " ".join(shlex.quote(part) for part in module)
+        executor.launch_cmd = here + " " + executor.launch_cmd[len(prefix) :]
+
+
 class EngineExecutor(cf.Executor):
     """Run functions in a real ``GlobusComputeEngine`` (see the module docs).
 
@@ -107,6 +126,7 @@ class EngineExecutor(cf.Executor):
             max_retries_on_system_failure=max_retries_on_system_failure,
             **engine_options,
         )
+        _launch_from_this_interpreter(self.engine)
         self.serializer = ComputeSerializer()
         self.endpoint_id = uuid.uuid4()
         self._lock = threading.Lock()

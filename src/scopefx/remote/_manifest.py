@@ -140,23 +140,67 @@ def register_functions(
     unknown = [n for n in names if n not in FUNCTION_NAMES]
     if unknown:
         raise ConfigError(f"unknown function(s) {unknown}; the suite has {list(FUNCTION_NAMES)}")
-    if client is None:
-        try:
-            from globus_compute_sdk import Client
-        except ImportError:
-            raise ConfigError(
-                "registering needs globus-compute-sdk: pip install 'scopefx[endpoint]'"
-            ) from None
-        client = Client()
     ids = {}
-    for name in names:
-        fn = getattr(functions, name)
-        description = f"scopefx {__version__}: {(fn.__doc__ or name).strip().splitlines()[0]}"
-        ids[name] = str(
-            client.register_function(fn, description=description, public=public, group=group)
-        )
+    try:
+        if client is None:
+            try:
+                from globus_compute_sdk import Client
+            except ImportError:
+                raise ConfigError(
+                    "registering needs globus-compute-sdk: pip install 'scopefx[endpoint]'"
+                ) from None
+            client = Client(app=_globus_app())
+        for name in names:
+            fn = getattr(functions, name)
+            summary = (fn.__doc__ or name).strip().splitlines()[0]
+            ids[name] = str(
+                client.register_function(
+                    fn, description=f"scopefx {__version__}: {summary}", public=public, group=group
+                )
+            )
+    except Exception as exc:
+        if (problem := _login_problem(exc)) is None:
+            raise
+        raise ConfigError(problem) from exc
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     return Manifest(scopefx_version=__version__, functions=ids, registered=now)
+
+
+_LOGIN_HINT = (
+    "run `scopefx register` in a terminal to log in, or without one set "
+    "GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET to a Globus client credential"
+)
+
+
+def _globus_app() -> Any:
+    """The SDK's login (its own choice: client credentials from the environment, else the
+    stored user login), refused with one line where it would prompt without a terminal."""
+    import sys
+
+    from globus_compute_sdk.sdk.auth.globus_app import get_globus_app
+    from globus_sdk import UserApp
+
+    try:
+        app = get_globus_app()
+    except ValueError as exc:  # e.g. a secret without a client id
+        raise ConfigError(f"{exc}") from None
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    if isinstance(app, UserApp) and not interactive and app.login_required():
+        raise ConfigError(f"not logged in to Globus Compute, and no terminal: {_LOGIN_HINT}")
+    return app
+
+
+def _login_problem(exc: BaseException) -> str | None:
+    """One actionable line for a failed login to (or call of) Globus Compute, or None when
+    ``exc`` is not one (the Globus SDK's own errors are tracebacks dozens of lines long)."""
+    module = type(exc).__module__
+    if not (isinstance(exc, EOFError) or module.startswith(("globus_sdk", "globus_compute_sdk"))):
+        return None
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if "Network" in type(exc).__name__ or "Connection" in type(exc).__name__:
+        return f"could not reach Globus Compute ({what}); check the network and try again"
+    return f"could not log in to Globus Compute ({what}); {_LOGIN_HINT}"
 
 
 _ALLOWED_RE = re.compile(r"^allowed_functions\s*:.*$")

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -57,7 +58,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, errors.ScopefxError) and not isinstance(exc, errors.RemoteTaskError):
         return False
     text = f"{type(exc).__name__}: {exc}"
-    if "MaxResultSizeExceeded" in text:  # the same task gives the same result
+    if "MaxResultSizeExceeded" in text or _refused_function(exc):  # the same again
         return False
     names = [name for name in errors.__all__ if name != "RemoteTaskError"]
     return not any(name in text.replace("RemoteTaskError", "") for name in names)
@@ -77,10 +78,103 @@ def _progress_bar_class(progress: bool | None) -> Any:
     return text_tqdm
 
 
+def engine_attempts(exc: BaseException) -> int:
+    """How many times the endpoint already ran the task that failed with ``exc``.
+
+    An endpoint engine with ``max_retries_on_system_failure`` (every shipped template: 2)
+    runs a task whose worker was lost again itself, and its error then carries one
+    traceback per attempt ("Traceback from attempt: ..."). The client counts those against
+    its own ``max_retries``, so one failing task runs at most ``1 + max_retries`` times in
+    all, not (1 + engine retries) x (1 + client retries).
+    """
+    return max(1, f"{exc}".count("Traceback from attempt:"))
+
+
+#: First wait before a retry, doubled each time up to _BACKOFF_MAX_S.
+_BACKOFF_S = 1.0
+_BACKOFF_MAX_S = 30.0
+_sleep = time.sleep
+
+
+def _backoff(attempt: int) -> None:
+    """Wait before retry ``attempt`` (1, 2, ...): a lost node or a restarting endpoint needs
+    a moment, and resending at once only loses the retry too."""
+    _sleep(min(_BACKOFF_MAX_S, _BACKOFF_S * 2 ** (attempt - 1)))
+
+
 def _too_large(exc: BaseException) -> bool:
     """Whether a task failed because its result was over the endpoint's size limit
     (Globus Compute's ``MaxResultSizeExceeded``, also when it arrives as text)."""
     return "MaxResultSizeExceeded" in f"{type(exc).__name__}: {exc}"
+
+
+#: Seconds between "still waiting" messages while an endpoint's first answer is queued.
+_INFO_NOTICE_S = 60.0
+
+
+def _wait_for_info(future: cf.Future[Any], name: str) -> Any:
+    """The result of the first ``endpoint_info``, waited for as long as it takes.
+
+    A batch endpoint (the SLURM and PBS templates) starts no job until a task arrives, so
+    its first answer waits in the scheduler's queue, for minutes or hours: a fixed limit
+    would fail a command only because the queue is slow. The wait is logged once a minute;
+    ``SCOPEFX_INFO_TIMEOUT`` (seconds) sets a limit where one is wanted.
+    """
+    limit = os.environ.get("SCOPEFX_INFO_TIMEOUT")
+    limit_s = float(limit) if limit else math.inf
+    waited = 0.0
+    while True:
+        step = min(_INFO_NOTICE_S, limit_s - waited)
+        # cf.wait, not result(timeout=): a task that failed with TimeoutError is an answer
+        done, _ = cf.wait([future], timeout=step)
+        if done:
+            return future.result()
+        waited += step
+        if waited >= limit_s:
+            future.cancel()
+            raise TimeoutError(
+                f"no answer within SCOPEFX_INFO_TIMEOUT={limit} s; a batch endpoint may "
+                "still be waiting for its job to start: raise or unset the limit"
+            )
+        log.warning(
+            "waiting %.0f s so far for endpoint %r to answer (a batch endpoint waits for "
+            "its first job to start in the scheduler's queue)", waited, name,
+        )  # fmt: skip
+
+
+def _refused_function(exc: BaseException) -> str:
+    """What to do when an endpoint refused to run a function (``allowed_functions``), or ""."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "not permitted on endpoint" not in text and "FUNCTION_NOT_ALLOWED" not in text:
+        return ""
+    return (
+        "the endpoint runs only the functions its allowed_functions lists: run `scopefx "
+        "register` once (it writes the function manifest this client submits by), then "
+        "`scopefx endpoint-config` on the endpoint's config.yaml, and restart the endpoint"
+    )
+
+
+def _send_json(ex: Any) -> None:
+    """Make a Globus Compute executor (anything with a ``ComputeSerializer`` as
+    ``serializer``) send task arguments as JSON data (``JSONData``) instead of pickles.
+
+    scopefx's arguments are references and plain dicts, so nothing is lost; and endpoints
+    whose engine sets ``allowed_serializers`` (every shipped template) refuse pickled
+    arguments, since un-pickling runs code before the function does. The function itself
+    keeps the executor's code serializer.
+    """
+    serde = getattr(ex, "serializer", None)
+    if serde is None:  # not a Globus Compute executor (the local default, a process pool)
+        return
+    from globus_compute_sdk.serialize import ComputeSerializer, JSONData
+
+    if not isinstance(serde, ComputeSerializer) or isinstance(serde.data_serializer, JSONData):
+        return
+    ex.serializer = ComputeSerializer(
+        strategy_code=serde.code_serializer,
+        strategy_data=JSONData(),
+        allowed_deserializer_types=serde.allowed_deserializer_types or None,
+    )
 
 
 def _to_record(item: dict[str, Any]) -> list[Any]:
@@ -120,14 +214,18 @@ class Client:
         keep a task's arguments and result far below Globus Compute's 10 MB limit.
     max_retries : int
         How many times a task that failed as a whole (lost worker, endpoint restart) is
-        resubmitted before its items are reported as ``status="failed"``.
+        run again before its items are reported as ``status="failed"``, counting the
+        endpoint engine's own reruns (``max_retries_on_system_failure``), with a growing
+        wait before each resend.
     manifest : Manifest or path, optional
         Registered function UUIDs (``scopefx register``). With one, Globus Compute executors
         get ``submit_to_registered_function``; default: the manifest for this scopefx version
         if it exists.
     check_version : bool
         Ask each executor's ``endpoint_info`` before the first task and refuse an endpoint
-        whose scopefx major.minor differs from this one's.
+        whose scopefx major.minor differs from this one's. The answer is waited for as long
+        as it takes (a batch endpoint's first job may queue), unless ``SCOPEFX_INFO_TIMEOUT``
+        (seconds) is set.
     progress : bool, optional
         Show a progress bar (default: when stderr is a terminal or a notebook).
 
@@ -185,6 +283,7 @@ class Client:
             self.manifest = None
         self.endpoint_names: dict[str, str] = {}
         self._warned_batch = False
+        self._warned_by_value = False
 
     # -- construction from the user's configuration --------------------------------------------
 
@@ -268,10 +367,21 @@ class Client:
 
     def _dispatch(self, ex: cf.Executor, name: str, *args: Any) -> cf.Future[Any]:
         """One call of suite function ``name`` on ``ex``: by UUID where a manifest names it
-        and the executor is a Globus Compute one, else the function itself."""
+        and the executor is a Globus Compute one, else the function itself. Arguments
+        travel as JSON data (see :func:`_send_json`)."""
+        _send_json(ex)
         fid = self.manifest.function_id(name) if self.manifest is not None else None
-        if fid is not None and hasattr(ex, "submit_to_registered_function"):
-            return ex.submit_to_registered_function(fid, args=args)
+        if hasattr(ex, "submit_to_registered_function"):
+            if fid is not None:
+                return ex.submit_to_registered_function(fid, args=args)
+            if not self._warned_by_value:
+                self._warned_by_value = True
+                log.warning(
+                    "no function manifest for scopefx %s: sending the functions themselves, "
+                    "registered anew for this run; an endpoint whose allowed_functions is set "
+                    "(every shipped template) refuses them. Run `scopefx register` once.",
+                    ".".join(major_minor(__version__)),
+                )
         return ex.submit(getattr(_functions, name), *args)
 
     def _submit(self, role: str, name: str, *args: Any) -> cf.Future[Any]:
@@ -296,10 +406,12 @@ class Client:
         name = self.endpoint_names.get(role, type(ex).__name__)
         try:
             future = self._dispatch(ex, "endpoint_info")
-            info = future.result(timeout=float(os.environ.get("SCOPEFX_INFO_TIMEOUT", 300)))
+            info = _wait_for_info(future, name)
         except Exception as exc:
+            refused = _refused_function(exc)
             raise EndpointError(
                 f"endpoint {name!r} did not answer endpoint_info: {type(exc).__name__}: {exc}"
+                + (f"; {refused}" if refused else "")
             ) from exc
         theirs = str(info.get("scopefx", "?"))
         if major_minor(theirs) != major_minor(__version__):
@@ -451,17 +563,20 @@ class Client:
                             send((k, lo, mid))
                             send((k, mid, hi))
                             continue
-                        attempts[key] = attempts.get(key, 0) + 1
+                        attempts[key] = attempts.get(key, 0) + engine_attempts(exc)
                         if attempts[key] <= self.max_retries and is_transient(exc):
                             log.warning("task of %d references failed (%s: %s); retry %d of %d",
                                         len(refs), type(exc).__name__, exc, attempts[key],
                                         self.max_retries)  # fmt: skip
+                            _backoff(attempts[key])
                             send(key)
                             continue
                         message = (
                             f"task failed after {attempts[key]} attempt(s): "
                             f"{type(exc).__name__}: {exc}"
                         )
+                        if refused := _refused_function(exc):
+                            message += f"; {refused}"
                         settle(key, [FocusRecord(path=r, status="failed", error=message)
                                      for r in refs])  # fmt: skip
                 while following < len(batches) and left[following] == 0:
@@ -567,20 +682,22 @@ class Client:
         return FusionResult.from_dict(summary)
 
     def _retrying(self, name: str, *args: Any, resume_key: bool = False) -> dict[str, Any]:
-        for attempt in range(self.max_retries + 1):
+        attempts = 0
+        while True:
             try:
                 return self._submit("fusion", name, *args).result()
             except Exception as exc:
-                if attempt == self.max_retries or not is_transient(exc):
+                attempts += engine_attempts(exc)
+                if attempts > self.max_retries or not is_transient(exc):
                     raise
                 log.warning(
                     "%s failed (%s: %s); retrying with resume", name, type(exc).__name__, exc
                 )
+                _backoff(attempts)
                 if resume_key:  # the job again, now finishing what the lost task wrote
                     job = args[0]
                     options = {**job["options"], "resume": True, "overwrite": False}
                     args = ({**job, "options": options}, *args[1:])
-        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- life cycle -------------------------------------------------------------------------------
 
