@@ -6,6 +6,7 @@ import io
 from types import SimpleNamespace
 
 import pytest
+
 from scopefx.cli.watch import _Alarm
 
 
