@@ -57,6 +57,9 @@ class FocusRecord:
     ``status`` is ``"ok"`` or an error kind (``missing``, ``empty``, ``corrupt``,
     ``unsupported``, ``rgb``, ``ndim``, ``too_small``, ``invalid_values``, ``dtype``,
     ``error``); ``error`` holds the message. Everything is plain Python / NumPy.
+    ``noise_limited``, ``colour`` and ``modality`` are those of the :class:`FocusResult`
+    (``None`` / empty when the image was not scored); they are in :meth:`to_dict`, not (yet)
+    in :data:`CSV_COLUMNS`.
     """
 
     path: str
@@ -81,6 +84,9 @@ class FocusRecord:
     score_seconds: float = math.nan
     working_distance_mm: float | None = None
     focus: float | None = None
+    noise_limited: bool | None = None
+    colour: str = ""
+    modality: str = ""
     focus_map: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -108,7 +114,9 @@ class FocusRecord:
                 continue
             kind = str(f.type)
             try:
-                if "int" in kind and "float" not in kind:
+                if "bool" in kind:
+                    kwargs[f.name] = text.strip().lower() in ("true", "1")
+                elif "int" in kind and "float" not in kind:
                     kwargs[f.name] = int(float(text))
                 elif "float" in kind:
                     kwargs[f.name] = float(text)
@@ -125,6 +133,7 @@ class FocusRecord:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict, focus map included as nested lists."""
         out = self.row()
+        out.update(noise_limited=self.noise_limited, colour=self.colour, modality=self.modality)
         out["focus_map"] = None if self.focus_map is None else self.focus_map.round(1).tolist()
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
@@ -143,6 +152,9 @@ def _result_fields(result: FocusResult) -> dict[str, Any]:
         "width": result.shape[1],
         "downsample": result.downsample,
         "score_seconds": result.seconds,
+        "noise_limited": result.noise_limited,
+        "colour": result.colour,
+        "modality": result.params.modality,
         "focus_map": result.focus_map,
     }
 
