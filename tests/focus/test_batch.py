@@ -27,8 +27,6 @@ def run_folder(tmp_path):
     bad["empty"].write_bytes(b"")
     data = good[0].read_bytes()
     bad["corrupt"].write_bytes(data[: len(data) // 3])
-    import imageio.v3 as iio
-
     nan = np.zeros((64, 64), np.float32)
     nan[3, 4] = np.nan
     np.save(bad["invalid_values"], nan)

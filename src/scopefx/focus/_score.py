@@ -25,7 +25,7 @@ from ._scalespace import count_peaks, response_max
 
 #: A count is noise-limited when fewer than this share of its features clear twice the
 #: threshold (features of real structure mostly stand well above it; noise peaks do not).
-NOISE_LIMITED_RATIO = 0.2
+NOISE_LIMITED_RATIO = 0.1
 
 __all__ = ["FocusResult", "focus_map_from_positions", "focus_response", "focus_score"]
 
