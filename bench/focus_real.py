@@ -347,8 +347,7 @@ def summarise(
     )
     report.add(
         "",
-        "scopefx density per Mpx (matching modality): in-focus median, out-of-focus median,"
-        " noise-limited images",
+        "scopefx density per Mpx (matching modality): in-focus median, out-of-focus median",
     )
     drows = []
     for series, idx in groups.items():
