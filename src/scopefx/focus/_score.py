@@ -147,9 +147,8 @@ def _prepare(
     Returns ``(normalised, lsb, factor, colour)``; ``normalised`` is ``None`` for a constant
     image.
     """
-    image, colour = to_grey(image, params.channel, backend)
-    check_image(image, min_side=params.min_image_px)
-    array = backend.asarray(image)
+    array, colour = to_grey(backend.asarray(image), params.channel, backend)
+    check_image(array, min_side=params.min_image_px)
     factor = 1
     if params.target_px is not None:
         factor = max(1, math.ceil(max(array.shape) / params.target_px))
