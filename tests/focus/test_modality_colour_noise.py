@@ -142,3 +142,19 @@ def test_noise_limited_flags_pure_noise_not_a_sharp_image():
     assert not sharp.noise_limited
     assert sharp.features_2k <= sharp.features
     assert sharp.summary()["noise_limited"] is False
+
+
+def test_baseline_doubts_name_what_is_suspicious():
+    from scopefx.focus._plausibility import baseline_doubts
+
+    steady = [1000.0] * 20
+    assert baseline_doubts(steady, modality="em") == []
+    starts_blurred = [200.0] * 5 + [1000.0] * 15
+    assert baseline_doubts(starts_blurred, modality="em") == [
+        "low_for_modality",
+        "rises_after_warmup",
+    ]
+    assert baseline_doubts(
+        [500.0] * 10, modality="fluorescence", noise_limited=[True] * 5 + [False] * 5
+    ) == ["noise_limited_warmup"]
+    assert baseline_doubts([1.0, 2.0], modality="em") == []  # too short to judge

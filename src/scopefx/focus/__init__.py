@@ -6,6 +6,7 @@ High-level API first: :func:`focus_score` for one image, :func:`score_files` for
 """
 
 from ._batch import CSV_COLUMNS, FocusRecord, score_files
+from ._noise import NoiseModel
 from ._params import FocusParams
 from ._score import FocusResult, focus_response, focus_score
 from ._verdict import Calibration, RunBaseline, Verdict
@@ -16,6 +17,7 @@ __all__ = [
     "FocusParams",
     "FocusRecord",
     "FocusResult",
+    "NoiseModel",
     "RunBaseline",
     "Verdict",
     "focus_response",
