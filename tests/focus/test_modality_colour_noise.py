@@ -158,3 +158,28 @@ def test_baseline_doubts_name_what_is_suspicious():
         [500.0] * 10, modality="fluorescence", noise_limited=[True] * 5 + [False] * 5
     ) == ["noise_limited_warmup"]
     assert baseline_doubts([1.0, 2.0], modality="em") == []  # too short to judge
+
+
+def test_a_calibration_from_before_presets_still_applies_to_the_em_default():
+    import dataclasses
+
+    from scopefx import Calibration
+    from scopefx.errors import CalibrationError
+
+    old = {
+        "n_scales": 16,
+        "min_sigma_px": 1.0,
+        "max_sigma_px": 30.0,
+        "saturation_pct": 0.175,
+        "polarity": "dark",
+        "threshold": None,
+        "threshold_k": 4.0,
+        "mode": "exact",
+        "target_px": None,
+        "cell_px": 256,
+    }
+    cal = dataclasses.replace(Calibration.fit([0, 1, 2, 3], [1e3, 500, 250, 125]), params=old)
+    cal.check_params(FocusParams())
+    cal.check_params(FocusParams(polarity="dark", threshold_k=4.0))
+    with pytest.raises(CalibrationError, match="modality"):
+        cal.check_params(FocusParams(modality="fluorescence"))
