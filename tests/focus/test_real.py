@@ -18,7 +18,7 @@ import scopefx
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "focus_real"
 MODALITY = {"LSFM": "fluorescence", "brightfield": "brightfield"}
 #: Worst acceptable Pearson r of log(density) vs |defocus| per series (measured in
-#: bench/results/focus_real.txt: mito -0.89, microtubules -0.80, bright field -0.98).
+#: bench/results/focus_real.txt: mito -0.89, microtubules -0.80, bright field -0.97).
 MAX_R = {"lsfm_dfnn_mito_stack": -0.85, "lsfm_dfnn_mt_stack": -0.75, "bf_sephace_set1": -0.93}
 
 pytestmark = pytest.mark.skipif(

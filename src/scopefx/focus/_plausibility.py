@@ -19,8 +19,8 @@ __all__ = ["IN_FOCUS_DENSITY_FLOOR", "baseline_doubts"]
 #: a baseline below it is more likely a run that starts out of focus, or blank, than sparse
 #: content. em: the sparsest synthetic in-focus image (retina, ~1440/Mpx at high SNR).
 #: fluorescence: the light-sheet series (in focus ~470-600/Mpx). brightfield: one series
-#: (in focus ~1330/Mpx).
-IN_FOCUS_DENSITY_FLOOR = {"em": 360.0, "fluorescence": 120.0, "brightfield": 330.0}
+#: (in focus ~2190/Mpx).
+IN_FOCUS_DENSITY_FLOOR = {"em": 360.0, "fluorescence": 120.0, "brightfield": 550.0}
 
 
 def baseline_doubts(
