@@ -55,7 +55,7 @@ class FocusRecord:
     """The outcome for one image (one page of a stack): a score, or a status and message.
 
     ``status`` is ``"ok"`` or an error kind (``missing``, ``empty``, ``corrupt``,
-    ``unsupported``, ``rgb``, ``ndim``, ``too_small``, ``invalid_values``, ``dtype``,
+    ``unsupported``, ``ndim``, ``too_small``, ``invalid_values``, ``dtype``,
     ``error``); ``error`` holds the message. Everything is plain Python / NumPy.
     ``noise_limited``, ``colour`` and ``modality`` are those of the :class:`FocusResult`
     (``None`` / empty when the image was not scored); they are in :meth:`to_dict`, not (yet)
