@@ -11,7 +11,13 @@ Median wall time per call, single thread, on 8-bit images of ``--size`` x ``--si
 * ``blob_dog``: ``skimage.feature.blob_dog(image_float, min_sigma=1, max_sigma=30,
   threshold=0.1)``, the scikit-image detector over the same scale range;
 * ``var(laplace)``: ``scipy.ndimage.laplace(image_float).var()``, the classic cheap focus
-  measure.
+  measure;
+* ``focus_score signal``: ``focus_score(image, modality="fluorescence")``: exact mode with the
+  signal-dependent noise model (noise level function, one threshold per feature);
+* ``baseline exact`` (with ``--baseline-rev REV``): ``focus_score(image, mode="exact")`` of the
+  scopefx source at git revision ``REV`` (``git archive``, imported as ``scopefx_baseline``),
+  timed interleaved with the others, so ``exact / baseline exact`` compares today's code
+  with that revision in the same run (target: within 15 %).
 
 ``image_float`` is ``skimage.util.img_as_float(image)`` (float64 in [0, 1]), made once outside
 the timing. Each method runs once per image as a warm-up (FFT plans and scopefx's band plan
@@ -50,11 +56,18 @@ figures.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import io
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from _common import (
@@ -101,6 +114,30 @@ def _fast(pixels: np.ndarray, _: np.ndarray) -> float:
     return scopefx.focus_score(pixels, mode="fast").features
 
 
+def _signal(pixels: np.ndarray, _: np.ndarray) -> float:
+    return scopefx.focus_score(pixels, modality="fluorescence").features
+
+
+def load_baseline(rev: str) -> Any:
+    """The scopefx package of git revision ``rev``, imported as ``scopefx_baseline``."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "archive", rev, "src/scopefx"], cwd=root, capture_output=True, check=True
+    ).stdout
+    folder = Path(tempfile.mkdtemp(prefix="scopefx-baseline-"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    init = folder / "src" / "scopefx" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        "scopefx_baseline", init, submodule_search_locations=[str(init.parent)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scopefx_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _blob_dog(_: np.ndarray, image_float: np.ndarray) -> float:
     return len(blob_dog(image_float, min_sigma=1, max_sigma=30, threshold=0.1))
 
@@ -114,8 +151,12 @@ METHODS = (
     Method("focus_score fast", _fast),
     Method("blob_dog", _blob_dog),
     Method("var(laplace)", _var_laplace),
+    Method("focus_score signal", _signal),
 )
 REFERENCE = "blob_dog"
+BASELINE = "baseline exact"
+#: Largest allowed time of a method / the baseline's exact mode (same run).
+BASELINE_TARGETS = {"focus_score exact": 1.15, "focus_score signal": 1.15}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -131,6 +172,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="2 images, 3 repeats, no 4096 px run (about 15 s)"
     )
     parser.add_argument("--out", metavar="FILE", help="also write the summary to FILE")
+    parser.add_argument(
+        "--baseline-rev",
+        metavar="REV",
+        help="also time focus_score exact of the source at this git revision (same run)",
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
@@ -177,6 +223,7 @@ class Measurements:
         default_factory=lambda: {m.name: {} for m in METHODS}
     )
     peaks: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # process CPU time per call
 
 
 def measure(args: argparse.Namespace, names: Sequence[str]) -> Measurements:
@@ -190,7 +237,9 @@ def measure(args: argparse.Namespace, names: Sequence[str]) -> Measurements:
         image_times: dict[str, list[float]] = {m.name: [] for m in METHODS}
         for _ in range(args.repeats):
             for method in METHODS:
+                cpu = time.process_time()
                 image_times[method.name].append(timed(method.run, pixels, image_float))
+                found.cpu.setdefault(method.name, []).append(time.process_time() - cpu)
         for method in METHODS:
             found.times[method.name] += image_times[method.name]
             found.per_image[method.name][name] = statistics.median(image_times[method.name])
@@ -234,6 +283,35 @@ def big_image_lines() -> list[str]:
 
 def format_count(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def baseline_lines(
+    args: argparse.Namespace, medians: dict[str, float], times: dict[str, list[float]]
+) -> list[str]:
+    """Time of our methods over the baseline's exact mode: median and fastest call.
+
+    On a machine shared with other work the wall-time median carries their load; the median
+    process CPU time of the same calls (single thread) does not, so both are shown.
+    """
+    if BASELINE not in medians:
+        return []
+    cpu = {name: statistics.median(values) for name, values in times.items()}
+    rows = [
+        [
+            name,
+            f"<= {goal:.2f}",
+            f"{medians[name] / medians[BASELINE]:.3f}",
+            f"{cpu[name] / cpu[BASELINE]:.3f}",
+            pass_fail(cpu[name] / cpu[BASELINE] <= goal),
+        ]
+        for name, goal in BASELINE_TARGETS.items()
+    ]
+    return [
+        "",
+        f"Against {BASELINE} (scopefx at {args.baseline_rev}, same run): time / baseline",
+        *table(["method", "target", "wall-time ratio", "CPU-time ratio", "result"], rows),
+        "  (result judged on CPU time: the cost of a call, whatever else runs on the machine)",
+    ]
 
 
 def summarise(args: argparse.Namespace, names: Sequence[str], found: Measurements) -> Report:
@@ -296,6 +374,7 @@ def summarise(args: argparse.Namespace, names: Sequence[str], found: Measurement
                 for name, goal in TARGETS.items()
             ],
         ),
+        *baseline_lines(args, medians, found.cpu),
         "",
         "Per image: median ms (count/score)",
         *table(
@@ -324,6 +403,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"focus_speed: {len(names)} images of {args.size} px, {args.repeats} repeats"
         + ("" if args.quick else f", then one {BIG_SIZE} px image")
     )
+    global METHODS
+    if args.baseline_rev:
+        baseline = load_baseline(args.baseline_rev)
+
+        def _baseline(pixels: np.ndarray, _: np.ndarray) -> float:
+            return baseline.focus_score(pixels, mode="exact").features
+
+        METHODS = (*METHODS, Method(BASELINE, _baseline))
+        progress(f"baseline: scopefx at {args.baseline_rev}")
     report = summarise(args, names, measure(args, names))
     if not args.quick:
         report.add("", *big_image_lines())

@@ -19,7 +19,6 @@ def run_folder(tmp_path):
         "missing": tmp_path / "gone.tif",
         "empty": tmp_path / "empty.tif",
         "corrupt": tmp_path / "truncated.tif",
-        "rgb": tmp_path / "colour.png",
         "invalid_values": tmp_path / "nan.npy",
         "too_small": tmp_path / "tiny.npy",
         "ndim": tmp_path / "fourd.npy",
@@ -28,9 +27,6 @@ def run_folder(tmp_path):
     bad["empty"].write_bytes(b"")
     data = good[0].read_bytes()
     bad["corrupt"].write_bytes(data[: len(data) // 3])
-    import imageio.v3 as iio
-
-    iio.imwrite(bad["rgb"], np.zeros((64, 64, 3), np.uint8))
     nan = np.zeros((64, 64), np.float32)
     nan[3, 4] = np.nan
     np.save(bad["invalid_values"], nan)

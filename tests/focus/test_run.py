@@ -118,3 +118,63 @@ def test_a_single_string_is_refused_or_expanded(run_folder):
             client.score_focus(paths[0])
         expanded = client.score_focus(str(folder), params=PARAMS)  # a folder is expanded
     assert [r.path for r in expanded] == paths
+
+
+def test_focus_score_takes_a_path_or_an_array(run_folder):
+    import scopefx
+
+    _, paths = run_folder
+    from_path = scopefx.focus_score(paths[0])
+    from_array = scopefx.focus_score(tifffile.imread(paths[0]))
+    assert from_path.features == from_array.features > 0
+    with pytest.raises(ConfigError, match=r"image must be an array .* or the path"):
+        scopefx.focus_score([[1, 2], [3, 4]])
+
+
+def _rec(density: float, *, noisy: bool = False) -> FocusRecord:
+    return FocusRecord(path="s", features=1, density_per_mpx=density, noise_limited=noisy)
+
+
+def test_a_run_that_starts_out_of_focus_is_caught_once_it_rises():
+    """No calibration, and the first sections are already blurred: the baseline built from
+    them would call them in focus. Once the run's density rises well above it, they are
+    judged again against the later baseline."""
+    run = FocusRun()
+    records = [run.judge(_rec(d)) for d in [800.0] * 5 + [3000.0] * 20]
+    changed = run.settle()
+    assert "rises_after_warmup" in run.doubts()
+    assert [r.verdict for r in records[:5]] == ["out_of_focus"] * 5
+    assert changed == records[:5]
+    assert {r.verdict for r in records[5:]} == {"in_focus"}
+
+
+def test_a_baseline_too_low_for_its_modality_is_unverifiable_not_in_focus():
+    run = FocusRun()  # em: an in-focus section holds far more than 100 features per Mpx
+    records = [run.judge(_rec(100.0)) for _ in range(8)]
+    run.settle()
+    assert run.doubts() == ["low_for_modality"]
+    assert {r.verdict for r in records} == {"unverifiable"}
+    sparse = FocusRun(params=FocusParams(modality="fluorescence"))  # its floor is lower
+    judged = [sparse.judge(_rec(300.0)) for _ in range(8)]
+    sparse.settle()
+    assert {r.verdict for r in judged} == {"in_focus"}
+    calibrated = FocusRun(calibration=Calibration(intercept=5.0, slope=1.0, r=-1.0, n=3,
+                                                  max_defocus=1.0))  # fmt: skip
+    assert calibrated.judge(_rec(100.0)).verdict == "in_focus"  # no baseline doubts
+    assert calibrated.doubts() == []
+
+
+def test_noise_limited_warmup_is_doubted():
+    run = FocusRun()
+    records = [run.judge(_rec(5000.0, noisy=True)) for _ in range(6)]
+    run.settle()
+    assert "noise_limited_warmup" in run.doubts()
+    assert {r.verdict for r in records} == {"unverifiable"}
+
+
+def test_the_default_baseline_ratio_follows_the_modality():
+    assert FocusRun().baseline.ratio == 0.5
+    assert FocusRun(params=FocusParams(modality="fluorescence")).baseline.ratio == 0.8
+    assert FocusRun(params=FocusParams(modality="brightfield")).baseline.ratio == 0.5
+    given = RunBaseline(ratio=0.3)
+    assert FocusRun(baseline=given, params=FocusParams(modality="fluorescence")).baseline is given

@@ -156,7 +156,6 @@ def test_streaming_does_not_hold_a_stack_of_planes():
 @pytest.mark.parametrize(
     ("image", "status", "match"),
     [
-        (np.zeros((64, 64, 3), np.uint8), "rgb", "RGB"),
         (np.zeros((2, 3, 64, 64), np.uint8), "ndim", "must be 2-D"),
         (np.zeros((4, 64), np.uint8), "too_small", "too small"),
         (np.full((64, 64), np.nan, np.float32), "invalid_values", "NaN"),

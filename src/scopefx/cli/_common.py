@@ -164,7 +164,9 @@ def add_params_options(
             default = None if factory is dataclasses.MISSING else factory()
         text = _first_sentence(docs.get(f.name, "")).replace("%", "%%")
         if kind is not bool:  # BooleanOptionalAction adds the default itself
-            text = f"{text} (default: %(default)s)".strip()
+            preset = default is None and hasattr(cls, f"resolved_{f.name}")
+            shown = "from --modality" if preset else "%(default)s"
+            text = f"{text} (default: {shown})".strip()
         options: dict[str, Any] = {"dest": f.name, "default": default, "help": text}
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
@@ -205,8 +207,9 @@ def add_baseline_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--ratio",
         type=float,
-        default=0.5,
-        help="out of focus below this fraction of the run baseline (default: %(default)s)",
+        default=None,
+        help="out of focus below this fraction of the run baseline (default: by --modality: "
+        "em 0.5, fluorescence 0.8, brightfield 0.5)",
     )
     g.add_argument(
         "--window",
@@ -226,12 +229,11 @@ def run_from_args(args: argparse.Namespace, params: Any) -> Any:
     """The run's verdict policy (:class:`scopefx.FocusRun`): ``--calibration`` if given
     (checked against ``params``), and the run baseline of ``--ratio``, ``--window``,
     ``--warmup``."""
-    from ..focus import Calibration, FocusRun, RunBaseline
+    from ..focus import BASELINE_RATIO, Calibration, FocusRun, RunBaseline
 
     calibration = Calibration.load(args.calibration) if args.calibration else None
-    baseline = RunBaseline(
-        window=args.window, ratio=args.ratio, warmup=min(args.warmup, args.window)
-    )
+    ratio = args.ratio if args.ratio is not None else BASELINE_RATIO.get(params.modality, 0.5)
+    baseline = RunBaseline(window=args.window, ratio=ratio, warmup=min(args.warmup, args.window))
     return FocusRun(calibration=calibration, baseline=baseline, params=params)
 
 
@@ -299,19 +301,46 @@ def record_line(record: Any, in_colour: bool) -> str:
         else (f"x{record.ratio:.2f}" if not math.isnan(record.ratio) else "")
     )
     text = f"{record.features:>9d}  {record.verdict:<14} {extra:<11} {name}"
+    if record.noise_limited:
+        text += "  (noise-limited: the count is mostly noise)"
     if record.verdict in FLAGGED:
         return f"{BOLD_RED}{text}{RESET}\a" if in_colour else text
+    if record.verdict == "unverifiable":
+        return f"{YELLOW}{text}{RESET}" if in_colour else text
     return text
 
 
-def summary(records: list[Any], out: TextIO) -> None:
-    """How many were scored, flagged, not scored; then each flagged and failed one."""
+#: What each doubt about a run baseline means, for the summary.
+_DOUBTS = {
+    "low_for_modality": "its warm-up sections hold fewer features than this modality gives in "
+    "focus (out of focus or blank from the start?)",
+    "noise_limited_warmup": "most warm-up sections' counts are mostly noise",
+    "rises_after_warmup": "the density later rose well above the warm-up's: the run started "
+    "out of focus (the first sections were judged again)",
+}
+
+
+def summary(records: list[Any], out: TextIO, run: Any = None) -> None:
+    """How many were scored, flagged, unverifiable, not scored; then each flagged and failed
+    one, and why the run's baseline is doubted (``run``: the :class:`scopefx.FocusRun`)."""
     ok = [r for r in records if r.ok]
     flagged = [r for r in ok if r.verdict in FLAGGED]
     failed = [r for r in records if not r.ok]
+    unverifiable = [r for r in ok if r.verdict == "unverifiable"]
+    noisy = [r for r in ok if r.noise_limited]
     print(
         f"\nscored {len(ok)} image(s), {len(flagged)} flagged, {len(failed)} not scored", file=out
     )
+    for doubt in run.doubts() if run is not None else []:
+        print(f"  the run baseline is doubtful: {_DOUBTS.get(doubt, doubt)}", file=out)
+    if unverifiable:
+        print(
+            f"  {len(unverifiable)} section(s) unverifiable: not called in focus without a "
+            "trustworthy baseline; check the run or score with --calibration",
+            file=out,
+        )
+    if noisy:
+        print(f"  {len(noisy)} section(s) noise-limited (try --modality)", file=out)
     for r in flagged:
         print(f"  {r.verdict.replace('_', ' '):>13}: {r.path}", file=out)
     for r in failed:

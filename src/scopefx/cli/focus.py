@@ -162,7 +162,7 @@ def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
     else:
         paths = find(args.paths, args.recursive)
     records = _run_scoring(args, paths, params, run, out)
-    summary(records, out)
+    summary(records, out, run)
     scored = any(r.ok for r in records)
     _write_outputs(args, records, out, plots=scored)  # the CSV and JSON say why, item by item
     check_scored(records)  # nothing scored: a data error

@@ -261,7 +261,7 @@ def _report(watch: Any, plot: str | None, out: TextIO) -> None:
     """This session's summary, its latencies, and the plot of the whole run."""
     import numpy as np
 
-    summary(watch.records, out)  # this session's records; the plot covers every session
+    summary(watch.records, out, watch.run)  # this session's records; the plot covers every session
     if watch.latencies:
         lat = np.asarray(watch.latencies)
         print(

@@ -7,12 +7,14 @@ a run. Plots live in :mod:`scopefx.focus.plot`, the float64 reference in
 """
 
 from ._batch import CSV_COLUMNS, FocusRecord, score_files, score_one
+from ._noise import NoiseModel
 from ._params import FocusParams
-from ._run import FocusRun
+from ._run import BASELINE_RATIO, FocusRun
 from ._score import FocusResult, focus_response, focus_score
 from ._verdict import FLAGGED, Calibration, RunBaseline, Verdict
 
 __all__ = [  # noqa: RUF022 (plain sorted order, as tests/test_api.py pins)
+    "BASELINE_RATIO",
     "CSV_COLUMNS",
     "Calibration",
     "FLAGGED",
@@ -20,6 +22,7 @@ __all__ = [  # noqa: RUF022 (plain sorted order, as tests/test_api.py pins)
     "FocusRecord",
     "FocusResult",
     "FocusRun",
+    "NoiseModel",
     "RunBaseline",
     "Verdict",
     "focus_response",

@@ -48,6 +48,9 @@ CSV_COLUMNS = (
     "score_seconds",
     "working_distance_mm",
     "focus",
+    "modality",
+    "noise_limited",
+    "colour",
 )
 
 
@@ -56,8 +59,11 @@ class FocusRecord:
     """The outcome for one image (one page of a stack): a score, or a status and message.
 
     ``status`` is ``"ok"`` or an error kind (``missing``, ``empty``, ``corrupt``,
-    ``unsupported``, ``rgb``, ``ndim``, ``too_small``, ``invalid_values``, ``dtype``,
+    ``unsupported``, ``ndim``, ``too_small``, ``invalid_values``, ``dtype``,
     ``error``); ``error`` holds the message. Everything is plain Python / NumPy.
+    ``noise_limited``, ``colour`` and ``modality`` are those of the :class:`FocusResult`
+    (``None`` / empty when the image was not scored); they are in :meth:`to_dict`, not (yet)
+    in :data:`CSV_COLUMNS`.
     """
 
     path: str
@@ -82,6 +88,9 @@ class FocusRecord:
     score_seconds: float = math.nan
     working_distance_mm: float | None = None
     focus: float | None = None
+    noise_limited: bool | None = None
+    colour: str = ""
+    modality: str = ""
     focus_map: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -109,7 +118,9 @@ class FocusRecord:
                 continue
             kind = str(f.type)
             try:
-                if "int" in kind and "float" not in kind:
+                if "bool" in kind:
+                    kwargs[f.name] = text.strip().lower() in ("true", "1")
+                elif "int" in kind and "float" not in kind:
                     kwargs[f.name] = int(float(text))
                 elif "float" in kind:
                     kwargs[f.name] = float(text)
@@ -144,6 +155,9 @@ def _result_fields(result: FocusResult) -> dict[str, Any]:
         "width": result.shape[1],
         "downsample": result.downsample,
         "score_seconds": result.seconds,
+        "noise_limited": result.noise_limited,
+        "colour": result.colour,
+        "modality": result.params.modality,
         "focus_map": result.focus_map,
     }
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import Backend
-from ..errors import InvalidImageError
+from ..errors import ConfigError, InvalidImageError
 
 __all__ = [
     "auto_threshold",
@@ -20,7 +20,12 @@ __all__ = [
     "check_image",
     "estimate_noise",
     "normalize",
+    "to_grey",
 ]
+
+#: Weights of R, G, B in the luma a colour image is scored on (ITU-R BT.709, the weights of
+#: ``skimage.color.rgb2gray``).
+LUMA_WEIGHTS = (0.2125, 0.7154, 0.0721)
 
 #: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian standard deviation.
 MAD_TO_SIGMA = 1.482602218505602
@@ -54,6 +59,40 @@ def check_image(image: Any, *, min_side: int) -> None:
             f"must be at least {min_side} px (lower min_sigma_px or score a larger image)",
             status="too_small",
         )
+
+
+def to_grey(image: Any, channel: int | None, backend: Backend) -> tuple[Any, str]:
+    """One grey plane of an image, and how it was made.
+
+    A 2-D image is returned as is (``"grey"``). An (H, W, 3) or (H, W, 4) colour image gives
+    its channel ``channel`` (``"channel N"``) or, for ``None``, its BT.709 luma
+    (``"luma709"``): ``0.2125 R + 0.7154 G + 0.0721 B``, rounded back to uint8/uint16 for
+    such input (so the quantisation floor still applies), float32 otherwise. Alpha is ignored.
+    Anything else is returned unchanged for :func:`check_image` to judge.
+
+    Raises
+    ------
+    ConfigError
+        ``channel`` is not one of the image's colour channels.
+    """
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        return image, "grey"
+    if channel is not None:
+        if not 0 <= channel < 3:
+            raise ConfigError(
+                f"channel must be None (luma) or 0, 1 or 2 (red, green, blue) for a colour "
+                f"image of shape {tuple(image.shape)}, got {channel!r}"
+            )
+        return image[..., channel], f"channel {channel}"
+    xp = backend.xp
+    rgb = image[..., :3]
+    luma = xp.zeros(rgb.shape[:2], dtype=xp.float32)
+    for c, weight in enumerate(LUMA_WEIGHTS):
+        luma += rgb[..., c].astype(xp.float32) * xp.float32(weight)
+    if image.dtype in (np.uint8, np.uint16):
+        top = float(np.iinfo(image.dtype).max)
+        luma = xp.clip(xp.rint(luma), 0, top).astype(image.dtype)
+    return luma, "luma709"
 
 
 def block_downsample(image: Any, factor: int, backend: Backend) -> Any:

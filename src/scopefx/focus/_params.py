@@ -9,13 +9,40 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 
-__all__ = ["FocusParams"]
+__all__ = ["PRESETS", "FocusParams", "Preset"]
 
 Mode = Literal["exact", "fast"]
 Polarity = Literal["dark", "bright", "both"]
+Modality = Literal["em", "fluorescence", "brightfield"]
+NoiseModelKind = Literal["global", "signal"]
 
 _MODES = ("exact", "fast")
 _POLARITIES = ("dark", "bright", "both")
+_NOISE_MODELS = ("global", "signal")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a ``modality`` sets when the corresponding field is left at ``None``."""
+
+    polarity: Polarity
+    noise_model: NoiseModelKind
+    threshold_k: float
+
+
+#: Modality presets, chosen by measurement (``bench/focus_real.py``, ``docs/focus.md``).
+#: ``em``: the paper's defaults (dark features, one global noise level, 4 sigma), unchanged.
+#: ``fluorescence`` and ``brightfield``: noise that follows the signal, judged at 6 sigma; on
+#: the light-sheet series ``dark`` (the dim gaps between bright structures) follows defocus
+#: better than ``bright`` or ``both``. Rule: the best worst-series r over the modality's real
+#: series (``bench/focus_real.py --sweep``), within 0.01 the smaller k; bright field then
+#: checked on synthetic low-SNR series, where k = 10 (best on its one real series, -0.987
+#: against -0.969 at k = 6) fell to a worst r of -0.70 against -0.85: too few features left.
+PRESETS: dict[str, Preset] = {
+    "em": Preset(polarity="dark", noise_model="global", threshold_k=4.0),
+    "fluorescence": Preset(polarity="dark", noise_model="signal", threshold_k=6.0),
+    "brightfield": Preset(polarity="dark", noise_model="signal", threshold_k=6.0),
+}
 
 
 @dataclass(frozen=True)
@@ -36,19 +63,44 @@ class FocusParams:
     saturation_pct : float
         Percent of the darkest and of the brightest pixels saturated before mapping to [0, 1]
         (the paper: 0.175). Both tails are clipped.
-    polarity : {"dark", "bright", "both"}
-        Which features count. ``"dark"`` keeps the paper's sign,
+    modality : {"em", "fluorescence", "brightfield"}
+        Which instrument made the image; it chooses the defaults of ``polarity``,
+        ``noise_model`` and ``threshold_k`` (each used only while that field is ``None``;
+        a value given explicitly always wins). See :data:`PRESETS` and ``docs/focus.md``:
+
+        ============  ========  ===========  ===========
+        modality      polarity  noise_model  threshold_k
+        ============  ========  ===========  ===========
+        em            dark      global       4
+        fluorescence  dark      signal       6
+        brightfield   dark      signal       6
+        ============  ========  ===========  ===========
+    polarity : {"dark", "bright", "both"} or None
+        Which features count (``None``: from ``modality``). ``"dark"`` keeps the paper's sign,
         ``DoG_i = t_i (L(t_{i+1}) - L(t_i))``, positive at *dark* blobs on a brighter
         surround (stained structures in inverted-contrast backscatter images). ``"bright"``
         flips the sign; ``"both"`` uses the magnitude.
     threshold : float or None
         Minimum scale-normalised DoG response of a feature, in units of the normalised
         [0, 1] intensity. It is a local quantity, so its meaning does not change with image
-        size. ``None`` (default) chooses it per image: ``threshold_k * noise_sigma * gain``,
-        where ``noise_sigma`` is a robust estimate of the image noise and ``gain`` the largest
-        white-noise gain of the DoG filters, so that noise alone rarely makes a feature.
-    threshold_k : float
-        Multiplier of the automatic threshold (ignored when ``threshold`` is given).
+        size. ``None`` (default) chooses it per image, per feature:
+        ``threshold_k * sigma(mu) * gain``, where ``sigma(mu)`` is the image noise at the local
+        mean intensity ``mu`` around the feature (see ``noise_model``), floored at the
+        quantisation noise of one grey level, and ``gain`` the largest white-noise gain of the
+        DoG filters, so that noise alone rarely makes a feature.
+    threshold_k : float or None
+        Multiplier of the automatic threshold (ignored when ``threshold`` is given;
+        ``None``: from ``modality``).
+    noise_model : {"global", "signal"} or None
+        ``"global"``: one robust noise level for the whole image (the median absolute
+        Immerkaer residual). ``"signal"``: a Poisson-Gaussian noise level function
+        ``sigma(mu)^2 = a mu + b`` fitted to binned robust residuals against local mean
+        intensity, so a feature in a bright region is judged against the (larger) shot
+        noise there. ``None``: from ``modality``.
+    channel : int or None
+        For a colour (H, W, 3|4) image: score this channel (0 = red). ``None`` scores the
+        luma ``0.2125 R + 0.7154 G + 0.0721 B`` (ITU-R BT.709, as ``skimage.color.rgb2gray``),
+        rounded back to the input's integer type; alpha is ignored. Grey images ignore it.
     mode : {"exact", "fast"}
         ``"exact"`` computes every band at full resolution. ``"fast"`` computes bands with
         ``sigma >= 6 px`` on a decimated spectrum and interpolates them back: about 1.4x faster
@@ -66,9 +118,12 @@ class FocusParams:
     min_sigma_px: float = 1.0
     max_sigma_px: float = 30.0
     saturation_pct: float = 0.175
-    polarity: Polarity = "dark"
+    modality: Modality = "em"
+    polarity: Polarity | None = None
     threshold: float | None = None
-    threshold_k: float = 4.0
+    threshold_k: float | None = None
+    noise_model: NoiseModelKind | None = None
+    channel: int | None = None
     mode: Mode = "exact"
     target_px: int | None = None
     cell_px: int = 256
@@ -83,6 +138,8 @@ class FocusParams:
             raise bad("n_scales", "between 1 and 256")
         for name in ("min_sigma_px", "max_sigma_px", "saturation_pct", "threshold_k"):
             value = getattr(self, name)
+            if name == "threshold_k" and value is None:
+                continue
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise bad(name, "a finite number")
         if self.min_sigma_px < 0.5:
@@ -94,8 +151,16 @@ class FocusParams:
             )
         if not 0 <= self.saturation_pct < 50:
             raise bad("saturation_pct", "in [0, 50)")
-        if self.polarity not in _POLARITIES:
-            raise bad("polarity", f"one of {_POLARITIES}")
+        if self.modality not in PRESETS:
+            raise bad("modality", f"one of {tuple(PRESETS)}")
+        if self.polarity is not None and self.polarity not in _POLARITIES:
+            raise bad("polarity", f"None or one of {_POLARITIES}")
+        if self.noise_model is not None and self.noise_model not in _NOISE_MODELS:
+            raise bad("noise_model", f"None or one of {_NOISE_MODELS}")
+        if self.channel is not None and (
+            not isinstance(self.channel, int) or isinstance(self.channel, bool) or self.channel < 0
+        ):
+            raise bad("channel", "None or an integer >= 0 (0 = red)")
         if self.mode not in _MODES:
             raise bad("mode", f"one of {_MODES}")
         if self.threshold is not None and (
@@ -104,7 +169,7 @@ class FocusParams:
             or self.threshold < 0
         ):
             raise bad("threshold", "None or a finite number >= 0")
-        if self.threshold_k <= 0:
+        if self.threshold_k is not None and self.threshold_k <= 0:
             raise bad("threshold_k", "> 0")
         if self.target_px is not None and (
             not isinstance(self.target_px, int) or self.target_px < 16
@@ -112,6 +177,38 @@ class FocusParams:
             raise bad("target_px", "None or an integer >= 16")
         if not isinstance(self.cell_px, int) or self.cell_px < 8:
             raise bad("cell_px", "an integer >= 8")
+
+    @property
+    def preset(self) -> Preset:
+        """The defaults of ``modality``."""
+        return PRESETS[self.modality]
+
+    @property
+    def resolved_polarity(self) -> Polarity:
+        """``polarity``, or the modality's when it is ``None``."""
+        return self.preset.polarity if self.polarity is None else self.polarity
+
+    @property
+    def resolved_threshold_k(self) -> float:
+        """``threshold_k``, or the modality's when it is ``None``."""
+        return self.preset.threshold_k if self.threshold_k is None else float(self.threshold_k)
+
+    @property
+    def resolved_noise_model(self) -> NoiseModelKind:
+        """``noise_model``, or the modality's when it is ``None``."""
+        return self.preset.noise_model if self.noise_model is None else self.noise_model
+
+    def resolved(self) -> FocusParams:
+        """A copy with the modality's preset written into every field left at ``None``.
+
+        Two parameter sets that score alike compare equal once resolved (e.g. to check that
+        a calibration applies).
+        """
+        return self.replace(
+            polarity=self.resolved_polarity,
+            threshold_k=self.resolved_threshold_k,
+            noise_model=self.resolved_noise_model,
+        )
 
     @property
     def sigmas_px(self) -> tuple[float, ...]:
@@ -140,6 +237,7 @@ class FocusParams:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; ``None`` fields stay ``None`` (meaning "from modality")."""
         return dataclasses.asdict(self)
 
     @classmethod

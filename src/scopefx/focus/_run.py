@@ -12,12 +12,23 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ._params import FocusParams
-from ._verdict import IN_FOCUS, PARTIAL, WARMUP, Calibration, RunBaseline
+from ._plausibility import baseline_doubts
+from ._verdict import IN_FOCUS, PARTIAL, UNVERIFIABLE, WARMUP, Calibration, RunBaseline
 
 if TYPE_CHECKING:
     from ._batch import FocusRecord
 
-__all__ = ["FocusRun"]
+__all__ = ["BASELINE_RATIO", "FocusRun"]
+
+#: The run baseline's default ratio per modality (below it a section is out of focus).
+#: Measured (bench/results/focus_real.txt): on light-sheet fluorescence, mild defocus drops the
+#: density only to 0.49-1.08 of in-focus while in-focus frames never fall below 0.95 of it, so
+#: 0.5 catches almost nothing and 0.8 catches 30-43 % with no false flag; bright field falls to
+#: 0.06-0.23, and em (the paper's SEM setting) keeps 0.5.
+BASELINE_RATIO = {"em": 0.5, "fluorescence": 0.8, "brightfield": 0.5}
+
+#: Doubts about a baseline that are known once the warm-up is in (see :meth:`FocusRun.doubts`).
+_WARMUP_DOUBTS = ("low_for_modality", "noise_limited_warmup")
 
 
 class FocusRun:
@@ -30,12 +41,19 @@ class FocusRun:
     ``baseline.warmup`` sections are ``warmup`` until the baseline exists, and
     :meth:`settle` judges them then.
 
+    A run baseline is only as good as the sections it is built from. When it looks built from
+    out-of-focus or blank sections (:meth:`doubts`: a warm-up density below what the
+    modality gives in focus, mostly noise-limited warm-up sections, or a run whose density
+    later rises well above its warm-up), sections are not called in focus: they are
+    ``"unverifiable"``, and once the rise is seen the warm-up sections are judged again
+    against the later baseline.
+
     Parameters
     ----------
     calibration : Calibration, optional
         Its parameters must match ``params``.
     baseline : RunBaseline, optional
-        Default: ``RunBaseline()``.
+        Default: ``RunBaseline(ratio=BASELINE_RATIO[params.modality])``.
     params : FocusParams, optional
         How the records were scored (the focus-map cell size; checked against the calibration).
 
@@ -68,14 +86,33 @@ class FocusRun:
         if calibration is not None:
             calibration.check_params(self.params)
         self.calibration = calibration
-        self.baseline = baseline if baseline is not None else RunBaseline()
+        if baseline is None:
+            baseline = RunBaseline(ratio=BASELINE_RATIO.get(self.params.modality, 0.5))
+        self.baseline = baseline
         self._warmup: list[FocusRecord] = []
+        self._first: list[FocusRecord] = []  # the sections the baseline was first built from
+        self._densities: list[float] = []
+        self._noise_limited: list[bool] = []
 
     @property
     def ready(self) -> bool:
         """Whether verdicts are final as they are given (a calibration, or a baseline that
         exists)."""
         return self.calibration is not None or not math.isnan(self.baseline.reference)
+
+    def doubts(self) -> list[str]:
+        """Reasons not to trust the run baseline (empty with a calibration, or when nothing is
+        suspicious): ``"low_for_modality"``, ``"noise_limited_warmup"``,
+        ``"rises_after_warmup"`` (see :func:`scopefx.focus._plausibility.baseline_doubts`)."""
+        if self.calibration is not None:
+            return []
+        return baseline_doubts(
+            self._densities,
+            modality=self.params.modality,
+            noise_limited=self._noise_limited,
+            warmup=self.baseline.warmup,
+            ratio=self.baseline.ratio,
+        )
 
     def judge(self, record: FocusRecord) -> FocusRecord:
         """Give ``record`` its verdict (in place) and let it update the run; returns it.
@@ -85,6 +122,8 @@ class FocusRun:
         """
         if not record.ok:
             return record
+        self._densities.append(record.density_per_mpx)
+        self._noise_limited.append(bool(record.noise_limited))
         verdict = self.baseline.update(
             record.density_per_mpx, focus_map=record.focus_map, cell_px=self.params.cell_px
         )
@@ -96,7 +135,14 @@ class FocusRun:
         record.apply(verdict)
         if record.verdict == WARMUP:
             self._warmup.append(record)
+        if len(self._first) < self.baseline.warmup:
+            self._first.append(record)
+        if record.verdict == IN_FOCUS and self._doubted(_WARMUP_DOUBTS):
+            record.verdict = UNVERIFIABLE
         return record
+
+    def _doubted(self, kinds: tuple[str, ...]) -> bool:
+        return self.calibration is None and any(d in kinds for d in self.doubts())
 
     def judge_all(self, records: Iterable[FocusRecord]) -> list[FocusRecord]:
         """:meth:`judge` each record, in order."""
@@ -105,15 +151,30 @@ class FocusRun:
     def settle(self) -> list[FocusRecord]:
         """Judge the warm-up records against the baseline they built, once it exists.
 
-        Returns the records whose verdict changed (now final), in run order; an empty list
-        while the baseline does not exist yet (call again later, or at the end of the run).
+        Once the run's density has risen well above its warm-up (``"rises_after_warmup"``),
+        the sections the baseline was first built from are judged again against the later
+        baseline too (the run started out of focus).
+
+        Returns the records whose verdict changed, in run order; an empty list while the
+        baseline does not exist yet (call again later, or at the end of the run).
         """
-        if not self._warmup or math.isnan(self.baseline.reference):
+        if math.isnan(self.baseline.reference):
             return []
         settled, self._warmup = self._warmup, []
+        if self._doubted(("rises_after_warmup",)):
+            settled += [r for r in self._first if r not in settled]
+        changed = []
         for record in settled:
+            before = record.verdict
             record.apply(self.baseline.rejudge(record.density_per_mpx))
-        return settled
+            if record.verdict == IN_FOCUS and self._doubted(_WARMUP_DOUBTS):
+                record.verdict = UNVERIFIABLE
+            if record.verdict != before:
+                changed.append(record)
+        return sorted(changed, key=self._order)
+
+    def _order(self, record: FocusRecord) -> int:
+        return next((i for i, r in enumerate(self._first) if r is record), len(self._first))
 
     def seed(self, records: Iterable[FocusRecord]) -> None:
         """Continue a run from records judged earlier (e.g. read back from its CSV): sections

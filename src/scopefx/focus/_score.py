@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,15 +11,22 @@ from typing import Any
 import numpy as np
 
 from .._backend import Backend, get_backend
+from ..errors import ConfigError
+from ._noise import NoiseModel, estimate_noise_model, local_means
 from ._normalize import (
     auto_threshold,
+    band_gains,
     block_downsample,
     check_image,
-    estimate_noise,
     normalize,
+    to_grey,
 )
 from ._params import FocusParams
 from ._scalespace import count_peaks, response_max
+
+#: A count is noise-limited when fewer than this share of its features clear twice the
+#: threshold (features of real structure mostly stand well above it; noise peaks do not).
+NOISE_LIMITED_RATIO = 0.1
 
 __all__ = ["FocusResult", "focus_map_from_positions", "focus_response", "focus_score"]
 
@@ -34,8 +42,10 @@ class FocusResult:
         ``|defocus|``.
     threshold : float
         Response threshold used, in normalised intensity units (see :class:`FocusParams`).
+        With ``noise_model="signal"`` each feature has its own threshold; this is the median
+        over the counted features (the smallest one when none is counted).
     noise_sigma : float
-        Robust noise estimate of the normalised image (``nan`` for a constant image).
+        Robust global noise estimate of the normalised image (``nan`` for a constant image).
     focus_map : (rows, cols) float32 ndarray
         Feature density per cell of ``cell_px`` x ``cell_px`` pixels, in features per
         megapixel (partial cells at the right and bottom edges are scaled by their area).
@@ -53,6 +63,16 @@ class FocusResult:
         Parameters used.
     seconds : float
         Wall time of the scoring.
+    features_2k : int
+        Features that clear twice their threshold.
+    noise_limited : bool
+        ``features_2k < NOISE_LIMITED_RATIO * features``: most of the count sits just above
+        the noise, so it says more about the noise than about focus.
+    colour : str
+        How the grey plane was made: ``"grey"`` (input was grey), ``"luma709"`` or
+        ``"channel N"`` (see :attr:`FocusParams.channel`).
+    noise_model : NoiseModel or None
+        The noise level function used (``None`` for a constant image).
     """
 
     features: int
@@ -66,6 +86,10 @@ class FocusResult:
     downsample: int
     params: FocusParams = field(repr=False)
     seconds: float
+    features_2k: int = 0
+    noise_limited: bool = False
+    colour: str = "grey"
+    noise_model: NoiseModel | None = field(default=None, repr=False)
 
     @property
     def density_per_mpx(self) -> float:
@@ -87,6 +111,11 @@ class FocusResult:
             "width": self.shape[1],
             "downsample": self.downsample,
             "seconds": self.seconds,
+            "features_2k": self.features_2k,
+            "noise_limited": self.noise_limited,
+            "colour": self.colour,
+            "modality": self.params.modality,
+            "noise_model": None if self.noise_model is None else self.noise_model.to_dict(),
         }
 
 
@@ -103,16 +132,34 @@ def focus_map_from_positions(
     return (counts * 1e6 / np.outer(heights, widths)).astype(np.float32)
 
 
+def _pixels(image: Any) -> Any:
+    """The image itself, or its pixels read from a path or ``store.zarr::array`` reference."""
+    if isinstance(image, (str, os.PathLike)):
+        from ..io import read_image
+
+        return read_image(image)
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        raise ConfigError(
+            f"image must be an array (NumPy or CuPy) or the path of an image file, got "
+            f"{type(image).__name__}"
+        )
+    return image
+
+
 def _resolve(params: FocusParams | None, overrides: dict[str, Any]) -> FocusParams:
     return FocusParams.resolve(params, **overrides)
 
 
 def _prepare(
     image: Any, params: FocusParams, backend: Backend
-) -> tuple[Any, float, int] | tuple[None, float, int]:
-    """Check, move to the device, downsample and normalise. ``None`` image: constant."""
-    check_image(image, min_side=params.min_image_px)
-    array = backend.asarray(image)
+) -> tuple[Any, float, int, str] | tuple[None, float, int, str]:
+    """Grey conversion, check, move to the device, downsample and normalise.
+
+    Returns ``(normalised, lsb, factor, colour)``; ``normalised`` is ``None`` for a constant
+    image.
+    """
+    array, colour = to_grey(backend.asarray(image), params.channel, backend)
+    check_image(array, min_side=params.min_image_px)
     factor = 1
     if params.target_px is not None:
         factor = max(1, math.ceil(max(array.shape) / params.target_px))
@@ -120,8 +167,8 @@ def _prepare(
         check_image(array, min_side=params.min_image_px)
     normalised = normalize(array, params.saturation_pct, backend)
     if normalised is None:
-        return None, 0.0, factor
-    return normalised[0], normalised[1], factor
+        return None, 0.0, factor, colour
+    return normalised[0], normalised[1], factor, colour
 
 
 def focus_response(
@@ -138,13 +185,18 @@ def focus_response(
         0-based band index ``i``; its scale is ``params.sigmas_px[i]``.
     """
     params = _resolve(params, overrides)
+    image = _pixels(image)
     backend = get_backend(image, device=device)
-    normalised, _, factor = _prepare(image, params, backend)
+    normalised, _, factor, _ = _prepare(image, params, backend)
     if normalised is None:
         shape = (int(image.shape[0]) // factor, int(image.shape[1]) // factor)
         return np.zeros(shape, np.float32), np.zeros(shape, np.uint8)
     best, index = response_max(
-        normalised, params.sigmas_px, polarity=params.polarity, mode=params.mode, backend=backend
+        normalised,
+        params.sigmas_px,
+        polarity=params.resolved_polarity,
+        mode=params.mode,
+        backend=backend,
     )
     return backend.to_numpy(best), backend.to_numpy(index)
 
@@ -156,9 +208,11 @@ def focus_score(
 
     Parameters
     ----------
-    image : (H, W) array
-        Grey image: uint8, uint16, or floating point (NumPy or CuPy). A CuPy array is scored on
-        its GPU.
+    image : (H, W) or (H, W, 3|4) array, or path
+        Grey image: uint8, uint16, or floating point (NumPy or CuPy), or the path (or
+        ``store.zarr::array`` reference) of an image file to read. A CuPy array is scored on
+        its GPU. A colour image is scored on its luma or on ``channel`` (see
+        :class:`FocusParams`); ``FocusResult.colour`` records which.
     params : FocusParams, optional
         Parameters; defaults to ``FocusParams()``.
     device : {None, "cpu", "gpu", "cuda:N"}, optional
@@ -175,7 +229,7 @@ def focus_score(
     Raises
     ------
     InvalidImageError
-        Colour image (status ``rgb``), not 2-D (``ndim``), smaller than the scales need
+        Not 2-D nor colour (``ndim``), smaller than the scales need
         (``too_small``), NaN or infinity (``invalid_values``), non-numeric (``dtype``).
     ConfigError
         A parameter is out of range.
@@ -187,7 +241,10 @@ def focus_score(
        functions in the cosine (mirror-symmetric real FFT) domain, in float32.
     3. ``DoG_i = t_i (L(t_{i+1}) - L(t_i))``; per pixel the maximum over ``i``.
     4. 3x3 non-maximum suppression (a plateau counts once) and the threshold; the count of
-       what remains is the score.
+       what remains is the score. The automatic threshold of a feature peaking in band ``i``
+       at a place of local mean intensity ``mu`` (a square of half-side ``t_i``) is
+       ``k * gain * sigma(mu)``: the noise level function ``sigma`` (one level for
+       ``noise_model="global"``) carried through the largest DoG white-noise gain.
 
     References
     ----------
@@ -204,8 +261,9 @@ def focus_score(
     """
     start = time.perf_counter()
     params = _resolve(params, overrides)
+    image = _pixels(image)
     backend = get_backend(image, device=device)
-    normalised, lsb, factor = _prepare(image, params, backend)
+    normalised, lsb, factor, colour = _prepare(image, params, backend)
     if normalised is None:
         shape = (int(image.shape[0]) // factor, int(image.shape[1]) // factor)
         empty = np.zeros((0, 2), np.int32)
@@ -221,29 +279,56 @@ def focus_score(
             downsample=factor,
             params=params,
             seconds=time.perf_counter() - start,
+            colour=colour,
         )
-    noise = estimate_noise(normalised, backend)
     sigmas = params.sigmas_px
-    if params.threshold is None:
-        threshold = auto_threshold(noise, lsb, threshold_k=params.threshold_k, sigmas=sigmas)
-    else:
-        threshold = float(params.threshold)
+    kind = "global" if params.threshold is not None else params.resolved_noise_model
+    model, means = estimate_noise_model(normalised, lsb, kind=kind, backend=backend)
     best, band = response_max(
-        normalised, sigmas, polarity=params.polarity, mode=params.mode, backend=backend
+        normalised, sigmas, polarity=params.resolved_polarity, mode=params.mode, backend=backend
     )
-    positions_np = count_peaks(best, threshold, backend).astype(np.int32)
-    peak_bands = band[backend.asarray(positions_np[:, 0]), backend.asarray(positions_np[:, 1])]
+    if params.threshold is not None:
+        thresholds: float | np.ndarray = float(params.threshold)
+        candidates = count_peaks(best, float(params.threshold), backend)
+    elif model.kind == "global":
+        thresholds = auto_threshold(
+            model.sigma, lsb, threshold_k=params.resolved_threshold_k, sigmas=sigmas
+        )
+        candidates = count_peaks(best, thresholds, backend)
+    else:
+        scale = params.resolved_threshold_k * float(band_gains(sigmas).max())
+        lowest = max(scale * model.min_sigma, 1e-6)
+        candidates = count_peaks(best, lowest, backend)
+    rows, cols = backend.asarray(candidates[:, 0]), backend.asarray(candidates[:, 1])
+    candidate_bands = backend.to_numpy(band[rows, cols])
+    responses = backend.to_numpy(best[rows, cols]).astype(np.float64)
+    if model.kind == "signal" and params.threshold is None:
+        mu = local_means(means, candidates, np.asarray(sigmas)[candidate_bands], backend)
+        thresholds = np.maximum(scale * model.sigma_at(mu), 1e-6)
+    keep = responses > thresholds
+    positions_np = candidates[keep].astype(np.int32)
+    features = int(positions_np.shape[0])
+    features_2k = int(np.count_nonzero(responses > 2 * np.asarray(thresholds)))
+    if isinstance(thresholds, np.ndarray):
+        kept = thresholds[keep]
+        threshold = float(np.median(kept)) if kept.size else lowest
+    else:
+        threshold = float(thresholds)
     shape = (int(normalised.shape[0]), int(normalised.shape[1]))
     return FocusResult(
-        features=int(positions_np.shape[0]),
+        features=features,
         threshold=threshold,
-        noise_sigma=noise,
+        noise_sigma=model.sigma,
         focus_map=focus_map_from_positions(positions_np, shape, params.cell_px),
         cell_px=params.cell_px,
         positions=positions_np,
-        sigmas_px=np.asarray(sigmas, np.float32)[backend.to_numpy(peak_bands)],
+        sigmas_px=np.asarray(sigmas, np.float32)[candidate_bands[keep]],
         shape=shape,
         downsample=factor,
         params=params,
         seconds=time.perf_counter() - start,
+        features_2k=features_2k,
+        noise_limited=features > 0 and features_2k < NOISE_LIMITED_RATIO * features,
+        colour=colour,
+        noise_model=model,
     )

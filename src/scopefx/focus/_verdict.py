@@ -28,6 +28,9 @@ IN_FOCUS = "in_focus"
 OUT_OF_FOCUS = "out_of_focus"
 PARTIAL = "partial"
 WARMUP = "warmup"
+#: A run baseline that cannot be trusted (it looks built from out-of-focus or blank sections):
+#: the section is not called in focus, and the operator should check the run.
+UNVERIFIABLE = "unverifiable"
 #: Verdicts that ask the operator to look again.
 FLAGGED = (OUT_OF_FOCUS, PARTIAL)
 
@@ -203,8 +206,15 @@ class Calibration:
         """Raise :class:`CalibrationError` unless ``params`` score images as the calibration did."""
         if not self.params:
             return
-        ours = params.to_dict()
-        differ = {k: (v, ours.get(k)) for k, v in self.params.items() if ours.get(k) != v}
+        # compare resolved parameters: a modality preset and the same values given explicitly
+        # score alike, and a calibration saved before presets existed (no modality) is em
+        ours = params.resolved().to_dict()
+        known = {k: v for k, v in self.params.items() if k in ours}
+        try:
+            theirs = {**self.params, **FocusParams.from_dict(known).resolved().to_dict()}
+        except ConfigError:
+            theirs = dict(self.params)
+        differ = {k: (v, ours.get(k)) for k, v in theirs.items() if ours.get(k) != v}
         differ.pop("cell_px", None)  # the map cell size does not change densities
         if differ:
             detail = ", ".join(f"{k}: calibrated {a!r}, now {b!r}" for k, (a, b) in differ.items())

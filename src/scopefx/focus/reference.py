@@ -48,9 +48,9 @@ def _prepared(image: Any, params: FocusParams) -> tuple[np.ndarray, float] | Non
 def _response(values: np.ndarray, params: FocusParams) -> tuple[np.ndarray, np.ndarray]:
     sigmas = params.sigmas_px
     levels = [ndimage.gaussian_filter(values, s, mode="reflect", truncate=6.0) for s in sigmas]
-    sign = -1.0 if params.polarity == "bright" else 1.0
+    sign = -1.0 if params.resolved_polarity == "bright" else 1.0
     dog = np.stack([sign * sigmas[i] * (levels[i + 1] - levels[i]) for i in range(len(sigmas) - 1)])
-    if params.polarity == "both":
+    if params.resolved_polarity == "both":
         dog = np.abs(dog)
     return dog.max(axis=0), dog.argmax(axis=0)
 
@@ -81,7 +81,7 @@ def reference_features(image: Any, params: FocusParams | None = None) -> tuple[i
     if params.threshold is None:
         noise = estimate_noise(values, get_backend(values))
         threshold = auto_threshold(
-            noise, lsb, threshold_k=params.threshold_k, sigmas=params.sigmas_px
+            noise, lsb, threshold_k=params.resolved_threshold_k, sigmas=params.sigmas_px
         )
     else:
         threshold = float(params.threshold)

@@ -1,0 +1,71 @@
+"""Pure checks of whether a run's focus evidence can be trusted, for the verdict policy.
+
+Nothing here decides a verdict: these functions turn per-record quantities (density,
+``noise_limited``, modality) into reasons to doubt a run baseline, which the run verdict
+object can report as "unverifiable" instead of "in focus".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["IN_FOCUS_DENSITY_FLOOR", "baseline_doubts"]
+
+#: Lowest in-focus density (features per megapixel) measured per modality with its preset,
+#: divided by 4 as a margin (bench/results/focus_real.txt, bench/results/focus_accuracy.txt):
+#: a baseline below it is more likely a run that starts out of focus, or blank, than sparse
+#: content. em: the sparsest synthetic in-focus image (retina, ~1440/Mpx at high SNR).
+#: fluorescence: the light-sheet series (in focus ~470-600/Mpx). brightfield: one series
+#: (in focus ~2190/Mpx).
+IN_FOCUS_DENSITY_FLOOR = {"em": 360.0, "fluorescence": 120.0, "brightfield": 550.0}
+
+
+def baseline_doubts(
+    densities: Sequence[float],
+    *,
+    modality: str,
+    noise_limited: Sequence[bool] | None = None,
+    warmup: int = 5,
+    ratio: float = 0.5,
+) -> list[str]:
+    """Reasons to doubt a run baseline built from the first ``warmup`` sections.
+
+    Parameters
+    ----------
+    densities : sequence of float
+        Feature densities (per megapixel) of the run's sections, in acquisition order.
+    modality : str
+        The :class:`FocusParams` modality they were scored with.
+    noise_limited : sequence of bool, optional
+        ``FocusResult.noise_limited`` of the same sections.
+    warmup, ratio : int, float
+        As in :class:`RunBaseline`.
+
+    Returns
+    -------
+    list of str
+        Empty when nothing is suspicious; else any of ``"low_for_modality"`` (the warm-up
+        median is below :data:`IN_FOCUS_DENSITY_FLOOR`), ``"rises_after_warmup"`` (a later
+        stretch of ``warmup`` sections has a median above ``warmup median / ratio``: the run
+        started out of focus, so the warm-up sections were judged against themselves),
+        ``"noise_limited_warmup"`` (most warm-up sections are noise-limited).
+    """
+    values = np.asarray(densities, dtype=np.float64)
+    if values.size < warmup:
+        return []
+    head = float(np.median(values[:warmup]))
+    doubts = []
+    floor = IN_FOCUS_DENSITY_FLOOR.get(modality, 0.0)
+    if head < floor:
+        doubts.append("low_for_modality")
+    if values.size >= 2 * warmup:
+        windows = np.lib.stride_tricks.sliding_window_view(values[warmup:], warmup)
+        later = float(np.median(windows, axis=1).max())
+        if head <= 0 or (math.isfinite(later) and later > head / ratio):
+            doubts.append("rises_after_warmup")
+    if noise_limited is not None and sum(bool(v) for v in noise_limited[:warmup]) > warmup / 2:
+        doubts.append("noise_limited_warmup")
+    return doubts

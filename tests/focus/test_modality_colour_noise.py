@@ -1,0 +1,185 @@
+"""Modality presets, colour input, the signal-dependent noise model and noise_limited."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import scopefx
+from scopefx import FocusParams, samples, score_files
+from scopefx._backend import get_backend
+from scopefx.errors import ConfigError
+from scopefx.focus._noise import estimate_noise_model, local_means
+from scopefx.focus._params import PRESETS
+
+
+def _image(name="camera", amount=0.0, size=256, seed=1):
+    blurred = samples.defocus(samples.bundled_image(name, size=size), amount)
+    return samples.acquire(blurred, photons=500.0, read_noise=1.5, dtype=np.uint8, seed=seed)
+
+
+@pytest.mark.parametrize("modality", sorted(PRESETS))
+def test_preset_fills_only_fields_left_at_none(modality):
+    p = FocusParams(modality=modality)
+    preset = PRESETS[modality]
+    assert (p.resolved_polarity, p.resolved_noise_model, p.resolved_threshold_k) == (
+        preset.polarity,
+        preset.noise_model,
+        preset.threshold_k,
+    )
+    explicit = FocusParams(
+        modality=modality, polarity="both", threshold_k=2.5, noise_model="global"
+    )
+    assert explicit.resolved_polarity == "both"
+    assert explicit.resolved_threshold_k == 2.5
+    assert explicit.resolved_noise_model == "global"
+    assert explicit.resolved() == explicit.replace(modality=modality)
+
+
+def test_em_default_is_the_papers_setting():
+    p = FocusParams()
+    assert p.modality == "em"
+    assert (p.resolved_polarity, p.resolved_noise_model, p.resolved_threshold_k) == (
+        "dark",
+        "global",
+        4.0,
+    )
+
+
+def test_params_round_trip_through_plain_json():
+    p = FocusParams(modality="fluorescence", channel=1)
+    data = json.loads(json.dumps(p.to_dict()))
+    assert data["polarity"] is None and data["modality"] == "fluorescence"
+    assert FocusParams.from_dict(data) == p
+
+
+def test_changing_modality_changes_the_preset_not_explicit_fields():
+    p = FocusParams(threshold_k=5.0).replace(modality="brightfield")
+    assert p.resolved_threshold_k == 5.0
+    assert p.resolved_noise_model == PRESETS["brightfield"].noise_model
+
+
+def test_colour_is_scored_on_luma_and_recorded():
+    grey = _image()
+    rgb = np.stack([grey] * 3, axis=-1)
+    from_grey = scopefx.focus_score(grey)
+    from_rgb = scopefx.focus_score(rgb)
+    assert from_rgb.colour == "luma709" and from_grey.colour == "grey"
+    assert from_rgb.features == from_grey.features  # the BT.709 weights sum to one
+    rgba = np.concatenate([rgb, np.full_like(grey, 255)[..., None]], axis=-1)
+    assert scopefx.focus_score(rgba).features == from_grey.features  # alpha ignored
+
+
+def test_a_chosen_channel_is_scored_alone():
+    grey = _image()
+    rgb = np.stack([np.zeros_like(grey), grey, np.zeros_like(grey)], axis=-1)
+    result = scopefx.focus_score(rgb, channel=1)
+    assert result.colour == "channel 1"
+    assert result.features == scopefx.focus_score(grey).features
+    with pytest.raises(ConfigError, match=r"channel must be None .* got 3"):
+        scopefx.focus_score(rgb, channel=3)
+
+
+def test_colour_file_gives_a_record_with_its_conversion(tmp_path):
+    import imageio.v3 as iio
+
+    path = tmp_path / "slide.png"
+    iio.imwrite(path, np.stack([_image()] * 3, axis=-1))
+    (record,) = list(score_files([path]))
+    assert record.ok and record.features > 0
+    out = record.to_dict()
+    assert out["colour"] == "luma709" and out["noise_limited"] is False
+    assert out["modality"] == "em"
+
+
+def test_noise_model_recovers_a_poisson_gaussian_level_function():
+    rng = np.random.default_rng(3)
+    ramp = np.tile(np.linspace(0.05, 0.95, 512, dtype=np.float32), (512, 1))
+    a, b = 2e-3, 1e-4
+    noisy = (ramp + rng.normal(size=ramp.shape) * np.sqrt(a * ramp + b)).astype(np.float32)
+    model, means = estimate_noise_model(noisy, 0.0, kind="signal", backend=get_backend(noisy))
+    assert model.kind == "signal"
+    assert model.gain == pytest.approx(a, rel=0.15)
+    assert model.sigma_at(0.9) == pytest.approx(np.sqrt(a * 0.9 + b), rel=0.1)
+    assert model.sigma_at(0.1) == pytest.approx(np.sqrt(a * 0.1 + b), rel=0.15)
+    mu = local_means(
+        means, np.array([[100, 10], [100, 500]]), np.array([4.0, 4.0]), get_backend(means)
+    )
+    assert mu[0] == pytest.approx(ramp[100, 10], abs=0.02)
+    assert mu[1] == pytest.approx(ramp[100, 500], abs=0.02)
+
+
+def test_global_model_equals_the_old_estimate():
+    from scopefx.focus._normalize import estimate_noise
+
+    image = np.asarray(_image(), np.float32) / 255
+    model, means = estimate_noise_model(image, 0.0, kind="global", backend=get_backend(image))
+    assert means is None and model.gain == 0
+    assert model.sigma == estimate_noise(image, get_backend(image))
+
+
+def test_signal_model_ignores_shot_noise_in_bright_haze():
+    """Bright, smooth haze with shot noise: one global level (set by the dark background)
+    counts its noise peaks as features; the signal-dependent model does not."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:512, :512]
+    haze = 100 + 900 * np.exp(-((yy - 256) ** 2 + (xx - 256) ** 2) / (2 * 80.0**2))
+    photons = rng.poisson(haze).astype(np.float64) + rng.normal(0, 2, haze.shape)
+    image = np.clip(photons, 0, 65535).astype(np.uint16)
+    global_count = scopefx.focus_score(image, noise_model="global", threshold_k=4).features
+    signal = scopefx.focus_score(image, noise_model="signal", threshold_k=4)
+    assert signal.features < 0.2 * global_count
+    assert signal.noise_model is not None and signal.noise_model.gain > 0
+
+
+def test_noise_limited_flags_pure_noise_not_a_sharp_image():
+    rng = np.random.default_rng(0)
+    noise = rng.poisson(100, (256, 256)).astype(np.uint16)
+    assert scopefx.focus_score(noise).noise_limited
+    sharp = scopefx.focus_score(_image())
+    assert not sharp.noise_limited
+    assert sharp.features_2k <= sharp.features
+    assert sharp.summary()["noise_limited"] is False
+
+
+def test_baseline_doubts_name_what_is_suspicious():
+    from scopefx.focus._plausibility import baseline_doubts
+
+    steady = [1000.0] * 20
+    assert baseline_doubts(steady, modality="em") == []
+    starts_blurred = [200.0] * 5 + [1000.0] * 15
+    assert baseline_doubts(starts_blurred, modality="em") == [
+        "low_for_modality",
+        "rises_after_warmup",
+    ]
+    assert baseline_doubts(
+        [500.0] * 10, modality="fluorescence", noise_limited=[True] * 5 + [False] * 5
+    ) == ["noise_limited_warmup"]
+    assert baseline_doubts([1.0, 2.0], modality="em") == []  # too short to judge
+
+
+def test_a_calibration_from_before_presets_still_applies_to_the_em_default():
+    import dataclasses
+
+    from scopefx import Calibration
+    from scopefx.errors import CalibrationError
+
+    old = {
+        "n_scales": 16,
+        "min_sigma_px": 1.0,
+        "max_sigma_px": 30.0,
+        "saturation_pct": 0.175,
+        "polarity": "dark",
+        "threshold": None,
+        "threshold_k": 4.0,
+        "mode": "exact",
+        "target_px": None,
+        "cell_px": 256,
+    }
+    cal = dataclasses.replace(Calibration.fit([0, 1, 2, 3], [1e3, 500, 250, 125]), params=old)
+    cal.check_params(FocusParams())
+    cal.check_params(FocusParams(polarity="dark", threshold_k=4.0))
+    with pytest.raises(CalibrationError, match="modality"):
+        cal.check_params(FocusParams(modality="fluorescence"))
