@@ -1,7 +1,15 @@
-"""Measuring one overlap: crops on the stage overlap enlarged by the search range, high-passed
-and windowed, phase-correlated; the best few peaks are checked by normalised cross-correlation
-on the pixels both tiles hold at that shift, and the runner-up tells whether the match is
-unique (a repeated pattern gives several equally good peaks).
+"""Measuring one overlap: crops on the stage overlap enlarged by the search range, band-passed
+(flat field, then a small Gaussian minus a large one); the normalised cross-correlation (NCC) on
+the pixels both tiles hold is computed for every shift in range at once (masked NCC by FFT), its
+maximum is the match, refined to 1/20 px by phase correlation of the common part; the best NCC
+away from that peak (the runner-up) tells whether the match is unique (a repeated pattern gives
+several equally good peaks).
+
+References
+----------
+Padfield, "Masked object registration in the Fourier domain", IEEE TIP 21, 2706 (2012).
+Guizar-Sicairos, Thurman & Fienup, "Efficient subpixel image registration algorithms",
+Opt. Lett. 33, 156 (2008).
 """
 
 from __future__ import annotations
@@ -16,7 +24,6 @@ from ..io._tiles import translation
 
 _UPSAMPLE = 20  # sub-pixel resolution of the peak search: 1 / 20 px
 _LOWPASS = 0.25  # Gaussian weight on the whitened spectrum (sigma, cycles/px): damps aliasing
-_CANDIDATES = 12  # phase-correlation peaks checked by cross-correlation
 _SMOOTH_PX = 1.0  # Gaussian (sigma) taken from each tile before correlation: pixel noise
 _DISTINCT_PX = 3.0  # a runner-up peak closer than this to the best is the same match
 
@@ -140,39 +147,6 @@ def _refine(half: np.ndarray, shape: Sequence[int], peak: np.ndarray) -> np.ndar
     return peak + (np.asarray(up) - centre) / _UPSAMPLE
 
 
-def _ncc(a: np.ndarray, b: np.ndarray, q: np.ndarray) -> tuple[float, tuple[int, ...]]:
-    """NCC of ``a(m + q)`` and ``b(m)`` on the pixels both hold, and the extent of those."""
-    sa = tuple(slice(max(0, k), n + min(0, k)) for k, n in zip(q, a.shape, strict=True))
-    sb = tuple(slice(max(0, -k), n - max(0, k)) for k, n in zip(q, a.shape, strict=True))
-    x, y = a[sa], b[sb]
-    keep = np.isfinite(x) & np.isfinite(y)
-    extent = tuple(
-        int(np.count_nonzero(keep.any(axis=tuple(o for o in range(keep.ndim) if o != ax))))
-        for ax in range(keep.ndim)
-    )
-    x, y = x[keep], y[keep]
-    if x.size < 16:
-        return 0.0, extent
-    x, y = x - np.float32(x.mean(dtype=np.float64)), y - np.float32(y.mean(dtype=np.float64))
-    sums = [float(np.sum(u * v, dtype=np.float64)) for u, v in ((x, y), (x, x), (y, y))]
-    if sums[0] <= 0 or sums[1] <= 0 or sums[2] <= 0:
-        return 0.0, extent
-    return float(np.clip(sums[0] / math.sqrt(sums[1] * sums[2]), 0, 1)), extent
-
-
-def _windowed(x: np.ndarray) -> np.ndarray:
-    """Zero-mean over the valid pixels, zero elsewhere, tapered over the valid bounding box."""
-    valid = np.isfinite(x)
-    out = np.where(valid, x - np.float32(x[valid].mean(dtype=np.float64)), np.float32(0))
-    profiles = []
-    for ax in range(x.ndim):
-        hit = np.flatnonzero(valid.any(axis=tuple(o for o in range(x.ndim) if o != ax)))
-        p = np.zeros(x.shape[ax], dtype=np.float32)
-        p[hit[0] : hit[-1] + 1] = _tukey(hit[-1] + 1 - hit[0])
-        profiles.append(p)
-    return out * _outer(profiles)
-
-
 def _ncc_surface(a: np.ndarray, b: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, ...]:
     """NCC of ``a(m + q)`` and ``b(m)`` over the pixels both hold, for every ``|q| <= reach``.
 
@@ -233,7 +207,6 @@ def measure(
     (or than the stage overlap, where that is smaller) are not considered. The runner-up is the
     best NCC at least one peak width away from the best (a repeated pattern gives several).
     """
-    from scipy import fft
 
     nd = a.ndim
     nothing = Measured(np.full(nd, np.nan), 0.0, 0.0, (0,) * nd)
@@ -257,16 +230,42 @@ def measure(
     quality = float(max(score[tuple(best)], 0.0))
     runner = _runner_up(score, best)
     peak = best - r
-    shift = peak.astype(float)
-    # sub-pixel: phase correlation of the windowed crops, refined around the NCC peak
-    cross = fft.rfftn(_windowed(a)) * np.conj(fft.rfftn(_windowed(b)))
-    lowpass = _outer([np.exp(-0.5 * (f / _LOWPASS) ** 2) for f in _freqs(a.shape)])
-    cross *= lowpass / np.maximum(np.abs(cross), 1e-30 + 1e-12 * np.abs(cross).max())
-    refined = _refine(cross, a.shape, shift)
-    near = np.all(np.abs(refined - shift) <= 1)
-    shift = refined if near else shift + _parabola(score, best)
+    sub = _subpixel(a, b, peak)
+    shift = peak + (sub if sub is not None else _parabola(score, best))
     overlap = tuple(int(e.flat[int(best[ax])]) for ax, e in enumerate(extents))
     return Measured(shift, quality, runner, overlap)
+
+
+def _subpixel(a: np.ndarray, b: np.ndarray, peak: np.ndarray) -> np.ndarray | None:
+    """Sub-pixel remainder by phase correlation of the common part at the integer ``peak``,
+    both crops cut to the same box and given the same window (so the windows cannot bias it);
+    None when it lands more than a pixel away."""
+    from scipy import fft
+
+    sa = tuple(slice(max(0, k), n + min(0, k)) for k, n in zip(peak, a.shape, strict=True))
+    sb = tuple(slice(max(0, -k), n - max(0, k)) for k, n in zip(peak, a.shape, strict=True))
+    x, y = a[sa], b[sb]
+    keep = np.isfinite(x) & np.isfinite(y)
+    box = tuple(
+        slice(int(h[0]), int(h[-1]) + 1)
+        for h in (
+            np.flatnonzero(keep.any(axis=tuple(o for o in range(keep.ndim) if o != ax)))
+            for ax in range(keep.ndim)
+        )
+    )
+    x, y, keep = x[box], y[box], keep[box]
+    if min(x.shape) < 4:
+        return None
+    window = _outer([_tukey(n) for n in x.shape])
+    crops = []
+    for z in (x, y):
+        m = np.float32(z[keep].mean(dtype=np.float64))
+        crops.append(np.where(keep, z - m, np.float32(0)) * window)
+    cross = fft.rfftn(crops[0]) * np.conj(fft.rfftn(crops[1]))
+    lowpass = _outer([np.exp(-0.5 * (f / _LOWPASS) ** 2) for f in _freqs(x.shape)])
+    cross *= lowpass / np.maximum(np.abs(cross), 1e-30 + 1e-12 * np.abs(cross).max())
+    d = _refine(cross, x.shape, np.zeros(x.ndim))
+    return d if np.all(np.abs(d) <= 1) else None
 
 
 def _parabola(score: np.ndarray, best: np.ndarray) -> np.ndarray:
