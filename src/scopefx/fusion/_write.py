@@ -41,6 +41,7 @@ class FusionResult:
     chunks: tuple[int, ...]
     levels: int
     origin_px: tuple[int, ...]
+    """Mosaic pixel of output index 0, index order; :meth:`to_dict` writes it ``x, y[, z]``."""
     pixel_size_um: float | None
     n_tiles: int
     missing: tuple[str, ...] = ()
@@ -58,7 +59,8 @@ class FusionResult:
             "dtype": self.dtype,
             "chunks": list(self.chunks),
             "levels": self.levels,
-            "origin_px": list(self.origin_px),
+            "origin_px": list(self.origin_px[::-1]),  # x, y[, z], as docs/fusion.md says
+            "axes_px": "xyz"[: len(self.origin_px)],
             "pixel_size_um": self.pixel_size_um,
             "n_tiles": self.n_tiles,
             "missing": list(self.missing),

@@ -1,0 +1,37 @@
+"""The output's ``origin_px`` is stored in the documented (x, y) order (issue 16)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tifffile
+
+from scopefx.fusion import fuse
+from scopefx.io import TileTable
+
+
+def test_origin_px_reads_back_as_x_then_y(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(2):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], rng.integers(0, 255, (40, 60), dtype=np.uint8))
+    table = TileTable.from_positions(paths, [(10, 30), (60, 30)])  # x from 10, y from 30
+    out = tmp_path / "m.ome.zarr"
+    result = fuse(table, out, pyramid=False)
+    assert result.origin_px == (30, 10)  # the attribute: index order (y, x)
+    attrs = json.loads((out / ".zattrs").read_text())["scopefx"]
+    assert attrs["origin_px"] == [10, 30] and attrs["axes_px"] == "xy"
+    assert result.to_dict()["origin_px"] == [10, 30]
+
+
+def test_default_dpi_tiles_give_no_physical_scale(tmp_path):
+    """72 dpi tiles fused to a 352.8 um pixel size before; now the size is unknown."""
+    paths = []
+    for k in range(2):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], np.full((40, 60), k + 1, np.uint8), resolution=(72, 72),
+                         resolutionunit="INCH")  # fmt: skip
+    result = fuse(TileTable.from_positions(paths, [(0, 0), (50, 0)]), tmp_path / "m.ome.zarr")
+    assert result.pixel_size_um is None
