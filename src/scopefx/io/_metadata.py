@@ -466,7 +466,26 @@ def _zarr_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
     )
 
 
+def _vendor_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
+    from ._vendor import vendor_metadata
+
+    info = vendor_metadata(r.path, r.array, r.ref)
+    px = info["pixel_size_um"]
+    ok = px is not None and PLAUSIBLE_PIXEL_UM[0] <= px <= PLAUSIBLE_PIXEL_UM[1]
+    return ImageMetadata(
+        path=path,
+        shape=tuple(info["shape"]),
+        dtype=info["dtype"],
+        pages=n_planes(tuple(info["shape"])),
+        pixel_size_um=px if ok else None,
+        pixel_size_from=f"{info['vendor'].upper()} file metadata" if ok else None,
+        source=info["vendor"],
+        raw={"channel_names": info["channel_names"]},
+    )
+
+
 _READERS = {
+    "vendor": _vendor_metadata,
     "tiff": _tiff_metadata,
     "pillow": _pillow_metadata,
     "npy": _npy_metadata,

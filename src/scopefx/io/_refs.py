@@ -57,7 +57,8 @@ class ResolvedRef(NamedTuple):
     array: str | None
     """Path of the array inside the Zarr store; ``None`` for files and root arrays."""
     kind: str
-    """Reader: ``"tiff"``, ``"pillow"``, ``"npy"`` or ``"zarr"``."""
+    """Reader: ``"tiff"``, ``"pillow"``, ``"npy"``, ``"zarr"`` or ``"vendor"`` (a tile inside
+    an OME-TIFF/CZI/ND2/LIF file, ``file::tile/N``; see :mod:`scopefx.io._vendor`)."""
 
 
 def _supported() -> str:
@@ -171,6 +172,10 @@ def resolve_ref(ref: str | os.PathLike[str]) -> ResolvedRef:
             "it with scopefx.io.find_images() (the CLI does this for directories and globs)"
         )
     if array is not None:
+        from ._vendor import is_vendor_file  # 'experiment.czi::tile/3': a tile inside the file
+
+        if is_vendor_file(path):
+            return ResolvedRef(text, path, array, "vendor")
         raise UnsupportedFormatError(
             f"{text!r} names array {array!r} inside '{path}', which is a file, not a Zarr store "
             "directory: use 'store.zarr::array/path' with a directory store"

@@ -419,7 +419,10 @@ def read_tile_table(
     Parameters
     ----------
     path : str or path-like
-        ``*.csv`` (see the module docs for the columns) or ``*.txt`` (TileConfiguration).
+        ``*.csv`` (see the module docs for the columns), ``*.txt`` (TileConfiguration), or an
+        instrument file that records stage positions: ``*.ome.tif[f]``, ``*.czi``, ``*.nd2``,
+        ``*.lif`` (:func:`scopefx.io._vendor.read_vendor_table`; CZI/ND2/LIF need
+        ``scopefx[vendor]``).
     pixel_size_um : float, optional
         Pixel size, needed for ``x_um,y_um`` positions; stored for the output's metadata.
     rotation_deg : float
@@ -440,6 +443,13 @@ def read_tile_table(
     p = Path(path)
     if not p.is_file():
         raise ImageNotFoundError(f"tile table {os.fspath(path)!r} does not exist")
+    from ._vendor import is_vendor_file, read_vendor_table
+
+    if is_vendor_file(p):
+        table: TileTable = read_vendor_table(p, pixel_size_um=pixel_size_um)
+        if rotation_deg:
+            raise ConfigError("rotation_deg is not supported for tiles inside instrument files")
+        return table
     suffix = p.suffix.lower()
     if suffix == ".csv":
         tiles, ndim, px = _read_csv(p, pixel_size_um, rotation_deg)
