@@ -94,8 +94,8 @@ def overlap_agreement(
 
     Notes
     -----
-    Translation-only tiles are compared at their rounded positions (a sub-pixel remainder of
-    at most half a pixel); other tiles are resampled into the mosaic grid.
+    Every tile is resampled into the mosaic grid at its exact position (linear interpolation),
+    so sub-pixel differences between layouts count.
     """
     from ._register import overlapping_pairs
 
@@ -103,7 +103,10 @@ def overlap_agreement(
     shape_arr = _tile_shapes(table, shapes, read)
     geometry = overlapping_pairs(table, shape_arr, min_overlap_px=1.0)
     feet = _footprints(table, shape_arr)
-    plans = [plan_pair(table, shape_arr, feet, i, j, 0.0) for i, j, _, _ in geometry]
+    # resampled at their exact positions (linear interpolation), so a layout is not scored on
+    # how its positions happen to round
+    plans = [plan_pair(table, shape_arr, feet, i, j, 0.0)._replace(sliced=False)
+             for i, j, _, _ in geometry]  # fmt: skip
     by_tile: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
     for p, plan in enumerate(plans):
         by_tile[plan.i].append((p, 0))
