@@ -33,7 +33,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -42,8 +42,9 @@ import numpy as np
 
 from ..errors import ConfigError, RegistrationError
 from ..io import read_image, read_metadata
-from ..io._tiles import TileTable
+from ..io._tiles import TileTable, layout_problems
 from ._correlate import Measured, Plan, cut, measure, plan_pair, prepare
+from ._regparams import AUTO_SHIFT, RegistrationParams, _check
 
 __all__ = [
     "PairResult",
@@ -56,111 +57,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CHUNK = 4_000_000  # candidate pairs examined at once by the sweep
-_AUTO_SHIFT = 0.15  # default search range: this fraction of the smaller tile extent
 
 #: Values of :attr:`PairResult.status`.
 STATUSES = ("used", "outlier", "low_quality", "ambiguous", "blank", "corner")
-
-
-def _check(name: str, value: Any, ok: bool, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name} must be {expected}, got {value!r}")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class RegistrationParams:
-    """Every setting of :func:`register`, validated on construction.
-
-    Parameters
-    ----------
-    max_shift_px : float, optional
-        Largest correction searched per pair and axis, mosaic pixels. Default (None): 15 % of
-        the pair's smaller tile extent, at least 8 px (enough for 5-50 % overlaps and stage
-        errors of a tenth of a tile).
-    min_overlap_px : float
-        Narrowest common part (at the measured shift) a match may rest on; pairs whose stage
-        overlap is narrower are still measured, on the overlap enlarged by the search range.
-    min_quality : float
-        NCC (0..1, on high-passed crops) below which a match is not used.
-    min_peak_margin : float
-        The best match must exceed the best distinct runner-up's NCC by this much; otherwise
-        the pair is ambiguous (a repeated pattern) and not used.
-    outlier_px : float
-        Used pairs whose residual after the solve exceeds this are dropped, worst first.
-    prior_weight : float
-        Weight of ``c_k = 0`` per tile: fixes the global offset and keeps unconnected tiles at
-        their stage position.
-    highpass_sigma_px : float
-        Gaussian (sigma, px) subtracted from each tile before correlation: removes vignetting
-        and uneven illumination. 0 disables.
-    corner_pairs : bool
-        Also measure diagonal neighbours that share only a corner (off by default).
-    stage_model : bool
-        Settle unusable side pairs by the median step of their row or column.
-    min_usable_fraction : float
-        Fraction of the side pairs that must give a usable match (0..1).
-    allow_partial : bool
-        Register with fewer usable pairs than ``min_usable_fraction`` instead of raising.
-
-    Examples
-    --------
-    >>> RegistrationParams(max_shift_px=80, min_overlap_px=8).to_dict()["max_shift_px"]
-    80.0
-    """
-
-    max_shift_px: float | None = None
-    min_overlap_px: float = 6.0
-    min_quality: float = 0.15
-    min_peak_margin: float = 0.05
-    outlier_px: float = 2.0
-    prior_weight: float = 1e-4
-    highpass_sigma_px: float = 10.0
-    corner_pairs: bool = False
-    stage_model: bool = True
-    min_usable_fraction: float = 0.5
-    allow_partial: bool = False
-
-    def __post_init__(self) -> None:
-        ms = self.max_shift_px
-        _check("max_shift_px", ms, ms is None or (_number(ms) and ms > 0), "> 0 or None")
-        for name, lo, hi in (
-            ("min_overlap_px", 0, math.inf),
-            ("outlier_px", 0, math.inf),
-            ("prior_weight", 0, math.inf),
-        ):
-            v = getattr(self, name)
-            _check(name, v, _number(v) and lo < v < hi, "> 0")
-        for name in ("min_quality", "min_peak_margin", "min_usable_fraction"):
-            v = getattr(self, name)
-            _check(name, v, _number(v) and 0 <= v <= 1, "in [0, 1]")
-        hp = self.highpass_sigma_px
-        _check("highpass_sigma_px", hp, _number(hp) and 0 <= hp < math.inf, ">= 0")
-        for name in ("corner_pairs", "stage_model", "allow_partial"):
-            v = getattr(self, name)
-            _check(name, v, isinstance(v, bool), "True or False")
-        for f in dataclasses.fields(self):  # plain floats, so to_dict round-trips exactly
-            v = getattr(self, f.name)
-            if _number(v):
-                object.__setattr__(self, f.name, float(v))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able settings (``from_dict`` reads them back)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RegistrationParams:
-        """Settings from :meth:`to_dict`; unknown keys are refused by name."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"registration settings must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown registration setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -363,7 +262,7 @@ def _is_corner(olo: np.ndarray, ohi: np.ndarray, ext_i: np.ndarray, ext_j: np.nd
 def _reach(params: RegistrationParams, shapes: np.ndarray, i: int, j: int) -> float:
     if params.max_shift_px is not None:
         return params.max_shift_px
-    return max(8.0, _AUTO_SHIFT * float(min(shapes[i].min(), shapes[j].min())))
+    return max(8.0, AUTO_SHIFT * float(min(shapes[i].min(), shapes[j].min())))
 
 
 def register(
@@ -451,6 +350,8 @@ def register(
                 "nothing to register; check the table's positions and units (pixels, not "
                 "micrometres?)"
             )
+        for problem in layout_problems(table, shape_arr):
+            logger.warning("%s: %s", table.source or "tile layout", problem)
         lo, hi = _footprints(table, shape_arr)
         ext = hi - lo
         corner = [
