@@ -475,7 +475,7 @@ def test_registration_params_round_trip_and_refusals() -> None:
         ("prior_weight", -1.0, r"prior_weight must be > 0, got -1.0"),
         ("outlier_px", 0.0, "outlier_px must be > 0, got 0.0"),
         ("min_overlap_px", 0, "min_overlap_px must be > 0, got 0"),
-        ("highpass_sigma_px", -1, "highpass_sigma_px must be >= 0, got -1"),
+        ("highpass_sigma_px", -1, "highpass_sigma_px must be >= 0 or None, got -1"),
         ("allow_partial", "yes", "allow_partial must be True or False, got 'yes'"),
         ("min_peak_margin", float("nan"), r"min_peak_margin must be in \[0, 1\], got nan"),
     ],
@@ -506,7 +506,7 @@ def test_real_leica_scan_with_defaults() -> None:
     reg = register(read_tile_table(folder / "stage.csv"), workers=2)
     sides = [p for p in reg.pairs if p.status != "corner"]
     assert len(sides) == 17 and all(p.used for p in sides)
-    assert _reference_error(reg.table, folder / "reference.csv").max() < 3
+    assert _reference_error(reg.table, folder / "reference.csv").max() < 3.5
 
 
 def test_real_graph_paper_strip_with_defaults() -> None:

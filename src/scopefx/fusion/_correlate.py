@@ -1,9 +1,9 @@
-"""Measuring one overlap: crops on the stage overlap enlarged by the search range, band-passed
-(flat field, then a small Gaussian minus a large one); the normalised cross-correlation (NCC) on
-the pixels both tiles hold is computed for every shift in range at once (masked NCC by FFT), its
-maximum is the match, refined to 1/20 px by phase correlation of the common part; the best NCC
-away from that peak (the runner-up) tells whether the match is unique (a repeated pattern gives
-several equally good peaks).
+"""Measuring one overlap: crops on the stage overlap enlarged by the search range, flat-field
+corrected and high-passed (minus a large Gaussian), then smoothed (a small one); the normalised
+cross-correlation (NCC) on the pixels both tiles hold is computed for every shift in range at
+once (masked NCC by FFT), its maximum is the match, refined to 1/20 px by phase correlation of
+the unsmoothed common part; the best NCC away from that peak (the runner-up) tells whether the
+match is unique (a repeated pattern gives several equally good peaks).
 
 References
 ----------
@@ -24,7 +24,7 @@ from ..io._tiles import translation
 
 _UPSAMPLE = 20  # sub-pixel resolution of the peak search: 1 / 20 px
 _LOWPASS = 0.25  # Gaussian weight on the whitened spectrum (sigma, cycles/px): damps aliasing
-_SMOOTH_PX = 1.0  # Gaussian (sigma) taken from each tile before correlation: pixel noise
+_SMOOTH_PX = 2.0  # Gaussian (sigma) of the crops in the search for the best shift: pixel noise
 _DISTINCT_PX = 3.0  # a runner-up peak closer than this to the best is the same match
 
 
@@ -87,10 +87,13 @@ def prepare(
     if plane.ndim > nd:
         plane = plane.reshape(-1, *plane.shape[-nd:]).sum(axis=0)
     scale = float(np.mean(np.abs(plane), dtype=np.float64)) + 1e-12
+    if highpass_sigma_px is None:  # auto: 5 % of the smaller extent
+        from ._regparams import AUTO_HIGHPASS
+
+        highpass_sigma_px = max(4.0, AUTO_HIGHPASS * min(plane.shape))
     if highpass_sigma_px:
         sigma = [min(highpass_sigma_px, n / 4) for n in plane.shape]
-        smooth = ndimage.gaussian_filter(plane, _SMOOTH_PX, mode="reflect")  # pixel noise out
-        plane = smooth - ndimage.gaussian_filter(plane, sigma, mode="reflect")
+        plane = plane - ndimage.gaussian_filter(plane, sigma, mode="reflect")
     return plane, scale
 
 
@@ -219,7 +222,7 @@ def measure(
     stage = _extent(va & vb) or list(a.shape)
     need = np.array([min(min_overlap_px, n) for n in stage], dtype=float)
     r = np.minimum(math.ceil(reach), np.array(a.shape) - 1)
-    ncc, count, *extents = _ncc_surface(a, b, r)
+    ncc, count, *extents = _ncc_surface(_smooth(a), _smooth(b), r)
     ok = count >= 16
     for ax, e in enumerate(extents):
         ok = ok & (e >= need[ax] - 1e-9)
@@ -234,6 +237,17 @@ def measure(
     shift = peak + (sub if sub is not None else _parabola(score, best))
     overlap = tuple(int(e.flat[int(best[ax])]) for ax, e in enumerate(extents))
     return Measured(shift, quality, runner, overlap)
+
+
+def _smooth(x: np.ndarray) -> np.ndarray:
+    """Gaussian of ``_SMOOTH_PX`` over the valid pixels only (normalised convolution): pixel
+    noise out of the search for the best shift; the sub-pixel step sees the unsmoothed crops."""
+    from scipy import ndimage
+
+    valid = np.isfinite(x)
+    num = ndimage.gaussian_filter(np.where(valid, x, np.float32(0)), _SMOOTH_PX)
+    den = ndimage.gaussian_filter(valid.astype(np.float32), _SMOOTH_PX)
+    return np.where(valid, num / np.maximum(den, 1e-6), np.float32(np.nan))
 
 
 def _subpixel(a: np.ndarray, b: np.ndarray, peak: np.ndarray) -> np.ndarray | None:

@@ -12,10 +12,13 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["AUTO_SHIFT", "RegistrationParams"]
+__all__ = ["AUTO_HIGHPASS", "AUTO_SHIFT", "RegistrationParams"]
 
 #: Default search range: this fraction of the pair's smaller tile extent (at least 8 px).
 AUTO_SHIFT = 0.15
+
+#: Default high-pass (Gaussian sigma): this fraction of the tile's smaller extent (at least 4 px).
+AUTO_HIGHPASS = 0.05
 
 
 def _check(name: str, value: Any, ok: bool, expected: str) -> None:
@@ -50,9 +53,10 @@ class RegistrationParams:
     prior_weight : float
         Weight of ``c_k = 0`` per tile: fixes the global offset and keeps unconnected tiles at
         their stage position.
-    highpass_sigma_px : float
+    highpass_sigma_px : float, optional
         Gaussian (sigma, px) subtracted from each tile before correlation: removes vignetting
-        and uneven illumination. 0 disables.
+        and uneven illumination. Default (None): 5 % of the tile's smaller extent, at least
+        4 px (30 px for 600 px tiles). 0 disables.
     corner_pairs : bool
         Also measure diagonal neighbours that share only a corner (off by default).
     stage_model : bool
@@ -70,11 +74,11 @@ class RegistrationParams:
 
     max_shift_px: float | None = None
     min_overlap_px: float = 6.0
-    min_quality: float = 0.15
+    min_quality: float = 0.25
     min_peak_margin: float = 0.05
-    outlier_px: float = 2.0
+    outlier_px: float = 1.5
     prior_weight: float = 1e-4
-    highpass_sigma_px: float = 10.0
+    highpass_sigma_px: float | None = None
     corner_pairs: bool = False
     stage_model: bool = True
     min_usable_fraction: float = 0.5
@@ -94,7 +98,8 @@ class RegistrationParams:
             v = getattr(self, name)
             _check(name, v, _number(v) and 0 <= v <= 1, "in [0, 1]")
         hp = self.highpass_sigma_px
-        _check("highpass_sigma_px", hp, _number(hp) and 0 <= hp < math.inf, ">= 0")
+        ok_hp = hp is None or (_number(hp) and 0 <= hp < math.inf)
+        _check("highpass_sigma_px", hp, ok_hp, ">= 0 or None")
         for name in ("corner_pairs", "stage_model", "allow_partial"):
             v = getattr(self, name)
             _check(name, v, isinstance(v, bool), "True or False")
