@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from scopefx import samples
 from scopefx.errors import ConfigError, ImageNotFoundError, RegistrationError
+from scopefx.fusion import FlatField
 from scopefx.fusion._register import RegistrationParams, overlapping_pairs, register
 from scopefx.io import read_tile_table
 from scopefx.io._tiles import Tile, TileTable
@@ -401,6 +402,10 @@ def test_flat_field_is_applied_before_correlation() -> None:
     reg = register(_table(stage), read=_memory_reader(vignetted), shapes=[(200, 200)] * 6,
                    params=params, flatfield=correct)  # fmt: skip
     assert len(seen) == 6
+    assert _position_error(reg.table, true).max() < 0.5
+    # a FlatField object works the same way (its apply() is used)
+    reg = register(_table(stage), read=_memory_reader(vignetted), shapes=[(200, 200)] * 6,
+                   params=params, flatfield=FlatField(flat))  # fmt: skip
     assert _position_error(reg.table, true).max() < 0.5
 
 
