@@ -25,7 +25,7 @@ import numpy as np
 
 from ..io import read_image, read_metadata
 from ..io._tiles import TileTable, layout_problems
-from ._correlate import cut, plan_pair, prepare
+from ._correlate import Plan, cut, plan_pair, prepare
 from ._register import (
     STATUSES,
     Registration,
@@ -97,40 +97,55 @@ def overlap_agreement(
     Every tile is resampled into the mosaic grid at its exact position (linear interpolation),
     so sub-pixel differences between layouts count.
     """
+    return _agreements([table], read=read, shapes=shapes, flatfield=flatfield,
+                       workers=workers)[0]  # fmt: skip
+
+
+def _agreements(
+    tables: list[TileTable], *, read: Callable[[str], Any] | None, shapes: Any, flatfield: Any,
+    workers: int,
+) -> list[tuple[float, list[tuple[int, int, float, int]]]]:  # fmt: skip
+    """:func:`overlap_agreement` of several layouts of the same tiles, each tile read once."""
     from ._register import overlapping_pairs
 
     reader = read or read_image
-    shape_arr = _tile_shapes(table, shapes, read)
-    geometry = overlapping_pairs(table, shape_arr, min_overlap_px=1.0)
-    feet = _footprints(table, shape_arr)
-    # resampled at their exact positions (linear interpolation), so a layout is not scored on
-    # how its positions happen to round
-    plans = [plan_pair(table, shape_arr, feet, i, j, 0.0)._replace(sliced=False)
-             for i, j, _, _ in geometry]  # fmt: skip
-    by_tile: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
-    for p, plan in enumerate(plans):
-        by_tile[plan.i].append((p, 0))
-        by_tile[plan.j].append((p, 1))
+    first = tables[0]
+    shape_arr = _tile_shapes(first, shapes, read)
+    plans: list[list[Plan]] = []
+    by_tile: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+    for t, table in enumerate(tables):
+        feet = _footprints(table, shape_arr)
+        # resampled at their exact positions (linear interpolation), so a layout is not
+        # scored on how its positions happen to round
+        geometry = overlapping_pairs(table, shape_arr, min_overlap_px=1.0)
+        plans.append([plan_pair(table, shape_arr, feet, i, j, 0.0)._replace(sliced=False)
+                      for i, j, _, _ in geometry])  # fmt: skip
+        for p, plan in enumerate(plans[t]):
+            by_tile[plan.i].append((t, p, 0))
+            by_tile[plan.j].append((t, p, 1))
 
-    def load(k: int) -> list[tuple[int, int, np.ndarray]]:
-        plane, _ = prepare(reader(table[k].ref), table.ndim, flatfield, 0.0)
-        return [(p, side, cut(plane, table[k].affine, plans[p])) for p, side in by_tile[k]]
+    def load(k: int) -> list[tuple[int, int, int, np.ndarray]]:
+        plane, _ = prepare(reader(first[k].ref), first.ndim, flatfield, 0.0)
+        return [(t, p, side, cut(plane, tables[t][k].affine, plans[t][p]))
+                for t, p, side in by_tile[k]]  # fmt: skip
 
-    crops: dict[int, list[np.ndarray | None]] = {}
-    scores: dict[int, tuple[float, int]] = {}
+    crops: dict[tuple[int, int], list[np.ndarray | None]] = {}
+    scores: dict[tuple[int, int], tuple[float, int]] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for got in pool.map(load, sorted(by_tile)):
-            for p, side, crop in got:
-                slot = crops.setdefault(p, [None, None])
+            for t, p, side, crop in got:
+                slot = crops.setdefault((t, p), [None, None])
                 slot[side] = crop
                 if slot[0] is not None and slot[1] is not None:
-                    scores[p] = _ncc(slot[0], slot[1])
-                    del crops[p]
-    pairs = [(pl.i, pl.j, *scores[p]) for p, pl in enumerate(plans)]
-    valid = [(c, n) for _, _, c, n in pairs if math.isfinite(c)]
-    total = sum(n for _, n in valid)
-    value = sum(c * n for c, n in valid) / total if total else math.nan
-    return float(value), pairs
+                    scores[t, p] = _ncc(slot[0], slot[1])
+                    del crops[t, p]
+    out = []
+    for t in range(len(tables)):
+        pairs = [(pl.i, pl.j, *scores[t, p]) for p, pl in enumerate(plans[t])]
+        valid = [(c, n) for _, _, c, n in pairs if math.isfinite(c)]
+        total = sum(n for _, n in valid)
+        out.append((float(sum(c * n for c, n in valid) / total) if total else math.nan, pairs))
+    return out
 
 
 def _num(v: float, digits: int = 4) -> float | None:
@@ -169,9 +184,9 @@ def registration_report(
     table, nd = reg.table, reg.table.ndim
     stage = reg.stage_table or reg.table
     shape_arr = _tile_shapes(table, shapes, read)
-    kw = {"read": read, "shapes": shape_arr, "flatfield": flatfield, "workers": workers}
-    after, after_pairs = overlap_agreement(table, **kw)
-    before, _ = overlap_agreement(stage, **kw)
+    (after, after_pairs), (before, _) = _agreements(
+        [table, stage], read=read, shapes=shape_arr, flatfield=flatfield, workers=workers
+    )
     agreement = {(i, j): c for i, j, c, _ in after_pairs}
     pos, pos0 = table.affines[:, :nd, nd], stage.affines[:, :nd, nd]
     shift = pos - pos0
