@@ -25,6 +25,7 @@ from ..io._tiles import translation
 _UPSAMPLE = 20  # sub-pixel resolution of the peak search: 1 / 20 px
 _LOWPASS = 0.25  # Gaussian weight on the whitened spectrum (sigma, cycles/px): damps aliasing
 _SMOOTH_PX = 2.0  # Gaussian (sigma) of the crops in the search for the best shift: pixel noise
+_CONFIDENCE = 2.0  # standard errors below the NCC that a shift is scored by
 _DISTINCT_PX = 3.0  # a runner-up peak closer than this to the best is the same match
 
 
@@ -222,21 +223,42 @@ def measure(
     stage = _extent(va & vb) or list(a.shape)
     need = np.array([min(min_overlap_px, n) for n in stage], dtype=float)
     r = np.minimum(math.ceil(reach), np.array(a.shape) - 1)
-    ncc, count, *extents = _ncc_surface(_smooth(a), _smooth(b), r)
+    sa, sb = _smooth(a), _smooth(b)
+    ncc, count, *extents = _ncc_surface(sa, sb, r)
     ok = count >= 16
     for ax, e in enumerate(extents):
         ok = ok & (e >= need[ax] - 1e-9)
-    score = np.where(ok, ncc, -np.inf)
+    # A thin common part gives high NCC by chance: score each shift by a lower confidence
+    # bound of its NCC (Fisher z minus _CONFIDENCE standard errors, with the pixels counted in
+    # independent samples of the content's correlation area).
+    samples = count / max(_corr_area(sa), _corr_area(sb))
+    z = np.arctanh(np.clip(ncc, -0.999, 0.999)) - _CONFIDENCE / np.sqrt(np.maximum(samples - 3, 1))
+    score = np.where(ok, np.tanh(z), -np.inf)
     if not np.isfinite(score).any():
         return nothing
     best = np.array(np.unravel_index(int(np.argmax(score)), score.shape))
-    quality = float(max(score[tuple(best)], 0.0))
+    quality = float(max(ncc[tuple(best)], 0.0))
     runner = _runner_up(score, best)
+    runner = float(np.clip(runner + (quality - max(float(score[tuple(best)]), 0.0)), 0, 1))
     peak = best - r
     sub = _subpixel(a, b, peak)
     shift = peak + (sub if sub is not None else _parabola(score, best))
     overlap = tuple(int(e.flat[int(best[ax])]) for ax, e in enumerate(extents))
     return Measured(shift, quality, runner, overlap)
+
+
+def _corr_area(x: np.ndarray) -> float:
+    """Area (px^nd) over which the content of ``x`` stays correlated: per axis
+    ``sqrt(2) std(x) / std(dx)`` (exact for Gaussian-correlated texture), 1 to 64 px."""
+    v = x[np.isfinite(x)]
+    spread = float(np.std(v, dtype=np.float64)) if v.size else 0.0
+    area = 1.0
+    for ax in range(x.ndim):
+        d = np.diff(x, axis=ax)
+        d = d[np.isfinite(d)]
+        step = float(np.std(d, dtype=np.float64)) if d.size else 0.0
+        area *= float(np.clip(math.sqrt(2) * spread / max(step, 1e-12), 1.0, 64.0))
+    return area
 
 
 def _smooth(x: np.ndarray) -> np.ndarray:

@@ -86,7 +86,9 @@ class PairResult:
         (a runner-up match almost as good), ``"blank"`` (no content) or ``"corner"`` (diagonal
         neighbour, not measured).
     runner_up : float
-        NCC of the best distinct other candidate shift.
+        The best distinct other shift, on the NCC scale (shifts are ranked by a lower
+        confidence bound of their NCC, so a thin common part does not win by chance; the
+        runner-up is that bound plus the match's own margin between NCC and bound).
     weight : float
         Weight in the solve (0 when not used).
     modelled_px : tuple of float or None
