@@ -76,3 +76,35 @@ def test_qc_without_fusing_writes_the_report_beside_the_output(mosaic, tmp_path:
         assert len(list(csv.DictReader(fh))) == 9
     assert (tmp_path / "run" / "mosaic.pairs.csv").is_file()
     assert reg.table.refs == _table(stage).refs
+
+
+def test_fuse_registers_flat_field_corrected_tiles_and_writes_the_report(
+    mosaic, tmp_path: Path, monkeypatch
+) -> None:
+    """fuse(register=True, flatfield="estimate") estimates the flat field first and registers
+    corrected tiles (it used to register raw tiles), then writes the QC report beside out."""
+    import tifffile
+
+    from scopefx.fusion import _register as reg_module
+    from scopefx.fusion import fuse
+
+    tiles, _, stage = mosaic
+    paths = []
+    for k, tile in enumerate(tiles):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+    seen = []
+    real = reg_module.register
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("flatfield"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reg_module, "register", spy)
+    table = _table(stage, paths)
+    out = tmp_path / "m.ome.zarr"
+    result = fuse(table, out, register=True, flatfield="estimate")
+    assert len(seen) == 1 and seen[0] is not None  # the estimated flat field
+    summary = result.extra["registration"]
+    assert Path(summary["qc"]).name == "m.qc.json" and Path(summary["qc_png"]).is_file()
+    assert summary["summary_line"].startswith("registration: ")

@@ -120,9 +120,11 @@ def fuse(
         ``read(ref) -> array``; default :func:`scopefx.io.read_image`.
     device : {None, "cpu", "gpu", "cuda:N"}
     register : bool
-        Refine the positions from the tiles' overlaps first (:func:`scopefx.fusion.register`);
-        the refined table and per-pair residuals are written beside ``out`` as
-        ``<name>.registered.csv`` and ``<name>.pairs.csv``.
+        Refine the positions from the tiles' overlaps first (:func:`scopefx.fusion.register`,
+        on flat-field-corrected tiles when ``flatfield`` is given); the refined table, the
+        per-pair residuals and the QC report are written beside ``out`` as
+        ``<name>.registered.csv``, ``<name>.pairs.csv``, ``<name>.qc.json`` and
+        ``<name>.qc.png``.
     preview : path, optional
         Also save a downsampled PNG with the tile outlines (:func:`write_preview`).
     scheduler : optional
@@ -188,16 +190,19 @@ def plan_tiles(
         workers=workers or 4,
     )
     extra: dict[str, Any] = {}
-    if register:
-        tile_shapes = tile_layout(table, metas)[0]
-        table, extra["registration"] = _register(table, tile_shapes, out, read, workers or 4)
-    plan = plan_loaded(table, metas, params=params, read=read, workers=workers or 4, **plan_options)
     if isinstance(flatfield, str):
         if flatfield != "estimate":
             raise ConfigError(f'flatfield must be a FlatField or "estimate", got {flatfield!r}')
         from ._flatfield import estimate_flatfield
 
-        flatfield = estimate_flatfield(plan.refs, read=read)
+        # before registration, which correlates flat-field-corrected tiles
+        flatfield = estimate_flatfield(table.refs, read=read)
+    if register:
+        tile_shapes = tile_layout(table, metas)[0]
+        table, extra["registration"] = _register(
+            table, tile_shapes, out, read, workers or 4, flatfield
+        )
+    plan = plan_loaded(table, metas, params=params, read=read, workers=workers or 4, **plan_options)
     return plan, flatfield, missing, extra
 
 
@@ -212,11 +217,13 @@ def sidecar(out: Path, suffix: str) -> Path:
 
 
 def _register(
-    table: TileTable, shapes: np.ndarray, out: Path, read: Reader | None, workers: int
-) -> tuple[TileTable, dict[str, Any]]:
+    table: TileTable, shapes: np.ndarray, out: Path, read: Reader | None, workers: int,
+    flatfield: Any = None,
+) -> tuple[TileTable, dict[str, Any]]:  # fmt: skip
+    from ._qc import registration_report, report_summary, write_report
     from ._register import register
 
-    reg = register(table, read=read, shapes=shapes, workers=workers)
+    reg = register(table, read=read, shapes=shapes, flatfield=flatfield, workers=workers)
     out.parent.mkdir(parents=True, exist_ok=True)
     refined, pairs = sidecar(out, ".registered.csv"), sidecar(out, ".pairs.csv")
     reg.table.to_csv(refined)
@@ -224,12 +231,18 @@ def _register(
     used = sum(p.used for p in reg.pairs)
     log.info("registration: %d of %d pairs used, rms %.3f px", used, len(reg.pairs),
              reg.rms_residual_px)  # fmt: skip
+    report = registration_report(reg, read=read, shapes=shapes, flatfield=flatfield,
+                                 workers=workers)  # fmt: skip
+    qc_json, qc_png = write_report(report, out)
     summary = {
         "pairs": len(reg.pairs),
         "pairs_used": used,
         "rms_residual_px": reg.rms_residual_px,
         "table": str(refined),
         "pairs_csv": str(pairs),
+        "qc": str(qc_json),
+        "qc_png": str(qc_png),
+        "summary_line": report_summary(report),
     }
     return reg.table, summary
 
