@@ -35,3 +35,16 @@ def test_default_dpi_tiles_give_no_physical_scale(tmp_path):
                          resolutionunit="INCH")  # fmt: skip
     result = fuse(TileTable.from_positions(paths, [(0, 0), (50, 0)]), tmp_path / "m.ome.zarr")
     assert result.pixel_size_um is None
+
+
+def test_layout_that_does_not_overlap_is_warned(tmp_path, caplog):
+    """Positions 100x too large fused to a huge mosaic of lone tiles without a word."""
+    paths = []
+    for k in range(2):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], np.full((40, 60), k + 1, np.uint8))
+    table = TileTable.from_positions(paths, [(0, 0), (500, 0)])
+    with caplog.at_level("WARNING", logger="scopefx.fusion._write"):
+        result = fuse(table, tmp_path / "m.ome.zarr", pyramid=False)
+    assert "no two of the 2 tiles overlap" in caplog.text
+    assert any("times the tiles' summed area" in p for p in result.extra["layout_problems"])

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..io._tiles import TileTable
+from ..io._tiles import TileTable, layout_problems
 from ._blend import Reader
 from ._fuse import load_tiles, plan_loaded, tile_layout
 from ._job import prepare_fusion
@@ -190,6 +190,11 @@ def plan_tiles(
         workers=workers or 4,
     )
     extra: dict[str, Any] = {}
+    problems = layout_problems(table, tile_layout(table, metas)[0])
+    for problem in problems:  # a unit mix-up fused to a huge mosaic of lone tiles, unwarned
+        log.warning("%s: %s", table.source or "tile layout", problem)
+    if problems:
+        extra["layout_problems"] = problems
     if isinstance(flatfield, str):
         if flatfield != "estimate":
             raise ConfigError(f'flatfield must be a FlatField or "estimate", got {flatfield!r}')
