@@ -48,3 +48,17 @@ def test_layout_that_does_not_overlap_is_warned(tmp_path, caplog):
         result = fuse(table, tmp_path / "m.ome.zarr", pyramid=False)
     assert "no two of the 2 tiles overlap" in caplog.text
     assert any("times the tiles' summed area" in p for p in result.extra["layout_problems"])
+
+
+def test_the_summary_says_where_the_pixel_size_came_from(tmp_path):
+    paths = []
+    for k in range(2):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], np.full((40, 60), k + 1, np.uint8), resolution=(2e4, 2e4),
+                         resolutionunit="CENTIMETER")  # fmt: skip
+    table = TileTable.from_positions(paths, [(0, 0), (50, 0)])
+    result = fuse(table, tmp_path / "a.ome.zarr", pyramid=False)
+    assert result.pixel_size_um == 0.5
+    assert result.extra["pixel_size_from"] == "TIFF resolution tags (20000 px/cm) of t0.tif"
+    result = fuse(table, tmp_path / "b.ome.zarr", pyramid=False, pixel_size_um=0.25)
+    assert result.extra["pixel_size_from"] == "given (--pixel-size)"

@@ -182,6 +182,7 @@ def plan_tiles(
     """What :func:`fuse` does before writing: read the table and the tile headers, register
     (sidecar files beside ``out``), plan, estimate the flat field. Returns the plan, the flat
     field, the missing tiles and the run's extra summary (registration)."""
+    given = plan_options.get("pixel_size_um")
     table, metas, missing = load_tiles(
         tiles,
         pixel_size_um=plan_options.pop("pixel_size_um", None),
@@ -189,7 +190,7 @@ def plan_tiles(
         skip_missing=plan_options.pop("skip_missing", False),
         workers=workers or 4,
     )
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"pixel_size_from": _pixel_size_from(table, metas, given)}
     problems = layout_problems(table, tile_layout(table, metas)[0])
     for problem in problems:  # a unit mix-up fused to a huge mosaic of lone tiles, unwarned
         log.warning("%s: %s", table.source or "tile layout", problem)
@@ -209,6 +210,20 @@ def plan_tiles(
         )
     plan = plan_loaded(table, metas, params=params, read=read, workers=workers or 4, **plan_options)
     return plan, flatfield, missing, extra
+
+
+def _pixel_size_from(table: TileTable, metas: list[Any], given: float | None) -> str | None:
+    """Where the mosaic's pixel size came from, in words (None: unknown, no physical scale)."""
+    if table.pixel_size_um is None:
+        return None
+    if given is not None:
+        return "given (--pixel-size)"
+    if "vendor" in table.extra:
+        return f"{str(table.extra['vendor']).upper()} file metadata"
+    first = metas[0] if metas else None
+    if first is not None and first.pixel_size_um == table.pixel_size_um and first.pixel_size_from:
+        return f"{first.pixel_size_from} of {Path(first.path).name}"
+    return "tile table"
 
 
 def sidecar(out: Path, suffix: str) -> Path:
