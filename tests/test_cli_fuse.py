@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,46 @@ def test_fuse_flatfield_from_images(tmp_path):
                 str(tmp_path / "flat.tif"))[0] == 0  # fmt: skip
     fused = zarr.open_array(out / "0", mode="r")[...]
     assert fused.shape[0] > 300
+
+
+REAL_TILES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tiles_real"
+
+
+def test_qc_registers_and_reports_without_fusing(tmp_path):
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    out = tmp_path / "run" / "m.ome.zarr"
+    code, text = _run("fuse", str(table), "-o", str(out), "--qc", "--max-shift", "12",
+                      "--json", str(tmp_path / "qc.json"))  # fmt: skip
+    assert code == 0, text
+    assert not out.exists()  # nothing fused
+    assert "registration: " in text and "side pairs used" in text and "stitching QC: " in text
+    report = json.loads((tmp_path / "run" / "m.qc.json").read_text())
+    assert report["params"]["max_shift_px"] == 12.0  # the flag reached RegistrationParams
+    assert (tmp_path / "run" / "m.qc.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((tmp_path / "qc.json").read_text())
+    assert summary["pairs_used"] == 12  # the 12 side pairs of a 3x3 grid (corners dropped)
+
+
+def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(4):  # 2x2 tiles of independent noise: the overlaps share nothing
+        tifffile.imwrite(tmp_path / f"t{k}.tif", rng.integers(0, 255, (96, 96), dtype=np.uint8))
+        rows.append(f"t{k}.tif,{(k % 2) * 80},{(k // 2) * 80}")
+    (tmp_path / "tiles.csv").write_text("path,x,y\n" + "\n".join(rows) + "\n")
+    args = ["fuse", str(tmp_path / "tiles.csv"), "-o", str(tmp_path / "m.ome.zarr"), "--register"]
+    with pytest.raises(SystemExit) as info:
+        _run(*args, "-q")
+    assert info.value.code == 3
+    assert "usable" in capsys.readouterr().err
+    code, text = _run(*args, "--allow-partial-registration", "-q")
+    assert code == 0 and "registration: " in text
+
+
+@pytest.mark.skipif(not REAL_TILES.is_dir(), reason=f"real tile sets not found at {REAL_TILES}")
+def test_qc_on_the_real_leica_scan_with_default_settings(tmp_path):
+    code, text = _run("fuse", str(REAL_TILES / "leica_tma4x3" / "stage.csv"), "-o",
+                      str(tmp_path / "leica.ome.zarr"), "--qc")  # fmt: skip
+    assert code == 0, text
+    report = json.loads((tmp_path / "leica.qc.json").read_text())
+    assert report["summary"]["overlap_agreement"] > report["summary"]["overlap_agreement_stage"]

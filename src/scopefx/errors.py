@@ -19,6 +19,7 @@ __all__ = [
     "EndpointError",
     "ImageNotFoundError",
     "InvalidImageError",
+    "RegistrationError",
     "RemoteTaskError",
     "ResourceLimitError",
     "ScopefxError",
@@ -103,6 +104,17 @@ class EndpointError(ScopefxError, RuntimeError):
     """An endpoint cannot take scopefx work: wrong scopefx version, or it is unreachable."""
 
     status = "endpoint"
+
+
+class RegistrationError(ScopefxError, ValueError):
+    """Tiles cannot be registered from their overlaps as asked.
+
+    Raised when too few neighbouring tiles give a usable match (fewer than half, by default),
+    or when no two tiles overlap at their stage positions; the message says which and why.
+    ``RegistrationParams(allow_partial=True)`` registers what can be registered instead.
+    """
+
+    status = "registration"
 
 
 class RemoteTaskError(ScopefxError, RuntimeError):

@@ -176,7 +176,7 @@ def test_plain_tiff_has_no_instrument_fields(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("resolution", "unit", "expected_um"),
-    [((20000.0, 20000.0), "CENTIMETER", 0.5), ((254.0, 254.0), "INCH", 100.0)],
+    [((20000.0, 20000.0), "CENTIMETER", 0.5), ((25400.0, 25400.0), "INCH", 1.0)],
 )
 def test_tiff_resolution_tags(
     tmp_path: Path, resolution: tuple[float, float], unit: str, expected_um: float
@@ -186,6 +186,26 @@ def test_tiff_resolution_tags(
     meta = read_metadata(path)
     assert meta.source == "tiff"
     assert meta.pixel_size_um == pytest.approx(expected_um)
+    assert meta.pixel_size_from is not None and meta.pixel_size_from.startswith("TIFF resolution")
+
+
+@pytest.mark.parametrize("dpi", [72, 96, 300])
+def test_default_dpi_is_not_a_pixel_size(tmp_path: Path, dpi: int) -> None:
+    """A TIFF's 72 dpi became a 352.8 um pixel size in the output's physical scale."""
+    path = tmp_path / "dpi.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8), resolution=(dpi, dpi), resolutionunit="INCH")
+    meta = read_metadata(path)
+    assert meta.pixel_size_um is None and meta.pixel_size_from is None
+    assert f"{dpi} dpi is a default" in meta.raw["pixel_size_ignored"]
+
+
+def test_implausible_pixel_size_is_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "ome.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8), ome=True,
+                     metadata={"PhysicalSizeX": 2.0, "PhysicalSizeXUnit": "mm"})  # fmt: skip
+    meta = read_metadata(path)
+    assert meta.pixel_size_um is None
+    assert "2000 um, outside the plausible" in meta.raw["pixel_size_ignored"]
 
 
 def test_imagej_and_ome_pixel_size(tmp_path: Path) -> None:
@@ -206,6 +226,7 @@ def test_imagej_and_ome_pixel_size(tmp_path: Path) -> None:
     )
     meta = read_metadata(tmp_path / "ome.tif")
     assert (meta.source, meta.pixel_size_um) == ("ome", pytest.approx(0.004))
+    assert meta.pixel_size_from == "OME PhysicalSizeX"
 
 
 def test_fibics_wins_over_resolution_tags(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from scopefx.errors import ConfigError, ImageNotFoundError, UnsupportedFormatError
 from scopefx.io import Tile, TileTable, read_tile_table
+from scopefx.io._tiles import layout_problems
 
 
 def _write(path, text):
@@ -125,3 +126,59 @@ def test_from_positions_validates_shapes():
         TileTable.from_positions(["a", "b"], [(0, 0, 0, 0), (1, 1, 1, 1)])
     with pytest.raises(ConfigError, match="holds no tiles"):
         TileTable(())
+
+
+# --------------------------------------------------------------------------------------------
+# What spreadsheets write (issue 16)
+
+
+def test_trailing_commas_crlf_and_bom_are_read(tmp_path):
+    text = "\ufeffpath,x,y,\r\na.tif,0,0,\r\nb.tif,90,0,\r\n\r\n"
+    table = read_tile_table(_write(tmp_path / "t.csv", text))
+    assert [t.ref for t in table] == [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
+    np.testing.assert_array_equal(table[1].offset, [0, 90])
+
+
+def test_extra_values_are_refused_with_the_line(tmp_path):
+    path = _write(tmp_path / "t.csv", "path,x,y\na.tif,0,0\nb.tif,90,0,7\n")
+    with pytest.raises(ConfigError, match=r"line 3: 4 values for 3 columns .*\['7'\]"):
+        read_tile_table(path)
+
+
+def test_latin1_table_is_read_with_a_warning_naming_the_line(tmp_path, caplog):
+    path = tmp_path / "t.csv"
+    path.write_bytes("path,x,y\na.tif,0,0\nprobe_é.tif,90,0\n".encode("latin-1"))
+    with caplog.at_level("WARNING", logger="scopefx.io._tiles"):
+        table = read_tile_table(path)
+    assert table[1].ref == str(tmp_path / "probe_é.tif")
+    assert "line 3" in caplog.text and "Latin-1" in caplog.text
+
+
+def test_tile_configuration_with_bom_and_crlf(tmp_path):
+    text = "\ufeff# Define the number of dimensions\r\ndim = 2\r\na.tif; ; (0.0, 0.0)\r\n"
+    table = read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
+    assert len(table) == 1 and table.ndim == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [
+        ("t.csv", "path,x,y\na.tif,0,0\nb.tif,5,0\na.tif,9,9\n", 4),
+        ("t.txt", "dim = 2\na.tif; ; (0, 0)\na.tif; ; (5, 0)\n", 3),
+    ],
+)
+def test_duplicate_tiles_are_refused_by_name(tmp_path, name, text, line):
+    with pytest.raises(ConfigError, match=rf"line {line}: tile '.*a\.tif' is listed twice"):
+        read_tile_table(_write(tmp_path / name, text))
+
+
+def test_layout_problems_name_units_and_isolated_tiles():
+    shapes = [(100, 100)] * 4
+    grid = [(0, 0), (90, 0), (0, 90), (90, 90)]
+    assert layout_problems(TileTable.from_positions(list("abcd"), grid), shapes) == []
+    far = TileTable.from_positions(list("abcd"), np.array(grid) * 100.0)
+    problems = layout_problems(far, shapes)
+    assert "no two of the 4 tiles overlap" in problems[0]
+    assert "times the tiles' summed area" in problems[1]
+    stray = TileTable.from_positions(list("abcd"), [*grid[:3], (5000, 5000)])
+    assert any("1 tile(s) overlap no other tile: d" in p for p in layout_problems(stray, shapes))

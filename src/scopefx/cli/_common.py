@@ -21,6 +21,8 @@ from ..errors import (
     EmptyFileError,
     ImageNotFoundError,
     InvalidImageError,
+    RegistrationError,
+    ResourceLimitError,
     UnsupportedFormatError,
 )
 from ..focus import FLAGGED
@@ -71,6 +73,8 @@ class DataError(Exception):
 #: Errors about the data named (an image or table missing, empty, corrupt, unreadable): exit 3.
 #: Every other :class:`~scopefx.errors.ScopefxError` is about options or configuration: exit 2.
 DATA_ERRORS = (
+    RegistrationError,  # the tiles' overlaps do not give a usable registration
+    ResourceLimitError,  # an image, chunk or mosaic over the limits
     ImageNotFoundError,
     EmptyFileError,
     CorruptImageError,

@@ -10,13 +10,19 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._common import add_endpoint_options, describe_mosaic, make_client, runs_remotely
+from ._common import (
+    UsageError,
+    add_endpoint_options,
+    describe_mosaic,
+    make_client,
+    runs_remotely,
+)
 
 __all__ = ["add_parser", "cmd_fuse"]
 
 
 def add_parser(sub: Any) -> None:
-    from ..fusion import BLENDS, FusionParams
+    from ..fusion import BLENDS, FusionParams, RegistrationParams
 
     d = FusionParams()
     p = sub.add_parser(
@@ -42,6 +48,34 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="finish an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace what is at OUT")
     p.add_argument("--register", action="store_true", help="refine positions from overlaps")
+    r = RegistrationParams()
+    g = p.add_argument_group("registration (with --register or --qc; see RegistrationParams)")
+    g.add_argument(
+        "--max-shift",
+        type=float,
+        default=r.max_shift_px,
+        metavar="PX",
+        help="largest correction searched per pair and axis (default: 15%% of the tile)",
+    )
+    g.add_argument(
+        "--min-overlap",
+        type=float,
+        default=r.min_overlap_px,
+        metavar="PX",
+        help="smallest stage overlap measured (default: %(default)s)",
+    )
+    g.add_argument(
+        "--allow-partial-registration",
+        action="store_true",
+        help="register what can be registered when fewer than half the neighbouring tiles "
+        "give a usable match (default: refuse, saying why)",
+    )
+    g.add_argument(
+        "--qc",
+        action="store_true",
+        help="register and write the stitching QC report (OUT's name + .qc.json, .qc.png) "
+        "without fusing",
+    )
     p.add_argument(
         "--flatfield",
         metavar="FLAT[,DARK]|estimate",
@@ -86,14 +120,33 @@ def _params(args: argparse.Namespace) -> Any:
 def _options(args: argparse.Namespace) -> Any:
     """The :class:`scopefx.fusion.FuseOptions` the options describe: the one object that
     travels to :func:`scopefx.fuse` or, as JSON, to the endpoint."""
-    from ..fusion import FuseOptions
+    from ..fusion import FuseOptions, RegistrationParams
 
+    registration = RegistrationParams(
+        max_shift_px=args.max_shift, min_overlap_px=args.min_overlap,
+        allow_partial=args.allow_partial_registration,
+    )  # fmt: skip
     return FuseOptions(
         pixel_size_um=args.pixel_size, rotation_deg=args.rotation,
-        skip_missing=args.skip_missing, force=args.force, register=args.register,
-        flatfield=args.flatfield, ngff=args.ngff, pyramid=not args.no_pyramid,
-        resume=args.resume, overwrite=args.overwrite, preview=args.preview,
+        skip_missing=args.skip_missing, force=args.force, register=args.register or args.qc,
+        registration=registration, flatfield=args.flatfield, ngff=args.ngff,
+        pyramid=not args.no_pyramid, resume=args.resume, overwrite=args.overwrite,
+        preview=args.preview,
     )  # fmt: skip
+
+
+def _report_extra(extra: dict[str, Any], out: TextIO) -> None:
+    """What the run found out about its inputs: the pixel size's source, layout problems, the
+    registration's one-line QC summary and where the report is."""
+    source = extra.get("pixel_size_from")
+    print(f"pixel size: {source or 'unknown (no physical scale written; --pixel-size)'}", file=out)
+    for problem in extra.get("layout_problems", []):
+        print(f"layout: {problem}", file=out)
+    r = extra.get("registration", extra if "summary_line" in extra else None)
+    if r is not None:
+        print(r.get("summary_line") or f"registration: {r['pairs_used']} of {r['pairs']} pairs "
+              f"used, rms residual {r['rms_residual_px']:.3f} px", file=out)  # fmt: skip
+        print(f"stitching QC: {r['qc']} ({r['qc_png']}); refined table {r['table']}", file=out)
 
 
 def _report(result: Any, where: str, out: TextIO) -> None:
@@ -102,13 +155,7 @@ def _report(result: Any, where: str, out: TextIO) -> None:
         print(f"skipped {len(result.missing)} missing tiles (area filled):", file=out)
         for ref in result.missing:
             print(f"  {ref}", file=out)
-    if "registration" in result.extra:
-        r = result.extra["registration"]
-        print(
-            f"registration: {r['pairs_used']} of {r['pairs']} pairs used, rms residual "
-            f"{r['rms_residual_px']:.3f} px; refined table {r['table']}",
-            file=out,
-        )
+    _report_extra(result.extra, out)
 
 
 def _cmd_fuse_remote(args: argparse.Namespace, params: Any, options: Any, out: TextIO) -> int:
@@ -130,12 +177,26 @@ def _cmd_fuse_remote(args: argparse.Namespace, params: Any, options: Any, out: T
     return 0
 
 
+def _cmd_qc(args: argparse.Namespace, options: Any, out: TextIO) -> int:
+    from ..fusion import qc
+
+    if runs_remotely(args, "fusion"):
+        raise UsageError("--qc runs here, on tiles this machine can read; drop --endpoint")
+    summary = qc(args.tiles, args.output, options=options, workers=args.workers)
+    _report_extra(summary, out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
 def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     from tqdm import tqdm
 
     from ..fusion import fuse
 
     params, options = _params(args), _options(args)  # usage errors before any data is read
+    if args.qc:
+        return _cmd_qc(args, options, out)
     if runs_remotely(args, "fusion"):
         return _cmd_fuse_remote(args, params, options, out)
     bar = tqdm(

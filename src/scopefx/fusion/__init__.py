@@ -18,8 +18,10 @@ from ._fuse import fuse_lazy, plan_fusion
 from ._job import FusionJob, FusionResult, prepare_fusion
 from ._params import BLENDS, FuseOptions, FusionParams
 from ._plan import FusionPlan, make_plan
+from ._qc import qc_only, registration_report, report_summary, write_report
 from ._register import PairResult, Registration, overlapping_pairs, register
-from ._write import TiffJob, fuse, prepare
+from ._regparams import RegistrationParams
+from ._write import TiffJob, fuse, prepare, qc
 from .plot import plot_mosaic, write_preview
 
 __all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
@@ -35,6 +37,7 @@ __all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
     "FusionResult",
     "PairResult",
     "Registration",
+    "RegistrationParams",
     "TiffJob",
     "Tile",
     "TileCache",
@@ -48,7 +51,12 @@ __all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
     "plan_fusion",
     "plot_mosaic",
     "prepare_fusion",
+    "qc",
+    "qc_only",
     "read_tile_table",
     "register",
+    "registration_report",
+    "report_summary",
     "write_preview",
+    "write_report",
 ]

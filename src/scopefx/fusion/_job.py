@@ -207,6 +207,7 @@ class FusionResult:
     chunks: tuple[int, ...]
     levels: int
     origin_px: tuple[int, ...]
+    """Mosaic pixel of output index 0, index order; :meth:`to_dict` writes it ``x, y[, z]``."""
     pixel_size_um: float | None
     n_tiles: int
     missing: tuple[str, ...] = ()
@@ -224,7 +225,8 @@ class FusionResult:
             "dtype": self.dtype,
             "chunks": list(self.chunks),
             "levels": self.levels,
-            "origin_px": list(self.origin_px),
+            "origin_px": list(self.origin_px[::-1]),  # x, y[, z], as docs/fusion.md says
+            "axes_px": "xyz"[: len(self.origin_px)],
             "pixel_size_um": self.pixel_size_um,
             "n_tiles": self.n_tiles,
             "missing": list(self.missing),
@@ -245,6 +247,9 @@ class FusionResult:
         for key in ("shape", "chunks", "origin_px", "missing"):
             if key in fields:
                 fields[key] = tuple(fields[key])
+        if "origin_px" in fields:  # written x, y[, z]; kept in index order
+            fields["origin_px"] = fields["origin_px"][::-1]
+        data = {k: v for k, v in data.items() if k != "axes_px"}
         try:
             return cls(**fields, extra={k: v for k, v in data.items() if k not in names})
         except TypeError as exc:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ._regparams import RegistrationParams
 
 __all__ = ["BLENDS", "NGFF_VERSIONS", "FuseOptions", "FusionParams"]
 
@@ -130,8 +131,13 @@ class FuseOptions:
         Allow a mosaic over ``FusionParams.max_output_gib`` (locally; on an endpoint the
         limits are the endpoint's settings).
     register : bool
-        Refine the positions from the tiles' overlaps before fusing; the refined table and the
-        per-pair results are written beside the output.
+        Refine the positions from the tiles' overlaps before fusing (on flat-field-corrected
+        tiles when there is a flat field); the refined table, the per-pair results and the
+        stitching QC report (``<name>.qc.json``, ``<name>.qc.png``) are written beside the
+        output.
+    registration : RegistrationParams
+        How ``register`` measures and solves: search range, minimum overlap, quality, whether
+        a partial registration is accepted. A plain dict is converted.
     flatfield : str, path or None
         Vignetting correction: ``"estimate"`` (from the tiles), a saved ``.npz``, or
         ``"FLAT[,DARK]"`` image references.
@@ -158,6 +164,7 @@ class FuseOptions:
     skip_missing: bool = False
     force: bool = False
     register: bool = False
+    registration: RegistrationParams = field(default_factory=RegistrationParams)
     flatfield: str | None = None
     ngff: str = "0.4"
     pyramid: bool = True
@@ -169,6 +176,12 @@ class FuseOptions:
         def bad(name: str, expected: str) -> ConfigError:
             return ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
 
+        if isinstance(self.registration, dict):  # from JSON
+            object.__setattr__(
+                self, "registration", RegistrationParams.from_dict(self.registration)
+            )
+        if not isinstance(self.registration, RegistrationParams):
+            raise bad("registration", "a RegistrationParams (or its dict)")
         for name in ("skip_missing", "force", "register", "pyramid", "resume", "overwrite"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "true or false")

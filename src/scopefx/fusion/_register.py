@@ -1,37 +1,64 @@
 """Registration of mosaic tiles from their overlaps (``scopefx fuse --register``).
 
-Each pair of tiles whose footprints overlap is measured by phase correlation of the two overlap
-crops; a sparse weighted least-squares solve then turns the pairwise shifts into one translation
-correction per tile. Transforms follow :mod:`scopefx.io._tiles`: homogeneous affines in array
-index order (``(y, x)`` or ``(z, y, x)``), tile index -> mosaic index.
+The steps, in the order :func:`register` runs them:
+
+1. **Neighbours from geometry.** Pairs of tiles whose stage footprints overlap; a pair that
+   overlaps partially along more than one axis (diagonal neighbours sharing only a corner) is
+   not measured by default: its small corner holds mostly vignetting.
+2. **Measure each side pair** (:mod:`._correlate`): crops on the stage overlap enlarged by the
+   search range, flat-field corrected when a flat field is given, high-passed, windowed and
+   phase-correlated; the best peaks are checked by normalised cross-correlation (NCC) on the
+   pixels both tiles hold at that shift. A match must reach ``min_quality`` and beat the best
+   distinct runner-up by ``min_peak_margin`` (a repeated pattern, such as graph paper, gives
+   several equally good peaks: such a pair is *ambiguous* and not used).
+3. **Stage model** (as MIST does): a side pair that gave no usable match takes the median
+   correction of the usable pairs of its row (or column), else of its direction.
+4. **Global solve**: sparse weighted least squares, weights NCC x overlap area; pairs whose
+   residual exceeds ``outlier_px`` are dropped, worst first, and the solve repeated. Groups of
+   tiles left unconnected by usable pairs are then moved as wholes to fit the stage model's
+   pairs between them (which so never bend the measured geometry).
+
+Fewer usable side pairs than ``min_usable_fraction`` of them is an error
+(:class:`~scopefx.errors.RegistrationError`) unless ``allow_partial``. Transforms follow
+:mod:`scopefx.io._tiles`: homogeneous affines in array index order (``(y, x)`` or
+``(z, y, x)``), tile index -> mosaic index.
 """
 
 from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..io import TileTable, read_image, read_metadata, translation
+from ..errors import ConfigError, RegistrationError
+from ..io import TileTable, layout_problems, read_image, read_metadata
+from ._correlate import Measured, Plan, cut, measure, plan_pair, prepare
+from ._regparams import AUTO_SHIFT, RegistrationParams, _check
 
-__all__ = ["PairResult", "Registration", "overlapping_pairs", "register"]
+__all__ = [
+    "PairResult",
+    "Registration",
+    "RegistrationParams",
+    "overlapping_pairs",
+    "register",
+]
 
 logger = logging.getLogger(__name__)
 
-_UPSAMPLE = 20  # sub-pixel resolution of the peak search: 1 / 20 px
-_LOWPASS = 0.25  # Gaussian weight on the whitened spectrum (sigma, cycles/px): damps aliasing
-_CANDIDATES = 4  # phase-correlation peaks checked by cross-correlation
 _CHUNK = 4_000_000  # candidate pairs examined at once by the sweep
+
+#: Values of :attr:`PairResult.status`.
+STATUSES = ("used", "outlier", "low_quality", "ambiguous", "blank", "corner")
 
 
 @dataclass(frozen=True)
@@ -44,15 +71,27 @@ class PairResult:
         Tile indices, ``i < j``.
     shift_px : tuple of float
         Correction of tile ``j`` relative to tile ``i`` beyond what the current transforms
-        predict, index order, mosaic pixels (NaN when the overlap holds no content).
+        predict, index order, mosaic pixels (NaN when nothing could be measured).
     quality : float
-        Normalised cross-correlation (0..1) of the two overlap crops after the shift.
+        Normalised cross-correlation (0..1) of the two high-passed crops at the shift.
     overlap_px : tuple of int
-        Size of the overlap box that was compared, index order.
+        Extent of the stage overlap, index order.
     used : bool
-        Kept by the global solve (False: quality below ``min_quality``, or an outlier).
+        The measurement entered the final solve.
     residual_px : float
         ``|(c_j - c_i) - shift|`` after the solve; NaN when the shift was not measurable.
+    status : str
+        ``"used"``, ``"outlier"`` (dropped by the solve), ``"low_quality"``, ``"ambiguous"``
+        (a runner-up match almost as good), ``"blank"`` (no content) or ``"corner"`` (diagonal
+        neighbour, not measured).
+    runner_up : float
+        The best distinct other shift, on the NCC scale (shifts are ranked by a lower
+        confidence bound of their NCC, so a thin common part does not win by chance; the
+        runner-up is that bound plus the match's own margin between NCC and bound).
+    weight : float
+        Weight in the solve (0 when not used).
+    modelled_px : tuple of float or None
+        For an unusable side pair: the stage-model correction put in its place.
     """
 
     i: int
@@ -62,6 +101,10 @@ class PairResult:
     overlap_px: tuple[int, ...]
     used: bool
     residual_px: float
+    status: str = "used"
+    runner_up: float = 0.0
+    weight: float = 0.0
+    modelled_px: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,14 +116,20 @@ class Registration:
     table : TileTable
         Each affine's translation column corrected; the linear parts are unchanged.
     pairs : tuple of PairResult
-        Every overlapping pair, sorted by ``(i, j)``.
+        Every neighbouring pair, sorted by ``(i, j)``.
     corrections_px : ndarray, shape (n_tiles, ndim)
         Correction added to each tile's translation, index order, mosaic pixels.
+    params : RegistrationParams
+        The settings used.
+    stage_table : TileTable or None
+        The table before registration.
     """
 
     table: TileTable
     pairs: tuple[PairResult, ...]
     corrections_px: np.ndarray
+    params: RegistrationParams = dataclasses.field(default_factory=RegistrationParams)
+    stage_table: TileTable | None = None
 
     @property
     def rms_residual_px(self) -> float:
@@ -89,7 +138,7 @@ class Registration:
         return float(np.sqrt(np.mean(np.square(res)))) if res else math.nan
 
     def pairs_to_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write ``i,j,ref_i,ref_j,dx,dy[,dz],quality,used,residual_px`` (x, y order)."""
+        """Write ``i,j,ref_i,ref_j,dx,dy[,dz],quality,used,residual_px,status`` (x, y order)."""
         axes = ["dx", "dy", "dz"][: self.table.ndim]
         refs = self.table.refs
 
@@ -98,11 +147,12 @@ class Registration:
 
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["i", "j", "ref_i", "ref_j", *axes, "quality", "used", "residual_px"])
+            w.writerow(["i", "j", "ref_i", "ref_j", *axes, "quality", "used", "residual_px",
+                        "status"])  # fmt: skip
             for p in self.pairs:
                 shift = [num(v) for v in p.shift_px[::-1]]
                 w.writerow([p.i, p.j, refs[p.i], refs[p.j], *shift, num(p.quality), p.used,
-                            num(p.residual_px)])  # fmt: skip
+                            num(p.residual_px), p.status])  # fmt: skip
 
 
 def _shapes_array(table: TileTable, shapes: Any) -> np.ndarray:
@@ -188,131 +238,6 @@ def overlapping_pairs(
     return list(zip(i.tolist(), j.tolist(), map(tuple, olo), map(tuple, ohi), strict=True))
 
 
-def _outer(profiles: Sequence[np.ndarray]) -> np.ndarray:
-    """The separable N-D array ``p0[:, None, ...] * p1[None, :, ...] * ...``, float32."""
-    out = np.ones((), dtype=np.float32)
-    for p in profiles:
-        out = np.multiply.outer(out, p.astype(np.float32))
-    return out
-
-
-def _tukey(n: int) -> np.ndarray:
-    """Window flat in the middle, a Hann ramp over 25% at each end."""
-    edge = np.minimum(np.arange(n) + 0.5, n - 0.5 - np.arange(n)) / (0.25 * n)
-    return 0.5 - 0.5 * np.cos(np.pi * np.clip(edge, 0, 1))
-
-
-def _freqs(shape: Sequence[int]) -> list[np.ndarray]:
-    """Frequencies (cycles per pixel) of each axis of ``scipy.fft.rfftn``'s output."""
-    return [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
-
-
-def _refine(half: np.ndarray, shape: Sequence[int], peak: np.ndarray) -> np.ndarray:
-    """Sub-pixel peak by a local upsampled DFT (Guizar-Sicairos et al. 2008) around ``peak``.
-
-    ``half`` is an ``rfftn`` spectrum: the other half is its conjugate, so the real part of the
-    sum with the interior of the last axis counted twice is the full inverse DFT.
-    """
-    size, k = math.ceil(1.5 * _UPSAMPLE), np.arange(half.shape[-1])
-    centre, data = size // 2, half * np.where((k == 0) | (2 * k == shape[-1]), 1, 2).astype("f4")
-    for ax, f in reversed(list(enumerate(_freqs(shape)))):
-        t = peak[ax] + (np.arange(size) - centre) / _UPSAMPLE
-        kernel = np.exp(2j * np.pi * t[:, None] * f[None, :]).astype(np.complex64)
-        data = np.einsum("uk,...k->u...", kernel, data)  # no BLAS: no threads to contend
-    up = np.unravel_index(int(np.argmax(data.real)), data.shape)
-    return peak + (np.asarray(up) - centre) / _UPSAMPLE
-
-
-def _ncc(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None, q: np.ndarray) -> float:
-    """Normalised cross-correlation of ``a(m + q)`` and ``b(m)`` on their common part."""
-    sa = tuple(slice(max(0, k), n + min(0, k)) for k, n in zip(q, a.shape, strict=True))
-    sb = tuple(slice(max(0, -k), n - max(0, k)) for k, n in zip(q, a.shape, strict=True))
-    x, y = a[sa], b[sb]
-    if valid is not None:
-        keep = valid[sa] & valid[sb]
-        x, y = x[keep], y[keep]
-    if x.size < 16:
-        return 0.0
-    x, y = x - np.float32(x.mean(dtype=np.float64)), y - np.float32(y.mean(dtype=np.float64))
-    sums = [float(np.sum(u * v, dtype=np.float64)) for u, v in ((x, y), (x, x), (y, y))]
-    return float(np.clip(sums[0] / math.sqrt(sums[1] * sums[2]), 0, 1)) if sums[0] > 0 else 0.0
-
-
-def _measure(a: np.ndarray, b: np.ndarray, max_shift: float) -> tuple[np.ndarray, float]:
-    """Shift ``d`` with ``b(m) ~ a(m + d)`` by windowed phase correlation, and its quality.
-
-    NaN marks pixels outside a tile; a blank or too small overlap gives NaN and quality 0.
-    """
-    from scipy import fft, ndimage
-
-    nd, valid = a.ndim, None
-    if np.isnan(a).any() or np.isnan(b).any():
-        valid = np.isfinite(a) & np.isfinite(b)
-        a, b = np.nan_to_num(a), np.nan_to_num(b)
-    if min(a.shape) < 2 or (valid is not None and valid.sum() < 16):
-        return np.full(nd, np.nan), 0.0
-    crops = []
-    for x in (a, b):
-        m = np.float32(x[valid].mean() if valid is not None else x.mean())
-        x = x - m if valid is None else np.where(valid, x - m, np.float32(0))
-        if np.abs(x).max() <= 1e-6 * (abs(m) + 1e-12):
-            return np.full(nd, np.nan), 0.0  # a blank crop: nothing to measure
-        crops.append(x * _outer([_tukey(n) for n in x.shape]))
-    cross = fft.rfftn(crops[0]) * np.conj(fft.rfftn(crops[1]))
-    lowpass = _outer([np.exp(-0.5 * (f / _LOWPASS) ** 2) for f in _freqs(a.shape)])
-    cross *= lowpass / np.maximum(np.abs(cross), 1e-30 + 1e-12 * np.abs(cross).max())
-    corr = fft.fftshift(fft.irfftn(cross, s=a.shape))  # shift 0 at index n // 2
-    centre, reach = np.array(a.shape) // 2, int(max_shift)
-    first = centre - np.minimum(reach, centre)
-    sub = corr[tuple(map(slice, first, centre + reach + 1))]  # the allowed shifts
-    local_max = np.flatnonzero(sub == ndimage.maximum_filter(sub, size=3, mode="nearest"))
-    top = local_max[np.argsort(sub.flat[local_max])[::-1][:_CANDIDATES]]
-    peaks = [np.array(np.unravel_index(f, sub.shape)) + first - centre for f in top]
-    peak = max(peaks, key=lambda c: _ncc(a, b, valid, c)).astype(float)  # best of a few peaks
-    shift = _refine(cross, a.shape, peak)
-    return shift, _ncc(a, b, valid, np.round(shift).astype(int))
-
-
-class _Plan(NamedTuple):
-    """How to cut pair ``(i, j)``: a box of the mosaic grid, ``size`` pixels from ``box_lo``."""
-
-    i: int
-    j: int
-    box_lo: np.ndarray  # int
-    size: tuple[int, ...]
-    sliced: bool  # True: both tiles are translations, cut at their rounded offsets
-    adjust: np.ndarray  # added to the crop-level shift to give the correction
-
-
-def _plan(table: TileTable, shapes: np.ndarray, i: int, j: int, lo: Any, hi: Any) -> _Plan:
-    ti, tj = table[i], table[j]
-    if ti.is_translation and tj.is_translation:
-        r_i, r_j = np.round(ti.offset), np.round(tj.offset)
-        box_lo, box_hi = np.maximum(r_i, r_j), np.minimum(r_i + shapes[i], r_j + shapes[j])
-        adjust, sliced = (r_j - tj.offset) - (r_i - ti.offset), True
-    else:
-        box_lo, box_hi = np.ceil(np.asarray(lo) - 1e-6), np.floor(np.asarray(hi) + 1e-6)
-        adjust, sliced = np.zeros(table.ndim), False
-    size = tuple(int(v) for v in np.maximum(box_hi - box_lo, 0))
-    return _Plan(i, j, box_lo.astype(int), size, sliced, adjust)
-
-
-def _cut(data: np.ndarray, affine: np.ndarray, plan: _Plan) -> np.ndarray:
-    """The overlap crop of one tile (channels summed), float32; NaN outside the tile."""
-    nd = len(plan.size)
-    if plan.sliced:
-        start = plan.box_lo - np.round(affine[:nd, nd]).astype(int)
-        box: tuple[Any, ...] = (..., *map(slice, start, start + plan.size))
-        crop = np.asarray(data[box], dtype=np.float32)
-        return crop.reshape(-1, *plan.size).sum(axis=0) if crop.ndim > nd else crop
-    from scipy import ndimage
-
-    plane = np.asarray(data, dtype=np.float32)
-    plane = plane.reshape(-1, *plane.shape[-nd:]).sum(axis=0) if plane.ndim > nd else plane
-    matrix = np.linalg.inv(affine) @ translation(plan.box_lo)
-    return ndimage.affine_transform(plane, matrix, output_shape=plan.size, order=1, cval=np.nan)
-
-
 def _solve(n: int, ij: np.ndarray, s: np.ndarray, w: np.ndarray, prior: float) -> np.ndarray:
     """Minimise sum w (c_j - c_i - s)^2 + prior sum c^2 (normal equations, sparse LU)."""
     from scipy import sparse
@@ -329,21 +254,25 @@ def _solve(n: int, ij: np.ndarray, s: np.ndarray, w: np.ndarray, prior: float) -
     return np.asarray(splu(normal).solve(rhs)).reshape(n, -1)
 
 
-def _check(name: str, value: Any, ok: bool, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name} must be {expected}, got {value!r}")
+def _is_corner(olo: np.ndarray, ohi: np.ndarray, ext_i: np.ndarray, ext_j: np.ndarray) -> bool:
+    """Partial overlap (under half the smaller tile) along more than one axis."""
+    partial = (ohi - olo) < 0.5 * np.minimum(ext_i, ext_j)
+    return int(partial.sum()) > 1
+
+
+def _reach(params: RegistrationParams, shapes: np.ndarray, i: int, j: int) -> float:
+    if params.max_shift_px is not None:
+        return params.max_shift_px
+    return max(8.0, AUTO_SHIFT * float(min(shapes[i].min(), shapes[j].min())))
 
 
 def register(
     table: TileTable,
     *,
+    params: RegistrationParams | None = None,
     read: Callable[[str], Any] | None = None,
     shapes: Any = None,
-    min_quality: float = 0.2,
-    max_shift_px: float | None = None,
-    prior_weight: float = 0.01,
-    outlier_px: float = 2.0,
-    min_overlap_px: float = 16,
+    flatfield: Any = None,
     workers: int = 1,
 ) -> Registration:
     """Refine tile translations from the content of their overlaps.
@@ -352,24 +281,18 @@ def register(
     ----------
     table : TileTable
         Tiles and their current (stage) transforms.
+    params : RegistrationParams, optional
+        Search range, minimum overlap, quality thresholds, ``allow_partial``; defaults work
+        for 5-50 % overlaps.
     read : callable, optional
         ``read(ref) -> array``; default :func:`scopefx.io.read_image`. Leading axes beyond the
         table's ``ndim`` are channels and are summed.
     shapes : array-like, shape (n_tiles, ndim), optional
         Spatial shape of each tile. Default: from the file headers
         (:func:`scopefx.io.read_metadata`), or, with a custom ``read``, by reading each tile.
-    min_quality : float
-        Pairs below this normalised cross-correlation (0..1) do not enter the solve.
-    max_shift_px : float, optional
-        Largest shift searched along each axis; default a third of the pair's smallest overlap
-        width, at least 2 px.
-    prior_weight : float
-        Weight of ``c_k = 0`` for every tile: keeps tiles without content at their stage
-        position and fixes the global offset.
-    outlier_px : float
-        Used pairs whose residual exceeds this are dropped, worst first, and the solve repeated.
-    min_overlap_px : float
-        See :func:`overlapping_pairs`.
+    flatfield : FlatField or callable, optional
+        Applied to each tile before it is correlated (``flatfield.apply(tile)``, or
+        ``flatfield(tile)`` for a callable), so vignetting does not correlate.
     workers : int
         Threads that read tiles and correlate overlaps.
 
@@ -381,32 +304,34 @@ def register(
     ------
     ConfigError
         A parameter is out of range, or a tile's shape differs from ``shapes``.
+    RegistrationError
+        No two tiles overlap at their stage positions, or fewer than
+        ``params.min_usable_fraction`` of the side pairs gave a usable match (without
+        ``params.allow_partial``).
     ImageNotFoundError, CorruptImageError, ...
         As ``read`` raises them, for the first tile that cannot be read.
 
     Notes
     -----
-    Each tile is read once and dropped after its overlap crops are cut. Translation-only tiles
-    are sliced at their rounded offsets (the rounding is added back to the measured shift);
-    other tiles are resampled into the mosaic grid (linear interpolation). Peaks are refined
-    to 1/20 px by a local upsampled DFT.
+    Each tile is read once and dropped after its crops are cut. Translation-only tiles are
+    sliced at their rounded offsets (the rounding is added back to the measured shift); other
+    tiles are resampled into the mosaic grid (linear interpolation). Peaks are refined to
+    1/20 px by a local upsampled DFT.
 
     References
     ----------
     Guizar-Sicairos, Thurman & Fienup, "Efficient subpixel image registration algorithms",
-    Opt. Lett. 33, 156 (2008).
+    Opt. Lett. 33, 156 (2008). Chalfoun et al., "MIST: accurate and scalable microscopy image
+    stitching tool with stage modeling and error minimization", Sci. Rep. 7, 4988 (2017).
 
     Examples
     --------
     >>> reg = register(read_tile_table("run/tiles.csv"), workers=8)  # doctest: +SKIP
     >>> reg.table.to_csv("run/tiles.registered.csv")  # doctest: +SKIP
-    >>> reg.pairs_to_csv("run/pairs.csv")  # doctest: +SKIP
     """
-    _check("min_quality", min_quality, 0 <= min_quality <= 1, "in [0, 1]")
-    _check("max_shift_px", max_shift_px, max_shift_px is None or max_shift_px > 0, "> 0 or None")
-    _check("prior_weight", prior_weight, prior_weight > 0, "> 0")
-    _check("outlier_px", outlier_px, outlier_px > 0, "> 0")
-    _check("min_overlap_px", min_overlap_px, min_overlap_px > 0, "> 0")
+    params = RegistrationParams() if params is None else params
+    if not isinstance(params, RegistrationParams):
+        raise ConfigError(f"params must be a RegistrationParams, got {type(params).__name__}")
     ok_workers = isinstance(workers, (int, np.integer)) and not isinstance(workers, bool)
     _check("workers", workers, ok_workers and workers >= 1, "an integer >= 1")
     nd, n = table.ndim, len(table)
@@ -419,39 +344,169 @@ def register(
 
             shapes = [s[-nd:] for s in pool.map(head, table.refs)]
         shape_arr = _shapes_array(table, shapes)
-        geometry = overlapping_pairs(table, shape_arr, min_overlap_px=min_overlap_px)
-        plans = [_plan(table, shape_arr, i, j, lo, hi) for i, j, lo, hi in geometry]
-        measured = _measure_all(table, reader, shape_arr, plans, max_shift_px, pool, workers)
-    m = len(plans)
-    ij = np.array([(p.i, p.j) for p in plans], dtype=int).reshape(m, 2)
-    shifts = np.array([s for s, _ in measured], dtype=float).reshape(m, nd)
-    quality = np.array([q for _, q in measured], dtype=float)
-    finite = np.all(np.isfinite(shifts), axis=1)
-    used = finite & (quality >= min_quality)
+        geometry = overlapping_pairs(table, shape_arr, min_overlap_px=1.0)
+        if not geometry and n > 1:
+            raise RegistrationError(
+                f"no two of the {n} tiles overlap at their stage positions, so there is "
+                "nothing to register; check the table's positions and units (pixels, not "
+                "micrometres?)"
+            )
+        for problem in layout_problems(table, shape_arr):
+            logger.warning("%s: %s", table.source or "tile layout", problem)
+        lo, hi = _footprints(table, shape_arr)
+        ext = hi - lo
+        corner = [
+            _is_corner(np.asarray(a), np.asarray(b), ext[i], ext[j]) for i, j, a, b in geometry
+        ]
+        plans = [plan_pair(table, shape_arr, (lo, hi), i, j, _reach(params, shape_arr, i, j))
+                 for (i, j, _, _), c in zip(geometry, corner, strict=True)
+                 if params.corner_pairs or not c]  # fmt: skip
+        measured = iter(_measure_all(table, reader, shape_arr, plans, params, flatfield, pool,
+                                     workers))  # fmt: skip
+    empty = Measured(np.full(nd, np.nan), 0.0, 0.0, (0,) * nd)
+    results = [empty if (c and not params.corner_pairs) else next(measured) for c in corner]
+    return _settle(table, shape_arr, geometry, corner, results, params)
+
+
+def _settle(
+    table: TileTable,
+    shapes: np.ndarray,
+    geometry: list[tuple[int, int, tuple[float, ...], tuple[float, ...]]],
+    corner: list[bool],
+    results: list[Measured],
+    params: RegistrationParams,
+) -> Registration:
+    """Classify the measurements, model the unusable side pairs, solve, drop outliers."""
+    nd, n, m = table.ndim, len(table), len(geometry)
+    ij = np.array([(i, j) for i, j, _, _ in geometry], dtype=int).reshape(m, 2)
+    olo = np.array([g[2] for g in geometry], dtype=float).reshape(m, nd)
+    ohi = np.array([g[3] for g in geometry], dtype=float).reshape(m, nd)
+    shifts = np.array([r.shift for r in results], dtype=float).reshape(m, nd)
+    quality = np.array([r.quality for r in results], dtype=float)
+    runner = np.array([r.runner_up for r in results], dtype=float)
+    is_corner = np.array(corner, dtype=bool)
+    status = np.full(m, "used", dtype=object)
+    status[~np.all(np.isfinite(shifts), axis=1)] = "blank"
+    status[(status == "used") & (quality < params.min_quality)] = "low_quality"
+    status[(status == "used") & (quality - runner < params.min_peak_margin)] = "ambiguous"
+    if not params.corner_pairs:
+        status[is_corner] = "corner"
+    used = status == "used"
+    side = ~is_corner
+    n_side, n_ok = int(side.sum()), int((used & side).sum())
+    if n > 1 and n_ok < params.min_usable_fraction * n_side and not params.allow_partial:
+        counts = collections.Counter(status[side].tolist())
+        detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(counts.items()))
+        raise RegistrationError(
+            f"only {n_ok} of {n_side} neighbouring tile pairs gave a usable match ({detail}); "
+            f"at least {params.min_usable_fraction:.0%} are needed. Low quality or blank: the "
+            "overlaps hold too little content; ambiguous: a repeated pattern. Widen the search "
+            "(max_shift_px / --max-shift) or lower min_overlap_px (--min-overlap) if the "
+            "stage positions are far off, or register what can be registered with "
+            "allow_partial=True (--allow-partial-registration)"
+        )
+    area = np.prod(np.maximum(ohi - olo, 1.0), axis=1)
+    weight = np.where(used, quality * area / max(float(np.median(area[used])) if used.any()
+                                                 else 1.0, 1e-12), 0.0)  # fmt: skip
     while True:
-        c = _solve(n, ij[used], shifts[used], quality[used], prior_weight)
+        c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)
         residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)  # NaN: unmeasured
-        bad = np.flatnonzero(used & (residual > outlier_px))
+        bad = np.flatnonzero(used & (residual > params.outlier_px))
         if not len(bad):
             break
-        used[bad[np.argmax(residual[bad])]] = False
+        worst = bad[np.argmax(residual[bad])]
+        used[worst], status[worst], weight[worst] = False, "outlier", 0.0
+    model: dict[int, np.ndarray] = {}
+    if params.stage_model:
+        model = _stage_model(table, shapes, ij, shifts, used, side, olo, ohi)
+        c = c + _place_components(n, ij, used, model, c)
     affines = table.affines
     affines[:, :nd, nd] += c
+    extent = np.rint(np.maximum(ohi - olo, 0)).astype(int)
     pairs = tuple(
-        PairResult(int(i), int(j), tuple(map(float, s)), float(q), p.size, bool(u), float(r))
-        for (i, j), s, q, p, u, r in zip(ij, shifts, quality, plans, used, residual, strict=True)
+        PairResult(
+            int(ij[k, 0]),
+            int(ij[k, 1]),
+            tuple(map(float, shifts[k])),
+            float(quality[k]),
+            tuple(map(int, extent[k])),
+            bool(used[k]),
+            float(residual[k]),
+            str(status[k]),
+            float(runner[k]),
+            float(weight[k]),
+            tuple(map(float, model[k])) if k in model else None,
+        )
+        for k in range(m)
     )
-    logger.info(
-        "registered %d tiles from %d pairs (%d used, %d below quality %.2f)",
-        n, m, int(used.sum()), int(np.sum(finite & (quality < min_quality))), min_quality,
-    )  # fmt: skip
-    return Registration(table.with_affines(affines), pairs, c)
+    counts = collections.Counter(status.tolist())
+    logger.info("registered %d tiles from %d pairs: %s; %d modelled", n, m,
+                dict(sorted(counts.items())), len(model))  # fmt: skip
+    return Registration(table.with_affines(affines), pairs, c, params, table)
+
+
+def _place_components(
+    n: int, ij: np.ndarray, used: np.ndarray, model: dict[int, np.ndarray], c: np.ndarray
+) -> np.ndarray:
+    """Offsets that move each group of tiles joined by used pairs as one, so that the stage
+    model's pairs between groups hold (least squares); the largest group stays put. Model
+    pairs never bend the measured geometry inside a group."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    links = ij[used]
+    graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])), shape=(n, n))
+    n_comp, label = connected_components(graph, directed=False)
+    if n_comp == 1 or not model:
+        return np.zeros_like(c)
+    keys = [k for k in sorted(model) if label[ij[k, 0]] != label[ij[k, 1]]]
+    if not keys:
+        return np.zeros_like(c)
+    pairs = np.array([(label[ij[k, 0]], label[ij[k, 1]]) for k in keys], dtype=int)
+    target = np.array([model[k] - (c[ij[k, 1]] - c[ij[k, 0]]) for k in keys])
+    offset = _solve(n_comp, pairs, target, np.ones(len(keys)), 1e-6)
+    main = int(np.argmax(np.bincount(label)))
+    offset -= offset[main]
+    return offset[label]
+
+
+def _stage_model(
+    table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
+    side: np.ndarray, olo: np.ndarray, ohi: np.ndarray,
+) -> dict[int, np.ndarray]:  # fmt: skip
+    """Median correction of the usable pairs in the same row (column), for each unusable side
+    pair; else of its direction. Pairs are oriented so that the step runs forward."""
+    nd = table.ndim
+    offs = _footprints(table, shapes)[0]
+    step = offs[ij[:, 1]] - offs[ij[:, 0]]
+    frac = (ohi - olo) / np.minimum(shapes[ij[:, 0]], shapes[ij[:, 1]])
+    axis = np.argmin(frac, axis=1)  # the axis along which the pair steps
+    sign = np.where(step[np.arange(len(ij)), axis] < 0, -1.0, 1.0)
+    size = np.median(shapes, axis=0)
+    lines = np.round(offs / size).astype(int)  # row / column index of each tile
+
+    def line(k: int) -> tuple[int, ...]:
+        other = [a for a in range(nd) if a != axis[k]]
+        return (int(axis[k]), *(int(lines[ij[k, 0], a]) for a in other))
+
+    oriented = shifts * sign[:, None]
+    by_line: dict[tuple[int, ...], list[np.ndarray]] = collections.defaultdict(list)
+    by_axis: dict[int, list[np.ndarray]] = collections.defaultdict(list)
+    for k in np.flatnonzero(used & side).tolist():
+        by_line[line(k)].append(oriented[k])
+        by_axis[int(axis[k])].append(oriented[k])
+    model: dict[int, np.ndarray] = {}
+    for k in np.flatnonzero(side & ~used).tolist():
+        pool = by_line.get(line(k)) or by_axis.get(int(axis[k]))
+        if pool:
+            model[k] = np.median(np.array(pool), axis=0) * sign[k]
+    return model
 
 
 def _measure_all(
-    table: TileTable, reader: Callable[[str], Any], shapes: np.ndarray, plans: list[_Plan],
-    max_shift_px: float | None, pool: ThreadPoolExecutor, workers: int,
-) -> list[tuple[np.ndarray, float]]:  # fmt: skip
+    table: TileTable, reader: Callable[[str], Any], shapes: np.ndarray, plans: list[Plan],
+    params: RegistrationParams, flatfield: Any, pool: ThreadPoolExecutor, workers: int,
+) -> list[Measured]:  # fmt: skip
     """Read each tile once, cut its crops, correlate each pair as soon as both crops exist."""
     nd = table.ndim
     by_tile: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
@@ -462,7 +517,7 @@ def _measure_all(
     band = np.floor(lo / np.median(hi - lo, axis=0)).T[::-1]
     order = [k for k in np.lexsort((np.arange(len(lo)), *band)).tolist() if k in by_tile]
 
-    def load(k: int) -> list[tuple[int, int, np.ndarray]]:
+    def load(k: int) -> list[tuple[int, int, np.ndarray, float]]:
         data = reader(table[k].ref)
         got = tuple(np.shape(data)[-nd:])
         if got != tuple(int(v) for v in shapes[k]):
@@ -470,21 +525,21 @@ def _measure_all(
                 f"tile {k} ({table[k].ref}): spatial shape {got}, expected "
                 f"{tuple(int(v) for v in shapes[k])} (from shapes or the file header)"
             )
-        return [(p, side, _cut(data, table[k].affine, plans[p])) for p, side in by_tile[k]]
+        plane, scale = prepare(data, nd, flatfield, params.highpass_sigma_px)
+        return [(p, side, cut(plane, table[k].affine, plans[p]), scale) for p, side in by_tile[k]]
 
-    def correlate(p: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
-        limit = max(2.0, min(plans[p].size) / 3) if max_shift_px is None else max_shift_px
-        shift, quality = _measure(a, b, limit)
-        return shift + plans[p].adjust, quality
+    def correlate(p: int, a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -> Measured:
+        r = measure(a[0], b[0], plans[p].reach, params.min_overlap_px, (a[1], b[1]))
+        return r._replace(shift=r.shift + plans[p].adjust)
 
-    pending: dict[int, list[np.ndarray | None]] = {}
-    results: dict[int, Future[tuple[np.ndarray, float]]] = {}
-    loads: collections.deque[Future[list[tuple[int, int, np.ndarray]]]] = collections.deque()
+    pending: dict[int, list[tuple[np.ndarray, float] | None]] = {}
+    results: dict[int, Future[Measured]] = {}
+    loads: collections.deque[Future[list[tuple[int, int, np.ndarray, float]]]] = collections.deque()
 
     def drain() -> None:
-        for p, side, crop in loads.popleft().result():
+        for p, side, crop, scale in loads.popleft().result():
             slot = pending.setdefault(p, [None, None])
-            slot[side] = crop
+            slot[side] = (crop, scale)
             if slot[0] is not None and slot[1] is not None:
                 results[p] = pool.submit(correlate, p, slot[0], slot[1])
                 del pending[p]

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import TileTable, open_binary
+from ..io import TileTable, layout_problems, open_binary
 from ._blend import Reader
 from ._fuse import load_tiles, plan_loaded, tile_layout
 from ._job import FusionJob, FusionResult, prepare_fusion
@@ -28,7 +28,7 @@ from ._params import FuseOptions, FusionParams
 from ._plan import FusionPlan
 from ._publish import publish
 
-__all__ = ["TiffJob", "fuse", "prepare"]
+__all__ = ["TiffJob", "fuse", "prepare", "qc"]
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +72,12 @@ def prepare(
     options = FuseOptions.resolve(options)
     out = Path(out)
     n_workers = workers or 4
-    table, metas, missing = load_tiles(tiles, options, workers=n_workers)
-    extra: dict[str, Any] = {}
-    if options.register:
-        tile_shapes = tile_layout(table, metas)[0]
-        replace = options.overwrite or options.resume  # a previous run's sidecars
-        table, extra["registration"] = _register(
-            table, tile_shapes, out, read, n_workers, replace=replace
-        )
+    table, metas, missing, extra, flatfield = _read_and_register(
+        tiles, out, options, flatfield, read, n_workers
+    )
     plan = plan_loaded(
         table, metas, params=params, read=read, workers=n_workers, force=options.force
     )
-    if flatfield is None and options.flatfield is not None:
-        flatfield = _flatfield(options.flatfield, plan, read)
     if out.suffix.lower() in TIFF_SUFFIXES:
         return TiffJob(out, plan, options, flatfield, read, device, tuple(missing), extra, started)
     return prepare_fusion(
@@ -92,6 +85,68 @@ def prepare(
         pyramid=options.pyramid, flatfield=flatfield, read=read, device=device, missing=missing,
         extra=extra, started=started, preview=options.preview,
     )  # fmt: skip
+
+
+def _read_and_register(
+    tiles: TileTable | str | os.PathLike[str],
+    out: Path,
+    options: FuseOptions,
+    flatfield: Any,
+    read: Reader | None,
+    workers: int,
+) -> tuple[TileTable, list[Any], list[str], dict[str, Any], Any]:
+    """The first steps of :func:`prepare` and :func:`qc`: the table and the tile headers, the
+    layout checks, the flat field (before registration, which correlates corrected tiles),
+    and the registration when ``options.register``."""
+    table, metas, missing = load_tiles(tiles, options, workers=workers)
+    extra: dict[str, Any] = {
+        "pixel_size_from": _pixel_size_from(table, metas, options.pixel_size_um)
+    }
+    problems = layout_problems(table, tile_layout(table, metas)[0])
+    for problem in problems:  # a unit mix-up fused to a huge mosaic of lone tiles, unwarned
+        log.warning("%s: %s", table.source or "tile layout", problem)
+    if problems:
+        extra["layout_problems"] = problems
+    if flatfield is None and options.flatfield is not None:
+        flatfield = _flatfield(options.flatfield, table.refs, read)
+    if options.register:
+        replace = options.overwrite or options.resume  # a previous run's sidecars
+        table, extra["registration"] = _register(
+            table, tile_layout(table, metas)[0], out, read, workers, flatfield,
+            params=options.registration, replace=replace,
+        )  # fmt: skip
+    return table, metas, missing, extra, flatfield
+
+
+def qc(
+    tiles: TileTable | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    options: FuseOptions | None = None,
+    flatfield: Any = None,
+    read: Reader | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Register the tiles and write the stitching QC report beside ``out``, without fusing
+    (``scopefx fuse --qc``): ``<name>.qc.json``, ``<name>.qc.png`` (the tile graph coloured
+    by residual), ``<name>.registered.csv`` and ``<name>.pairs.csv``.
+
+    Returns
+    -------
+    dict
+        The registration summary (``pairs``, ``pairs_used``, ``rms_residual_px``, the paths,
+        ``summary_line``), with ``pixel_size_from`` and any ``layout_problems``.
+
+    Raises
+    ------
+    RegistrationError
+        Too few neighbouring tiles give a usable match (unless
+        ``options.registration.allow_partial``).
+    """
+    options = FuseOptions.resolve(options).replace(register=True)
+    *_, extra, _ = _read_and_register(tiles, Path(out), options, flatfield, read, workers or 4)
+    registration = extra.pop("registration")
+    return {**registration, **extra}
 
 
 def fuse(
@@ -162,15 +217,29 @@ def fuse(
     return job.finish(scheduler=scheduler, workers=workers, on_chunk=on_chunk)
 
 
-def _flatfield(spec: str, plan: FusionPlan, read: Reader | None) -> Any:
-    """The flat field ``FuseOptions.flatfield`` names: estimated, a saved ``.npz``, or
-    ``FLAT[,DARK]`` images."""
+def _flatfield(spec: str, refs: Sequence[str], read: Reader | None) -> Any:
+    """The flat field ``FuseOptions.flatfield`` names: estimated from the tiles ``refs``, a
+    saved ``.npz``, or ``FLAT[,DARK]`` images."""
     from ._flatfield import estimate_flatfield, load_flatfield
 
     if spec == "estimate":
-        return estimate_flatfield(plan.refs, read=read)
+        return estimate_flatfield(refs, read=read)
     flat, _, dark = spec.partition(",")
     return load_flatfield(flat, dark or None)
+
+
+def _pixel_size_from(table: TileTable, metas: list[Any], given: float | None) -> str | None:
+    """Where the mosaic's pixel size came from, in words (None: unknown, no physical scale)."""
+    if table.pixel_size_um is None:
+        return None
+    if given is not None:
+        return "given (--pixel-size)"
+    if "vendor" in table.extra:
+        return f"{str(table.extra['vendor']).upper()} file metadata"
+    first = metas[0] if metas else None
+    if first is not None and first.pixel_size_um == table.pixel_size_um and first.pixel_size_from:
+        return f"{first.pixel_size_from} of {Path(first.path).name}"
+    return "tile table"
 
 
 def sidecar(out: Path, suffix: str) -> Path:
@@ -185,14 +254,16 @@ def sidecar(out: Path, suffix: str) -> Path:
 
 def _register(
     table: TileTable, shapes: np.ndarray, out: Path, read: Reader | None, workers: int,
-    *, replace: bool = False,
+    flatfield: Any = None, *, params: Any = None, replace: bool = False,
 ) -> tuple[TileTable, dict[str, Any]]:  # fmt: skip
-    from ._register import register
+    """Register, write the sidecars and the QC report beside ``out``; the refined table and
+    the run's registration summary."""
+    from ._qc import qc_only, report_summary
 
-    reg = register(table, read=read, shapes=shapes, workers=workers)
-    refined, pairs = sidecar(out, ".registered.csv"), sidecar(out, ".pairs.csv")
-    publish(refined, reg.table.to_csv, replace=replace)
-    publish(pairs, reg.pairs_to_csv, replace=replace)
+    reg, report, (qc_json, qc_png) = qc_only(
+        table, out, params=params, read=read, shapes=shapes, flatfield=flatfield,
+        workers=workers, replace=replace,
+    )  # fmt: skip
     used = sum(p.used for p in reg.pairs)
     log.info("registration: %d of %d pairs used, rms %.3f px", used, len(reg.pairs),
              reg.rms_residual_px)  # fmt: skip
@@ -200,8 +271,11 @@ def _register(
         "pairs": len(reg.pairs),
         "pairs_used": used,
         "rms_residual_px": reg.rms_residual_px,
-        "table": str(refined),
-        "pairs_csv": str(pairs),
+        "table": str(sidecar(out, ".registered.csv")),
+        "pairs_csv": str(sidecar(out, ".pairs.csv")),
+        "qc": str(qc_json),
+        "qc_png": str(qc_png),
+        "summary_line": report_summary(report),
     }
     return reg.table, summary
 

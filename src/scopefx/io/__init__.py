@@ -20,7 +20,7 @@ from ._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file, mult
 from ._read import read_image
 from ._refs import IMAGE_SUFFIXES, find_images, split_ref
 from ._roots import DATA_ROOTS_ENV, OUTPUT_ROOTS_ENV, DataRoots
-from ._tiles import Tile, TileTable, read_tile_table, translation
+from ._tiles import Tile, TileTable, layout_problems, read_tile_table, translation
 
 __all__ = [
     "DATA_ROOTS_ENV",
@@ -38,6 +38,7 @@ __all__ = [
     "created",
     "find_images",
     "fsync_file",
+    "layout_problems",
     "multiscales_metadata",
     "open_binary",
     "read_bytes",

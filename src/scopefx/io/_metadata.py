@@ -108,6 +108,12 @@ class ImageMetadata:
         Scan rotation in degrees.
     dwell_time_us : float or None
         Pixel dwell time in microseconds.
+    pixel_size_from : str or None
+        Where ``pixel_size_um`` came from, in words (``"OME PhysicalSizeX"``, ``"TIFF
+        resolution tags (20000 px/cm)"``, ...); None when it is unknown. A TIFF resolution in
+        dots per inch that image software writes by default (72, 96, 150, 300, 600 dpi) and any
+        size outside :data:`PLAUSIBLE_PIXEL_UM` are not taken as a pixel size (the reason is in
+        ``raw["pixel_size_ignored"]``): give the pixel size explicitly (``--pixel-size``).
     source : str
         Where the metadata came from: ``"fibics"``, ``"ome"``, ``"imagej"``, ``"tiff"``
         (resolution tags), ``"zarr"`` (array attributes) or ``"none"``.
@@ -129,6 +135,7 @@ class ImageMetadata:
     stage_xy_um: tuple[float, float] | None = None
     scan_rotation_deg: float | None = None
     dwell_time_us: float | None = None
+    pixel_size_from: str | None = None
     source: str = "none"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -297,8 +304,17 @@ def fibics_fields(root: ET.Element, *, width: int | None = None) -> dict[str, An
     return out
 
 
+#: Pixel sizes (micrometres) outside this range are taken as unknown: a file that claims one
+#: carries a placeholder (0.01 nm is below any instrument, 50 um above any microscope camera).
+PLAUSIBLE_PIXEL_UM = (1e-5, 50.0)
+
+#: Dots per inch that image software writes by default, not a measured pixel size.
+DEFAULT_DPI = (72, 96, 150, 300, 600)
+
+
 def _resolution_um(page: Any) -> tuple[float | None, dict[str, Any]]:
-    """Pixel size from XResolution/ResolutionUnit (inch or centimetre only)."""
+    """Pixel size from XResolution/ResolutionUnit (inch or centimetre only); default dpi
+    values are refused (``raw["pixel_size_ignored"]`` says so)."""
     xres = page.tags.get(282)
     unit = page.tags.get(296)
     if xres is None or unit is None:
@@ -307,7 +323,31 @@ def _resolution_um(page: Any) -> tuple[float | None, dict[str, Any]]:
     per_unit = {2: 25400.0, 3: 10000.0}.get(int(unit.value))
     if per_unit is None or not num or not den:
         return None, {}
-    return per_unit * den / num, {"XResolution": [num, den], "ResolutionUnit": int(unit.value)}
+    raw = {"XResolution": [num, den], "ResolutionUnit": int(unit.value)}
+    if per_unit == 25400.0 and any(abs(num / den - d) < 1e-6 for d in DEFAULT_DPI):
+        raw["pixel_size_ignored"] = (
+            f"{num / den:g} dpi is a default of image software, not a pixel size"
+        )
+        return None, raw
+    return per_unit * den / num, raw
+
+
+_FROM = {
+    "fibics": "Fibics scan record",
+    "ome": "OME PhysicalSizeX",
+    "imagej": "ImageJ calibration",
+    "tiff": "TIFF resolution tags",
+}
+
+
+def _plausible(size: float, source: str, raw: dict[str, Any]) -> bool:
+    lo, hi = PLAUSIBLE_PIXEL_UM
+    if lo <= size <= hi:
+        return True
+    raw["pixel_size_ignored"] = (
+        f"{_FROM[source]} gives {size:g} um, outside the plausible {lo:g}-{hi:g} um"
+    )
+    return False
 
 
 def _ome_um(ome_xml: str) -> tuple[float | None, dict[str, Any]]:
@@ -356,17 +396,29 @@ def _tiff_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
             fields = fibics_fields(root, width=int(page.imagewidth))
             raw = {root.tag: _to_json(root)}
             source = "fibics"
+        size = fields.pop("pixel_size_um", None)
+        if size is not None and _plausible(size, "fibics", raw):
+            fields["pixel_size_um"], fields["pixel_size_from"] = size, _FROM["fibics"]
         if fields.get("pixel_size_um") is None:
             for name, (size, extra) in (
                 ("ome", _ome_um(ome) if ome else (None, {})),
                 ("imagej", _imagej_um(imagej, page) if imagej else (None, {})),
                 ("tiff", _resolution_um(page)),
             ):
-                if size is not None:
+                if "pixel_size_ignored" in extra:
+                    raw["pixel_size_ignored"] = extra.pop("pixel_size_ignored")
+                if size is not None and _plausible(size, name, raw):
                     fields["pixel_size_um"] = size
+                    fields["pixel_size_from"] = _FROM[name] + (
+                        f" ({extra['XResolution'][0] / extra['XResolution'][1]:g} px/"
+                        f"{'inch' if extra['ResolutionUnit'] == 2 else 'cm'})"
+                        if name == "tiff" else ""
+                    )  # fmt: skip
                     raw.setdefault(name, extra)
                     source = source if source != "none" else name
                     break
+        if "pixel_size_ignored" in raw:
+            logger.info("%s: pixel size unknown: %s", r.ref, raw["pixel_size_ignored"])
         return ImageMetadata(
             path=path,
             shape=shape,
@@ -414,7 +466,26 @@ def _zarr_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
     )
 
 
+def _vendor_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
+    from ._vendor import vendor_metadata
+
+    info = vendor_metadata(r.path, r.array, r.ref)
+    px = info["pixel_size_um"]
+    ok = px is not None and PLAUSIBLE_PIXEL_UM[0] <= px <= PLAUSIBLE_PIXEL_UM[1]
+    return ImageMetadata(
+        path=path,
+        shape=tuple(info["shape"]),
+        dtype=info["dtype"],
+        pages=n_planes(tuple(info["shape"])),
+        pixel_size_um=px if ok else None,
+        pixel_size_from=f"{info['vendor'].upper()} file metadata" if ok else None,
+        source=info["vendor"],
+        raw={"channel_names": info["channel_names"]},
+    )
+
+
 _READERS = {
+    "vendor": _vendor_metadata,
     "tiff": _tiff_metadata,
     "pillow": _pillow_metadata,
     "npy": _npy_metadata,

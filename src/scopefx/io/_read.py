@@ -305,7 +305,14 @@ def _read_zarr(r: ResolvedRef, page: int | None) -> np.ndarray:
         return np.asarray(array[check_page(page, n_planes(array.shape), r.ref)])
 
 
+def _read_vendor(r: ResolvedRef, page: int | None) -> np.ndarray:
+    from ._vendor import read_vendor_tile
+
+    return read_vendor_tile(r.path, r.array, r.ref, page)
+
+
 _READERS: dict[str, Callable[[ResolvedRef, int | None], np.ndarray]] = {
+    "vendor": _read_vendor,
     "tiff": _read_tiff,
     "pillow": _read_pillow,
     "npy": _read_npy,

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import EmptyFileError, ImageNotFoundError, ScopefxError, UnsupportedFormatError
+from ._refsyntax import ZARR_SEP, split_ref
 
 __all__ = ["IMAGE_SUFFIXES", "ResolvedRef", "find_images", "resolve_ref", "split_ref"]
 
 logger = logging.getLogger(__name__)
 
-#: Separator between a Zarr store and the path of an array inside it.
-ZARR_SEP = "::"
 
 #: Reader used for each file extension (lower case).
 _KIND_BY_SUFFIX = {
@@ -41,8 +40,6 @@ _KIND_BY_SUFFIX = {
 #: directory; a directory scan lists it only when it holds an array at its root.
 IMAGE_SUFFIXES: tuple[str, ...] = tuple(_KIND_BY_SUFFIX)
 
-# A URL scheme: at least two letters so that Windows drive letters ("C:\\") are not one.
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _DIGITS = re.compile(r"(\d+)")
 
@@ -57,73 +54,13 @@ class ResolvedRef(NamedTuple):
     array: str | None
     """Path of the array inside the Zarr store; ``None`` for files and root arrays."""
     kind: str
-    """Reader: ``"tiff"``, ``"pillow"``, ``"npy"`` or ``"zarr"``."""
+    """Reader: ``"tiff"``, ``"pillow"``, ``"npy"``, ``"zarr"`` or ``"vendor"`` (a tile inside
+    an OME-TIFF/CZI/ND2/LIF file, ``file::tile/N``; see :mod:`scopefx.io._vendor`)."""
 
 
 def _supported() -> str:
     files = ", ".join(s for s in IMAGE_SUFFIXES if s != ".zarr")
     return f"{files} files and Zarr store directories ('store.zarr', 'store.zarr::array/path')"
-
-
-def split_ref(ref: str | os.PathLike[str]) -> tuple[Path, str | None]:
-    """Split an image reference into a local path and the array path inside a Zarr store.
-
-    Parameters
-    ----------
-    ref : str or path-like
-        ``path/to/image.tif``, ``path/to/store.zarr`` or ``path/to/store.zarr::array/path``.
-        ``file://`` URLs are accepted and turned into local paths.
-
-    Returns
-    -------
-    path : pathlib.Path
-        The file or the Zarr store, as given (not made absolute).
-    array : str or None
-        The array path inside the store, without leading or trailing ``/``; ``None`` when the
-        reference has no ``::`` part or it is empty.
-
-    Raises
-    ------
-    UnsupportedFormatError
-        The reference is empty or is a URL other than ``file://`` (``s3://``, ``http://``...):
-        only local paths are read.
-
-    Examples
-    --------
-    >>> split_ref("run.zarr::raw/0")
-    (PosixPath('run.zarr'), 'raw/0')
-    >>> split_ref("tile_001.tif")
-    (PosixPath('tile_001.tif'), None)
-    """
-    text = os.fsdecode(os.fspath(ref))
-    if not text.strip():
-        raise UnsupportedFormatError(
-            f"empty image reference {text!r}: expected a file path or 'store.zarr::array/path'"
-        )
-    if "\x00" in text:
-        raise UnsupportedFormatError(
-            f"image reference {text!r} holds a NUL byte (\\x00), which no file name can "
-            "contain; check how the list of references was built"
-        )
-    match = _SCHEME_RE.match(text)
-    if match:
-        scheme = match.group(1).lower()
-        if scheme != "file":
-            raise UnsupportedFormatError(
-                f"cannot read {text!r}: {scheme}:// references are not supported, scopefx reads "
-                "local paths only; copy or mount the data locally and pass the local path"
-            )
-        text = text[match.end() :]
-        if text.startswith("localhost/"):
-            text = text[len("localhost") :]
-    store, sep, array = text.partition(ZARR_SEP)
-    if not sep:
-        return Path(text), None
-    if not store:
-        raise UnsupportedFormatError(
-            f"image reference {text!r} has no store before '::': expected 'store.zarr::array/path'"
-        )
-    return Path(store), (array.strip("/") or None)
 
 
 def zarr_node_type(path: Path) -> str | None:
@@ -182,6 +119,10 @@ def resolve_ref(ref: str | os.PathLike[str]) -> ResolvedRef:
             "it with scopefx.io.find_images() (the CLI does this for directories and globs)"
         )
     if array is not None:
+        from ._vendor import is_vendor_file  # 'experiment.czi::tile/3': a tile inside the file
+
+        if is_vendor_file(path):
+            return ResolvedRef(text, path, array, "vendor")
         raise UnsupportedFormatError(
             f"{text!r} names array {array!r} inside '{path}', which is a file, not a Zarr store "
             "directory: use 'store.zarr::array/path' with a directory store"

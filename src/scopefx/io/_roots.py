@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import AccessDeniedError, ConfigError
-from ._refs import ZARR_SEP, split_ref
+from ._refsyntax import ZARR_SEP, split_ref
 
 __all__ = ["DATA_ROOTS_ENV", "OUTPUT_ROOTS_ENV", "DataRoots"]
 

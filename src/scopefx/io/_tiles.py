@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -40,9 +41,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ImageNotFoundError, UnsupportedFormatError
-from ._refs import ZARR_SEP
+from ._refsyntax import ZARR_SEP
 
-__all__ = ["Tile", "TileTable", "read_tile_table"]
+__all__ = ["Tile", "TileTable", "layout_problems", "read_tile_table"]
+
+logger = logging.getLogger(__name__)
 
 _TC_LINE = re.compile(r"^(?P<name>[^;]+);(?P<series>[^;]*);\s*\((?P<coords>[^)]*)\)\s*$")
 
@@ -256,28 +259,60 @@ def _parse_affine(text: str, ndim: int, where: str) -> np.ndarray:
     return np.vstack([m, np.eye(ndim + 1)[-1]])
 
 
-def _open_text(path: Path, **options: Any) -> io.TextIOWrapper:
-    """A tile table opened through the confined opener (a regular file inside the roots; a
-    FIFO or a link out is refused, never waited on or followed)."""
-    from ._confine import open_binary
+def _read_text(path: Path) -> str:
+    """The table's text: UTF-8 (a byte-order mark dropped) or, failing that, Latin-1 (what
+    spreadsheets on Windows write), with a warning naming the first line that is not UTF-8."""
+    from ._confine import open_binary  # a regular file inside the roots: no FIFO, no link out
 
-    return io.TextIOWrapper(open_binary(path), **options)
+    with open_binary(path) as fh:
+        data = fh.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        logger.warning(
+            "%s, line %d: byte 0x%02x is not UTF-8; reading the table as Latin-1 (save it as "
+            "UTF-8 to silence this)", path, line, data[exc.start],
+        )  # fmt: skip
+        return data.decode("latin-1")
+
+
+def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
+    first: dict[str, int] = {}
+    for t, line in zip(tiles, lines, strict=True):
+        if t.ref in first:
+            raise ConfigError(
+                f"{path}, line {line}: tile {t.ref!r} is listed twice (first on line "
+                f"{first[t.ref]}); each tile may appear once"
+            )
+        first[t.ref] = line
 
 
 def _read_csv(
     path: Path, pixel_size_um: float | None, rotation_deg: float
 ) -> tuple[list[Tile], int, float | None]:
-    with _open_text(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        rows = []
-        for r in reader:
-            if None in r:  # more fields than the header names (an unquoted comma?)
-                raise ConfigError(
-                    f"{path}, line {reader.line_num}: {len(cols) + len(r[None])} fields, the "
-                    f"header names {len(cols)}; quote fields that hold commas"
-                )
-            rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    records = [(reader.line_num, r) for r in reader if any(v.strip() for v in r)]
+    if not records:
+        raise ConfigError(f"{path}: the table is empty; expected a header such as 'path,x,y'")
+    cols = [c.strip() for c in records[0][1]]
+    while cols and not cols[-1]:  # a trailing comma on the header (spreadsheet export)
+        cols.pop()
+    if "" in cols:
+        raise ConfigError(
+            f"{path}, line 1: column {cols.index('') + 1} has no name; columns {cols}"
+        )
+    rows, lines = [], []
+    for line, values in records[1:]:
+        extra = [v for v in values[len(cols) :] if v.strip()]
+        if extra:
+            raise ConfigError(
+                f"{path}, line {line}: {len(values)} values for {len(cols)} columns {cols}; "
+                f"extra values {extra}"
+            )
+        values = values[: len(cols)] + [""] * (len(cols) - len(values))
+        rows.append({k: v.strip() for k, v in zip(cols, values, strict=True)})
+        lines.append(line)
     if "path" not in cols:
         raise ConfigError(f"{path}: no 'path' column; columns are {cols}")
     if {"x", "y"} <= set(cols):
@@ -309,7 +344,7 @@ def _read_csv(
     rot = _rotation_xy(rotation_deg, ndim)
     base = path.resolve().parent
     tiles = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(lines, rows, strict=True):
         where = f"{path}, line {line}"
         if not row.get("path"):
             raise ConfigError(f"{where}: empty path")
@@ -320,26 +355,27 @@ def _read_csv(
             try:
                 pos = np.array([float(row[a]) for a in axes])
             except (ValueError, KeyError):
-                values = {a: row.get(a) for a in axes}
-                raise ConfigError(f"{where}: position {values} is not numeric") from None
+                given = {a: row.get(a) for a in axes}
+                raise ConfigError(f"{where}: position {given} is not numeric") from None
             if unit == "um":
                 pos = pos / float(pixel_size_um)  # type: ignore[arg-type]
             m = np.eye(ndim + 1)
             m[:ndim, ndim] = rot[:ndim, :ndim] @ pos  # positions turn; the tiles do not
         focus = row.get("focus", "")
-        tiles.append(
-            Tile(_resolve(row["path"], base), xyz_to_index(m), float(focus) if focus else None)
-        )
+        try:
+            score = float(focus) if focus else None
+        except ValueError:
+            raise ConfigError(f"{where}: focus {focus!r} is not numeric") from None
+        tiles.append(Tile(_resolve(row["path"], base), xyz_to_index(m), score))
+    _refuse_duplicates(tiles, lines, path)
     return tiles, ndim, pixel_size_um
 
 
 def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile], int]:
     ndim = None
     base = path.resolve().parent
-    tiles = []
-    with _open_text(path, encoding="utf-8") as fh:
-        text = fh.read()
-    for line, raw in enumerate(text.splitlines(), start=1):
+    tiles, lines = [], []
+    for line, raw in enumerate(_read_text(path).splitlines(), start=1):
         text = raw.strip()
         if not text or text.startswith("#"):
             continue
@@ -354,7 +390,12 @@ def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile
             raise ConfigError(
                 f"{path}, line {line}: cannot parse {text!r}; expected 'name; ; (x, y)'"
             )
-        coords = [float(v) for v in match["coords"].split(",") if v.strip()]
+        try:
+            coords = [float(v) for v in match["coords"].split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"{path}, line {line}: position ({match['coords']}) is not numeric"
+            ) from None
         ndim = ndim or len(coords)
         if len(coords) != ndim:
             raise ConfigError(
@@ -363,6 +404,8 @@ def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile
         m = np.eye(ndim + 1)
         m[:ndim, ndim] = _rotation_xy(rotation_deg, ndim)[:ndim, :ndim] @ coords
         tiles.append(Tile(_resolve(match["name"], base), xyz_to_index(m)))
+        lines.append(line)
+    _refuse_duplicates(tiles, lines, path)
     if ndim not in (2, 3):
         raise ConfigError(f"{path}: dim = {ndim!r}; only 2D and 3D tile configurations exist")
     return tiles, ndim
@@ -379,7 +422,10 @@ def read_tile_table(
     Parameters
     ----------
     path : str or path-like
-        ``*.csv`` (see the module docs for the columns) or ``*.txt`` (TileConfiguration).
+        ``*.csv`` (see the module docs for the columns), ``*.txt`` (TileConfiguration), or an
+        instrument file that records stage positions: ``*.ome.tif[f]``, ``*.czi``, ``*.nd2``,
+        ``*.lif`` (:func:`scopefx.io._vendor.vendor_positions`; CZI/ND2/LIF need
+        ``scopefx[vendor]``).
     pixel_size_um : float, optional
         Pixel size, needed for ``x_um,y_um`` positions; stored for the output's metadata.
     rotation_deg : float
@@ -400,6 +446,14 @@ def read_tile_table(
     p = Path(path)
     if not p.is_file():
         raise ImageNotFoundError(f"tile table {os.fspath(path)!r} does not exist")
+    from ._vendor import is_vendor_file, vendor_positions
+
+    if is_vendor_file(p):
+        if rotation_deg:
+            raise ConfigError("rotation_deg is not supported for tiles inside instrument files")
+        refs, positions, size, extra = vendor_positions(p, pixel_size_um=pixel_size_um)
+        placed = TileTable.from_positions(refs, positions, pixel_size_um=size)
+        return TileTable(placed.tiles, placed.ndim, size, os.fspath(p.resolve()), extra)
     suffix = p.suffix.lower()
     try:
         if suffix == ".csv":
@@ -418,3 +472,73 @@ def read_tile_table(
             "TileConfiguration .txt"
         )
     return TileTable(tuple(tiles), ndim=ndim, pixel_size_um=px, source=os.fspath(path))
+
+
+#: A layout whose bounding box is this many times the tiles' summed area is suspicious.
+SPARSE_LAYOUT_RATIO = 4.0
+
+
+def layout_problems(table: TileTable, shapes: Any) -> list[str]:
+    """What looks wrong with a layout, from geometry alone: one message per problem.
+
+    Parameters
+    ----------
+    table : TileTable
+    shapes : array-like, shape (n_tiles, ndim)
+        Spatial shape of each tile, index order.
+
+    Returns
+    -------
+    list of str
+        Empty when nothing looks wrong. Problems: no two tiles overlap; tiles that overlap no
+        other (named, at most five); a bounding box more than :data:`SPARSE_LAYOUT_RATIO` times
+        the tiles' summed area (typical of positions in the wrong unit).
+
+    Examples
+    --------
+    >>> table = TileTable.from_positions(["a.tif", "b.tif"], [(0, 0), (5000, 0)])
+    >>> layout_problems(table, [(100, 100)] * 2)[0]  # doctest: +ELLIPSIS
+    'no two of the 2 tiles overlap...'
+    """
+    nd, n = table.ndim, len(table)
+    s = np.asarray(shapes, dtype=float).reshape(n, nd)
+    a = table.affines
+    unit = np.array(np.meshgrid(*[[0.0, 1.0]] * nd, indexing="ij")).reshape(nd, -1).T
+    corners = np.einsum("nab,ncb->nca", a[:, :nd, :nd], unit[None] * s[:, None, :])
+    corners += a[:, None, :nd, nd]
+    lo, hi = corners.min(axis=1), corners.max(axis=1)
+    problems = []
+    if n > 1:
+        order = np.argsort(lo[:, -1], kind="stable")
+        lo_s, hi_s = lo[order], hi[order]
+        touched = np.zeros(n, dtype=bool)
+        for k in range(n):  # sweep along the last axis (x)
+            end = int(np.searchsorted(lo_s[:, -1], hi_s[k, -1], side="left"))
+            if end <= k + 1:
+                continue
+            other = slice(k + 1, end)
+            hit = np.all(
+                (np.minimum(hi_s[k], hi_s[other]) - np.maximum(lo_s[k], lo_s[other])) > 0, axis=1
+            )
+            if hit.any():
+                touched[k] = True
+                touched[np.arange(k + 1, end)[hit]] = True
+        alone = order[~touched]
+        if not touched.any():
+            problems.append(
+                f"no two of the {n} tiles overlap; check the positions and their unit "
+                "(pixels, not micrometres?)"
+            )
+        elif len(alone):
+            names = ", ".join(Path(table[int(i)].ref).name for i in sorted(alone)[:5])
+            more = f" and {len(alone) - 5} more" if len(alone) > 5 else ""
+            problems.append(f"{len(alone)} tile(s) overlap no other tile: {names}{more}")
+    box = float(np.prod(hi.max(axis=0) - lo.min(axis=0)))
+    area = float(np.sum(np.prod(hi - lo, axis=1)))
+    if n > 1 and box > SPARSE_LAYOUT_RATIO * area:
+        extent = " x ".join(f"{v:.0f}" for v in (hi.max(axis=0) - lo.min(axis=0))[::-1])
+        problems.append(
+            f"the layout spans {extent} px, {box / area:.0f} times the tiles' summed area; "
+            "check the positions and their unit"
+        )
+    return problems

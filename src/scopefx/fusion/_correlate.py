@@ -1,0 +1,350 @@
+"""Measuring one overlap: crops on the stage overlap enlarged by the search range, flat-field
+corrected and high-passed (minus a large Gaussian), then smoothed (a small one); the normalised
+cross-correlation (NCC) on the pixels both tiles hold is computed for every shift in range at
+once (masked NCC by FFT), its maximum is the match, refined to 1/20 px by phase correlation of
+the unsmoothed common part; the best NCC away from that peak (the runner-up) tells whether the
+match is unique (a repeated pattern gives several equally good peaks).
+
+References
+----------
+Padfield, "Masked object registration in the Fourier domain", IEEE TIP 21, 2706 (2012).
+Guizar-Sicairos, Thurman & Fienup, "Efficient subpixel image registration algorithms",
+Opt. Lett. 33, 156 (2008).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..io import translation
+
+_UPSAMPLE = 20  # sub-pixel resolution of the peak search: 1 / 20 px
+_LOWPASS = 0.25  # Gaussian weight on the whitened spectrum (sigma, cycles/px): damps aliasing
+_SMOOTH_PX = 2.0  # Gaussian (sigma) of the crops in the search for the best shift: pixel noise
+_CONFIDENCE = 2.0  # standard errors below the NCC that a shift is scored by
+_DISTINCT_PX = 3.0  # a runner-up peak closer than this to the best is the same match
+
+
+class Measured(NamedTuple):
+    """What :func:`measure` found for one pair."""
+
+    shift: np.ndarray  # correction of j relative to i (NaN: nothing to measure)
+    quality: float  # NCC at the shift, 0..1
+    runner_up: float  # best NCC of a distinct candidate shift (0 when none)
+    overlap: tuple[int, ...]  # extent of the common pixels at the shift
+
+
+class Plan(NamedTuple):
+    """How to cut pair ``(i, j)``: a box of the mosaic grid, ``size`` pixels from ``box_lo``."""
+
+    i: int
+    j: int
+    box_lo: np.ndarray  # int
+    size: tuple[int, ...]
+    sliced: bool  # True: both tiles are translations, cut at their rounded offsets
+    adjust: np.ndarray  # added to the crop-level shift to give the correction
+    reach: float  # largest shift searched along each axis
+
+
+def plan_pair(
+    table: Any, shapes: np.ndarray, footprints: tuple[np.ndarray, np.ndarray], i: int, j: int,
+    reach: float,
+) -> Plan:  # fmt: skip
+    """The stage overlap of ``i`` and ``j`` enlarged by ``reach``, within the two footprints
+    (``footprints``: the tiles' bounding boxes ``[lo, hi)``, index order)."""
+    ti, tj = table[i], table[j]
+    nd = table.ndim
+    if ti.is_translation and tj.is_translation:
+        r_i, r_j = np.round(ti.offset), np.round(tj.offset)
+        lo_i, hi_i, lo_j, hi_j = r_i, r_i + shapes[i], r_j, r_j + shapes[j]
+        adjust, sliced = (r_j - tj.offset) - (r_i - ti.offset), True
+    else:
+        lo, hi = footprints[0][[i, j]], footprints[1][[i, j]]
+        lo_i, lo_j, hi_i, hi_j = np.ceil(lo[0]), np.ceil(lo[1]), np.floor(hi[0]), np.floor(hi[1])
+        adjust, sliced = np.zeros(nd), False
+    r = math.ceil(reach)
+    box_lo = np.maximum(np.maximum(lo_i, lo_j) - r, np.minimum(lo_i, lo_j))
+    box_hi = np.minimum(np.minimum(hi_i, hi_j) + r, np.maximum(hi_i, hi_j))
+    size = tuple(int(v) for v in np.maximum(box_hi - box_lo, 0))
+    return Plan(i, j, box_lo.astype(int), size, sliced, adjust, float(reach))
+
+
+def prepare(
+    data: Any, nd: int, flatfield: Any, highpass_sigma_px: float | None
+) -> tuple[np.ndarray, float]:
+    """One tile as registration sees it: channels summed, flat-field corrected, high-passed.
+
+    Returns the plane and its mean absolute raw value (the scale a blank crop is judged by).
+    """
+    from scipy import ndimage
+
+    if flatfield is not None:
+        data = flatfield.apply(np.asarray(data)) if hasattr(flatfield, "apply") else flatfield(data)
+    plane = np.asarray(data, dtype=np.float32)
+    if plane.ndim > nd:
+        plane = plane.reshape(-1, *plane.shape[-nd:]).sum(axis=0)
+    scale = float(np.mean(np.abs(plane), dtype=np.float64)) + 1e-12
+    if highpass_sigma_px is None:  # auto: 5 % of the smaller extent
+        from ._regparams import AUTO_HIGHPASS
+
+        highpass_sigma_px = max(4.0, AUTO_HIGHPASS * min(plane.shape))
+    if highpass_sigma_px:
+        sigma = [min(highpass_sigma_px, n / 4) for n in plane.shape]
+        plane = plane - ndimage.gaussian_filter(plane, sigma, mode="reflect")
+    return plane, scale
+
+
+def cut(plane: np.ndarray, affine: np.ndarray, plan: Plan) -> np.ndarray:
+    """The box of ``plan`` from one prepared tile, float32; NaN where the tile has no pixel."""
+    nd = len(plan.size)
+    out = np.full(plan.size, np.nan, dtype=np.float32)
+    if plan.sliced:
+        start = plan.box_lo - np.round(affine[:nd, nd]).astype(int)
+        src_lo = np.maximum(start, 0)
+        src_hi = np.minimum(start + plan.size, plane.shape[-nd:])
+        if np.any(src_hi <= src_lo):
+            return out
+        dst = tuple(map(slice, src_lo - start, src_hi - start))
+        out[dst] = plane[tuple(map(slice, src_lo, src_hi))]
+        return out
+    from scipy import ndimage
+
+    matrix = np.linalg.inv(affine) @ translation(plan.box_lo)
+    return ndimage.affine_transform(plane, matrix, output_shape=plan.size, order=1, cval=np.nan)
+
+
+def _tukey(n: int) -> np.ndarray:
+    """Window flat in the middle, a Hann ramp over 25% at each end."""
+    edge = np.minimum(np.arange(n) + 0.5, n - 0.5 - np.arange(n)) / (0.25 * n)
+    return 0.5 - 0.5 * np.cos(np.pi * np.clip(edge, 0, 1))
+
+
+def _freqs(shape: Sequence[int]) -> list[np.ndarray]:
+    """Frequencies (cycles per pixel) of each axis of ``scipy.fft.rfftn``'s output."""
+    return [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
+
+
+def _outer(profiles: Sequence[np.ndarray]) -> np.ndarray:
+    out = np.ones((), dtype=np.float32)
+    for p in profiles:
+        out = np.multiply.outer(out, p.astype(np.float32))
+    return out
+
+
+def _refine(half: np.ndarray, shape: Sequence[int], peak: np.ndarray) -> np.ndarray:
+    """Sub-pixel peak by a local upsampled DFT (Guizar-Sicairos et al. 2008) around ``peak``.
+
+    ``half`` is an ``rfftn`` spectrum: the other half is its conjugate, so the real part of the
+    sum with the interior of the last axis counted twice is the full inverse DFT.
+    """
+    size, k = math.ceil(1.5 * _UPSAMPLE), np.arange(half.shape[-1])
+    centre, data = size // 2, half * np.where((k == 0) | (2 * k == shape[-1]), 1, 2).astype("f4")
+    for ax, f in reversed(list(enumerate(_freqs(shape)))):
+        t = peak[ax] + (np.arange(size) - centre) / _UPSAMPLE
+        kernel = np.exp(2j * np.pi * t[:, None] * f[None, :]).astype(np.complex64)
+        data = np.einsum("uk,...k->u...", kernel, data)  # no BLAS: no threads to contend
+    up = np.unravel_index(int(np.argmax(data.real)), data.shape)
+    return peak + (np.asarray(up) - centre) / _UPSAMPLE
+
+
+def _ncc_surface(a: np.ndarray, b: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, ...]:
+    """NCC of ``a(m + q)`` and ``b(m)`` over the pixels both hold, for every ``|q| <= reach``.
+
+    Masked normalised cross-correlation by FFT (Padfield 2012): six correlations of the
+    zero-filled crops, their masks and squares. Returns the NCC surface, the number of common
+    pixels, and for each axis the extent of the common part, all indexed by ``q + reach``.
+    """
+    from scipy import fft
+
+    va, vb = np.isfinite(a), np.isfinite(b)
+    # centred (so float32 sums lose little precision) and zero outside the tiles
+    fa = np.where(va, a - np.float32(a[va].mean(dtype=np.float64)), np.float32(0))
+    fb = np.where(vb, b - np.float32(b[vb].mean(dtype=np.float64)), np.float32(0))
+    pad = [fft.next_fast_len(2 * n - 1, real=True) for n in a.shape]
+
+    def spec(x: np.ndarray) -> np.ndarray:
+        return fft.rfftn(x, s=pad)
+
+    sa, sma, saa = spec(fa), spec(va.astype(np.float32)), spec(fa * fa)
+    sb, smb, sbb = np.conj(spec(fb)), np.conj(spec(vb.astype(np.float32))), np.conj(spec(fb * fb))
+    index = np.ix_(*[np.arange(-r, r + 1) % p for r, p in zip(reach, pad, strict=True)])
+
+    def corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.asarray(fft.irfftn(x * y, s=pad)[index], dtype=np.float64)
+
+    n = np.maximum(np.round(corr(sma, smb)), 0)
+    sum_a, sum_b = corr(sa, smb), corr(sma, sb)
+    safe = np.maximum(n, 1)
+    num = corr(sa, sb) - sum_a * sum_b / safe
+    var = (corr(saa, smb) - sum_a**2 / safe) * (corr(sma, sbb) - sum_b**2 / safe)
+    ncc = np.where((n >= 16) & (var > 0), num / np.sqrt(np.maximum(var, 1e-300)), 0.0)
+    # extent of the common part along each axis: from the masks' 1-D projections
+    extents = []
+    for ax in range(a.ndim):
+        other = tuple(o for o in range(a.ndim) if o != ax)
+        pa, pb = va.any(axis=other), vb.any(axis=other)
+        r = int(reach[ax])
+        e = np.array([np.count_nonzero(_overlap_1d(pa, pb, q)) for q in range(-r, r + 1)])
+        shape = [1] * a.ndim
+        shape[ax] = len(e)
+        extents.append(e.reshape(shape))
+    return (np.clip(ncc, -1, 1), n, *extents)
+
+
+def _overlap_1d(pa: np.ndarray, pb: np.ndarray, q: int) -> np.ndarray:
+    """``pa[m + q] & pb[m]`` over the valid ``m``."""
+    n = len(pa)
+    return pa[max(0, q) : n + min(0, q)] & pb[max(0, -q) : n - max(0, q)]
+
+
+def measure(
+    a: np.ndarray, b: np.ndarray, reach: float, min_overlap_px: float, blank: tuple[float, float]
+) -> Measured:
+    """Shift ``d`` with ``b(m) ~ a(m + d)``: the NCC maximum within ``reach``; NaN if blank.
+
+    ``blank`` holds each tile's raw scale: a crop whose band-passed spread is below 1e-5 of it
+    has no content. Shifts whose common part is narrower than ``min_overlap_px`` along an axis
+    (or than the stage overlap, where that is smaller) are not considered. The runner-up is the
+    best NCC at least one peak width away from the best (a repeated pattern gives several).
+    """
+
+    nd = a.ndim
+    nothing = Measured(np.full(nd, np.nan), 0.0, 0.0, (0,) * nd)
+    va, vb = np.isfinite(a), np.isfinite(b)
+    if min(a.shape) < 2 or va.sum() < 16 or vb.sum() < 16:
+        return nothing
+    for x, v, scale in ((a, va, blank[0]), (b, vb, blank[1])):
+        if float(np.std(x[v], dtype=np.float64)) <= 1e-5 * scale:
+            return nothing  # a blank crop: nothing to measure
+    stage = _extent(va & vb) or list(a.shape)
+    need = np.array([min(min_overlap_px, n) for n in stage], dtype=float)
+    r = np.minimum(math.ceil(reach), np.array(a.shape) - 1)
+    sa, sb = _smooth(a), _smooth(b)
+    ncc, count, *extents = _ncc_surface(sa, sb, r)
+    ok = count >= 16
+    for ax, e in enumerate(extents):
+        ok = ok & (e >= need[ax] - 1e-9)
+    # A thin common part gives high NCC by chance: score each shift by a lower confidence
+    # bound of its NCC (Fisher z minus _CONFIDENCE standard errors, with the pixels counted in
+    # independent samples of the content's correlation area).
+    samples = count / max(_corr_area(sa), _corr_area(sb))
+    z = np.arctanh(np.clip(ncc, -0.999, 0.999)) - _CONFIDENCE / np.sqrt(np.maximum(samples - 3, 1))
+    score = np.where(ok, np.tanh(z), -np.inf)
+    if not np.isfinite(score).any():
+        return nothing
+    best = np.array(np.unravel_index(int(np.argmax(score)), score.shape))
+    quality = float(max(ncc[tuple(best)], 0.0))
+    runner = _runner_up(score, best)
+    runner = float(np.clip(runner + (quality - max(float(score[tuple(best)]), 0.0)), 0, 1))
+    peak = best - r
+    sub = _subpixel(a, b, peak)
+    shift = peak + (sub if sub is not None else _parabola(score, best))
+    overlap = tuple(int(e.flat[int(best[ax])]) for ax, e in enumerate(extents))
+    return Measured(shift, quality, runner, overlap)
+
+
+def _corr_area(x: np.ndarray) -> float:
+    """Area (px^nd) over which the content of ``x`` stays correlated: per axis
+    ``sqrt(2) std(x) / std(dx)`` (exact for Gaussian-correlated texture), 1 to 64 px."""
+    v = x[np.isfinite(x)]
+    spread = float(np.std(v, dtype=np.float64)) if v.size else 0.0
+    area = 1.0
+    for ax in range(x.ndim):
+        d = np.diff(x, axis=ax)
+        d = d[np.isfinite(d)]
+        step = float(np.std(d, dtype=np.float64)) if d.size else 0.0
+        area *= float(np.clip(math.sqrt(2) * spread / max(step, 1e-12), 1.0, 64.0))
+    return area
+
+
+def _smooth(x: np.ndarray) -> np.ndarray:
+    """Gaussian of ``_SMOOTH_PX`` over the valid pixels only (normalised convolution): pixel
+    noise out of the search for the best shift; the sub-pixel step sees the unsmoothed crops."""
+    from scipy import ndimage
+
+    valid = np.isfinite(x)
+    num = ndimage.gaussian_filter(np.where(valid, x, np.float32(0)), _SMOOTH_PX)
+    den = ndimage.gaussian_filter(valid.astype(np.float32), _SMOOTH_PX)
+    return np.where(valid, num / np.maximum(den, 1e-6), np.float32(np.nan))
+
+
+def _subpixel(a: np.ndarray, b: np.ndarray, peak: np.ndarray) -> np.ndarray | None:
+    """Sub-pixel remainder by phase correlation of the common part at the integer ``peak``,
+    both crops cut to the same box and given the same window (so the windows cannot bias it);
+    None when it lands more than a pixel away."""
+    from scipy import fft
+
+    sa = tuple(slice(max(0, k), n + min(0, k)) for k, n in zip(peak, a.shape, strict=True))
+    sb = tuple(slice(max(0, -k), n - max(0, k)) for k, n in zip(peak, a.shape, strict=True))
+    x, y = a[sa], b[sb]
+    keep = np.isfinite(x) & np.isfinite(y)
+    box = tuple(
+        slice(int(h[0]), int(h[-1]) + 1)
+        for h in (
+            np.flatnonzero(keep.any(axis=tuple(o for o in range(keep.ndim) if o != ax)))
+            for ax in range(keep.ndim)
+        )
+    )
+    x, y, keep = x[box], y[box], keep[box]
+    if min(x.shape) < 4:
+        return None
+    window = _outer([_tukey(n) for n in x.shape])
+    crops = []
+    for z in (x, y):
+        m = np.float32(z[keep].mean(dtype=np.float64))
+        crops.append(np.where(keep, z - m, np.float32(0)) * window)
+    cross = fft.rfftn(crops[0]) * np.conj(fft.rfftn(crops[1]))
+    lowpass = _outer([np.exp(-0.5 * (f / _LOWPASS) ** 2) for f in _freqs(x.shape)])
+    cross *= lowpass / np.maximum(np.abs(cross), 1e-30 + 1e-12 * np.abs(cross).max())
+    d = _refine(cross, x.shape, np.zeros(x.ndim))
+    return d if np.all(np.abs(d) <= 1) else None
+
+
+def _parabola(score: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Sub-pixel offset of the peak from a parabola through it and its neighbours per axis."""
+    out = np.zeros(len(best))
+    for ax in range(len(best)):
+        if 0 < best[ax] < score.shape[ax] - 1:
+            lo, hi = best.copy(), best.copy()
+            lo[ax] -= 1
+            hi[ax] += 1
+            y0, y1, y2 = score[tuple(lo)], score[tuple(best)], score[tuple(hi)]
+            den = y0 - 2 * y1 + y2
+            if np.isfinite(den) and den < 0:
+                out[ax] = float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5))
+    return out
+
+
+def _runner_up(score: np.ndarray, best: np.ndarray) -> float:
+    """Best score outside the main peak: beyond where the score first falls to half the way
+    from the peak to the surface's median, along each axis (at least ``_DISTINCT_PX``)."""
+    top = score[tuple(best)]
+    finite = score[np.isfinite(score)]
+    half = 0.5 * (top + float(np.median(finite)))
+    width = []
+    for ax in range(score.ndim):
+        line = score[tuple(slice(None) if o == ax else int(best[o]) for o in range(score.ndim))]
+        w = 1
+        while (best[ax] - w >= 0 and line[best[ax] - w] > half) or (
+            best[ax] + w < len(line) and line[best[ax] + w] > half
+        ):
+            w += 1
+        width.append(max(float(w), _DISTINCT_PX))
+    grids = np.ogrid[tuple(slice(0, n) for n in score.shape)]
+    dist2 = sum(((g - c) / w) ** 2 for g, c, w in zip(grids, best, width, strict=True))
+    outside = score[(dist2 > 1) & np.isfinite(score)]
+    return float(max(outside.max(), 0.0)) if outside.size else 0.0
+
+
+def _extent(mask: np.ndarray) -> list[int]:
+    """Extent along each axis of the stage overlap (empty list when there is none)."""
+    if not mask.any():
+        return []
+    return [
+        int(np.count_nonzero(mask.any(axis=tuple(o for o in range(mask.ndim) if o != ax))))
+        for ax in range(mask.ndim)
+    ]

@@ -1,0 +1,401 @@
+"""The stitching QC report: what registration measured and decided, and how well the tiles agree
+where they overlap at their final positions.
+
+:func:`registration_report` builds it (a JSON-able dict), :func:`write_report` writes it beside
+an output as ``<name>.qc.json`` and ``<name>.qc.png`` (the tile graph coloured by residual),
+:func:`report_summary` gives its one-line summary, and :func:`qc_only` registers and writes the
+report without fusing (``scopefx fuse --qc``). :func:`overlap_agreement` scores any layout,
+registered or not, so layouts of other tools can be compared on the same tiles.
+
+Every coordinate in the report is ``x, y[, z]`` (mosaic pixels), as in the tile tables.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import TileTable, layout_problems, read_image, read_metadata
+from ._correlate import Plan, cut, plan_pair, prepare
+from ._register import (
+    STATUSES,
+    Registration,
+    RegistrationParams,
+    _footprints,
+    _shapes_array,
+    register,
+)
+
+__all__ = [
+    "overlap_agreement",
+    "qc_only",
+    "registration_report",
+    "report_summary",
+    "write_report",
+]
+
+REPORT_VERSION = 1
+_CMAP_MAX_PX = 2.0  # residuals at or above this are drawn in the colour map's last colour
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    keep = np.isfinite(a) & np.isfinite(b)
+    x, y = a[keep].astype(np.float64), b[keep].astype(np.float64)
+    if x.size < 16:
+        return math.nan, int(x.size)
+    x -= x.mean()
+    y -= y.mean()
+    den = math.sqrt(float(np.dot(x, x)) * float(np.dot(y, y)))
+    return (float(np.dot(x, y)) / den if den > 0 else math.nan), int(x.size)
+
+
+def _tile_shapes(table: TileTable, shapes: Any, read: Callable[[str], Any] | None) -> np.ndarray:
+    if shapes is not None:
+        return _shapes_array(table, shapes)
+    nd = table.ndim
+    if read is None:
+        return _shapes_array(table, [read_metadata(r).shape[-nd:] for r in table.refs])
+    return _shapes_array(table, [np.shape(read(r))[-nd:] for r in table.refs])
+
+
+def overlap_agreement(
+    table: TileTable,
+    *,
+    read: Callable[[str], Any] | None = None,
+    shapes: Any = None,
+    flatfield: Any = None,
+    workers: int = 1,
+) -> tuple[float, list[tuple[int, int, float, int]]]:
+    """Area-weighted NCC of every two overlapping tiles at their positions in ``table``.
+
+    Parameters
+    ----------
+    table : TileTable
+        Tiles at the positions to score (registered, stage, or another tool's).
+    read, shapes, flatfield, workers
+        As :func:`scopefx.fusion.register`; the flat field corrects tiles before comparing.
+
+    Returns
+    -------
+    agreement : float
+        ``sum(ncc * pixels) / sum(pixels)`` over the overlapping pairs (NaN when none): 1 is
+        perfect agreement; misplaced tiles lower it. Raw pixels (no band-pass), so it is what a
+        viewer of the fused mosaic sees in the overlaps.
+    pairs : list of (i, j, ncc, pixels)
+
+    Notes
+    -----
+    Every tile is resampled into the mosaic grid at its exact position (linear interpolation),
+    so sub-pixel differences between layouts count.
+    """
+    return _agreements([table], read=read, shapes=shapes, flatfield=flatfield,
+                       workers=workers)[0]  # fmt: skip
+
+
+def _agreements(
+    tables: list[TileTable], *, read: Callable[[str], Any] | None, shapes: Any, flatfield: Any,
+    workers: int,
+) -> list[tuple[float, list[tuple[int, int, float, int]]]]:  # fmt: skip
+    """:func:`overlap_agreement` of several layouts of the same tiles, each tile read once."""
+    from ._register import overlapping_pairs
+
+    reader = read or read_image
+    first = tables[0]
+    shape_arr = _tile_shapes(first, shapes, read)
+    plans: list[list[Plan]] = []
+    by_tile: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+    for t, table in enumerate(tables):
+        feet = _footprints(table, shape_arr)
+        # resampled at their exact positions (linear interpolation), so a layout is not
+        # scored on how its positions happen to round
+        geometry = overlapping_pairs(table, shape_arr, min_overlap_px=1.0)
+        plans.append([plan_pair(table, shape_arr, feet, i, j, 0.0)._replace(sliced=False)
+                      for i, j, _, _ in geometry])  # fmt: skip
+        for p, plan in enumerate(plans[t]):
+            by_tile[plan.i].append((t, p, 0))
+            by_tile[plan.j].append((t, p, 1))
+
+    def load(k: int) -> list[tuple[int, int, int, np.ndarray]]:
+        plane, _ = prepare(reader(first[k].ref), first.ndim, flatfield, 0.0)
+        return [(t, p, side, cut(plane, tables[t][k].affine, plans[t][p]))
+                for t, p, side in by_tile[k]]  # fmt: skip
+
+    crops: dict[tuple[int, int], list[np.ndarray | None]] = {}
+    scores: dict[tuple[int, int], tuple[float, int]] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for got in pool.map(load, sorted(by_tile)):
+            for t, p, side, crop in got:
+                slot = crops.setdefault((t, p), [None, None])
+                slot[side] = crop
+                if slot[0] is not None and slot[1] is not None:
+                    scores[t, p] = _ncc(slot[0], slot[1])
+                    del crops[t, p]
+    out = []
+    for t in range(len(tables)):
+        pairs = [(pl.i, pl.j, *scores[t, p]) for p, pl in enumerate(plans[t])]
+        valid = [(c, n) for _, _, c, n in pairs if math.isfinite(c)]
+        total = sum(n for _, n in valid)
+        out.append((float(sum(c * n for c, n in valid) / total) if total else math.nan, pairs))
+    return out
+
+
+def _num(v: float, digits: int = 4) -> float | None:
+    return None if not math.isfinite(v) else round(float(v), digits)
+
+
+def registration_report(
+    reg: Registration,
+    *,
+    read: Callable[[str], Any] | None = None,
+    shapes: Any = None,
+    flatfield: Any = None,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """The QC report of a registration, JSON-able.
+
+    Parameters
+    ----------
+    reg : Registration
+        From :func:`scopefx.fusion.register` (its ``stage_table`` is the layout before).
+    read, shapes, flatfield, workers
+        As for :func:`register`: tiles are read again to score the overlap agreement.
+
+    Returns
+    -------
+    dict
+        ``version``; ``params`` (the registration settings); ``summary`` (pair counts by
+        status, ``rms_residual_px``, ``max_residual_px``, ``mean_tile_shift_px``,
+        ``max_tile_shift_px``, ``overlap_agreement`` at the registered positions and
+        ``overlap_agreement_stage`` at the stage positions); ``layout_problems``; ``pairs``
+        (per pair: tiles, measured ``shift`` x, y, ``quality``, ``runner_up``, ``status``,
+        ``used``, ``weight``, ``residual_px``, ``modelled`` shift, ``overlap_px``,
+        ``agreement`` NCC at the final positions); ``tiles`` (per tile: ``ref``, ``stage``
+        and ``position`` x, y, ``shift`` x, y and its length ``shift_px``).
+    """
+    table, nd = reg.table, reg.table.ndim
+    stage = reg.stage_table or reg.table
+    shape_arr = _tile_shapes(table, shapes, read)
+    (after, after_pairs), (before, _) = _agreements(
+        [table, stage], read=read, shapes=shape_arr, flatfield=flatfield, workers=workers
+    )
+    agreement = {(i, j): c for i, j, c, _ in after_pairs}
+    pos, pos0 = table.affines[:, :nd, nd], stage.affines[:, :nd, nd]
+    shift = pos - pos0
+    counts = collections.Counter(p.status for p in reg.pairs)
+    res = [p.residual_px for p in reg.pairs if p.used]
+    lengths = np.linalg.norm(shift, axis=1)
+    summary = {
+        "tiles": len(table),
+        "pairs": len(reg.pairs),
+        **{f"pairs_{s}": counts.get(s, 0) for s in STATUSES},
+        "pairs_modelled": sum(p.modelled_px is not None for p in reg.pairs),
+        "rms_residual_px": _num(reg.rms_residual_px),
+        "max_residual_px": _num(max(res)) if res else None,
+        "mean_tile_shift_px": _num(float(lengths.mean())),
+        "max_tile_shift_px": _num(float(lengths.max())),
+        "overlap_agreement": _num(after),
+        "overlap_agreement_stage": _num(before),
+    }
+    pairs = []
+    for p in reg.pairs:
+        pairs.append(
+            {
+                "i": p.i,
+                "j": p.j,
+                "ref_i": table.refs[p.i],
+                "ref_j": table.refs[p.j],
+                "shift": [_num(v) for v in p.shift_px[::-1]],
+                "quality": _num(p.quality),
+                "runner_up": _num(p.runner_up),
+                "status": p.status,
+                "used": p.used,
+                "weight": _num(p.weight),
+                "residual_px": _num(p.residual_px),
+                "modelled": None
+                if p.modelled_px is None
+                else [_num(v) for v in p.modelled_px[::-1]],
+                "overlap_px": list(p.overlap_px[::-1]),
+                "agreement": _num(agreement.get((p.i, p.j), math.nan)),
+            }
+        )
+    tiles = [
+        {
+            "index": k,
+            "ref": ref,
+            "stage": [_num(v) for v in pos0[k][::-1]],
+            "position": [_num(v) for v in pos[k][::-1]],
+            "shift": [_num(v) for v in shift[k][::-1]],
+            "shift_px": _num(float(lengths[k])),
+            "size": [int(v) for v in shape_arr[k][::-1]],
+        }
+        for k, ref in enumerate(table.refs)
+    ]
+    return {
+        "version": REPORT_VERSION,
+        "params": reg.params.to_dict(),
+        "summary": summary,
+        "layout_problems": layout_problems(stage, shape_arr),
+        "pairs": pairs,
+        "tiles": tiles,
+    }
+
+
+def report_summary(report: dict[str, Any]) -> str:
+    """One line for the CLI, e.g. ``registration: 17 of 17 side pairs used (12 corner pairs
+    not measured), rms residual 0.41 px, tiles moved 1.1 px on average (max 2.6), overlap
+    agreement 0.83 (stage 0.79)``."""
+    s = report["summary"]
+    side = s["pairs"] - s["pairs_corner"]
+    parts = [f"registration: {s['pairs_used']} of {side} side pairs used"]
+    rejected = [f"{s[f'pairs_{k}']} {k.replace('_', ' ')}" for k in
+                ("outlier", "low_quality", "ambiguous", "blank") if s[f"pairs_{k}"]]  # fmt: skip
+    if rejected:
+        parts[0] += f" ({', '.join(rejected)}; {s['pairs_modelled']} set by the stage model)"
+    if s["pairs_corner"]:
+        parts[0] += f", {s['pairs_corner']} corner pairs not measured"
+
+    def px(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    parts.append(f"rms residual {px(s['rms_residual_px'])} px")
+    mean, top = px(s["mean_tile_shift_px"]), px(s["max_tile_shift_px"])
+    parts.append(f"tiles moved {mean} px on average (max {top})")
+    parts.append(
+        f"overlap agreement {px(s['overlap_agreement'])} (stage {px(s['overlap_agreement_stage'])})"
+    )
+    line = ", ".join(parts)
+    if report.get("layout_problems"):
+        line += "; layout: " + "; ".join(report["layout_problems"])
+    return line
+
+
+def _sidecar(out: str | os.PathLike[str], suffix: str) -> Path:
+    out = Path(out)
+    name = out.name
+    for ext in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return out.with_name(name + suffix)
+
+
+def write_report(
+    report: dict[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    stage_shapes: Any = None,
+    replace: bool = False,
+) -> tuple[Path, Path]:
+    """Write ``<name>.qc.json`` and ``<name>.qc.png`` beside ``out`` (the mosaic's path),
+    created exclusively (``replace``: over a previous run's regular files; never through a
+    link, :func:`scopefx.fusion._publish.publish`).
+
+    Returns
+    -------
+    (json_path, png_path)
+    """
+    from ._publish import publish
+
+    js, png = _sidecar(out, ".qc.json"), _sidecar(out, ".qc.png")
+    text = json.dumps(report, indent=1, allow_nan=False)
+    publish(js, lambda tmp: tmp.write_text(text), replace=replace)
+    publish(png, lambda tmp: _plot_graph(report, tmp), replace=replace)
+    return js, png
+
+
+def _plot_graph(report: dict[str, Any], path: Path) -> None:
+    """Tiles as outlines at their registered positions, pairs as lines between tile centres
+    coloured by residual (grey dashed: not used; red: outlier), arrows for the shifts."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    tiles, pairs = report["tiles"], report["pairs"]
+    pos = np.array([t["position"][:2] for t in tiles], dtype=float)
+    shift = np.array([t["shift"][:2] for t in tiles], dtype=float)
+    half = np.array([t["size"][:2] for t in tiles], dtype=float) / 2
+    centre = pos + half
+    span = np.ptp(centre, axis=0) + 2 * half.max(axis=0)
+    fig, ax = plt.subplots(figsize=(8, float(np.clip(8 * span[1] / span[0], 2.5, 12))))
+    cmap, norm = colormaps["viridis"], Normalize(0, _CMAP_MAX_PX)
+    for p0, h in zip(pos, half, strict=True):
+        ax.add_patch(Rectangle(tuple(p0), *(2 * h), fill=False, lw=0.5, ec="0.75"))
+    for p in pairs:
+        a, b = centre[p["i"]], centre[p["j"]]
+        if p["status"] == "corner":
+            continue
+        if p["used"] and p["residual_px"] is not None:
+            ax.plot(*zip(a, b, strict=True), color=cmap(norm(p["residual_px"])), lw=3)
+        else:
+            colour = "red" if p["status"] == "outlier" else "0.6"
+            ax.plot(*zip(a, b, strict=True), color=colour, lw=1.5, ls="--")
+    ax.scatter(centre[:, 0], centre[:, 1], s=12, color="k", zorder=3)
+    ax.quiver(centre[:, 0], centre[:, 1], shift[:, 0], shift[:, 1], angles="xy",
+              scale_units="xy", scale=0.1, color="tab:orange", width=0.004, zorder=4)  # fmt: skip
+    for k, c in enumerate(centre):
+        ax.annotate(str(k), c, textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    s = report["summary"]
+    ax.set_title(
+        f"{s['pairs_used']} pairs used, rms residual {s['rms_residual_px']} px; "
+        f"overlap agreement {s['overlap_agreement']}\n"
+        "lines: residual (colour), dashed grey: not used, red: outlier; arrows: shift x10",
+        fontsize=8,
+    )
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="residual (px)",
+                 shrink=0.6)  # fmt: skip
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def qc_only(
+    table: TileTable,
+    out: str | os.PathLike[str],
+    *,
+    params: RegistrationParams | None = None,
+    read: Callable[[str], Any] | None = None,
+    shapes: Any = None,
+    flatfield: Any = None,
+    workers: int = 1,
+    replace: bool = False,
+) -> tuple[Registration, dict[str, Any], tuple[Path, Path]]:
+    """Register and write the QC report beside ``out`` without fusing (``scopefx fuse --qc``).
+
+    Also writes ``<name>.registered.csv`` (the refined table) and ``<name>.pairs.csv``. Every
+    file is created exclusively (``replace``: over a previous run's regular files).
+
+    Returns
+    -------
+    (Registration, report, (json_path, png_path))
+
+    Raises
+    ------
+    RegistrationError
+        As :func:`register` (too few usable pairs without ``allow_partial``).
+    """
+    shape_arr = _tile_shapes(table, shapes, read)
+    reg = register(table, params=params, read=read, shapes=shape_arr, flatfield=flatfield,
+                   workers=workers)  # fmt: skip
+    report = registration_report(reg, read=read, shapes=shape_arr, flatfield=flatfield,
+                                 workers=workers)  # fmt: skip
+    from ._publish import publish
+
+    publish(_sidecar(out, ".registered.csv"), reg.table.to_csv, replace=replace)
+    publish(_sidecar(out, ".pairs.csv"), reg.pairs_to_csv, replace=replace)
+    paths = write_report(report, out, replace=replace)
+    return reg, report, paths

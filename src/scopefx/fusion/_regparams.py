@@ -1,0 +1,124 @@
+"""The settings of :func:`scopefx.fusion.register`: one frozen, validated object."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = ["AUTO_HIGHPASS", "AUTO_SHIFT", "RegistrationParams"]
+
+#: Default search range: this fraction of the pair's smaller tile extent (at least 8 px).
+AUTO_SHIFT = 0.15
+
+#: Default high-pass (Gaussian sigma): this fraction of the tile's smaller extent (at least 4 px).
+AUTO_HIGHPASS = 0.05
+
+
+def _check(name: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {expected}, got {value!r}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class RegistrationParams:
+    """Every setting of :func:`register`, validated on construction.
+
+    Parameters
+    ----------
+    max_shift_px : float, optional
+        Largest correction searched per pair and axis, mosaic pixels. Default (None): 15 % of
+        the pair's smaller tile extent, at least 8 px (enough for 5-50 % overlaps and stage
+        errors of a tenth of a tile).
+    min_overlap_px : float
+        Narrowest common part (at the measured shift) a match may rest on; pairs whose stage
+        overlap is narrower are still measured, on the overlap enlarged by the search range.
+    min_quality : float
+        NCC (0..1, on high-passed crops) below which a match is not used.
+    min_peak_margin : float
+        The best match must exceed the best distinct runner-up's NCC by this much; otherwise
+        the pair is ambiguous (a repeated pattern) and not used.
+    outlier_px : float
+        Used pairs whose residual after the solve exceeds this are dropped, worst first.
+    prior_weight : float
+        Weight of ``c_k = 0`` per tile: fixes the global offset and keeps unconnected tiles at
+        their stage position.
+    highpass_sigma_px : float, optional
+        Gaussian (sigma, px) subtracted from each tile before correlation: removes vignetting
+        and uneven illumination. Default (None): 5 % of the tile's smaller extent, at least
+        4 px (30 px for 600 px tiles). 0 disables.
+    corner_pairs : bool
+        Also measure diagonal neighbours that share only a corner (off by default).
+    stage_model : bool
+        Settle unusable side pairs by the median step of their row or column.
+    min_usable_fraction : float
+        Fraction of the side pairs that must give a usable match (0..1).
+    allow_partial : bool
+        Register with fewer usable pairs than ``min_usable_fraction`` instead of raising.
+
+    Examples
+    --------
+    >>> RegistrationParams(max_shift_px=80, min_overlap_px=8).to_dict()["max_shift_px"]
+    80.0
+    """
+
+    max_shift_px: float | None = None
+    min_overlap_px: float = 6.0
+    min_quality: float = 0.25
+    min_peak_margin: float = 0.05
+    outlier_px: float = 1.5
+    prior_weight: float = 1e-4
+    highpass_sigma_px: float | None = None
+    corner_pairs: bool = False
+    stage_model: bool = True
+    min_usable_fraction: float = 0.5
+    allow_partial: bool = False
+
+    def __post_init__(self) -> None:
+        ms = self.max_shift_px
+        _check("max_shift_px", ms, ms is None or (_number(ms) and ms > 0), "> 0 or None")
+        for name, lo, hi in (
+            ("min_overlap_px", 0, math.inf),
+            ("outlier_px", 0, math.inf),
+            ("prior_weight", 0, math.inf),
+        ):
+            v = getattr(self, name)
+            _check(name, v, _number(v) and lo < v < hi, "> 0")
+        for name in ("min_quality", "min_peak_margin", "min_usable_fraction"):
+            v = getattr(self, name)
+            _check(name, v, _number(v) and 0 <= v <= 1, "in [0, 1]")
+        hp = self.highpass_sigma_px
+        ok_hp = hp is None or (_number(hp) and 0 <= hp < math.inf)
+        _check("highpass_sigma_px", hp, ok_hp, ">= 0 or None")
+        for name in ("corner_pairs", "stage_model", "allow_partial"):
+            v = getattr(self, name)
+            _check(name, v, isinstance(v, bool), "True or False")
+        for f in dataclasses.fields(self):  # plain floats, so to_dict round-trips exactly
+            v = getattr(self, f.name)
+            if _number(v):
+                object.__setattr__(self, f.name, float(v))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able settings (``from_dict`` reads them back)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RegistrationParams:
+        """Settings from :meth:`to_dict`; unknown keys are refused by name."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"registration settings must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown registration setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)

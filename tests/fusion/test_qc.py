@@ -1,0 +1,110 @@
+"""The stitching QC report (issue 16): contents, files, summary line, report without fusing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_register import _grid, _memory_reader, _table
+
+from scopefx.fusion._qc import overlap_agreement, qc_only, registration_report, report_summary
+from scopefx.fusion._register import register
+
+SHAPES = [(160, 160)] * 9
+
+
+@pytest.fixture(scope="module")
+def mosaic():
+    tiles, true, stage = _grid(3, 3, 160, (120, 120), seed=30, stage_error=4)
+    tiles[4] = np.full_like(tiles[4], 0.4)  # the centre tile is blank: its pairs are modelled
+    return tiles, true, stage
+
+
+def test_report_contents(mosaic) -> None:
+    tiles, _, stage = mosaic
+    read = _memory_reader(tiles)
+    reg = register(_table(stage), read=read, shapes=SHAPES)
+    report = registration_report(reg, read=read, shapes=SHAPES)
+    json.dumps(report, allow_nan=False)  # plain JSON
+    s = report["summary"]
+    assert (s["tiles"], s["pairs"], s["pairs_corner"], s["pairs_blank"]) == (9, 20, 8, 4)
+    assert s["pairs_used"] == 8 and s["pairs_modelled"] == 4
+    assert s["overlap_agreement"] > s["overlap_agreement_stage"]
+    assert s["overlap_agreement"] > 0.9
+    by = {(p["i"], p["j"]): p for p in report["pairs"]}
+    side = by[(0, 1)]
+    assert side["status"] == "used" and side["used"] and side["residual_px"] < 0.2
+    assert side["overlap_px"][0] < side["overlap_px"][1]  # x, y: the pair steps along x
+    assert by[(1, 4)]["status"] == "blank" and by[(1, 4)]["modelled"] is not None
+    tile = report["tiles"][0]
+    np.testing.assert_allclose(tile["stage"], stage[0][::-1], atol=1e-4)
+    np.testing.assert_allclose(
+        np.subtract(tile["position"], tile["stage"]), tile["shift"], atol=1e-3
+    )
+    assert tile["size"] == [160, 160]
+    assert report["params"] == reg.params.to_dict()
+    line = report_summary(report)
+    assert line.startswith("registration: 8 of 12 side pairs used (4 blank; 4 set by the stage")
+    assert "8 corner pairs not measured" in line and "overlap agreement" in line
+
+
+def test_overlap_agreement_falls_when_tiles_are_misplaced(mosaic) -> None:
+    tiles, true, _ = mosaic
+    read = _memory_reader(tiles)
+    good, pairs = overlap_agreement(_table(true), read=read, shapes=SHAPES)
+    off = true.copy()
+    off[0] += (3, -2)
+    bad, _ = overlap_agreement(_table(off), read=read, shapes=SHAPES)
+    assert good > 0.95 and bad < good - 0.05
+    assert len(pairs) == 20 and all(n > 0 for _, _, _, n in pairs)
+    assert all(math.isnan(c) for i, j, c, _ in pairs if 4 in (i, j))  # blank: nothing to compare
+
+
+def test_qc_without_fusing_writes_the_report_beside_the_output(mosaic, tmp_path: Path) -> None:
+    tiles, _, stage = mosaic
+    out = tmp_path / "run" / "mosaic.ome.zarr"
+    reg, report, (js, png) = qc_only(_table(stage), out, read=_memory_reader(tiles), shapes=SHAPES)
+    assert (js.name, png.name) == ("mosaic.qc.json", "mosaic.qc.png")
+    assert json.loads(js.read_text()) == report
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not out.exists()  # nothing fused
+    with open(tmp_path / "run" / "mosaic.registered.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 9
+    assert (tmp_path / "run" / "mosaic.pairs.csv").is_file()
+    assert reg.table.refs == _table(stage).refs
+
+
+def test_fuse_registers_flat_field_corrected_tiles_and_writes_the_report(
+    mosaic, tmp_path: Path, monkeypatch
+) -> None:
+    """fuse(register=True, flatfield="estimate") estimates the flat field first and registers
+    corrected tiles (it used to register raw tiles), then writes the QC report beside out."""
+    import tifffile
+
+    from scopefx.fusion import FuseOptions, fuse
+    from scopefx.fusion import _qc as qc_module
+
+    tiles, _, stage = mosaic
+    paths = []
+    for k, tile in enumerate(tiles):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+    seen = []
+    real = qc_module.register  # registration for fuse() goes through the QC path
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("flatfield"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qc_module, "register", spy)
+    table = _table(stage, paths)
+    out = tmp_path / "m.ome.zarr"
+    result = fuse(table, out, options=FuseOptions(register=True, flatfield="estimate"))
+    assert len(seen) == 1 and seen[0] is not None  # the estimated flat field
+    summary = result.extra["registration"]
+    assert Path(summary["qc"]).name == "m.qc.json" and Path(summary["qc_png"]).is_file()
+    assert summary["summary_line"].startswith("registration: ")

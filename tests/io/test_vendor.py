@@ -1,0 +1,88 @@
+"""Tiles inside instrument files, placed by their recorded stage positions (issue 16)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from scopefx.errors import ConfigError, UnsupportedFormatError
+from scopefx.io import read_image, read_metadata, read_tile_table
+
+REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tiles_real"
+
+
+def _write_ome(path: Path, positions_um, *, pixel_um=0.5, channels=("DAPI", "GFP"), plane=True):
+    rng = np.random.default_rng(0)
+    tiles = []
+    with tifffile.TiffWriter(path, ome=True) as w:
+        for x, y in positions_um:
+            tile = rng.integers(0, 4000, (len(channels), 32, 48), dtype=np.uint16)
+            tiles.append(tile)
+            meta = {"axes": "CYX", "PhysicalSizeX": pixel_um, "PhysicalSizeY": pixel_um,
+                    "Channel": {"Name": list(channels)}}  # fmt: skip
+            if plane:
+                n = len(channels)
+                um = ["µm"] * n
+                meta["Plane"] = {"PositionX": [x] * n, "PositionY": [y] * n,
+                                 "PositionXUnit": um, "PositionYUnit": um}  # fmt: skip
+            w.write(tile, metadata=meta)
+    return tiles
+
+
+def test_ome_tiff_tiles_and_stage_positions(tmp_path):
+    path = tmp_path / "scan.ome.tif"
+    tiles = _write_ome(path, [(1000.0, 500.0), (1020.0, 500.0), (1000.0, 514.0)])
+    table = read_tile_table(path)
+    assert len(table) == 3 and table.pixel_size_um == 0.5
+    assert table.extra["channel_names"] == ["DAPI", "GFP"] and table.extra["vendor"] == "ome"
+    np.testing.assert_allclose([t.offset for t in table], [(0, 0), (0, 40), (28, 0)])  # (y, x)
+    assert table[1].ref == f"{path}::tile/1"
+    np.testing.assert_array_equal(read_image(table[1].ref), tiles[1])
+    meta = read_metadata(table[2].ref)
+    assert (meta.shape, meta.dtype, meta.pixel_size_um) == ((2, 32, 48), "uint16", 0.5)
+    assert meta.raw["channel_names"] == ["DAPI", "GFP"]
+
+
+def test_ome_tiff_without_positions_or_bad_tile_reference(tmp_path):
+    path = tmp_path / "flat.ome.tif"
+    _write_ome(path, [(0, 0), (5, 0)], plane=False)
+    with pytest.raises(UnsupportedFormatError, match=r"record no stage position"):
+        read_tile_table(path)
+    _write_ome(path, [(0, 0), (5, 0)])
+    with pytest.raises(UnsupportedFormatError, match=r"'file::tile/N'"):
+        read_image(f"{path}::series/1")
+    with pytest.raises(ConfigError, match=r"tile 7 of 2"):
+        read_image(f"{path}::tile/7")
+
+
+def test_ome_tiff_fuses_with_its_pixel_size(tmp_path):
+    from scopefx.fusion import fuse
+
+    path = tmp_path / "scan.ome.tif"
+    _write_ome(path, [(0.0, 0.0), (20.0, 0.0)], channels=("DAPI",))
+    result = fuse(read_tile_table(path), tmp_path / "m.ome.zarr")
+    assert result.shape == (32, 88) and result.pixel_size_um == 0.5
+
+
+def test_czi_mosaic_tiles_and_positions():
+    if importlib.util.find_spec("bioio_czi") is None:
+        pytest.skip('bioio-czi is not installed (pip install "scopefx[vendor]")')
+    path = REAL / "zeiss_czi2" / "mosaic_test.czi"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (shared/data/tiles_real/zeiss_czi2)")
+    table = read_tile_table(path)
+    assert len(table) == 2 and table.extra["vendor"] == "czi"
+    assert table.pixel_size_um == pytest.approx(1.0833, abs=1e-4)
+    assert table.extra["channel_names"] == ["EGFP"]
+    # the subblock positions, as exported to stage.csv beside the file
+    stage = read_tile_table(path.parent / "stage.csv")
+    np.testing.assert_allclose([t.offset for t in table], [t.offset for t in stage])
+    tile = read_image(table[1].ref)
+    exported = read_image(stage[1].ref)
+    assert tile.shape == exported.shape == (624, 924)
+    np.testing.assert_array_equal(tile, exported)
+    assert read_metadata(table[0].ref).shape == (624, 924)
