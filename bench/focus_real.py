@@ -28,7 +28,8 @@ Verdicts (``scopefx`` only):
 * calibration transfer: ``Calibration.fit`` on the other series of the same modality (on the
   series itself when it is alone: marked ``self``), ``max_defocus`` halfway between the
   in-focus and out-of-focus label limits; accuracy on the labelled images;
-* run baseline: ``RunBaseline()`` (ratio 0.5, warm-up 5) fed the series in acquisition order,
+* run baseline: the product's ``FocusRun`` with the series' modality (its default baseline
+  ratio, warm-up 5, its doubts) fed the series in acquisition order,
   warm-up sections re-judged at the end; sensitivity (out-of-focus flagged) and false flags
   (in-focus flagged).
 
@@ -224,21 +225,32 @@ def calibration_transfer(
     return out
 
 
-def run_baseline(images: Sequence[Image], scores: np.ndarray) -> list[tuple[str, float, float]]:
-    """Per series: (series, share of out-of-focus flagged, share of in-focus flagged)."""
+def run_baseline(
+    images: Sequence[Image], scores: np.ndarray, limited: np.ndarray
+) -> list[tuple[str, float, float, float]]:
+    """Per series, judged by the product's verdict policy (``FocusRun`` with the series'
+    modality: its default baseline ratio and its doubts), fed in acquisition order and
+    settled at the end: (series, share of out-of-focus flagged, share of in-focus flagged,
+    share unverifiable)."""
+    from scopefx.focus import FocusRecord
+
     out = []
     for series, idx in by_series(images).items():
-        baseline = scopefx.RunBaseline()
-        verdicts = [baseline.update(scores[j]).status for j in idx]
-        verdicts = [
-            baseline.rejudge(scores[j]).status if v == "warmup" else v
-            for j, v in zip(idx, verdicts, strict=True)
-        ]
+        run = scopefx.FocusRun(params=scopefx.FocusParams(modality=images[idx[0]].modality))
+        records = [
+            run.judge(FocusRecord(path=str(images[j].path), features=1,
+                                  density_per_mpx=float(scores[j]),
+                                  noise_limited=bool(limited[j])))
+            for j in idx
+        ]  # fmt: skip
+        run.settle()
+        verdicts = [r.verdict for r in records]
         labels = [images[j].label for j in idx]
-        flagged = [v == "out_of_focus" for v in verdicts]
+        flagged = [v in scopefx.focus.FLAGGED for v in verdicts]
         outs = [f for f, lab in zip(flagged, labels, strict=True) if lab == "out_of_focus"]
         ins = [f for f, lab in zip(flagged, labels, strict=True) if lab == "in_focus"]
-        out.append((series, float(np.mean(outs)), float(np.mean(ins))))
+        unverifiable = float(np.mean([v == "unverifiable" for v in verdicts]))
+        out.append((series, float(np.mean(outs)), float(np.mean(ins)), unverifiable))
     return out
 
 
@@ -341,8 +353,16 @@ def summarise(
     )
     report.add(
         *table(
-            ["series", "run baseline: out-of-focus flagged", "in-focus flagged"],
-            [[s, fmt(a, 2), fmt(b, 2)] for s, a, b in run_baseline(images, scores["scopefx"])],
+            [
+                "series",
+                "FocusRun baseline (modality defaults): out-of-focus flagged",
+                "in-focus flagged",
+                "unverifiable",
+            ],
+            [
+                [s, fmt(a, 2), fmt(b, 2), fmt(u, 2)]
+                for s, a, b, u in run_baseline(images, scores["scopefx"], limited)
+            ],
         )
     )
     report.add(
