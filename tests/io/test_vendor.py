@@ -86,3 +86,48 @@ def test_czi_mosaic_tiles_and_positions():
     assert tile.shape == exported.shape == (624, 924)
     np.testing.assert_array_equal(tile, exported)
     assert read_metadata(table[0].ref).shape == (624, 924)
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_channel_names_reach_the_ome_zarr(tmp_path, ngff):
+    import zarr
+
+    from scopefx.fusion import FuseOptions, fuse
+
+    path = tmp_path / "scan.ome.tif"
+    _write_ome(path, [(0.0, 0.0), (20.0, 0.0)], channels=("DAPI", "GFP"))
+    out = tmp_path / "m.ome.zarr"
+    fuse(read_tile_table(path), out, options=FuseOptions(ngff=ngff))
+    attrs = dict(zarr.open_group(out, mode="r").attrs)
+    omero = attrs["omero"] if ngff == "0.4" else attrs["ome"]["omero"]
+    assert [c["label"] for c in omero["channels"]] == ["DAPI", "GFP"]
+    if ngff == "0.4":
+        from ome_zarr_models.v04.image import Image
+    else:
+        from ome_zarr_models.v05.image import Image
+    Image.from_zarr(zarr.open_group(out, mode="r"))  # still valid NGFF
+
+
+def test_an_ome_tiff_naming_an_outside_file_is_not_followed(tmp_path):
+    """A tile inside an OME-TIFF is read with multi-file OME off: an OME-XML that names
+    another file for a plane never makes the reader open it (issue 14's attack, through the
+    vendor-tile path ``file::tile/N`` rather than a plain image reference)."""
+    import uuid
+
+    tifffile.imwrite(tmp_path / "secret.ome.tif", np.full((16, 16), 4242, np.uint16), ome=True)
+    path = tmp_path / "planted.ome.tif"
+    own, foreign = uuid.uuid4(), uuid.uuid4()
+    tifffile.imwrite(path, np.ones((16, 16), np.uint16), ome=True)
+    xml = f"""<?xml version="1.0" encoding="UTF-8"?>
+<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="urn:uuid:{own}">
+<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" SizeX="16"
+ SizeY="16" SizeZ="2" SizeC="1" SizeT="1"><Channel ID="Channel:0:0" SamplesPerPixel="1"/>
+<TiffData FirstZ="0" IFD="0" PlaneCount="1"><UUID FileName="{path.name}">urn:uuid:{own}</UUID>
+</TiffData>
+<TiffData FirstZ="1" IFD="0" PlaneCount="1"><UUID FileName="secret.ome.tif">urn:uuid:{foreign}
+</UUID></TiffData></Pixels></Image></OME>"""
+    tifffile.tiffcomment(path, comment=xml.encode())
+    with tifffile.TiffFile(path) as tif:  # tifffile on its own follows the reference
+        assert (tif.series[0].asarray() == 4242).any()
+    data = read_image(f"{path}::tile/0")
+    assert not (np.asarray(data) == 4242).any()  # never the other file's pixels

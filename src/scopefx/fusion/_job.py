@@ -382,6 +382,8 @@ class FusionJob:
         spec_fields = meta["spec"]
         for key in ("shape", "chunks", "pixel_size", "origin"):
             spec_fields[key] = tuple(spec_fields[key])
+        if spec_fields.get("channel_names") is not None:
+            spec_fields["channel_names"] = tuple(spec_fields["channel_names"])
         return cls(
             out=out,
             plan=plan,
@@ -524,6 +526,18 @@ class FusionJob:
         return result
 
 
+def _channel_names(names: Sequence[str] | None, channel_shape: tuple[int, ...]) -> Any:
+    """The channel names when they fit the tiles' channels (else dropped, with a log line)."""
+    if not names:
+        return None
+    count = channel_shape[0] if channel_shape else 1
+    if len(names) != count:
+        log.warning("%d channel names %s for %d channel(s): not written", len(names),
+                    list(names), count)  # fmt: skip
+        return None
+    return tuple(str(n) for n in names)
+
+
 def prepare_fusion(
     plan: FusionPlan,
     out: str | os.PathLike[str],
@@ -539,6 +553,7 @@ def prepare_fusion(
     extra: dict[str, Any] | None = None,
     started: float | None = None,
     preview: str | os.PathLike[str] | None = None,
+    channel_names: Sequence[str] | None = None,
 ) -> FusionJob:
     """Create (or re-open, with ``resume``) the OME-Zarr store for ``plan`` and save the plan
     in it; nothing is fused yet. See :func:`scopefx.fuse` for the parameters.
@@ -564,6 +579,7 @@ def prepare_fusion(
         origin=tuple(float(o) * (pixel or 1.0) for o in plan.origin),
         unit="micrometer" if pixel else None,
         channels=plan.channel_shape[0] if lead else None,
+        channel_names=_channel_names(channel_names, plan.channel_shape),
         ngff=ngff,
         fill_value=plan.params.fill,
         max_levels=10 if pyramid else 1,

@@ -84,6 +84,7 @@ def prepare(
         plan, out, resume=options.resume, overwrite=options.overwrite, ngff=options.ngff,
         pyramid=options.pyramid, flatfield=flatfield, read=read, device=device, missing=missing,
         extra=extra, started=started, preview=options.preview,
+        channel_names=table.extra.get("channel_names"),
     )  # fmt: skip
 
 
