@@ -112,21 +112,11 @@ def test_an_ome_tiff_naming_an_outside_file_is_not_followed(tmp_path):
     """A tile inside an OME-TIFF is read with multi-file OME off: an OME-XML that names
     another file for a plane never makes the reader open it (issue 14's attack, through the
     vendor-tile path ``file::tile/N`` rather than a plain image reference)."""
-    import uuid
+    from _ome_helpers import plant_ome_reference
 
     tifffile.imwrite(tmp_path / "secret.ome.tif", np.full((16, 16), 4242, np.uint16), ome=True)
     path = tmp_path / "planted.ome.tif"
-    own, foreign = uuid.uuid4(), uuid.uuid4()
-    tifffile.imwrite(path, np.ones((16, 16), np.uint16), ome=True)
-    xml = f"""<?xml version="1.0" encoding="UTF-8"?>
-<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="urn:uuid:{own}">
-<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" SizeX="16"
- SizeY="16" SizeZ="2" SizeC="1" SizeT="1"><Channel ID="Channel:0:0" SamplesPerPixel="1"/>
-<TiffData FirstZ="0" IFD="0" PlaneCount="1"><UUID FileName="{path.name}">urn:uuid:{own}</UUID>
-</TiffData>
-<TiffData FirstZ="1" IFD="0" PlaneCount="1"><UUID FileName="secret.ome.tif">urn:uuid:{foreign}
-</UUID></TiffData></Pixels></Image></OME>"""
-    tifffile.tiffcomment(path, comment=xml.encode())
+    plant_ome_reference(path, "secret.ome.tif")
     with tifffile.TiffFile(path) as tif:  # tifffile on its own follows the reference
         assert (tif.series[0].asarray() == 4242).any()
     data = read_image(f"{path}::tile/0")
