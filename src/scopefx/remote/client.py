@@ -635,7 +635,7 @@ class Client:
                                 f"{refs[0]!r} failed on its own after {attempts[key]} "
                                 "attempt(s): its task's worker process died or was lost "
                                 "(a crash or the memory limit while reading or scoring this "
-                                f"image?); the other references were scored. "
+                                "image?); the rest of its batch was sent without it. "
                                 f"{type(exc).__name__}: {exc}"
                             )
                         if refused := _refused_function(exc):
