@@ -393,12 +393,29 @@ def test_worker_init_sets_data_roots(
     env = worker_environment(config.engine.executor.provider.worker_init, home=worker_home)
 
     roots = env["SCOPEFX_DATA_ROOTS"].split(os.pathsep)
-    assert roots, env
-    for root in roots:
+    outputs = env["SCOPEFX_OUTPUT_ROOTS"].split(os.pathsep)
+    assert roots and outputs, env
+    for root in roots + outputs:
         path = pathlib.PurePosixPath(root)
         assert path.is_absolute(), root
         assert ".." not in path.parts, root
         assert "$" not in root, root  # every variable was expanded
+    # Data roots are read-only: no output root is one of them, inside one or holding one,
+    # so a relative or absolute output can never land among the instrument's data.
+    for out in outputs:
+        for data in roots:
+            assert not pathlib.PurePosixPath(out).is_relative_to(data), (out, data)
+            assert not pathlib.PurePosixPath(data).is_relative_to(out), (out, data)
+    # What the process sees: outputs resolve under the output root, a data root is refused.
+    from scopefx.errors import AccessDeniedError
+    from scopefx.io import DataRoots
+
+    where = DataRoots.from_env(env)
+    assert where.resolve_output("run1/m.ome.zarr").startswith(outputs[0] + "/")
+    with pytest.raises(AccessDeniedError, match="data root"):
+        where.resolve_output(roots[0] + "/run1/m.ome.zarr")
+    if name == FACILITY:
+        assert "alice" in pathlib.PurePosixPath(outputs[0]).parts  # per mapped user
     if cluster:
         cluster_file = pathlib.PurePosixPath(env["SCOPEFX_CLUSTER"])
         assert cluster_file.is_absolute() and cluster_file.suffix == ".yaml"

@@ -115,8 +115,10 @@ def _localize_template(
     """The facility template with its site (environment, roots) replaced by this host's."""
     activate = f"export PATH={bindir}:$PATH"
     replaced = text.replace("source /facility/software/scopefx/venv/bin/activate", activate)
-    replaced = replaced.replace("/facility/instruments:/facility/scratch", f"{data}:{out}")
-    assert replaced.count(activate) == 1 and str(data) in replaced
+    replaced = replaced.replace("=/facility/instruments\n", f"={data}\n")
+    # the per-user output root, $USER kept: the mapped account's shell expands it
+    replaced = replaced.replace("=/facility/scratch/$USER/scopefx\n", f"={out}/$USER\n")
+    assert replaced.count(activate) == 1 and str(data) in replaced and f"{out}/$USER" in replaced
     return replaced
 
 
@@ -280,16 +282,20 @@ def test_a_mapped_identity_runs_the_suite_as_its_own_account(facility: dict[str,
         with Client(executor, manifest=facility["manifest"], max_retries=0, progress=False) as c:
             info = c.info()
             records = c.score_focus([f"run1/section_{i:04d}.tif" for i in range(4)])
-            summary = c.fuse("mosaic/tiles.csv", str(facility["out"] / "m.ome.zarr"))
+            summary = c.fuse("mosaic/tiles.csv", "m.ome.zarr")  # relative: the user's root
+            with pytest.raises(Exception, match=r"data root \(read-only\)"):
+                c.fuse("mosaic/tiles.csv", str(facility["data"] / "m.ome.zarr"))
     except Exception:
         print(_core_log(facility), view.logs())
         raise
     print(f"multi-user: first start and the suite in {time.monotonic() - t0:.1f} s")
     assert info["scopefx"] == scopefx.__version__
     assert [r.status for r in records] == ["ok"] * 4
-    assert summary["shape"]
-    # written by the mapped account, not root
-    assert (facility["out"] / "m.ome.zarr").stat().st_uid == account.pw_uid
+    assert summary.shape
+    # under this user's output root, written by the mapped account, not root
+    assert info["output_roots"] == [str(facility["out"] / USER)]
+    assert (facility["out"] / USER / "m.ome.zarr").stat().st_uid == account.pw_uid
+    assert not (facility["data"] / "m.ome.zarr").exists()
     report = _first_report(view)
     assert report is not None
     assert report.global_state["posix_username"] == USER

@@ -123,7 +123,7 @@ def localize(rendered: str, *, data_root: pathlib.Path, out_root: pathlib.Path) 
         if re.match(r"(source|module|conda)\b", stripped) or not stripped:
             continue  # the site's environment: here, the test's interpreter
         if stripped.startswith("export SCOPEFX_DATA_ROOTS="):
-            stripped = f"export SCOPEFX_DATA_ROOTS={data_root}{os.pathsep}{out_root}"
+            stripped = f"export SCOPEFX_DATA_ROOTS={data_root}"
         elif stripped.startswith("export SCOPEFX_OUTPUT_ROOTS="):
             stripped = f"export SCOPEFX_OUTPUT_ROOTS={out_root}"
         elif stripped.startswith("export SCOPEFX_CLUSTER="):
@@ -282,7 +282,7 @@ def test_each_suite_function_runs(
         except Exception:
             print(endpoint.logs())
             raise
-    assert whole["shape"] == fanned["shape"]
+    assert whole.shape == fanned.shape
     assert (out / "whole.ome.zarr").is_dir() and (out / "fanned.ome.zarr").is_dir()
     assert executor.registered == []  # nothing uploaded: every call by its registered id
     print(f"suite through {endpoint.endpoint_id[:8]}: {time.monotonic() - t0:.1f} s")
@@ -298,6 +298,29 @@ def test_references_outside_the_roots_are_refused_per_item(
         records = client.score_focus(refs, calibration=None)
     assert records[0].status == "ok"
     assert [r.status for r in records[1:]] == ["denied"] * 3, [r.error for r in records]
+
+
+def test_outputs_land_under_the_output_root_and_never_on_a_data_root(
+    endpoint: UserEndpoint, manifest: Manifest, site: dict[str, pathlib.Path]
+) -> None:
+    """The template's roots as the worker sees them: a relative output resolves under the
+    output root; an output onto the data root is refused and the data are left as they were."""
+    executor = StandInExecutor(endpoint, timeout_s=RESULT_TIMEOUT_S)
+    relative = f"{endpoint.endpoint_id}-rel/m.ome.zarr"
+    tiles = site["data"] / "mosaic" / "tiles.csv"
+    before = sorted(p.name for p in (site["data"] / "mosaic").iterdir())
+    with Client(executor, manifest=manifest, max_retries=0, progress=False) as client:
+        info = client.info()
+        summary = client.fuse("mosaic/tiles.csv", relative)
+        with pytest.raises(Exception, match=r"data root \(read-only\)") as refused:
+            client.fuse("mosaic/tiles.csv", str(site["data"] / "mosaic"), overwrite=True)
+    assert info["output_roots"] == [str(site["out"])]
+    assert summary.shape
+    assert (site["out"] / relative / "0").is_dir()  # level 0 of the mosaic, under the root
+    assert not (site["data"] / relative.split("/")[0]).exists()
+    assert sorted(p.name for p in (site["data"] / "mosaic").iterdir()) == before
+    assert tiles.is_file()
+    print(f"refused: {refused.value}")
 
 
 def test_an_unlisted_function_is_refused(endpoint: UserEndpoint, tmp_path: pathlib.Path) -> None:
@@ -349,7 +372,7 @@ def test_source_code_as_an_argument_is_refused(
 @pytest.mark.xfail(
     reason="globus-compute-endpoint 4.19 deserializes every buffer of a task with any allowed "
     "strategy, code or data: DillCode, allowed for the function, un-pickles an argument "
-    "tagged with it. Only the web service can stop such a payload (docs/security-endpoint.md)",
+    "tagged with it. Only the web service can stop such a payload (docs/security.md)",
     strict=True,
 )
 def test_a_pickle_tagged_as_code_in_an_argument_is_refused(

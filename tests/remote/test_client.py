@@ -101,18 +101,32 @@ def test_transient_failures_are_retried(in_root, section_refs, caplog):
     with FlakyExecutor(2) as pool, Client(pool, batch_size=4, max_retries=2, progress=False) as c:
         records = c.score_focus(section_refs)
     assert [r.status for r in records] == ["ok"] * len(section_refs)
-    assert sum("retry" in r.message for r in caplog.records) == 2
+    # lost workers: each failed batch of 4 was sent again as two halves, or retried
+    assert sum("retry" in r.message or "two tasks" in r.message for r in caplog.records) == 2
 
 
-def test_retries_are_bounded_and_other_batches_survive(in_root, section_refs):
-    with FlakyExecutor(3) as pool, Client(pool, batch_size=6, max_retries=1, progress=False) as c:
-        records = c.score_focus(section_refs)
-    halves = [{r.status for r in records[:6]}, {r.status for r in records[6:]}]
-    # three failures over two batches with one retry each: one batch failed twice and is
-    # reported per item; the other's retry succeeded and its results are all there
-    assert sorted(map(sorted, halves)) == [["failed"], ["ok"]]
+def test_retries_are_bounded_and_other_batches_survive(in_root, section_refs, monkeypatch):
+    from scopefx.remote import client as client_module
+
+    monkeypatch.setattr(client_module, "_sleep", lambda s: None)
+    with FlakyExecutor(3) as pool, Client(pool, batch_size=1, max_retries=1, progress=False) as c:
+        records = c.score_focus(section_refs[:2])
+    # three failures over two single-reference tasks with one retry each: one failed twice
+    # and is reported; the other's retry succeeded
+    assert sorted(r.status for r in records) == ["failed", "ok"]
     records = [r for r in records if r.status == "failed"]
     assert "after 2 attempt(s)" in records[0].error and "ManagerLost" in records[0].error
+
+
+def test_a_failed_batch_is_split_and_its_halves_recover(in_root, section_refs, monkeypatch):
+    """A whole task lost (not a scopefx error) costs no reference of a multi-item batch: it is
+    sent again as two halves, and every reference gets its result."""
+    from scopefx.remote import client as client_module
+
+    monkeypatch.setattr(client_module, "_sleep", lambda s: None)
+    with FlakyExecutor(3) as pool, Client(pool, batch_size=6, max_retries=0, progress=False) as c:
+        records = c.score_focus(section_refs)
+    assert [r.status for r in records] == ["ok"] * len(section_refs)
 
 
 def test_scopefx_errors_are_not_retried():
@@ -173,6 +187,30 @@ def test_fuse_resumes_after_a_lost_task(in_root, caplog):
         summary = client.fuse("mosaic/tiles.csv", "out/client_lost.ome.zarr")
     assert summary.chunks_written > 0
     assert any("retrying with resume" in r.message for r in caplog.records)
+
+
+def test_fan_out_fuse_refuses_a_store_replaced_after_planning(in_root):
+    """Client.fuse hands the plan's fingerprint to every region and to the finish: a store
+    replaced by another job after planning is refused, not completed as the other mosaic."""
+
+    class ReplacedAfterPlanning(cf.ThreadPoolExecutor):
+        replaced = False
+
+        def submit(self, fn, /, *args, **kwargs):
+            if fn.__name__ == "fuse_region" and not self.replaced:
+                self.replaced = True  # another job takes the output over meanwhile
+                job = {"tiles": "mosaic/tiles.csv", "output": args[0],
+                       "params": {"chunk_px": 32}, "options": {"overwrite": True}}  # fmt: skip
+                functions.plan_mosaic(job, 2)
+            return super().submit(fn, *args, **kwargs)
+
+    params = scopefx.FusionParams(chunk_px=64)
+    with (
+        ReplacedAfterPlanning(1) as pool,
+        Client(pool, progress=False) as client,
+        pytest.raises(ConfigError, match="no longer the mosaic that was planned"),
+    ):
+        client.fuse("mosaic/tiles.csv", "out/client_swap.ome.zarr", params=params, regions=2)
 
 
 # --------------------------------------------------------------------------------------------

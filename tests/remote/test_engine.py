@@ -4,6 +4,7 @@ and real worker processes on a LocalProvider, tasks packed as the service delive
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import logging
 import threading
@@ -103,7 +104,7 @@ def test_worker_killed_mid_batch_is_retried_to_a_complete_result(
         records = client.score_focus(refs)
     killer.join()
     assert killed, "no busy worker was found to kill"
-    assert any("retry" in r.message for r in caplog.records)
+    assert any("retry" in r.message or "two tasks" in r.message for r in caplog.records)
     assert [r.status for r in records] == ["ok"] * len(refs)
     monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(data_root))
     monkeypatch.setenv("SCOPEFX_OUTPUT_ROOTS", str(data_root))
@@ -185,3 +186,149 @@ def test_engine_starts_without_its_environment_on_path(monkeypatch, tmp_path):
         ex.shutdown()
     assert info["scopefx"] == scopefx_module.__version__
     assert sys.executable in " ".join(ex.engine.executor.interchange_launch_cmd)
+
+
+class _DyingEngine(EngineExecutor):
+    """The real engine, whose score_focus tasks run ``tests/remote/_dies_on.py``: a batch
+    holding one named reference kills its worker process (``os._exit``) mid-task."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        if getattr(fn, "__name__", "") == "score_focus":
+            import _dies_on
+
+            fn = _dies_on.score_focus
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def dying_engine(data_root):
+    src = str(Path(scopefx_module.__file__).resolve().parents[1])
+    here = str(Path(__file__).resolve().parent)
+    env = {
+        "SCOPEFX_DATA_ROOTS": str(data_root),
+        "SCOPEFX_OUTPUT_ROOTS": str(data_root),
+        "PYTHONPATH": f"{src}:{here}",
+        "SCOPEFX_TEST_DIES_ON": "run1/section_0005.tif",
+    }
+    ex = _DyingEngine(2, env=env)
+    try:
+        ex.submit(functions.endpoint_info).result(timeout=120)  # workers up
+        yield ex
+    finally:
+        ex.shutdown()
+
+
+def test_an_image_that_kills_its_worker_costs_only_itself(
+    dying_engine, data_root, section_refs, caplog, monkeypatch
+):
+    """One batch of 12 whose 6th reference kills the worker process every time it is run:
+    the client splits the failed batch in halves until that reference is alone, so it alone
+    ends ``failed`` with a message naming it, and the 11 others get the local result."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))  # _dies_on, here too
+    monkeypatch.setattr("scopefx.remote.client._sleep", lambda s: None)
+    bad = "run1/section_0005.tif"
+    caplog.set_level(logging.WARNING, logger="scopefx.remote.client")
+    with Client(dying_engine, batch_size=12, max_retries=1, progress=False) as client:
+        records = client.score_focus(section_refs)
+    assert [r.path for r in records] == section_refs
+    assert [r.status for r in records] == ["ok"] * 5 + ["failed"] + ["ok"] * 6
+    assert records[5].error.startswith(f"{bad!r} failed on its own after ")
+    assert "WorkerLost" in records[5].error or "ManagerLost" in records[5].error
+    monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(data_root))
+    monkeypatch.setenv("SCOPEFX_OUTPUT_ROOTS", str(data_root))
+    expected = [i["features"] for i in functions.score_focus(section_refs)]
+    assert [r.features for i, r in enumerate(records) if i != 5] == expected[:5] + expected[6:]
+    splits = [r.message for r in caplog.records if "isolate the failing one" in r.message]
+    # 12 -> 6 -> 3 -> 2 -> 1: four splits on the way to the bad reference, none elsewhere
+    assert len(splits) == 4, splits
+    # once alone, it ran 1 + max_retries times at most, engine attempts included
+    print(f"\n{records[5].error.splitlines()[0][:160]}")
+
+
+def _pool_processes(engine):
+    """The worker pool (process_worker_pool) of ``engine`` and every process under it."""
+    import psutil
+
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "process_worker_pool" in cmd and engine.run_dir in cmd:
+            with contextlib.suppress(psutil.Error):
+                procs.extend([proc, *proc.children(recursive=True)])
+    return procs
+
+
+def test_a_lost_worker_pool_is_replaced_and_later_tasks_run(data_root, section_refs, caplog):
+    """Every process of the engine's worker pool killed mid-batch (what the OOM killer or a
+    lost node does): the tasks in flight fail as a whole, the client sends them again in
+    halves, the engine replaces its block, and every reference is answered exactly once,
+    with its result. The same client then runs later tasks on the new pool."""
+    import psutil
+
+    env = {"SCOPEFX_DATA_ROOTS": str(data_root), "SCOPEFX_OUTPUT_ROOTS": str(data_root)}
+    engine = EngineExecutor(2, env=env)
+    refs = section_refs * 40  # 480 references in tasks of 10
+    killed: list[int] = []
+
+    def kill_the_pool_when_busy() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            for pid in engine.worker_pids():
+                with contextlib.suppress(psutil.Error):
+                    if psutil.Process(pid).cpu_percent(0.05) > 50:  # running a task now
+                        procs = _pool_processes(engine)
+                        for proc in procs:
+                            with contextlib.suppress(psutil.Error):
+                                proc.kill()
+                        killed.extend(proc.pid for proc in procs)
+                        return
+
+    caplog.set_level(logging.WARNING, logger="scopefx.remote.client")
+    try:
+        engine.submit(functions.endpoint_info).result(timeout=120)
+        killer = threading.Thread(target=kill_the_pool_when_busy)
+        with Client(engine, batch_size=10, max_retries=2, progress=False) as client:
+            client.info()  # the version check done: the kill lands in the batch
+            killer.start()
+            records = client.score_focus(refs)
+            killer.join()
+            later = client.score_focus(section_refs)
+        replaced = engine.worker_pids()
+    finally:
+        engine.shutdown()
+    assert len(killed) >= 3, killed  # the pool and its two workers at least
+    assert [r.path for r in records] == refs  # each reference answered once, in order
+    assert [r.status for r in records] == ["ok"] * len(refs), {r.error for r in records}
+    assert any("as two tasks" in r.message for r in caplog.records)  # tasks were lost
+    assert [r.status for r in later] == ["ok"] * len(section_refs)
+    assert replaced and not set(replaced) & set(killed)  # a new pool runs them
+    expected = [r.features for r in later]
+    assert [r.features for r in records] == expected * 40
+    print(f"\nkilled {len(killed)} processes of the pool; {len(refs)} references all scored")
+
+
+def test_an_engine_that_stopped_is_a_clear_error_not_a_retry_storm(monkeypatch):
+    """Where the engine does give up after a lost pool (Parsl's default block error handler:
+    ``BadStateException`` for every task), the client says so per item and does not resend."""
+    from scopefx.remote import client as client_module
+    from scopefx.remote.client import is_transient
+
+    sent: list[int] = []
+
+    class Stopped(cf.Executor):
+        def submit(self, fn, /, *args, **kwargs):
+            sent.append(len(args[0]) if args else 0)
+            future: cf.Future = cf.Future()
+            future.set_exception(RemoteTaskError(
+                "parsl.executors.errors.BadStateException: Executor GlobusComputeEngine "
+                "failed due to: Error 1: EXIT CODE: 137"))  # fmt: skip
+            return future
+
+    monkeypatch.setattr(client_module, "_sleep", lambda s: None)
+    assert not is_transient(RemoteTaskError("BadStateException: Executor failed"))
+    with Client(Stopped(), batch_size=8, max_retries=2, check_version=False,
+                progress=False) as client:  # fmt: skip
+        records = client.score_focus([f"run1/section_{i:04d}.tif" for i in range(8)])
+    assert sent == [8]  # one task, not split or resent
+    assert {r.status for r in records} == {"failed"}
+    assert "endpoint is restarted" in records[0].error

@@ -12,7 +12,7 @@ import zarr
 
 from conftest import DEFOCUS
 from scopefx import FocusParams, fuse
-from scopefx.errors import AccessDeniedError, ConfigError
+from scopefx.errors import AccessDeniedError, ConfigError, ResourceLimitError
 from scopefx.focus._batch import score_one
 from scopefx.remote import FUNCTION_NAMES, functions
 
@@ -117,6 +117,65 @@ def test_fan_out_plan_regions_finish_equals_one_call(confined):
     _same_levels(confined / "out" / "fan.ome.zarr", confined / "out" / "one.ome.zarr")
     with pytest.raises(ConfigError, match="already finished"):
         functions.fuse_region(planned["plan"], planned["regions"][0])
+
+
+def test_fan_out_refuses_a_store_that_is_no_longer_its_plan(confined):
+    """Between plan_mosaic and its regions another job replaced the store (``overwrite``):
+    the regions and the finish of the first plan are refused, and write nothing into it."""
+    job = {"tiles": "mosaic/tiles.csv", "output": "out/swap.ome.zarr", "params": {"chunk_px": 64}}
+    first = functions.plan_mosaic(job, 3)
+    other = {**job, "params": {"chunk_px": 32}, "options": {"overwrite": True}}
+    second = functions.plan_mosaic(other, 3)
+    assert isinstance(first["fingerprint"], str) and len(first["fingerprint"]) >= 32
+    assert first["fingerprint"] != second["fingerprint"]
+    json.dumps(first)
+    with pytest.raises(ConfigError, match=r"no longer the mosaic.*plan the mosaic again"):
+        functions.fuse_region(first["plan"], first["regions"][0], None, first["fingerprint"])
+    with pytest.raises(ConfigError, match=r"no longer the mosaic that was planned"):
+        functions.finish_mosaic(first["plan"], None, None, first["fingerprint"])
+    with pytest.raises(ConfigError, match=r"fingerprint must be the string"):
+        functions.fuse_region(first["plan"], first["regions"][0], None, 42)
+    # the store's own plan is untouched by the refused tasks and runs with its fingerprint
+    done = functions.fuse_region(second["plan"], second["regions"][0], None, second["fingerprint"])
+    assert done["skipped"] == 0 and done["written"] == second["regions"][0]["stop"]
+    summary = functions.finish_mosaic(second["plan"], None, None, second["fingerprint"])
+    assert summary["shape"] == second["shape"]
+
+
+def test_the_task_time_limit_stops_a_batch_between_items(confined, section_refs, monkeypatch):
+    """SCOPEFX_TASK_TIMEOUT_S (an endpoint setting) bounds a focus task: checked between
+    items, so what was scored comes back and the rest carry status "limit" naming the
+    setting. A limit already passed when the task starts still scores the first reference."""
+    monkeypatch.setenv("SCOPEFX_TASK_TIMEOUT_S", "1e-9")
+    items = functions.score_focus(section_refs)
+    assert [i["ref"] for i in items] == section_refs
+    assert [i["status"] for i in items] == ["ok"] + ["limit"] * (len(section_refs) - 1)
+    assert items[0]["features"] == functions.score_focus(section_refs[:1])[0]["features"]
+    assert "SCOPEFX_TASK_TIMEOUT_S" in items[1]["error"]
+    assert (
+        f"{len(section_refs) - 1} of {len(section_refs)} references were not scored"
+        in (items[1]["error"])
+    )
+    monkeypatch.delenv("SCOPEFX_TASK_TIMEOUT_S")
+    assert {i["status"] for i in functions.score_focus(section_refs)} == {"ok"}
+
+
+def test_the_task_time_limit_stops_a_fusion_between_chunks(confined, monkeypatch):
+    """The same limit on a fusion region: it stops after the chunk in flight with a
+    ResourceLimitError naming the setting; the chunks written stay recorded, so sending the
+    region again finishes it without rewriting them."""
+    job = {"tiles": "mosaic/tiles.csv", "output": "out/clock.ome.zarr", "params": {"chunk_px": 64}}
+    planned = functions.plan_mosaic(job, 1)
+    (region,) = planned["regions"]
+    monkeypatch.setenv("SCOPEFX_TASK_TIMEOUT_S", "1e-9")
+    with pytest.raises(ResourceLimitError, match=r"fuse_region .*SCOPEFX_TASK_TIMEOUT_S.*kept"):
+        functions.fuse_region(planned["plan"], region, 1, planned["fingerprint"])
+    with pytest.raises(ResourceLimitError, match=r"fuse_mosaic .*SCOPEFX_TASK_TIMEOUT_S"):
+        functions.fuse_mosaic({**job, "output": "out/clock_whole.ome.zarr"})
+    monkeypatch.delenv("SCOPEFX_TASK_TIMEOUT_S")
+    again = functions.fuse_region(planned["plan"], region, 1, planned["fingerprint"])
+    assert again["skipped"] >= 1 and again["written"] < region["stop"]
+    assert again["skipped"] + again["written"] == region["stop"] == planned["chunks"]
 
 
 def test_mosaic_refs_are_confined(confined):

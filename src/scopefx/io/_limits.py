@@ -75,7 +75,11 @@ class EndpointLimits:
     max_output_gib : float
         Size of a fused mosaic; ``force`` does not lift it.
     task_timeout_s : float or None
-        Wall-clock limit of one remote task, for the engine configuration to apply.
+        Wall-clock limit of one remote task. The remote functions check it between items
+        (focus) and between chunks (fusion) and stop with a :class:`ResourceLimitError`
+        naming it, keeping what finished: the items scored come back, the rest carry
+        ``status="limit"``; the chunks written stay recorded for a resume. Set it a little
+        under the template's ``GC_TASK_TIMEOUT``, which stops only what can be interrupted.
     """
 
     max_image_px: int = 2**28

@@ -117,6 +117,14 @@ class EngineExecutor(cf.Executor):
             raise ValueError(
                 "env is set through the default provider; put it in your provider's worker_init"
             )
+        # A lost worker pool (every worker killed: the OOM killer, a lost node) ends its block.
+        # Parsl's default handler then fails the engine for good once every block it started
+        # has failed, which with one block is the first loss: every later task would fail.
+        # The windowed handler gives up only after 3 blocks in a row failed (a pool that
+        # cannot start at all), so a lost pool is replaced by a new block and work goes on.
+        from parsl.jobs.error_handlers import windowed_error_handler
+
+        engine_options.setdefault("block_error_handler", windowed_error_handler)
         engine_options.setdefault("address", "127.0.0.1")
         engine_options.setdefault("heartbeat_period", 2)
         engine_options.setdefault("heartbeat_threshold", 10)

@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 from .._version import __version__
-from ..errors import ConfigError, ScopefxError
-from ..io import DataRoots
+from ..errors import ConfigError, ResourceLimitError, ScopefxError
+from ..io import DataRoots, EndpointLimits
 
 __all__ = [
     "endpoint_info",
@@ -39,6 +39,39 @@ def _error_item(ref: Any, exc: BaseException) -> dict[str, Any]:
     else:
         status, message = "error", f"{type(exc).__name__}: {exc}"
     return {"ref": ref, "path": None, "status": status, "error": message, "features": None}
+
+
+class _TaskClock:
+    """The endpoint's task time limit (``SCOPEFX_TASK_TIMEOUT_S``,
+    :attr:`EndpointLimits.task_timeout_s`), checked between items and between chunks.
+
+    The engine's ``GC_TASK_TIMEOUT`` ends a task only where the worker can be interrupted;
+    this check stops scopefx's own loops at the next item or chunk, keeping what finished
+    (the items scored, the chunks written and recorded) instead of losing the whole task.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.limit_s = EndpointLimits.from_env().task_timeout_s
+        self.start = time.monotonic()
+
+    def over(self) -> bool:
+        return self.limit_s is not None and time.monotonic() - self.start > self.limit_s
+
+    def error(self, kept: str) -> ResourceLimitError:
+        return ResourceLimitError(
+            f"{self.what} stopped after {time.monotonic() - self.start:.3g} s, over this "
+            f"endpoint's task time limit of {self.limit_s:g} s (SCOPEFX_TASK_TIMEOUT_S); "
+            f"{kept}"
+        )
+
+    def on_chunk(self, status: int, total: int) -> None:
+        """``on_chunk`` hook of a fusion: called after each chunk is written and recorded."""
+        if self.over():
+            raise self.error(
+                "the chunks written so far are recorded and kept: send the task again (a "
+                "resume) to continue, or ask the endpoint's operator for a longer limit"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,8 +102,16 @@ def score_focus(refs: list[str], params: dict[str, Any] | None = None) -> list[d
         raise ConfigError(f"params must be a FocusParams dict, got {type(params).__name__}")
     focus_params = FocusParams.from_dict(params or {})
     roots = DataRoots.from_env()
-    items = []
-    for ref in refs:
+    clock = _TaskClock("score_focus")
+    items: list[dict[str, Any]] = []
+    for n, ref in enumerate(refs):
+        if n and clock.over():  # the first reference always runs: every task makes progress
+            exc = clock.error(
+                f"{len(refs) - n} of {len(refs)} references were not scored: send them again, "
+                "or in smaller batches"
+            )
+            items.extend(_error_item(rest, exc) for rest in refs[n:])
+            break
         start = time.perf_counter()
         if not isinstance(ref, str):
             exc = ConfigError(f"a reference must be a string, got {type(ref).__name__}: {ref!r}")
@@ -222,12 +263,17 @@ def fuse_mosaic(job: dict[str, Any]) -> dict[str, Any]:
     prepared, checked = _prepared(job)
     planned = time.perf_counter()
     spec = _cluster_for(checked, prepared.plan.n_chunks)
-    if spec is None or not isinstance(prepared, FusionJob):
+    clock = _TaskClock("fuse_mosaic")
+    if not isinstance(prepared, FusionJob):
         result = prepared.finish(workers=checked.get("workers"))
         spec = None
+    elif spec is None:
+        result = prepared.finish(workers=checked.get("workers"), on_chunk=clock.on_chunk)
     else:
         with open_cluster(spec) as client:
-            result = prepared.finish(scheduler=client, workers=checked.get("workers"))
+            result = prepared.finish(
+                scheduler=client, workers=checked.get("workers"), on_chunk=clock.on_chunk
+            )
     summary = result.to_dict()
     summary.update(
         output=checked["output"],
@@ -245,8 +291,9 @@ def plan_mosaic(job: dict[str, Any], regions: int = 16) -> dict[str, Any]:
 
     Takes the same ``job`` as :func:`fuse_mosaic` (an OME-Zarr output) and how many pieces to
     split the level-0 chunks into. Returns ``plan`` (the output reference, which
-    :func:`fuse_region` and :func:`finish_mosaic` take), ``regions``, ``chunks``, ``shape``
-    and ``state``.
+    :func:`fuse_region` and :func:`finish_mosaic` take), ``fingerprint`` (of this plan: pass
+    it to them too, so they refuse a store that is no longer this plan), ``regions``,
+    ``chunks``, ``shape`` and ``state``.
     """
     from ..fusion import FusionJob
 
@@ -262,6 +309,7 @@ def plan_mosaic(job: dict[str, Any], regions: int = 16) -> dict[str, Any]:
     plan = prepared.plan
     return {
         "plan": checked["output"],
+        "fingerprint": prepared.progress.fingerprint,
         "state": prepared.state,
         "regions": [] if prepared.state == "complete" else prepared.regions(regions),
         "chunks": plan.n_chunks,
@@ -272,29 +320,50 @@ def plan_mosaic(job: dict[str, Any], regions: int = 16) -> dict[str, Any]:
     }
 
 
-def _open_job(plan_ref: str, roots: DataRoots) -> Any:
+def _open_job(plan_ref: str, roots: DataRoots, fingerprint: str | None) -> Any:
+    """The planned job stored at ``plan_ref``; refused when ``fingerprint`` (what
+    :func:`plan_mosaic` returned) is not the plan stored there now: another job replaced the
+    store (``overwrite``) between planning and this task, and writing this region into it
+    would mix two mosaics."""
     from ..fusion import FusionJob
 
     if not isinstance(plan_ref, str) or not plan_ref:
         raise ConfigError(
             f"plan_ref must be the output reference plan_mosaic returned, got {plan_ref!r}"
         )
-    return FusionJob.open(roots.resolve_output(plan_ref))
+    if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint):
+        raise ConfigError(
+            f"fingerprint must be the string plan_mosaic returned, got {fingerprint!r}"
+        )
+    job = FusionJob.open(roots.resolve_output(plan_ref))
+    stored = job.progress.fingerprint
+    if fingerprint is not None and stored != fingerprint:
+        raise ConfigError(
+            f"{plan_ref!r} is no longer the mosaic that was planned: its store holds plan "
+            f"{stored[:16]}..., this task was given plan {fingerprint[:16]}... (another job "
+            "replaced it since). Nothing was written; plan the mosaic again"
+        )
+    return job
 
 
 def fuse_region(
-    plan_ref: str, region: dict[str, int], workers: int | None = None
+    plan_ref: str,
+    region: dict[str, int],
+    workers: int | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Fuse one region (a run of level-0 chunks) of a mosaic prepared by :func:`plan_mosaic`.
 
     Idempotent: chunks already recorded as done are skipped, so a retried or duplicated
-    region costs time, never correctness.
+    region costs time, never correctness. With ``fingerprint`` (from :func:`plan_mosaic`),
+    a store at ``plan_ref`` that is no longer that plan is refused (:class:`ConfigError`).
     """
     start = time.perf_counter()
     roots = DataRoots.from_env()
-    job = _open_job(plan_ref, roots)
+    job = _open_job(plan_ref, roots, fingerprint)
     roots.check_all(job.plan.refs)
-    written, skipped = job.write(region, workers=workers)
+    clock = _TaskClock(f"fuse_region {dict(region)}")
+    written, skipped = job.write(region, workers=workers, on_chunk=clock.on_chunk)
     return {
         "plan": plan_ref,
         "region": dict(region),
@@ -305,16 +374,21 @@ def fuse_region(
 
 
 def finish_mosaic(
-    plan_ref: str, preview: str | None = None, workers: int | None = None
+    plan_ref: str,
+    preview: str | None = None,
+    workers: int | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Write what :func:`fuse_region` calls left undone, the pyramid, and mark the mosaic
-    complete. Returns the same summary as :func:`fuse_mosaic`."""
+    complete. Returns the same summary as :func:`fuse_mosaic`. ``fingerprint`` as for
+    :func:`fuse_region`."""
     start = time.perf_counter()
     roots = DataRoots.from_env()
-    job = _open_job(plan_ref, roots)
+    job = _open_job(plan_ref, roots, fingerprint)
     roots.check_all(job.plan.refs)
     out_preview = None if preview is None else roots.resolve_output(preview)
-    result = job.finish(workers=workers, preview=out_preview)
+    clock = _TaskClock("finish_mosaic")
+    result = job.finish(workers=workers, preview=out_preview, on_chunk=clock.on_chunk)
     summary = result.to_dict()
     summary.update(output=plan_ref, timings={"finish_s": round(time.perf_counter() - start, 4)})
     return summary

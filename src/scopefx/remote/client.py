@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -60,6 +61,8 @@ def is_transient(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}"
     if "MaxResultSizeExceeded" in text or _refused_function(exc):  # the same again
         return False
+    if _engine_stopped(exc):  # every later task fails the same way until a restart
+        return False
     names = [name for name in errors.__all__ if name != "RemoteTaskError"]
     return not any(name in text.replace("RemoteTaskError", "") for name in names)
 
@@ -100,6 +103,40 @@ def _backoff(attempt: int) -> None:
     """Wait before retry ``attempt`` (1, 2, ...): a lost node or a restarting endpoint needs
     a moment, and resending at once only loses the retry too."""
     _sleep(min(_BACKOFF_MAX_S, _BACKOFF_S * 2 ** (attempt - 1)))
+
+
+_LOST = re.compile(
+    r"WorkerLost|ManagerLost|loss of (manager|worker)|worker\b.*\b(lost|died|killed)", re.I
+)
+
+
+def _lost_worker(exc: BaseException) -> bool:
+    """Whether a task failed because the process running it died or was lost (a crash, the
+    memory limit, a lost node: Parsl's ``WorkerLost``/``ManagerLost``), as opposed to a
+    failure to submit or reach the endpoint, which splitting the task would not help."""
+    return bool(_LOST.search(f"{type(exc).__name__}: {exc}"))
+
+
+def _engine_stopped(exc: BaseException) -> bool:
+    """Whether the endpoint's engine stopped taking tasks for good: Parsl's
+    ``BadStateException``, raised for every task once its provider's blocks all failed (a lost
+    worker pool, with Parsl's default block error handler). Resending cannot succeed until
+    the endpoint is restarted."""
+    return "BadStateException" in f"{type(exc).__name__}: {exc}"
+
+
+_ENGINE_STOPPED = (
+    "the endpoint's engine stopped taking tasks after its worker pool was lost (Parsl "
+    "BadStateException); nothing sent there can run until the endpoint is restarted "
+    "(`globus-compute-endpoint restart NAME`), or route this role to another endpoint"
+)
+
+
+def _last_line(exc: BaseException) -> str:
+    """The last line of an error's text that has words in it: the exception itself, at the
+    end of a remote traceback."""
+    lines = [line.strip() for line in f"{exc}".splitlines() if any(c.isalpha() for c in line)]
+    return lines[-1] if lines else ""
 
 
 def _too_large(exc: BaseException) -> bool:
@@ -507,6 +544,14 @@ class Client:
         A task whose result is over the endpoint's size limit (large focus maps, many pages)
         is split in two and each half sent again, down to single references; only a single
         reference whose result alone is too large fails.
+
+        A task of several references whose worker process died or was lost (Parsl's
+        ``WorkerLost``/``ManagerLost``: a segfault or the memory limit on one image, a lost
+        node or worker pool) is split the same way after a backoff, so one image that kills
+        its worker costs only itself: it alone ends ``failed``, naming the reference, and
+        every other reference of the batch gets its result. The halves carry the attempts
+        already made (engine and client), so a reference that keeps killing its worker is not
+        run more than ``1 + max_retries`` times once it is alone, and usually fewer.
         """
         from ..focus import FocusRecord
 
@@ -564,6 +609,16 @@ class Client:
                             send((k, mid, hi))
                             continue
                         attempts[key] = attempts.get(key, 0) + engine_attempts(exc)
+                        if hi - lo > 1 and is_transient(exc) and _lost_worker(exc):
+                            mid = (lo + hi) // 2
+                            log.warning("task of %d references failed (%s: %s); sending them "
+                                        "as two tasks to isolate the failing one", hi - lo,
+                                        type(exc).__name__, _last_line(exc))  # fmt: skip
+                            _backoff(min(attempts[key], self.max_retries + 1))
+                            for half in ((k, lo, mid), (k, mid, hi)):
+                                attempts[half] = attempts[key]
+                                send(half)
+                            continue
                         if attempts[key] <= self.max_retries and is_transient(exc):
                             log.warning("task of %d references failed (%s: %s); retry %d of %d",
                                         len(refs), type(exc).__name__, exc, attempts[key],
@@ -575,8 +630,18 @@ class Client:
                             f"task failed after {attempts[key]} attempt(s): "
                             f"{type(exc).__name__}: {exc}"
                         )
+                        if hi - lo == 1 and is_transient(exc) and _lost_worker(exc):
+                            message = (
+                                f"{refs[0]!r} failed on its own after {attempts[key]} "
+                                "attempt(s): its task's worker process died or was lost "
+                                "(a crash or the memory limit while reading or scoring this "
+                                "image?); the rest of its batch was sent without it. "
+                                f"{type(exc).__name__}: {exc}"
+                            )
                         if refused := _refused_function(exc):
                             message += f"; {refused}"
+                        if _engine_stopped(exc):
+                            message = f"not scored: {_ENGINE_STOPPED}. {message}"
                         settle(key, [FocusRecord(path=r, status="failed", error=message)
                                      for r in refs])  # fmt: skip
                 while following < len(batches) and left[following] == 0:
@@ -668,7 +733,9 @@ class Client:
             raise ConfigError(f"regions must be an integer >= 1, got {regions!r}")
         planned = self._retrying("plan_mosaic", job, regions, resume_key=True)
         futures = {
-            self._submit("fusion", "fuse_region", planned["plan"], region, workers): region
+            self._submit(
+                "fusion", "fuse_region", planned["plan"], region, workers, planned["fingerprint"]
+            ): region
             for region in planned["regions"]
         }
         for future in cf.as_completed(futures):
@@ -678,7 +745,9 @@ class Client:
                 log.warning(
                     "region %s failed (%s); finish_mosaic will write it", futures[future], exc
                 )
-        summary = self._retrying("finish_mosaic", planned["plan"], fuse_options.preview, workers)
+        summary = self._retrying(
+            "finish_mosaic", planned["plan"], fuse_options.preview, workers, planned["fingerprint"]
+        )
         return FusionResult.from_dict(summary)
 
     def _retrying(self, name: str, *args: Any, resume_key: bool = False) -> dict[str, Any]:
@@ -688,6 +757,8 @@ class Client:
                 return self._submit("fusion", name, *args).result()
             except Exception as exc:
                 attempts += engine_attempts(exc)
+                if _engine_stopped(exc):
+                    raise EndpointError(f"{name} failed: {_ENGINE_STOPPED}") from exc
                 if attempts > self.max_retries or not is_transient(exc):
                     raise
                 log.warning(

@@ -63,21 +63,29 @@ def plan_mosaic(job: dict[str, Any], regions: int = 16) -> dict[str, Any]:
 
 
 def fuse_region(
-    plan_ref: str, region: dict[str, int], workers: int | None = None
+    plan_ref: str,
+    region: dict[str, int],
+    workers: int | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """Fuse one region of a mosaic prepared by :func:`plan_mosaic`; idempotent."""
+    """Fuse one region of a mosaic prepared by :func:`plan_mosaic`; idempotent. With the
+    plan's ``fingerprint``, a store that is no longer that plan is refused."""
     from scopefx.remote import _tasks
 
-    return _tasks.fuse_region(plan_ref, region, workers)
+    return _tasks.fuse_region(plan_ref, region, workers, fingerprint)
 
 
 def finish_mosaic(
-    plan_ref: str, preview: str | None = None, workers: int | None = None
+    plan_ref: str,
+    preview: str | None = None,
+    workers: int | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """Finish a mosaic prepared by :func:`plan_mosaic` (leftovers, pyramid, completion)."""
+    """Finish a mosaic prepared by :func:`plan_mosaic` (leftovers, pyramid, completion). With
+    the plan's ``fingerprint``, a store that is no longer that plan is refused."""
     from scopefx.remote import _tasks
 
-    return _tasks.finish_mosaic(plan_ref, preview, workers)
+    return _tasks.finish_mosaic(plan_ref, preview, workers, fingerprint)
 
 
 def endpoint_info() -> dict[str, Any]:
