@@ -151,8 +151,7 @@ def main() -> None:
     engine = None
     if not args.no_engine:
         from scopefx import Client
-        from scopefx.remote import functions
-        from scopefx.remote import EngineExecutor
+        from scopefx.remote import EngineExecutor, functions
 
         engine = EngineExecutor(2)
         for _ in range(4):  # both workers up and warm
