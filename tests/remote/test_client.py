@@ -106,9 +106,9 @@ def test_transient_failures_are_retried(in_root, section_refs, caplog):
 
 
 def test_retries_are_bounded_and_other_batches_survive(in_root, section_refs, monkeypatch):
-    from scopefx.remote import client as client_module
+    from scopefx.remote import _failures as failures_module
 
-    monkeypatch.setattr(client_module, "_sleep", lambda s: None)
+    monkeypatch.setattr(failures_module, "_sleep", lambda s: None)
     with FlakyExecutor(3) as pool, Client(pool, batch_size=1, max_retries=1, progress=False) as c:
         records = c.score_focus(section_refs[:2])
     # three failures over two single-reference tasks with one retry each: one failed twice
@@ -121,9 +121,9 @@ def test_retries_are_bounded_and_other_batches_survive(in_root, section_refs, mo
 def test_a_failed_batch_is_split_and_its_halves_recover(in_root, section_refs, monkeypatch):
     """A whole task lost (not a scopefx error) costs no reference of a multi-item batch: it is
     sent again as two halves, and every reference gets its result."""
-    from scopefx.remote import client as client_module
+    from scopefx.remote import _failures as failures_module
 
-    monkeypatch.setattr(client_module, "_sleep", lambda s: None)
+    monkeypatch.setattr(failures_module, "_sleep", lambda s: None)
     with FlakyExecutor(3) as pool, Client(pool, batch_size=6, max_retries=0, progress=False) as c:
         records = c.score_focus(section_refs)
     assert [r.status for r in records] == ["ok"] * len(section_refs)
@@ -383,9 +383,9 @@ def test_the_first_answer_of_a_batch_endpoint_is_waited_for(monkeypatch, caplog)
     import concurrent.futures as cf
     import threading
 
-    from scopefx.remote import client as client_module
+    from scopefx.remote import _failures as failures_module
 
-    monkeypatch.setattr(client_module, "_INFO_NOTICE_S", 0.05)
+    monkeypatch.setattr(failures_module, "_INFO_NOTICE_S", 0.05)
     monkeypatch.delenv("SCOPEFX_INFO_TIMEOUT", raising=False)
     future: cf.Future = cf.Future()
     answered = threading.Event()
@@ -397,19 +397,19 @@ def test_the_first_answer_of_a_batch_endpoint_is_waited_for(monkeypatch, caplog)
         answered.set()
 
     threading.Thread(target=answer_after_notices, daemon=True).start()
-    assert client_module._wait_for_info(future, "hpc") == {"scopefx": scopefx.__version__}
+    assert failures_module._wait_for_info(future, "hpc") == {"scopefx": scopefx.__version__}
     assert "'hpc'" in caplog.text and "queue" in caplog.text
 
     monkeypatch.setenv("SCOPEFX_INFO_TIMEOUT", "0.1")
     with pytest.raises(TimeoutError, match=r"SCOPEFX_INFO_TIMEOUT=0\.1 s; a batch endpoint"):
-        client_module._wait_for_info(cf.Future(), "hpc")
+        failures_module._wait_for_info(cf.Future(), "hpc")
 
     # a task that itself failed with TimeoutError is an answer, not a reason to wait on
     monkeypatch.delenv("SCOPEFX_INFO_TIMEOUT")
     failed: cf.Future = cf.Future()
     failed.set_exception(TimeoutError("no result from the endpoint"))
     with pytest.raises(TimeoutError, match="no result from the endpoint"):
-        client_module._wait_for_info(failed, "hpc")
+        failures_module._wait_for_info(failed, "hpc")
 
 
 class _FailingExecutor(cf.Executor):
@@ -441,9 +441,9 @@ def test_retries_are_counted_once_across_engine_and_client(
     """max_retries=2: a task runs at most 3 times in all. An endpoint whose engine already
     ran it 3 times (the templates' max_retries_on_system_failure: 2) is not sent it again."""
     pytest.importorskip("globus_compute_endpoint")
-    from scopefx.remote import client as client_module
+    from scopefx.remote import _failures as failures_module
 
-    monkeypatch.setattr(client_module, "_sleep", lambda s: None)
+    monkeypatch.setattr(failures_module, "_sleep", lambda s: None)
     executor = _FailingExecutor(engine_attempts)
     client = Client(executor, max_retries=2, check_version=False, progress=False, manifest=None)
     (record,) = client.score_focus(["run1/section_0000.tif"])
@@ -454,10 +454,10 @@ def test_retries_are_counted_once_across_engine_and_client(
 
 def test_retries_back_off(monkeypatch):
     pytest.importorskip("globus_compute_endpoint")
-    from scopefx.remote import client as client_module
+    from scopefx.remote import _failures as failures_module
 
     waits: list[float] = []
-    monkeypatch.setattr(client_module, "_sleep", waits.append)
+    monkeypatch.setattr(failures_module, "_sleep", waits.append)
     client = Client(_FailingExecutor(1), max_retries=3, check_version=False, progress=False,
                     manifest=None)  # fmt: skip
     client.score_focus(["run1/section_0000.tif"])

@@ -236,7 +236,7 @@ def test_an_image_that_kills_its_worker_costs_only_itself(
     the client splits the failed batch in halves until that reference is alone, so it alone
     ends ``failed`` with a message naming it, and the 11 others get the local result."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))  # _dies_on, here too
-    monkeypatch.setattr("scopefx.remote.client._sleep", lambda s: None)
+    monkeypatch.setattr("scopefx.remote._failures._sleep", lambda s: None)
     bad = "run1/section_0005.tif"
     caplog.set_level(logging.WARNING, logger="scopefx.remote.client")
     with Client(dying_engine, batch_size=12, max_retries=1, progress=False) as client:
@@ -322,7 +322,7 @@ def test_a_lost_worker_pool_is_replaced_and_later_tasks_run(data_root, section_r
 def test_an_engine_that_stopped_is_a_clear_error_not_a_retry_storm(monkeypatch):
     """Where the engine does give up after a lost pool (Parsl's default block error handler:
     ``BadStateException`` for every task), the client says so per item and does not resend."""
-    from scopefx.remote import client as client_module
+    from scopefx.remote import _failures as failures_module
     from scopefx.remote.client import is_transient
 
     sent: list[int] = []
@@ -336,7 +336,7 @@ def test_an_engine_that_stopped_is_a_clear_error_not_a_retry_storm(monkeypatch):
                 "failed due to: Error 1: EXIT CODE: 137"))  # fmt: skip
             return future
 
-    monkeypatch.setattr(client_module, "_sleep", lambda s: None)
+    monkeypatch.setattr(failures_module, "_sleep", lambda s: None)
     assert not is_transient(RemoteTaskError("BadStateException: Executor failed"))
     with Client(Stopped(), batch_size=8, max_retries=2, check_version=False,
                 progress=False) as client:  # fmt: skip

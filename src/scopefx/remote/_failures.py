@@ -1,0 +1,145 @@
+"""How the client reads a failed task: may it succeed if sent again (a lost worker, a dropped
+connection), was its worker lost (split the batch to isolate a crashing item), did the engine
+stop for good, was the function refused; and the waits between tries."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import os
+import re
+import time
+from typing import Any
+
+__all__ = ["engine_attempts", "is_transient"]
+
+log = logging.getLogger("scopefx.remote.client")  # the client's messages, one logger
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed task may succeed when sent again (a lost worker, a dropped
+    connection), as opposed to a scopefx error that would only repeat. Remote exceptions
+    arrive as text (Globus Compute's ``TaskExecutionFailed``, scopefx's
+    :class:`~scopefx.errors.RemoteTaskError`), so the text is checked too."""
+    from .. import errors
+
+    if isinstance(exc, errors.ScopefxError) and not isinstance(exc, errors.RemoteTaskError):
+        return False
+    text = f"{type(exc).__name__}: {exc}"
+    if "MaxResultSizeExceeded" in text or _refused_function(exc):  # the same again
+        return False
+    if _engine_stopped(exc):  # every later task fails the same way until a restart
+        return False
+    names = [name for name in errors.__all__ if name != "RemoteTaskError"]
+    return not any(name in text.replace("RemoteTaskError", "") for name in names)
+
+
+def engine_attempts(exc: BaseException) -> int:
+    """How many times the endpoint already ran the task that failed with ``exc``.
+
+    An endpoint engine with ``max_retries_on_system_failure`` (every shipped template: 2)
+    runs a task whose worker was lost again itself, and its error then carries one
+    traceback per attempt ("Traceback from attempt: ..."). The client counts those against
+    its own ``max_retries``, so one failing task runs at most ``1 + max_retries`` times in
+    all, not (1 + engine retries) x (1 + client retries).
+    """
+    return max(1, f"{exc}".count("Traceback from attempt:"))
+
+
+#: First wait before a retry, doubled each time up to _BACKOFF_MAX_S.
+_BACKOFF_S = 1.0
+_BACKOFF_MAX_S = 30.0
+_sleep = time.sleep
+
+
+def _backoff(attempt: int) -> None:
+    """Wait before retry ``attempt`` (1, 2, ...): a lost node or a restarting endpoint needs
+    a moment, and resending at once only loses the retry too."""
+    _sleep(min(_BACKOFF_MAX_S, _BACKOFF_S * 2 ** (attempt - 1)))
+
+
+_LOST = re.compile(
+    r"WorkerLost|ManagerLost|loss of (manager|worker)|worker\b.*\b(lost|died|killed)", re.I
+)
+
+
+def _lost_worker(exc: BaseException) -> bool:
+    """Whether a task failed because the process running it died or was lost (a crash, the
+    memory limit, a lost node: Parsl's ``WorkerLost``/``ManagerLost``), as opposed to a
+    failure to submit or reach the endpoint, which splitting the task would not help."""
+    return bool(_LOST.search(f"{type(exc).__name__}: {exc}"))
+
+
+def _engine_stopped(exc: BaseException) -> bool:
+    """Whether the endpoint's engine stopped taking tasks for good: Parsl's
+    ``BadStateException``, raised for every task once its provider's blocks all failed (a lost
+    worker pool, with Parsl's default block error handler). Resending cannot succeed until
+    the endpoint is restarted."""
+    return "BadStateException" in f"{type(exc).__name__}: {exc}"
+
+
+_ENGINE_STOPPED = (
+    "the endpoint's engine stopped taking tasks after its worker pool was lost (Parsl "
+    "BadStateException); nothing sent there can run until the endpoint is restarted "
+    "(`globus-compute-endpoint restart NAME`), or route this role to another endpoint"
+)
+
+
+def _last_line(exc: BaseException) -> str:
+    """The last line of an error's text that has words in it: the exception itself, at the
+    end of a remote traceback."""
+    lines = [line.strip() for line in f"{exc}".splitlines() if any(c.isalpha() for c in line)]
+    return lines[-1] if lines else ""
+
+
+def _too_large(exc: BaseException) -> bool:
+    """Whether a task failed because its result was over the endpoint's size limit
+    (Globus Compute's ``MaxResultSizeExceeded``, also when it arrives as text)."""
+    return "MaxResultSizeExceeded" in f"{type(exc).__name__}: {exc}"
+
+
+#: Seconds between "still waiting" messages while an endpoint's first answer is queued.
+_INFO_NOTICE_S = 60.0
+
+
+def _wait_for_info(future: cf.Future[Any], name: str) -> Any:
+    """The result of the first ``endpoint_info``, waited for as long as it takes.
+
+    A batch endpoint (the SLURM and PBS templates) starts no job until a task arrives, so
+    its first answer waits in the scheduler's queue, for minutes or hours: a fixed limit
+    would fail a command only because the queue is slow. The wait is logged once a minute;
+    ``SCOPEFX_INFO_TIMEOUT`` (seconds) sets a limit where one is wanted.
+    """
+    limit = os.environ.get("SCOPEFX_INFO_TIMEOUT")
+    limit_s = float(limit) if limit else math.inf
+    waited = 0.0
+    while True:
+        step = min(_INFO_NOTICE_S, limit_s - waited)
+        # cf.wait, not result(timeout=): a task that failed with TimeoutError is an answer
+        done, _ = cf.wait([future], timeout=step)
+        if done:
+            return future.result()
+        waited += step
+        if waited >= limit_s:
+            future.cancel()
+            raise TimeoutError(
+                f"no answer within SCOPEFX_INFO_TIMEOUT={limit} s; a batch endpoint may "
+                "still be waiting for its job to start: raise or unset the limit"
+            )
+        log.warning(
+            "waiting %.0f s so far for endpoint %r to answer (a batch endpoint waits for "
+            "its first job to start in the scheduler's queue)", waited, name,
+        )  # fmt: skip
+
+
+def _refused_function(exc: BaseException) -> str:
+    """What to do when an endpoint refused to run a function (``allowed_functions``), or ""."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "not permitted on endpoint" not in text and "FUNCTION_NOT_ALLOWED" not in text:
+        return ""
+    return (
+        "the endpoint runs only the functions its allowed_functions lists: run `scopefx "
+        "register` once (it writes the function manifest this client submits by), then "
+        "`scopefx endpoint-config` on the endpoint's config.yaml, and restart the endpoint"
+    )
