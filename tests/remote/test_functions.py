@@ -236,3 +236,21 @@ def test_functions_import_inside_their_bodies():
         source = inspect.getsource(getattr(functions, name))
         body = source.split('"""')[-1]
         assert "from scopefx.remote import _tasks" in body, name
+
+
+def test_a_remote_caller_cannot_ask_for_more_threads_than_the_host_has(confined, monkeypatch):
+    from scopefx.remote import _tasks
+
+    monkeypatch.setattr(_tasks.os, "cpu_count", lambda: 2)
+    assert _tasks._workers(100_000) == 2 and _tasks._workers(1) == 1
+    for bad in (0, -3, "8", True, 2.5):
+        with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
+            _tasks._workers(bad)
+    job = {"tiles": "mosaic/tiles.csv", "output": "out/w.ome.zarr", "workers": "lots"}
+    with pytest.raises(ConfigError, match="workers must be an integer"):
+        functions.fuse_mosaic(job)
+    planned = functions.plan_mosaic({**job, "workers": 1_000_000}, 2)
+    with pytest.raises(ConfigError, match="workers must be an integer"):
+        functions.fuse_region(planned["plan"], planned["regions"][0], "many")
+    with pytest.raises(ConfigError, match="a region is"):
+        functions.fuse_region(planned["plan"], "0:5", 1)  # type: ignore[arg-type]

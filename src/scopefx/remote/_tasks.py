@@ -157,12 +157,17 @@ def _checked_job(job: Any) -> dict[str, Any]:
     for key in ("tiles", "output"):
         if not isinstance(job.get(key), str) or not job[key]:
             raise ConfigError(f"mosaic job needs {key!r}: a reference string, got {job.get(key)!r}")
-    workers = job.get("workers")
-    if workers is not None and (
-        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-    ):
-        raise ConfigError(f"job key 'workers' must be an integer >= 1 or absent, got {workers!r}")
-    return dict(job)
+    return {**job, "workers": _workers(job.get("workers"))}
+
+
+def _workers(value: Any) -> int | None:
+    """Threads a task may use: an integer >= 1 (or None: the default), at most this host's
+    CPUs, so a remote caller cannot ask one task for thousands of threads."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"workers must be an integer >= 1 or absent, got {value!r}")
+    return min(value, os.cpu_count() or 1)
 
 
 def _load(job: dict[str, Any], roots: DataRoots) -> tuple[Any, Any, Any, Any]:
@@ -360,9 +365,10 @@ def fuse_region(
     """
     start = time.perf_counter()
     roots = DataRoots.from_env()
+    workers = _workers(workers)
     job = _open_job(plan_ref, roots, fingerprint)
     roots.check_all(job.plan.refs)
-    clock = _TaskClock(f"fuse_region {dict(region)}")
+    clock = _TaskClock(f"fuse_region {region!r}")
     written, skipped = job.write(region, workers=workers, on_chunk=clock.on_chunk)
     return {
         "plan": plan_ref,
@@ -384,6 +390,7 @@ def finish_mosaic(
     :func:`fuse_region`."""
     start = time.perf_counter()
     roots = DataRoots.from_env()
+    workers = _workers(workers)
     job = _open_job(plan_ref, roots, fingerprint)
     roots.check_all(job.plan.refs)
     out_preview = None if preview is None else roots.resolve_output(preview)
