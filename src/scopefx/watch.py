@@ -148,10 +148,7 @@ class FolderWatch:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.params = params
-        if run is None:
-            run = FocusRun(calibration=calibration, baseline=baseline, params=params)
-        elif run.calibration is not None:
-            run.calibration.check_params(params or FocusParams())
+        run = FocusRun.resolve(run, params=params, calibration=calibration, baseline=baseline)
         self.run = run
         self.calibration = run.calibration
         self.baseline = run.baseline

@@ -251,10 +251,7 @@ def score_files(
     from ..io import as_image_refs
 
     params = FocusParams.resolve(params, **overrides)
-    if run is None:
-        run = FocusRun(calibration=calibration, baseline=baseline, params=params)
-    elif run.calibration is not None:
-        run.calibration.check_params(params)
+    run = FocusRun.resolve(run, params=params, calibration=calibration, baseline=baseline)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     refs = as_image_refs(paths, what="paths")

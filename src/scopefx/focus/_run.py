@@ -94,6 +94,26 @@ class FocusRun:
         self._densities: list[float] = []
         self._noise_limited: list[bool] = []
 
+    @classmethod
+    def resolve(
+        cls,
+        run: FocusRun | None = None,
+        *,
+        params: FocusParams | None = None,
+        calibration: Calibration | None = None,
+        baseline: RunBaseline | None = None,
+    ) -> FocusRun:
+        """``run`` if given (its calibration checked against ``params``), else a new run from
+        ``calibration`` and ``baseline``: what every caller that takes both a ``run=`` and
+        its shorthands does."""
+        if run is None:
+            return cls(calibration=calibration, baseline=baseline, params=params)
+        if not isinstance(run, FocusRun):
+            raise ConfigError(f"run must be a FocusRun, got {type(run).__name__}")
+        if run.calibration is not None:
+            run.calibration.check_params(params if params is not None else FocusParams())
+        return run
+
     @property
     def ready(self) -> bool:
         """Whether verdicts are final as they are given (a calibration, or a baseline that

@@ -47,8 +47,6 @@ PAYLOAD_LIMIT_BYTES = 10 * 2**20
 _BATCH_BUDGET_BYTES = PAYLOAD_LIMIT_BYTES // 10
 #: Upper estimate of one focus record's size in the result (a record with its focus map).
 _RECORD_BYTES = 4096
-#: Keyword arguments of :meth:`Client.iter_focus` that are not FocusParams overrides.
-_ITER_FOCUS_KEYWORDS = frozenset({"params", "run", "calibration", "baseline", "on_record"})
 #: Largest automatic batch: enough to amortise the per-task cost (see bench/remote.py).
 _MAX_AUTO_BATCH = 64
 
@@ -396,10 +394,7 @@ class Client:
         from ..io import as_image_refs
 
         focus_params = FocusParams.resolve(params, **overrides)
-        if run is None:
-            run = FocusRun(calibration=calibration, baseline=baseline, params=focus_params)
-        elif run.calibration is not None:
-            run.calibration.check_params(focus_params)
+        run = FocusRun.resolve(run, params=focus_params, calibration=calibration, baseline=baseline)
         items = as_image_refs(refs)
         if not items:
             return
@@ -536,24 +531,23 @@ class Client:
                 future.cancel()
 
     def score_focus(
-        self, refs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str], **kwargs: Any
+        self,
+        refs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+        *,
+        params: Any = None,
+        run: Any = None,
+        calibration: Any = None,
+        baseline: Any = None,
+        on_record: Callable[[Any], None] | None = None,
+        **overrides: Any,
     ) -> list[Any]:
         """:meth:`iter_focus` gathered into a list, warm-up verdicts settled at the end
         (:meth:`FocusRun.settle`)."""
         from ..focus import FocusParams, FocusRun
 
-        run = kwargs.pop("run", None)
-        if run is None:
-            params = FocusParams.resolve(
-                kwargs.get("params"),
-                **{k: v for k, v in kwargs.items() if k not in _ITER_FOCUS_KEYWORDS},
-            )
-            run = FocusRun(
-                calibration=kwargs.pop("calibration", None),
-                baseline=kwargs.pop("baseline", None),
-                params=params,
-            )
-        records = list(self.iter_focus(refs, run=run, **kwargs))
+        focus_params = FocusParams.resolve(params, **overrides)
+        run = FocusRun.resolve(run, params=focus_params, calibration=calibration, baseline=baseline)
+        records = list(self.iter_focus(refs, params=focus_params, run=run, on_record=on_record))
         run.settle()
         return records
 
