@@ -178,3 +178,19 @@ def test_the_default_baseline_ratio_follows_the_modality():
     assert FocusRun(params=FocusParams(modality="brightfield")).baseline.ratio == 0.5
     given = RunBaseline(ratio=0.3)
     assert FocusRun(baseline=given, params=FocusParams(modality="fluorescence")).baseline is given
+
+
+def test_doubts_follow_the_pure_check_record_by_record():
+    """FocusRun keeps its doubts up to date with constant work per record; they must equal
+    what baseline_doubts says about the same densities at every step."""
+    from scopefx.focus._plausibility import baseline_doubts
+
+    densities = [800.0] * 5 + [900.0, 2000.0, 2500.0, 3000.0, 3100.0, 3200.0, 2900.0] * 3
+    run = FocusRun()
+    for k, density in enumerate(densities, start=1):
+        run.judge(_rec(density))
+        assert run.doubts() == baseline_doubts(densities[:k], modality="em"), k
+    seeded = FocusRun()
+    seeded.seed([FocusRecord(path="s", features=1, density_per_mpx=d, verdict="in_focus")
+                 for d in densities])  # fmt: skip
+    assert seeded.doubts() == ["rises_after_warmup"]

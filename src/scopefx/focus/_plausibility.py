@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["IN_FOCUS_DENSITY_FLOOR", "baseline_doubts"]
+__all__ = ["IN_FOCUS_DENSITY_FLOOR", "baseline_doubts", "head_doubts", "rises"]
 
 #: Lowest in-focus density (features per megapixel) measured per modality with its preset,
 #: divided by 4 as a margin (bench/results/focus_real.txt, bench/results/focus_accuracy.txt):
@@ -57,15 +57,30 @@ def baseline_doubts(
     if values.size < warmup:
         return []
     head = float(np.median(values[:warmup]))
-    doubts = []
-    floor = IN_FOCUS_DENSITY_FLOOR.get(modality, 0.0)
-    if head < floor:
-        doubts.append("low_for_modality")
+    flags = noise_limited[:warmup] if noise_limited is not None else None
+    doubts = head_doubts(values[:warmup].tolist(), modality=modality, noise_limited=flags)
     if values.size >= 2 * warmup:
         windows = np.lib.stride_tricks.sliding_window_view(values[warmup:], warmup)
-        later = float(np.median(windows, axis=1).max())
-        if head <= 0 or (math.isfinite(later) and later > head / ratio):
-            doubts.append("rises_after_warmup")
-    if noise_limited is not None and sum(bool(v) for v in noise_limited[:warmup]) > warmup / 2:
+        if any(rises(head, window, ratio) for window in windows):
+            doubts.insert(int("low_for_modality" in doubts), "rises_after_warmup")
+    return doubts
+
+
+def head_doubts(
+    densities: Sequence[float], *, modality: str, noise_limited: Sequence[bool] | None = None
+) -> list[str]:
+    """The doubts known once the warm-up sections are in (``densities`` and
+    ``noise_limited`` of those sections): ``"low_for_modality"``, ``"noise_limited_warmup"``."""
+    doubts = []
+    if float(np.median(densities)) < IN_FOCUS_DENSITY_FLOOR.get(modality, 0.0):
+        doubts.append("low_for_modality")
+    if noise_limited is not None and sum(bool(v) for v in noise_limited) > len(densities) / 2:
         doubts.append("noise_limited_warmup")
     return doubts
+
+
+def rises(head: float, window: Sequence[float], ratio: float) -> bool:
+    """Whether a later stretch of sections (``window``) has a median density above the
+    warm-up median ``head`` divided by ``ratio``: the run started out of focus."""
+    later = float(np.median(window))
+    return head <= 0 or (math.isfinite(later) and later > head / ratio)

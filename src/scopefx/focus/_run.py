@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..errors import ConfigError
 from ._params import FocusParams
-from ._plausibility import baseline_doubts
+from ._plausibility import head_doubts, rises
 from ._verdict import IN_FOCUS, PARTIAL, UNVERIFIABLE, WARMUP, Calibration, RunBaseline
 
 if TYPE_CHECKING:
@@ -91,8 +94,11 @@ class FocusRun:
         self.baseline = baseline
         self._warmup: list[FocusRecord] = []
         self._first: list[FocusRecord] = []  # the sections the baseline was first built from
-        self._densities: list[float] = []
-        self._noise_limited: list[bool] = []
+        # what the doubts need, kept up to date record by record (constant work per record)
+        self._head_doubts: list[str] = []
+        self._recent: deque[float] = deque(maxlen=self.baseline.warmup)
+        self._judged = 0
+        self._rises = False
 
     @classmethod
     def resolve(
@@ -123,16 +129,30 @@ class FocusRun:
     def doubts(self) -> list[str]:
         """Reasons not to trust the run baseline (empty with a calibration, or when nothing is
         suspicious): ``"low_for_modality"``, ``"noise_limited_warmup"``,
-        ``"rises_after_warmup"`` (see :func:`scopefx.focus._plausibility.baseline_doubts`)."""
+        ``"rises_after_warmup"`` (as :func:`scopefx.focus._plausibility.baseline_doubts` gives
+        them for the run's densities so far)."""
         if self.calibration is not None:
             return []
-        return baseline_doubts(
-            self._densities,
-            modality=self.params.modality,
-            noise_limited=self._noise_limited,
-            warmup=self.baseline.warmup,
-            ratio=self.baseline.ratio,
-        )
+        doubts = list(self._head_doubts)
+        if self._rises:
+            doubts.insert(int("low_for_modality" in doubts), "rises_after_warmup")
+        return doubts
+
+    def _note(self, record: FocusRecord) -> None:
+        """Update what the doubts need with one judged section: the warm-up's doubts once it
+        is complete, then whether the latest stretch of ``warmup`` sections rose above it."""
+        warmup = self.baseline.warmup
+        self._judged += 1
+        self._recent.append(record.density_per_mpx)
+        if self._judged == warmup:
+            self._head_doubts = head_doubts(
+                [r.density_per_mpx for r in self._first],
+                modality=self.params.modality,
+                noise_limited=[bool(r.noise_limited) for r in self._first],
+            )
+        elif self._judged >= 2 * warmup and not self._rises:
+            head = float(np.median([r.density_per_mpx for r in self._first]))
+            self._rises = rises(head, self._recent, self.baseline.ratio)
 
     def judge(self, record: FocusRecord) -> FocusRecord:
         """Give ``record`` its verdict (in place) and let it update the run; returns it.
@@ -142,8 +162,6 @@ class FocusRun:
         """
         if not record.ok:
             return record
-        self._densities.append(record.density_per_mpx)
-        self._noise_limited.append(bool(record.noise_limited))
         verdict = self.baseline.update(
             record.density_per_mpx, focus_map=record.focus_map, cell_px=self.params.cell_px
         )
@@ -157,6 +175,7 @@ class FocusRun:
             self._warmup.append(record)
         if len(self._first) < self.baseline.warmup:
             self._first.append(record)
+        self._note(record)
         if record.verdict == IN_FOCUS and self._doubted(_WARMUP_DOUBTS):
             record.verdict = UNVERIFIABLE
         return record
@@ -198,7 +217,13 @@ class FocusRun:
 
     def seed(self, records: Iterable[FocusRecord]) -> None:
         """Continue a run from records judged earlier (e.g. read back from its CSV): sections
-        judged in focus (or still warming up) enter the baseline, nothing is judged again."""
+        judged in focus (or still warming up) enter the baseline, and every scored one the
+        doubts about it; nothing is judged again."""
         for record in records:
-            if record.ok and record.verdict in (IN_FOCUS, WARMUP):
+            if not record.ok:
+                continue
+            if record.verdict in (IN_FOCUS, WARMUP):
                 self.baseline.update(record.density_per_mpx)
+            if len(self._first) < self.baseline.warmup:
+                self._first.append(record)
+            self._note(record)
