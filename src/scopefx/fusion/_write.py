@@ -103,7 +103,8 @@ def _read_and_register(
     extra: dict[str, Any] = {
         "pixel_size_from": _pixel_size_from(table, metas, options.pixel_size_um)
     }
-    problems = layout_problems(table, tile_layout(table, metas)[0])
+    shapes = tile_layout(table, metas)[0]
+    problems = layout_problems(table, shapes)
     for problem in problems:  # a unit mix-up fused to a huge mosaic of lone tiles, unwarned
         log.warning("%s: %s", table.source or "tile layout", problem)
     if problems:
@@ -113,7 +114,7 @@ def _read_and_register(
     if options.register:
         replace = options.overwrite or options.resume  # a previous run's sidecars
         table, extra["registration"] = _register(
-            table, tile_layout(table, metas)[0], out, read, workers, flatfield,
+            table, shapes, out, read, workers, flatfield,
             params=options.registration, replace=replace,
         )  # fmt: skip
     return table, metas, missing, extra, flatfield
