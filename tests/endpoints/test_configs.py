@@ -136,9 +136,16 @@ def endpoint_dir(tmp_path: pathlib.Path) -> Callable[[str], pathlib.Path]:
 
 def render_user_config(ep_dir: pathlib.Path, user_opts: dict[str, Any]) -> UserEndpointConfig:
     """Render and load the user endpoint config as the core endpoint does before starting it."""
+    config = load_config_yaml(_render_text(ep_dir, user_opts))
+    assert isinstance(config, UserEndpointConfig)
+    return config
+
+
+def _render_text(ep_dir: pathlib.Path, user_opts: dict[str, Any]) -> str:
+    """The user endpoint config (YAML) the core endpoint renders, before it is loaded."""
     parent = get_config(ep_dir)
     template_path = Endpoint.user_config_template_path(ep_dir, parent)
-    rendered = render_config_user_template(
+    return render_config_user_template(
         parent_config=parent,
         user_config_template=load_user_config_template(template_path),
         user_config_template_path=template_path,
@@ -154,9 +161,6 @@ def render_user_config(ep_dir: pathlib.Path, user_opts: dict[str, Any]) -> UserE
         # What the SDK sends with each task; JSON round trip as the service delivers it.
         user_runtime=json.loads(json.dumps(asdict(create_user_runtime()))),
     )
-    config = load_config_yaml(rendered)
-    assert isinstance(config, UserEndpointConfig)
-    return config
 
 
 def worker_environment(worker_init: str, *, home: pathlib.Path) -> dict[str, str]:
@@ -648,9 +652,17 @@ def test_engine_deserializes_json_data_only(
     from globus_compute_sdk.serialize import DillCode, DillDataBase64, JSONData
     from globus_compute_sdk.serialize.base import DeserializationError
 
+    rendered = yaml.safe_load(_render_text(endpoint_dir(name), user_opts))
     engine = render_user_config(endpoint_dir(name), user_opts).engine
     serde = engine.serde
 
+    # named through scopefx.remote.serializers, whose import (by the engine, resolving the
+    # names) checks every task's argument buffers; the classes are the SDK's own
+    assert rendered["engine"]["allowed_serializers"] == [
+        "scopefx.remote.serializers.DillCode",
+        "scopefx.remote.serializers.JSONData",
+    ]
+    assert getattr(type(engine).submit, "_scopefx_checked", False)
     assert serde.allowed_deserializer_types == {DillCode, JSONData}
     data = {"refs": ["run1/a.tif"], "params": {"sigma_ratio": 1.6}}
     assert serde.deserialize(JSONData().serialize(data)) == data
@@ -679,7 +691,11 @@ def test_every_template_sets_a_task_timeout(
     tmp_path: pathlib.Path,
 ) -> None:
     """GC_TASK_TIMEOUT, read by the engine's worker for every task; under the walltime of
-    a batch job, so a stuck task is reported as timed out instead of lost and retried."""
+    a batch job, so a stuck task is reported as timed out instead of lost and retried. And
+    SCOPEFX_TASK_TIMEOUT_S a little under it (at most 2 min), so scopefx stops a batch or a
+    fusion between items or chunks, keeping what it finished, before the engine kills it."""
+    from scopefx.io import EndpointLimits
+
     provider = render_user_config(endpoint_dir(name), user_opts).engine.executor.provider
     exports = [
         line.strip()
@@ -687,6 +703,9 @@ def test_every_template_sets_a_task_timeout(
         if line.strip().startswith("export GC_TASK_TIMEOUT=")
     ]
     assert exports == [f"export GC_TASK_TIMEOUT={timeout_s}"]
+    env = worker_environment(provider.worker_init, home=tmp_path)
+    own = EndpointLimits.from_env(env).task_timeout_s
+    assert own is not None and timeout_s - 120 <= own < timeout_s, env
     walltime = getattr(provider, "walltime", None)
     if walltime:
         h, m, s = (int(x) for x in walltime.split(":"))

@@ -252,12 +252,14 @@ def test_template_settings_reach_the_endpoint(endpoint: UserEndpoint) -> None:
         running["allowed_serializers"]
         == shipped["allowed_serializers"]
         == [
-            "globus_compute_sdk.serialize.DillCode",
-            "globus_compute_sdk.serialize.JSONData",
+            "scopefx.remote.serializers.DillCode",
+            "scopefx.remote.serializers.JSONData",
         ]
     )
     assert running["max_retries_on_system_failure"] == shipped["max_retries_on_system_failure"]
-    assert re.search(r"^export GC_TASK_TIMEOUT=\d+$", running["provider"]["worker_init"], re.M)
+    worker_init = running["provider"]["worker_init"]
+    assert re.search(r"^export GC_TASK_TIMEOUT=\d+$", worker_init, re.M)
+    assert re.search(r"^export SCOPEFX_TASK_TIMEOUT_S=\d+$", worker_init, re.M)
 
 
 def test_each_suite_function_runs(
@@ -369,18 +371,21 @@ def test_source_code_as_an_argument_is_refused(
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    reason="globus-compute-endpoint 4.19 deserializes every buffer of a task with any allowed "
-    "strategy, code or data: DillCode, allowed for the function, un-pickles an argument "
-    "tagged with it. Only the web service can stop such a payload (docs/security.md)",
-    strict=True,
-)
+@pytest.mark.parametrize("place", ["args", "kwargs"])
 def test_a_pickle_tagged_as_code_in_an_argument_is_refused(
-    endpoint: UserEndpoint, manifest: Manifest, tmp_path: pathlib.Path
+    endpoint: UserEndpoint, manifest: Manifest, tmp_path: pathlib.Path, place: str
 ) -> None:
-    marker = tmp_path / "pwned-code-tag"
-    buffer = DillCode().serialize([_Plant(marker)])
-    run_raw(endpoint, manifest.functions["endpoint_info"], buffer)
+    """globus-compute-endpoint 4.x deserializes each buffer with whichever allowed strategy
+    its header names; DillCode, allowed for the function, un-pickles. The templates' names
+    for their serializers (scopefx.remote.serializers) make the endpoint refuse a task
+    whose argument buffers are not data, before anything is deserialized."""
+    marker = tmp_path / f"pwned-code-tag-{place}"
+    pickle = DillCode().serialize([_Plant(marker)])
+    buffers = (pickle, None) if place == "args" else (JSONData().serialize([]), pickle)
+    result = run_raw(endpoint, manifest.functions["endpoint_info"], *buffers)
+    assert result.is_error
+    assert "task refused before deserializing" in result.data, result.data
+    assert f"{place}: DillCode (code)" in result.data
     assert not marker.exists()
 
 
