@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
-from scopefx.errors import ConfigError, UnsupportedFormatError
+from scopefx.errors import ConfigError, ResourceLimitError, UnsupportedFormatError
 from scopefx.io import read_image, read_metadata, read_tile_table
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tiles_real"
@@ -69,11 +70,7 @@ def test_ome_tiff_fuses_with_its_pixel_size(tmp_path):
 
 
 def test_czi_mosaic_tiles_and_positions():
-    if importlib.util.find_spec("bioio_czi") is None:
-        pytest.skip('bioio-czi is not installed (pip install "scopefx[vendor]")')
-    path = REAL / "zeiss_czi2" / "mosaic_test.czi"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent (shared/data/tiles_real/zeiss_czi2)")
+    path = _czi()
     table = read_tile_table(path)
     assert len(table) == 2 and table.extra["vendor"] == "czi"
     assert table.pixel_size_um == pytest.approx(1.0833, abs=1e-4)
@@ -86,6 +83,45 @@ def test_czi_mosaic_tiles_and_positions():
     assert tile.shape == exported.shape == (624, 924)
     np.testing.assert_array_equal(tile, exported)
     assert read_metadata(table[0].ref).shape == (624, 924)
+
+
+def _czi() -> Path:
+    if importlib.util.find_spec("bioio_czi") is None:
+        pytest.skip('bioio-czi is not installed (pip install "scopefx[vendor]")')
+    path = REAL / "zeiss_czi2" / "mosaic_test.czi"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (shared/data/tiles_real/zeiss_czi2)")
+    return path
+
+
+def test_a_czi_tile_over_the_pixel_budget_is_refused_before_decoding(monkeypatch):
+    import bioio_czi
+
+    decoded = []
+    monkeypatch.setattr(bioio_czi.Reader, "get_image_data", lambda *a, **k: decoded.append(a))
+    monkeypatch.setenv("SCOPEFX_MAX_IMAGE_PX", "100000")  # a tile is 624 x 924
+    ref = f"{_czi().resolve()}::tile/1"
+    with pytest.raises(ResourceLimitError, match=r"::tile/1' declares a 624x924 uint16.*"
+                       r"SCOPEFX_MAX_IMAGE_PX"):  # fmt: skip
+        read_image(ref)
+    assert decoded == []
+
+
+def test_a_czi_is_read_from_the_file_that_was_checked(tmp_path, monkeypatch):
+    """bioio-czi opens the file again on every read; it is handed the checked descriptor
+    (/proc/self/fd/N), so a file put in its place later is never what it reads."""
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(data))
+    path = data / "mosaic.czi"
+    path.write_bytes(_czi().read_bytes())
+    before = read_image(f"{path}::tile/1")
+    stat = path.stat()
+    swapped = data / "swapped"
+    swapped.write_bytes(b"not the file that was checked" * 1000)
+    os.utime(swapped, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(swapped, path)  # same name, same time: bioio by name would read this
+    np.testing.assert_array_equal(read_image(f"{path}::tile/1"), before)
 
 
 @pytest.mark.parametrize("ngff", ["0.4", "0.5"])

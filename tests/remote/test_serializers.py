@@ -69,7 +69,7 @@ def test_a_task_of_json_arguments_passes() -> None:
     [
         ("args", r"got function: DillCode \(code\), args: DillCode \(code\), kwargs: JSONData"),
         ("kwargs", r"args: JSONData \(data\), kwargs: DillCode \(code\)"),
-        ("fourth", r"and 1 more"),
+        ("fourth", r"kwargs: JSONData \(data\), and more buffers"),
         ("source", r"args: PureSourceTextInspect \(code\)"),
     ],
 )

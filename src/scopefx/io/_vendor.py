@@ -21,6 +21,7 @@ import functools
 import math
 import os
 import threading
+import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,15 +99,6 @@ def _ome_tiff(path: Path) -> Iterator[Any]:
         yield tif
 
 
-def _confined_path(path: Path) -> Path:
-    """``path`` checked by opening it through the confined opener, for readers (bioio) that
-    open files by name themselves."""
-    from ._confine import open_binary
-
-    with open_binary(path):
-        return path
-
-
 def _channel_names(pixels: ET.Element) -> list[str]:
     return [c.get("Name") or f"C{i}" for i, c in enumerate(pixels.findall("{*}Channel"))]
 
@@ -150,20 +142,45 @@ def _ome_images(path: Path) -> list[dict[str, Any]]:
 
 @functools.lru_cache(maxsize=8)
 def _bioio_reader(path: str, mtime: float) -> Any:
-    _confined_path(Path(path))  # bioio opens it by name: check it is ours to read first
+    """A bioio reader of ``path``, which is first opened and checked by the confined opener.
+
+    bioio readers open the file themselves, again on every read. A CZI reader is given
+    ``/proc/self/fd/N`` of the checked descriptor, which reaches the file that was checked
+    whatever is at ``path`` by then; the descriptor lives as long as the reader (in this
+    cache). bioio picks the ND2 and LIF plugins by the file's name, so those are given the
+    name: a swap between the check and bioio's own opens is not caught for them.
+    """
+    from ._confine import open_read
+
+    fd = open_read(path)
+    if not path.lower().endswith(".czi"):
+        os.close(fd)  # checked; bioio opens the name itself
+        try:
+            from bioio import BioImage
+
+            return BioImage(path).reader
+        except ImportError as exc:
+            raise _needs_bioio(path, exc) from None
     try:
-        if path.lower().endswith(".czi"):
-            import bioio_czi
+        import bioio_czi
 
-            return bioio_czi.Reader(path)  # aicspylibczi: mosaic tiles on the M axis
-        from bioio import BioImage
+        pinned = f"/proc/self/fd/{fd}"
+        # aicspylibczi: mosaic tiles on the M axis
+        reader = bioio_czi.Reader(pinned if os.path.exists(pinned) else path)
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, ImportError):
+            raise _needs_bioio(path, exc) from None
+        raise
+    weakref.finalize(reader, os.close, fd)
+    return reader
 
-        return BioImage(path).reader
-    except ImportError as exc:
-        raise UnsupportedFormatError(
-            f"reading '{path}' needs bioio and its plugin for this format ({exc.name} is not "
-            'installed): pip install "scopefx[vendor]"'
-        ) from None
+
+def _needs_bioio(path: str, exc: ImportError) -> UnsupportedFormatError:
+    return UnsupportedFormatError(
+        f"reading '{path}' needs bioio and its plugin for this format ({exc.name} is not "
+        'installed): pip install "scopefx[vendor]"'
+    )
 
 
 def _reader(path: Path) -> Any:
@@ -188,11 +205,16 @@ def _bioio_tiles(path: Path) -> tuple[list[tuple[float, float]], float | None, l
     )
 
 
-def _bioio_plane(r: Any, tile: int) -> np.ndarray:
+def _bioio_plane(r: Any, tile: int, ref: str) -> np.ndarray:
+    """Tile ``tile``, refused from the reader's dimensions (file metadata) when it is over
+    the endpoint's image budget, before any of its pixels is decoded."""
+    from ._limits import EndpointLimits
+
     dims = r.dims
     if getattr(dims, "Z", 1) > 1:
         raise UnsupportedFormatError("tiles with several z planes in a CZI/ND2/LIF file")
     order = "CYX" if getattr(dims, "C", 1) > 1 else "YX"
+    EndpointLimits.from_env().check_image([getattr(dims, d) for d in order], r.dtype, ref)
     index = {"M": tile} if "M" in dims.order else {}
     return np.asarray(r.get_image_data(order, **index))
 
@@ -280,7 +302,7 @@ def read_vendor_tile(path: Path, part: str | None, ref: str, page: int | None = 
             n = r.dims.M if "M" in r.dims.order else 1
             if tile >= n:
                 raise ConfigError(f"{ref!r}: tile {tile} of {n}")
-            data = _bioio_plane(r, tile)
+            data = _bioio_plane(r, tile, ref)
     return data if page is None else data[page]
 
 

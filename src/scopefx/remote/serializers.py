@@ -81,7 +81,7 @@ def check_task_buffer(packed: str) -> None:
     if not fits:
         got = ", ".join(
             f"{role}: {_kind(s)}" for (role, _), s in zip(_ROLES, found, strict=False)
-        ) + (f", and {len(found) - len(_ROLES)} more" if len(found) > len(_ROLES) else "")
+        ) + (", and more buffers" if len(found) > len(_ROLES) else "")
         raise DeserializationError(
             "task refused before deserializing: a task must be a function serialized with a "
             "code strategy and its args and kwargs serialized with data strategies (JSONData "
