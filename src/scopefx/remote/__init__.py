@@ -9,6 +9,9 @@
   endpoint configuration).
 * :func:`register_functions` / :class:`Manifest` — registration with Globus Compute, and
   the name -> UUID manifest that clients and endpoint configurations use.
+* :mod:`scopefx.remote.serializers` — the serializers the endpoint templates allow, by these
+  names; the endpoint importing it refuses tasks whose arguments are not data. Not imported
+  here: only an endpoint imports it.
 """
 
 from ._config import ROLES, ClientConfig, EndpointSpec, default_config_path
