@@ -30,7 +30,8 @@ def add_parser(sub: Any) -> None:
         help="fuse tiles into an OME-Zarr mosaic (out of core, resumable)",
         description="Fuse tiles placed by their stage positions (or affines) into an OME-Zarr "
         "mosaic, chunk by chunk. TILES is a CSV (path,x,y[,z] in pixels, x_um,y_um with "
-        "--pixel-size, optional affine and focus columns) or a Fiji TileConfiguration.txt.",
+        "--pixel-size, optional affine and focus columns), a Fiji TileConfiguration.txt, or an "
+        "instrument file with stage positions (.ome.tif, .czi, .nd2, .lif).",
     )
     p.add_argument("tiles", metavar="TILES", help="tile table (.csv or TileConfiguration .txt)")
     p.add_argument(
@@ -83,6 +84,15 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--preview", metavar="PREVIEW.png", help="downsampled PNG with tile outlines")
     p.add_argument("--pixel-size", type=float, metavar="UM", help="pixel size in micrometres")
+    p.add_argument(
+        "--z-plane",
+        type=_z_plane,
+        default=None,
+        metavar="N|best|max",
+        help="a 2D mosaic from the z-stack tiles of an instrument file: plane N (from 0) of "
+        "every tile, each tile's sharpest plane (best: highest MHFD focus score), or each "
+        "tile's maximum-intensity projection (max); default: the 3D mosaic of the stacks",
+    )
     p.add_argument("--rotation", type=float, default=0.0, metavar="DEG", help="camera rotation")
     p.add_argument("--skip-missing", action="store_true", help="fill missing tiles' area")
     p.add_argument("--force", action="store_true", help="allow outputs over the size limit")
@@ -105,6 +115,11 @@ def add_parser(sub: Any) -> None:
         help="on an endpoint: fan out over N fuse_region tasks (default: one fuse_mosaic task)",
     )
     p.set_defaults(func=cmd_fuse)
+
+
+def _z_plane(text: str) -> int | str:
+    """``--z-plane``: a plane index or a word (FuseOptions checks which words it takes)."""
+    return int(text) if text.strip().isdigit() else text.strip()
 
 
 def _params(args: argparse.Namespace) -> Any:
@@ -131,7 +146,7 @@ def _options(args: argparse.Namespace) -> Any:
         skip_missing=args.skip_missing, force=args.force, register=args.register or args.qc,
         registration=registration, flatfield=args.flatfield, ngff=args.ngff,
         pyramid=not args.no_pyramid, resume=args.resume, overwrite=args.overwrite,
-        preview=args.preview,
+        preview=args.preview, z_plane=args.z_plane,
     )  # fmt: skip
 
 

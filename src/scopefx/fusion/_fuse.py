@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ImageNotFoundError
-from ..io import TileTable, read_tile_table
+from ..io import TileTable, flatten_z, read_tile_table
 from ._blend import Reader, TileCache, fuse_chunk
 from ._params import FuseOptions, FusionParams
 from ._plan import FusionPlan, make_plan
@@ -93,6 +93,40 @@ def _score_focus(table: TileTable, read: Reader, workers: int) -> list[float]:
         return list(pool.map(one, table.refs))
 
 
+def _best_planes(table: TileTable, read: Reader, workers: int) -> list[int]:
+    """The sharpest plane of every z-stack tile: the highest MHFD focus score, each plane
+    scored at the tile's own resolution (the channels summed)."""
+    from ..focus import focus_score
+
+    def one(ref: str) -> int:
+        stack = np.asarray(read(ref))  # (C,) Z, Y, X
+        planes = stack.shape[-3]
+        if stack.ndim == 4:
+            scores = [focus_score(stack[:, k].sum(axis=0, dtype=np.float32)) for k in range(planes)]
+        else:
+            scores = [focus_score(stack[k]) for k in range(planes)]
+        return int(np.argmax([s.features for s in scores]))
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(one, table.refs))
+
+
+def select_z(
+    table: TileTable, z_plane: int | str | None, *, read: Reader | None = None, workers: int = 4
+) -> TileTable:
+    """The 2D table of one plane per z-stack tile that ``FuseOptions.z_plane`` asks for
+    (``"best"``: each tile's sharpest, read and scored here); ``None``: ``table`` unchanged.
+    """
+    if z_plane is None:
+        return table
+    if z_plane == "best":
+        if table.ndim != 3 or "vendor" not in table.extra:
+            return flatten_z(table, 0)  # single planes: nothing to choose (or refused)
+        log.info("scoring every plane of %d z-stack tiles for the sharpest", len(table))
+        return flatten_z(table, _best_planes(table, read or _read_image, workers))
+    return flatten_z(table, z_plane)
+
+
 def plan_fusion(
     tiles: TileTable | str | os.PathLike[str],
     *,
@@ -115,21 +149,26 @@ def plan_fusion(
         Mixed dtypes or channel counts, a singular affine, an output over the size limit.
     """
     options = FuseOptions.resolve(options)
-    table, metas, missing = load_tiles(tiles, options, workers=workers)
+    table, metas, missing = load_tiles(tiles, options, workers=workers, read=read)
     plan = plan_loaded(table, metas, params=params, read=read, workers=workers, force=options.force)
     return plan, missing
 
 
 def load_tiles(
-    tiles: TileTable | str | os.PathLike[str], options: FuseOptions, *, workers: int = 4
+    tiles: TileTable | str | os.PathLike[str],
+    options: FuseOptions,
+    *,
+    workers: int = 4,
+    read: Reader | None = None,
 ) -> tuple[TileTable, list[Any], list[str]]:
-    """The tile table (with ``options``' pixel size and rotation), the header of each present
-    tile, and the missing refs (skipped when ``options.skip_missing``, else an
+    """The tile table (with ``options``' pixel size, rotation and z plane), the header of
+    each present tile, and the missing refs (skipped when ``options.skip_missing``, else an
     ``ImageNotFoundError`` listing them)."""
     pixel_size_um, skip_missing = options.pixel_size_um, options.skip_missing
     table = _as_table(tiles, pixel_size_um, options.rotation_deg)
+    table = select_z(table, options.z_plane, read=read, workers=workers)
     if pixel_size_um is not None and table.pixel_size_um is None:
-        table = TileTable(table.tiles, table.ndim, pixel_size_um, table.source, table.extra)
+        table = table.replace(pixel_size_um=pixel_size_um)
     metas, missing = _probe(table, workers)
     if missing and not skip_missing:
         listed = "\n  ".join(missing[:20]) + ("\n  ..." if len(missing) > 20 else "")
@@ -141,14 +180,10 @@ def load_tiles(
         keep = [i for i, m in enumerate(metas) if m is not None]
         if not keep:
             raise ImageNotFoundError(f"all {len(table)} tiles are missing")
-        table = TileTable(
-            tuple(table[i] for i in keep), table.ndim, table.pixel_size_um, table.source
-        )
+        table = table.replace(tiles=tuple(table[i] for i in keep))
         metas = [metas[i] for i in keep]
     if table.pixel_size_um is None and metas[0].pixel_size_um:
-        table = TileTable(
-            table.tiles, table.ndim, metas[0].pixel_size_um, table.source, table.extra
-        )
+        table = table.replace(pixel_size_um=metas[0].pixel_size_um)
     return table, metas, missing
 
 

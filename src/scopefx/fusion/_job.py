@@ -322,6 +322,7 @@ class FusionJob:
             "feather_px": plan.feather_px,
             "params": plan.params.to_dict(),
             "pixel_size_um": plan.pixel_size_um,
+            "pixel_size_z_um": plan.pixel_size_z_um,
             "spec": dataclasses.asdict(self.spec),
             "device": self.device,
             "custom_reader": self.read is not None,
@@ -377,6 +378,7 @@ class FusionJob:
             feather_px=meta["feather_px"],
             params=FusionParams(**meta["params"]),
             pixel_size_um=meta["pixel_size_um"],
+            pixel_size_z_um=meta.get("pixel_size_z_um"),
             **{name: arrays[name] for name in _PLAN_ARRAYS},
         )
         spec_fields = meta["spec"]
@@ -570,14 +572,14 @@ def prepare_fusion(
             f"tiles with {lead} leading non-spatial axes {plan.channel_shape}; OME-Zarr holds "
             "one channel axis"
         )
-    pixel = plan.pixel_size_um
+    voxel = plan.voxel_um or (1.0,) * plan.ndim
     spec = OmeZarrSpec(
         shape=plan.full_shape,
         chunks=(*plan.channel_shape, *plan.chunk),
         dtype=plan.dtype,
-        pixel_size=(pixel or 1.0,) * plan.ndim,
-        origin=tuple(float(o) * (pixel or 1.0) for o in plan.origin),
-        unit="micrometer" if pixel else None,
+        pixel_size=voxel,
+        origin=tuple(float(o) * v for o, v in zip(plan.origin, voxel, strict=True)),
+        unit="micrometer" if plan.voxel_um else None,
         channels=plan.channel_shape[0] if lead else None,
         channel_names=_channel_names(channel_names, plan.channel_shape),
         ngff=ngff,

@@ -17,6 +17,8 @@ Blend = Literal["linear", "mean", "max", "first", "closest", "focus"]
 BLENDS: tuple[str, ...] = ("linear", "mean", "max", "first", "closest", "focus")
 ORDERS = (0, 1, 3)
 NGFF_VERSIONS = ("0.4", "0.5")
+#: What ``FuseOptions.z_plane`` takes besides a plane index.
+Z_CHOICES = ("best", "max")
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,13 @@ class FuseOptions:
         Replace a mosaic scopefx wrote earlier at the output.
     preview : str, path or None
         Also write a downsampled PNG with the tile outlines here.
+    z_plane : int, "best", "max" or None
+        For z-stack tiles of an instrument file (OME-TIFF, CZI, ND2, LIF), a 2D mosaic of
+        one plane per tile instead of the 3D mosaic of the stacks (``None``, the default):
+        plane ``K`` (from 0) of every tile, ``"best"`` (each tile's sharpest plane, the
+        highest MHFD focus score; every plane of every tile is read and scored once) or
+        ``"max"`` (each tile's maximum-intensity projection). Refused for tables of image
+        files.
 
     Examples
     --------
@@ -171,6 +180,7 @@ class FuseOptions:
     resume: bool = False
     overwrite: bool = False
     preview: str | None = None
+    z_plane: int | str | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ConfigError:
@@ -205,6 +215,10 @@ class FuseOptions:
                 raise bad(name, "None or a non-empty path string")
         if self.ngff not in NGFF_VERSIONS:
             raise bad("ngff", f"one of {NGFF_VERSIONS}")
+        z = self.z_plane
+        index = isinstance(z, int) and not isinstance(z, bool) and z >= 0
+        if not (z is None or index or (isinstance(z, str) and z in Z_CHOICES)):
+            raise bad("z_plane", f"None, a plane index >= 0 or one of {Z_CHOICES}")
         if self.resume and self.overwrite:
             raise ConfigError(
                 "resume and overwrite exclude each other: resume keeps what is "

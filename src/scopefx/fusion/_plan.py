@@ -71,6 +71,8 @@ class FusionPlan:
         Ramp width of feathered blending.
     params : FusionParams
     pixel_size_um : float or None
+    pixel_size_z_um : float or None
+        The z step of a 3D mosaic whose voxels are not cubes; ``None``: ``pixel_size_um``.
     """
 
     refs: tuple[str, ...]
@@ -89,10 +91,19 @@ class FusionPlan:
     feather_px: float
     params: FusionParams
     pixel_size_um: float | None = None
+    pixel_size_z_um: float | None = None
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    @property
+    def voxel_um(self) -> tuple[float, ...] | None:
+        """Physical size of an output pixel per spatial axis (index order), or ``None``."""
+        if not self.pixel_size_um:
+            return None
+        z = (self.pixel_size_z_um or self.pixel_size_um,) if self.ndim == 3 else ()
+        return (*z, self.pixel_size_um, self.pixel_size_um)
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -258,6 +269,7 @@ def make_plan(
         feather_px=float(feather),
         params=params,
         pixel_size_um=table.pixel_size_um,
+        pixel_size_z_um=table.pixel_size_z_um,
     )
 
 

@@ -99,10 +99,14 @@ def _read_and_register(
     """The first steps of :func:`prepare` and :func:`qc`: the table and the tile headers, the
     layout checks, the flat field (before registration, which correlates corrected tiles),
     and the registration when ``options.register``."""
-    table, metas, missing = load_tiles(tiles, options, workers=workers)
+    table, metas, missing = load_tiles(tiles, options, workers=workers, read=read)
     extra: dict[str, Any] = {
         "pixel_size_from": _pixel_size_from(table, metas, options.pixel_size_um)
     }
+    if table.pixel_size_z_um is not None:
+        extra["pixel_size_z_um"] = table.pixel_size_z_um
+    if "z_planes" in table.extra:  # what each tile contributes to a 2D mosaic of z-stacks
+        extra["z_planes"] = table.extra["z_planes"]
     shapes = tile_layout(table, metas)[0]
     problems = layout_problems(table, shapes)
     for problem in problems:  # a unit mix-up fused to a huge mosaic of lone tiles, unwarned
@@ -378,6 +382,8 @@ def _fuse_tiff(
     if plan.pixel_size_um:
         meta.update(PhysicalSizeX=plan.pixel_size_um, PhysicalSizeY=plan.pixel_size_um)
         resolution = (1e4 / plan.pixel_size_um, 1e4 / plan.pixel_size_um)
+        if plan.ndim == 3:
+            meta["PhysicalSizeZ"] = plan.pixel_size_z_um or plan.pixel_size_um
 
     def write(tmp: Path) -> None:
         tifffile.imwrite(tmp, data, ome=True, metadata=meta, bigtiff=nbytes > 2**31,

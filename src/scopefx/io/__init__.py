@@ -20,7 +20,14 @@ from ._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file, mult
 from ._read import read_image
 from ._refs import IMAGE_SUFFIXES, find_images, split_ref
 from ._roots import DATA_ROOTS_ENV, OUTPUT_ROOTS_ENV, DataRoots
-from ._tiles import Tile, TileTable, layout_problems, read_tile_table, translation
+from ._tiles import (
+    Tile,
+    TileTable,
+    flatten_z,
+    layout_problems,
+    read_tile_table,
+    translation,
+)
 
 __all__ = [
     "DATA_ROOTS_ENV",
@@ -37,6 +44,7 @@ __all__ = [
     "create_ome_zarr",
     "created",
     "find_images",
+    "flatten_z",
     "fsync_file",
     "layout_problems",
     "multiscales_metadata",

@@ -27,6 +27,7 @@ the camera's x axis.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -43,7 +44,7 @@ import numpy as np
 from ..errors import ConfigError, ImageNotFoundError, UnsupportedFormatError
 from ._refsyntax import ZARR_SEP
 
-__all__ = ["Tile", "TileTable", "layout_problems", "read_tile_table"]
+__all__ = ["Tile", "TileTable", "flatten_z", "layout_problems", "read_tile_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ class TileTable:
     """The tiles of one mosaic, with the number of spatial dimensions and the pixel size.
 
     Build one with :func:`read_tile_table`, :meth:`from_positions` or the constructor.
+    ``pixel_size_z_um`` is the z step of a 3D mosaic whose voxels are not cubes (z-stack
+    tiles of an instrument file); ``None``: the same as ``pixel_size_um``.
     """
 
     tiles: tuple[Tile, ...]
@@ -119,6 +122,7 @@ class TileTable:
     pixel_size_um: float | None = None
     source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    pixel_size_z_um: float | None = None
 
     def __post_init__(self) -> None:
         if self.ndim not in (2, 3):
@@ -142,6 +146,11 @@ class TileTable:
                 )
         if self.pixel_size_um is not None and not self.pixel_size_um > 0:
             raise ConfigError(f"pixel_size_um must be > 0, got {self.pixel_size_um!r}")
+        if self.pixel_size_z_um is not None and not (self.ndim == 3 and self.pixel_size_z_um > 0):
+            raise ConfigError(
+                f"pixel_size_z_um must be None or > 0 in a 3D table, got "
+                f"{self.pixel_size_z_um!r} ({self.ndim}D)"
+            )
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -193,14 +202,19 @@ class TileTable:
             Tile(t.ref, np.asarray(a, dtype=float), t.focus)
             for t, a in zip(self.tiles, affines, strict=True)
         )
-        return TileTable(tiles, self.ndim, self.pixel_size_um, self.source, {**self.extra, **extra})
+        return self.replace(tiles=tiles, extra={**self.extra, **extra})
 
     def with_focus(self, scores: Sequence[float | None]) -> TileTable:
         tiles = tuple(
             Tile(t.ref, t.affine, None if s is None else float(s))
             for t, s in zip(self.tiles, scores, strict=True)
         )
-        return TileTable(tiles, self.ndim, self.pixel_size_um, self.source, dict(self.extra))
+        return self.replace(tiles=tiles, extra=dict(self.extra))
+
+    def replace(self, **changes: Any) -> TileTable:
+        """A copy with some fields changed (validated); the other fields, the z step
+        included, are kept."""
+        return dataclasses.replace(self, **changes)
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
         """Write ``path,x,y[,z],affine[,focus]``; relative paths where the tiles allow."""
@@ -452,8 +466,9 @@ def read_tile_table(
         if rotation_deg:
             raise ConfigError("rotation_deg is not supported for tiles inside instrument files")
         refs, positions, size, extra = vendor_positions(p, pixel_size_um=pixel_size_um)
+        z_step = extra.pop("pixel_size_z_um", None)
         placed = TileTable.from_positions(refs, positions, pixel_size_um=size)
-        return TileTable(placed.tiles, placed.ndim, size, os.fspath(p.resolve()), extra)
+        return placed.replace(source=os.fspath(p.resolve()), extra=extra, pixel_size_z_um=z_step)
     suffix = p.suffix.lower()
     try:
         if suffix == ".csv":
@@ -472,6 +487,71 @@ def read_tile_table(
             "TileConfiguration .txt"
         )
     return TileTable(tuple(tiles), ndim=ndim, pixel_size_um=px, source=os.fspath(path))
+
+
+def flatten_z(table: TileTable, planes: int | str | Sequence[int]) -> TileTable:
+    """A 2D mosaic of one plane of each z-stack tile of an instrument file.
+
+    Parameters
+    ----------
+    table : TileTable
+        A table read from an instrument file (:func:`read_tile_table` of ``*.ome.tif``,
+        ``*.czi``, ...): 3D for z-stack tiles, 2D for single planes.
+    planes : int, "max" or sequence of int
+        Plane ``K`` of every tile, ``"max"`` (each tile's maximum-intensity projection), or
+        one plane index per tile (e.g. each tile's sharpest).
+
+    Returns
+    -------
+    TileTable
+        2D, the tiles referenced as ``file::tile/N/z/K`` (or ``.../z/max``) at their x, y
+        positions; ``extra["z_planes"]`` holds what each tile contributes. A 2D table (single
+        planes) comes back as it is, for plane 0 or ``"max"``.
+
+    Raises
+    ------
+    ConfigError
+        The table is not from an instrument file, a plane is negative, a sequence does not
+        have one plane per tile, or plane ``K > 0`` of single-plane tiles.
+    """
+    from ._vendor import plane_ref
+
+    if "vendor" not in table.extra:
+        raise ConfigError(
+            f"z planes are picked from the z-stack tiles of instrument files (OME-TIFF, CZI, "
+            f"ND2, LIF); {table.source or 'this table'} lists image files: write the planes "
+            "you want as tiles instead"
+        )
+    n = len(table)
+    chosen: list[int | str]
+    if isinstance(planes, str):
+        if planes != "max":
+            raise ConfigError(
+                f'planes must be a plane index, "max" or one index per tile, got {planes!r}'
+            )
+        chosen = ["max"] * n
+    elif isinstance(planes, (int, np.integer)):
+        chosen = [int(planes)] * n
+    else:
+        chosen = [int(k) for k in planes]
+        if len(chosen) != n:
+            raise ConfigError(f"{len(chosen)} planes given for {n} tiles; give one per tile")
+    bad = [k for k in chosen if isinstance(k, int) and k < 0]
+    if bad:
+        raise ConfigError(f"z planes are numbered from 0, got {bad[0]}")
+    if table.ndim == 2:
+        higher = [k for k in chosen if isinstance(k, int) and k > 0]
+        if higher:
+            raise ConfigError(
+                f"z plane {higher[0]} of {table.source}: its tiles are single planes (plane 0)"
+            )
+        return table
+    tiles = tuple(
+        Tile(plane_ref(t.ref, k), np.asarray(t.affine, dtype=float)[1:, 1:], t.focus)
+        for t, k in zip(table.tiles, chosen, strict=True)
+    )
+    extra = {**table.extra, "z_planes": chosen}
+    return table.replace(tiles=tiles, ndim=2, extra=extra, pixel_size_z_um=None)
 
 
 #: A layout whose bounding box is this many times the tiles' summed area is suspicious.

@@ -12,12 +12,21 @@ OME-TIFF is read with tifffile (each OME ``Image`` is a tile, placed by its firs
 ``PositionX/PositionY``, else its ``StageLabel``). CZI, ND2 and LIF are read with bioio and its
 plugins (``pip install "scopefx[vendor]"``): a CZI's mosaic tiles (its ``M`` axis) are placed by
 the subblock positions; ND2 and LIF scenes by the scene positions bioio reports.
+
+Tiles with several z planes are ``(C,) Z, Y, X`` stacks: the table is 3D, each tile placed at
+its recorded z (OME ``Plane PositionZ`` of its first plane, a CZI subblock's
+``FocusPosition``; else 0) divided by the z step (``PhysicalSizeZ``), which the table carries
+as ``pixel_size_z_um``. ``file::tile/N/z/K`` is plane ``K`` of tile ``N`` and
+``file::tile/N/z/max`` its maximum-intensity projection, both ``(C,) Y, X``;
+:func:`scopefx.io.flatten_z` turns a 3D table into a 2D one of such references.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import logging
 import math
 import os
 import threading
@@ -31,7 +40,15 @@ import numpy as np
 
 from ..errors import ConfigError, CorruptImageError, UnsupportedFormatError
 
-__all__ = ["is_vendor_file", "read_vendor_tile", "vendor_metadata", "vendor_positions"]
+__all__ = [
+    "is_vendor_file",
+    "plane_ref",
+    "read_vendor_tile",
+    "vendor_metadata",
+    "vendor_positions",
+]
+
+log = logging.getLogger(__name__)
 
 #: Suffixes of files read here (``.ome.tif``/``.ome.tiff`` by their full ending).
 VENDOR_SUFFIXES = (".czi", ".nd2", ".lif")
@@ -57,14 +74,45 @@ def _kind(path: Path) -> str:
     raise UnsupportedFormatError(f"'{path}' is not an OME-TIFF, CZI, ND2 or LIF file")
 
 
-def _tile_index(part: str | None, ref: str) -> int:
-    head, _, number = (part or "").partition("/")
-    if head != "tile" or not number.isdigit():
+ZSel = int | str | None
+"""A plane of a z-stack tile: ``None`` (the whole stack), a plane index, or ``"max"``."""
+
+
+def _tile_ref(part: str | None, ref: str) -> tuple[int, ZSel]:
+    """``tile/N`` -> ``(N, None)``, ``tile/N/z/K`` -> ``(N, K)``, ``tile/N/z/max`` ->
+    ``(N, "max")``."""
+    head, _, rest = (part or "").partition("/")
+    number, _, zpart = rest.partition("/")
+    zhead, _, zvalue = zpart.partition("/")
+    ok = head == "tile" and number.isdigit()
+    if zpart:
+        ok = ok and zhead == "z" and (zvalue.isdigit() or zvalue == "max")
+    if not ok:
         raise UnsupportedFormatError(
             f"{ref!r}: a tile inside an instrument file is referenced as 'file::tile/N' "
-            f"(N = 0, 1, ...), got {part!r}"
+            f"(N = 0, 1, ...), or one of its z planes as 'file::tile/N/z/K' or "
+            f"'file::tile/N/z/max', got {part!r}"
         )
-    return int(number)
+    if not zpart:
+        return int(number), None
+    return int(number), (int(zvalue) if zvalue.isdigit() else "max")
+
+
+def _plane(zsel: ZSel, size_z: int, ref: str) -> int | None:
+    """The plane index ``zsel`` names (``None`` for the whole stack or its projection),
+    refused when the tile has no such plane."""
+    if isinstance(zsel, int) and not 0 <= zsel < size_z:
+        raise ConfigError(
+            f"{ref!r}: z plane {zsel} does not exist; the tile has {size_z} plane(s), "
+            f"0 to {size_z - 1}"
+        )
+    return zsel if isinstance(zsel, int) else None
+
+
+def _stack_shape(c: int, z: int, y: int, x: int, zsel: ZSel) -> tuple[int, ...]:
+    """Shape of what a reference returns: ``(C,) (Z,) Y, X``, C and Z only when over 1, Z
+    gone for one plane or the projection."""
+    return ((c,) if c > 1 else ()) + ((z,) if z > 1 and zsel is None else ()) + (y, x)
 
 
 def _lock(path: Path) -> threading.Lock:
@@ -103,6 +151,37 @@ def _channel_names(pixels: ET.Element) -> list[str]:
     return [c.get("Name") or f"C{i}" for i, c in enumerate(pixels.findall("{*}Channel"))]
 
 
+def _first_planes(pixels: ET.Element) -> tuple[ET.Element | None, ET.Element | None]:
+    """The ``Plane`` elements of z 0 and z 1 (channel 0, time 0) where recorded."""
+    found: dict[int, ET.Element] = {}
+    for plane in pixels.findall("{*}Plane"):
+        if plane.get("TheC", "0") == "0" and plane.get("TheT", "0") == "0":
+            found.setdefault(int(plane.get("TheZ", "0")), plane)
+    return found.get(0), found.get(1)
+
+
+def _ome_z(pixels: ET.Element) -> dict[str, Any]:
+    """Planes, z position of the first plane (um), direction of the stack along the stage z
+    (+1/-1) and the z step (um): ``PhysicalSizeZ``, else the distance of the first two
+    planes' ``PositionZ``."""
+    z0, z1 = _first_planes(pixels)
+
+    def position(plane: ET.Element | None) -> float | None:
+        return None if plane is None else _um(plane.get("PositionZ"), plane.get("PositionZUnit"))
+
+    at0, at1 = position(z0), position(z1)
+    step = _um(pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeZUnit"))
+    moved = None if at0 is None or at1 is None or at0 == at1 else at1 - at0
+    if not (step and step > 0):
+        step = abs(moved) if moved else None
+    return {
+        "size_z": int(pixels.get("SizeZ", 1) or 1),
+        "z_um": at0,
+        "z_dir": -1.0 if moved is not None and moved < 0 else 1.0,
+        "z_step_um": step,
+    }
+
+
 def _ome_images(path: Path) -> list[dict[str, Any]]:
     with _ome_tiff(path) as tif:
         xml = tif.ome_metadata
@@ -130,11 +209,58 @@ def _ome_images(path: Path) -> list[dict[str, Any]]:
                 "pixel_size_um": _um(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit")),
                 "channels": _channel_names(pixels),
                 "shape": (int(pixels.get("SizeY", 0)), int(pixels.get("SizeX", 0))),
+                **_ome_z(pixels),
             }
         )
     if len(images) > n_series:
         images = images[:n_series]
     return images
+
+
+def _ome_layout(series: Any, ref: str) -> tuple[str, tuple[int, ...]]:
+    """The series' axes and shape, refused when it holds more than C, Z, Y, X with Z."""
+    axes, shape = str(series.axes), tuple(int(n) for n in series.shape)
+    if "Z" in axes and (set(axes) - set("CZYX") or not axes.endswith("YX")):
+        raise UnsupportedFormatError(
+            f"{ref!r}: an OME image with axes {axes} {list(shape)}; z-stack tiles are read "
+            "with the axes C, Z, Y, X only (one time point, grey samples)"
+        )
+    return axes, shape
+
+
+def _ome_shape(series: Any, zsel: ZSel, ref: str) -> tuple[int, ...]:
+    axes, shape = _ome_layout(series, ref)
+    if "Z" not in axes:
+        _plane(zsel, 1, ref)
+        return shape
+    size = dict(zip(axes, shape, strict=True))
+    _plane(zsel, size["Z"], ref)
+    return _stack_shape(size.get("C", 1), size["Z"], size["Y"], size["X"], zsel)
+
+
+def _ome_read(tif: Any, tile: int, zsel: ZSel, ref: str) -> np.ndarray:
+    """Tile ``tile`` as ``(C,) (Z,) Y, X``, one plane or the projection as ``(C,) Y, X``;
+    refused over the image budget (what is decoded: the stack, or one plane's pages) before
+    any pixel is decoded."""
+    from ._limits import EndpointLimits
+
+    series = tif.series[tile]
+    axes, shape = _ome_layout(series, ref)
+    limits = EndpointLimits.from_env()
+    k = _plane(zsel, dict(zip(axes, shape, strict=True)).get("Z", 1), ref)
+    if "Z" in axes and k is not None:  # only the pages of plane k
+        lead = shape[:-2]
+        grid = [[k] if a == "Z" else range(n) for a, n in zip(axes[:-2], lead, strict=True)]
+        pages = [int(np.ravel_multi_index(i, lead)) for i in itertools.product(*grid)]
+        out_shape = _ome_shape(series, zsel, ref)
+        limits.check_image(out_shape, series.dtype, ref)
+        return np.asarray(tif.asarray(series=tile, key=pages)).reshape(out_shape)
+    limits.check_image(shape, series.dtype, ref)
+    data = series.asarray()
+    if "Z" not in axes:
+        return np.asarray(data)
+    data = np.transpose(data, sorted(range(len(axes)), key=lambda i: "CZYX".index(axes[i])))
+    return data.max(axis=data.ndim - 3) if zsel == "max" else data
 
 
 # -- bioio (CZI, ND2, LIF) -----------------------------------------------------------------------
@@ -205,18 +331,58 @@ def _bioio_tiles(path: Path) -> tuple[list[tuple[float, float]], float | None, l
     )
 
 
-def _bioio_plane(r: Any, tile: int, ref: str) -> np.ndarray:
-    """Tile ``tile``, refused from the reader's dimensions (file metadata) when it is over
-    the endpoint's image budget, before any of its pixels is decoded."""
+def _focus_um(r: Any, **where: int) -> float | None:
+    """The ``FocusPosition`` a CZI records for the subblock(s) at ``where`` (um), if any."""
+    try:
+        node = r.get_subblock_metadata(**where).find(".//FocusPosition")
+        return None if node is None else _um(node.text, "um")
+    except Exception:  # a reader or a file without subblock metadata
+        return None
+
+
+def _bioio_z(r: Any, n: int) -> tuple[np.ndarray, float | None]:
+    """Z position of each tile's first plane along the stack (um; zeros where the file records
+    none) and the z step (um), for a reader whose tiles have several planes. A CZI records
+    the focus drive's position per subblock (``FocusPosition``)."""
+    step = getattr(r.physical_pixel_sizes, "Z", None)
+    step = float(step) if step and step > 0 else None
+    if not hasattr(r, "get_subblock_metadata"):
+        return np.zeros(n), step
+    first = [_focus_um(r, M=m, Z=0) for m in range(n)]
+    if any(v is None for v in first):
+        return np.zeros(n), step
+    starts = np.asarray(first, dtype=float)
+    second = _focus_um(r, M=0, Z=1)
+    moved = None if second is None or second == starts[0] else second - float(starts[0])
+    step = step or (abs(moved) if moved else None)
+    sign = -1.0 if moved is not None and moved < 0 else 1.0
+    return sign * starts, step
+
+
+def _bioio_shape(r: Any, zsel: ZSel, ref: str) -> tuple[int, ...]:
+    d = r.dims
+    z = getattr(d, "Z", 1)
+    _plane(zsel, z, ref)
+    return _stack_shape(getattr(d, "C", 1), z, d.Y, d.X, zsel)
+
+
+def _bioio_plane(r: Any, tile: int, zsel: ZSel, ref: str) -> np.ndarray:
+    """Tile ``tile`` (``(C,) (Z,) Y, X``; one plane or the projection ``(C,) Y, X``), refused
+    from the reader's dimensions (file metadata) when what is decoded is over the endpoint's
+    image budget, before any of its pixels is decoded."""
     from ._limits import EndpointLimits
 
     dims = r.dims
-    if getattr(dims, "Z", 1) > 1:
-        raise UnsupportedFormatError("tiles with several z planes in a CZI/ND2/LIF file")
-    order = "CYX" if getattr(dims, "C", 1) > 1 else "YX"
+    z = getattr(dims, "Z", 1)
+    k = _plane(zsel, z, ref)
+    order = ("C" if getattr(dims, "C", 1) > 1 else "") + ("Z" if z > 1 and k is None else "")
+    order += "YX"
     EndpointLimits.from_env().check_image([getattr(dims, d) for d in order], r.dtype, ref)
     index = {"M": tile} if "M" in dims.order else {}
-    return np.asarray(r.get_image_data(order, **index))
+    if k is not None and z > 1:
+        index["Z"] = k
+    data = np.asarray(r.get_image_data(order, **index))
+    return data.max(axis=data.ndim - 3) if zsel == "max" and "Z" in order else data
 
 
 # -- public -------------------------------------------------------------------------------------
@@ -239,22 +405,27 @@ def vendor_positions(
     -------
     refs : list of str
         Tile references ``/abs/file::tile/N``.
-    positions : (N, 2) ndarray
-        Where each tile's pixel (0, 0) lands, in pixels, (x, y), the smallest at 0.
+    positions : (N, 2) or (N, 3) ndarray
+        Where each tile's pixel (0, 0[, 0]) lands, in pixels, (x, y[, z]), the smallest at 0;
+        (x, y, z) when the tiles have several z planes (z in planes of the z step).
     pixel_size_um : float or None
         As recorded (or given).
     extra : dict
-        ``channel_names`` and ``vendor`` (``"ome"``, ``"czi"``, ...).
+        ``channel_names``, ``vendor`` (``"ome"``, ``"czi"``, ...) and, for z-stack tiles,
+        ``pixel_size_z_um`` (the z step; ``None`` when the file records none).
 
     Raises
     ------
     UnsupportedFormatError
-        Not a supported file, bioio or its plugin is missing, or no positions are recorded.
+        Not a supported file, bioio or its plugin is missing, no positions are recorded, or
+        an OME-TIFF's images differ in their number of z planes.
     ConfigError
         Positions in micrometres without any pixel size.
     """
     p = Path(path).resolve()
     kind = _kind(p)
+    z_um: np.ndarray | None = None
+    z_step = None
     if kind == "ome":
         images = _ome_images(p)
         if not images:
@@ -274,57 +445,83 @@ def vendor_positions(
         um = np.array([im["position_um"] for im in images], dtype=float)
         positions = (um - um.min(axis=0)) / size
         channels = images[0]["channels"]
+        planes = sorted({im["size_z"] for im in images})
+        if len(planes) > 1:
+            raise UnsupportedFormatError(
+                f"'{p}': its OME images have different numbers of z planes {planes}; tiles of "
+                "one mosaic are all single planes or all z-stacks"
+            )
+        if planes[0] > 1:
+            z_step = images[0]["z_step_um"]
+            recorded = [im["z_um"] for im in images]  # all, or none: each at z 0
+            known = all(v is not None for v in recorded)
+            z_um = np.array([im["z_dir"] * im["z_um"] if known else 0.0 for im in images])
     else:
-        xy, recorded, channels, _ = _bioio_tiles(p)
-        size = pixel_size_um or recorded
+        xy, recorded_px, channels, r = _bioio_tiles(p)
+        size = pixel_size_um or recorded_px
         positions = np.array(xy, dtype=float)
         positions -= positions.min(axis=0)
+        if getattr(r.dims, "Z", 1) > 1:
+            z_um, z_step = _bioio_z(r, len(positions))
+    extra: dict[str, Any] = {"channel_names": list(channels), "vendor": kind}
+    if z_um is not None:
+        if z_step is None:
+            log.warning(
+                "%s: the tiles are z-stacks but no z step (PhysicalSizeZ) is recorded; the "
+                "mosaic's z scale is the xy pixel size", p,
+            )  # fmt: skip
+        z_px = (z_um - z_um.min()) / (z_step or size or 1.0)
+        positions = np.column_stack([positions, z_px])
+        extra["pixel_size_z_um"] = z_step
     refs = [f"{p}::tile/{k}" for k in range(len(positions))]
-    return refs, positions, size, {"channel_names": list(channels), "vendor": kind}
+    return refs, positions, size, extra
+
+
+def plane_ref(ref: str, plane: int | str) -> str:
+    """The reference of plane ``plane`` (an index, or ``"max"`` for the maximum-intensity
+    projection) of the whole-tile reference ``ref`` (``file::tile/N``)."""
+    return f"{ref}/z/{plane}"
 
 
 def read_vendor_tile(path: Path, part: str | None, ref: str, page: int | None = None) -> np.ndarray:
-    """The pixels of ``path::tile/N``: ``(Y, X)``, or ``(C, Y, X)`` with several channels."""
-    tile = _tile_index(part, ref)
+    """The pixels of ``path::tile/N``: ``(Y, X)``, ``(C, Y, X)`` with several channels,
+    ``(C,) Z, Y, X`` for z-stack tiles; ``path::tile/N/z/K`` (plane K) and
+    ``path::tile/N/z/max`` (the projection) are ``(C,) Y, X``."""
+    tile, zsel = _tile_ref(part, ref)
     kind = _kind(path)
     if kind == "ome":
-        from ._limits import EndpointLimits
-
         with _ome_tiff(path) as tif:
             if tile >= len(tif.series):
                 raise ConfigError(f"{ref!r}: tile {tile} of {len(tif.series)}")
-            series = tif.series[tile]
-            EndpointLimits.from_env().check_image(series.shape, series.dtype, ref)
-            data = series.asarray()
+            data = _ome_read(tif, tile, zsel, ref)
     else:
         r = _reader(path)
         with _lock(path):
             n = r.dims.M if "M" in r.dims.order else 1
             if tile >= n:
                 raise ConfigError(f"{ref!r}: tile {tile} of {n}")
-            data = _bioio_plane(r, tile, ref)
+            data = _bioio_plane(r, tile, zsel, ref)
     return data if page is None else data[page]
 
 
 def vendor_metadata(path: Path, part: str | None, ref: str) -> dict[str, Any]:
-    """Shape, dtype, pixel size and channel names of ``path::tile/N`` without reading pixels
-    (OME-TIFF) or from the reader's dimensions (bioio)."""
-    tile = _tile_index(part, ref)
+    """Shape, dtype, pixel size and channel names of ``path::tile/N[/z/K]`` without reading
+    pixels (OME-TIFF) or from the reader's dimensions (bioio)."""
+    tile, zsel = _tile_ref(part, ref)
     kind = _kind(path)
     if kind == "ome":
         with _ome_tiff(path) as tif:
             if tile >= len(tif.series):
                 raise ConfigError(f"{ref!r}: tile {tile} of {len(tif.series)}")
             series = tif.series[tile]
-            shape, dtype = tuple(series.shape), str(series.dtype)
+            shape, dtype = _ome_shape(series, zsel, ref), str(series.dtype)
         image = _ome_images(path)[tile]
         px, channels = image["pixel_size_um"], image["channels"]
     else:
         r = _reader(path)
         with _lock(path):
-            d = r.dims
             channels = [str(c) for c in (r.channel_names or [])]
-            shape = ((d.C,) if getattr(d, "C", 1) > 1 else ()) + (d.Y, d.X)
+            shape = _bioio_shape(r, zsel, ref)
             dtype = str(r.dtype)
             px = getattr(r.physical_pixel_sizes, "X", None)
     return {"shape": shape, "dtype": dtype, "pixel_size_um": px, "channel_names": channels,
