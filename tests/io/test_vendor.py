@@ -157,3 +157,36 @@ def test_an_ome_tiff_naming_an_outside_file_is_not_followed(tmp_path):
         assert (tif.series[0].asarray() == 4242).any()
     data = read_image(f"{path}::tile/0")
     assert not (np.asarray(data) == 4242).any()  # never the other file's pixels
+
+
+@pytest.mark.parametrize(("suffix", "module"), [(".nd2", "bioio_nd2"), (".lif", "bioio_lif")])
+def test_nd2_and_lif_plugins_are_handed_the_checked_descriptor(
+    tmp_path, monkeypatch, suffix, module
+):
+    """As for CZI, the plugin (chosen by the real name) gets /proc/self/fd/N of the checked
+    descriptor, so a file swapped in under the same name later is never what it reads. A
+    stand-in plugin records what it is given: bioio-nd2 and bioio-lif are not installed here,
+    whether they read such a path is untested."""
+    import sys
+    import types
+
+    from scopefx.io import _vendor
+
+    class Reader:
+        def __init__(self, image):
+            self.image = image
+
+    plugin = types.ModuleType("stand-in")
+    plugin.Reader = Reader
+    monkeypatch.setitem(sys.modules, module, plugin)
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(data))
+    path = data / f"scan{suffix}"
+    path.write_bytes(b"the file that was checked")
+    reader = _vendor._reader(path)
+    assert reader.image.startswith("/proc/self/fd/")
+    (data / "swapped").write_bytes(b"another file")
+    os.replace(data / "swapped", path)
+    with open(reader.image, "rb") as fh:
+        assert fh.read() == b"the file that was checked"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import itertools
 import logging
 import math
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 VENDOR_SUFFIXES = (".czi", ".nd2", ".lif")
 _OME_ENDINGS = (".ome.tif", ".ome.tiff")
 _TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6, "cm": 1e4}
+#: The bioio plugin that reads each suffix.
+_PLUGINS = {".czi": "bioio_czi", ".nd2": "bioio_nd2", ".lif": "bioio_lif"}
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -155,8 +158,9 @@ def _first_planes(pixels: ET.Element) -> tuple[ET.Element | None, ET.Element | N
     """The ``Plane`` elements of z 0 and z 1 (channel 0, time 0) where recorded."""
     found: dict[int, ET.Element] = {}
     for plane in pixels.findall("{*}Plane"):
-        if plane.get("TheC", "0") == "0" and plane.get("TheT", "0") == "0":
-            found.setdefault(int(plane.get("TheZ", "0")), plane)
+        z = plane.get("TheZ", "0")
+        if plane.get("TheC", "0") == "0" and plane.get("TheT", "0") == "0" and z.isdigit():
+            found.setdefault(int(z), plane)
     return found.get(0), found.get(1)
 
 
@@ -270,29 +274,21 @@ def _ome_read(tif: Any, tile: int, zsel: ZSel, ref: str) -> np.ndarray:
 def _bioio_reader(path: str, mtime: float) -> Any:
     """A bioio reader of ``path``, which is first opened and checked by the confined opener.
 
-    bioio readers open the file themselves, again on every read. A CZI reader is given
+    bioio readers open the file themselves, again on every read. The reader is given
     ``/proc/self/fd/N`` of the checked descriptor, which reaches the file that was checked
     whatever is at ``path`` by then; the descriptor lives as long as the reader (in this
-    cache). bioio picks the ND2 and LIF plugins by the file's name, so those are given the
-    name: a swap between the check and bioio's own opens is not caught for them.
+    cache). The plugin is chosen here by the real name's suffix (bioio would choose it by the
+    name it is given): ``bioio_czi`` (tested), ``bioio_nd2`` and ``bioio_lif``, which
+    recognise a file by its content, not its name (not installed here: untested).
     """
     from ._confine import open_read
 
     fd = open_read(path)
-    if not path.lower().endswith(".czi"):
-        os.close(fd)  # checked; bioio opens the name itself
-        try:
-            from bioio import BioImage
-
-            return BioImage(path).reader
-        except ImportError as exc:
-            raise _needs_bioio(path, exc) from None
     try:
-        import bioio_czi
-
+        plugin = importlib.import_module(_PLUGINS[Path(path).suffix.lower()])
         pinned = f"/proc/self/fd/{fd}"
-        # aicspylibczi: mosaic tiles on the M axis
-        reader = bioio_czi.Reader(pinned if os.path.exists(pinned) else path)
+        # bioio_czi reads with aicspylibczi by default: mosaic tiles on the M axis
+        reader = plugin.Reader(pinned if os.path.exists(pinned) else path)
     except BaseException as exc:
         os.close(fd)
         if isinstance(exc, ImportError):
