@@ -231,10 +231,30 @@ def test_the_cli_fuses_one_plane_per_tile(tmp_path, capsys):
     out = tmp_path / "m.ome.zarr"
     assert main(["fuse", str(path), "-o", str(out), "--z-plane", "max", "-q"]) == 0
     assert zarr.open_array(out / "0", mode="r").ndim == 2
+    assert "z planes: max (4 tiles)" in capsys.readouterr().out
+    assert main(["fuse", str(path), "-o", str(tmp_path / "v.ome.zarr"), "-q"]) == 0
+    assert zarr.open_array(tmp_path / "v.ome.zarr" / "0", mode="r").ndim == 3
+    assert f"z step: {STEP_UM:g} um" in capsys.readouterr().out
     with pytest.raises(SystemExit) as info:
         main(["fuse", str(path), "-o", str(tmp_path / "n.ome.zarr"), "--z-plane", "top"])
     assert info.value.code == 2
     assert "z_plane must be None, a plane index >= 0" in capsys.readouterr().err
+
+
+def test_the_z_plane_travels_to_an_endpoint_as_json(tmp_path, monkeypatch):
+    """The remote job's options are FuseOptions.to_dict(): the endpoint rebuilds z_plane and
+    reads the planes inside its data roots."""
+    from scopefx.remote import functions
+
+    monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(tmp_path))
+    monkeypatch.setenv("SCOPEFX_OUTPUT_ROOTS", str(tmp_path))
+    sharpest = [2, 0, 4, 1]
+    specimen = _sharp_stacks(tmp_path / "scan.ome.tif", sharpest)
+    job = {"tiles": "scan.ome.tif", "output": "m.ome.zarr",
+           "options": FuseOptions(z_plane="best").to_dict()}  # fmt: skip
+    summary = functions.fuse_mosaic(job)
+    assert summary["z_planes"] == sharpest and summary["shape"] == list(specimen.shape)
+    np.testing.assert_array_equal(_level0(tmp_path / "m.ome.zarr")[0], specimen)
 
 
 # -- the image budget covers the stack -------------------------------------------------------

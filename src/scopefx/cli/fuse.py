@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import sys
@@ -155,6 +156,12 @@ def _report_extra(extra: dict[str, Any], out: TextIO) -> None:
     registration's one-line QC summary and where the report is."""
     source = extra.get("pixel_size_from")
     print(f"pixel size: {source or 'unknown (no physical scale written; --pixel-size)'}", file=out)
+    if extra.get("pixel_size_z_um"):
+        print(f"z step: {extra['pixel_size_z_um']:g} um", file=out)
+    if "z_planes" in extra:  # what each tile contributed to a 2D mosaic of z-stacks
+        counts = collections.Counter(str(k) for k in extra["z_planes"])
+        listed = ", ".join(f"{k} ({n} tiles)" for k, n in sorted(counts.items()))
+        print(f"z planes: {listed}", file=out)
     for problem in extra.get("layout_problems", []):
         print(f"layout: {problem}", file=out)
     r = extra.get("registration", extra if "summary_line" in extra else None)
