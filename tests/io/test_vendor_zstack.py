@@ -16,6 +16,7 @@ from scopefx.errors import ConfigError, ResourceLimitError
 from scopefx.fusion import FuseOptions, fuse
 from scopefx.io import flatten_z, read_image, read_metadata, read_tile_table
 
+REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tiles_real"
 PIXEL_UM, STEP_UM = 0.5, 2.0
 TILE = (5, 24, 40)  # z, y, x of every tile
 #: Where each tile's voxel (0, 0, 0) lies in the ground truth, (x, y, z) voxels.
@@ -337,3 +338,45 @@ def test_a_czi_stack_over_the_budget_is_refused_before_decoding(tmp_path, monkey
     with pytest.raises(ResourceLimitError, match=r"::tile/0' declares a 5x24x40 uint16"):
         read_image(f"{path}::tile/0")
     assert decoded == []
+
+
+@pytest.mark.parametrize("direction", [1, -1])
+def test_czi_tiles_are_placed_at_their_recorded_focus_positions(tmp_path, monkeypatch, direction):
+    """A CZI records the focus drive per subblock (FocusPosition, um; a real Zeiss file's
+    value is checked below). pylibCZIrw writes none, so the reader's subblock metadata stands
+    in for what a microscope writes: each tile's first plane at its own z, the stack running
+    up (direction 1) or down the focus axis."""
+    _need_czi_writer()
+    import xml.etree.ElementTree as ET
+
+    import bioio_czi
+
+    truth = _truth(1, seed=7)
+    path = tmp_path / "scan.czi"
+    _write_czi(path, [(p, truth[(slice(None), *_box(*p))]) for p in LAYOUT])
+
+    def focus(self, **where):
+        m, z = where["M"], where["Z"]
+        at = 5000.0 + direction * (LAYOUT[m][2] + z) * STEP_UM
+        tags = f"<Tags><FocusPosition>{at:+017.4f}</FocusPosition></Tags>"
+        return ET.fromstring(
+            f"<Subblocks><Subblock><METADATA>{tags}</METADATA></Subblock></Subblocks>"
+        )
+
+    monkeypatch.setattr(bioio_czi.Reader, "get_subblock_metadata", focus)
+    table = read_tile_table(path)
+    np.testing.assert_allclose([t.offset for t in table], [(z, y, x) for x, y, z in LAYOUT])
+    result = fuse(table, tmp_path / "m.ome.zarr")
+    fused, _ = _level0(tmp_path / "m.ome.zarr")
+    covered = _covered()
+    assert result.shape == (10, 40, 70)
+    np.testing.assert_array_equal(fused[covered], truth[0][covered])
+
+
+def test_a_real_czi_records_its_focus_position():
+    from scopefx.io._vendor import _focus_um, _reader
+
+    path = REAL / "zeiss_czi2" / "mosaic_test.czi"
+    if importlib.util.find_spec("bioio_czi") is None or not path.is_file():
+        pytest.skip("bioio-czi or shared/data/tiles_real/zeiss_czi2 is absent")
+    assert _focus_um(_reader(path), M=1, Z=0) == pytest.approx(7858.658)
