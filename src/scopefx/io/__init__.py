@@ -5,8 +5,9 @@ size, Zeiss ATLAS / Fibics fields, without reading pixels) and :func:`find_image
 files, directories and globs). An image reference is a local path, or ``store.zarr::array``
 for an array inside a Zarr store (:func:`split_ref`).
 
-Mosaics: :func:`read_tile_table` (CSV or Fiji ``TileConfiguration.txt``) and OME-Zarr
-multiscale writing (:class:`OmeZarrSpec`, :func:`create_ome_zarr`).
+Mosaics: :func:`read_tile_table` (CSV, Fiji ``TileConfiguration.txt``, or an instrument file
+with stage positions), :func:`flatten_z` (one plane per z-stack tile of an instrument file) and
+OME-Zarr multiscale writing (:class:`OmeZarrSpec`, :func:`create_ome_zarr`).
 
 On endpoints, :class:`DataRoots` confines references to the configured data roots (read only)
 and outputs to the output roots, and :class:`EndpointLimits` bounds the work of one task.
