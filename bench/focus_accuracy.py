@@ -21,6 +21,9 @@ Methods, all measured on the same images in the same run:
 * ``mhfd-signal``: ``scopefx.focus_score(image, mode="exact", noise_model="signal")``: the
   default with the signal-dependent noise model (one threshold per feature at the noise of
   its local intensity) instead of one global noise level;
+* ``mhfd-fluo``: ``scopefx.focus_score(image, mode="exact", modality="fluorescence")``, its
+  ``score`` (features weighted by ``(t_1 / t_i)^2``): the fluorescence preset, checked here on
+  content it was not chosen on;
 * ``mhfd-fast``: ``scopefx.focus_score(image, mode="fast")``; its count is also compared with
   ``mhfd-auto``'s image by image (|relative difference|, documented to stay within 3 %);
 * ``mhfd-fixed``: ``scopefx.focus_score(image, threshold=T)``, one threshold for every image.
@@ -52,7 +55,7 @@ How the data are made (``scopefx.samples``, nothing is downloaded)
 Run
 ---
 ``python bench/focus_accuracy.py`` (full: 10 images x 13 defocus values x 2 PSFs x 2 noise
-levels = 520 images at 1024 px, each scored 5 ways: about 4 minutes on 2 cores);
+levels = 520 images at 1024 px, each scored 6 ways: about 10 minutes on 2 shared cores);
 ``--quick`` (3 images, 512 px, 7 defocus values: about 10 s). Progress goes to stderr, the
 summary to stdout (and to ``--out``); ``--csv`` writes one row per (method, series) with its
 scores. The exit code is 0 whatever the figures: targets are printed with PASS/FAIL.
@@ -76,7 +79,7 @@ from scopefx import samples
 #: name: (photons at full scale, read noise in grey levels).
 NOISE_LEVELS = {"high": (1000.0, 1.0), "low": (50.0, 4.0)}
 PSFS = ("gaussian", "disk")
-METHODS = ("mhfd-auto", "mhfd-signal", "mhfd-fast", "mhfd-fixed", "tenengrad")
+METHODS = ("mhfd-auto", "mhfd-signal", "mhfd-fluo", "mhfd-fast", "mhfd-fixed", "tenengrad")
 QUICK_IMAGES = ("immunohistochemistry", "camera", "gravel")
 
 IN_FOCUS_MAX_D = 1.0
@@ -247,10 +250,12 @@ def run(args: argparse.Namespace, threshold: float) -> Results:
                     pixels = acquire(blurred, name, psf, noise, float(d), args.seed)
                     exact = scopefx.focus_score(pixels, mode="exact")
                     signal = scopefx.focus_score(pixels, mode="exact", noise_model="signal")
+                    fluo = scopefx.focus_score(pixels, mode="exact", modality="fluorescence")
                     fast = scopefx.focus_score(pixels, mode="fast")
                     fixed = scopefx.focus_score(pixels, mode="exact", threshold=threshold)
                     results.scores["mhfd-auto"][key].append(exact.features)
                     results.scores["mhfd-signal"][key].append(signal.features)
+                    results.scores["mhfd-fluo"][key].append(fluo.score)
                     results.scores["mhfd-fast"][key].append(fast.features)
                     results.scores["mhfd-fixed"][key].append(fixed.features)
                     results.scores["tenengrad"][key].append(tenengrad(pixels))
