@@ -239,3 +239,29 @@ def test_a_calibration_from_before_presets_still_applies_to_the_em_default():
     cal.check_params(FocusParams(polarity="dark", threshold_k=4.0))
     with pytest.raises(CalibrationError, match="modality"):
         cal.check_params(FocusParams(modality="fluorescence"))
+
+
+def test_a_fluorescence_calibration_from_before_the_weight_is_refused():
+    """Saved with the preset left at None before the fluorescence preset weighted features:
+    it was made on plain counts, so it must not apply to the weighted score."""
+    import dataclasses
+
+    from scopefx import Calibration
+    from scopefx.errors import CalibrationError
+
+    old = {**FocusParams(modality="fluorescence").to_dict()}
+    del old["scale_weight"]
+    cal = dataclasses.replace(Calibration.fit([0, 1, 2, 3], [1e3, 500, 250, 125]), params=old)
+    with pytest.raises(CalibrationError, match=r"scale_weight: calibrated 0\.0, now 2\.0"):
+        cal.check_params(FocusParams(modality="fluorescence"))
+
+
+def test_a_calibration_records_the_resolved_preset():
+    from scopefx import Calibration
+
+    params = FocusParams(modality="fluorescence")
+    cal = Calibration.fit([0, 1, 2, 3], [100, 50, 25, 12.5], params=params)
+    assert cal.params["scale_weight"] == PRESETS["fluorescence"].scale_weight
+    assert cal.params["threshold_k"] == PRESETS["fluorescence"].threshold_k
+    cal.check_params(params)
+    cal.check_params(params.resolved())
