@@ -5,7 +5,9 @@ What it measures
 For every (image, PSF, noise level) *series*, each focus method scores the images at defocus
 ``d = 0, 0.5, ..., 6`` (default), and the benchmark reports
 
-* the Pearson correlation ``r`` of ``log(max(score, 1))`` with ``|d|`` (MHFD's claim: the log
+* the Pearson correlation ``r`` of ``log(max(score, floor))`` with ``|d|`` (``floor`` 1, one
+  feature, except for ``mhfd-fluo``, whose weighted score's floor is the weight of one feature
+  at the coarsest band, ``(t_1 / t_n)^2``) (MHFD's claim: the log
   of the feature count falls linearly with absolute defocus), and Spearman's ``rho``
   (monotonicity only); per (method, noise level) the mean and the worst (largest) value over
   the series, and which series is worst;
@@ -214,8 +216,18 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def log_score(scores: Sequence[float]) -> np.ndarray:
-    return np.log(np.maximum(np.asarray(scores, np.float64), 1.0))
+def score_floor(method: str) -> float:
+    """The smallest score of one feature: 1 for a count; for ``mhfd-fluo`` the weight of one
+    feature at the coarsest band, ``(t_1 / t_n)^scale_weight``."""
+    if method != "mhfd-fluo":
+        return 1.0
+    params = scopefx.FocusParams(modality="fluorescence")
+    sigmas = params.sigmas_px
+    return float((sigmas[0] / sigmas[-2]) ** params.resolved_scale_weight)
+
+
+def log_score(scores: Sequence[float], floor: float = 1.0) -> np.ndarray:
+    return np.log(np.maximum(np.asarray(scores, np.float64), floor))
 
 
 def fixed_threshold(args: argparse.Namespace) -> float:
@@ -309,10 +321,11 @@ class Stats:
 
 
 def correlations(results: Results) -> tuple[PerSeries, PerSeries]:
-    """Pearson r of log(max(score, 1)) and Spearman rho of the score, with |d|, per series."""
+    """Pearson r of log(max(score, floor)) and Spearman rho of the score, with |d|, per
+    series."""
     d = results.defocus
     pearson_r = {
-        m: {k: pearson(log_score(s), d) for k, s in series.items()}
+        m: {k: pearson(log_score(s, score_floor(m)), d) for k, s in series.items()}
         for m, series in results.scores.items()
     }
     spearman_rho = {
@@ -379,7 +392,8 @@ def summarise(
     d = results.defocus
     report = Report()
     report.add(
-        "Focus accuracy: log(max(score, 1)) vs |defocus| per series; AUC in vs out of focus",
+        "Focus accuracy: log(max(score, floor)) vs |defocus| per series (floor: one feature); "
+        "AUC in vs out of focus",
         *environment_lines(),
         f"images ({len(args.images)}): {' '.join(args.images)}",
         f"size {args.size} x {args.size} px, 8-bit; PSFs: {' '.join(args.psfs)}; "
