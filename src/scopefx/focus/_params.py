@@ -48,10 +48,11 @@ class Preset:
 #: scale_weight in {0, 1, 2} x k in 4..13 (dark, signal); per setting the mean r over both
 #: light-sheet series, averaged over k - 1..k + 1 (one series' r moves by a few hundredths
 #: between neighbouring k: count noise, not signal); the best such setting, within 0.005 the
-#: smaller k: w = 2, k = 9 (-0.881; w = 0 at best -0.845). An exploratory grid with w = 0.5,
-#: 1.5 and 3 agreed. On the real series: mitochondria r -0.889 -> -0.953, microtubules -0.800
-#: -> -0.818. The cost: the density level depends more on the specimen, so the in/out AUC
-#: pooled over the two light-sheet specimens fell from 0.93 to 0.80 (within each: 1.00).
+#: smaller k: w = 2, k = 9 (-0.881; w = 0 at best -0.845). An exploratory grid adding w = 0.5,
+#: 1.5 and 3 found none better (at best -0.878). On the real series: mitochondria r -0.889
+#: -> -0.953, microtubules -0.800 -> -0.818. The cost: the density level depends more on
+#: the specimen, so the in/out AUC pooled over the two light-sheet specimens fell from 0.93
+#: to 0.80 (within each: 1.00).
 #: Checked where it was not chosen, the synthetic suite (``mhfd-fluo`` in
 #: ``results/focus_accuracy.txt``: 10 images, 1024 px): high SNR mean r -0.983, worst -0.962,
 #: pooled AUC 0.856; low SNR mean -0.899, worst -0.375 (an exploratory run of the unweighted
