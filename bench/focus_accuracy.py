@@ -5,7 +5,9 @@ What it measures
 For every (image, PSF, noise level) *series*, each focus method scores the images at defocus
 ``d = 0, 0.5, ..., 6`` (default), and the benchmark reports
 
-* the Pearson correlation ``r`` of ``log(max(score, 1))`` with ``|d|`` (MHFD's claim: the log
+* the Pearson correlation ``r`` of ``log(max(score, floor))`` with ``|d|`` (``floor`` 1, one
+  feature, except for ``mhfd-fluo``, whose weighted score's floor is the weight of one feature
+  at the coarsest band, ``(t_1 / t_n)^2``) (MHFD's claim: the log
   of the feature count falls linearly with absolute defocus), and Spearman's ``rho``
   (monotonicity only); per (method, noise level) the mean and the worst (largest) value over
   the series, and which series is worst;
@@ -21,6 +23,9 @@ Methods, all measured on the same images in the same run:
 * ``mhfd-signal``: ``scopefx.focus_score(image, mode="exact", noise_model="signal")``: the
   default with the signal-dependent noise model (one threshold per feature at the noise of
   its local intensity) instead of one global noise level;
+* ``mhfd-fluo``: ``scopefx.focus_score(image, mode="exact", modality="fluorescence")``, its
+  ``score`` (features weighted by ``(t_1 / t_i)^2``): the fluorescence preset, checked here on
+  content it was not chosen on;
 * ``mhfd-fast``: ``scopefx.focus_score(image, mode="fast")``; its count is also compared with
   ``mhfd-auto``'s image by image (|relative difference|, documented to stay within 3 %);
 * ``mhfd-fixed``: ``scopefx.focus_score(image, threshold=T)``, one threshold for every image.
@@ -52,7 +57,7 @@ How the data are made (``scopefx.samples``, nothing is downloaded)
 Run
 ---
 ``python bench/focus_accuracy.py`` (full: 10 images x 13 defocus values x 2 PSFs x 2 noise
-levels = 520 images at 1024 px, each scored 5 ways: about 4 minutes on 2 cores);
+levels = 520 images at 1024 px, each scored 6 ways: about 10 minutes on 2 shared cores);
 ``--quick`` (3 images, 512 px, 7 defocus values: about 10 s). Progress goes to stderr, the
 summary to stdout (and to ``--out``); ``--csv`` writes one row per (method, series) with its
 scores. The exit code is 0 whatever the figures: targets are printed with PASS/FAIL.
@@ -76,7 +81,7 @@ from scopefx import samples
 #: name: (photons at full scale, read noise in grey levels).
 NOISE_LEVELS = {"high": (1000.0, 1.0), "low": (50.0, 4.0)}
 PSFS = ("gaussian", "disk")
-METHODS = ("mhfd-auto", "mhfd-signal", "mhfd-fast", "mhfd-fixed", "tenengrad")
+METHODS = ("mhfd-auto", "mhfd-signal", "mhfd-fluo", "mhfd-fast", "mhfd-fixed", "tenengrad")
 QUICK_IMAGES = ("immunohistochemistry", "camera", "gravel")
 
 IN_FOCUS_MAX_D = 1.0
@@ -211,8 +216,18 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def log_score(scores: Sequence[float]) -> np.ndarray:
-    return np.log(np.maximum(np.asarray(scores, np.float64), 1.0))
+def score_floor(method: str) -> float:
+    """The smallest score of one feature: 1 for a count; for ``mhfd-fluo`` the weight of one
+    feature at the coarsest band, ``(t_1 / t_n)^scale_weight``."""
+    if method != "mhfd-fluo":
+        return 1.0
+    params = scopefx.FocusParams(modality="fluorescence")
+    sigmas = params.sigmas_px
+    return float((sigmas[0] / sigmas[-2]) ** params.resolved_scale_weight)
+
+
+def log_score(scores: Sequence[float], floor: float = 1.0) -> np.ndarray:
+    return np.log(np.maximum(np.asarray(scores, np.float64), floor))
 
 
 def fixed_threshold(args: argparse.Namespace) -> float:
@@ -247,10 +262,12 @@ def run(args: argparse.Namespace, threshold: float) -> Results:
                     pixels = acquire(blurred, name, psf, noise, float(d), args.seed)
                     exact = scopefx.focus_score(pixels, mode="exact")
                     signal = scopefx.focus_score(pixels, mode="exact", noise_model="signal")
+                    fluo = scopefx.focus_score(pixels, mode="exact", modality="fluorescence")
                     fast = scopefx.focus_score(pixels, mode="fast")
                     fixed = scopefx.focus_score(pixels, mode="exact", threshold=threshold)
                     results.scores["mhfd-auto"][key].append(exact.features)
                     results.scores["mhfd-signal"][key].append(signal.features)
+                    results.scores["mhfd-fluo"][key].append(fluo.score)
                     results.scores["mhfd-fast"][key].append(fast.features)
                     results.scores["mhfd-fixed"][key].append(fixed.features)
                     results.scores["tenengrad"][key].append(tenengrad(pixels))
@@ -304,10 +321,11 @@ class Stats:
 
 
 def correlations(results: Results) -> tuple[PerSeries, PerSeries]:
-    """Pearson r of log(max(score, 1)) and Spearman rho of the score, with |d|, per series."""
+    """Pearson r of log(max(score, floor)) and Spearman rho of the score, with |d|, per
+    series."""
     d = results.defocus
     pearson_r = {
-        m: {k: pearson(log_score(s), d) for k, s in series.items()}
+        m: {k: pearson(log_score(s, score_floor(m)), d) for k, s in series.items()}
         for m, series in results.scores.items()
     }
     spearman_rho = {
@@ -374,7 +392,8 @@ def summarise(
     d = results.defocus
     report = Report()
     report.add(
-        "Focus accuracy: log(max(score, 1)) vs |defocus| per series; AUC in vs out of focus",
+        "Focus accuracy: log(max(score, floor)) vs |defocus| per series (floor: one feature); "
+        "AUC in vs out of focus",
         *environment_lines(),
         f"images ({len(args.images)}): {' '.join(args.images)}",
         f"size {args.size} x {args.size} px, 8-bit; PSFs: {' '.join(args.psfs)}; "

@@ -34,8 +34,11 @@ Verdicts (``scopefx`` only):
   (in-focus flagged).
 
 ``--sweep`` also scores every modality with polarity x noise model x threshold_k, the grid
-the presets in ``FocusParams`` were chosen from (the rule: the best worst-series ``r`` of the
-modality, ties to the best mean).
+the polarity and noise model of the presets in ``FocusParams`` were chosen from; and, with
+those (``dark``, ``signal``), ``scale_weight`` x ``threshold_k``, the grid the weight and k of
+the presets were chosen from: per modality the mean r over its series, that mean averaged
+over k - 1..k + 1 (the rule reads this one: a single series' r moves by a few hundredths
+between neighbouring k, which is count noise), and the pooled AUC.
 
 Run
 ---
@@ -444,6 +447,72 @@ def sweep(images: Sequence[Image], report: Report) -> None:
     report.add(*table(["setting", *(f"{s} r/AUC" for s in groups)], rows))
 
 
+WEIGHT_SWEEP_WEIGHTS = (0.0, 1.0, 2.0)
+WEIGHT_SWEEP_KS = tuple(float(k) for k in range(4, 14))
+
+
+def weight_sweep(images: Sequence[Image], report: Report) -> None:
+    """scale_weight x threshold_k with the light-sheet polarity and noise model."""
+    groups = by_series(images)
+    modalities = sorted({im.modality for im in images})
+    labels = np.array([im.label for im in images])
+    rows: dict[tuple[float, float], list[float]] = {}
+    pooled: dict[tuple[float, float], dict[str, float]] = {}
+    for weight in WEIGHT_SWEEP_WEIGHTS:
+        for k in WEIGHT_SWEEP_KS:
+            s = np.array(
+                [
+                    density(
+                        scopefx.focus_score(
+                            im.pixels,
+                            polarity="dark",
+                            noise_model="signal",
+                            threshold_k=k,
+                            scale_weight=weight,
+                        )
+                    )
+                    for im in images
+                ]
+            )
+            rows[weight, k] = [
+                figures([images[j] for j in idx], s[idx]).r for idx in groups.values()
+            ]
+            pooled[weight, k] = {}
+            for modality in modalities:
+                mask = np.array([im.modality == modality for im in images])
+                pooled[weight, k][modality] = auc(
+                    s[mask & (labels == "in_focus")], s[mask & (labels == "out_of_focus")]
+                )
+        progress(f"weight sweep scale_weight={weight:g} done")
+    series_modality = [images[idx[0]].modality for idx in groups.values()]
+    report.add(
+        "",
+        "Sweep: scale_weight x threshold_k (dark, signal): r per series; per modality mean r, "
+        "mean r averaged over k-1..k+1 (smoothed), pooled AUC",
+    )
+    out = []
+    for (weight, k), rs in rows.items():
+        row = [f"w={weight:g} k={k:g}", *(fmt(r) for r in rs)]
+        for modality in modalities:
+            mine = [r for r, m in zip(rs, series_modality, strict=True) if m == modality]
+            near = [
+                float(np.mean([r for r, m in zip(rows[weight, kk], series_modality, strict=True)
+                               if m == modality]))
+                for kk in (k - 1, k, k + 1)
+                if (weight, kk) in rows
+            ]  # fmt: skip
+            row += [
+                fmt(float(np.mean(mine))),
+                fmt(float(np.mean(near))),
+                fmt(pooled[weight, k][modality], 2),
+            ]
+        out.append(row)
+    headers = ["setting", *groups]
+    for modality in modalities:
+        headers += [f"{modality} mean", "smoothed", "AUC"]
+    report.add(*table(headers, out))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="focus_real folder")
@@ -468,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summarise(images, scores, limited, report)
     if args.sweep:
         sweep(images, report)
+        weight_sweep(images, report)
     report.add("", f"run time {clock.elapsed:.0f} s")
     report.emit(args.out)
     return 0

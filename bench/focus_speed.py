@@ -13,7 +13,8 @@ Median wall time per call, single thread, on 8-bit images of ``--size`` x ``--si
 * ``var(laplace)``: ``scipy.ndimage.laplace(image_float).var()``, the classic cheap focus
   measure;
 * ``focus_score signal``: ``focus_score(image, modality="fluorescence")``: exact mode with the
-  signal-dependent noise model (noise level function, one threshold per feature);
+  signal-dependent noise model (noise level function, one threshold per feature) and the
+  preset's scale weight (the count is printed);
 * ``baseline exact`` (with ``--baseline-rev REV``): ``focus_score(image, mode="exact")`` of the
   scopefx source at git revision ``REV`` (``git archive``, imported as ``scopefx_baseline``),
   timed interleaved with the others, so ``exact / baseline exact`` compares today's code

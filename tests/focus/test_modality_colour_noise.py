@@ -24,28 +24,41 @@ def _image(name="camera", amount=0.0, size=256, seed=1):
 def test_preset_fills_only_fields_left_at_none(modality):
     p = FocusParams(modality=modality)
     preset = PRESETS[modality]
-    assert (p.resolved_polarity, p.resolved_noise_model, p.resolved_threshold_k) == (
+    resolved = (
+        p.resolved_polarity,
+        p.resolved_noise_model,
+        p.resolved_threshold_k,
+        p.resolved_scale_weight,
+    )
+    assert resolved == (
         preset.polarity,
         preset.noise_model,
         preset.threshold_k,
+        preset.scale_weight,
     )
     explicit = FocusParams(
-        modality=modality, polarity="both", threshold_k=2.5, noise_model="global"
+        modality=modality,
+        polarity="both",
+        threshold_k=2.5,
+        noise_model="global",
+        scale_weight=0.5,
     )
     assert explicit.resolved_polarity == "both"
     assert explicit.resolved_threshold_k == 2.5
     assert explicit.resolved_noise_model == "global"
+    assert explicit.resolved_scale_weight == 0.5
     assert explicit.resolved() == explicit.replace(modality=modality)
 
 
 def test_em_default_is_the_papers_setting():
     p = FocusParams()
     assert p.modality == "em"
-    assert (p.resolved_polarity, p.resolved_noise_model, p.resolved_threshold_k) == (
-        "dark",
-        "global",
-        4.0,
-    )
+    assert (
+        p.resolved_polarity,
+        p.resolved_noise_model,
+        p.resolved_threshold_k,
+        p.resolved_scale_weight,
+    ) == ("dark", "global", 4.0, 0.0)
 
 
 def test_params_round_trip_through_plain_json():
@@ -92,6 +105,49 @@ def test_colour_file_gives_a_record_with_its_conversion(tmp_path):
     out = record.to_dict()
     assert out["colour"] == "luma709" and out["noise_limited"] is False
     assert out["modality"] == "em"
+
+
+def _sparse_blobs(blur_px, *, seed=0):
+    """Isolated Gaussian blobs (sd 1.5 px, peak about 600 photons) on a 100-photon
+    background, blurred by ``blur_px``, with shot and read noise: a sparse fluorescence
+    frame."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    points = np.zeros((512, 512))
+    rows, cols = rng.integers(24, 488, (2, 60))
+    points[rows, cols] = 2 * np.pi * 1.5**2 * 600
+    signal = ndimage.gaussian_filter(points, np.hypot(1.5, blur_px))
+    counts = rng.poisson(100 + signal) + rng.normal(0, 2, signal.shape)
+    return np.clip(counts, 0, 65535).astype(np.uint16)
+
+
+def test_scale_weight_makes_the_score_follow_blur_of_isolated_blobs():
+    """Blur widens an isolated blob instead of removing it: the plain count stays put while
+    the area-weighted score falls (the reason for the fluorescence preset's weight)."""
+    options = {"polarity": "bright", "noise_model": "signal", "threshold_k": 6.0}
+    sharp, blurred = _sparse_blobs(0.0), _sparse_blobs(3.0)
+    plain = [scopefx.focus_score(im, scale_weight=0.0, **options) for im in (sharp, blurred)]
+    weighted = [scopefx.focus_score(im, scale_weight=2.0, **options) for im in (sharp, blurred)]
+    assert plain[1].features >= 0.9 * plain[0].features > 40
+    assert weighted[1].score < 0.3 * weighted[0].score
+    # the weight changes the score, not what is detected
+    assert [r.features for r in weighted] == [r.features for r in plain]
+
+
+def test_score_is_the_count_without_weight_and_the_map_carries_the_weights():
+    image = _image(size=256)
+    plain = scopefx.focus_score(image, cell_px=128)
+    assert plain.params.resolved_scale_weight == 0
+    assert plain.score == plain.features
+    assert plain.density_per_mpx == pytest.approx(plain.features * 1e6 / 256**2)
+    weighted = scopefx.focus_score(image, cell_px=128, scale_weight=1.0)
+    assert weighted.features == plain.features
+    expected = float(np.sum(weighted.params.sigmas_px[0] / weighted.sigmas_px.astype(float)))
+    assert weighted.score == pytest.approx(expected, rel=1e-5)
+    assert weighted.score < plain.score
+    assert weighted.focus_map.sum() * 128 * 128 / 1e6 == pytest.approx(weighted.score, rel=1e-5)
+    assert weighted.summary()["score"] == weighted.score
 
 
 def test_noise_model_recovers_a_poisson_gaussian_level_function():
@@ -183,3 +239,29 @@ def test_a_calibration_from_before_presets_still_applies_to_the_em_default():
     cal.check_params(FocusParams(polarity="dark", threshold_k=4.0))
     with pytest.raises(CalibrationError, match="modality"):
         cal.check_params(FocusParams(modality="fluorescence"))
+
+
+def test_a_fluorescence_calibration_from_before_the_weight_is_refused():
+    """Saved with the preset left at None before the fluorescence preset weighted features:
+    it was made on plain counts, so it must not apply to the weighted score."""
+    import dataclasses
+
+    from scopefx import Calibration
+    from scopefx.errors import CalibrationError
+
+    old = {**FocusParams(modality="fluorescence").to_dict()}
+    del old["scale_weight"]
+    cal = dataclasses.replace(Calibration.fit([0, 1, 2, 3], [1e3, 500, 250, 125]), params=old)
+    with pytest.raises(CalibrationError, match=r"scale_weight: calibrated 0\.0, now 2\.0"):
+        cal.check_params(FocusParams(modality="fluorescence"))
+
+
+def test_a_calibration_records_the_resolved_preset():
+    from scopefx import Calibration
+
+    params = FocusParams(modality="fluorescence")
+    cal = Calibration.fit([0, 1, 2, 3], [100, 50, 25, 12.5], params=params)
+    assert cal.params["scale_weight"] == PRESETS["fluorescence"].scale_weight
+    assert cal.params["threshold_k"] == PRESETS["fluorescence"].threshold_k
+    cal.check_params(params)
+    cal.check_params(params.resolved())

@@ -31,6 +31,8 @@ def test_defaults_and_scales():
         ("mode", "quick", "mode must be one of"),
         ("threshold", -1.0, "threshold must be None or a finite number >= 0, got -1.0"),
         ("threshold_k", float("nan"), "threshold_k must be a finite number"),
+        ("scale_weight", -1.0, r"scale_weight must be None or in \[0, 8\], got -1.0"),
+        ("scale_weight", "2", "scale_weight must be a finite number"),
         ("target_px", 4, "target_px must be None or an integer >= 16, got 4"),
         ("cell_px", 2, "cell_px must be an integer >= 8, got 2"),
     ],

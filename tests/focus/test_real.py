@@ -18,8 +18,11 @@ import scopefx
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "focus_real"
 MODALITY = {"LSFM": "fluorescence", "brightfield": "brightfield"}
 #: Worst acceptable Pearson r of log(density) vs |defocus| per series (measured in
-#: bench/results/focus_real.txt: mito -0.89, microtubules -0.80, bright field -0.97).
-MAX_R = {"lsfm_dfnn_mito_stack": -0.85, "lsfm_dfnn_mt_stack": -0.75, "bf_sephace_set1": -0.93}
+#: bench/results/focus_real.txt: mito -0.953, microtubules -0.818, bright field -0.969).
+MAX_R = {"lsfm_dfnn_mito_stack": -0.93, "lsfm_dfnn_mt_stack": -0.78, "bf_sephace_set1": -0.93}
+#: The issue's targets over the series: mean r, and the largest lead of Tenengrad (the best
+#: peer on mitochondria in bench/results/focus_real.txt) over scopefx (measured -0.913, 0.033).
+MAX_MEAN_R, MAX_GAP_TO_TENENGRAD = -0.90, 0.05
 
 pytestmark = pytest.mark.skipif(
     not (DATA / "manifest.csv").is_file(),
@@ -36,17 +39,26 @@ def _auc(pos, neg):
     return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
 
 
+def _tenengrad(image):
+    from scipy import ndimage
+
+    grey = image.astype(np.float64)
+    return float(np.mean(ndimage.sobel(grey, axis=0) ** 2 + ndimage.sobel(grey, axis=1) ** 2))
+
+
 @pytest.fixture(scope="module")
 def scored():
-    """Per series: (modality, |defocus|, label, density, noise_limited) of every image."""
+    """Per series: (modality, |defocus|, label, density, noise_limited, tenengrad) of every
+    image."""
     import tifffile
 
     with open(DATA / "manifest.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    out: dict[str, list[tuple[str, float, str, float, bool]]] = {}
+    out: dict[str, list[tuple[str, float, str, float, bool, float]]] = {}
     for row in rows:
         modality = MODALITY[row["modality"]]
-        result = scopefx.focus_score(tifffile.imread(DATA / row["file"]), modality=modality)
+        pixels = tifffile.imread(DATA / row["file"])
+        result = scopefx.focus_score(pixels, modality=modality)
         out.setdefault(row["series"], []).append(
             (
                 modality,
@@ -54,9 +66,15 @@ def scored():
                 row["label"],
                 result.density_per_mpx,
                 result.noise_limited,
+                _tenengrad(pixels),
             )
         )
     return out
+
+
+def _r(images, column=3):
+    d = [i[1] for i in images]
+    return _pearson(np.log([i[column] for i in images]), d)
 
 
 def test_every_series_is_known(scored):
@@ -65,15 +83,36 @@ def test_every_series_is_known(scored):
 
 @pytest.mark.parametrize("series", sorted(MAX_R))
 def test_log_density_falls_with_defocus(scored, series):
-    _, d, labels, density, _ = zip(*scored[series], strict=True)
-    r = _pearson(np.log(density), d)
+    _, _, labels, density, _, _ = zip(*scored[series], strict=True)
+    r = _r(scored[series])
     assert r <= MAX_R[series], f"{series}: r = {r:.3f}, want <= {MAX_R[series]}"
     labels, density = np.array(labels), np.array(density)
     within = _auc(density[labels == "in_focus"], density[labels == "out_of_focus"])
-    assert within >= 0.85, f"{series}: in/out AUC {within:.2f}"
+    assert within >= 0.95, f"{series}: in/out AUC {within:.2f}"
 
 
-@pytest.mark.parametrize("modality", sorted(set(MODALITY.values())))
+def test_mean_r_and_gap_to_tenengrad_meet_the_targets(scored):
+    rs = {s: _r(images) for s, images in scored.items()}
+    assert np.mean(list(rs.values())) <= MAX_MEAN_R, rs
+    gaps = {s: rs[s] - _r(images, column=5) for s, images in scored.items()}
+    assert max(gaps.values()) <= MAX_GAP_TO_TENENGRAD, gaps
+
+
+@pytest.mark.parametrize(
+    "modality",
+    [
+        "brightfield",
+        pytest.param(
+            "fluorescence",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="across the two light-sheet specimens the density level differs "
+                "(in-focus microtubules score below defocused mitochondria): pooled AUC 0.80, "
+                "within each series 1.00 (bench/results/focus_real.txt, docs/focus.md)",
+            ),
+        ),
+    ],
+)
 def test_pooled_auc_per_modality(scored, modality):
     images = [i for s in scored.values() for i in s if i[0] == modality]
     inside = [i[3] for i in images if i[2] == "in_focus"]
@@ -99,3 +138,25 @@ def test_fluorescence_preset_beats_the_em_default_on_light_sheet(scored):
     preset = [i[3] for i in scored[series][::3]]
     assert _pearson(np.log(preset), d) < _pearson(np.log(np.maximum(em, 1)), d) - 0.3
     assert not math.isnan(_pearson(np.log(preset), d))
+
+
+@pytest.mark.parametrize("series", ["lsfm_dfnn_mito_stack", "lsfm_dfnn_mt_stack"])
+def test_run_baseline_flags_light_sheet_defocus_without_false_flags(scored, series):
+    """A run with no calibration, fed in acquisition order (it starts out of focus, at the far
+    end of the stack): measured 48 % and 75 % of the out-of-focus frames flagged, none of the
+    in-focus ones (bench/results/focus_real.txt; 22 % and 30 % before the weighted score)."""
+    from scopefx.focus import FLAGGED, FocusRecord
+
+    images = scored[series]
+    run = scopefx.FocusRun(params=scopefx.FocusParams(modality=images[0][0]))
+    records = [
+        run.judge(FocusRecord(path=str(j), features=1, density_per_mpx=i[3], noise_limited=i[4]))
+        for j, i in enumerate(images)
+    ]
+    run.settle()
+    flagged = {label: [] for label in ("in_focus", "out_of_focus", "between")}
+    for record, image in zip(records, images, strict=True):
+        flagged[image[2]].append(record.verdict in FLAGGED)
+    assert not any(flagged["in_focus"])
+    assert np.mean(flagged["out_of_focus"]) >= 0.4
+    assert not any(r.verdict == "unverifiable" for r in records)

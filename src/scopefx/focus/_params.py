@@ -28,19 +28,44 @@ class Preset:
     polarity: Polarity
     noise_model: NoiseModelKind
     threshold_k: float
+    scale_weight: float = 0.0
 
 
 #: Modality presets, chosen by measurement (``bench/focus_real.py``, ``docs/focus.md``).
-#: ``em``: the paper's defaults (dark features, one global noise level, 4 sigma), unchanged.
-#: ``fluorescence`` and ``brightfield``: noise that follows the signal, judged at 6 sigma; on
-#: the light-sheet series ``dark`` (the dim gaps between bright structures) follows defocus
-#: better than ``bright`` or ``both``. Rule: the best worst-series r over the modality's real
-#: series (``bench/focus_real.py --sweep``), within 0.01 the smaller k; bright field then
-#: checked on synthetic low-SNR series, where k = 10 (best on its one real series, -0.987
-#: against -0.969 at k = 6) fell to a worst r of -0.70 against -0.85: too few features left.
+#: ``em``: the paper's defaults (dark features, one global noise level, 4 sigma, every feature
+#: counts 1), unchanged. ``fluorescence`` and ``brightfield``: noise that follows the signal;
+#: on the light-sheet series ``dark`` (the dim gaps between bright structures) follows defocus
+#: better than ``bright`` or ``both``.
+#:
+#: ``fluorescence`` also weights each feature by ``(t_1 / t_i)^2`` (``scale_weight=2``), at
+#: 9 sigma. Why: blur does not remove an isolated blob, it widens it, so in a sparse frame the
+#: plain count only falls once a blob's contrast sinks under the threshold (the mitochondria
+#: series: in-focus density 569 against 464 /Mpx out of focus, r = -0.889 against Tenengrad's
+#: -0.986; the coarse-band count even *rises* with defocus there, r = +0.66). With weight
+#: ``(t_1 / t_i)^2`` a blob of size ``s`` blurred by ``b`` counts ``s^2 / (s^2 + b^2)``, the
+#: same law as its peak contrast. Weighting the fine scales lets fine-scale noise matter more,
+#: hence the higher k. Rule (``bench/focus_real.py --sweep``, ``results/focus_real_sweep.txt``):
+#: scale_weight in {0, 1, 2} x k in 4..13 (dark, signal); per setting the mean r over both
+#: light-sheet series, averaged over k - 1..k + 1 (one series' r moves by a few hundredths
+#: between neighbouring k: count noise, not signal); the best such setting, within 0.005 the
+#: smaller k: w = 2, k = 9 (-0.881; w = 0 at best -0.845). An exploratory grid adding w = 0.5,
+#: 1.5 and 3 found none better (at best -0.878). On the real series: mitochondria r -0.889
+#: -> -0.953, microtubules -0.800 -> -0.818. The cost: the density level depends more on
+#: the specimen, so the in/out AUC pooled over the two light-sheet specimens fell from 0.93
+#: to 0.80 (within each: 1.00).
+#: Checked where it was not chosen, the synthetic suite (``mhfd-fluo`` in
+#: ``results/focus_accuracy.txt``: 10 images, 1024 px): high SNR mean r -0.983, worst -0.962,
+#: pooled AUC 0.856; low SNR mean -0.899, worst -0.375 (an exploratory run of the unweighted
+#: k = 6 setting on the same series: high -0.989 / -0.975 / 0.798, low -0.934 / -0.409 / 0.751;
+#: at low SNR 9 sigma leaves few features on sparse content: retina, cell, brick).
+#: ``brightfield`` keeps the plain count at 6 sigma: on its one real series the weight cost
+#: r (-0.948 against -0.969 at k = 6), and k = 10 (best there, -0.987) fell to a worst r of
+#: -0.70 against -0.85 on synthetic low-SNR series: too few features left.
 PRESETS: dict[str, Preset] = {
     "em": Preset(polarity="dark", noise_model="global", threshold_k=4.0),
-    "fluorescence": Preset(polarity="dark", noise_model="signal", threshold_k=6.0),
+    "fluorescence": Preset(
+        polarity="dark", noise_model="signal", threshold_k=9.0, scale_weight=2.0
+    ),
     "brightfield": Preset(polarity="dark", noise_model="signal", threshold_k=6.0),
 }
 
@@ -65,16 +90,17 @@ class FocusParams:
         (the paper: 0.175). Both tails are clipped.
     modality : {"em", "fluorescence", "brightfield"}
         Which instrument made the image; it chooses the defaults of ``polarity``,
-        ``noise_model`` and ``threshold_k`` (each used only while that field is ``None``;
-        a value given explicitly always wins). See :data:`PRESETS` and ``docs/focus.md``:
+        ``noise_model``, ``threshold_k`` and ``scale_weight`` (each used only while that
+        field is ``None``; a value given explicitly always wins). See :data:`PRESETS` and
+        ``docs/focus.md``:
 
-        ============  ========  ===========  ===========
-        modality      polarity  noise_model  threshold_k
-        ============  ========  ===========  ===========
-        em            dark      global       4
-        fluorescence  dark      signal       6
-        brightfield   dark      signal       6
-        ============  ========  ===========  ===========
+        ============  ========  ===========  ===========  ============
+        modality      polarity  noise_model  threshold_k  scale_weight
+        ============  ========  ===========  ===========  ============
+        em            dark      global       4            0
+        fluorescence  dark      signal       9            2
+        brightfield   dark      signal       6            0
+        ============  ========  ===========  ===========  ============
     polarity : {"dark", "bright", "both"} or None
         Which features count (``None``: from ``modality``). ``"dark"`` keeps the paper's sign,
         ``DoG_i = t_i (L(t_{i+1}) - L(t_i))``, positive at *dark* blobs on a brighter
@@ -97,6 +123,13 @@ class FocusParams:
         ``sigma(mu)^2 = a mu + b`` fitted to binned robust residuals against local mean
         intensity, so a feature in a bright region is judged against the (larger) shot
         noise there. ``None``: from ``modality``.
+    scale_weight : float or None
+        Each feature adds ``(t_1 / t_i)^scale_weight`` to the score, ``t_i`` the scale of the
+        band it peaked in (``None``: from ``modality``). With 0 (the paper's, and ``em``'s)
+        every feature counts 1 and the score is the count. With 2 a feature counts by its
+        area relative to the finest scale's, so an isolated blob that blur widens from ``s``
+        to ``sqrt(s^2 + b^2)`` counts ``s^2 / (s^2 + b^2)``: the score follows defocus in
+        sparse images, where blur widens features rather than merging them.
     channel : int or None
         For a colour (H, W, 3|4) image: score this channel (0 = red). ``None`` scores the
         luma ``0.2125 R + 0.7154 G + 0.0721 B`` (ITU-R BT.709, as ``skimage.color.rgb2gray``),
@@ -123,6 +156,7 @@ class FocusParams:
     threshold: float | None = None
     threshold_k: float | None = None
     noise_model: NoiseModelKind | None = None
+    scale_weight: float | None = None
     channel: int | None = None
     mode: Mode = "exact"
     target_px: int | None = None
@@ -136,9 +170,15 @@ class FocusParams:
             raise bad("n_scales", "an integer")
         if not 1 <= self.n_scales <= 256:
             raise bad("n_scales", "between 1 and 256")
-        for name in ("min_sigma_px", "max_sigma_px", "saturation_pct", "threshold_k"):
+        for name in (
+            "min_sigma_px",
+            "max_sigma_px",
+            "saturation_pct",
+            "threshold_k",
+            "scale_weight",
+        ):
             value = getattr(self, name)
-            if name == "threshold_k" and value is None:
+            if name in ("threshold_k", "scale_weight") and value is None:
                 continue
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise bad(name, "a finite number")
@@ -171,6 +211,8 @@ class FocusParams:
             raise bad("threshold", "None or a finite number >= 0")
         if self.threshold_k is not None and self.threshold_k <= 0:
             raise bad("threshold_k", "> 0")
+        if self.scale_weight is not None and not 0 <= self.scale_weight <= 8:
+            raise bad("scale_weight", "None or in [0, 8]")
         if self.target_px is not None and (
             not isinstance(self.target_px, int) or self.target_px < 16
         ):
@@ -198,6 +240,11 @@ class FocusParams:
         """``noise_model``, or the modality's when it is ``None``."""
         return self.preset.noise_model if self.noise_model is None else self.noise_model
 
+    @property
+    def resolved_scale_weight(self) -> float:
+        """``scale_weight``, or the modality's when it is ``None``."""
+        return self.preset.scale_weight if self.scale_weight is None else float(self.scale_weight)
+
     def resolved(self) -> FocusParams:
         """A copy with the modality's preset written into every field left at ``None``.
 
@@ -208,6 +255,7 @@ class FocusParams:
             polarity=self.resolved_polarity,
             threshold_k=self.resolved_threshold_k,
             noise_model=self.resolved_noise_model,
+            scale_weight=self.resolved_scale_weight,
         )
 
     @property

@@ -14,13 +14,14 @@ import numpy as np
 
 __all__ = ["IN_FOCUS_DENSITY_FLOOR", "baseline_doubts", "head_doubts", "rises"]
 
-#: Lowest in-focus density (features per megapixel) measured per modality with its preset,
+#: Lowest in-focus density (score per megapixel) measured per modality with its preset,
 #: divided by 4 as a margin (bench/results/focus_real.txt, bench/results/focus_accuracy.txt):
 #: a baseline below it is more likely a run that starts out of focus, or blank, than sparse
 #: content. em: the sparsest synthetic in-focus image (retina, ~1440/Mpx at high SNR).
-#: fluorescence: the light-sheet series (in focus ~470-600/Mpx). brightfield: one series
-#: (in focus ~2190/Mpx).
-IN_FOCUS_DENSITY_FLOOR = {"em": 360.0, "fluorescence": 120.0, "brightfield": 550.0}
+#: fluorescence: the light-sheet series, whose score weights each feature by (t_1 / t_i)^2
+#: (in focus 26.5-27/Mpx for microtubules, 106-115/Mpx for mitochondria). brightfield: one
+#: series (in focus ~2190/Mpx).
+IN_FOCUS_DENSITY_FLOOR = {"em": 360.0, "fluorescence": 6.5, "brightfield": 550.0}
 
 
 def baseline_doubts(

@@ -38,8 +38,11 @@ class FocusResult:
     Attributes
     ----------
     features : int
-        Number of detected features: the focus score. ``log(features)`` falls linearly with
-        ``|defocus|``.
+        Number of detected features. ``log(features)`` falls linearly with ``|defocus|``.
+    score : float
+        The focus score: the sum over features of ``(t_1 / t_i)^scale_weight`` (``t_i`` the
+        scale of the feature's band; see :attr:`FocusParams.scale_weight`). Equal to
+        ``features`` when the weight is 0 (``em``, the default).
     threshold : float
         Response threshold used, in normalised intensity units (see :class:`FocusParams`).
         With ``noise_model="signal"`` each feature has its own threshold; this is the median
@@ -47,7 +50,7 @@ class FocusResult:
     noise_sigma : float
         Robust global noise estimate of the normalised image (``nan`` for a constant image).
     focus_map : (rows, cols) float32 ndarray
-        Feature density per cell of ``cell_px`` x ``cell_px`` pixels, in features per
+        Score density per cell of ``cell_px`` x ``cell_px`` pixels, in (weighted) features per
         megapixel (partial cells at the right and bottom edges are scaled by their area).
     cell_px : int
         Side of a focus-map cell in pixels of the scored image.
@@ -76,6 +79,7 @@ class FocusResult:
     """
 
     features: int
+    score: float
     threshold: float
     noise_sigma: float
     focus_map: np.ndarray = field(repr=False)
@@ -93,14 +97,16 @@ class FocusResult:
 
     @property
     def density_per_mpx(self) -> float:
-        """Features per megapixel of the scored image."""
-        return self.features * 1e6 / (self.shape[0] * self.shape[1])
+        """The score per megapixel of the scored image (features per megapixel when
+        ``scale_weight`` is 0)."""
+        return self.score * 1e6 / (self.shape[0] * self.shape[1])
 
     def summary(self) -> dict[str, Any]:
         """Small JSON-able summary (no per-feature arrays)."""
         fmap = self.focus_map
         return {
             "features": self.features,
+            "score": self.score,
             "threshold": self.threshold,
             "noise_sigma": self.noise_sigma,
             "density_per_mpx": self.density_per_mpx,
@@ -120,13 +126,17 @@ class FocusResult:
 
 
 def focus_map_from_positions(
-    positions: np.ndarray, shape: tuple[int, int], cell_px: int
+    positions: np.ndarray,
+    shape: tuple[int, int],
+    cell_px: int,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Feature density per ``cell_px`` cell (features per megapixel) from feature positions."""
+    """Feature density per ``cell_px`` cell (features per megapixel) from feature positions,
+    each feature counting its ``weights`` entry (1 when ``None``)."""
     h, w = shape
     rows, cols = math.ceil(h / cell_px), math.ceil(w / cell_px)
     cell = (positions[:, 0] // cell_px) * cols + positions[:, 1] // cell_px
-    counts = np.bincount(cell, minlength=rows * cols).reshape(rows, cols)
+    counts = np.bincount(cell, weights=weights, minlength=rows * cols).reshape(rows, cols)
     heights = np.minimum(cell_px, h - np.arange(rows) * cell_px)
     widths = np.minimum(cell_px, w - np.arange(cols) * cell_px)
     return (counts * 1e6 / np.outer(heights, widths)).astype(np.float32)
@@ -224,7 +234,8 @@ def focus_score(
     Returns
     -------
     FocusResult
-        ``.features`` is the score. A constant image scores 0.
+        ``.score`` is the score (``.features`` the plain count); ``.density_per_mpx`` the
+        score per megapixel. A constant image scores 0.
 
     Raises
     ------
@@ -240,9 +251,11 @@ def focus_score(
     2. Gaussian scale space at ``t_1..t_{n+1}`` (sigma in pixels), by analytic transfer
        functions in the cosine (mirror-symmetric real FFT) domain, in float32.
     3. ``DoG_i = t_i (L(t_{i+1}) - L(t_i))``; per pixel the maximum over ``i``.
-    4. 3x3 non-maximum suppression (a plateau counts once) and the threshold; the count of
-       what remains is the score. The automatic threshold of a feature peaking in band ``i``
-       at a place of local mean intensity ``mu`` (a square of half-side ``t_i``) is
+    4. 3x3 non-maximum suppression (a plateau counts once) and the threshold; what remains
+       are the features, each adding ``(t_1 / t_i)^scale_weight`` to the score (1 with the
+       default ``em``: the score is the count). The automatic threshold of a feature
+       peaking in band ``i`` at a place of local mean intensity ``mu`` (a square of
+       half-side ``t_i``) is
        ``k * gain * sigma(mu)``: the noise level function ``sigma`` (one level for
        ``noise_model="global"``) carried through the largest DoG white-noise gain.
 
@@ -269,6 +282,7 @@ def focus_score(
         empty = np.zeros((0, 2), np.int32)
         return FocusResult(
             features=0,
+            score=0.0,
             threshold=math.nan,
             noise_sigma=math.nan,
             focus_map=focus_map_from_positions(empty, shape, params.cell_px),
@@ -308,6 +322,9 @@ def focus_score(
     keep = responses > thresholds
     positions_np = candidates[keep].astype(np.int32)
     features = int(positions_np.shape[0])
+    feature_sigmas = np.asarray(sigmas, np.float64)[candidate_bands[keep]]
+    weights = (sigmas[0] / feature_sigmas) ** params.resolved_scale_weight
+    score = float(weights.sum())
     features_2k = int(np.count_nonzero(responses > 2 * np.asarray(thresholds)))
     if isinstance(thresholds, np.ndarray):
         kept = thresholds[keep]
@@ -317,12 +334,13 @@ def focus_score(
     shape = (int(normalised.shape[0]), int(normalised.shape[1]))
     return FocusResult(
         features=features,
+        score=score,
         threshold=threshold,
         noise_sigma=model.sigma,
-        focus_map=focus_map_from_positions(positions_np, shape, params.cell_px),
+        focus_map=focus_map_from_positions(positions_np, shape, params.cell_px, weights),
         cell_px=params.cell_px,
         positions=positions_np,
-        sigmas_px=np.asarray(sigmas, np.float32)[candidate_bands[keep]],
+        sigmas_px=feature_sigmas.astype(np.float32),
         shape=shape,
         downsample=factor,
         params=params,

@@ -181,7 +181,9 @@ class Calibration:
             max_defocus=float(max_defocus),
             center=center,
             unit=unit,
-            params=(params or FocusParams()).to_dict(),
+            # resolved: the preset's values are written in, so a later change of a preset
+            # cannot silently make this calibration apply to a differently defined score
+            params=(params or FocusParams()).resolved().to_dict(),
             instrument=dict(instrument or {}),
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         )
@@ -210,6 +212,8 @@ class Calibration:
         # score alike, and a calibration saved before presets existed (no modality) is em
         ours = params.resolved().to_dict()
         known = {k: v for k, v in self.params.items() if k in ours}
+        # saved before scale_weight existed: every feature counted 1, whatever the preset says now
+        known.setdefault("scale_weight", 0.0)
         try:
             theirs = {**self.params, **FocusParams.from_dict(known).resolved().to_dict()}
         except ConfigError:
