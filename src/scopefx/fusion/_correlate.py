@@ -28,6 +28,8 @@ _LOWPASS = 0.25  # Gaussian weight on the whitened spectrum (sigma, cycles/px): 
 _SMOOTH_PX = 2.0  # Gaussian (sigma) of the crops in the search for the best shift: pixel noise
 _CONFIDENCE = 2.0  # standard errors below the NCC that a shift is scored by
 _DISTINCT_PX = 3.0  # a runner-up peak closer than this to the best is the same match
+_NOISE_BAND = 0.35  # cycles/px beyond which the cross-power's median is taken as noise
+_NOISE_MARGIN = 4.0  # a frequency counts fully once its cross-power is well above that
 
 
 class Measured(NamedTuple):
@@ -180,7 +182,8 @@ def _ncc_surface(
     fb = np.where(vb, b - b[vb].mean(dtype=np.float64), 0.0)
     sa_, sb_ = np.std(fa[va]) or 1.0, np.std(fb[vb]) or 1.0
     fa, fb = fa / sa_, fb / sb_  # unit spread: the sums below stay well scaled
-    pad = [fft.next_fast_len(2 * n - 1, real=True) for n in a.shape]
+    # circular correlation equals the linear one for every |q| <= reach once padded to n + reach
+    pad = [fft.next_fast_len(n + int(r), real=True) for n, r in zip(a.shape, reach, strict=True)]
     coords = np.meshgrid(*[np.linspace(-1, 1, n) for n in a.shape], indexing="ij")
     basis = _monomials(nd, degree)
     k = len(basis)
@@ -202,12 +205,8 @@ def _ncc_surface(
 
     s_fa, s_va = spec(fa), spec(va.astype(np.float64))
     vbm = vb.astype(np.float64)
-    specs: dict[tuple[int, ...], np.ndarray] = {}  # conj spectrum of vb * monomial
-
-    def weighted(e: tuple[int, ...]) -> np.ndarray:
-        if e not in specs:
-            specs[e] = np.conj(spec(vbm * mono(e)))
-        return specs[e]
+    # conj spectra of vb times each basis monomial (kept: the fits use each twice)
+    specs = {e: np.conj(spec(vbm * mono(e))) for e in basis}
 
     shape = tuple(2 * int(r) + 1 for r in reach)
     gram = np.empty((*shape, k, k))
@@ -216,12 +215,13 @@ def _ncc_surface(
         for w in range(u, k):
             e = tuple(x + y for x, y in zip(basis[u], basis[w], strict=True))
             if e not in sums:
-                sums[e] = corr(s_va, weighted(e))
+                weight = specs[e] if e in specs else np.conj(spec(vbm * mono(e)))
+                sums[e] = corr(s_va, weight)
             gram[..., u, w] = gram[..., w, u] = sums[e]
-    sum_a = np.stack([corr(s_fa, weighted(e)) for e in basis], axis=-1)
+    sum_a = np.stack([corr(s_fa, specs[e]) for e in basis], axis=-1)
     sum_b = np.stack([corr(s_va, np.conj(spec(fb * mono(e)))) for e in basis], axis=-1)
     s_ab = corr(s_fa, np.conj(spec(fb)))
-    s_aa = corr(spec(fa * fa), weighted((0,) * nd))
+    s_aa = corr(spec(fa * fa), specs[basis[0]])
     s_bb = corr(s_va, np.conj(spec(fb * fb)))
     n = np.maximum(np.round(gram[..., 0, 0]), 0)
     ok = n >= max(16, 4 * k)
@@ -334,8 +334,9 @@ def _smooth(x: np.ndarray) -> np.ndarray:
 def _subpixel(a: np.ndarray, b: np.ndarray, peak: np.ndarray, degree: int) -> np.ndarray | None:
     """Sub-pixel remainder by phase correlation of the common part at the integer ``peak``,
     both crops cut to the same box, taken minus their polynomial of ``degree`` over the common
-    pixels and given the same window (so neither shading nor the windows can bias it); None
-    when it lands more than a pixel away."""
+    pixels and given the same window (so neither shading nor the windows can bias it), the
+    frequencies weighted by their margin over the noise floor; None when it lands more than a
+    pixel away."""
     from scipy import fft
 
     sa = tuple(slice(max(0, k), n + min(0, k)) for k, n in zip(peak, a.shape, strict=True))
@@ -356,7 +357,19 @@ def _subpixel(a: np.ndarray, b: np.ndarray, peak: np.ndarray, degree: int) -> np
     crops = [np.where(keep, _detrend(z, keep, degree), 0.0) * window for z in (x, y)]
     cross = fft.rfftn(crops[0]) * np.conj(fft.rfftn(crops[1]))
     lowpass = _outer([np.exp(-0.5 * (f / _LOWPASS) ** 2) for f in _freqs(x.shape)])
-    cross *= lowpass / np.maximum(np.abs(cross), 1e-30 + 1e-12 * np.abs(cross).max())
+    # Whitened (phase only), weighted by a Gaussian low-pass and by how far each frequency's
+    # cross-power stands above the noise floor (its median beyond 0.35 cycles/px, where
+    # microscopy content is weakest): noise-dominated frequencies, whose phases are random,
+    # drop out instead of counting as much as the content's.
+    mag = np.abs(cross)
+    radius = np.sqrt(sum(np.square(g) for g in np.meshgrid(*_freqs(x.shape), indexing="ij")))
+    high = mag[radius > _NOISE_BAND]
+    noise = float(np.median(high)) if high.size else 0.0
+    safe = np.maximum(mag, 1e-30 + 1e-12 * mag.max())
+    weight = lowpass * np.clip(1 - _NOISE_MARGIN * noise / safe, 0, 1)
+    if not np.any(weight > 0):
+        return None  # nothing above the noise: the caller falls back to the NCC surface
+    cross *= weight / safe
     d = _refine(cross, x.shape, np.zeros(x.ndim))
     return d if np.all(np.abs(d) <= 1) else None
 
