@@ -27,6 +27,7 @@ _UPSAMPLE = 20  # sub-pixel resolution of the peak search: 1 / 20 px
 _LOWPASS = 0.25  # Gaussian weight on the whitened spectrum (sigma, cycles/px): damps aliasing
 _SMOOTH_PX = 2.0  # Gaussian (sigma) of the crops in the search for the best shift: pixel noise
 _CONFIDENCE = 2.0  # standard errors below the NCC that a shift is scored by
+_CHANCE = 0.01  # accepted probability that unrelated content gives a match (over the search)
 _DISTINCT_PX = 3.0  # a runner-up peak closer than this to the best is the same match
 _NOISE_BAND = 0.35  # cycles/px beyond which the cross-power's median is taken as noise
 _NOISE_MARGIN = 4.0  # a frequency counts fully once its cross-power is well above that
@@ -39,6 +40,7 @@ class Measured(NamedTuple):
     quality: float  # NCC at the shift, 0..1
     runner_up: float  # best NCC of a distinct candidate shift (0 when none)
     overlap: tuple[int, ...]  # extent of the common pixels at the shift
+    significant: bool = True  # the match stands above what chance gives over the search
 
 
 class Plan(NamedTuple):
@@ -290,8 +292,11 @@ def measure(
     # A thin common part gives high NCC by chance: score each shift by a lower confidence
     # bound of its NCC (Fisher z minus _CONFIDENCE standard errors, with the pixels counted in
     # independent samples of the content's correlation area).
-    samples = count / max(_corr_area(sa), _corr_area(sb))
-    z = np.arctanh(np.clip(ncc, -0.999, 0.999)) - _CONFIDENCE / np.sqrt(np.maximum(samples - 3, 1))
+    area = max(_corr_area(sa), _corr_area(sb))
+    samples = count / area
+    fisher = np.arctanh(np.clip(ncc, -0.999, 0.999))
+    error = 1 / np.sqrt(np.maximum(samples - 3, 1))
+    z = fisher - _CONFIDENCE * error
     score = np.where(ok, np.tanh(z), -np.inf)
     if not np.isfinite(score).any():
         return nothing
@@ -303,7 +308,19 @@ def measure(
     sub = _subpixel(a, b, peak, degree)
     shift = peak + (sub if sub is not None else _parabola(score, best))
     overlap = tuple(int(e.flat[int(best[ax])]) for ax, e in enumerate(extents))
-    return Measured(shift, quality, runner, overlap)
+    # Significance over the whole search: on unrelated content the best of M independent
+    # shifts exceeds t standard errors with probability about M P(Z > t); a match must beat
+    # the t at which that is _CHANCE. Shifts closer than the content's correlation length are
+    # not independent, so M = shifts / correlation area; the NCC's standard error under that
+    # null is Bartlett's, from the two crops' autocorrelations (_shared_area).
+    from scipy.special import ndtri
+
+    shared = _shared_area(sa, sb, degree)
+    tries = max(float(np.count_nonzero(ok)) / shared, 1.0)
+    spread = 1 / math.sqrt(max(float(count[tuple(best)]) / shared - 3, 1))
+    chance = -float(ndtri(_CHANCE / tries)) * spread
+    significant = bool(fisher[tuple(best)] > chance)
+    return Measured(shift, quality, runner, overlap, significant)
 
 
 def _corr_area(x: np.ndarray) -> float:
@@ -318,6 +335,27 @@ def _corr_area(x: np.ndarray) -> float:
         step = float(np.std(d, dtype=np.float64)) if d.size else 0.0
         area *= float(np.clip(math.sqrt(2) * spread / max(step, 1e-12), 1.0, 64.0))
     return area
+
+
+def _shared_area(
+    a: np.ndarray, b: np.ndarray, degree: int, max_lag: int = 32
+) -> float:
+    """Bartlett's effective area (px^nd): ``sum_t rho_a(t) rho_b(t)`` over lags up to
+    ``max_lag``, of the crops minus their polynomial of ``degree`` (as the NCC sees them), so
+    that the NCC of ``n`` common pixels of two unrelated crops has variance about
+    ``area / n``."""
+    from scipy import fft
+
+    rho = []
+    for x in (a, b):
+        v = np.isfinite(x)
+        z = np.where(v, _detrend(x, v, degree), 0.0)
+        pad = [fft.next_fast_len(n + max_lag, real=True) for n in z.shape]
+        auto = fft.irfftn(np.abs(fft.rfftn(z, s=pad)) ** 2, s=pad)
+        lags = np.ix_(*[np.arange(-min(max_lag, n - 1), min(max_lag, n - 1) + 1) % p
+                        for n, p in zip(z.shape, pad, strict=True)])  # fmt: skip
+        rho.append(auto[lags] / max(float(auto.flat[0]), 1e-300))
+    return float(np.clip(np.sum(rho[0] * rho[1]), 1.0, None))
 
 
 def _smooth(x: np.ndarray) -> np.ndarray:

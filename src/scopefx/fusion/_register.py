@@ -74,7 +74,8 @@ class PairResult:
         Correction of tile ``j`` relative to tile ``i`` beyond what the current transforms
         predict, index order, mosaic pixels (NaN when nothing could be measured).
     quality : float
-        Normalised cross-correlation (0..1) of the two high-passed crops at the shift.
+        Normalised cross-correlation (0..1) of the two crops at the shift, each minus its
+        polynomial fit over their common pixels (``detrend_degree``).
     overlap_px : tuple of int
         Extent of the stage overlap, index order.
     used : bool
@@ -388,7 +389,8 @@ def _settle(
     is_corner = np.array(corner, dtype=bool)
     status = np.full(m, "used", dtype=object)
     status[~np.all(np.isfinite(shifts), axis=1)] = "blank"
-    status[(status == "used") & (quality < params.min_quality)] = "low_quality"
+    chance = np.array([not r.significant for r in results], dtype=bool)
+    status[(status == "used") & ((quality < params.min_quality) | chance)] = "low_quality"
     status[(status == "used") & (quality - runner < params.min_peak_margin)] = "ambiguous"
     if not params.corner_pairs:
         status[is_corner] = "corner"
