@@ -337,9 +337,7 @@ def _corr_area(x: np.ndarray) -> float:
     return area
 
 
-def _shared_area(
-    a: np.ndarray, b: np.ndarray, degree: int, max_lag: int = 32
-) -> float:
+def _shared_area(a: np.ndarray, b: np.ndarray, degree: int, max_lag: int = 32) -> float:
     """Bartlett's effective area (px^nd): ``sum_t rho_a(t) rho_b(t)`` over lags up to
     ``max_lag``, of the crops minus their polynomial of ``degree`` (as the NCC sees them), so
     that the NCC of ``n`` common pixels of two unrelated crops has variance about
