@@ -8,9 +8,9 @@ multiview-stitcher (and m2stitch where it runs) in the same run.
 
 Each tool runs in its own process on the set's ``stage.csv`` with its default settings:
 
-* **scopefx**: ``scopefx.fuse(stage.csv, OUT.ome.zarr, register=True)`` (the CLI's
-  ``scopefx fuse --register``; registration with ``RegistrationParams()``), level 0 and the
-  pyramid written to a temporary OME-Zarr;
+* **scopefx**: ``scopefx.fuse(stage.csv, OUT.ome.zarr, options=FuseOptions(register=True))``
+  (the CLI's ``scopefx fuse --register``; registration with ``RegistrationParams()``), level 0
+  and the pyramid written to a temporary OME-Zarr;
 * **mvs**: ``bench/_mvs_register_peer.py`` in ``bench/.venv-mvs`` (``bench/setup_peer.sh``):
   ``registration.register`` then ``fusion.fuse`` in memory, package defaults;
 * **m2stitch**: ``bench/_m2stitch_peer.py`` in the same environment when ``m2stitch`` imports
@@ -46,10 +46,10 @@ PEER_PY = HERE / ".venv-mvs" / "bin" / "python"
 _SCOPEFX_SIDE = """
 import json, sys, time
 t0 = time.perf_counter()
-from scopefx.fusion import fuse
+from scopefx.fusion import FuseOptions, fuse
 from scopefx.io import read_tile_table
 stage, out, js = sys.argv[1:4]
-result = fuse(stage, out, register=True, overwrite=True)
+result = fuse(stage, out, options=FuseOptions(register=True, overwrite=True))
 wall = time.perf_counter() - t0
 table = read_tile_table(result.extra["registration"]["table"])
 pos = [[float(a[1, 2]), float(a[0, 2])] for a in table.affines]

@@ -1,9 +1,10 @@
 """Measuring one overlap: crops on the stage overlap enlarged by the search range, flat-field
-corrected and high-passed (minus a large Gaussian), then smoothed (a small one); the normalised
-cross-correlation (NCC) on the pixels both tiles hold is computed for every shift in range at
-once (masked NCC by FFT), its maximum is the match, refined to 1/20 px by phase correlation of
-the unsmoothed common part; the best NCC away from that peak (the runner-up) tells whether the
-match is unique (a repeated pattern gives several equally good peaks).
+corrected (optionally high-passed), then smoothed (a small Gaussian); the normalised
+cross-correlation (NCC) on the pixels both tiles hold, each crop taken minus its quadratic fit
+over those pixels (smooth shading drops out), is computed for every shift in range at once
+(masked NCC by FFT), its maximum is the match, refined to 1/20 px by phase correlation of the
+unsmoothed, detrended common part; the best NCC away from that peak (the runner-up) tells
+whether the match is unique (a repeated pattern gives several equally good peaks).
 
 References
 ----------
@@ -26,7 +27,10 @@ _UPSAMPLE = 20  # sub-pixel resolution of the peak search: 1 / 20 px
 _LOWPASS = 0.25  # Gaussian weight on the whitened spectrum (sigma, cycles/px): damps aliasing
 _SMOOTH_PX = 2.0  # Gaussian (sigma) of the crops in the search for the best shift: pixel noise
 _CONFIDENCE = 2.0  # standard errors below the NCC that a shift is scored by
+_CHANCE = 0.01  # accepted probability that unrelated content gives a match (over the search)
 _DISTINCT_PX = 3.0  # a runner-up peak closer than this to the best is the same match
+_NOISE_BAND = 0.35  # cycles/px beyond which the cross-power's median is taken as noise
+_NOISE_MARGIN = 4.0  # a frequency counts fully once its cross-power is well above that
 
 
 class Measured(NamedTuple):
@@ -36,6 +40,7 @@ class Measured(NamedTuple):
     quality: float  # NCC at the shift, 0..1
     runner_up: float  # best NCC of a distinct candidate shift (0 when none)
     overlap: tuple[int, ...]  # extent of the common pixels at the shift
+    significant: bool = True  # the match stands above what chance gives over the search
 
 
 class Plan(NamedTuple):
@@ -76,7 +81,8 @@ def plan_pair(
 def prepare(
     data: Any, nd: int, flatfield: Any, highpass_sigma_px: float | None
 ) -> tuple[np.ndarray, float]:
-    """One tile as registration sees it: channels summed, flat-field corrected, high-passed.
+    """One tile as registration sees it: channels summed, flat-field corrected, high-passed
+    when ``highpass_sigma_px`` is given (None or 0: not).
 
     Returns the plane and its mean absolute raw value (the scale a blank crop is judged by).
     """
@@ -88,10 +94,6 @@ def prepare(
     if plane.ndim > nd:
         plane = plane.reshape(-1, *plane.shape[-nd:]).sum(axis=0)
     scale = float(np.mean(np.abs(plane), dtype=np.float64)) + 1e-12
-    if highpass_sigma_px is None:  # auto: 5 % of the smaller extent
-        from ._regparams import AUTO_HIGHPASS
-
-        highpass_sigma_px = max(4.0, AUTO_HIGHPASS * min(plane.shape))
     if highpass_sigma_px:
         sigma = [min(highpass_sigma_px, n / 4) for n in plane.shape]
         plane = plane - ndimage.gaussian_filter(plane, sigma, mode="reflect")
@@ -151,47 +153,101 @@ def _refine(half: np.ndarray, shape: Sequence[int], peak: np.ndarray) -> np.ndar
     return peak + (np.asarray(up) - centre) / _UPSAMPLE
 
 
-def _ncc_surface(a: np.ndarray, b: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, ...]:
-    """NCC of ``a(m + q)`` and ``b(m)`` over the pixels both hold, for every ``|q| <= reach``.
+def _monomials(nd: int, degree: int) -> list[tuple[int, ...]]:
+    """Exponents of the monomials of ``nd`` coordinates up to total ``degree``, constant first."""
+    import itertools
 
-    Masked normalised cross-correlation by FFT (Padfield 2012): six correlations of the
-    zero-filled crops, their masks and squares. Returns the NCC surface, the number of common
-    pixels, and for each axis the extent of the common part, all indexed by ``q + reach``.
+    out = [e for e in itertools.product(range(degree + 1), repeat=nd) if sum(e) <= degree]
+    return sorted(out, key=lambda e: (sum(e), e[::-1]))
+
+
+def _ncc_surface(
+    a: np.ndarray, b: np.ndarray, reach: np.ndarray, degree: int
+) -> tuple[np.ndarray, ...]:
+    """NCC of ``a(m + q)`` and ``b(m)`` over the pixels both hold, for every ``|q| <= reach``,
+    each crop taken minus its least-squares polynomial of ``degree`` in the coordinates over
+    those common pixels (degree 0: minus its mean, the plain masked NCC).
+
+    Both crops are fitted on the same pixels with the same basis, so shading that is smooth
+    over the common part (vignetting, uneven illumination) drops out of the match without a
+    per-tile high-pass, whose estimate near a tile's edge (where every overlap lies) differs
+    between the two tiles and so biases smooth content. The fits' sums are masked
+    correlations of coordinate-weighted crops and masks, all by FFT (Padfield 2012 extended
+    from the mean to a polynomial). Returns the NCC surface, the number of common pixels,
+    and for each axis the extent of the common part, all indexed by ``q + reach``.
     """
     from scipy import fft
 
+    nd = a.ndim
     va, vb = np.isfinite(a), np.isfinite(b)
-    # centred (so float32 sums lose little precision) and zero outside the tiles
-    fa = np.where(va, a - np.float32(a[va].mean(dtype=np.float64)), np.float32(0))
-    fb = np.where(vb, b - np.float32(b[vb].mean(dtype=np.float64)), np.float32(0))
-    pad = [fft.next_fast_len(2 * n - 1, real=True) for n in a.shape]
+    fa = np.where(va, a - a[va].mean(dtype=np.float64), 0.0)
+    fb = np.where(vb, b - b[vb].mean(dtype=np.float64), 0.0)
+    sa_, sb_ = np.std(fa[va]) or 1.0, np.std(fb[vb]) or 1.0
+    fa, fb = fa / sa_, fb / sb_  # unit spread: the sums below stay well scaled
+    # circular correlation equals the linear one for every |q| <= reach once padded to n + reach
+    pad = [fft.next_fast_len(n + int(r), real=True) for n, r in zip(a.shape, reach, strict=True)]
+    coords = np.meshgrid(*[np.linspace(-1, 1, n) for n in a.shape], indexing="ij")
+    basis = _monomials(nd, degree)
+    k = len(basis)
+
+    def mono(e: tuple[int, ...]) -> np.ndarray:
+        out = np.ones(a.shape)
+        for c, p in zip(coords, e, strict=True):
+            if p:
+                out = out * c**p
+        return out
+
+    index = np.ix_(*[np.arange(-r, r + 1) % p for r, p in zip(reach, pad, strict=True)])
 
     def spec(x: np.ndarray) -> np.ndarray:
         return fft.rfftn(x, s=pad)
 
-    sa, sma, saa = spec(fa), spec(va.astype(np.float32)), spec(fa * fa)
-    sb, smb, sbb = np.conj(spec(fb)), np.conj(spec(vb.astype(np.float32))), np.conj(spec(fb * fb))
-    index = np.ix_(*[np.arange(-r, r + 1) % p for r, p in zip(reach, pad, strict=True)])
-
     def corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.asarray(fft.irfftn(x * y, s=pad)[index], dtype=np.float64)
 
-    n = np.maximum(np.round(corr(sma, smb)), 0)
-    sum_a, sum_b = corr(sa, smb), corr(sma, sb)
-    safe = np.maximum(n, 1)
-    num = corr(sa, sb) - sum_a * sum_b / safe
-    var = (corr(saa, smb) - sum_a**2 / safe) * (corr(sma, sbb) - sum_b**2 / safe)
-    ncc = np.where((n >= 16) & (var > 0), num / np.sqrt(np.maximum(var, 1e-300)), 0.0)
+    s_fa, s_va = spec(fa), spec(va.astype(np.float64))
+    vbm = vb.astype(np.float64)
+    # conj spectra of vb times each basis monomial (kept: the fits use each twice)
+    specs = {e: np.conj(spec(vbm * mono(e))) for e in basis}
+
+    shape = tuple(2 * int(r) + 1 for r in reach)
+    gram = np.empty((*shape, k, k))
+    sums: dict[tuple[int, ...], np.ndarray] = {}
+    for u in range(k):
+        for w in range(u, k):
+            e = tuple(x + y for x, y in zip(basis[u], basis[w], strict=True))
+            if e not in sums:
+                weight = specs[e] if e in specs else np.conj(spec(vbm * mono(e)))
+                sums[e] = corr(s_va, weight)
+            gram[..., u, w] = gram[..., w, u] = sums[e]
+    sum_a = np.stack([corr(s_fa, specs[e]) for e in basis], axis=-1)
+    sum_b = np.stack([corr(s_va, np.conj(spec(fb * mono(e)))) for e in basis], axis=-1)
+    s_ab = corr(s_fa, np.conj(spec(fb)))
+    s_aa = corr(spec(fa * fa), specs[basis[0]])
+    s_bb = corr(s_va, np.conj(spec(fb * fb)))
+    n = np.maximum(np.round(gram[..., 0, 0]), 0)
+    ok = n >= max(16, 4 * k)
+    eye = np.eye(k) * 1e-9 * np.maximum(n, 1)[..., None, None]
+    gram = np.where(ok[..., None, None], gram + eye, np.eye(k))
+    both = np.linalg.solve(gram, np.stack([sum_a, sum_b], axis=-1))  # (..., k, 2)
+    pa, pb = both[..., 0], both[..., 1]
+    num = s_ab - np.einsum("...k,...k->...", sum_a, pb)
+    var_a = s_aa - np.einsum("...k,...k->...", sum_a, pa)
+    var_b = s_bb - np.einsum("...k,...k->...", sum_b, pb)
+    var = var_a * var_b
+    scale = 1e-9 * np.maximum(s_aa * s_bb, 1e-300)
+    ncc = np.where(ok & (var_a > 0) & (var_b > 0) & (var > scale),
+                   num / np.sqrt(np.maximum(var, 1e-300)), 0.0)  # fmt: skip
     # extent of the common part along each axis: from the masks' 1-D projections
     extents = []
-    for ax in range(a.ndim):
-        other = tuple(o for o in range(a.ndim) if o != ax)
-        pa, pb = va.any(axis=other), vb.any(axis=other)
+    for ax in range(nd):
+        other = tuple(o for o in range(nd) if o != ax)
+        px, py = va.any(axis=other), vb.any(axis=other)
         r = int(reach[ax])
-        e = np.array([np.count_nonzero(_overlap_1d(pa, pb, q)) for q in range(-r, r + 1)])
-        shape = [1] * a.ndim
-        shape[ax] = len(e)
-        extents.append(e.reshape(shape))
+        e1 = np.array([np.count_nonzero(_overlap_1d(px, py, q)) for q in range(-r, r + 1)])
+        sh = [1] * nd
+        sh[ax] = len(e1)
+        extents.append(e1.reshape(sh))
     return (np.clip(ncc, -1, 1), n, *extents)
 
 
@@ -202,9 +258,14 @@ def _overlap_1d(pa: np.ndarray, pb: np.ndarray, q: int) -> np.ndarray:
 
 
 def measure(
-    a: np.ndarray, b: np.ndarray, reach: float, min_overlap_px: float, blank: tuple[float, float]
-) -> Measured:
+    a: np.ndarray, b: np.ndarray, reach: float, min_overlap_px: float, blank: tuple[float, float],
+    degree: int = 2,
+) -> Measured:  # fmt: skip
     """Shift ``d`` with ``b(m) ~ a(m + d)``: the NCC maximum within ``reach``; NaN if blank.
+
+    ``degree``: each crop is taken minus its least-squares polynomial of this degree over the
+    common part of every shift (see :func:`_ncc_surface`) in the search and in the sub-pixel
+    step.
 
     ``blank`` holds each tile's raw scale: a crop whose band-passed spread is below 1e-5 of it
     has no content. Shifts whose common part is narrower than ``min_overlap_px`` along an axis
@@ -224,15 +285,18 @@ def measure(
     need = np.array([min(min_overlap_px, n) for n in stage], dtype=float)
     r = np.minimum(math.ceil(reach), np.array(a.shape) - 1)
     sa, sb = _smooth(a), _smooth(b)
-    ncc, count, *extents = _ncc_surface(sa, sb, r)
+    ncc, count, *extents = _ncc_surface(sa, sb, r, degree)
     ok = count >= 16
     for ax, e in enumerate(extents):
         ok = ok & (e >= need[ax] - 1e-9)
     # A thin common part gives high NCC by chance: score each shift by a lower confidence
     # bound of its NCC (Fisher z minus _CONFIDENCE standard errors, with the pixels counted in
     # independent samples of the content's correlation area).
-    samples = count / max(_corr_area(sa), _corr_area(sb))
-    z = np.arctanh(np.clip(ncc, -0.999, 0.999)) - _CONFIDENCE / np.sqrt(np.maximum(samples - 3, 1))
+    area = max(_corr_area(sa), _corr_area(sb))
+    samples = count / area
+    fisher = np.arctanh(np.clip(ncc, -0.999, 0.999))
+    error = 1 / np.sqrt(np.maximum(samples - 3, 1))
+    z = fisher - _CONFIDENCE * error
     score = np.where(ok, np.tanh(z), -np.inf)
     if not np.isfinite(score).any():
         return nothing
@@ -241,10 +305,22 @@ def measure(
     runner = _runner_up(score, best)
     runner = float(np.clip(runner + (quality - max(float(score[tuple(best)]), 0.0)), 0, 1))
     peak = best - r
-    sub = _subpixel(a, b, peak)
+    sub = _subpixel(a, b, peak, degree)
     shift = peak + (sub if sub is not None else _parabola(score, best))
     overlap = tuple(int(e.flat[int(best[ax])]) for ax, e in enumerate(extents))
-    return Measured(shift, quality, runner, overlap)
+    # Significance over the whole search: on unrelated content the best of M independent
+    # shifts exceeds t standard errors with probability about M P(Z > t); a match must beat
+    # the t at which that is _CHANCE. Shifts closer than the content's correlation length are
+    # not independent, so M = shifts / correlation area; the NCC's standard error under that
+    # null is Bartlett's, from the two crops' autocorrelations (_shared_area).
+    from scipy.special import ndtri
+
+    shared = _shared_area(sa, sb, degree)
+    tries = max(float(np.count_nonzero(ok)) / shared, 1.0)
+    spread = 1 / math.sqrt(max(float(count[tuple(best)]) / shared - 3, 1))
+    chance = -float(ndtri(_CHANCE / tries)) * spread
+    significant = bool(fisher[tuple(best)] > chance)
+    return Measured(shift, quality, runner, overlap, significant)
 
 
 def _corr_area(x: np.ndarray) -> float:
@@ -261,6 +337,25 @@ def _corr_area(x: np.ndarray) -> float:
     return area
 
 
+def _shared_area(a: np.ndarray, b: np.ndarray, degree: int, max_lag: int = 32) -> float:
+    """Bartlett's effective area (px^nd): ``sum_t rho_a(t) rho_b(t)`` over lags up to
+    ``max_lag``, of the crops minus their polynomial of ``degree`` (as the NCC sees them), so
+    that the NCC of ``n`` common pixels of two unrelated crops has variance about
+    ``area / n``."""
+    from scipy import fft
+
+    rho = []
+    for x in (a, b):
+        v = np.isfinite(x)
+        z = np.where(v, _detrend(x, v, degree), 0.0)
+        pad = [fft.next_fast_len(n + max_lag, real=True) for n in z.shape]
+        auto = fft.irfftn(np.abs(fft.rfftn(z, s=pad)) ** 2, s=pad)
+        lags = np.ix_(*[np.arange(-min(max_lag, n - 1), min(max_lag, n - 1) + 1) % p
+                        for n, p in zip(z.shape, pad, strict=True)])  # fmt: skip
+        rho.append(auto[lags] / max(float(auto.flat[0]), 1e-300))
+    return float(np.clip(np.sum(rho[0] * rho[1]), 1.0, None))
+
+
 def _smooth(x: np.ndarray) -> np.ndarray:
     """Gaussian of ``_SMOOTH_PX`` over the valid pixels only (normalised convolution): pixel
     noise out of the search for the best shift; the sub-pixel step sees the unsmoothed crops."""
@@ -272,10 +367,12 @@ def _smooth(x: np.ndarray) -> np.ndarray:
     return np.where(valid, num / np.maximum(den, 1e-6), np.float32(np.nan))
 
 
-def _subpixel(a: np.ndarray, b: np.ndarray, peak: np.ndarray) -> np.ndarray | None:
+def _subpixel(a: np.ndarray, b: np.ndarray, peak: np.ndarray, degree: int) -> np.ndarray | None:
     """Sub-pixel remainder by phase correlation of the common part at the integer ``peak``,
-    both crops cut to the same box and given the same window (so the windows cannot bias it);
-    None when it lands more than a pixel away."""
+    both crops cut to the same box, taken minus their polynomial of ``degree`` over the common
+    pixels and given the same window (so neither shading nor the windows can bias it), the
+    frequencies weighted by their margin over the noise floor; None when it lands more than a
+    pixel away."""
     from scipy import fft
 
     sa = tuple(slice(max(0, k), n + min(0, k)) for k, n in zip(peak, a.shape, strict=True))
@@ -293,15 +390,36 @@ def _subpixel(a: np.ndarray, b: np.ndarray, peak: np.ndarray) -> np.ndarray | No
     if min(x.shape) < 4:
         return None
     window = _outer([_tukey(n) for n in x.shape])
-    crops = []
-    for z in (x, y):
-        m = np.float32(z[keep].mean(dtype=np.float64))
-        crops.append(np.where(keep, z - m, np.float32(0)) * window)
+    crops = [np.where(keep, _detrend(z, keep, degree), 0.0) * window for z in (x, y)]
     cross = fft.rfftn(crops[0]) * np.conj(fft.rfftn(crops[1]))
     lowpass = _outer([np.exp(-0.5 * (f / _LOWPASS) ** 2) for f in _freqs(x.shape)])
-    cross *= lowpass / np.maximum(np.abs(cross), 1e-30 + 1e-12 * np.abs(cross).max())
+    # Whitened (phase only), weighted by a Gaussian low-pass and by how far each frequency's
+    # cross-power stands above the noise floor (its median beyond 0.35 cycles/px, where
+    # microscopy content is weakest): noise-dominated frequencies, whose phases are random,
+    # drop out instead of counting as much as the content's.
+    mag = np.abs(cross)
+    radius = np.sqrt(sum(np.square(g) for g in np.meshgrid(*_freqs(x.shape), indexing="ij")))
+    high = mag[radius > _NOISE_BAND]
+    noise = float(np.median(high)) if high.size else 0.0
+    safe = np.maximum(mag, 1e-30 + 1e-12 * mag.max())
+    weight = lowpass * np.clip(1 - _NOISE_MARGIN * noise / safe, 0, 1)
+    if not np.any(weight > 0):
+        return None  # nothing above the noise: the caller falls back to the NCC surface
+    cross *= weight / safe
     d = _refine(cross, x.shape, np.zeros(x.ndim))
     return d if np.all(np.abs(d) <= 1) else None
+
+
+def _detrend(z: np.ndarray, keep: np.ndarray, degree: int) -> np.ndarray:
+    """``z`` minus its least-squares polynomial of ``degree`` over the pixels ``keep``."""
+    coords = np.meshgrid(*[np.linspace(-1, 1, n) for n in z.shape], indexing="ij")
+    basis = np.stack(
+        [np.prod([c**p for c, p in zip(coords, e, strict=True)], axis=0)
+         for e in _monomials(z.ndim, degree)], axis=-1,
+    )  # fmt: skip
+    values = z[keep].astype(np.float64)
+    coef = np.linalg.lstsq(basis[keep], values - values.mean(), rcond=None)[0]
+    return z - values.mean() - basis @ coef
 
 
 def _parabola(score: np.ndarray, best: np.ndarray) -> np.ndarray:

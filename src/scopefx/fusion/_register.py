@@ -6,9 +6,10 @@ The steps, in the order :func:`register` runs them:
    overlaps partially along more than one axis (diagonal neighbours sharing only a corner) is
    not measured by default: its small corner holds mostly vignetting.
 2. **Measure each side pair** (:mod:`._correlate`): crops on the stage overlap enlarged by the
-   search range, flat-field corrected when a flat field is given, high-passed, windowed and
-   phase-correlated; the best peaks are checked by normalised cross-correlation (NCC) on the
-   pixels both tiles hold at that shift. A match must reach ``min_quality`` and beat the best
+   search range, flat-field corrected when a flat field is given; the normalised
+   cross-correlation (NCC) on the pixels both tiles hold, each crop minus its quadratic fit
+   over them (so smooth shading does not correlate), for every shift in range; the best
+   refined by phase correlation. A match must reach ``min_quality`` and beat the best
    distinct runner-up by ``min_peak_margin`` (a repeated pattern, such as graph paper, gives
    several equally good peaks: such a pair is *ambiguous* and not used).
 3. **Stage model** (as MIST does): a side pair that gave no usable match takes the median
@@ -73,7 +74,8 @@ class PairResult:
         Correction of tile ``j`` relative to tile ``i`` beyond what the current transforms
         predict, index order, mosaic pixels (NaN when nothing could be measured).
     quality : float
-        Normalised cross-correlation (0..1) of the two high-passed crops at the shift.
+        Normalised cross-correlation (0..1) of the two crops at the shift, each minus its
+        polynomial fit over their common pixels (``detrend_degree``).
     overlap_px : tuple of int
         Extent of the stage overlap, index order.
     used : bool
@@ -387,7 +389,8 @@ def _settle(
     is_corner = np.array(corner, dtype=bool)
     status = np.full(m, "used", dtype=object)
     status[~np.all(np.isfinite(shifts), axis=1)] = "blank"
-    status[(status == "used") & (quality < params.min_quality)] = "low_quality"
+    chance = np.array([not r.significant for r in results], dtype=bool)
+    status[(status == "used") & ((quality < params.min_quality) | chance)] = "low_quality"
     status[(status == "used") & (quality - runner < params.min_peak_margin)] = "ambiguous"
     if not params.corner_pairs:
         status[is_corner] = "corner"
@@ -529,7 +532,8 @@ def _measure_all(
         return [(p, side, cut(plane, table[k].affine, plans[p]), scale) for p, side in by_tile[k]]
 
     def correlate(p: int, a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -> Measured:
-        r = measure(a[0], b[0], plans[p].reach, params.min_overlap_px, (a[1], b[1]))
+        r = measure(a[0], b[0], plans[p].reach, params.min_overlap_px, (a[1], b[1]),
+                    params.detrend_degree)  # fmt: skip
         return r._replace(shift=r.shift + plans[p].adjust)
 
     pending: dict[int, list[tuple[np.ndarray, float] | None]] = {}

@@ -12,13 +12,10 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["AUTO_HIGHPASS", "AUTO_SHIFT", "RegistrationParams"]
+__all__ = ["AUTO_SHIFT", "RegistrationParams"]
 
 #: Default search range: this fraction of the pair's smaller tile extent (at least 8 px).
 AUTO_SHIFT = 0.15
-
-#: Default high-pass (Gaussian sigma): this fraction of the tile's smaller extent (at least 4 px).
-AUTO_HIGHPASS = 0.05
 
 
 def _check(name: str, value: Any, ok: bool, expected: str) -> None:
@@ -54,9 +51,14 @@ class RegistrationParams:
         Weight of ``c_k = 0`` per tile: fixes the global offset and keeps unconnected tiles at
         their stage position.
     highpass_sigma_px : float, optional
-        Gaussian (sigma, px) subtracted from each tile before correlation: removes vignetting
-        and uneven illumination. Default (None): 5 % of the tile's smaller extent, at least
-        4 px (30 px for 600 px tiles). 0 disables.
+        Gaussian (sigma, px) subtracted from each tile before correlation. Default (None) or
+        0: none; ``detrend_degree`` removes smooth shading instead, fitted on the common part
+        of each shift alike in both tiles (a per-tile high-pass is estimated differently near
+        the two tiles' edges, where the overlap lies, and biases smooth content).
+    detrend_degree : int
+        Each pair's crops are compared minus their least-squares polynomial of this degree
+        (0: the mean only; 1: a plane; 2: a quadratic, the default, which takes out
+        vignetting over the overlap) fitted on the pixels both tiles hold at each shift.
     corner_pairs : bool
         Also measure diagonal neighbours that share only a corner (off by default).
     stage_model : bool
@@ -79,6 +81,7 @@ class RegistrationParams:
     outlier_px: float = 1.5
     prior_weight: float = 1e-4
     highpass_sigma_px: float | None = None
+    detrend_degree: int = 2
     corner_pairs: bool = False
     stage_model: bool = True
     min_usable_fraction: float = 0.5
@@ -100,12 +103,16 @@ class RegistrationParams:
         hp = self.highpass_sigma_px
         ok_hp = hp is None or (_number(hp) and 0 <= hp < math.inf)
         _check("highpass_sigma_px", hp, ok_hp, ">= 0 or None")
+        dd = self.detrend_degree
+        ok_dd = isinstance(dd, (int, np.integer)) and not isinstance(dd, bool) and 0 <= dd <= 2
+        _check("detrend_degree", dd, ok_dd, "0, 1 or 2")
+        object.__setattr__(self, "detrend_degree", int(dd))
         for name in ("corner_pairs", "stage_model", "allow_partial"):
             v = getattr(self, name)
             _check(name, v, isinstance(v, bool), "True or False")
         for f in dataclasses.fields(self):  # plain floats, so to_dict round-trips exactly
             v = getattr(self, f.name)
-            if _number(v):
+            if _number(v) and f.name != "detrend_degree":
                 object.__setattr__(self, f.name, float(v))
 
     def to_dict(self) -> dict[str, Any]:
