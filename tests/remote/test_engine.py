@@ -219,6 +219,8 @@ def dying_engine(data_root):
         "SCOPEFX_OUTPUT_ROOTS": str(data_root),
         "PYTHONPATH": f"{src}:{here}",
         "SCOPEFX_TEST_DIES_ON": "run1/section_0005.tif",
+        # bounds every task, so the client counts a task unanswered for 20 + 60 s lost
+        "GC_TASK_TIMEOUT": "20",
     }
     ex = _DyingEngine(2, env=env)
     try:
@@ -228,11 +230,6 @@ def dying_engine(data_root):
         ex.shutdown()
 
 
-@pytest.mark.skip(
-    reason="hangs intermittently: a task whose worker process died is sometimes never reported "
-    "lost by the engine, and the client waits for it forever (seen in 1 of 3 serial CI runs "
-    "and 2 of 2 pytest-xdist runs; passes otherwise). Open in docs/security.md"
-)
 def test_an_image_that_kills_its_worker_costs_only_itself(
     dying_engine, data_root, section_refs, caplog, monkeypatch
 ):
