@@ -152,9 +152,10 @@ def test_a_task_never_answered_is_sent_again_without_a_hang(in_root, section_ref
     without charging the attempts its references carry."""
     caplog.set_level(logging.WARNING, logger="scopefx.remote.client")
     forget = section_refs[5]
-    with ForgetfulExecutor(forget, times=2) as pool, Client(
-        pool, batch_size=6, max_retries=1, lost_after_s=0.5, progress=False
-    ) as client:
+    with (
+        ForgetfulExecutor(forget, times=2) as pool,
+        Client(pool, batch_size=6, max_retries=1, lost_after_s=0.5, progress=False) as client,
+    ):
         records = client.score_focus(section_refs)
     assert [r.path for r in records] == section_refs
     assert [r.status for r in records] == ["ok"] * len(section_refs)
@@ -165,9 +166,10 @@ def test_a_task_never_answered_is_sent_again_without_a_hang(in_root, section_ref
 
 def test_a_reference_never_answered_fails_alone_with_a_clear_error(in_root, section_refs):
     forget = section_refs[2]
-    with ForgetfulExecutor(forget, times=99) as pool, Client(
-        pool, batch_size=1, max_retries=2, lost_after_s=0.2, progress=False
-    ) as client:
+    with (
+        ForgetfulExecutor(forget, times=99) as pool,
+        Client(pool, batch_size=1, max_retries=2, lost_after_s=0.2, progress=False) as client,
+    ):
         records = client.score_focus(section_refs[:4])
     assert [r.status for r in records] == ["ok", "ok", "failed", "ok"]
     assert records[2].error.startswith(f"{forget!r} not scored: its task was not answered")
@@ -180,9 +182,10 @@ def test_a_bad_lost_after_is_refused(value, monkeypatch):
     with pytest.raises(ConfigError, match="lost_after_s must be a number of seconds > 0"):
         Client(lost_after_s=value)
     monkeypatch.setenv("SCOPEFX_LOST_AFTER_S", str(value))
-    with pytest.raises(ConfigError, match="SCOPEFX_LOST_AFTER_S must be"), Client(
-        cf.ThreadPoolExecutor(1), check_version=False, progress=False
-    ) as client:
+    with (
+        pytest.raises(ConfigError, match="SCOPEFX_LOST_AFTER_S must be"),
+        Client(cf.ThreadPoolExecutor(1), check_version=False, progress=False) as client,
+    ):
         client.score_focus(["run1/section_0000.tif"])
 
 

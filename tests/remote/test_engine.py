@@ -235,7 +235,12 @@ def test_an_image_that_kills_its_worker_costs_only_itself(
 ):
     """One batch of 12 whose 6th reference kills the worker process every time it is run:
     the client splits the failed batch in halves until that reference is alone, so it alone
-    ends ``failed`` with a message naming it, and the 11 others get the local result."""
+    ends ``failed`` with a message naming it, and the 11 others get the local result.
+
+    A worker that dies right after finishing a task may lose that task's result (Parsl's
+    worker pool writes results from a background thread); the client then counts the task
+    lost after the engine's ``lost_after_s`` with nothing answered and sends it again, where
+    it used to wait forever."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))  # _dies_on, here too
     monkeypatch.setattr("scopefx.remote._failures._sleep", lambda s: None)
     bad = "run1/section_0005.tif"
@@ -254,7 +259,8 @@ def test_an_image_that_kills_its_worker_costs_only_itself(
     # 12 -> 6 -> 3 -> 2 -> 1: four splits on the way to the bad reference, none elsewhere
     assert len(splits) == 4, splits
     # once alone, it ran 1 + max_retries times at most, engine attempts included
-    print(f"\n{records[5].error.splitlines()[0][:160]}")
+    lost = sum("not answered" in r.message for r in caplog.records)
+    print(f"\n{records[5].error.splitlines()[0][:160]}; tasks never answered, sent again: {lost}")
 
 
 def _pool_processes(engine):

@@ -124,8 +124,9 @@ def lost_after(explicit: float | None, executor: Any) -> float:
     if value is None and os.environ.get(LOST_AFTER_ENV):
         where, value = LOST_AFTER_ENV, os.environ[LOST_AFTER_ENV]
     if value is None:
-        where, value = f"{type(executor).__name__}.lost_after_s", getattr(
-            executor, "lost_after_s", None
+        where, value = (
+            f"{type(executor).__name__}.lost_after_s",
+            getattr(executor, "lost_after_s", None),
         )
     if value is None:
         return math.inf
@@ -134,9 +135,7 @@ def lost_after(explicit: float | None, executor: Any) -> float:
     except (TypeError, ValueError):
         seconds = math.nan
     if not seconds > 0:  # NaN too
-        raise ConfigError(
-            f"{where} must be a number of seconds > 0 (or inf: never), got {value!r}"
-        )
+        raise ConfigError(f"{where} must be a number of seconds > 0 (or inf: never), got {value!r}")
     return seconds
 
 
