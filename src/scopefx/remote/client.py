@@ -450,8 +450,8 @@ class Client:
         already made (engine and client), so a reference that keeps killing its worker is not
         run more than ``1 + max_retries`` times once it is alone, and usually fewer.
 
-        A task not answered for ``lost_after_s`` seconds in which no other task was answered
-        either (nor sent) counts as lost: it is sent again, split the same way, without
+        A task not answered ``lost_after_s`` seconds after it was sent, in which no other task
+        was answered either, counts as lost: it is sent again, split the same way, without
         counting against the attempts its references carry (its loss says nothing about
         them); a single reference is sent again at most ``max_retries`` times.
         """
