@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -201,15 +200,6 @@ class _DyingEngine(EngineExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-#: These tests kill worker processes of a real engine. Run serially (as the README's test
-#: command and CI do) they pass in about a minute; under pytest-xdist one of them hung in our
-#: runs (open: docs/security.md, "Known limits"), so they do not run there.
-_SERIAL_ONLY = pytest.mark.skipif(
-    bool(os.environ.get("PYTEST_XDIST_WORKER")),
-    reason="kills engine workers; hangs under pytest-xdist (open), run serially",
-)
-
-
 @pytest.fixture(scope="module")
 def dying_engine(data_root):
     src = str(Path(scopefx_module.__file__).resolve().parents[1])
@@ -276,7 +266,6 @@ def _pool_processes(engine):
     return procs
 
 
-@_SERIAL_ONLY
 def test_a_lost_worker_pool_is_replaced_and_later_tasks_run(data_root, section_refs, caplog):
     """Every process of the engine's worker pool killed mid-batch (what the OOM killer or a
     lost node does): the tasks in flight fail as a whole, the client sends them again in
