@@ -15,6 +15,7 @@ folders. What the template says about the wire and about time (``allowed_seriali
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -177,16 +178,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
     return {"base": base, "data": data, "out": out}
 
 
-@pytest.fixture(scope="module", params=list(TEMPLATES), ids=list(TEMPLATES))
-def endpoint(
-    request: pytest.FixtureRequest,
+def start_endpoint(
+    name: str,
     service: ServiceStandIn,
     manifest: Manifest,
     site: dict[str, pathlib.Path],
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[UserEndpoint]:
-    folder, user_opts = TEMPLATES[request.param]
-    tmp = tmp_path_factory.mktemp(f"ep-{request.param}")
+) -> UserEndpoint:
+    """The real user endpoint of template ``name`` (a key of TEMPLATES), localized."""
+    folder, user_opts = TEMPLATES[name]
+    tmp = tmp_path_factory.mktemp(f"ep-{name}")
     rendered = render(folder, user_opts, tmp)
     config = localize(rendered, data_root=site["data"], out_root=site["out"])
     home = tmp / "home"
@@ -205,11 +206,23 @@ def endpoint(
         config=config,
         allowed_functions=list(manifest.functions.values()),
         gc_dir=home / ".globus_compute",
-        name=f"scopefx-{request.param}",
+        name=f"scopefx-{name}",
         env=env,
     )
     ep.rendered = rendered  # type: ignore[attr-defined]
     ep.config = config  # type: ignore[attr-defined]
+    return ep
+
+
+@pytest.fixture(scope="module", params=list(TEMPLATES), ids=list(TEMPLATES))
+def endpoint(
+    request: pytest.FixtureRequest,
+    service: ServiceStandIn,
+    manifest: Manifest,
+    site: dict[str, pathlib.Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[UserEndpoint]:
+    ep = start_endpoint(request.param, service, manifest, site, tmp_path_factory)
     started = time.monotonic()
     try:
         yield ep
@@ -404,3 +417,64 @@ def test_without_a_manifest_the_client_points_at_scopefx_register(
         client.info()
     assert len(executor.registered) == 1  # one try, not one per retry
     assert "Run `scopefx register` once" in caplog.text
+
+
+#: Templates whose worker pool runs on the endpoint host (LocalProvider): they set
+#: ``block_error_handler: false``, so a lost pool is replaced. The batch templates keep
+#: Parsl's default (docs/security.md: a job failing at start would be resubmitted forever).
+LOCAL_POOL = ["edge-gpu", "facility-local"]
+
+
+def _pool_processes(ep: UserEndpoint) -> list[Any]:
+    """The endpoint's worker pool (process_worker_pool) and every process under it."""
+    import psutil
+
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "process_worker_pool" in cmd and str(ep.ep_dir) in cmd:
+            with contextlib.suppress(psutil.Error):
+                procs.extend([proc, *proc.children(recursive=True)])
+    return procs
+
+
+@pytest.mark.parametrize("name", LOCAL_POOL)
+def test_a_lost_worker_pool_is_replaced_and_later_tasks_run(
+    name: str,
+    service: ServiceStandIn,
+    manifest: Manifest,
+    site: dict[str, pathlib.Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Every process of the worker pool killed (what the OOM killer or a GPU reset does):
+    with the template's ``block_error_handler: false`` the engine starts a new block and
+    later tasks run; with Parsl's default they failed with ``BadStateException`` until the
+    endpoint was restarted."""
+    import psutil
+
+    ep = start_endpoint(name, service, manifest, site, tmp_path_factory)
+    shipped = yaml.safe_load(ep.rendered)["engine"]  # type: ignore[attr-defined]
+    assert shipped["block_error_handler"] is False
+    # the interchange notices a silent manager after 120 s (Parsl's default heartbeat
+    # threshold), then the engine runs the task again on the new pool
+    executor = StandInExecutor(ep, timeout_s=RESULT_TIMEOUT_S + 240)
+    refs = [f"run1/section_{i:04d}.tif" for i in range(4)]
+    try:
+        with Client(executor, manifest=manifest, max_retries=0, progress=False) as client:
+            assert [r.status for r in client.score_focus(refs)] == ["ok"] * 4  # pool up
+            killed = _pool_processes(ep)
+            for proc in killed:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            t0 = time.monotonic()
+            later = client.score_focus(refs)
+            print(f"\n{name}: later tasks answered {time.monotonic() - t0:.0f} s after the kill")
+        replaced = {p.pid for p in _pool_processes(ep)}
+    except Exception:
+        print(ep.logs())
+        raise
+    finally:
+        ep.stop()
+    assert len(killed) >= 2, killed  # the pool and its worker at least
+    assert [r.status for r in later] == ["ok"] * 4, [r.error for r in later]
+    assert replaced and not replaced & {p.pid for p in killed}  # a new pool ran them

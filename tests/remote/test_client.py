@@ -129,6 +129,83 @@ def test_a_failed_batch_is_split_and_its_halves_recover(in_root, section_refs, m
     assert [r.status for r in records] == ["ok"] * len(section_refs)
 
 
+class ForgetfulExecutor(cf.ThreadPoolExecutor):
+    """A pool that never answers the score tasks holding ``forget`` (as an endpoint whose
+    worker died right after finishing one loses its result), ``times`` times in all."""
+
+    def __init__(self, forget: str, times: int) -> None:
+        super().__init__(2)
+        self.forget, self.times, self.sent = forget, times, []
+
+    def submit(self, fn, /, *args, **kwargs):
+        if fn.__name__ == "score_focus":
+            self.sent.append(list(args[0]))
+            if self.forget in args[0] and self.times > 0:
+                self.times -= 1
+                return cf.Future()  # never answered
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_task_never_answered_is_sent_again_without_a_hang(in_root, section_refs, caplog):
+    """A task with no answer while no other task is answered either counts lost after
+    ``lost_after_s``: sent again as two halves, then alone, and every reference is scored,
+    without charging the attempts its references carry."""
+    caplog.set_level(logging.WARNING, logger="scopefx.remote.client")
+    forget = section_refs[5]
+    with (
+        ForgetfulExecutor(forget, times=2) as pool,
+        Client(pool, batch_size=6, max_retries=1, lost_after_s=0.5, progress=False) as client,
+    ):
+        records = client.score_focus(section_refs)
+    assert [r.path for r in records] == section_refs
+    assert [r.status for r in records] == ["ok"] * len(section_refs)
+    # 6 (lost) -> 3 (lost) -> 2: split like a lost worker, though max_retries is 1
+    assert [b for b in pool.sent if forget in b] == [section_refs[i:6] for i in (0, 3, 4)]
+    assert sum("not answered" in r.message for r in caplog.records) == 2
+
+
+def test_a_reference_never_answered_fails_alone_with_a_clear_error(in_root, section_refs):
+    forget = section_refs[2]
+    with (
+        ForgetfulExecutor(forget, times=99) as pool,
+        Client(pool, batch_size=1, max_retries=2, lost_after_s=0.2, progress=False) as client,
+    ):
+        records = client.score_focus(section_refs[:4])
+    assert [r.status for r in records] == ["ok", "ok", "failed", "ok"]
+    assert records[2].error.startswith(f"{forget!r} not scored: its task was not answered")
+    assert "3 times" in records[2].error and "SCOPEFX_LOST_AFTER_S" in records[2].error
+    assert pool.sent.count([forget]) == 3  # sent, then again max_retries times
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon", float("nan")])
+def test_a_bad_lost_after_is_refused(value, monkeypatch):
+    with pytest.raises(ConfigError, match="lost_after_s must be a number of seconds > 0"):
+        Client(lost_after_s=value)
+    monkeypatch.setenv("SCOPEFX_LOST_AFTER_S", str(value))
+    with (
+        pytest.raises(ConfigError, match="SCOPEFX_LOST_AFTER_S must be"),
+        Client(cf.ThreadPoolExecutor(1), check_version=False, progress=False) as client,
+    ):
+        client.score_focus(["run1/section_0000.tif"])
+
+
+def test_where_the_lost_after_limit_comes_from(monkeypatch):
+    import math
+
+    from scopefx.remote._failures import lost_after
+
+    class Hinted(cf.ThreadPoolExecutor):
+        lost_after_s = 90.0
+
+    assert lost_after(None, cf.ThreadPoolExecutor(1)) == math.inf  # remote: never, by default
+    assert lost_after(None, Hinted(1)) == 90.0
+    assert lost_after(5, Hinted(1)) == 5.0
+    monkeypatch.setenv("SCOPEFX_LOST_AFTER_S", "30")
+    assert lost_after(None, Hinted(1)) == 30.0 and lost_after(5, Hinted(1)) == 5.0
+    monkeypatch.setenv("SCOPEFX_LOST_AFTER_S", "inf")
+    assert lost_after(None, Hinted(1)) == math.inf
+
+
 def test_scopefx_errors_are_not_retried():
     assert not is_transient(ConfigError("bad"))
     assert not is_transient(RuntimeError("Traceback ... scopefx.errors.ConfigError: unknown"))

@@ -31,6 +31,10 @@ __all__ = ["EngineExecutor", "RemoteTaskError", "pack_task"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds past the task time limit before an unanswered task counts as lost: the answer of
+#: a task stopped at its limit, a worker restarted, a lost block replaced.
+_LOST_MARGIN_S = 60.0
+
 
 def pack_task(
     fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], serializer: Any = None
@@ -87,6 +91,15 @@ class EngineExecutor(cf.Executor):
         Default: ``LocalProvider(init_blocks=1, max_blocks=1)``.
     **engine_options
         Passed to ``GlobusComputeEngine``.
+
+    Attributes
+    ----------
+    lost_after_s : float or None
+        How long a :class:`~scopefx.Client` waits, with no task answered, before it counts
+        its unanswered tasks lost and sends them again: the workers' ``GC_TASK_TIMEOUT``
+        (from ``env``) plus a minute, since no task can then run longer; ``None`` without
+        one. Parsl's worker pool loses the result of a task whose worker dies right after
+        finishing it (docs/security.md), and nothing else reports that task.
     """
 
     def __init__(
@@ -110,6 +123,8 @@ class EngineExecutor(cf.Executor):
             self._tmp = tempfile.TemporaryDirectory(prefix="scopefx-engine-")
             run_dir = self._tmp.name
         self.run_dir = os.fspath(run_dir)
+        timeout_s = float((env or {}).get("GC_TASK_TIMEOUT") or 0)
+        self.lost_after_s = timeout_s + _LOST_MARGIN_S if timeout_s > 0 else None
         if provider is None:
             init = "; ".join(f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items())
             provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, worker_init=init)

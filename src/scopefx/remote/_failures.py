@@ -12,7 +12,7 @@ import re
 import time
 from typing import Any
 
-__all__ = ["engine_attempts", "is_transient"]
+__all__ = ["LOST_AFTER_ENV", "engine_attempts", "is_transient", "lost_after"]
 
 log = logging.getLogger("scopefx.remote.client")  # the client's messages, one logger
 
@@ -97,6 +97,46 @@ def _too_large(exc: BaseException) -> bool:
     """Whether a task failed because its result was over the endpoint's size limit
     (Globus Compute's ``MaxResultSizeExceeded``, also when it arrives as text)."""
     return "MaxResultSizeExceeded" in f"{type(exc).__name__}: {exc}"
+
+
+#: Environment variable with the client's default ``lost_after_s`` (seconds; ``inf``: never).
+LOST_AFTER_ENV = "SCOPEFX_LOST_AFTER_S"
+
+
+def lost_after(explicit: float | None, executor: Any) -> float:
+    """Seconds a task may go unanswered while no other task is answered either, before the
+    client counts it lost; ``math.inf``: never.
+
+    Parsl's worker pool (under every Globus Compute endpoint) hands a finished task's result
+    to a background feeder thread of the worker process; a worker that dies before that
+    thread has written it (its next task crashing at once, the OOM killer) loses the result,
+    and no ``WorkerLost`` is raised for it: the task is never answered. Only the client can
+    notice. The limit is, in order: ``explicit`` (the client's ``lost_after_s``),
+    ``SCOPEFX_LOST_AFTER_S``, the executor's own ``lost_after_s`` (the in-process
+    :class:`~scopefx.remote.EngineExecutor` derives one from its workers' ``GC_TASK_TIMEOUT``),
+    else none: a batch endpoint may hold a task in its scheduler's queue for hours, and a
+    Globus Compute future says nothing between submission and answer.
+    """
+    from ..errors import ConfigError
+
+    where = "lost_after_s"
+    value: Any = explicit
+    if value is None and os.environ.get(LOST_AFTER_ENV):
+        where, value = LOST_AFTER_ENV, os.environ[LOST_AFTER_ENV]
+    if value is None:
+        where, value = (
+            f"{type(executor).__name__}.lost_after_s",
+            getattr(executor, "lost_after_s", None),
+        )
+    if value is None:
+        return math.inf
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds > 0:  # NaN too
+        raise ConfigError(f"{where} must be a number of seconds > 0 (or inf: never), got {value!r}")
+    return seconds
 
 
 #: Seconds between "still waiting" messages while an endpoint's first answer is queued.

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ from ._failures import (
     _wait_for_info,
     engine_attempts,
     is_transient,
+    lost_after,
 )
 from ._manifest import FUNCTION_NAMES, Manifest, major_minor
 
@@ -134,6 +136,15 @@ class Client:
         run again before its items are reported as ``status="failed"``, counting the
         endpoint engine's own reruns (``max_retries_on_system_failure``), with a growing
         wait before each resend.
+    lost_after_s : float, optional
+        Seconds a focus task may go unanswered while no other task is answered either,
+        after which it counts as lost (an endpoint can lose a finished task's result when its
+        worker dies right after) and is sent again, as two halves if it has several
+        references, without counting against ``max_retries``; a single reference is sent
+        again at most ``max_retries`` times, then reported ``status="failed"``. Default:
+        ``SCOPEFX_LOST_AFTER_S``, else the executor's own (an :class:`EngineExecutor` with a
+        ``GC_TASK_TIMEOUT``: that plus a minute), else never: a batch endpoint may keep a
+        task in its queue for hours. ``math.inf``: never.
     manifest : Manifest or path, optional
         Registered function UUIDs (``scopefx register``). With one, Globus Compute executors
         get ``submit_to_registered_function``; default: the manifest for this scopefx version
@@ -161,6 +172,7 @@ class Client:
         routes: Mapping[str, cf.Executor] | None = None,
         batch_size: int | None = None,
         max_retries: int = 2,
+        lost_after_s: float | None = None,
         manifest: Manifest | str | os.PathLike[str] | None = None,
         check_version: bool = True,
         progress: bool | None = None,
@@ -186,6 +198,9 @@ class Client:
         self._lock = threading.Lock()
         self.batch_size = batch_size
         self.max_retries = max_retries
+        if lost_after_s is not None:
+            lost_after(lost_after_s, None)  # refuse a bad value here, not at the first run
+        self.lost_after_s = lost_after_s
         self.check_version = check_version
         self.progress = progress
         if isinstance(manifest, Manifest):
@@ -405,7 +420,9 @@ class Client:
         batches = [items[i : i + size] for i in range(0, len(items), size)]
         wire = focus_params.to_dict()
         for records in self._gather(
-            batches, lambda batch: self._submit("focus", "score_focus", batch, wire)
+            batches,
+            lambda batch: self._submit("focus", "score_focus", batch, wire),
+            lost_after(self.lost_after_s, ex),
         ):
             for record in records:
                 run.judge(record)
@@ -414,7 +431,10 @@ class Client:
                 yield record
 
     def _gather(
-        self, batches: list[list[str]], submit: Callable[[list[str]], cf.Future[Any]]
+        self,
+        batches: list[list[str]],
+        submit: Callable[[list[str]], cf.Future[Any]],
+        lost_after_s: float = math.inf,
     ) -> Iterator[list[Any]]:
         """Submit every batch, retry failed tasks, and yield each batch's records in order.
 
@@ -429,6 +449,11 @@ class Client:
         every other reference of the batch gets its result. The halves carry the attempts
         already made (engine and client), so a reference that keeps killing its worker is not
         run more than ``1 + max_retries`` times once it is alone, and usually fewer.
+
+        A task not answered ``lost_after_s`` seconds after it was sent, in which no other task
+        was answered either, counts as lost: it is sent again, split the same way, without
+        counting against the attempts its references carry (its loss says nothing about
+        them); a single reference is sent again at most ``max_retries`` times.
         """
         from ..focus import FocusRecord
 
@@ -439,6 +464,9 @@ class Client:
         left = {k: len(b) for k, b in enumerate(batches)}
         attempts: dict[tuple[int, int, int], int] = {}
         pending: dict[cf.Future[Any], tuple[int, int, int]] = {}
+        sent_at: dict[cf.Future[Any], float] = {}
+        unanswered: dict[tuple[int, int, int], int] = {}
+        answered_at = time.monotonic()
         bar = tqdm(
             total=total, unit="img", disable=None if self.progress is None else not self.progress
         )
@@ -446,11 +474,40 @@ class Client:
         def send(key: tuple[int, int, int]) -> None:
             k, lo, hi = key
             try:
-                pending[submit(batches[k][lo:hi])] = key
+                future = submit(batches[k][lo:hi])
             except Exception as exc:  # submission itself failed: count it as an attempt
-                failed: cf.Future[Any] = cf.Future()
-                failed.set_exception(exc)
-                pending[failed] = key
+                future = cf.Future()
+                future.set_exception(exc)
+            pending[future] = key
+            sent_at[future] = time.monotonic()
+
+        def lost(key: tuple[int, int, int]) -> None:
+            k, lo, hi = key
+            if hi - lo > 1:
+                log.warning("task of %d references not answered in %g s, nor any other "
+                            "(its result lost on the endpoint?); sending them again as two "
+                            "tasks", hi - lo, lost_after_s)  # fmt: skip
+                mid = (lo + hi) // 2
+                for half in ((k, lo, mid), (k, mid, hi)):
+                    attempts[half] = attempts.get(key, 0)
+                    unanswered[half] = unanswered.get(key, 0)
+                    send(half)
+                return
+            unanswered[key] = unanswered.get(key, 0) + 1
+            if unanswered[key] <= self.max_retries:
+                log.warning("task of %r not answered in %g s, nor any other (its result lost "
+                            "on the endpoint?); sending it again (%d of %d)", batches[k][lo],
+                            lost_after_s, unanswered[key], self.max_retries)  # fmt: skip
+                send(key)
+                return
+            message = (
+                f"{batches[k][lo]!r} not scored: its task was not answered in "
+                f"{lost_after_s:g} s, {unanswered[key]} times, while no other task was "
+                "(the endpoint lost it: a worker that died right after finishing it loses "
+                "its result; a worker pool in that state needs a restart). A longer "
+                "lost_after_s / SCOPEFX_LOST_AFTER_S waits longer."
+            )
+            settle(key, [FocusRecord(path=batches[k][lo], status="failed", error=message)])
 
         def settle(key: tuple[int, int, int], records: list[Any]) -> None:
             k, lo, hi = key
@@ -463,8 +520,23 @@ class Client:
                 send((k, 0, len(batch)))
             following = 0
             while pending:
-                done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+                since = max(answered_at, min(sent_at[f] for f in pending))
+                timeout = since + lost_after_s - time.monotonic()
+                done, _ = cf.wait(
+                    list(pending),
+                    timeout=None if math.isinf(lost_after_s) else max(0.0, timeout),
+                    return_when=cf.FIRST_COMPLETED,
+                )
+                now = time.monotonic()
+                if done:
+                    answered_at = now
+                for future in [f for f in pending if f not in done]:
+                    if max(answered_at, sent_at[future]) + lost_after_s <= now:
+                        future.cancel()
+                        del sent_at[future]
+                        lost(pending.pop(future))
                 for future in done:
+                    del sent_at[future]
                     key = pending.pop(future)
                     k, lo, hi = key
                     refs = batches[k][lo:hi]
