@@ -11,110 +11,32 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import logging
-import math
 import os
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
-
-import numpy as np
 
 from .._version import __version__
 from ..errors import ConfigError, EndpointError
 from . import functions as _functions
+from ._batching import PAYLOAD_LIMIT_BYTES, batch_size
 from ._config import ROLES, ClientConfig, EndpointSpec
+from ._executors import Executors, local_workers, send_json
 from ._failures import (
     _ENGINE_STOPPED,
     _backoff,
     _engine_stopped,
-    _last_line,
-    _lost_worker,
     _refused_function,
-    _too_large,
     _wait_for_info,
     engine_attempts,
     is_transient,
     lost_after,
 )
+from ._gather import gather
 from ._manifest import FUNCTION_NAMES, Manifest, major_minor
 
 __all__ = ["PAYLOAD_LIMIT_BYTES", "Client"]
 
 log = logging.getLogger(__name__)
-
-#: Globus Compute's limit on a task's arguments and on its result.
-PAYLOAD_LIMIT_BYTES = 10 * 2**20
-#: What one batch may use of it (arguments or estimated result), to stay far below.
-_BATCH_BUDGET_BYTES = PAYLOAD_LIMIT_BYTES // 10
-#: Upper estimate of one focus record's size in the result (a record with its focus map).
-_RECORD_BYTES = 4096
-#: Largest automatic batch: enough to amortise the per-task cost (see bench/remote.py).
-_MAX_AUTO_BATCH = 64
-
-
-def _local_workers() -> int:
-    return max(
-        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-
-
-def _progress_bar_class(progress: bool | None) -> Any:
-    """tqdm's notebook bar where it can draw (a kernel with ipywidgets), else the text bar:
-    ``tqdm.auto`` without ipywidgets prints a warning to the notebook's stderr."""
-    import importlib.util
-
-    if progress is not False and importlib.util.find_spec("ipywidgets") is not None:
-        from tqdm.auto import tqdm
-
-        return tqdm
-    from tqdm import tqdm as text_tqdm
-
-    return text_tqdm
-
-
-def _send_json(ex: Any) -> None:
-    """Make a Globus Compute executor (anything with a ``ComputeSerializer`` as
-    ``serializer``) send task arguments as JSON data (``JSONData``) instead of pickles.
-
-    scopefx's arguments are references and plain dicts, so nothing is lost; and endpoints
-    whose engine sets ``allowed_serializers`` (every shipped template) refuse pickled
-    arguments, since un-pickling runs code before the function does. The function itself
-    keeps the executor's code serializer.
-    """
-    serde = getattr(ex, "serializer", None)
-    if serde is None:  # not a Globus Compute executor (the local default, a process pool)
-        return
-    from globus_compute_sdk.serialize import ComputeSerializer, JSONData
-
-    if not isinstance(serde, ComputeSerializer) or isinstance(serde.data_serializer, JSONData):
-        return
-    ex.serializer = ComputeSerializer(
-        strategy_code=serde.code_serializer,
-        strategy_data=JSONData(),
-        allowed_deserializer_types=serde.allowed_deserializer_types or None,
-    )
-
-
-def _to_record(item: dict[str, Any]) -> list[Any]:
-    """FocusRecords (one per page) from one result item of ``score_focus``."""
-    import dataclasses
-
-    from ..focus import FocusRecord
-
-    known = {f.name for f in dataclasses.fields(FocusRecord)}
-    pages = item.get("pages") or [item]
-    records = []
-    for page in pages:
-        fields = {k: v for k, v in page.items() if k in known}
-        fields["path"] = str(page.get("ref", item.get("ref", "")))
-        for key, value in list(fields.items()):
-            if value is None and isinstance(getattr(FocusRecord, key, None), float):
-                fields[key] = math.nan
-        if fields.get("focus_map") is not None:
-            fields["focus_map"] = np.asarray(fields["focus_map"], dtype=np.float64)
-        records.append(FocusRecord(**fields))
-    return records
 
 
 class Client:
@@ -189,13 +111,8 @@ class Client:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        self._default = executor
-        self._routes: dict[str, Any] = routes
-        self._factories: dict[str, Callable[[], cf.Executor]] = {}
-        self._owned: list[cf.Executor] = []
-        self._local: cf.Executor | None = None
+        self._executors = Executors(executor, routes)
         self._info: dict[int, dict[str, Any]] = {}
-        self._lock = threading.Lock()
         self.batch_size = batch_size
         self.max_retries = max_retries
         if lost_after_s is not None:
@@ -266,42 +183,24 @@ class Client:
 
         for role, spec in specs.items():
             client.endpoint_names[role] = spec.name
-            client._factories[role] = functools.partial(factory, spec)
+            client._executors.factories[role] = functools.partial(factory, spec)
         return client
 
     # -- executors --------------------------------------------------------------------------------
 
     def executor_for(self, role: str) -> cf.Executor:
         """The executor that runs ``role`` (made on first use)."""
-        if role not in ROLES:
-            raise ConfigError(f"unknown role {role!r}; roles are {list(ROLES)}")
-        with self._lock:
-            if role in self._routes:
-                return self._routes[role]
-            if role in self._factories:
-                ex = self._factories.pop(role)()
-                self._routes[role] = ex
-                if ex not in self._owned:
-                    self._owned.append(ex)
-                return ex
-            if self._default is not None:
-                return self._default
-            if self._local is None:
-                self._local = cf.ThreadPoolExecutor(
-                    max_workers=_local_workers(), thread_name_prefix="scopefx-local"
-                )
-                self._owned.append(self._local)
-            return self._local
+        return self._executors.for_role(role)
 
     def is_local(self, role: str) -> bool:
         ex = self.executor_for(role)
-        return ex is self._local
+        return ex is self._executors.local
 
     def _dispatch(self, ex: cf.Executor, name: str, *args: Any) -> cf.Future[Any]:
         """One call of suite function ``name`` on ``ex``: by UUID where a manifest names it
         and the executor is a Globus Compute one, else the function itself. Arguments
-        travel as JSON data (see :func:`_send_json`)."""
-        _send_json(ex)
+        travel as JSON data (see :func:`~scopefx.remote._executors.send_json`)."""
+        send_json(ex)
         fid = self.manifest.function_id(name) if self.manifest is not None else None
         if hasattr(ex, "submit_to_registered_function"):
             if fid is not None:
@@ -320,7 +219,7 @@ class Client:
         if name not in FUNCTION_NAMES:
             raise ConfigError(f"unknown function {name!r}; the suite has {list(FUNCTION_NAMES)}")
         ex = self.executor_for(role)
-        if self.check_version and ex is not self._local:
+        if self.check_version and ex is not self._executors.local:
             self._endpoint_info(role, ex)
         return self._dispatch(ex, name, *args)
 
@@ -331,7 +230,7 @@ class Client:
     def _endpoint_info(self, role: str, ex: cf.Executor) -> dict[str, Any]:
         """``endpoint_info()`` of ``ex``, asked once per executor; refuses an endpoint whose
         scopefx major.minor differs from this one's."""
-        if ex is self._local:
+        if ex is self._executors.local:
             return _functions.endpoint_info()
         if id(ex) in self._info:
             return self._info[id(ex)]
@@ -361,19 +260,16 @@ class Client:
     # -- focus ------------------------------------------------------------------------------------
 
     def _batch_size(self, refs: list[str], role: str) -> int:
-        if self.batch_size is not None:
-            size = self.batch_size
-        else:
+        workers = 1  # the endpoint's workers size only an automatic batch
+        if self.batch_size is None:
             ex = self.executor_for(role)
             info = self._info.get(id(ex), {})
             workers = (
-                _local_workers()
-                if ex is self._local
+                local_workers()
+                if ex is self._executors.local
                 else len(info.get("gpus") or []) or info.get("cpus") or 4
             )
-            size = max(1, min(_MAX_AUTO_BATCH, math.ceil(len(refs) / (4 * workers))))
-        longest = max((len(r.encode()) for r in refs), default=1) + 8
-        bounded = max(1, min(size, _BATCH_BUDGET_BYTES // max(longest, _RECORD_BYTES)))
+        bounded = batch_size(refs, requested=self.batch_size, workers=workers)
         if self.batch_size is not None and bounded < self.batch_size and not self._warned_batch:
             self._warned_batch = True
             log.warning(
@@ -414,193 +310,23 @@ class Client:
         if not items:
             return
         ex = self.executor_for("focus")
-        if self.check_version and ex is not self._local:
+        if self.check_version and ex is not self._executors.local:
             self._endpoint_info("focus", ex)  # also tells _batch_size the endpoint's workers
         size = self._batch_size(items, "focus")
         batches = [items[i : i + size] for i in range(0, len(items), size)]
         wire = focus_params.to_dict()
-        for records in self._gather(
+        for records in gather(
             batches,
             lambda batch: self._submit("focus", "score_focus", batch, wire),
-            lost_after(self.lost_after_s, ex),
+            max_retries=self.max_retries,
+            lost_after_s=lost_after(self.lost_after_s, ex),
+            progress=self.progress,
         ):
             for record in records:
                 run.judge(record)
                 if on_record is not None:
                     on_record(record)
                 yield record
-
-    def _gather(
-        self,
-        batches: list[list[str]],
-        submit: Callable[[list[str]], cf.Future[Any]],
-        lost_after_s: float = math.inf,
-    ) -> Iterator[list[Any]]:
-        """Submit every batch, retry failed tasks, and yield each batch's records in order.
-
-        A task whose result is over the endpoint's size limit (large focus maps, many pages)
-        is split in two and each half sent again, down to single references; only a single
-        reference whose result alone is too large fails.
-
-        A task of several references whose worker process died or was lost (Parsl's
-        ``WorkerLost``/``ManagerLost``: a segfault or the memory limit on one image, a lost
-        node or worker pool) is split the same way after a backoff, so one image that kills
-        its worker costs only itself: it alone ends ``failed``, naming the reference, and
-        every other reference of the batch gets its result. The halves carry the attempts
-        already made (engine and client), so a reference that keeps killing its worker is not
-        run more than ``1 + max_retries`` times once it is alone, and usually fewer.
-
-        A task not answered ``lost_after_s`` seconds after it was sent, in which no other task
-        was answered either, counts as lost: it is sent again, split the same way, without
-        counting against the attempts its references carry (its loss says nothing about
-        them); a single reference is sent again at most ``max_retries`` times.
-        """
-        from ..focus import FocusRecord
-
-        tqdm = _progress_bar_class(self.progress)
-
-        total = sum(len(b) for b in batches)
-        parts: dict[int, dict[int, list[Any]]] = {k: {} for k in range(len(batches))}
-        left = {k: len(b) for k, b in enumerate(batches)}
-        attempts: dict[tuple[int, int, int], int] = {}
-        pending: dict[cf.Future[Any], tuple[int, int, int]] = {}
-        sent_at: dict[cf.Future[Any], float] = {}
-        unanswered: dict[tuple[int, int, int], int] = {}
-        answered_at = time.monotonic()
-        bar = tqdm(
-            total=total, unit="img", disable=None if self.progress is None else not self.progress
-        )
-
-        def send(key: tuple[int, int, int]) -> None:
-            k, lo, hi = key
-            try:
-                future = submit(batches[k][lo:hi])
-            except Exception as exc:  # submission itself failed: count it as an attempt
-                future = cf.Future()
-                future.set_exception(exc)
-            pending[future] = key
-            sent_at[future] = time.monotonic()
-
-        def lost(key: tuple[int, int, int]) -> None:
-            k, lo, hi = key
-            if hi - lo > 1:
-                log.warning("task of %d references not answered in %g s, nor any other "
-                            "(its result lost on the endpoint?); sending them again as two "
-                            "tasks", hi - lo, lost_after_s)  # fmt: skip
-                mid = (lo + hi) // 2
-                for half in ((k, lo, mid), (k, mid, hi)):
-                    attempts[half] = attempts.get(key, 0)
-                    unanswered[half] = unanswered.get(key, 0)
-                    send(half)
-                return
-            unanswered[key] = unanswered.get(key, 0) + 1
-            if unanswered[key] <= self.max_retries:
-                log.warning("task of %r not answered in %g s, nor any other (its result lost "
-                            "on the endpoint?); sending it again (%d of %d)", batches[k][lo],
-                            lost_after_s, unanswered[key], self.max_retries)  # fmt: skip
-                send(key)
-                return
-            message = (
-                f"{batches[k][lo]!r} not scored: its task was not answered in "
-                f"{lost_after_s:g} s, {unanswered[key]} times, while no other task was "
-                "(the endpoint lost it: a worker that died right after finishing it loses "
-                "its result; a worker pool in that state needs a restart). A longer "
-                "lost_after_s / SCOPEFX_LOST_AFTER_S waits longer."
-            )
-            settle(key, [FocusRecord(path=batches[k][lo], status="failed", error=message)])
-
-        def settle(key: tuple[int, int, int], records: list[Any]) -> None:
-            k, lo, hi = key
-            parts[k][lo] = records
-            left[k] -= hi - lo
-            bar.update(hi - lo)
-
-        try:
-            for k, batch in enumerate(batches):
-                send((k, 0, len(batch)))
-            following = 0
-            while pending:
-                since = max(answered_at, min(sent_at[f] for f in pending))
-                timeout = since + lost_after_s - time.monotonic()
-                done, _ = cf.wait(
-                    list(pending),
-                    timeout=None if math.isinf(lost_after_s) else max(0.0, timeout),
-                    return_when=cf.FIRST_COMPLETED,
-                )
-                now = time.monotonic()
-                if done:
-                    answered_at = now
-                for future in [f for f in pending if f not in done]:
-                    if max(answered_at, sent_at[future]) + lost_after_s <= now:
-                        future.cancel()
-                        del sent_at[future]
-                        lost(pending.pop(future))
-                for future in done:
-                    del sent_at[future]
-                    key = pending.pop(future)
-                    k, lo, hi = key
-                    refs = batches[k][lo:hi]
-                    try:
-                        items = future.result()
-                        if not isinstance(items, list) or len(items) != len(refs):
-                            raise EndpointError(
-                                f"score_focus returned {type(items).__name__} of "
-                                f"{len(items) if isinstance(items, list) else '?'} items for "
-                                f"{len(refs)} references"
-                            )
-                        settle(key, [r for item in items for r in _to_record(item)])
-                    except Exception as exc:
-                        if _too_large(exc) and hi - lo > 1:
-                            mid = (lo + hi) // 2
-                            log.warning("result of %d references over the size limit; sending "
-                                        "them as two tasks", hi - lo)  # fmt: skip
-                            send((k, lo, mid))
-                            send((k, mid, hi))
-                            continue
-                        attempts[key] = attempts.get(key, 0) + engine_attempts(exc)
-                        if hi - lo > 1 and is_transient(exc) and _lost_worker(exc):
-                            mid = (lo + hi) // 2
-                            log.warning("task of %d references failed (%s: %s); sending them "
-                                        "as two tasks to isolate the failing one", hi - lo,
-                                        type(exc).__name__, _last_line(exc))  # fmt: skip
-                            _backoff(min(attempts[key], self.max_retries + 1))
-                            for half in ((k, lo, mid), (k, mid, hi)):
-                                attempts[half] = attempts[key]
-                                send(half)
-                            continue
-                        if attempts[key] <= self.max_retries and is_transient(exc):
-                            log.warning("task of %d references failed (%s: %s); retry %d of %d",
-                                        len(refs), type(exc).__name__, exc, attempts[key],
-                                        self.max_retries)  # fmt: skip
-                            _backoff(attempts[key])
-                            send(key)
-                            continue
-                        message = (
-                            f"task failed after {attempts[key]} attempt(s): "
-                            f"{type(exc).__name__}: {exc}"
-                        )
-                        if hi - lo == 1 and is_transient(exc) and _lost_worker(exc):
-                            message = (
-                                f"{refs[0]!r} failed on its own after {attempts[key]} "
-                                "attempt(s): its task's worker process died or was lost "
-                                "(a crash or the memory limit while reading or scoring this "
-                                "image?); the rest of its batch was sent without it. "
-                                f"{type(exc).__name__}: {exc}"
-                            )
-                        if refused := _refused_function(exc):
-                            message += f"; {refused}"
-                        if _engine_stopped(exc):
-                            message = f"not scored: {_ENGINE_STOPPED}. {message}"
-                        settle(key, [FocusRecord(path=r, status="failed", error=message)
-                                     for r in refs])  # fmt: skip
-                while following < len(batches) and left[following] == 0:
-                    pieces = parts.pop(following)
-                    yield [r for lo in sorted(pieces) for r in pieces[lo]]
-                    following += 1
-        finally:
-            bar.close()
-            for future in pending:
-                future.cancel()
 
     def score_focus(
         self,
@@ -722,10 +448,7 @@ class Client:
 
     def close(self) -> None:
         """Shut down the executors this client made (not the ones it was given)."""
-        owned, self._owned = self._owned, []
-        for ex in owned:
-            ex.shutdown(wait=True, cancel_futures=True)
-        self._local = None
+        self._executors.close()
 
     def __enter__(self) -> Client:
         return self
@@ -736,7 +459,10 @@ class Client:
     def __repr__(self) -> str:
         where = {
             r: self.endpoint_names.get(
-                r, "local" if r not in self._routes and self._default is None else "given"
+                r,
+                "local"
+                if r not in self._executors.routes and self._executors.default is None
+                else "given",
             )
             for r in ROLES
         }
