@@ -458,6 +458,28 @@ def test_sub_pixel_against_ground_truth_with_defaults(
     assert err.mean() < 0.5 and err.max() < 1.0, err
 
 
+@pytest.mark.parametrize("photons", [None, 1000.0], ids=["vignetted", "vignetted-noisy"])
+def test_thin_overlap_tile_joined_by_its_one_clear_match(photons: float | None) -> None:
+    """5 % overlaps (13 px) with up to 15 px stage error: the last tile's true overlap with its
+    upper neighbour is empty (a chance match there, NCC 0.78) and with its left neighbour 6 px
+    wide (NCC 0.99), too thin to pass the test against chance over the whole search. Both are
+    refused; the clearly better one joins the tile to the rest instead of the stage model
+    (which left it 23 px off)."""
+    m = samples.make_mosaic("coins", grid=(3, 3), tile_px=256, overlap=0.05, jitter_px=15.0,
+                            subpixel=True, vignetting=0.5, photons=photons,
+                            read_noise=2.0 if photons else 0.0, seed=1)  # fmt: skip
+    true = m.affines[:, :2, 2]
+    grid = np.array([(r, c) for r in range(3) for c in range(3)], dtype=float) * 243
+    stage = grid + (true - grid).mean(axis=0)
+    refs = [f"tile_{k}" for k in range(9)]
+    reg = register(_table(stage, refs), read=dict(zip(refs, m.tiles, strict=True)).__getitem__,
+                   shapes=[(256, 256)] * 9)  # fmt: skip
+    by = {(p.i, p.j): p for p in reg.pairs}
+    assert by[(7, 8)].used and not by[(5, 8)].used
+    err = np.linalg.norm(_position_error(reg.table, true), axis=1)
+    assert err.mean() < 0.3 and err.max() < 0.5, err
+
+
 def _grating(size: int = 1024, period: float = 12.0) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     return 0.5 + 0.25 * (np.cos(2 * np.pi * xx / period) + np.cos(2 * np.pi * yy / period))

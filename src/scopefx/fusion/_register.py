@@ -15,9 +15,12 @@ The steps, in the order :func:`register` runs them:
 3. **Stage model** (as MIST does): a side pair that gave no usable match takes the median
    correction of the usable pairs of its row (or column), else of its direction.
 4. **Global solve**: sparse weighted least squares, weights NCC x overlap area; pairs whose
-   residual exceeds ``outlier_px`` are dropped, worst first, and the solve repeated. Groups of
-   tiles left unconnected by usable pairs are then moved as wholes to fit the stage model's
-   pairs between them (which so never bend the measured geometry).
+   residual exceeds ``outlier_px`` are dropped, worst first, and the solve repeated. Second
+   pass: a refused side pair (weak or ambiguous) whose shift lands within ``outlier_px`` of
+   what the used pairs predict is used (its loop confirms it), and a group of tiles left apart
+   from the main one is joined by its clearly best refused, unambiguous match; the solve is
+   repeated. Groups of tiles still unconnected by usable pairs are then moved as wholes to fit
+   the stage model's pairs between them (which so never bend the measured geometry).
 
 Fewer usable side pairs than ``min_usable_fraction`` of them is an error
 (:class:`~scopefx.errors.RegistrationError`) unless ``allow_partial``. Transforms follow
@@ -409,16 +412,28 @@ def _settle(
             "allow_partial=True (--allow-partial-registration)"
         )
     area = np.prod(np.maximum(ohi - olo, 1.0), axis=1)
-    weight = np.where(used, quality * area / max(float(np.median(area[used])) if used.any()
-                                                 else 1.0, 1e-12), 0.0)  # fmt: skip
+    full = quality * area / max(float(np.median(area[used])) if used.any() else 1.0, 1e-12)
+    weight = np.where(used, full, 0.0)
+    # Second pass: refused side pairs (weak or ambiguous) that the used ones then confirm
+    candidate = side & ~used & np.all(np.isfinite(shifts), axis=1) & (quality >= params.min_quality)
+    distinct = quality - runner >= params.min_peak_margin
     while True:
-        c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)
-        residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)  # NaN: unmeasured
-        bad = np.flatnonzero(used & (residual > params.outlier_px))
-        if not len(bad):
+        while True:
+            c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)
+            residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)  # NaN: unmeasured
+            bad = np.flatnonzero(used & (residual > params.outlier_px))
+            if not len(bad):
+                break
+            worst = bad[np.argmax(residual[bad])]
+            used[worst], status[worst], weight[worst] = False, "outlier", 0.0
+            candidate[worst] = False
+        admit = _confirmed(n, ij, used, candidate, residual, params.outlier_px)
+        if not len(admit):
+            admit = _lone_best(n, ij, used, candidate & distinct, quality, params.min_peak_margin)
+        if not len(admit):
             break
-        worst = bad[np.argmax(residual[bad])]
-        used[worst], status[worst], weight[worst] = False, "outlier", 0.0
+        used[admit], status[admit], weight[admit] = True, "used", full[admit]
+        candidate[admit] = False
     model: dict[int, np.ndarray] = {}
     if params.stage_model:
         model = _stage_model(table, shapes, ij, shifts, used, side, olo, ohi)
@@ -448,18 +463,71 @@ def _settle(
     return Registration(table.with_affines(affines), pairs, c, params, table)
 
 
+def _confirmed(
+    n: int, ij: np.ndarray, used: np.ndarray, candidate: np.ndarray, residual: np.ndarray,
+    tolerance: float,
+) -> np.ndarray:  # fmt: skip
+    """Candidate pairs (refused as weak or ambiguous) whose shift agrees within ``tolerance``
+    with what the used pairs already predict for them (both tiles joined by used pairs).
+
+    Over the whole search a weak match may be chance; landing within ``tolerance`` of an
+    independent prediction by chance is about ``pi tolerance^2 / shifts searched`` (0.1 % for
+    a 1.5 px tolerance in a +-38 px search), so such a match is confirmed by its loop.
+    """
+    label = _components(n, ij[used])[1]
+    joined = label[ij[:, 0]] == label[ij[:, 1]]
+    ok = candidate & joined & (np.nan_to_num(residual, nan=np.inf) <= tolerance)
+    return np.flatnonzero(ok)
+
+
+def _lone_best(
+    n: int, ij: np.ndarray, used: np.ndarray, candidate: np.ndarray, quality: np.ndarray,
+    margin: float,
+) -> np.ndarray:  # fmt: skip
+    """For each group of tiles that the used pairs leave apart from the largest group (which
+    must hold more than half of the tiles): the best candidate joining the two, when it beats
+    every other candidate touching the group by ``margin`` (one pair per group; the caller
+    re-solves and looks again). Otherwise the stage model places such a group: at most the
+    stage error off, where a chance match may be off by the whole search."""
+    n_comp, label = _components(n, ij[used])
+    if n_comp == 1:
+        return np.zeros(0, dtype=int)
+    sizes = np.bincount(label)
+    main = int(np.argmax(sizes))
+    if 2 * sizes[main] <= n:
+        return np.zeros(0, dtype=int)
+    li, lj = label[ij[:, 0]], label[ij[:, 1]]
+    across = candidate & (li != lj)
+    chosen = []
+    for comp in range(n_comp):
+        touch = np.flatnonzero(across & ((li == comp) | (lj == comp)))
+        if comp == main or not len(touch):
+            continue
+        order = touch[np.argsort(-quality[touch])]
+        joins_main = {int(li[order[0]]), int(lj[order[0]])} == {comp, main}
+        if joins_main and (len(order) == 1 or quality[order[0]] - quality[order[1]] >= margin):
+            chosen.append(int(order[0]))
+    return np.array(chosen, dtype=int)
+
+
+def _components(n: int, links: np.ndarray) -> tuple[int, np.ndarray]:
+    """Groups of the ``n`` tiles joined by the pairs ``links`` (shape (m, 2)): their number
+    and each tile's label."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])), shape=(n, n))
+    n_comp, label = connected_components(graph, directed=False)
+    return int(n_comp), label
+
+
 def _place_components(
     n: int, ij: np.ndarray, used: np.ndarray, model: dict[int, np.ndarray], c: np.ndarray
 ) -> np.ndarray:
     """Offsets that move each group of tiles joined by used pairs as one, so that the stage
     model's pairs between groups hold (least squares); the largest group stays put. Model
     pairs never bend the measured geometry inside a group."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    links = ij[used]
-    graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])), shape=(n, n))
-    n_comp, label = connected_components(graph, directed=False)
+    n_comp, label = _components(n, ij[used])
     if n_comp == 1 or not model:
         return np.zeros_like(c)
     keys = [k for k in sorted(model) if label[ij[k, 0]] != label[ij[k, 1]]]
