@@ -184,12 +184,21 @@ def start_endpoint(
     manifest: Manifest,
     site: dict[str, pathlib.Path],
     tmp_path_factory: pytest.TempPathFactory,
+    *,
+    engine: dict[str, Any] | None = None,
 ) -> UserEndpoint:
-    """The real user endpoint of template ``name`` (a key of TEMPLATES), localized."""
+    """The real user endpoint of template ``name`` (a key of TEMPLATES), localized; ``engine``
+    adds engine options that the template leaves at Parsl's defaults (a test's own timing)."""
     folder, user_opts = TEMPLATES[name]
     tmp = tmp_path_factory.mktemp(f"ep-{name}")
     rendered = render(folder, user_opts, tmp)
     config = localize(rendered, data_root=site["data"], out_root=site["out"])
+    if engine:
+        conf = yaml.safe_load(config)
+        overridden = sorted(engine.keys() & yaml.safe_load(rendered)["engine"].keys())
+        assert not overridden, f"the template sets {overridden}: a test must not replace them"
+        conf["engine"].update(engine)
+        config = yaml.safe_dump(conf)
     home = tmp / "home"
     home.mkdir()
     env = {
@@ -423,6 +432,10 @@ def test_without_a_manifest_the_client_points_at_scopefx_register(
 #: ``block_error_handler: false``, so a lost pool is replaced. The batch templates keep
 #: Parsl's default (docs/security.md: a job failing at start would be resubmitted forever).
 LOCAL_POOL = ["edge-gpu", "facility-local"]
+#: The interchange counts a silent worker pool lost after ``heartbeat_threshold`` s (Parsl's
+#: default: 120, which the templates keep) and only then runs its tasks again elsewhere; the
+#: lost-pool test waits for that, so it shortens it (heartbeats every 2 s, as EngineExecutor).
+FAST_HEARTBEAT = {"heartbeat_period": 2, "heartbeat_threshold": 15}
 
 
 def _pool_processes(ep: UserEndpoint) -> list[Any]:
@@ -452,12 +465,13 @@ def test_a_lost_worker_pool_is_replaced_and_later_tasks_run(
     endpoint was restarted."""
     import psutil
 
-    ep = start_endpoint(name, service, manifest, site, tmp_path_factory)
+    ep = start_endpoint(name, service, manifest, site, tmp_path_factory, engine=FAST_HEARTBEAT)
     shipped = yaml.safe_load(ep.rendered)["engine"]  # type: ignore[attr-defined]
-    assert shipped["block_error_handler"] is False
-    # the interchange notices a silent manager after 120 s (Parsl's default heartbeat
-    # threshold), then the engine runs the task again on the new pool
-    executor = StandInExecutor(ep, timeout_s=RESULT_TIMEOUT_S + 240)
+    running = yaml.safe_load(ep.config)["engine"]  # type: ignore[attr-defined]
+    assert shipped["block_error_handler"] is running["block_error_handler"] is False
+    # the interchange notices the silent pool after FAST_HEARTBEAT's threshold, then the
+    # engine runs the task again on the new pool
+    executor = StandInExecutor(ep, timeout_s=RESULT_TIMEOUT_S + 60)
     refs = [f"run1/section_{i:04d}.tif" for i in range(4)]
     try:
         with Client(executor, manifest=manifest, max_retries=0, progress=False) as client:

@@ -200,6 +200,11 @@ class _DyingEngine(EngineExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
+#: When the crashing-image test's client counts an unanswered task lost: twice the engine's
+#: GC_TASK_TIMEOUT (no task runs longer), short of the engine's own 20 + 60 s.
+LOST_AFTER_S = 40
+
+
 @pytest.fixture(scope="module")
 def dying_engine(data_root):
     src = str(Path(scopefx_module.__file__).resolve().parents[1])
@@ -209,7 +214,7 @@ def dying_engine(data_root):
         "SCOPEFX_OUTPUT_ROOTS": str(data_root),
         "PYTHONPATH": f"{src}:{here}",
         "SCOPEFX_TEST_DIES_ON": "run1/section_0005.tif",
-        # bounds every task, so the client counts a task unanswered for 20 + 60 s lost
+        # bounds every task, so a task unanswered for longer than LOST_AFTER_S is lost
         "GC_TASK_TIMEOUT": "20",
     }
     ex = _DyingEngine(2, env=env)
@@ -229,13 +234,17 @@ def test_an_image_that_kills_its_worker_costs_only_itself(
 
     A worker that dies right after finishing a task may lose that task's result (Parsl's
     worker pool writes results from a background thread); the client then counts the task
-    lost after the engine's ``lost_after_s`` with nothing answered and sends it again, where
-    it used to wait forever."""
+    lost after ``lost_after_s`` with nothing answered and sends it again, where it used to
+    wait forever. The engine's limit (``GC_TASK_TIMEOUT`` + 60 s) is checked; the client here
+    waits ``LOST_AFTER_S``, still longer than any task may run."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))  # _dies_on, here too
     monkeypatch.setattr("scopefx.remote._failures._sleep", lambda s: None)
     bad = "run1/section_0005.tif"
     caplog.set_level(logging.WARNING, logger="scopefx.remote.client")
-    with Client(dying_engine, batch_size=12, max_retries=1, progress=False) as client:
+    assert dying_engine.lost_after_s == 20 + 60  # GC_TASK_TIMEOUT plus a minute
+    with Client(
+        dying_engine, batch_size=12, max_retries=1, lost_after_s=LOST_AFTER_S, progress=False
+    ) as client:
         records = client.score_focus(section_refs)
     assert [r.path for r in records] == section_refs
     assert [r.status for r in records] == ["ok"] * 5 + ["failed"] + ["ok"] * 6
