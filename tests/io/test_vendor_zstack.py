@@ -380,3 +380,12 @@ def test_a_real_czi_records_its_focus_position():
     if importlib.util.find_spec("bioio_czi") is None or not path.is_file():
         pytest.skip("bioio-czi or shared/data/tiles_real/zeiss_czi2 is absent")
     assert _focus_um(_reader(path), M=1, Z=0) == pytest.approx(7858.658)
+
+
+@pytest.mark.parametrize("part", ["tile/\u00b2", "tile/0/z/\u00b2", "tile/\u0663"])
+def test_a_tile_reference_with_non_ascii_digits_is_a_clear_error(part):
+    from scopefx.errors import UnsupportedFormatError
+    from scopefx.io._vendor import _tile_ref
+
+    with pytest.raises(UnsupportedFormatError, match="file::tile/N"):
+        _tile_ref(part, f"x.czi::{part}")

@@ -87,9 +87,9 @@ def _tile_ref(part: str | None, ref: str) -> tuple[int, ZSel]:
     head, _, rest = (part or "").partition("/")
     number, _, zpart = rest.partition("/")
     zhead, _, zvalue = zpart.partition("/")
-    ok = head == "tile" and number.isdigit()
+    ok = head == "tile" and _index(number)
     if zpart:
-        ok = ok and zhead == "z" and (zvalue.isdigit() or zvalue == "max")
+        ok = ok and zhead == "z" and (_index(zvalue) or zvalue == "max")
     if not ok:
         raise UnsupportedFormatError(
             f"{ref!r}: a tile inside an instrument file is referenced as 'file::tile/N' "
@@ -98,7 +98,12 @@ def _tile_ref(part: str | None, ref: str) -> tuple[int, ZSel]:
         )
     if not zpart:
         return int(number), None
-    return int(number), (int(zvalue) if zvalue.isdigit() else "max")
+    return int(number), (int(zvalue) if _index(zvalue) else "max")
+
+
+def _index(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts ``'²'``, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _plane(zsel: ZSel, size_z: int, ref: str) -> int | None:
@@ -159,7 +164,7 @@ def _first_planes(pixels: ET.Element) -> tuple[ET.Element | None, ET.Element | N
     found: dict[int, ET.Element] = {}
     for plane in pixels.findall("{*}Plane"):
         z = plane.get("TheZ", "0")
-        if plane.get("TheC", "0") == "0" and plane.get("TheT", "0") == "0" and z.isdigit():
+        if plane.get("TheC", "0") == "0" and plane.get("TheT", "0") == "0" and _index(z):
             found.setdefault(int(z), plane)
     return found.get(0), found.get(1)
 
@@ -240,6 +245,13 @@ def _ome_shape(series: Any, zsel: ZSel, ref: str) -> tuple[int, ...]:
     size = dict(zip(axes, shape, strict=True))
     _plane(zsel, size["Z"], ref)
     return _stack_shape(size.get("C", 1), size["Z"], size["Y"], size["X"], zsel)
+
+
+def _ome_tile(tif: Any, tile: int, ref: str) -> int:
+    """``tile``, refused when the file has fewer series."""
+    if tile >= len(tif.series):
+        raise ConfigError(f"{ref!r}: tile {tile} of {len(tif.series)}")
+    return tile
 
 
 def _ome_read(tif: Any, tile: int, zsel: ZSel, ref: str) -> np.ndarray:
@@ -487,9 +499,7 @@ def read_vendor_tile(path: Path, part: str | None, ref: str, page: int | None = 
     kind = _kind(path)
     if kind == "ome":
         with _ome_tiff(path) as tif:
-            if tile >= len(tif.series):
-                raise ConfigError(f"{ref!r}: tile {tile} of {len(tif.series)}")
-            data = _ome_read(tif, tile, zsel, ref)
+            data = _ome_read(tif, _ome_tile(tif, tile, ref), zsel, ref)
     else:
         r = _reader(path)
         with _lock(path):
@@ -507,9 +517,7 @@ def vendor_metadata(path: Path, part: str | None, ref: str) -> dict[str, Any]:
     kind = _kind(path)
     if kind == "ome":
         with _ome_tiff(path) as tif:
-            if tile >= len(tif.series):
-                raise ConfigError(f"{ref!r}: tile {tile} of {len(tif.series)}")
-            series = tif.series[tile]
+            series = tif.series[_ome_tile(tif, tile, ref)]
             shape, dtype = _ome_shape(series, zsel, ref), str(series.dtype)
         image = _ome_images(path)[tile]
         px, channels = image["pixel_size_um"], image["channels"]
