@@ -248,8 +248,14 @@ def test_an_image_that_kills_its_worker_costs_only_itself(
         records = client.score_focus(section_refs)
     assert [r.path for r in records] == section_refs
     assert [r.status for r in records] == ["ok"] * 5 + ["failed"] + ["ok"] * 6
-    assert records[5].error.startswith(f"{bad!r} failed on its own after ")
-    assert "WorkerLost" in records[5].error or "ManagerLost" in records[5].error
+    # Alone, the crashing reference ends one of two ways: the engine reports its worker lost,
+    # or (Parsl's lost-result race, docs/security.md) the loss itself goes unreported and the
+    # client gives up on it after its resends; both name it, and no other item pays.
+    error = records[5].error
+    if error.startswith(f"{bad!r} failed on its own after "):
+        assert "WorkerLost" in error or "ManagerLost" in error
+    else:
+        assert error.startswith(f"{bad!r} not scored: its task was not answered in ")
     monkeypatch.setenv("SCOPEFX_DATA_ROOTS", str(data_root))
     monkeypatch.setenv("SCOPEFX_OUTPUT_ROOTS", str(data_root))
     expected = [i["features"] for i in functions.score_focus(section_refs)]
