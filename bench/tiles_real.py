@@ -1,5 +1,5 @@
 """Registration and fusion of the real tile sets in ``../shared/data/tiles_real/``, against
-multiview-stitcher (and m2stitch where it runs) in the same run.
+multiview-stitcher (and ASHLAR and m2stitch where they run) in the same run.
 
 ::
 
@@ -13,6 +13,9 @@ Each tool runs in its own process on the set's ``stage.csv`` with its default se
   and the pyramid written to a temporary OME-Zarr;
 * **mvs**: ``bench/_mvs_register_peer.py`` in ``bench/.venv-mvs`` (``bench/setup_peer.sh``):
   ``registration.register`` then ``fusion.fuse`` in memory, package defaults;
+* **ashlar**: ``bench/_ashlar_peer.py`` in the same environment when ``ashlar`` imports there:
+  ``EdgeAligner`` at its defaults on the stage positions, pixel size 1 um (so its 15 um
+  ``max_shift`` is 15 px); registration only;
 * **m2stitch**: ``bench/_m2stitch_peer.py`` in the same environment when ``m2stitch`` imports
   there (registration only: it has no fusion); its failures are reported as such.
 
@@ -99,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     peers = {}
     if PEER_PY.is_file():
         peers["mvs"] = HERE / "_mvs_register_peer.py"
-        probe = subprocess.run([str(PEER_PY), "-c", "import m2stitch"], capture_output=True)
-        if probe.returncode == 0:
-            peers["m2stitch"] = HERE / "_m2stitch_peer.py"
+        for module in ("ashlar", "m2stitch"):
+            probe = subprocess.run([str(PEER_PY), "-c", f"import {module}"], capture_output=True)
+            if probe.returncode == 0:
+                peers[module] = HERE / f"_{module}_peer.py"
     report = Report()
     report.add("# Real tile sets: scopefx fuse --register against peers, defaults everywhere",
                *environment_lines(), "")  # fmt: skip
@@ -168,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                "Fiji's registered layout)",
                "error: against reference.csv after removing the mean offset (leica: the "
                "published regular grid; starrynight: Fiji's registered layout; zeiss: none)",
-               "ratios: scopefx / peer (below 1: scopefx faster or smaller); m2stitch has no "
-               "fusion, so its time covers registration only", "")  # fmt: skip
+               "ratios: scopefx / peer (below 1: scopefx faster or smaller); ashlar and "
+               "m2stitch register only: their time is reading and registration", "")  # fmt: skip
     report.add("failures (default settings):", *(f"  {f}" for f in failures), "")
     report.add("targets:", *(f"  {pass_fail(ok)}  {text}" for text, ok in targets))
     report.emit(args.out)

@@ -1,0 +1,121 @@
+"""Register tile sets with ASHLAR's ``EdgeAligner``, as a peer of tiles_real.py and
+register_synthetic.py.
+
+Run with an interpreter that has ASHLAR (``bench/.venv-mvs`` after
+``bench/.venv-mvs/bin/pip install ashlar``); this script must not import scopefx::
+
+    bench/.venv-mvs/bin/python bench/_ashlar_peer.py stage.csv OUT.json [stage2.csv OUT2.json ...]
+
+Each ``stage.csv`` (``path,x,y``: where the tile's pixel (0, 0) lands, px) is one set. Its tiles
+are read into memory (summed over colour channels) behind a minimal ASHLAR reader whose stage
+positions are those of the table and whose pixel size is 1 um, so ASHLAR's default
+``max_shift`` of 15 um is 15 px; everything else is ASHLAR's default (``EdgeAligner`` with
+``alpha=0.01``, ``filter_sigma=0``; thumbnail coarse alignment off, as it needs Bio-Formats
+metadata). ASHLAR needs tiles of one size: a set with mixed sizes is reported as its failure.
+Registration only (its mosaic assembly is not timed). Each ``OUT.json`` gets ``positions``
+(``[x, y]`` of each tile's pixel (0, 0), in the table's frame up to one common shift),
+``wall_s`` (reading and registration), ``peak_rss_mb`` (``VmHWM`` of the process so far) and
+``error`` when ASHLAR refuses or fails the set. Several sets in one call share the import cost;
+``wall_s`` is per set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+
+def _vm_hwm_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return None
+
+
+def _read(path: Path):
+    import numpy as np
+
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        data = tifffile.imread(path)
+    else:
+        import imageio.v3 as iio
+
+        data = iio.imread(path)
+    data = np.asarray(data, dtype=np.float32)
+    return data.sum(axis=-1) if data.ndim == 3 else data
+
+
+def _register(stage_csv: Path) -> dict:
+    import numpy as np
+    from ashlar import reg
+
+    t0 = time.perf_counter()
+    rows = []
+    with stage_csv.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            path = Path(row["path"])
+            rows.append((path if path.is_absolute() else stage_csv.parent / path,
+                         float(row["x"]), float(row["y"])))  # fmt: skip
+    images = [_read(p) for p, _, _ in rows]
+    yx = np.array([(y, x) for _, x, y in rows], dtype=float)
+
+    class Metadata(reg.Metadata):
+        _num_images = len(images)
+        num_channels = 1
+        pixel_size = 1.0
+        pixel_dtype = np.dtype(np.float32)
+
+        def tile_position(self, i):
+            return yx[i]
+
+        def tile_size(self, i):
+            return np.array(images[i].shape, dtype=int)
+
+    class Reader(reg.Reader):
+        metadata = Metadata()
+
+        def read(self, series, c):
+            return images[series]
+
+    out: dict = {}
+    try:
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            aligner = reg.EdgeAligner(Reader(), channel=0, do_make_thumbnail=False)
+            aligner.run()
+        placed = aligner.positions + aligner.origin  # undo ASHLAR's move of the origin to 0
+        out["positions"] = [[float(x), float(y)] for y, x in placed]
+    except Exception as exc:  # the peer's failure is a result, not a crash of the benchmark
+        out["error"] = f"{type(exc).__name__}: {exc}"[:300]
+    out["wall_s"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = _vm_hwm_mb()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("pairs", nargs="+", help="stage.csv OUT.json, repeated")
+    args = parser.parse_args(argv)
+    if len(args.pairs) % 2:
+        parser.error("give stage.csv and OUT.json in pairs")
+    for stage_csv, out_json in zip(args.pairs[::2], args.pairs[1::2], strict=True):
+        out = _register(Path(stage_csv))
+        Path(out_json).write_text(json.dumps(out))
+        print(json.dumps({k: v for k, v in out.items() if k != "positions"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
