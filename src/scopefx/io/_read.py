@@ -100,8 +100,9 @@ def tiff_damage(ref: str) -> Iterator[None]:
 
 
 def n_planes(shape: Sequence[int]) -> int:
-    """Pages of an array image: axis 0 of a 3D+ array, unless it is one (H, W, 3|4) colour image."""
-    if len(shape) >= 3 and not (len(shape) == 3 and shape[-1] in (3, 4)):
+    """Pages of an array image: axis 0 of a 3D+ array, unless it is one image with its samples
+    last: (H, W, 3|4) colour, or (H, W, 2) grey + alpha or two channels."""
+    if len(shape) >= 3 and not (len(shape) == 3 and shape[-1] in (2, 3, 4)):
         return int(shape[0])
     return 1
 
