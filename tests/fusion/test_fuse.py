@@ -261,6 +261,26 @@ def test_mixed_dtypes_are_refused_naming_the_tile(tmp_path):
         fuse_lazy(table)
 
 
+@pytest.mark.parametrize("samples", [2, 3, 4])
+def test_colour_tiles_with_samples_last_are_refused_not_fused_as_a_volume(tmp_path, samples):
+    """(H, W, 3) RGB tiles in a 2D table were fused as H channels of (W, 3) columns: a wrong
+    mosaic, with only a layout warning."""
+    mosaic = make_mosaic(**SMALL)
+    table = write_mosaic(tmp_path, mosaic)
+    how = {"photometric": "minisblack", "extrasamples": ["unassalpha"]} if samples == 2 else {}
+    for k, tile in enumerate(mosaic.tiles):  # grey + alpha, RGB, RGBA
+        colour = np.stack([tile] * samples, axis=-1)
+        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", colour, **how)
+    with pytest.raises(ConfigError, match=r"9 of 9 tiles are colour .*tile_0000\.tif .*moveaxis"):
+        fuse_lazy(table)
+    with pytest.raises(ConfigError, match=r"tiles are colour"):
+        fuse(table, tmp_path / "out.ome.zarr", options=FuseOptions(register=True))
+    for k, tile in enumerate(mosaic.tiles):  # channels first is the way in
+        planes = np.stack([tile] * samples)
+        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", planes, photometric="minisblack")
+    assert fuse_lazy(table).shape[0] == samples
+
+
 def test_singular_affine_is_refused(tmp_path):
     bad = np.eye(3)
     bad[0, 0] = 0
