@@ -27,6 +27,21 @@ def test_csv_positions_in_pixels_resolve_paths_and_reverse_axes(tmp_path):
     assert table[0].is_translation
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Path,X,Y\na.tif,10.5,20\n",  # headers as other tools capitalise them
+        "PATH , x_UM , Y_um\na.tif,5.25,10\n",
+        "path;x;y\na.tif;10,5;20\n",  # a spreadsheet in a decimal-comma locale
+        "path\tx\ty\na.tif\t10.5\t20\n",
+    ],
+)
+def test_csv_headers_in_any_case_and_semicolon_or_tab_tables_are_read(tmp_path, text):
+    table = read_tile_table(_write(tmp_path / "t.csv", text), pixel_size_um=0.5)
+    assert len(table) == 1 and table[0].ref == str(tmp_path / "a.tif")
+    np.testing.assert_array_equal(table[0].offset, [20, 10.5])
+
+
 def test_csv_micrometres_need_a_pixel_size(tmp_path):
     path = _write(tmp_path / "t.csv", "path,x_um,y_um\na.tif,100,50\n")
     with pytest.raises(ConfigError, match=r"micrometres.*--pixel-size"):
@@ -108,6 +123,12 @@ def test_missing_or_unknown_table_files(tmp_path):
         read_tile_table(_write(tmp_path / "t.json", "{}"))
     with pytest.raises(ConfigError, match=r"line 2: cannot parse"):
         read_tile_table(_write(tmp_path / "TileConfiguration.txt", "dim = 2\nnonsense\n"))
+
+
+def test_tile_configuration_with_an_unreadable_dim_line_is_a_config_error(tmp_path):
+    text = "dim = 2D\na.tif; ; (0.0, 0.0)\n"
+    with pytest.raises(ConfigError, match=r"line 1: cannot parse 'dim = 2D'; expected 'dim = 2'"):
+        read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
 
 
 def test_to_csv_round_trips_affines_and_focus(tmp_path):

@@ -2,8 +2,9 @@
 
 Two on-disk forms are read:
 
-* **CSV** with a header. ``path`` plus either ``x,y[,z]`` (mosaic pixels, floats allowed, ``x`` is
-  the column axis) or ``x_um,y_um[,z_um]`` (micrometres, divided by the pixel size). The position
+* **CSV** with a header (names in any case; ``,``, ``;`` or tab separated). ``path`` plus
+  either ``x,y[,z]`` (mosaic pixels, floats allowed, ``x`` is the column axis) or
+  ``x_um,y_um[,z_um]`` (micrometres, divided by the pixel size). The position
   is where the tile's pixel ``(0, 0[, 0])`` lands. An optional ``affine`` column holds a JSON
   matrix ``[[a, b, tx], [c, d, ty]]`` (3x4 in 3D) that maps tile pixel ``(x, y[, z])`` to mosaic
   pixel ``(x, y[, z])``; when present it is authoritative. An optional ``focus`` column carries a
@@ -305,11 +306,15 @@ def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
 def _read_csv(
     path: Path, pixel_size_um: float | None, rotation_deg: float
 ) -> tuple[list[Tile], int, float | None]:
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    text = _read_text(path)
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    # Spreadsheets in locales with a decimal comma write ';'; some tools write tabs.
+    delimiter = next((d for d in ",;\t" if d in header), ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     records = [(reader.line_num, r) for r in reader if any(v.strip() for v in r)]
     if not records:
         raise ConfigError(f"{path}: the table is empty; expected a header such as 'path,x,y'")
-    cols = [c.strip() for c in records[0][1]]
+    cols = [c.strip().lower() for c in records[0][1]]  # 'Path,X,Y' as well
     while cols and not cols[-1]:  # a trailing comma on the header (spreadsheet export)
         cols.pop()
     if "" in cols:
@@ -367,7 +372,8 @@ def _read_csv(
             m = _parse_affine(affine_text, ndim, where)
         else:
             try:
-                pos = np.array([float(row[a]) for a in axes])
+                comma = delimiter != ","  # '12,5' is 12.5 in a ';' or tab table
+                pos = np.array([float(row[a].replace(",", ".") if comma else row[a]) for a in axes])
             except (ValueError, KeyError):
                 given = {a: row.get(a) for a in axes}
                 raise ConfigError(f"{where}: position {given} is not numeric") from None
@@ -395,7 +401,12 @@ def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile
             continue
         key, eq, value = text.partition("=")
         if eq and key.strip().lower() == "dim":
-            ndim = int(value)
+            try:
+                ndim = int(value)
+            except ValueError:
+                raise ConfigError(
+                    f"{path}, line {line}: cannot parse {text!r}; expected 'dim = 2' or 'dim = 3'"
+                ) from None
             continue
         if eq and key.strip().lower() in ("multiseries",):
             continue
