@@ -178,7 +178,10 @@ class FocusCsvWriter:
 def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
     """The ``path,defocus`` table of a through-focus series: resolved image path -> defocus.
 
-    Paths in the table are relative to the table's folder (or absolute).
+    Paths in the table are relative to the table's folder (or absolute). Column names may be
+    in any case; the table may be separated by ``,``, ``;`` or tabs (with ``;`` or tabs a
+    decimal comma is read: ``-2,5`` is -2.5); UTF-8 (with or without a byte-order mark) or,
+    failing that, Latin-1.
 
     Raises
     ------
@@ -188,21 +191,35 @@ def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
     """
     table = Path(path)
     try:
-        with table.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        data = table.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read defocus table {os.fspath(path)!r}: {exc}") from None
-    if not rows or not {"path", "defocus"} <= set(rows[0]):
+    try:
+        text = data.decode("utf-8-sig")  # with the byte-order mark spreadsheets write
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")  # what spreadsheets on Windows write
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    delimiter = next((d for d in ",;\t" if d in header), ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    records = [(reader.line_num, r) for r in reader if any(v.strip() for v in r)]
+    cols = [c.strip().lower() for c in records[0][1]] if records else []  # 'Path, Defocus'
+    if not {"path", "defocus"} <= set(cols):
         raise ConfigError(
-            f"defocus table {os.fspath(path)!r} needs the columns 'path' and 'defocus'"
+            f"defocus table {os.fspath(path)!r} needs the columns 'path' and 'defocus', got {cols}"
         )
     out = {}
-    for i, row in enumerate(rows, start=2):
+    for i, values in records[1:]:
+        row = dict(zip(cols, (v.strip() for v in values), strict=False))
+        text_value = row.get("defocus", "")
+        if delimiter != ",":  # '-2,5' is -2.5 in a ';' or tab table
+            text_value = text_value.replace(",", ".")
         try:
-            value = float(row["defocus"])
+            value = float(text_value)
         except ValueError:
             raise ConfigError(
-                f"{os.fspath(path)!r} line {i}: defocus {row['defocus']!r} is not a number"
+                f"{os.fspath(path)!r} line {i}: defocus {row.get('defocus')!r} is not a number"
             ) from None
+        if not row.get("path"):
+            raise ConfigError(f"{os.fspath(path)!r} line {i}: empty path")
         out[str((table.parent / row["path"]).resolve())] = value
     return out
