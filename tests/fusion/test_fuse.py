@@ -50,6 +50,21 @@ def test_integer_shifts_reproduce_the_image_exactly(tmp_path, blend, dtype):
     assert (~covered).any()  # jitter leaves uncovered corners: the check above means something
 
 
+@pytest.mark.parametrize("blend", ["linear", "mean", "max", "first", "closest"])
+def test_nan_pixels_are_no_data_that_a_neighbour_fills(tmp_path, blend):
+    """NaN in a float tile (a warped or masked export) spread into the blend of the overlap, so
+    the neighbour's good pixels came out NaN; they are no data, like the outside of a tile."""
+    mosaic = make_mosaic(**SMALL, overlap=0.25, dtype="float32")
+    table = write_mosaic(tmp_path, mosaic)
+    centre = mosaic.tiles[4].copy()
+    centre[:8, :] = np.nan  # under tile 1
+    centre[:, :8] = np.inf  # under tile 3
+    tifffile.imwrite(tmp_path / "tile_0004.tif", centre)
+    fused, plan = _fused(table, blend=blend)
+    assert np.isfinite(fused).all()
+    np.testing.assert_array_equal(fused, truth_view(mosaic.truth, plan))
+
+
 @pytest.mark.parametrize(
     ("case", "order", "max_rmse"),
     [
