@@ -203,3 +203,15 @@ def test_layout_problems_name_units_and_isolated_tiles():
     assert "times the tiles' summed area" in problems[1]
     stray = TileTable.from_positions(list("abcd"), [*grid[:3], (5000, 5000)])
     assert any("1 tile(s) overlap no other tile: d" in p for p in layout_problems(stray, shapes))
+
+
+def test_tile_configuration_multiseries_lines_name_the_tile_of_the_file(tmp_path):
+    """Fiji writes 'scan.czi; N; (x, y)' for the tiles of one multi-series file; the series was
+    dropped and the table refused as listing 'scan.czi' twice."""
+    text = "dim = 2\nmultiseries = true\nscan.czi; 0; (0.0, 0.0)\nscan.czi; 1; (832.0, 0.0)\n"
+    table = read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
+    assert table.refs == [f"{tmp_path / 'scan.czi'}::tile/0", f"{tmp_path / 'scan.czi'}::tile/1"]
+    np.testing.assert_array_equal(table[1].offset, [0, 832])
+    bad = text.replace("; 1;", "; one;")
+    with pytest.raises(ConfigError, match=r"line 4: series 'one' is not a tile number"):
+        read_tile_table(_write(tmp_path / "TileConfiguration.txt", bad))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import TileTable, layout_problems, open_binary
+from ..io import TileTable, layout_problems, open_binary, split_ref
 from ._blend import Reader
 from ._fuse import load_tiles, plan_loaded, tile_layout
 from ._job import FusionJob, FusionResult, prepare_fusion
@@ -244,7 +244,8 @@ def _pixel_size_from(table: TileTable, metas: list[Any], given: float | None) ->
         return f"{str(table.extra['vendor']).upper()} file metadata"
     first = metas[0] if metas else None
     if first is not None and first.pixel_size_um == table.pixel_size_um and first.pixel_size_from:
-        return f"{first.pixel_size_from} of {Path(first.path).name}"
+        store, inner = split_ref(first.path)  # 'scan.czi::tile/0' is not a file named '0'
+        return f"{first.pixel_size_from} of {store.name}" + (f"::{inner}" if inner else "")
     return "tile table"
 
 

@@ -10,7 +10,8 @@ Two on-disk forms are read:
   pixel ``(x, y[, z])``; when present it is authoritative. An optional ``focus`` column carries a
   per-tile focus score (used by ``blend="focus"`` and the preview).
 * **Fiji / BigStitcher** ``TileConfiguration.txt`` and ``TileConfiguration.registered.txt``
-  (``dim = 2`` or ``3``; lines ``name; ; (x, y[, z])``).
+  (``dim = 2`` or ``3``; lines ``name; ; (x, y[, z])``, or ``name; N; (x, y[, z])`` for tile
+  ``N`` of a multi-series instrument file, ``name::tile/N``).
 
 Relative paths are resolved against the table's folder.
 
@@ -428,7 +429,15 @@ def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile
             )
         m = np.eye(ndim + 1)
         m[:ndim, ndim] = _rotation_xy(rotation_deg, ndim)[:ndim, :ndim] @ coords
-        tiles.append(Tile(_resolve(match["name"], base), xyz_to_index(m)))
+        name, series = match["name"].strip(), match["series"].strip()
+        if series:  # Fiji's multi-series form, 'scan.czi; 3; (x, y)': tile 3 of that file
+            if not (series.isascii() and series.isdigit()):
+                raise ConfigError(
+                    f"{path}, line {line}: series {series!r} is not a tile number; expected "
+                    "'name; ; (x, y)' or 'name; N; (x, y)'"
+                )
+            name = f"{name}{ZARR_SEP}tile/{int(series)}"
+        tiles.append(Tile(_resolve(name, base), xyz_to_index(m)))
         lines.append(line)
     _refuse_duplicates(tiles, lines, path)
     if ndim not in (2, 3):
