@@ -341,12 +341,19 @@ class TiffJob:
         preview: str | os.PathLike[str] | None = None,
     ) -> FusionResult:
         """Compute the mosaic in memory and write it to a temporary name, renamed when
-        complete (``on_chunk`` and ``preview`` are not used for TIFF output)."""
-        return _fuse_tiff(
+        complete, then the preview (``preview``, default ``options.preview``); ``on_chunk`` is
+        not used for TIFF output."""
+        result = _fuse_tiff(
             self.plan, self.out, list(self.missing), self.extra, self.started,
             overwrite=self.options.overwrite, flatfield=self.flatfield, read=self.read,
             device=self.device, scheduler=scheduler, workers=workers,
         )  # fmt: skip
+        preview = preview if preview is not None else self.options.preview
+        if preview is not None:
+            from ._publish import publish_preview
+
+            publish_preview(preview, self.out, self.plan)
+        return result
 
 
 def _fuse_tiff(
