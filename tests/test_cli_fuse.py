@@ -65,6 +65,20 @@ def test_fuse_to_a_tiff_writes_the_preview_it_reports(tmp_path):
     assert (tmp_path / "small.png").stat().st_size > 1000
 
 
+def test_fuse_to_a_tiff_with_register_names_the_sidecars_it_wrote(tmp_path):
+    """The summary named 'm.tif.registered.csv' while 'm.registered.csv' was written."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    code, text = _run(
+        "fuse", str(table), "-o", str(tmp_path / "m.tif"), "--register", "-q",
+        "--json", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert code == 0, text
+    registration = json.loads((tmp_path / "r.json").read_text())["registration"]
+    assert registration["table"] == str(tmp_path / "m.registered.csv")
+    for key in ("table", "pairs_csv", "qc", "qc_png"):
+        assert Path(registration[key]).is_file(), key
+
+
 def test_fuse_usage_errors_exit_2_data_errors_exit_3(tmp_path, capsys):
     table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
     with pytest.raises(SystemExit) as info:

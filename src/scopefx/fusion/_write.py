@@ -249,23 +249,13 @@ def _pixel_size_from(table: TileTable, metas: list[Any], given: float | None) ->
     return "tile table"
 
 
-def sidecar(out: Path, suffix: str) -> Path:
-    """``mosaic.ome.zarr`` -> ``mosaic<suffix>`` beside it."""
-    name = out.name
-    for ext in (".ome.zarr", ".zarr"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return out.with_name(name + suffix)
-
-
 def _register(
     table: TileTable, shapes: np.ndarray, out: Path, read: Reader | None, workers: int,
     flatfield: Any = None, *, params: Any = None, replace: bool = False,
 ) -> tuple[TileTable, dict[str, Any]]:  # fmt: skip
     """Register, write the sidecars and the QC report beside ``out``; the refined table and
     the run's registration summary."""
-    from ._qc import qc_only, report_summary
+    from ._qc import qc_only, report_summary, sidecar
 
     reg, report, (qc_json, qc_png) = qc_only(
         table, out, params=params, read=read, shapes=shapes, flatfield=flatfield,
