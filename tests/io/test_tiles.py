@@ -215,3 +215,11 @@ def test_tile_configuration_multiseries_lines_name_the_tile_of_the_file(tmp_path
     bad = text.replace("; 1;", "; one;")
     with pytest.raises(ConfigError, match=r"line 4: series 'one' is not a tile number"):
         read_tile_table(_write(tmp_path / "TileConfiguration.txt", bad))
+
+
+def test_tables_written_on_windows_use_backslash_folders(tmp_path):
+    """'tiles\\a.tif' was taken for a file named so, and every tile reported missing."""
+    csv_table = read_tile_table(_write(tmp_path / "t.csv", "path,x,y\ntiles\\a.tif,0,0\n"))
+    text = "dim = 2\ntiles\\a.tif; ; (0.0, 0.0)\n"
+    fiji = read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
+    assert csv_table.refs == fiji.refs == [str(tmp_path / "tiles" / "a.tif")]

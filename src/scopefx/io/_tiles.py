@@ -248,6 +248,8 @@ def _relative_ref(ref: str, base: Path) -> str:
 
 def _resolve(name: str, base: Path) -> str:
     store, sep, array = name.strip().partition(ZARR_SEP)
+    if "\\" in store and "/" not in store:  # a table written on Windows: 'tiles\a.tif'
+        store = store.replace("\\", "/")
     p = Path(store)
     if not p.is_absolute():
         p = base / p
