@@ -93,6 +93,21 @@ def test_tiff_rgb_keeps_colour(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "rgb.tif"), data)
 
 
+def test_tiff_with_a_thumbnail_first_reads_the_full_image(tmp_path: Path) -> None:
+    """A reduced-resolution thumbnail (NewSubfileType 1) written before the image was read, and
+    scored, in place of the image."""
+    from scopefx.io import read_metadata
+
+    image = np.arange(64 * 80, dtype=np.uint16).reshape(64, 80)
+    path = tmp_path / "with_thumbnail.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image[::8, ::8], subfiletype=1)
+        tif.write(image)
+    np.testing.assert_array_equal(read_image(path), image)
+    np.testing.assert_array_equal(read_image(path, page=0), image)
+    assert read_metadata(path).shape == (64, 80)
+
+
 def test_bigtiff(tmp_path: Path) -> None:
     data = _stack(2)
     path = tmp_path / "big.tif"
