@@ -115,6 +115,9 @@ def _read_and_register(
         extra["layout_problems"] = problems
     if flatfield is None and options.flatfield is not None:
         flatfield = _flatfield(options.flatfield, table.refs, read)
+    if flatfield is not None:  # every tile fits it, checked before any output is made
+        for ref, meta in zip(table.refs, metas, strict=True):
+            flatfield.check_shape(meta.shape, ref=ref)
     if options.register:
         replace = options.overwrite or options.resume  # a previous run's sidecars
         table, extra["registration"] = _register(
