@@ -37,9 +37,10 @@ def test_csv_positions_in_pixels_resolve_paths_and_reverse_axes(tmp_path):
     ],
 )
 def test_csv_headers_in_any_case_and_semicolon_or_tab_tables_are_read(tmp_path, text):
-    table = read_tile_table(_write(tmp_path / "t.csv", text), pixel_size_um=0.5)
-    assert len(table) == 1 and table[0].ref == str(tmp_path / "a.tif")
-    np.testing.assert_array_equal(table[0].offset, [20, 10.5])
+    for name in ("t.csv", "t.tsv"):
+        table = read_tile_table(_write(tmp_path / name, text), pixel_size_um=0.5)
+        assert len(table) == 1 and table[0].ref == str(tmp_path / "a.tif")
+        np.testing.assert_array_equal(table[0].offset, [20, 10.5])
 
 
 def test_csv_micrometres_need_a_pixel_size(tmp_path):

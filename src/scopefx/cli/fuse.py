@@ -34,7 +34,11 @@ def add_parser(sub: Any) -> None:
         "--pixel-size, optional affine and focus columns), a Fiji TileConfiguration.txt, or an "
         "instrument file with stage positions (.ome.tif, .czi, .nd2, .lif).",
     )
-    p.add_argument("tiles", metavar="TILES", help="tile table (.csv or TileConfiguration .txt)")
+    p.add_argument(
+        "tiles",
+        metavar="TILES",
+        help="tile table (.csv/.tsv, TileConfiguration .txt, or an instrument file)",
+    )
     p.add_argument(
         "-o", "--output", required=True, metavar="OUT.ome.zarr", help="the OME-Zarr mosaic to write"
     )

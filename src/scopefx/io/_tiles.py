@@ -2,9 +2,9 @@
 
 Two on-disk forms are read:
 
-* **CSV** with a header (names in any case; ``,``, ``;`` or tab separated). ``path`` plus
-  either ``x,y[,z]`` (mosaic pixels, floats allowed, ``x`` is the column axis) or
-  ``x_um,y_um[,z_um]`` (micrometres, divided by the pixel size). The position
+* **CSV** (or ``.tsv``) with a header (names in any case; ``,``, ``;`` or tab separated).
+  ``path`` plus either ``x,y[,z]`` (mosaic pixels, floats allowed, ``x`` is the column axis)
+  or ``x_um,y_um[,z_um]`` (micrometres, divided by the pixel size). The position
   is where the tile's pixel ``(0, 0[, 0])`` lands. An optional ``affine`` column holds a JSON
   matrix ``[[a, b, tx], [c, d, ty]]`` (3x4 in 3D) that maps tile pixel ``(x, y[, z])`` to mosaic
   pixel ``(x, y[, z])``; when present it is authoritative. An optional ``focus`` column carries a
@@ -493,7 +493,7 @@ def read_tile_table(
         return placed.replace(source=os.fspath(p.resolve()), extra=extra, pixel_size_z_um=z_step)
     suffix = p.suffix.lower()
     try:
-        if suffix == ".csv":
+        if suffix in (".csv", ".tsv"):
             tiles, ndim, px = _read_csv(p, pixel_size_um, rotation_deg)
         elif suffix == ".txt":
             tiles, ndim = _read_tile_configuration(p, rotation_deg)
@@ -503,9 +503,9 @@ def read_tile_table(
             f"tile table {os.fspath(path)!r} is not UTF-8 text ({exc.reason} at byte "
             f"{exc.start}); save it as a UTF-8 CSV or TileConfiguration.txt"
         ) from None
-    if suffix not in (".csv", ".txt"):
+    if suffix not in (".csv", ".tsv", ".txt"):
         raise UnsupportedFormatError(
-            f"tile table {os.fspath(path)!r}: expected a .csv table or a Fiji "
+            f"tile table {os.fspath(path)!r}: expected a .csv table (or .tsv) or a Fiji "
             "TileConfiguration .txt"
         )
     return TileTable(tuple(tiles), ndim=ndim, pixel_size_um=px, source=os.fspath(path))
