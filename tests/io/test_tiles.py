@@ -224,3 +224,14 @@ def test_tables_written_on_windows_use_backslash_folders(tmp_path):
     text = "dim = 2\ntiles\\a.tif; ; (0.0, 0.0)\n"
     fiji = read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
     assert csv_table.refs == fiji.refs == [str(tmp_path / "tiles" / "a.tif")]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
+def test_positions_that_are_not_finite_name_their_line(tmp_path, value):
+    """float() reads 'nan' and 'inf': the table was taken, and the fusion refused 'tile 2'
+    for an affine holding NaN, without the line (and with a NumPy warning for inf)."""
+    with pytest.raises(ConfigError, match=r"line 3: position .* is not a finite number"):
+        read_tile_table(_write(tmp_path / "t.csv", f"path,x,y\na.tif,0,0\nb.tif,{value},5\n"))
+    text = f"dim = 2\na.tif; ; (0, 0)\nb.tif; ; ({value}, 5)\n"
+    with pytest.raises(ConfigError, match=r"line 3: position .* is not a finite number"):
+        read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))

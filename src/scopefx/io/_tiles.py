@@ -380,6 +380,9 @@ def _read_csv(
             except (ValueError, KeyError):
                 given = {a: row.get(a) for a in axes}
                 raise ConfigError(f"{where}: position {given} is not numeric") from None
+            if not np.isfinite(pos).all():  # float() reads 'nan' and 'inf'
+                given = {a: row.get(a) for a in axes}
+                raise ConfigError(f"{where}: position {given} is not a finite number")
             if unit == "um":
                 pos = pos / float(pixel_size_um)  # type: ignore[arg-type]
             m = np.eye(ndim + 1)
@@ -424,6 +427,10 @@ def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile
             raise ConfigError(
                 f"{path}, line {line}: position ({match['coords']}) is not numeric"
             ) from None
+        if not np.isfinite(coords).all():  # float() reads 'NaN' and 'Infinity'
+            raise ConfigError(
+                f"{path}, line {line}: position ({match['coords']}) is not a finite number"
+            )
         ndim = ndim or len(coords)
         if len(coords) != ndim:
             raise ConfigError(
