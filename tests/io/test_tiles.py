@@ -34,6 +34,7 @@ def test_csv_positions_in_pixels_resolve_paths_and_reverse_axes(tmp_path):
         "PATH , x_UM , Y_um\na.tif,5.25,10\n",
         "path;x;y\na.tif;10,5;20\n",  # a spreadsheet in a decimal-comma locale
         "path\tx\ty\na.tif\t10.5\t20\n",
+        "# exported by the stage software\npath,x,y\n# row 1\na.tif,10.5,20\n",
     ],
 )
 def test_csv_headers_in_any_case_and_semicolon_or_tab_tables_are_read(tmp_path, text):

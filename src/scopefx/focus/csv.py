@@ -189,6 +189,8 @@ def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
         The table cannot be read, lacks the ``path`` or ``defocus`` column, or holds a defocus
         that is not a number (the message names the line).
     """
+    from ..io import parse_text_table
+
     table = Path(path)
     try:
         data = table.read_bytes()
@@ -198,23 +200,17 @@ def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
         text = data.decode("utf-8-sig")  # with the byte-order mark spreadsheets write
     except UnicodeDecodeError:
         text = data.decode("latin-1")  # what spreadsheets on Windows write
-    header = next((line for line in text.splitlines() if line.strip()), "")
-    delimiter = next((d for d in ",;\t" if d in header), ",")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    records = [(reader.line_num, r) for r in reader if any(v.strip() for v in r)]
-    cols = [c.strip().lower() for c in records[0][1]] if records else []  # 'Path, Defocus'
+    parsed = parse_text_table(text)
+    cols = parsed.columns  # 'Path, Defocus' as well
     if not {"path", "defocus"} <= set(cols):
         raise ConfigError(
             f"defocus table {os.fspath(path)!r} needs the columns 'path' and 'defocus', got {cols}"
         )
     out = {}
-    for i, values in records[1:]:
+    for i, values in parsed.records:
         row = dict(zip(cols, (v.strip() for v in values), strict=False))
-        text_value = row.get("defocus", "")
-        if delimiter != ",":  # '-2,5' is -2.5 in a ';' or tab table
-            text_value = text_value.replace(",", ".")
         try:
-            value = float(text_value)
+            value = parsed.number(row.get("defocus", ""))
         except ValueError:
             raise ConfigError(
                 f"{os.fspath(path)!r} line {i}: defocus {row.get('defocus')!r} is not a number"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -45,6 +44,7 @@ import numpy as np
 
 from ..errors import ConfigError, ImageNotFoundError, UnsupportedFormatError
 from ._refsyntax import ZARR_SEP
+from ._texttable import parse_text_table
 
 __all__ = ["Tile", "TileTable", "flatten_z", "layout_problems", "read_tile_table"]
 
@@ -309,15 +309,10 @@ def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
 def _read_csv(
     path: Path, pixel_size_um: float | None, rotation_deg: float
 ) -> tuple[list[Tile], int, float | None]:
-    text = _read_text(path)
-    header = next((line for line in text.splitlines() if line.strip()), "")
-    # Spreadsheets in locales with a decimal comma write ';'; some tools write tabs.
-    delimiter = next((d for d in ",;\t" if d in header), ",")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    records = [(reader.line_num, r) for r in reader if any(v.strip() for v in r)]
-    if not records:
+    table = parse_text_table(_read_text(path))
+    if not table.columns:
         raise ConfigError(f"{path}: the table is empty; expected a header such as 'path,x,y'")
-    cols = [c.strip().lower() for c in records[0][1]]  # 'Path,X,Y' as well
+    cols = list(table.columns)
     while cols and not cols[-1]:  # a trailing comma on the header (spreadsheet export)
         cols.pop()
     if "" in cols:
@@ -325,7 +320,7 @@ def _read_csv(
             f"{path}, line 1: column {cols.index('') + 1} has no name; columns {cols}"
         )
     rows, lines = [], []
-    for line, values in records[1:]:
+    for line, values in table.records:
         extra = [v for v in values[len(cols) :] if v.strip()]
         if extra:
             raise ConfigError(
@@ -375,8 +370,7 @@ def _read_csv(
             m = _parse_affine(affine_text, ndim, where)
         else:
             try:
-                comma = delimiter != ","  # '12,5' is 12.5 in a ';' or tab table
-                pos = np.array([float(row[a].replace(",", ".") if comma else row[a]) for a in axes])
+                pos = np.array([table.number(row[a]) for a in axes])
             except (ValueError, KeyError):
                 given = {a: row.get(a) for a in axes}
                 raise ConfigError(f"{where}: position {given} is not numeric") from None
@@ -389,7 +383,7 @@ def _read_csv(
             m[:ndim, ndim] = rot[:ndim, :ndim] @ pos  # positions turn; the tiles do not
         focus = row.get("focus", "")
         try:
-            score = float(focus) if focus else None
+            score = table.number(focus) if focus else None
         except ValueError:
             raise ConfigError(f"{where}: focus {focus!r} is not numeric") from None
         tiles.append(Tile(_resolve(row["path"], base), xyz_to_index(m), score))
