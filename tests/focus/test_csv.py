@@ -107,7 +107,7 @@ def test_defocus_table(tmp_path):
         b"Path, Defocus\na.tif, -1.5\nb.tif ,2\n",  # capitals, spaces after the commas
         b"path;defocus\na.tif;-1,5\nb.tif;2\n",  # a decimal-comma locale
         b"path\tdefocus\na.tif\t-1.5\nb.tif\t2\n",
-        b"# z series, 2026-11-30\npath,defocus\na.tif,-1.5\n# refocused here\nb.tif,2\n",
+        b"# z series, 2026-11-30\npath,defocus\na.tif,-1.5\nb.tif,2\n",
     ],
 )
 def test_defocus_table_as_spreadsheets_and_people_write_it(tmp_path, data):

@@ -34,7 +34,7 @@ def test_csv_positions_in_pixels_resolve_paths_and_reverse_axes(tmp_path):
         "PATH , x_UM , Y_um\na.tif,5.25,10\n",
         "path;x;y\na.tif;10,5;20\n",  # a spreadsheet in a decimal-comma locale
         "path\tx\ty\na.tif\t10.5\t20\n",
-        "# exported by the stage software\npath,x,y\n# row 1\na.tif,10.5,20\n",
+        "# exported by the stage software\n# 1 tile\npath,x,y\na.tif,10.5,20\n",
     ],
 )
 def test_csv_headers_in_any_case_and_semicolon_or_tab_tables_are_read(tmp_path, text):
@@ -236,3 +236,8 @@ def test_positions_that_are_not_finite_name_their_line(tmp_path, value):
     text = f"dim = 2\na.tif; ; (0, 0)\nb.tif; ; ({value}, 5)\n"
     with pytest.raises(ConfigError, match=r"line 3: position .* is not a finite number"):
         read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
+
+
+def test_a_tile_named_with_a_hash_is_a_tile_not_a_comment(tmp_path):
+    table = read_tile_table(_write(tmp_path / "t.csv", "# stage export\npath,x,y\n#001.tif,0,0\n"))
+    assert table.refs == [str(tmp_path / "#001.tif")]

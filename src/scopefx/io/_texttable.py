@@ -34,15 +34,16 @@ class TextTable:
 def parse_text_table(text: str) -> TextTable:
     """Parse CSV ``text`` whose separator is the header's first of ``,``, ``;`` and tab.
 
-    Blank lines and comment lines (``# exported by ...``, before the header or among the rows)
-    are skipped; an empty ``text`` gives a table with no columns.
+    Blank lines, and comment lines above the header (``# exported by ...``), are skipped (below
+    it a ``#`` starts a value: a tile may be named ``#001.tif``); an empty ``text`` gives a table
+    with no columns.
     """
     header = next((ln for ln in text.splitlines() if ln.strip() and not _comment(ln)), "")
     delimiter = next((d for d in _DELIMITERS if d in header), ",")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    records = [
-        (reader.line_num, r) for r in reader if any(v.strip() for v in r) and not _comment(r[0])
-    ]
+    records = [(reader.line_num, r) for r in reader if any(v.strip() for v in r)]
+    while records and _comment(records[0][1][0]):
+        records.pop(0)
     if not records:
         return TextTable([], [], delimiter)
     columns = [c.strip().lower() for c in records[0][1]]
