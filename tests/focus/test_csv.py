@@ -125,3 +125,18 @@ def test_defocus_table_row_without_a_defocus_names_its_line(tmp_path):
     table.write_text("path,defocus\na.tif,1\nb.tif\n")
     with pytest.raises(ConfigError, match="line 3: defocus None is not a number"):
         read_defocus_table(table)
+
+
+def test_defocus_table_pages_of_a_stack(tmp_path):
+    from scopefx.focus.csv import defocus_files, defocus_key
+
+    table = tmp_path / "defocus.csv"
+    table.write_text("path,page,defocus\nstack.tif,0,-1\nstack.tif,1,0\nother.tif,,2\n")
+    read = read_defocus_table(table)
+    stack = str((tmp_path / "stack.tif").resolve())
+    assert read == {f"{stack}[0]": -1.0, f"{stack}[1]": 0.0, str(tmp_path / "other.tif"): 2.0}
+    assert read[defocus_key(stack, 1)] == 0.0
+    assert defocus_files(read) == sorted([stack, str(tmp_path / "other.tif")])
+    table.write_text("path,page,defocus\nstack.tif,first,-1\n")
+    with pytest.raises(ConfigError, match=r"line 2: page 'first' is not a page number"):
+        read_defocus_table(table)

@@ -28,6 +28,7 @@ import csv
 import io
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,7 +36,14 @@ from typing import Any, TextIO
 from ..errors import ConfigError
 from ._batch import CSV_COLUMNS, FocusRecord
 
-__all__ = ["VERDICT_COLUMNS", "FocusCsvWriter", "read_defocus_table", "read_focus_csv"]
+__all__ = [
+    "VERDICT_COLUMNS",
+    "FocusCsvWriter",
+    "defocus_files",
+    "defocus_key",
+    "read_defocus_table",
+    "read_focus_csv",
+]
 
 #: The columns a verdict sets (:meth:`FocusRecord.apply`), rewritten by
 #: :meth:`FocusCsvWriter.rewrite_verdicts`.
@@ -178,7 +186,10 @@ class FocusCsvWriter:
 def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
     """The ``path,defocus`` table of a through-focus series: resolved image path -> defocus.
 
-    Paths in the table are relative to the table's folder (or absolute). Column names may be
+    Paths in the table are relative to the table's folder (or absolute). A through-focus
+    series in one multi-page file (a z stack) gives each page its defocus with a ``page``
+    column (from 0): such rows are keyed ``"/abs/stack.tif[3]"`` (the notation of the focus
+    output's lines), other rows by the path alone. Column names may be
     in any case; the table may be separated by ``,``, ``;`` or tabs (with ``;`` or tabs a
     decimal comma is read: ``-2,5`` is -2.5); UTF-8 (with or without a byte-order mark) or,
     failing that, Latin-1.
@@ -217,5 +228,25 @@ def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
             ) from None
         if not row.get("path"):
             raise ConfigError(f"{os.fspath(path)!r} line {i}: empty path")
-        out[str((table.parent / row["path"]).resolve())] = value
+        key = str((table.parent / row["path"]).resolve())
+        page = row.get("page", "")
+        if page:
+            if not (page.isascii() and page.isdigit()):
+                raise ConfigError(
+                    f"{os.fspath(path)!r} line {i}: page {page!r} is not a page number (from 0)"
+                )
+            key = f"{key}[{int(page)}]"
+        out[key] = value
     return out
+
+
+def defocus_key(path: str, page: int | None) -> str:
+    """The key of an image (``page`` of a multi-page file, or the file) in
+    :func:`read_defocus_table`'s result."""
+    key = str(Path(path).resolve())
+    return key if page is None else f"{key}[{page}]"
+
+
+def defocus_files(table: dict[str, float]) -> list[str]:
+    """The files a defocus table names, each once, sorted (a page's key without its page)."""
+    return sorted({re.sub(r"\[\d+\]$", "", key) for key in table})
