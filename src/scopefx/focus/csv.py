@@ -188,17 +188,18 @@ def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
 
     Paths in the table are relative to the table's folder (or absolute). A through-focus
     series in one multi-page file (a z stack) gives each page its defocus with a ``page``
-    column (from 0): such rows are keyed ``"/abs/stack.tif[3]"`` (the notation of the focus
-    output's lines), other rows by the path alone. Column names may be
-    in any case; the table may be separated by ``,``, ``;`` or tabs (with ``;`` or tabs a
-    decimal comma is read: ``-2,5`` is -2.5); UTF-8 (with or without a byte-order mark) or,
-    failing that, Latin-1.
+    column (from 0): such rows are keyed ``"/abs/stack.tif[3]"`` (:func:`defocus_key`, the
+    notation of the focus output's lines), other rows by the path alone. The table is read by
+    :func:`scopefx.io.parse_text_table` (column names in any case; ``,``, ``;`` or tab
+    separated, a decimal comma with ``;`` or tabs), as UTF-8 (with or without a byte-order
+    mark) or, failing that, Latin-1.
 
     Raises
     ------
     ConfigError
         The table cannot be read, lacks the ``path`` or ``defocus`` column, or holds a defocus
-        that is not a number (the message names the line).
+        that is not a number, an empty path or a page that is not a number (the message names
+        the line).
     """
     from ..io import parse_text_table
 
