@@ -198,6 +198,19 @@ def test_single_image_accepts_page_zero_only(tmp_path: Path) -> None:
         read_image(tmp_path / "a.png", page=1)
 
 
+@pytest.mark.parametrize("shape", [(20, 30), (20, 30, 3), (20, 30, 2)])
+def test_single_array_image_page_zero_is_the_image(tmp_path: Path, shape) -> None:
+    """page=0 of a 2D or colour .npy / Zarr array gave its first row, not the image."""
+    data = np.arange(int(np.prod(shape)), dtype=np.uint16).reshape(shape)
+    np.save(tmp_path / "a.npy", data)
+    store = zarr.open_array(tmp_path / "a.zarr", mode="w", shape=shape, dtype=data.dtype)
+    store[...] = data
+    for ref in (tmp_path / "a.npy", tmp_path / "a.zarr"):
+        np.testing.assert_array_equal(read_image(ref, page=0), data)
+        with pytest.raises(ConfigError, match=r"page 1 is out of range"):
+            read_image(ref, page=1)
+
+
 # --------------------------------------------------------------------------- NumPy
 
 

@@ -240,7 +240,8 @@ def _read_npy(r: ResolvedRef, page: int | None) -> np.ndarray:
                 )
             return data.reshape(shape, order=order)
         loaded = np.memmap(fh, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order=order)
-        data = np.array(loaded[check_page(page, planes, r.ref)])
+        index = check_page(page, planes, r.ref)
+        data = np.array(loaded[index] if planes > 1 else loaded)  # one image: page 0 is all
         del loaded  # closes the memory map
         return data
 
@@ -312,7 +313,9 @@ def _read_zarr(r: ResolvedRef, page: int | None) -> np.ndarray:
     with decoding(r.ref, r.kind):
         if page is None:
             return np.asarray(array[...])
-        return np.asarray(array[check_page(page, n_planes(array.shape), r.ref)])
+        planes = n_planes(array.shape)
+        index = check_page(page, planes, r.ref)
+        return np.asarray(array[index] if planes > 1 else array[...])  # one image: all of it
 
 
 def _read_vendor(r: ResolvedRef, page: int | None) -> np.ndarray:
