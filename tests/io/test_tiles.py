@@ -127,6 +127,13 @@ def test_missing_or_unknown_table_files(tmp_path):
         read_tile_table(_write(tmp_path / "TileConfiguration.txt", "dim = 2\nnonsense\n"))
 
 
+def test_a_folder_given_as_the_table_is_named_a_folder(tmp_path):
+    """It was reported as a table that 'does not exist'."""
+    (tmp_path / "tiles").mkdir()
+    with pytest.raises(UnsupportedFormatError, match=r"'.*tiles' is a folder: give a table"):
+        read_tile_table(tmp_path / "tiles")
+
+
 def test_tile_configuration_with_an_unreadable_dim_line_is_a_config_error(tmp_path):
     text = "dim = 2D\na.tif; ; (0.0, 0.0)\n"
     with pytest.raises(ConfigError, match=r"line 1: cannot parse 'dim = 2D'; expected 'dim = 2'"):

@@ -477,10 +477,17 @@ def read_tile_table(
     ------
     ImageNotFoundError
         The table does not exist.
+    UnsupportedFormatError
+        A folder (not a table), or a file of a kind that holds no tile positions.
     ConfigError
         A column is missing, a value is not numeric, an affine is malformed or singular.
     """
     p = Path(path)
+    if p.is_dir():
+        raise UnsupportedFormatError(
+            f"tile table {os.fspath(path)!r} is a folder: give a table that places its tiles "
+            "(a CSV with path,x,y, a Fiji TileConfiguration.txt) or an instrument file"
+        )
     if not p.is_file():
         raise ImageNotFoundError(f"tile table {os.fspath(path)!r} does not exist")
     from ._vendor import is_vendor_file, vendor_positions
