@@ -104,6 +104,31 @@ def test_calibrate_on_a_z_stack_gives_each_page_its_defocus(series, tmp_path):
     assert info.value.code == 3
 
 
+def test_outputs_are_checked_before_the_work_and_their_folders_made(series, tmp_path, capsys):
+    """--json, --output in a folder not made yet gave a FileNotFoundError traceback, and a
+    --plot named without an image format a matplotlib ValueError, after every image was
+    scored."""
+    code, text = _run(
+        "focus", str(series.parent), "-q", "--json", str(tmp_path / "new" / "f.json"),
+        "--maps", str(tmp_path / "new2" / "m.png"),
+    )  # fmt: skip
+    assert code == 0, text
+    assert (tmp_path / "new" / "f.json").is_file() and (tmp_path / "new2" / "m.png").is_file()
+    code, text = _run("calibrate", "--defocus", str(series), "-o", str(tmp_path / "c" / "c.json"))
+    assert code == 0 and (tmp_path / "c" / "c.json").is_file(), text
+    for argv in (
+        ["focus", str(series.parent), "--plot", str(tmp_path / "f.plot")],
+        ["focus", str(series.parent), "--csv", str(tmp_path)],
+        ["calibrate", "--defocus", str(series), "-o", "c.json", "--plot", str(tmp_path / "p")],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--plot '" in err and "got '.plot'" in err and "is a folder; give a file name" in err
+    assert "got 'no extension'" in err
+
+
 def test_usage_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["focus", str(tmp_path), "--n-scales", "0"])  # a bad option before missing data

@@ -79,6 +79,16 @@ def test_fuse_to_a_tiff_with_register_names_the_sidecars_it_wrote(tmp_path):
         assert Path(registration[key]).is_file(), key
 
 
+def test_fuse_json_summary_in_a_folder_not_made_yet(tmp_path):
+    """--json into a new folder: a FileNotFoundError traceback after the mosaic was written."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    out = tmp_path / "new" / "r.json"
+    code, text = _run(
+        "fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "-q", "--json", str(out)
+    )
+    assert code == 0 and json.loads(out.read_text())["n_tiles"] == 9, text
+
+
 def test_fuse_usage_errors_exit_2_data_errors_exit_3(tmp_path, capsys):
     table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
     with pytest.raises(SystemExit) as info:

@@ -16,6 +16,7 @@ from ._common import (
     add_baseline_options,
     add_endpoint_options,
     add_focus_options,
+    check_outputs,
     check_scored,
     colour,
     find,
@@ -158,6 +159,10 @@ def _write_outputs(
 def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
     params = focus_params(args)  # options first: a usage error before any data is looked at
     run = run_from_args(args, params)
+    check_outputs(
+        plots=[("--plot", args.plot), ("--maps", args.maps)],
+        files=[("--csv", args.csv), ("--json", args.json)],
+    )
     args.remote = runs_remotely(args, "focus")
     if args.remote:  # references on the endpoint: expand only what exists here too
         local = [p for p in args.paths if os.path.isdir(p) or glob.has_magic(p)]
@@ -183,6 +188,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     from ..focus.plot import plot_calibration
 
     params = focus_params(args)
+    check_outputs(plots=[("--plot", args.plot)], files=[("--output", args.output)])
     table = read_defocus_table(args.defocus) if args.defocus else {}
     paths = find(args.paths, args.recursive) if args.paths else defocus_files(table)
     if not paths:

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from ._common import (
     UsageError,
     add_endpoint_options,
+    check_outputs,
     describe_mosaic,
     make_client,
     runs_remotely,
@@ -221,6 +222,7 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     from ..fusion import fuse
 
     params, options = _params(args), _options(args)  # usage errors before any data is read
+    check_outputs(files=[("--json", args.json), ("--preview", args.preview)])
     if args.qc:
         return _cmd_qc(args, options, out)
     if runs_remotely(args, "fusion"):
