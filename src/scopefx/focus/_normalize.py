@@ -152,12 +152,20 @@ def normalize(image: Any, saturation_pct: float, backend: Backend) -> tuple[Any,
     if integer:
         lo, hi = _hist_quantiles(image, fractions, backend)
     else:
-        image = image.astype(xp.float32, copy=False)
-        if not bool(xp.isfinite(image).all()):
+        if not bool(xp.isfinite(image).all()):  # on the input, before a cast can overflow
             raise InvalidImageError(
                 "image holds NaN or infinite values; mask or replace them before scoring",
                 status="invalid_values",
             )
+        if image.dtype.kind == "f" and image.dtype.itemsize > 4:
+            top = float(xp.abs(image).max())
+            if top > float(np.finfo(np.float32).max):
+                raise InvalidImageError(
+                    f"image values reach {top:.3g}, beyond float32's range (3.4e38) in which "
+                    "it is scored; rescale the image before scoring",
+                    status="invalid_values",
+                )
+        image = image.astype(xp.float32, copy=False)
         lo, hi = (float(v) for v in backend.to_numpy(xp.quantile(image, xp.asarray(fractions))))
     if hi <= lo:  # more than saturation_pct of the pixels share the extreme values
         lo, hi = float(image.min()), float(image.max())
