@@ -290,3 +290,21 @@ def test_grey_alpha_file_is_one_image_not_a_stack_of_columns(tmp_path, kind):
     assert alpha.ok and alpha.colour == "channel 1" and alpha.features == 0  # constant alpha
     (bad,) = list(score_files([path], channel=2))
     assert bad.status == "config" and "0 or 1" in bad.error
+
+
+def test_planar_rgb_tiff_is_one_colour_image_not_three_pages(tmp_path):
+    """A TIFF with its RGB samples in separate planes reads as (3, H, W): it was scored as a
+    stack of three pages, one record per colour; a z stack of three pages still is one."""
+    grey = _image()
+    rgb = np.stack([grey, grey // 2, grey // 3], axis=-1)
+    tifffile.imwrite(tmp_path / "chunky.tif", rgb, photometric="rgb")
+    tifffile.imwrite(
+        tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate"
+    )
+    tifffile.imwrite(tmp_path / "stack.tif", np.moveaxis(rgb, -1, 0), photometric="minisblack")
+    chunky, planar, *stack = score_files(
+        [tmp_path / "chunky.tif", tmp_path / "planar.tif", tmp_path / "stack.tif"]
+    )
+    assert planar.page is None and planar.colour == "luma709"
+    assert planar.features == chunky.features
+    assert [r.page for r in stack] == [0, 1, 2]
