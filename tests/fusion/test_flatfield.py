@@ -346,6 +346,13 @@ def test_blank_tiles_are_skipped_then_too_few_usable() -> None:
         estimate_flatfield(tiles, read=np.asarray)
 
 
+def test_signed_tiles_around_zero_are_refused_saying_why() -> None:
+    """Signed tiles with a negative level were refused as 'blank or non-finite'."""
+    tiles = [t.astype(np.int32) - 70000 for t in acquired(falloff())[:12]]
+    with pytest.raises(ConfigError, match=r"got 0 of 12 read .*level is not above 0"):
+        estimate_flatfield(tiles, read=np.asarray)
+
+
 def test_mixed_tile_shapes_name_the_offender(tmp_path: Path) -> None:
     paths = []
     for k, tile in enumerate(acquired(falloff())[:10]):

@@ -333,7 +333,8 @@ def estimate_flatfield(
     if len(small) < MIN_TILES:
         raise ConfigError(
             f"estimate_flatfield needs at least {MIN_TILES} usable tiles, got {len(small)} of "
-            f"{len(picked)} read (blank or non-finite tiles are skipped)"
+            f"{len(picked)} read (skipped: tiles holding NaN or infinity, and tiles whose "
+            "level is not above 0: blank, or signed data around 0, which a gain cannot scale)"
         )
     median = np.median(np.stack(small), axis=0)
     full = shape[-2:]
