@@ -80,6 +80,55 @@ def test_calibrate_then_score_with_the_calibration(series, tmp_path):
     assert rows["section_0000.tif"]["verdict"] == "out_of_focus"  # defocus -4
 
 
+def test_calibrate_on_a_z_stack_gives_each_page_its_defocus(series, tmp_path):
+    """A through-focus series in one multi-page file: every page took the file's one defocus
+    (all alike: 'nothing to fit'), and a 'page' column was ignored."""
+    rows = list(csv.DictReader(io.StringIO(series.read_text())))
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([tifffile.imread(series.parent / r["path"]) for r in rows]))
+    table = tmp_path / "stack.csv"
+    table.write_text(
+        "path,page,defocus\n"
+        + "".join(f"stack.tif,{i},{r['defocus']}\n" for i, r in enumerate(rows))
+    )
+    code, text = _run("calibrate", "--defocus", str(table), "-o", str(tmp_path / "s.json"))
+    assert code == 0, text
+    code, text = _run("calibrate", "--defocus", str(series), "-o", str(tmp_path / "f.json"))
+    assert code == 0, text
+    from_stack, from_files = (json.loads((tmp_path / n).read_text()) for n in ("s.json", "f.json"))
+    assert from_stack["n"] == from_files["n"] == len(rows)
+    assert from_stack["slope"] == pytest.approx(from_files["slope"])
+    table.write_text("path,defocus\nstack.tif,0\n")  # one value for the whole stack
+    with pytest.raises(SystemExit) as info:
+        main(["calibrate", "--defocus", str(table), "-o", str(tmp_path / "x.json")])
+    assert info.value.code == 3
+
+
+def test_outputs_are_checked_before_the_work_and_their_folders_made(series, tmp_path, capsys):
+    """--json, --output in a folder not made yet gave a FileNotFoundError traceback, and a
+    --plot named without an image format a matplotlib ValueError, after every image was
+    scored."""
+    code, text = _run(
+        "focus", str(series.parent), "-q", "--json", str(tmp_path / "new" / "f.json"),
+        "--maps", str(tmp_path / "new2" / "m.png"),
+    )  # fmt: skip
+    assert code == 0, text
+    assert (tmp_path / "new" / "f.json").is_file() and (tmp_path / "new2" / "m.png").is_file()
+    code, text = _run("calibrate", "--defocus", str(series), "-o", str(tmp_path / "c" / "c.json"))
+    assert code == 0 and (tmp_path / "c" / "c.json").is_file(), text
+    for argv in (
+        ["focus", str(series.parent), "--plot", str(tmp_path / "f.plot")],
+        ["focus", str(series.parent), "--csv", str(tmp_path)],
+        ["calibrate", "--defocus", str(series), "-o", "c.json", "--plot", str(tmp_path / "p")],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--plot '" in err and "got '.plot'" in err and "is a folder; give a file name" in err
+    assert "got 'no extension'" in err
+
+
 def test_usage_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["focus", str(tmp_path), "--n-scales", "0"])  # a bad option before missing data

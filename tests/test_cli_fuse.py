@@ -46,6 +46,49 @@ def test_fuse_writes_mosaic_preview_and_summary(tmp_path):
     assert code == 0 and "0 chunks written" in text
 
 
+def test_fuse_to_a_tiff_writes_the_preview_it_reports(tmp_path):
+    """With -o mosaic.tif the CLI printed 'preview: p.png' and wrote no preview."""
+    from PIL import Image
+
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    code, text = _run(
+        "fuse", str(table), "-o", str(tmp_path / "m.tif"), "--preview", str(tmp_path / "p.png"),
+        "-q",
+    )  # fmt: skip
+    assert code == 0 and "preview:" in text, text
+    assert tifffile.imread(tmp_path / "m.tif").ndim == 2
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.size[0] > 200 and im.text.get("scopefx") == "preview of m.tif"
+    from scopefx.fusion.plot import write_preview
+
+    write_preview(tmp_path / "small.png", tmp_path / "m.tif", max_px=100)  # 2x means to fit
+    assert (tmp_path / "small.png").stat().st_size > 1000
+
+
+def test_fuse_to_a_tiff_with_register_names_the_sidecars_it_wrote(tmp_path):
+    """The summary named 'm.tif.registered.csv' while 'm.registered.csv' was written."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    code, text = _run(
+        "fuse", str(table), "-o", str(tmp_path / "m.tif"), "--register", "-q",
+        "--json", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert code == 0, text
+    registration = json.loads((tmp_path / "r.json").read_text())["registration"]
+    assert registration["table"] == str(tmp_path / "m.registered.csv")
+    for key in ("table", "pairs_csv", "qc", "qc_png"):
+        assert Path(registration[key]).is_file(), key
+
+
+def test_fuse_json_summary_in_a_folder_not_made_yet(tmp_path):
+    """--json into a new folder: a FileNotFoundError traceback after the mosaic was written."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    out = tmp_path / "new" / "r.json"
+    code, text = _run(
+        "fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "-q", "--json", str(out)
+    )
+    assert code == 0 and json.loads(out.read_text())["n_tiles"] == 9, text
+
+
 def test_fuse_usage_errors_exit_2_data_errors_exit_3(tmp_path, capsys):
     table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
     with pytest.raises(SystemExit) as info:

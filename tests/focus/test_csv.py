@@ -98,3 +98,45 @@ def test_defocus_table(tmp_path):
         read_defocus_table(table)
     with pytest.raises(ConfigError, match="cannot read defocus table"):
         read_defocus_table(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xef\xbb\xbfpath,defocus\r\na.tif,-1.5\r\n\r\nb.tif,2\r\n",  # spreadsheet 'CSV UTF-8'
+        b"Path, Defocus\na.tif, -1.5\nb.tif ,2\n",  # capitals, spaces after the commas
+        b"path;defocus\na.tif;-1,5\nb.tif;2\n",  # a decimal-comma locale
+        b"path\tdefocus\na.tif\t-1.5\nb.tif\t2\n",
+        b"# z series, 2026-11-30\npath,defocus\na.tif,-1.5\nb.tif,2\n",
+    ],
+)
+def test_defocus_table_as_spreadsheets_and_people_write_it(tmp_path, data):
+    table = tmp_path / "defocus.csv"
+    table.write_bytes(data)
+    assert read_defocus_table(table) == {
+        str((tmp_path / "a.tif").resolve()): -1.5,
+        str((tmp_path / "b.tif").resolve()): 2.0,
+    }
+
+
+def test_defocus_table_row_without_a_defocus_names_its_line(tmp_path):
+    """A short row gave a TypeError traceback (float(None))."""
+    table = tmp_path / "defocus.csv"
+    table.write_text("path,defocus\na.tif,1\nb.tif\n")
+    with pytest.raises(ConfigError, match="line 3: defocus None is not a number"):
+        read_defocus_table(table)
+
+
+def test_defocus_table_pages_of_a_stack(tmp_path):
+    from scopefx.focus.csv import defocus_files, defocus_key
+
+    table = tmp_path / "defocus.csv"
+    table.write_text("path,page,defocus\nstack.tif,0,-1\nstack.tif,1,0\nother.tif,,2\n")
+    read = read_defocus_table(table)
+    stack = str((tmp_path / "stack.tif").resolve())
+    assert read == {f"{stack}[0]": -1.0, f"{stack}[1]": 0.0, str(tmp_path / "other.tif"): 2.0}
+    assert read[defocus_key(stack, 1)] == 0.0
+    assert defocus_files(read) == sorted([stack, str(tmp_path / "other.tif")])
+    table.write_text("path,page,defocus\nstack.tif,first,-1\n")
+    with pytest.raises(ConfigError, match=r"line 2: page 'first' is not a page number"):
+        read_defocus_table(table)

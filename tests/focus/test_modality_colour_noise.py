@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 
 import scopefx
 from scopefx import FocusParams, samples, score_files
@@ -265,3 +266,45 @@ def test_a_calibration_records_the_resolved_preset():
     assert cal.params["threshold_k"] == PRESETS["fluorescence"].threshold_k
     cal.check_params(params)
     cal.check_params(params.resolved())
+
+
+@pytest.mark.parametrize("kind", ["png", "tif", "npy"])
+def test_grey_alpha_file_is_one_image_not_a_stack_of_columns(tmp_path, kind):
+    """(H, W, 2) is grey + alpha (or two channels): one record, on the first channel; it was
+    taken for H pages of shape (W, 2), each refused as too small."""
+    import imageio.v3 as iio
+
+    grey = _image()
+    two = np.stack([grey, np.full_like(grey, 255)], axis=-1)
+    path = tmp_path / f"section.{kind}"
+    if kind == "png":
+        iio.imwrite(path, two)  # Pillow's "LA"
+    elif kind == "tif":
+        tifffile.imwrite(path, two, photometric="minisblack", extrasamples=["unassalpha"])
+    else:
+        np.save(path, two)
+    (record,) = list(score_files([path]))
+    assert record.ok and record.page is None and record.colour == "channel 0"
+    assert record.features == scopefx.focus_score(grey).features
+    (alpha,) = list(score_files([path], channel=1))
+    assert alpha.ok and alpha.colour == "channel 1" and alpha.features == 0  # constant alpha
+    (bad,) = list(score_files([path], channel=2))
+    assert bad.status == "config" and "0 or 1" in bad.error
+
+
+def test_planar_rgb_tiff_is_one_colour_image_not_three_pages(tmp_path):
+    """A TIFF with its RGB samples in separate planes reads as (3, H, W): it was scored as a
+    stack of three pages, one record per colour; a z stack of three pages still is one."""
+    grey = _image()
+    rgb = np.stack([grey, grey // 2, grey // 3], axis=-1)
+    tifffile.imwrite(tmp_path / "chunky.tif", rgb, photometric="rgb")
+    tifffile.imwrite(
+        tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate"
+    )
+    tifffile.imwrite(tmp_path / "stack.tif", np.moveaxis(rgb, -1, 0), photometric="minisblack")
+    chunky, planar, *stack = score_files(
+        [tmp_path / "chunky.tif", tmp_path / "planar.tif", tmp_path / "stack.tif"]
+    )
+    assert planar.page is None and planar.colour == "luma709"
+    assert planar.features == chunky.features
+    assert [r.page for r in stack] == [0, 1, 2]

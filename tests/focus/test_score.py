@@ -159,6 +159,8 @@ def test_streaming_does_not_hold_a_stack_of_planes():
         (np.zeros((2, 3, 64, 64), np.uint8), "ndim", "must be 2-D"),
         (np.zeros((4, 64), np.uint8), "too_small", "too small"),
         (np.full((64, 64), np.nan, np.float32), "invalid_values", "NaN"),
+        # finite, but beyond float32: was 'holds NaN or infinite values', after a warning
+        (np.linspace(0, 1e300, 64 * 64).reshape(64, 64), "invalid_values", r"reach 1e\+300"),
         (np.zeros((64, 64), bool), "dtype", "dtype"),
     ],
 )

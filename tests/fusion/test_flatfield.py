@@ -346,6 +346,13 @@ def test_blank_tiles_are_skipped_then_too_few_usable() -> None:
         estimate_flatfield(tiles, read=np.asarray)
 
 
+def test_signed_tiles_around_zero_are_refused_saying_why() -> None:
+    """Signed tiles with a negative level were refused as 'blank or non-finite'."""
+    tiles = [t.astype(np.int32) - 70000 for t in acquired(falloff())[:12]]
+    with pytest.raises(ConfigError, match=r"got 0 of 12 read .*level is not above 0"):
+        estimate_flatfield(tiles, read=np.asarray)
+
+
 def test_mixed_tile_shapes_name_the_offender(tmp_path: Path) -> None:
     paths = []
     for k, tile in enumerate(acquired(falloff())[:10]):
@@ -373,3 +380,19 @@ def test_estimate_refuses_tiles_of_other_dimensions() -> None:
     tiles = [np.ones((2, 3, 16, 16))] * 10
     with pytest.raises(ConfigError, match=r"\(Y, X\) or \(C, Y, X\), got \(2, 3, 16, 16\)"):
         estimate_flatfield(tiles, read=np.asarray)
+
+
+def test_a_tile_the_flat_does_not_fit_is_refused_before_any_output(tmp_path: Path) -> None:
+    """Tiles of several sizes with one flat: the mismatch surfaced from a chunk task, after
+    the output was created and partly written, without naming the tile."""
+    from scopefx.fusion import FuseOptions, fuse
+
+    mosaic = samples.make_mosaic(grid=(2, 2), tile_px=64, name="retina")
+    table = samples.write_mosaic(tmp_path, mosaic)
+    tifffile.imwrite(tmp_path / "tile_0003.tif", mosaic.tiles[3][:60, :50])  # a cropped tile
+    tifffile.imwrite(tmp_path / "flat.tif", np.ones((64, 64), np.float32))
+    out = tmp_path / "m.ome.zarr"
+    options = FuseOptions(flatfield=str(tmp_path / "flat.tif"))
+    with pytest.raises(ConfigError, match=r"tile .*tile_0003\.tif shape \(60, 50\) does not match"):
+        fuse(table, out, options=options)
+    assert not out.exists()

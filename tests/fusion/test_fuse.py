@@ -50,6 +50,21 @@ def test_integer_shifts_reproduce_the_image_exactly(tmp_path, blend, dtype):
     assert (~covered).any()  # jitter leaves uncovered corners: the check above means something
 
 
+@pytest.mark.parametrize("blend", ["linear", "mean", "max", "first", "closest"])
+def test_nan_pixels_are_no_data_that_a_neighbour_fills(tmp_path, blend):
+    """NaN in a float tile (a warped or masked export) spread into the blend of the overlap, so
+    the neighbour's good pixels came out NaN; they are no data, like the outside of a tile."""
+    mosaic = make_mosaic(**SMALL, overlap=0.25, dtype="float32")
+    table = write_mosaic(tmp_path, mosaic)
+    centre = mosaic.tiles[4].copy()
+    centre[:8, :] = np.nan  # under tile 1
+    centre[:, :8] = np.inf  # under tile 3
+    tifffile.imwrite(tmp_path / "tile_0004.tif", centre)
+    fused, plan = _fused(table, blend=blend)
+    assert np.isfinite(fused).all()
+    np.testing.assert_array_equal(fused, truth_view(mosaic.truth, plan))
+
+
 @pytest.mark.parametrize(
     ("case", "order", "max_rmse"),
     [
@@ -259,6 +274,26 @@ def test_mixed_dtypes_are_refused_naming_the_tile(tmp_path):
     tifffile.imwrite(tmp_path / "tile_0004.tif", mosaic.tiles[4].astype(np.float32))
     with pytest.raises(ConfigError, match=r"share dtype.*tile_0004\.tif \(float32"):
         fuse_lazy(table)
+
+
+@pytest.mark.parametrize("samples", [2, 3, 4])
+def test_colour_tiles_with_samples_last_are_refused_not_fused_as_a_volume(tmp_path, samples):
+    """(H, W, 3) RGB tiles in a 2D table were fused as H channels of (W, 3) columns: a wrong
+    mosaic, with only a layout warning."""
+    mosaic = make_mosaic(**SMALL)
+    table = write_mosaic(tmp_path, mosaic)
+    how = {"photometric": "minisblack", "extrasamples": ["unassalpha"]} if samples == 2 else {}
+    for k, tile in enumerate(mosaic.tiles):  # grey + alpha, RGB, RGBA
+        colour = np.stack([tile] * samples, axis=-1)
+        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", colour, **how)
+    with pytest.raises(ConfigError, match=r"9 of 9 tiles are colour .*tile_0000\.tif .*moveaxis"):
+        fuse_lazy(table)
+    with pytest.raises(ConfigError, match=r"tiles are colour"):
+        fuse(table, tmp_path / "out.ome.zarr", options=FuseOptions(register=True))
+    for k, tile in enumerate(mosaic.tiles):  # channels first is the way in
+        planes = np.stack([tile] * samples)
+        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", planes, photometric="minisblack")
+    assert fuse_lazy(table).shape[0] == samples
 
 
 def test_singular_affine_is_refused(tmp_path):

@@ -93,6 +93,21 @@ def test_tiff_rgb_keeps_colour(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "rgb.tif"), data)
 
 
+def test_tiff_with_a_thumbnail_first_reads_the_full_image(tmp_path: Path) -> None:
+    """A reduced-resolution thumbnail (NewSubfileType 1) written before the image was read, and
+    scored, in place of the image."""
+    from scopefx.io import read_metadata
+
+    image = np.arange(64 * 80, dtype=np.uint16).reshape(64, 80)
+    path = tmp_path / "with_thumbnail.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image[::8, ::8], subfiletype=1)
+        tif.write(image)
+    np.testing.assert_array_equal(read_image(path), image)
+    np.testing.assert_array_equal(read_image(path, page=0), image)
+    assert read_metadata(path).shape == (64, 80)
+
+
 def test_bigtiff(tmp_path: Path) -> None:
     data = _stack(2)
     path = tmp_path / "big.tif"
@@ -181,6 +196,19 @@ def test_single_image_accepts_page_zero_only(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "a.png", page=0), data)
     with pytest.raises(ConfigError, match=r"a\.png"):
         read_image(tmp_path / "a.png", page=1)
+
+
+@pytest.mark.parametrize("shape", [(20, 30), (20, 30, 3), (20, 30, 2)])
+def test_single_array_image_page_zero_is_the_image(tmp_path: Path, shape) -> None:
+    """page=0 of a 2D or colour .npy / Zarr array gave its first row, not the image."""
+    data = np.arange(int(np.prod(shape)), dtype=np.uint16).reshape(shape)
+    np.save(tmp_path / "a.npy", data)
+    store = zarr.open_array(tmp_path / "a.zarr", mode="w", shape=shape, dtype=data.dtype)
+    store[...] = data
+    for ref in (tmp_path / "a.npy", tmp_path / "a.zarr"):
+        np.testing.assert_array_equal(read_image(ref, page=0), data)
+        with pytest.raises(ConfigError, match=r"page 1 is out of range"):
+            read_image(ref, page=1)
 
 
 # --------------------------------------------------------------------------- NumPy

@@ -27,6 +27,23 @@ def test_csv_positions_in_pixels_resolve_paths_and_reverse_axes(tmp_path):
     assert table[0].is_translation
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Path,X,Y\na.tif,10.5,20\n",  # headers as other tools capitalise them
+        "PATH , x_UM , Y_um\na.tif,5.25,10\n",
+        "path;x;y\na.tif;10,5;20\n",  # a spreadsheet in a decimal-comma locale
+        "path\tx\ty\na.tif\t10.5\t20\n",
+        "# exported by the stage software\n# 1 tile\npath,x,y\na.tif,10.5,20\n",
+    ],
+)
+def test_csv_headers_in_any_case_and_semicolon_or_tab_tables_are_read(tmp_path, text):
+    for name in ("t.csv", "t.tsv"):
+        table = read_tile_table(_write(tmp_path / name, text), pixel_size_um=0.5)
+        assert len(table) == 1 and table[0].ref == str(tmp_path / "a.tif")
+        np.testing.assert_array_equal(table[0].offset, [20, 10.5])
+
+
 def test_csv_micrometres_need_a_pixel_size(tmp_path):
     path = _write(tmp_path / "t.csv", "path,x_um,y_um\na.tif,100,50\n")
     with pytest.raises(ConfigError, match=r"micrometres.*--pixel-size"):
@@ -110,6 +127,19 @@ def test_missing_or_unknown_table_files(tmp_path):
         read_tile_table(_write(tmp_path / "TileConfiguration.txt", "dim = 2\nnonsense\n"))
 
 
+def test_a_folder_given_as_the_table_is_named_a_folder(tmp_path):
+    """It was reported as a table that 'does not exist'."""
+    (tmp_path / "tiles").mkdir()
+    with pytest.raises(UnsupportedFormatError, match=r"'.*tiles' is a folder: give a table"):
+        read_tile_table(tmp_path / "tiles")
+
+
+def test_tile_configuration_with_an_unreadable_dim_line_is_a_config_error(tmp_path):
+    text = "dim = 2D\na.tif; ; (0.0, 0.0)\n"
+    with pytest.raises(ConfigError, match=r"line 1: cannot parse 'dim = 2D'; expected 'dim = 2'"):
+        read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
+
+
 def test_to_csv_round_trips_affines_and_focus(tmp_path):
     (tmp_path / "a.tif").touch()
     a = np.array([[1.0, 0.01, 5.5], [-0.01, 1.0, 7.25], [0, 0, 1]])
@@ -182,3 +212,39 @@ def test_layout_problems_name_units_and_isolated_tiles():
     assert "times the tiles' summed area" in problems[1]
     stray = TileTable.from_positions(list("abcd"), [*grid[:3], (5000, 5000)])
     assert any("1 tile(s) overlap no other tile: d" in p for p in layout_problems(stray, shapes))
+
+
+def test_tile_configuration_multiseries_lines_name_the_tile_of_the_file(tmp_path):
+    """Fiji writes 'scan.czi; N; (x, y)' for the tiles of one multi-series file; the series was
+    dropped and the table refused as listing 'scan.czi' twice."""
+    text = "dim = 2\nmultiseries = true\nscan.czi; 0; (0.0, 0.0)\nscan.czi; 1; (832.0, 0.0)\n"
+    table = read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
+    assert table.refs == [f"{tmp_path / 'scan.czi'}::tile/0", f"{tmp_path / 'scan.czi'}::tile/1"]
+    np.testing.assert_array_equal(table[1].offset, [0, 832])
+    bad = text.replace("; 1;", "; one;")
+    with pytest.raises(ConfigError, match=r"line 4: series 'one' is not a tile number"):
+        read_tile_table(_write(tmp_path / "TileConfiguration.txt", bad))
+
+
+def test_tables_written_on_windows_use_backslash_folders(tmp_path):
+    """'tiles\\a.tif' was taken for a file named so, and every tile reported missing."""
+    csv_table = read_tile_table(_write(tmp_path / "t.csv", "path,x,y\ntiles\\a.tif,0,0\n"))
+    text = "dim = 2\ntiles\\a.tif; ; (0.0, 0.0)\n"
+    fiji = read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
+    assert csv_table.refs == fiji.refs == [str(tmp_path / "tiles" / "a.tif")]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
+def test_positions_that_are_not_finite_name_their_line(tmp_path, value):
+    """float() reads 'nan' and 'inf': the table was taken, and the fusion refused 'tile 2'
+    for an affine holding NaN, without the line (and with a NumPy warning for inf)."""
+    with pytest.raises(ConfigError, match=r"line 3: position .* is not a finite number"):
+        read_tile_table(_write(tmp_path / "t.csv", f"path,x,y\na.tif,0,0\nb.tif,{value},5\n"))
+    text = f"dim = 2\na.tif; ; (0, 0)\nb.tif; ; ({value}, 5)\n"
+    with pytest.raises(ConfigError, match=r"line 3: position .* is not a finite number"):
+        read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
+
+
+def test_a_tile_named_with_a_hash_is_a_tile_not_a_comment(tmp_path):
+    table = read_tile_table(_write(tmp_path / "t.csv", "# stage export\npath,x,y\n#001.tif,0,0\n"))
+    assert table.refs == [str(tmp_path / "#001.tif")]

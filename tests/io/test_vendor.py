@@ -69,6 +69,26 @@ def test_ome_tiff_fuses_with_its_pixel_size(tmp_path):
     assert result.shape == (32, 88) and result.pixel_size_um == 0.5
 
 
+def test_fiji_multiseries_tile_configuration_fuses_the_tiles_of_an_ome_tiff(tmp_path):
+    """'scan.ome.tif; N; (x, y)' (Fiji's multi-series form) is tile N of the file; the run
+    summary names where the pixel size came from as the tile's reference, not as '0'."""
+    import zarr
+
+    from scopefx.fusion import fuse
+
+    path = tmp_path / "scan.ome.tif"
+    tiles = _write_ome(path, [(0.0, 0.0), (20.0, 0.0)], channels=("DAPI",))
+    config = tmp_path / "TileConfiguration.txt"
+    config.write_text(
+        "dim = 2\nmultiseries = true\nscan.ome.tif; 0; (0, 0)\nscan.ome.tif; 1; (40, 0)\n"
+    )
+    result = fuse(config, tmp_path / "m.ome.zarr")
+    assert result.shape == (32, 88) and result.pixel_size_um == 0.5
+    assert result.extra["pixel_size_from"].endswith("of scan.ome.tif::tile/0")
+    fused = zarr.open_group(tmp_path / "m.ome.zarr", mode="r")["0"][...]
+    np.testing.assert_array_equal(fused[:, 48:], tiles[1][0, :, 8:])  # tile 1 alone there
+
+
 def test_czi_mosaic_tiles_and_positions():
     path = _czi()
     table = read_tile_table(path)

@@ -14,6 +14,7 @@ import re
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from ..errors import (
@@ -81,6 +82,33 @@ DATA_ERRORS = (
     UnsupportedFormatError,
     InvalidImageError,
 )
+
+
+#: What a plot (``--plot``, ``--maps``) may be saved as: formats matplotlib writes, by name.
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".eps")
+
+
+def check_outputs(
+    *, plots: Sequence[tuple[str, str | None]] = (), files: Sequence[tuple[str, str | None]] = ()
+) -> None:
+    """Before any data is read: refuse an output option that could not be written after the
+    work (a folder, a plot with no image format in its name), and make the missing folders of
+    the others. ``plots`` and ``files`` are ``(option, path or None)`` pairs."""
+    for option, path in [*plots, *files]:
+        if path is None:
+            continue
+        target = Path(path)
+        if target.is_dir():
+            raise UsageError(f"{option} {path!r} is a folder; give a file name")
+        if (option, path) in plots and target.suffix.lower() not in PLOT_SUFFIXES:
+            raise UsageError(
+                f"{option} {path!r}: a plot's name must end in an image format "
+                f"({', '.join(PLOT_SUFFIXES)}), got {target.suffix or 'no extension'!r}"
+            )
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{option} {path!r}: cannot make its folder ({exc})") from None
 
 
 def colour(out: TextIO) -> bool:

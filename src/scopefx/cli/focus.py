@@ -16,6 +16,7 @@ from ._common import (
     add_baseline_options,
     add_endpoint_options,
     add_focus_options,
+    check_outputs,
     check_scored,
     colour,
     find,
@@ -61,7 +62,11 @@ def add_parsers(sub: Any) -> None:
     )
     cal.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders")
     src = cal.add_mutually_exclusive_group(required=True)
-    src.add_argument("--defocus", metavar="CSV", help="table with columns path,defocus")
+    src.add_argument(
+        "--defocus",
+        metavar="CSV",
+        help="table with columns path,defocus (and page, for each page of a z-stack file)",
+    )
     src.add_argument(
         "--from-metadata",
         choices=("focus", "working_distance"),
@@ -154,6 +159,10 @@ def _write_outputs(
 def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
     params = focus_params(args)  # options first: a usage error before any data is looked at
     run = run_from_args(args, params)
+    check_outputs(
+        plots=[("--plot", args.plot), ("--maps", args.maps)],
+        files=[("--csv", args.csv), ("--json", args.json)],
+    )
     args.remote = runs_remotely(args, "focus")
     if args.remote:  # references on the endpoint: expand only what exists here too
         local = [p for p in args.paths if os.path.isdir(p) or glob.has_magic(p)]
@@ -175,12 +184,13 @@ def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     from ..focus import Calibration, score_files
-    from ..focus.csv import read_defocus_table
+    from ..focus.csv import defocus_files, defocus_key, read_defocus_table
     from ..focus.plot import plot_calibration
 
     params = focus_params(args)
+    check_outputs(plots=[("--plot", args.plot)], files=[("--output", args.output)])
     table = read_defocus_table(args.defocus) if args.defocus else {}
-    paths = find(args.paths, args.recursive) if args.paths else sorted(table)
+    paths = find(args.paths, args.recursive) if args.paths else defocus_files(table)
     if not paths:
         raise UsageError("give images to calibrate on, or a --defocus table listing them")
     defocus, density = [], []
@@ -190,6 +200,13 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
         if not record.ok:
             print(f"skipped {record.path}: {record.error}", file=out)
             continue
+        name = record.path if record.page is None else f"{record.path}[{record.page}]"
+        if record.page is not None and (
+            args.from_metadata or defocus_key(record.path, None) in table
+        ):  # one value for a whole stack would give its planes one defocus
+            print(f"skipped {name}: a page of a stack, whose pages need a defocus each "
+                  "(a --defocus table with a 'page' column)", file=out)  # fmt: skip
+            continue
         if args.from_metadata:
             value = (
                 record.working_distance_mm
@@ -197,9 +214,9 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
                 else record.focus
             )
         else:
-            value = table.get(str(Path(record.path).resolve()))
+            value = table.get(defocus_key(record.path, record.page))
         if value is None:
-            print(f"skipped {record.path}: no defocus value for it", file=out)
+            print(f"skipped {name}: no defocus value for it", file=out)
             continue
         defocus.append(float(value))
         density.append(record.density_per_mpx)

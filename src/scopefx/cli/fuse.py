@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from ._common import (
     UsageError,
     add_endpoint_options,
+    check_outputs,
     describe_mosaic,
     make_client,
     runs_remotely,
@@ -34,7 +35,11 @@ def add_parser(sub: Any) -> None:
         "--pixel-size, optional affine and focus columns), a Fiji TileConfiguration.txt, or an "
         "instrument file with stage positions (.ome.tif, .czi, .nd2, .lif).",
     )
-    p.add_argument("tiles", metavar="TILES", help="tile table (.csv or TileConfiguration .txt)")
+    p.add_argument(
+        "tiles",
+        metavar="TILES",
+        help="tile table (.csv/.tsv, TileConfiguration .txt, or an instrument file)",
+    )
     p.add_argument(
         "-o", "--output", required=True, metavar="OUT.ome.zarr", help="the OME-Zarr mosaic to write"
     )
@@ -217,6 +222,7 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     from ..fusion import fuse
 
     params, options = _params(args), _options(args)  # usage errors before any data is read
+    check_outputs(files=[("--json", args.json), ("--preview", args.preview)])
     if args.qc:
         return _cmd_qc(args, options, out)
     if runs_remotely(args, "fusion"):

@@ -23,6 +23,7 @@ from ._common import (
     add_baseline_options,
     add_endpoint_options,
     add_focus_options,
+    check_outputs,
     colour,
     focus_params,
     make_client,
@@ -207,6 +208,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("--remote-dir only applies with --endpoint (or a focus endpoint)")
     client = make_client(args, quiet=True) if remote else None
     plot = args.plot or (str(Path(args.csv).with_suffix(".png")) if args.csv else None)
+    check_outputs(plots=[("--plot", plot)], files=[("--csv", args.csv)])
     lines_in_colour = colour(out)
     alarm = _Alarm(args.on_oof, out)
     where = f"endpoint {args.endpoint}" if remote and args.endpoint else "locally"

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ScopefxError
+from ._normalize import SAMPLES_LAST
 from ._params import FocusParams
 from ._run import FocusRun
 from ._score import FocusResult, focus_score
@@ -185,9 +186,16 @@ def score_one(path: str, params: FocusParams) -> list[FocusRecord]:
     try:
         meta = read_metadata(path)
         extra = {"working_distance_mm": meta.working_distance_mm, "focus": meta.focus}
+        if (
+            meta.pages == 1
+            and pixels.ndim == 3
+            and pixels.shape[0] in SAMPLES_LAST
+            and pixels.shape[-1] not in SAMPLES_LAST
+        ):  # one page with its samples first: a planar RGB TIFF, not a stack of 3 pages
+            pixels = np.moveaxis(pixels, 0, -1)
     except Exception:  # metadata is optional: the pixels were read
         logger.debug("no metadata for %s", path, exc_info=True)
-    is_stack = pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)
+    is_stack = pixels.ndim == 3 and pixels.shape[-1] not in SAMPLES_LAST
     planes = [(i, pixels[i]) for i in range(pixels.shape[0])] if is_stack else [(None, pixels)]
     records = []
     for page, plane in planes:

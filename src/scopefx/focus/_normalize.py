@@ -27,6 +27,10 @@ __all__ = [
 #: ``skimage.color.rgb2gray``).
 LUMA_WEIGHTS = (0.2125, 0.7154, 0.0721)
 
+#: Sizes of a last axis that holds an image's samples, not its columns: (H, W, 2) grey + alpha
+#: (or two channels), (H, W, 3) RGB, (H, W, 4) RGBA.
+SAMPLES_LAST = (2, 3, 4)
+
 #: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian standard deviation.
 MAD_TO_SIGMA = 1.482602218505602
 #: L2 norm of the Immerkaer mask (1, -2, 1) x (1, -2, 1): sqrt(36).
@@ -68,15 +72,25 @@ def to_grey(image: Any, channel: int | None, backend: Backend) -> tuple[Any, str
     its channel ``channel`` (``"channel N"``) or, for ``None``, its BT.709 luma
     (``"luma709"``): ``0.2125 R + 0.7154 G + 0.0721 B``, rounded back to uint8/uint16 for
     such input (so the quantisation floor still applies), float32 otherwise. Alpha is ignored.
-    Anything else is returned unchanged for :func:`check_image` to judge.
+    An (H, W, 2) image (grey + alpha, or two channels) gives its channel ``channel``, the
+    first for ``None`` (``"channel N"``). Anything else is returned unchanged for
+    :func:`check_image` to judge.
 
     Raises
     ------
     ConfigError
         ``channel`` is not one of the image's colour channels.
     """
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+    if image.ndim != 3 or image.shape[-1] not in SAMPLES_LAST:
         return image, "grey"
+    if image.shape[-1] == 2:
+        if channel is not None and not 0 <= channel < 2:
+            raise ConfigError(
+                f"channel must be None (the first) or 0 or 1 for a two-channel (grey + alpha) "
+                f"image of shape {tuple(image.shape)}, got {channel!r}"
+            )
+        channel = channel or 0
+        return image[..., channel], f"channel {channel}"
     if channel is not None:
         if not 0 <= channel < 3:
             raise ConfigError(
@@ -138,12 +152,20 @@ def normalize(image: Any, saturation_pct: float, backend: Backend) -> tuple[Any,
     if integer:
         lo, hi = _hist_quantiles(image, fractions, backend)
     else:
-        image = image.astype(xp.float32, copy=False)
-        if not bool(xp.isfinite(image).all()):
+        if not bool(xp.isfinite(image).all()):  # on the input, before a cast can overflow
             raise InvalidImageError(
                 "image holds NaN or infinite values; mask or replace them before scoring",
                 status="invalid_values",
             )
+        if image.dtype.kind == "f" and image.dtype.itemsize > 4:
+            top = float(xp.abs(image).max())
+            if top > float(np.finfo(np.float32).max):
+                raise InvalidImageError(
+                    f"image values reach {top:.3g}, beyond float32's range (3.4e38) in which "
+                    "it is scored; rescale the image before scoring",
+                    status="invalid_values",
+                )
+        image = image.astype(xp.float32, copy=False)
         lo, hi = (float(v) for v in backend.to_numpy(xp.quantile(image, xp.asarray(fractions))))
     if hi <= lo:  # more than saturation_pct of the pixels share the extreme values
         lo, hi = float(image.min()), float(image.max())

@@ -133,7 +133,9 @@ class FocusParams:
     channel : int or None
         For a colour (H, W, 3|4) image: score this channel (0 = red). ``None`` scores the
         luma ``0.2125 R + 0.7154 G + 0.0721 B`` (ITU-R BT.709, as ``skimage.color.rgb2gray``),
-        rounded back to the input's integer type; alpha is ignored. Grey images ignore it.
+        rounded back to the input's integer type; alpha is ignored. An (H, W, 2) image (grey +
+        alpha, or two channels) is scored on this channel, ``None`` the first. Grey images
+        ignore it.
     mode : {"exact", "fast"}
         ``"exact"`` computes every band at full resolution. ``"fast"`` computes bands with
         ``sigma >= 6 px`` on a decimated spectrum and interpolates them back: about 1.4x faster

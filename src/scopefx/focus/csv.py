@@ -28,6 +28,7 @@ import csv
 import io
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,7 +36,14 @@ from typing import Any, TextIO
 from ..errors import ConfigError
 from ._batch import CSV_COLUMNS, FocusRecord
 
-__all__ = ["VERDICT_COLUMNS", "FocusCsvWriter", "read_defocus_table", "read_focus_csv"]
+__all__ = [
+    "VERDICT_COLUMNS",
+    "FocusCsvWriter",
+    "defocus_files",
+    "defocus_key",
+    "read_defocus_table",
+    "read_focus_csv",
+]
 
 #: The columns a verdict sets (:meth:`FocusRecord.apply`), rewritten by
 #: :meth:`FocusCsvWriter.rewrite_verdicts`.
@@ -178,31 +186,68 @@ class FocusCsvWriter:
 def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
     """The ``path,defocus`` table of a through-focus series: resolved image path -> defocus.
 
-    Paths in the table are relative to the table's folder (or absolute).
+    Paths in the table are relative to the table's folder (or absolute). A through-focus
+    series in one multi-page file (a z stack) gives each page its defocus with a ``page``
+    column (from 0): such rows are keyed ``"/abs/stack.tif[3]"`` (:func:`defocus_key`, the
+    notation of the focus output's lines), other rows by the path alone. The table is read by
+    :func:`scopefx.io.parse_text_table` (column names in any case; ``,``, ``;`` or tab
+    separated, a decimal comma with ``;`` or tabs), as UTF-8 (with or without a byte-order
+    mark) or, failing that, Latin-1.
 
     Raises
     ------
     ConfigError
         The table cannot be read, lacks the ``path`` or ``defocus`` column, or holds a defocus
-        that is not a number (the message names the line).
+        that is not a number, an empty path or a page that is not a number (the message names
+        the line).
     """
+    from ..io import parse_text_table
+
     table = Path(path)
     try:
-        with table.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        data = table.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read defocus table {os.fspath(path)!r}: {exc}") from None
-    if not rows or not {"path", "defocus"} <= set(rows[0]):
+    try:
+        text = data.decode("utf-8-sig")  # with the byte-order mark spreadsheets write
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")  # what spreadsheets on Windows write
+    parsed = parse_text_table(text)
+    cols = parsed.columns  # 'Path, Defocus' as well
+    if not {"path", "defocus"} <= set(cols):
         raise ConfigError(
-            f"defocus table {os.fspath(path)!r} needs the columns 'path' and 'defocus'"
+            f"defocus table {os.fspath(path)!r} needs the columns 'path' and 'defocus', got {cols}"
         )
     out = {}
-    for i, row in enumerate(rows, start=2):
+    for i, values in parsed.records:
+        row = dict(zip(cols, (v.strip() for v in values), strict=False))
         try:
-            value = float(row["defocus"])
+            value = parsed.number(row.get("defocus", ""))
         except ValueError:
             raise ConfigError(
-                f"{os.fspath(path)!r} line {i}: defocus {row['defocus']!r} is not a number"
+                f"{os.fspath(path)!r} line {i}: defocus {row.get('defocus')!r} is not a number"
             ) from None
-        out[str((table.parent / row["path"]).resolve())] = value
+        if not row.get("path"):
+            raise ConfigError(f"{os.fspath(path)!r} line {i}: empty path")
+        key = str((table.parent / row["path"]).resolve())
+        page = row.get("page", "")
+        if page:
+            if not (page.isascii() and page.isdigit()):
+                raise ConfigError(
+                    f"{os.fspath(path)!r} line {i}: page {page!r} is not a page number (from 0)"
+                )
+            key = f"{key}[{int(page)}]"
+        out[key] = value
     return out
+
+
+def defocus_key(path: str, page: int | None) -> str:
+    """The key of an image (``page`` of a multi-page file, or the file) in
+    :func:`read_defocus_table`'s result."""
+    key = str(Path(path).resolve())
+    return key if page is None else f"{key}[{page}]"
+
+
+def defocus_files(table: dict[str, float]) -> list[str]:
+    """The files a defocus table names, each once, sorted (a page's key without its page)."""
+    return sorted({re.sub(r"\[\d+\]$", "", key) for key in table})

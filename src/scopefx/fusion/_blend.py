@@ -341,6 +341,11 @@ def fuse_chunk(
         if part is None:
             continue
         sl, values, valid, weight, dist = part
+        if np.dtype(plan.dtype).kind == "f":  # NaN/inf pixels are no data, as outside the tile
+            finite = xp.isfinite(values).all(axis=0)
+            if not bool(finite.all()):
+                values = xp.where(finite, values, work(0))
+                valid = finite if valid is None else valid & finite
         if blend in ("linear", "focus", "mean"):
             factor = work(plan.weights[k])
             w = xp.full(values.shape[1:], factor, dtype=work) if weight is None else weight * factor

@@ -102,17 +102,8 @@ class FlatField:
             The tile's shape does not match the flat's.
         """
         xp = get_backend(tile).xp if xp is None else xp
-        f_shape, shape = self.flat.shape, tuple(xp.asarray(tile).shape)
-        if len(f_shape) == 2:
-            ok = len(shape) >= 2 and shape[-2:] == f_shape
-        else:
-            ok = len(shape) in (3, 4) and shape[0] == f_shape[0] and shape[-2:] == f_shape[1:]
-        if not ok:
-            expected = "(..., Y, X)" if len(f_shape) == 2 else "(C, Y, X) or (C, Z, Y, X)"
-            raise ConfigError(
-                f"tile shape {shape} does not match flat shape {f_shape}: expected {expected} "
-                "with the flat's sizes"
-            )
+        shape = tuple(xp.asarray(tile).shape)
+        self.check_shape(shape)
         key = (xp.__name__, str(getattr(tile, "device", "cpu")))
         if key not in self._on_device:
             dark = None if self.dark is None else xp.asarray(self.dark)
@@ -123,6 +114,22 @@ class FlatField:
             flat = flat[:, None, ...]
             dark = None if dark is None else dark[:, None, ...]
         return (tile if dark is None else tile - dark) / flat
+
+    def check_shape(self, shape: tuple[int, ...], *, ref: str | None = None) -> None:
+        """Raise ConfigError unless a tile of ``shape`` (``ref``, named in the message) can be
+        corrected with this flat: what :meth:`apply` accepts, checked from a header."""
+        f_shape, shape = self.flat.shape, tuple(int(v) for v in shape)
+        if len(f_shape) == 2:
+            ok = len(shape) >= 2 and shape[-2:] == f_shape
+        else:
+            ok = len(shape) in (3, 4) and shape[0] == f_shape[0] and shape[-2:] == f_shape[1:]
+        if not ok:
+            expected = "(..., Y, X)" if len(f_shape) == 2 else "(C, Y, X) or (C, Z, Y, X)"
+            tile = "tile" if ref is None else f"tile {ref}"
+            raise ConfigError(
+                f"{tile} shape {shape} does not match flat shape {f_shape}: expected {expected} "
+                "with the flat's sizes"
+            )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``flat`` (and ``dark``) to an ``.npz`` file at exactly ``path``."""
@@ -326,7 +333,8 @@ def estimate_flatfield(
     if len(small) < MIN_TILES:
         raise ConfigError(
             f"estimate_flatfield needs at least {MIN_TILES} usable tiles, got {len(small)} of "
-            f"{len(picked)} read (blank or non-finite tiles are skipped)"
+            f"{len(picked)} read (skipped: tiles holding NaN or infinity, and tiles whose "
+            "level is not above 0: blank, or signed data around 0, which a gain cannot scale)"
         )
     median = np.median(np.stack(small), axis=0)
     full = shape[-2:]

@@ -65,6 +65,15 @@ def tile_layout(table: TileTable, metas: list[Any]) -> tuple[np.ndarray, tuple[i
         raise ConfigError(
             f"tile {first.path} has shape {list(first.shape)}, fewer axes than the {ndim}D table"
         )
+    colour = [m for m in metas if _samples_last(m, ndim)]
+    if colour:
+        listed = ", ".join(f"{m.path} ({m.dtype}{list(m.shape)})" for m in colour[:5])
+        raise ConfigError(
+            f"{len(colour)} of {len(metas)} tiles are colour or grey + alpha images, their "
+            f"samples last (height, width, samples): {listed}; fusion takes grey tiles or "
+            "tiles with their channels first (C, Y, X): convert them to grey, or move the "
+            "samples first (numpy.moveaxis(tile, -1, 0), saved as .npy or as a planar TIFF)"
+        )
     channels = tuple(first.shape[:-ndim])
     odd = [m for m in metas if m.dtype != first.dtype or tuple(m.shape[:-ndim]) != channels]
     if odd:
@@ -75,6 +84,13 @@ def tile_layout(table: TileTable, metas: list[Any]) -> tuple[np.ndarray, tuple[i
         )
     shapes = np.array([m.shape[-ndim:] for m in metas], dtype=np.int64)
     return shapes, channels, first.dtype
+
+
+def _samples_last(meta: Any, ndim: int) -> bool:
+    """An image with its samples last, (H, W, 2|3|4): RGB(A) or grey + alpha, one page. In a
+    2D table its last axis would be taken for the columns and its rows for channels."""
+    shape = tuple(meta.shape)
+    return ndim == 2 and len(shape) == 3 and shape[-1] in (2, 3, 4) and meta.pages == 1
 
 
 def _score_focus(table: TileTable, read: Reader, workers: int) -> list[float]:

@@ -277,7 +277,8 @@ def report_summary(report: dict[str, Any]) -> str:
     return line
 
 
-def _sidecar(out: str | os.PathLike[str], suffix: str) -> Path:
+def sidecar(out: str | os.PathLike[str], suffix: str) -> Path:
+    """``mosaic.ome.zarr`` (or ``mosaic.tif``) -> ``mosaic<suffix>`` beside it."""
     out = Path(out)
     name = out.name
     for ext in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
@@ -304,7 +305,7 @@ def write_report(
     """
     from ._publish import publish
 
-    js, png = _sidecar(out, ".qc.json"), _sidecar(out, ".qc.png")
+    js, png = sidecar(out, ".qc.json"), sidecar(out, ".qc.png")
     text = json.dumps(report, indent=1, allow_nan=False)
     publish(js, lambda tmp: tmp.write_text(text), replace=replace)
     publish(png, lambda tmp: _plot_graph(report, tmp), replace=replace)
@@ -395,7 +396,7 @@ def qc_only(
                                  workers=workers)  # fmt: skip
     from ._publish import publish
 
-    publish(_sidecar(out, ".registered.csv"), reg.table.to_csv, replace=replace)
-    publish(_sidecar(out, ".pairs.csv"), reg.pairs_to_csv, replace=replace)
+    publish(sidecar(out, ".registered.csv"), reg.table.to_csv, replace=replace)
+    publish(sidecar(out, ".pairs.csv"), reg.pairs_to_csv, replace=replace)
     paths = write_report(report, out, replace=replace)
     return reg, report, paths

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import TileTable, layout_problems, open_binary
+from ..io import TileTable, layout_problems, open_binary, split_ref
 from ._blend import Reader
 from ._fuse import load_tiles, plan_loaded, tile_layout
 from ._job import FusionJob, FusionResult, prepare_fusion
@@ -115,6 +115,9 @@ def _read_and_register(
         extra["layout_problems"] = problems
     if flatfield is None and options.flatfield is not None:
         flatfield = _flatfield(options.flatfield, table.refs, read)
+    if flatfield is not None:  # every tile fits it, checked before any output is made
+        for ref, meta in zip(table.refs, metas, strict=True):
+            flatfield.check_shape(meta.shape, ref=ref)
     if options.register:
         replace = options.overwrite or options.resume  # a previous run's sidecars
         table, extra["registration"] = _register(
@@ -244,18 +247,9 @@ def _pixel_size_from(table: TileTable, metas: list[Any], given: float | None) ->
         return f"{str(table.extra['vendor']).upper()} file metadata"
     first = metas[0] if metas else None
     if first is not None and first.pixel_size_um == table.pixel_size_um and first.pixel_size_from:
-        return f"{first.pixel_size_from} of {Path(first.path).name}"
+        store, inner = split_ref(first.path)  # 'scan.czi::tile/0' is not a file named '0'
+        return f"{first.pixel_size_from} of {store.name}" + (f"::{inner}" if inner else "")
     return "tile table"
-
-
-def sidecar(out: Path, suffix: str) -> Path:
-    """``mosaic.ome.zarr`` -> ``mosaic<suffix>`` beside it."""
-    name = out.name
-    for ext in (".ome.zarr", ".zarr"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return out.with_name(name + suffix)
 
 
 def _register(
@@ -264,7 +258,7 @@ def _register(
 ) -> tuple[TileTable, dict[str, Any]]:  # fmt: skip
     """Register, write the sidecars and the QC report beside ``out``; the refined table and
     the run's registration summary."""
-    from ._qc import qc_only, report_summary
+    from ._qc import qc_only, report_summary, sidecar
 
     reg, report, (qc_json, qc_png) = qc_only(
         table, out, params=params, read=read, shapes=shapes, flatfield=flatfield,
@@ -340,12 +334,19 @@ class TiffJob:
         preview: str | os.PathLike[str] | None = None,
     ) -> FusionResult:
         """Compute the mosaic in memory and write it to a temporary name, renamed when
-        complete (``on_chunk`` and ``preview`` are not used for TIFF output)."""
-        return _fuse_tiff(
+        complete, then the preview (``preview``, default ``options.preview``); ``on_chunk`` is
+        not used for TIFF output."""
+        result = _fuse_tiff(
             self.plan, self.out, list(self.missing), self.extra, self.started,
             overwrite=self.options.overwrite, flatfield=self.flatfield, read=self.read,
             device=self.device, scheduler=scheduler, workers=workers,
         )  # fmt: skip
+        preview = preview if preview is not None else self.options.preview
+        if preview is not None:
+            from ._publish import publish_preview
+
+            publish_preview(preview, self.out, self.plan)
+        return result
 
 
 def _fuse_tiff(

@@ -19,7 +19,18 @@ __all__ = ["plot_mosaic", "write_preview"]
 
 def _pick_level(path: str, max_px: int) -> tuple[np.ndarray, int]:
     """The finest pyramid level whose longer side fits ``max_px`` (or the coarsest), read whole,
-    and its factor relative to level 0."""
+    and its factor relative to level 0. A TIFF mosaic (one level) is read and reduced here by
+    2x means, as the pyramid would be."""
+    if path.lower().endswith((".tif", ".tiff")):
+        from ..io import read_image
+
+        data = np.asarray(read_image(path))
+        factor = 1
+        while max(data.shape[-2:]) > max_px:
+            h, w = (s // 2 * 2 for s in data.shape[-2:])
+            data = data[..., :h, :w].reshape((*data.shape[:-2], h // 2, 2, w // 2, 2))
+            data, factor = data.mean(axis=(-3, -1)), factor * 2
+        return data, factor
     import zarr
 
     from ..io.confined import open_store
@@ -104,7 +115,8 @@ def write_preview(
     max_px: int = 2048,
     focus: Any = None,
 ) -> str:
-    """Save a preview PNG of an OME-Zarr mosaic from its smallest fitting pyramid level."""
+    """Save a preview PNG of an OME-Zarr mosaic from its smallest fitting pyramid level (or of
+    a TIFF mosaic, reduced to fit)."""
     data, factor = _pick_level(os.fspath(mosaic), max_px)
     fig = plot_mosaic(data, plan, factor=factor, focus=focus)
     fig.savefig(os.fspath(out_png), bbox_inches="tight")

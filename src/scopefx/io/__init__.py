@@ -21,6 +21,7 @@ from ._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file, mult
 from ._read import read_image
 from ._refs import IMAGE_SUFFIXES, find_images, split_ref
 from ._roots import DATA_ROOTS_ENV, OUTPUT_ROOTS_ENV, DataRoots
+from ._texttable import TextTable, parse_text_table
 from ._tiles import (
     Tile,
     TileTable,
@@ -38,6 +39,7 @@ __all__ = [
     "EndpointLimits",
     "ImageMetadata",
     "OmeZarrSpec",
+    "TextTable",
     "Tile",
     "TileTable",
     "as_image_refs",
@@ -50,6 +52,7 @@ __all__ = [
     "layout_problems",
     "multiscales_metadata",
     "open_binary",
+    "parse_text_table",
     "read_bytes",
     "read_image",
     "read_metadata",

@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptImageError
 from ._confine import open_binary
-from ._read import decoding, n_planes, open_tiff, open_zarr_array, tiff_damage
+from ._read import decoding, image_series, n_planes, open_tiff, open_zarr_array, tiff_damage
 from ._refs import ZARR_SEP, ResolvedRef, resolve_ref
 
 __all__ = ["FIBICS_TAG", "ImageMetadata", "read_metadata"]
@@ -378,9 +377,7 @@ def _imagej_um(ij: dict[str, Any], page: Any) -> tuple[float | None, dict[str, A
 def _tiff_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
 
     with tiff_damage(r.ref), decoding(r.ref, r.kind), open_tiff(r) as tif:
-        if not tif.series:
-            raise CorruptImageError(f"TIFF '{r.ref}' holds no image data; export it again")
-        series = tif.series[0]
+        series = image_series(tif, r.ref)[1]
         page = series.keyframe
         n = len(series)
         shape = (n, *page.shape) if n > 1 else tuple(series.shape)

@@ -100,8 +100,9 @@ def tiff_damage(ref: str) -> Iterator[None]:
 
 
 def n_planes(shape: Sequence[int]) -> int:
-    """Pages of an array image: axis 0 of a 3D+ array, unless it is one (H, W, 3|4) colour image."""
-    if len(shape) >= 3 and not (len(shape) == 3 and shape[-1] in (3, 4)):
+    """Pages of an array image: axis 0 of a 3D+ array, unless it is one image with its samples
+    last: (H, W, 3|4) colour, or (H, W, 2) grey + alpha or two channels."""
+    if len(shape) >= 3 and not (len(shape) == 3 and shape[-1] in (2, 3, 4)):
         return int(shape[0])
     return 1
 
@@ -150,15 +151,24 @@ def check_tiff_budget(tif: Any, series: Any, page: int | None, ref: str) -> None
     limits.check_chunk((*segment, keyframe.samplesperpixel), series.dtype, ref)
 
 
+def image_series(tif: Any, ref: str) -> tuple[int, Any]:
+    """``(index, series)`` of the series a TIFF is read as: the first, unless it is a
+    reduced-resolution image (NewSubfileType 1: a thumbnail written before the image) and a
+    full-resolution series follows."""
+    if not tif.series:
+        raise CorruptImageError(f"TIFF '{ref}' holds no image data; export it again")
+    full = [i for i, s in enumerate(tif.series) if not s.keyframe.is_reduced]
+    index = full[0] if full else 0
+    return index, tif.series[index]
+
+
 def _read_tiff(r: ResolvedRef, page: int | None) -> np.ndarray:
     with tiff_damage(r.ref), decoding(r.ref, r.kind), open_tiff(r) as tif:
-        if not tif.series:
-            raise CorruptImageError(f"TIFF '{r.ref}' holds no image data; export it again")
-        series = tif.series[0]
+        index, series = image_series(tif, r.ref)
         n = len(series)
         check_tiff_budget(tif, series, page, r.ref)
         if page is not None:
-            return np.asarray(tif.asarray(key=check_page(page, n, r.ref), series=0))
+            return np.asarray(tif.asarray(key=check_page(page, n, r.ref), series=index))
         data = np.asarray(series.asarray())
         page_shape = tuple(series.keyframe.shape)
         if n > 1 and data.size == n * int(np.prod(page_shape)):
@@ -230,7 +240,8 @@ def _read_npy(r: ResolvedRef, page: int | None) -> np.ndarray:
                 )
             return data.reshape(shape, order=order)
         loaded = np.memmap(fh, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order=order)
-        data = np.array(loaded[check_page(page, planes, r.ref)])
+        index = check_page(page, planes, r.ref)
+        data = np.array(loaded[index] if planes > 1 else loaded)  # one image: page 0 is all
         del loaded  # closes the memory map
         return data
 
@@ -302,7 +313,9 @@ def _read_zarr(r: ResolvedRef, page: int | None) -> np.ndarray:
     with decoding(r.ref, r.kind):
         if page is None:
             return np.asarray(array[...])
-        return np.asarray(array[check_page(page, n_planes(array.shape), r.ref)])
+        planes = n_planes(array.shape)
+        index = check_page(page, planes, r.ref)
+        return np.asarray(array[index] if planes > 1 else array[...])  # one image: all of it
 
 
 def _read_vendor(r: ResolvedRef, page: int | None) -> np.ndarray:
@@ -368,8 +381,9 @@ def read_image(ref: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     Every file is opened through :mod:`scopefx.io._confine` (regular files inside the roots
     only), and the pixel and byte budgets of :class:`~scopefx.io.EndpointLimits` are checked
     from the headers before decoding.
-    A TIFF is read from its first series; pages of another size form other series and are not
-    returned.
+    A TIFF is read from its first series (the first full-resolution one, when a thumbnail flagged
+    as a reduced-resolution image comes first); pages of another size form other series and
+    are not returned.
 
     Examples
     --------

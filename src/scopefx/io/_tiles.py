@@ -2,14 +2,16 @@
 
 Two on-disk forms are read:
 
-* **CSV** with a header. ``path`` plus either ``x,y[,z]`` (mosaic pixels, floats allowed, ``x`` is
-  the column axis) or ``x_um,y_um[,z_um]`` (micrometres, divided by the pixel size). The position
+* **CSV** (or ``.tsv``) with a header (names in any case; ``,``, ``;`` or tab separated).
+  ``path`` plus either ``x,y[,z]`` (mosaic pixels, floats allowed, ``x`` is the column axis)
+  or ``x_um,y_um[,z_um]`` (micrometres, divided by the pixel size). The position
   is where the tile's pixel ``(0, 0[, 0])`` lands. An optional ``affine`` column holds a JSON
   matrix ``[[a, b, tx], [c, d, ty]]`` (3x4 in 3D) that maps tile pixel ``(x, y[, z])`` to mosaic
   pixel ``(x, y[, z])``; when present it is authoritative. An optional ``focus`` column carries a
   per-tile focus score (used by ``blend="focus"`` and the preview).
 * **Fiji / BigStitcher** ``TileConfiguration.txt`` and ``TileConfiguration.registered.txt``
-  (``dim = 2`` or ``3``; lines ``name; ; (x, y[, z])``).
+  (``dim = 2`` or ``3``; lines ``name; ; (x, y[, z])``, or ``name; N; (x, y[, z])`` for tile
+  ``N`` of a multi-series instrument file, ``name::tile/N``).
 
 Relative paths are resolved against the table's folder.
 
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ import numpy as np
 
 from ..errors import ConfigError, ImageNotFoundError, UnsupportedFormatError
 from ._refsyntax import ZARR_SEP
+from ._texttable import parse_text_table
 
 __all__ = ["Tile", "TileTable", "flatten_z", "layout_problems", "read_tile_table"]
 
@@ -246,6 +248,8 @@ def _relative_ref(ref: str, base: Path) -> str:
 
 def _resolve(name: str, base: Path) -> str:
     store, sep, array = name.strip().partition(ZARR_SEP)
+    if "\\" in store and "/" not in store:  # a table written on Windows: 'tiles\a.tif'
+        store = store.replace("\\", "/")
     p = Path(store)
     if not p.is_absolute():
         p = base / p
@@ -305,11 +309,10 @@ def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
 def _read_csv(
     path: Path, pixel_size_um: float | None, rotation_deg: float
 ) -> tuple[list[Tile], int, float | None]:
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
-    records = [(reader.line_num, r) for r in reader if any(v.strip() for v in r)]
-    if not records:
+    table = parse_text_table(_read_text(path))
+    if not table.columns:
         raise ConfigError(f"{path}: the table is empty; expected a header such as 'path,x,y'")
-    cols = [c.strip() for c in records[0][1]]
+    cols = list(table.columns)
     while cols and not cols[-1]:  # a trailing comma on the header (spreadsheet export)
         cols.pop()
     if "" in cols:
@@ -317,7 +320,7 @@ def _read_csv(
             f"{path}, line 1: column {cols.index('') + 1} has no name; columns {cols}"
         )
     rows, lines = [], []
-    for line, values in records[1:]:
+    for line, values in table.records:
         extra = [v for v in values[len(cols) :] if v.strip()]
         if extra:
             raise ConfigError(
@@ -367,17 +370,20 @@ def _read_csv(
             m = _parse_affine(affine_text, ndim, where)
         else:
             try:
-                pos = np.array([float(row[a]) for a in axes])
+                pos = np.array([table.number(row[a]) for a in axes])
             except (ValueError, KeyError):
                 given = {a: row.get(a) for a in axes}
                 raise ConfigError(f"{where}: position {given} is not numeric") from None
+            if not np.isfinite(pos).all():  # float() reads 'nan' and 'inf'
+                given = {a: row.get(a) for a in axes}
+                raise ConfigError(f"{where}: position {given} is not a finite number")
             if unit == "um":
                 pos = pos / float(pixel_size_um)  # type: ignore[arg-type]
             m = np.eye(ndim + 1)
             m[:ndim, ndim] = rot[:ndim, :ndim] @ pos  # positions turn; the tiles do not
         focus = row.get("focus", "")
         try:
-            score = float(focus) if focus else None
+            score = table.number(focus) if focus else None
         except ValueError:
             raise ConfigError(f"{where}: focus {focus!r} is not numeric") from None
         tiles.append(Tile(_resolve(row["path"], base), xyz_to_index(m), score))
@@ -395,7 +401,12 @@ def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile
             continue
         key, eq, value = text.partition("=")
         if eq and key.strip().lower() == "dim":
-            ndim = int(value)
+            try:
+                ndim = int(value)
+            except ValueError:
+                raise ConfigError(
+                    f"{path}, line {line}: cannot parse {text!r}; expected 'dim = 2' or 'dim = 3'"
+                ) from None
             continue
         if eq and key.strip().lower() in ("multiseries",):
             continue
@@ -410,6 +421,10 @@ def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile
             raise ConfigError(
                 f"{path}, line {line}: position ({match['coords']}) is not numeric"
             ) from None
+        if not np.isfinite(coords).all():  # float() reads 'NaN' and 'Infinity'
+            raise ConfigError(
+                f"{path}, line {line}: position ({match['coords']}) is not a finite number"
+            )
         ndim = ndim or len(coords)
         if len(coords) != ndim:
             raise ConfigError(
@@ -417,7 +432,15 @@ def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile
             )
         m = np.eye(ndim + 1)
         m[:ndim, ndim] = _rotation_xy(rotation_deg, ndim)[:ndim, :ndim] @ coords
-        tiles.append(Tile(_resolve(match["name"], base), xyz_to_index(m)))
+        name, series = match["name"].strip(), match["series"].strip()
+        if series:  # Fiji's multi-series form, 'scan.czi; 3; (x, y)': tile 3 of that file
+            if not (series.isascii() and series.isdigit()):
+                raise ConfigError(
+                    f"{path}, line {line}: series {series!r} is not a tile number; expected "
+                    "'name; ; (x, y)' or 'name; N; (x, y)'"
+                )
+            name = f"{name}{ZARR_SEP}tile/{int(series)}"
+        tiles.append(Tile(_resolve(name, base), xyz_to_index(m)))
         lines.append(line)
     _refuse_duplicates(tiles, lines, path)
     if ndim not in (2, 3):
@@ -454,10 +477,17 @@ def read_tile_table(
     ------
     ImageNotFoundError
         The table does not exist.
+    UnsupportedFormatError
+        A folder (not a table), or a file of a kind that holds no tile positions.
     ConfigError
         A column is missing, a value is not numeric, an affine is malformed or singular.
     """
     p = Path(path)
+    if p.is_dir():
+        raise UnsupportedFormatError(
+            f"tile table {os.fspath(path)!r} is a folder: give a table that places its tiles "
+            "(a CSV with path,x,y, a Fiji TileConfiguration.txt) or an instrument file"
+        )
     if not p.is_file():
         raise ImageNotFoundError(f"tile table {os.fspath(path)!r} does not exist")
     from ._vendor import is_vendor_file, vendor_positions
@@ -471,7 +501,7 @@ def read_tile_table(
         return placed.replace(source=os.fspath(p.resolve()), extra=extra, pixel_size_z_um=z_step)
     suffix = p.suffix.lower()
     try:
-        if suffix == ".csv":
+        if suffix in (".csv", ".tsv"):
             tiles, ndim, px = _read_csv(p, pixel_size_um, rotation_deg)
         elif suffix == ".txt":
             tiles, ndim = _read_tile_configuration(p, rotation_deg)
@@ -481,9 +511,9 @@ def read_tile_table(
             f"tile table {os.fspath(path)!r} is not UTF-8 text ({exc.reason} at byte "
             f"{exc.start}); save it as a UTF-8 CSV or TileConfiguration.txt"
         ) from None
-    if suffix not in (".csv", ".txt"):
+    if suffix not in (".csv", ".tsv", ".txt"):
         raise UnsupportedFormatError(
-            f"tile table {os.fspath(path)!r}: expected a .csv table or a Fiji "
+            f"tile table {os.fspath(path)!r}: expected a .csv table (or .tsv) or a Fiji "
             "TileConfiguration .txt"
         )
     return TileTable(tuple(tiles), ndim=ndim, pixel_size_um=px, source=os.fspath(path))

@@ -1,0 +1,54 @@
+"""Tables of text as people and spreadsheets write them: one parser for the tile tables and the
+defocus tables, so both read the same CSV dialects."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+__all__ = ["TextTable", "parse_text_table"]
+
+#: Separators tried in this order on the header line: spreadsheets in locales with a decimal
+#: comma write ';', some tools write tabs.
+_DELIMITERS = ",;\t"
+
+
+@dataclass(frozen=True)
+class TextTable:
+    """A parsed table: column names (stripped, lower case: ``Path,X,Y`` is ``path,x,y``), the
+    data records ``(line number, values)`` without blank lines, and the separator found."""
+
+    columns: list[str]
+    records: list[tuple[int, list[str]]]
+    delimiter: str
+
+    def number(self, value: str) -> float:
+        """``float(value)``, reading a decimal comma in a ``;`` or tab table (``-2,5`` is -2.5).
+
+        Raises ValueError for text that is not a number, as ``float`` does.
+        """
+        return float(value.replace(",", ".") if self.delimiter != "," else value)
+
+
+def parse_text_table(text: str) -> TextTable:
+    """Parse CSV ``text`` whose separator is the header's first of ``,``, ``;`` and tab.
+
+    Blank lines, and comment lines above the header (``# exported by ...``), are skipped (below
+    it a ``#`` starts a value: a tile may be named ``#001.tif``); an empty ``text`` gives a table
+    with no columns.
+    """
+    header = next((ln for ln in text.splitlines() if ln.strip() and not _comment(ln)), "")
+    delimiter = next((d for d in _DELIMITERS if d in header), ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    records = [(reader.line_num, r) for r in reader if any(v.strip() for v in r)]
+    while records and _comment(records[0][1][0]):
+        records.pop(0)
+    if not records:
+        return TextTable([], [], delimiter)
+    columns = [c.strip().lower() for c in records[0][1]]
+    return TextTable(columns, records[1:], delimiter)
+
+
+def _comment(first: str) -> bool:
+    return first.lstrip().startswith("#")
