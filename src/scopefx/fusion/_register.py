@@ -93,9 +93,10 @@ class PairResult:
     residual_px : float
         ``|(c_j - c_i) - shift|`` after the solve; NaN when the shift was not measurable.
     status : str
-        ``"used"``, ``"outlier"`` (dropped by the solve), ``"low_quality"``, ``"ambiguous"``
-        (a runner-up match almost as good), ``"blank"`` (no content) or ``"corner"`` (diagonal
-        neighbour, not measured).
+        ``"used"``, ``"outlier"`` (dropped by the solve), ``"low_quality"`` (NCC under
+        ``min_quality``, not above chance, or the best shift on the edge of the search),
+        ``"ambiguous"`` (a runner-up match almost as good), ``"blank"`` (no content) or
+        ``"corner"`` (diagonal neighbour, not measured).
     runner_up : float
         The best distinct other shift, on the NCC scale (shifts are ranked by a lower
         confidence bound of their NCC, so a thin common part does not win by chance; the
@@ -510,14 +511,19 @@ def _agreeing_joins(
         return np.zeros(0, dtype=int)
     li, lj = label[ij[:, 0]], label[ij[:, 1]]
     across = np.flatnonzero(candidate & (li != lj))
-    for k in across[np.argsort(-quality[across], kind="stable")].tolist():
-        move = c[ij[k, 0]] + shifts[k] - c[ij[k, 1]]  # moves the group of j onto i's
-        moved = c + np.where((label == lj[k])[:, None], move, 0.0)
-        same = across[(li[across] == li[k]) & (lj[across] == lj[k]) & (across != k)]
-        flip = across[(li[across] == lj[k]) & (lj[across] == li[k])]
-        others = np.concatenate([same, flip])
-        d = moved[ij[others, 1]] - moved[ij[others, 0]] - shifts[others]
-        agree = others[np.linalg.norm(d, axis=1) <= tolerance]
+    order = across[np.argsort(-quality[across], kind="stable")].tolist()
+    routes: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
+    for k in order:  # the candidates between each two groups
+        routes[(min(li[k], lj[k]), max(li[k], lj[k]))].append(k)
+    base = c[ij[:, 1]] - c[ij[:, 0]]  # what the current solve gives each pair
+    for k in order:
+        others = np.array(routes[(min(li[k], lj[k]), max(li[k], lj[k]))])
+        if len(others) < 2:
+            continue
+        move = shifts[k] - base[k]  # moves the group of tile j (lj[k]) to fit pair k
+        sign = (lj[others] == lj[k]).astype(float) - (li[others] == lj[k]).astype(float)
+        d = base[others] + sign[:, None] * move - shifts[others]
+        agree = others[(others != k) & (np.linalg.norm(d, axis=1) <= tolerance)]
         if len(agree):
             return np.array([k, *agree.tolist()], dtype=int)
     return np.zeros(0, dtype=int)
