@@ -4,10 +4,12 @@
 
     python bench/register_synthetic.py                   # the full sweep (a few minutes)
     python bench/register_synthetic.py --images cell --out bench/results/register_synthetic.txt
+    python bench/register_synthetic.py --grid 5x5 --overlaps 0.06    # larger grids (with loops)
 
-Each case is a 3x3 mosaic of 256 px tiles from :func:`scopefx.samples.make_mosaic` with
-sub-pixel true positions jittered by up to 15 px (6 % of a tile); the stage positions are the
-nominal grid, so each tile starts up to 15 px off. Overlaps 5 to 45 %, three conditions:
+Each case is a 3x3 mosaic (``--grid`` for others) of 256 px tiles from
+:func:`scopefx.samples.make_mosaic` with sub-pixel true positions jittered by up to 15 px (6 %
+of a tile); the stage positions are the nominal grid, so each tile starts up to 15 px off.
+Overlaps 5 to 45 % (``--overlaps`` for others), three conditions:
 ``clean``; ``vignetted`` (``1 - 0.5 r^2`` fall-off, no flat field); ``vignetted+noise``
 (the same and shot noise at 1000 photons full scale plus 2 grey levels of read noise).
 Registration runs with the default :class:`~scopefx.fusion.RegistrationParams`. The error
@@ -34,7 +36,9 @@ CONDITIONS = {
 TILE, GRID, JITTER = 256, (3, 3), 15.0
 
 
-def _case(name: str, overlap: float, condition: str, seed: int) -> tuple[float, float, str]:
+def _case(
+    name: str, overlap: float, condition: str, seed: int, grid: tuple[int, int] = GRID
+) -> tuple[float, float, str]:
     import numpy as np
 
     from scopefx.fusion import RegistrationParams, register
@@ -42,13 +46,13 @@ def _case(name: str, overlap: float, condition: str, seed: int) -> tuple[float, 
     from scopefx.samples import make_mosaic
 
     c = CONDITIONS[condition]
-    m = make_mosaic(name, grid=GRID, tile_px=TILE, overlap=overlap, jitter_px=JITTER,
+    m = make_mosaic(name, grid=grid, tile_px=TILE, overlap=overlap, jitter_px=JITTER,
                     subpixel=True, vignetting=c["vignetting"], photons=c["photons"],
                     read_noise=2.0 if c["photons"] else 0.0, seed=seed)  # fmt: skip
     true = m.affines[:, :2, 2]
     step = round(TILE * (1 - overlap))
-    grid = np.array([(r, k) for r in range(GRID[0]) for k in range(GRID[1])], float) * step
-    stage = grid + (true - grid).mean(axis=0)
+    nominal = np.array([(r, k) for r in range(grid[0]) for k in range(grid[1])], float) * step
+    stage = nominal + (true - nominal).mean(axis=0)
     refs = [f"tile_{k}" for k in range(len(true))]
     tiles = dict(zip(refs, m.tiles, strict=True))
     try:
@@ -63,31 +67,47 @@ def _case(name: str, overlap: float, condition: str, seed: int) -> tuple[float, 
     return float(d.mean()), float(d.max()), f"{used}/{sides} pairs"
 
 
+def _grid(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected ROWSxCOLUMNS such as 5x5, got {text!r}"
+        ) from None
+    if rows < 1 or cols < 1 or rows * cols < 2:
+        raise argparse.ArgumentTypeError(f"a grid needs at least 2 tiles, got {text!r}")
+    return rows, cols
+
+
 def main(argv: list[str] | None = None) -> int:
     from scopefx.samples import BUNDLED_IMAGES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", nargs="*", default=list(BUNDLED_IMAGES))
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--grid", type=_grid, default=GRID, help="rows x columns, e.g. 5x5")
+    parser.add_argument("--overlaps", nargs="*", type=float, default=list(OVERLAPS),
+                        help="fractions of a tile, e.g. 0.06")  # fmt: skip
     parser.add_argument("--out", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
     report = Report()
-    setup = f"3x3 tiles of {TILE} px, stage up to {JITTER:g} px off, seed {args.seed}"
+    rows_, cols_ = args.grid
+    setup = f"{rows_}x{cols_} tiles of {TILE} px, stage up to {JITTER:g} px off, seed {args.seed}"
     report.add("# Registration against exact ground truth (synthetic mosaics), defaults",
                *environment_lines(), setup, "")  # fmt: skip
     rows, means, bad = [], [], []
     for name in args.images:
         for condition in CONDITIONS:
             cells = [name, condition]
-            for overlap in OVERLAPS:
+            for overlap in args.overlaps:
                 progress(f"{name} {condition} {overlap:.0%}")
-                mean, top, note = _case(name, overlap, condition, args.seed)
+                mean, top, note = _case(name, overlap, condition, args.seed, args.grid)
                 cells.append(f"{fmt(mean, 2)} / {fmt(top, 2)}" if mean == mean else note)
                 means.append(mean)
                 if not mean <= 1.0:
                     bad.append(f"{name} {condition} {overlap:.0%}: {fmt(mean, 2)} px ({note})")
             rows.append(cells)
-    head = ["image", "condition", *(f"{o:.0%} mean / max px" for o in OVERLAPS)]
+    head = ["image", "condition", *(f"{o:.0%} mean / max px" for o in args.overlaps)]
     report.add(*table(head, rows), "")
     import numpy as np
 

@@ -458,6 +458,24 @@ def test_sub_pixel_against_ground_truth_with_defaults(
     assert err.mean() < 0.5 and err.max() < 1.0, err
 
 
+def _thin_case(name: str, overlap: float, photons: float | None) -> tuple[dict, np.ndarray]:
+    """A 3x3 vignetted mosaic of 256 px tiles, up to 15 px off the stage grid (seed 1: the
+    last tile's true overlaps with its upper and left neighbours are the thinnest), registered
+    with defaults: the pairs by ``(i, j)`` and ``|placed - true|`` per tile."""
+    m = samples.make_mosaic(name, grid=(3, 3), tile_px=256, overlap=overlap, jitter_px=15.0,
+                            subpixel=True, vignetting=0.5, photons=photons,
+                            read_noise=2.0 if photons else 0.0, seed=1)  # fmt: skip
+    true = m.affines[:, :2, 2]
+    step = round(256 * (1 - overlap))
+    grid = np.array([(r, c) for r in range(3) for c in range(3)], dtype=float) * step
+    stage = grid + (true - grid).mean(axis=0)
+    refs = [f"tile_{k}" for k in range(9)]
+    reg = register(_table(stage, refs), read=dict(zip(refs, m.tiles, strict=True)).__getitem__,
+                   shapes=[(256, 256)] * 9)  # fmt: skip
+    by = {(p.i, p.j): p for p in reg.pairs}
+    return by, np.linalg.norm(_position_error(reg.table, true), axis=1)
+
+
 @pytest.mark.parametrize("photons", [None, 1000.0], ids=["vignetted", "vignetted-noisy"])
 def test_thin_overlap_tile_joined_by_its_one_clear_match(photons: float | None) -> None:
     """5 % overlaps (13 px) with up to 15 px stage error: the last tile's true overlap with its
@@ -465,19 +483,57 @@ def test_thin_overlap_tile_joined_by_its_one_clear_match(photons: float | None) 
     wide (NCC 0.99), too thin to pass the test against chance over the whole search. Both are
     refused; the clearly better one joins the tile to the rest instead of the stage model
     (which left it 23 px off)."""
-    m = samples.make_mosaic("coins", grid=(3, 3), tile_px=256, overlap=0.05, jitter_px=15.0,
-                            subpixel=True, vignetting=0.5, photons=photons,
-                            read_noise=2.0 if photons else 0.0, seed=1)  # fmt: skip
-    true = m.affines[:, :2, 2]
-    grid = np.array([(r, c) for r in range(3) for c in range(3)], dtype=float) * 243
-    stage = grid + (true - grid).mean(axis=0)
-    refs = [f"tile_{k}" for k in range(9)]
-    reg = register(_table(stage, refs), read=dict(zip(refs, m.tiles, strict=True)).__getitem__,
-                   shapes=[(256, 256)] * 9)  # fmt: skip
-    by = {(p.i, p.j): p for p in reg.pairs}
+    by, err = _thin_case("coins", 0.05, photons)
     assert by[(7, 8)].used and not by[(5, 8)].used
-    err = np.linalg.norm(_position_error(reg.table, true), axis=1)
     assert err.mean() < 0.3 and err.max() < 0.5, err
+
+
+def test_chance_match_on_the_edge_of_the_search_is_not_used() -> None:
+    """Tiles 5 and 8 do not overlap at all (the stage puts them 13 px into each other, 15 px
+    too far); their best NCC (0.35) lies on the edge of the +-39 px search, where chance
+    matches gather (the largest common part). It once moved tile 8 48 px off; an edge is no
+    peak, so the pair is refused and tile 8 is placed by the stage model instead."""
+    by, err = _thin_case("camera", 0.05, None)
+    assert not by[(5, 8)].used and by[(5, 8)].status == "low_quality"
+    assert err.max() < 20, err
+
+
+def test_weak_runner_up_does_not_make_a_match_ambiguous() -> None:
+    """The last tile's left match (NCC 0.97, 6 px wide) has a runner-up whose confidence bound
+    is below zero; clipping that bound at zero once counted the runner-up as good as the match
+    (ambiguous, refused) and the tile was placed 23 px off by the stage model."""
+    by, err = _thin_case("cell", 0.05, None)
+    assert by[(7, 8)].used and not by[(5, 8)].used
+    assert err.mean() < 0.5 and err.max() < 1.0, err
+
+
+def test_two_weak_joins_that_agree_confirm_each_other() -> None:
+    """Smooth, noisy content: both true matches of the last tile (NCC 0.84 and 0.72) have a
+    confidence bound below zero, so neither is significant alone, but they place the tile
+    within 0.5 px of each other, as a loop would: both are used (the stage model left the tile
+    24 px off)."""
+    by, err = _thin_case("moon", 0.3, 1000.0)
+    assert by[(5, 8)].used and by[(7, 8)].used
+    assert err.mean() < 0.3 and err.max() < 0.5, err
+
+
+def test_measure_refuses_a_best_shift_on_the_edge_of_the_search() -> None:
+    """Two tiles 12 px off their stage positions searched over +-8 px: the best NCC lies on the
+    edge of the search (the true peak lies beyond), which is no match, so the pair is refused
+    (it was used, 4.8 px off)."""
+    from scopefx.fusion._correlate import measure
+
+    image = _truth(400).astype(np.float32)
+    tiles = [image[100:160, 20:220], image[112:172, 180:380]]  # truly at (0, 0), (12, 160)
+    reg = register(_table(np.array([[0.0, 0.0], [0.0, 160.0]])), read=_memory_reader(tiles),
+                   shapes=[(60, 200)] * 2,
+                   params=RegistrationParams(max_shift_px=8, allow_partial=True))  # fmt: skip
+    assert not reg.pairs[0].used and reg.pairs[0].status == "low_quality"
+    a, b = image[100:160, 20:220], image[112:172, 20:220]
+    narrow = measure(a, b, 8, 6, (1.0, 1.0))
+    assert not narrow.inside and abs(narrow.shift[0]) > 7
+    wide = measure(a, b, 16, 6, (1.0, 1.0))
+    assert wide.significant and wide.inside and np.allclose(wide.shift, [12, 0], atol=0.2)
 
 
 def _grating(size: int = 1024, period: float = 12.0) -> np.ndarray:

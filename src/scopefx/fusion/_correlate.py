@@ -40,7 +40,9 @@ class Measured(NamedTuple):
     quality: float  # NCC at the shift, 0..1
     runner_up: float  # best NCC of a distinct candidate shift (0 when none)
     overlap: tuple[int, ...]  # extent of the common pixels at the shift
-    significant: bool = True  # the match stands above what chance gives over the search
+    significant: bool = True  # above what chance gives over the search, its bound above 0
+    inside: bool = True  # the best shift lies inside the search, not on its edge
+    bound: float = 0.0  # lower confidence bound of the NCC at the shift (the score it won by)
 
 
 class Plan(NamedTuple):
@@ -302,8 +304,10 @@ def measure(
         return nothing
     best = np.array(np.unravel_index(int(np.argmax(score)), score.shape))
     quality = float(max(ncc[tuple(best)], 0.0))
-    runner = _runner_up(score, best)
-    runner = float(np.clip(runner + (quality - max(float(score[tuple(best)]), 0.0)), 0, 1))
+    # the runner-up on the NCC scale: its bound plus the best's own NCC-to-bound margin (both
+    # unclipped: a bound below zero still ranks the shifts)
+    runner = _runner_up(score, best) - float(score[tuple(best)])
+    runner = float(np.clip(quality + runner, 0, 1)) if math.isfinite(runner) else 0.0
     peak = best - r
     sub = _subpixel(a, b, peak, degree)
     shift = peak + (sub if sub is not None else _parabola(score, best))
@@ -319,8 +323,13 @@ def measure(
     tries = max(float(np.count_nonzero(ok)) / shared, 1.0)
     spread = 1 / math.sqrt(max(float(count[tuple(best)]) / shared - 3, 1))
     chance = -float(ndtri(_CHANCE / tries)) * spread
-    significant = bool(fisher[tuple(best)] > chance)
-    return Measured(shift, quality, runner, overlap, significant)
+    # A match whose own confidence bound is not above zero is not established either. A best
+    # shift on the edge of the search is no peak: the NCC may still rise beyond it (chance
+    # matches gather there: the bound favours the largest common part).
+    bound = float(score[tuple(best)])
+    significant = bool(fisher[tuple(best)] > chance) and bound > 0
+    inside = bool(np.all(np.abs(peak) < r))
+    return Measured(shift, quality, runner, overlap, significant, inside, bound)
 
 
 def _corr_area(x: np.ndarray) -> float:
@@ -455,7 +464,7 @@ def _runner_up(score: np.ndarray, best: np.ndarray) -> float:
     grids = np.ogrid[tuple(slice(0, n) for n in score.shape)]
     dist2 = sum(((g - c) / w) ** 2 for g, c, w in zip(grids, best, width, strict=True))
     outside = score[(dist2 > 1) & np.isfinite(score)]
-    return float(max(outside.max(), 0.0)) if outside.size else 0.0
+    return float(outside.max()) if outside.size else -math.inf
 
 
 def _extent(mask: np.ndarray) -> list[int]:

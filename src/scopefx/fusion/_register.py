@@ -9,18 +9,25 @@ The steps, in the order :func:`register` runs them:
    search range, flat-field corrected when a flat field is given; the normalised
    cross-correlation (NCC) on the pixels both tiles hold, each crop minus its quadratic fit
    over them (so smooth shading does not correlate), for every shift in range; the best
-   refined by phase correlation. A match must reach ``min_quality`` and beat the best
-   distinct runner-up by ``min_peak_margin`` (a repeated pattern, such as graph paper, gives
-   several equally good peaks: such a pair is *ambiguous* and not used).
+   refined by phase correlation. A match must reach ``min_quality``, stand above what chance
+   gives over the whole search, with a confidence bound above zero, lie inside the search
+   (on its edge the NCC may still rise beyond, and chance matches gather there: the bound
+   favours the largest common part), and beat the best distinct runner-up by
+   ``min_peak_margin`` (a repeated pattern, such as graph paper, gives several equally good
+   peaks: such a pair is *ambiguous* and not used).
 3. **Stage model** (as MIST does): a side pair that gave no usable match takes the median
    correction of the usable pairs of its row (or column), else of its direction.
 4. **Global solve**: sparse weighted least squares, weights NCC x overlap area; pairs whose
    residual exceeds ``outlier_px`` are dropped, worst first, and the solve repeated. Second
-   pass: a refused side pair (weak or ambiguous) whose shift lands within ``outlier_px`` of
-   what the used pairs predict is used (its loop confirms it), and a group of tiles left apart
-   from the main one is joined by its clearly best refused, unambiguous match; the solve is
-   repeated. Groups of tiles still unconnected by usable pairs are then moved as wholes to fit
-   the stage model's pairs between them (which so never bend the measured geometry).
+   pass, over the refused side pairs (weak or ambiguous, NCC at least ``min_quality``, best
+   shift inside the search), one step at a time with the solve repeated after each: a pair
+   whose shift lands within ``outlier_px`` of what the used pairs predict is used (its loop
+   confirms it); else two unambiguous ones between the same two groups of tiles that agree
+   within ``outlier_px`` are used (they confirm each other as a loop does); else a group of
+   tiles left apart from the main one is joined by its clearly best unambiguous match whose
+   confidence bound is above zero. Groups of tiles still unconnected by usable pairs are then
+   moved as wholes to fit the stage model's pairs between them (which so never bend the
+   measured geometry).
 
 Fewer usable side pairs than ``min_usable_fraction`` of them is an error
 (:class:`~scopefx.errors.RegistrationError`) unless ``allow_partial``. Transforms follow
@@ -86,9 +93,10 @@ class PairResult:
     residual_px : float
         ``|(c_j - c_i) - shift|`` after the solve; NaN when the shift was not measurable.
     status : str
-        ``"used"``, ``"outlier"`` (dropped by the solve), ``"low_quality"``, ``"ambiguous"``
-        (a runner-up match almost as good), ``"blank"`` (no content) or ``"corner"`` (diagonal
-        neighbour, not measured).
+        ``"used"``, ``"outlier"`` (dropped by the solve), ``"low_quality"`` (NCC under
+        ``min_quality``, not above chance, or the best shift on the edge of the search),
+        ``"ambiguous"`` (a runner-up match almost as good), ``"blank"`` (no content) or
+        ``"corner"`` (diagonal neighbour, not measured).
     runner_up : float
         The best distinct other shift, on the NCC scale (shifts are ranked by a lower
         confidence bound of their NCC, so a thin common part does not win by chance; the
@@ -395,6 +403,8 @@ def _settle(
     chance = np.array([not r.significant for r in results], dtype=bool)
     status[(status == "used") & ((quality < params.min_quality) | chance)] = "low_quality"
     status[(status == "used") & (quality - runner < params.min_peak_margin)] = "ambiguous"
+    inside = np.array([r.inside for r in results], dtype=bool)  # on the search's edge: no peak
+    status[(status == "used") & ~inside] = "low_quality"
     if not params.corner_pairs:
         status[is_corner] = "corner"
     used = status == "used"
@@ -415,8 +425,10 @@ def _settle(
     full = quality * area / max(float(np.median(area[used])) if used.any() else 1.0, 1e-12)
     weight = np.where(used, full, 0.0)
     # Second pass: refused side pairs (weak or ambiguous) that the used ones then confirm
-    candidate = side & ~used & np.all(np.isfinite(shifts), axis=1) & (quality >= params.min_quality)
+    candidate = side & ~used & np.all(np.isfinite(shifts), axis=1) & inside
+    candidate &= quality >= params.min_quality
     distinct = quality - runner >= params.min_peak_margin
+    established = np.array([r.bound for r in results], dtype=float) > 0
     while True:
         while True:
             c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)
@@ -429,7 +441,11 @@ def _settle(
             candidate[worst] = False
         admit = _confirmed(n, ij, used, candidate, residual, params.outlier_px)
         if not len(admit):
-            admit = _lone_best(n, ij, used, candidate & distinct, quality, params.min_peak_margin)
+            admit = _agreeing_joins(n, ij, used, candidate & distinct, shifts, quality, c,
+                                    params.outlier_px)  # fmt: skip
+        if not len(admit):
+            admit = _lone_best(n, ij, used, candidate & distinct & established, quality,
+                               params.min_peak_margin)  # fmt: skip
         if not len(admit):
             break
         used[admit], status[admit], weight[admit] = True, "used", full[admit]
@@ -478,6 +494,39 @@ def _confirmed(
     joined = label[ij[:, 0]] == label[ij[:, 1]]
     ok = candidate & joined & (np.nan_to_num(residual, nan=np.inf) <= tolerance)
     return np.flatnonzero(ok)
+
+
+def _agreeing_joins(
+    n: int, ij: np.ndarray, used: np.ndarray, candidate: np.ndarray, shifts: np.ndarray,
+    quality: np.ndarray, c: np.ndarray, tolerance: float,
+) -> np.ndarray:  # fmt: skip
+    """Refused matches (``candidate``) that join two groups of tiles left apart by the used
+    pairs and agree with each other: for each candidate between two groups (best NCC first),
+    the group of its tile ``j`` moved as a whole to fit it, the other candidates between the
+    same two groups that then land within ``tolerance`` of their shift. Two routes that agree
+    confirm each other as a loop does (by chance: about ``pi tolerance^2 / shifts searched``).
+    Returns the first such set (the caller re-solves and looks again)."""
+    n_comp, label = _components(n, ij[used])
+    if n_comp == 1:
+        return np.zeros(0, dtype=int)
+    li, lj = label[ij[:, 0]], label[ij[:, 1]]
+    across = np.flatnonzero(candidate & (li != lj))
+    order = across[np.argsort(-quality[across], kind="stable")].tolist()
+    routes: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
+    for k in order:  # the candidates between each two groups
+        routes[(min(li[k], lj[k]), max(li[k], lj[k]))].append(k)
+    base = c[ij[:, 1]] - c[ij[:, 0]]  # what the current solve gives each pair
+    for k in order:
+        others = np.array(routes[(min(li[k], lj[k]), max(li[k], lj[k]))])
+        if len(others) < 2:
+            continue
+        move = shifts[k] - base[k]  # moves the group of tile j (lj[k]) to fit pair k
+        sign = (lj[others] == lj[k]).astype(float) - (li[others] == lj[k]).astype(float)
+        d = base[others] + sign[:, None] * move - shifts[others]
+        agree = others[(others != k) & (np.linalg.norm(d, axis=1) <= tolerance)]
+        if len(agree):
+            return np.array([k, *agree.tolist()], dtype=int)
+    return np.zeros(0, dtype=int)
 
 
 def _lone_best(
