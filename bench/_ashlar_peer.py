@@ -1,22 +1,22 @@
 """Register tile sets with ASHLAR's ``EdgeAligner``, as a peer of tiles_real.py and
 register_synthetic.py.
 
-Run with an interpreter that has ASHLAR (``bench/.venv-mvs`` after
-``bench/.venv-mvs/bin/pip install ashlar``); this script must not import scopefx::
+Run with the interpreter of ``bench/.venv-mvs`` (``bench/setup_peer.sh`` pins ASHLAR there);
+this script must not import scopefx::
 
-    bench/.venv-mvs/bin/python bench/_ashlar_peer.py stage.csv OUT.json [stage2.csv OUT2.json ...]
+    bench/.venv-mvs/bin/python bench/_ashlar_peer.py [--max-shift PX] A.csv A.json [B.csv ...]
 
 Each ``stage.csv`` (``path,x,y``: where the tile's pixel (0, 0) lands, px) is one set. Its tiles
 are read into memory (summed over colour channels) behind a minimal ASHLAR reader whose stage
 positions are those of the table and whose pixel size is 1 um, so ASHLAR's default
-``max_shift`` of 15 um is 15 px; everything else is ASHLAR's default (``EdgeAligner`` with
-``alpha=0.01``, ``filter_sigma=0``; thumbnail coarse alignment off, as it needs Bio-Formats
-metadata). ASHLAR needs tiles of one size: a set with mixed sizes is reported as its failure.
-Registration only (its mosaic assembly is not timed). Each ``OUT.json`` gets ``positions``
-(``[x, y]`` of each tile's pixel (0, 0), in the table's frame up to one common shift),
-``wall_s`` (reading and registration), ``peak_rss_mb`` (``VmHWM`` of the process so far) and
-``error`` when ASHLAR refuses or fails the set. Several sets in one call share the import cost;
-``wall_s`` is per set.
+``max_shift`` of 15 um is 15 px (``--max-shift`` sets another). Everything else is ASHLAR's
+default (``EdgeAligner`` with ``alpha=0.01``, ``filter_sigma=0``), except the thumbnail coarse
+alignment, which needs Bio-Formats metadata and is off. ASHLAR needs tiles of one size: a set
+with mixed sizes is reported as its failure. Registration only (its mosaic assembly is not
+timed). Each ``OUT.json`` gets ``positions`` (``[x, y]`` of each tile's pixel (0, 0), in the
+table's frame up to one common shift), ``wall_s`` (reading and registration), ``peak_rss_mb``
+(``VmHWM`` of the process so far) and ``error`` when ASHLAR refuses or fails the set. Several
+sets in one call share the import cost; ``wall_s`` is per set.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _read(path: Path):
     return data.sum(axis=-1) if data.ndim == 3 else data
 
 
-def _register(stage_csv: Path) -> dict:
+def _register(stage_csv: Path, max_shift: float | None) -> dict:
     import numpy as np
     from ashlar import reg
 
@@ -93,7 +93,8 @@ def _register(stage_csv: Path) -> dict:
     try:
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            aligner = reg.EdgeAligner(Reader(), channel=0, do_make_thumbnail=False)
+            kw = {} if max_shift is None else {"max_shift": max_shift}  # um = px here
+            aligner = reg.EdgeAligner(Reader(), channel=0, do_make_thumbnail=False, **kw)
             aligner.run()
         placed = aligner.positions + aligner.origin  # undo ASHLAR's move of the origin to 0
         out["positions"] = [[float(x), float(y)] for y, x in placed]
@@ -107,11 +108,13 @@ def _register(stage_csv: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pairs", nargs="+", help="stage.csv OUT.json, repeated")
+    parser.add_argument("--max-shift", type=float, default=None,
+                        help="ASHLAR's max_shift in px (default: its own, 15)")  # fmt: skip
     args = parser.parse_args(argv)
     if len(args.pairs) % 2:
         parser.error("give stage.csv and OUT.json in pairs")
     for stage_csv, out_json in zip(args.pairs[::2], args.pairs[1::2], strict=True):
-        out = _register(Path(stage_csv))
+        out = _register(Path(stage_csv), args.max_shift)
         Path(out_json).write_text(json.dumps(out))
         print(json.dumps({k: v for k, v in out.items() if k != "positions"}))
     return 0

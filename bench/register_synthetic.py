@@ -5,6 +5,7 @@
     python bench/register_synthetic.py                   # the full sweep (a few minutes)
     python bench/register_synthetic.py --images cell --out bench/results/register_synthetic.txt
     python bench/register_synthetic.py --grid 5x5 --overlaps 0.06    # larger grids (with loops)
+    python bench/register_synthetic.py --peers          # and ASHLAR, multiview-stitcher
 
 Each case is a 3x3 mosaic (``--grid`` for others) of 256 px tiles from
 :func:`scopefx.samples.make_mosaic` with sub-pixel true positions jittered by up to 15 px (6 %
@@ -15,7 +16,10 @@ Overlaps 5 to 45 % (``--overlaps`` for others), three conditions:
 Registration runs with the default :class:`~scopefx.fusion.RegistrationParams`. The error
 is ``|placed - true|`` per tile after removing the mean offset (registration fixes positions
 up to one common shift). The script exits 0 whatever the figures; the summary names the
-cases above 1 px mean.
+cases above 1 px mean. ``--peers`` also registers every case with ASHLAR and
+multiview-stitcher (``bench/.venv-mvs``, ``bench/setup_peer.sh``) from the same tiles and
+stage positions, written as TIFF files (:mod:`_peer_register`), and prints their errors and how
+often scopefx is closer to the truth.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Report, environment_lines, fmt, progress, table
@@ -36,13 +42,11 @@ CONDITIONS = {
 TILE, GRID, JITTER = 256, (3, 3), 15.0
 
 
-def _case(
-    name: str, overlap: float, condition: str, seed: int, grid: tuple[int, int] = GRID
-) -> tuple[float, float, str]:
-    import numpy as np
+def _mosaic(
+    name: str, overlap: float, condition: str, seed: int, grid: tuple[int, int]
+) -> tuple[list, list[tuple[float, float]], np.ndarray]:
+    """The case's tiles, their stage positions ``(x, y)`` and true positions ``(y, x)``."""
 
-    from scopefx.fusion import RegistrationParams, register
-    from scopefx.io import TileTable
     from scopefx.samples import make_mosaic
 
     c = CONDITIONS[condition]
@@ -53,18 +57,66 @@ def _case(
     step = round(TILE * (1 - overlap))
     nominal = np.array([(r, k) for r in range(grid[0]) for k in range(grid[1])], float) * step
     stage = nominal + (true - nominal).mean(axis=0)
-    refs = [f"tile_{k}" for k in range(len(true))]
-    tiles = dict(zip(refs, m.tiles, strict=True))
+    return list(m.tiles), [(float(x), float(y)) for y, x in stage], true
+
+
+def _error(placed_yx: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """Mean and max ``|placed - true|`` over tiles after removing the mean offset."""
+
+    err = np.asarray(placed_yx, dtype=float) - true
+    d = np.linalg.norm(err - err.mean(axis=0), axis=1)
+    return float(d.mean()), float(d.max())
+
+
+def _case(
+    tiles: list, stage: list[tuple[float, float]], true: np.ndarray
+) -> tuple[float, float, str]:
+    from scopefx.fusion import RegistrationParams, register
+    from scopefx.io import TileTable
+
+    refs = [f"tile_{k}" for k in range(len(tiles))]
+    by_ref = dict(zip(refs, tiles, strict=True))
     try:
-        reg = register(TileTable.from_positions(refs, stage[:, ::-1]), read=tiles.__getitem__,
+        reg = register(TileTable.from_positions(refs, stage), read=by_ref.__getitem__,
                        shapes=[(TILE, TILE)] * len(refs), params=RegistrationParams())  # fmt: skip
     except Exception as exc:  # a refusal is a result too
         return float("nan"), float("nan"), type(exc).__name__
-    err = reg.table.affines[:, :2, 2] - true
-    d = np.linalg.norm(err - err.mean(axis=0), axis=1)
     used = sum(p.used for p in reg.pairs)
     sides = sum(p.status != "corner" for p in reg.pairs)
-    return float(d.mean()), float(d.max()), f"{used}/{sides} pairs"
+    return (*_error(reg.table.affines[:, :2, 2], true), f"{used}/{sides} pairs")
+
+
+PEER_NOTE = (
+    "bench/_ashlar_peer.py: ASHLAR EdgeAligner, max_shift 40 px (its default 15 cannot "
+    "reach a pair correction of up to 30 px); bench/_mvs_register_peer.py --no-fuse: "
+    "multiview-stitcher's registration at its defaults"
+)
+PEER_FLAGS = {"ashlar": ("--max-shift", "40")}
+
+
+def _run_peers(
+    name: str, peers: list[str], sets: list, truths: list, labels: list,
+    peer_means: dict[str, list[float]], peer_rows: list[list[str]],
+) -> None:  # fmt: skip
+    """Register one image's cases with every peer (one call each) and add their errors."""
+    import _peer_register
+
+    cells: dict[str, list[str]] = {}
+    for peer in peers:
+        progress(f"{name}: {peer}")
+        results = _peer_register.register_sets(peer, sets, PEER_FLAGS.get(peer, ()))
+        cells[peer] = []
+        for r, true in zip(results, truths, strict=True):
+            if "positions" in r:
+                mean, top = _error(np.asarray(r["positions"])[:, ::-1], true)
+                peer_means[peer].append(mean)
+                cells[peer].append(f"{fmt(mean, 2)} / {fmt(top, 2)}")
+            else:
+                peer_means[peer].append(float("nan"))
+                cells[peer].append("failed")
+    for k, (condition, overlap, own) in enumerate(labels):
+        peer_rows.append([name, condition, f"{overlap:.0%}", fmt(own, 2),
+                          *(cells[p][k] for p in peers)])  # fmt: skip
 
 
 def _grid(text: str) -> tuple[int, int]:
@@ -88,34 +140,68 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=_grid, default=GRID, help="rows x columns, e.g. 5x5")
     parser.add_argument("--overlaps", nargs="*", type=float, default=list(OVERLAPS),
                         help="fractions of a tile, e.g. 0.06")  # fmt: skip
+    parser.add_argument("--peers", action="store_true",
+                        help="also ASHLAR and multiview-stitcher from bench/.venv-mvs")  # fmt: skip
     parser.add_argument("--out", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
+    peers: list[str] = []
+    if args.peers:
+        import _peer_register
+
+        peers = _peer_register.available()
     report = Report()
     rows_, cols_ = args.grid
     setup = f"{rows_}x{cols_} tiles of {TILE} px, stage up to {JITTER:g} px off, seed {args.seed}"
     report.add("# Registration against exact ground truth (synthetic mosaics), defaults",
                *environment_lines(), setup, "")  # fmt: skip
     rows, means, bad = [], [], []
+    peer_means: dict[str, list[float]] = {p: [] for p in peers}
+    peer_rows: list[list[str]] = []
     for name in args.images:
+        sets, truths, labels = [], [], []
         for condition in CONDITIONS:
             cells = [name, condition]
             for overlap in args.overlaps:
                 progress(f"{name} {condition} {overlap:.0%}")
-                mean, top, note = _case(name, overlap, condition, args.seed, args.grid)
+                tiles, stage, true = _mosaic(name, overlap, condition, args.seed, args.grid)
+                mean, top, note = _case(tiles, stage, true)
                 cells.append(f"{fmt(mean, 2)} / {fmt(top, 2)}" if mean == mean else note)
                 means.append(mean)
                 if not mean <= 1.0:
                     bad.append(f"{name} {condition} {overlap:.0%}: {fmt(mean, 2)} px ({note})")
+                if peers:
+                    sets.append((tiles, stage))
+                    truths.append(true)
+                    labels.append((condition, overlap, mean))
             rows.append(cells)
+        if peers:
+            _run_peers(name, peers, sets, truths, labels, peer_means, peer_rows)
     head = ["image", "condition", *(f"{o:.0%} mean / max px" for o in args.overlaps)]
     report.add(*table(head, rows), "")
-    import numpy as np
 
     finite = np.asarray(means, dtype=float)
     report.add(f"mean over cases: {fmt(float(np.nanmean(finite)), 3)} px; median "
                f"{fmt(float(np.nanmedian(finite)), 3)} px; cases under 1 px mean: "
                f"{int(np.sum(finite <= 1.0))} of {len(finite)}", "")  # fmt: skip
     report.add("above 1 px mean (or refused):", *(f"  {b}" for b in bad or ["none"]))
+    if peers:
+        report.add("", f"Peers on the same cases ({PEER_NOTE}): mean / max px per case",
+                   *table(["image", "condition", "overlap", "scopefx mean", *peers], peer_rows),
+                   "", "Summary over cases (a refusal or a failure is not under 1 px)")  # fmt: skip
+        summary = []
+        for tool, values in [("scopefx", means), *peer_means.items()]:
+            v = np.asarray(values, dtype=float)
+            summary.append([tool, str(int(np.sum(v <= 1.0))), str(int(np.sum(v <= 0.5))),
+                            fmt(float(np.nanmedian(v)), 3),
+                            str(int(np.sum(~np.isfinite(v))))])  # fmt: skip
+        report.add(*table(["tool", "under 1 px", "under 0.5 px", "median px", "refused/failed"],
+                          summary))  # fmt: skip
+        for tool, values in peer_means.items():
+            v, own = np.asarray(values, dtype=float), finite
+            better = np.sum(np.nan_to_num(own, nan=np.inf) < np.nan_to_num(v, nan=np.inf))
+            report.add(
+                f"scopefx closer to the truth than {tool} in {int(better)} of {len(v)} cases"
+            )
     report.emit(args.out)
     return 0
 
