@@ -335,6 +335,8 @@ def record_line(record: Any, in_colour: bool) -> str:
     text = f"{record.features:>9d}  {record.verdict:<14} {extra:<11} {name}"
     if record.noise_limited:
         text += "  (noise-limited: the count is mostly noise)"
+    if getattr(record, "block_coded", None):
+        text += "  (block-coded, e.g. JPEG: noise measured on block means)"
     if record.verdict in FLAGGED:
         return f"{BOLD_RED}{text}{RESET}\a" if in_colour else text
     if record.verdict == "unverifiable":

@@ -52,6 +52,7 @@ CSV_COLUMNS = (
     "modality",
     "noise_limited",
     "colour",
+    "block_coded",
 )
 
 
@@ -62,9 +63,8 @@ class FocusRecord:
     ``status`` is ``"ok"`` or an error kind (``missing``, ``empty``, ``corrupt``,
     ``unsupported``, ``ndim``, ``too_small``, ``invalid_values``, ``dtype``,
     ``error``); ``error`` holds the message. Everything is plain Python / NumPy.
-    ``noise_limited``, ``colour`` and ``modality`` are those of the :class:`FocusResult`
-    (``None`` / empty when the image was not scored); they are in :meth:`to_dict`, not (yet)
-    in :data:`CSV_COLUMNS`.
+    ``noise_limited``, ``colour``, ``block_coded`` and ``modality`` are those of the
+    :class:`FocusResult` (``None`` / empty when the image was not scored).
     """
 
     path: str
@@ -91,6 +91,7 @@ class FocusRecord:
     focus: float | None = None
     noise_limited: bool | None = None
     colour: str = ""
+    block_coded: bool | None = None
     modality: str = ""
     focus_map: np.ndarray | None = field(default=None, repr=False)
 
@@ -158,6 +159,7 @@ def _result_fields(result: FocusResult) -> dict[str, Any]:
         "score_seconds": result.seconds,
         "noise_limited": result.noise_limited,
         "colour": result.colour,
+        "block_coded": result.block_coded,
         "modality": result.params.modality,
         "focus_map": result.focus_map,
     }

@@ -76,6 +76,12 @@ class FocusResult:
         ``"channel N"`` (see :attr:`FocusParams.channel`).
     noise_model : NoiseModel or None
         The noise level function used (``None`` for a constant image).
+    block_coded : bool
+        The image carries an 8-pixel block grid (JPEG, JPEG-in-TIFF, SVS): its noise was
+        measured on block means of ``noise_scale_px`` pixels, where block coding leaves it,
+        not at single pixels, where it removes it.
+    noise_scale_px : int
+        Block size at which the noise was measured (1: single pixels, white noise).
     """
 
     features: int
@@ -94,6 +100,8 @@ class FocusResult:
     noise_limited: bool = False
     colour: str = "grey"
     noise_model: NoiseModel | None = field(default=None, repr=False)
+    block_coded: bool = False
+    noise_scale_px: int = 1
 
     @property
     def density_per_mpx(self) -> float:
@@ -122,6 +130,8 @@ class FocusResult:
             "colour": self.colour,
             "modality": self.params.modality,
             "noise_model": None if self.noise_model is None else self.noise_model.to_dict(),
+            "block_coded": self.block_coded,
+            "noise_scale_px": self.noise_scale_px,
         }
 
 
@@ -349,4 +359,6 @@ def focus_score(
         noise_limited=features > 0 and features_2k < NOISE_LIMITED_RATIO * features,
         colour=colour,
         noise_model=model,
+        block_coded=model.block_coded,
+        noise_scale_px=model.scale_px,
     )
