@@ -53,6 +53,24 @@ def test_csv_micrometres_need_a_pixel_size(tmp_path):
     assert table.pixel_size_um == 0.5
 
 
+def test_csv_micrometres_take_the_pixel_size_the_tiles_record(tmp_path):
+    import tifffile
+
+    data = np.zeros((8, 8), np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", data, resolution=(1e4 / 0.25, 1e4 / 0.25),
+                     resolutionunit="CENTIMETER")  # fmt: skip
+    path = _write(tmp_path / "t.csv", "path,x_um,y_um\na.tif,100,50\n")
+    table = read_tile_table(path)  # 0.25 um recorded by the tile: no --pixel-size needed
+    assert table.pixel_size_um == pytest.approx(0.25)
+    np.testing.assert_allclose(table[0].offset, [200, 400])
+    # a given pixel size wins over the recorded one
+    assert read_tile_table(path, pixel_size_um=0.5).pixel_size_um == 0.5
+    # a TIFF's default 72 dpi is no pixel size: the table still asks for one
+    tifffile.imwrite(tmp_path / "a.tif", data, resolution=(72, 72), resolutionunit="INCH")
+    with pytest.raises(ConfigError, match=r"records no pixel size.*--pixel-size"):
+        read_tile_table(path)
+
+
 def test_csv_3d_positions(tmp_path):
     table = read_tile_table(_write(tmp_path / "t.csv", "path,x,y,z\na.tif,1,2,3\n"))
     assert table.ndim == 3

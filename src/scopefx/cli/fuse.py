@@ -32,8 +32,9 @@ def add_parser(sub: Any) -> None:
         help="fuse tiles into an OME-Zarr mosaic (out of core, resumable)",
         description="Fuse tiles placed by their stage positions (or affines) into an OME-Zarr "
         "mosaic, chunk by chunk. TILES is a CSV (path,x,y[,z] in pixels, x_um,y_um with "
-        "--pixel-size, optional affine and focus columns), a Fiji TileConfiguration.txt, or an "
-        "instrument file with stage positions (.ome.tif, .czi, .nd2, .lif).",
+        "--pixel-size or the tiles' own, optional affine and focus columns), a Fiji "
+        "TileConfiguration.txt, or an instrument file with stage positions (.ome.tif, .czi, "
+        ".nd2, .lif).",
     )
     p.add_argument(
         "tiles",

@@ -344,13 +344,15 @@ def _read_csv(
             f"{path}: no position columns; expected 'x,y[,z]' (pixels), 'x_um,y_um[,z_um]' "
             f"(with a pixel size) or 'affine', got {cols}"
         )
-    if unit == "um" and pixel_size_um is None:
-        raise ConfigError(
-            f"{path}: positions are in micrometres ({', '.join(axes)}); give the pixel size "
-            "(--pixel-size / pixel_size_um=)"
-        )
     if not rows:
         raise ConfigError(f"{path}: the table holds no tiles")
+    if unit == "um" and pixel_size_um is None:
+        pixel_size_um = _recorded_pixel_size(rows[0].get("path", ""), path)
+        if pixel_size_um is None:
+            raise ConfigError(
+                f"{path}: positions are in micrometres ({', '.join(axes)}) and the first tile "
+                "records no pixel size; give it (--pixel-size / pixel_size_um=)"
+            )
     ndim = len(axes) if axes else 0
     if not axes:  # affine only: its shape says the dimension
         try:
@@ -389,6 +391,28 @@ def _read_csv(
         tiles.append(Tile(_resolve(row["path"], base), xyz_to_index(m), score))
     _refuse_duplicates(tiles, lines, path)
     return tiles, ndim, pixel_size_um
+
+
+def _recorded_pixel_size(name: str, table: Path) -> float | None:
+    """The pixel size the tile ``name`` of ``table`` records in its metadata (OME, ImageJ, a
+    TIFF resolution in centimetres, a vendor file...; inch-based default resolutions do not
+    count), or ``None`` when it records none or cannot be read."""
+    if not name:
+        return None
+    from ._metadata import read_metadata
+
+    ref = _resolve(name, table.resolve().parent)
+    try:
+        meta = read_metadata(ref)
+    except Exception:  # unreadable here (missing, refused): the caller asks for --pixel-size
+        logger.debug("no pixel size from %s", ref, exc_info=True)
+        return None
+    size = meta.pixel_size_um
+    if size is None or not math.isfinite(size) or not size > 0:
+        return None
+    logger.info("%s: micrometre positions divided by %s's pixel size, %g um (%s)",
+                table, ref, size, meta.pixel_size_from)  # fmt: skip
+    return float(size)
 
 
 def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile], int]:
