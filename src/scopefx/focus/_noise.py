@@ -36,6 +36,11 @@ _BLOCK_PX = 8
 #: median over the other phases by this factor (lossless: at most 1.01 on the real series,
 #: 1.06 on noisy synthetic images; JPEG q75 and below: 1.7 or more).
 _BLOCK_EXCESS = 1.1
+#: A grid this strong marks heavy coding (JPEG q75 and below: 1.7 or more on the real series;
+#: q95: 1.28-1.39), which removes the noise up to 2-px scales, so it is measured on 4-px block
+#: means too; a lighter grid stops at 2 px, since beyond that an image's own fine texture
+#: (a noiseless image once stored as JPEG shows one) would be taken for noise.
+_HEAVY_BLOCK_EXCESS = 1.7
 #: Block sizes at which the noise is measured again when it is not white (8, JPEG's block,
 #: would measure the quantised block means instead) ...
 _NOISE_SCALES_PX = (2, 4)
@@ -190,11 +195,17 @@ def estimate_noise_model(
     residuals = xp.abs(_residuals(image))
     sigma = fine = _robust_sigma(residuals, 1, backend)
     factor = 1
-    blocky = block_excess(image, backend) > _BLOCK_EXCESS
+    # JPEG decodes to integers: float input (lsb 0) is not taken for block coded, whatever
+    # grid it shows (a noiseless float image once stored as JPEG would otherwise have its
+    # texture at block scale taken for noise, and its sharp version score below a blur)
+    excess = block_excess(image, backend) if lsb > 0 else 1.0
+    blocky = excess > _BLOCK_EXCESS
     if blocky:
         for size, step in zip(_NOISE_SCALES_PX, _NOISE_SCALE_STEP, strict=True):
             if min(int(v) for v in image.shape) < 8 * size:
                 break
+            if size > _NOISE_SCALES_PX[0] and excess < _HEAVY_BLOCK_EXCESS:
+                break  # light coding removed the noise at single pixels only
             coarse_image = block_downsample(image, size, backend)
             coarse = _robust_sigma(xp.abs(_residuals(coarse_image)), size, backend)
             if coarse <= 0:  # quantised flat at this scale too: look coarser
