@@ -514,3 +514,23 @@ def test_zarr_named_file_is_not_a_store(tmp_path: Path) -> None:
     _touch(tmp_path / "packed.zarr", b"PK\x03\x04 not really")
     with pytest.raises(UnsupportedFormatError, match=r"packed\.zarr.*directories only"):
         read_image(tmp_path / "packed.zarr")
+
+
+def test_a_png_with_a_grey_palette_is_a_grey_image(tmp_path: Path) -> None:
+    """Some tools save 8-bit grey images as palette PNGs (GIFs): read as grey (H, W), with the
+    grey levels the palette names, not as RGB, which fusion refuses as colour tiles."""
+    from PIL import Image
+
+    from scopefx.io import read_metadata
+
+    grey = (np.arange(40 * 30) % 251).astype(np.uint8).reshape(40, 30)
+    Image.fromarray(grey, "L").convert("P").save(tmp_path / "p.png")  # 256 grey entries
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.mode == "P"
+    np.testing.assert_array_equal(read_image(tmp_path / "p.png"), grey)
+    assert tuple(read_metadata(str(tmp_path / "p.png")).shape) == (40, 30)
+    # a colour palette stays colour
+    rgb = np.stack([grey, grey[::-1], grey], axis=-1)
+    Image.fromarray(rgb, "RGB").quantize(16).save(tmp_path / "c.png")
+    assert read_image(tmp_path / "c.png").shape == (40, 30, 3)
+    assert tuple(read_metadata(str(tmp_path / "c.png")).shape) == (40, 30, 3)

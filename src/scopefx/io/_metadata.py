@@ -35,7 +35,15 @@ from typing import Any
 import numpy as np
 
 from ._confine import open_binary
-from ._read import decoding, image_series, n_planes, open_tiff, open_zarr_array, tiff_damage
+from ._read import (
+    decoding,
+    grey_palette,
+    image_series,
+    n_planes,
+    open_tiff,
+    open_zarr_array,
+    tiff_damage,
+)
 from ._refs import ZARR_SEP, ResolvedRef, resolve_ref
 
 __all__ = ["FIBICS_TAG", "ImageMetadata", "read_metadata"]
@@ -431,8 +439,11 @@ def _pillow_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
     import imageio.v3 as iio
 
     with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
+        grey = grey_palette(fh)
         props = iio.improps(fh, plugin="pillow", extension=r.path.suffix.lower())
     shape, pages = tuple(props.shape), 1
+    if grey and shape[-1:] == (3,):  # read as grey (see scopefx.io._read.grey_palette)
+        shape = shape[:-1]
     if props.is_batch:  # GIF frames
         pages = shape[0]
         shape = shape[1:] if pages == 1 else shape

@@ -181,7 +181,10 @@ def _read_pillow(r: ResolvedRef, page: int | None) -> np.ndarray:
 
     with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
         check_pillow_budget(fh, r.ref)
-        data = np.asarray(iio.imread(fh, plugin="pillow", extension=r.path.suffix.lower()))
+        mode = "L" if grey_palette(fh) else None  # a grey palette is a grey image
+        data = np.asarray(
+            iio.imread(fh, plugin="pillow", extension=r.path.suffix.lower(), mode=mode)
+        )
     if r.path.suffix.lower() == ".gif":  # frames come stacked, (frames, H, W, C)
         if page is not None:
             return data[check_page(page, data.shape[0], r.ref)]
@@ -189,6 +192,23 @@ def _read_pillow(r: ResolvedRef, page: int | None) -> np.ndarray:
     if page is not None:
         check_page(page, 1, r.ref)
     return data
+
+
+def grey_palette(fh: Any) -> bool:
+    """Whether a PNG/GIF/BMP holds palette indices into grey levels only (every entry
+    ``r == g == b``, no transparency), as some tools save 8-bit grey images: such an image is
+    read as grey (H, W), not as the RGB its palette would give. The handle is rewound."""
+    from PIL import Image
+
+    try:
+        with Image.open(fh) as im:
+            if im.mode != "P" or "transparency" in im.info:
+                return False
+            palette = im.getpalette() or []
+    finally:
+        fh.seek(0)
+    entries = np.asarray(palette[: len(palette) // 3 * 3], dtype=np.int64).reshape(-1, 3)
+    return bool(len(entries)) and bool(np.all(entries == entries[:, :1]))
 
 
 def check_pillow_budget(fh: Any, ref: str) -> None:
@@ -375,7 +395,8 @@ def read_image(ref: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     Notes
     -----
     TIFF is read with tifffile (compressed files through imagecodecs, BigTIFF included),
-    PNG/JPEG/BMP/GIF with imageio's Pillow plugin (palette GIFs come out as RGB), ``.npy``
+    PNG/JPEG/BMP/GIF with imageio's Pillow plugin (palette images come out as RGB, unless
+    every palette entry is a grey level: then as grey, see :func:`grey_palette`), ``.npy``
     from its header then ``numpy.fromfile`` (never unpickled), and Zarr with
     ``zarr.open_array(mode="r")`` over a :class:`~scopefx.io._zarrstore.ConfinedStore`.
     Every file is opened through :mod:`scopefx.io._confine` (regular files inside the roots
