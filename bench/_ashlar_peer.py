@@ -23,38 +23,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import sys
 import time
 import warnings
 from pathlib import Path
 
-
-def _vm_hwm_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return None
-
-
-def _read(path: Path):
-    import numpy as np
-
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        data = tifffile.imread(path)
-    else:
-        import imageio.v3 as iio
-
-        data = iio.imread(path)
-    data = np.asarray(data, dtype=np.float32)
-    return data.sum(axis=-1) if data.ndim == 3 else data
+from _peer_io import proc_status_mb, read_grey, read_tiles
 
 
 def _register(stage_csv: Path, max_shift: float | None) -> dict:
@@ -62,13 +37,8 @@ def _register(stage_csv: Path, max_shift: float | None) -> dict:
     from ashlar import reg
 
     t0 = time.perf_counter()
-    rows = []
-    with stage_csv.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            path = Path(row["path"])
-            rows.append((path if path.is_absolute() else stage_csv.parent / path,
-                         float(row["x"]), float(row["y"])))  # fmt: skip
-    images = [_read(p) for p, _, _ in rows]
+    rows = read_tiles(stage_csv)
+    images = [read_grey(p) for p, _, _ in rows]
     yx = np.array([(y, x) for _, x, y in rows], dtype=float)
 
     class Metadata(reg.Metadata):
@@ -101,7 +71,7 @@ def _register(stage_csv: Path, max_shift: float | None) -> dict:
     except Exception as exc:  # the peer's failure is a result, not a crash of the benchmark
         out["error"] = f"{type(exc).__name__}: {exc}"[:300]
     out["wall_s"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = _vm_hwm_mb()
+    out["peak_rss_mb"] = proc_status_mb("VmHWM")
     return out
 
 

@@ -17,22 +17,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import sys
 import time
 from pathlib import Path
 
-
-def _vm_hwm_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return None
+from _peer_io import proc_status_mb, read_grey, read_tiles
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,28 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tiles", type=Path)
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
-    rows = []
-    with args.tiles.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            path = Path(row["path"])
-            rows.append((path if path.is_absolute() else args.tiles.parent / path,
-                         float(row["x"]), float(row["y"])))  # fmt: skip
+    rows = read_tiles(args.tiles)
 
     import numpy as np
 
     t0 = time.perf_counter()
-    images = []
-    for path, _, _ in rows:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            data = tifffile.imread(path)
-        else:
-            import imageio.v3 as iio
-
-            data = iio.imread(path)
-        data = np.asarray(data, dtype=np.float32)
-        images.append(data.sum(axis=-1) if data.ndim == 3 else data)
+    images = [read_grey(path) for path, _, _ in rows]
     xy = np.array([(x, y) for _, x, y in rows])
     steps = []
     for ax in (0, 1):
@@ -83,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the peer's failure is a result, not a crash of the benchmark
         out["error"] = f"{type(exc).__name__}: {exc}"[:300]
     out["wall_s"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = _vm_hwm_mb()
+    out["peak_rss_mb"] = proc_status_mb("VmHWM")
     args.out.write_text(json.dumps(out))
     print(json.dumps(out))
     return 0

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import os
@@ -54,25 +53,9 @@ import sys
 import time
 from pathlib import Path
 
+from _peer_io import proc_status_mb, read_tiles
+
 TRANSFORM_KEY = "stage_positions"
-
-
-def read_tiles(csv_path: Path) -> list[tuple[Path, float, float]]:
-    """``(tiff path, x, y)`` for every row of the tile table."""
-    rows: list[tuple[Path, float, float]] = []
-    with csv_path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"path", "x", "y"} - set(reader.fieldnames or ())
-        if missing:
-            raise SystemExit(f"{csv_path}: missing column(s) {sorted(missing)}")
-        for row in reader:
-            path = Path(row["path"])
-            if not path.is_absolute():
-                path = csv_path.parent / path
-            rows.append((path, float(row["x"]), float(row["y"])))
-    if not rows:
-        raise SystemExit(f"{csv_path}: no tiles")
-    return rows
 
 
 def _ru_maxrss_mb(who: int) -> float:
@@ -80,25 +63,12 @@ def _ru_maxrss_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss * scale / 1e6
 
 
-def _proc_status_mb(field: str) -> float | None:
-    """A memory field of this process from ``/proc/self/status`` (``VmHWM``: peak RSS,
-    ``VmRSS``: current RSS) in MB; None where /proc is unavailable."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return None
-
-
 def _vm_hwm_mb() -> float | None:
-    return _proc_status_mb("VmHWM")
+    return proc_status_mb("VmHWM")
 
 
 def _vm_rss_mb() -> float | None:
-    return _proc_status_mb("VmRSS")
+    return proc_status_mb("VmRSS")
 
 
 def peak_rss_mb() -> tuple[float, float]:

@@ -25,32 +25,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-
-def _vm_hwm_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return None
+from _peer_io import proc_status_mb, read_grey, read_tiles
 
 
 def _register(stage_csv: Path, threads: int, fuse: bool) -> dict:
-    rows = []
-    with stage_csv.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            path = Path(row["path"])
-            rows.append((path if path.is_absolute() else stage_csv.parent / path,
-                         float(row["x"]), float(row["y"])))  # fmt: skip
+    rows = read_tiles(stage_csv)
 
     import dask
     import numpy as np
@@ -62,17 +47,7 @@ def _register(stage_csv: Path, threads: int, fuse: bool) -> dict:
     with contextlib.redirect_stdout(sys.stderr), dask.config.set(num_workers=threads):
         msims = []
         for path, x, y in rows:
-            if path.suffix.lower() in (".tif", ".tiff"):
-                import tifffile
-
-                data = tifffile.imread(path)
-            else:
-                import imageio.v3 as iio
-
-                data = iio.imread(path)
-            data = np.asarray(data, dtype=np.float32)
-            if data.ndim == 3:
-                data = data.sum(axis=-1) if data.shape[-1] <= 4 else data.sum(axis=0)
+            data = read_grey(path)
             sim = si_utils.get_sim_from_array(
                 data, dims=["y", "x"], scale={"y": 1.0, "x": 1.0},
                 translation={"y": y, "x": x}, transform_key="stage",
@@ -98,7 +73,7 @@ def _register(stage_csv: Path, threads: int, fuse: bool) -> dict:
         "wall_s": wall,
         "read_s": t1 - t0,
         "register_s": t2 - t1,
-        "peak_rss_mb": _vm_hwm_mb(),
+        "peak_rss_mb": proc_status_mb("VmHWM"),
         "fused_shape": fused_shape,
         "mvs_version": mvs_version,
     }
