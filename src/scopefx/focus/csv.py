@@ -201,17 +201,13 @@ def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
         that is not a number, an empty path or a page that is not a number (the message names
         the line).
     """
-    from ..io import parse_text_table
+    from ..io import parse_text_table, read_table_text
 
     table = Path(path)
     try:
-        data = table.read_bytes()
+        text = read_table_text(table)
     except OSError as exc:
         raise ConfigError(f"cannot read defocus table {os.fspath(path)!r}: {exc}") from None
-    try:
-        text = data.decode("utf-8-sig")  # with the byte-order mark spreadsheets write
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")  # what spreadsheets on Windows write
     parsed = parse_text_table(text)
     cols = parsed.columns  # 'Path, Defocus' as well
     if not {"path", "defocus"} <= set(cols):

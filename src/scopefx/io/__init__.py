@@ -21,7 +21,7 @@ from ._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file, mult
 from ._read import read_image
 from ._refs import IMAGE_SUFFIXES, find_images, split_ref
 from ._roots import DATA_ROOTS_ENV, OUTPUT_ROOTS_ENV, DataRoots
-from ._texttable import TextTable, parse_text_table
+from ._texttable import TextTable, parse_text_table, read_table_text
 from ._tiles import (
     Tile,
     TileTable,
@@ -56,6 +56,7 @@ __all__ = [
     "read_bytes",
     "read_image",
     "read_metadata",
+    "read_table_text",
     "read_tile_table",
     "split_ref",
     "translation",

@@ -1,13 +1,17 @@
-"""Tables of text as people and spreadsheets write them: one parser for the tile tables and the
-defocus tables, so both read the same CSV dialects."""
+"""Tables of text as people and spreadsheets write them: one reader and one parser for the tile
+tables and the defocus tables, so both read the same encodings and CSV dialects."""
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
+import os
 from dataclasses import dataclass
 
-__all__ = ["TextTable", "parse_text_table"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["TextTable", "parse_text_table", "read_table_text"]
 
 #: Separators tried in this order on the header line: spreadsheets in locales with a decimal
 #: comma write ';', some tools write tabs.
@@ -48,6 +52,25 @@ def parse_text_table(text: str) -> TextTable:
         return TextTable([], [], delimiter)
     columns = [c.strip().lower() for c in records[0][1]]
     return TextTable(columns, records[1:], delimiter)
+
+
+def read_table_text(path: str | os.PathLike[str]) -> str:
+    """A table's text, read as a confined regular file: UTF-8 (a byte-order mark dropped) or,
+    failing that, Latin-1 (what spreadsheets on Windows write), with a warning naming the first
+    line that is not UTF-8."""
+    from ._confine import open_binary  # a regular file inside the roots: no FIFO, no link out
+
+    with open_binary(path) as fh:
+        data = fh.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        logger.warning(
+            "%s, line %d: byte 0x%02x is not UTF-8; reading the table as Latin-1 (save it as "
+            "UTF-8 to silence this)", path, line, data[exc.start],
+        )  # fmt: skip
+        return data.decode("latin-1")
 
 
 def _comment(first: str) -> bool:

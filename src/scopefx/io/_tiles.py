@@ -44,7 +44,7 @@ import numpy as np
 
 from ..errors import ConfigError, ImageNotFoundError, UnsupportedFormatError
 from ._refsyntax import ZARR_SEP
-from ._texttable import parse_text_table
+from ._texttable import parse_text_table, read_table_text
 
 __all__ = ["Tile", "TileTable", "flatten_z", "layout_problems", "read_tile_table"]
 
@@ -277,24 +277,6 @@ def _parse_affine(text: str, ndim: int, where: str) -> np.ndarray:
     return np.vstack([m, np.eye(ndim + 1)[-1]])
 
 
-def _read_text(path: Path) -> str:
-    """The table's text: UTF-8 (a byte-order mark dropped) or, failing that, Latin-1 (what
-    spreadsheets on Windows write), with a warning naming the first line that is not UTF-8."""
-    from ._confine import open_binary  # a regular file inside the roots: no FIFO, no link out
-
-    with open_binary(path) as fh:
-        data = fh.read()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        logger.warning(
-            "%s, line %d: byte 0x%02x is not UTF-8; reading the table as Latin-1 (save it as "
-            "UTF-8 to silence this)", path, line, data[exc.start],
-        )  # fmt: skip
-        return data.decode("latin-1")
-
-
 def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
     first: dict[str, int] = {}
     for t, line in zip(tiles, lines, strict=True):
@@ -309,7 +291,7 @@ def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
 def _read_csv(
     path: Path, pixel_size_um: float | None, rotation_deg: float
 ) -> tuple[list[Tile], int, float | None]:
-    table = parse_text_table(_read_text(path))
+    table = parse_text_table(read_table_text(path))
     if not table.columns:
         raise ConfigError(f"{path}: the table is empty; expected a header such as 'path,x,y'")
     cols = list(table.columns)
@@ -419,7 +401,7 @@ def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile
     ndim = None
     base = path.resolve().parent
     tiles, lines = [], []
-    for line, raw in enumerate(_read_text(path).splitlines(), start=1):
+    for line, raw in enumerate(read_table_text(path).splitlines(), start=1):
         text = raw.strip()
         if not text or text.startswith("#"):
             continue
