@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ScopefxError
-from ._normalize import SAMPLES_LAST
+from ..io import SAMPLES_LAST
 from ._params import FocusParams
 from ._run import FocusRun
 from ._score import FocusResult, focus_score

@@ -12,6 +12,7 @@ import numpy as np
 
 from .._backend import Backend
 from ..errors import ConfigError, InvalidImageError
+from ..io import SAMPLES_LAST
 
 __all__ = [
     "auto_threshold",
@@ -26,10 +27,6 @@ __all__ = [
 #: Weights of R, G, B in the luma a colour image is scored on (ITU-R BT.709, the weights of
 #: ``skimage.color.rgb2gray``).
 LUMA_WEIGHTS = (0.2125, 0.7154, 0.0721)
-
-#: Sizes of a last axis that holds an image's samples, not its columns: (H, W, 2) grey + alpha
-#: (or two channels), (H, W, 3) RGB, (H, W, 4) RGBA.
-SAMPLES_LAST = (2, 3, 4)
 
 #: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian standard deviation.
 MAD_TO_SIGMA = 1.482602218505602

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ImageNotFoundError
-from ..io import TileTable, flatten_z, read_tile_table
+from ..io import SAMPLES_LAST, TileTable, flatten_z, read_tile_table
 from ._blend import Reader, TileCache, fuse_chunk
 from ._params import FuseOptions, FusionParams
 from ._plan import FusionPlan, make_plan
@@ -90,7 +90,7 @@ def _samples_last(meta: Any, ndim: int) -> bool:
     """An image with its samples last, (H, W, 2|3|4): RGB(A) or grey + alpha, one page. In a
     2D table its last axis would be taken for the columns and its rows for channels."""
     shape = tuple(meta.shape)
-    return ndim == 2 and len(shape) == 3 and shape[-1] in (2, 3, 4) and meta.pages == 1
+    return ndim == 2 and len(shape) == 3 and shape[-1] in SAMPLES_LAST and meta.pages == 1
 
 
 def _score_focus(table: TileTable, read: Reader, workers: int) -> list[float]:

@@ -18,7 +18,7 @@ from ._expand import as_image_refs
 from ._limits import EndpointLimits
 from ._metadata import ImageMetadata, read_metadata
 from ._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file, multiscales_metadata
-from ._read import read_image
+from ._read import SAMPLES_LAST, read_image
 from ._refs import IMAGE_SUFFIXES, find_images, split_ref
 from ._roots import DATA_ROOTS_ENV, OUTPUT_ROOTS_ENV, DataRoots
 from ._texttable import TextTable, parse_text_table, read_table_text
@@ -35,6 +35,7 @@ __all__ = [
     "DATA_ROOTS_ENV",
     "IMAGE_SUFFIXES",
     "OUTPUT_ROOTS_ENV",
+    "SAMPLES_LAST",
     "DataRoots",
     "EndpointLimits",
     "ImageMetadata",

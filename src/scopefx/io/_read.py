@@ -99,10 +99,16 @@ def tiff_damage(ref: str) -> Iterator[None]:
         )
 
 
+#: Sizes of a last axis that holds an image's samples, not its columns: (H, W, 2) grey + alpha
+#: (or two channels), (H, W, 3) RGB, (H, W, 4) RGBA.
+SAMPLES_LAST = (2, 3, 4)
+
+
 def n_planes(shape: Sequence[int]) -> int:
     """Pages of an array image: axis 0 of a 3D+ array, unless it is one image with its samples
-    last: (H, W, 3|4) colour, or (H, W, 2) grey + alpha or two channels."""
-    if len(shape) >= 3 and not (len(shape) == 3 and shape[-1] in (2, 3, 4)):
+    last (:data:`SAMPLES_LAST`): (H, W, 3|4) colour, or (H, W, 2) grey + alpha or two
+    channels."""
+    if len(shape) >= 3 and not (len(shape) == 3 and shape[-1] in SAMPLES_LAST):
         return int(shape[0])
     return 1
 
