@@ -534,3 +534,23 @@ def test_a_png_with_a_grey_palette_is_a_grey_image(tmp_path: Path) -> None:
     Image.fromarray(rgb, "RGB").quantize(16).save(tmp_path / "c.png")
     assert read_image(tmp_path / "c.png").shape == (40, 30, 3)
     assert tuple(read_metadata(str(tmp_path / "c.png")).shape) == (40, 30, 3)
+
+
+def test_the_budget_of_a_png_counts_what_it_decodes_to(tmp_path: Path, monkeypatch) -> None:
+    """A colour-palette PNG decodes to RGB and a 16-bit PNG to two bytes a pixel: the budget
+    checked from the header counts that, not one byte per pixel."""
+    from PIL import Image
+
+    from scopefx.errors import ResourceLimitError
+
+    rgb = np.zeros((100, 100, 3), np.uint8)
+    rgb[..., 0] = np.arange(100, dtype=np.uint8)
+    Image.fromarray(rgb, "RGB").quantize(16).save(tmp_path / "c.png")
+    Image.fromarray(np.zeros((100, 100), np.uint16)).save(tmp_path / "d.png")
+    grey = (np.arange(100 * 100) % 256).astype(np.uint8).reshape(100, 100)
+    Image.fromarray(grey, "L").convert("P").save(tmp_path / "g.png")
+    monkeypatch.setenv("SCOPEFX_MAX_IMAGE_BYTES", str(15_000))  # 1.5 bytes a pixel
+    for name in ("c.png", "d.png"):
+        with pytest.raises(ResourceLimitError):
+            read_image(tmp_path / name)
+    assert read_image(tmp_path / "g.png").shape == (100, 100)  # grey: one byte a pixel

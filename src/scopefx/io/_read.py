@@ -186,8 +186,7 @@ def _read_pillow(r: ResolvedRef, page: int | None) -> np.ndarray:
     import imageio.v3 as iio
 
     with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
-        check_pillow_budget(fh, r.ref)
-        mode = "L" if grey_palette(fh) else None  # a grey palette is a grey image
+        mode = check_pillow_header(fh, r.ref)  # "L": a grey palette is a grey image
         data = np.asarray(
             iio.imread(fh, plugin="pillow", extension=r.path.suffix.lower(), mode=mode)
         )
@@ -200,33 +199,51 @@ def _read_pillow(r: ResolvedRef, page: int | None) -> np.ndarray:
     return data
 
 
-def grey_palette(fh: Any) -> bool:
-    """Whether a PNG/GIF/BMP holds palette indices into grey levels only (every entry
-    ``r == g == b``, no transparency), as some tools save 8-bit grey images: such an image is
-    read as grey (H, W), not as the RGB its palette would give. The handle is rewound."""
-    from PIL import Image
+#: What Pillow modes decode to, where it is not one byte per band (besides 16-bit "I;16*"),
+#: for the budget.
+_PILLOW_DTYPES: dict[str, Any] = {"I": np.int32, "F": np.float32}
 
-    try:
-        with Image.open(fh) as im:
-            if im.mode != "P" or "transparency" in im.info:
-                return False
-            palette = im.getpalette() or []
-    finally:
-        fh.seek(0)
+
+def _is_grey_palette(im: Any) -> bool:
+    """An open Pillow image of palette indices into grey levels only (every entry
+    ``r == g == b``, no transparency)."""
+    if im.mode != "P" or "transparency" in im.info:
+        return False
+    palette = im.getpalette() or []
     entries = np.asarray(palette[: len(palette) // 3 * 3], dtype=np.int64).reshape(-1, 3)
     return bool(len(entries)) and bool(np.all(entries == entries[:, :1]))
 
 
-def check_pillow_budget(fh: Any, ref: str) -> None:
-    """Refuse, from its header, a PNG/JPEG/BMP/GIF over the pixel budget (all frames)."""
+def grey_palette(fh: Any) -> bool:
+    """Whether a PNG/GIF/BMP holds palette indices into grey levels only, as some tools save
+    8-bit grey images: such an image is read as grey (H, W), not as the RGB its palette would
+    give. The handle is rewound."""
+    from PIL import Image
+
+    try:
+        with Image.open(fh) as im:
+            return _is_grey_palette(im)
+    finally:
+        fh.seek(0)
+
+
+def check_pillow_header(fh: Any, ref: str) -> str | None:
+    """Refuse, from its header, a PNG/JPEG/BMP/GIF over the pixel budget (all frames); the
+    Pillow mode to read it in: ``"L"`` for a grey palette (:func:`grey_palette`), else None
+    (its own). The handle is rewound."""
     from PIL import Image
 
     with Image.open(fh) as im:
         width, height = im.size
         frames = int(getattr(im, "n_frames", 1))
+        grey = _is_grey_palette(im)
         bands = len(im.getbands())
-    EndpointLimits.from_env().check_image((frames, height, width, bands), np.uint8, ref)
+        if im.mode in ("P", "PA") and not grey:  # decoded to RGB(A), not to the indices
+            bands = 4 if im.mode == "PA" or "transparency" in im.info else 3
+        dtype = np.uint16 if im.mode.startswith("I;16") else _PILLOW_DTYPES.get(im.mode, np.uint8)
+    EndpointLimits.from_env().check_image((frames, height, width, bands), dtype, ref)
     fh.seek(0)
+    return "L" if grey else None
 
 
 def npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
