@@ -266,3 +266,13 @@ def test_positions_that_are_not_finite_name_their_line(tmp_path, value):
 def test_a_tile_named_with_a_hash_is_a_tile_not_a_comment(tmp_path):
     table = read_tile_table(_write(tmp_path / "t.csv", "# stage export\npath,x,y\n#001.tif,0,0\n"))
     assert table.refs == [str(tmp_path / "#001.tif")]
+
+
+def test_a_table_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from scopefx.errors import ResourceLimitError
+    from scopefx.io import _texttable
+
+    path = _write(tmp_path / "t.csv", "path,x,y\n" + "a.tif,0,0\n" * 100)
+    monkeypatch.setattr(_texttable, "TABLE_LIMIT_BYTES", 500)
+    with pytest.raises(ResourceLimitError, match=r"t\.csv.*over the limit"):
+        read_tile_table(path)

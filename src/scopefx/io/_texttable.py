@@ -13,6 +13,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TextTable", "parse_text_table", "read_table_text"]
 
+#: Largest table read (about 500,000 tile rows): a table is held whole in memory.
+TABLE_LIMIT_BYTES = 64 * 2**20
+
 #: Separators tried in this order on the header line: spreadsheets in locales with a decimal
 #: comma write ';', some tools write tabs.
 _DELIMITERS = ",;\t"
@@ -55,13 +58,13 @@ def parse_text_table(text: str) -> TextTable:
 
 
 def read_table_text(path: str | os.PathLike[str]) -> str:
-    """A table's text, read as a confined regular file: UTF-8 (a byte-order mark dropped) or,
+    """A table's text, read as a confined regular file of at most :data:`TABLE_LIMIT_BYTES`
+    (larger is a ``ResourceLimitError`` before reading): UTF-8 (a byte-order mark dropped) or,
     failing that, Latin-1 (what spreadsheets on Windows write), with a warning naming the first
     line that is not UTF-8."""
-    from ._confine import open_binary  # a regular file inside the roots: no FIFO, no link out
+    from ._confine import read_bytes  # a regular file inside the roots: no FIFO, no link out
 
-    with open_binary(path) as fh:
-        data = fh.read()
+    data = read_bytes(path, limit=TABLE_LIMIT_BYTES)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
