@@ -12,7 +12,10 @@ from scopefx.fusion import FusionPlan, fuse_lazy
 def coverage(plan: FusionPlan) -> np.ndarray:
     """Boolean map of the output pixels some tile covers (fusing tiles of ones)."""
     probe = dataclasses.replace(
-        plan, dtype="float32", params=plan.params.replace(fill=np.nan, blend="mean")
+        plan,
+        dtype="float32",
+        params=plan.params.replace(fill=np.nan, blend="mean"),
+        samples_last=0,  # the probe reader gives ones channels first, whatever the tiles hold
     )
     shape = (*plan.channel_shape, *(int(v) for v in plan.tile_shapes[0]))
     ones = fuse_lazy(probe, read=lambda ref: np.ones(shape, np.float32)).compute()

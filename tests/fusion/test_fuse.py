@@ -276,24 +276,111 @@ def test_mixed_dtypes_are_refused_naming_the_tile(tmp_path):
         fuse_lazy(table)
 
 
-@pytest.mark.parametrize("samples", [2, 3, 4])
-def test_colour_tiles_with_samples_last_are_refused_not_fused_as_a_volume(tmp_path, samples):
-    """(H, W, 3) RGB tiles in a 2D table were fused as H channels of (W, 3) columns: a wrong
-    mosaic, with only a layout warning."""
-    mosaic = make_mosaic(**SMALL)
+def _samples_how(samples: int) -> dict[str, object]:
+    if samples == 2:
+        return {"photometric": "minisblack", "planarconfig": "contig", "extrasamples": [2]}
+    return {"photometric": "rgb", "planarconfig": "contig"}
+
+
+def _colour_mosaic(tmp_path: Path, samples: int, **kw: object) -> tuple[Path, np.ndarray, object]:
+    """A 3x3 mosaic whose tiles are written samples last (grey + alpha, RGB or RGBA PNG-like
+    TIFFs), each channel different; returns the table, the tiles' channels first and the
+    mosaic."""
+    mosaic = make_mosaic(**{**SMALL, "dtype": "uint8", **kw})  # type: ignore[arg-type]
     table = write_mosaic(tmp_path, mosaic)
-    how = {"photometric": "minisblack", "extrasamples": ["unassalpha"]} if samples == 2 else {}
-    for k, tile in enumerate(mosaic.tiles):  # grey + alpha, RGB, RGBA
-        colour = np.stack([tile] * samples, axis=-1)
-        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", colour, **how)
-    with pytest.raises(ConfigError, match=r"9 of 9 tiles are colour .*tile_0000\.tif .*moveaxis"):
+    planes = []
+    for k, tile in enumerate(mosaic.tiles):
+        chans = [tile, tile // 4 * 3 + 30, tile // 2 + 100][: 3 if samples >= 3 else 1]
+        if samples in (2, 4):
+            chans.append(np.full_like(tile, 255))  # alpha: not fused
+        colour = np.stack(chans, axis=-1)
+        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", colour, **_samples_how(samples))
+        planes.append(np.stack(chans[: 3 if samples >= 3 else 1]))
+    return table, np.stack(planes), mosaic
+
+
+@pytest.mark.parametrize("samples", [2, 3, 4])
+def test_colour_tiles_fuse_channel_by_channel(tmp_path, samples):
+    """RGB(A) tiles fuse as 3 channels red, green, blue (alpha dropped); grey + alpha as grey.
+    They were refused (and before that, fused as H channels of (W, 3) columns)."""
+    table, planes, mosaic = _colour_mosaic(tmp_path, samples, jitter_px=5)
+    fused, plan = _fused(table)
+    keep = 3 if samples >= 3 else 1
+    assert plan.samples_last == keep
+    assert fused.shape == ((3,) if keep == 3 else ()) + plan.shape and fused.dtype == np.uint8
+    covered = coverage(plan).reshape(-1, *plan.shape).all(axis=0)
+    for c in range(keep):  # each channel is the fusion of that channel's grey tiles
+        grey = tmp_path / f"grey{c}"
+        grey_mosaic = type(mosaic)(**{**vars(mosaic), "tiles": [p[c] for p in planes]})
+        expected, _ = _fused(write_mosaic(grey, grey_mosaic))
+        got = fused[c] if keep == 3 else fused
+        np.testing.assert_array_equal(got[covered], expected[covered])
+    if keep == 3:  # red, green, blue in that order, not three copies of one
+        r, g, b = (fused[c][covered].astype(float) for c in range(3))
+        assert np.abs(g - (r * 0.75 + 30)).max() < 3 and np.abs(b - (r / 2 + 100)).max() < 2
+
+
+def test_colour_tiles_write_named_channels_a_colour_tiff_and_preview(tmp_path):
+    table, _, _ = _colour_mosaic(tmp_path, 3, jitter_px=5)
+    out = tmp_path / "m.ome.zarr"
+    result = fuse(table, out, options=FuseOptions(preview=tmp_path / "m.png"))
+    assert result.shape[0] == 3 and "colour tiles (RGB" in result.extra["colour"]
+    attrs = zarr.open_group(str(out), mode="r").attrs.asdict()
+    channels = attrs["omero"]["channels"]
+    assert [c["label"] for c in channels] == ["red", "green", "blue"]
+    assert [c["color"] for c in channels] == ["FF0000", "00FF00", "0000FF"]
+    zarr_rgb = zarr.open_array(str(out / "0"), mode="r")[...]
+    tif = tmp_path / "m.tif"
+    fuse(table, tif, options=FuseOptions(preview=tmp_path / "t.png"))
+    with tifffile.TiffFile(tif) as f:  # opens in colour anywhere: an RGB TIFF, samples last
+        page = f.pages.first
+        assert page.photometric == tifffile.PHOTOMETRIC.RGB and page.shape[-1] == 3
+        np.testing.assert_array_equal(np.moveaxis(page.asarray(), -1, 0), zarr_rgb)
+    from PIL import Image
+
+    for png in ("m.png", "t.png"):  # the previews are in colour too
+        rgb = np.asarray(Image.open(tmp_path / png).convert("RGB"), dtype=int)
+        assert np.abs(rgb[..., 0] - rgb[..., 1]).max() > 100, png
+
+
+def test_colour_tiles_register_flatfield_and_resume(tmp_path):
+    from scopefx.fusion import FusionJob, estimate_flatfield, prepare, register
+    from scopefx.io import read_tile_table
+
+    _, _, mosaic = _colour_mosaic(tmp_path, 4, overlap=0.25)
+    true = mosaic.affines[:, :2, 2]
+    off = np.random.default_rng(3).uniform(-4, 4, true.shape)
+    refs = list(read_tile_table(tmp_path / "tiles.csv").refs)
+    TileTable.from_positions(refs, (true + off)[:, ::-1]).to_csv(tmp_path / "stage.csv")
+    table = tmp_path / "stage.csv"
+    reg = register(read_tile_table(table))  # the public API reads the colour tiles as fusion does
+    err = reg.table.affines[:, :2, 2] - true
+    err -= err.mean(axis=0)
+    assert np.abs(err).max() < 0.6, err
+    assert np.abs(off - off.mean(axis=0)).max() > 3  # the stage really was off
+    flat = estimate_flatfield(refs)
+    assert flat.flat.shape == (3, 128, 128)
+    flat_job = prepare(table, tmp_path / "f.ome.zarr", options=FuseOptions(flatfield="estimate"))
+    assert flat_job.flatfield.flat.shape == (3, 128, 128)
+    job = prepare(table, tmp_path / "r.ome.zarr", options=FuseOptions(register=True))
+    assert job.plan.samples_last == 3 and job.extra["registration"]["pairs_used"] == 12
+    reopened = FusionJob.open(tmp_path / "r.ome.zarr")  # another process: the saved plan
+    assert reopened.plan.samples_last == 3
+    assert reopened.plan.fingerprint() == job.plan.fingerprint()
+    result = reopened.finish()
+    assert result.shape[0] == 3
+
+
+def test_colour_and_grey_tiles_are_not_mixed(tmp_path):
+    table, _, mosaic = _colour_mosaic(tmp_path, 3)
+    tifffile.imwrite(tmp_path / "tile_0004.tif", mosaic.tiles[4])
+    with pytest.raises(ConfigError, match=r"8 of 9 tiles are colour.*tile_0004\.tif"):
         fuse_lazy(table)
-    with pytest.raises(ConfigError, match=r"tiles are colour"):
+    grey_alpha = np.stack([mosaic.tiles[4]] * 2, axis=-1)  # grey + alpha among RGB
+    tifffile.imwrite(tmp_path / "tile_0004.tif", grey_alpha, **_samples_how(2))
+    with pytest.raises(ConfigError, match=r"9 of 9 tiles are colour.*tile_0004\.tif"):
         fuse(table, tmp_path / "out.ome.zarr", options=FuseOptions(register=True))
-    for k, tile in enumerate(mosaic.tiles):  # channels first is the way in
-        planes = np.stack([tile] * samples)
-        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", planes, photometric="minisblack")
-    assert fuse_lazy(table).shape[0] == samples
+    assert not (tmp_path / "out.ome.zarr").exists()
 
 
 def test_singular_affine_is_refused(tmp_path):

@@ -168,6 +168,8 @@ def _report_extra(extra: dict[str, Any], out: TextIO) -> None:
         counts = collections.Counter(str(k) for k in extra["z_planes"])
         listed = ", ".join(f"{k} ({n} tiles)" for k, n in sorted(counts.items()))
         print(f"z planes: {listed}", file=out)
+    if extra.get("colour"):
+        print(f"tiles: {extra['colour']}", file=out)
     for problem in extra.get("layout_problems", []):
         print(f"layout: {problem}", file=out)
     r = extra.get("registration", extra if "summary_line" in extra else None)

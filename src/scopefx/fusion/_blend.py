@@ -16,6 +16,7 @@ import math
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from .._backend import Backend, get_backend
 from ..errors import ConfigError
 from ._plan import FusionPlan
 
-__all__ = ["TileCache", "fuse_chunk"]
+__all__ = ["SamplesFirst", "TileCache", "fuse_chunk", "tile_reader"]
 
 Reader = Callable[[str], Any]
 
@@ -92,6 +93,38 @@ def _default_read(ref: str) -> Any:
     from ..io import read_image
 
     return read_image(ref)
+
+
+@dataclass(frozen=True)
+class SamplesFirst:
+    """A reader of colour (or grey + alpha) tiles, samples last on disk, that returns their
+    first ``keep`` samples channels first, ``(keep, Y, X)`` (``keep`` 1: ``(Y, X)``), as
+    fusion, registration and the flat field take them. Picklable and hashable (a cache key).
+    """
+
+    read: Reader
+    keep: int
+
+    def __call__(self, ref: str) -> np.ndarray:
+        tile = np.asarray(self.read(ref))
+        if tile.ndim != 3 or tile.shape[-1] < self.keep:
+            raise ConfigError(
+                f"tile {ref}: read {tile.dtype}{list(tile.shape)}, planned as a colour image "
+                f"with at least {self.keep} samples last; tiles must not change after planning"
+            )
+        if self.keep == 1:
+            return tile[..., 0]
+        return np.ascontiguousarray(np.moveaxis(tile[..., : self.keep], -1, 0))
+
+
+def tile_reader(read: Reader | None, samples_last: int) -> Reader:
+    """The reader that gives tiles as fusion takes them: ``read`` (default
+    :func:`scopefx.io.read_image`), wrapped in :class:`SamplesFirst` when the tiles are colour
+    images (``samples_last`` > 0, see :attr:`FusionPlan.samples_last`); never wrapped twice."""
+    read = read or _default_read
+    if samples_last and not isinstance(read, SamplesFirst):
+        return SamplesFirst(read, samples_last)
+    return read
 
 
 def _check_tile(plan: FusionPlan, k: int, tile: np.ndarray) -> None:
@@ -305,7 +338,8 @@ def fuse_chunk(
     index : tuple of int
         Chunk position in ``plan.grid``.
     read : callable, optional
-        ``read(ref) -> array``; default :func:`scopefx.io.read_image`.
+        ``read(ref) -> array``; default :func:`scopefx.io.read_image`. It returns tiles as
+        they are on disk; colour tiles (``plan.samples_last``) are turned channels first here.
     flatfield : FlatField, optional
         Applied to every tile before it is placed.
     cache : TileCache, optional
@@ -319,7 +353,7 @@ def fuse_chunk(
     """
     backend = get_backend(None, device=device)
     xp = backend.xp
-    read = read or _default_read
+    read = tile_reader(read, plan.samples_last)
     cache = cache if cache is not None else TileCache(max_bytes=0)
     lo, hi = plan.chunk_bounds(index)
     cshape = tuple(int(v) for v in hi - lo)

@@ -255,6 +255,21 @@ def _smooth(
     return fitted + np.pad(up, ((0, full[0] - up.shape[0]), (0, full[1] - up.shape[1])), "edge")
 
 
+def _reader(refs: Sequence[Any]) -> Any:
+    """The default reader of ``refs``, channels first: colour tiles as fusion reads them
+    (judged from the first tile's header, as fusion requires all tiles alike)."""
+    from ..io import read_image, read_metadata
+    from ._blend import tile_reader
+    from ._fuse import colour_samples
+
+    try:
+        meta = read_metadata(refs[0])
+    except (OSError, ValueError, ImageNotFoundError, CorruptImageError):
+        return read_image  # read_image names the problem when the tile is read
+    samples = colour_samples([meta], 2)
+    return tile_reader(None, samples) if samples else read_image
+
+
 def estimate_flatfield(
     refs: Sequence[Any],
     *,
@@ -272,8 +287,9 @@ def estimate_flatfield(
         :data:`MIN_TILES` (8); a few dozen of varied content give a good estimate.
     read : callable, optional
         ``read(ref) -> array`` of shape (Y, X) or (C, Y, X); default
-        :func:`scopefx.io.read_image`. For (Z, Y, X) stacks pass one that returns a plane or
-        the mean over Z (3D tiles are taken as channels).
+        :func:`scopefx.io.read_image` (colour tiles, RGB(A) samples last, read as red, green,
+        blue channels first, alpha dropped, as fusion reads them). For (Z, Y, X) stacks pass
+        one that returns a plane or the mean over Z (3D tiles are taken as channels).
     max_tiles : int
         Use a random sample (``seed``) of at most this many tiles.
     smooth_sigma_px : float or None
@@ -310,7 +326,6 @@ def estimate_flatfield(
     >>> ff.save("run/flatfield.npz")  # doctest: +SKIP
     >>> corrected = ff.apply(read_image("run/tiles/tile_0001.tif"))  # doctest: +SKIP
     """
-    from ..io import read_image
 
     n = len(refs)
     if n < MIN_TILES:
@@ -329,7 +344,7 @@ def estimate_flatfield(
         raise ConfigError(f"smooth_sigma_px must be None or a number > 0, got {smooth_sigma_px!r}")
     rng = np.random.default_rng(seed)
     picked = range(n) if n <= max_tiles else np.sort(rng.choice(n, max_tiles, replace=False))
-    small, shape, factor = _reduced(refs, picked, read if read is not None else read_image)
+    small, shape, factor = _reduced(refs, picked, read if read is not None else _reader(refs))
     if len(small) < MIN_TILES:
         raise ConfigError(
             f"estimate_flatfield needs at least {MIN_TILES} usable tiles, got {len(small)} of "

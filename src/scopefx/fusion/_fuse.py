@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError, ImageNotFoundError
 from ..io import SAMPLES_LAST, TileTable, flatten_z, read_tile_table
-from ._blend import Reader, TileCache, fuse_chunk
+from ._blend import Reader, TileCache, fuse_chunk, tile_reader
 from ._params import FuseOptions, FusionParams
 from ._plan import FusionPlan, make_plan
 
@@ -58,32 +58,64 @@ def _probe(table: TileTable, workers: int) -> tuple[list[Any], list[str]]:
 
 
 def tile_layout(table: TileTable, metas: list[Any]) -> tuple[np.ndarray, tuple[int, ...], str]:
-    """Spatial shapes, common channel shape and dtype; refuses mixtures, naming the tiles."""
+    """Spatial shapes, common channel shape and dtype; refuses mixtures, naming the tiles.
+    Colour tiles count with their channels first, as :func:`colour_samples` reads them."""
     ndim = table.ndim
     first = metas[0]
     if len(first.shape) < ndim:
         raise ConfigError(
             f"tile {first.path} has shape {list(first.shape)}, fewer axes than the {ndim}D table"
         )
-    colour = [m for m in metas if _samples_last(m, ndim)]
-    if colour:
-        listed = ", ".join(f"{m.path} ({m.dtype}{list(m.shape)})" for m in colour[:5])
-        raise ConfigError(
-            f"{len(colour)} of {len(metas)} tiles are colour or grey + alpha images, their "
-            f"samples last (height, width, samples): {listed}; fusion takes grey tiles or "
-            "tiles with their channels first (C, Y, X): convert them to grey, or move the "
-            "samples first (numpy.moveaxis(tile, -1, 0), saved as .npy or as a planar TIFF)"
-        )
-    channels = tuple(first.shape[:-ndim])
-    odd = [m for m in metas if m.dtype != first.dtype or tuple(m.shape[:-ndim]) != channels]
+    keep = colour_samples(metas, table.ndim)
+    shapes_read = [fused_shape(m.shape, keep) for m in metas]
+    channels = tuple(shapes_read[0][:-ndim])
+    odd = [
+        m
+        for m, shape in zip(metas, shapes_read, strict=True)
+        if m.dtype != first.dtype or tuple(shape[:-ndim]) != channels
+    ]
     if odd:
         listed = ", ".join(f"{m.path} ({m.dtype}{list(m.shape)})" for m in odd[:5])
         raise ConfigError(
             f"tiles must share dtype and channels; {first.path} is {first.dtype}"
             f"{list(first.shape)} but {len(odd)} differ: {listed}"
         )
-    shapes = np.array([m.shape[-ndim:] for m in metas], dtype=np.int64)
+    shapes = np.array([shape[-ndim:] for shape in shapes_read], dtype=np.int64)
     return shapes, channels, first.dtype
+
+
+def fused_shape(shape: tuple[int, ...], samples_last: int) -> tuple[int, ...]:
+    """The shape of a tile as fusion reads it: a colour tile's samples moved first (see
+    :class:`~scopefx.fusion._blend.SamplesFirst`); others unchanged."""
+    shape = tuple(int(v) for v in shape)
+    if not samples_last:
+        return shape
+    return shape[:-1] if samples_last == 1 else (samples_last, *shape[:-1])
+
+
+#: Display names and OMERO colours of the channels of colour tiles (alpha is not fused).
+RGB_CHANNELS = (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
+
+
+def colour_samples(metas: list[Any], ndim: int) -> int:
+    """How many samples of colour tiles are fused (``FusionPlan.samples_last``): 3 for RGB
+    or RGBA (alpha dropped), 1 for grey + alpha, 0 when the tiles are not colour images.
+    A mixture of colour and grey tiles (or of RGB and grey + alpha) is refused, naming them."""
+    colour = [_samples_last(m, ndim) for m in metas]
+    if not any(colour):
+        return 0
+    keeps = {3 if m.shape[-1] >= 3 else 1 for m, c in zip(metas, colour, strict=True) if c}
+    if all(colour) and len(keeps) == 1:
+        return keeps.pop()
+    grey = [m for m, c in zip(metas, colour, strict=True) if not c]
+    kinds = {m.shape[-1] for m, c in zip(metas, colour, strict=True) if c}
+    odd = grey or [m for m in metas if m.shape[-1] == min(kinds)]
+    listed = ", ".join(f"{m.path} ({m.dtype}{list(m.shape)})" for m in odd[:5])
+    raise ConfigError(
+        f"{sum(colour)} of {len(metas)} tiles are colour or grey + alpha images (samples "
+        f"last) and {len(odd)} are not like the others: {listed}; the tiles of one mosaic "
+        "must all be RGB(A), all grey + alpha, or all grey"
+    )
 
 
 def _samples_last(meta: Any, ndim: int) -> bool:
@@ -216,9 +248,10 @@ def plan_loaded(
     ``blend="focus"`` must score tiles that have no focus value)."""
     params = params or FusionParams()
     shapes, channels, dtype = tile_layout(table, metas)
+    samples = colour_samples(metas, table.ndim)
     focus = None
     if params.blend == "focus" and any(t.focus is None for t in table):
-        focus = _score_focus(table, read or _read_image, workers)
+        focus = _score_focus(table, tile_reader(read or _read_image, samples), workers)
     return make_plan(
         table,
         shapes,
@@ -227,6 +260,7 @@ def plan_loaded(
         params=params,
         focus=focus,
         force=force,
+        samples_last=samples,
     )
 
 

@@ -323,6 +323,7 @@ class FusionJob:
             "params": plan.params.to_dict(),
             "pixel_size_um": plan.pixel_size_um,
             "pixel_size_z_um": plan.pixel_size_z_um,
+            "samples_last": plan.samples_last,
             "spec": dataclasses.asdict(self.spec),
             "device": self.device,
             "custom_reader": self.read is not None,
@@ -379,13 +380,15 @@ class FusionJob:
             params=FusionParams(**meta["params"]),
             pixel_size_um=meta["pixel_size_um"],
             pixel_size_z_um=meta.get("pixel_size_z_um"),
+            samples_last=int(meta.get("samples_last", 0)),
             **{name: arrays[name] for name in _PLAN_ARRAYS},
         )
         spec_fields = meta["spec"]
         for key in ("shape", "chunks", "pixel_size", "origin"):
             spec_fields[key] = tuple(spec_fields[key])
-        if spec_fields.get("channel_names") is not None:
-            spec_fields["channel_names"] = tuple(spec_fields["channel_names"])
+        for key in ("channel_names", "channel_colors"):
+            if spec_fields.get(key) is not None:
+                spec_fields[key] = tuple(spec_fields[key])
         return cls(
             out=out,
             plan=plan,
@@ -556,6 +559,7 @@ def prepare_fusion(
     started: float | None = None,
     preview: str | os.PathLike[str] | None = None,
     channel_names: Sequence[str] | None = None,
+    channel_colors: Sequence[str] | None = None,
 ) -> FusionJob:
     """Create (or re-open, with ``resume``) the OME-Zarr store for ``plan`` and save the plan
     in it; nothing is fused yet. See :func:`scopefx.fuse` for the parameters.
@@ -581,7 +585,8 @@ def prepare_fusion(
         origin=tuple(float(o) * v for o, v in zip(plan.origin, voxel, strict=True)),
         unit="micrometer" if plan.voxel_um else None,
         channels=plan.channel_shape[0] if lead else None,
-        channel_names=_channel_names(channel_names, plan.channel_shape),
+        channel_names=(names := _channel_names(channel_names, plan.channel_shape)),
+        channel_colors=tuple(channel_colors) if names and channel_colors else None,
         ngff=ngff,
         fill_value=plan.params.fill,
         max_levels=10 if pyramid else 1,

@@ -73,6 +73,11 @@ class FusionPlan:
     pixel_size_um : float or None
     pixel_size_z_um : float or None
         The z step of a 3D mosaic whose voxels are not cubes; ``None``: ``pixel_size_um``.
+    samples_last : int
+        0: the tiles hold their channels first (or none). Otherwise the tiles are colour or
+        grey + alpha images, samples last (Y, X, S) on disk, and the first ``samples_last``
+        samples are fused as the channels (3: red, green, blue; 1: grey, no channel axis);
+        alpha is not fused.
     """
 
     refs: tuple[str, ...]
@@ -92,6 +97,7 @@ class FusionPlan:
     params: FusionParams
     pixel_size_um: float | None = None
     pixel_size_z_um: float | None = None
+    samples_last: int = 0
 
     @property
     def ndim(self) -> int:
@@ -135,6 +141,8 @@ class FusionPlan:
         h = hashlib.sha256()
         h.update(json.dumps([self.refs, self.channel_shape, self.dtype, self.shape]).encode())
         h.update(json.dumps([self.chunk, self.feather_px, self.params.to_dict()]).encode())
+        if self.samples_last:  # colour tiles: the same pixels read another way
+            h.update(f"samples_last={self.samples_last}".encode())
         for a in (self.affines, self.weights, self.origin):
             h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
         return h.hexdigest()[:32]
@@ -172,6 +180,7 @@ def make_plan(
     focus: Sequence[float | None] | None = None,
     force: bool = False,
     limits: EndpointLimits | None = None,
+    samples_last: int = 0,
 ) -> FusionPlan:
     """Plan a fusion from transforms and tile shapes (no file is opened).
 
@@ -194,6 +203,9 @@ def make_plan(
         Hard bounds no option lifts (default: from the environment): output size, number of
         chunks, pixels per chunk, (tile, chunk) pairs. Checked before anything of the
         output's size is allocated.
+    samples_last : int
+        The tiles are colour images, samples last; fuse the first this many as channels
+        (see :attr:`FusionPlan.samples_last`).
 
     Raises
     ------
@@ -270,6 +282,7 @@ def make_plan(
         params=params,
         pixel_size_um=table.pixel_size_um,
         pixel_size_z_um=table.pixel_size_z_um,
+        samples_last=int(samples_last),
     )
 
 

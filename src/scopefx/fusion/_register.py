@@ -53,7 +53,9 @@ import numpy as np
 
 from ..errors import ConfigError, RegistrationError
 from ..io import TileTable, layout_problems, read_image, read_metadata
+from ._blend import tile_reader
 from ._correlate import Measured, Plan, cut, measure, plan_pair, prepare
+from ._fuse import colour_samples, fused_shape
 from ._regparams import AUTO_SHIFT, RegistrationParams, _check
 
 __all__ = [
@@ -299,7 +301,9 @@ def register(
         for 5-50 % overlaps.
     read : callable, optional
         ``read(ref) -> array``; default :func:`scopefx.io.read_image`. Leading axes beyond the
-        table's ``ndim`` are channels and are summed.
+        table's ``ndim`` are channels and are summed. With the default reader and no
+        ``shapes``, colour tiles (RGB(A), samples last) are registered on the sum of their
+        red, green and blue.
     shapes : array-like, shape (n_tiles, ndim), optional
         Spatial shape of each tile. Default: from the file headers
         (:func:`scopefx.io.read_metadata`), or, with a custom ``read``, by reading each tile.
@@ -350,12 +354,13 @@ def register(
     nd, n = table.ndim, len(table)
     reader = read or read_image
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        if shapes is None:
-
-            def head(ref: str) -> tuple[int, ...]:
-                return read_metadata(ref).shape if read is None else np.shape(reader(ref))
-
-            shapes = [s[-nd:] for s in pool.map(head, table.refs)]
+        if shapes is None and read is None:  # from the headers; colour tiles read channels first
+            metas = list(pool.map(read_metadata, table.refs))
+            samples = colour_samples(metas, table.ndim)
+            reader = tile_reader(None, samples) if samples else read_image
+            shapes = [fused_shape(m.shape, samples)[-nd:] for m in metas]
+        elif shapes is None:
+            shapes = [np.shape(s)[-nd:] for s in pool.map(reader, table.refs)]
         shape_arr = _shapes_array(table, shapes)
         geometry = overlapping_pairs(table, shape_arr, min_overlap_px=1.0)
         if not geometry and n > 1:

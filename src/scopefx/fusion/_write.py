@@ -21,8 +21,15 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..io import TileTable, layout_problems, open_binary, split_ref
-from ._blend import Reader
-from ._fuse import load_tiles, plan_loaded, tile_layout
+from ._blend import Reader, tile_reader
+from ._fuse import (
+    RGB_CHANNELS,
+    colour_samples,
+    fused_shape,
+    load_tiles,
+    plan_loaded,
+    tile_layout,
+)
 from ._job import FusionJob, FusionResult, prepare_fusion
 from ._params import FuseOptions, FusionParams
 from ._plan import FusionPlan
@@ -84,8 +91,25 @@ def prepare(
         plan, out, resume=options.resume, overwrite=options.overwrite, ngff=options.ngff,
         pyramid=options.pyramid, flatfield=flatfield, read=read, device=device, missing=missing,
         extra=extra, started=started, preview=options.preview,
-        channel_names=table.extra.get("channel_names"),
+        channel_names=table.extra.get("channel_names") or _rgb_names(plan),
+        channel_colors=_rgb_colors(plan),
     )  # fmt: skip
+
+
+_COLOUR_NOTE = {
+    3: "colour tiles (RGB, samples last): fused as 3 channels red, green, blue (alpha "
+    "dropped), registered on their sum",
+    1: "grey + alpha tiles: the grey plane fused, alpha dropped",
+}
+
+
+def _rgb_names(plan: FusionPlan) -> tuple[str, ...] | None:
+    """Channel names of a mosaic of RGB(A) tiles (``None`` for other tiles)."""
+    return tuple(n for n, _ in RGB_CHANNELS) if plan.samples_last == 3 else None
+
+
+def _rgb_colors(plan: FusionPlan) -> tuple[str, ...] | None:
+    return tuple(c for _, c in RGB_CHANNELS) if plan.samples_last == 3 else None
 
 
 def _read_and_register(
@@ -103,6 +127,11 @@ def _read_and_register(
     extra: dict[str, Any] = {
         "pixel_size_from": _pixel_size_from(table, metas, options.pixel_size_um)
     }
+    samples = colour_samples(metas, table.ndim)
+    if samples:  # registration and the flat field take the tiles channels first, as fusion
+        read = tile_reader(read, samples)
+        extra["colour"] = _COLOUR_NOTE[samples]
+        log.info("%s: %s", table.source or "tiles", extra["colour"])
     if table.pixel_size_z_um is not None:
         extra["pixel_size_z_um"] = table.pixel_size_z_um
     if "z_planes" in table.extra:  # what each tile contributes to a 2D mosaic of z-stacks
@@ -117,7 +146,7 @@ def _read_and_register(
         flatfield = _flatfield(options.flatfield, table.refs, read)
     if flatfield is not None:  # every tile fits it, checked before any output is made
         for ref, meta in zip(table.refs, metas, strict=True):
-            flatfield.check_shape(meta.shape, ref=ref)
+            flatfield.check_shape(fused_shape(meta.shape, samples), ref=ref)
     if options.register:
         replace = options.overwrite or options.resume  # a previous run's sidecars
         table, extra["registration"] = _register(
@@ -378,6 +407,9 @@ def _fuse_tiff(
     options = {"num_workers": workers} if workers and scheduler is None else {}
     data = fuse_lazy(plan, **lazy).compute(scheduler=scheduler, **options)
     axes = ("C" if plan.channel_shape else "") + "ZYX"[-plan.ndim :]
+    photometric = None
+    if plan.samples_last == 3 and plan.ndim == 2:  # RGB tiles make an RGB TIFF, samples last
+        data, axes, photometric = np.moveaxis(data, 0, -1), "YXS", "rgb"
     meta: dict[str, Any] = {"axes": axes}
     resolution = None
     if plan.pixel_size_um:
@@ -391,6 +423,7 @@ def _fuse_tiff(
                          tile=(256, 256) if min(plan.shape[-2:]) >= 256 else None,
                          resolution=resolution,
                          resolutionunit="CENTIMETER" if resolution else None,
+                         photometric=photometric,
                          compression="zlib", software=TIFF_SOFTWARE)  # fmt: skip
 
     publish(out, write, replace=overwrite)

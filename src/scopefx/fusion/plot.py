@@ -17,14 +17,17 @@ from ._plan import FusionPlan, tile_corners
 __all__ = ["plot_mosaic", "write_preview"]
 
 
-def _pick_level(path: str, max_px: int) -> tuple[np.ndarray, int]:
+def _pick_level(path: str, max_px: int, samples_last: bool = False) -> tuple[np.ndarray, int]:
     """The finest pyramid level whose longer side fits ``max_px`` (or the coarsest), read whole,
     and its factor relative to level 0. A TIFF mosaic (one level) is read and reduced here by
-    2x means, as the pyramid would be."""
+    2x means, as the pyramid would be; ``samples_last``: it is an RGB TIFF, (Y, X, 3), returned
+    channels first as the OME-Zarr's levels are."""
     if path.lower().endswith((".tif", ".tiff")):
         from ..io import read_image
 
         data = np.asarray(read_image(path))
+        if samples_last and data.ndim == 3:
+            data = np.moveaxis(data, -1, 0)
         factor = 1
         while max(data.shape[-2:]) > max_px:
             h, w = (s // 2 * 2 for s in data.shape[-2:])
@@ -62,7 +65,8 @@ def plot_mosaic(
     ----------
     image : (Y, X) or (C, Y, X) ndarray
         The mosaic (or a pyramid level of it). 3D volumes show their middle plane; channels
-        show the first channel.
+        show the first channel, except a mosaic of RGB tiles (``plan.samples_last`` 3), shown
+        in colour.
     plan : FusionPlan, optional
         Draw the tiles' outlines (their transformed edges).
     factor : int
@@ -76,14 +80,22 @@ def plot_mosaic(
 
     img = np.asarray(image, dtype=np.float32)
     spatial = plan.ndim if plan is not None else 2
-    while img.ndim > 2:
+    rgb = plan is not None and plan.samples_last == 3 and img.shape[: img.ndim - 2] == (3,)
+    if rgb:  # one stretch for the three channels keeps the colour balance
+        img = np.moveaxis(img, 0, -1)
+    while img.ndim > 2 and not rgb:
         img = img[0] if img.ndim > spatial else img[img.shape[0] // 2]
     finite = img[np.isfinite(img)]
     lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
-    h, w = img.shape
+    hi = hi if hi > lo else lo + 1
+    h, w = img.shape[:2]
     fig = Figure(figsize=(8, 8 * h / w + 0.6) if w >= h else (8 * w / h + 1.2, 8), dpi=120)
     ax = fig.add_subplot()
-    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+    if rgb:
+        shown = np.clip((np.nan_to_num(img, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
+        ax.imshow(shown, interpolation="nearest")
+    else:
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     if plan is not None:
         polys = []
         for a, s in zip(plan.affines, plan.tile_shapes, strict=True):
@@ -117,7 +129,8 @@ def write_preview(
 ) -> str:
     """Save a preview PNG of an OME-Zarr mosaic from its smallest fitting pyramid level (or of
     a TIFF mosaic, reduced to fit)."""
-    data, factor = _pick_level(os.fspath(mosaic), max_px)
+    rgb = plan is not None and plan.samples_last == 3 and plan.ndim == 2
+    data, factor = _pick_level(os.fspath(mosaic), max_px, samples_last=rgb)
     fig = plot_mosaic(data, plan, factor=factor, focus=focus)
     fig.savefig(os.fspath(out_png), bbox_inches="tight")
     return os.fspath(out_png)

@@ -48,6 +48,8 @@ class OmeZarrSpec:
     channels: int | None = None
     channel_names: tuple[str, ...] | None = None
     """Names of the channels (e.g. from the instrument file), written as OMERO labels."""
+    channel_colors: tuple[str, ...] | None = None
+    """OMERO display colour of each channel, ``RRGGBB`` (``None``: white); with names only."""
     ngff: str = "0.4"
     fill_value: float = 0
     name: str = "mosaic"
@@ -61,6 +63,9 @@ class OmeZarrSpec:
             raise ConfigError(
                 f"{len(names)} channel names {list(names)} for {self.channels or 1} channel(s)"
             )
+        colors = self.channel_colors
+        if colors is not None and (names is None or len(colors) != len(names)):
+            raise ConfigError(f"channel colours {list(colors)} need one channel name each")
 
     @property
     def n_spatial(self) -> int:
@@ -129,11 +134,13 @@ def omero_metadata(spec: OmeZarrSpec) -> dict[str, Any] | None:
     kind = np.dtype(spec.dtype)
     top = float(np.iinfo(kind).max) if kind.kind in "ui" else 1.0
     window = {"min": 0.0, "max": top, "start": 0.0, "end": top}
+    colors = spec.channel_colors or ("FFFFFF",) * len(spec.channel_names)
     channels = [
-        {"label": str(name), "color": "FFFFFF", "active": True, "window": dict(window)}
-        for name in spec.channel_names
+        {"label": str(name), "color": str(color), "active": True, "window": dict(window)}
+        for name, color in zip(spec.channel_names, colors, strict=True)
     ]
-    return {"channels": channels, "rdefs": {"model": "greyscale"}}
+    model = "color" if spec.channel_colors else "greyscale"
+    return {"channels": channels, "rdefs": {"model": model}}
 
 
 def _compressor(zarr_format: int) -> Any:
