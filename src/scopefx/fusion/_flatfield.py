@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 MIN_TILES = 8  # fewer cannot separate tile content from vignetting
 _WORK_PX = 128  # tiles are block-averaged to at most this many pixels a side before the median
 _POLY_DEGREE = 4  # total degree of the default smooth fit
+_JACKKNIFE_GROUPS = 10  # groups of tiles left out in turn to measure the estimate's noise
 
 
 def _normalised(flat: np.ndarray) -> np.ndarray:
@@ -351,7 +352,46 @@ def estimate_flatfield(
             f"{len(picked)} read (skipped: tiles holding NaN or infinity, and tiles whose "
             "level is not above 0: blank, or signed data around 0, which a gain cannot scale)"
         )
-    median = np.median(np.stack(small), axis=0)
+    stack = np.stack(small)
+    median = np.median(stack, axis=0)
     full = shape[-2:]
     planes = [_smooth(m, full, factor, smooth_sigma_px) for m in median]
+    for c, (kept, signal, noise) in enumerate(_shrinkage(stack)):
+        level = float(planes[c].mean())
+        planes[c] = level + kept * (planes[c] - level)
+        logger.info(
+            "flat-field estimate%s: shading %.2f %% rms, of which the tiles' content %.2f %%: "
+            "kept %.0f %%", f" (channel {c})" if len(planes) > 1 else "", 100 * signal,
+            100 * noise, 100 * kept,
+        )  # fmt: skip
     return FlatField(np.stack(planes).reshape(shape))
+
+
+def _shrinkage(stack: np.ndarray) -> list[tuple[float, float, float]]:
+    """Per channel: how much of the estimated shading to keep, its rms and the rms that the
+    tiles' content puts into it, from a delete-a-group jackknife of the fit over the tiles.
+
+    With few tiles (or big structures) the median over tiles keeps some content, and the fit
+    turns it into shading that is not there: on 9 tiles of one unshaded image, a 3 % pattern
+    that cut registration's match quality from 0.99 to 0.89. The fit's spread when groups of
+    tiles are left out measures that part (``noise``); the shading is scaled by
+    ``max(0, 1 - noise^2 / rms^2)`` (James-Stein), which keeps real vignetting (far above
+    the noise) nearly whole and an estimate of content alone near flat.
+    """
+    n = len(stack)
+    groups = np.arange(n) % min(n, _JACKKNIFE_GROUPS)
+    g = int(groups.max()) + 1
+
+    def fit(data: np.ndarray) -> np.ndarray:
+        f = _smooth(data, data.shape, 1, None)
+        return f / f.mean()
+
+    out = []
+    for c in range(stack.shape[1]):
+        whole = fit(np.median(stack[:, c], axis=0))
+        parts = np.stack([fit(np.median(stack[groups != k, c], axis=0)) for k in range(g)])
+        noise2 = float((g - 1) / g * ((parts - parts.mean(axis=0)) ** 2).sum(axis=0).mean())
+        signal2 = float(((whole - 1) ** 2).mean())
+        kept = max(0.0, 1.0 - noise2 / signal2) if signal2 > 0 else 0.0
+        out.append((kept, math.sqrt(signal2), math.sqrt(noise2)))
+    return out
