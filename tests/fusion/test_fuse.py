@@ -301,7 +301,7 @@ def _colour_mosaic(tmp_path: Path, samples: int, **kw: object) -> tuple[Path, np
 
 @pytest.mark.parametrize("samples", [2, 3, 4])
 def test_colour_tiles_fuse_channel_by_channel(tmp_path, samples):
-    """RGB(A) tiles fuse as 3 channels red, green, blue (alpha dropped); grey + alpha as grey.
+    """RGB(A) tiles fuse as 3 channels red, green, blue (alpha not fused); grey + alpha as grey.
     They were refused (and before that, fused as H channels of (W, 3) columns)."""
     table, planes, mosaic = _colour_mosaic(tmp_path, samples, jitter_px=5)
     fused, plan = _fused(table)
@@ -318,6 +318,21 @@ def test_colour_tiles_fuse_channel_by_channel(tmp_path, samples):
     if keep == 3:  # red, green, blue in that order, not three copies of one
         r, g, b = (fused[c][covered].astype(float) for c in range(3))
         assert np.abs(g - (r * 0.75 + 30)).max() < 3 and np.abs(b - (r / 2 + 100)).max() < 2
+
+
+@pytest.mark.parametrize("samples", [2, 4])
+@pytest.mark.parametrize("blend", ["linear", "mean", "max", "first", "closest"])
+def test_transparent_pixels_of_colour_tiles_are_no_data(tmp_path, samples, blend):
+    """A PNG with transparent padding (alpha 0, black under it) blended its black into the
+    neighbour's overlap: a dark seam. Transparent pixels are no data, like NaN in a float
+    tile; the neighbour fills them."""
+    clean, _ = _fused(_colour_mosaic(tmp_path / "clean", samples, overlap=0.25)[0], blend=blend)
+    table, _, _ = _colour_mosaic(tmp_path, samples, overlap=0.25)  # overlaps of 32 px
+    corner = tifffile.imread(tmp_path / "tile_0000.tif")
+    corner[-24:, :] = corner[:, -24:] = 0  # padding under tiles 1, 3 and 4: alpha 0, black
+    tifffile.imwrite(tmp_path / "tile_0000.tif", corner, **_samples_how(samples))
+    fused, _ = _fused(table, blend=blend)
+    np.testing.assert_array_equal(fused, clean)
 
 
 def test_colour_tiles_write_named_channels_a_colour_tiff_and_preview(tmp_path):

@@ -16,7 +16,7 @@ import math
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -100,10 +100,13 @@ class SamplesFirst:
     """A reader of colour (or grey + alpha) tiles, samples last on disk, that returns their
     first ``keep`` samples channels first, ``(keep, Y, X)`` (``keep`` 1: ``(Y, X)``), as
     fusion, registration and the flat field take them. Picklable and hashable (a cache key).
+    With ``alpha``, a tile that has an alpha sample after them (RGBA, grey + alpha) comes with
+    it as one more channel, ``(keep + 1, Y, X)``, for fusion to mask (see :func:`_opaque`).
     """
 
     read: Reader
     keep: int
+    alpha: bool = False
 
     def __call__(self, ref: str) -> np.ndarray:
         tile = np.asarray(self.read(ref))
@@ -112,9 +115,21 @@ class SamplesFirst:
                 f"tile {ref}: read {tile.dtype}{list(tile.shape)}, planned as a colour image "
                 f"with at least {self.keep} samples last; tiles must not change after planning"
             )
-        if self.keep == 1:
+        keep = self.keep + 1 if self.alpha and tile.shape[-1] == self.keep + 1 else self.keep
+        if keep == 1:
             return tile[..., 0]
-        return np.ascontiguousarray(np.moveaxis(tile[..., : self.keep], -1, 0))
+        return np.ascontiguousarray(np.moveaxis(tile[..., :keep], -1, 0))
+
+
+def _opaque(plan: FusionPlan, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """A tile from ``SamplesFirst(alpha=True)`` split into its channels and where it is not
+    transparent (alpha > 0), shaped like one channel of it; ``None`` when it has no alpha.
+    Transparent pixels (the padding of a PNG export) are no data, as NaN in a float tile."""
+    keep = plan.samples_last
+    if not keep or tile.shape[: tile.ndim - plan.ndim] != (keep + 1,):
+        return tile, None
+    mask = tile[-1:] > 0
+    return (tile[:-1] if keep > 1 else tile[0]), (mask if keep > 1 else mask[0])
 
 
 def tile_reader(read: Reader | None, samples_last: int) -> Reader:
@@ -354,6 +369,8 @@ def fuse_chunk(
     backend = get_backend(None, device=device)
     xp = backend.xp
     read = tile_reader(read, plan.samples_last)
+    if isinstance(read, SamplesFirst):  # colour tiles: with their alpha, to mask by
+        read = replace(read, alpha=True)
     cache = cache if cache is not None else TileCache(max_bytes=0)
     lo, hi = plan.chunk_bounds(index)
     cshape = tuple(int(v) for v in hi - lo)
@@ -367,7 +384,7 @@ def fuse_chunk(
     best = xp.full(cshape, np.inf, dtype=np.float32) if blend == "closest" else None
 
     for k in (int(v) for v in plan.tiles_for(index)):
-        tile = cache.get(plan.refs[k], read)
+        tile, mask = _opaque(plan, cache.get(plan.refs[k], read))
         _check_tile(plan, k, tile)
         if flatfield is not None:
             tile = flatfield.apply(tile)
@@ -375,6 +392,10 @@ def fuse_chunk(
         if part is None:
             continue
         sl, values, valid, weight, dist = part
+        seen = None if mask is None else _contribution(plan, k, mask, lo, hi, backend)
+        if seen is not None:  # covered where the pixels interpolated from are all opaque
+            solid = seen[1][0] > 1 - 1e-3
+            valid = solid if valid is None else valid & solid
         if np.dtype(plan.dtype).kind == "f":  # NaN/inf pixels are no data, as outside the tile
             finite = xp.isfinite(values).all(axis=0)
             if not bool(finite.all()):

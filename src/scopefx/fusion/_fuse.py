@@ -99,7 +99,7 @@ RGB_CHANNELS = (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
 
 def colour_samples(metas: list[Any], ndim: int) -> int:
     """How many samples of colour tiles are fused (``FusionPlan.samples_last``): 3 for RGB
-    or RGBA (alpha dropped), 1 for grey + alpha, 0 when the tiles are not colour images.
+    or RGBA (alpha not fused), 1 for grey + alpha, 0 when the tiles are not colour images.
     A mixture of colour and grey tiles (or of RGB and grey + alpha) is refused, naming them."""
     colour = [_samples_last(m, ndim) for m in metas]
     if not any(colour):

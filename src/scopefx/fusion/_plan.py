@@ -77,7 +77,7 @@ class FusionPlan:
         0: the tiles hold their channels first (or none). Otherwise the tiles are colour or
         grey + alpha images, samples last (Y, X, S) on disk, and the first ``samples_last``
         samples are fused as the channels (3: red, green, blue; 1: grey, no channel axis);
-        alpha is not fused.
+        alpha is not fused, its transparent pixels are no data.
     """
 
     refs: tuple[str, ...]

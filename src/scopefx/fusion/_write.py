@@ -97,9 +97,9 @@ def prepare(
 
 
 _COLOUR_NOTE = {
-    3: "colour tiles (RGB, samples last): fused as 3 channels red, green, blue (alpha "
-    "dropped), registered on their sum",
-    1: "grey + alpha tiles: the grey plane fused, alpha dropped",
+    3: "colour tiles (RGB, samples last): fused as 3 channels red, green, blue (transparent "
+    "pixels are no data), registered on their sum",
+    1: "grey + alpha tiles: the grey plane fused, transparent pixels are no data",
 }
 
 
