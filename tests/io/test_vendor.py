@@ -164,6 +164,36 @@ def test_channel_names_reach_the_ome_zarr(tmp_path, ngff):
     Image.from_zarr(zarr.open_group(out, mode="r"))  # still valid NGFF
 
 
+def test_an_rgb_ome_tiff_fuses_in_colour_with_red_green_blue_named(tmp_path):
+    """An RGB OME-TIFF (a slide scanner's: one Channel of 3 samples per image) fused, but its
+    one channel name did not fit the 3 channels: a warning, and the OME-Zarr had no names or
+    colours. The colour tiles' red, green and blue name them."""
+    import zarr
+
+    from scopefx.fusion import fuse
+
+    path = tmp_path / "scan.ome.tif"
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 255, (32, 48, 3), dtype=np.uint8) for _ in range(2)]
+    with tifffile.TiffWriter(path, ome=True) as w:
+        for x, tile in zip((0.0, 20.0), tiles, strict=True):
+            w.write(tile, photometric="rgb", metadata={
+                "axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                "Plane": {"PositionX": [x], "PositionY": [0.0]}})  # fmt: skip
+    out = tmp_path / "m.ome.zarr"
+    result = fuse(read_tile_table(path), out)
+    assert result.shape == (3, 32, 88)
+    np.testing.assert_array_equal(
+        zarr.open_array(str(out / "0"), mode="r")[:, :, :8], np.moveaxis(tiles[0][:, :8], -1, 0)
+    )
+    channels = zarr.open_group(str(out), mode="r").attrs["omero"]["channels"]
+    assert [(c["label"], c["color"]) for c in channels] == [
+        ("red", "FF0000"),
+        ("green", "00FF00"),
+        ("blue", "0000FF"),
+    ]
+
+
 def test_an_ome_tiff_naming_an_outside_file_is_not_followed(tmp_path):
     """A tile inside an OME-TIFF is read with multi-file OME off: an OME-XML that names
     another file for a plane never makes the reader open it (issue 14's attack, through the

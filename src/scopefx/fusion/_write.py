@@ -91,8 +91,7 @@ def prepare(
         plan, out, resume=options.resume, overwrite=options.overwrite, ngff=options.ngff,
         pyramid=options.pyramid, flatfield=flatfield, read=read, device=device, missing=missing,
         extra=extra, started=started, preview=options.preview,
-        channel_names=table.extra.get("channel_names") or _rgb_names(plan),
-        channel_colors=_rgb_colors(plan),
+        channel_names=_names(table, plan), channel_colors=_rgb_colors(plan),
     )  # fmt: skip
 
 
@@ -103,9 +102,13 @@ _COLOUR_NOTE = {
 }
 
 
-def _rgb_names(plan: FusionPlan) -> tuple[str, ...] | None:
-    """Channel names of a mosaic of RGB(A) tiles (``None`` for other tiles)."""
-    return tuple(n for n, _ in RGB_CHANNELS) if plan.samples_last == 3 else None
+def _names(table: TileTable, plan: FusionPlan) -> Any:
+    """The channel names the instrument file gives, unless the tiles are RGB(A) and it does
+    not give one per sample (an RGB OME-TIFF has one Channel of 3 samples): red, green, blue."""
+    names = table.extra.get("channel_names")
+    if plan.samples_last == 3 and (not names or len(names) != len(RGB_CHANNELS)):
+        return tuple(n for n, _ in RGB_CHANNELS)
+    return names
 
 
 def _rgb_colors(plan: FusionPlan) -> tuple[str, ...] | None:
