@@ -335,6 +335,41 @@ def test_transparent_pixels_of_colour_tiles_are_no_data(tmp_path, samples, blend
     np.testing.assert_array_equal(fused, clean)
 
 
+def test_two_channel_tiles_with_samples_last_keep_both_channels(tmp_path):
+    """A chunky 2-channel TIFF (H, W, 2), its second sample not marked as alpha (a DAPI + GFP
+    camera export), was taken for grey + alpha: the second channel was dropped. Only a sample
+    the file marks as alpha is alpha; the others are channels."""
+    mosaic = make_mosaic(**{**SMALL, "dtype": "uint8"}, overlap=0.25)
+    table = write_mosaic(tmp_path, mosaic)
+    for k, tile in enumerate(mosaic.tiles):
+        second = np.where(np.arange(128)[:, None] % 16 < 8, 0, 255 - tile)  # zeros: not alpha
+        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", np.stack([tile, second], axis=-1),
+                         photometric="minisblack", planarconfig="contig")  # fmt: skip
+    fused, plan = _fused(table)
+    assert plan.samples_last == 2 and fused.shape == (2, *plan.shape)
+    expected, _ = _fused(write_mosaic(tmp_path / "grey", mosaic))
+    np.testing.assert_array_equal(fused[0], expected)
+
+
+def test_cmyk_tiles_are_refused_naming_them(tmp_path):
+    """A CMYK JPEG (what some export tools write) was taken for RGBA: cyan, magenta, yellow
+    fused as red, green, blue and black as alpha. It is refused, before any output exists."""
+    from PIL import Image
+
+    table, _, _ = _colour_mosaic(tmp_path, 3)
+    for k in range(9):
+        rgb = tifffile.imread(tmp_path / f"tile_{k:04d}.tif")
+        Image.fromarray(rgb).convert("CMYK").save(tmp_path / f"tile_{k:04d}.jpg")
+    text = table.read_text().replace(".tif,", ".jpg,")
+    (tmp_path / "cmyk.csv").write_text(text)
+    out = tmp_path / "m.ome.zarr"
+    with pytest.raises(
+        ConfigError, match=r"9 of 9 tiles.*not RGB.*tile_0000\.jpg \(CMYK\).*convert"
+    ):
+        fuse(tmp_path / "cmyk.csv", out, options=FuseOptions(register=True))
+    assert not out.exists()
+
+
 def test_colour_tiles_write_named_channels_a_colour_tiff_and_preview(tmp_path):
     table, _, _ = _colour_mosaic(tmp_path, 3, jitter_px=5)
     out = tmp_path / "m.ome.zarr"

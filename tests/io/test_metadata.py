@@ -289,6 +289,48 @@ def test_to_dict_is_json_able(tmp_path: Path) -> None:
         meta.focus = 1.0  # type: ignore[misc]
 
 
+def _pillow(mode: str, suffix: str):
+    def write(path: Path) -> Path:
+        from PIL import Image
+
+        path = path.with_suffix(suffix)
+        rgb = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+        Image.fromarray(rgb).convert(mode).save(path)
+        return path
+
+    return write
+
+
+def _tiff(samples: int, **kw: object):
+    def write(path: Path) -> Path:
+        path = path.with_suffix(".tif")
+        tifffile.imwrite(path, np.zeros((8, 8, samples), np.uint8), **kw)
+        return path
+
+    return write
+
+
+@pytest.mark.parametrize(
+    ("write", "samples"),
+    [
+        (_pillow("RGB", ".png"), "rgb"),
+        (_pillow("RGBA", ".png"), "rgba"),
+        (_pillow("LA", ".png"), "grey+alpha"),
+        (_pillow("L", ".png"), None),
+        (_pillow("CMYK", ".jpg"), "cmyk"),
+        (_tiff(3, photometric="rgb"), "rgb"),
+        (_tiff(4, photometric="rgb"), "rgba"),
+        (_tiff(4, photometric="rgb", extrasamples=[0]), "channels"),
+        (_tiff(2, photometric="minisblack", extrasamples=[2]), "grey+alpha"),
+        (_tiff(2, photometric="minisblack", planarconfig="contig"), "channels"),
+        (_tiff(4, photometric="separated"), "cmyk"),
+    ],
+)
+def test_samples_say_what_the_last_axis_holds(tmp_path, write, samples):
+    """A 4th sample is alpha only where the file says so; CMYK is not RGBA."""
+    assert read_metadata(write(tmp_path / "image")).samples == samples
+
+
 def test_metadata_errors(tmp_path: Path) -> None:
     with pytest.raises(ImageNotFoundError, match=r"gone\.tif"):
         read_metadata(tmp_path / "gone.tif")

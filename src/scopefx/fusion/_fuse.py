@@ -99,23 +99,46 @@ RGB_CHANNELS = (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
 
 def colour_samples(metas: list[Any], ndim: int) -> int:
     """How many samples of colour tiles are fused (``FusionPlan.samples_last``): 3 for RGB
-    or RGBA (alpha not fused), 1 for grey + alpha, 0 when the tiles are not colour images.
-    A mixture of colour and grey tiles (or of RGB and grey + alpha) is refused, naming them."""
+    or RGBA (alpha not fused), 1 for grey + alpha, all of them for samples the file does not
+    mark as colour or alpha (:attr:`~scopefx.io.ImageMetadata.samples` ``"channels"``, or
+    unknown), 0 when the tiles are not colour images. Colour models other than RGB (CMYK,
+    YCbCr, Lab) are refused, and so is a mixture of colour and grey tiles (or of tiles fused
+    as different numbers of channels), naming the tiles."""
     colour = [_samples_last(m, ndim) for m in metas]
     if not any(colour):
         return 0
-    keeps = {3 if m.shape[-1] >= 3 else 1 for m, c in zip(metas, colour, strict=True) if c}
-    if all(colour) and len(keeps) == 1:
-        return keeps.pop()
+    picked = [m for m, c in zip(metas, colour, strict=True) if c]
+    foreign = [m for m in picked if getattr(m, "samples", None) not in _FUSED_SAMPLES]
+    if foreign:
+        listed = ", ".join(f"{m.path} ({str(m.samples).upper()})" for m in foreign[:5])
+        raise ConfigError(
+            f"{len(foreign)} of {len(metas)} tiles are colour images that are not RGB: "
+            f"{listed}; fusion takes RGB(A), grey + alpha or grey tiles: convert them to RGB"
+        )
+    keeps = [_kept(m) for m in picked]
+    if all(colour) and len(set(keeps)) == 1:
+        return keeps[0]
     grey = [m for m, c in zip(metas, colour, strict=True) if not c]
-    kinds = {m.shape[-1] for m, c in zip(metas, colour, strict=True) if c}
-    odd = grey or [m for m in metas if m.shape[-1] == min(kinds)]
+    odd = grey or [m for m, k in zip(picked, keeps, strict=True) if k == min(keeps)]
     listed = ", ".join(f"{m.path} ({m.dtype}{list(m.shape)})" for m in odd[:5])
     raise ConfigError(
         f"{sum(colour)} of {len(metas)} tiles are colour or grey + alpha images (samples "
         f"last) and {len(odd)} are not like the others: {listed}; the tiles of one mosaic "
         "must all be RGB(A), all grey + alpha, or all grey"
     )
+
+
+#: ImageMetadata.samples of the colour tiles fusion takes (None: the file does not say).
+_FUSED_SAMPLES = (None, "rgb", "rgba", "grey+alpha", "channels")
+
+
+def _kept(meta: Any) -> int:
+    """Samples fused of a tile with its samples last: RGB of RGB(A), grey of grey + alpha,
+    every sample that is not marked as alpha."""
+    samples = getattr(meta, "samples", None)
+    if samples in ("rgb", "rgba"):
+        return 3
+    return 1 if samples == "grey+alpha" else int(meta.shape[-1])
 
 
 def _samples_last(meta: Any, ndim: int) -> bool:

@@ -133,7 +133,9 @@ def _read_and_register(
     samples = colour_samples(metas, table.ndim)
     if samples:  # registration and the flat field take the tiles channels first, as fusion
         read = tile_reader(read, samples)
-        extra["colour"] = _COLOUR_NOTE[samples]
+        extra["colour"] = _COLOUR_NOTE.get(
+            samples, f"tiles with {samples} channels, samples last: fused as {samples} channels"
+        )
         log.info("%s: %s", table.source or "tiles", extra["colour"])
     if table.pixel_size_z_um is not None:
         extra["pixel_size_z_um"] = table.pixel_size_z_um

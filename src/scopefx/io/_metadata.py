@@ -36,8 +36,8 @@ import numpy as np
 
 from ._confine import open_binary
 from ._read import (
+    _is_grey_palette,
     decoding,
-    grey_palette,
     image_series,
     n_planes,
     open_tiff,
@@ -121,6 +121,12 @@ class ImageMetadata:
         dots per inch that image software writes by default (72, 96, 150, 300, 600 dpi) and any
         size outside :data:`PLAUSIBLE_PIXEL_UM` are not taken as a pixel size (the reason is in
         ``raw["pixel_size_ignored"]``): give the pixel size explicitly (``--pixel-size``).
+    samples : str or None
+        What the last axis of an image with its samples last holds, as the file says:
+        ``"rgb"``, ``"rgba"`` (the 4th is alpha), ``"grey+alpha"``, ``"channels"`` (samples the
+        file marks as neither colour nor alpha, e.g. a 2-channel chunky TIFF), or a colour
+        model other than RGB: ``"cmyk"``, ``"ycbcr"``, ``"lab"``, ``"other"``. ``None`` for one
+        sample a pixel, and where the format does not say (``.npy``, Zarr, instrument files).
     source : str
         Where the metadata came from: ``"fibics"``, ``"ome"``, ``"imagej"``, ``"tiff"``
         (resolution tags), ``"zarr"`` (array attributes) or ``"none"``.
@@ -143,6 +149,7 @@ class ImageMetadata:
     scan_rotation_deg: float | None = None
     dwell_time_us: float | None = None
     pixel_size_from: str | None = None
+    samples: str | None = None
     source: str = "none"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -382,6 +389,28 @@ def _imagej_um(ij: dict[str, Any], page: Any) -> tuple[float | None, dict[str, A
     return ((factor * den / num) if num and den else None), raw
 
 
+#: TIFF photometric interpretations whose samples are no RGB (ImageMetadata.samples).
+_TIFF_MODELS = {5: "cmyk", 6: "ycbcr", 8: "lab", 9: "lab", 10: "lab"}
+
+
+def _tiff_samples(page: Any) -> str | None:
+    """:attr:`ImageMetadata.samples` of a TIFF page, from its photometric interpretation and
+    extra samples. JPEG-compressed YCbCr is decoded to RGB."""
+    n = int(page.samplesperpixel)
+    if n == 1:
+        return None
+    photometric = int(page.photometric)
+    extras = [int(e) for e in page.extrasamples]
+    alpha = extras[:1] in ([1], [2])  # associated or unassociated alpha
+    if photometric == 6 and n == 3 and int(page.compression) == 7:
+        photometric = 2
+    if photometric == 2:  # RGB
+        return "rgb" if n == 3 else "rgba" if n == 4 and alpha else "channels"
+    if photometric in (0, 1):  # grey
+        return "grey+alpha" if n == 2 and alpha else "channels"
+    return _TIFF_MODELS.get(photometric, "other")
+
+
 def _tiff_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
 
     with tiff_damage(r.ref), decoding(r.ref, r.kind), open_tiff(r) as tif:
@@ -429,17 +458,40 @@ def _tiff_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
             shape=shape,
             dtype=str(series.dtype),
             pages=n,
+            samples=_tiff_samples(page),
             source=source,
             raw=raw,
             **fields,
         )
 
 
+#: Pillow modes of more than one sample a pixel (ImageMetadata.samples); a colour palette
+#: ("P", "PA") is decoded to RGB(A).
+_PILLOW_SAMPLES = {"RGB": "rgb", "P": "rgb", "RGBA": "rgba", "RGBa": "rgba", "PA": "rgba",
+                   "LA": "grey+alpha", "La": "grey+alpha", "CMYK": "cmyk", "YCbCr": "ycbcr",
+                   "LAB": "lab"}  # fmt: skip
+
+
+def _pillow_samples(fh: Any) -> tuple[bool, str | None]:
+    """Whether a PNG/JPEG/BMP/GIF is a grey palette (see :func:`~scopefx.io._read.grey_palette`)
+    and its :attr:`ImageMetadata.samples`, from its Pillow mode; the handle is rewound."""
+    from PIL import Image
+
+    try:
+        with Image.open(fh) as im:
+            grey, mode, bands = _is_grey_palette(im), str(im.mode), len(im.getbands())
+    finally:
+        fh.seek(0)
+    if grey:
+        return True, None
+    return False, _PILLOW_SAMPLES.get(mode, "other" if bands > 1 else None)
+
+
 def _pillow_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
     import imageio.v3 as iio
 
     with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
-        grey = grey_palette(fh)
+        grey, samples = _pillow_samples(fh)
         props = iio.improps(fh, plugin="pillow", extension=r.path.suffix.lower())
     shape, pages = tuple(props.shape), 1
     if grey and shape[-1:] == (3,):  # read as grey (see scopefx.io._read.grey_palette)
@@ -447,7 +499,11 @@ def _pillow_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
     if props.is_batch:  # GIF frames
         pages = shape[0]
         shape = shape[1:] if pages == 1 else shape
-    return ImageMetadata(path=path, shape=shape, dtype=str(props.dtype), pages=pages)
+    if samples == "rgb" and shape[-1:] == (4,):  # a palette with transparency
+        samples = "rgba"
+    return ImageMetadata(
+        path=path, shape=shape, dtype=str(props.dtype), pages=pages, samples=samples
+    )
 
 
 def _npy_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
