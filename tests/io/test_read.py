@@ -536,6 +536,30 @@ def test_a_png_with_a_grey_palette_is_a_grey_image(tmp_path: Path) -> None:
     assert tuple(read_metadata(str(tmp_path / "c.png")).shape) == (40, 30, 3)
 
 
+def test_a_palette_png_with_transparency_is_read_with_its_alpha(tmp_path: Path) -> None:
+    """A palette PNG with a transparent entry (what PNG optimisers write) was decoded to RGB
+    with Pillow's 'should be converted to RGBA' warning, and its transparency was lost (fusion
+    then blended the transparent pixels' colour). It reads as RGBA, alpha 0 where transparent.
+    """
+    from PIL import Image
+
+    from scopefx.io import read_metadata
+
+    rgba = np.zeros((40, 30, 4), np.uint8)
+    rgba[..., 0] = np.arange(30, dtype=np.uint8) * 8
+    rgba[..., 3] = 255
+    rgba[:5] = 0  # transparent padding
+    Image.fromarray(rgba, "RGBA").quantize(16).save(tmp_path / "t.png")
+    with Image.open(tmp_path / "t.png") as im:
+        assert im.mode == "P" and "transparency" in im.info
+        expected = np.asarray(im.convert("RGBA"))
+    image = read_image(tmp_path / "t.png")
+    assert (image[:5, :, 3] == 0).all() and (image[5:, :, 3] == 255).all()
+    np.testing.assert_array_equal(image, expected)
+    meta = read_metadata(str(tmp_path / "t.png"))
+    assert (tuple(meta.shape), meta.samples) == ((40, 30, 4), "rgba")
+
+
 def test_the_budget_of_a_png_counts_what_it_decodes_to(tmp_path: Path, monkeypatch) -> None:
     """A colour-palette PNG decodes to RGB and a 16-bit PNG to two bytes a pixel: the budget
     checked from the header counts that, not one byte per pixel."""

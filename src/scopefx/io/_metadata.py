@@ -36,12 +36,12 @@ import numpy as np
 
 from ._confine import open_binary
 from ._read import (
-    _is_grey_palette,
     decoding,
     image_series,
     n_planes,
     open_tiff,
     open_zarr_array,
+    pillow_read_mode,
     tiff_damage,
 )
 from ._refs import ZARR_SEP, ResolvedRef, resolve_ref
@@ -472,35 +472,33 @@ _PILLOW_SAMPLES = {"RGB": "rgb", "P": "rgb", "RGBA": "rgba", "RGBa": "rgba", "PA
                    "LAB": "lab"}  # fmt: skip
 
 
-def _pillow_samples(fh: Any) -> tuple[bool, str | None]:
-    """Whether a PNG/JPEG/BMP/GIF is a grey palette (see :func:`~scopefx.io._read.grey_palette`)
+def _pillow_samples(fh: Any) -> tuple[str | None, str | None]:
+    """The mode a PNG/JPEG/BMP/GIF is read in (see :func:`~scopefx.io._read.pillow_read_mode`)
     and its :attr:`ImageMetadata.samples`, from its Pillow mode; the handle is rewound."""
     from PIL import Image
 
     try:
         with Image.open(fh) as im:
-            grey, mode, bands = _is_grey_palette(im), str(im.mode), len(im.getbands())
+            read_mode, mode, bands = pillow_read_mode(im), str(im.mode), len(im.getbands())
     finally:
         fh.seek(0)
-    if grey:
-        return True, None
-    return False, _PILLOW_SAMPLES.get(mode, "other" if bands > 1 else None)
+    if read_mode == "L":
+        return read_mode, None
+    return read_mode, _PILLOW_SAMPLES.get(read_mode or mode, "other" if bands > 1 else None)
 
 
 def _pillow_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
     import imageio.v3 as iio
 
     with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
-        grey, samples = _pillow_samples(fh)
+        read_mode, samples = _pillow_samples(fh)
         props = iio.improps(fh, plugin="pillow", extension=r.path.suffix.lower())
     shape, pages = tuple(props.shape), 1
-    if grey and shape[-1:] == (3,):  # read as grey (see scopefx.io._read.grey_palette)
-        shape = shape[:-1]
+    if read_mode and shape[-1:] == (3,):  # read as grey, or with alpha (see pillow_read_mode)
+        shape = shape[:-1] if read_mode == "L" else (*shape[:-1], 4)
     if props.is_batch:  # GIF frames
         pages = shape[0]
         shape = shape[1:] if pages == 1 else shape
-    if samples == "rgb" and shape[-1:] == (4,):  # a palette with transparency
-        samples = "rgba"
     return ImageMetadata(
         path=path, shape=shape, dtype=str(props.dtype), pages=pages, samples=samples
     )

@@ -186,7 +186,7 @@ def _read_pillow(r: ResolvedRef, page: int | None) -> np.ndarray:
     import imageio.v3 as iio
 
     with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
-        mode = check_pillow_header(fh, r.ref)  # "L": a grey palette is a grey image
+        mode = check_pillow_header(fh, r.ref)  # a grey palette as grey, transparency as alpha
         data = np.asarray(
             iio.imread(fh, plugin="pillow", extension=r.path.suffix.lower(), mode=mode)
         )
@@ -227,23 +227,31 @@ def grey_palette(fh: Any) -> bool:
         fh.seek(0)
 
 
+def pillow_read_mode(im: Any) -> str | None:
+    """The Pillow mode an open image is read in: ``"L"`` for a grey palette
+    (:func:`grey_palette`), ``"RGBA"`` for a colour palette with a transparent entry (its
+    transparency kept as alpha), else None (its own)."""
+    if _is_grey_palette(im):
+        return "L"
+    return "RGBA" if im.mode == "P" and "transparency" in im.info else None
+
+
 def check_pillow_header(fh: Any, ref: str) -> str | None:
     """Refuse, from its header, a PNG/JPEG/BMP/GIF over the pixel budget (all frames); the
-    Pillow mode to read it in: ``"L"`` for a grey palette (:func:`grey_palette`), else None
-    (its own). The handle is rewound."""
+    Pillow mode to read it in (:func:`pillow_read_mode`). The handle is rewound."""
     from PIL import Image
 
     with Image.open(fh) as im:
         width, height = im.size
         frames = int(getattr(im, "n_frames", 1))
-        grey = _is_grey_palette(im)
+        mode = pillow_read_mode(im)
         bands = len(im.getbands())
-        if im.mode in ("P", "PA") and not grey:  # decoded to RGB(A), not to the indices
-            bands = 4 if im.mode == "PA" or "transparency" in im.info else 3
+        if im.mode in ("P", "PA") and mode != "L":  # decoded to RGB(A), not to the indices
+            bands = 4 if im.mode == "PA" or mode == "RGBA" else 3
         dtype = np.uint16 if im.mode.startswith("I;16") else _PILLOW_DTYPES.get(im.mode, np.uint8)
     EndpointLimits.from_env().check_image((frames, height, width, bands), dtype, ref)
     fh.seek(0)
-    return "L" if grey else None
+    return mode
 
 
 def npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
@@ -418,8 +426,9 @@ def read_image(ref: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     Notes
     -----
     TIFF is read with tifffile (compressed files through imagecodecs, BigTIFF included),
-    PNG/JPEG/BMP/GIF with imageio's Pillow plugin (palette images come out as RGB, unless
-    every palette entry is a grey level: then as grey, see :func:`grey_palette`), ``.npy``
+    PNG/JPEG/BMP/GIF with imageio's Pillow plugin (palette images come out as RGB, as RGBA
+    when the palette has a transparent entry, and as grey when every palette entry is a grey
+    level, see :func:`grey_palette`), ``.npy``
     from its header then ``numpy.fromfile`` (never unpickled), and Zarr with
     ``zarr.open_array(mode="r")`` over a :class:`~scopefx.io._zarrstore.ConfinedStore`.
     Every file is opened through :mod:`scopefx.io._confine` (regular files inside the roots
