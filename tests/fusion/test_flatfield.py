@@ -353,6 +353,19 @@ def test_signed_tiles_around_zero_are_refused_saying_why() -> None:
         estimate_flatfield(tiles, read=np.asarray)
 
 
+def test_tiles_with_no_signal_at_their_edge_are_refused_saying_why() -> None:
+    """Tiles with a black border (or transparent padding read as black) fit a flat <= 0 there;
+    the refusal said 'image a brighter blank field ... or estimate the flat from the tiles',
+    which is what had been done. It says where the tiles hold no signal and what to do."""
+    tiles = []
+    for tile in acquired(falloff())[:12]:
+        tile = tile.copy()
+        tile[:, -16:] = tile[-16:, :] = 0
+        tiles.append(tile)
+    with pytest.raises(ConfigError, match=r"estimated from 12 tiles is <= 0 .*no signal.*crop"):
+        estimate_flatfield(tiles, read=np.asarray)
+
+
 def test_mixed_tile_shapes_name_the_offender(tmp_path: Path) -> None:
     paths = []
     for k, tile in enumerate(acquired(falloff())[:10]):

@@ -309,7 +309,8 @@ def estimate_flatfield(
     ------
     ConfigError
         Fewer than 8 tiles (or usable tiles), tiles of mixed shapes (naming the first
-        offender), tiles not 2D or 3D, or a bad ``max_tiles``/``smooth_sigma_px``.
+        offender), tiles not 2D or 3D, a bad ``max_tiles``/``smooth_sigma_px``, or an
+        estimate <= 0 where most tiles hold no signal (a black border, transparent padding).
 
     Notes
     -----
@@ -364,7 +365,17 @@ def estimate_flatfield(
             "kept %.0f %%", f" (channel {c})" if len(planes) > 1 else "", 100 * signal,
             100 * noise, 100 * kept,
         )  # fmt: skip
-    return FlatField(np.stack(planes).reshape(shape))
+    flat = np.stack(planes).reshape(shape)
+    dark = ~(flat > 0)
+    if dark.any():  # FlatField's own refusal would say to estimate it from the tiles
+        where = tuple(int(i) for i in np.unravel_index(np.argmax(dark), flat.shape))
+        raise ConfigError(
+            f"the flat field estimated from {len(small)} tiles is <= 0 at {dark.sum()} of "
+            f"{flat.size} pixels (e.g. at {where}): most tiles hold no signal there (a black "
+            "border, transparent padding, a dark stripe), which no gain corrects; crop it from "
+            "the tiles, or image a blank field and pass it as the flat"
+        )
+    return FlatField(flat)
 
 
 def _shrinkage(stack: np.ndarray) -> list[tuple[float, float, float]]:
