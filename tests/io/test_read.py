@@ -560,6 +560,29 @@ def test_a_palette_png_with_transparency_is_read_with_its_alpha(tmp_path: Path) 
     assert (tuple(meta.shape), meta.samples) == ((40, 30, 4), "rgba")
 
 
+@pytest.mark.parametrize(("samples", "kind"), [(3, "rgb"), (4, "rgba"), (2, "grey+alpha")])
+def test_a_16_bit_colour_png_keeps_its_16_bits(tmp_path: Path, samples, kind, monkeypatch) -> None:
+    """Pillow decodes a 16-bit RGB(A) or grey + alpha PNG to 8 bits (grey + alpha to RGBA):
+    the tiles of a 16-bit colour camera lost their low byte, silently. They are read as
+    stored, 16 bits a sample."""
+    import imagecodecs
+
+    from scopefx.io import read_metadata
+
+    image = np.random.default_rng(samples).integers(0, 65536, (20, 30, samples), np.uint16)
+    (tmp_path / "c.png").write_bytes(imagecodecs.png_encode(image))
+    read = read_image(tmp_path / "c.png")
+    assert read.dtype == np.uint16
+    np.testing.assert_array_equal(read, image)
+    meta = read_metadata(str(tmp_path / "c.png"))
+    assert (tuple(meta.shape), meta.dtype, meta.samples) == ((20, 30, samples), "uint16", kind)
+    from scopefx.errors import ResourceLimitError
+
+    monkeypatch.setenv("SCOPEFX_MAX_IMAGE_BYTES", str(image.nbytes - 1))  # from its header
+    with pytest.raises(ResourceLimitError):
+        read_image(tmp_path / "c.png")
+
+
 def test_the_budget_of_a_png_counts_what_it_decodes_to(tmp_path: Path, monkeypatch) -> None:
     """A colour-palette PNG decodes to RGB and a 16-bit PNG to two bytes a pixel: the budget
     checked from the header counts that, not one byte per pixel."""

@@ -42,6 +42,7 @@ from ._read import (
     open_tiff,
     open_zarr_array,
     pillow_read_mode,
+    png_colour16,
     tiff_damage,
 )
 from ._refs import ZARR_SEP, ResolvedRef, resolve_ref
@@ -491,6 +492,10 @@ def _pillow_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
     import imageio.v3 as iio
 
     with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
+        wide = png_colour16(fh)
+        if wide is not None:  # read with its 16 bits (see scopefx.io._read.png_colour16)
+            kind = {3: "rgb", 4: "rgba", 2: "grey+alpha"}[wide[-1]]
+            return ImageMetadata(path=path, shape=wide, dtype="uint16", samples=kind)
         read_mode, samples = _pillow_samples(fh)
         props = iio.improps(fh, plugin="pillow", extension=r.path.suffix.lower())
     shape, pages = tuple(props.shape), 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -182,14 +183,37 @@ def _read_tiff(r: ResolvedRef, page: int | None) -> np.ndarray:
         return data
 
 
+#: PNG colour types of more than one sample a pixel, and their samples.
+_PNG_SAMPLES = {2: 3, 4: 2, 6: 4}
+
+
+def png_colour16(fh: Any) -> tuple[int, int, int] | None:
+    """``(height, width, samples)`` of a 16-bit colour PNG (RGB, RGBA, grey + alpha), which
+    Pillow would decode to 8 bits; ``None`` for any other file. The handle is rewound."""
+    head = fh.read(26)
+    fh.seek(0)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    samples = _PNG_SAMPLES.get(colour)
+    return (height, width, samples) if depth == 16 and samples else None
+
+
 def _read_pillow(r: ResolvedRef, page: int | None) -> np.ndarray:
     import imageio.v3 as iio
 
     with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
-        mode = check_pillow_header(fh, r.ref)  # a grey palette as grey, transparency as alpha
-        data = np.asarray(
-            iio.imread(fh, plugin="pillow", extension=r.path.suffix.lower(), mode=mode)
-        )
+        wide = png_colour16(fh)
+        if wide is not None:  # imagecodecs keeps the 16 bits
+            import imagecodecs
+
+            EndpointLimits.from_env().check_image(wide, np.uint16, r.ref)
+            data = np.asarray(imagecodecs.png_decode(fh.read()))
+        else:
+            mode = check_pillow_header(fh, r.ref)  # grey palette as grey, transparency as alpha
+            data = np.asarray(
+                iio.imread(fh, plugin="pillow", extension=r.path.suffix.lower(), mode=mode)
+            )
     if r.path.suffix.lower() == ".gif":  # frames come stacked, (frames, H, W, C)
         if page is not None:
             return data[check_page(page, data.shape[0], r.ref)]
@@ -426,7 +450,8 @@ def read_image(ref: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     Notes
     -----
     TIFF is read with tifffile (compressed files through imagecodecs, BigTIFF included),
-    PNG/JPEG/BMP/GIF with imageio's Pillow plugin (palette images come out as RGB, as RGBA
+    PNG/JPEG/BMP/GIF with imageio's Pillow plugin (a 16-bit colour PNG, which Pillow would
+    cut to 8 bits, with imagecodecs; palette images come out as RGB, as RGBA
     when the palette has a transparent entry, and as grey when every palette entry is a grey
     level, see :func:`grey_palette`), ``.npy``
     from its header then ``numpy.fromfile`` (never unpickled), and Zarr with
