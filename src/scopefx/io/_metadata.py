@@ -499,7 +499,7 @@ def _pillow_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
         read_mode, samples = _pillow_samples(fh)
         props = iio.improps(fh, plugin="pillow", extension=r.path.suffix.lower())
     shape, pages = tuple(props.shape), 1
-    if read_mode and shape[-1:] == (3,):  # read as grey, or with alpha (see pillow_read_mode)
+    if read_mode and shape[-1:] == (3,):  # as grey, or with alpha (see pillow_read_mode)
         shape = shape[:-1] if read_mode == "L" else (*shape[:-1], 4)
     if props.is_batch:  # GIF frames
         pages = shape[0]

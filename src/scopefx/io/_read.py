@@ -230,7 +230,8 @@ _PILLOW_DTYPES: dict[str, Any] = {"I": np.int32, "F": np.float32}
 
 def _is_grey_palette(im: Any) -> bool:
     """An open Pillow image of palette indices into grey levels only (every entry
-    ``r == g == b``, no transparency)."""
+    ``r == g == b``, no transparency), as some tools save 8-bit grey images: such an image
+    is read as grey (H, W), not as the RGB its palette would give."""
     if im.mode != "P" or "transparency" in im.info:
         return False
     palette = im.getpalette() or []
@@ -238,22 +239,9 @@ def _is_grey_palette(im: Any) -> bool:
     return bool(len(entries)) and bool(np.all(entries == entries[:, :1]))
 
 
-def grey_palette(fh: Any) -> bool:
-    """Whether a PNG/GIF/BMP holds palette indices into grey levels only, as some tools save
-    8-bit grey images: such an image is read as grey (H, W), not as the RGB its palette would
-    give. The handle is rewound."""
-    from PIL import Image
-
-    try:
-        with Image.open(fh) as im:
-            return _is_grey_palette(im)
-    finally:
-        fh.seek(0)
-
-
 def pillow_read_mode(im: Any) -> str | None:
     """The Pillow mode an open image is read in: ``"L"`` for a grey palette
-    (:func:`grey_palette`), ``"RGBA"`` for a colour palette with a transparent entry (its
+    (:func:`_is_grey_palette`), ``"RGBA"`` for a colour palette with a transparent entry (its
     transparency kept as alpha), else None (its own)."""
     if _is_grey_palette(im):
         return "L"
@@ -453,7 +441,7 @@ def read_image(ref: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     PNG/JPEG/BMP/GIF with imageio's Pillow plugin (a 16-bit colour PNG, which Pillow would
     cut to 8 bits, with imagecodecs; palette images come out as RGB, as RGBA
     when the palette has a transparent entry, and as grey when every palette entry is a grey
-    level, see :func:`grey_palette`), ``.npy``
+    level, see :func:`pillow_read_mode`), ``.npy``
     from its header then ``numpy.fromfile`` (never unpickled), and Zarr with
     ``zarr.open_array(mode="r")`` over a :class:`~scopefx.io._zarrstore.ConfinedStore`.
     Every file is opened through :mod:`scopefx.io._confine` (regular files inside the roots
