@@ -335,6 +335,31 @@ def test_transparent_pixels_of_colour_tiles_are_no_data(tmp_path, samples, blend
     np.testing.assert_array_equal(fused, clean)
 
 
+def test_transparent_padding_does_not_stop_registration(tmp_path):
+    """RGBA tiles with a transparent (black) padding in their overlaps: registration
+    correlated the black bands and found no usable pair (0 of 12, refused); transparent
+    pixels are no data there too, and the QC report's agreement skips them as well."""
+    from scopefx.fusion import register, registration_report
+    from scopefx.io import read_tile_table
+
+    _, _, mosaic = _colour_mosaic(tmp_path, 4, overlap=0.25)
+    true = mosaic.affines[:, :2, 2]
+    off = np.random.default_rng(3).uniform(-4, 4, true.shape)
+    refs = list(read_tile_table(tmp_path / "tiles.csv").refs)
+    for ref in refs:
+        tile = tifffile.imread(ref)
+        tile[-12:, :] = tile[:, -12:] = 0  # alpha 0, black under it
+        tifffile.imwrite(ref, tile, **_samples_how(4))
+    TileTable.from_positions(refs, (true + off)[:, ::-1]).to_csv(tmp_path / "stage.csv")
+    reg = register(read_tile_table(tmp_path / "stage.csv"))
+    assert sum(p.used for p in reg.pairs) == 12
+    err = reg.table.affines[:, :2, 2] - true
+    err -= err.mean(axis=0)
+    assert np.abs(err).max() < 0.6, err
+    summary = registration_report(reg)["summary"]  # the public API reads the tiles as fusion
+    assert summary["pairs_used"] == 12 and summary["overlap_agreement"] > 0.9
+
+
 def test_two_channel_tiles_with_samples_last_keep_both_channels(tmp_path):
     """A chunky 2-channel TIFF (H, W, 2), its second sample not marked as alpha (a DAPI + GFP
     camera export), was taken for grey + alpha: the second channel was dropped. Only a sample

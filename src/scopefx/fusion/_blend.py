@@ -25,7 +25,7 @@ from .._backend import Backend, get_backend
 from ..errors import ConfigError
 from ._plan import FusionPlan
 
-__all__ = ["SamplesFirst", "TileCache", "fuse_chunk", "tile_reader"]
+__all__ = ["SamplesFirst", "TileCache", "fuse_chunk", "read_opaque", "split_alpha", "tile_reader"]
 
 Reader = Callable[[str], Any]
 
@@ -101,7 +101,7 @@ class SamplesFirst:
     first ``keep`` samples channels first, ``(keep, Y, X)`` (``keep`` 1: ``(Y, X)``), as
     fusion, registration and the flat field take them. Picklable and hashable (a cache key).
     With ``alpha``, a tile that has an alpha sample after them (RGBA, grey + alpha) comes with
-    it as one more channel, ``(keep + 1, Y, X)``, for fusion to mask (see :func:`_opaque`).
+    it as one more channel, ``(keep + 1, Y, X)``, for fusion to mask (see :func:`split_alpha`).
     """
 
     read: Reader
@@ -121,15 +121,23 @@ class SamplesFirst:
         return np.ascontiguousarray(np.moveaxis(tile[..., :keep], -1, 0))
 
 
-def _opaque(plan: FusionPlan, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """A tile from ``SamplesFirst(alpha=True)`` split into its channels and where it is not
-    transparent (alpha > 0), shaped like one channel of it; ``None`` when it has no alpha.
-    Transparent pixels (the padding of a PNG export) are no data, as NaN in a float tile."""
-    keep = plan.samples_last
-    if not keep or tile.shape[: tile.ndim - plan.ndim] != (keep + 1,):
+def split_alpha(tile: np.ndarray, keep: int, ndim: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A tile from ``SamplesFirst(read, keep, alpha=True)`` split into its channels and where
+    it is not transparent (alpha > 0), shaped like one channel of it; ``None`` when it has no
+    alpha. Transparent pixels (the padding of a PNG export) are no data, as NaN in a float
+    tile: fusion, registration and its QC leave them out."""
+    if not keep or tile.shape[: tile.ndim - ndim] != (keep + 1,):
         return tile, None
     mask = tile[-1:] > 0
     return (tile[:-1] if keep > 1 else tile[0]), (mask if keep > 1 else mask[0])
+
+
+def read_opaque(read: Reader, ref: str, ndim: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``read(ref)`` and, when ``read`` reads colour tiles (a :class:`SamplesFirst`) and the
+    tile has an alpha, where it is opaque (see :func:`split_alpha`)."""
+    if isinstance(read, SamplesFirst):
+        return split_alpha(replace(read, alpha=True)(ref), read.keep, ndim)
+    return np.asarray(read(ref)), None
 
 
 def tile_reader(read: Reader | None, samples_last: int) -> Reader:
@@ -384,7 +392,7 @@ def fuse_chunk(
     best = xp.full(cshape, np.inf, dtype=np.float32) if blend == "closest" else None
 
     for k in (int(v) for v in plan.tiles_for(index)):
-        tile, mask = _opaque(plan, cache.get(plan.refs[k], read))
+        tile, mask = split_alpha(cache.get(plan.refs[k], read), plan.samples_last, plan.ndim)
         _check_tile(plan, k, tile)
         if flatfield is not None:
             tile = flatfield.apply(tile)

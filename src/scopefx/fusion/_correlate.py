@@ -81,10 +81,15 @@ def plan_pair(
 
 
 def prepare(
-    data: Any, nd: int, flatfield: Any, highpass_sigma_px: float | None
+    data: Any,
+    nd: int,
+    flatfield: Any,
+    highpass_sigma_px: float | None,
+    opaque: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """One tile as registration sees it: channels summed, flat-field corrected, high-passed
-    when ``highpass_sigma_px`` is given (None or 0: not).
+    when ``highpass_sigma_px`` is given (None or 0: not); NaN (no pixel) where ``opaque``, a
+    mask of the tile's spatial shape, is False (transparent pixels of a colour tile).
 
     Returns the plane and its mean absolute raw value (the scale a blank crop is judged by).
     """
@@ -95,10 +100,16 @@ def prepare(
     plane = np.asarray(data, dtype=np.float32)
     if plane.ndim > nd:
         plane = plane.reshape(-1, *plane.shape[-nd:]).sum(axis=0)
+    if opaque is not None:  # their mean stands in for the transparent pixels in the high-pass
+        opaque = np.asarray(opaque).reshape(plane.shape)
+        fill = float(plane[opaque].mean()) if opaque.any() else 0.0
+        plane = np.where(opaque, plane, np.float32(fill))
     scale = float(np.mean(np.abs(plane), dtype=np.float64)) + 1e-12
     if highpass_sigma_px:
         sigma = [min(highpass_sigma_px, n / 4) for n in plane.shape]
         plane = plane - ndimage.gaussian_filter(plane, sigma, mode="reflect")
+    if opaque is not None:
+        plane = np.where(opaque, plane, np.float32(np.nan))
     return plane, scale
 
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io import TileTable, layout_problems, read_image, read_metadata
+from ..io import TileTable, layout_problems
+from ._blend import read_opaque
 from ._correlate import Plan, cut, plan_pair, prepare
 from ._register import (
     STATUSES,
@@ -31,6 +32,7 @@ from ._register import (
     RegistrationParams,
     _footprints,
     _shapes_array,
+    read_as_fused,
     register,
 )
 
@@ -61,8 +63,8 @@ def _tile_shapes(table: TileTable, shapes: Any, read: Callable[[str], Any] | Non
     if shapes is not None:
         return _shapes_array(table, shapes)
     nd = table.ndim
-    if read is None:
-        return _shapes_array(table, [read_metadata(r).shape[-nd:] for r in table.refs])
+    if read is None:  # from the headers, colour tiles as fusion reads them
+        return _shapes_array(table, read_as_fused(table)[1])
     return _shapes_array(table, [np.shape(read(r))[-nd:] for r in table.refs])
 
 
@@ -107,9 +109,12 @@ def _agreements(
     """:func:`overlap_agreement` of several layouts of the same tiles, each tile read once."""
     from ._register import overlapping_pairs
 
-    reader = read or read_image
     first = tables[0]
-    shape_arr = _tile_shapes(first, shapes, read)
+    if read is None:  # colour tiles as fusion reads them
+        read, from_headers = read_as_fused(first)
+        shapes = from_headers if shapes is None else shapes
+    reader = read
+    shape_arr = _tile_shapes(first, shapes, reader)
     plans: list[list[Plan]] = []
     by_tile: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
     for t, table in enumerate(tables):
@@ -124,7 +129,8 @@ def _agreements(
             by_tile[plan.j].append((t, p, 1))
 
     def load(k: int) -> list[tuple[int, int, int, np.ndarray]]:
-        plane, _ = prepare(reader(first[k].ref), first.ndim, flatfield, 0.0)
+        data, opaque = read_opaque(reader, first[k].ref, first.ndim)
+        plane, _ = prepare(data, first.ndim, flatfield, 0.0, opaque)
         return [(t, p, side, cut(plane, tables[t][k].affine, plans[t][p]))
                 for t, p, side in by_tile[k]]  # fmt: skip
 

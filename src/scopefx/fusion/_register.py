@@ -53,7 +53,7 @@ import numpy as np
 
 from ..errors import ConfigError, RegistrationError
 from ..io import TileTable, layout_problems, read_image, read_metadata
-from ._blend import tile_reader
+from ._blend import read_opaque, tile_reader
 from ._correlate import Measured, Plan, cut, measure, plan_pair, prepare
 from ._fuse import colour_samples, fused_shape
 from ._regparams import AUTO_SHIFT, RegistrationParams, _check
@@ -281,6 +281,17 @@ def _reach(params: RegistrationParams, shapes: np.ndarray, i: int, j: int) -> fl
     return max(8.0, AUTO_SHIFT * float(min(shapes[i].min(), shapes[j].min())))
 
 
+def read_as_fused(
+    table: TileTable, map_: Callable[..., Any] = map
+) -> tuple[Callable[[str], Any], list[tuple[int, ...]]]:
+    """The default reader of ``table``'s tiles, colour tiles channels first as fusion reads
+    them, and the tiles' spatial shapes, from their headers (read with ``map_``)."""
+    metas = list(map_(read_metadata, table.refs))
+    samples = colour_samples(metas, table.ndim)
+    reader = tile_reader(None, samples) if samples else read_image
+    return reader, [fused_shape(m.shape, samples)[-table.ndim :] for m in metas]
+
+
 def register(
     table: TileTable,
     *,
@@ -355,10 +366,7 @@ def register(
     reader = read or read_image
     with ThreadPoolExecutor(max_workers=workers) as pool:
         if shapes is None and read is None:  # from the headers; colour tiles read channels first
-            metas = list(pool.map(read_metadata, table.refs))
-            samples = colour_samples(metas, table.ndim)
-            reader = tile_reader(None, samples) if samples else read_image
-            shapes = [fused_shape(m.shape, samples)[-nd:] for m in metas]
+            reader, shapes = read_as_fused(table, pool.map)
         elif shapes is None:
             shapes = [np.shape(s)[-nd:] for s in pool.map(reader, table.refs)]
         shape_arr = _shapes_array(table, shapes)
@@ -643,14 +651,14 @@ def _measure_all(
     order = [k for k in np.lexsort((np.arange(len(lo)), *band)).tolist() if k in by_tile]
 
     def load(k: int) -> list[tuple[int, int, np.ndarray, float]]:
-        data = reader(table[k].ref)
+        data, opaque = read_opaque(reader, table[k].ref, nd)
         got = tuple(np.shape(data)[-nd:])
         if got != tuple(int(v) for v in shapes[k]):
             raise ConfigError(
                 f"tile {k} ({table[k].ref}): spatial shape {got}, expected "
                 f"{tuple(int(v) for v in shapes[k])} (from shapes or the file header)"
             )
-        plane, scale = prepare(data, nd, flatfield, params.highpass_sigma_px)
+        plane, scale = prepare(data, nd, flatfield, params.highpass_sigma_px, opaque)
         return [(p, side, cut(plane, table[k].affine, plans[p]), scale) for p, side in by_tile[k]]
 
     def correlate(p: int, a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -> Measured:
