@@ -356,8 +356,9 @@ def test_transparent_padding_does_not_stop_registration(tmp_path):
     err = reg.table.affines[:, :2, 2] - true
     err -= err.mean(axis=0)
     assert np.abs(err).max() < 0.6, err
-    summary = registration_report(reg)["summary"]  # the public API reads the tiles as fusion
-    assert summary["pairs_used"] == 12 and summary["overlap_agreement"] > 0.9
+    report = registration_report(reg)  # the public API reads the tiles as fusion (was [3, 128])
+    assert report["tiles"][0]["size"] == [128, 128]
+    assert report["summary"]["pairs_used"] == 12 and report["summary"]["overlap_agreement"] > 0.9
 
 
 def test_two_channel_tiles_with_samples_last_keep_both_channels(tmp_path):
