@@ -583,6 +583,26 @@ def test_a_16_bit_colour_png_keeps_its_16_bits(tmp_path: Path, samples, kind, mo
         read_image(tmp_path / "c.png")
 
 
+def test_a_16_bit_colour_png_padded_with_chunks_is_not_read_whole(tmp_path: Path) -> None:
+    """A 16-bit colour PNG is decoded from bytes read whole: a 4x4 image whose file is padded
+    with megabytes of ancillary chunks is refused before they are read into memory."""
+    import zlib
+
+    import imagecodecs
+
+    from scopefx.errors import ResourceLimitError
+
+    png = imagecodecs.png_encode(np.ones((4, 4, 3), np.uint16))
+    data = b"x" * (3 * 2**20)
+    chunk = len(data).to_bytes(4, "big") + b"teXt" + data
+    chunk += zlib.crc32(b"teXt" + data).to_bytes(4, "big")
+    (tmp_path / "big.png").write_bytes(png[:33] + chunk + png[33:])  # after the IHDR
+    with pytest.raises(ResourceLimitError, match=r"big\.png.*4x4 16-bit PNG"):
+        read_image(tmp_path / "big.png")
+    (tmp_path / "ok.png").write_bytes(png)
+    assert read_image(tmp_path / "ok.png").shape == (4, 4, 3)
+
+
 def test_the_budget_of_a_png_counts_what_it_decodes_to(tmp_path: Path, monkeypatch) -> None:
     """A colour-palette PNG decodes to RGB and a 16-bit PNG to two bytes a pixel: the budget
     checked from the header counts that, not one byte per pixel."""

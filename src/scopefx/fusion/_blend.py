@@ -129,7 +129,10 @@ def split_alpha(tile: np.ndarray, keep: int, ndim: int) -> tuple[np.ndarray, np.
     if not keep or tile.shape[: tile.ndim - ndim] != (keep + 1,):
         return tile, None
     mask = tile[-1:] > 0
-    return (tile[:-1] if keep > 1 else tile[0]), (mask if keep > 1 else mask[0])
+    channels = tile[:-1] if keep > 1 else tile[0]
+    if bool(mask.all()):  # opaque everywhere (most RGBA files): nothing to mask
+        return channels, None
+    return channels, (mask if keep > 1 else mask[0])
 
 
 def read_opaque(read: Reader, ref: str, ndim: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -17,6 +17,7 @@ from ..errors import (
     ConfigError,
     CorruptImageError,
     ImageNotFoundError,
+    ResourceLimitError,
     ScopefxError,
     UnsupportedFormatError,
 )
@@ -208,7 +209,14 @@ def _read_pillow(r: ResolvedRef, page: int | None) -> np.ndarray:
             import imagecodecs
 
             EndpointLimits.from_env().check_image(wide, np.uint16, r.ref)
-            data = np.asarray(imagecodecs.png_decode(fh.read()))
+            cap = 2 * int(np.prod(wide)) * 2 + 2**20  # deflate never doubles; chunks are small
+            blob = fh.read(cap + 1)
+            if len(blob) > cap:
+                raise ResourceLimitError(
+                    f"{r.ref}: a {wide[1]}x{wide[0]} 16-bit PNG of more than {cap} bytes: "
+                    "not a plain image; refused before decoding"
+                )
+            data = np.asarray(imagecodecs.png_decode(blob))
         else:
             mode = check_pillow_header(fh, r.ref)  # grey palette as grey, transparency as alpha
             data = np.asarray(
