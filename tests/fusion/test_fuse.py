@@ -612,3 +612,21 @@ def test_plan_of_a_rotated_tile_covers_its_footprint():
     corners = np.array([[0, 0], [0, 49], [99, 0], [99, 49]])
     mapped = corners @ a[:2, :2].T + a[:2, 2] - plan.origin
     assert np.all(mapped >= -0.5) and np.all(mapped < np.array(plan.shape) + 0.5)
+
+
+def test_three_samples_not_marked_as_colour_are_channels_not_rgb(tmp_path):
+    """A chunky TIFF of 3 grey samples (three fluorescence channels, ``photometric``
+    minisblack) fuses as 3 channels, but is not labelled red, green, blue nor written as an
+    RGB TIFF: only files that say RGB are."""
+    table, _, _ = _colour_mosaic(tmp_path, 3)
+    for k in range(9):
+        rgb = tifffile.imread(tmp_path / f"tile_{k:04d}.tif")
+        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", rgb, photometric="minisblack",
+                         planarconfig="contig")  # fmt: skip
+    result = fuse(table, tmp_path / "m.ome.zarr")
+    assert result.shape[0] == 3 and "not marked as colour" in result.extra["colour"]
+    assert "omero" not in zarr.open_group(str(tmp_path / "m.ome.zarr"), mode="r").attrs
+    fuse(table, tmp_path / "m.tif")
+    with tifffile.TiffFile(tmp_path / "m.tif") as f:
+        assert f.pages.first.photometric != tifffile.PHOTOMETRIC.RGB
+        assert f.series[0].shape[0] == 3  # channels first, as the OME-Zarr

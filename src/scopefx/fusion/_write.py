@@ -91,7 +91,7 @@ def prepare(
         plan, out, resume=options.resume, overwrite=options.overwrite, ngff=options.ngff,
         pyramid=options.pyramid, flatfield=flatfield, read=read, device=device, missing=missing,
         extra=extra, started=started, preview=options.preview,
-        channel_names=_names(table, plan), channel_colors=_rgb_colors(plan),
+        channel_names=_names(table, extra), channel_colors=_rgb_colors(extra),
     )  # fmt: skip
 
 
@@ -102,17 +102,23 @@ _COLOUR_NOTE = {
 }
 
 
-def _names(table: TileTable, plan: FusionPlan) -> Any:
+def _names(table: TileTable, extra: dict[str, Any]) -> Any:
     """The channel names the instrument file gives, unless the tiles are RGB(A) and it does
     not give one per sample (an RGB OME-TIFF has one Channel of 3 samples): red, green, blue."""
     names = table.extra.get("channel_names")
-    if plan.samples_last == 3 and (not names or len(names) != len(RGB_CHANNELS)):
+    if _is_rgb(extra) and (not names or len(names) != len(RGB_CHANNELS)):
         return tuple(n for n, _ in RGB_CHANNELS)
     return names
 
 
-def _rgb_colors(plan: FusionPlan) -> tuple[str, ...] | None:
-    return tuple(c for _, c in RGB_CHANNELS) if plan.samples_last == 3 else None
+def _rgb_colors(extra: dict[str, Any]) -> tuple[str, ...] | None:
+    return tuple(c for _, c in RGB_CHANNELS) if _is_rgb(extra) else None
+
+
+def _is_rgb(extra: dict[str, Any]) -> bool:
+    """The tiles are RGB(A) images, as their files say (not 3 unnamed samples of a .npy or a
+    grey chunky TIFF): their mosaic is named and written as colour."""
+    return extra.get("colour_model") == "rgb"
 
 
 def _read_and_register(
@@ -133,9 +139,13 @@ def _read_and_register(
     samples = colour_samples(metas, table.ndim)
     if samples:  # registration and the flat field take the tiles channels first, as fusion
         read = tile_reader(read, samples)
-        extra["colour"] = _COLOUR_NOTE.get(
-            samples, f"tiles with {samples} channels, samples last: fused as {samples} channels"
-        )
+        rgb = samples == 3 and all(m.samples in ("rgb", "rgba") for m in metas)
+        if rgb:
+            extra["colour_model"] = "rgb"
+        extra["colour"] = _COLOUR_NOTE[samples] if rgb or samples == 1 else (
+            f"tiles with {samples} samples last, not marked as colour: fused as {samples} "
+            "channels"
+        )  # fmt: skip
         log.info("%s: %s", table.source or "tiles", extra["colour"])
     if table.pixel_size_z_um is not None:
         extra["pixel_size_z_um"] = table.pixel_size_z_um
@@ -413,7 +423,7 @@ def _fuse_tiff(
     data = fuse_lazy(plan, **lazy).compute(scheduler=scheduler, **options)
     axes = ("C" if plan.channel_shape else "") + "ZYX"[-plan.ndim :]
     photometric = None
-    if plan.samples_last == 3 and plan.ndim == 2:  # RGB tiles make an RGB TIFF, samples last
+    if _is_rgb(extra) and plan.ndim == 2:  # RGB tiles make an RGB TIFF, samples last
         data, axes, photometric = np.moveaxis(data, 0, -1), "YXS", "rgb"
     meta: dict[str, Any] = {"axes": axes}
     resolution = None
