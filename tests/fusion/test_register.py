@@ -517,6 +517,31 @@ def test_two_weak_joins_that_agree_confirm_each_other() -> None:
     assert err.mean() < 0.3 and err.max() < 0.5, err
 
 
+def test_second_peaks_that_agree_join_a_tile() -> None:
+    """Smooth, noisy content, 10 % overlaps: both of the last tile's best NCC peaks are chance
+    matches (40-44 px off, refused), but each pair's second peak is the true shift (NCC 0.90
+    and 0.84, too thin a common part to be significant alone); the two place the tile within
+    0.5 px of each other, as a loop would, so they are used (the stage model left the tile
+    23 px off)."""
+    by, err = _thin_case("moon", 0.1, 1000.0)
+    assert by[(5, 8)].used and by[(7, 8)].used
+    assert by[(5, 8)].residual_px < 0.5 and by[(7, 8)].residual_px < 0.5
+    assert err.mean() < 0.3 and err.max() < 0.5, err
+
+
+def test_second_peak_confirmed_by_its_loop() -> None:
+    """Noisy retina, 5 % overlaps: pairs 3-4, 3-6 and 6-7 have a chance match as their best
+    peak and the true shift as another local maximum (NCC 0.88-0.96); once the solve joins
+    their tiles, those peaks land within 1.5 px of what it predicts and are used (tiles 3 and
+    6 were 30-35 px off)."""
+    by, err = _thin_case("retina", 0.05, 1000.0)
+    for pair in ((3, 4), (3, 6), (6, 7)):
+        assert by[pair].used and by[pair].residual_px < 1.0, by[pair]
+    # only tile 8 is left to the stage model (its one true peak has no loop to confirm it);
+    # errors are relative to the mean offset, which tile 8 moves by about 2.6 px
+    assert np.sort(err)[-2] < 4.0, err
+
+
 def test_measure_refuses_a_best_shift_on_the_edge_of_the_search() -> None:
     """Two tiles 12 px off their stage positions searched over +-8 px: the best NCC lies on the
     edge of the search (the true peak lies beyond), which is no match, so the pair is refused
