@@ -32,7 +32,10 @@ The steps, in the order :func:`register` runs them:
    true one is then usually among them): when the pairs' best peaks confirm nothing more,
    those of the pairs not used are tried the same two ways (landing within ``outlier_px`` of
    the prediction, or two agreeing between the same two groups), and one so confirmed
-   replaces its pair's best peak.
+   replaces its pair's best peak. Last, a used pair that no loop confirms (a bridge: the only
+   used link between two groups of tiles), weakest first, is outvoted when more pairs across
+   the same cut (by their best or other peaks, its own other peaks among them) agree on
+   another placement of the two groups than on its own: it is dropped and they are used.
 
 Fewer usable side pairs than ``min_usable_fraction`` of them is an error
 (:class:`~scopefx.errors.RegistrationError`) unless ``allow_partial``. Transforms follow
@@ -473,6 +476,17 @@ def _settle(
             alt_open[picked] = False  # each other peak is taken at most once
             shifts[moved], quality[moved] = alt_shift[picked], alt_quality[picked]
             full[moved] = quality[moved] * area[moved] / unit_area
+        if not len(admit) and len(alt_of):
+            bridge, admit, picked = _outvoted_bridge(
+                n, ij, used, candidate & distinct, shifts, (alt_of, alt_shift, alt_open), c,
+                params.outlier_px, full)  # fmt: skip
+            if bridge >= 0:
+                used[bridge], status[bridge], weight[bridge] = False, "outlier", 0.0
+                candidate[bridge] = False
+                moved, picked = admit[picked >= 0], picked[picked >= 0]
+                alt_open[picked] = False
+                shifts[moved], quality[moved] = alt_shift[picked], alt_quality[picked]
+                full[moved] = quality[moved] * area[moved] / unit_area
         if not len(admit):
             admit = _lone_best(n, ij, used, candidate & distinct & established, quality,
                                params.min_peak_margin)  # fmt: skip
@@ -595,6 +609,99 @@ def _other_peaks(
     picked = entry[entry >= m] - m
     return np.concatenate([mains, of[picked]]), np.concatenate([
         np.full(len(mains), -1), picked])  # fmt: skip
+
+
+def _bridges(n: int, links: np.ndarray) -> list[int]:
+    """Indices of the ``links`` (shape (m, 2)) whose removal splits a group of the ``n``
+    tiles: no loop runs through them (Tarjan's low-link, iterative)."""
+    adjacency: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for e, (a, b) in enumerate(links.tolist()):
+        adjacency[a].append((b, e))
+        adjacency[b].append((a, e))
+    order, low = np.full(n, -1), np.zeros(n, dtype=int)
+    found, clock = [], 0
+    for root in range(n):
+        if order[root] >= 0:
+            continue
+        order[root] = low[root] = clock
+        clock += 1
+        stack = [(root, -1, iter(adjacency[root]))]
+        while stack:
+            node, via, edges = stack[-1]
+            step = next(edges, None)
+            if step is None:
+                stack.pop()
+                if stack:
+                    parent = stack[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                    if low[node] > order[parent]:
+                        found.append(via)
+                continue
+            nxt, e = step
+            if e == via:
+                continue
+            if order[nxt] < 0:
+                order[nxt] = low[nxt] = clock
+                clock += 1
+                stack.append((nxt, e, iter(adjacency[nxt])))
+            else:
+                low[node] = min(low[node], order[nxt])
+    return found
+
+
+def _outvoted_bridge(
+    n: int, ij: np.ndarray, used: np.ndarray, candidate: np.ndarray, shifts: np.ndarray,
+    others: tuple[np.ndarray, np.ndarray, np.ndarray], c: np.ndarray, tolerance: float,
+    strength: np.ndarray,
+) -> tuple[int, np.ndarray, np.ndarray]:  # fmt: skip
+    """A used pair that no loop confirms (a bridge: without it its group splits in two),
+    outvoted by the pairs across the same cut: two or more of them (by their best peak when
+    a ``candidate``, else by one of their other peaks, ``others``: pair, shift, still open)
+    agree on one placement of the two sides, the bridge's own best peak on another that no
+    other pair supports. A chance match that is the only link between two groups is so
+    replaced by the placement the other links agree on (the bridge's own other peak among
+    them, where it agrees).
+
+    Returns the bridge (-1: none), the pairs to use and, for each, which of ``others`` it
+    takes (-1: its best peak).
+    """
+    of, alt_shift, still = others
+    links = np.flatnonzero(used)
+    nothing = (-1, np.zeros(0, dtype=int), np.zeros(0, dtype=int))
+    base = c[ij[:, 1]] - c[ij[:, 0]]
+    bridges = links[_bridges(n, ij[links])]
+    for k in bridges[np.argsort(strength[bridges], kind="stable")].tolist():
+        keep = used.copy()
+        keep[k] = False
+        label = _components(n, ij[keep])[1]
+        side_b = label[ij[k, 1]]
+        li, lj = label[ij[:, 0]], label[ij[:, 1]]
+        across = ((li == side_b) ^ (lj == side_b)) & (
+            (li == label[ij[k, 0]]) | (lj == label[ij[k, 0]])
+        )
+        mains = np.flatnonzero(across & candidate & ~used)
+        alts = np.flatnonzero(still & across[of] & (~used[of] | (of == k)))
+        owner = np.concatenate([mains, of[alts]])
+        if len(np.unique(owner[owner != k])) < 2:
+            continue
+        row_shift = np.concatenate([shifts[mains], alt_shift[alts]])
+        sign = np.where(lj[owner] == side_b, 1.0, -1.0)
+        move = sign[:, None] * (row_shift - base[owner])  # moves side b to fit each row
+        best, support = None, 1  # the bridge's own placement: move 0, its own vote
+        # its own other peaks do not vote against it (periodic content repeats in them): two
+        # other pairs at least must agree
+        for r in range(len(owner)):
+            near = np.linalg.norm(move - move[r], axis=1) <= tolerance
+            voters = set(owner[near].tolist())
+            if np.linalg.norm(move[r]) > tolerance and len(voters - {k}) > max(support, 1):
+                best, support = near, len(voters - {k})
+        if best is None:
+            continue
+        rows = np.flatnonzero(best)
+        rows = _one_per_pair(rows, owner, np.linalg.norm(move - move[rows[0]], axis=1))
+        picked = np.where(rows >= len(mains), alts[np.maximum(rows - len(mains), 0)], -1)
+        return k, owner[rows], picked
+    return nothing
 
 
 def _one_per_pair(entry: np.ndarray, owner: np.ndarray, off: np.ndarray) -> np.ndarray:
