@@ -517,6 +517,80 @@ def test_two_weak_joins_that_agree_confirm_each_other() -> None:
     assert err.mean() < 0.3 and err.max() < 0.5, err
 
 
+def test_second_peaks_that_agree_join_a_tile() -> None:
+    """Smooth, noisy content, 10 % overlaps: both of the last tile's best NCC peaks are chance
+    matches (40-44 px off, refused), but each pair's second peak is the true shift (NCC 0.90
+    and 0.84, too thin a common part to be significant alone); the two place the tile within
+    0.5 px of each other, as a loop would, so they are used (the stage model left the tile
+    23 px off)."""
+    by, err = _thin_case("moon", 0.1, 1000.0)
+    assert by[(5, 8)].used and by[(7, 8)].used
+    assert by[(5, 8)].residual_px < 0.5 and by[(7, 8)].residual_px < 0.5
+    assert err.mean() < 0.3 and err.max() < 0.5, err
+
+
+def test_second_peak_confirmed_by_its_loop() -> None:
+    """Noisy retina, 5 % overlaps: pairs 3-4, 3-6 and 6-7 have a chance match as their best
+    peak and the true shift as another local maximum (NCC 0.88-0.96); once the solve joins
+    their tiles, those peaks land within 1.5 px of what it predicts and are used (tiles 3 and
+    6 were 30-35 px off)."""
+    by, err = _thin_case("retina", 0.05, 1000.0)
+    for pair in ((3, 4), (3, 6), (6, 7)):
+        assert by[pair].used and by[pair].residual_px < 1.0, by[pair]
+    # only tile 8 is left to the stage model (its one true peak has no loop to confirm it);
+    # errors are relative to the mean offset, which tile 8 moves by about 2.6 px
+    assert np.sort(err)[-2] < 4.0, err
+
+
+def _grid_case(name: str, photons: float | None) -> tuple[dict, np.ndarray]:
+    """5x5 vignetted tiles of 256 px, 6 % overlaps, up to 15 px off the stage grid (seed 1),
+    registered with defaults: the pairs by ``(i, j)`` and ``|placed - true|`` per tile after
+    removing the median offset (a few tiles far off do not move it)."""
+    m = samples.make_mosaic(name, grid=(5, 5), tile_px=256, overlap=0.06, jitter_px=15.0,
+                            subpixel=True, vignetting=0.5, photons=photons,
+                            read_noise=2.0 if photons else 0.0, seed=1)  # fmt: skip
+    true = m.affines[:, :2, 2]
+    step = round(256 * 0.94)
+    grid = np.array([(r, c) for r in range(5) for c in range(5)], dtype=float) * step
+    stage = grid + (true - grid).mean(axis=0)
+    refs = [f"tile_{k}" for k in range(25)]
+    reg = register(_table(stage, refs), read=dict(zip(refs, m.tiles, strict=True)).__getitem__,
+                   shapes=[(256, 256)] * 25)  # fmt: skip
+    err = reg.table.affines[:, :2, 2] - true
+    err = np.linalg.norm(err - np.median(err, axis=0), axis=1)
+    return {(p.i, p.j): p for p in reg.pairs}, err
+
+
+def test_a_lone_link_outvoted_by_the_links_across_its_cut() -> None:
+    """Noisy retina, 5x5 tiles, 6 % overlaps: pair 2-3's best peak is a chance match (42 px
+    off, NCC 0.73, significant) and its true shift only its second peak; 7-8 and 12-13 hold
+    the true shift as second peaks too. Once 2-3 is the only used link between tiles 3, 4, 8,
+    9, 13, 14 and the rest (no loop confirms it), the other links across that cut agree on one
+    placement, 2-3's own second peak with them, and outvote it (the group was 40 px off)."""
+    by, err = _grid_case("retina", 1000.0)
+    assert by[(2, 3)].used and by[(2, 3)].residual_px < 1.0, by[(2, 3)]
+    group = [2, 3, 4, 7, 8, 9, 12, 13, 14]
+    assert err[group].max() < 1.5, err
+
+
+def test_a_lone_link_is_not_outvoted_by_its_own_repeats() -> None:
+    """Brick wall (a repeated pattern), 5x5 tiles: tile 21's only confirmed link, 21-22 (NCC
+    0.99, true), has other peaks one brick away, and so has 20-21's; one of each agreed, and
+    counting the link's own other peak as a vote against it moved the tile 15 px off. Its own
+    peaks do not vote: two other pairs must agree."""
+    by, err = _grid_case("brick", None)
+    assert by[(21, 22)].used and by[(21, 22)].residual_px < 1.0, by[(21, 22)]
+    assert err.max() < 1.5, err
+
+
+def test_bridges_are_the_links_no_loop_runs_through() -> None:
+    """A square (0-1-2-3) with a tail (3-4-5) and a separate pair (6-7)."""
+    from scopefx.fusion._register import _bridges
+
+    links = np.array([(0, 1), (1, 2), (2, 3), (3, 0), (3, 4), (4, 5), (6, 7)])
+    assert sorted(_bridges(8, links)) == [4, 5, 6]
+
+
 def test_measure_refuses_a_best_shift_on_the_edge_of_the_search() -> None:
     """Two tiles 12 px off their stage positions searched over +-8 px: the best NCC lies on the
     edge of the search (the true peak lies beyond), which is no match, so the pair is refused

@@ -31,6 +31,7 @@ _CHANCE = 0.01  # accepted probability that unrelated content gives a match (ove
 _DISTINCT_PX = 3.0  # a runner-up peak closer than this to the best is the same match
 _NOISE_BAND = 0.35  # cycles/px beyond which the cross-power's median is taken as noise
 _NOISE_MARGIN = 4.0  # a frequency counts fully once its cross-power is well above that
+_ALTERNATIVES = 3  # other local maxima kept per pair (settled by the global solve)
 
 
 class Measured(NamedTuple):
@@ -43,6 +44,8 @@ class Measured(NamedTuple):
     significant: bool = True  # above what chance gives over the search, its bound above 0
     inside: bool = True  # the best shift lies inside the search, not on its edge
     bound: float = 0.0  # lower confidence bound of the NCC at the shift (the score it won by)
+    # other distinct local maxima of the score, best first: (shift, quality, bound, significant)
+    alternatives: tuple[tuple[np.ndarray, float, float, bool], ...] = ()
 
 
 class Plan(NamedTuple):
@@ -272,7 +275,7 @@ def _overlap_1d(pa: np.ndarray, pb: np.ndarray, q: int) -> np.ndarray:
 
 def measure(
     a: np.ndarray, b: np.ndarray, reach: float, min_overlap_px: float, blank: tuple[float, float],
-    degree: int = 2,
+    degree: int = 2, min_quality: float = 0.0,
 ) -> Measured:  # fmt: skip
     """Shift ``d`` with ``b(m) ~ a(m + d)``: the NCC maximum within ``reach``; NaN if blank.
 
@@ -284,6 +287,8 @@ def measure(
     has no content. Shifts whose common part is narrower than ``min_overlap_px`` along an axis
     (or than the stage overlap, where that is smaller) are not considered. The runner-up is the
     best NCC at least one peak width away from the best (a repeated pattern gives several).
+    The next ``_ALTERNATIVES`` distinct local maxima of the score whose NCC reaches
+    ``min_quality`` are kept too, refined alike (``Measured.alternatives``).
     """
 
     nd = a.ndim
@@ -340,7 +345,21 @@ def measure(
     bound = float(score[tuple(best)])
     significant = bool(fisher[tuple(best)] > chance) and bound > 0
     inside = bool(np.all(np.abs(peak) < r))
-    return Measured(shift, quality, runner, overlap, significant, inside, bound)
+    alternatives = []
+    for other in _other_peaks(score, best, _ALTERNATIVES):
+        at = tuple(other)
+        if ncc[at] < min_quality:
+            continue  # not a match to consider
+        spread_k = 1 / math.sqrt(max(float(count[at]) / shared - 3, 1))
+        chance_k = -float(ndtri(_CHANCE / tries)) * spread_k
+        peak_k = other - r
+        sub_k = _subpixel(a, b, peak_k, degree)
+        shift_k = peak_k + (sub_k if sub_k is not None else _parabola(score, other))
+        b_k = float(score[at])
+        alternatives.append((shift_k, float(max(ncc[at], 0.0)), b_k,
+                             bool(fisher[at] > chance_k) and b_k > 0))  # fmt: skip
+    return Measured(shift, quality, runner, overlap, significant, inside, bound,
+                    tuple(alternatives))  # fmt: skip
 
 
 def _corr_area(x: np.ndarray) -> float:
@@ -476,6 +495,30 @@ def _runner_up(score: np.ndarray, best: np.ndarray) -> float:
     dist2 = sum(((g - c) / w) ** 2 for g, c, w in zip(grids, best, width, strict=True))
     outside = score[(dist2 > 1) & np.isfinite(score)]
     return float(outside.max()) if outside.size else -math.inf
+
+
+def _other_peaks(score: np.ndarray, best: np.ndarray, count: int) -> list[np.ndarray]:
+    """Up to ``count`` local maxima of ``score`` other than ``best``, best first, each at
+    least ``_DISTINCT_PX`` from the best and from each other, strictly inside the surface."""
+    from scipy import ndimage
+
+    if count <= 0:
+        return []
+    size = 2 * math.ceil(_DISTINCT_PX) + 1
+    filled = np.where(np.isfinite(score), score, -np.inf)
+    top = ndimage.maximum_filter(filled, size=size, mode="constant", cval=-np.inf)
+    interior = np.zeros(score.shape, dtype=bool)
+    interior[tuple(slice(1, n - 1) for n in score.shape)] = True
+    where = np.flatnonzero((filled == top) & np.isfinite(filled) & interior)
+    where = where[np.argsort(-filled.flat[where], kind="stable")]
+    chosen: list[np.ndarray] = []
+    for flat in where.tolist():
+        pos = np.array(np.unravel_index(flat, score.shape))
+        if all(np.max(np.abs(pos - q)) >= _DISTINCT_PX for q in [best, *chosen]):
+            chosen.append(pos)
+            if len(chosen) == count:
+                break
+    return chosen
 
 
 def _extent(mask: np.ndarray) -> list[int]:

@@ -27,7 +27,15 @@ The steps, in the order :func:`register` runs them:
    tiles left apart from the main one is joined by its clearly best unambiguous match whose
    confidence bound is above zero. Groups of tiles still unconnected by usable pairs are then
    moved as wholes to fit the stage model's pairs between them (which so never bend the
-   measured geometry).
+   measured geometry). Each measurement also keeps its NCC's next few distinct local maxima
+   (a chance match can beat the true shift when the true common part is thin or noisy; the
+   true one is then usually among them): when the pairs' best peaks confirm nothing more,
+   those of the pairs not used are tried the same two ways (landing within ``outlier_px`` of
+   the prediction, or two agreeing between the same two groups), and one so confirmed
+   replaces its pair's best peak. Last, a used pair that no loop confirms (a bridge: the only
+   used link between two groups of tiles), weakest first, is outvoted when more pairs across
+   the same cut (by their best or other peaks, its own other peaks among them) agree on
+   another placement of the two groups than on its own: it is dropped and they are used.
 
 Fewer usable side pairs than ``min_usable_fraction`` of them is an error
 (:class:`~scopefx.errors.RegistrationError`) unless ``allow_partial``. Transforms follow
@@ -435,13 +443,25 @@ def _settle(
             "allow_partial=True (--allow-partial-registration)"
         )
     area = np.prod(np.maximum(ohi - olo, 1.0), axis=1)
-    full = quality * area / max(float(np.median(area[used])) if used.any() else 1.0, 1e-12)
+    unit_area = max(float(np.median(area[used])) if used.any() else 1.0, 1e-12)
+    full = quality * area / unit_area
     weight = np.where(used, full, 0.0)
     # Second pass: refused side pairs (weak or ambiguous) that the used ones then confirm
     candidate = side & ~used & np.all(np.isfinite(shifts), axis=1) & inside
     candidate &= quality >= params.min_quality
     distinct = quality - runner >= params.min_peak_margin
     established = np.array([r.bound for r in results], dtype=float) > 0
+    # Other local maxima of each measurable side pair's NCC: when the best is a chance match,
+    # the true shift is often among them; one is used only where the loops confirm it.
+    measurable = side & np.all(np.isfinite(shifts), axis=1) & ~is_corner
+    alt_of = np.array([k for k in range(m) if measurable[k] for a in results[k].alternatives
+                       if a[1] >= params.min_quality], dtype=int)  # fmt: skip
+    alt_shift = np.array([a[0] for k in range(m) if measurable[k] for a in results[k].alternatives
+                          if a[1] >= params.min_quality], dtype=float).reshape(-1, nd)  # fmt: skip
+    alt_quality = np.array([a[1] for k in range(m) if measurable[k]
+                            for a in results[k].alternatives if a[1] >= params.min_quality],
+                           dtype=float)  # fmt: skip
+    alt_open = np.ones(len(alt_of), dtype=bool)  # not yet taken
     while True:
         while True:
             c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)
@@ -456,6 +476,25 @@ def _settle(
         if not len(admit):
             admit = _agreeing_joins(n, ij, used, candidate & distinct, shifts, quality, c,
                                     params.outlier_px)  # fmt: skip
+        if not len(admit) and len(alt_of):  # the same two steps over the other peaks
+            others = (alt_of, alt_shift, alt_quality, alt_open & ~used[alt_of])
+            admit, picked = _other_peaks(n, ij, used, candidate & distinct, shifts, quality,
+                                         others, c, params.outlier_px)  # fmt: skip
+            moved, picked = admit[picked >= 0], picked[picked >= 0]
+            alt_open[picked] = False  # each other peak is taken at most once
+            shifts[moved], quality[moved] = alt_shift[picked], alt_quality[picked]
+            full[moved] = quality[moved] * area[moved] / unit_area
+        if not len(admit) and len(alt_of):
+            bridge, admit, picked = _outvoted_bridge(
+                n, ij, used, candidate & distinct, shifts, (alt_of, alt_shift, alt_open), c,
+                params.outlier_px, full)  # fmt: skip
+            if bridge >= 0:
+                used[bridge], status[bridge], weight[bridge] = False, "outlier", 0.0
+                candidate[bridge] = False
+                moved, picked = admit[picked >= 0], picked[picked >= 0]
+                alt_open[picked] = False
+                shifts[moved], quality[moved] = alt_shift[picked], alt_quality[picked]
+                full[moved] = quality[moved] * area[moved] / unit_area
         if not len(admit):
             admit = _lone_best(n, ij, used, candidate & distinct & established, quality,
                                params.min_peak_margin)  # fmt: skip
@@ -511,14 +550,17 @@ def _confirmed(
 
 def _agreeing_joins(
     n: int, ij: np.ndarray, used: np.ndarray, candidate: np.ndarray, shifts: np.ndarray,
-    quality: np.ndarray, c: np.ndarray, tolerance: float,
+    quality: np.ndarray, c: np.ndarray, tolerance: float, owner: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """Refused matches (``candidate``) that join two groups of tiles left apart by the used
     pairs and agree with each other: for each candidate between two groups (best NCC first),
     the group of its tile ``j`` moved as a whole to fit it, the other candidates between the
     same two groups that then land within ``tolerance`` of their shift. Two routes that agree
     confirm each other as a loop does (by chance: about ``pi tolerance^2 / shifts searched``).
-    Returns the first such set (the caller re-solves and looks again)."""
+    Returns the first such set (the caller re-solves and looks again). ``owner``: the pair
+    each row measures, when a pair has several rows (candidate shifts): rows of one pair never
+    confirm each other."""
+    owner = np.arange(len(ij)) if owner is None else owner
     n_comp, label = _components(n, ij[used])
     if n_comp == 1:
         return np.zeros(0, dtype=int)
@@ -536,10 +578,148 @@ def _agreeing_joins(
         move = shifts[k] - base[k]  # moves the group of tile j (lj[k]) to fit pair k
         sign = (lj[others] == lj[k]).astype(float) - (li[others] == lj[k]).astype(float)
         d = base[others] + sign[:, None] * move - shifts[others]
-        agree = others[(others != k) & (np.linalg.norm(d, axis=1) <= tolerance)]
+        agree = others[(owner[others] != owner[k]) & (np.linalg.norm(d, axis=1) <= tolerance)]
         if len(agree):
             return np.array([k, *agree.tolist()], dtype=int)
     return np.zeros(0, dtype=int)
+
+
+def _other_peaks(
+    n: int, ij: np.ndarray, used: np.ndarray, candidate: np.ndarray, shifts: np.ndarray,
+    quality: np.ndarray, others: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    c: np.ndarray, tolerance: float,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """:func:`_confirmed` and :func:`_agreeing_joins` over the other local maxima of the
+    pairs not used (``others``: each one's pair, shift, NCC, and whether it is still open),
+    beside the best peaks of the ``candidate`` pairs. A chance match can beat the true shift
+    (a thin true common part, noise); the true shift is then usually among the next few peaks,
+    and a loop tells which: landing within ``tolerance`` of an independent prediction by
+    chance is about ``peaks pi tolerance^2 / shifts searched`` per pair.
+
+    Returns the pairs to use and, for each, which of ``others`` it takes (its shift replaces
+    the best peak's), -1 for a best peak (chosen by agreement with another pair's peak).
+    """
+    of, alt_shift, alt_quality, still = others
+    m, k = len(ij), len(of)
+    owner = np.concatenate([np.arange(m), of])
+    every = np.concatenate([shifts, alt_shift])
+    used_rows = np.concatenate([used, np.zeros(k, dtype=bool)])
+    off = np.linalg.norm(c[ij[owner, 1]] - c[ij[owner, 0]] - every, axis=1)
+    alt_rows = np.concatenate([np.zeros(m, dtype=bool), still])
+    entry = _confirmed(n, ij[owner], used_rows, alt_rows, off, tolerance)
+    if not len(entry):
+        open_ = alt_rows | np.concatenate([candidate, np.zeros(k, dtype=bool)])
+        q_rows = np.concatenate([quality, alt_quality])
+        entry = _agreeing_joins(n, ij[owner], used_rows, open_, every, q_rows, c, tolerance,
+                                owner)  # fmt: skip
+    entry = _one_per_pair(entry, owner, off)
+    mains = entry[entry < m]
+    picked = entry[entry >= m] - m
+    return np.concatenate([mains, of[picked]]), np.concatenate([
+        np.full(len(mains), -1), picked])  # fmt: skip
+
+
+def _bridges(n: int, links: np.ndarray) -> list[int]:
+    """Indices of the ``links`` (shape (m, 2)) whose removal splits a group of the ``n``
+    tiles: no loop runs through them (Tarjan's low-link, iterative)."""
+    adjacency: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for e, (a, b) in enumerate(links.tolist()):
+        adjacency[a].append((b, e))
+        adjacency[b].append((a, e))
+    order, low = np.full(n, -1), np.zeros(n, dtype=int)
+    found, clock = [], 0
+    for root in range(n):
+        if order[root] >= 0:
+            continue
+        order[root] = low[root] = clock
+        clock += 1
+        stack = [(root, -1, iter(adjacency[root]))]
+        while stack:
+            node, via, edges = stack[-1]
+            step = next(edges, None)
+            if step is None:
+                stack.pop()
+                if stack:
+                    parent = stack[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                    if low[node] > order[parent]:
+                        found.append(via)
+                continue
+            nxt, e = step
+            if e == via:
+                continue
+            if order[nxt] < 0:
+                order[nxt] = low[nxt] = clock
+                clock += 1
+                stack.append((nxt, e, iter(adjacency[nxt])))
+            else:
+                low[node] = min(low[node], order[nxt])
+    return found
+
+
+def _outvoted_bridge(
+    n: int, ij: np.ndarray, used: np.ndarray, candidate: np.ndarray, shifts: np.ndarray,
+    others: tuple[np.ndarray, np.ndarray, np.ndarray], c: np.ndarray, tolerance: float,
+    strength: np.ndarray,
+) -> tuple[int, np.ndarray, np.ndarray]:  # fmt: skip
+    """A used pair that no loop confirms (a bridge: without it its group splits in two),
+    outvoted by the pairs across the same cut: two or more of them (by their best peak when
+    a ``candidate``, else by one of their other peaks, ``others``: pair, shift, still open)
+    agree on one placement of the two sides, the bridge's own best peak on another that no
+    other pair supports. A chance match that is the only link between two groups is so
+    replaced by the placement the other links agree on (the bridge's own other peak among
+    them, where it agrees).
+
+    Returns the bridge (-1: none), the pairs to use and, for each, which of ``others`` it
+    takes (-1: its best peak).
+    """
+    of, alt_shift, still = others
+    links = np.flatnonzero(used)
+    nothing = (-1, np.zeros(0, dtype=int), np.zeros(0, dtype=int))
+    base = c[ij[:, 1]] - c[ij[:, 0]]
+    bridges = links[_bridges(n, ij[links])]
+    for k in bridges[np.argsort(strength[bridges], kind="stable")].tolist():
+        keep = used.copy()
+        keep[k] = False
+        label = _components(n, ij[keep])[1]
+        side_b = label[ij[k, 1]]
+        li, lj = label[ij[:, 0]], label[ij[:, 1]]
+        across = ((li == side_b) ^ (lj == side_b)) & (
+            (li == label[ij[k, 0]]) | (lj == label[ij[k, 0]])
+        )
+        mains = np.flatnonzero(across & candidate & ~used)
+        alts = np.flatnonzero(still & across[of] & (~used[of] | (of == k)))
+        owner = np.concatenate([mains, of[alts]])
+        if len(np.unique(owner[owner != k])) < 2:
+            continue
+        row_shift = np.concatenate([shifts[mains], alt_shift[alts]])
+        sign = np.where(lj[owner] == side_b, 1.0, -1.0)
+        move = sign[:, None] * (row_shift - base[owner])  # moves side b to fit each row
+        best, support = None, 1  # the bridge's own placement: move 0, its own vote
+        # its own other peaks do not vote against it (periodic content repeats in them): two
+        # other pairs at least must agree
+        for r in range(len(owner)):
+            near = np.linalg.norm(move - move[r], axis=1) <= tolerance
+            voters = set(owner[near].tolist())
+            if np.linalg.norm(move[r]) > tolerance and len(voters - {k}) > max(support, 1):
+                best, support = near, len(voters - {k})
+        if best is None:
+            continue
+        rows = np.flatnonzero(best)
+        rows = _one_per_pair(rows, owner, np.linalg.norm(move - move[rows[0]], axis=1))
+        picked = np.where(rows >= len(mains), alts[np.maximum(rows - len(mains), 0)], -1)
+        return k, owner[rows], picked
+    return nothing
+
+
+def _one_per_pair(entry: np.ndarray, owner: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Of the rows ``entry``, one per pair (``owner``): the one nearest the prediction."""
+    best: dict[int, int] = {}
+    for e in entry.tolist():
+        k = int(owner[e])
+        if k not in best or off[e] < off[best[k]]:
+            best[k] = e
+    return np.array(sorted(best.values()), dtype=int)
 
 
 def _lone_best(
@@ -663,8 +843,9 @@ def _measure_all(
 
     def correlate(p: int, a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -> Measured:
         r = measure(a[0], b[0], plans[p].reach, params.min_overlap_px, (a[1], b[1]),
-                    params.detrend_degree)  # fmt: skip
-        return r._replace(shift=r.shift + plans[p].adjust)
+                    params.detrend_degree, params.min_quality)  # fmt: skip
+        others = tuple((s + plans[p].adjust, *rest) for s, *rest in r.alternatives)
+        return r._replace(shift=r.shift + plans[p].adjust, alternatives=others)
 
     pending: dict[int, list[tuple[np.ndarray, float] | None]] = {}
     results: dict[int, Future[Measured]] = {}
