@@ -127,7 +127,8 @@ class ImageMetadata:
         ``"rgb"``, ``"rgba"`` (the 4th is alpha), ``"grey+alpha"``, ``"channels"`` (samples the
         file marks as neither colour nor alpha, e.g. a 2-channel chunky TIFF), or a colour
         model other than RGB: ``"cmyk"``, ``"ycbcr"``, ``"lab"``, ``"other"``. ``None`` for one
-        sample a pixel, and where the format does not say (``.npy``, Zarr, instrument files).
+        sample a pixel, and where the format does not say (``.npy``, Zarr, instrument files
+        read with bioio; an OME-TIFF's samples are read as a TIFF's).
     source : str
         Where the metadata came from: ``"fibics"``, ``"ome"``, ``"imagej"``, ``"tiff"``
         (resolution tags), ``"zarr"`` (array attributes) or ``"none"``.
@@ -546,6 +547,7 @@ def _vendor_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
         pages=n_planes(tuple(info["shape"])),
         pixel_size_um=px if ok else None,
         pixel_size_from=f"{info['vendor'].upper()} file metadata" if ok else None,
+        samples=info.get("samples"),
         source=info["vendor"],
         raw={"channel_names": info["channel_names"]},
     )

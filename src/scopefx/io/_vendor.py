@@ -515,10 +515,15 @@ def vendor_metadata(path: Path, part: str | None, ref: str) -> dict[str, Any]:
     pixels (OME-TIFF) or from the reader's dimensions (bioio)."""
     tile, zsel = _tile_ref(part, ref)
     kind = _kind(path)
+    samples = None
     if kind == "ome":
+        from ._metadata import _tiff_samples
+
         with _ome_tiff(path) as tif:
             series = tif.series[_ome_tile(tif, tile, ref)]
             shape, dtype = _ome_shape(series, zsel, ref), str(series.dtype)
+            if series.axes.endswith("S"):  # what its samples are, as for a plain TIFF
+                samples = _tiff_samples(series.keyframe)
         image = _ome_images(path)[tile]
         px, channels = image["pixel_size_um"], image["channels"]
     else:
@@ -529,4 +534,4 @@ def vendor_metadata(path: Path, part: str | None, ref: str) -> dict[str, Any]:
             dtype = str(r.dtype)
             px = getattr(r.physical_pixel_sizes, "X", None)
     return {"shape": shape, "dtype": dtype, "pixel_size_um": px, "channel_names": channels,
-            "vendor": kind}  # fmt: skip
+            "vendor": kind, "samples": samples}  # fmt: skip
