@@ -46,6 +46,7 @@ from ._read import (
     tiff_damage,
 )
 from ._refs import ZARR_SEP, ResolvedRef, resolve_ref
+from ._samples import tiff_samples
 
 __all__ = ["FIBICS_TAG", "ImageMetadata", "read_metadata"]
 
@@ -391,28 +392,6 @@ def _imagej_um(ij: dict[str, Any], page: Any) -> tuple[float | None, dict[str, A
     return ((factor * den / num) if num and den else None), raw
 
 
-#: TIFF photometric interpretations whose samples are no RGB (ImageMetadata.samples).
-_TIFF_MODELS = {5: "cmyk", 6: "ycbcr", 8: "lab", 9: "lab", 10: "lab"}
-
-
-def _tiff_samples(page: Any) -> str | None:
-    """:attr:`ImageMetadata.samples` of a TIFF page, from its photometric interpretation and
-    extra samples. JPEG-compressed YCbCr is decoded to RGB."""
-    n = int(page.samplesperpixel)
-    if n == 1:
-        return None
-    photometric = int(page.photometric)
-    extras = [int(e) for e in page.extrasamples]
-    alpha = extras[:1] in ([1], [2])  # associated or unassociated alpha
-    if photometric == 6 and n == 3 and int(page.compression) == 7:
-        photometric = 2
-    if photometric == 2:  # RGB
-        return "rgb" if n == 3 else "rgba" if n == 4 and alpha else "channels"
-    if photometric in (0, 1):  # grey
-        return "grey+alpha" if n == 2 and alpha else "channels"
-    return _TIFF_MODELS.get(photometric, "other")
-
-
 def _tiff_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
 
     with tiff_damage(r.ref), decoding(r.ref, r.kind), open_tiff(r) as tif:
@@ -460,7 +439,7 @@ def _tiff_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
             shape=shape,
             dtype=str(series.dtype),
             pages=n,
-            samples=_tiff_samples(page),
+            samples=tiff_samples(page),
             source=source,
             raw=raw,
             **fields,

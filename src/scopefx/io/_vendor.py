@@ -517,13 +517,13 @@ def vendor_metadata(path: Path, part: str | None, ref: str) -> dict[str, Any]:
     kind = _kind(path)
     samples = None
     if kind == "ome":
-        from ._metadata import _tiff_samples
+        from ._samples import tiff_samples
 
         with _ome_tiff(path) as tif:
             series = tif.series[_ome_tile(tif, tile, ref)]
             shape, dtype = _ome_shape(series, zsel, ref), str(series.dtype)
             if series.axes.endswith("S"):  # what its samples are, as for a plain TIFF
-                samples = _tiff_samples(series.keyframe)
+                samples = tiff_samples(series.keyframe)
         image = _ome_images(path)[tile]
         px, channels = image["pixel_size_um"], image["channels"]
     else:
