@@ -630,3 +630,21 @@ def test_three_samples_not_marked_as_colour_are_channels_not_rgb(tmp_path):
     with tifffile.TiffFile(tmp_path / "m.tif") as f:
         assert f.pages.first.photometric != tifffile.PHOTOMETRIC.RGB
         assert f.series[0].shape[0] == 3  # channels first, as the OME-Zarr
+
+
+def test_the_preview_of_a_tiff_of_unmarked_samples_keeps_its_shape(tmp_path):
+    """The preview took every TIFF mosaic of 3-sample tiles for an RGB TIFF (samples last) and
+    moved its last axis first: a channels-first TIFF of unmarked samples came out as a
+    768 x 58 px sliver of its columns. Whether a TIFF is RGB is read from the TIFF."""
+    from PIL import Image
+
+    table, _, _ = _colour_mosaic(tmp_path, 3)
+    for k in range(9):
+        rgb = tifffile.imread(tmp_path / f"tile_{k:04d}.tif")
+        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", rgb, photometric="minisblack",
+                         planarconfig="contig")  # fmt: skip
+    result = fuse(table, tmp_path / "m.tif", options=FuseOptions(preview=tmp_path / "p.png"))
+    with Image.open(tmp_path / "p.png") as png:
+        width, height = png.size
+    mosaic_h, mosaic_w = result.shape[-2:]
+    assert abs(height / width - mosaic_h / mosaic_w) < 0.25, (width, height, result.shape)

@@ -17,16 +17,16 @@ from ._plan import FusionPlan, tile_corners
 __all__ = ["plot_mosaic", "write_preview"]
 
 
-def _pick_level(path: str, max_px: int, samples_last: bool = False) -> tuple[np.ndarray, int]:
+def _pick_level(path: str, max_px: int) -> tuple[np.ndarray, int]:
     """The finest pyramid level whose longer side fits ``max_px`` (or the coarsest), read whole,
     and its factor relative to level 0. A TIFF mosaic (one level) is read and reduced here by
-    2x means, as the pyramid would be; ``samples_last``: it is an RGB TIFF, (Y, X, 3), returned
+    2x means, as the pyramid would be; an RGB TIFF, (Y, X, 3) as its file says, is returned
     channels first as the OME-Zarr's levels are."""
     if path.lower().endswith((".tif", ".tiff")):
-        from ..io import read_image
+        from ..io import read_image, read_metadata
 
         data = np.asarray(read_image(path))
-        if samples_last and data.ndim == 3:
+        if read_metadata(path).samples == "rgb":
             data = np.moveaxis(data, -1, 0)
         factor = 1
         while max(data.shape[-2:]) > max_px:
@@ -129,8 +129,7 @@ def write_preview(
 ) -> str:
     """Save a preview PNG of an OME-Zarr mosaic from its smallest fitting pyramid level (or of
     a TIFF mosaic, reduced to fit)."""
-    rgb = plan is not None and plan.samples_last == 3 and plan.ndim == 2
-    data, factor = _pick_level(os.fspath(mosaic), max_px, samples_last=rgb)
+    data, factor = _pick_level(os.fspath(mosaic), max_px)
     fig = plot_mosaic(data, plan, factor=factor, focus=focus)
     fig.savefig(os.fspath(out_png), bbox_inches="tight")
     return os.fspath(out_png)
