@@ -267,8 +267,7 @@ def _reader(refs: Sequence[Any]) -> Any:
         meta = read_metadata(refs[0])
     except (OSError, ValueError, ImageNotFoundError, CorruptImageError):
         return read_image  # read_image names the problem when the tile is read
-    samples = colour_samples([meta], 2)
-    return tile_reader(None, samples) if samples else read_image
+    return tile_reader(None, colour_samples([meta], 2))
 
 
 def estimate_flatfield(

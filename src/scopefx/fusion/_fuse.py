@@ -274,7 +274,7 @@ def plan_loaded(
     samples = colour_samples(metas, table.ndim)
     focus = None
     if params.blend == "focus" and any(t.focus is None for t in table):
-        focus = _score_focus(table, tile_reader(read or _read_image, samples), workers)
+        focus = _score_focus(table, tile_reader(read, samples), workers)
     return make_plan(
         table,
         shapes,

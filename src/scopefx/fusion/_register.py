@@ -296,7 +296,7 @@ def read_as_fused(
     them, and the tiles' spatial shapes, from their headers (read with ``map_``)."""
     metas = list(map_(read_metadata, table.refs))
     samples = colour_samples(metas, table.ndim)
-    reader = tile_reader(None, samples) if samples else read_image
+    reader = tile_reader(None, samples)
     return reader, [fused_shape(m.shape, samples)[-table.ndim :] for m in metas]
 
 
