@@ -75,7 +75,8 @@ class InvalidImageError(ScopefxError, ValueError):
 
     ``status`` names the problem: ``"rgb"`` (colour image), ``"ndim"`` (wrong number of
     dimensions), ``"too_small"`` (smaller than the scale space needs), ``"invalid_values"``
-    (NaN or infinity), ``"dtype"`` (not a real number type).
+    (NaN or infinity), ``"dtype"`` (not a real number type), ``"transparent"`` (an RGBA
+    image with no opaque pixel).
     """
 
     def __init__(self, message: str, *, status: str = "invalid") -> None:

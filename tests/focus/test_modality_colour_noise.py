@@ -86,6 +86,73 @@ def test_colour_is_scored_on_luma_and_recorded():
     assert scopefx.focus_score(rgba).features == from_grey.features  # alpha ignored
 
 
+def _padded(rgb, *, left=0, right=0, top=0):
+    """``rgb`` inside a transparent padding (alpha 0, black under it), as an RGBA export."""
+    h, w = rgb.shape[:2]
+    out = np.zeros((h + top, w + left + right, 4), np.uint8)
+    out[top:, left : left + w, :3] = rgb
+    out[top:, left : left + w, 3] = 255
+    return out
+
+
+@pytest.mark.parametrize("blur", [0.0, 2.0])
+def test_transparent_padding_is_no_data(blur):
+    """An RGBA export padded with transparent black: the padding's edge was counted as
+    features and its area diluted the density (blurred immunohistochemistry: 657 features
+    instead of 577, density -15 %). The opaque box is scored: the very same features, at
+    their place in the whole image, and the density per opaque megapixel."""
+    from scipy import ndimage
+
+    from scopefx.samples import bundled_image
+
+    grey = bundled_image("immunohistochemistry", size=(384, 320)).astype(np.float64)
+    rgb = np.stack([ndimage.gaussian_filter(grey * k, blur) for k in (1.0, 0.8, 0.6)], -1)
+    rgb = np.clip(rgb * 255 / rgb.max(), 0, 255).astype(np.uint8)
+    plain = scopefx.focus_score(rgb, modality="brightfield")
+    padded = scopefx.focus_score(_padded(rgb, left=150, right=40, top=30), modality="brightfield")
+    assert padded.features == plain.features > 50
+    assert padded.density_per_mpx == pytest.approx(plain.density_per_mpx)
+    assert padded.opaque_px == 384 * 320 and padded.shape == (414, 510)
+    np.testing.assert_array_equal(padded.positions, plain.positions + np.array([30, 150]))
+    assert padded.focus_map.shape == (2, 2) and (padded.focus_map > 0).all()  # each has data
+    response, _ = scopefx.focus_response(_padded(rgb, left=150, top=30))
+    assert response.shape == (414, 470) and not response[:, :150].any()
+
+
+def test_transparent_holes_count_no_features_and_are_not_in_the_density():
+    """Transparent pixels inside the opaque box are filled from their nearest opaque pixel
+    (no edge to count) and no feature lies on them."""
+    grey = _image()
+    rgba = _padded(np.stack([grey] * 3, axis=-1))
+    rgba[:60, -80:, 3] = 0  # a transparent notch in a corner, black under it
+    rgba[:60, -80:, :3] = 0
+    result = scopefx.focus_score(rgba)
+    alpha = rgba[..., 3] > 0
+    assert result.opaque_px == int(alpha.sum())
+    assert alpha[result.positions[:, 0], result.positions[:, 1]].all()
+    cut = scopefx.focus_score(grey[60:])  # the same content without the notch's rows
+    assert result.density_per_mpx == pytest.approx(cut.density_per_mpx, rel=0.1)
+
+
+def test_an_image_with_no_opaque_pixel_is_refused():
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    with pytest.raises(scopefx.errors.InvalidImageError, match=r"every pixel .* transparent") as e:
+        scopefx.focus_score(rgba)
+    assert e.value.status == "transparent"
+
+
+def test_focus_map_cells_without_data_are_null_in_json(tmp_path):
+    import imageio.v3 as iio
+
+    rgba = _padded(np.stack([_image()] * 3, axis=-1), left=300)
+    path = tmp_path / "export.png"
+    iio.imwrite(path, rgba)
+    (record,) = list(score_files([path], cell_px=128))
+    assert record.ok
+    out = json.loads(json.dumps(record.to_dict(), allow_nan=False))
+    assert out["focus_map"][0][0] is None and out["focus_map"][0][-1] > 0
+
+
 def test_a_chosen_channel_is_scored_alone():
     grey = _image()
     rgb = np.stack([np.zeros_like(grey), grey, np.zeros_like(grey)], axis=-1)
@@ -308,3 +375,38 @@ def test_planar_rgb_tiff_is_one_colour_image_not_three_pages(tmp_path):
     assert planar.page is None and planar.colour == "luma709"
     assert planar.features == chunky.features
     assert [r.page for r in stack] == [0, 1, 2]
+
+
+def test_grey_alpha_file_leaves_its_transparent_pixels_out(tmp_path):
+    """A grey + alpha file (the TIFF marks its extra sample as alpha) is scored like the grey
+    image without its transparent padding; the same pixels in a two-channel TIFF (the second
+    sample not marked as alpha) are two channels, and the first is scored as it is."""
+    grey = _image()
+    h, w = grey.shape
+    pixels = np.zeros((h, w + 150, 2), grey.dtype)
+    pixels[:, 150:, 0] = grey
+    pixels[:, 150:, 1] = np.iinfo(grey.dtype).max
+    marked, unmarked = tmp_path / "grey_alpha.tif", tmp_path / "two_channels.tif"
+    tifffile.imwrite(marked, pixels, photometric="minisblack", planarconfig="contig",
+                     extrasamples=[2])  # fmt: skip
+    tifffile.imwrite(unmarked, pixels, photometric="minisblack", planarconfig="contig")
+    plain = scopefx.focus_score(grey)
+    from_file = scopefx.focus_score(marked)
+    assert from_file.features == plain.features and from_file.colour == "channel 0"
+    assert from_file.density_per_mpx == pytest.approx(plain.density_per_mpx)
+    (record,) = list(score_files([marked]))
+    assert record.features == plain.features and record.colour == "channel 0"
+    other = scopefx.focus_score(unmarked)
+    assert other.opaque_px is None and other.features != plain.features
+
+
+def test_padding_changes_no_downsampling():
+    """``target_px`` is met by the opaque part: a padded export is downsampled as the image
+    itself (the padding had taken 2048 px wide to 2300, a factor 3 instead of 2)."""
+    grey = np.kron(_image()[:256, :256], np.ones((8, 8), np.uint8))  # 2048 px
+    rgba = _padded(np.stack([grey] * 3, axis=-1), left=252)
+    plain = scopefx.focus_score(grey, target_px=1024)
+    padded = scopefx.focus_score(rgba, target_px=1024)
+    assert padded.downsample == plain.downsample == 2
+    assert padded.features == plain.features
+    assert padded.density_per_mpx == pytest.approx(plain.density_per_mpx)

@@ -18,7 +18,7 @@ from ..errors import ConfigError, ScopefxError
 from ..io import SAMPLES_LAST
 from ._params import FocusParams
 from ._run import FocusRun
-from ._score import FocusResult, focus_score
+from ._score import FocusResult, focus_score, grey_alpha_as_rgba
 from ._verdict import Calibration, RunBaseline, Verdict
 
 __all__ = ["CSV_COLUMNS", "FocusRecord", "score_files", "score_one"]
@@ -139,7 +139,14 @@ class FocusRecord:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict, focus map included as nested lists."""
         out = self.row()
-        out["focus_map"] = None if self.focus_map is None else self.focus_map.round(1).tolist()
+        fmap = self.focus_map
+        out["focus_map"] = (
+            None
+            if fmap is None
+            else [  # NaN: a cell with no opaque pixel
+                [None if math.isnan(v) else v for v in row] for row in fmap.round(1).tolist()
+            ]
+        )
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
@@ -188,6 +195,7 @@ def score_one(path: str, params: FocusParams) -> list[FocusRecord]:
     try:
         meta = read_metadata(path)
         extra = {"working_distance_mm": meta.working_distance_mm, "focus": meta.focus}
+        pixels, params = grey_alpha_as_rgba(pixels, meta.samples, params)
         if (
             meta.pages == 1
             and pixels.ndim == 3

@@ -68,7 +68,8 @@ def to_grey(image: Any, channel: int | None, backend: Backend) -> tuple[Any, str
     A 2-D image is returned as is (``"grey"``). An (H, W, 3) or (H, W, 4) colour image gives
     its channel ``channel`` (``"channel N"``) or, for ``None``, its BT.709 luma
     (``"luma709"``): ``0.2125 R + 0.7154 G + 0.0721 B``, rounded back to uint8/uint16 for
-    such input (so the quantisation floor still applies), float32 otherwise. Alpha is ignored.
+    such input (so the quantisation floor still applies), float32 otherwise. Alpha is not
+    part of the grey plane (:func:`~scopefx.focus.focus_score` leaves transparent pixels out).
     An (H, W, 2) image (grey + alpha, or two channels) gives its channel ``channel``, the
     first for ``None`` (``"channel N"``). Anything else is returned unchanged for
     :func:`check_image` to judge.

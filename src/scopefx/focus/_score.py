@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .._backend import Backend, get_backend
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidImageError
 from ._noise import NoiseModel, estimate_noise_model, local_means
 from ._normalize import (
     auto_threshold,
@@ -82,6 +83,10 @@ class FocusResult:
         not at single pixels, where it removes it.
     noise_scale_px : int
         Block size at which the noise was measured (1: single pixels, white noise).
+    opaque_px : int or None
+        Pixels of the scored image that hold data, when an RGBA image has transparent pixels
+        (alpha 0: the padding of a slide scanner's export); the density is per megapixel of
+        them, and focus-map cells with none are NaN. ``None``: every pixel.
     """
 
     features: int
@@ -102,12 +107,14 @@ class FocusResult:
     noise_model: NoiseModel | None = field(default=None, repr=False)
     block_coded: bool = False
     noise_scale_px: int = 1
+    opaque_px: int | None = None
 
     @property
     def density_per_mpx(self) -> float:
         """The score per megapixel of the scored image (features per megapixel when
-        ``scale_weight`` is 0)."""
-        return self.score * 1e6 / (self.shape[0] * self.shape[1])
+        ``scale_weight`` is 0), of its opaque pixels when it has transparent ones."""
+        area = self.shape[0] * self.shape[1] if self.opaque_px is None else self.opaque_px
+        return self.score * 1e6 / area if area else math.nan
 
     def summary(self) -> dict[str, Any]:
         """Small JSON-able summary (no per-feature arrays)."""
@@ -118,9 +125,9 @@ class FocusResult:
             "threshold": self.threshold,
             "noise_sigma": self.noise_sigma,
             "density_per_mpx": self.density_per_mpx,
-            "map_min": float(fmap.min()) if fmap.size else math.nan,
-            "map_median": float(np.median(fmap)) if fmap.size else math.nan,
-            "map_max": float(fmap.max()) if fmap.size else math.nan,
+            "map_min": _nan_stat(np.nanmin, fmap),
+            "map_median": _nan_stat(np.nanmedian, fmap),
+            "map_max": _nan_stat(np.nanmax, fmap),
             "height": self.shape[0],
             "width": self.shape[1],
             "downsample": self.downsample,
@@ -132,7 +139,13 @@ class FocusResult:
             "noise_model": None if self.noise_model is None else self.noise_model.to_dict(),
             "block_coded": self.block_coded,
             "noise_scale_px": self.noise_scale_px,
+            "opaque_px": self.opaque_px,
         }
+
+
+def _nan_stat(stat: Any, fmap: np.ndarray) -> float:
+    """``stat`` over the focus map's cells that hold data (NaN when none does)."""
+    return float(stat(fmap)) if fmap.size and not np.isnan(fmap).all() else math.nan
 
 
 def focus_map_from_positions(
@@ -140,55 +153,138 @@ def focus_map_from_positions(
     shape: tuple[int, int],
     cell_px: int,
     weights: np.ndarray | None = None,
+    opaque: np.ndarray | None = None,
 ) -> np.ndarray:
     """Feature density per ``cell_px`` cell (features per megapixel) from feature positions,
-    each feature counting its ``weights`` entry (1 when ``None``)."""
+    each feature counting its ``weights`` entry (1 when ``None``); per pixel of ``opaque``
+    (a boolean mask of ``shape``) when given, NaN in a cell with none."""
     h, w = shape
     rows, cols = math.ceil(h / cell_px), math.ceil(w / cell_px)
     cell = (positions[:, 0] // cell_px) * cols + positions[:, 1] // cell_px
     counts = np.bincount(cell, weights=weights, minlength=rows * cols).reshape(rows, cols)
+    if opaque is not None:
+        padded = np.zeros((rows * cell_px, cols * cell_px), bool)
+        padded[:h, :w] = opaque
+        area = padded.reshape(rows, cell_px, cols, cell_px).sum(axis=(1, 3)).astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(area > 0, counts * 1e6 / area, np.nan).astype(np.float32)
     heights = np.minimum(cell_px, h - np.arange(rows) * cell_px)
     widths = np.minimum(cell_px, w - np.arange(cols) * cell_px)
     return (counts * 1e6 / np.outer(heights, widths)).astype(np.float32)
 
 
-def _pixels(image: Any) -> Any:
-    """The image itself, or its pixels read from a path or ``store.zarr::array`` reference."""
+def _pixels(image: Any, params: FocusParams) -> tuple[Any, FocusParams]:
+    """The image itself, or its pixels read from a path or ``store.zarr::array`` reference
+    (a grey + alpha file as :func:`grey_alpha_as_rgba` gives it), and the parameters."""
     if isinstance(image, (str, os.PathLike)):
-        from ..io import read_image
+        from ..io import read_image, read_metadata
 
-        return read_image(image)
+        pixels = read_image(image)
+        try:
+            samples = read_metadata(image).samples
+        except Exception:  # metadata is optional: the pixels were read
+            samples = None
+        return grey_alpha_as_rgba(pixels, samples, params)
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         raise ConfigError(
             f"image must be an array (NumPy or CuPy) or the path of an image file, got "
             f"{type(image).__name__}"
         )
-    return image
+    return image, params
+
+
+def grey_alpha_as_rgba(
+    pixels: Any, samples: str | None, params: FocusParams
+) -> tuple[Any, FocusParams]:
+    """A grey + alpha image (``samples`` from the file's metadata says so; an (H, W, 2) array
+    alone may be two channels) as RGBA with its grey in red, green and blue, and ``channel``
+    0 scored: its transparent pixels are then left out as an RGBA image's are, and its record
+    says ``channel 0`` as before. Anything else is returned as it is."""
+    if samples != "grey+alpha" or np.ndim(pixels) != 3 or pixels.shape[-1] != 2:
+        return pixels, params
+    if params.channel not in (None, 0):
+        return pixels, params  # its alpha (channel 1) asked for: scored as it is
+    grey, alpha = pixels[..., :1], pixels[..., 1:]
+    rgba = np.concatenate([grey, grey, grey, alpha], axis=-1)
+    return rgba, dataclasses.replace(params, channel=0)
 
 
 def _resolve(params: FocusParams | None, overrides: dict[str, Any]) -> FocusParams:
     return FocusParams.resolve(params, **overrides)
 
 
-def _prepare(
-    image: Any, params: FocusParams, backend: Backend
-) -> tuple[Any, float, int, str] | tuple[None, float, int, str]:
+class _Prepared(NamedTuple):
+    normalised: Any  # None for a constant image
+    lsb: float
+    factor: int
+    colour: str
+    shape: tuple[int, int]  # of the whole image at the scored resolution
+    origin: tuple[int, int]  # of the scored part (the opaque pixels' box) in that grid
+    opaque: np.ndarray | None  # of the scored part, where it has transparent pixels
+    part: tuple[int, int] | None = None  # shape of the scored part; None: no transparency
+
+
+def _prepare(image: Any, params: FocusParams, backend: Backend) -> _Prepared:
     """Grey conversion, check, move to the device, downsample and normalise.
 
-    Returns ``(normalised, lsb, factor, colour)``; ``normalised`` is ``None`` for a constant
-    image.
+    An RGBA image with transparent pixels (alpha 0) is scored on the box of its opaque pixels,
+    the transparent ones inside it filled from their nearest opaque pixel (so the edge of the
+    padding is no feature) and the mask returned, to leave out what lies on them.
     """
-    array, colour = to_grey(backend.asarray(image), params.channel, backend)
-    check_image(array, min_side=params.min_image_px)
+    array = backend.asarray(image)
+    alpha = _transparent(array, backend)
+    grey, colour = to_grey(array, params.channel, backend)
+    check_image(grey, min_side=params.min_image_px)
+    extent = [int(v) for v in grey.shape]  # of what is scored: the opaque box, if any
+    if alpha is not None:
+        if not alpha.any():
+            raise InvalidImageError(
+                f"every pixel of the {array.shape[1]} x {array.shape[0]} px RGBA image is "
+                "transparent (alpha 0): there is nothing to score",
+                status="transparent",
+            )
+        rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+        extent = [int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1]
     factor = 1
-    if params.target_px is not None:
-        factor = max(1, math.ceil(max(array.shape) / params.target_px))
-        array = block_downsample(array, factor, backend)
-        check_image(array, min_side=params.min_image_px)
-    normalised = normalize(array, params.saturation_pct, backend)
+    if params.target_px is not None:  # from the scored part: padding changes no resolution
+        factor = max(1, math.ceil(max(extent) / params.target_px))
+    shape = (int(grey.shape[0]) // factor, int(grey.shape[1]) // factor)
+    origin, opaque = (0, 0), None
+    if alpha is not None:
+        y0 = int(rows[0]) // factor * factor  # on the block grid of the downsampling
+        x0 = int(cols[0]) // factor * factor
+        box = np.s_[y0 : int(rows[-1]) + 1, x0 : int(cols[-1]) + 1]
+        grey, alpha = grey[box], alpha[box]
+        check_image(grey, min_side=params.min_image_px)
+        origin = (y0 // factor, x0 // factor)
+        if not alpha.all():
+            from scipy import ndimage
+
+            near = ndimage.distance_transform_edt(~alpha, return_distances=False,
+                                                  return_indices=True)  # fmt: skip
+            grey = grey[backend.asarray(near[0]), backend.asarray(near[1])]
+            opaque = alpha
+    if factor > 1:
+        grey = block_downsample(grey, factor, backend)
+        check_image(grey, min_side=params.min_image_px)
+        if opaque is not None:
+            h, w = (int(v) for v in grey.shape)
+            blocks = opaque[: h * factor, : w * factor].reshape(h, factor, w, factor)
+            opaque = blocks.mean(axis=(1, 3)) >= 0.5
+    part = None if alpha is None else (int(grey.shape[0]), int(grey.shape[1]))
+    normalised = normalize(grey, params.saturation_pct, backend)
     if normalised is None:
-        return None, 0.0, factor, colour
-    return normalised[0], normalised[1], factor, colour
+        return _Prepared(None, 0.0, factor, colour, shape, origin, opaque, part)
+    return _Prepared(normalised[0], normalised[1], factor, colour, shape, origin, opaque, part)
+
+
+def _transparent(array: Any, backend: Backend) -> np.ndarray | None:
+    """Where an (H, W, 4) RGBA image is opaque (alpha > 0), as a NumPy mask; None when it
+    is not RGBA or has no transparent pixel."""
+    if array.ndim != 3 or array.shape[-1] != 4:
+        return None
+    opaque = backend.to_numpy(array[..., 3] > 0)
+    return None if opaque.all() else opaque
 
 
 def focus_response(
@@ -204,21 +300,27 @@ def focus_response(
     band : (H, W) uint8 ndarray
         0-based band index ``i``; its scale is ``params.sigmas_px[i]``.
     """
-    params = _resolve(params, overrides)
-    image = _pixels(image)
+    image, params = _pixels(image, _resolve(params, overrides))
     backend = get_backend(image, device=device)
-    normalised, _, factor, _ = _prepare(image, params, backend)
-    if normalised is None:
-        shape = (int(image.shape[0]) // factor, int(image.shape[1]) // factor)
-        return np.zeros(shape, np.float32), np.zeros(shape, np.uint8)
+    prep = _prepare(image, params, backend)
+    response, band = np.zeros(prep.shape, np.float32), np.zeros(prep.shape, np.uint8)
+    if prep.normalised is None:
+        return response, band
     best, index = response_max(
-        normalised,
+        prep.normalised,
         params.sigmas_px,
         polarity=params.resolved_polarity,
         mode=params.mode,
         backend=backend,
     )
-    return backend.to_numpy(best), backend.to_numpy(index)
+    best, index = backend.to_numpy(best), backend.to_numpy(index)
+    if prep.opaque is not None:
+        best = np.where(prep.opaque, best, np.float32(0))
+    y0, x0 = prep.origin  # the opaque pixels' box in the whole image (transparent: 0)
+    h, w = best.shape
+    response[y0 : y0 + h, x0 : x0 + w] = best
+    band[y0 : y0 + h, x0 : x0 + w] = index
+    return response, band
 
 
 def focus_score(
@@ -232,7 +334,10 @@ def focus_score(
         Grey image: uint8, uint16, or floating point (NumPy or CuPy), or the path (or
         ``store.zarr::array`` reference) of an image file to read. A CuPy array is scored on
         its GPU. A colour image is scored on its luma or on ``channel`` (see
-        :class:`FocusParams`); ``FocusResult.colour`` records which.
+        :class:`FocusParams`); ``FocusResult.colour`` records which. The transparent pixels
+        (alpha 0) of an RGBA image are no data: the box of its opaque pixels is scored, what
+        is transparent inside it filled from the nearest opaque pixel and no feature counted
+        there; the density is per megapixel of opaque pixels (``FocusResult.opaque_px``).
     params : FocusParams, optional
         Parameters; defaults to ``FocusParams()``.
     device : {None, "cpu", "gpu", "cuda:N"}, optional
@@ -283,19 +388,21 @@ def focus_score(
     True
     """
     start = time.perf_counter()
-    params = _resolve(params, overrides)
-    image = _pixels(image)
+    image, params = _pixels(image, _resolve(params, overrides))
     backend = get_backend(image, device=device)
-    normalised, lsb, factor, colour = _prepare(image, params, backend)
+    prep = _prepare(image, params, backend)
+    normalised, lsb, factor, colour = prep.normalised, prep.lsb, prep.factor, prep.colour
+    whole = _whole_opaque(prep)
+    opaque_px = None if whole is None else int(whole.sum())
     if normalised is None:
-        shape = (int(image.shape[0]) // factor, int(image.shape[1]) // factor)
+        shape = prep.shape
         empty = np.zeros((0, 2), np.int32)
         return FocusResult(
             features=0,
             score=0.0,
             threshold=math.nan,
             noise_sigma=math.nan,
-            focus_map=focus_map_from_positions(empty, shape, params.cell_px),
+            focus_map=focus_map_from_positions(empty, shape, params.cell_px, opaque=whole),
             cell_px=params.cell_px,
             positions=empty,
             sigmas_px=np.zeros(0, np.float32),
@@ -304,6 +411,7 @@ def focus_score(
             params=params,
             seconds=time.perf_counter() - start,
             colour=colour,
+            opaque_px=opaque_px,
         )
     sigmas = params.sigmas_px
     kind = "global" if params.threshold is not None else params.resolved_noise_model
@@ -330,24 +438,26 @@ def focus_score(
         mu = local_means(means, candidates, np.asarray(sigmas)[candidate_bands], backend)
         thresholds = np.maximum(scale * model.sigma_at(mu), 1e-6)
     keep = responses > thresholds
-    positions_np = candidates[keep].astype(np.int32)
+    if prep.opaque is not None:  # nothing counts on transparent pixels (filled, not data)
+        keep &= prep.opaque[candidates[:, 0], candidates[:, 1]]
+    positions_np = candidates[keep].astype(np.int32) + np.array(prep.origin, np.int32)
     features = int(positions_np.shape[0])
     feature_sigmas = np.asarray(sigmas, np.float64)[candidate_bands[keep]]
     weights = (sigmas[0] / feature_sigmas) ** params.resolved_scale_weight
     score = float(weights.sum())
-    features_2k = int(np.count_nonzero(responses > 2 * np.asarray(thresholds)))
+    features_2k = int(np.count_nonzero(keep & (responses > 2 * np.asarray(thresholds))))
     if isinstance(thresholds, np.ndarray):
         kept = thresholds[keep]
         threshold = float(np.median(kept)) if kept.size else lowest
     else:
         threshold = float(thresholds)
-    shape = (int(normalised.shape[0]), int(normalised.shape[1]))
+    shape = prep.shape
     return FocusResult(
         features=features,
         score=score,
         threshold=threshold,
         noise_sigma=model.sigma,
-        focus_map=focus_map_from_positions(positions_np, shape, params.cell_px, weights),
+        focus_map=focus_map_from_positions(positions_np, shape, params.cell_px, weights, whole),
         cell_px=params.cell_px,
         positions=positions_np,
         sigmas_px=feature_sigmas.astype(np.float32),
@@ -361,4 +471,16 @@ def focus_score(
         noise_model=model,
         block_coded=model.block_coded,
         noise_scale_px=model.scale_px,
+        opaque_px=opaque_px,
     )
+
+
+def _whole_opaque(prep: _Prepared) -> np.ndarray | None:
+    """Where the whole image (at the scored resolution) holds data; None: everywhere."""
+    if prep.part is None:
+        return None
+    whole = np.zeros(prep.shape, bool)
+    y0, x0 = prep.origin
+    h, w = min(prep.part[0], prep.shape[0] - y0), min(prep.part[1], prep.shape[1] - x0)
+    whole[y0 : y0 + h, x0 : x0 + w] = True if prep.opaque is None else prep.opaque[:h, :w]
+    return whole
