@@ -176,6 +176,15 @@ def test_qc_registers_and_reports_without_fusing(tmp_path):
     assert (tmp_path / "run" / "m.qc.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((tmp_path / "qc.json").read_text())
     assert summary["pairs_used"] == 12  # the 12 side pairs of a 3x3 grid (corners dropped)
+    # 9 tiles, no --flatfield: correlated through a flat field estimated from them, and said so
+    assert report["summary"]["flatfield"] == "estimated"
+    assert "flat field estimated from them" in text
+    code, text = _run("fuse", str(table), "-o", str(out), "--qc", "--no-registration-flatfield",
+                      "--overwrite")  # fmt: skip
+    assert code == 0, text
+    report = json.loads((tmp_path / "run" / "m.qc.json").read_text())
+    assert report["params"]["estimate_flatfield"] is False
+    assert report["summary"]["flatfield"] == "none" and "flat field" not in text
 
 
 def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):

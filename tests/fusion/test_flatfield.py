@@ -434,3 +434,41 @@ def test_few_unshaded_tiles_give_a_flat_estimate_that_registration_survives(
     options = FuseOptions(register=True, flatfield="estimate")
     job = prepare(tmp_path / "stage.csv", tmp_path / "m.ome.zarr", options=options)
     assert job.extra["registration"]["pairs_used"] == 12
+
+
+def test_transparent_padding_is_left_out_of_the_estimate(tmp_path: Path) -> None:
+    """Grey + alpha tiles with transparent padding (alpha 0, black under it) at their right and
+    bottom edges: the estimate read the black as signal and was refused (a flat <= 0 there).
+    Transparent pixels are no data: the estimate is the one the unpadded tiles give."""
+    tiles = acquired(falloff())[:16]
+    paths = []
+    for k, tile in enumerate(tiles):
+        alpha = np.full_like(tile, 65535)
+        alpha[-20:, :] = alpha[:, -20:] = 0
+        grey = np.where(alpha > 0, tile, 0).astype(np.uint16)
+        path = tmp_path / f"tile_{k:02d}.tif"
+        tifffile.imwrite(path, np.stack([grey, alpha], axis=-1), photometric="minisblack",
+                         planarconfig="contig", extrasamples=[2])  # fmt: skip
+        paths.append(str(path))
+    opaque = np.s_[: T - 20, : T - 20]
+    black = np.zeros((T, T), bool)
+    black[opaque] = True
+    with pytest.raises(ConfigError, match="<= 0"):  # the padding read as black, as it was
+        estimate_flatfield(tiles, read=lambda t: np.where(black, t, 0))
+    padded = estimate_flatfield(paths)
+    whole = estimate_flatfield(tiles, read=np.asarray)
+    ratio = padded.flat[opaque] / whole.flat[opaque]
+    assert np.abs(ratio / ratio.mean() - 1).max() < 0.03
+    truth = falloff()[opaque]
+    error = padded.flat[opaque] / padded.flat[opaque].mean() / (truth / truth.mean()) - 1
+    assert np.abs(error).mean() < 0.03
+
+
+def test_threads_read_tiles_for_the_same_estimate() -> None:
+    """``workers`` threads read the tiles (at most that many ahead): the same flat field."""
+    tiles = acquired(falloff())[:20]
+    one = estimate_flatfield(tiles, read=np.asarray)
+    three = estimate_flatfield(tiles, read=np.asarray, workers=3)
+    np.testing.assert_array_equal(one.flat, three.flat)
+    with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
+        estimate_flatfield(tiles, read=np.asarray, workers=0)

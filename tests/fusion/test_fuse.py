@@ -353,6 +353,7 @@ def test_transparent_padding_does_not_stop_registration(tmp_path):
     TileTable.from_positions(refs, (true + off)[:, ::-1]).to_csv(tmp_path / "stage.csv")
     reg = register(read_tile_table(tmp_path / "stage.csv"))
     assert sum(p.used for p in reg.pairs) == 12
+    assert reg.flatfield == "estimated"  # the padding left out of it (read as black: refused)
     err = reg.table.affines[:, :2, 2] - true
     err -= err.mean(axis=0)
     assert np.abs(err).max() < 0.6, err
@@ -648,3 +649,17 @@ def test_the_preview_of_a_tiff_of_unmarked_samples_keeps_its_shape(tmp_path):
         width, height = png.size
     mosaic_h, mosaic_w = result.shape[-2:]
     assert abs(height / width - mosaic_h / mosaic_w) < 0.25, (width, height, result.shape)
+
+
+def test_multi_page_colour_tiles_are_refused_saying_why(tmp_path):
+    """Tiles of 2 pages of RGB images, (2, H, W, 3): their colour samples were taken for the
+    columns (a layout warning about a 53 x 114 px mosaic of 64 px tiles), then refused for
+    '2 leading non-spatial axes (2, 64)'. They are refused naming the tiles and the pages."""
+    mosaic = make_mosaic(**{**SMALL, "dtype": "uint8"})  # type: ignore[arg-type]
+    table = write_mosaic(tmp_path, mosaic)
+    for k, tile in enumerate(mosaic.tiles):
+        rgb = np.stack([tile, tile, tile], axis=-1)
+        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", np.stack([rgb, rgb]), photometric="rgb")
+    with pytest.raises(ConfigError, match=r"9 of 9 tiles hold several pages of colour images: "
+                       r".*tile_0000\.tif \(2 pages of RGB"):  # fmt: skip
+        fuse_lazy(table)

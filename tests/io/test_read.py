@@ -621,3 +621,28 @@ def test_the_budget_of_a_png_counts_what_it_decodes_to(tmp_path: Path, monkeypat
         with pytest.raises(ResourceLimitError):
             read_image(tmp_path / name)
     assert read_image(tmp_path / "g.png").shape == (100, 100)  # grey: one byte a pixel
+
+
+@pytest.mark.parametrize("subsampling", [(1, 1), (2, 2)])
+def test_jpeg_ycbcr_tiff_reads_as_rgb(tmp_path: Path, subsampling: tuple[int, int]) -> None:
+    """Slide scanners write JPEG-compressed TIFFs with photometric YCbCr: the decoder gives
+    RGB, so the tile is RGB (uncompressed YCbCr, whose samples stay YCbCr, is refused)."""
+    from scopefx.io import read_metadata
+    from scopefx.samples import bundled_image
+
+    grey = bundled_image("immunohistochemistry", size=128).astype(np.float64)
+    rgb = np.stack([grey, 0.8 * grey + 20, 0.5 * grey + 60], axis=-1)
+    rgb = 255 * (rgb - rgb.min()) / (rgb.max() - rgb.min())
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    ycc = np.stack([0.299 * r + 0.587 * g + 0.114 * b,  # JFIF (full range), as JPEG holds it
+                    128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
+                    128 + 0.5 * r - 0.418688 * g - 0.081312 * b], axis=-1)  # fmt: skip
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, np.clip(np.rint(ycc), 0, 255).astype(np.uint8), photometric="ycbcr",
+                     compression="jpeg", subsampling=subsampling)  # fmt: skip
+    with tifffile.TiffFile(path) as tif:
+        assert int(tif.pages[0].photometric) == 6 and int(tif.pages[0].compression) == 7
+    assert read_metadata(path).samples == "rgb"
+    image = read_image(path)
+    assert image.shape == (128, 128, 3)
+    assert np.abs(image.astype(float) - rgb).mean() < 4  # JPEG's loss, not a colour mix-up

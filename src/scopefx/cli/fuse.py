@@ -73,6 +73,12 @@ def add_parser(sub: Any) -> None:
         help="smallest stage overlap measured (default: %(default)s)",
     )
     g.add_argument(
+        "--no-registration-flatfield",
+        action="store_true",
+        help="without --flatfield, correlate the tiles as read (default: through a flat field "
+        "estimated from the tiles, for registration only)",
+    )
+    g.add_argument(
         "--allow-partial-registration",
         action="store_true",
         help="register what can be registered when fewer than half the neighbouring tiles "
@@ -147,6 +153,7 @@ def _options(args: argparse.Namespace) -> Any:
     registration = RegistrationParams(
         max_shift_px=args.max_shift, min_overlap_px=args.min_overlap,
         allow_partial=args.allow_partial_registration,
+        estimate_flatfield=not args.no_registration_flatfield,
     )  # fmt: skip
     return FuseOptions(
         pixel_size_um=args.pixel_size, rotation_deg=args.rotation,

@@ -143,6 +143,14 @@ def read_opaque(read: Reader, ref: str, ndim: int) -> tuple[np.ndarray, np.ndarr
     return np.asarray(read(ref)), None
 
 
+def read_masked(read: Reader, ref: str, ndim: int) -> np.ndarray:
+    """``read(ref)`` as float32 with NaN where the tile is transparent (see
+    :func:`read_opaque`): for estimates that must leave out what holds no data."""
+    data, opaque = read_opaque(read, ref, ndim)
+    data = np.asarray(data, dtype=np.float32)
+    return data if opaque is None else np.where(opaque, data, np.float32(np.nan))
+
+
 def tile_reader(read: Reader | None, samples_last: int) -> Reader:
     """The reader that gives tiles as fusion takes them: ``read`` (default
     :func:`scopefx.io.read_image`), wrapped in :class:`SamplesFirst` when the tiles are colour

@@ -104,6 +104,15 @@ def colour_samples(metas: list[Any], ndim: int) -> int:
     unknown), 0 when the tiles are not colour images. Colour models other than RGB (CMYK,
     YCbCr, Lab) are refused, and so is a mixture of colour and grey tiles (or of tiles fused
     as different numbers of channels), naming the tiles."""
+    stacks = [m for m in metas if _colour_stack(m)]
+    if stacks:
+        listed = ", ".join(f"{m.path} ({m.pages} pages of {str(m.samples).upper()}, "
+                           f"{list(m.shape)})" for m in stacks[:5])  # fmt: skip
+        raise ConfigError(
+            f"{len(stacks)} of {len(metas)} tiles hold several pages of colour images: "
+            f"{listed}; fusion takes one colour image per tile (a colour z-stack or series is "
+            "not fused): write each page to its own file and list those, or pass grey tiles"
+        )
     colour = [_samples_last(m, ndim) for m in metas]
     if not any(colour):
         return 0
@@ -139,6 +148,17 @@ def _kept(meta: Any) -> int:
     if samples in ("rgb", "rgba"):
         return 3
     return 1 if samples == "grey+alpha" else int(meta.shape[-1])
+
+
+def _colour_stack(meta: Any) -> bool:
+    """Several pages of RGB(A) or grey + alpha images, (P, H, W, samples): no layout of a
+    mosaic's axes fits them (their samples would be taken for columns)."""
+    shape = tuple(getattr(meta, "shape", ()))
+    return (
+        len(shape) >= 4
+        and shape[-1] in SAMPLES_LAST
+        and getattr(meta, "samples", None) in ("rgb", "rgba", "grey+alpha")
+    )
 
 
 def _samples_last(meta: Any, ndim: int) -> bool:

@@ -209,6 +209,7 @@ def registration_report(
         "max_tile_shift_px": _num(float(lengths.max())),
         "overlap_agreement": _num(after),
         "overlap_agreement_stage": _num(before),
+        "flatfield": reg.flatfield,
     }
     pairs = []
     for p in reg.pairs:
@@ -278,6 +279,8 @@ def report_summary(report: dict[str, Any]) -> str:
         f"overlap agreement {px(s['overlap_agreement'])} (stage {px(s['overlap_agreement_stage'])})"
     )
     line = ", ".join(parts)
+    if s.get("flatfield") == "estimated":
+        line += "; tiles correlated through a flat field estimated from them"
     if report.get("layout_problems"):
         line += "; layout: " + "; ".join(report["layout_problems"])
     return line

@@ -61,8 +61,9 @@ import numpy as np
 
 from ..errors import ConfigError, RegistrationError
 from ..io import TileTable, layout_problems, read_image, read_metadata
-from ._blend import read_opaque, tile_reader
+from ._blend import read_masked, read_opaque, tile_reader
 from ._correlate import Measured, Plan, cut, measure, plan_pair, prepare
+from ._flatfield import MIN_TILES, FlatField, estimate_flatfield
 from ._fuse import colour_samples, fused_shape
 from ._regparams import AUTO_SHIFT, RegistrationParams, _check
 
@@ -146,6 +147,10 @@ class Registration:
         The settings used.
     stage_table : TileTable or None
         The table before registration.
+    flatfield : str
+        The flat field the tiles were corrected by before correlation: ``"given"`` (the
+        caller's), ``"estimated"`` (from the tiles, ``RegistrationParams.estimate_flatfield``)
+        or ``"none"``.
     """
 
     table: TileTable
@@ -153,6 +158,7 @@ class Registration:
     corrections_px: np.ndarray
     params: RegistrationParams = dataclasses.field(default_factory=RegistrationParams)
     stage_table: TileTable | None = None
+    flatfield: str = "none"
 
     @property
     def rms_residual_px(self) -> float:
@@ -395,11 +401,38 @@ def register(
         plans = [plan_pair(table, shape_arr, (lo, hi), i, j, _reach(params, shape_arr, i, j))
                  for (i, j, _, _), c in zip(geometry, corner, strict=True)
                  if params.corner_pairs or not c]  # fmt: skip
+        shading = "given" if flatfield is not None else "none"
+        if flatfield is None and params.estimate_flatfield and plans:
+            flatfield = _shading_estimate(table, reader, shape_arr, workers)
+            shading = "none" if flatfield is None else "estimated"
         measured = iter(_measure_all(table, reader, shape_arr, plans, params, flatfield, pool,
                                      workers))  # fmt: skip
     empty = Measured(np.full(nd, np.nan), 0.0, 0.0, (0,) * nd)
     results = [empty if (c and not params.corner_pairs) else next(measured) for c in corner]
-    return _settle(table, shape_arr, geometry, corner, results, params)
+    reg = _settle(table, shape_arr, geometry, corner, results, params)
+    return dataclasses.replace(reg, flatfield=shading)
+
+
+def _shading_estimate(
+    table: TileTable, reader: Callable[[str], Any], shapes: np.ndarray, workers: int
+) -> FlatField | None:
+    """The flat field registration corrects the tiles by when the caller gave none
+    (``RegistrationParams.estimate_flatfield``): estimated from 2D tiles of one shape, at
+    least ``MIN_TILES``, on the sum of their channels (what is correlated: one (Y, X) flat,
+    whatever the number of channels); None (logged) where no estimate can be made."""
+    nd = table.ndim
+    if nd != 2 or len(table) < MIN_TILES or len({tuple(s) for s in shapes.tolist()}) != 1:
+        return None
+
+    def summed(ref: str) -> np.ndarray:  # NaN (transparent) stays NaN in the sum
+        data = read_masked(reader, ref, nd)
+        return data.reshape(-1, *data.shape[-nd:]).sum(axis=0)
+
+    try:
+        return estimate_flatfield(table.refs, read=summed, workers=workers)
+    except ConfigError as exc:
+        logger.info("registration correlates the tiles without a flat field: %s", exc)
+        return None
 
 
 def _settle(

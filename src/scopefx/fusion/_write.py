@@ -158,7 +158,7 @@ def _read_and_register(
     if problems:
         extra["layout_problems"] = problems
     if flatfield is None and options.flatfield is not None:
-        flatfield = _flatfield(options.flatfield, table.refs, read)
+        flatfield = _flatfield(options.flatfield, table.refs, read, workers)
     if flatfield is not None:  # every tile fits it, checked before any output is made
         for ref, meta in zip(table.refs, metas, strict=True):
             flatfield.check_shape(fused_shape(meta.shape, samples), ref=ref)
@@ -270,13 +270,13 @@ def fuse(
     return job.finish(scheduler=scheduler, workers=workers, on_chunk=on_chunk)
 
 
-def _flatfield(spec: str, refs: Sequence[str], read: Reader | None) -> Any:
+def _flatfield(spec: str, refs: Sequence[str], read: Reader | None, workers: int = 1) -> Any:
     """The flat field ``FuseOptions.flatfield`` names: estimated from the tiles ``refs``, a
     saved ``.npz``, or ``FLAT[,DARK]`` images."""
     from ._flatfield import estimate_flatfield, load_flatfield
 
     if spec == "estimate":
-        return estimate_flatfield(refs, read=read)
+        return estimate_flatfield(refs, read=read, workers=workers)
     flat, _, dark = spec.partition(",")
     return load_flatfield(flat, dark or None)
 
