@@ -6,6 +6,7 @@ functions that need them), so a benchmark can pin its thread pools before NumPy 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -96,8 +97,11 @@ def table(
     return [line(cells[0]), rule, *(line(row) for row in cells[1:])]
 
 
+@functools.cache
 def source_revision() -> str:
-    """The git commit of the checkout and how many files under ``src/`` differ from it."""
+    """The git commit of the checkout and how many files under ``src/`` differ from it, as
+    they were when the benchmark started (read once, when this module is imported: a long run
+    must not report commits made while it ran)."""
     root = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
@@ -168,3 +172,6 @@ def thread_pool_lines() -> tuple[list[str], bool]:
     lines.append(f"scipy.fft workers: {workers}")
     ok &= workers == 1
     return lines, ok
+
+
+source_revision()  # the checkout as the run starts
