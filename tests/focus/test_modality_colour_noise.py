@@ -134,6 +134,39 @@ def test_transparent_holes_count_no_features_and_are_not_in_the_density():
     assert result.density_per_mpx == pytest.approx(cut.density_per_mpx, rel=0.1)
 
 
+@pytest.mark.parametrize("shape", ["disk", "ring"])
+def test_transparent_pixels_set_no_noise_level(shape):
+    """The filled transparent pixels copy their nearest opaque pixel without its noise: they
+    were measured with the rest, pulled the noise level down and let noise pass as features
+    (pure noise, no specimen: 5 features opaque everywhere, 75 in a round field of view,
+    1,833 in a 50 px ring). Only opaque pixels set the noise level and the saturation."""
+    rng = np.random.default_rng(0)
+    grey = np.clip(100 + rng.normal(0, 3, (512, 512)), 0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[:512, :512]
+    r = np.hypot(yy - 256, xx - 256)
+    opaque = r < 256 if shape == "disk" else np.abs(r - 200) < 25
+    rgba = np.dstack([grey, grey, grey, np.where(opaque, 255, 0).astype(np.uint8)])
+    plain = scopefx.focus_score(grey)
+    masked = scopefx.focus_score(rgba)
+    assert masked.opaque_px == int(opaque.sum())
+    assert plain.density_per_mpx < 50
+    assert masked.density_per_mpx < 2 * plain.density_per_mpx + 50
+
+
+def test_transparent_pixels_leave_the_features_of_the_opaque_part_alone():
+    """Real content in a round field of view: the features inside it are those of the
+    unmasked image there (the filled pixels had moved the threshold: +31 %)."""
+    grey = _image(size=512)
+    yy, xx = np.mgrid[:512, :512]
+    opaque = np.hypot(yy - 256, xx - 256) < 256
+    rgba = np.dstack([grey, grey, grey, np.where(opaque, 255, 0).astype(np.uint8)])
+    plain, masked = scopefx.focus_score(grey), scopefx.focus_score(rgba)
+    inner = np.hypot(yy - 256, xx - 256) < 240  # away from the rim, where the fill differs
+    count = [int(inner[p[:, 0], p[:, 1]].sum()) for p in (plain.positions, masked.positions)]
+    assert count[0] > 100
+    assert count[1] == pytest.approx(count[0], rel=0.1)
+
+
 def test_an_image_with_no_opaque_pixel_is_refused():
     rgba = np.zeros((64, 64, 4), np.uint8)
     with pytest.raises(scopefx.errors.InvalidImageError, match=r"every pixel .* transparent") as e:
@@ -374,6 +407,8 @@ def test_planar_rgb_tiff_is_one_colour_image_not_three_pages(tmp_path):
     )
     assert planar.page is None and planar.colour == "luma709"
     assert planar.features == chunky.features
+    # focus_score on the path too (it was refused: "must be 2-D, got (3, H, W)")
+    assert scopefx.focus_score(tmp_path / "planar.tif").features == chunky.features
     assert [r.page for r in stack] == [0, 1, 2]
 
 
@@ -398,6 +433,13 @@ def test_grey_alpha_file_leaves_its_transparent_pixels_out(tmp_path):
     assert record.features == plain.features and record.colour == "channel 0"
     other = scopefx.focus_score(unmarked)
     assert other.opaque_px is None and other.features != plain.features
+    # the same written planar, (2, H, W) as read: its alpha was ignored in score_files
+    planar = tmp_path / "grey_alpha_planar.tif"
+    tifffile.imwrite(planar, np.moveaxis(pixels, -1, 0), photometric="minisblack",
+                     planarconfig="separate", extrasamples=[2])  # fmt: skip
+    (record,) = list(score_files([planar]))
+    assert record.features == plain.features and record.colour == "channel 0"
+    assert scopefx.focus_score(planar).features == plain.features
 
 
 def test_padding_changes_no_downsampling():

@@ -18,7 +18,7 @@ from ..errors import ConfigError, ScopefxError
 from ..io import SAMPLES_LAST
 from ._params import FocusParams
 from ._run import FocusRun
-from ._score import FocusResult, focus_score, grey_alpha_as_rgba
+from ._score import FocusResult, as_read, focus_score
 from ._verdict import Calibration, RunBaseline, Verdict
 
 __all__ = ["CSV_COLUMNS", "FocusRecord", "score_files", "score_one"]
@@ -195,14 +195,8 @@ def score_one(path: str, params: FocusParams) -> list[FocusRecord]:
     try:
         meta = read_metadata(path)
         extra = {"working_distance_mm": meta.working_distance_mm, "focus": meta.focus}
-        pixels, params = grey_alpha_as_rgba(pixels, meta.samples, params)
-        if (
-            meta.pages == 1
-            and pixels.ndim == 3
-            and pixels.shape[0] in SAMPLES_LAST
-            and pixels.shape[-1] not in SAMPLES_LAST
-        ):  # one page with its samples first: a planar RGB TIFF, not a stack of 3 pages
-            pixels = np.moveaxis(pixels, 0, -1)
+        # one page with its samples first is a planar colour TIFF, not a stack of 3 pages
+        pixels, params = as_read(pixels, meta.pages, meta.samples, params)
     except Exception:  # metadata is optional: the pixels were read
         logger.debug("no metadata for %s", path, exc_info=True)
     is_stack = pixels.ndim == 3 and pixels.shape[-1] not in SAMPLES_LAST

@@ -25,6 +25,7 @@ __all__ = ["NoiseModel", "estimate_noise_model", "local_means"]
 
 #: Intensity bins of the noise level function (equal counts) ...
 _INTENSITY_BINS = 16
+_MIN_VALID = 256  # whole neighbourhoods on valid pixels needed to measure only those
 #: ... and residual bins per global noise sigma, up to this many sigmas.
 _RESIDUAL_STEPS_PER_SIGMA = 16
 _RESIDUAL_MAX_SIGMAS = 24
@@ -154,8 +155,14 @@ def _robust_sigma(residuals: Any, factor: int, backend: Backend) -> float:
     return float(xp.median(residuals)) * MAD_TO_SIGMA / _IMMERKAER_NORM * factor
 
 
+def _valid_grid(valid: Any, xp: Any) -> Any:
+    """Where the 3x3 neighbourhoods of :func:`_residuals` lie wholly on ``valid`` pixels."""
+    rows = valid[0:-2:2] & valid[1:-1:2] & valid[2::2]
+    return rows[:, 0:-2:2] & rows[:, 1:-1:2] & rows[:, 2::2]
+
+
 def estimate_noise_model(
-    image: Any, lsb: float, *, kind: str, backend: Backend
+    image: Any, lsb: float, *, kind: str, backend: Backend, valid: np.ndarray | None = None
 ) -> tuple[NoiseModel, Any]:
     """The noise level function of a normalised image.
 
@@ -165,6 +172,12 @@ def estimate_noise_model(
     lsb : float
         One input grey level in normalised units (0 for float input).
     kind : {"global", "signal"}
+    valid : (H, W) bool ndarray, optional
+        The pixels that are data (the opaque pixels of an RGBA image): only neighbourhoods
+        wholly on them are measured. Transparent pixels are filled from their nearest opaque
+        pixel, which copies values without their noise: measured, they would pull the noise
+        level down (a ring-shaped field of view of pure noise scored 1,500 times the density
+        of the same noise unmasked).
 
     Returns
     -------
@@ -193,7 +206,13 @@ def estimate_noise_model(
     xp = backend.xp
     floor = lsb / math.sqrt(12.0)
     residuals = xp.abs(_residuals(image))
-    sigma = fine = _robust_sigma(residuals, 1, backend)
+    ok = None
+    if valid is not None:
+        ok = _valid_grid(backend.asarray(valid), xp)
+        if int(ok.sum()) < _MIN_VALID:
+            ok = None  # too few whole neighbourhoods: measure them all
+    measured = residuals if ok is None else residuals[ok]
+    sigma = fine = _robust_sigma(measured, 1, backend)
     factor = 1
     # JPEG decodes to integers: float input (lsb 0) is not taken for block coded, whatever
     # grid it shows (a noiseless float image once stored as JPEG would otherwise have its
@@ -207,7 +226,13 @@ def estimate_noise_model(
             if size > _NOISE_SCALES_PX[0] and excess < _HEAVY_BLOCK_EXCESS:
                 break  # light coding removed the noise at single pixels only
             coarse_image = block_downsample(image, size, backend)
-            coarse = _robust_sigma(xp.abs(_residuals(coarse_image)), size, backend)
+            coarse_res = xp.abs(_residuals(coarse_image))
+            if ok is not None:  # blocks wholly on valid pixels
+                whole = block_downsample(backend.asarray(valid).astype(xp.float32), size, backend)
+                coarse_ok = _valid_grid(whole >= 1, xp)
+                if int(coarse_ok.sum()) >= _MIN_VALID:
+                    coarse_res = coarse_res[coarse_ok]
+            coarse = _robust_sigma(coarse_res, size, backend)
             if coarse <= 0:  # quantised flat at this scale too: look coarser
                 continue
             if coarse <= step * sigma:
@@ -218,7 +243,10 @@ def estimate_noise_model(
     if kind == "global" or sigma <= 0:
         return NoiseModel("global", 0.0, sigma * sigma, floor, sigma, factor, blocky), None
     means = _means(image)
-    fit = _fit_signal(residuals, means, fine, backend) if fine > 0 else None
+    if ok is None:
+        fit = _fit_signal(residuals, means, fine, backend) if fine > 0 else None
+    else:
+        fit = _fit_signal(residuals[ok], means[ok], fine, backend) if fine > 0 else None
     if fit is None:
         return NoiseModel("global", 0.0, sigma * sigma, floor, sigma, factor, blocky), None
     gain, offset = fit

@@ -133,8 +133,13 @@ def _hist_quantiles(image: Any, fractions: tuple[float, float], backend: Backend
     return out
 
 
-def normalize(image: Any, saturation_pct: float, backend: Backend) -> tuple[Any, float] | None:
+def normalize(
+    image: Any, saturation_pct: float, backend: Backend, valid: np.ndarray | None = None
+) -> tuple[Any, float] | None:
     """Saturate ``saturation_pct`` percent at both tails and map to [0, 1] in float32.
+
+    ``valid`` (a bool mask of the image's shape, optional): the tails are those of these
+    pixels only (the opaque pixels of an RGBA image; the others are filled copies of them).
 
     Returns ``(normalised, lsb)``, where ``lsb`` is one input grey level in normalised units
     (0 for floating-point input), or ``None`` for a constant image.
@@ -147,8 +152,9 @@ def normalize(image: Any, saturation_pct: float, backend: Backend) -> tuple[Any,
     xp = backend.xp
     fractions = (saturation_pct / 100.0, 1.0 - saturation_pct / 100.0)
     integer = image.dtype in (np.uint8, np.uint16)
+    data = image if valid is None or bool(valid.all()) else image[backend.asarray(valid)]
     if integer:
-        lo, hi = _hist_quantiles(image, fractions, backend)
+        lo, hi = _hist_quantiles(data, fractions, backend)
     else:
         if not bool(xp.isfinite(image).all()):  # on the input, before a cast can overflow
             raise InvalidImageError(
@@ -164,7 +170,8 @@ def normalize(image: Any, saturation_pct: float, backend: Backend) -> tuple[Any,
                     status="invalid_values",
                 )
         image = image.astype(xp.float32, copy=False)
-        lo, hi = (float(v) for v in backend.to_numpy(xp.quantile(image, xp.asarray(fractions))))
+        data = data.astype(xp.float32, copy=False)
+        lo, hi = (float(v) for v in backend.to_numpy(xp.quantile(data, xp.asarray(fractions))))
     if hi <= lo:  # more than saturation_pct of the pixels share the extreme values
         lo, hi = float(image.min()), float(image.max())
         if hi <= lo:

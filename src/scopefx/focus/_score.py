@@ -181,16 +181,34 @@ def _pixels(image: Any, params: FocusParams) -> tuple[Any, FocusParams]:
 
         pixels = read_image(image)
         try:
-            samples = read_metadata(image).samples
+            meta = read_metadata(image)
         except Exception:  # metadata is optional: the pixels were read
-            samples = None
-        return grey_alpha_as_rgba(pixels, samples, params)
+            return pixels, params
+        return as_read(pixels, meta.pages, meta.samples, params)
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         raise ConfigError(
             f"image must be an array (NumPy or CuPy) or the path of an image file, got "
             f"{type(image).__name__}"
         )
     return image, params
+
+
+def as_read(
+    pixels: Any, pages: int, samples: str | None, params: FocusParams
+) -> tuple[Any, FocusParams]:
+    """A file's pixels as they are scored: one page with its samples first (a planar RGB or
+    grey + alpha TIFF, read as (S, H, W)) with its samples last, then a grey + alpha image as
+    :func:`grey_alpha_as_rgba` gives it; a stack of pages is left as it is."""
+    from ..io import SAMPLES_LAST
+
+    if (
+        pages == 1
+        and np.ndim(pixels) == 3
+        and pixels.shape[0] in SAMPLES_LAST
+        and pixels.shape[-1] not in SAMPLES_LAST
+    ):
+        pixels = np.moveaxis(pixels, 0, -1)
+    return grey_alpha_as_rgba(pixels, samples, params)
 
 
 def grey_alpha_as_rgba(
@@ -272,7 +290,7 @@ def _prepare(image: Any, params: FocusParams, backend: Backend) -> _Prepared:
             blocks = opaque[: h * factor, : w * factor].reshape(h, factor, w, factor)
             opaque = blocks.mean(axis=(1, 3)) >= 0.5
     part = None if alpha is None else (int(grey.shape[0]), int(grey.shape[1]))
-    normalised = normalize(grey, params.saturation_pct, backend)
+    normalised = normalize(grey, params.saturation_pct, backend, valid=opaque)
     if normalised is None:
         return _Prepared(None, 0.0, factor, colour, shape, origin, opaque, part)
     return _Prepared(normalised[0], normalised[1], factor, colour, shape, origin, opaque, part)
@@ -415,7 +433,8 @@ def focus_score(
         )
     sigmas = params.sigmas_px
     kind = "global" if params.threshold is not None else params.resolved_noise_model
-    model, means = estimate_noise_model(normalised, lsb, kind=kind, backend=backend)
+    model, means = estimate_noise_model(normalised, lsb, kind=kind, backend=backend,
+                                        valid=prep.opaque)  # fmt: skip
     best, band = response_max(
         normalised, sigmas, polarity=params.resolved_polarity, mode=params.mode, backend=backend
     )
