@@ -346,6 +346,21 @@ def test_blank_tiles_are_skipped_then_too_few_usable() -> None:
         estimate_flatfield(tiles, read=np.asarray)
 
 
+def test_tiles_holding_infinity_are_skipped(caplog) -> None:
+    """One infinite pixel made an infinite block and the tile was used all the same (the
+    docstring said it was skipped)."""
+    tiles = [t.astype(np.float32) for t in acquired(falloff())]
+    tiles[0][5, 7] = np.inf
+    with caplog.at_level("INFO", logger="scopefx.fusion._flatfield"):
+        ff = estimate_flatfield(tiles, read=np.asarray)
+    assert "holds infinite values" in caplog.text and np.isfinite(ff.flat).all()
+    bad = [t.copy() for t in tiles[:6]] + tiles[6:12]
+    for t in bad[:6]:
+        t[0, 0] = np.inf
+    with pytest.raises(ConfigError, match=f"at least {MIN_TILES} usable tiles, got 6 of 12"):
+        estimate_flatfield(bad, read=np.asarray)
+
+
 def test_signed_tiles_around_zero_are_refused_saying_why() -> None:
     """Signed tiles with a negative level were refused as 'blank or non-finite'."""
     tiles = [t.astype(np.int32) - 70000 for t in acquired(falloff())[:12]]

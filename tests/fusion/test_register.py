@@ -769,12 +769,14 @@ def test_flatfield_estimate_leaves_unshaded_tiles_alone() -> None:
     assert _position_error(reg.table, true).mean() < 0.1
 
 
-def test_flatfield_estimate_is_skipped_where_it_cannot_be_made() -> None:
+def test_flatfield_estimate_is_skipped_where_it_cannot_be_made(caplog) -> None:
     """Fewer than 8 tiles, tiles of mixed shapes, or a black border that the estimate refuses:
     registration correlates the tiles as read and says so; a caller's flat field wins."""
     tiles, true, stage = _mosaic(seed=3)
-    few = register(_table(stage[:6]), read=_memory_reader(tiles), shapes=[(TILE, TILE)] * 6)
+    with caplog.at_level("INFO", logger="scopefx.fusion._register"):
+        few = register(_table(stage[:6]), read=_memory_reader(tiles), shapes=[(TILE, TILE)] * 6)
     assert few.flatfield == "none"
+    assert "without a flat field: it needs at least 8 tiles, there are 6" in caplog.text
     bordered = [t.copy() for t in tiles]
     for t in bordered:
         t[:, -20:] = t[-20:, :] = 0  # no signal at every tile's edge: the estimate is refused
@@ -807,3 +809,33 @@ def test_registration_estimates_one_flat_on_the_channel_sum() -> None:
     truth = shade / shade.mean()
     assert np.abs(flat.flat / flat.flat.mean() - truth).mean() < 0.07
     assert np.abs(1 - truth).mean() > 0.1
+
+
+def test_flatfield_estimate_takes_numpy_integer_workers() -> None:
+    """``register`` accepts a NumPy integer for ``workers``; the estimate refused it and the
+    tiles were silently correlated without a flat field."""
+    tiles, true, stage = _cell_mosaic(0.45, 0.5)
+    reg = register(_table(stage), read=_memory_reader(tiles), shapes=[(256, 256)] * 9,
+                   workers=np.int64(2))  # fmt: skip
+    assert reg.flatfield == "estimated"
+    assert _position_error(reg.table, true).mean() < 0.1
+
+
+@pytest.mark.parametrize("estimate", [True, False])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_tile_that_cannot_be_read_is_named(estimate, workers) -> None:
+    """A caller's reader that fails on one tile: its error reaches the caller with a note
+    naming that tile (it came bare: 'decoder failed: truncated strip')."""
+    tiles, _, stage = _cell_mosaic(0.3, 0.0)
+    refs = [f"tile_{k}.tif" for k in range(9)]
+    by_ref = dict(zip(refs, tiles, strict=True))
+
+    def read(ref: str) -> np.ndarray:
+        if ref == "tile_4.tif":
+            raise ValueError("decoder failed: truncated strip")
+        return by_ref[ref]
+
+    with pytest.raises(ValueError, match="truncated strip") as info:
+        register(_table(stage, refs), read=read, shapes=[(256, 256)] * 9, workers=workers,
+                 params=RegistrationParams(estimate_flatfield=estimate))  # fmt: skip
+    assert "while reading tile 'tile_4.tif'" in getattr(info.value, "__notes__", [])

@@ -201,18 +201,34 @@ def load_flatfield(
     )
 
 
+def note_tile(exc: BaseException, ref: Any) -> None:
+    """Add a note naming tile ``ref`` to an error that does not name it (a caller's own
+    reader's), so the traceback says which tile failed."""
+    if str(ref) not in str(exc):
+        exc.add_note(f"while reading tile {ref!r}")
+
+
+def read_named(read: Callable[[Any], Any], ref: Any) -> Any:
+    """``read(ref)``, its error naming ``ref`` (:func:`note_tile`)."""
+    try:
+        return read(ref)
+    except Exception as exc:
+        note_tile(exc, ref)
+        raise
+
+
 def _read_each(
     refs: Sequence[Any], picked: Any, read: Callable[[Any], Any], workers: int
 ) -> Iterator[tuple[int, Any]]:
     """``(i, read(refs[i]))`` for each picked ``i``, in order, read by ``workers`` threads with
     at most ``workers`` tiles read ahead."""
     if workers == 1:
-        yield from ((i, read(refs[i])) for i in picked)
+        yield from ((i, read_named(read, refs[i])) for i in picked)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         ahead: collections.deque[tuple[int, Future[Any]]] = collections.deque()
         for i in picked:
-            ahead.append((i, pool.submit(read, refs[i])))
+            ahead.append((i, pool.submit(read_named, read, refs[i])))
             if len(ahead) >= workers:
                 k, done = ahead.popleft()
                 yield k, done.result()
@@ -256,6 +272,9 @@ def _reduced(
             scale = np.median(reduced, axis=(1, 2), keepdims=True)  # robust to sparse content
             mean = reduced.mean(axis=(1, 2), keepdims=True)
         scale = np.where(scale > 0, scale, mean)
+        if np.isinf(reduced).any():  # a few infinite pixels would be an infinite block
+            logger.info("flat-field estimate: skipping %r (it holds infinite values)", refs[i])
+            continue
         if not (np.isfinite(scale).all() and (scale > 0).all()):
             logger.info("flat-field estimate: skipping %r (level %s)", refs[i], scale.ravel())
             continue
@@ -400,8 +419,9 @@ def estimate_flatfield(
         or not 0 < smooth_sigma_px < math.inf
     ):
         raise ConfigError(f"smooth_sigma_px must be None or a number > 0, got {smooth_sigma_px!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    workers = int(workers)
     rng = np.random.default_rng(seed)
     picked = range(n) if n <= max_tiles else np.sort(rng.choice(n, max_tiles, replace=False))
     read = read if read is not None else _reader(refs)

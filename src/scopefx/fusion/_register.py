@@ -48,6 +48,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -63,7 +64,7 @@ from ..errors import ConfigError, RegistrationError
 from ..io import TileTable, layout_problems, read_image, read_metadata
 from ._blend import read_masked, read_opaque, tile_reader
 from ._correlate import Measured, Plan, cut, measure, plan_pair, prepare
-from ._flatfield import MIN_TILES, FlatField, estimate_flatfield
+from ._flatfield import MIN_TILES, FlatField, estimate_flatfield, note_tile, read_named
 from ._fuse import colour_samples, fused_shape
 from ._regparams import AUTO_SHIFT, RegistrationParams, _check
 
@@ -382,7 +383,10 @@ def register(
         if shapes is None and read is None:  # from the headers; colour tiles read channels first
             reader, shapes = read_as_fused(table, pool.map)
         elif shapes is None:
-            shapes = [np.shape(s)[-nd:] for s in pool.map(reader, table.refs)]
+            shapes = [
+                np.shape(s)[-nd:]
+                for s in pool.map(functools.partial(read_named, reader), table.refs)
+            ]
         shape_arr = _shapes_array(table, shapes)
         geometry = overlapping_pairs(table, shape_arr, min_overlap_px=1.0)
         if not geometry and n > 1:
@@ -421,7 +425,15 @@ def _shading_estimate(
     least ``MIN_TILES``, on the sum of their channels (what is correlated: one (Y, X) flat,
     whatever the number of channels); None (logged) where no estimate can be made."""
     nd = table.ndim
-    if nd != 2 or len(table) < MIN_TILES or len({tuple(s) for s in shapes.tolist()}) != 1:
+    why = None
+    if nd != 2:
+        why = f"it is estimated for 2D tiles only, these are {nd}D"
+    elif len(table) < MIN_TILES:
+        why = f"it needs at least {MIN_TILES} tiles, there are {len(table)}"
+    elif len({tuple(s) for s in shapes.tolist()}) != 1:
+        why = "the tiles differ in shape (one flat field fits one tile geometry)"
+    if why is not None:
+        logger.info("registration correlates the tiles without a flat field: %s", why)
         return None
 
     def summed(ref: str) -> np.ndarray:  # NaN (transparent) stays NaN in the sum
@@ -864,7 +876,11 @@ def _measure_all(
     order = [k for k in np.lexsort((np.arange(len(lo)), *band)).tolist() if k in by_tile]
 
     def load(k: int) -> list[tuple[int, int, np.ndarray, float]]:
-        data, opaque = read_opaque(reader, table[k].ref, nd)
+        try:
+            data, opaque = read_opaque(reader, table[k].ref, nd)
+        except Exception as exc:
+            note_tile(exc, table[k].ref)
+            raise
         got = tuple(np.shape(data)[-nd:])
         if got != tuple(int(v) for v in shapes[k]):
             raise ConfigError(
