@@ -78,6 +78,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_WEAK_BRIDGE = 0.5  # NCC under which an unconfirmed pair is checked against the stage model
+_PLAUSIBLE_SPREAD = 4.0  # robust standard deviations of the confirmed corrections allowed
+_PLAUSIBLE_MIN_PX = 4.0  # however tight the confirmed corrections are
+_PLAUSIBLE_POOL = 4  # confirmed pairs of the same direction needed for the check
+
 _CHUNK = 4_000_000  # candidate pairs examined at once by the sweep
 
 #: Values of :attr:`PairResult.status`.
@@ -549,6 +554,11 @@ def _settle(
         candidate[admit] = False
     model: dict[int, np.ndarray] = {}
     if params.stage_model:
+        drop = _implausible_bridges(table, shapes, ij, shifts, used, side, olo, ohi, quality)
+        if len(drop):
+            used[drop], status[drop], weight[drop] = False, "outlier", 0.0
+            c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)
+            residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)
         model = _stage_model(table, shapes, ij, shifts, used, side, olo, ohi)
         c = c + _place_components(n, ij, used, model, c)
     affines = table.affines
@@ -826,6 +836,45 @@ def _place_components(
     main = int(np.argmax(np.bincount(label)))
     offset -= offset[main]
     return offset[label]
+
+
+def _implausible_bridges(
+    table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
+    side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, quality: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """Weak used side pairs that no loop confirms (bridges, NCC under ``_WEAK_BRIDGE``) whose
+    correction lies far outside those of the loop-confirmed pairs stepping the same way:
+    beyond ``_PLAUSIBLE_SPREAD`` robust standard deviations of theirs (at least
+    ``_PLAUSIBLE_MIN_PX``) from their median. Such a match is most likely chance (in a nearly
+    blank overlap of sparse content: a 32 px jump at NCC 0.28, where the stage was 3 px off),
+    and the stage model (:func:`_stage_model`, MIST's repeatability check in spirit) places
+    the pair better. Needs ``_PLAUSIBLE_POOL`` confirmed pairs of that direction."""
+    sides = np.flatnonzero(used & side)
+    if len(sides) < _PLAUSIBLE_POOL:
+        return np.zeros(0, dtype=int)
+    bridges = set(sides[_bridges(len(table), ij[sides])].tolist())
+    offs = _footprints(table, shapes)[0]
+    step = offs[ij[:, 1]] - offs[ij[:, 0]]
+    frac = (ohi - olo) / np.minimum(shapes[ij[:, 0]], shapes[ij[:, 1]])
+    axis = np.argmin(frac, axis=1)
+    sign = np.where(step[np.arange(len(ij)), axis] < 0, -1.0, 1.0)
+    oriented = shifts * sign[:, None]
+    drop = []
+    for k in sorted(bridges):
+        if quality[k] >= _WEAK_BRIDGE:
+            continue
+        pool = np.array([oriented[q] for q in sides if q not in bridges and axis[q] == axis[k]])
+        if len(pool) < _PLAUSIBLE_POOL:
+            continue
+        centre = np.median(pool, axis=0)
+        spread = 1.4826 * np.median(np.abs(pool - centre), axis=0)
+        limit = max(_PLAUSIBLE_SPREAD * float(np.linalg.norm(spread)), _PLAUSIBLE_MIN_PX)
+        if float(np.linalg.norm(oriented[k] - centre)) > limit:
+            drop.append(k)
+    if drop:
+        logger.info("dropped %d weak unconfirmed pair(s) far from the stage model: %s",
+                    len(drop), [tuple(map(int, ij[k])) for k in drop])  # fmt: skip
+    return np.array(drop, dtype=int)
 
 
 def _stage_model(
