@@ -129,6 +129,13 @@ def test_killed_job_resumes_byte_identically(tiles, reference, tmp_path, no_leak
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job: client, scheduler, everything
     proc.wait()
     subprocess.run(["scancel", "--user", os.environ.get("USER", "root")])  # as a walltime would
+    # scancel returns before the workers have stopped: one finishing a chunk then marked it
+    # after the markers were listed (13 done on resume against 12 listed). Count once the
+    # jobs have left the queue (a job is listed until its processes are gone).
+    deadline = time.monotonic() + 60
+    while _queue() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _queue(), f"jobs still in the queue after scancel: {_queue()}"
     names = [p.name for p in done.iterdir()]
     # a marker being written when the job was killed is left as its temporary (.NAME.UUID.partial,
     # which a resume ignores: only a complete marker says a chunk is done)
