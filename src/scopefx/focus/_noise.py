@@ -25,10 +25,11 @@ __all__ = ["NoiseModel", "estimate_noise_model", "local_means"]
 
 #: Intensity bins of the noise level function (equal counts) ...
 _INTENSITY_BINS = 16
-_MIN_VALID = 256  # whole neighbourhoods on valid pixels needed to measure only those
 #: ... and residual bins per global noise sigma, up to this many sigmas.
 _RESIDUAL_STEPS_PER_SIGMA = 16
 _RESIDUAL_MAX_SIGMAS = 24
+#: Whole neighbourhoods on valid pixels needed to measure only those.
+_MIN_VALID = 256
 #: Fine histogram of the local mean used to place the equal-count intensity bins.
 _MEAN_LEVELS = 1024
 #: Block-transform coding (JPEG, JPEG-in-TIFF, SVS, MPEG) works on blocks of this many pixels.
@@ -206,9 +207,11 @@ def estimate_noise_model(
     xp = backend.xp
     floor = lsb / math.sqrt(12.0)
     residuals = xp.abs(_residuals(image))
-    ok = None
+    ok: Any = None
+    mask: Any = None
     if valid is not None:
-        ok = _valid_grid(backend.asarray(valid), xp)
+        mask = backend.asarray(valid)
+        ok = _valid_grid(mask, xp)
         if int(ok.sum()) < _MIN_VALID:
             ok = None  # too few whole neighbourhoods: measure them all
     measured = residuals if ok is None else residuals[ok]
@@ -228,7 +231,7 @@ def estimate_noise_model(
             coarse_image = block_downsample(image, size, backend)
             coarse_res = xp.abs(_residuals(coarse_image))
             if ok is not None:  # blocks wholly on valid pixels
-                whole = block_downsample(backend.asarray(valid).astype(xp.float32), size, backend)
+                whole = block_downsample(mask.astype(xp.float32), size, backend)
                 coarse_ok = _valid_grid(whole >= 1, xp)
                 if int(coarse_ok.sum()) >= _MIN_VALID:
                     coarse_res = coarse_res[coarse_ok]
@@ -243,10 +246,9 @@ def estimate_noise_model(
     if kind == "global" or sigma <= 0:
         return NoiseModel("global", 0.0, sigma * sigma, floor, sigma, factor, blocky), None
     means = _means(image)
-    if ok is None:
-        fit = _fit_signal(residuals, means, fine, backend) if fine > 0 else None
-    else:
-        fit = _fit_signal(residuals[ok], means[ok], fine, backend) if fine > 0 else None
+    fit = None
+    if fine > 0:
+        fit = _fit_signal(measured, means if ok is None else means[ok], fine, backend)
     if fit is None:
         return NoiseModel("global", 0.0, sigma * sigma, floor, sigma, factor, blocky), None
     gain, offset = fit

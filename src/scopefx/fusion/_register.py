@@ -838,6 +838,19 @@ def _place_components(
     return offset[label]
 
 
+def _steps(
+    table: TileTable, shapes: np.ndarray, ij: np.ndarray, olo: np.ndarray, ohi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, the axis along which it steps (where its overlap is thinnest) and the sign
+    that orients its correction so that the step runs forward."""
+    offs = _footprints(table, shapes)[0]
+    step = offs[ij[:, 1]] - offs[ij[:, 0]]
+    frac = (ohi - olo) / np.minimum(shapes[ij[:, 0]], shapes[ij[:, 1]])
+    axis = np.argmin(frac, axis=1)
+    sign = np.where(step[np.arange(len(ij)), axis] < 0, -1.0, 1.0)
+    return axis, sign
+
+
 def _implausible_bridges(
     table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
     side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, quality: np.ndarray,
@@ -853,11 +866,7 @@ def _implausible_bridges(
     if len(sides) < _PLAUSIBLE_POOL:
         return np.zeros(0, dtype=int)
     bridges = set(sides[_bridges(len(table), ij[sides])].tolist())
-    offs = _footprints(table, shapes)[0]
-    step = offs[ij[:, 1]] - offs[ij[:, 0]]
-    frac = (ohi - olo) / np.minimum(shapes[ij[:, 0]], shapes[ij[:, 1]])
-    axis = np.argmin(frac, axis=1)
-    sign = np.where(step[np.arange(len(ij)), axis] < 0, -1.0, 1.0)
+    axis, sign = _steps(table, shapes, ij, olo, ohi)
     oriented = shifts * sign[:, None]
     drop = []
     for k in sorted(bridges):
@@ -885,10 +894,7 @@ def _stage_model(
     pair; else of its direction. Pairs are oriented so that the step runs forward."""
     nd = table.ndim
     offs = _footprints(table, shapes)[0]
-    step = offs[ij[:, 1]] - offs[ij[:, 0]]
-    frac = (ohi - olo) / np.minimum(shapes[ij[:, 0]], shapes[ij[:, 1]])
-    axis = np.argmin(frac, axis=1)  # the axis along which the pair steps
-    sign = np.where(step[np.arange(len(ij)), axis] < 0, -1.0, 1.0)
+    axis, sign = _steps(table, shapes, ij, olo, ohi)
     size = np.median(shapes, axis=0)
     lines = np.round(offs / size).astype(int)  # row / column index of each tile
 
