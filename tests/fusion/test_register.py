@@ -561,16 +561,15 @@ def _grid_case(name: str, photons: float | None) -> tuple[dict, np.ndarray]:
     return {(p.i, p.j): p for p in reg.pairs}, err
 
 
-def test_a_lone_link_outvoted_by_the_links_across_its_cut() -> None:
-    """Noisy retina, 5x5 tiles, 6 % overlaps: pair 2-3's best peak is a chance match (42 px
-    off, NCC 0.73, significant) and its true shift only its second peak; 7-8 and 12-13 hold
-    the true shift as second peaks too. Once 2-3 is the only used link between tiles 3, 4, 8,
-    9, 13, 14 and the rest (no loop confirms it), the other links across that cut agree on one
-    placement, 2-3's own second peak with them, and outvote it (the group was 40 px off)."""
+def test_a_pair_whose_true_overlap_is_under_the_minimum_is_refused() -> None:
+    """Noisy retina, 5x5 tiles, 6 % overlaps: tiles 2 and 3 truly share 4.7 px, under the
+    6 px ``min_overlap_px``. The best shift allowed is the narrowest, with the NCC's bound
+    still rising beyond it: no peak, so the pair is refused (it was used 2.1 px off, once
+    through a chance match 42 px off), and the links across its cut place the group."""
     by, err = _grid_case("retina", 1000.0)
-    assert by[(2, 3)].used and by[(2, 3)].residual_px < 1.0, by[(2, 3)]
+    assert not by[(2, 3)].used and by[(2, 3)].status == "low_quality", by[(2, 3)]
     group = [2, 3, 4, 7, 8, 9, 12, 13, 14]
-    assert err[group].max() < 1.5, err
+    assert err[group].max() < 1.0, err
 
 
 def test_a_lone_link_is_not_outvoted_by_its_own_repeats() -> None:
@@ -703,12 +702,14 @@ def _reference_error(table: TileTable, reference: Path) -> np.ndarray:
 
 
 def test_real_leica_scan_with_defaults() -> None:
-    """Vignetted 4x3 scan, 58 px overlaps: every side pair used, corners not measured, within
-    the published grid's couple of pixels."""
+    """Vignetted 4x3 scan, 58 px overlaps: the side pairs used (one may be refused: the scan
+    is not rigid, its loops of true pairs miss by 1-2 px, and ``6.tif``/``7.tif`` stands
+    1.5 px off the rest's prediction), corners not measured, within the published grid's
+    couple of pixels."""
     folder = _real("leica_tma4x3")
     reg = register(read_tile_table(folder / "stage.csv"), workers=2)
     sides = [p for p in reg.pairs if p.status != "corner"]
-    assert len(sides) == 17 and all(p.used for p in sides)
+    assert len(sides) == 17 and sum(not p.used for p in sides) <= 1
     assert _reference_error(reg.table, folder / "reference.csv").max() < 3.5
 
 
@@ -900,4 +901,98 @@ def test_a_weak_unconfirmed_match_far_from_the_stage_model_is_dropped(name) -> N
     reg = register(_table(stage), read=_memory_reader(tiles), shapes=[(256, 256)] * 16)
     error = _position_error(reg.table, true)
     assert error.mean() < 3.0, error.mean()
-    assert any(p.status == "outlier" and p.quality < 0.5 for p in reg.pairs)
+    weak = [p for p in reg.pairs if p.status != "corner" and p.quality < 0.5]
+    assert weak and not any(p.used for p in weak), weak
+
+
+def _thin_strips(width: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two crops of one image (a search box 128 px tall): ``a`` holds columns 4..4+width+4 of
+    it, ``b`` the same place moved by ``fraction`` px along x (``b(m) = a(m + d)``,
+    ``d = (0.2, fraction)``); their common part is ``width`` px wide."""
+    image = samples.bundled_image("cell", size=(600, 600)).astype(np.float64)
+    moved = ndimage.shift(image, (-0.2, -fraction), order=3)
+    a, b = image[200:328, 196 : 204 + width].copy(), moved[200:328, 196 : 204 + width].copy()
+    a[:, :4], b[:, -4:] = np.nan, np.nan  # a's left edge and b's right edge out of view
+    a[:, -4:], b[:, :4] = np.nan, np.nan
+    return a, b
+
+
+@pytest.mark.parametrize("start", [-1.0, 0.0, 1.0])
+def test_sub_pixel_refinement_is_exact_on_a_thin_common_part(start: float) -> None:
+    """A 13 px wide common part, 0.3 px between the crops: the phase correlation's window,
+    the same on both crops, keeps its estimate near the integer it starts from (three
+    quarters of the remainder lost); Gauss-Newton on the NCC, both crops resampled half-way,
+    reaches the shift from a pixel either side."""
+    from scopefx.fusion._correlate import _gauss_newton, _subpixel
+
+    a, b = _thin_strips(13, 0.3)
+    pc = start + _subpixel(a, b, np.array([0, int(start)]), 2)[1]
+    assert abs(pc - 0.3) > 0.2  # the window's pull: what made a thin overlap's pair off
+    d = _gauss_newton(a, b, np.array([0.0, start]), 2)
+    assert d is not None and np.allclose(d, [0.2, 0.3], atol=0.02), d
+
+
+def test_thin_overlaps_register_to_a_hundredth_of_a_pixel() -> None:
+    """A 4x4 scan of 128 px tiles at 10 % overlap (13 px), up to 3 px off the stage grid,
+    clean: every pair is measurable and the layout exact (it was 0.61 px mean, 0.92 max: the
+    search's smoothing, one-sided at each tile's edge, put pairs a pixel off, and the phase
+    correlation could not bring them back)."""
+    m = samples.make_mosaic("cell", grid=(4, 4), tile_px=128, overlap=0.1, jitter_px=3.0,
+                            seed=0)  # fmt: skip
+    true = m.affines[:, :2, 2]
+    grid = np.array([(r, c) for r in range(4) for c in range(4)], dtype=float) * 115
+    stage = grid + (true - grid).mean(axis=0)
+    reg = register(_table(stage), read=_memory_reader(list(m.tiles)), shapes=[(128, 128)] * 16)
+    assert all(p.used for p in reg.pairs if p.status != "corner")
+    assert np.linalg.norm(_position_error(reg.table, true), axis=1).max() < 0.05
+
+
+def test_a_best_shift_at_the_minimum_overlap_is_a_peak_only_if_the_ncc_falls_beyond() -> None:
+    """The narrowest common part allowed (``min_overlap_px`` 6) is the edge of the search
+    when the true one is narrower: 3 px true, the best shift there is no peak; 5.3 px true,
+    the refinement finds it within half a pixel of the edge, and it stands."""
+    from scopefx.fusion._correlate import measure
+
+    image = samples.bundled_image("cell", size=(600, 600)).astype(np.float32)
+    for true_overlap, inside in ((3.0, False), (5.3, True)):
+        fraction = 6 - true_overlap  # b sits this much further right than a 6 px overlap
+        moved = ndimage.shift(image, (0, -fraction), order=3)
+        a = np.full((128, 40), np.nan, np.float32)
+        b = np.full((128, 40), np.nan, np.float32)
+        a[:, :26] = image[200:328, 200:226]  # a's right edge at column 26
+        b[:, 20:] = moved[200:328, 220:240]  # b's left edge at 20: 6 px common at the stage
+        r = measure(a, b, 8, 6, (1.0, 1.0))
+        assert r.inside is inside, (true_overlap, r)
+        if inside:
+            assert abs(r.shift[1] - fraction) < 0.1, r.shift
+
+
+def test_a_wrong_pair_in_a_loop_is_judged_by_what_the_others_predict() -> None:
+    """A loop of four tiles, one pair 5 px off: the solve spreads the misfit over the loop,
+    the wrong pair's own residual is a quarter of it (1.25 px, under ``outlier_px`` 1.5);
+    against what the other three predict it is 5 px off; its standardised residual
+    (``residual / sqrt(1 - h)``) is half that, 2.5 px, and so judged."""
+    from scopefx.fusion._register import _misfit, _solve
+
+    ij = np.array([(0, 1), (1, 3), (0, 2), (2, 3)])
+    shifts = np.array([(0.0, 100.0), (100.0, 0.0), (100.0, 0.0), (0.0, 105.0)])  # last 5 off
+    used, weight = np.ones(4, bool), np.ones(4)
+    c = _solve(4, ij, shifts, weight, 1e-4)
+    residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)
+    assert np.allclose(residual, 1.25, atol=0.01)
+    misfit = _misfit(4, ij, used, weight, residual, RegistrationParams())
+    assert np.allclose(misfit, 2.5, atol=0.05)  # every pair of a lone loop: half the miss
+    # with more loops (tiles 0-3 and 1-2 measured too), the wrong one stands out
+    ij2 = np.vstack([ij, [(0, 3), (1, 2)]])
+    shifts2 = np.vstack([shifts, [(100.0, 100.0), (100.0, -100.0)]])
+    used2, weight2 = np.ones(6, bool), np.ones(6)
+    c2 = _solve(4, ij2, shifts2, weight2, 1e-4)
+    residual2 = np.linalg.norm(c2[ij2[:, 1]] - c2[ij2[:, 0]] - shifts2, axis=1)
+    misfit2 = _misfit(4, ij2, used2, weight2, residual2, RegistrationParams())
+    assert int(np.argmax(misfit2)) == 3 and misfit2[3] > 2 * np.delete(misfit2, 3).max()
+    # dropped (worst first), the rest agree
+    keep = np.arange(6) != 3
+    c3 = _solve(4, ij2[keep], shifts2[keep], weight2[keep], 1e-4)
+    residual3 = np.linalg.norm(c3[ij2[keep, 1]] - c3[ij2[keep, 0]] - shifts2[keep], axis=1)
+    assert _misfit(4, ij2[keep], used2[keep], weight2[keep], residual3,
+                   RegistrationParams()).max() < 0.01  # fmt: skip
