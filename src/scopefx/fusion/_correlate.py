@@ -354,7 +354,8 @@ def measure(
     fisher = np.arctanh(np.clip(ncc, -0.999, 0.999))
     error = 1 / np.sqrt(np.maximum(samples - 3, 1))
     z = fisher - _CONFIDENCE * error
-    score = np.where(ok, np.tanh(z), -np.inf)
+    lower = np.tanh(z)  # every shift's bound, the excluded ones too (see _inside)
+    score = np.where(ok, lower, -np.inf)
     if not np.isfinite(score).any():
         return nothing
     best = np.array(np.unravel_index(int(np.argmax(score)), score.shape))
@@ -382,7 +383,7 @@ def measure(
     # matches gather there: the bound favours the largest common part).
     bound = float(score[tuple(best)])
     significant = bool(fisher[tuple(best)] > chance) and bound > 0
-    inside = _inside(ok, np.tanh(z), best, shift - peak if settled else None)
+    inside = _inside(ok, lower, best, shift - peak if settled else None)
     alternatives = []
     for other in _other_peaks(score, best, _ALTERNATIVES):
         at = tuple(other)
@@ -391,8 +392,7 @@ def measure(
         spread_k = 1 / math.sqrt(max(float(count[at]) / shared - 3, 1))
         chance_k = -float(ndtri(_CHANCE / tries)) * spread_k
         # the phase correlation alone for these fallbacks (a thin one may keep a pull to the peak)
-        sub_k = _subpixel(a, b, other - r, degree)
-        shift_k = other - r + (sub_k if sub_k is not None else _parabola(score, other))
+        shift_k = _phase_start(a, b, other - r, degree, score, other)
         b_k = float(score[at])
         alternatives.append((shift_k, float(max(ncc[at], 0.0)), b_k,
                              bool(fisher[at] > chance_k) and b_k > 0))  # fmt: skip
@@ -509,6 +509,16 @@ def _subpixel(a: np.ndarray, b: np.ndarray, peak: np.ndarray, degree: int) -> np
     return d if np.all(np.abs(d) <= 1) else None
 
 
+def _phase_start(
+    a: np.ndarray, b: np.ndarray, peak: np.ndarray, degree: int, score: np.ndarray,
+    at: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """``peak`` plus the phase correlation's sub-pixel remainder (the score's parabola where
+    that finds nothing)."""
+    sub = _subpixel(a, b, peak, degree)
+    return peak + (sub if sub is not None else _parabola(score, at))
+
+
 def _refined(
     a: np.ndarray, b: np.ndarray, peak: np.ndarray, degree: int, score: np.ndarray,
     at: np.ndarray,
@@ -516,8 +526,7 @@ def _refined(
     """The shift near the integer ``peak``: the phase-correlation estimate (or the score's
     parabola) as the start of :func:`_gauss_newton`, which has the last word when it converges
     within ``_GN_REACH`` px of the peak (then True)."""
-    sub = _subpixel(a, b, peak, degree)
-    start = peak + (sub if sub is not None else _parabola(score, at))
+    start = _phase_start(a, b, peak, degree, score, at)
     final = _gauss_newton(a, b, start, degree)
     if final is None or np.any(np.abs(final - peak) > _GN_REACH):
         return start, False
@@ -546,16 +555,16 @@ def _gauss_newton(
     nd = a.ndim
     start = np.asarray(start, dtype=np.float64)
     va, vb = np.isfinite(a), np.isfinite(b)
+    # the pixels a pixel or more inside what each crop holds (the cubic spline's reach): no
+    # sample taken there leans on the copies that fill the rest
+    inner_a = ndimage.binary_erosion(va, border_value=0).astype(np.float32)
+    inner_b = ndimage.binary_erosion(vb, border_value=0).astype(np.float32)
 
-    def common(d: np.ndarray, valid_a: np.ndarray, valid_b: np.ndarray) -> np.ndarray:
-        # the pixels whose samples from both crops lie a pixel or more inside what each holds
-        # (the cubic spline's reach): no sample leans on the copies that fill the rest
-        inner_a = ndimage.binary_erosion(valid_a, border_value=0).astype(np.float32)
-        inner_b = ndimage.binary_erosion(valid_b, border_value=0).astype(np.float32)
+    def common(d: np.ndarray) -> np.ndarray:  # where both samples at d lie inside
         m = ndimage.shift(inner_a, -d / 2, order=1, cval=0.0) > 0.999
         return m & (ndimage.shift(inner_b, d / 2, order=1, cval=0.0) > 0.999)
 
-    mask = common(start, va, vb)
+    mask = common(start)
     if np.count_nonzero(mask) < 64:
         return None
     pad = math.ceil(_GN_REACH) + 3  # the common part may grow by the largest move
@@ -564,6 +573,9 @@ def _gauss_newton(
           zip(np.nonzero(mask), a.shape, strict=True)]  # fmt: skip
     box = tuple(slice(x, y) for x, y in zip(lo, hi, strict=True))
     a, b, va, vb = a[box], b[box], va[box], vb[box]
+    # within the box its edge counts as missing too (the samples stay a pixel inside it)
+    inner_a = ndimage.binary_erosion(va, border_value=0).astype(np.float32)
+    inner_b = ndimage.binary_erosion(vb, border_value=0).astype(np.float32)
 
     def coefficients(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
         # the nearest valid pixel stands in for each missing one: no step for the spline to ring on
@@ -606,7 +618,7 @@ def _gauss_newton(
         if at is None or np.any(np.abs(d - at) > 0.25):
             # the common part, its polynomial and the slopes, anew once d has moved a
             # quarter pixel (in between, a sample leans at most an eighth of a pixel outward)
-            keep, at = common(d, va, vb), d.copy()
+            keep, at = common(d), d.copy()
             if np.count_nonzero(keep) < 64:
                 return None
             flat = flattener(keep)

@@ -277,8 +277,9 @@ def overlapping_pairs(
     return list(zip(i.tolist(), j.tolist(), map(tuple, olo), map(tuple, ohi), strict=True))
 
 
-def _solve(n: int, ij: np.ndarray, s: np.ndarray, w: np.ndarray, prior: float) -> np.ndarray:
-    """Minimise sum w (c_j - c_i - s)^2 + prior sum c^2 (normal equations, sparse LU)."""
+def _normal_lu(n: int, ij: np.ndarray, w: np.ndarray, prior: float) -> Any:
+    """Sparse LU of the solve's normal matrix ``A^T W A + prior I`` (``A``: the pairs'
+    incidence rows)."""
     from scipy import sparse
     from scipy.sparse.linalg import splu
 
@@ -286,16 +287,25 @@ def _solve(n: int, ij: np.ndarray, s: np.ndarray, w: np.ndarray, prior: float) -
     rows = np.concatenate([i, j, i, j, np.arange(n)])
     cols = np.concatenate([i, j, j, i, np.arange(n)])
     vals = np.concatenate([w, w, -w, -w, np.full(n, prior)])
-    normal = sparse.csc_matrix((vals, (rows, cols)), shape=(n, n))
+    return splu(sparse.csc_matrix((vals, (rows, cols)), shape=(n, n)))
+
+
+def _solve(
+    n: int, ij: np.ndarray, s: np.ndarray, w: np.ndarray, prior: float, lu: Any = None
+) -> np.ndarray:
+    """Minimise sum w (c_j - c_i - s)^2 + prior sum c^2 (normal equations, sparse LU; ``lu``:
+    that of :func:`_normal_lu`, when already made)."""
+    i, j = ij[:, 0], ij[:, 1]
     rhs = np.zeros((n, s.shape[1]))
     np.add.at(rhs, j, w[:, None] * s)
     np.add.at(rhs, i, -w[:, None] * s)
-    return np.asarray(splu(normal).solve(rhs)).reshape(n, -1)
+    lu = _normal_lu(n, ij, w, prior) if lu is None else lu
+    return np.asarray(lu.solve(rhs)).reshape(n, -1)
 
 
 def _misfit(
     n: int, ij: np.ndarray, used: np.ndarray, weight: np.ndarray, residual: np.ndarray,
-    params: RegistrationParams,
+    params: RegistrationParams, lu: Any = None,
 ) -> np.ndarray:  # fmt: skip
     """Each used pair's misfit, to hold against ``outlier_px``: its standardised residual
     ``residual / sqrt(1 - h)`` (``h``: :func:`_leverage`, the share of its own shift the
@@ -315,26 +325,22 @@ def _misfit(
         return out
     links = np.flatnonzero(used)
     where = np.searchsorted(links, look)
-    h = _leverage(n, ij[links], weight[links], params.prior_weight, where)
+    if lu is None:
+        lu = _normal_lu(n, ij[links], weight[links], params.prior_weight)
+    h = _leverage(lu, n, ij[links], weight[links], where)
     free = 1 - h
     out[look] = np.where(free > 1e-6, residual[look] / np.sqrt(np.maximum(free, 1e-6)),
                          residual[look])  # fmt: skip
     return out
 
 
-def _leverage(n: int, ij: np.ndarray, w: np.ndarray, prior: float, which: np.ndarray) -> np.ndarray:
+def _leverage(lu: Any, n: int, ij: np.ndarray, w: np.ndarray, which: np.ndarray) -> np.ndarray:
     """For the pairs ``which`` (indices into ``ij``): how much of its own measurement the
     solve of :func:`_solve` gives back to each, ``h = w a^T (A^T W A + prior)^-1 a`` with ``a``
-    the pair's row of the incidence matrix (1: a bridge, no other path checks it; in a loop
-    of four equal pairs 3/4, so a quarter of a misfit shows in the pair's own residual)."""
-    from scipy import sparse
-    from scipy.sparse.linalg import splu
-
+    the pair's row of the incidence matrix and ``lu`` :func:`_normal_lu` of the pairs (1: a
+    bridge, no other path checks it; in a loop of four equal pairs 3/4, so a quarter of a
+    misfit shows in the pair's own residual)."""
     i, j = ij[:, 0], ij[:, 1]
-    rows = np.concatenate([i, j, i, j, np.arange(n)])
-    cols = np.concatenate([i, j, j, i, np.arange(n)])
-    vals = np.concatenate([w, w, -w, -w, np.full(n, prior)])
-    lu = splu(sparse.csc_matrix((vals, (rows, cols)), shape=(n, n)))
     out = np.zeros(len(which))
     for start in range(0, len(which), 256):
         part = which[start : start + 256]
@@ -572,9 +578,10 @@ def _settle(
     alt_open = np.ones(len(alt_of), dtype=bool)  # not yet taken
     while True:
         while True:
-            c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)
+            lu = _normal_lu(n, ij[used], weight[used], params.prior_weight)
+            c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight, lu)
             residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)  # NaN: unmeasured
-            misfit = _misfit(n, ij, used, weight, residual, params)
+            misfit = _misfit(n, ij, used, weight, residual, params, lu)
             bad = np.flatnonzero(used & (misfit > params.outlier_px))
             if not len(bad):
                 break
