@@ -425,6 +425,26 @@ def test_stage_model_places_a_blank_tile_of_a_strip() -> None:
     assert _position_error(reg.table, true).max() < 0.5
 
 
+def test_stage_model_follows_the_backlash_of_a_serpentine_scan() -> None:
+    """4x5 serpentine scan whose return rows sit 7 px to the right (backlash); the stage gives
+    the nominal grid and tile 12 (row 2) is blank. The vertical pairs of its column alternate
+    between +7 and -7 px, so their median put it 3.5 px off; the pairs crossing the same row
+    boundary all carry that boundary's offset and place it exactly."""
+    rows, cols, bad = 4, 5, 12
+    grid = np.array([(r, c) for r in range(rows) for c in range(cols)], dtype=float)
+    stage = 24 + grid * 100.0
+    true = stage + np.column_stack([np.zeros(len(grid)), 7.0 * (grid[:, 0] % 2)])
+    image = _truth(700)
+    tiles = [_cut(image, p, (140, 140)) for p in true]
+    tiles[bad] = np.full_like(tiles[bad], 0.5)
+    reg = register(_table(stage), read=_memory_reader(tiles), shapes=[(140, 140)] * len(tiles))
+    by = {(p.i, p.j): p for p in reg.pairs}
+    assert not by[(7, 12)].used and not by[(12, 17)].used
+    np.testing.assert_allclose(by[(7, 12)].modelled_px, (0, -7), atol=0.2)  # rows 1 -> 2
+    np.testing.assert_allclose(by[(12, 17)].modelled_px, (0, 7), atol=0.2)  # rows 2 -> 3
+    assert np.linalg.norm(_position_error(reg.table, true, skip=(bad,)), axis=1).max() < 0.5
+
+
 def _ground_truth_error(name: str, overlap: float, *, vignetting: float, photons: float | None,
                         seed: int) -> np.ndarray:  # fmt: skip
     """Registration with default settings of a 2x3 synthetic mosaic (sub-pixel true positions,

@@ -16,8 +16,10 @@ The steps, in the order :func:`register` runs them:
    favours the largest common part), and beat the best distinct runner-up by
    ``min_peak_margin`` (a repeated pattern, such as graph paper, gives several equally good
    peaks: such a pair is *ambiguous* and not used).
-3. **Stage model** (as MIST does): a side pair that gave no usable match takes the median
-   correction of the usable pairs of its row (or column), else of its direction.
+3. **Stage model** (MIST's, by stage move): a side pair that gave no usable match takes the
+   median correction of the usable pairs crossing the same boundary between rows (columns),
+   one stage move in a raster or serpentine scan, backlash included, when at least two do;
+   else of the pairs of its row (column); else of its direction.
 4. **Global solve**: sparse weighted least squares, weights NCC x overlap area; pairs whose
    standardised residual (``residual / sqrt(1 - h)``, ``h`` the share of its own shift the
    solve gives back to the pair: a wrong pair's residual is otherwise a fraction of its error
@@ -82,6 +84,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_MODEL_GAIN = 0.75  # a stage-model grouping must predict the usable pairs this much better
 _WEAK_BRIDGE = 0.5  # NCC under which an unconfirmed pair is checked against the stage model
 _PLAUSIBLE_SPREAD = 4.0  # robust standard deviations of the confirmed corrections allowed
 _PLAUSIBLE_MIN_PX = 4.0  # however tight the confirmed corrections are
@@ -956,29 +959,73 @@ def _stage_model(
     table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
     side: np.ndarray, olo: np.ndarray, ohi: np.ndarray,
 ) -> dict[int, np.ndarray]:  # fmt: skip
-    """Median correction of the usable pairs in the same row (column), for each unusable side
-    pair; else of its direction. Pairs are oriented so that the step runs forward."""
+    """Median correction, for each unusable side pair, of the usable pairs of its direction
+    that share the stage's error with it, the grouping chosen by how well it predicts.
+
+    Per direction, three groupings are tried: the pairs crossing the same boundary between
+    rows (columns), the pairs of the same row (column, MIST's), and all of the direction. Each
+    usable pair is predicted by the median of the others in its group; the grouping with the
+    smallest median prediction error is used where it beats the whole direction's by
+    ``_MODEL_GAIN`` (else the whole direction: independent errors are best averaged over
+    all). A boundary is one stage move in a raster or serpentine scan: with backlash every
+    other row sits a few pixels to one side, the vertical pairs of one column alternate
+    between +b and -b (their median placed a blank tile 3.5 px off under 7 px of backlash),
+    those of one boundary agree. Pairs are oriented so that the step runs forward."""
     nd = table.ndim
     offs = _footprints(table, shapes)[0]
     axis, sign = _steps(table, shapes, ij, olo, ohi)
-    size = np.median(shapes, axis=0)
-    lines = np.round(offs / size).astype(int)  # row / column index of each tile
+    # row / column index of each tile along each axis, in units of the grid's step there (the
+    # tile size is no unit: at 30 % overlap it gave two neighbouring columns one index)
+    index = np.zeros(offs.shape, dtype=int)
+    for a in range(nd):
+        along = side & (axis == a)
+        steps = np.abs(offs[ij[along, 1], a] - offs[ij[along, 0], a])
+        step = float(np.median(steps)) if steps.size else float(np.median(shapes[:, a]))
+        index[:, a] = np.round((offs[:, a] - offs[:, a].min()) / max(step, 1e-9)).astype(int)
 
-    def line(k: int) -> tuple[int, ...]:
-        other = [a for a in range(nd) if a != axis[k]]
-        return (int(axis[k]), *(int(lines[ij[k, 0], a]) for a in other))
+    def key(k: int, grouping: str) -> tuple[int, ...]:
+        a = int(axis[k])
+        if grouping == "boundary":
+            return a, int(min(index[ij[k, 0], a], index[ij[k, 1], a]))
+        if grouping == "line":
+            return (a, *(int(index[ij[k, 0], o]) for o in range(nd) if o != a))
+        return (a,)
 
     oriented = shifts * sign[:, None]
-    by_line: dict[tuple[int, ...], list[np.ndarray]] = collections.defaultdict(list)
-    by_axis: dict[int, list[np.ndarray]] = collections.defaultdict(list)
-    for k in np.flatnonzero(used & side).tolist():
-        by_line[line(k)].append(oriented[k])
-        by_axis[int(axis[k])].append(oriented[k])
+    usable = np.flatnonzero(used & side).tolist()
+    groupings = ("direction", "boundary", "line")
+    pools: dict[str, dict[tuple[int, ...], list[int]]] = {
+        g: collections.defaultdict(list) for g in groupings
+    }
+    for k in usable:
+        for g in groupings:
+            pools[g][key(k, g)].append(k)
+
+    def predicted(k: int, g: str) -> float:  # |pair - median of the others in its group|
+        others = [q for q in pools[g][key(k, g)] if q != k]
+        if not others:
+            return math.nan
+        return float(np.linalg.norm(oriented[k] - np.median(oriented[others], axis=0)))
+
+    chosen: dict[int, str] = {}
+    for a in range(nd):
+        members = [k for k in usable if axis[k] == a]
+        errors = {g: [predicted(k, g) for k in members] for g in groupings}
+        best, score = "direction", np.nanmedian(errors["direction"]) if members else math.inf
+        for g in groupings[1:]:
+            e = np.asarray(errors[g])
+            if np.isfinite(e).sum() * 2 < max(len(members), 2):
+                continue  # the grouping predicts too few of the pairs to be judged
+            if np.nanmedian(e) < _MODEL_GAIN * score:
+                best, score = g, float(np.nanmedian(e))
+        chosen[a] = best
     model: dict[int, np.ndarray] = {}
     for k in np.flatnonzero(side & ~used).tolist():
-        pool = by_line.get(line(k)) or by_axis.get(int(axis[k]))
+        a = int(axis[k])
+        pool = pools[chosen.get(a, "direction")].get(key(k, chosen.get(a, "direction")))
+        pool = pool or pools["direction"].get((a,))
         if pool:
-            model[k] = np.median(np.array(pool), axis=0) * sign[k]
+            model[k] = np.median(oriented[pool], axis=0) * sign[k]
     return model
 
 

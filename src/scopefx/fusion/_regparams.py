@@ -73,7 +73,8 @@ class RegistrationParams:
     corner_pairs : bool
         Also measure diagonal neighbours that share only a corner (off by default).
     stage_model : bool
-        Settle unusable side pairs by the median step of their row or column.
+        Settle unusable side pairs by the median step of the usable pairs crossing the same
+        boundary between rows (columns), else of their row (column).
     min_usable_fraction : float
         Fraction of the side pairs that must give a usable match (0..1).
     allow_partial : bool
