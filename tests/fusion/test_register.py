@@ -445,6 +445,17 @@ def test_stage_model_follows_the_backlash_of_a_serpentine_scan() -> None:
     assert np.linalg.norm(_position_error(reg.table, true, skip=(bad,)), axis=1).max() < 0.5
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10])
+def test_leave_one_out_median_matches_recomputing_it(n: int) -> None:
+    from scopefx.fusion._register import _leave_one_out_median
+
+    rng = np.random.default_rng(n)
+    values = rng.integers(-3, 4, (n, 2)).astype(float)  # ties included
+    expected = np.array([np.median(np.delete(values, k, axis=0), axis=0) if n > 1
+                         else [np.nan, np.nan] for k in range(n)])  # fmt: skip
+    np.testing.assert_array_equal(_leave_one_out_median(values), expected)
+
+
 def _ground_truth_error(name: str, overlap: float, *, vignetting: float, photons: float | None,
                         seed: int) -> np.ndarray:  # fmt: skip
     """Registration with default settings of a 2x3 synthetic mosaic (sub-pixel true positions,

@@ -1000,33 +1000,57 @@ def _stage_model(
     for k in usable:
         for g in groupings:
             pools[g][key(k, g)].append(k)
-
-    def predicted(k: int, g: str) -> float:  # |pair - median of the others in its group|
-        others = [q for q in pools[g][key(k, g)] if q != k]
-        if not others:
-            return math.nan
-        return float(np.linalg.norm(oriented[k] - np.median(oriented[others], axis=0)))
-
+    # each usable pair's distance from the median of the others in its group (NaN: alone)
+    missed = {g: np.full(len(shifts), np.nan) for g in groupings}
+    for g in groupings:
+        for members in pools[g].values():
+            others = _leave_one_out_median(oriented[members])
+            missed[g][members] = np.linalg.norm(oriented[members] - others, axis=1)
     chosen: dict[int, str] = {}
     for a in range(nd):
         members = [k for k in usable if axis[k] == a]
-        errors = {g: [predicted(k, g) for k in members] for g in groupings}
-        best, score = "direction", np.nanmedian(errors["direction"]) if members else math.inf
+        chosen[a] = "direction"
+        if not members:
+            continue
+        score = float(np.nanmedian(missed["direction"][members]))
         for g in groupings[1:]:
-            e = np.asarray(errors[g])
+            e = missed[g][members]
             if np.isfinite(e).sum() * 2 < max(len(members), 2):
                 continue  # the grouping predicts too few of the pairs to be judged
-            if np.nanmedian(e) < _MODEL_GAIN * score:
-                best, score = g, float(np.nanmedian(e))
-        chosen[a] = best
+            if float(np.nanmedian(e)) < _MODEL_GAIN * score:
+                chosen[a], score = g, float(np.nanmedian(e))
+    medians: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
     model: dict[int, np.ndarray] = {}
     for k in np.flatnonzero(side & ~used).tolist():
         a = int(axis[k])
-        pool = pools[chosen.get(a, "direction")].get(key(k, chosen.get(a, "direction")))
-        pool = pool or pools["direction"].get((a,))
-        if pool:
-            model[k] = np.median(oriented[pool], axis=0) * sign[k]
+        g = chosen.get(a, "direction")
+        if not pools[g].get(key(k, g)):
+            g = "direction"
+        if not pools[g].get(key(k, g)):
+            continue
+        at = (g, key(k, g))
+        if at not in medians:
+            medians[at] = np.median(oriented[pools[g][key(k, g)]], axis=0)
+        model[k] = medians[at] * sign[k]
     return model
+
+
+def _leave_one_out_median(values: np.ndarray) -> np.ndarray:
+    """Per row of ``values`` (n, d), the per-column median of the other rows (NaN when n < 2),
+    from one sort: O(n log n) where recomputing each median is O(n^2)."""
+    n = len(values)
+    if n < 2:
+        return np.full(values.shape, np.nan)
+    order = np.argsort(values, axis=0, kind="stable")
+    ranked = np.take_along_axis(values, order, axis=0)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(n)[:, None], order.shape), axis=0)
+
+    def at(i: int) -> np.ndarray:  # the i-th smallest of the others, per row and column
+        return np.where(i < rank, ranked[i], ranked[min(i + 1, n - 1)])
+
+    m = n - 1
+    return at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
 
 
 def _measure_all(
