@@ -1019,6 +1019,10 @@ def _stage_model(
                 continue  # the grouping predicts too few of the pairs to be judged
             if float(np.nanmedian(e)) < _MODEL_GAIN * score:
                 chosen[a], score = g, float(np.nanmedian(e))
+        if any(not used[k] and axis[k] == a for k in np.flatnonzero(side).tolist()):
+            logger.info("stage model, pairs stepping along axis %d: median of the usable pairs "
+                        "of the same %s (they predict each other within %.2f px)",
+                        a, chosen[a], score)  # fmt: skip
     medians: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
     model: dict[int, np.ndarray] = {}
     for k in np.flatnonzero(side & ~used).tolist():
