@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -54,3 +55,33 @@ def test_scaleout_benchmark_runs_in_quick_mode(slurm, tmp_path):
     )
     for needle in needles:
         assert needle in text, needle
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "tiles_real").is_dir(), reason="../shared/data is not here")
+def test_real_cut_benchmark_places_tiles_cut_from_a_real_frame(tmp_path):
+    """One real frame cut into a 3x3 mosaic with exact truth: the script runs, and the cut is
+    what it says (whole-pixel tiles are the frame's own pixels at their true positions)."""
+    sys.path.insert(0, str(BENCH))
+    import register_real_cut as bench
+
+    frame = np.arange(300 * 400, dtype=np.float32).reshape(300, 400)
+    tiles, stage, true, size = bench.cut_mosaic([frame, frame + 1], (3, 3), 0.2, 1, False)
+    assert len(tiles) == 9 and all(t.shape == (size, size) for t in tiles)
+    for k, (t, (y, x)) in enumerate(zip(tiles, true, strict=True)):
+        np.testing.assert_array_equal(
+            t, frame[int(y) : int(y) + size, int(x) : int(x) + size] + k % 2
+        )
+    jitter = true - np.array(stage)[:, ::-1]
+    assert np.abs(jitter).max() <= 2 * np.ceil(bench.JITTER_SHARE * size)  # stage off by the jitter
+    out = tmp_path / "result.txt"
+    subprocess.run(
+        [sys.executable, str(BENCH / "register_real_cut.py"), "--sources", "leica_tma",
+         "--overlaps", "0.2", "--seeds", "1", "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    text = out.read_text()
+    assert "leica_tma" in text and "mean over cases" in text
