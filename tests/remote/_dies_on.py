@@ -21,7 +21,7 @@ def score_focus(refs: list[str], *args: Any, **kwargs: Any) -> Any:
     if os.environ.get(DIES_ON_ENV) in refs:
         # A moment first: the worker's feeder thread may still be writing the result of the
         # task before, and a process that dies in that write leaves the pool's result queue
-        # locked for good (docs/security.md; it hung this test in about 1 run of 10). That
+        # locked for good (docs/security.md; it hung this test in 1 run of 17 here). That
         # lock is Parsl's and not recovered; this test is about the client's isolation.
         time.sleep(0.5)
         os._exit(137)  # the worker process dies mid-task: no result, no exception
