@@ -456,6 +456,25 @@ def test_leave_one_out_median_matches_recomputing_it(n: int) -> None:
     np.testing.assert_array_equal(_leave_one_out_median(values), expected)
 
 
+def test_stage_model_with_a_single_usable_pair_warns_nothing() -> None:
+    """A 1x3 strip whose second pair is unusable: the one usable pair cannot be predicted by
+    others (no group to judge), so its own step models the other, with no NaN warning."""
+    import warnings
+
+    from scopefx.fusion._register import _stage_model
+
+    table = _table(np.array([[0.0, 0.0], [0.0, 90.0], [0.0, 180.0]]))
+    shapes = np.full((3, 2), 100)
+    ij = np.array([[0, 1], [1, 2]])
+    olo, ohi = np.array([[0.0, 90.0], [0.0, 180.0]]), np.array([[100.0, 100.0], [100.0, 190.0]])
+    shifts = np.array([[0.5, 2.0], [np.nan, np.nan]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = _stage_model(table, shapes, ij, shifts, np.array([True, False]),
+                             np.array([True, True]), olo, ohi)  # fmt: skip
+    np.testing.assert_allclose(model[1], (0.5, 2.0))
+
+
 def _ground_truth_error(name: str, overlap: float, *, vignetting: float, photons: float | None,
                         seed: int) -> np.ndarray:  # fmt: skip
     """Registration with default settings of a 2x3 synthetic mosaic (sub-pixel true positions,

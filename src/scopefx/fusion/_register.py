@@ -1012,13 +1012,14 @@ def _stage_model(
         chosen[a] = "direction"
         if not members:
             continue
-        score = float(np.nanmedian(missed["direction"][members]))
+        own = missed["direction"][members]
+        score = float(np.median(own[np.isfinite(own)])) if np.isfinite(own).any() else math.inf
         for g in groupings[1:]:
             e = missed[g][members]
             if np.isfinite(e).sum() * 2 < max(len(members), 2):
                 continue  # the grouping predicts too few of the pairs to be judged
-            if float(np.nanmedian(e)) < _MODEL_GAIN * score:
-                chosen[a], score = g, float(np.nanmedian(e))
+            if float(np.median(e[np.isfinite(e)])) < _MODEL_GAIN * score:
+                chosen[a], score = g, float(np.median(e[np.isfinite(e)]))
         if any(not used[k] and axis[k] == a for k in np.flatnonzero(side).tolist()):
             logger.info("stage model, pairs stepping along axis %d: median of the usable pairs "
                         "of the same %s (they predict each other within %.2f px)",
