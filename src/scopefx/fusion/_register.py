@@ -1006,20 +1006,21 @@ def _stage_model(
         for members in pools[g].values():
             others = _leave_one_out_median(oriented[members])
             missed[g][members] = np.linalg.norm(oriented[members] - others, axis=1)
+
+    def typical(e: np.ndarray) -> float:  # median of the predicted pairs (inf: none)
+        e = e[np.isfinite(e)]
+        return float(np.median(e)) if e.size else math.inf
+
     chosen: dict[int, str] = {}
     for a in range(nd):
         members = [k for k in usable if axis[k] == a]
-        chosen[a] = "direction"
-        if not members:
-            continue
-        own = missed["direction"][members]
-        score = float(np.median(own[np.isfinite(own)])) if np.isfinite(own).any() else math.inf
+        chosen[a], score = "direction", typical(missed["direction"][members])
         for g in groupings[1:]:
             e = missed[g][members]
             if np.isfinite(e).sum() * 2 < max(len(members), 2):
                 continue  # the grouping predicts too few of the pairs to be judged
-            if float(np.median(e[np.isfinite(e)])) < _MODEL_GAIN * score:
-                chosen[a], score = g, float(np.median(e[np.isfinite(e)]))
+            if typical(e) < _MODEL_GAIN * score:
+                chosen[a], score = g, typical(e)
         if any(not used[k] and axis[k] == a for k in np.flatnonzero(side).tolist()):
             logger.info("stage model, pairs stepping along axis %d: median of the usable pairs "
                         "of the same %s (they predict each other within %.2f px)",
@@ -1027,8 +1028,7 @@ def _stage_model(
     medians: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
     model: dict[int, np.ndarray] = {}
     for k in np.flatnonzero(side & ~used).tolist():
-        a = int(axis[k])
-        g = chosen.get(a, "direction")
+        g = chosen[int(axis[k])]
         if not pools[g].get(key(k, g)):
             g = "direction"
         if not pools[g].get(key(k, g)):
