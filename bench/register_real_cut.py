@@ -160,7 +160,7 @@ def _case(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from register_synthetic import _grid, _run_peers
+    from register_synthetic import _grid, _run_peers, summarise
     from scopefx.io import read_image
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -230,30 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     head = ["source", *(f"{o:.0%} s{s} mean / max px" for o in args.overlaps
                         for s in range(1, args.seeds + 1))]  # fmt: skip
     report.add(*table(head, rows), "")
-    v = np.asarray(means, dtype=float)
-    report.add(f"mean over cases: {fmt(float(np.nanmean(v)), 3)} px; median "
-               f"{fmt(float(np.nanmedian(v)), 3)} px; cases under 1 px mean: "
-               f"{int(np.sum(v <= 1.0))} of {len(v)}", "")  # fmt: skip
-    report.add("above 1 px mean (or refused):", *(f"  {b}" for b in bad or ["none"]))
-    if peers:
-        from register_synthetic import PEER_NOTE
-
-        report.add("", f"Peers on the same cases ({PEER_NOTE}): mean / max px per case",
-                   *table(["source", "case", "overlap", "scopefx mean", *peers], peer_rows),
-                   "", "Summary over cases (a refusal or a failure is not under 1 px)")  # fmt: skip
-        summary = []
-        for tool, values in [("scopefx", means), *peer_means.items()]:
-            w = np.asarray(values, dtype=float)
-            summary.append([tool, str(int(np.sum(w <= 1.0))), str(int(np.sum(w <= 0.5))),
-                            fmt(float(np.nanmean(w)), 3), fmt(float(np.nanmedian(w)), 3),
-                            str(int(np.sum(~np.isfinite(w))))])  # fmt: skip
-        report.add(*table(["tool", "under 1 px", "under 0.5 px", "mean px", "median px",
-                           "refused/failed"], summary))  # fmt: skip
-        for tool, values in peer_means.items():
-            w = np.asarray(values, dtype=float)
-            better = np.sum(np.nan_to_num(v, nan=np.inf) < np.nan_to_num(w, nan=np.inf))
-            report.add(f"scopefx closer to the truth than {tool} in {int(better)} of {len(w)} "
-                       "cases")  # fmt: skip
+    summarise(report, means, bad, peer_means, peer_rows, ["source", "case"])
     report.emit(args.out)
     return 0
 

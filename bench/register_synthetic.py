@@ -119,6 +119,38 @@ def _run_peers(
                           *(cells[p][k] for p in peers)])  # fmt: skip
 
 
+def summarise(
+    report: Report, means: list[float], bad: list[str], peer_means: dict[str, list[float]],
+    peer_rows: list[list[str]], first: list[str],
+) -> None:  # fmt: skip
+    """Add the figures over all cases and, with peers, their table, summary and head-to-head
+    counts (``first``: the names of the peer rows' leading columns). Shared with
+    ``register_real_cut.py``."""
+    v = np.asarray(means, dtype=float)
+    report.add(f"mean over cases: {fmt(float(np.nanmean(v)), 3)} px; median "
+               f"{fmt(float(np.nanmedian(v)), 3)} px; cases under 1 px mean: "
+               f"{int(np.sum(v <= 1.0))} of {len(v)}", "")  # fmt: skip
+    report.add("above 1 px mean (or refused):", *(f"  {b}" for b in bad or ["none"]))
+    if not peer_means:
+        return
+    peers = list(peer_means)
+    report.add("", f"Peers on the same cases ({PEER_NOTE}): mean / max px per case",
+               *table([*first, "overlap", "scopefx mean", *peers], peer_rows),
+               "", "Summary over cases (a refusal or a failure is not under 1 px)")  # fmt: skip
+    summary = []
+    for tool, values in [("scopefx", means), *peer_means.items()]:
+        w = np.asarray(values, dtype=float)
+        summary.append([tool, str(int(np.sum(w <= 1.0))), str(int(np.sum(w <= 0.5))),
+                        fmt(float(np.nanmean(w)), 3), fmt(float(np.nanmedian(w)), 3),
+                        str(int(np.sum(~np.isfinite(w))))])  # fmt: skip
+    report.add(*table(["tool", "under 1 px", "under 0.5 px", "mean px", "median px",
+                       "refused/failed"], summary))  # fmt: skip
+    for tool, values in peer_means.items():
+        w = np.asarray(values, dtype=float)
+        better = np.sum(np.nan_to_num(v, nan=np.inf) < np.nan_to_num(w, nan=np.inf))
+        report.add(f"scopefx closer to the truth than {tool} in {int(better)} of {len(w)} cases")
+
+
 def _grid(text: str) -> tuple[int, int]:
     try:
         rows, cols = (int(v) for v in text.lower().split("x"))
@@ -179,29 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     head = ["image", "condition", *(f"{o:.0%} mean / max px" for o in args.overlaps)]
     report.add(*table(head, rows), "")
 
-    finite = np.asarray(means, dtype=float)
-    report.add(f"mean over cases: {fmt(float(np.nanmean(finite)), 3)} px; median "
-               f"{fmt(float(np.nanmedian(finite)), 3)} px; cases under 1 px mean: "
-               f"{int(np.sum(finite <= 1.0))} of {len(finite)}", "")  # fmt: skip
-    report.add("above 1 px mean (or refused):", *(f"  {b}" for b in bad or ["none"]))
-    if peers:
-        report.add("", f"Peers on the same cases ({PEER_NOTE}): mean / max px per case",
-                   *table(["image", "condition", "overlap", "scopefx mean", *peers], peer_rows),
-                   "", "Summary over cases (a refusal or a failure is not under 1 px)")  # fmt: skip
-        summary = []
-        for tool, values in [("scopefx", means), *peer_means.items()]:
-            v = np.asarray(values, dtype=float)
-            summary.append([tool, str(int(np.sum(v <= 1.0))), str(int(np.sum(v <= 0.5))),
-                            fmt(float(np.nanmedian(v)), 3),
-                            str(int(np.sum(~np.isfinite(v))))])  # fmt: skip
-        report.add(*table(["tool", "under 1 px", "under 0.5 px", "median px", "refused/failed"],
-                          summary))  # fmt: skip
-        for tool, values in peer_means.items():
-            v, own = np.asarray(values, dtype=float), finite
-            better = np.sum(np.nan_to_num(own, nan=np.inf) < np.nan_to_num(v, nan=np.inf))
-            report.add(
-                f"scopefx closer to the truth than {tool} in {int(better)} of {len(v)} cases"
-            )
+    summarise(report, means, bad, peer_means, peer_rows, ["image", "condition"])
     report.emit(args.out)
     return 0
 
