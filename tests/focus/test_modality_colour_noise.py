@@ -297,7 +297,7 @@ def test_noise_limited_flags_pure_noise_not_a_sharp_image():
     assert scopefx.focus_score(noise).noise_limited
     sharp = scopefx.focus_score(_image())
     assert not sharp.noise_limited
-    assert sharp.features_2k <= sharp.features
+    assert sharp.features_clear <= sharp.features
     assert sharp.summary()["noise_limited"] is False
 
 

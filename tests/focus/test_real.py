@@ -126,6 +126,32 @@ def test_in_focus_frames_are_not_noise_limited(scored):
     assert not flagged
 
 
+def test_a_noisier_camera_does_not_make_in_focus_frames_noise_limited():
+    """Twice the noise variance (Gaussian noise of the frame's own level added) is a plainer
+    camera, not a count made of noise: at the fluorescence preset's k = 9 no noise peak reaches
+    the threshold. The flag compared the count with the features clearing 2k = 18 sigma, and
+    flagged 25 of the 31 microtubule frames (the r of the series stayed -0.82); it now asks
+    for 4 sigma above the threshold (0 of 31 flagged; at ten times the variance, where r
+    falls to -0.5, half are). The test takes the series' in-focus frames."""
+    import tifffile
+
+    series = "lsfm_dfnn_mt_stack"
+    with open(DATA / "manifest.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle)
+                if r["series"] == series and r["label"] == "in_focus"]  # fmt: skip
+    rng = np.random.default_rng(1)
+    flagged = []
+    for row in rows:
+        frame = tifffile.imread(DATA / row["file"]).astype(np.float64)
+        level = np.std(np.diff(frame, axis=1)) / math.sqrt(2)
+        noisier = frame + rng.normal(0.0, level, frame.shape)
+        result = scopefx.focus_score(noisier, modality="fluorescence")
+        assert 0 < result.features_clear <= result.features
+        if result.noise_limited:
+            flagged.append(row["file"])
+    assert rows and not flagged, flagged
+
+
 def test_fluorescence_preset_beats_the_em_default_on_light_sheet(scored):
     """The reason for the preset: with the em default the light-sheet counts hardly fall."""
     import tifffile

@@ -25,9 +25,15 @@ from ._normalize import (
 from ._params import FocusParams
 from ._scalespace import count_peaks, response_max
 
-#: A count is noise-limited when fewer than this share of its features clear twice the
-#: threshold (features of real structure mostly stand well above it; noise peaks do not).
+#: A count is noise-limited when fewer than this share of its features clear their threshold by
+#: ``NOISE_MARGIN`` noise standard deviations (features of real structure mostly stand well
+#: above it; a noise peak that reached the threshold almost never reaches that far, and a
+#: feature within that margin is one the noise could as well have made or unmade).
 NOISE_LIMITED_RATIO = 0.1
+#: The margin, in noise standard deviations (of the DoG response, as the threshold's ``k``):
+#: features count as clear above ``threshold * (1 + NOISE_MARGIN / k)``. At ``em``'s k = 4 that
+#: is twice the threshold. A fixed ``threshold`` has no noise unit: twice it.
+NOISE_MARGIN = 4.0
 
 __all__ = ["FocusResult", "focus_map_from_positions", "focus_response", "focus_score"]
 
@@ -67,11 +73,12 @@ class FocusResult:
         Parameters used.
     seconds : float
         Wall time of the scoring.
-    features_2k : int
-        Features that clear twice their threshold.
+    features_clear : int
+        Features that clear their threshold by ``NOISE_MARGIN`` (4) noise standard deviations
+        (``threshold * (1 + 4 / threshold_k)``; twice a fixed ``threshold``).
     noise_limited : bool
-        ``features_2k < NOISE_LIMITED_RATIO * features``: most of the count sits just above
-        the noise, so it says more about the noise than about focus.
+        ``features_clear < NOISE_LIMITED_RATIO * features``: most of the count sits within the
+        noise's reach of the threshold, so it says more about the noise than about focus.
     colour : str
         How the grey plane was made: ``"grey"`` (input was grey), ``"luma709"`` or
         ``"channel N"`` (see :attr:`FocusParams.channel`).
@@ -101,7 +108,7 @@ class FocusResult:
     downsample: int
     params: FocusParams = field(repr=False)
     seconds: float
-    features_2k: int = 0
+    features_clear: int = 0
     noise_limited: bool = False
     colour: str = "grey"
     noise_model: NoiseModel | None = field(default=None, repr=False)
@@ -132,7 +139,7 @@ class FocusResult:
             "width": self.shape[1],
             "downsample": self.downsample,
             "seconds": self.seconds,
-            "features_2k": self.features_2k,
+            "features_clear": self.features_clear,
             "noise_limited": self.noise_limited,
             "colour": self.colour,
             "modality": self.params.modality,
@@ -464,7 +471,8 @@ def focus_score(
     feature_sigmas = np.asarray(sigmas, np.float64)[candidate_bands[keep]]
     weights = (sigmas[0] / feature_sigmas) ** params.resolved_scale_weight
     score = float(weights.sum())
-    features_2k = int(np.count_nonzero(keep & (responses > 2 * np.asarray(thresholds))))
+    margin = 2.0 if params.threshold is not None else 1 + NOISE_MARGIN / params.resolved_threshold_k
+    features_clear = int(np.count_nonzero(keep & (responses > margin * np.asarray(thresholds))))
     if isinstance(thresholds, np.ndarray):
         kept = thresholds[keep]
         threshold = float(np.median(kept)) if kept.size else lowest
@@ -484,8 +492,8 @@ def focus_score(
         downsample=factor,
         params=params,
         seconds=time.perf_counter() - start,
-        features_2k=features_2k,
-        noise_limited=features > 0 and features_2k < NOISE_LIMITED_RATIO * features,
+        features_clear=features_clear,
+        noise_limited=features > 0 and features_clear < NOISE_LIMITED_RATIO * features,
         colour=colour,
         noise_model=model,
         block_coded=model.block_coded,
