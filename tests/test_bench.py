@@ -85,3 +85,19 @@ def test_real_cut_benchmark_places_tiles_cut_from_a_real_frame(tmp_path):
     )  # fmt: skip
     text = out.read_text()
     assert "leica_tma" in text and "mean over cases" in text
+
+
+@pytest.mark.slow
+def test_register_speed_benchmark_times_both_paths(tmp_path):
+    """The registration timing runs, and both of its scopefx paths register the mosaic."""
+    out = tmp_path / "result.txt"
+    subprocess.run(
+        [sys.executable, str(BENCH / "register_speed.py"), "--sizes", "256", "--repeat", "1",
+         "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    text = out.read_text()
+    assert "fft / scopefx" in text
+    row = next(line.split() for line in text.splitlines() if line.strip().startswith("256 "))
+    assert row[1] == "12/12"
+    assert float(row[4]) < 1.0 and float(row[7]) < 1.0  # both placed within a pixel

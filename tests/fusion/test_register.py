@@ -1046,3 +1046,69 @@ def test_a_wrong_pair_in_a_loop_is_judged_by_what_the_others_predict() -> None:
     residual3 = np.linalg.norm(c3[ij2[keep, 1]] - c3[ij2[keep, 0]] - shifts2[keep], axis=1)
     assert _misfit(4, ij2[keep], used2[keep], weight2[keep], residual3,
                    RegistrationParams()).max() < 0.01  # fmt: skip
+
+
+def _direct_ncc(a, b, q, degree):
+    """The NCC of ``a(m + q)`` and ``b(m)`` over their common pixels, each minus its
+    least-squares polynomial there, computed pixel by pixel (the oracle of ``_ncc_surface``)."""
+    from scopefx.fusion._correlate import _monomials
+
+    idx = np.indices(b.shape).reshape(b.ndim, -1).T
+    moved = idx + np.asarray(q)
+    inside = np.all((moved >= 0) & (moved < np.array(a.shape)), axis=1)
+    m, n = idx[inside], moved[inside]
+    va, vb = a[tuple(n.T)], b[tuple(m.T)]
+    keep = np.isfinite(va) & np.isfinite(vb)
+    coords = [np.linspace(-1, 1, s)[m[keep, ax]] for ax, s in enumerate(b.shape)]
+    design = np.stack([np.prod([c**p for c, p in zip(coords, e, strict=True)], axis=0)
+                       for e in _monomials(b.ndim, degree)], axis=1)  # fmt: skip
+    ra = va[keep] - design @ np.linalg.lstsq(design, va[keep], rcond=None)[0]
+    rb = vb[keep] - design @ np.linalg.lstsq(design, vb[keep], rcond=None)[0]
+    return float(ra @ rb / np.sqrt((ra @ ra) * (rb @ rb))), int(keep.sum())
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_ncc_surface_box_sums_match_the_fft_sums_and_the_direct_ncc(monkeypatch, nd):
+    """Crops whose pixels fill a box take summed-area tables for every sum but the cross term;
+    crops with holes take the FFT for all. Both give the NCC computed pixel by pixel."""
+    from scopefx.fusion import _correlate
+
+    rng = np.random.default_rng(nd)
+    checked = 0
+    for trial in range(12):
+        shape = tuple(int(v) for v in rng.integers(8, 30 if nd == 2 else 12, nd))
+        ramp = np.linspace(0, 3, shape[0]).reshape((-1,) + (1,) * (nd - 1))
+        a, b = rng.normal(size=shape) + ramp, rng.normal(size=shape) - ramp
+        for x in (a, b):  # each crop's pixels: a box inside the crop
+            lo = [int(rng.integers(0, n // 3)) for n in shape]
+            keep = np.zeros(shape, bool)
+            ends = [int(rng.integers(2 * n // 3, n + 1)) for n in shape]
+            keep[tuple(slice(v, e) for v, e in zip(lo, ends, strict=True))] = True
+            x[~keep] = np.nan
+        reach = np.array([int(rng.integers(1, n - 1)) for n in shape])
+        degree = trial % 3
+        fast = _correlate._ncc_surface(a, b, reach, degree)
+        with monkeypatch.context() as patch:
+            patch.setattr(_correlate, "_box", lambda valid: None)
+            general = _correlate._ncc_surface(a, b, reach, degree)
+        for got, want in zip(fast, general, strict=True):
+            np.testing.assert_allclose(np.broadcast_to(got, want.shape), want, atol=1e-9)
+        ncc, count = fast[0], fast[1]
+        for flat in rng.choice(ncc.size, 8, replace=False):
+            at = np.unravel_index(flat, ncc.shape)
+            if count[at] < 40:
+                continue
+            want, n = _direct_ncc(a, b, np.array(at) - reach, degree)
+            assert count[at] == n
+            assert ncc[at] == pytest.approx(want, abs=1e-6)  # the Gram's 1e-9 n ridge
+            checked += 1
+    assert checked >= 10
+    shape = (24, 20, 6)[:nd]  # a hole: not a box, so the general path, still the direct NCC
+    hole, b = rng.normal(size=shape), rng.normal(size=shape)
+    hole[(12, 10, 3)[:nd]] = np.nan
+    assert _correlate._box(np.isfinite(hole)) is None
+    reach = np.array((4, 4, 2)[:nd])
+    ncc = _correlate._ncc_surface(hole, b, reach, 2)[0]
+    for q in [(0, 0, 0)[:nd], (3, -2, 1)[:nd]]:
+        want = _direct_ncc(hole, b, np.array(q), 2)[0]
+        assert ncc[tuple(np.array(q) + reach)] == pytest.approx(want, abs=1e-6)

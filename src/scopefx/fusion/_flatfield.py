@@ -312,7 +312,8 @@ def _smooth(
             f"{factor} px (the rest transparent): too little to fit a flat field"
         )
     c = np.zeros((_POLY_DEGREE + 1, _POLY_DEGREE + 1))
-    fit = np.linalg.lstsq(design[known], small.ravel()[known], rcond=None)[0]
+    rows, values = design[known], small.ravel()[known].astype(np.float64)
+    fit = np.linalg.lstsq(rows.T @ rows, rows.T @ values, rcond=None)[0]  # normal equations
     c[tuple(zip(*terms, strict=True))] = fit
     fitted = powers(np.arange(full[0]), full[0]) @ c @ powers(np.arange(full[1]), full[1]).T
     if sigma_px is None:
