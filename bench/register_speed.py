@@ -98,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jitter", type=float, default=6.0, help="true positions off, px")
     parser.add_argument("--repeat", type=int, default=2, help="runs per tool and case (best)")
     parser.add_argument("--peers", action="store_true", help="also ASHLAR (bench/.venv-mvs)")
+    parser.add_argument("--quick", action="store_true", help="256 px tiles, one run (smoke)")
     parser.add_argument("--out", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeat = [256], 1
     peers: list[str] = []
     if args.peers:
         import _peer_register
