@@ -42,6 +42,8 @@ _ALTERNATIVES = 3  # other local maxima kept per pair (settled by the global sol
 _GN_REACH = 1.5  # px the Gauss-Newton refinement may move from the integer peak
 _GN_ITERATIONS = 12
 _GN_TOLERANCE = 0.002  # px: a step this small ends the refinement
+_GRAM_BAND = 1 << 20  # Gram entries solved at once by the search (8 MiB of float64)
+_DETREND_BAND = 1 << 16  # pixels whose polynomial terms are summed at once
 _SATURATED = 0.005  # share of a tile's pixels at its maximum that makes that maximum clipping
 
 
@@ -273,12 +275,49 @@ def _ncc_surface(
         s_aa = corr(spec(fa * fa), specs[basis[0]])
         s_bb = corr(s_va, np.conj(spec(fb * fb)))
     shape = tuple(2 * int(r) + 1 for r in reach)
-    gram = np.empty((*shape, k, k))
+    n = np.maximum(np.round(np.broadcast_to(sums[basis[0]], shape)), 0)
+    ncc = np.zeros(shape)
+    # the fits, shift by shift, a band of shifts at a time: a (k, k) Gram per shift for the
+    # whole surface is 109 MB at 2048 px tiles (615^2 shifts), and the solve copies it
+    rows = max(1, _GRAM_BAND // (math.prod(shape[1:]) * k * k))
+    for lo in range(0, shape[0], rows):
+        band = slice(lo, min(lo + rows, shape[0]))
+        ncc[band] = _fitted_ncc(
+            {e: np.broadcast_to(v, shape)[band] for e, v in sums.items()}, sum_a[band],
+            sum_b[band], np.broadcast_to(s_ab, shape)[band], np.broadcast_to(s_aa, shape)[band],
+            np.broadcast_to(s_bb, shape)[band], n[band], basis,
+        )  # fmt: skip
+    # extent of the common part along each axis: from the masks' 1-D projections
+    extents = []
+    for ax in range(nd):
+        other = tuple(o for o in range(nd) if o != ax)
+        px, py = va.any(axis=other), vb.any(axis=other)
+        r = int(reach[ax])
+        e1 = np.array([np.count_nonzero(_overlap_1d(px, py, q)) for q in range(-r, r + 1)])
+        sh = [1] * nd
+        sh[ax] = len(e1)
+        extents.append(e1.reshape(sh))
+    return (ncc, n, *extents)
+
+
+def _fitted_ncc(
+    sums: dict[tuple[int, ...], np.ndarray],
+    sum_a: np.ndarray,
+    sum_b: np.ndarray,
+    s_ab: np.ndarray,
+    s_aa: np.ndarray,
+    s_bb: np.ndarray,
+    n: np.ndarray,
+    basis: list[tuple[int, ...]],
+) -> np.ndarray:
+    """The NCC of the two crops' residuals from their least-squares polynomials, per shift,
+    from the masked sums (:func:`_ncc_surface`); 0 where too few pixels or no variance."""
+    k = len(basis)
+    gram = np.empty((*n.shape, k, k))
     for u in range(k):
         for w in range(u, k):
             e = tuple(x + y for x, y in zip(basis[u], basis[w], strict=True))
             gram[..., u, w] = gram[..., w, u] = sums[e]
-    n = np.maximum(np.round(gram[..., 0, 0]), 0)
     ok = n >= max(16, 4 * k)
     diagonal = np.arange(k)
     gram[..., diagonal, diagonal] += 1e-9 * np.maximum(n, 1)[..., None]
@@ -292,17 +331,7 @@ def _ncc_surface(
     scale = 1e-9 * np.maximum(s_aa * s_bb, 1e-300)
     ncc = np.where(ok & (var_a > 0) & (var_b > 0) & (var > scale),
                    num / np.sqrt(np.maximum(var, 1e-300)), 0.0)  # fmt: skip
-    # extent of the common part along each axis: from the masks' 1-D projections
-    extents = []
-    for ax in range(nd):
-        other = tuple(o for o in range(nd) if o != ax)
-        px, py = va.any(axis=other), vb.any(axis=other)
-        r = int(reach[ax])
-        e1 = np.array([np.count_nonzero(_overlap_1d(px, py, q)) for q in range(-r, r + 1)])
-        sh = [1] * nd
-        sh[ax] = len(e1)
-        extents.append(e1.reshape(sh))
-    return (np.clip(ncc, -1, 1), n, *extents)
+    return np.clip(ncc, -1, 1)
 
 
 def _coordinate_powers(shape: Sequence[int], top: int) -> list[np.ndarray]:
@@ -695,17 +724,19 @@ def _gauss_newton(
         return ndimage.spline_filter(filled.astype(np.float64), order=3, mode="mirror")
 
     ca, cb = coefficients(a, va), coefficients(b, vb)
-    coords = np.meshgrid(*[np.linspace(-1, 1, n) for n in a.shape], indexing="ij")
+    powers = _coordinate_powers(a.shape, degree)
     monomials = _monomials(nd, degree)
 
     def flattener(keep: np.ndarray) -> Any:
-        basis = np.stack([np.prod([c[keep] ** p for c, p in zip(coords, e, strict=True)], axis=0)
-                          for e in monomials], axis=-1)  # fmt: skip
-        q = np.linalg.qr(basis)[0]
+        basis = np.stack([_monomial(powers, e)[keep] for e in monomials], axis=-1)
+        # the projection by the normal equations (k x k): a QR's Q would be a second copy of
+        # the basis (100 MB on a 2048 x 1024 common part); over the box's own -1..1
+        # coordinates the basis is well conditioned
+        inverse = np.linalg.pinv(basis.T @ basis)
 
         def flat(x: np.ndarray) -> np.ndarray:  # x on the common part minus its polynomial
             v = x[keep]
-            return v - q @ (q.T @ v)
+            return v - basis @ (inverse @ (basis.T @ v))
 
         return flat
 
@@ -770,17 +801,32 @@ def _gauss_newton(
 
 
 def _detrend(z: np.ndarray, keep: np.ndarray, degree: int) -> np.ndarray:
-    """``z`` minus its least-squares polynomial of ``degree`` over the pixels ``keep``."""
+    """``z`` minus its least-squares polynomial of ``degree`` over the pixels ``keep``.
+
+    The normal equations are summed a band of rows at a time (a design matrix of the whole
+    crop would be 6 float64 per pixel: 100 MB for a 2048 x 1024 crop); the basis holds the
+    constant, so no mean is taken first."""
+    exps = _monomials(z.ndim, degree)
     powers = _coordinate_powers(z.shape, degree)
-    basis = [_monomial(powers, e) for e in _monomials(z.ndim, degree)]
-    values = z[keep].astype(np.float64)
-    values = values - values.mean()
-    design = np.stack([m[keep] for m in basis], axis=-1)
-    # the normal equations (k x k; lstsq there keeps the minimum-norm answer of a degenerate
-    # part, such as one row, where a quadratic is not determined)
-    coef = np.linalg.lstsq(design.T @ design, design.T @ values, rcond=None)[0]
-    fit = sum((c * m for c, m in zip(coef, basis, strict=True)), np.zeros(z.shape))
-    return z - (z[keep].astype(np.float64).mean() + fit)
+    k = len(exps)
+    normal, rhs = np.zeros((k, k)), np.zeros(k)
+    rows = max(1, _DETREND_BAND // max(1, math.prod(z.shape[1:])))
+    offset = float(np.nanmean(z[keep])) if keep.any() else 0.0  # conditioning only
+    for lo in range(0, z.shape[0], rows):
+        band = slice(lo, lo + rows)
+        hold = keep[band]
+        if not hold.any():
+            continue
+        design = np.stack([_monomial(powers, e)[band][hold] for e in exps], axis=-1)
+        normal += design.T @ design
+        rhs += design.T @ (z[band][hold].astype(np.float64) - offset)
+    # lstsq on the k x k system keeps the minimum-norm answer of a degenerate common part
+    # (one row, say, where a quadratic is not determined)
+    coef = np.linalg.lstsq(normal, rhs, rcond=None)[0]
+    out = z.astype(np.float64) - offset
+    for c, e in zip(coef, exps, strict=True):
+        out -= c * _monomial(powers, e)
+    return out
 
 
 def _parabola(score: np.ndarray, best: np.ndarray) -> np.ndarray:
