@@ -79,6 +79,12 @@ def add_parser(sub: Any) -> None:
         "estimated from the tiles, for registration only)",
     )
     g.add_argument(
+        "--registration-banding",
+        action="store_true",
+        help="estimate the row and column banding the tiles share (a camera's fixed pattern) "
+        "and take it out before correlation, for registration only (default: off)",
+    )
+    g.add_argument(
         "--allow-partial-registration",
         action="store_true",
         help="register what can be registered when fewer than half the neighbouring tiles "
@@ -154,6 +160,7 @@ def _options(args: argparse.Namespace) -> Any:
         max_shift_px=args.max_shift, min_overlap_px=args.min_overlap,
         allow_partial=args.allow_partial_registration,
         estimate_flatfield=not args.no_registration_flatfield,
+        remove_banding=args.registration_banding,
     )  # fmt: skip
     return FuseOptions(
         pixel_size_um=args.pixel_size, rotation_deg=args.rotation,

@@ -210,6 +210,7 @@ def registration_report(
         "overlap_agreement": _num(after),
         "overlap_agreement_stage": _num(before),
         "flatfield": reg.flatfield,
+        "banding": reg.banding,
     }
     pairs = []
     for p in reg.pairs:
@@ -281,6 +282,8 @@ def report_summary(report: dict[str, Any]) -> str:
     line = ", ".join(parts)
     if s.get("flatfield") == "estimated":
         line += "; tiles correlated through a flat field estimated from them"
+    if s.get("banding") == "removed":
+        line += "; row and column banding shared by the tiles taken out before correlation"
     if report.get("layout_problems"):
         line += "; layout: " + "; ".join(report["layout_problems"])
     return line

@@ -59,6 +59,7 @@ import itertools
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -164,6 +165,10 @@ class Registration:
         The flat field the tiles were corrected by before correlation: ``"given"`` (the
         caller's), ``"estimated"`` (from the tiles, ``RegistrationParams.estimate_flatfield``)
         or ``"none"``.
+    banding : str
+        ``"removed"`` when row and column offsets shared by the tiles (a camera's banding,
+        ``RegistrationParams.remove_banding``) were found and taken out before correlation,
+        else ``"none"``.
     """
 
     table: TileTable
@@ -172,6 +177,7 @@ class Registration:
     params: RegistrationParams = dataclasses.field(default_factory=RegistrationParams)
     stage_table: TileTable | None = None
     flatfield: str = "none"
+    banding: str = "none"
 
     @property
     def rms_residual_px(self) -> float:
@@ -481,12 +487,16 @@ def register(
         if flatfield is None and params.estimate_flatfield and plans:
             flatfield = _shading_estimate(table, reader, shape_arr, workers)
             shading = "none" if flatfield is None else "estimated"
+        banding = None
+        if params.remove_banding and plans:
+            banding = _banding_estimate(table, reader, shape_arr, flatfield, params, pool)
         measured = iter(_measure_all(table, reader, shape_arr, plans, params, flatfield, pool,
-                                     workers))  # fmt: skip
+                                     workers, banding))  # fmt: skip
     empty = Measured(np.full(nd, np.nan), 0.0, 0.0, (0,) * nd)
     results = [empty if (c and not params.corner_pairs) else next(measured) for c in corner]
     reg = _settle(table, shape_arr, geometry, corner, results, params)
-    return dataclasses.replace(reg, flatfield=shading)
+    removed = banding is not None and banding.removed
+    return dataclasses.replace(reg, flatfield=shading, banding="removed" if removed else "none")
 
 
 def _shading_estimate(
@@ -517,6 +527,136 @@ def _shading_estimate(
     except ConfigError as exc:
         logger.info("registration correlates the tiles without a flat field: %s", exc)
         return None
+
+
+@dataclass(frozen=True)
+class Banding:
+    """Row and column offsets shared by every tile at the same sensor row (column): a
+    camera's fixed-pattern banding, in the units of the planes registration correlates."""
+
+    rows: np.ndarray  # (Y,) offset of each tile row
+    cols: np.ndarray  # (X,) offset of each tile column
+    kept: tuple[float, float]  # share of the row and column estimates kept (0: not significant)
+
+    @property
+    def removed(self) -> bool:
+        return max(self.kept) > 0
+
+    def remove(self, plane: np.ndarray) -> np.ndarray:
+        """``plane`` (one tile, Y, X) minus the offsets."""
+        return plane - (self.rows[:, None] + self.cols[None, :]).astype(plane.dtype)
+
+
+_BANDING_MIN_TILES = 4  # the median over fewer tiles keeps too much of their content
+_BANDING_MAX_TILES = 100  # tiles read for the estimate, spread over the table
+_BANDING_DEGREE = 4  # each line profile minus its polynomial of this degree (smooth shading)
+_BANDING_NULL = 20  # random misalignments of the tiles' profiles: what chance shares
+
+
+def _banding_estimate(
+    table: TileTable,
+    reader: Callable[[str], Any],
+    shapes: np.ndarray,
+    flatfield: Any,
+    params: RegistrationParams,
+    pool: ThreadPoolExecutor,
+) -> Banding | None:
+    """Row and column offsets that every tile shares (``RegistrationParams.remove_banding``);
+    None (logged) where they cannot be estimated.
+
+    Banding is the same at the same sensor row in every tile, so in each overlap it matches
+    the two tiles at their stage positions: a row pattern of the size of the pixel noise put
+    3x3 mosaics cut from real frames 5-20 px off. Each tile's mean along its rows (columns),
+    as registration sees it (flat-field corrected), minus that profile's polynomial of degree
+    ``_BANDING_DEGREE`` (shading is smooth across the tile, and what is smooth over a crop the
+    correlation's detrend takes out), is the tile's content there plus the banding; the median
+    over the tiles keeps the banding. It is kept only where the tiles' profiles share more
+    than chance alignment gives, and scaled by the share they hold in common
+    (:func:`_shrunk_median`), so tiles without banding are left as they are.
+    """
+    nd, n = table.ndim, len(table)
+    why = None
+    if nd != 2:
+        why = f"it is estimated for 2D tiles only, these are {nd}D"
+    elif n < _BANDING_MIN_TILES:
+        why = f"it needs at least {_BANDING_MIN_TILES} tiles, there are {n}"
+    elif len({tuple(s) for s in shapes.tolist()}) != 1:
+        why = "the tiles differ in shape"
+    if why is not None:
+        logger.info("registration does not look for banding: %s", why)
+        return None
+    picked = np.unique(np.linspace(0, n - 1, min(n, _BANDING_MAX_TILES)).round().astype(int))
+
+    def profiles(k: int) -> tuple[np.ndarray, np.ndarray]:
+        plane, _ = _prepared(table, reader, shapes, k, flatfield, params)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a line with no pixel: NaN
+            return np.nanmean(plane, axis=1), np.nanmean(plane, axis=0)
+
+    got = list(pool.map(profiles, picked.tolist()))
+    lines, kept = [], []
+    for axis in (0, 1):
+        prof = np.stack([_unsmooth(g[axis]) for g in got])
+        line, share = _shrunk_median(prof)
+        lines.append(line)
+        kept.append(share)
+    banding = Banding(lines[0], lines[1], (kept[0], kept[1]))
+    if banding.removed:
+        logger.info(
+            "registration removes banding shared by the tiles: rms %.3g (rows), %.3g (columns) "
+            "in the tiles' units, %.0f %% and %.0f %% of the estimates kept",
+            float(np.sqrt(np.mean(lines[0] ** 2))), float(np.sqrt(np.mean(lines[1] ** 2))),
+            100 * kept[0], 100 * kept[1],
+        )  # fmt: skip
+    return banding
+
+
+def _unsmooth(profile: np.ndarray) -> np.ndarray:
+    """A tile's line profile minus its least-squares polynomial of degree
+    ``_BANDING_DEGREE`` (NaN where the line holds no pixel): what varies from line to line."""
+    hold = np.isfinite(profile)
+    out = np.full(profile.shape, np.nan)
+    if np.count_nonzero(hold) <= _BANDING_DEGREE + 1:
+        return out
+    t = np.linspace(-1, 1, len(profile))
+    design = t[hold, None] ** np.arange(_BANDING_DEGREE + 1)
+    coef = np.linalg.lstsq(design, profile[hold].astype(np.float64), rcond=None)[0]
+    out[hold] = profile[hold] - design @ coef
+    return out
+
+
+def _shrunk_median(prof: np.ndarray) -> tuple[np.ndarray, float]:
+    """The median over tiles (axis 0, NaN left out) of their line profiles, scaled by the
+    share of it that the tiles hold in common; the share (0 when what they share is no more
+    than chance alignment gives).
+
+    What the tiles share is measured by the median over pairs of different tiles of their
+    profiles' inner product (banding is in every pair; content that two tiles happen to share,
+    a repeated pattern, in a few), against the same
+    statistic with each tile's profile rolled by its own random offset, which keeps each
+    profile's smoothness and breaks only the alignment (``_BANDING_NULL`` draws; the shared
+    part must exceed their largest). The share kept is the Wiener factor of a mean over
+    ``n`` tiles, ``shared / (shared + own / n)``."""
+    n, length = prof.shape
+    filled = np.nan_to_num(prof - np.nanmean(prof, axis=1, keepdims=True))
+    off = ~np.eye(n, dtype=bool)
+
+    def shared(x: np.ndarray) -> float:  # median over pairs of different tiles, per line
+        return float(np.median((x @ x.T)[off]) / length)
+
+    common = shared(filled)
+    rng = np.random.default_rng(0)
+    rows = np.arange(length)
+    null = max(shared(filled[np.arange(n)[:, None], (rows + rng.integers(0, length, (n, 1)))
+                             % length]) for _ in range(_BANDING_NULL))  # fmt: skip
+    if not common > max(null, 0.0):
+        return np.zeros(length), 0.0
+    own = float(np.median(np.einsum("ij,ij->i", filled, filled)) / length) - common
+    share = common / (common + max(own, 0.0) / n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a line no tile holds: NaN
+        whole = np.nan_to_num(np.nanmedian(prof, axis=0))
+    return share * whole, share
 
 
 def _settle(
@@ -1058,12 +1198,33 @@ def _leave_one_out_median(values: np.ndarray) -> np.ndarray:
     return at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
 
 
+def _prepared(
+    table: TileTable, reader: Callable[[str], Any], shapes: np.ndarray, k: int, flatfield: Any,
+    params: RegistrationParams,
+) -> tuple[np.ndarray, float]:  # fmt: skip
+    """Tile ``k`` read, checked against its expected shape and prepared for correlation
+    (:func:`~._correlate.prepare`): the plane and its scale."""
+    nd = table.ndim
+    try:
+        data, opaque = read_opaque(reader, table[k].ref, nd)
+    except Exception as exc:
+        note_tile(exc, table[k].ref)
+        raise
+    got = tuple(np.shape(data)[-nd:])
+    if got != tuple(int(v) for v in shapes[k]):
+        raise ConfigError(
+            f"tile {k} ({table[k].ref}): spatial shape {got}, expected "
+            f"{tuple(int(v) for v in shapes[k])} (from shapes or the file header)"
+        )
+    return prepare(data, nd, flatfield, params.highpass_sigma_px, opaque)
+
+
 def _measure_all(
     table: TileTable, reader: Callable[[str], Any], shapes: np.ndarray, plans: list[Plan],
     params: RegistrationParams, flatfield: Any, pool: ThreadPoolExecutor, workers: int,
+    banding: Banding | None = None,
 ) -> list[Measured]:  # fmt: skip
     """Read each tile once, cut its crops, correlate each pair as soon as both crops exist."""
-    nd = table.ndim
     by_tile: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
     for p, plan in enumerate(plans):
         by_tile[plan.i].append((p, 0))
@@ -1073,18 +1234,9 @@ def _measure_all(
     order = [k for k in np.lexsort((np.arange(len(lo)), *band)).tolist() if k in by_tile]
 
     def load(k: int) -> list[tuple[int, int, np.ndarray, float]]:
-        try:
-            data, opaque = read_opaque(reader, table[k].ref, nd)
-        except Exception as exc:
-            note_tile(exc, table[k].ref)
-            raise
-        got = tuple(np.shape(data)[-nd:])
-        if got != tuple(int(v) for v in shapes[k]):
-            raise ConfigError(
-                f"tile {k} ({table[k].ref}): spatial shape {got}, expected "
-                f"{tuple(int(v) for v in shapes[k])} (from shapes or the file header)"
-            )
-        plane, scale = prepare(data, nd, flatfield, params.highpass_sigma_px, opaque)
+        plane, scale = _prepared(table, reader, shapes, k, flatfield, params)
+        if banding is not None and banding.removed:
+            plane = banding.remove(plane)
         return [(p, side, cut(plane, table[k].affine, plans[p]), scale) for p, side in by_tile[k]]
 
     def correlate(p: int, a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -> Measured:
