@@ -1163,3 +1163,22 @@ def test_banding_removal_is_off_by_default_and_costs_little_without_banding():
     assert default.banding == "none" and not default.params.remove_banding
     np.testing.assert_array_equal(default.table.affines, off.table.affines)
     assert _mean_error(on, true) < 0.4  # measured 0.19 (0.20 off)
+
+
+def test_banding_estimate_takes_a_tile_without_pixels_quietly():
+    """A tile whose lines hold no pixel (transparent) gives NaN profiles: left out of the
+    estimate without numpy's empty-slice warnings; independent profiles share nothing."""
+    import warnings
+
+    from scopefx.fusion._register import _shrunk_median, _unsmooth
+
+    rng = np.random.default_rng(0)
+    profiles = [_unsmooth(rng.normal(size=64)) for _ in range(6)] + [_unsmooth(np.full(64, np.nan))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        line, share = _shrunk_median(np.stack(profiles))
+    assert share == 0.0 and not line.any()
+    shared = rng.normal(size=64)  # the same offsets in every tile: kept
+    banded = np.stack([_unsmooth(shared + 0.3 * rng.normal(size=64)) for _ in range(6)])
+    line, share = _shrunk_median(banded)
+    assert share > 0.9 and np.corrcoef(line, _unsmooth(shared))[0, 1] > 0.95

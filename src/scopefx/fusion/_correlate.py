@@ -804,8 +804,8 @@ def _detrend(z: np.ndarray, keep: np.ndarray, degree: int) -> np.ndarray:
     """``z`` minus its least-squares polynomial of ``degree`` over the pixels ``keep``.
 
     The normal equations are summed a band of rows at a time (a design matrix of the whole
-    crop would be 6 float64 per pixel: 100 MB for a 2048 x 1024 crop); the basis holds the
-    constant, so no mean is taken first."""
+    crop would be 6 float64 per pixel: 100 MB for a 2048 x 1024 crop), on ``z`` minus its mean
+    over ``keep`` (for conditioning; the basis holds the constant)."""
     exps = _monomials(z.ndim, degree)
     powers = _coordinate_powers(z.shape, degree)
     k = len(exps)

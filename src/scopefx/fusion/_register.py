@@ -632,13 +632,14 @@ def _shrunk_median(prof: np.ndarray) -> tuple[np.ndarray, float]:
 
     What the tiles share is measured by the median over pairs of different tiles of their
     profiles' inner product (banding is in every pair; content that two tiles happen to share,
-    a repeated pattern, in a few), against the same
-    statistic with each tile's profile rolled by its own random offset, which keeps each
-    profile's smoothness and breaks only the alignment (``_BANDING_NULL`` draws; the shared
-    part must exceed their largest). The share kept is the Wiener factor of a mean over
-    ``n`` tiles, ``shared / (shared + own / n)``."""
+    a repeated pattern, in a few), against the same statistic with each tile's profile rolled
+    by its own random offset, which keeps each profile's smoothness and breaks only the
+    alignment (``_BANDING_NULL`` draws; the shared part must exceed their largest). The share
+    kept is the Wiener factor of a mean over ``n`` tiles, ``shared / (shared + own / n)``."""
     n, length = prof.shape
-    filled = np.nan_to_num(prof - np.nanmean(prof, axis=1, keepdims=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a tile with no pixel: NaN
+        filled = np.nan_to_num(prof - np.nanmean(prof, axis=1, keepdims=True))
     off = ~np.eye(n, dtype=bool)
 
     def shared(x: np.ndarray) -> float:  # median over pairs of different tiles, per line
