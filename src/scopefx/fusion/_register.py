@@ -499,6 +499,19 @@ def register(
     return dataclasses.replace(reg, flatfield=shading, banding="removed" if removed else "none")
 
 
+def _not_estimable(table: TileTable, shapes: np.ndarray, min_tiles: int) -> str | None:
+    """Why an estimate over the tiles (flat field, banding: one (Y, X) plane for all) cannot
+    be made from them, or None."""
+    nd, n = table.ndim, len(table)
+    if nd != 2:
+        return f"it is estimated for 2D tiles only, these are {nd}D"
+    if n < min_tiles:
+        return f"it needs at least {min_tiles} tiles, there are {n}"
+    if len({tuple(s) for s in shapes.tolist()}) != 1:
+        return "the tiles differ in shape (one estimate fits one tile geometry)"
+    return None
+
+
 def _shading_estimate(
     table: TileTable, reader: Callable[[str], Any], shapes: np.ndarray, workers: int
 ) -> FlatField | None:
@@ -507,13 +520,7 @@ def _shading_estimate(
     least ``MIN_TILES``, on the sum of their channels (what is correlated: one (Y, X) flat,
     whatever the number of channels); None (logged) where no estimate can be made."""
     nd = table.ndim
-    why = None
-    if nd != 2:
-        why = f"it is estimated for 2D tiles only, these are {nd}D"
-    elif len(table) < MIN_TILES:
-        why = f"it needs at least {MIN_TILES} tiles, there are {len(table)}"
-    elif len({tuple(s) for s in shapes.tolist()}) != 1:
-        why = "the tiles differ in shape (one flat field fits one tile geometry)"
+    why = _not_estimable(table, shapes, MIN_TILES)
     if why is not None:
         logger.info("registration correlates the tiles without a flat field: %s", why)
         return None
@@ -574,14 +581,8 @@ def _banding_estimate(
     than chance alignment gives, and scaled by the share they hold in common
     (:func:`_shrunk_median`), so tiles without banding are left as they are.
     """
-    nd, n = table.ndim, len(table)
-    why = None
-    if nd != 2:
-        why = f"it is estimated for 2D tiles only, these are {nd}D"
-    elif n < _BANDING_MIN_TILES:
-        why = f"it needs at least {_BANDING_MIN_TILES} tiles, there are {n}"
-    elif len({tuple(s) for s in shapes.tolist()}) != 1:
-        why = "the tiles differ in shape"
+    n = len(table)
+    why = _not_estimable(table, shapes, _BANDING_MIN_TILES)
     if why is not None:
         logger.info("registration does not look for banding: %s", why)
         return None
