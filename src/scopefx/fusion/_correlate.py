@@ -251,12 +251,13 @@ def _ncc_surface(
     def corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.asarray(fft.irfftn(x * y, s=pad)[index], dtype=np.float64)
 
-    s_fa = spec(fa)
-    s_ab = corr(s_fa, np.conj(spec(fb)))
     boxes = _box(va), _box(vb)
     if boxes[0] is not None and boxes[1] is not None and min(a.shape) > 1:
+        s_ab = corr(spec(fa), np.conj(spec(fb)))  # no spectrum kept: only this one needs it
         sums, sum_a, sum_b, s_aa, s_bb = _box_sums(fa, fb, boxes[0], boxes[1], reach, basis)
     else:
+        s_fa = spec(fa)
+        s_ab = corr(s_fa, np.conj(spec(fb)))
         powers = _coordinate_powers(a.shape, 2 * degree)
         s_va = spec(va.astype(np.float64))
         vbm = vb.astype(np.float64)
@@ -426,18 +427,18 @@ def _box_sums(
                 sums[e] = np.broadcast_to(term, grid)
     shifts = [np.arange(-int(r), int(r) + 1) for r in reach]
     steps = [2.0 / (n - 1) for n in shape]
-    a_at = {e: boxed(fa * _monomial(powers, e), shifts) for e in basis}
-    sum_a = np.empty((*grid, len(basis)))
-    for i, e in enumerate(basis):
-        total = np.zeros(grid)
-        for kk in itertools.product(*[range(p + 1) for p in e]):
+    sum_a = np.zeros((*grid, len(basis)))
+    for kk in basis:  # each box sum of a times a monomial, added to every basis term it feeds
+        at = boxed(fa * _monomial(powers, kk), shifts)
+        for i, e in enumerate(basis):
+            if any(j > p for j, p in zip(kk, e, strict=True)):
+                continue
             coef = np.ones(())
             for ax, (p, j) in enumerate(zip(e, kk, strict=True)):
                 shp = [1] * nd
                 shp[ax] = grid[ax]
                 coef = coef * (math.comb(p, j) * (-shifts[ax] * steps[ax]) ** (p - j)).reshape(shp)
-            total += coef * a_at[kk]
-        sum_a[..., i] = total
+            sum_a[..., i] += coef * at
     sum_b = np.stack([boxed(fb * _monomial(powers, e)) for e in basis], axis=-1)
     return sums, sum_a, sum_b, boxed(fa * fa, shifts), boxed(fb * fb)
 
@@ -755,6 +756,10 @@ def _gauss_newton(
         return float(np.dot(fa, fb)) / den if den > 0 else -math.inf
 
     d, at = start.copy(), None
+    flat: Any = None
+    ga: Any = None
+    gb: Any = None
+    jac: Any = None
     A, B = sample(d)
     for _ in range(_GN_ITERATIONS):
         if at is None or np.any(np.abs(d - at) > 0.25):
@@ -763,6 +768,7 @@ def _gauss_newton(
             keep, at = common(d), d.copy()
             if np.count_nonzero(keep) < 64:
                 return None
+            flat = ga = gb = jac = None  # the last common part's arrays go before the new ones
             flat = flattener(keep)
             fa, fb = flat(A), flat(B)
             sa, sb = float(np.std(fa)), float(np.std(fb))
