@@ -399,7 +399,8 @@ def test_flat_field_is_applied_before_correlation() -> None:
         seen.append(tile.shape)
         return tile / flat
 
-    params = RegistrationParams(highpass_sigma_px=0)  # only the flat field removes the shading
+    # only the flat field removes the shading; no banding pass, so each tile is read once
+    params = RegistrationParams(highpass_sigma_px=0, remove_banding="off")
     reg = register(_table(stage), read=_memory_reader(vignetted), shapes=[(200, 200)] * 6,
                    params=params, flatfield=correct)  # fmt: skip
     assert len(seen) == 6
@@ -1142,27 +1143,48 @@ def _mean_error(reg, true):
 
 def test_banding_shared_by_the_tiles_is_taken_out_before_correlation():
     """Row and column offsets the same in every tile match each overlap at the stage
-    position; estimated from the tiles and taken out (``remove_banding``), the mosaic
-    registers as without them."""
+    position; estimated from the tiles and taken out (``remove_banding``: by default where it
+    looks like banding, as here), the mosaic registers as without them."""
     table, read, shapes, true = _banded_mosaic(1.0)
-    kept = register(table, read=read, shapes=shapes, params=RegistrationParams(allow_partial=True))
-    removed = register(table, read=read, shapes=shapes,
-                       params=RegistrationParams(remove_banding=True))  # fmt: skip
+    off = RegistrationParams(remove_banding="off", allow_partial=True)
+    kept = register(table, read=read, shapes=shapes, params=off)
+    removed = register(table, read=read, shapes=shapes)
+    forced = register(table, read=read, shapes=shapes,
+                      params=RegistrationParams(remove_banding="on"))  # fmt: skip
     assert _mean_error(kept, true) > 2.0  # measured 5.6 px
     assert _mean_error(removed, true) < 0.4  # measured 0.22 (0.20 without banding)
     assert removed.banding == "removed" and kept.banding == "none"
+    np.testing.assert_array_equal(removed.table.affines, forced.table.affines)
 
 
-def test_banding_removal_is_off_by_default_and_costs_little_without_banding():
+def test_tiles_without_banding_are_left_alone_by_default():
+    """Without banding, ``auto`` changes nothing; ``on`` takes out what the tiles share
+    beyond chance, at little cost here."""
     table, read, shapes, true = _banded_mosaic(0.0)
     default = register(table, read=read, shapes=shapes)
     off = register(table, read=read, shapes=shapes,
-                   params=RegistrationParams(remove_banding=False))  # fmt: skip
+                   params=RegistrationParams(remove_banding="off"))  # fmt: skip
     on = register(table, read=read, shapes=shapes,
-                  params=RegistrationParams(remove_banding=True))  # fmt: skip
-    assert default.banding == "none" and not default.params.remove_banding
+                  params=RegistrationParams(remove_banding="on"))  # fmt: skip
+    assert default.banding == "none" and default.params.remove_banding == "auto"
     np.testing.assert_array_equal(default.table.affines, off.table.affines)
     assert _mean_error(on, true) < 0.4  # measured 0.19 (0.20 off)
+
+
+def test_a_shared_black_border_is_not_taken_for_banding():
+    """Every tile's last rows and columns black: shared by all tiles, but a step, not
+    banding; ``auto`` leaves it (taken out as row and column offsets it broke registration)."""
+    from scopefx.fusion._register import _looks_like_banding
+
+    step = np.r_[np.zeros(100), np.full(20, -50.0)]
+    assert not _looks_like_banding(step - step.mean(), 1.0)
+    stripes = np.random.default_rng(0).normal(size=120)
+    assert _looks_like_banding(stripes, 0.99) and not _looks_like_banding(stripes, 0.9)
+
+
+def test_remove_banding_takes_its_three_modes_only():
+    with pytest.raises(ConfigError, match="remove_banding"):
+        RegistrationParams(remove_banding=True)
 
 
 def test_banding_estimate_takes_a_tile_without_pixels_quietly():

@@ -80,9 +80,11 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument(
         "--registration-banding",
-        action="store_true",
-        help="estimate the row and column banding the tiles share (a camera's fixed pattern) "
-        "and take it out before correlation, for registration only (default: off)",
+        choices=("auto", "on", "off"),
+        default=r.remove_banding,
+        help="take out the row and column banding the tiles share (a camera's fixed pattern) "
+        "before correlation, for registration only: on, off, or auto (default: where it looks "
+        "like banding: nearly all of it shared, changing from line to line)",
     )
     g.add_argument(
         "--allow-partial-registration",

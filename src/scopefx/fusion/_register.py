@@ -488,7 +488,7 @@ def register(
             flatfield = _shading_estimate(table, reader, shape_arr, workers)
             shading = "none" if flatfield is None else "estimated"
         banding = None
-        if params.remove_banding and plans:
+        if params.remove_banding != "off" and plans:
             banding = _banding_estimate(table, reader, shape_arr, flatfield, params, pool)
         measured = iter(_measure_all(table, reader, shape_arr, plans, params, flatfield, pool,
                                      workers, banding))  # fmt: skip
@@ -558,6 +558,8 @@ _BANDING_MIN_TILES = 4  # the median over fewer tiles keeps too much of their co
 _BANDING_MAX_TILES = 100  # tiles read for the estimate, spread over the table
 _BANDING_DEGREE = 4  # each line profile minus its polynomial of this degree (smooth shading)
 _BANDING_NULL = 20  # random misalignments of the tiles' profiles: what chance shares
+_BANDING_AUTO_SHARE = 0.95  # remove_banding='auto': the share the tiles must hold in common
+_BANDING_AUTO_SMOOTH = 0.5  # ... and the shared line's largest lag-1 autocorrelation
 
 
 def _banding_estimate(
@@ -599,6 +601,8 @@ def _banding_estimate(
     for axis in (0, 1):
         prof = np.stack([_unsmooth(g[axis]) for g in got])
         line, share = _shrunk_median(prof)
+        if params.remove_banding == "auto" and not _looks_like_banding(line, share):
+            line, share = np.zeros_like(line), 0.0
         lines.append(line)
         kept.append(share)
     banding = Banding(lines[0], lines[1], (kept[0], kept[1]))
@@ -610,6 +614,16 @@ def _banding_estimate(
             100 * kept[0], 100 * kept[1],
         )  # fmt: skip
     return banding
+
+
+def _looks_like_banding(line: np.ndarray, share: float) -> bool:
+    """``remove_banding="auto"``: the tiles hold nearly all of the shared line in common, and
+    it changes from line to line (a black border, or shading every tile shares, is smooth)."""
+    if share < _BANDING_AUTO_SHARE:
+        return False
+    centred = line - line.mean()
+    power = float(centred @ centred)
+    return power > 0 and float(centred[1:] @ centred[:-1]) / power <= _BANDING_AUTO_SMOOTH
 
 
 def _unsmooth(profile: np.ndarray) -> np.ndarray:
