@@ -59,7 +59,6 @@ import itertools
 import logging
 import math
 import os
-import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -592,9 +591,17 @@ def _banding_estimate(
 
     def profiles(k: int) -> tuple[np.ndarray, np.ndarray]:
         plane, _ = _prepared(table, reader, shapes, k, flatfield, params)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a line with no pixel: NaN
-            return np.nanmean(plane, axis=1), np.nanmean(plane, axis=0)
+        # means over the pixels a line holds, NaN where it holds none; no nanmean, whose
+        # warning for such a line cannot be silenced from this worker thread (catch_warnings
+        # changes the whole process's filters and races with the other threads)
+        hold = np.isfinite(plane)
+        total = np.where(hold, plane, 0).astype(np.float64)
+
+        def mean(axis: int) -> np.ndarray:
+            n = hold.sum(axis=axis)
+            return np.divide(total.sum(axis=axis), n, out=np.full(n.shape, np.nan), where=n > 0)
+
+        return mean(1), mean(0)
 
     got = list(pool.map(profiles, picked.tolist()))
     lines, kept = [], []
@@ -652,9 +659,10 @@ def _shrunk_median(prof: np.ndarray) -> tuple[np.ndarray, float]:
     alignment (``_BANDING_NULL`` draws; the shared part must exceed their largest). The share
     kept is the Wiener factor of a mean over ``n`` tiles, ``shared / (shared + own / n)``."""
     n, length = prof.shape
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a tile with no pixel: NaN
-        filled = np.nan_to_num(prof - np.nanmean(prof, axis=1, keepdims=True))
+    hold = np.isfinite(prof)  # no nan-reductions over empty slices: no warnings to silence
+    count = hold.sum(axis=1, keepdims=True)
+    level = np.where(hold, prof, 0.0).sum(axis=1, keepdims=True) / np.maximum(count, 1)
+    filled = np.where(hold, prof - level, 0.0)
     off = ~np.eye(n, dtype=bool)
 
     def shared(x: np.ndarray) -> float:  # median over pairs of different tiles, per line
@@ -669,9 +677,9 @@ def _shrunk_median(prof: np.ndarray) -> tuple[np.ndarray, float]:
         return np.zeros(length), 0.0
     own = float(np.median(np.einsum("ij,ij->i", filled, filled)) / length) - common
     share = common / (common + max(own, 0.0) / n)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a line no tile holds: NaN
-        whole = np.nan_to_num(np.nanmedian(prof, axis=0))
+    whole = np.zeros(length)
+    held = hold.any(axis=0)  # a line no tile holds stays 0
+    whole[held] = np.nanmedian(prof[:, held], axis=0)
     return share * whole, share
 
 
