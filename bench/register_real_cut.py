@@ -138,9 +138,19 @@ def cut_mosaic(
     return tiles, [(float(x), float(y)) for y, x in stage], true, size
 
 
+def add_banding(tiles: list[np.ndarray], level: float, seed: int = 7) -> list[np.ndarray]:
+    """``tiles`` plus the same row and column offsets in every tile (a camera's fixed-pattern
+    banding): independent Gaussian offsets of standard deviation ``level`` per row and per
+    column, drawn once (``seed``)."""
+    size = tiles[0].shape
+    rng = np.random.default_rng(seed)
+    pattern = rng.normal(0, level, (size[0], 1)) + rng.normal(0, level, (1, size[1]))
+    return [(t + pattern).astype(np.float32) for t in tiles]
+
+
 def _case(
     tiles: list[np.ndarray], stage: list[tuple[float, float]], true: np.ndarray,
-    partial: bool = False,
+    partial: bool = False, banding_mode: str = "auto",
 ) -> tuple[float, float, str]:  # fmt: skip
     from register_synthetic import _error
     from scopefx.fusion import RegistrationParams, register
@@ -151,7 +161,8 @@ def _case(
     try:
         reg = register(TileTable.from_positions(refs, stage), read=by_ref.__getitem__,
                        shapes=[t.shape for t in tiles],
-                       params=RegistrationParams(allow_partial=partial))  # fmt: skip
+                       params=RegistrationParams(allow_partial=partial,
+                                                 remove_banding=banding_mode))  # fmt: skip
     except Exception as exc:  # a refusal is a result too
         return float("nan"), float("nan"), type(exc).__name__
     used = sum(p.used for p in reg.pairs)
@@ -176,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="register what can be (RegistrationParams.allow_partial)",
     )
+    parser.add_argument("--banding", type=float, default=0.0, metavar="X",
+                        help="add the same row and column offsets to every tile, of X times "
+                        "the frame's noise (a camera's banding; default 0: none)")  # fmt: skip
+    parser.add_argument("--banding-mode", choices=("auto", "on", "off"), default="auto",
+                        help="RegistrationParams.remove_banding (default: auto)")  # fmt: skip
     parser.add_argument("--peers", action="store_true",
                         help="also ASHLAR and multiview-stitcher from bench/.venv-mvs")  # fmt: skip
     parser.add_argument("--out", default=None, help="also write the summary to this file")
@@ -197,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                *environment_lines(), f"data: {args.data}",
                f"{rows_}x{cols_} tiles, true positions on the grid plus up to "
                f"{JITTER_SHARE:.0%} of a tile ({'whole' if args.whole_pixels else 'sub-'}pixel), "
-               f"stage on the nominal grid; seeds 1..{args.seeds}", "")  # fmt: skip
+               f"stage on the nominal grid; seeds 1..{args.seeds}",
+               f"banding: {args.banding:g} x the frame's noise, remove_banding={args.banding_mode}",
+               "")  # fmt: skip
     rows, means, bad, info = [], [], [], []
     peer_means: dict[str, list[float]] = {p: [] for p in peers}
     peer_rows: list[list[str]] = []
@@ -211,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                 progress(f"{name} {overlap:.0%} seed {seed}")
                 tiles, stage, true, size = cut_mosaic(frames, args.grid, overlap, seed,
                                                       not args.whole_pixels)  # fmt: skip
-                mean, top, note = _case(tiles, stage, true, args.allow_partial)
+                if args.banding:
+                    tiles = add_banding(tiles, args.banding * noise_level(frames[0]))
+                mean, top, note = _case(tiles, stage, true, args.allow_partial,
+                                        args.banding_mode)  # fmt: skip
                 cells.append(f"{fmt(mean, 2)} / {fmt(top, 2)}" if mean == mean else note)
                 means.append(mean)
                 if not mean <= 1.0:

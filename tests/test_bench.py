@@ -85,6 +85,10 @@ def test_real_cut_benchmark_places_tiles_cut_from_a_real_frame(tmp_path):
     )  # fmt: skip
     text = out.read_text()
     assert "leica_tma" in text and "mean over cases" in text
+    banded = bench.add_banding([np.zeros((4, 5), np.float32), np.ones((4, 5), np.float32)], 2.0)
+    np.testing.assert_allclose(banded[1] - banded[0], 1.0, atol=1e-5)  # the same offsets in all
+    rows, cols = banded[0][:, :1] - banded[0][:1, :1], banded[0][:1] - banded[0][:1, :1]
+    np.testing.assert_allclose(banded[0], banded[0][0, 0] + rows + cols, atol=1e-5)  # separable
 
 
 @pytest.mark.slow
