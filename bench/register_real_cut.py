@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Report, environment_lines, fmt, progress, table
+from _common import Report, environment_lines, progress, table
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -148,30 +148,9 @@ def add_banding(tiles: list[np.ndarray], level: float, seed: int = 7) -> list[np
     return [(t + pattern).astype(np.float32) for t in tiles]
 
 
-def _case(
-    tiles: list[np.ndarray], stage: list[tuple[float, float]], true: np.ndarray,
-    partial: bool = False, banding_mode: str = "auto",
-) -> tuple[float, float, str]:  # fmt: skip
-    from register_synthetic import _error
-    from scopefx.fusion import RegistrationParams, register
-    from scopefx.io import TileTable
-
-    refs = [f"tile_{k}" for k in range(len(tiles))]
-    by_ref = dict(zip(refs, tiles, strict=True))
-    try:
-        reg = register(TileTable.from_positions(refs, stage), read=by_ref.__getitem__,
-                       shapes=[t.shape for t in tiles],
-                       params=RegistrationParams(allow_partial=partial,
-                                                 remove_banding=banding_mode))  # fmt: skip
-    except Exception as exc:  # a refusal is a result too
-        return float("nan"), float("nan"), type(exc).__name__
-    used = sum(p.used for p in reg.pairs)
-    sides = sum(p.status != "corner" for p in reg.pairs)
-    return (*_error(reg.table.affines[:, :2, 2], true), f"{used}/{sides} pairs")
-
-
 def main(argv: list[str] | None = None) -> int:
-    from register_synthetic import _grid, _run_peers, summarise
+    from register_synthetic import _case, _grid, _run_peers, _tally, summarise
+    from scopefx.fusion import RegistrationParams
     from scopefx.io import read_image
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -216,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                f"stage on the nominal grid; seeds 1..{args.seeds}",
                f"banding: {args.banding:g} x the frame's noise, remove_banding={args.banding_mode}",
                "")  # fmt: skip
+    params = RegistrationParams(allow_partial=args.allow_partial, remove_banding=args.banding_mode)
     rows, means, bad, info = [], [], [], []
     peer_means: dict[str, list[float]] = {p: [] for p in peers}
     peer_rows: list[list[str]] = []
@@ -231,16 +211,12 @@ def main(argv: list[str] | None = None) -> int:
                                                       not args.whole_pixels)  # fmt: skip
                 if args.banding:
                     tiles = add_banding(tiles, args.banding * noise_level(frames[0]))
-                mean, top, note = _case(tiles, stage, true, args.allow_partial,
-                                        args.banding_mode)  # fmt: skip
-                cells.append(f"{fmt(mean, 2)} / {fmt(top, 2)}" if mean == mean else note)
-                means.append(mean)
-                if not mean <= 1.0:
-                    bad.append(f"{name} {overlap:.0%} seed {seed}: {fmt(mean, 2)} px ({note})")
+                result = _case(tiles, stage, true, params)
+                _tally(result, f"{name} {overlap:.0%} seed {seed}", cells, means, bad)
                 if peers:
                     sets.append((tiles, stage))
                     truths.append(true)
-                    labels.append((f"seed {seed}", overlap, mean))
+                    labels.append((f"seed {seed}", overlap, result[0]))
         noise = f"{noise_level(frames[0]):.1f}" if len(frames) == 1 else "own"
         info.append([name, what, f"{frames[0].shape[0]} x {frames[0].shape[1]}", f"{size} px",
                      noise])  # fmt: skip

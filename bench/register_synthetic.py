@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +70,10 @@ def _error(placed_yx: np.ndarray, true: np.ndarray) -> tuple[float, float]:
 
 
 def _case(
-    tiles: list, stage: list[tuple[float, float]], true: np.ndarray
+    tiles: list, stage: list[tuple[float, float]], true: np.ndarray, params: Any = None
 ) -> tuple[float, float, str]:
+    """Register one case (``params``: a RegistrationParams, default its defaults): mean and
+    max position error (NaN when refused) and a note (pairs used, or the refusal)."""
     from scopefx.fusion import RegistrationParams, register
     from scopefx.io import TileTable
 
@@ -78,12 +81,26 @@ def _case(
     by_ref = dict(zip(refs, tiles, strict=True))
     try:
         reg = register(TileTable.from_positions(refs, stage), read=by_ref.__getitem__,
-                       shapes=[(TILE, TILE)] * len(refs), params=RegistrationParams())  # fmt: skip
+                       shapes=[np.shape(t) for t in tiles],
+                       params=params or RegistrationParams())  # fmt: skip
     except Exception as exc:  # a refusal is a result too
         return float("nan"), float("nan"), type(exc).__name__
     used = sum(p.used for p in reg.pairs)
     sides = sum(p.status != "corner" for p in reg.pairs)
     return (*_error(reg.table.affines[:, :2, 2], true), f"{used}/{sides} pairs")
+
+
+def _tally(
+    result: tuple[float, float, str], what: str, cells: list[str], means: list[float],
+    bad: list[str],
+) -> None:  # fmt: skip
+    """One case's result into its table cell, the figures over all cases and the list of
+    cases above 1 px."""
+    mean, top, note = result
+    cells.append(f"{fmt(mean, 2)} / {fmt(top, 2)}" if mean == mean else note)
+    means.append(mean)
+    if not mean <= 1.0:
+        bad.append(f"{what}: {fmt(mean, 2)} px ({note})")
 
 
 PEER_NOTE = (
@@ -196,15 +213,12 @@ def main(argv: list[str] | None = None) -> int:
             for overlap in args.overlaps:
                 progress(f"{name} {condition} {overlap:.0%}")
                 tiles, stage, true = _mosaic(name, overlap, condition, args.seed, args.grid)
-                mean, top, note = _case(tiles, stage, true)
-                cells.append(f"{fmt(mean, 2)} / {fmt(top, 2)}" if mean == mean else note)
-                means.append(mean)
-                if not mean <= 1.0:
-                    bad.append(f"{name} {condition} {overlap:.0%}: {fmt(mean, 2)} px ({note})")
+                result = _case(tiles, stage, true)
+                _tally(result, f"{name} {condition} {overlap:.0%}", cells, means, bad)
                 if peers:
                     sets.append((tiles, stage))
                     truths.append(true)
-                    labels.append((condition, overlap, mean))
+                    labels.append((condition, overlap, result[0]))
             rows.append(cells)
         if peers:
             _run_peers(name, peers, sets, truths, labels, peer_means, peer_rows)
