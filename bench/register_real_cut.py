@@ -151,6 +151,7 @@ def add_banding(tiles: list[np.ndarray], level: float, seed: int = 7) -> list[np
 def main(argv: list[str] | None = None) -> int:
     from register_synthetic import _case, _grid, _run_peers, _tally, summarise
     from scopefx.fusion import RegistrationParams
+    from scopefx.fusion._regparams import BANDING_MODES
     from scopefx.io import read_image
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--banding", type=float, default=0.0, metavar="X",
                         help="add the same row and column offsets to every tile, of X times "
                         "the frame's noise (a camera's banding; default 0: none)")  # fmt: skip
-    parser.add_argument("--banding-mode", choices=("auto", "on", "off"), default="auto",
+    parser.add_argument("--banding-mode", choices=BANDING_MODES, default="auto",
                         help="RegistrationParams.remove_banding (default: auto)")  # fmt: skip
     parser.add_argument("--peers", action="store_true",
                         help="also ASHLAR and multiview-stitcher from bench/.venv-mvs")  # fmt: skip

@@ -25,6 +25,7 @@ __all__ = ["add_parser", "cmd_fuse"]
 
 def add_parser(sub: Any) -> None:
     from ..fusion import BLENDS, FusionParams, RegistrationParams
+    from ..fusion._regparams import BANDING_MODES
 
     d = FusionParams()
     p = sub.add_parser(
@@ -80,7 +81,7 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument(
         "--registration-banding",
-        choices=("auto", "on", "off"),
+        choices=BANDING_MODES,
         default=r.remove_banding,
         help="take out the row and column banding the tiles share (a camera's fixed pattern) "
         "before correlation, for registration only: on, off, or auto (default: where it looks "
