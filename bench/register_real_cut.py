@@ -150,8 +150,7 @@ def add_banding(tiles: list[np.ndarray], level: float, seed: int = 7) -> list[np
 
 def main(argv: list[str] | None = None) -> int:
     from register_synthetic import _case, _grid, _run_peers, _tally, summarise
-    from scopefx.fusion import RegistrationParams
-    from scopefx.fusion._regparams import BANDING_MODES
+    from scopefx.fusion import BANDING_MODES, RegistrationParams
     from scopefx.io import read_image
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

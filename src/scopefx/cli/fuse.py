@@ -24,8 +24,7 @@ __all__ = ["add_parser", "cmd_fuse"]
 
 
 def add_parser(sub: Any) -> None:
-    from ..fusion import BLENDS, FusionParams, RegistrationParams
-    from ..fusion._regparams import BANDING_MODES
+    from ..fusion import BANDING_MODES, BLENDS, FusionParams, RegistrationParams
 
     d = FusionParams()
     p = sub.add_parser(

@@ -20,7 +20,7 @@ from ._params import BLENDS, FuseOptions, FusionParams
 from ._plan import FusionPlan, make_plan
 from ._qc import qc_only, registration_report, report_summary, write_report
 from ._register import PairResult, Registration, overlapping_pairs, register
-from ._regparams import RegistrationParams
+from ._regparams import BANDING_MODES, RegistrationParams
 from ._write import TiffJob, fuse, prepare, qc
 from .plot import plot_mosaic, write_preview
 
@@ -28,6 +28,7 @@ __all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
     "fuse",
     "fuse_lazy",
     "prepare",
+    "BANDING_MODES",
     "BLENDS",
     "FlatField",
     "FuseOptions",
