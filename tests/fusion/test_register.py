@@ -19,7 +19,7 @@ import tifffile
 from scipy import ndimage
 
 from scopefx import samples
-from scopefx.errors import ConfigError, ImageNotFoundError, RegistrationError
+from scopefx.errors import ConfigError, ImageNotFoundError, RegistrationError, ResourceLimitError
 from scopefx.fusion import FlatField
 from scopefx.fusion._qc import overlap_agreement
 from scopefx.fusion._register import RegistrationParams, overlapping_pairs, register
@@ -1225,3 +1225,66 @@ def test_banding_estimate_warns_nothing_from_its_worker_threads():
         reg = register(table, read=holed, shapes=shapes, workers=2, params=params)
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
     assert reg.banding == "removed"
+
+
+# -- the memory bound of one search (SCOPEFX_MAX_SEARCH_BYTES) ------------------------------
+
+
+@pytest.mark.parametrize("size, reach", [((160, 96), 24), ((512, 205), 77), ((400, 400), 150)])
+def test_search_bytes_bounds_the_searchs_measured_peak(size, reach):
+    """The estimate made from the geometry alone is an upper bound of what a search takes
+    (tracemalloc, NumPy's arrays traced), and not a loose one."""
+    import tracemalloc
+
+    from scopefx.fusion._correlate import measure, search_bytes
+
+    rng = np.random.default_rng(0)
+    base = ndimage.gaussian_filter(rng.normal(size=(size[0], size[1] + 4)), 2).astype(np.float32)
+    a, b = base[:, : size[1]].copy(), base[:, 4:].copy()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        found = measure(a, b, reach, 6.0, (1.0, 1.0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.allclose(found.shift, (0, 4), atol=0.05)
+    estimate = search_bytes(size, reach)
+    assert 0.6 * estimate <= peak <= estimate, (peak, estimate)
+
+
+def test_a_search_over_the_memory_limit_is_refused_before_any_tile_is_read(monkeypatch):
+    tiles, _, stage = _mosaic(seed=3)
+    calls = []
+
+    def read(ref: str) -> np.ndarray:
+        calls.append(ref)
+        return tiles[int(ref.split("_")[1])]
+
+    table = _table(stage)
+    monkeypatch.setenv("SCOPEFX_MAX_SEARCH_BYTES", str(2 * 2**20))  # 2 MiB
+    shapes = [t.shape for t in tiles]
+    with pytest.raises(ResourceLimitError, match=r"SCOPEFX_MAX_SEARCH_BYTES.*no tile was read.*"
+                       r"lower max_shift_px \(--max-shift\) to \d+ px or less"):  # fmt: skip
+        register(table, read=read, shapes=shapes, params=RegistrationParams(max_shift_px=60))
+    assert calls == []
+    monkeypatch.setenv("SCOPEFX_MAX_SEARCH_BYTES", str(2**16))  # under any crop of the overlaps
+    with pytest.raises(ResourceLimitError, match="overlap alone is too large to search"):
+        register(table, read=read, shapes=shapes)
+    assert calls == []
+
+
+def test_a_default_search_over_the_memory_limit_is_narrowed_to_fit(monkeypatch, caplog):
+    """The default reach (15 % of a 160 px tile: 24 px) is narrowed to what fits, with a
+    warning that names the setting; the stage errors (up to 6 px) are still found."""
+    from scopefx.fusion._correlate import search_bytes
+
+    tiles, true, stage = _mosaic(seed=3)
+    table = _table(stage)
+    full = search_bytes((160 + 6, 48 + 48), 24)  # about a side pair's crop at the default
+    monkeypatch.setenv("SCOPEFX_MAX_SEARCH_BYTES", str(int(0.8 * full)))
+    with caplog.at_level("WARNING", logger="scopefx.fusion._register"):
+        reg = register(table, read=_memory_reader(tiles), shapes=[t.shape for t in tiles])
+    assert "narrower range than the default" in caplog.text
+    assert "SCOPEFX_MAX_SEARCH_BYTES" in caplog.text
+    assert np.abs(_position_error(reg.table, true)).max() < 0.5

@@ -194,3 +194,15 @@ def test_a_malformed_table_is_a_clear_configuration_error(site, name):
         functions.fuse_mosaic({"tiles": name, "output": "m.ome.zarr"})
     assert info.value.status in ("config", "unsupported"), info.value
     assert name in str(info.value) or "tile 0" in str(info.value)
+
+
+def test_a_callers_registration_search_is_bounded_before_any_tile_is_read(site, monkeypatch):
+    """A caller who asks for the widest search (max_shift_px up to the tile) gets a
+    ResourceLimitError naming the endpoint's setting, and nothing is written."""
+    monkeypatch.setenv("SCOPEFX_MAX_SEARCH_BYTES", str(2**20))  # 1 MiB: 64 px tiles fit
+    wide = {"register": True, "registration": {"max_shift_px": 64}}
+    job = {"tiles": "mosaic/tiles.csv", "output": "r.ome.zarr", "options": wide}
+    with pytest.raises(scopefx.errors.ResourceLimitError, match="SCOPEFX_MAX_SEARCH_BYTES"):
+        functions.fuse_mosaic(job)
+    assert not any(p.name.startswith("r.") for p in site.out.iterdir())
+    assert functions.fuse_mosaic({**job, "options": {"register": True}})["registration"]

@@ -66,10 +66,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, RegistrationError
-from ..io import TileTable, layout_problems, read_image, read_metadata
+from ..errors import ConfigError, RegistrationError, ResourceLimitError
+from ..io import EndpointLimits, TileTable, layout_problems, read_image, read_metadata
+from ..io.confined import LIMIT_ENV
 from ._blend import read_masked, read_opaque, tile_reader
-from ._correlate import Measured, Plan, cut, measure, plan_pair, prepare
+from ._correlate import Measured, Plan, cut, measure, plan_pair, prepare, search_bytes
 from ._flatfield import MIN_TILES, FlatField, estimate_flatfield, note_tile, read_named
 from ._fuse import colour_samples, fused_shape
 from ._regparams import AUTO_SHIFT, RegistrationParams, _check
@@ -91,6 +92,7 @@ _PLAUSIBLE_MIN_PX = 4.0  # however tight the confirmed corrections are
 _PLAUSIBLE_POOL = 4  # confirmed pairs of the same direction needed for the check
 
 _CHUNK = 4_000_000  # candidate pairs examined at once by the sweep
+_MIN_NARROWED_PX = 8  # a default search is narrowed to fit the memory limit down to this reach
 
 #: Values of :attr:`PairResult.status`.
 STATUSES = ("used", "outlier", "low_quality", "ambiguous", "blank", "corner")
@@ -482,6 +484,7 @@ def register(
         plans = [plan_pair(table, shape_arr, (lo, hi), i, j, _reach(params, shape_arr, i, j))
                  for (i, j, _, _), c in zip(geometry, corner, strict=True)
                  if params.corner_pairs or not c]  # fmt: skip
+        plans = _within_search_budget(table, shape_arr, (lo, hi), plans, params)
         shading = "given" if flatfield is not None else "none"
         if flatfield is None and params.estimate_flatfield and plans:
             flatfield = _shading_estimate(table, reader, shape_arr, workers)
@@ -1220,6 +1223,64 @@ def _leave_one_out_median(values: np.ndarray) -> np.ndarray:
 
     m = n - 1
     return at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
+
+
+def _within_search_budget(
+    table: TileTable, shapes: np.ndarray, footprints: tuple[np.ndarray, np.ndarray],
+    plans: list[Plan], params: RegistrationParams,
+) -> list[Plan]:  # fmt: skip
+    """``plans`` whose searches fit the process's memory limit (``max_search_bytes`` of
+    :class:`~scopefx.io.EndpointLimits`), judged from the geometry before any tile is read.
+
+    A search over that limit is narrowed to the largest reach that fits (at least
+    ``_MIN_NARROWED_PX``), with a warning, when the reach is the default; one the caller asked
+    for (``max_shift_px``), or one whose overlap alone is over the limit, is refused with a
+    :class:`ResourceLimitError` that names the pair and the largest ``max_shift_px`` that fits.
+    """
+    budget = EndpointLimits.from_env().max_search_bytes
+    out, narrowed = [], []
+    for plan in plans:
+        need = search_bytes(plan.size, plan.reach)
+        if need <= budget:
+            out.append(plan)
+            continue
+
+        def planned(r: int, plan: Plan = plan) -> Plan:
+            return plan_pair(table, shapes, footprints, plan.i, plan.j, float(r))
+
+        lo_r, hi_r = 0, math.ceil(plan.reach) - 1  # the largest reach that fits, or 0
+        while lo_r < hi_r:
+            mid = (lo_r + hi_r + 1) // 2
+            p = planned(mid)
+            lo_r, hi_r = (mid, hi_r) if search_bytes(p.size, p.reach) <= budget else (lo_r, mid - 1)
+        fits = lo_r if lo_r and search_bytes(planned(lo_r).size, lo_r) <= budget else 0
+        if params.max_shift_px is None and fits >= _MIN_NARROWED_PX:
+            narrowed.append((plan.i, plan.j, plan.reach, fits))
+            out.append(planned(fits))
+            continue
+        refs = f"tiles {plan.i} ({table[plan.i].ref}) and {plan.j} ({table[plan.j].ref})"
+        advice = (f"lower max_shift_px (--max-shift) to {fits} px or less" if fits
+                  else "their overlap alone is too large to search: split the tiles")  # fmt: skip
+        raise ResourceLimitError(
+            f"registering {refs} would search {'x'.join(map(str, plan.size))} px crops over "
+            f"+-{plan.reach:g} px: about {_size(need)} of working memory, over this "
+            f"process's limit of {_size(budget)} ({LIMIT_ENV['max_search_bytes']}); "
+            f"no tile was read. To register, {advice}, or ask the endpoint's operator to "
+            "raise the limit"
+        )
+    if narrowed:
+        i, j, was, now = narrowed[0]
+        logger.warning(
+            "%d pair(s) searched over a narrower range than the default, to stay within this "
+            "process's %s per search (%s): tiles %d and %d over +-%d px instead of "
+            "+-%g px%s", len(narrowed), _size(budget), LIMIT_ENV["max_search_bytes"], i, j,
+            now, was, "" if len(narrowed) == 1 else ", and others alike",
+        )  # fmt: skip
+    return out
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.3g} MiB"
 
 
 def _prepared(

@@ -19,6 +19,7 @@ variable                       field                               default
 ``SCOPEFX_MAX_CHUNKS``         :attr:`~EndpointLimits.max_chunks`         250000
 ``SCOPEFX_MAX_CHUNK_PX``       :attr:`~EndpointLimits.max_chunk_px`       ``4096**2``
 ``SCOPEFX_MAX_OUTPUT_GIB``     :attr:`~EndpointLimits.max_output_gib`     1024
+``SCOPEFX_MAX_SEARCH_BYTES``   :attr:`~EndpointLimits.max_search_bytes`   4 GiB
 ``SCOPEFX_TASK_TIMEOUT_S``     :attr:`~EndpointLimits.task_timeout_s`     unset (no limit)
 =============================  ==================================  ==========================
 """
@@ -46,6 +47,7 @@ LIMIT_ENV: dict[str, str] = {
     "max_chunks": "SCOPEFX_MAX_CHUNKS",
     "max_chunk_px": "SCOPEFX_MAX_CHUNK_PX",
     "max_output_gib": "SCOPEFX_MAX_OUTPUT_GIB",
+    "max_search_bytes": "SCOPEFX_MAX_SEARCH_BYTES",
     "task_timeout_s": "SCOPEFX_TASK_TIMEOUT_S",
 }
 
@@ -74,6 +76,11 @@ class EndpointLimits:
         Pixels of one fusion output chunk (memory per fusion task is about 20 bytes each).
     max_output_gib : float
         Size of a fused mosaic; ``force`` does not lift it.
+    max_search_bytes : int
+        Working memory of one pair's registration search (its crops enlarged by the search
+        range, estimated from the geometry before any tile is read). A search the registration
+        chose itself is narrowed to fit, with a warning; one the caller asked for
+        (``max_shift_px``) is refused, naming the largest that fits.
     task_timeout_s : float or None
         Wall-clock limit of one remote task. The remote functions check it between items
         (focus) and between chunks (fusion) and stop with a :class:`ResourceLimitError`
@@ -89,6 +96,7 @@ class EndpointLimits:
     max_chunks: int = 250_000
     max_chunk_px: int = 4096**2
     max_output_gib: float = 1024.0
+    max_search_bytes: int = 4 * 2**30
     task_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
