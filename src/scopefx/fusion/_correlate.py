@@ -465,7 +465,7 @@ def _overlap_1d(pa: np.ndarray, pb: np.ndarray, q: int) -> np.ndarray:
 
 def measure(
     a: np.ndarray, b: np.ndarray, reach: float, min_overlap_px: float, blank: tuple[float, float],
-    degree: int = 2, min_quality: float = 0.0,
+    degree: int = 2, min_quality: float = 0.0, shaded: bool = False,
 ) -> Measured:  # fmt: skip
     """Shift ``d`` with ``b(m) ~ a(m + d)``: the NCC maximum within ``reach``; NaN if blank.
 
@@ -478,7 +478,9 @@ def measure(
     (or than the stage overlap, where that is smaller) are not considered. The runner-up is the
     best NCC at least one peak width away from the best (a repeated pattern gives several).
     The next ``_ALTERNATIVES`` distinct local maxima of the score whose NCC reaches
-    ``min_quality`` are kept too, refined alike (``Measured.alternatives``).
+    ``min_quality`` are kept too, refined alike (``Measured.alternatives``). ``shaded``: the
+    crops are not flat-field corrected (the content's correlation area, by which thin common
+    parts are discounted, is then measured after the detrend).
     """
 
     nd = a.ndim
@@ -504,7 +506,9 @@ def measure(
     # A thin common part gives high NCC by chance: score each shift by a lower confidence
     # bound of its NCC (Fisher z minus _CONFIDENCE standard errors, with the pixels counted in
     # independent samples of the content's correlation area).
-    area = max(_corr_area(sa), _corr_area(sb))
+    # (``shaded``: the crops still hold the tiles' shading, whose smooth ramp would pass for
+    # content correlated over the whole crop: measured on them minus their polynomial)
+    area = max(_corr_area(_detrend(x, np.isfinite(x), degree) if shaded else x) for x in (sa, sb))
     samples = count / area
     fisher = np.arctanh(np.clip(ncc, -0.999, 0.999))
     error = 1 / np.sqrt(np.maximum(samples - 3, 1))
