@@ -1286,10 +1286,11 @@ def _size(nbytes: float) -> str:
 def _prepared(
     table: TileTable, reader: Callable[[str], Any], shapes: np.ndarray, k: int, flatfield: Any,
     params: RegistrationParams, raw: bool = False,
-) -> tuple[np.ndarray, float, np.ndarray | None]:  # fmt: skip
+) -> tuple[np.ndarray, float, Callable[[], np.ndarray] | None]:  # fmt: skip
     """Tile ``k`` read, checked against its expected shape and prepared for correlation
-    (:func:`~._correlate.prepare`): the plane, its scale and (``raw``) the plane prepared
-    without the flat field, else None."""
+    (:func:`~._correlate.prepare`): the plane, its scale and (``raw``) a function that
+    prepares it without the flat field (called once the first plane's crops are cut, so the
+    two planes are not held at once), else None."""
     nd = table.ndim
     try:
         data, opaque = read_opaque(reader, table[k].ref, nd)
@@ -1305,7 +1306,7 @@ def _prepared(
     plane, scale = prepare(data, nd, flatfield, params.highpass_sigma_px, opaque)
     if not raw or flatfield is None:
         return plane, scale, None
-    return plane, scale, prepare(data, nd, None, params.highpass_sigma_px, opaque)[0]
+    return plane, scale, lambda: prepare(data, nd, None, params.highpass_sigma_px, opaque)[0]
 
 
 def _failed(r: Measured, params: RegistrationParams) -> bool:
@@ -1340,13 +1341,18 @@ def _measure_all(
 
     def load(k: int) -> list[tuple[int, int, Crop]]:
         plane, scale, raw = _prepared(table, reader, shapes, k, flatfield, params, fallback)
-        if banding is not None and banding.removed:
-            plane = banding.remove(plane)
-            raw = None if raw is None else banding.remove(raw)
         affine = table[k].affine
-        return [(p, side, (cut(plane, affine, plans[p]), scale,
-                           None if raw is None else cut(raw, affine, plans[p])))
-                for p, side in by_tile[k]]  # fmt: skip
+
+        def crops(x: np.ndarray) -> list[np.ndarray]:
+            if banding is not None and banding.removed:
+                x = banding.remove(x)
+            return [cut(x, affine, plans[p]) for p, _ in by_tile[k]]
+
+        main = crops(plane)
+        del plane  # before the raw plane is made
+        spare = crops(raw()) if raw is not None else [None] * len(main)
+        return [(p, side, (a, scale, b))
+                for (p, side), a, b in zip(by_tile[k], main, spare, strict=True)]  # fmt: skip
 
     def one(p: int, a: np.ndarray, b: np.ndarray, scales: tuple[float, float],
             shaded: bool = False) -> Measured:  # fmt: skip
