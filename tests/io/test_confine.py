@@ -94,3 +94,30 @@ def test_resolve_output_refuses_a_link_leading_out(tmp_path):
     with pytest.raises(AccessDeniedError, match="symbolic link"):
         roots.resolve_output("m.zarr")
     assert DataRoots().resolve_output("rel.zarr") == os.path.abspath("rel.zarr")
+
+
+def test_remove_partials_removes_only_unpublished_writes_and_follows_no_link(tmp_path):
+    from scopefx.io.confined import remove_partials
+
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    (store / "0" / "1").mkdir(parents=True)
+    outside.mkdir()
+    hexname = "0123456789abcdef" * 2
+    left = store / "0" / "1" / f".3.{hexname}.partial"
+    left.write_bytes(b"half")
+    kept = {
+        store / "0" / "1" / "3": b"chunk",
+        store / "0" / "1" / f".3.{hexname[:-1]}.partial": b"not ours: 31 hex digits",
+        store / "0" / f"x.{hexname}.partial": b"not ours: no leading dot",
+        outside / f".secret.{hexname}.partial": b"outside the store",
+    }
+    for path, data in kept.items():
+        path.write_bytes(data)
+    (store / "0" / f".link.{hexname}.partial").symlink_to(outside / f".secret.{hexname}.partial")
+    (store / f".dir.{hexname}.partial").mkdir()
+    (store / "linked").symlink_to(outside, target_is_directory=True)
+    assert remove_partials(store) == 1
+    assert not left.exists()
+    assert all(path.read_bytes() == data for path, data in kept.items())
+    assert (store / "0" / f".link.{hexname}.partial").is_symlink()
+    assert (store / f".dir.{hexname}.partial").is_dir()

@@ -15,7 +15,8 @@ Zarr hierarchy (Zarr warns about folders it does not know when listing a group).
 
 A chunk whose marker is missing is simply computed and written again; chunk writes are
 idempotent (same bytes), so a kill at any moment, including half-way through a chunk file,
-is repaired by the resume.
+is repaired by the resume. A resume first removes, under the store's exclusive lock (no other
+job writing), the temporary files of writes that a kill caught before they were published.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..io.confined import open_dir, read_bytes, remove_tree, write_file
+from ..io.confined import open_dir, read_bytes, remove_partials, remove_tree, write_file
 
 __all__ = ["Progress"]
 
@@ -138,6 +139,8 @@ class Progress:
                 with self.hold(exclusive=True):
                     remove_tree(self.dir)  # killed while tidying up
             return "complete"
+        with self.hold(exclusive=True):  # no job writes: what a killed one left half-written
+            remove_partials(out)
         return "resume"
 
     def kind(self) -> str | None:

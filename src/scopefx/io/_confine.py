@@ -23,6 +23,7 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import stat
 import uuid
 from collections.abc import Iterator
@@ -269,6 +270,31 @@ def write_file(
         raise
     finally:
         os.close(dfd)
+
+
+#: The temporary name a write goes to before it is published (``write_file``, ``created``).
+_PARTIAL = re.compile(r"\..+\.[0-9a-f]{32}\.partial")
+
+
+def remove_partials(root: str | os.PathLike[str]) -> int:
+    """Remove the temporary files that writes under ``root`` left when their process was
+    killed between creating and publishing them (``.NAME.<32 hex>.partial``, regular files
+    only), never following a link. Call it only while no other process writes there.
+    Returns how many were removed."""
+    dfd = open_dir(root)
+    removed = 0
+    try:
+        for _, _, files, fd in os.fwalk(".", dir_fd=dfd, follow_symlinks=False):
+            for name in files:
+                if not _PARTIAL.fullmatch(name):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        os.unlink(name, dir_fd=fd)
+                        removed += 1
+    finally:
+        os.close(dfd)
+    return removed
 
 
 def remove_file(root: str | os.PathLike[str], key: str) -> None:

@@ -16,6 +16,7 @@ from ._confine import (
     open_read,
     read_bytes,
     remove_file,
+    remove_partials,
     remove_tree,
     write_file,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "open_store",
     "read_bytes",
     "remove_file",
+    "remove_partials",
     "remove_tree",
     "write_file",
 ]
