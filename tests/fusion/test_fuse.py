@@ -666,3 +666,23 @@ def test_multi_page_colour_tiles_are_refused_saying_why(tmp_path):
     with pytest.raises(ConfigError, match=r"9 of 9 tiles hold several pages of colour images: "
                        r".*tile_0000\.tif \(2 pages of RGB"):  # fmt: skip
         fuse_lazy(table)
+
+
+def test_a_finished_store_holds_no_temporary_file_of_a_write_killed_mid_run(tmp_path):
+    """A worker killed mid-write leaves its chunk's temporary file; another worker writes the
+    chunk. The finished store must not keep the leftover."""
+    mosaic = make_mosaic(**SMALL, jitter_px=4)
+    table = write_mosaic(tmp_path / "tiles", mosaic)
+    out = tmp_path / "m.ome.zarr"
+    planted = []
+
+    def on_chunk(status, total):
+        if not planted:  # as a killed worker would leave it, beside a chunk already written
+            chunk = next(p for p in sorted((out / "0").rglob("*")) if p.is_file())
+            leftover = chunk.with_name(f".{chunk.name}.{'cd' * 16}.partial")
+            leftover.write_bytes(b"half")
+            planted.append(leftover)
+
+    fuse(table, out, params=FusionParams(chunk_px=64), on_chunk=on_chunk)
+    assert planted and not planted[0].exists()
+    assert not [p for p in out.rglob("*.partial")]

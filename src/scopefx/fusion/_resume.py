@@ -16,7 +16,8 @@ Zarr hierarchy (Zarr warns about folders it does not know when listing a group).
 A chunk whose marker is missing is simply computed and written again; chunk writes are
 idempotent (same bytes), so a kill at any moment, including half-way through a chunk file,
 is repaired by the resume. A resume first removes, under the store's exclusive lock (no other
-job writing), the temporary files of writes that a kill caught before they were published.
+job writing), the temporary files of writes that a kill caught before they were published, and
+so does the finish (a worker killed mid-write whose chunk another worker then wrote).
 """
 
 from __future__ import annotations
@@ -234,6 +235,7 @@ class Progress:
             group = zarr.open_group(store=open_store(self.out, mode="r+", fsync=True), mode="r+")
             group.attrs["scopefx"] = {"fingerprint": self.fingerprint, "kind": KIND, **summary}
         with contextlib.suppress(ConfigError), self.hold(exclusive=True):
+            remove_partials(self.out)  # of a worker killed mid-write, whose chunk was redone
             remove_tree(self.dir)
 
     # -- chunks -------------------------------------------------------------------------------
