@@ -724,7 +724,7 @@ def test_registration_params_round_trip_and_refusals() -> None:
     ("field", "value", "match"),
     [
         ("min_quality", 1.5, r"min_quality must be in \[0, 1\], got 1.5"),
-        ("max_shift_px", 0, "max_shift_px must be > 0 or None, got 0"),
+        ("max_shift_px", 0, "max_shift_px must be a finite number > 0, or None, got 0"),
         ("prior_weight", -1.0, r"prior_weight must be > 0, got -1.0"),
         ("outlier_px", 0.0, "outlier_px must be > 0, got 0.0"),
         ("min_overlap_px", 0, "min_overlap_px must be > 0, got 0"),
@@ -1308,3 +1308,15 @@ def test_a_pair_the_estimated_flat_field_spoils_is_measured_again_without_it():
                    shapes=[t.shape for t in m.tiles])  # fmt: skip
     assert reg.flatfield == "estimated"
     assert _position_error(reg.table, true).max() < 0.5
+
+
+def test_a_search_range_beyond_the_tiles_is_searched_up_to_the_tiles():
+    """A caller's ``max_shift_px`` of 1e300 is searched as the tiles' extent (no shift beyond
+    it leaves a common part; it overflowed an integer conversion before), and infinity is
+    refused by name."""
+    tiles, true, stage = _mosaic(seed=3)
+    reg = register(_table(stage), read=_memory_reader(tiles), shapes=[t.shape for t in tiles],
+                   params=RegistrationParams(max_shift_px=1e300))  # fmt: skip
+    assert _position_error(reg.table, true).max() < 0.5
+    with pytest.raises(ConfigError, match="max_shift_px must be a finite number"):
+        RegistrationParams(max_shift_px=float("inf"))

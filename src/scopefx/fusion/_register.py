@@ -370,8 +370,10 @@ def _is_corner(olo: np.ndarray, ohi: np.ndarray, ext_i: np.ndarray, ext_j: np.nd
 
 
 def _reach(params: RegistrationParams, shapes: np.ndarray, i: int, j: int) -> float:
+    """The pair's search range: ``max_shift_px`` up to the larger tile's extent (no shift
+    beyond it leaves a common part), else the default share of the smaller tile."""
     if params.max_shift_px is not None:
-        return params.max_shift_px
+        return min(params.max_shift_px, float(max(shapes[i].max(), shapes[j].max())))
     return max(8.0, AUTO_SHIFT * float(min(shapes[i].min(), shapes[j].min())))
 
 

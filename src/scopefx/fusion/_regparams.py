@@ -36,9 +36,10 @@ class RegistrationParams:
     Parameters
     ----------
     max_shift_px : float, optional
-        Largest correction searched per pair and axis, mosaic pixels. Default (None): 15 % of
-        the pair's smaller tile extent, at least 8 px (enough for 5-50 % overlaps and stage
-        errors of a tenth of a tile).
+        Largest correction searched per pair and axis, mosaic pixels, finite (searched up to
+        the pair's larger tile extent at most). Default (None): 15 % of the pair's smaller
+        tile extent, at least 8 px (enough for 5-50 % overlaps and stage errors of a tenth of
+        a tile).
     min_overlap_px : float
         Narrowest common part (at the measured shift) a match may rest on; pairs whose stage
         overlap is narrower are still measured, on the overlap enlarged by the search range.
@@ -117,7 +118,8 @@ class RegistrationParams:
 
     def __post_init__(self) -> None:
         ms = self.max_shift_px
-        _check("max_shift_px", ms, ms is None or (_number(ms) and ms > 0), "> 0 or None")
+        ok_ms = ms is None or (_number(ms) and 0 < ms < math.inf)
+        _check("max_shift_px", ms, ok_ms, "a finite number > 0, or None")
         for name, lo, hi in (
             ("min_overlap_px", 0, math.inf),
             ("outlier_px", 0, math.inf),
