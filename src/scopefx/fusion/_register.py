@@ -68,7 +68,7 @@ import numpy as np
 
 from ..errors import ConfigError, RegistrationError, ResourceLimitError
 from ..io import EndpointLimits, TileTable, layout_problems, read_image, read_metadata
-from ..io.confined import LIMIT_ENV
+from ..io.confined import LIMIT_ENV, size_text
 from ._blend import read_masked, read_opaque, tile_reader
 from ._correlate import Measured, Plan, cut, measure, plan_pair, prepare, search_bytes
 from ._flatfield import MIN_TILES, FlatField, estimate_flatfield, note_tile, read_named
@@ -1250,12 +1250,11 @@ def _within_search_budget(
         def planned(r: int, plan: Plan = plan) -> Plan:
             return plan_pair(table, shapes, footprints, plan.i, plan.j, float(r))
 
-        lo_r, hi_r = 0, math.ceil(plan.reach) - 1  # the largest reach that fits, or 0
-        while lo_r < hi_r:
-            mid = (lo_r + hi_r + 1) // 2
+        fits, hi_r = 0, math.ceil(plan.reach) - 1  # the largest reach that fits, or 0
+        while fits < hi_r:
+            mid = (fits + hi_r + 1) // 2
             p = planned(mid)
-            lo_r, hi_r = (mid, hi_r) if search_bytes(p.size, p.reach) <= budget else (lo_r, mid - 1)
-        fits = lo_r if lo_r and search_bytes(planned(lo_r).size, lo_r) <= budget else 0
+            fits, hi_r = (mid, hi_r) if search_bytes(p.size, p.reach) <= budget else (fits, mid - 1)
         if params.max_shift_px is None and fits >= _MIN_NARROWED_PX:
             narrowed.append((plan.i, plan.j, plan.reach, fits))
             out.append(planned(fits))
@@ -1265,8 +1264,8 @@ def _within_search_budget(
                   else "their overlap alone is too large to search: split the tiles")  # fmt: skip
         raise ResourceLimitError(
             f"registering {refs} would search {'x'.join(map(str, plan.size))} px crops over "
-            f"+-{plan.reach:g} px: about {_size(need)} of working memory, over this "
-            f"process's limit of {_size(budget)} ({LIMIT_ENV['max_search_bytes']}); "
+            f"+-{plan.reach:g} px: about {size_text(need)} of working memory, over this "
+            f"process's limit of {size_text(budget)} ({LIMIT_ENV['max_search_bytes']}); "
             f"no tile was read. To register, {advice}, or ask the endpoint's operator to "
             "raise the limit"
         )
@@ -1275,14 +1274,10 @@ def _within_search_budget(
         logger.warning(
             "%d pair(s) searched over a narrower range than the default, to stay within this "
             "process's %s per search (%s): tiles %d and %d over +-%d px instead of "
-            "+-%g px%s", len(narrowed), _size(budget), LIMIT_ENV["max_search_bytes"], i, j,
+            "+-%g px%s", len(narrowed), size_text(budget), LIMIT_ENV["max_search_bytes"], i, j,
             now, was, "" if len(narrowed) == 1 else ", and others alike",
         )  # fmt: skip
     return out
-
-
-def _size(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.3g} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.3g} MiB"
 
 
 def _prepared(
@@ -1312,8 +1307,10 @@ def _prepared(
 
 
 def _failed(r: Measured, params: RegistrationParams) -> bool:
-    """A measurement that gives no usable match on its own (blank, weak, by chance, or on the
-    search's edge)."""
+    """A measurement that gives no usable match on its own: blank, weak (NCC under
+    ``min_quality``), no better than chance, or on the search's edge (no peak): what
+    :func:`_settle` files as ``blank`` or ``low_quality`` (there a repeated pattern's pair on
+    the edge is filed ``ambiguous`` first, the more telling reason)."""
     return (not np.all(np.isfinite(r.shift)) or r.quality < params.min_quality
             or not r.significant or not r.inside)  # fmt: skip
 

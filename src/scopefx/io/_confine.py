@@ -230,6 +230,15 @@ def _disk_full(shown: str, exc: OSError) -> DiskFullError:
     )
 
 
+#: The temporary names of :func:`_temporary`, which :func:`remove_partials` removes.
+_PARTIAL = re.compile(r"\..+\.[0-9a-f]{32}\.partial")
+
+
+def _temporary(name: str) -> str:
+    """The fresh name a write of ``name`` goes to before it is published beside it."""
+    return f".{name}.{uuid.uuid4().hex}.partial"
+
+
 def write_file(
     root: str | os.PathLike[str],
     key: str,
@@ -246,7 +255,7 @@ def write_file(
     shown = os.path.join(os.fspath(root), *parts)
     dfd = _walk(open_dir(root, create=True), parts[:-1], create=True, shown=shown)
     name = parts[-1]
-    tmp = f".{name}.{uuid.uuid4().hex}.partial"
+    tmp = _temporary(name)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666, dir_fd=dfd)
         try:
@@ -270,10 +279,6 @@ def write_file(
         raise
     finally:
         os.close(dfd)
-
-
-#: The temporary name a write goes to before it is published (``write_file``, ``created``).
-_PARTIAL = re.compile(r"\..+\.[0-9a-f]{32}\.partial")
 
 
 def remove_partials(root: str | os.PathLike[str]) -> int:
@@ -353,7 +358,7 @@ def created(path: str | os.PathLike[str], *, replace: bool = False) -> Iterator[
     text = os.path.abspath(check_name(path))
     parent, name = os.path.split(text)
     dfd = open_dir(parent, create=True)
-    tmp = f".{name}.{uuid.uuid4().hex}.partial"
+    tmp = _temporary(name)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666, dir_fd=dfd)
         try:

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import ConfigError, ResourceLimitError
 
-__all__ = ["LIMIT_ENV", "EndpointLimits"]
+__all__ = ["LIMIT_ENV", "EndpointLimits", "size_text"]
 
 #: Environment variable of each field.
 LIMIT_ENV: dict[str, str] = {
@@ -52,7 +52,8 @@ LIMIT_ENV: dict[str, str] = {
 }
 
 
-def _gib(n: float) -> str:
+def size_text(n: float) -> str:
+    """A byte count for messages: GiB from 1 GiB up, else MiB."""
     return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
 
@@ -142,8 +143,8 @@ class EndpointLimits:
         if px > self.max_image_px or nbytes > self.max_image_bytes:
             raise ResourceLimitError(
                 f"'{ref}' declares a {'x'.join(str(int(s)) for s in shape)} {np.dtype(dtype)} "
-                f"image ({px:,} px, {_gib(nbytes)} decoded), over this process's limit of "
-                f"{self.max_image_px:,} px and {_gib(self.max_image_bytes)} "
+                f"image ({px:,} px, {size_text(nbytes)} decoded), over this process's limit of "
+                f"{self.max_image_px:,} px and {size_text(self.max_image_bytes)} "
                 f"({LIMIT_ENV['max_image_px']}, {LIMIT_ENV['max_image_bytes']}); it was not "
                 "decoded. Split the image, or ask the endpoint's operator to raise the limit"
             )
@@ -154,6 +155,7 @@ class EndpointLimits:
         if nbytes > self.max_chunk_bytes:
             raise ResourceLimitError(
                 f"'{ref}' is stored in chunks of {'x'.join(str(int(s)) for s in shape)} "
-                f"({_gib(nbytes)} each decoded), over the limit of {_gib(self.max_chunk_bytes)} "
-                f"({LIMIT_ENV['max_chunk_bytes']}); it was not read. Rechunk it smaller"
+                f"({size_text(nbytes)} each decoded), over the limit of "
+                f"{size_text(self.max_chunk_bytes)} ({LIMIT_ENV['max_chunk_bytes']}); it was not "
+                "read. Rechunk it smaller"
             )

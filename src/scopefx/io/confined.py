@@ -20,7 +20,7 @@ from ._confine import (
     remove_tree,
     write_file,
 )
-from ._limits import LIMIT_ENV
+from ._limits import LIMIT_ENV, size_text
 from ._zarrstore import ConfinedStore, open_store
 
 __all__ = [
@@ -37,5 +37,6 @@ __all__ = [
     "remove_file",
     "remove_partials",
     "remove_tree",
+    "size_text",
     "write_file",
 ]
