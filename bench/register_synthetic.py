@@ -5,11 +5,13 @@
     python bench/register_synthetic.py                   # the full sweep (a few minutes)
     python bench/register_synthetic.py --images cell --out bench/results/register_synthetic.txt
     python bench/register_synthetic.py --grid 5x5 --overlaps 0.06    # larger grids (with loops)
+    python bench/register_synthetic.py --grid 5x5 --overlaps 0.06 --seed 1 2 3 4 5  # 150 cases
     python bench/register_synthetic.py --peers          # and ASHLAR, multiview-stitcher
 
 Each case is a 3x3 mosaic (``--grid`` for others) of 256 px tiles from
 :func:`scopefx.samples.make_mosaic` with sub-pixel true positions jittered by up to 15 px (6 %
-of a tile); the stage positions are the nominal grid, so each tile starts up to 15 px off.
+of a tile; ``--seed``: one draw or several); the stage positions are the nominal grid, so
+each tile starts up to 15 px off.
 Overlaps 5 to 45 % (``--overlaps`` for others), three conditions:
 ``clean``; ``vignetted`` (``1 - 0.5 r^2`` fall-off, no flat field); ``vignetted+noise``
 (the same and shot noise at 1000 photons full scale plus 2 grey levels of read noise).
@@ -25,6 +27,7 @@ often scopefx is closer to the truth.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -132,7 +135,7 @@ def _run_peers(
                 peer_means[peer].append(float("nan"))
                 cells[peer].append("failed")
     for k, (condition, overlap, own) in enumerate(labels):
-        peer_rows.append([name, condition, f"{overlap:.0%}", fmt(own, 2),
+        peer_rows.append([name, condition, overlap, fmt(own, 2),
                           *(cells[p][k] for p in peers)])  # fmt: skip
 
 
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", nargs="*", default=list(BUNDLED_IMAGES))
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, nargs="+", default=[1],
+                        help="jitter draws (several: one column per seed and overlap)")  # fmt: skip
     parser.add_argument("--grid", type=_grid, default=GRID, help="rows x columns, e.g. 5x5")
     parser.add_argument("--overlaps", nargs="*", type=float, default=list(OVERLAPS),
                         help="fractions of a tile, e.g. 0.06")  # fmt: skip
@@ -200,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         peers = _peer_register.available()
     report = Report()
     rows_, cols_ = args.grid
-    setup = f"{rows_}x{cols_} tiles of {TILE} px, stage up to {JITTER:g} px off, seed {args.seed}"
+    seeds = list(args.seed)
+    setup = (f"{rows_}x{cols_} tiles of {TILE} px, stage up to {JITTER:g} px off, "
+             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")  # fmt: skip
+
+    def tag(seed: int) -> str:  # a case's seed, where there are several
+        return f" s{seed}" if len(seeds) > 1 else ""
+
     report.add("# Registration against exact ground truth (synthetic mosaics), defaults",
                *environment_lines(), setup, "")  # fmt: skip
     rows, means, bad = [], [], []
@@ -210,19 +220,24 @@ def main(argv: list[str] | None = None) -> int:
         sets, truths, labels = [], [], []
         for condition in CONDITIONS:
             cells = [name, condition]
-            for overlap in args.overlaps:
-                progress(f"{name} {condition} {overlap:.0%}")
-                tiles, stage, true = _mosaic(name, overlap, condition, args.seed, args.grid)
+            for overlap, seed in itertools.product(args.overlaps, seeds):
+                what = f"{name} {condition} {overlap:.0%}{tag(seed)}"
+                progress(what)
+                tiles, stage, true = _mosaic(name, overlap, condition, seed, args.grid)
                 result = _case(tiles, stage, true)
-                _tally(result, f"{name} {condition} {overlap:.0%}", cells, means, bad)
+                _tally(result, what, cells, means, bad)
                 if peers:
                     sets.append((tiles, stage))
                     truths.append(true)
-                    labels.append((condition, overlap, result[0]))
+                    labels.append((condition, f"{overlap:.0%}{tag(seed)}", result[0]))
             rows.append(cells)
         if peers:
             _run_peers(name, peers, sets, truths, labels, peer_means, peer_rows)
-    head = ["image", "condition", *(f"{o:.0%} mean / max px" for o in args.overlaps)]
+    head = [
+        "image",
+        "condition",
+        *(f"{o:.0%}{tag(k)} mean / max px" for o, k in itertools.product(args.overlaps, seeds)),
+    ]
     report.add(*table(head, rows), "")
 
     summarise(report, means, bad, peer_means, peer_rows, ["image", "condition"])

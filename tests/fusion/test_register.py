@@ -593,13 +593,15 @@ def test_second_peak_confirmed_by_its_loop() -> None:
     assert np.sort(err)[-2] < 4.0, err
 
 
-def _grid_case(name: str, photons: float | None) -> tuple[dict, np.ndarray]:
-    """5x5 vignetted tiles of 256 px, 6 % overlaps, up to 15 px off the stage grid (seed 1),
-    registered with defaults: the pairs by ``(i, j)`` and ``|placed - true|`` per tile after
-    removing the median offset (a few tiles far off do not move it)."""
+def _grid_case(
+    name: str, photons: float | None, *, seed: int = 1, vignetting: float = 0.5
+) -> tuple[dict, np.ndarray]:
+    """5x5 tiles of 256 px (vignetted by default), 6 % overlaps, up to 15 px off the stage
+    grid, registered with defaults: the pairs by ``(i, j)`` and ``|placed - true|`` per tile
+    after removing the median offset (a few tiles far off do not move it)."""
     m = samples.make_mosaic(name, grid=(5, 5), tile_px=256, overlap=0.06, jitter_px=15.0,
-                            subpixel=True, vignetting=0.5, photons=photons,
-                            read_noise=2.0 if photons else 0.0, seed=1)  # fmt: skip
+                            subpixel=True, vignetting=vignetting, photons=photons,
+                            read_noise=2.0 if photons else 0.0, seed=seed)  # fmt: skip
     true = m.affines[:, :2, 2]
     step = round(256 * 0.94)
     grid = np.array([(r, c) for r in range(5) for c in range(5)], dtype=float) * step
@@ -621,6 +623,21 @@ def test_a_pair_whose_true_overlap_is_under_the_minimum_is_refused() -> None:
     assert not by[(2, 3)].used and by[(2, 3)].status == "low_quality", by[(2, 3)]
     group = [2, 3, 4, 7, 8, 9, 12, 13, 14]
     assert err[group].max() < 1.0, err
+
+
+def test_tiles_that_do_not_overlap_give_no_match_at_the_narrowest_common_part() -> None:
+    """Clean ``coins``, 5x5 tiles, 6 % overlaps (seed 3): tiles 0 and 5 (3 and 8) lie 11 px
+    (8 px) apart, with no common part at all. The content nearest across the gap correlates
+    best at the narrowest common part allowed (NCC 0.83, the NCC still rising there and the
+    bound falling only because the common part narrows): no peak, so such a pair is refused
+    (0-5 is measured again on the raw crops, where the solve then drops it). Used, the two
+    such matches of the first row agreed with each other, outvoted the true pair 1-6 (NCC
+    0.996) and left the row 13 px off."""
+    by, err = _grid_case("coins", None, seed=3, vignetting=0.0)
+    for gap in ((0, 5), (3, 8)):
+        assert not by[gap].used, by[gap]
+    assert by[(1, 6)].used, by[(1, 6)]
+    assert err.max() < 0.5, err
 
 
 def test_a_lone_link_is_not_outvoted_by_its_own_repeats() -> None:

@@ -542,7 +542,7 @@ def measure(
     # matches gather there: the bound favours the largest common part).
     bound = float(score[tuple(best)])
     significant = bool(fisher[tuple(best)] > chance) and bound > 0
-    inside = _inside(ok, lower, best, shift - peak if settled else None)
+    inside = _inside(ok, lower, ncc, best, shift - peak if settled else None)
     alternatives = []
     for other in _other_peaks(score, best, _ALTERNATIVES):
         at = tuple(other)
@@ -559,7 +559,10 @@ def measure(
                     tuple(alternatives))  # fmt: skip
 
 
-def _inside(ok: np.ndarray, bound: np.ndarray, best: np.ndarray, moved: np.ndarray | None) -> bool:
+def _inside(
+    ok: np.ndarray, bound: np.ndarray, ncc: np.ndarray, best: np.ndarray,
+    moved: np.ndarray | None,
+) -> bool:  # fmt: skip
     """Whether ``best`` is a peak: no neighbour along an axis lies beyond the reach, and where
     one was left out of the search for a common part narrower than ``min_overlap_px`` and its
     ``bound`` (the NCC's lower confidence bound, by which shifts are ranked) is higher, the
@@ -567,7 +570,14 @@ def _inside(ok: np.ndarray, bound: np.ndarray, best: np.ndarray, moved: np.ndarr
     quarter of a pixel or more towards it (the bound and the refinement agree on a peak there).
     A best shift there is otherwise the narrowest allowed, not a peak: a pair whose true
     common part is 2 px wide matched 4 px further in (a 10x10 scan of 13 px overlaps), while
-    one 5.3 px wide is found within 0.5 px by the refinement."""
+    one 5.3 px wide is found within 0.5 px by the refinement.
+
+    Nor is it a peak when the ``ncc`` itself rises from ``best`` through the few shifts left
+    (up to ``_DISTINCT_PX``) to the first one left out: the bound fell there only because the
+    common part narrows. Where the tiles do not overlap at all, the content nearest across
+    the gap correlates best at the narrowest common part allowed, and such matches of one row
+    of a 5x5 scan at 6 % overlap agreed with each other and outvoted the true pair.
+    """
     for ax in range(ok.ndim):
         for step in (-1, 1):
             at = best.copy()
@@ -577,7 +587,26 @@ def _inside(ok: np.ndarray, bound: np.ndarray, best: np.ndarray, moved: np.ndarr
             rising = not ok[tuple(at)] and bound[tuple(at)] >= bound[tuple(best)]
             if rising and (moved is None or not 0.25 <= step * moved[ax] < 1):
                 return False
+            if ok[tuple(at)] and _rises_out(ok, ncc, best, ax, step):
+                return False
     return True
+
+
+def _rises_out(ok: np.ndarray, ncc: np.ndarray, best: np.ndarray, ax: int, step: int) -> bool:
+    """Whether the ``ncc`` keeps rising from ``best`` along ``ax`` in the direction ``step``
+    to the first shift left out of the search (``ok`` False) within ``_DISTINCT_PX + 1``."""
+    at, last = best.copy(), float(ncc[tuple(best)])
+    for _ in range(int(_DISTINCT_PX) + 1):
+        at[ax] += step
+        if not 0 <= at[ax] < ok.shape[ax]:
+            return False
+        value = float(ncc[tuple(at)])
+        if not value >= last:  # NaN: no common part to compare
+            return False
+        if not ok[tuple(at)]:
+            return True
+        last = value
+    return False
 
 
 def _corr_area(x: np.ndarray) -> float:
