@@ -476,6 +476,30 @@ def test_stage_model_with_a_single_usable_pair_warns_nothing() -> None:
     np.testing.assert_allclose(model[1], (0.5, 2.0))
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_stage_model_keeps_the_stage_where_each_tile_errs_on_its_own(shared: bool) -> None:
+    """A 1x6 strip, pair 2-3 unusable. Corrections that scatter around nothing shared (each
+    tile's stage error its own): the median of the others predicts each usable pair worse than
+    the stage itself, so the stage places the pair (the median added its own 1-3 px). A step
+    error all pairs share (9 px short) is still modelled by their median."""
+    from scopefx.fusion._register import _stage_model
+
+    n = 6
+    table = _table(np.column_stack([np.zeros(n), 90.0 * np.arange(n)]))
+    shapes = np.full((n, 2), 100)
+    ij = np.column_stack([np.arange(n - 1), np.arange(1, n)])
+    olo = np.column_stack([np.zeros(n - 1), 90.0 * np.arange(1, n)])
+    ohi = np.column_stack([np.full(n - 1, 100.0), 90.0 * np.arange(n - 1) + 100])
+    own = np.array([[3.0, -2.0], [-4.0, 1.0], [np.nan, np.nan], [2.0, 3.0], [-3.0, -2.0]])
+    shifts = own * 0.1 + [0.0, 9.0] if shared else own
+    used = np.isfinite(shifts[:, 0])
+    model = _stage_model(table, shapes, ij, shifts, used, np.ones(n - 1, bool), olo, ohi)
+    if shared:
+        np.testing.assert_allclose(model[2], np.nanmedian(shifts, axis=0))
+    else:
+        np.testing.assert_array_equal(model[2], (0.0, 0.0))
+
+
 def _ground_truth_error(name: str, overlap: float, *, vignetting: float, photons: float | None,
                         seed: int) -> np.ndarray:  # fmt: skip
     """Registration with default settings of a 2x3 synthetic mosaic (sub-pixel true positions,
