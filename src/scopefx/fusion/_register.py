@@ -1198,8 +1198,9 @@ def _stage_model(
                 continue  # the grouping predicts too few of the pairs to be judged
             if typical(e) < _MODEL_GAIN * score:
                 chosen[a], score = g, typical(e)
-        if members and math.isfinite(score):  # the stage: each usable pair's correction is
-            still = typical(np.linalg.norm(oriented[members], axis=1))  # its error
+        if members and math.isfinite(score):
+            # the stage itself: each usable pair's correction is what it would miss by
+            still = typical(np.linalg.norm(oriented[members], axis=1))
             if still < _MODEL_GAIN * score:
                 chosen[a], score = "stage", still
         if any(not used[k] and axis[k] == a for k in np.flatnonzero(side).tolist()):
