@@ -142,7 +142,9 @@ def facility(amqp_url: str) -> Iterator[dict[str, Any]]:
 
     base = pathlib.Path(tempfile.mkdtemp(prefix="scopefx-mu-"))
     base.chmod(0o755)  # the mapped account reads the data and its home under it
-    subprocess.run(["userdel", "-r", USER], capture_output=True)  # a leftover of a killed run
+    # a leftover of a killed run: its processes first (userdel refuses a user still running)
+    subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True)
+    subprocess.run(["userdel", "-r", USER], capture_output=True)
     subprocess.run(["useradd", "-m", "-d", str(base / "home"), "-s", "/bin/sh", USER], check=True)
     account = pwd.getpwnam(USER)
     service = ServiceStandIn(amqp_url)
