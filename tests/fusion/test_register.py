@@ -664,6 +664,21 @@ def test_tiles_that_do_not_overlap_give_no_match_at_the_narrowest_common_part() 
     assert err.max() < 0.5, err
 
 
+def test_a_near_perfect_match_outweighs_a_chance_match_in_its_loop() -> None:
+    """Vignetted ``cell``, 5x5 tiles, 6 % overlaps (seed 3): the chance match 0-5 (NCC 0.54,
+    47 px off) and the true pair 1-6 (NCC 0.998) share loops. Weighted by the NCC itself,
+    their standardised residuals came out equal (26.0, 26.1), the true pair was dropped and
+    the first row placed 47 px off (15 px mean error). Weighted by the NCC's Fisher z, the
+    true pair outweighs the chance match 4.4 to 1 and the chance match is dropped."""
+    from scopefx.fusion._register import _strength
+
+    by, err = _grid_case("cell", None, seed=3)
+    assert by[(1, 6)].used and by[(1, 6)].quality > 0.99, by[(1, 6)]
+    assert not by[(0, 5)].used and by[(0, 5)].status == "outlier", by[(0, 5)]
+    assert err.max() < 0.5, err
+    assert np.allclose(_strength(np.array([0.5, 0.99, 1.0])), np.arctanh([0.5, 0.99, 0.99]))
+
+
 def test_a_lone_link_is_not_outvoted_by_its_own_repeats() -> None:
     """Brick wall (a repeated pattern), 5x5 tiles: tile 21's only confirmed link, 21-22 (NCC
     0.99, true), has other peaks one brick away, and so has 20-21's; one of each agreed, and

@@ -20,7 +20,8 @@ The steps, in the order :func:`register` runs them:
    median correction of the usable pairs crossing the same boundary between rows (columns),
    one stage move in a raster or serpentine scan, backlash included, when at least two do;
    else of the pairs of its row (column); else of its direction.
-4. **Global solve**: sparse weighted least squares, weights NCC x overlap area; pairs whose
+4. **Global solve**: sparse weighted least squares, weights the Fisher z of the NCC
+   (``arctanh``, capped at NCC 0.99) x overlap area; pairs whose
    standardised residual (``residual / sqrt(1 - h)``, ``h`` the share of its own shift the
    solve gives back to the pair: a wrong pair's residual is otherwise a fraction of its error
    spread over its loop) exceeds ``outlier_px`` are dropped, worst first, and the solve
@@ -86,6 +87,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MODEL_GAIN = 0.75  # a stage-model grouping must predict the usable pairs this much better
+_NCC_CAP = 0.99  # above it, a match's weight stops growing (resampling, not noise, limits it)
 _WEAK_BRIDGE = 0.5  # NCC under which an unconfirmed pair is checked against the stage model
 _PLAUSIBLE_SPREAD = 4.0  # robust standard deviations of the confirmed corrections allowed
 _PLAUSIBLE_MIN_PX = 4.0  # however tight the confirmed corrections are
@@ -730,7 +732,7 @@ def _settle(
         )
     area = np.prod(np.maximum(ohi - olo, 1.0), axis=1)
     unit_area = max(float(np.median(area[used])) if used.any() else 1.0, 1e-12)
-    full = quality * area / unit_area
+    full = _strength(quality) * area / unit_area
     weight = np.where(used, full, 0.0)
     # Second pass: refused side pairs (weak or ambiguous) that the used ones then confirm
     candidate = side & ~used & np.all(np.isfinite(shifts), axis=1) & inside
@@ -771,7 +773,7 @@ def _settle(
             moved, picked = admit[picked >= 0], picked[picked >= 0]
             alt_open[picked] = False  # each other peak is taken at most once
             shifts[moved], quality[moved] = alt_shift[picked], alt_quality[picked]
-            full[moved] = quality[moved] * area[moved] / unit_area
+            full[moved] = _strength(quality[moved]) * area[moved] / unit_area
         if not len(admit) and len(alt_of):
             bridge, admit, picked = _outvoted_bridge(
                 n, ij, used, candidate & distinct, shifts, (alt_of, alt_shift, alt_open), c,
@@ -782,7 +784,7 @@ def _settle(
                 moved, picked = admit[picked >= 0], picked[picked >= 0]
                 alt_open[picked] = False
                 shifts[moved], quality[moved] = alt_shift[picked], alt_quality[picked]
-                full[moved] = quality[moved] * area[moved] / unit_area
+                full[moved] = _strength(quality[moved]) * area[moved] / unit_area
         if not len(admit):
             admit = _lone_best(n, ij, used, candidate & distinct & established, quality,
                                params.min_peak_margin)  # fmt: skip
@@ -822,6 +824,16 @@ def _settle(
     logger.info("registered %d tiles from %d pairs: %s; %d modelled", n, m,
                 dict(sorted(counts.items())), len(model))  # fmt: skip
     return Registration(table.with_affines(affines), pairs, c, params, table)
+
+
+def _strength(quality: np.ndarray) -> np.ndarray:
+    """A match's weight per unit of overlap area: the Fisher z of its NCC, ``arctanh(q)``
+    (``q`` capped at ``_NCC_CAP``). The NCC itself ranks matches the same way but too evenly:
+    weighted by it, a chance match (NCC 0.54, 47 px off) and a true one (0.998) in the same
+    loops came out with equal misfits and the true one was dropped (vignetted ``cell``, 5x5
+    tiles at 6 % overlap: 15 px mean error); z grows as a match nears perfect (0.55, 0.97 and
+    2.65 at 0.5, 0.75 and 0.99), so the true pair outweighs the chance match 4.4 to 1."""
+    return np.arctanh(np.clip(quality, 0.0, _NCC_CAP))
 
 
 def _confirmed(
