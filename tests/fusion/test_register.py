@@ -689,6 +689,17 @@ def test_a_lone_link_is_not_outvoted_by_its_own_repeats() -> None:
     assert err.max() < 1.5, err
 
 
+def test_other_peaks_alone_do_not_outvote_a_stronger_lone_link() -> None:
+    """Noisy retina, 5x5 tiles, 6 % overlaps (draw 2): the true pair 11-12 (NCC 0.86) is the
+    only link of its group; other peaks of two pairs across the same cut (NCC 0.70 and 0.58)
+    agreed on a placement 43 px off and outvoted it (21.8 px mean error). Other peaks alone,
+    each weaker than the link, do not outvote it."""
+    by, err = _grid_case("retina", 1000.0, seed=2)
+    assert by[(11, 12)].used and by[(11, 12)].quality > 0.85, by[(11, 12)]
+    assert not by[(2, 3)].used or np.linalg.norm(by[(2, 3)].residual_px) < 1.5, by[(2, 3)]
+    assert np.median(err) < 0.5 and err.mean() < 1.0, err
+
+
 def test_bridges_are_the_links_no_loop_runs_through() -> None:
     """A square (0-1-2-3) with a tail (3-4-5) and a separate pair (6-7)."""
     from scopefx.fusion._register import _bridges
