@@ -776,8 +776,9 @@ def _settle(
             full[moved] = _strength(quality[moved]) * area[moved] / unit_area
         if not len(admit) and len(alt_of):
             bridge, admit, picked = _outvoted_bridge(
-                n, ij, used, candidate & distinct, shifts, (alt_of, alt_shift, alt_open), c,
-                params.outlier_px, full, quality, alt_quality)  # fmt: skip
+                n, ij, used, candidate & distinct, shifts, quality,
+                (alt_of, alt_shift, alt_quality, alt_open), c, params.outlier_px, full,
+            )  # fmt: skip
             if bridge >= 0:
                 used[bridge], status[bridge], weight[bridge] = False, "outlier", 0.0
                 candidate[bridge] = False
@@ -964,28 +965,28 @@ def _bridges(n: int, links: np.ndarray) -> list[int]:
 
 def _outvoted_bridge(
     n: int, ij: np.ndarray, used: np.ndarray, candidate: np.ndarray, shifts: np.ndarray,
-    others: tuple[np.ndarray, np.ndarray, np.ndarray], c: np.ndarray, tolerance: float,
-    strength: np.ndarray, quality: np.ndarray, alt_quality: np.ndarray,
+    quality: np.ndarray, others: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    c: np.ndarray, tolerance: float, strength: np.ndarray,
 ) -> tuple[int, np.ndarray, np.ndarray]:  # fmt: skip
     """A used pair that no loop confirms (a bridge: without it its group splits in two),
     outvoted by the pairs across the same cut: two or more of them (by their best peak when
-    a ``candidate``, else by one of their other peaks, ``others``: pair, shift, still open)
-    agree on one placement of the two sides, the bridge's own best peak on another that no
-    other pair supports. A chance match that is the only link between two groups is so
-    replaced by the placement the other links agree on (the bridge's own other peak among
-    them, where it agrees).
+    a ``candidate``, else by one of their other peaks, ``others``: pair, shift, NCC, still
+    open, as for :func:`_other_peaks`) agree on one placement of the two sides, the bridge's
+    own best peak on another that no other pair supports. A chance match that is the only
+    link between two groups is so replaced by the placement the other links agree on (the
+    bridge's own other peak among them, where it agrees).
 
-    Other peaks alone (``alt_quality``: their NCC) do not outvote a bridge whose NCC
-    (``quality``) is above each of theirs: they are their pairs' lesser matches, and across a
-    cut of many pairs some two of them agree by chance (noisy ``retina``, 5x5 at 6 %, draw 2:
-    a true bridge of NCC 0.86 dropped for two other peaks of 0.70 and 0.58 that agreed 43 px
-    off, 21.8 px mean error). Best peaks among the voters keep their say (noisy ``moon``, draw
-    1: a chance bridge of 0.85 outvoted by two true best peaks of 0.77 and 0.73).
+    Other peaks alone do not outvote a bridge whose NCC (``quality``) is above each of theirs:
+    they are their pairs' lesser matches, and across a cut of many pairs some two of them
+    agree by chance (noisy ``retina``, 5x5 at 6 %, draw 2: a true bridge of NCC 0.86 dropped
+    for two other peaks of 0.70 and 0.58 that agreed 43 px off, 21.8 px mean error). Best
+    peaks among the voters keep their say (noisy ``moon``, draw 1: a chance bridge of 0.85
+    outvoted by two true best peaks of 0.77 and 0.73).
 
     Returns the bridge (-1: none), the pairs to use and, for each, which of ``others`` it
     takes (-1: its best peak).
     """
-    of, alt_shift, still = others
+    of, alt_shift, alt_quality, still = others
     links = np.flatnonzero(used)
     nothing = (-1, np.zeros(0, dtype=int), np.zeros(0, dtype=int))
     base = c[ij[:, 1]] - c[ij[:, 0]]
