@@ -35,6 +35,7 @@ _CUTOFF_FACTOR = math.sqrt(2 * math.log(1 / _SPECTRUM_EPS)) / math.pi
 FAST_SAMPLES_PER_SIGMA = 3.0
 #: ... and d is at most this (each decimation level costs one full-size interpolation).
 FAST_MAX_DECIMATION = 8
+_BLOCK_BYTES = 256 * 2**10  # rows interpolated at once: they stay in cache between passes
 _CACHE_BYTES = 256 * 2**20  # all cached plans together: two 4096^2 plans (~120 MiB each)
 
 
@@ -168,19 +169,73 @@ def _upsample(coarse: Any, index: Any, shape: tuple[int, int], backend: Backend)
     """Cubic interpolation of ``coarse`` (nearest of ``index``) onto ``shape``.
 
     Columns are interpolated first, on the few coarse rows; whole rows are then gathered,
-    which is contiguous and cheap.
+    which is contiguous and cheap. An axis that exactly doubles (every level, where the image's
+    sides are multiples of 8) is interpolated from shifted slices instead of gathered copies
+    (:func:`_doubled`).
     """
     xp = backend.xp
     (h, w), (mh, mw) = shape, coarse.shape
-    ty, wy, ny = (backend.asarray(a) for a in _cubic_weights(h, mh))
-    tx, wx, nx = (backend.asarray(a) for a in _cubic_weights(w, mw))
-    cols = xp.take(coarse, tx[0], axis=1) * wx[0]
+    ty, wy, ny = _cubic_weights(h, mh)
+    tx, wx, nx = _cubic_weights(w, mw)
+    cols = _interpolated(coarse, 1, tx, wx, backend)
+    out = _interpolated(cols, 0, ty, wy, backend)
+    return out, xp.take(index, backend.asarray(nx), axis=1)[backend.asarray(ny)]
+
+
+def _interpolated(
+    x: Any, axis: int, taps: np.ndarray, weights: np.ndarray, backend: Backend
+) -> Any:
+    """``sum_k x[taps[k]] * weights[k]`` along ``axis``, the terms added in order ``k``."""
+    xp = backend.xp
+    n_in, n_out = int(x.shape[axis]), taps.shape[1]
+    if n_out == 2 * n_in and n_in >= 4:
+        return _doubled(x, axis, weights[:, 0], weights[:, 1], backend)
+    t, wt = backend.asarray(taps), backend.asarray(weights)
+    shape = (1, -1) if axis == 1 else (-1, 1)
+    out = xp.take(x, t[0], axis=axis) * wt[0].reshape(shape)
     for k in range(1, 4):
-        cols += xp.take(coarse, tx[k], axis=1) * wx[k]
-    out = cols[ty[0]] * wy[0][:, None]
-    for k in range(1, 4):
-        out += cols[ty[k]] * wy[k][:, None]
-    return out, xp.take(index, nx, axis=1)[ny]
+        out += xp.take(x, t[k], axis=axis) * wt[k].reshape(shape)
+    return out
+
+
+def _doubled(x: Any, axis: int, even: np.ndarray, odd: np.ndarray, backend: Backend) -> Any:
+    """:func:`_interpolated` onto twice as many samples along ``axis``.
+
+    Output ``2j`` has taps ``j-2..j+1`` and output ``2j+1`` taps ``j-1..j+2``, each parity
+    with one set of weights (``even``, ``odd``: 4 float32 each), so both are sums of four
+    shifted views of ``x`` padded by two reflected samples per end: no gathered copies. The
+    same products are added in the same order as by the gathers, so the result is identical.
+    On the CPU, the rows are done in blocks of about ``_BLOCK_BYTES``, which stay in cache
+    between the products and the sums (3.7 -> 1.1 ms for 512 -> 1024 rows of 1024); a GPU
+    takes each parity's rows at once (a block per kernel launch would cost more than it saves).
+    """
+    xp = backend.xp
+    n = int(x.shape[axis])
+
+    def cut(a: Any, start: int, stop: int | None, step: int = 1) -> Any:
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(start, stop, step)
+        return a[tuple(index)]
+
+    # reflected about the outer half-pixel, as _cubic_weights's taps: -1 -> 0, -2 -> 1, ...
+    padded = xp.concatenate([cut(x, 1, None, -1), x, cut(x, n - 1, n - 3, -1)], axis=axis)
+    shape = list(x.shape)
+    shape[axis] = 2 * n
+    out = xp.empty(shape, dtype=x.dtype)
+    line = x.dtype.itemsize * (x.size // n)  # bytes of one sample along the axis
+    block = n if axis or backend.is_gpu else max(1, min(n, _BLOCK_BYTES // max(line, 1)))
+    term = xp.empty(cut(x, 0, block).shape, dtype=x.dtype)
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        spare = cut(term, 0, hi - lo)
+        for parity, weights in ((0, even), (1, odd)):
+            target = cut(out, 2 * lo + parity, 2 * hi, 2)
+            for k in range(4):
+                source = cut(padded, lo + parity + k, hi + parity + k)
+                xp.multiply(source, xp.float32(weights[k]), out=target if k == 0 else spare)
+                if k:
+                    target += spare
+    return out
 
 
 def _fold(
@@ -189,10 +244,18 @@ def _fold(
     """best = max(best, plane), remembering which band (``index``, scalar or array) won.
 
     ``scratch`` is a boolean array of the same shape, reused between calls.
+
+    The index is updated by arithmetic, not by a masked copy: ``best_index += (index -
+    best_index) * won``, in the index's unsigned dtype, whose wrap-around the addition undoes.
+    A masked copy branches on every pixel, and where the winning band changes from pixel to
+    pixel it took most of the time of the whole scale space (4.9 of 5.2 ms per 1024^2 fold
+    on a random mask; the arithmetic: 0.1 ms).
     """
     xp = backend.xp
     xp.greater(plane, best, out=scratch)
-    xp.copyto(best_index, index, where=scratch)
+    step = xp.subtract(index, best_index, dtype=best_index.dtype)
+    step *= scratch
+    best_index += step
     xp.maximum(best, plane, out=best)
 
 
