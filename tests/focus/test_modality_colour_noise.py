@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -268,13 +269,29 @@ def test_noise_model_recovers_a_poisson_gaussian_level_function():
     assert mu[1] == pytest.approx(ramp[100, 500], abs=0.02)
 
 
-def test_global_model_equals_the_old_estimate():
-    from scopefx.focus._normalize import estimate_noise
-
+def test_global_model_of_float_input_is_the_plain_immerkaer_median():
     image = np.asarray(_image(), np.float32) / 255
     model, means = estimate_noise_model(image, 0.0, kind="global", backend=get_backend(image))
     assert means is None and model.gain == 0
-    assert model.sigma == estimate_noise(image, get_backend(image))
+    rows = image[0:-2:2] - 2 * image[1:-1:2] + image[2::2]
+    both = rows[:, 0:-2:2] - 2 * rows[:, 1:-1:2] + rows[:, 2::2]
+    assert model.sigma == pytest.approx(float(np.median(np.abs(both))) * 1.4826 / 6, rel=1e-5)
+
+
+def test_integer_noise_estimate_moves_smoothly_with_the_noise():
+    """Residuals of integer images are whole grey levels: their plain median moved in steps of
+    a sixth at 1.5 levels of noise, the grouped median follows the noise."""
+    from scopefx.focus._noise import estimate_noise
+
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((512, 512))
+    estimates = []
+    for sigma in np.linspace(1.2, 1.6, 9):
+        image = np.clip(np.rint(128 + sigma * base), 0, 255).astype(np.float32) / 255
+        estimates.append(estimate_noise(image, get_backend(image), 1 / 255) * 255)
+        # quantisation adds 1/12 of a level squared to the variance
+        assert estimates[-1] == pytest.approx(np.sqrt(sigma**2 + 1 / 12), rel=0.06)
+    assert all(b > a for a, b in itertools.pairwise(estimates)), estimates
 
 
 def test_signal_model_ignores_shot_noise_in_bright_haze():

@@ -210,3 +210,25 @@ def test_bright_field_jpeg_scores_like_lossless(quality):
     ratios = np.asarray(scores) / np.asarray(lossless)
     assert np.all((ratios > 0.5) & (ratios < 2.0)), ratios
     assert all(result.block_coded for result in coded)
+
+
+def test_padding_without_noise_does_not_lower_the_noise_estimate():
+    """A black border (an aligned stack's zero fill, a scanner's margin) holds no noise: counted
+    in, it pulled the median residual down, and a bright-field frame 24 um out of focus went
+    from 387 to 10,288 features with a 100 px border."""
+    import tifffile
+
+    from scopefx._backend import get_backend
+    from scopefx.focus._normalize import normalize
+
+    frame = tifffile.imread(DATA / "bf_sephace_set1" / "00_d-24.400um.tif")
+    padded = np.zeros((frame.shape[0] + 200, frame.shape[1] + 200), frame.dtype)
+    padded[100:-100, 100:-100] = frame
+    bare, framed = scopefx.focus_score(frame), scopefx.focus_score(padded)
+    # the same noise in grey levels (normalised units differ: the border widens the range)
+    grey = [
+        result.noise_sigma / normalize(pixels, 0.175, get_backend(pixels))[1]
+        for result, pixels in ((bare, frame), (framed, padded))
+    ]
+    assert grey[1] == pytest.approx(grey[0], rel=0.1)
+    assert framed.features < 1.5 * bare.features, (bare.features, framed.features)

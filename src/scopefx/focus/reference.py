@@ -17,7 +17,8 @@ import numpy as np
 from scipy import ndimage
 
 from .._backend import get_backend
-from ._normalize import auto_threshold, block_downsample, check_image, estimate_noise
+from ._noise import estimate_noise
+from ._normalize import auto_threshold, block_downsample, check_image
 from ._params import FocusParams
 
 __all__ = ["reference_features", "reference_response"]
@@ -32,7 +33,7 @@ def _normalise(image: np.ndarray, saturation_pct: float) -> tuple[np.ndarray, fl
         lo, hi = values.min(), values.max()
         if hi <= lo:
             return None
-    lsb = 1.0 / (hi - lo) if image.dtype in (np.uint8, np.uint16) else 0.0
+    lsb = 1.0 / (hi - lo) if np.issubdtype(image.dtype, np.integer) else 0.0
     return np.clip((values - lo) / (hi - lo), 0.0, 1.0), lsb
 
 
@@ -79,7 +80,7 @@ def reference_features(image: Any, params: FocusParams | None = None) -> tuple[i
     values, lsb = prepared
     best, _ = _response(values, params)
     if params.threshold is None:
-        noise = estimate_noise(values, get_backend(values))
+        noise = estimate_noise(values, get_backend(values), lsb)
         threshold = auto_threshold(
             noise, lsb, threshold_k=params.resolved_threshold_k, sigmas=params.sigmas_px
         )
