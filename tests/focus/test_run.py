@@ -148,6 +148,28 @@ def test_a_run_that_starts_out_of_focus_is_caught_once_it_rises():
     assert {r.verdict for r in records[5:]} == {"in_focus"}
 
 
+def test_sections_called_in_focus_before_the_rise_are_judged_again_with_the_warmup():
+    """The sections judged between the warm-up and the rise were compared with the warm-up's
+    out-of-focus baseline: as blurred as the warm-up, they were called in focus, while the same
+    density later was out of focus (a light-sheet stack scored from its far end)."""
+    run = FocusRun()
+    densities = [800.0] * 5 + [820.0] * 4 + [3000.0] * 20 + [810.0]
+    records = [run.judge(_rec(d)) for d in densities]
+    assert records[-1].verdict == "out_of_focus"
+    changed = run.settle()
+    assert [r.verdict for r in records[:9]] == ["out_of_focus"] * 9
+    assert changed == records[:9]  # in run order
+    assert {r.verdict for r in records[9:29]} == {"in_focus"}
+
+
+def test_only_a_bounded_number_of_early_sections_is_kept():
+    run = FocusRun()
+    for _ in range(1000):
+        run.judge(_rec(1000.0))
+    assert len(run._early) <= 4 * run.baseline.window
+    assert len(run._order_of) <= 4 * run.baseline.window + run.baseline.warmup
+
+
 def test_a_baseline_too_low_for_its_modality_is_unverifiable_not_in_focus():
     run = FocusRun()  # em: an in-focus section holds far more than 100 features per Mpx
     records = [run.judge(_rec(100.0)) for _ in range(8)]

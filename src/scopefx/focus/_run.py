@@ -33,6 +33,9 @@ BASELINE_RATIO = {"em": 0.5, "fluorescence": 0.8, "brightfield": 0.5}
 
 #: Doubts about a baseline that are known once the warm-up is in (see :meth:`FocusRun.doubts`).
 _WARMUP_DOUBTS = ("low_for_modality", "noise_limited_warmup")
+#: Sections called in focus after the warm-up that are kept, in windows of the baseline, to be
+#: judged again should the run turn out to have started out of focus.
+_EARLY_SECTIONS = 4
 
 
 class FocusRun:
@@ -49,8 +52,8 @@ class FocusRun:
     out-of-focus or blank sections (:meth:`doubts`: a warm-up density below what the
     modality gives in focus, mostly noise-limited warm-up sections, or a run whose density
     later rises well above its warm-up), sections are not called in focus: they are
-    ``"unverifiable"``, and once the rise is seen the warm-up sections are judged again
-    against the later baseline.
+    ``"unverifiable"``, and once the rise is seen the warm-up sections, and those called in
+    focus against their baseline, are judged again against the later baseline.
 
     Parameters
     ----------
@@ -100,6 +103,10 @@ class FocusRun:
         self._recent: deque[float] = deque(maxlen=self.baseline.warmup)
         self._judged = 0
         self._rises = False
+        # sections called in focus against the warm-up's baseline before a rise showed it
+        # was built out of focus: judged again with the warm-up (a bounded number)
+        self._early: list[FocusRecord] = []
+        self._order_of: dict[int, int] = {}  # run order of the records settle() may return
 
     @classmethod
     def resolve(
@@ -172,10 +179,23 @@ class FocusRun:
                 whole = dataclasses.replace(whole, status=PARTIAL, bad_cells=verdict.bad_cells)
             verdict = whole
         record.apply(verdict)
+        kept = False
         if record.verdict == WARMUP:
             self._warmup.append(record)
+            kept = True
         if len(self._first) < self.baseline.warmup:
             self._first.append(record)
+            kept = True
+        elif (
+            self.calibration is None
+            and not self._rises
+            and record.verdict in (IN_FOCUS, PARTIAL)
+            and len(self._early) < _EARLY_SECTIONS * self.baseline.window
+        ):
+            self._early.append(record)
+            kept = True
+        if kept:
+            self._order_of[id(record)] = self._judged
         self._note(record)
         if record.verdict == IN_FOCUS and self._doubted(_WARMUP_DOUBTS):
             record.verdict = UNVERIFIABLE
@@ -193,7 +213,10 @@ class FocusRun:
 
         Once the run's density has risen well above its warm-up (``"rises_after_warmup"``),
         the sections the baseline was first built from are judged again against the later
-        baseline too (the run started out of focus).
+        baseline too (the run started out of focus), and so are those called in focus against
+        the warm-up's baseline before the rise showed (the first ``4 * baseline.window`` of
+        them), so that one density gets one verdict; a ``partial`` section stays partial
+        unless it is now out of focus.
 
         Returns the records whose verdict changed, in run order; an empty list while the
         baseline does not exist yet (call again later, or at the end of the run).
@@ -201,12 +224,17 @@ class FocusRun:
         if math.isnan(self.baseline.reference):
             return []
         settled, self._warmup = self._warmup, []
+        early: list[FocusRecord] = []
         if self._doubted(("rises_after_warmup",)):
             settled += [r for r in self._first if r not in settled]
+            early, self._early = self._early, []
         changed = []
-        for record in settled:
+        for record in settled + early:
             before = record.verdict
-            record.apply(self.baseline.rejudge(record.density_per_mpx))
+            verdict = self.baseline.rejudge(record.density_per_mpx)
+            if before == PARTIAL and verdict.status == IN_FOCUS:
+                continue  # its failing cells still fail
+            record.apply(verdict)
             if record.verdict == IN_FOCUS and self._doubted(_WARMUP_DOUBTS):
                 record.verdict = UNVERIFIABLE
             if record.verdict != before:
@@ -214,7 +242,7 @@ class FocusRun:
         return sorted(changed, key=self._order)
 
     def _order(self, record: FocusRecord) -> int:
-        return next((i for i, r in enumerate(self._first) if r is record), len(self._first))
+        return self._order_of.get(id(record), self._judged)
 
     def seed(self, records: Iterable[FocusRecord]) -> None:
         """Continue a run from records judged earlier (e.g. read back from its CSV): sections
