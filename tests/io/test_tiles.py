@@ -232,6 +232,36 @@ def test_layout_problems_name_units_and_isolated_tiles():
     assert any("1 tile(s) overlap no other tile: d" in p for p in layout_problems(stray, shapes))
 
 
+def test_tiles_at_one_position_are_named(tmp_path):
+    """Two rows of a table at one position (a tile under two names, a position not filled in)
+    were fused over each other without a word; 0.6 px apart is two positions."""
+    text = "path,x,y\na.tif,0,0\nb.tif,90,0\nc.tif,0.4,-0.3\nd.tif,90.6,0\ne.tif,0,0.2\n"
+    problems = layout_problems(read_tile_table(_write(tmp_path / "t.csv", text)), [(100, 100)] * 5)
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        "3 tiles share a position with another tile (within 0.5 px): a.tif, c.tif, e.tif at "
+        "x 0, y 0; one tile listed under two names"
+    )
+    three_d = TileTable.from_positions(["p.tif", "q.tif"], [(5, 5, 2), (5, 5, 2.3)])
+    assert "p.tif, q.tif at x 5, y 5, z 2;" in layout_problems(three_d, [(4, 100, 100)] * 2)[0]
+
+
+def test_tiles_at_one_position_are_warned_about_under_registration(caplog):
+    """Registration warns about them as about its other layout problems, and registers."""
+    from scopefx import samples
+    from scopefx.fusion import register
+
+    image = samples.bundled_image("immunohistochemistry", size=300).astype(np.float32)
+    tiles = {"a": image[:160, :160], "b": image[:160, 112:272], "c": image[:160, :160]}
+    table = TileTable.from_positions(list(tiles), [(0, 0), (112, 0), (0, 0)])
+    with caplog.at_level("WARNING", logger="scopefx.fusion._register"):
+        reg = register(table, read=tiles.__getitem__, shapes=[(160, 160)] * 3)
+    assert "2 tiles share a position with another tile (within 0.5 px): a, c at x 0, y 0" in (
+        caplog.text
+    )
+    np.testing.assert_allclose(reg.table[1].offset - reg.table[0].offset, [0, 112], atol=0.5)
+
+
 def test_tile_configuration_multiseries_lines_name_the_tile_of_the_file(tmp_path):
     """Fiji writes 'scan.czi; N; (x, y)' for the tiles of one multi-series file; the series was
     dropped and the table refused as listing 'scan.czi' twice."""

@@ -29,6 +29,7 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ from ._read import (
 )
 from ._refs import ZARR_SEP, ResolvedRef, resolve_ref
 from ._samples import tiff_samples
+from ._units import length_um
 
 __all__ = ["FIBICS_TAG", "ImageMetadata", "read_metadata"]
 
@@ -55,28 +57,6 @@ logger = logging.getLogger(__name__)
 #: Private TIFF tag holding the Fibics/ATLAS XML record.
 FIBICS_TAG = 51023
 
-# Length units to micrometres. Fibics writes "um"; OME "µm"; ImageJ "micron" or "\u00b5m".
-_TO_UM = {
-    "pm": 1e-6,
-    "å": 1e-4,
-    "a": 1e-4,
-    "angstrom": 1e-4,
-    "nm": 1e-3,
-    "nanometer": 1e-3,
-    "um": 1.0,
-    "µm": 1.0,
-    "μm": 1.0,
-    "\\u00b5m": 1.0,
-    "micron": 1.0,
-    "microns": 1.0,
-    "micrometer": 1.0,
-    "mm": 1e3,
-    "millimeter": 1e3,
-    "cm": 1e4,
-    "centimeter": 1e4,
-    "m": 1e6,
-    "meter": 1e6,
-}
 _TO_US = {"ns": 1e-3, "us": 1.0, "µs": 1.0, "μs": 1.0, "ms": 1e3, "s": 1e6}
 _WD_NAMES = ("wd", "workingdistance", "working distance", "working_distance")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -183,13 +163,16 @@ def _child_value(parent: ET.Element | None, tag: str) -> float | None:
     return None if elem is None else _float(elem.text)
 
 
-def _scaled(elem: ET.Element | None, table: dict[str, float], default_unit: str) -> float | None:
-    """Element value converted with its ``units`` attribute (``default_unit`` if none)."""
+def _scaled(
+    elem: ET.Element | None, per_unit: Callable[[str], float | None], default_unit: str
+) -> float | None:
+    """Element value converted with its ``units`` attribute (``default_unit`` if none), by
+    ``per_unit`` (``length_um`` for lengths in micrometres)."""
     if elem is None:
         return None
     value = _float(elem.text)
     unit = (elem.get("units") or elem.get("unit") or default_unit).strip().lower()
-    factor = table.get(unit)
+    factor = per_unit(unit)
     if value is None or factor is None:
         if value is not None:
             logger.debug("unknown unit %r on <%s>", unit, elem.tag)
@@ -252,12 +235,12 @@ def _working_distance_mm(root: ET.Element) -> float | None:
         if unit is None and elem.text:  # items carry their unit in the text: "=5.1 mm"
             match = re.search(r"([a-zA-Zµμ]+)\s*$", elem.text.strip())
             unit = match.group(1) if match else None
-        factor = _TO_UM.get((unit or "mm").strip().lower())
+        factor = length_um(unit or "mm")
         if value is not None and factor is not None:
             return value * factor / 1e3
     focus = root.find("Scan/Focus")
     if focus is not None and (focus.get("units") or focus.get("unit")):
-        um = _scaled(focus, _TO_UM, "")
+        um = _scaled(focus, length_um, "")
         return None if um is None else um / 1e3
     return None
 
@@ -273,7 +256,7 @@ def fibics_fields(root: ET.Element, *, width: int | None = None) -> dict[str, An
             out["pixel_size_um"] = size
     xml_width = _child_value(image, "Width")
     if "pixel_size_um" not in out and scan is not None and xml_width:
-        fov_um = _scaled(scan.find("FOV_X"), _TO_UM, "um")
+        fov_um = _scaled(scan.find("FOV_X"), length_um, "um")
         if fov_um:
             out["pixel_size_um"] = fov_um / xml_width
     if width is not None and xml_width and int(xml_width) != width:
@@ -293,14 +276,14 @@ def fibics_fields(root: ET.Element, *, width: int | None = None) -> dict[str, An
     if stig[0] is not None and stig[1] is not None:
         out["stigmation"] = (stig[0], stig[1])
     if scan is not None:
-        rotation = _scaled(scan.find("ScanRot"), {"deg": 1.0, "rad": 180 / math.pi}, "deg")
+        rotation = _scaled(scan.find("ScanRot"), {"deg": 1.0, "rad": 180 / math.pi}.get, "deg")
         if rotation is not None:
             out["scan_rotation_deg"] = rotation
-        dwell = _scaled(scan.find("Dwell"), _TO_US, "ns")
+        dwell = _scaled(scan.find("Dwell"), _TO_US.get, "ns")
         if dwell is not None:
             out["dwell_time_us"] = dwell
     if stage is not None:
-        xy = (_scaled(stage.find("X"), _TO_UM, "um"), _scaled(stage.find("Y"), _TO_UM, "um"))
+        xy = (_scaled(stage.find("X"), length_um, "um"), _scaled(stage.find("Y"), length_um, "um"))
         if xy[0] is not None and xy[1] is not None:
             out["stage_xy_um"] = (xy[0], xy[1])
     box: dict[str, Any] = {}
@@ -375,7 +358,7 @@ def _ome_um(ome_xml: str) -> tuple[float | None, dict[str, Any]]:
     if pixels is None or pixels.get("PhysicalSizeX") is None:
         return None, {}
     unit = pixels.get("PhysicalSizeXUnit", "µm")
-    size, factor = _float(pixels.get("PhysicalSizeX")), _TO_UM.get(unit.lower())
+    size, factor = _float(pixels.get("PhysicalSizeX")), length_um(unit)
     if size is None or factor is None or size <= 0:
         return None, {}
     return size * factor, {"PhysicalSizeX": size, "PhysicalSizeXUnit": unit}
@@ -383,8 +366,7 @@ def _ome_um(ome_xml: str) -> tuple[float | None, dict[str, Any]]:
 
 def _imagej_um(ij: dict[str, Any], page: Any) -> tuple[float | None, dict[str, Any]]:
     raw = {k: v for k, v in ij.items() if isinstance(v, (str, int, float, bool))}
-    unit = str(ij.get("unit", "")).lower()
-    factor = _TO_UM.get(unit)
+    factor = length_um(str(ij.get("unit", "")))
     xres = page.tags.get(282)
     if factor is None or xres is None or not isinstance(xres.value, tuple):
         return None, raw

@@ -592,6 +592,8 @@ def flatten_z(table: TileTable, planes: int | str | Sequence[int]) -> TileTable:
 
 #: A layout whose bounding box is this many times the tiles' summed area is suspicious.
 SPARSE_LAYOUT_RATIO = 4.0
+#: Tiles whose pixel 0 lands within this many pixels (along every axis) share a position.
+SAME_POSITION_PX = 0.5
 
 
 def layout_problems(table: TileTable, shapes: Any) -> list[str]:
@@ -608,7 +610,10 @@ def layout_problems(table: TileTable, shapes: Any) -> list[str]:
     list of str
         Empty when nothing looks wrong. Problems: no two tiles overlap; tiles that overlap no
         other (named, at most five); a bounding box more than :data:`SPARSE_LAYOUT_RATIO` times
-        the tiles' summed area (typical of positions in the wrong unit).
+        the tiles' summed area (typical of positions in the wrong unit); two or more tiles at
+        the same position, within :data:`SAME_POSITION_PX` (named, at most five groups: one
+        tile under two names, positions not filled in, or images that are no tiles of the
+        mosaic, such as a reduced-resolution copy or a slide's label image).
 
     Examples
     --------
@@ -646,7 +651,7 @@ def layout_problems(table: TileTable, shapes: Any) -> list[str]:
                 "(pixels, not micrometres?)"
             )
         elif len(alone):
-            names = ", ".join(Path(table[int(i)].ref).name for i in sorted(alone)[:5])
+            names = ", ".join(_tile_name(table[int(i)].ref) for i in sorted(alone)[:5])
             more = f" and {len(alone) - 5} more" if len(alone) > 5 else ""
             problems.append(f"{len(alone)} tile(s) overlap no other tile: {names}{more}")
     box = float(np.prod(hi.max(axis=0) - lo.min(axis=0)))
@@ -657,4 +662,49 @@ def layout_problems(table: TileTable, shapes: Any) -> list[str]:
             f"the layout spans {extent} px, {box / area:.0f} times the tiles' summed area; "
             "check the positions and their unit"
         )
+    same = _same_position(a[:, :nd, nd])
+    if same:
+        groups = "; ".join(
+            ", ".join(_tile_name(table[i].ref) for i in group) + " at " + _at(a[group[0], :nd, nd])
+            for group in same[:5]
+        )
+        more = f" and {len(same) - 5} more group(s)" if len(same) > 5 else ""
+        problems.append(
+            f"{sum(map(len, same))} tiles share a position with another tile (within "
+            f"{SAME_POSITION_PX} px): {groups}{more}; one tile listed under two names, positions "
+            "not filled in, or images that are no tiles of the mosaic (a reduced-resolution "
+            "copy, a label or overview image)? Check the positions"
+        )
     return problems
+
+
+def _same_position(offsets: np.ndarray) -> list[list[int]]:
+    """Groups (tile indices, ascending; groups by their first tile) of two or more tiles whose
+    offsets lie within :data:`SAME_POSITION_PX` of each other along every axis, chained."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    n = len(offsets)
+    if n < 2:
+        return []
+    pairs = cKDTree(offsets).query_pairs(SAME_POSITION_PX, p=np.inf, output_type="ndarray")
+    if not len(pairs):
+        return []
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    labels = connected_components(graph, directed=False)[1]
+    groups: dict[int, list[int]] = {}
+    for i, label in enumerate(labels.tolist()):
+        groups.setdefault(label, []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _at(offset: np.ndarray) -> str:
+    """A position in index order as the tables write it: ``x 10, y 0[, z 2]``."""
+    return ", ".join(f"{ax} {v + 0.0:.6g}" for ax, v in zip("xyz", offset[::-1], strict=False))
+
+
+def _tile_name(ref: str) -> str:
+    """A tile's file name, with what follows ``::`` (``scan.ome.tif::tile/3``)."""
+    path, sep, part = ref.partition(ZARR_SEP)
+    return Path(path).name + sep + part

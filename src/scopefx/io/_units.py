@@ -1,0 +1,58 @@
+"""Length units in micrometres: the one table that every reader of a recorded pixel size or
+position uses (plain TIFF and OME headers, Fibics records, OME-TIFF tiles and stage positions).
+A leaf module, so :mod:`scopefx.io._metadata` and :mod:`scopefx.io._vendor` share it without
+importing each other."""
+
+from __future__ import annotations
+
+import unicodedata
+
+__all__ = ["LENGTH_UNITS", "length_um"]
+
+#: Micrometres per unit, by the unit's name in lower case (NFC). OME writes the symbols (``Å``,
+#: ``µm``); Fibics ``um``; ImageJ ``micron`` or ``\u00b5m`` (those six characters).
+_TO_UM = {
+    "pm": 1e-6,
+    "å": 1e-4,
+    "a": 1e-4,
+    "angstrom": 1e-4,
+    "ångström": 1e-4,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "nanometre": 1e-3,
+    "um": 1.0,
+    "µm": 1.0,  # micro sign
+    "μm": 1.0,  # Greek mu
+    "\\u00b5m": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "millimetre": 1e3,
+    "cm": 1e4,
+    "centimeter": 1e4,
+    "centimetre": 1e4,
+    "m": 1e6,
+    "meter": 1e6,
+    "metre": 1e6,
+    "in": 25400.0,
+    "inch": 25400.0,
+}
+
+#: The units named in messages (each converts; the table knows more spellings).
+LENGTH_UNITS = ("pm", "Å", "nm", "µm", "mm", "cm", "m", "in")
+
+
+def length_um(unit: str) -> float | None:
+    """Micrometres per ``unit`` (``"Å"``, ``"nm"``, ``"µm"``, ``"micron"``, ...; any case,
+    surrounding blanks ignored), or ``None`` for a unit that is not a length scopefx knows
+    (``"reference frame"``, ``"pixel"``).
+
+    Examples
+    --------
+    >>> length_um("Å"), length_um(" NM "), length_um("reference frame")
+    (0.0001, 0.001, None)
+    """
+    return _TO_UM.get(unicodedata.normalize("NFC", unit).strip().lower())
