@@ -191,6 +191,27 @@ def test_qc_registers_and_reports_without_fusing(tmp_path):
     assert report["summary"]["flatfield"] == "none" and "flat field" not in text
 
 
+def test_flip_y_fuses_a_table_whose_stage_counts_y_upwards(tmp_path, capsys):
+    """The same tiles, their y recorded upwards: read as they are, the rows come out in reverse
+    and registration refuses the layout, naming the flips; with --flip-y the mosaic is the
+    one of the right table."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**{**SMALL, "grid": (3, 2)}))
+    rows = _rows(table)
+    upward = tmp_path / "tiles" / "upward.csv"
+    with open(upward, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "x", "y"])
+        writer.writerows([r["path"], r["x"], -float(r["y"])] for r in rows)
+    right, flipped = tmp_path / "right.tif", tmp_path / "flipped.tif"
+    assert _run("fuse", str(table), "-o", str(right), "-q")[0] == 0
+    code, text = _run("fuse", str(upward), "-o", str(flipped), "--flip-y", "-q")
+    assert code == 0, text
+    np.testing.assert_array_equal(tifffile.imread(flipped), tifffile.imread(right))
+    with pytest.raises(SystemExit) as info:  # 3 rows: all 4 vertical pairs of 7 fail
+        _run("fuse", str(upward), "-o", str(tmp_path / "q.ome.zarr"), "--qc", "-q")
+    assert info.value.code == 3 and "--flip-x / --flip-y" in capsys.readouterr().err
+
+
 def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):
     rng = np.random.default_rng(0)
     rows = []

@@ -98,6 +98,52 @@ def test_rotation_turns_stage_positions_into_the_camera_frame(tmp_path):
     assert table[0].is_translation  # tiles are not resampled for the rotation
 
 
+@pytest.mark.parametrize("kind", ["csv", "txt", "ome"])
+def test_a_stage_axis_that_runs_against_the_image_is_flipped(tmp_path, kind):
+    """Many stages count y upwards (or x leftwards) while image rows run down: read as they
+    are, a 2x2 grid comes out mirrored. flip_y (flip_x) negates that axis, for tables and
+    instrument files alike, with or without a rotation."""
+    from _ome_helpers import ome_image, write_ome_xml
+
+    # stage positions of a 2x2 grid of 100 px tiles stepped 80 px, y counting upwards
+    stage = {"a": (0.0, 0.0), "b": (80.0, 0.0), "c": (0.0, -80.0), "d": (80.0, -80.0)}
+    if kind == "csv":
+        rows = "".join(f"{n}.tif,{x},{y}\n" for n, (x, y) in stage.items())
+        path = _write(tmp_path / "t.csv", "path,x,y\n" + rows)
+    elif kind == "txt":
+        rows = "".join(f"{n}.tif; ; ({x}, {y})\n" for n, (x, y) in stage.items())
+        path = _write(tmp_path / "t.txt", "dim = 2\n" + rows)
+    else:  # positions in um at 0.5 um per pixel
+        path = tmp_path / "t.ome.tif"
+        images = [ome_image(k, (100, 100), positions_um=[(x / 2, y / 2)])
+                  for k, (x, y) in enumerate(stage.values())]  # fmt: skip
+        write_ome_xml(path, [np.zeros((100, 100), np.uint16)] * 4, images)
+
+    def rows_cols(table):
+        offsets = np.array([t.offset for t in table])
+        return (offsets - offsets.min(axis=0)).tolist()  # (row, column), from the top left
+
+    upright = [[0, 0], [0, 80], [80, 0], [80, 80]]  # a, b above c, d
+    assert rows_cols(read_tile_table(path)) == [[80, 0], [80, 80], [0, 0], [0, 80]]  # mirrored
+    assert rows_cols(read_tile_table(path, flip_y=True)) == upright
+    assert rows_cols(read_tile_table(path, flip_x=True, flip_y=True)) == [
+        [0, 80], [0, 0], [80, 80], [80, 0]
+    ]  # fmt: skip
+    if kind != "ome":  # a rotation applies after the flip, in the camera's frame
+        turned = read_tile_table(path, flip_y=True, rotation_deg=90.0)
+        # (x, y) -> (y, -x) after the flip: a, b, c, d at (0, 0), (0, -80), (80, 0), (80, -80)
+        np.testing.assert_allclose(rows_cols(turned), [[80, 0], [0, 0], [80, 80], [0, 80]],
+                                   atol=1e-9)  # fmt: skip
+
+
+def test_fuse_options_take_the_flips_as_booleans():
+    from scopefx.fusion import FuseOptions
+
+    assert FuseOptions(flip_y=True).to_dict()["flip_y"] is True
+    with pytest.raises(ConfigError, match="flip_x must be true or false"):
+        FuseOptions(flip_x="yes")
+
+
 @pytest.mark.parametrize("registered", [False, True])
 def test_fiji_tile_configuration_2d(tmp_path, registered):
     text = (

@@ -114,7 +114,18 @@ def add_parser(sub: Any) -> None:
         "every tile, each tile's sharpest plane (best: highest MHFD focus score), or each "
         "tile's maximum-intensity projection (max); default: the 3D mosaic of the stacks",
     )
-    p.add_argument("--rotation", type=float, default=0.0, metavar="DEG", help="camera rotation")
+    p.add_argument(
+        "--rotation", type=float, default=0.0, metavar="DEG",
+        help="camera rotation relative to the stage, in degrees",
+    )  # fmt: skip
+    p.add_argument(
+        "--flip-x", action="store_true",
+        help="the stage's x runs against the image's columns (grows to the left): negate x",
+    )  # fmt: skip
+    p.add_argument(
+        "--flip-y", action="store_true",
+        help="the stage's y runs against the image's rows (grows upwards): negate y",
+    )  # fmt: skip
     p.add_argument("--skip-missing", action="store_true", help="fill missing tiles' area")
     p.add_argument("--force", action="store_true", help="allow outputs over the size limit")
     p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4", help="default: %(default)s")
@@ -166,7 +177,8 @@ def _options(args: argparse.Namespace) -> Any:
     )  # fmt: skip
     return FuseOptions(
         pixel_size_um=args.pixel_size, rotation_deg=args.rotation,
-        skip_missing=args.skip_missing, force=args.force, register=args.register or args.qc,
+        flip_x=args.flip_x, flip_y=args.flip_y, skip_missing=args.skip_missing,
+        force=args.force, register=args.register or args.qc,
         registration=registration, flatfield=args.flatfield, ngff=args.ngff,
         pyramid=not args.no_pyramid, resume=args.resume, overwrite=args.overwrite,
         preview=args.preview, z_plane=args.z_plane,

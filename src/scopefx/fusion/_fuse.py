@@ -29,13 +29,14 @@ log = logging.getLogger(__name__)
 # probing and planning
 
 
-def _as_table(
-    tiles: TileTable | str | os.PathLike[str], pixel_size_um: float | None, rotation_deg: float
-) -> TileTable:
+def _as_table(tiles: TileTable | str | os.PathLike[str], options: FuseOptions) -> TileTable:
     if isinstance(tiles, TileTable):
         return tiles
     if isinstance(tiles, (str, os.PathLike)):
-        return read_tile_table(tiles, pixel_size_um=pixel_size_um, rotation_deg=rotation_deg)
+        return read_tile_table(
+            tiles, pixel_size_um=options.pixel_size_um, rotation_deg=options.rotation_deg,
+            flip_x=options.flip_x, flip_y=options.flip_y,
+        )  # fmt: skip
     raise ConfigError(
         f"tiles must be a TileTable or the path of a tile table, got {type(tiles).__name__}"
     )
@@ -252,11 +253,11 @@ def load_tiles(
     workers: int = 4,
     read: Reader | None = None,
 ) -> tuple[TileTable, list[Any], list[str]]:
-    """The tile table (with ``options``' pixel size, rotation and z plane), the header of
+    """The tile table (with ``options``' pixel size, rotation, flips and z plane), the header of
     each present tile, and the missing refs (skipped when ``options.skip_missing``, else an
     ``ImageNotFoundError`` listing them)."""
     pixel_size_um, skip_missing = options.pixel_size_um, options.skip_missing
-    table = _as_table(tiles, pixel_size_um, options.rotation_deg)
+    table = _as_table(tiles, options)
     table = select_z(table, options.z_plane, read=read, workers=workers)
     if pixel_size_um is not None and table.pixel_size_um is None:
         table = table.replace(pixel_size_um=pixel_size_um)

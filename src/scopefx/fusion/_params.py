@@ -127,6 +127,9 @@ class FuseOptions:
         scale; ``None``: from the table or the tiles' metadata.
     rotation_deg : float
         Camera rotation relative to the stage, applied to stage positions.
+    flip_x, flip_y : bool
+        The stage's x (y) axis runs against the image's columns (rows): positions are
+        negated along it (see :func:`scopefx.io.read_tile_table`).
     skip_missing : bool
         Fill the area of missing tiles (and list them) instead of refusing the job.
     force : bool
@@ -170,6 +173,8 @@ class FuseOptions:
 
     pixel_size_um: float | None = None
     rotation_deg: float = 0.0
+    flip_x: bool = False
+    flip_y: bool = False
     skip_missing: bool = False
     force: bool = False
     register: bool = False
@@ -192,7 +197,8 @@ class FuseOptions:
             )
         if not isinstance(self.registration, RegistrationParams):
             raise bad("registration", "a RegistrationParams (or its dict)")
-        for name in ("skip_missing", "force", "register", "pyramid", "resume", "overwrite"):
+        for name in ("flip_x", "flip_y", "skip_missing", "force", "register", "pyramid",
+                     "resume", "overwrite"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "true or false")
         size = self.pixel_size_um

@@ -727,8 +727,10 @@ def _settle(
             f"at least {params.min_usable_fraction:.0%} are needed. Low quality or blank: the "
             "overlaps hold too little content; ambiguous: a repeated pattern. Widen the search "
             "(max_shift_px / --max-shift) or lower min_overlap_px (--min-overlap) if the "
-            "stage positions are far off, or register what can be registered with "
-            "allow_partial=True (--allow-partial-registration)"
+            "stage positions are far off; if the pairs of one direction all fail, the stage's "
+            "axis may run against the image's (flip_x / flip_y: --flip-x / --flip-y); or "
+            "register what can be registered with allow_partial=True "
+            "(--allow-partial-registration)"
         )
     area = np.prod(np.maximum(ohi - olo, 1.0), axis=1)
     unit_area = max(float(np.median(area[used])) if used.any() else 1.0, 1e-12)

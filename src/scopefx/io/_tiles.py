@@ -23,7 +23,9 @@ happens here and nowhere else.
 A camera rotated relative to the stage (``rotation_deg``): the mosaic is built in the camera's
 frame, so tiles are never resampled for it; stage positions are rotated into that frame,
 ``p_camera = R(rotation)^T p_stage``, with ``R`` the rotation that carries the stage's x axis onto
-the camera's x axis.
+the camera's x axis. A stage axis that runs against the image's (``flip_x``, ``flip_y``: the
+stage's x grows to the image's left, or its y upwards, as on many stages) is negated first:
+``p_camera = R^T F p_stage``, ``F = diag(+-1, +-1)``.
 """
 
 from __future__ import annotations
@@ -256,11 +258,14 @@ def _resolve(name: str, base: Path) -> str:
     return f"{p}{sep}{array}"
 
 
-def _rotation_xy(rotation_deg: float, ndim: int) -> np.ndarray:
-    """Homogeneous R^T in (x, y[, z]) order: stage vectors into the camera frame."""
+def _rotation_xy(
+    rotation_deg: float, ndim: int, flip: tuple[bool, bool] = (False, False)
+) -> np.ndarray:
+    """Homogeneous ``R^T F`` in (x, y[, z]) order: stage vectors into the camera frame, the
+    stage's x and y negated first where ``flip`` says they run against the image's."""
     c, s = math.cos(math.radians(rotation_deg)), math.sin(math.radians(rotation_deg))
     r = np.eye(ndim + 1)
-    r[:2, :2] = [[c, s], [-s, c]]
+    r[:2, :2] = np.array([[c, s], [-s, c]]) @ np.diag([-1.0 if f else 1.0 for f in flip])
     return r
 
 
@@ -289,7 +294,7 @@ def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
 
 
 def _read_csv(
-    path: Path, pixel_size_um: float | None, rotation_deg: float
+    path: Path, pixel_size_um: float | None, rotation_deg: float, flip: tuple[bool, bool]
 ) -> tuple[list[Tile], int, float | None]:
     table = parse_text_table(read_table_text(path))
     if not table.columns:
@@ -342,7 +347,7 @@ def _read_csv(
         except (ValueError, TypeError):
             rows_in_first = 2  # _parse_affine explains
         ndim = rows_in_first if rows_in_first in (2, 3) else 2
-    rot = _rotation_xy(rotation_deg, ndim)
+    rot = _rotation_xy(rotation_deg, ndim, flip)
     base = path.resolve().parent
     tiles = []
     for line, row in zip(lines, rows, strict=True):
@@ -397,7 +402,9 @@ def _recorded_pixel_size(name: str, table: Path) -> float | None:
     return float(size)
 
 
-def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile], int]:
+def _read_tile_configuration(
+    path: Path, rotation_deg: float, flip: tuple[bool, bool]
+) -> tuple[list[Tile], int]:
     ndim = None
     base = path.resolve().parent
     tiles, lines = [], []
@@ -437,7 +444,7 @@ def _read_tile_configuration(path: Path, rotation_deg: float) -> tuple[list[Tile
                 f"{path}, line {line}: {len(coords)} coordinates, expected {ndim} (dim = {ndim})"
             )
         m = np.eye(ndim + 1)
-        m[:ndim, ndim] = _rotation_xy(rotation_deg, ndim)[:ndim, :ndim] @ coords
+        m[:ndim, ndim] = _rotation_xy(rotation_deg, ndim, flip)[:ndim, :ndim] @ coords
         name, series = match["name"].strip(), match["series"].strip()
         if series:  # Fiji's multi-series form, 'scan.czi; 3; (x, y)': tile 3 of that file
             if not (series.isascii() and series.isdigit()):
@@ -459,6 +466,8 @@ def read_tile_table(
     *,
     pixel_size_um: float | None = None,
     rotation_deg: float = 0.0,
+    flip_x: bool = False,
+    flip_y: bool = False,
 ) -> TileTable:
     """Read a tile table: a CSV, or a Fiji/BigStitcher ``TileConfiguration.txt``.
 
@@ -474,6 +483,10 @@ def read_tile_table(
     rotation_deg : float
         Camera rotation relative to the stage; positions are rotated into the camera frame.
         Ignored for rows with an ``affine`` (authoritative).
+    flip_x, flip_y : bool
+        The stage's x (y) axis runs against the image's columns (rows): its x grows to the
+        image's left, its y upwards. Those positions are negated (before any rotation), for
+        tables and instrument files alike; rows with an ``affine`` are taken as they are.
 
     Returns
     -------
@@ -502,15 +515,19 @@ def read_tile_table(
         if rotation_deg:
             raise ConfigError("rotation_deg is not supported for tiles inside instrument files")
         refs, positions, size, extra = vendor_positions(p, pixel_size_um=pixel_size_um)
+        positions = np.array(positions, dtype=float)  # (x, y[, z]) per tile
+        for axis, flipped in enumerate((flip_x, flip_y)):
+            if flipped:
+                positions[:, axis] = positions[:, axis].max() - positions[:, axis]
         z_step = extra.pop("pixel_size_z_um", None)
         placed = TileTable.from_positions(refs, positions, pixel_size_um=size)
         return placed.replace(source=os.fspath(p.resolve()), extra=extra, pixel_size_z_um=z_step)
     suffix = p.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            tiles, ndim, px = _read_csv(p, pixel_size_um, rotation_deg)
+            tiles, ndim, px = _read_csv(p, pixel_size_um, rotation_deg, (flip_x, flip_y))
         elif suffix == ".txt":
-            tiles, ndim = _read_tile_configuration(p, rotation_deg)
+            tiles, ndim = _read_tile_configuration(p, rotation_deg, (flip_x, flip_y))
             px = pixel_size_um
     except UnicodeDecodeError as exc:
         raise ConfigError(
