@@ -162,6 +162,31 @@ def test_sections_called_in_focus_before_the_rise_are_judged_again_with_the_warm
     assert {r.verdict for r in records[9:29]} == {"in_focus"}
 
 
+def test_a_run_shorter_than_its_warmup_ends_unverifiable_not_warming_up():
+    """Three images without a calibration never make a baseline of five: at the end of the
+    run they are unverifiable, not left 'warmup' (a single image was 'warmup' for ever)."""
+    run = FocusRun()
+    records = [run.judge(_rec(d)) for d in (900.0, 1000.0, 1100.0)]
+    assert run.settle() == [] and {r.verdict for r in records} == {"warmup"}
+    assert run.settle(final=True) == records
+    assert {r.verdict for r in records} == {"unverifiable"}
+    assert run.doubts() == ["too_few_sections"]
+    whole = FocusRun()  # a complete warm-up is settled as before
+    judged = [whole.judge(_rec(1000.0)) for _ in range(5)]
+    whole.settle(final=True)
+    assert {r.verdict for r in judged} == {"in_focus"} and whole.doubts() == []
+
+
+def test_client_score_focus_settles_a_short_run_as_final(tmp_path):
+    paths = []
+    for k in range(2):
+        path = tmp_path / f"s{k}.tif"
+        tifffile.imwrite(path, acquire(bundled_image("brick", size=128), seed=k))
+        paths.append(str(path))
+    records = Client().score_focus(paths)
+    assert [r.verdict for r in records] == ["unverifiable"] * 2
+
+
 def test_only_a_bounded_number_of_early_sections_is_kept():
     run = FocusRun()
     for _ in range(1000):

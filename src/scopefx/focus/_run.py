@@ -103,6 +103,7 @@ class FocusRun:
         self._recent: deque[float] = deque(maxlen=self.baseline.warmup)
         self._judged = 0
         self._rises = False
+        self._short = False  # the run ended before its warm-up was complete
         # sections called in focus against the warm-up's baseline before a rise showed it
         # was built out of focus: judged again with the warm-up (a bounded number)
         self._early: list[FocusRecord] = []
@@ -138,9 +139,12 @@ class FocusRun:
         """Reasons not to trust the run baseline (empty with a calibration, or when nothing is
         suspicious): ``"low_for_modality"``, ``"noise_limited_warmup"``,
         ``"rises_after_warmup"`` (as :func:`scopefx.focus._plausibility.baseline_doubts` gives
-        them for the run's densities so far)."""
+        them for the run's densities so far), or ``"too_few_sections"`` once
+        ``settle(final=True)`` found fewer sections than the warm-up needs."""
         if self.calibration is not None:
             return []
+        if self._short:
+            return ["too_few_sections"]
         doubts = list(self._head_doubts)
         if self._rises:
             doubts.insert(int("low_for_modality" in doubts), "rises_after_warmup")
@@ -208,8 +212,13 @@ class FocusRun:
         """:meth:`judge` each record, in order."""
         return [self.judge(r) for r in records]
 
-    def settle(self) -> list[FocusRecord]:
+    def settle(self, *, final: bool = False) -> list[FocusRecord]:
         """Judge the warm-up records against the baseline they built, once it exists.
+
+        ``final``: the run is over. When it ended before its warm-up was complete (fewer than
+        ``baseline.warmup`` sections scored, and no calibration), its sections can never be
+        judged: they are ``"unverifiable"`` (doubt ``"too_few_sections"``), not left
+        ``"warmup"``; a single image has no run to be judged against.
 
         Once the run's density has risen well above its warm-up (``"rises_after_warmup"``),
         the sections the baseline was first built from are judged again against the later
@@ -222,7 +231,13 @@ class FocusRun:
         baseline does not exist yet (call again later, or at the end of the run).
         """
         if math.isnan(self.baseline.reference):
-            return []
+            if not (final and self._warmup and self.calibration is None):
+                return []
+            self._short = True
+            short, self._warmup = self._warmup, []
+            for record in short:
+                record.verdict = UNVERIFIABLE
+            return sorted(short, key=self._order)
         settled, self._warmup = self._warmup, []
         early: list[FocusRecord] = []
         if self._doubted(("rises_after_warmup",)):

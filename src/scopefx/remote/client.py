@@ -340,13 +340,15 @@ class Client:
         **overrides: Any,
     ) -> list[Any]:
         """:meth:`iter_focus` gathered into a list, warm-up verdicts settled at the end
-        (:meth:`FocusRun.settle`)."""
+        (:meth:`FocusRun.settle`; final, unless ``run`` is given: a run fed in several calls
+        goes on)."""
         from ..focus import FocusParams, FocusRun
 
         focus_params = FocusParams.resolve(params, **overrides)
+        final = run is None
         run = FocusRun.resolve(run, params=focus_params, calibration=calibration, baseline=baseline)
         records = list(self.iter_focus(refs, params=focus_params, run=run, on_record=on_record))
-        run.settle()
+        run.settle(final=final)
         return records
 
     # -- mosaics ----------------------------------------------------------------------------------
