@@ -1,13 +1,14 @@
 """Length units in micrometres: the one table that every reader of a recorded pixel size or
 position uses (plain TIFF and OME headers, Fibics records, OME-TIFF tiles and stage positions).
-A leaf module, so :mod:`scopefx.io._metadata` and :mod:`scopefx.io._vendor` share it without
-importing each other."""
+A leaf module, so :mod:`scopefx.io._metadata`, :mod:`scopefx.io._ome` and
+:mod:`scopefx.io._vendor` share it without importing each other."""
 
 from __future__ import annotations
 
+import math
 import unicodedata
 
-__all__ = ["LENGTH_UNITS", "length_um"]
+__all__ = ["LENGTH_UNITS", "length_um", "value_um"]
 
 #: Micrometres per unit, by the unit's name in lower case (NFC). OME writes the symbols (``Å``,
 #: ``µm``); Fibics ``um``; ImageJ ``micron`` or ``\u00b5m`` (those six characters).
@@ -56,3 +57,16 @@ def length_um(unit: str) -> float | None:
     (0.0001, 0.001, None)
     """
     return _TO_UM.get(unicodedata.normalize("NFC", unit).strip().lower())
+
+
+def value_um(value: str | None, unit: str | None) -> float | None:
+    """A recorded length, ``value`` (text) in ``unit`` (µm where none is given), in micrometres;
+    ``None`` where it is absent, not a finite number, or in a unit that is not a known length."""
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        return None
+    factor = length_um(unit or "µm")
+    return None if factor is None or not math.isfinite(v) else v * factor
