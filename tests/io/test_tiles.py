@@ -10,7 +10,7 @@ import pytest
 
 from scopefx.errors import ConfigError, ImageNotFoundError, UnsupportedFormatError
 from scopefx.io import Tile, TileTable, read_tile_table
-from scopefx.io._tiles import layout_problems
+from scopefx.io._layout import layout_problems
 
 
 def _write(path, text):

@@ -15,6 +15,7 @@ and outputs to the output roots, and :class:`EndpointLimits` bounds the work of 
 
 from ._confine import created, open_binary, read_bytes
 from ._expand import as_image_refs
+from ._layout import layout_problems
 from ._limits import EndpointLimits
 from ._metadata import ImageMetadata, read_metadata
 from ._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file, multiscales_metadata
@@ -26,7 +27,6 @@ from ._tiles import (
     Tile,
     TileTable,
     flatten_z,
-    layout_problems,
     read_tile_table,
     translation,
 )
