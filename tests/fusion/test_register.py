@@ -21,8 +21,10 @@ from scipy import ndimage
 from scopefx import samples
 from scopefx.errors import ConfigError, ImageNotFoundError, RegistrationError, ResourceLimitError
 from scopefx.fusion import FlatField
+from scopefx.fusion._overlaps import overlapping_pairs
 from scopefx.fusion._qc import overlap_agreement
-from scopefx.fusion._register import RegistrationParams, overlapping_pairs, register
+from scopefx.fusion._register import register
+from scopefx.fusion._regparams import RegistrationParams
 from scopefx.io import read_tile_table
 from scopefx.io._tiles import Tile, TileTable
 
@@ -448,7 +450,7 @@ def test_stage_model_follows_the_backlash_of_a_serpentine_scan() -> None:
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10])
 def test_leave_one_out_median_matches_recomputing_it(n: int) -> None:
-    from scopefx.fusion._register import _leave_one_out_median
+    from scopefx.fusion._stagemodel import _leave_one_out_median
 
     rng = np.random.default_rng(n)
     values = rng.integers(-3, 4, (n, 2)).astype(float)  # ties included
@@ -462,7 +464,7 @@ def test_stage_model_with_a_single_usable_pair_warns_nothing() -> None:
     others (no group to judge), so its own step models the other, with no NaN warning."""
     import warnings
 
-    from scopefx.fusion._register import _stage_model
+    from scopefx.fusion._stagemodel import _stage_model
 
     table = _table(np.array([[0.0, 0.0], [0.0, 90.0], [0.0, 180.0]]))
     shapes = np.full((3, 2), 100)
@@ -482,7 +484,7 @@ def test_stage_model_keeps_the_stage_where_each_tile_errs_on_its_own(shared: boo
     tile's stage error its own): the median of the others predicts each usable pair worse than
     the stage itself, so the stage places the pair (the median added its own 1-3 px). A step
     error all pairs share (9 px short) is still modelled by their median."""
-    from scopefx.fusion._register import _stage_model
+    from scopefx.fusion._stagemodel import _stage_model
 
     n = 6
     table = _table(np.column_stack([np.zeros(n), 90.0 * np.arange(n)]))
@@ -670,7 +672,7 @@ def test_a_near_perfect_match_outweighs_a_chance_match_in_its_loop() -> None:
     their standardised residuals came out equal (26.0, 26.1), the true pair was dropped and
     the first row placed 47 px off (15 px mean error). Weighted by the NCC's Fisher z, the
     true pair outweighs the chance match 4.4 to 1 and the chance match is dropped."""
-    from scopefx.fusion._register import _strength
+    from scopefx.fusion._settle import _strength
 
     by, err = _grid_case("cell", None, seed=3)
     assert by[(1, 6)].used and by[(1, 6)].quality > 0.99, by[(1, 6)]
@@ -702,7 +704,7 @@ def test_other_peaks_alone_do_not_outvote_a_stronger_lone_link() -> None:
 
 def test_bridges_are_the_links_no_loop_runs_through() -> None:
     """A square (0-1-2-3) with a tail (3-4-5) and a separate pair (6-7)."""
-    from scopefx.fusion._register import _bridges
+    from scopefx.fusion._loops import _bridges
 
     links = np.array([(0, 1), (1, 2), (2, 3), (3, 0), (3, 4), (4, 5), (6, 7)])
     assert sorted(_bridges(8, links)) == [4, 5, 6]
@@ -911,7 +913,7 @@ def test_registration_estimates_one_flat_on_the_channel_sum() -> None:
     """Registration correlates the sum of a tile's channels, so its flat field is estimated on
     that sum: one (Y, X) flat however many channels (a per-channel estimate of 40-channel
     tiles held 40 reduced planes per tile), and the vignetting is found in it."""
-    from scopefx.fusion._register import _shading_estimate
+    from scopefx.fusion._shading import _shading_estimate
 
     tiles, _, stage = _mosaic(seed=5)
     y, x = np.mgrid[-1 : 1 : TILE * 1j, -1 : 1 : TILE * 1j]
@@ -1090,7 +1092,7 @@ def test_a_wrong_pair_in_a_loop_is_judged_by_what_the_others_predict() -> None:
     the wrong pair's own residual is a quarter of it (1.25 px, under ``outlier_px`` 1.5);
     against what the other three predict it is 5 px off; its standardised residual
     (``residual / sqrt(1 - h)``) is half that, 2.5 px, and so judged."""
-    from scopefx.fusion._register import _misfit, _solve
+    from scopefx.fusion._lsq import _misfit, _solve
 
     ij = np.array([(0, 1), (1, 3), (0, 2), (2, 3)])
     shifts = np.array([(0.0, 100.0), (100.0, 0.0), (100.0, 0.0), (0.0, 105.0)])  # last 5 off
@@ -1241,7 +1243,7 @@ def test_tiles_without_banding_are_left_alone_by_default():
 def test_a_shared_black_border_is_not_taken_for_banding():
     """Every tile's last rows and columns black: shared by all tiles, but a step, not
     banding; ``auto`` leaves it (taken out as row and column offsets it broke registration)."""
-    from scopefx.fusion._register import _looks_like_banding
+    from scopefx.fusion._shading import _looks_like_banding
 
     step = np.r_[np.zeros(100), np.full(20, -50.0)]
     assert not _looks_like_banding(step - step.mean(), 1.0)
@@ -1259,7 +1261,7 @@ def test_banding_estimate_takes_a_tile_without_pixels_quietly():
     estimate without numpy's empty-slice warnings; independent profiles share nothing."""
     import warnings
 
-    from scopefx.fusion._register import _shrunk_median, _unsmooth
+    from scopefx.fusion._shading import _shrunk_median, _unsmooth
 
     rng = np.random.default_rng(0)
     profiles = [_unsmooth(rng.normal(size=64)) for _ in range(6)] + [_unsmooth(np.full(64, np.nan))]

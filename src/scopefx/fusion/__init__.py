@@ -16,11 +16,13 @@ from ._blend import TileCache, fuse_chunk
 from ._flatfield import FlatField, estimate_flatfield, flatfield_from_images, load_flatfield
 from ._fuse import fuse_lazy, plan_fusion
 from ._job import FusionJob, FusionResult, prepare_fusion
+from ._overlaps import overlapping_pairs
 from ._params import BLENDS, FuseOptions, FusionParams
 from ._plan import FusionPlan, make_plan
 from ._qc import qc_only, registration_report, report_summary, write_report
-from ._register import PairResult, Registration, overlapping_pairs, register
+from ._register import register
 from ._regparams import BANDING_MODES, RegistrationParams
+from ._regresult import PairResult, Registration
 from ._write import TiffJob, fuse, prepare, qc
 from .plot import plot_mosaic, write_preview
 

@@ -26,15 +26,10 @@ import numpy as np
 from ..io import TileTable, layout_problems
 from ._blend import read_opaque
 from ._correlate import Plan, cut, plan_pair, prepare
-from ._register import (
-    STATUSES,
-    Registration,
-    RegistrationParams,
-    _footprints,
-    _shapes_array,
-    read_as_fused,
-    register,
-)
+from ._overlaps import _footprints, _shapes_array, overlapping_pairs
+from ._register import read_as_fused, register
+from ._regparams import RegistrationParams
+from ._regresult import STATUSES, Registration
 
 __all__ = [
     "overlap_agreement",
@@ -107,8 +102,6 @@ def _agreements(
     workers: int,
 ) -> list[tuple[float, list[tuple[int, int, float, int]]]]:  # fmt: skip
     """:func:`overlap_agreement` of several layouts of the same tiles, each tile read once."""
-    from ._register import overlapping_pairs
-
     first = tables[0]
     if read is None:  # colour tiles as fusion reads them
         read, from_headers = read_as_fused(first)

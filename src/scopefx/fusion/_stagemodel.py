@@ -1,0 +1,197 @@
+"""The stage model (MIST's, by stage move; step 3 of :mod:`._register`): a correction for each
+side pair without a usable match, from the usable pairs that share the stage's error with it
+(:func:`_stage_model`), and the weak unconfirmed matches it overrules
+(:func:`_implausible_bridges`)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+
+import numpy as np
+
+from ..io import TileTable
+from ._loops import _bridges
+from ._overlaps import _footprints
+
+logger = logging.getLogger("scopefx.fusion._register")  # registration's messages, one logger
+
+
+_MODEL_GAIN = 0.75  # a stage-model grouping must predict the usable pairs this much better
+_WEAK_BRIDGE = 0.5  # NCC under which an unconfirmed pair is checked against the stage model
+_PLAUSIBLE_SPREAD = 4.0  # robust standard deviations of the confirmed corrections allowed
+_PLAUSIBLE_MIN_PX = 4.0  # however tight the confirmed corrections are
+_PLAUSIBLE_POOL = 4  # confirmed pairs of the same direction needed for the check
+
+
+def _steps(
+    table: TileTable, shapes: np.ndarray, ij: np.ndarray, olo: np.ndarray, ohi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, the axis along which it steps (where its overlap is thinnest) and the sign
+    that orients its correction so that the step runs forward."""
+    offs = _footprints(table, shapes)[0]
+    step = offs[ij[:, 1]] - offs[ij[:, 0]]
+    frac = (ohi - olo) / np.minimum(shapes[ij[:, 0]], shapes[ij[:, 1]])
+    axis = np.argmin(frac, axis=1)
+    sign = np.where(step[np.arange(len(ij)), axis] < 0, -1.0, 1.0)
+    return axis, sign
+
+
+def _implausible_bridges(
+    table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
+    side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, quality: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """Weak used side pairs that no loop confirms (bridges, NCC under ``_WEAK_BRIDGE``) whose
+    correction lies far outside those of the loop-confirmed pairs stepping the same way:
+    beyond ``_PLAUSIBLE_SPREAD`` robust standard deviations of theirs (at least
+    ``_PLAUSIBLE_MIN_PX``) from their median. Such a match is most likely chance (in a nearly
+    blank overlap of sparse content: a 32 px jump at NCC 0.28, where the stage was 3 px off),
+    and the stage model (:func:`_stage_model`, MIST's repeatability check in spirit) places
+    the pair better. Needs ``_PLAUSIBLE_POOL`` confirmed pairs of that direction."""
+    sides = np.flatnonzero(used & side)
+    if len(sides) < _PLAUSIBLE_POOL:
+        return np.zeros(0, dtype=int)
+    bridges = set(sides[_bridges(len(table), ij[sides])].tolist())
+    axis, sign = _steps(table, shapes, ij, olo, ohi)
+    oriented = shifts * sign[:, None]
+    drop = []
+    for k in sorted(bridges):
+        if quality[k] >= _WEAK_BRIDGE:
+            continue
+        pool = np.array([oriented[q] for q in sides if q not in bridges and axis[q] == axis[k]])
+        if len(pool) < _PLAUSIBLE_POOL:
+            continue
+        centre = np.median(pool, axis=0)
+        spread = 1.4826 * np.median(np.abs(pool - centre), axis=0)
+        limit = max(_PLAUSIBLE_SPREAD * float(np.linalg.norm(spread)), _PLAUSIBLE_MIN_PX)
+        if float(np.linalg.norm(oriented[k] - centre)) > limit:
+            drop.append(k)
+    if drop:
+        logger.info("dropped %d weak unconfirmed pair(s) far from the stage model: %s",
+                    len(drop), [tuple(map(int, ij[k])) for k in drop])  # fmt: skip
+    return np.array(drop, dtype=int)
+
+
+def _stage_model(
+    table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
+    side: np.ndarray, olo: np.ndarray, ohi: np.ndarray,
+) -> dict[int, np.ndarray]:  # fmt: skip
+    """Median correction, for each unusable side pair, of the usable pairs of its direction
+    that share the stage's error with it, the grouping chosen by how well it predicts.
+
+    Per direction, three groupings are tried: the pairs crossing the same boundary between
+    rows (columns), the pairs of the same row (column, MIST's), and all of the direction. Each
+    usable pair is predicted by the median of the others in its group; the grouping with the
+    smallest median prediction error is used where it beats the whole direction's by
+    ``_MODEL_GAIN`` (else the whole direction: independent errors are best averaged over
+    all). A boundary is one stage move in a raster or serpentine scan: with backlash every
+    other row sits a few pixels to one side, the vertical pairs of one column alternate
+    between +b and -b (their median placed a blank tile 3.5 px off under 7 px of backlash),
+    those of one boundary agree. Pairs are oriented so that the step runs forward.
+
+    The stage itself (no correction) is a fourth candidate, used where it predicts the usable
+    pairs better than the chosen grouping by ``_MODEL_GAIN``: where each tile's stage error is
+    its own (no step, scale or backlash shared), the median of a few other pairs only adds
+    their errors to the pair's (3x3 cuts of real frames with independent jitter: 3.08 px mean
+    error with the median, 2.94 with the stage; the real tile sets, whose errors are shared,
+    keep the median). Where no grouping can be judged (a lone usable pair), the median is
+    kept: that pair's step is all there is to go on."""
+    nd = table.ndim
+    offs = _footprints(table, shapes)[0]
+    axis, sign = _steps(table, shapes, ij, olo, ohi)
+    # row / column index of each tile along each axis, in units of the grid's step there (the
+    # tile size is no unit: at 30 % overlap it gave two neighbouring columns one index)
+    index = np.zeros(offs.shape, dtype=int)
+    for a in range(nd):
+        along = side & (axis == a)
+        steps = np.abs(offs[ij[along, 1], a] - offs[ij[along, 0], a])
+        step = float(np.median(steps)) if steps.size else float(np.median(shapes[:, a]))
+        index[:, a] = np.round((offs[:, a] - offs[:, a].min()) / max(step, 1e-9)).astype(int)
+
+    def key(k: int, grouping: str) -> tuple[int, ...]:
+        a = int(axis[k])
+        if grouping == "boundary":
+            return a, int(min(index[ij[k, 0], a], index[ij[k, 1], a]))
+        if grouping == "line":
+            return (a, *(int(index[ij[k, 0], o]) for o in range(nd) if o != a))
+        return (a,)
+
+    oriented = shifts * sign[:, None]
+    usable = np.flatnonzero(used & side).tolist()
+    groupings = ("direction", "boundary", "line")
+    pools: dict[str, dict[tuple[int, ...], list[int]]] = {
+        g: collections.defaultdict(list) for g in groupings
+    }
+    for k in usable:
+        for g in groupings:
+            pools[g][key(k, g)].append(k)
+    # each usable pair's distance from the median of the others in its group (NaN: alone)
+    missed = {g: np.full(len(shifts), np.nan) for g in groupings}
+    for g in groupings:
+        for members in pools[g].values():
+            others = _leave_one_out_median(oriented[members])
+            missed[g][members] = np.linalg.norm(oriented[members] - others, axis=1)
+
+    def typical(e: np.ndarray) -> float:  # median of the predicted pairs (inf: none)
+        e = e[np.isfinite(e)]
+        return float(np.median(e)) if e.size else math.inf
+
+    chosen: dict[int, str] = {}
+    for a in range(nd):
+        members = [k for k in usable if axis[k] == a]
+        chosen[a], score = "direction", typical(missed["direction"][members])
+        for g in groupings[1:]:
+            e = missed[g][members]
+            if np.isfinite(e).sum() * 2 < max(len(members), 2):
+                continue  # the grouping predicts too few of the pairs to be judged
+            if typical(e) < _MODEL_GAIN * score:
+                chosen[a], score = g, typical(e)
+        if members and math.isfinite(score):
+            # the stage itself: each usable pair's correction is what it would miss by
+            still = typical(np.linalg.norm(oriented[members], axis=1))
+            if still < _MODEL_GAIN * score:
+                chosen[a], score = "stage", still
+        if any(not used[k] and axis[k] == a for k in np.flatnonzero(side).tolist()):
+            if chosen[a] == "stage":
+                logger.info("stage model, pairs stepping along axis %d: the stage positions "
+                            "(they predict the usable pairs within %.2f px, better than a "
+                            "median of the others)", a, score)  # fmt: skip
+            else:
+                logger.info("stage model, pairs stepping along axis %d: median of the usable "
+                            "pairs of the same %s (they predict each other within %.2f px)",
+                            a, chosen[a], score)  # fmt: skip
+    medians: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+    model: dict[int, np.ndarray] = {}
+    for k in np.flatnonzero(side & ~used).tolist():
+        g = chosen[int(axis[k])]
+        if g == "stage":
+            model[k] = np.zeros(nd)
+            continue
+        if not pools[g].get(key(k, g)):
+            g = "direction"
+        if not pools[g].get(key(k, g)):
+            continue
+        at = (g, key(k, g))
+        if at not in medians:
+            medians[at] = np.median(oriented[pools[g][key(k, g)]], axis=0)
+        model[k] = medians[at] * sign[k]
+    return model
+
+
+def _leave_one_out_median(values: np.ndarray) -> np.ndarray:
+    """Per row of ``values`` (n, d), the per-column median of the other rows (NaN when n < 2),
+    from one sort: O(n log n) where recomputing each median is O(n^2)."""
+    n = len(values)
+    if n < 2:
+        return np.full(values.shape, np.nan)
+    order = np.argsort(values, axis=0, kind="stable")
+    ranked = np.take_along_axis(values, order, axis=0)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(n)[:, None], order.shape), axis=0)
+
+    def at(i: int) -> np.ndarray:  # the i-th smallest of the others, per row and column
+        return np.where(i < rank, ranked[i], ranked[min(i + 1, n - 1)])
+
+    m = n - 1
+    return at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
