@@ -188,6 +188,21 @@ def test_exit_codes_are_documented():
         assert text in doc
 
 
+def test_a_run_shorter_than_its_warmup_ends_unverifiable(tmp_path):
+    """Fewer images than --warmup: every verdict stayed 'warmup', in the lines and the CSV."""
+    for i in range(2):
+        image = samples.bundled_image("moon", size=160)[i : i + 128, i : i + 128]
+        tifffile.imwrite(tmp_path / f"s{i}.tif", samples.acquire(image, seed=i))
+    out_csv = tmp_path / "f.csv"
+    code, text = _run("focus", str(tmp_path / "s0.tif"), str(tmp_path / "s1.tif"),
+                      "--csv", str(out_csv))  # fmt: skip
+    assert code == 0, text
+    with out_csv.open() as handle:
+        assert [r["verdict"] for r in csv.DictReader(handle)] == ["unverifiable"] * 2
+    assert "2 section(s) unverifiable" in text
+    assert "the run ended before its warm-up (--warmup sections) was complete" in text
+
+
 def test_bad_files_do_not_change_the_exit_code(tmp_path):
     (tmp_path / "empty.tif").write_bytes(b"")
     tifffile.imwrite(tmp_path / "ok.tif", samples.acquire(samples.bundled_image("moon", size=128)))

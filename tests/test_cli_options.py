@@ -37,9 +37,9 @@ def test_every_focus_parameter_has_an_option(command):
     options = _options(_subparser(command))
     for field in dataclasses.fields(FocusParams):
         assert field.name in options, f"scopefx {command}: no option for {field.name}"
-        assert _doc_entries(FocusParams).get(field.name), (
+        assert _doc_entries(FocusParams).get(field.name, ([], ""))[1], (
             f"FocusParams.{field.name} has no entry under Parameters in FocusParams' docstring "
-            "(the option's help is its first sentence)"
+            "(the option's help comes from it)"
         )
         assert not options[field.name].help.startswith("(default"), options[field.name].help
 
@@ -105,6 +105,28 @@ def test_a_new_field_gets_its_option_without_a_change_to_the_cli():
     args = parser.parse_args(["--modality", "light", "--channel", "2", "--dc", "3", "--denoise"])
     assert params_from_args(args, _Grown) == _Grown("light", 2, 0.0, 3.0, True)
     assert params_from_args(parser.parse_args([]), _Grown) == _Grown()
+
+
+@pytest.mark.parametrize("command", COMMANDS_WITH_FOCUS_OPTIONS)
+def test_each_focus_option_says_what_it_does(command):
+    """--min-sigma and --max-sigma had one text between them, --noise-model described only
+    'global', --mode only 'exact', --channel only colour (H, W, 3|4) images."""
+    options = _options(_subparser(command))
+    helps = {f.name: options[f.name].help for f in dataclasses.fields(FocusParams)}
+    assert len(set(helps.values())) == len(helps), "two focus options share a help text"
+    assert helps["min_sigma_px"].startswith("Smallest Gaussian standard deviation")
+    assert helps["max_sigma_px"].startswith("Largest Gaussian standard deviation")
+    for name, words in {
+        "noise_model": ('"global"', '"signal"'),
+        "mode": ('"exact"', '"fast"'),
+        "polarity": ('"dark"', '"bright"', '"both"'),
+        "channel": ("(H, W, 3|4)", "luma", "(H, W, 2)"),
+        "threshold": ("`None` (default) chooses it per image",),
+    }.items():
+        for word in words:
+            assert word in helps[name], (name, word, helps[name])
+    assert "(default: None)" not in " ".join(helps.values())  # the help says what None does
+    assert helps["polarity"].endswith("(default: from --modality)")
 
 
 def test_the_verdict_options_are_the_same_for_focus_and_watch():

@@ -304,3 +304,32 @@ def test_cli_exits_3_when_nothing_it_found_could_be_scored(tmp_path: Path, capsy
     assert "none of the 1 image(s) this session found could be scored" in capsys.readouterr().err
     (acq / "grid0" / "broken.tif").unlink()  # an empty folder is a watch that saw nothing yet
     assert main(argv, out=io.StringIO()) == 0
+
+
+def test_cli_never_scores_its_own_outputs(tmp_path: Path, caplog) -> None:
+    """`watch DIR --csv DIR/log.csv` wrote its summary plot DIR/log.png into the watched folder,
+    and the next session scored it as a section; so was an explicit --plot in the folder."""
+    import logging
+
+    from scopefx.cli import main
+
+    caplog.set_level(logging.INFO, logger="scopefx.cli")
+    acq = tmp_path / "acq"
+    for i in range(3):
+        _name(acq, 2 * i).parent.mkdir(parents=True, exist_ok=True)
+        _name(acq, 2 * i).write_bytes(_section(2 * i))
+    table = acq / "log.csv"
+    argv = ["watch", str(acq), "--settle", "0", "--idle-exit", "0", "-q"]
+    for _ in range(2):  # a restart on the same CSV
+        assert main([*argv, "--csv", str(table)], out=io.StringIO()) == 0
+    assert (acq / "log.png").stat().st_size > 0
+    assert sorted(_csv_paths(table)) == sorted(str(_name(acq, 2 * i)) for i in range(3))
+    plot = acq / "grid0" / "summary.tif"  # a format the watch follows, in a subfolder
+    (acq / "log.png").unlink()
+    for _ in range(2):  # no CSV: each session scores the folder again
+        out = io.StringIO()
+        assert main([*argv, "--plot", str(plot)], out=out) == 0
+        assert "scored 3 image(s)" in out.getvalue()
+    assert plot.stat().st_size > 0
+    assert f"never scoring {acq / 'log.png'}: this command writes it" in caplog.text
+    assert f"never scoring {plot}: this command writes it (--plot)" in caplog.text

@@ -27,7 +27,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,9 @@ class FolderWatch:
     include_existing : bool
         Also score files already in the folder when the watch starts (default); ``False``
         scores only files that appear afterwards.
+    exclude : iterable of path-like
+        Files never to score, however they appear in the folder: the caller's own outputs
+        (``scopefx watch`` leaves out its CSV and summary plot).
     """
 
     def __init__(
@@ -138,8 +141,10 @@ class FolderWatch:
         grace: float = 10.0,
         batch_size: int = 8,
         include_existing: bool = True,
+        exclude: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         self.folder = Path(folder).absolute()
+        self._exclude = frozenset(os.path.abspath(p) for p in exclude)
         if not self.folder.is_dir():
             raise ConfigError(f"watch folder {os.fspath(folder)!r} is not a directory")
         for name, value in (("interval", interval), ("settle", settle), ("grace", grace)):
@@ -208,7 +213,9 @@ class FolderWatch:
                         if not name.lower().endswith(".zarr"):
                             stack.append(Path(entry.path))
                     elif os.path.splitext(name)[1].lower() in _WATCHED_SUFFIXES:
-                        found.append(os.path.abspath(entry.path))
+                        path = os.path.abspath(entry.path)
+                        if path not in self._exclude:
+                            found.append(path)
                 except OSError:
                     continue
         return found

@@ -241,3 +241,19 @@ def test_doubts_follow_the_pure_check_record_by_record():
     seeded.seed([FocusRecord(path="s", features=1, density_per_mpx=d, verdict="in_focus")
                  for d in densities])  # fmt: skip
     assert seeded.doubts() == ["rises_after_warmup"]
+
+
+def test_the_series_plot_shows_unverifiable_sections():
+    """Unverifiable sections had no colour: a run of nothing else plotted no point and warned
+    'No artists with labels found to put in legend'."""
+    import warnings
+
+    from scopefx.focus.plot import plot_focus_series
+
+    records = [_rec(100.0 + k) for k in range(2)]
+    for record in records:
+        record.verdict = "unverifiable"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = plot_focus_series(records)
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["unverifiable"]

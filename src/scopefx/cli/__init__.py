@@ -3,15 +3,19 @@
 Exit codes: 0 when the command ran, even if some images could not be scored (each is reported
 on its own line and in the CSV); 2 for usage errors (bad options or option values, an
 unreadable calibration, defocus table or endpoint configuration, a watch folder that is not a
-directory); 3 for data errors: the data named gave nothing (no images found, not one image
-could be scored, a tile table or tile missing or unreadable, so nothing fused; for ``watch``,
-images were found and not one could be scored); 130 when interrupted.
+directory, an output that names an input or another output); 3 for data errors: the data named
+gave nothing (no images found, not one image could be scored, a through-focus series that
+gives no calibration, a tile table or tile missing or unreadable, so nothing fused; for
+``watch``, images were found and not one could be scored); 130 when interrupted; 141 when the
+reader of the output went away (``scopefx focus ... | head``: quietly, as a program that
+SIGPIPE ended).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -19,9 +23,17 @@ from typing import TextIO
 from .._version import __version__
 from ..errors import ScopefxError
 from . import demo, focus, fuse, remote, watch
-from ._common import DATA_ERROR, DATA_ERRORS, USAGE_ERROR, DataError, UsageError
+from ._common import BROKEN_PIPE, DATA_ERROR, DATA_ERRORS, USAGE_ERROR, DataError, UsageError
 
-__all__ = ["DATA_ERROR", "USAGE_ERROR", "DataError", "UsageError", "build_parser", "main"]
+__all__ = [
+    "BROKEN_PIPE",
+    "DATA_ERROR",
+    "USAGE_ERROR",
+    "DataError",
+    "UsageError",
+    "build_parser",
+    "main",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +63,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        return int(args.func(args, out))
+        try:
+            code = int(args.func(args, out))
+        finally:
+            out.flush()  # a reader gone shows here, not in the interpreter's flush at exit
+    except BrokenPipeError:  # `scopefx focus ... | head`: the reader has what it wanted
+        _discard_stdout(out)
+        return BROKEN_PIPE
     except (DataError, *DATA_ERRORS) as exc:  # nothing found, scored or fused
         parser.exit(DATA_ERROR, f"scopefx {args.command}: error: {exc}\n")
     except (UsageError, ScopefxError) as exc:  # bad options, calibration files, ...
@@ -59,7 +77,22 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0  # pragma: no cover
+    return code
+
+
+def _discard_stdout(out: TextIO) -> None:
+    """Point stdout at the null device, so that what is still buffered for a reader that went
+    away is dropped at exit rather than raising BrokenPipeError again (the way the Python
+    documentation's note on SIGPIPE does it)."""
+    if out is not sys.stdout:
+        return
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (replaced, captured)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,5 @@
-"""What the command modules share: errors and exit codes, colours, option groups, output lines.
+"""What the command modules share: errors and exit codes, colours, option groups, the files they
+read and write, output lines.
 
 Imports only the public API (and, until the verdict policy has a public home, the verdict
 names of :mod:`scopefx.focus`), never a command module.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import logging
 import math
 import os
 import re
@@ -17,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from .._version import __version__
 from ..errors import (
     CorruptImageError,
     EmptyFileError,
@@ -26,14 +30,16 @@ from ..errors import (
     ResourceLimitError,
     UnsupportedFormatError,
 )
-from ..focus import FLAGGED
+from ..focus import CSV_COLUMNS, FLAGGED
 
 __all__ = [
+    "BROKEN_PIPE",
     "DATA_ERROR",
     "DATA_ERRORS",
     "OK",
     "USAGE_ERROR",
     "DataError",
+    "Outputs",
     "UsageError",
     "add_baseline_options",
     "add_endpoint_options",
@@ -46,16 +52,24 @@ __all__ = [
     "focus_params",
     "make_client",
     "params_from_args",
+    "positive_int",
     "record_line",
+    "record_name",
     "run_from_args",
     "runs_remotely",
+    "save_plot",
     "summary",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Exit codes (documented in :mod:`scopefx.cli` and docs/cli.md).
 OK = 0
 USAGE_ERROR = 2
 DATA_ERROR = 3
+#: The reader of stdout went away (``scopefx focus ... | head``): 128 + SIGPIPE, the status a
+#: shell reports for a program that the signal ended.
+BROKEN_PIPE = 141
 
 BOLD_RED = "\033[1;31m"
 YELLOW = "\033[33m"
@@ -88,27 +102,184 @@ DATA_ERRORS = (
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".eps")
 
 
-def check_outputs(
-    *, plots: Sequence[tuple[str, str | None]] = (), files: Sequence[tuple[str, str | None]] = ()
-) -> None:
-    """Before any data is read: refuse an output option that could not be written after the
-    work (a folder, a plot with no image format in its name), and make the missing folders of
-    the others. ``plots`` and ``files`` are ``(option, path or None)`` pairs."""
-    for option, path in [*plots, *files]:
-        if path is None:
-            continue
-        target = Path(path)
-        if target.is_dir():
-            raise UsageError(f"{option} {path!r} is a folder; give a file name")
-        if (option, path) in plots and target.suffix.lower() not in PLOT_SUFFIXES:
+#: How much of a file's start and of its end is read to tell whether scopefx wrote it.
+_SNIFF_BYTES = 1 << 20
+#: What scopefx's plots carry: matplotlib's own signature in PNG, PDF, SVG and EPS files, the
+#: one :func:`save_plot` adds to JPEG, TIFF and WebP files.
+_PLOT_SIGNATURE = b"matplotlib"
+#: How a focus CSV (``focus --csv``, ``watch --csv``) starts.
+_CSV_HEADER = ",".join(CSV_COLUMNS[:3]).encode()
+
+
+def save_plot(figure: Any, path: str) -> None:
+    """Save a plot of this command, signed in every format so that a later run knows it for its
+    own output (:class:`Outputs`) and does not score it: matplotlib signs PNG, PDF, SVG and
+    EPS files itself; JPEG, TIFF and WebP files are signed here."""
+    sign = f"scopefx {__version__}, Matplotlib"
+    xmp = f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><!-- {sign} --></x:xmpmeta>'.encode()
+    pil = {
+        ".jpg": {"comment": sign.encode()},
+        ".jpeg": {"comment": sign.encode()},
+        ".tif": {"software": sign},
+        ".tiff": {"software": sign},
+        ".webp": {"xmp": xmp},
+    }.get(Path(path).suffix.lower())
+    figure.savefig(path, dpi=120, **({"pil_kwargs": pil} if pil else {}))
+
+
+def _written_by_scopefx(path: str, kind: str) -> bool:
+    """Whether the file at ``path`` is a ``kind`` output scopefx wrote (an earlier run's): a
+    plot with matplotlib's signature, a focus CSV by its header, a JSON document."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(len(head), size - _SNIFF_BYTES))
+            tail = handle.read()
+    except OSError:
+        return False
+    if kind == "plot":
+        return _PLOT_SIGNATURE in head.lower() or _PLOT_SIGNATURE in tail.lower()
+    if kind == "csv":
+        return head.startswith(_CSV_HEADER)
+    if kind == "json":
+        return head.lstrip()[:1] in (b"[", b"{")
+    return False
+
+
+def _identity(path: str) -> tuple[Any, ...]:
+    """What makes two paths one file: device and inode where it exists (so links and hard links
+    to it count), else the absolute path with its links resolved."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return ("path", os.path.realpath(path))
+    return ("file", st.st_dev, st.st_ino)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Output:
+    option: str
+    path: str
+    kind: str  # "plot", "csv", "json" or "file": how a file scopefx wrote is recognised
+    identity: tuple[Any, ...]
+
+
+class Outputs:
+    """The files one command writes, checked before any image is read or anything written, and
+    kept out of its inputs.
+
+    ``outputs`` are ``(option, path or None, kind)`` triples, kind ``"plot"`` (the name must end
+    in an image format), ``"csv"``, ``"json"`` or ``"file"``; ``inputs`` are ``(option, path or
+    None)`` pairs of the other files the command reads (``--calibration``, ``--defocus``).
+    A :class:`UsageError` refuses an output that is a folder, a plot without an image format
+    in its name, two outputs naming one file, and an output naming an input file. The images
+    are checked as they are found: :meth:`admits` (``focus``, ``calibrate``), :meth:`inside`
+    (``watch``).
+    """
+
+    def __init__(
+        self,
+        outputs: Sequence[tuple[str, str | None, str]],
+        *,
+        inputs: Sequence[tuple[str, str | None]] = (),
+    ) -> None:
+        self.items: list[_Output] = []
+        for option, path, kind in outputs:
+            if path is None:
+                continue
+            target = Path(path)
+            if target.is_dir():
+                raise UsageError(f"{option} {path!r} is a folder; give a file name")
+            if kind == "plot" and target.suffix.lower() not in PLOT_SUFFIXES:
+                raise UsageError(
+                    f"{option} {path!r}: a plot's name must end in an image format "
+                    f"({', '.join(PLOT_SUFFIXES)}), got {target.suffix or 'no extension'!r}"
+                )
+            item = _Output(option, path, kind, _identity(path))
+            same = self._match(item.identity)
+            if same is not None:
+                raise UsageError(
+                    f"{same.option} {same.path!r} and {option} {path!r} name the same file; "
+                    "give each output its own file"
+                )
+            self.items.append(item)
+        for option, path in inputs:
+            mine = self._match(_identity(path)) if path is not None else None
+            if mine is not None:
+                raise UsageError(
+                    f"{mine.option} {mine.path!r} is the file given to {option}: it would be "
+                    "overwritten; give another path"
+                )
+
+    def _match(self, identity: tuple[Any, ...]) -> _Output | None:
+        return next((item for item in self.items if item.identity == identity), None)
+
+    def admits(self, ref: str, *, named: bool) -> bool:
+        """Whether the image ``ref`` is to be scored: ``False`` for a file this command writes
+        that a folder or glob found (an earlier run's output, skipped); a :class:`UsageError`
+        when an output would overwrite an image named on the command line (``named``) or one
+        that scopefx did not write."""
+        mine = self._match(_identity(ref)) if self.items else None
+        if mine is None:
+            return True
+        if named:
             raise UsageError(
-                f"{option} {path!r}: a plot's name must end in an image format "
-                f"({', '.join(PLOT_SUFFIXES)}), got {target.suffix or 'no extension'!r}"
+                f"{mine.option} {mine.path!r} is also named as an image to score: it would be "
+                "overwritten; give another path"
             )
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"{option} {path!r}: cannot make its folder ({exc})") from None
+        if not _written_by_scopefx(ref, mine.kind):
+            raise UsageError(
+                f"{mine.option} {mine.path!r} is an input image ({ref}) that scopefx did not "
+                "write: it would be overwritten; give another path"
+            )
+        log.info("not scoring %s: this command writes it (%s)", ref, mine.option)
+        return False
+
+    def inside(self, folder: str | os.PathLike[str]) -> set[str]:
+        """The outputs that lie in the watched ``folder``, as absolute paths the way a scan of
+        the folder lists them (to be left out); a :class:`UsageError` for one that is an image
+        already there that scopefx did not write (it would be overwritten)."""
+        from ..io import IMAGE_SUFFIXES
+
+        root = os.path.realpath(folder)
+        found = set()
+        for item in self.items:
+            real = os.path.realpath(item.path)
+            if not real.startswith(root.rstrip(os.sep) + os.sep):
+                continue
+            if Path(real).suffix.lower() not in IMAGE_SUFFIXES:
+                continue  # never followed
+            if os.path.isfile(real) and not _written_by_scopefx(real, item.kind):
+                raise UsageError(
+                    f"{item.option} {item.path!r} is an image in the watched folder that "
+                    "scopefx did not write: it would be overwritten; give another path"
+                )
+            log.info("never scoring %s: this command writes it (%s)", item.path, item.option)
+            found.add(os.path.abspath(item.path))
+            found.add(os.path.join(os.path.abspath(folder), os.path.relpath(real, root)))
+        return found
+
+    def make_folders(self) -> None:
+        """Make the missing folders of the outputs."""
+        for item in self.items:
+            try:
+                Path(item.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(
+                    f"{item.option} {item.path!r}: cannot make its folder ({exc})"
+                ) from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (``--batch-size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
 
 
 def colour(out: TextIO) -> bool:
@@ -129,16 +300,18 @@ _FLAG_ALIASES = {
 }
 
 
-def _doc_entries(cls: type) -> dict[str, str]:
-    """The numpydoc ``Parameters`` entries of ``cls``'s docstring: name -> description
-    (an entry naming several fields, ``a, b : float``, gives each the same text)."""
+def _doc_entries(cls: type) -> dict[str, tuple[list[str], str]]:
+    """The numpydoc ``Parameters`` entries of ``cls``'s docstring: name -> (the names the
+    entry gives, its description); an entry naming several fields, ``a, b : float``, gives
+    each the same."""
     doc = cls.__doc__ or ""
     match = re.search(
         r"^\s*Parameters\n\s*-+\n(.*?)(?:\n\s*\n\s*\w[\w ]*\n\s*-+\n|\Z)", doc, re.S | re.M
     )
     if not match:
         return {}
-    entries: dict[str, str] = {}
+    texts: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
     names: list[str] = []
     indent = None
     for line in match.group(1).splitlines():
@@ -150,17 +323,46 @@ def _doc_entries(cls: type) -> dict[str, str]:
         if depth == indent:
             names = [n.strip() for n in line.split(":", 1)[0].split(",")]
             for name in names:
-                entries[name] = ""
+                texts[name], groups[name] = "", names
         else:
             for name in names:
-                entries[name] = (entries[name] + " " + line.strip()).strip()
-    return entries
+                texts[name] = (texts[name] + " " + line.strip()).strip()
+    return {name: (groups[name], text) for name, text in texts.items()}
 
 
-def _first_sentence(text: str) -> str:
-    text = text.replace("``", "`")
-    match = re.match(r"(.+?\.)(\s+[A-Z`(\"]|\s*$)", text, re.S)
-    return (match.group(1) if match else text).strip()
+def _sentences(text: str) -> list[str]:
+    """``text`` in sentences: a full stop, then a capital, a backtick, a bracket or a quote."""
+    return [s for s in re.split(r"(?<=\.)\s+(?=[A-Z`(\"])", text.strip()) if s]
+
+
+def _one_of(sentence: str, name: str, names: list[str]) -> str:
+    """The part of ``sentence``, shared by the fields ``names``, about ``name``: "Smallest and
+    largest sigma." gives "Smallest sigma." and "Largest sigma."."""
+    match = re.match(r"(\w+(?:, \w+)*,? and \w+) (.*)", sentence, re.S)
+    words = re.split(r",? and |, ", match.group(1)) if match else []
+    if match and len(words) == len(names):
+        return f"{words[names.index(name)].capitalize()} {match.group(2)}"
+    return f"{sentence} This option sets ``{name}``."
+
+
+def _option_help(
+    name: str, names: list[str], text: str, choices: Sequence[Any] | None, *, says_none: bool
+) -> str:
+    """An option's help from its field's docstring entry: the first sentence (the field's part
+    of it, for an entry naming several fields), then those that say what each choice does
+    (where the entry names every choice, as ``"choice"``) and, with ``says_none``, those that
+    say what ``None`` does."""
+    sentences = _sentences(text)
+    if not sentences:
+        return ""
+    if len(names) > 1:
+        sentences[0] = _one_of(sentences[0], name, names)
+    quoted = [f'``"{c}"``' for c in choices or ()]
+    if not all(q in text for q in quoted):
+        quoted = []
+    keys = quoted + (["``None``"] if says_none else [])
+    kept = sentences[:1] + [s for s in sentences[1:] if any(k in s for k in keys)]
+    return " ".join(kept).replace("``", "`")
 
 
 def _option_type(hint: Any) -> tuple[Any, tuple[Any, ...] | None]:
@@ -180,7 +382,7 @@ def add_params_options(
 ) -> None:
     """One option per field of the dataclass ``cls``: flag ``--field-name`` (or its alias),
     type and choices from the field's type, default from the field's default, help from the
-    first sentence of the field's entry in ``cls``'s numpydoc docstring. A field added to
+    field's entry in ``cls``'s numpydoc docstring (:func:`_option_help`). A field added to
     ``cls`` gets its option without a change here."""
     hints = typing.get_type_hints(cls)
     docs = _doc_entries(cls)
@@ -194,9 +396,13 @@ def add_params_options(
         if default is dataclasses.MISSING:
             factory = f.default_factory
             default = None if factory is dataclasses.MISSING else factory()
-        text = _first_sentence(docs.get(f.name, "")).replace("%", "%%")
-        if kind is not bool:  # BooleanOptionalAction adds the default itself
-            preset = default is None and hasattr(cls, f"resolved_{f.name}")
+        preset = default is None and hasattr(cls, f"resolved_{f.name}")
+        names, entry = docs.get(f.name, ([f.name], ""))
+        says_none = default is None and not preset
+        text = _option_help(f.name, names, entry, choices, says_none=says_none)
+        text = text.replace("%", "%%")
+        if kind is not bool and not (says_none and "`None`" in text):
+            # BooleanOptionalAction adds the default itself; a None the help explains is left
             shown = "from --modality" if preset else "%(default)s"
             text = f"{text} (default: {shown})".strip()
         options: dict[str, Any] = {"dest": f.name, "default": default, "help": text}
@@ -286,7 +492,13 @@ def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
         metavar="ENDPOINTS.toml",
         help="endpoint configuration (default: $SCOPEFX_CONFIG, ~/.config/scopefx/endpoints.toml)",
     )
-    g.add_argument("--batch-size", type=int, default=None, metavar="N", help="references per task")
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="references per task, at least 1 (default: automatic, see docs/limits.md)",
+    )
 
 
 def runs_remotely(args: argparse.Namespace, role: str) -> bool:
@@ -311,19 +523,78 @@ def make_client(args: argparse.Namespace, *, quiet: bool = False) -> Any:
 # inputs and output lines
 
 
-def find(paths: Sequence[str], recursive: bool) -> list[str]:
-    """Images in ``paths`` (files, folders, globs); :class:`DataError` when there are none."""
+def find(
+    paths: Sequence[str],
+    recursive: bool,
+    *,
+    outputs: Outputs | None = None,
+    remote: bool = False,
+) -> list[str]:
+    """Images in ``paths`` (files, folders, globs) in the order given: a file where it stands,
+    a folder's or a glob's images in natural order (``s2`` before ``s10``), each image once.
+    Files named in plain sorted order (``s1 s10 s2``: an unquoted glob the shell expanded) are
+    put in natural order too; in any other order they keep it.
+
+    ``outputs``' files are left out where a folder or glob finds them (an earlier run's, see
+    :meth:`Outputs.admits`). With ``remote``, what is neither a folder nor a glob here is a
+    reference on the endpoint, kept as typed. :class:`DataError` when there are no images.
+    """
     from ..io import find_images
 
-    found = find_images(paths, recursive=recursive)
+    found: dict[str, None] = {}  # ordered, each once
+    skipped: list[str] = []
+    for item in _shell_globs_in_natural_order(paths):
+        expands = _expands(item)
+        refs = [item] if remote and not expands else find_images([item], recursive=recursive)
+        for ref in refs:
+            if outputs is None or outputs.admits(ref, named=not expands):
+                found.setdefault(ref)
+            else:
+                skipped.append(ref)
     if not found:
-        raise DataError(f"no images found in {' '.join(paths)} (use --recursive for subfolders?)")
-    return found
+        own = f" but this command's own outputs ({', '.join(skipped)})" if skipped else ""
+        raise DataError(
+            f"no images found in {' '.join(paths)}{own} (use --recursive for subfolders?)"
+        )
+    return list(found)
+
+
+def _expands(item: str) -> bool:
+    """Whether ``item`` is a folder (not a Zarr store) or a glob, rather than one image."""
+    return (os.path.isdir(item) and not item.rstrip("/").lower().endswith(".zarr")) or (
+        glob.has_magic(item) and not os.path.exists(item)
+    )
+
+
+def _shell_globs_in_natural_order(paths: Sequence[str]) -> list[str]:
+    """``paths`` with each run of two or more files named in plain sorted order, as a shell
+    expands an unquoted glob (``s1 s10 s2``), put in natural order (``s1 s2 s10``); files
+    named in any other order keep it (the order of the run)."""
+    from ..io import natural_key
+
+    out: list[str] = []
+    run: list[str] = []
+    for item in [*paths, None]:
+        if item is not None and not _expands(item):
+            run.append(item)
+            continue
+        if len(run) > 1 and run == sorted(run):
+            run.sort(key=natural_key)
+        out += run
+        run = []
+        if item is not None:
+            out.append(item)
+    return out
+
+
+def record_name(record: Any) -> str:
+    """How lines name a record: its path, and ``[page]`` for a page of a stack."""
+    return str(record.path) + ("" if record.page is None else f"[{record.page}]")
 
 
 def record_line(record: Any, in_colour: bool) -> str:
     """One line for a focus record: features, verdict, estimate or ratio, path."""
-    name = record.path + ("" if record.page is None else f"[{record.page}]")
+    name = record_name(record)
     if not record.ok:
         text = f"{'ERROR':>9}  {record.status:<14} {name}: {record.error}"
         return f"{YELLOW}{text}{RESET}" if in_colour else text
@@ -351,6 +622,8 @@ _DOUBTS = {
     "noise_limited_warmup": "most warm-up sections' counts are mostly noise",
     "rises_after_warmup": "the density later rose well above the warm-up's: the run started "
     "out of focus (the first sections were judged again)",
+    "too_few_sections": "the run ended before its warm-up (--warmup sections) was complete: "
+    "there was no baseline to judge its sections against (score with --calibration)",
 }
 
 
@@ -376,9 +649,9 @@ def summary(records: list[Any], out: TextIO, run: Any = None) -> None:
     if noisy:
         print(f"  {len(noisy)} section(s) noise-limited (try --modality)", file=out)
     for r in flagged:
-        print(f"  {r.verdict.replace('_', ' '):>13}: {r.path}", file=out)
+        print(f"  {r.verdict.replace('_', ' '):>13}: {record_name(r)}", file=out)
     for r in failed:
-        print(f"  {r.status:>13}: {r.path}", file=out)
+        print(f"  {r.status:>13}: {record_name(r)}", file=out)
 
 
 def check_scored(records: list[Any], what: str = "image") -> None:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
+import math
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..errors import CalibrationError
 from ._common import (
     DataError,
+    Outputs,
     UsageError,
     add_baseline_options,
     add_endpoint_options,
     add_focus_options,
-    check_outputs,
     check_scored,
     colour,
     find,
@@ -25,6 +25,7 @@ from ._common import (
     record_line,
     run_from_args,
     runs_remotely,
+    save_plot,
     summary,
 )
 
@@ -35,9 +36,23 @@ def add_parsers(sub: Any) -> None:
     focus = sub.add_parser(
         "focus",
         help="score images for focus and flag out-of-focus ones",
-        description="Score images (files, folders, globs) for focus by MHFD.",
+        description="Score images (files, folders, globs) for focus by MHFD. Images are "
+        "scored, and the run baseline built, in the order of PATHS: files in the order given, "
+        "the images of a folder or of a glob in natural order (s2 before s10); files named in "
+        "plain sorted order (s1 s10 s2: an unquoted glob the shell expanded) are put in "
+        "natural order too. The files this command writes (--csv, --json, "
+        "--plot, --maps) are never scored, and never overwrite an image: an output that names "
+        "an input image is refused, unless it is a plot, CSV or JSON scopefx wrote there "
+        "before (a rerun), which is then left out of the inputs.",
     )
-    focus.add_argument("paths", nargs="+", metavar="PATHS", help="image files, folders or globs")
+    focus.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATHS",
+        help="image files (scored in the order given; in natural order when given in plain "
+        "sorted order, as a shell expands a glob), folders or globs (their images in natural "
+        "order)",
+    )
     focus.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders")
     focus.add_argument("--csv", metavar="OUT", help="write one row per image")
     focus.add_argument("--json", metavar="OUT", help="write records (with focus maps) as JSON")
@@ -115,9 +130,10 @@ def _run_scoring(
                 bar.update(1)
             if not args.quiet:
                 bar.write(record_line(record, lines_in_colour), file=out)
-        # settle the warm-up sections' verdicts and write them again, atomically: a kill now
-        # leaves the streamed rows in place
-        if run.settle() and sink is not None:
+        # settle the warm-up sections' verdicts (the run is over: a run shorter than its
+        # warm-up ends unverifiable) and write them again, atomically: a kill now leaves the
+        # streamed rows in place
+        if run.settle(final=True) and sink is not None:
             sink.rewrite_verdicts(records)
     finally:
         bar.close()
@@ -147,29 +163,31 @@ def _write_outputs(
     if args.plot and plots:
         from ..focus.plot import plot_focus_series
 
-        plot_focus_series(records).savefig(args.plot, dpi=120)
+        save_plot(plot_focus_series(records), args.plot)
         print(f"wrote {args.plot}", file=out)
     if args.maps and plots:
         from ..focus.plot import plot_focus_maps
 
-        plot_focus_maps(records).savefig(args.maps, dpi=120)
+        save_plot(plot_focus_maps(records), args.maps)
         print(f"wrote {args.maps}", file=out)
 
 
 def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
     params = focus_params(args)  # options first: a usage error before any data is looked at
-    run = run_from_args(args, params)
-    check_outputs(
-        plots=[("--plot", args.plot), ("--maps", args.maps)],
-        files=[("--csv", args.csv), ("--json", args.json)],
+    outputs = Outputs(
+        [
+            ("--csv", args.csv, "csv"),
+            ("--json", args.json, "json"),
+            ("--plot", args.plot, "plot"),
+            ("--maps", args.maps, "plot"),
+        ],
+        inputs=[("--calibration", args.calibration), ("--config", args.config)],
     )
+    run = run_from_args(args, params)
     args.remote = runs_remotely(args, "focus")
-    if args.remote:  # references on the endpoint: expand only what exists here too
-        local = [p for p in args.paths if os.path.isdir(p) or glob.has_magic(p)]
-        paths = find(local, args.recursive) if local else []
-        paths += [p for p in args.paths if p not in local]
-    else:
-        paths = find(args.paths, args.recursive)
+    # on an endpoint, what is neither a folder nor a glob here is a reference there
+    paths = find(args.paths, args.recursive, outputs=outputs, remote=args.remote)
+    outputs.make_folders()
     records = _run_scoring(args, paths, params, run, out)
     summary(records, out, run)
     scored = any(r.ok for r in records)
@@ -188,11 +206,22 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     from ..focus.plot import plot_calibration
 
     params = focus_params(args)
-    check_outputs(plots=[("--plot", args.plot)], files=[("--output", args.output)])
+    if args.max_defocus is not None and not (
+        math.isfinite(args.max_defocus) and args.max_defocus >= 0
+    ):
+        raise UsageError(f"--max-defocus must be a number >= 0, got {args.max_defocus!r}")
+    outputs = Outputs(
+        [("--output", args.output, "json"), ("--plot", args.plot, "plot")],
+        inputs=[("--defocus", args.defocus)],
+    )
     table = read_defocus_table(args.defocus) if args.defocus else {}
-    paths = find(args.paths, args.recursive) if args.paths else defocus_files(table)
+    if args.paths:
+        paths = find(args.paths, args.recursive, outputs=outputs)
+    else:  # the table names each image
+        paths = [p for p in defocus_files(table) if outputs.admits(p, named=True)]
     if not paths:
         raise UsageError("give images to calibrate on, or a --defocus table listing them")
+    outputs.make_folders()
     defocus, density = [], []
     records = []
     for record in score_files(paths, params=params, workers=args.workers):
@@ -226,14 +255,17 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
             f"none of the {len(records)} scored image(s) has a defocus value "
             + ("in its metadata" if args.from_metadata else f"in {args.defocus}")
         )
-    calibration = Calibration.fit(
-        defocus,
-        density,
-        params=params,
-        fit_center=args.fit_center or bool(args.from_metadata),
-        max_defocus=args.max_defocus,
-        unit=args.unit,
-    )
+    try:
+        calibration = Calibration.fit(
+            defocus,
+            density,
+            params=params,
+            fit_center=args.fit_center or bool(args.from_metadata),
+            max_defocus=args.max_defocus,
+            unit=args.unit,
+        )
+    except CalibrationError as exc:  # the series gives no fit: a data error
+        raise DataError(str(exc)) from None
     calibration.save(args.output)
     print(
         f"calibrated on {calibration.n} images: log(features/Mpx) = {calibration.intercept:.3f} "
@@ -248,6 +280,6 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     )
     print(f"wrote {args.output}", file=out)
     if args.plot:
-        plot_calibration(calibration, defocus, density).savefig(args.plot, dpi=120)
+        save_plot(plot_calibration(calibration, defocus, density), args.plot)
         print(f"wrote {args.plot}", file=out)
     return 0

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._common import (
+    Outputs,
     UsageError,
     add_endpoint_options,
-    check_outputs,
     describe_mosaic,
     make_client,
     runs_remotely,
@@ -253,7 +253,7 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     from ..fusion import fuse
 
     params, options = _params(args), _options(args)  # usage errors before any data is read
-    check_outputs(files=[("--json", args.json), ("--preview", args.preview)])
+    Outputs([("--json", args.json, "json"), ("--preview", args.preview, "file")]).make_folders()
     if args.qc:
         return _cmd_qc(args, options, out)
     if runs_remotely(args, "fusion"):

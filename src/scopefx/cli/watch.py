@@ -19,16 +19,17 @@ from ._common import (
     RESET,
     YELLOW,
     DataError,
+    Outputs,
     UsageError,
     add_baseline_options,
     add_endpoint_options,
     add_focus_options,
-    check_outputs,
     colour,
     focus_params,
     make_client,
     run_from_args,
     runs_remotely,
+    save_plot,
     summary,
 )
 
@@ -42,7 +43,10 @@ def add_parser(sub: Any) -> None:
         description="Follow DIR and its subfolders; score each new image once it is complete "
         "(size stable and readable), locally or on --endpoint; print a live table, append to "
         "--csv, flag out-of-focus sections at once (highlight, bell, --on-oof), and write a "
-        "summary plot on exit (Ctrl-C). Restart-safe: files already in the CSV are skipped.",
+        "summary plot on exit (Ctrl-C). Restart-safe: files already in the CSV are skipped. The "
+        "files this command writes (--csv, the summary plot) may lie in DIR: they are never "
+        "scored, but one that names an image already in DIR that scopefx did not write is "
+        "refused.",
     )
     p.add_argument("folder", metavar="DIR", help="the acquisition folder")
     p.add_argument("--csv", metavar="OUT", help="append one row per image (and resume from it)")
@@ -197,25 +201,34 @@ def _row(scored: Any, in_colour: bool) -> str:
 
 
 def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
-    from ..watch import FolderWatch
-
     if not Path(args.folder).is_dir():
         raise UsageError(f"{args.folder!r} is not a directory")
     params = focus_params(args)
+    plot = args.plot or (str(Path(args.csv).with_suffix(".png")) if args.csv else None)
+    outputs = Outputs(
+        [
+            ("--csv", args.csv, "csv"),
+            ("--plot" if args.plot else "the summary plot (--csv's name with .png)", plot, "plot"),
+        ],
+        inputs=[("--calibration", args.calibration), ("--config", args.config)],
+    )
+    own = outputs.inside(args.folder)  # in the watched folder: never a section
     run = run_from_args(args, params)
     remote = runs_remotely(args, "focus")
     if args.remote_dir and not remote:
         raise UsageError("--remote-dir only applies with --endpoint (or a focus endpoint)")
+    outputs.make_folders()
     client = make_client(args, quiet=True) if remote else None
-    plot = args.plot or (str(Path(args.csv).with_suffix(".png")) if args.csv else None)
-    check_outputs(plots=[("--plot", plot)], files=[("--csv", args.csv)])
     lines_in_colour = colour(out)
     alarm = _Alarm(args.on_oof, out)
     where = f"endpoint {args.endpoint}" if remote and args.endpoint else "locally"
     if remote and not args.endpoint:
         where = "on the configured focus endpoint"
+    from ..watch import FolderWatch
+
     watch = FolderWatch(
         args.folder,
+        exclude=own,  # its CSV and summary plot, where they lie in the folder: no sections
         client=client,
         params=params,
         run=run,
@@ -277,5 +290,5 @@ def _report(watch: Any, plot: str | None, out: TextIO) -> None:
         from ..focus.plot import plot_focus_series
 
         fig = plot_focus_series(everything, title=f"{watch.folder.name}: features per section")
-        fig.savefig(plot, dpi=120)
+        save_plot(fig, plot)
         print(f"wrote {plot} ({len(everything)} section(s), flagged ones labelled)", file=out)

@@ -29,6 +29,7 @@ VERDICT_COLOURS = {
     "partial": "#e6ab02",
     "out_of_focus": "#d95f02",
     "warmup": "#7570b3",
+    "unverifiable": "#a6761d",
     "": "#999999",
 }
 

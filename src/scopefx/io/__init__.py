@@ -20,7 +20,7 @@ from ._limits import EndpointLimits
 from ._metadata import ImageMetadata, read_metadata
 from ._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file, multiscales_metadata
 from ._read import SAMPLES_LAST, read_image
-from ._refs import IMAGE_SUFFIXES, find_images, split_ref
+from ._refs import IMAGE_SUFFIXES, find_images, natural_key, split_ref
 from ._roots import DATA_ROOTS_ENV, OUTPUT_ROOTS_ENV, DataRoots
 from ._texttable import TextTable, parse_text_table, read_table_text
 from ._tiles import (
@@ -52,6 +52,7 @@ __all__ = [
     "fsync_file",
     "layout_problems",
     "multiscales_metadata",
+    "natural_key",
     "open_binary",
     "parse_text_table",
     "read_bytes",
