@@ -80,6 +80,24 @@ def test_calibrate_then_score_with_the_calibration(series, tmp_path):
     assert rows["section_0000.tif"]["verdict"] == "out_of_focus"  # defocus -4
 
 
+def test_a_calibration_supplies_its_focus_parameters(series, tmp_path):
+    """A calibration made with --modality brightfield had to be given the modality again: with
+    no focus option, scoring stopped on 'made with other focus parameters'."""
+    cal = tmp_path / "cal.json"
+    assert _run("calibrate", "--defocus", str(series), "-o", str(cal), "--max-defocus", "1",
+                "--modality", "brightfield")[0] == 0  # fmt: skip
+    out_csv = tmp_path / "f.csv"
+    code, _ = _run("focus", str(series.parent), "--calibration", str(cal), "--csv", str(out_csv))
+    assert code == 0
+    with out_csv.open() as handle:
+        rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(handle)}
+    assert {r["modality"] for r in rows.values()} == {"brightfield"}
+    assert rows["section_0004.tif"]["verdict"] == "in_focus"
+    with pytest.raises(SystemExit) as info:  # an option given that differs: refused, named
+        _run("focus", str(series.parent), "--calibration", str(cal), "--modality", "fluorescence")
+    assert info.value.code == 2
+
+
 def test_calibrate_on_a_z_stack_gives_each_page_its_defocus(series, tmp_path):
     """A through-focus series in one multi-page file: every page took the file's one defocus
     (all alike: 'nothing to fit'), and a 'page' column was ignored."""

@@ -440,7 +440,8 @@ def add_baseline_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--calibration",
         metavar="CAL.json",
-        help="verdicts from a calibration (default: relative to the run's baseline)",
+        help="verdicts from a calibration (default: relative to the run's baseline); with no "
+        "focus option given, images are scored with the calibration's own focus parameters",
     )
     g.add_argument(
         "--ratio",
@@ -463,16 +464,22 @@ def add_baseline_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_from_args(args: argparse.Namespace, params: Any) -> Any:
-    """The run's verdict policy (:class:`scopefx.FocusRun`): ``--calibration`` if given
-    (checked against ``params``), and the run baseline of ``--ratio``, ``--window``,
-    ``--warmup``."""
-    from ..focus import BASELINE_RATIO, Calibration, FocusRun, RunBaseline
+def run_from_args(args: argparse.Namespace, params: Any) -> tuple[Any, Any]:
+    """The focus parameters to score with and the run's verdict policy
+    (:class:`scopefx.FocusRun`): ``--calibration`` if given, and the run baseline of
+    ``--ratio``, ``--window``, ``--warmup``.
+
+    With a calibration and every focus option left at its default, the images are scored
+    with the calibration's own parameters (its modality, threshold, ...: what a calibration
+    can only be used with); focus options given are checked against it."""
+    from ..focus import BASELINE_RATIO, Calibration, FocusParams, FocusRun, RunBaseline
 
     calibration = Calibration.load(args.calibration) if args.calibration else None
+    if calibration is not None and params == FocusParams():
+        params = calibration.focus_params() or params
     ratio = args.ratio if args.ratio is not None else BASELINE_RATIO.get(params.modality, 0.5)
     baseline = RunBaseline(window=args.window, ratio=ratio, warmup=min(args.warmup, args.window))
-    return FocusRun(calibration=calibration, baseline=baseline, params=params)
+    return params, FocusRun(calibration=calibration, baseline=baseline, params=params)
 
 
 # --------------------------------------------------------------------------------------------

@@ -183,7 +183,7 @@ def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
         ],
         inputs=[("--calibration", args.calibration), ("--config", args.config)],
     )
-    run = run_from_args(args, params)
+    params, run = run_from_args(args, params)
     args.remote = runs_remotely(args, "focus")
     # on an endpoint, what is neither a folder nor a glob here is a reference there
     paths = find(args.paths, args.recursive, outputs=outputs, remote=args.remote)

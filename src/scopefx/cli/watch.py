@@ -213,7 +213,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
         inputs=[("--calibration", args.calibration), ("--config", args.config)],
     )
     own = outputs.inside(args.folder)  # in the watched folder: never a section
-    run = run_from_args(args, params)
+    params, run = run_from_args(args, params)
     remote = runs_remotely(args, "focus")
     if args.remote_dir and not remote:
         raise UsageError("--remote-dir only applies with --endpoint (or a focus endpoint)")

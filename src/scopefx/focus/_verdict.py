@@ -204,6 +204,16 @@ class Calibration:
         out = np.maximum((self.intercept - logd) / self.slope, 0.0)
         return float(out) if np.ndim(out) == 0 else out
 
+    def focus_params(self) -> FocusParams | None:
+        """The focus parameters the calibration was made with (``None`` when it does not say:
+        saved before they were recorded)."""
+        if not self.params:
+            return None
+        names = {f.name for f in dataclasses.fields(FocusParams)}
+        known = {k: v for k, v in self.params.items() if k in names}
+        known.setdefault("scale_weight", 0.0)  # saved before scale_weight existed
+        return FocusParams.from_dict(known)
+
     def check_params(self, params: FocusParams) -> None:
         """Raise :class:`CalibrationError` unless ``params`` score images as the calibration did."""
         if not self.params:
