@@ -212,6 +212,30 @@ def test_flip_y_fuses_a_table_whose_stage_counts_y_upwards(tmp_path, capsys):
     assert info.value.code == 3 and "--flip-x / --flip-y" in capsys.readouterr().err
 
 
+def test_a_z_column_of_zeros_for_2d_tiles_is_a_2d_table(tmp_path, capsys):
+    """Several exporters write z = 0 for 2D tiles: the table was refused as 3D ('fewer axes
+    than the 3D table'); z elsewhere than 0 still is."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    rows = _rows(table)
+    with_z = tmp_path / "tiles" / "z.csv"
+    with open(with_z, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "x", "y", "z"])
+        writer.writerows([r["path"], r["x"], r["y"], 0] for r in rows)
+    plain, zeroed = tmp_path / "plain.tif", tmp_path / "zeroed.tif"
+    assert _run("fuse", str(table), "-o", str(plain), "-q")[0] == 0
+    code, text = _run("fuse", str(with_z), "-o", str(zeroed), "-q")
+    assert code == 0, text
+    np.testing.assert_array_equal(tifffile.imread(zeroed), tifffile.imread(plain))
+    with open(with_z, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "x", "y", "z"])
+        writer.writerows([r["path"], r["x"], r["y"], k] for k, r in enumerate(rows))
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(with_z), "-o", str(tmp_path / "z3.tif"), "-q")
+    assert info.value.code == 2 and "fewer axes than the 3D table" in capsys.readouterr().err
+
+
 def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):
     rng = np.random.default_rng(0)
     rows = []

@@ -344,6 +344,13 @@ def test_a_tile_named_with_a_hash_is_a_tile_not_a_comment(tmp_path):
     assert table.refs == [str(tmp_path / "#001.tif")]
 
 
+def test_a_comment_line_below_the_header_is_skipped(tmp_path):
+    """'# first row' below the header was read as a tile whose position is not numeric."""
+    text = "path,x,y\n# first row\na.tif,0,0\n#  ,\n#002.tif,10,0\n"
+    table = read_tile_table(_write(tmp_path / "t.csv", text))
+    assert [r.rsplit("/", 1)[-1] for r in table.refs] == ["a.tif", "#002.tif"]
+
+
 def test_a_table_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
     from scopefx.errors import ResourceLimitError
     from scopefx.io import _texttable

@@ -409,8 +409,8 @@ def estimate_flatfield(
     if n < MIN_TILES:
         raise ConfigError(
             f"estimate_flatfield needs at least {MIN_TILES} tiles to separate tile content "
-            f"from vignetting, got {n}; pass more tiles or image a blank field and use "
-            "flatfield_from_images"
+            f"from vignetting, got {n}; pass more tiles, or image a blank field and correct with "
+            "it (flatfield_from_images; on the command line --flatfield BLANK.tif[,DARK.tif])"
         )
     if isinstance(max_tiles, bool) or not isinstance(max_tiles, int) or max_tiles < MIN_TILES:
         raise ConfigError(f"max_tiles must be an integer >= {MIN_TILES}, got {max_tiles!r}")

@@ -6,6 +6,7 @@ number of chunks and a task's memory is bounded by the chunk plus the tiles that
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -56,6 +57,23 @@ def _probe(table: TileTable, workers: int) -> tuple[list[Any], list[str]]:
         metas = list(pool.map(one, table.refs))
     missing = [r for r, m in zip(table.refs, metas, strict=True) if m is None]
     return metas, missing
+
+
+def _flat_z(table: TileTable, metas: list[Any]) -> TileTable:
+    """A 3D table of 2D grey tiles all at z 0 (the ``z`` column of zeros that several exporters
+    write for 2D tiles) as the 2D table it is; any other table as it is."""
+    if table.ndim != 3:
+        return table
+    present = [m for m in metas if m is not None]
+    if not present or any(len(m.shape) != 2 for m in present):
+        return table
+    affines = [np.asarray(t.affine, dtype=float) for t in table]
+    if any(a[0, 3] != 0 or a[0, 0] != 1 or a[0, 1:3].any() or a[1:3, 0].any() for a in affines):
+        return table  # placed off z 0, or turned about x or y: a real 3D table
+    log.info("tile table %s: z is 0 for every 2D tile; read as a 2D table", table.source or "")
+    pairs = zip(table, affines, strict=True)
+    tiles = tuple(dataclasses.replace(t, affine=a[1:, 1:]) for t, a in pairs)
+    return table.replace(tiles=tiles, ndim=2)
 
 
 def tile_layout(table: TileTable, metas: list[Any]) -> tuple[np.ndarray, tuple[int, ...], str]:
@@ -262,6 +280,7 @@ def load_tiles(
     if pixel_size_um is not None and table.pixel_size_um is None:
         table = table.replace(pixel_size_um=pixel_size_um)
     metas, missing = _probe(table, workers)
+    table = _flat_z(table, metas)
     if missing and not skip_missing:
         listed = "\n  ".join(missing[:20]) + ("\n  ..." if len(missing) > 20 else "")
         raise ImageNotFoundError(

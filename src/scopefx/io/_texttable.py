@@ -41,9 +41,10 @@ class TextTable:
 def parse_text_table(text: str) -> TextTable:
     """Parse CSV ``text`` whose separator is the header's first of ``,``, ``;`` and tab.
 
-    Blank lines, and comment lines above the header (``# exported by ...``), are skipped (below
-    it a ``#`` starts a value: a tile may be named ``#001.tif``); an empty ``text`` gives a table
-    with no columns.
+    Blank lines, and comment lines above the header (``# exported by ...``), are skipped. Below
+    it a ``#`` starts a value (a tile may be named ``#001.tif``), unless the line holds nothing
+    else: ``# first row`` (no other field filled) is a comment there too; an empty ``text``
+    gives a table with no columns.
     """
     header = next((ln for ln in text.splitlines() if ln.strip() and not _comment(ln)), "")
     delimiter = next((d for d in _DELIMITERS if d in header), ",")
@@ -54,7 +55,10 @@ def parse_text_table(text: str) -> TextTable:
     if not records:
         return TextTable([], [], delimiter)
     columns = [c.strip().lower() for c in records[0][1]]
-    return TextTable(columns, records[1:], delimiter)
+    rows = [
+        (n, r) for n, r in records[1:] if not (_comment(r[0]) and not any(v.strip() for v in r[1:]))
+    ]
+    return TextTable(columns, rows, delimiter)
 
 
 def read_table_text(path: str | os.PathLike[str]) -> str:
