@@ -164,6 +164,23 @@ def test_channel_names_reach_the_ome_zarr(tmp_path, ngff):
     Image.from_zarr(zarr.open_group(out, mode="r"))  # still valid NGFF
 
 
+def test_a_table_of_tiles_inside_an_instrument_file_keeps_its_channel_names(tmp_path):
+    """The registered table that --qc writes names 'scan.ome.tif::tile/N': fused again, the
+    channel names were lost (only a table read from the file itself carried them)."""
+    import zarr
+
+    from scopefx.fusion import fuse
+
+    path = tmp_path / "scan.ome.tif"
+    _write_ome(path, [(0.0, 0.0), (20.0, 0.0)], channels=("DAPI", "GFP"))
+    table = tmp_path / "again.csv"
+    read_tile_table(path).to_csv(table)
+    out = tmp_path / "m.ome.zarr"
+    fuse(table, out)
+    labels = [c["label"] for c in zarr.open_group(out, mode="r").attrs["omero"]["channels"]]
+    assert labels == ["DAPI", "GFP"]
+
+
 def test_an_rgb_ome_tiff_fuses_in_colour_with_red_green_blue_named(tmp_path):
     """An RGB OME-TIFF (a slide scanner's: one Channel of 3 samples per image) fused, but its
     one channel name did not fit the 3 channels: a warning, and the OME-Zarr had no names or

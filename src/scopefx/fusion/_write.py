@@ -91,7 +91,7 @@ def prepare(
         plan, out, resume=options.resume, overwrite=options.overwrite, ngff=options.ngff,
         pyramid=options.pyramid, flatfield=flatfield, read=read, device=device, missing=missing,
         extra=extra, started=started, preview=options.preview,
-        channel_names=_names(table, extra), channel_colors=_rgb_colors(extra),
+        channel_names=_names(table, extra, metas), channel_colors=_rgb_colors(extra),
     )  # fmt: skip
 
 
@@ -102,10 +102,14 @@ _COLOUR_NOTE = {
 }
 
 
-def _names(table: TileTable, extra: dict[str, Any]) -> Any:
+def _names(table: TileTable, extra: dict[str, Any], metas: Sequence[Any] = ()) -> Any:
     """The channel names the instrument file gives, unless the tiles are RGB(A) and it does
-    not give one per sample (an RGB OME-TIFF has one Channel of 3 samples): red, green, blue."""
+    not give one per sample (an RGB OME-TIFF has one Channel of 3 samples): red, green, blue.
+    A table that names tiles inside an instrument file (``scan.czi::tile/3``: the
+    ``*.registered.csv`` that ``--qc`` writes) takes them from its first tile's header."""
     names = table.extra.get("channel_names")
+    if not names and metas and metas[0] is not None:
+        names = (getattr(metas[0], "raw", None) or {}).get("channel_names") or None
     if _is_rgb(extra) and (not names or len(names) != len(RGB_CHANNELS)):
         return tuple(n for n, _ in RGB_CHANNELS)
     return names
