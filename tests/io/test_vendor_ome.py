@@ -19,6 +19,12 @@ SHAPE = (32, 48)
 ROW_UM = [(100.0, 50.0), (120.0, 50.0), (140.0, 50.0)]
 
 
+def _write_row(path, pixels: str) -> None:
+    """A row of three images at ROW_UM whose ``Pixels`` carry the attributes ``pixels``."""
+    images = [ome_image(k, SHAPE, positions_um=[p], pixels=pixels) for k, p in enumerate(ROW_UM)]
+    write_ome_xml(path, _pages(3), images)
+
+
 def _pages(n: int, shape=SHAPE) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 4000, shape, dtype=np.uint16) for _ in range(n)]
@@ -36,8 +42,7 @@ def test_non_square_pixels_are_refused(tmp_path):
     carried the x size on both axes (0.5 x 0.6 um tiles: rows 20 % too far apart)."""
     path = tmp_path / "aniso.ome.tif"
     pixels = 'PhysicalSizeX="0.5" PhysicalSizeY="0.6"'
-    images = [ome_image(k, SHAPE, positions_um=[p], pixels=pixels) for k, p in enumerate(ROW_UM)]
-    write_ome_xml(path, _pages(3), images)
+    _write_row(path, pixels)
     with pytest.raises(
         UnsupportedFormatError,
         match=r"aniso\.ome\.tif': OME image 0 has non-square pixels, PhysicalSizeX 0\.5 µm by "
@@ -49,8 +54,7 @@ def test_non_square_pixels_are_refused(tmp_path):
 def test_pixels_square_within_one_percent_are_read(tmp_path):
     path = tmp_path / "square.ome.tif"
     pixels = 'PhysicalSizeX="0.5" PhysicalSizeY="0.503"'
-    images = [ome_image(k, SHAPE, positions_um=[p], pixels=pixels) for k, p in enumerate(ROW_UM)]
-    write_ome_xml(path, _pages(3), images)
+    _write_row(path, pixels)
     table = read_tile_table(path)
     assert table.pixel_size_um == 0.5
     np.testing.assert_allclose([t.offset for t in table], [(0, 0), (0, 40), (0, 80)])
@@ -206,8 +210,7 @@ def test_pixel_sizes_in_any_length_unit_read_alike(tmp_path, unit, size):
     path = tmp_path / "em.ome.tif"
     pixels = (f'PhysicalSizeX="{size}" PhysicalSizeY="{size}" PhysicalSizeXUnit="{unit}" '
               f'PhysicalSizeYUnit="{unit}"')  # fmt: skip
-    images = [ome_image(k, SHAPE, positions_um=[p], pixels=pixels) for k, p in enumerate(ROW_UM)]
-    write_ome_xml(path, _pages(3), images)
+    _write_row(path, pixels)
     table = read_tile_table(path)
     assert table.pixel_size_um == pytest.approx(0.5)
     assert read_metadata(path).pixel_size_um == pytest.approx(0.5)  # the plain TIFF reader
@@ -234,8 +237,7 @@ def test_a_position_unit_that_is_no_length_is_named(tmp_path):
 def test_a_pixel_size_unit_that_is_no_length_is_named_unless_a_size_is_given(tmp_path):
     path = tmp_path / "px.ome.tif"
     pixels = 'PhysicalSizeX="1" PhysicalSizeY="1" PhysicalSizeXUnit="pixel"'
-    images = [ome_image(k, SHAPE, positions_um=[p], pixels=pixels) for k, p in enumerate(ROW_UM)]
-    write_ome_xml(path, _pages(3), images)
+    _write_row(path, pixels)
     with pytest.raises(UnsupportedFormatError,
                        match=r"records PhysicalSizeXUnit='pixel', .*--pixel-size"):  # fmt: skip
         read_tile_table(path)
