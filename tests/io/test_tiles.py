@@ -344,6 +344,18 @@ def test_a_tile_named_with_a_hash_is_a_tile_not_a_comment(tmp_path):
     assert table.refs == [str(tmp_path / "#001.tif")]
 
 
+def test_windows_absolute_paths_are_read_by_name_beside_the_table(tmp_path, caplog):
+    """'C:\\Users\\me\\scan\\a.tif' was joined to the table's folder as a relative path
+    ('.../C:/Users/me/scan/a.tif'); the tiles copied with the table are found by name."""
+    text = (
+        "path,x,y\nC:\\Users\\me\\scan\\a.tif,0,0\n\\\\server\\share\\b.tif,10,0\nD:/x/c.tif,20,0\n"
+    )
+    with caplog.at_level("WARNING", logger="scopefx.io._tiles"):
+        table = read_tile_table(_write(tmp_path / "t.csv", text))
+    assert table.refs == [str(tmp_path / n) for n in ("a.tif", "b.tif", "c.tif")]
+    assert sum("Windows paths" in r.message for r in caplog.records) == 1
+
+
 def test_a_comment_line_below_the_header_is_skipped(tmp_path):
     """'# first row' below the header was read as a tile whose position is not numeric."""
     text = "path,x,y\n# first row\na.tif,0,0\n#  ,\n#002.tif,10,0\n"

@@ -265,3 +265,17 @@ def test_images_at_one_position_are_warned_about(tmp_path, caplog):
     )
     assert problem in caplog.text
     assert any(p.startswith(problem) for p in result.extra["layout_problems"])
+
+
+def test_an_ome_bigtiff_named_btf_is_an_instrument_file(tmp_path):
+    """bfconvert and QuPath name OME-BigTIFF '.ome.btf': it was no table, and the message
+    listed only .csv/.tsv/.txt."""
+    path = tmp_path / "scan.ome.btf"
+    _write_row(path, 'PhysicalSizeX="0.5" PhysicalSizeY="0.5"')
+    table = read_tile_table(path)
+    np.testing.assert_allclose([t.offset for t in table], [(0, 0), (0, 40), (0, 80)])
+    assert read_image(table.refs[1]).shape == SHAPE
+    other = tmp_path / "scan.xml"
+    other.write_text("<x/>")
+    with pytest.raises(UnsupportedFormatError, match=r"\.ome\.btf, \.czi"):
+        read_tile_table(other)

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 _KIND_BY_SUFFIX = {
     ".tif": "tiff",
     ".tiff": "tiff",
+    ".btf": "tiff",  # BigTIFF, as bfconvert and QuPath name it (also .tf2, .tf8)
+    ".tf2": "tiff",
+    ".tf8": "tiff",
     ".png": "pillow",
     ".jpg": "pillow",
     ".jpeg": "pillow",

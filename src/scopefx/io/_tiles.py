@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -248,8 +249,25 @@ def _relative_ref(ref: str, base: Path) -> str:
     return f"{rel.as_posix()}{sep}{array}"
 
 
+#: An absolute Windows path: a drive (``C:\\``, ``C:/``) or a share (``\\\\server``).
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+
+
+@functools.lru_cache(maxsize=1)
+def _windows_note(base: str) -> None:
+    """Say once per table folder that its Windows paths are read by name."""
+    logger.warning("tiles named by Windows paths (C:\\...) are read by their file names from "
+                   "the table's folder %s", base)  # fmt: skip
+
+
 def _resolve(name: str, base: Path) -> str:
     store, sep, array = name.strip().partition(ZARR_SEP)
+    if os.sep == "/" and _WINDOWS_ABSOLUTE.match(store):
+        # a table written on Windows with absolute paths ('C:\\scan\\a.tif'), read here: the
+        # tiles are looked for by name beside the table, where they were copied with it
+        tail = re.split(r"[\\/]", store)[-1]
+        _windows_note(str(base))
+        store = tail
     if "\\" in store and "/" not in store:  # a table written on Windows: 'tiles\a.tif'
         store = store.replace("\\", "/")
     p = Path(store)
@@ -475,9 +493,9 @@ def read_tile_table(
     ----------
     path : str or path-like
         ``*.csv`` (see the module docs for the columns), ``*.txt`` (TileConfiguration), or an
-        instrument file that records stage positions: ``*.ome.tif[f]``, ``*.czi``, ``*.nd2``,
-        ``*.lif`` (:func:`scopefx.io._vendor.vendor_positions`; CZI/ND2/LIF need
-        ``scopefx[vendor]``).
+        instrument file that records stage positions: ``*.ome.tif[f]`` (or BigTIFF
+        ``*.ome.btf``), ``*.czi``, ``*.nd2``, ``*.lif``
+        (:func:`scopefx.io._vendor.vendor_positions`; CZI/ND2/LIF need ``scopefx[vendor]``).
     pixel_size_um : float, optional
         Pixel size, needed for ``x_um,y_um`` positions; stored for the output's metadata.
     rotation_deg : float
@@ -536,8 +554,9 @@ def read_tile_table(
         ) from None
     if suffix not in (".csv", ".tsv", ".txt"):
         raise UnsupportedFormatError(
-            f"tile table {os.fspath(path)!r}: expected a .csv table (or .tsv) or a Fiji "
-            "TileConfiguration .txt"
+            f"tile table {os.fspath(path)!r}: expected a .csv table (or .tsv), a Fiji "
+            "TileConfiguration .txt, or an instrument file that records stage positions "
+            "(.ome.tif, .ome.tiff, .ome.btf, .czi, .nd2, .lif)"
         )
     return TileTable(tuple(tiles), ndim=ndim, pixel_size_um=px, source=os.fspath(path))
 

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 #: Suffixes of files read here (``.ome.tif``/``.ome.tiff`` by their full ending).
 VENDOR_SUFFIXES = (".czi", ".nd2", ".lif")
-_OME_ENDINGS = (".ome.tif", ".ome.tiff")
+_OME_ENDINGS = (".ome.tif", ".ome.tiff", ".ome.btf", ".ome.tf2", ".ome.tf8")
 #: The bioio plugin that reads each suffix.
 _PLUGINS = {".czi": "bioio_czi", ".nd2": "bioio_nd2", ".lif": "bioio_lif"}
 _LOCKS: dict[str, threading.Lock] = {}
@@ -63,7 +63,8 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def is_vendor_file(path: str | os.PathLike[str]) -> bool:
-    """True for a ``.czi``/``.nd2``/``.lif`` file or an OME-TIFF (``.ome.tif[f]``)."""
+    """True for a ``.czi``/``.nd2``/``.lif`` file or an OME-TIFF (``.ome.tif[f]``; BigTIFF
+    ``.ome.btf``/``.tf2``/``.tf8``)."""
     name = Path(path).name.lower()
     return name.endswith(VENDOR_SUFFIXES) or name.endswith(_OME_ENDINGS)
 
@@ -229,7 +230,7 @@ def vendor_positions(
     Parameters
     ----------
     path : str or path-like
-        ``*.ome.tif[f]``, ``*.czi``, ``*.nd2`` or ``*.lif``.
+        ``*.ome.tif[f]`` (``.ome.btf``), ``*.czi``, ``*.nd2`` or ``*.lif``.
     pixel_size_um : float, optional
         Overrides the recorded pixel size (needed when the file records none).
 
