@@ -192,7 +192,7 @@ def test_the_summary_names_the_page_of_a_stack(tmp_path: Path) -> None:
     """The summary listed a flagged or failed page as the stack file alone, twice for two."""
     pages = [_section(i, blur=6.0 if i == 6 else 0.0).astype(np.float32) for i in range(7)]
     pages.append(pages[0].copy())
-    pages[-1][5, 5] = np.nan
+    pages[-1][5, 5] = np.inf
     tifffile.imwrite(tmp_path / "stack.tif", np.stack(pages))
     code, text = _run("focus", tmp_path / "stack.tif")
     assert code == 0, text

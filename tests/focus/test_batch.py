@@ -28,7 +28,7 @@ def run_folder(tmp_path):
     data = good[0].read_bytes()
     bad["corrupt"].write_bytes(data[: len(data) // 3])
     nan = np.zeros((64, 64), np.float32)
-    nan[3, 4] = np.nan
+    nan[3, 4] = np.inf  # an overflow (NaN alone is no data: scored around)
     np.save(bad["invalid_values"], nan)
     np.save(bad["too_small"], np.zeros((4, 64), np.uint8))
     np.save(bad["ndim"], np.zeros((2, 2, 32, 32), np.uint8))

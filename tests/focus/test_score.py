@@ -174,6 +174,26 @@ def test_every_integer_type_and_offset_scores_like_the_8_bit_image():
         assert scaled.features == pytest.approx(plain.features, rel=0.01)
 
 
+def test_nan_pixels_are_no_data_and_infinity_is_refused():
+    """A registered or deconvolved float frame fills what it does not cover with NaN: the
+    whole image was refused ('holds NaN'). NaN pixels are scored around, like the transparent
+    pixels of an RGBA image; infinity (an overflow) and an image of nothing but NaN still are
+    refused."""
+    image = _acquired("brick", 1, size=256).astype(np.float32)
+    bare = scopefx.focus_score(image)
+    padded = np.full((356, 380), np.nan, np.float32)
+    padded[50:306, 70:326] = image
+    padded[60, 100] = np.nan  # a hole inside: filled, no feature counted on it
+    scored = scopefx.focus_score(padded)
+    assert scored.features == pytest.approx(bare.features, rel=0.01)
+    assert scored.density_per_mpx == pytest.approx(bare.density_per_mpx, rel=0.01)
+    assert scored.opaque_px == 256 * 256 - 1
+    for bad in (np.where(np.isnan(padded), np.inf, padded), np.full((64, 64), np.nan)):
+        with pytest.raises(InvalidImageError) as info:
+            scopefx.focus_score(bad)
+        assert info.value.status == "invalid_values"
+
+
 @pytest.mark.parametrize(
     ("image", "status", "match"),
     [

@@ -146,7 +146,8 @@ def normalize(
     Raises
     ------
     InvalidImageError
-        The image holds NaN or infinity (status ``"invalid_values"``).
+        The image holds infinity, or no number at all (status ``"invalid_values"``; NaN
+        pixels among numbers are masked before, by the caller).
     """
     xp = backend.xp
     fractions = (saturation_pct / 100.0, 1.0 - saturation_pct / 100.0)
@@ -158,7 +159,8 @@ def normalize(
     else:
         if not bool(xp.isfinite(image).all()):  # on the input, before a cast can overflow
             raise InvalidImageError(
-                "image holds NaN or infinite values; mask or replace them before scoring",
+                "image holds infinite values, or nothing but NaN; replace the infinities "
+                "before scoring (NaN pixels among numbers are no data: scored around)",
                 status="invalid_values",
             )
         if image.dtype.kind == "f" and image.dtype.itemsize > 4:

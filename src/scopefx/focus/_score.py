@@ -92,8 +92,9 @@ class FocusResult:
         Block size at which the noise was measured (1: single pixels, white noise).
     opaque_px : int or None
         Pixels of the scored image that hold data, when an RGBA image has transparent pixels
-        (alpha 0: the padding of a slide scanner's export); the density is per megapixel of
-        them, and focus-map cells with none are NaN. ``None``: every pixel.
+        (alpha 0: the padding of a slide scanner's export) or a float image NaN pixels (the
+        fill of a registered frame); the density is per megapixel of them, and focus-map
+        cells with none are NaN. ``None``: every pixel.
     """
 
     features: int
@@ -252,9 +253,10 @@ class _Prepared(NamedTuple):
 def _prepare(image: Any, params: FocusParams, backend: Backend) -> _Prepared:
     """Grey conversion, check, move to the device, downsample and normalise.
 
-    An RGBA image with transparent pixels (alpha 0) is scored on the box of its opaque pixels,
-    the transparent ones inside it filled from their nearest opaque pixel (so the edge of the
-    padding is no feature) and the mask returned, to leave out what lies on them.
+    An RGBA image with transparent pixels (alpha 0), or a float image with NaN pixels, is
+    scored on the box of the pixels that hold data, the others inside it filled from their
+    nearest data pixel (so the edge of the padding is no feature) and the mask returned, to
+    leave out what lies on them.
     """
     array = backend.asarray(image)
     alpha = _transparent(array, backend)
@@ -304,12 +306,23 @@ def _prepare(image: Any, params: FocusParams, backend: Backend) -> _Prepared:
 
 
 def _transparent(array: Any, backend: Backend) -> np.ndarray | None:
-    """Where an (H, W, 4) RGBA image is opaque (alpha > 0), as a NumPy mask; None when it
-    is not RGBA or has no transparent pixel."""
-    if array.ndim != 3 or array.shape[-1] != 4:
+    """Where an image holds data, as a NumPy mask: an (H, W, 4) RGBA image's opaque pixels
+    (alpha > 0); a floating-point image's pixels that are not NaN (the no-data fill of a
+    registered or deconvolved frame), when some are. None when every pixel holds data, and
+    for a float image with no number at all or with an infinity (refused when normalised:
+    infinity is an overflow, not missing data)."""
+    if array.ndim == 3 and array.shape[-1] == 4:
+        opaque = backend.to_numpy(array[..., 3] > 0)
+        return None if opaque.all() else opaque
+    if array.dtype.kind != "f":
         return None
-    opaque = backend.to_numpy(array[..., 3] > 0)
-    return None if opaque.all() else opaque
+    xp = backend.xp
+    missing = xp.isnan(array)
+    if missing.ndim == 3:  # colour: a pixel is data where every channel is
+        missing = missing.any(axis=-1)
+    if not bool(missing.any()) or bool(missing.all()) or bool(xp.isinf(array).any()):
+        return None
+    return backend.to_numpy(~missing)
 
 
 def focus_response(
@@ -360,9 +373,10 @@ def focus_score(
         ``store.zarr::array`` reference) of an image file to read. A CuPy array is scored on
         its GPU. A colour image is scored on its luma or on ``channel`` (see
         :class:`FocusParams`); ``FocusResult.colour`` records which. The transparent pixels
-        (alpha 0) of an RGBA image are no data: the box of its opaque pixels is scored, what
-        is transparent inside it filled from the nearest opaque pixel and no feature counted
-        there; the density is per megapixel of opaque pixels (``FocusResult.opaque_px``).
+        (alpha 0) of an RGBA image, and the NaN pixels of a float image, are no data: the
+        box of the pixels that hold data is scored, the others inside it filled from the
+        nearest data pixel and no feature counted there; the density is per megapixel of
+        data pixels (``FocusResult.opaque_px``). Infinity is refused (an overflow).
     params : FocusParams, optional
         Parameters; defaults to ``FocusParams()``.
     device : {None, "cpu", "gpu", "cuda:N"}, optional
