@@ -449,7 +449,9 @@ def test_grey_alpha_file_leaves_its_transparent_pixels_out(tmp_path):
     (record,) = list(score_files([marked]))
     assert record.features == plain.features and record.colour == "channel 0"
     other = scopefx.focus_score(unmarked)
-    assert other.opaque_px is None and other.features != plain.features
+    # scored as it is: the edge of its zero padding counts (the padding itself, flat, holds
+    # no noise and no data: it is left out of the area, not as transparent pixels)
+    assert other.features != plain.features and other.colour == "channel 0"
     # the same written planar, (2, H, W) as read: its alpha was ignored in score_files
     planar = tmp_path / "grey_alpha_planar.tif"
     tifffile.imwrite(planar, np.moveaxis(pixels, -1, 0), photometric="minisblack",

@@ -174,6 +174,19 @@ def test_every_integer_type_and_offset_scores_like_the_8_bit_image():
         assert scaled.features == pytest.approx(plain.features, rel=0.01)
 
 
+def test_flat_padding_holds_no_data_for_the_density():
+    """An aligned section's zero fill (flat, without noise) counted in the density's area, so
+    the same section scored lower the more padding it had."""
+    image = _acquired("brick", 0, size=256)
+    bare = scopefx.focus_score(image)
+    padded = np.zeros((456, 456), image.dtype)
+    padded[100:356, 100:356] = image
+    framed = scopefx.focus_score(padded)
+    assert framed.density_per_mpx == pytest.approx(bare.density_per_mpx, rel=0.05)
+    assert framed.opaque_px == pytest.approx(256 * 256, rel=0.15)  # to the 16 px blocks
+    assert bare.opaque_px is None  # no flat block: every pixel is data
+
+
 def test_nan_pixels_are_no_data_and_infinity_is_refused():
     """A registered or deconvolved float frame fills what it does not cover with NaN: the
     whole image was refused ('holds NaN'). NaN pixels are scored around, like the transparent

@@ -21,7 +21,14 @@ import numpy as np
 from .._backend import Backend
 from ._normalize import _IMMERKAER_NORM, MAD_TO_SIGMA, block_downsample
 
-__all__ = ["NoiseModel", "estimate_noise", "estimate_noise_model", "local_means"]
+__all__ = [
+    "NoiseModel",
+    "estimate_noise",
+    "estimate_noise_model",
+    "flat_cells",
+    "flat_pixels",
+    "local_means",
+]
 
 #: Intensity bins of the noise level function (equal counts) ...
 _INTENSITY_BINS = 16
@@ -176,7 +183,33 @@ def _flat_cells(residuals: Any, backend: Backend) -> Any:
         return None
     flat = xp.zeros(residuals.shape, dtype=bool)
     flat[: h * edge, : w * edge] = xp.repeat(xp.repeat(flat_blocks, edge, axis=0), edge, axis=1)
-    return flat
+    # out to the padding's edge, at most a block further: the zero cells next to the flat
+    # blocks (a block that the edge crosses holds noise, and data only on its far side)
+    grown = backend.ndimage.binary_dilation(flat, iterations=edge - 1, mask=residuals == 0)
+    return grown | flat
+
+
+def flat_cells(image: Any, backend: Backend, valid: Any = None) -> Any:
+    """:func:`_flat_cells` of ``image``'s residual grid: where it holds no noise (``None``:
+    nowhere), among the cells wholly on ``valid`` pixels (a NumPy mask of the image's shape;
+    the others are no data already). Pass it on to :func:`estimate_noise_model` (``flat=``)
+    and :func:`flat_pixels`."""
+    flat = _flat_cells(backend.xp.abs(_residuals(image)), backend)
+    if flat is None or valid is None:
+        return flat
+    flat = flat & _valid_grid(backend.asarray(valid), backend.xp)
+    return flat if bool(flat.any()) else None
+
+
+def flat_pixels(cells: Any, shape: tuple[int, int], backend: Backend) -> np.ndarray:
+    """The pixels of an image of ``shape`` that :func:`flat_cells` found flat, as a NumPy
+    mask (cell ``(i, j)`` is the neighbourhood centred on pixel ``(2i + 1, 2j + 1)``)."""
+    cells = backend.to_numpy(cells)
+    grown = np.repeat(np.repeat(cells, 2, axis=0), 2, axis=1)
+    out = np.zeros(shape, dtype=bool)
+    h, w = min(shape[0] - 1, grown.shape[0]), min(shape[1] - 1, grown.shape[1])
+    out[1 : 1 + h, 1 : 1 + w] = grown[:h, :w]
+    return out
 
 
 def _robust_sigma(residuals: Any, factor: int, backend: Backend, lsb: float = 0.0) -> float:
@@ -236,7 +269,13 @@ def estimate_noise(image: Any, backend: Backend, lsb: float = 0.0) -> float:
 
 
 def estimate_noise_model(
-    image: Any, lsb: float, *, kind: str, backend: Backend, valid: np.ndarray | None = None
+    image: Any,
+    lsb: float,
+    *,
+    kind: str,
+    backend: Backend,
+    valid: np.ndarray | None = None,
+    flat: Any = ...,
 ) -> tuple[NoiseModel, Any]:
     """The noise level function of a normalised image.
 
@@ -252,6 +291,9 @@ def estimate_noise_model(
         pixel, which copies values without their noise: measured, they would pull the noise
         level down (a ring-shaped field of view of pure noise scored 1,500 times the density
         of the same noise unmasked).
+    flat : array or None, optional
+        :func:`flat_cells` of ``image`` when the caller has it (``None``: it found none);
+        computed here by default.
 
     Returns
     -------
@@ -285,7 +327,8 @@ def estimate_noise_model(
     if valid is not None:
         mask = backend.asarray(valid)
         ok = _valid_grid(mask, xp)
-    flat = _flat_cells(residuals, backend)
+    if flat is ...:
+        flat = _flat_cells(residuals, backend)
     if flat is not None:
         ok = ~flat if ok is None else ok & ~flat
     if ok is not None and int(ok.sum()) < _MIN_VALID:

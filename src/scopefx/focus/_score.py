@@ -13,7 +13,7 @@ import numpy as np
 
 from .._backend import Backend, get_backend
 from ..errors import ConfigError, InvalidImageError
-from ._noise import NoiseModel, estimate_noise_model, local_means
+from ._noise import NoiseModel, estimate_noise_model, flat_cells, flat_pixels, local_means
 from ._normalize import (
     auto_threshold,
     band_gains,
@@ -92,9 +92,10 @@ class FocusResult:
         Block size at which the noise was measured (1: single pixels, white noise).
     opaque_px : int or None
         Pixels of the scored image that hold data, when an RGBA image has transparent pixels
-        (alpha 0: the padding of a slide scanner's export) or a float image NaN pixels (the
-        fill of a registered frame); the density is per megapixel of them, and focus-map
-        cells with none are NaN. ``None``: every pixel.
+        (alpha 0: the padding of a slide scanner's export), a float image NaN pixels (the
+        fill of a registered frame), or any image flat blocks without noise (an aligned
+        section's zero fill, see ``docs/focus.md``); the density is per megapixel of them,
+        and focus-map cells with none are NaN. ``None``: every pixel.
     """
 
     features: int
@@ -454,8 +455,11 @@ def focus_score(
         )
     sigmas = params.sigmas_px
     kind = "global" if params.threshold is not None else params.resolved_noise_model
+    flat = flat_cells(normalised, backend, valid=prep.opaque)
     model, means = estimate_noise_model(normalised, lsb, kind=kind, backend=backend,
-                                        valid=prep.opaque)  # fmt: skip
+                                        valid=prep.opaque, flat=flat)  # fmt: skip
+    if flat is not None:  # padding without noise holds no data: the density is per the rest
+        whole, opaque_px = _without_flat(prep, flat_pixels(flat, normalised.shape, backend))
     best, band = response_max(
         normalised, sigmas, polarity=params.resolved_polarity, mode=params.mode, backend=backend
     )
@@ -514,6 +518,26 @@ def focus_score(
         noise_scale_px=model.scale_px,
         opaque_px=opaque_px,
     )
+
+
+#: Less than this share of data pixels outside flat blocks: the flat blocks are not padding.
+_MIN_DATA_SHARE = 0.05
+
+
+def _without_flat(prep: _Prepared, flat: np.ndarray) -> tuple[np.ndarray | None, int | None]:
+    """The whole image's data mask (at the scored resolution) without the flat blocks of the
+    scored part (``flat``, its shape), and its pixel count; the mask as it was where too
+    little would be left."""
+    data = ~flat if prep.opaque is None else prep.opaque & ~flat
+    whole = np.zeros(prep.shape, bool)
+    y0, x0 = prep.origin
+    h, w = min(data.shape[0], prep.shape[0] - y0), min(data.shape[1], prep.shape[1] - x0)
+    whole[y0 : y0 + h, x0 : x0 + w] = data[:h, :w]
+    count = int(whole.sum())
+    if count < _MIN_DATA_SHARE * whole.size:
+        before = _whole_opaque(prep)
+        return before, None if before is None else int(before.sum())
+    return whole, count
 
 
 def _whole_opaque(prep: _Prepared) -> np.ndarray | None:
