@@ -23,6 +23,7 @@ from ._normalize import _IMMERKAER_NORM, MAD_TO_SIGMA, block_downsample
 
 __all__ = [
     "NoiseModel",
+    "abs_residuals",
     "estimate_noise",
     "estimate_noise_model",
     "flat_cells",
@@ -189,12 +190,20 @@ def _flat_cells(residuals: Any, backend: Backend) -> Any:
     return grown | flat
 
 
-def flat_cells(image: Any, backend: Backend, valid: Any = None) -> Any:
+def abs_residuals(image: Any, backend: Backend) -> Any:
+    """Absolute Immerkaer residuals of ``image`` on every second pixel (:func:`_residuals`),
+    computed once for :func:`flat_cells` and :func:`estimate_noise_model` (``residuals=``)."""
+    return backend.xp.abs(_residuals(image))
+
+
+def flat_cells(image: Any, backend: Backend, valid: Any = None, residuals: Any = None) -> Any:
     """:func:`_flat_cells` of ``image``'s residual grid: where it holds no noise (``None``:
     nowhere), among the cells wholly on ``valid`` pixels (a NumPy mask of the image's shape;
     the others are no data already). Pass it on to :func:`estimate_noise_model` (``flat=``)
     and :func:`flat_pixels`."""
-    flat = _flat_cells(backend.xp.abs(_residuals(image)), backend)
+    if residuals is None:
+        residuals = abs_residuals(image, backend)
+    flat = _flat_cells(residuals, backend)
     if flat is None or valid is None:
         return flat
     flat = flat & _valid_grid(backend.asarray(valid), backend.xp)
@@ -276,6 +285,7 @@ def estimate_noise_model(
     backend: Backend,
     valid: np.ndarray | None = None,
     flat: Any = ...,
+    residuals: Any = None,
 ) -> tuple[NoiseModel, Any]:
     """The noise level function of a normalised image.
 
@@ -294,6 +304,8 @@ def estimate_noise_model(
     flat : array or None, optional
         :func:`flat_cells` of ``image`` when the caller has it (``None``: it found none);
         computed here by default.
+    residuals : array, optional
+        :func:`abs_residuals` of ``image`` when the caller has them.
 
     Returns
     -------
@@ -321,7 +333,8 @@ def estimate_noise_model(
     """
     xp = backend.xp
     floor = lsb / math.sqrt(12.0)
-    residuals = xp.abs(_residuals(image))
+    if residuals is None:
+        residuals = abs_residuals(image, backend)
     ok: Any = None
     mask: Any = None
     if valid is not None:

@@ -13,7 +13,14 @@ import numpy as np
 
 from .._backend import Backend, get_backend
 from ..errors import ConfigError, InvalidImageError
-from ._noise import NoiseModel, estimate_noise_model, flat_cells, flat_pixels, local_means
+from ._noise import (
+    NoiseModel,
+    abs_residuals,
+    estimate_noise_model,
+    flat_cells,
+    flat_pixels,
+    local_means,
+)
 from ._normalize import (
     auto_threshold,
     band_gains,
@@ -455,9 +462,11 @@ def focus_score(
         )
     sigmas = params.sigmas_px
     kind = "global" if params.threshold is not None else params.resolved_noise_model
-    flat = flat_cells(normalised, backend, valid=prep.opaque)
+    residuals = abs_residuals(normalised, backend)  # once, for both
+    flat = flat_cells(normalised, backend, valid=prep.opaque, residuals=residuals)
     model, means = estimate_noise_model(normalised, lsb, kind=kind, backend=backend,
-                                        valid=prep.opaque, flat=flat)  # fmt: skip
+                                        valid=prep.opaque, flat=flat,
+                                        residuals=residuals)  # fmt: skip
     if flat is not None:  # padding without noise holds no data: the density is per the rest
         whole, opaque_px = _without_flat(prep, flat_pixels(flat, normalised.shape, backend))
     best, band = response_max(
