@@ -469,6 +469,7 @@ def focus_score(
                                         residuals=residuals)  # fmt: skip
     if flat is not None:  # padding without noise holds no data: the density is per the rest
         whole, opaque_px = _without_flat(prep, flat_pixels(flat, normalised.shape, backend))
+    del residuals, flat  # a quarter plane, not to be held through the scale space
     best, band = response_max(
         normalised, sigmas, polarity=params.resolved_polarity, mode=params.mode, backend=backend
     )
