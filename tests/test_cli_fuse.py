@@ -236,6 +236,22 @@ def test_a_z_column_of_zeros_for_2d_tiles_is_a_2d_table(tmp_path, capsys):
     assert info.value.code == 2 and "fewer axes than the 3D table" in capsys.readouterr().err
 
 
+def test_bad_workers_and_an_existing_preview_are_refused_before_fusing(tmp_path, capsys):
+    """--workers -1 ended in a traceback after the store was created; an existing --preview
+    was refused only after the whole mosaic was fused."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    out = tmp_path / "m.ome.zarr"
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(table), "-o", str(out), "--workers", "-1", "-q")
+    assert info.value.code == 2 and not out.exists()
+    (tmp_path / "notes.png").write_text("mine")
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(table), "-o", str(out), "--preview", str(tmp_path / "notes.png"), "-q")
+    assert info.value.code == 2 and not out.exists()
+    assert "--preview" in capsys.readouterr().err
+    assert (tmp_path / "notes.png").read_text() == "mine"
+
+
 def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):
     rng = np.random.default_rng(0)
     rows = []

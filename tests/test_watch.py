@@ -333,3 +333,24 @@ def test_cli_never_scores_its_own_outputs(tmp_path: Path, caplog) -> None:
     assert plot.stat().st_size > 0
     assert f"never scoring {acq / 'log.png'}: this command writes it" in caplog.text
     assert f"never scoring {plot}: this command writes it (--plot)" in caplog.text
+
+
+def test_a_file_removed_before_it_is_read_is_scored_when_written_again(tmp_path):
+    """An instrument that deletes a bad frame and writes it again under the same name: the
+    removed file went on the done list, and the frame written again was never scored."""
+    (tmp_path / "s0.tif").write_bytes(_section(0))
+    (tmp_path / "s1.tif").write_bytes(_section(1))
+    with FolderWatch(tmp_path, settle=0) as watch:
+        ready = watch.ready()
+        assert len(ready) == 2
+        os.remove(tmp_path / "s1.tif")  # gone between the scan and the read
+        statuses = sorted(s.record.status for s in watch.score(ready))
+        assert statuses == ["missing", "ok"] or statuses == ["ok"]
+        (tmp_path / "s1.tif").write_bytes(_section(1))
+        later = []
+        for _ in range(20):
+            later += [s for s in watch.poll() if s.record.ok]
+            if later:
+                break
+            time.sleep(0.05)
+        assert [Path(s.record.path).name for s in later] == ["s1.tif"]

@@ -298,8 +298,9 @@ class FolderWatch:
         if seen is None:
             return False
         if record.status == "missing" and not os.path.exists(path):
-            self._seen.pop(path, None)  # renamed or removed before it was read: forget it
-            self._done.add(path)
+            # renamed or removed before it was read: forget it (a file written again under
+            # that name is a new section, scored when it settles)
+            self._seen.pop(path, None)
             return True
         now = time.monotonic()
         seen.next_try = now + _RETRY_EVERY

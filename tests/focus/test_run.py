@@ -92,6 +92,20 @@ def test_seed_continues_the_baseline_without_judging_again():
     assert failed.verdict == "" and run.baseline.reference == 1000.0
 
 
+def test_warmup_sections_of_an_earlier_session_are_judged_once_the_baseline_exists():
+    """A watch stopped after 2 of 5 warm-up sections, then restarted on its CSV: the two were
+    seeded as 'warmup' and never judged (out of focus, never flagged)."""
+    run = FocusRun()
+    earlier = [FocusRecord(path=f"s{i}", features=1, density_per_mpx=200.0, verdict="warmup")
+               for i in range(2)]  # fmt: skip
+    run.seed(earlier)
+    later = [run.judge(FocusRecord(path=f"t{i}", features=1, density_per_mpx=1000.0))
+             for i in range(3)]  # fmt: skip
+    changed = run.settle()
+    assert [r.verdict for r in earlier] == ["out_of_focus"] * 2
+    assert changed[:2] == earlier and {r.verdict for r in later} == {"in_focus"}
+
+
 def test_settle_waits_for_the_baseline():
     run = FocusRun(baseline=RunBaseline(warmup=3))
     first = run.judge(FocusRecord(path="a", features=1, density_per_mpx=900.0))

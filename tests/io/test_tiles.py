@@ -144,6 +144,17 @@ def test_fuse_options_take_the_flips_as_booleans():
         FuseOptions(flip_x="yes")
 
 
+@pytest.mark.parametrize("theta", [90.0, 180.0, 270.0, -90.0])
+def test_right_angle_rotations_keep_whole_pixel_positions_whole(tmp_path, theta):
+    """cos(90 deg) is 6e-17: offsets came out 1e-13 off whole pixels, so tiles were resampled
+    and the mosaic gained a row of fill."""
+    text = "path,x,y\na.tif,0,0\nb.tif,454,0\nc.tif,0,454\n"
+    table = read_tile_table(_write(tmp_path / "t.csv", text), rotation_deg=theta)
+    offsets = np.array([t.offset for t in table])
+    assert np.array_equal(offsets, np.round(offsets))  # exactly whole
+    assert all(t.is_translation for t in table)
+
+
 @pytest.mark.parametrize("registered", [False, True])
 def test_fiji_tile_configuration_2d(tmp_path, registered):
     text = (

@@ -22,6 +22,7 @@ from ._common import (
     find,
     focus_params,
     make_client,
+    positive_int,
     record_line,
     run_from_args,
     runs_remotely,
@@ -58,7 +59,9 @@ def add_parsers(sub: Any) -> None:
     focus.add_argument("--json", metavar="OUT", help="write records (with focus maps) as JSON")
     focus.add_argument("--plot", metavar="OUT.png", help="plot features per section")
     focus.add_argument("--maps", metavar="OUT.png", help="plot focus maps, flagged sections first")
-    focus.add_argument("--workers", type=int, default=1, help="images scored at once (default: 1)")
+    focus.add_argument(
+        "--workers", type=positive_int, default=1, help="images scored at once (default: 1)"
+    )
     focus.add_argument(
         "-q", "--quiet", action="store_true", help="no per-image lines or progress bar"
     )
@@ -101,7 +104,9 @@ def add_parsers(sub: Any) -> None:
         "--unit", default="um", help="unit of the defocus values (default: %(default)s)"
     )
     cal.add_argument("--fit-center", action="store_true", help="fit the position of best focus")
-    cal.add_argument("--workers", type=int, default=1, help="images scored at once (default: 1)")
+    cal.add_argument(
+        "--workers", type=positive_int, default=1, help="images scored at once (default: 1)"
+    )
     add_focus_options(cal)
     cal.set_defaults(func=cmd_calibrate)
 

@@ -6,6 +6,7 @@ import argparse
 import collections
 import contextlib
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from ._common import (
     add_endpoint_options,
     describe_mosaic,
     make_client,
+    positive_int,
     runs_remotely,
 )
 
@@ -130,7 +132,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="allow outputs over the size limit")
     p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4", help="default: %(default)s")
     p.add_argument("--no-pyramid", action="store_true", help="write level 0 only")
-    p.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument(
+        "--workers", type=positive_int, default=None, help="threads (default: all cores)"
+    )
     p.add_argument("--json", metavar="OUT.json", help="write the result summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -254,6 +258,12 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
 
     params, options = _params(args), _options(args)  # usage errors before any data is read
     Outputs([("--json", args.json, "json"), ("--preview", args.preview, "file")]).make_folders()
+    if args.preview and os.path.lexists(args.preview) and not (args.overwrite or args.resume):
+        raise UsageError(  # now, not after hours of fusing (the preview is written last)
+            f"--preview {args.preview!r} exists; scopefx writes its side files only where "
+            "nothing is (--overwrite or --resume replaces a previous run's), or choose "
+            "another path"
+        )
     if args.qc:
         return _cmd_qc(args, options, out)
     if runs_remotely(args, "fusion"):

@@ -262,12 +262,17 @@ class FocusRun:
     def seed(self, records: Iterable[FocusRecord]) -> None:
         """Continue a run from records judged earlier (e.g. read back from its CSV): sections
         judged in focus (or still warming up) enter the baseline, and every scored one the
-        doubts about it; nothing is judged again."""
+        doubts about it; those still warming up are judged by :meth:`settle` once the baseline
+        exists (a watch stopped during its warm-up left them ``warmup`` for good); nothing
+        else is judged again."""
         for record in records:
             if not record.ok:
                 continue
             if record.verdict in (IN_FOCUS, WARMUP):
                 self.baseline.update(record.density_per_mpx)
+            if record.verdict == WARMUP:  # not judged yet: settle() judges it with the rest
+                self._warmup.append(record)
+                self._order_of[id(record)] = self._judged
             if len(self._first) < self.baseline.warmup:
                 self._first.append(record)
             self._note(record)

@@ -282,6 +282,9 @@ def _rotation_xy(
     """Homogeneous ``R^T F`` in (x, y[, z]) order: stage vectors into the camera frame, the
     stage's x and y negated first where ``flip`` says they run against the image's."""
     c, s = math.cos(math.radians(rotation_deg)), math.sin(math.radians(rotation_deg))
+    # exact at right angles: cos(90 deg) is 6e-17, and offsets of 1e-13 px sent whole-pixel
+    # tiles down the resampling path and added a row of fill (a 1420 px mosaic became 1421)
+    c, s = (float(round(v)) if abs(v - round(v)) < 1e-12 else v for v in (c, s))
     r = np.eye(ndim + 1)
     r[:2, :2] = np.array([[c, s], [-s, c]]) @ np.diag([-1.0 if f else 1.0 for f in flip])
     return r
