@@ -605,6 +605,39 @@ def test_resume_rewrites_a_chunk_without_a_marker(tmp_path):
     assert _tree(out) == _tree(clean)
 
 
+def test_a_resume_refuses_tiles_written_again_since_the_run_began(tmp_path):
+    """A tile exported again (same path, shape and position, new pixels) between a kill and
+    the resume was mixed into the finished chunks; now the resume is refused."""
+    from scopefx.io import read_tile_table
+
+    mosaic = make_mosaic(**SMALL, jitter_px=4)
+    table = write_mosaic(tmp_path / "tiles", mosaic)
+    out = tmp_path / "m.ome.zarr"
+    calls = []
+
+    def stop_after_three(status: int, total: int) -> None:
+        calls.append(status)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fuse(table, out, params=FusionParams(chunk_px=64), workers=1, on_chunk=stop_after_three)
+    tile = read_tile_table(table).refs[1]
+    pixels = tifffile.imread(tile)
+    tifffile.imwrite(tile, pixels[::-1].copy())  # the same shape, other pixels
+    with pytest.raises(ConfigError):
+        fuse(table, out, params=FusionParams(chunk_px=64), options=FuseOptions(resume=True))
+
+
+@pytest.mark.parametrize("fill", [70000.0, -1.0, 1.5, float("nan")])  # uint16 tiles
+def test_a_fill_the_dtype_cannot_hold_is_refused(tmp_path, fill):
+    """uint8 tiles with fill 300: the Zarr metadata said 44, the uncovered pixels held 255."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    with pytest.raises(ConfigError, match="fill"):
+        fuse(table, tmp_path / "m.ome.zarr", params=FusionParams(fill=fill))
+    assert not (tmp_path / "m.ome.zarr").exists()
+
+
 def test_plan_of_a_rotated_tile_covers_its_footprint():
     a = translation([10.0, 20.0]) @ np.array(
         [[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ScopefxError
 from ..io import (
     OmeZarrSpec,
     chunk_file,
@@ -38,6 +38,7 @@ from ..io import (
     fsync_file,
     open_binary,
     read_bytes,
+    split_ref,
 )
 from ._blend import Reader, TileCache, fuse_chunk
 from ._params import FusionParams
@@ -531,6 +532,22 @@ class FusionJob:
         return result
 
 
+def _tile_stamps(refs: Sequence[str]) -> str:
+    """A digest of each tile file's size and modification time (of the file, or the Zarr
+    store, a reference names): a resume refuses tiles written again since the run began (the
+    same paths, shapes and positions, new pixels, were mixed into the finished chunks)."""
+    h = hashlib.sha256()
+    for ref in refs:
+        try:
+            path = split_ref(ref)[0]
+            st = os.stat(path)
+        except (OSError, ValueError, ScopefxError):
+            h.update(b"-|")
+            continue
+        h.update(f"{st.st_size}:{st.st_mtime_ns}|".encode())
+    return h.hexdigest()[:16]
+
+
 def _channel_names(names: Sequence[str] | None, channel_shape: tuple[int, ...]) -> Any:
     """The channel names when they fit the tiles' channels (else dropped, with a log line)."""
     if not names:
@@ -592,7 +609,7 @@ def prepare_fusion(
         max_levels=10 if pyramid else 1,
     )
     fingerprint = hashlib.sha256(
-        f"{plan.fingerprint()}|{flatfield_digest(flatfield)}|{spec}".encode()
+        f"{plan.fingerprint()}|{flatfield_digest(flatfield)}|{spec}|{_tile_stamps(plan.refs)}".encode()
     ).hexdigest()[:32]
     progress = Progress(out, fingerprint)
     state = progress.begin(resume=resume, overwrite=overwrite, protect=plan.refs)

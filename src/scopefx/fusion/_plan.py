@@ -148,6 +148,20 @@ class FusionPlan:
         return h.hexdigest()[:32]
 
 
+def _check_fill(fill: float, dtype: str) -> None:
+    """Refuse a fill value the output's dtype cannot hold: it wrapped around in the Zarr
+    metadata (uint8: 300 became 44, -1 became 255) while the pixels were clipped (255, 0)."""
+    kind = np.dtype(dtype)
+    if kind.kind not in "iu":
+        return
+    info = np.iinfo(kind)
+    if not math.isfinite(fill) or not info.min <= fill <= info.max or fill != int(fill):
+        raise ConfigError(
+            f"fill {fill!r} is not a value of the tiles' dtype {kind.name} (whole numbers "
+            f"{info.min}..{info.max}); give one that is (--fill)"
+        )
+
+
 def _feather(boxes: np.ndarray, tile_shapes: np.ndarray) -> float:
     """Typical overlap width between neighbouring tiles: the median, over tiles, of the
     narrowest positive overlap with any other tile (sampled for big tables)."""
@@ -214,6 +228,7 @@ def make_plan(
         exceed the size limit (names the tiles that stretch it).
     """
     params = params or FusionParams()
+    _check_fill(params.fill, dtype)
     ndim = table.ndim
     shapes = np.asarray(tile_shapes, dtype=np.int64).reshape(len(table), -1)
     if shapes.shape[1] != ndim:
