@@ -582,20 +582,25 @@ def test_register_with_missing_tiles_skips_them(tmp_path):
     assert result.extra["registration"]["pairs_used"] > 0
 
 
-def test_resume_rewrites_a_chunk_without_a_marker(tmp_path):
-    """In-process: a chunk whose data was damaged after its marker was lost is rewritten."""
-    mosaic = make_mosaic(**SMALL, jitter_px=4)
-    table = write_mosaic(tmp_path / "tiles", mosaic)
+def _interrupted(tmp_path, *, chunks: int):
+    """A small mosaic's table and the output of a fusion stopped after ``chunks`` chunks."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL, jitter_px=4))
     out = tmp_path / "m.ome.zarr"
     calls = []
 
-    def stop_after_five(status: int, total: int) -> None:
+    def stop(status: int, total: int) -> None:
         calls.append(status)
-        if len(calls) == 5:
+        if len(calls) == chunks:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fuse(table, out, params=FusionParams(chunk_px=64), workers=1, on_chunk=stop_after_five)
+        fuse(table, out, params=FusionParams(chunk_px=64), workers=1, on_chunk=stop)
+    return table, out
+
+
+def test_resume_rewrites_a_chunk_without_a_marker(tmp_path):
+    """In-process: a chunk whose data was damaged after its marker was lost is rewritten."""
+    table, out = _interrupted(tmp_path, chunks=5)
     done = sorted(os.listdir(out / ".scopefx" / "done" / "0"))
     assert len(done) == 5
     result = fuse(table, out, params=FusionParams(chunk_px=64), options=FuseOptions(resume=True))
@@ -610,18 +615,7 @@ def test_a_resume_refuses_tiles_written_again_since_the_run_began(tmp_path):
     the resume was mixed into the finished chunks; now the resume is refused."""
     from scopefx.io import read_tile_table
 
-    mosaic = make_mosaic(**SMALL, jitter_px=4)
-    table = write_mosaic(tmp_path / "tiles", mosaic)
-    out = tmp_path / "m.ome.zarr"
-    calls = []
-
-    def stop_after_three(status: int, total: int) -> None:
-        calls.append(status)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fuse(table, out, params=FusionParams(chunk_px=64), workers=1, on_chunk=stop_after_three)
+    table, out = _interrupted(tmp_path, chunks=3)
     tile = read_tile_table(table).refs[1]
     pixels = tifffile.imread(tile)
     tifffile.imwrite(tile, pixels[::-1].copy())  # the same shape, other pixels
