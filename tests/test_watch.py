@@ -354,3 +354,22 @@ def test_a_file_removed_before_it_is_read_is_scored_when_written_again(tmp_path)
                 break
             time.sleep(0.05)
         assert [Path(s.record.path).name for s in later] == ["s1.tif"]
+
+
+def test_a_csv_scored_with_another_modality_is_refused(tmp_path):
+    """A restart without --modality fluorescence on a fluorescence run's CSV mixed densities of
+    two presets: new in-focus sections came out unverifiable, old ones were rewritten out of
+    focus. The CSV records each section's modality."""
+    from scopefx.focus import FocusParams
+
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    (folder / "s0.tif").write_bytes(_section(0))
+    table = tmp_path / "run.csv"
+    with FolderWatch(folder, params=FocusParams(modality="fluorescence"), csv=table,
+                     settle=0) as watch:  # fmt: skip
+        assert [s.record.ok for s in watch.poll()] == [True]
+    with pytest.raises(ConfigError, match=r"modality fluorescence.*not comparable"):
+        FolderWatch(folder, csv=table)
+    with FolderWatch(folder, params=FocusParams(modality="fluorescence"), csv=table) as again:
+        assert len(again.previous) == 1

@@ -180,11 +180,28 @@ class FolderWatch:
         self._started = time.time()
         if self._csv is not None:
             self._resume(self._csv.rows)
+            self._check_modality(csv)
         if not include_existing:
             for path in self._scan():
                 self._done.add(path)
 
     # -- restart --------------------------------------------------------------------------------
+
+    def _check_modality(self, csv: Any) -> None:
+        """Refuse to go on with a CSV whose sections were scored with another modality: their
+        densities and this session's are not comparable (a restart without --modality
+        fluorescence called new in-focus sections unverifiable and rewrote old ones out of
+        focus)."""
+        recorded = sorted({r.modality for r in self.previous if r.ok and r.modality})
+        current = (self.params or FocusParams()).modality
+        if recorded and current not in recorded:
+            self.close()
+            raise ConfigError(
+                f"{os.fspath(csv)}: its sections were scored with modality "
+                f"{', '.join(recorded)}, this watch scores with {current}: their densities are "
+                f"not comparable; go on with the same focus options (--modality "
+                f"{recorded[0]}) or start another --csv"
+            )
 
     def _resume(self, rows: list[dict[str, str]]) -> None:
         for row in rows:
