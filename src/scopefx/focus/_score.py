@@ -468,7 +468,8 @@ def focus_score(
                                         valid=prep.opaque, flat=flat,
                                         residuals=residuals)  # fmt: skip
     if flat is not None:  # padding without noise holds no data: the density is per the rest
-        whole, opaque_px = _without_flat(prep, flat_pixels(flat, normalised.shape, backend))
+        flat_px = flat_pixels(flat, normalised.shape, backend)
+        whole, opaque_px = _without_flat(prep, flat_px, whole)
     del residuals, flat  # a quarter plane, not to be held through the scale space
     best, band = response_max(
         normalised, sigmas, polarity=params.resolved_polarity, mode=params.mode, backend=backend
@@ -534,28 +535,31 @@ def focus_score(
 _MIN_DATA_SHARE = 0.05
 
 
-def _without_flat(prep: _Prepared, flat: np.ndarray) -> tuple[np.ndarray | None, int | None]:
+def _without_flat(
+    prep: _Prepared, flat: np.ndarray, whole: np.ndarray | None
+) -> tuple[np.ndarray | None, int | None]:
     """The whole image's data mask (at the scored resolution) without the flat blocks of the
-    scored part (``flat``, its shape), and its pixel count; the mask as it was where too
-    little would be left."""
-    data = ~flat if prep.opaque is None else prep.opaque & ~flat
-    whole = np.zeros(prep.shape, bool)
-    y0, x0 = prep.origin
-    h, w = min(data.shape[0], prep.shape[0] - y0), min(data.shape[1], prep.shape[1] - x0)
-    whole[y0 : y0 + h, x0 : x0 + w] = data[:h, :w]
-    count = int(whole.sum())
-    if count < _MIN_DATA_SHARE * whole.size:
-        before = _whole_opaque(prep)
-        return before, None if before is None else int(before.sum())
-    return whole, count
+    scored part (``flat``, its shape), and its pixel count; ``whole`` (the mask without them)
+    and its count where too little would be left."""
+    data = _placed(prep, ~flat if prep.opaque is None else prep.opaque & ~flat)
+    count = int(data.sum())
+    if count < _MIN_DATA_SHARE * data.size:
+        return whole, None if whole is None else int(whole.sum())
+    return data, count
 
 
 def _whole_opaque(prep: _Prepared) -> np.ndarray | None:
     """Where the whole image (at the scored resolution) holds data; None: everywhere."""
     if prep.part is None:
         return None
+    return _placed(prep, np.ones(prep.part, bool) if prep.opaque is None else prep.opaque)
+
+
+def _placed(prep: _Prepared, data: np.ndarray) -> np.ndarray:
+    """``data`` (a mask of the scored part) placed in the whole image at the scored
+    resolution; False outside it."""
     whole = np.zeros(prep.shape, bool)
     y0, x0 = prep.origin
-    h, w = min(prep.part[0], prep.shape[0] - y0), min(prep.part[1], prep.shape[1] - x0)
-    whole[y0 : y0 + h, x0 : x0 + w] = True if prep.opaque is None else prep.opaque[:h, :w]
+    h, w = min(data.shape[0], prep.shape[0] - y0), min(data.shape[1], prep.shape[1] - x0)
+    whole[y0 : y0 + h, x0 : x0 + w] = data[:h, :w]
     return whole

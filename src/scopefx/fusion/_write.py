@@ -109,7 +109,7 @@ def _names(table: TileTable, extra: dict[str, Any], metas: Sequence[Any] = ()) -
     ``*.registered.csv`` that ``--qc`` writes) takes them from its first tile's header."""
     names = table.extra.get("channel_names")
     if not names and metas and metas[0] is not None:
-        names = (getattr(metas[0], "raw", None) or {}).get("channel_names") or None
+        names = metas[0].raw.get("channel_names") or None
     if _is_rgb(extra) and (not names or len(names) != len(RGB_CHANNELS)):
         return tuple(n for n, _ in RGB_CHANNELS)
     return names
