@@ -252,6 +252,20 @@ def test_bad_workers_and_an_existing_preview_are_refused_before_fusing(tmp_path,
     assert (tmp_path / "notes.png").read_text() == "mine"
 
 
+def test_an_output_named_like_a_picture_is_refused_before_fusing(tmp_path, capsys):
+    """``-o mosaic.png`` fused the mosaic into an OME-Zarr folder called mosaic.png."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    for name in ("mosaic.png", "mosaic.JPG"):
+        with pytest.raises(SystemExit) as info:
+            _run("fuse", str(table), "-o", str(tmp_path / name), "-q")
+        assert info.value.code == 2 and not (tmp_path / name).exists()
+        err = capsys.readouterr().err
+        assert "--preview" in err and "OUT.ome.zarr" in err
+    code, text = _run("fuse", str(table), "-o", str(tmp_path / "mosaic"), "-q")
+    assert code == 0, text  # no suffix: a folder of that name, as before
+    assert (tmp_path / "mosaic" / "0").is_dir()
+
+
 def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):
     rng = np.random.default_rng(0)
     rows = []

@@ -501,8 +501,11 @@ def test_output_holding_something_else_needs_overwrite(tmp_path):
         fuse(table, out)
     resumed = fuse(table, out, options=FuseOptions(resume=True))
     assert resumed.chunks_written == 0  # nothing left to do
-    with pytest.raises(ConfigError, match="other tiles or parameters"):
+    with pytest.raises(ConfigError, match="other tiles or parameters") as info:
         fuse(table, out, params=FusionParams(blend="max"), options=FuseOptions(resume=True))
+    # the refusal names what differs (it gave two hashes only)
+    assert "blend ('linear', now 'max')" in str(info.value), info.value
+    assert "tile list" not in str(info.value) and "flat field" not in str(info.value)
     with pytest.raises(ConfigError, match="holds the tile"):
         fuse(table, tmp_path, options=FuseOptions(overwrite=True))  # would delete the tiles
 
@@ -619,8 +622,9 @@ def test_a_resume_refuses_tiles_written_again_since_the_run_began(tmp_path):
     tile = read_tile_table(table).refs[1]
     pixels = tifffile.imread(tile)
     tifffile.imwrite(tile, pixels[::-1].copy())  # the same shape, other pixels
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         fuse(table, out, params=FusionParams(chunk_px=64), options=FuseOptions(resume=True))
+    assert "different: the tiles' files (size or modification time)" in str(info.value)
 
 
 @pytest.mark.parametrize("fill", [70000.0, -1.0, 1.5, float("nan")])  # uint16 tiles

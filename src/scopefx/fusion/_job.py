@@ -390,11 +390,12 @@ class FusionJob:
         for key in ("channel_names", "channel_colors"):
             if spec_fields.get(key) is not None:
                 spec_fields[key] = tuple(spec_fields[key])
+        spec = OmeZarrSpec(**spec_fields)
         return cls(
             out=out,
             plan=plan,
-            spec=OmeZarrSpec(**spec_fields),
-            progress=Progress(out, meta["fingerprint"]),
+            spec=spec,
+            progress=Progress(out, meta["fingerprint"], _fingerprint_parts(plan, flatfield, spec)),
             state="resume",
             flatfield=flatfield,
             device=device if device is not None else meta["device"],
@@ -560,6 +561,37 @@ def _channel_names(names: Sequence[str] | None, channel_shape: tuple[int, ...]) 
     return tuple(str(n) for n in names)
 
 
+def _fingerprint_parts(plan: FusionPlan, flatfield: Any, spec: Any) -> dict[str, Any]:
+    """What the output's fingerprint is made of, by name, for a refused resume to say what
+    differs: digests of the tile list, of the tiles' files, of their positions and of the
+    output's format, the flat field's digest, and the blending parameters themselves (the
+    feather width the plan settled on follows from the positions and those)."""
+
+    def digest(*what: Any) -> str:
+        h = hashlib.sha256()
+        for w in what:
+            h.update(w.tobytes() if isinstance(w, np.ndarray) else repr(w).encode())
+        return h.hexdigest()[:16]
+
+    return {
+        "the tile list": digest(plan.refs),
+        "the tiles' files (size or modification time)": digest(_tile_stamps(plan.refs)),
+        "the tile positions (stage, transforms or registration)": digest(
+            np.ascontiguousarray(plan.affines, dtype=np.float64),
+            np.ascontiguousarray(plan.origin, dtype=np.float64),
+        ),
+        "the flat field": str(flatfield_digest(flatfield)),
+        "the output format (shape, chunks, dtype, pyramid, pixel size, channels)": digest(
+            spec,
+            plan.chunk,
+            plan.channel_shape,
+            plan.samples_last,
+            np.ascontiguousarray(plan.weights, dtype=np.float64),
+        ),
+        "blending": json.loads(json.dumps(plan.params.to_dict())),
+    }
+
+
 def prepare_fusion(
     plan: FusionPlan,
     out: str | os.PathLike[str],
@@ -611,7 +643,7 @@ def prepare_fusion(
     fingerprint = hashlib.sha256(
         f"{plan.fingerprint()}|{flatfield_digest(flatfield)}|{spec}|{_tile_stamps(plan.refs)}".encode()
     ).hexdigest()[:32]
-    progress = Progress(out, fingerprint)
+    progress = Progress(out, fingerprint, _fingerprint_parts(plan, flatfield, spec))
     state = progress.begin(resume=resume, overwrite=overwrite, protect=plan.refs)
     job = FusionJob(
         out=out, plan=plan, spec=spec, progress=progress, state=state, flatfield=flatfield,

@@ -51,12 +51,40 @@ def _read_json(path: Path) -> Any:
     return json.loads(read_bytes(path, limit=_META_LIMIT))
 
 
+def _differences(before: Any, now: dict[str, Any]) -> str:
+    """What differs between a store's recorded fingerprint parts and this job's, in words:
+    each differing part by name, a blending parameter with both values (empty when the store
+    recorded none: written by an older scopefx)."""
+    if not isinstance(before, dict) or not before:
+        return ""
+    out = []
+    for name, value in now.items():
+        old = before.get(name)
+        if old == value:
+            continue
+        if isinstance(value, dict) and isinstance(old, dict):
+            keys = sorted(k for k in set(value) | set(old) if old.get(k) != value.get(k))
+            out += [f"{k} ({_value(old.get(k))}, now {_value(value.get(k))})" for k in keys]
+        else:
+            out.append(name)
+    return ", ".join(out)
+
+
+def _value(v: Any) -> str:
+    return "the default" if v is None else repr(v)
+
+
 class Progress:
     """The completion record of one output (see the module docs)."""
 
-    def __init__(self, out: str | os.PathLike[str], fingerprint: str) -> None:
+    def __init__(
+        self, out: str | os.PathLike[str], fingerprint: str, parts: dict[str, Any] | None = None
+    ) -> None:
         self.out = Path(out)
         self.fingerprint = fingerprint
+        # what went into the fingerprint, by name (digests, and the blending parameters as
+        # they are): a refused resume names what differs
+        self.parts = dict(parts or {})
         self.dir = self.out / STATE_DIR
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -96,10 +124,13 @@ class Progress:
             return self._existing(resume)
         try:
             write_file(
-                self.dir, "plan.json",
-                json.dumps({"fingerprint": self.fingerprint, "kind": KIND}).encode(),
+                self.dir,
+                "plan.json",
+                json.dumps(
+                    {"fingerprint": self.fingerprint, "kind": KIND, "parts": self.parts}
+                ).encode(),
                 exclusive=True,
-            )  # fmt: skip
+            )
         except FileExistsError:  # another job claimed it between our look and our claim
             return self._existing(resume)
         os.close(open_dir(self.dir / "done", create=True))
@@ -109,10 +140,11 @@ class Progress:
         out = self.out
         plan_file = self.dir / "plan.json"
         finished = self._finished()
+        record: dict[str, Any] = {}
         if finished is not None:
-            started = finished.get("fingerprint")
+            record = finished
         elif plan_file.is_file():
-            started = _read_json(plan_file).get("fingerprint")
+            record = _read_json(plan_file)
         elif self.dir.is_dir():
             raise ConfigError(
                 f"output {out} is being started by another job; choose another output path, "
@@ -123,11 +155,15 @@ class Progress:
                 f"output {out} already holds something that scopefx did not write; "
                 "choose another path"
             )
+        started = record.get("fingerprint")
         if started != self.fingerprint:
+            differs = _differences(record.get("parts"), self.parts)
+            what = (f"different: {differs}" if differs
+                    else f"plan {started}, this job {self.fingerprint}")  # fmt: skip
             raise ConfigError(
                 f"output {out} was started by another job, with other tiles or parameters "
-                f"(plan {started}, this job {self.fingerprint}); choose another output path, "
-                "or pass --overwrite to start over once that job has ended"
+                f"({what}); choose another output path, or pass --overwrite to start over once "
+                "that job has ended"
             )
         if not resume:
             state = "complete" if self.is_complete() else "unfinished"
@@ -233,7 +269,8 @@ class Progress:
         with self.hold():
             self.check_owner()
             group = zarr.open_group(store=open_store(self.out, mode="r+", fsync=True), mode="r+")
-            group.attrs["scopefx"] = {"fingerprint": self.fingerprint, "kind": KIND, **summary}
+            group.attrs["scopefx"] = {"fingerprint": self.fingerprint, "kind": KIND,
+                                      "parts": self.parts, **summary}  # fmt: skip
         with contextlib.suppress(ConfigError), self.hold(exclusive=True):
             remove_partials(self.out)  # of a worker killed mid-write, whose chunk was redone
             remove_tree(self.dir)

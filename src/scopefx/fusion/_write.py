@@ -78,6 +78,7 @@ def prepare(
     started = time.perf_counter()
     options = FuseOptions.resolve(options)
     out = Path(out)
+    _check_output_kind(out)
     n_workers = workers or 4
     table, metas, missing, extra, flatfield = _read_and_register(
         tiles, out, options, flatfield, read, n_workers
@@ -93,6 +94,22 @@ def prepare(
         extra=extra, started=started, preview=options.preview,
         channel_names=_names(table, extra, metas), channel_colors=_rgb_colors(extra),
     )  # fmt: skip
+
+
+_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pdf", ".svg", ".eps",
+                     ".jp2", ".czi", ".nd2", ".lif", ".npy", ".npz", ".h5", ".hdf5", ".csv",
+                     ".json", ".txt")  # fmt: skip
+
+
+def _check_output_kind(out: Path) -> None:
+    """Refuse an output named like a file of another kind (``mosaic.png``), before any tile is
+    read: it would have become an OME-Zarr folder of that name."""
+    if out.suffix.lower() in _PICTURE_SUFFIXES:
+        raise ConfigError(
+            f"output {str(out)!r}: the mosaic is written as an OME-Zarr folder (OUT.ome.zarr) "
+            f"or as one TIFF (OUT.tif), not as a {out.suffix} file; for a small picture of "
+            "the mosaic add a preview (preview= / --preview OUT.png)"
+        )
 
 
 _COLOUR_NOTE = {
