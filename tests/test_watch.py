@@ -373,3 +373,104 @@ def test_a_csv_scored_with_another_modality_is_refused(tmp_path):
         FolderWatch(folder, csv=table)
     with FolderWatch(folder, params=FocusParams(modality="fluorescence"), csv=table) as again:
         assert len(again.previous) == 1
+
+
+def _stack(sections: range) -> np.ndarray:
+    import tifffile
+
+    return np.stack([tifffile.imread(io.BytesIO(_section(i))) for i in sections])
+
+
+def _poll_until(watch: FolderWatch, want: int, tries: int = 100) -> list:
+    """Records scored by ``watch`` (not warm-up sections judged again) until ``want`` came."""
+    got: list = []
+    for _ in range(tries):
+        got += [s for s in watch.poll() if not s.late]
+        if len(got) >= want:
+            break
+        time.sleep(0.05)
+    return got
+
+
+def test_a_stack_that_grows_after_it_was_scored_gets_its_new_pages(tmp_path):
+    """A stack written page by page with pauses longer than `settle` was scored on its first
+    pages and never again: the pages written later were never scored."""
+    import tifffile
+
+    stack = tmp_path / "acq" / "z.tif"
+    stack.parent.mkdir()
+    tifffile.imwrite(stack, _stack(range(2)), photometric="minisblack")
+    table = tmp_path / "run.csv"
+    with FolderWatch(stack.parent, csv=table, settle=0) as watch:
+        assert [s.record.page for s in watch.poll() if not s.late] == [0, 1]
+        assert watch.poll() == []  # unchanged: not scored again
+        tifffile.imwrite(stack, _stack(range(4)), photometric="minisblack")  # two more pages
+        assert [s.record.page for s in _poll_until(watch, 2)] == [2, 3]
+        assert watch.poll() == []
+    pages = [row["page"] for row in read_watch_csv(table)]
+    assert pages == ["0", "1", "2", "3"]
+
+
+def test_a_section_acquired_again_under_its_name_is_scored_again(tmp_path):
+    """An operator re-acquires a flagged section under the same file name: the new image was
+    never scored (the path was on the done list), so the re-acquisition could not be checked."""
+    import tifffile
+
+    from scopefx.samples import defocus
+
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    section = folder / "s0.tif"
+    sharp = tifffile.imread(io.BytesIO(_section(0)))
+    tifffile.imwrite(section, defocus(sharp, 5.0).astype(sharp.dtype))  # out of focus first
+    table = tmp_path / "run.csv"
+    with FolderWatch(folder, csv=table, settle=0) as watch:
+        first = watch.poll()
+        time.sleep(0.02)  # another modification time, even on coarse clocks
+        tifffile.imwrite(section, sharp)  # acquired again, in focus
+        again = _poll_until(watch, 1)
+    assert len(first) == 1 and len(again) == 1
+    assert again[0].record.features > 2 * first[0].record.features
+    rows = read_watch_csv(table)
+    assert [row["path"] for row in rows] == [str(section.absolute())] * 2
+    # restarted: both rows are history; the file, unchanged since, is not scored a third time
+    with FolderWatch(folder, csv=table, settle=0) as later:
+        assert len(later.previous) == 2 and later.poll() == []
+
+
+def test_a_restart_scores_the_pages_a_kill_left_out(tmp_path):
+    """A watch killed while it was writing a stack's rows had the file on its done list: on
+    restart the pages after the kill were never scored."""
+    import tifffile
+
+    stack = tmp_path / "acq" / "z.tif"
+    stack.parent.mkdir()
+    tifffile.imwrite(stack, _stack(range(4)), photometric="minisblack")
+    table = tmp_path / "run.csv"
+    with FolderWatch(stack.parent, csv=table, settle=0) as watch:
+        assert len(watch.poll()) == 4
+    lines = table.read_text().splitlines(keepends=True)
+    table.write_text("".join(lines[:3]))  # header and pages 0, 1: killed after page 1's row
+    with FolderWatch(stack.parent, csv=table, settle=0) as again:
+        assert [s.record.page for s in again.poll() if not s.late] == [2, 3]
+    assert [row["page"] for row in read_watch_csv(table)] == ["0", "1", "2", "3"]
+
+
+def test_new_only_scores_a_file_that_was_being_written_at_the_start(tmp_path):
+    """--new-only put a file half-written at the start on the done list: never scored."""
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    (folder / "old.tif").write_bytes(_section(0))
+    data = _section(1)
+    live = folder / "live.tif"
+    with live.open("wb") as handle:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        with FolderWatch(folder, settle=0.1, include_existing=False) as watch:
+            assert watch.poll() == []
+            handle.write(data[len(data) // 2 :])
+            handle.flush()
+            time.sleep(0.02)
+            got = _poll_until(watch, 1)
+    assert [Path(s.record.path).name for s in got] == ["live.tif"]
+    assert got[0].record.ok

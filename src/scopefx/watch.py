@@ -10,8 +10,14 @@ default or an endpoint), and each record comes back with its *latency*: seconds 
 file's last write to its verdict.
 
 With a CSV (``csv=``) the watch is restart-safe: every record is appended and flushed as it
-comes, and files already in the CSV are never scored again (a torn last line left by a kill is
+comes, and files already in the CSV are not scored again (a torn last line left by a kill is
 dropped). Verdicts continue across restarts: a run baseline is re-seeded from the CSV.
+
+A file that changes after it was scored (its size or modification time differ from those it
+was scored at, recorded in the CSV) is scored again once it settles: a stack that grew (pages
+appended by a slow writer, or a restart after a kill part-way through its records) gets
+records for its new pages only; any other change is a re-acquisition under the same name and
+gets new records for every page (the CSV keeps the old rows above them).
 
 Examples
 --------
@@ -23,6 +29,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -48,13 +55,16 @@ from .io import IMAGE_SUFFIXES
 
 __all__ = ["WATCH_COLUMNS", "FolderWatch", "Scored", "read_watch_csv"]
 
-#: Columns of the watch CSV: the focus CSV's, then when and how fast each verdict came.
-WATCH_COLUMNS = (*CSV_COLUMNS, "latency_seconds", "scored_at")
+#: Columns of the watch CSV: the focus CSV's, then when and how fast each verdict came, and the
+#: file's size and modification time when it was scored (a later change is scored again).
+WATCH_COLUMNS = (*CSV_COLUMNS, "latency_seconds", "scored_at", "file_size", "file_mtime_ns")
 
 #: Statuses that may mean "still being written": retried until ``grace`` has passed.
 _RETRY_STATUSES = frozenset({"corrupt", "empty", "missing"})
 #: Seconds between tries of a file that could not be read yet.
 _RETRY_EVERY = 0.5
+#: Seconds between looks at the files already scored (has one changed since?).
+_RECHECK_EVERY = 1.0
 #: File suffixes never followed (partial downloads, editors' and writers' temporaries).
 _TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")
 #: Suffixes the watch follows: image files (Zarr stores are directories written piecewise).
@@ -77,6 +87,17 @@ class Scored:
     @property
     def flagged(self) -> bool:
         return self.record.ok and self.record.verdict in FLAGGED
+
+
+@dataclass
+class _Done:
+    """A file already scored: its size and time then (None: not known, an older CSV's row)
+    and how many pages its records cover (0: a single image)."""
+
+    size: int | None
+    mtime_ns: int | None
+    pages: int = 0
+    checked: bool = False  # its page count compared with the file's (once per session)
 
 
 @dataclass
@@ -169,7 +190,9 @@ class FolderWatch:
         self._csv = (
             FocusCsvWriter(csv, columns=WATCH_COLUMNS, resume=True) if csv is not None else None
         )
-        self._done: set[str] = set()
+        self._done: dict[str, _Done] = {}
+        self._again: dict[str, int] = {}  # changed since scored: path -> pages recorded
+        self._rechecked = -math.inf  # monotonic time of the last look at the scored files
         self._seen: dict[str, _Seen] = {}
         self.previous: list[FocusRecord] = []
         """Records of earlier sessions read back from the CSV (in its order)."""
@@ -181,9 +204,11 @@ class FolderWatch:
         if self._csv is not None:
             self._resume(self._csv.rows)
             self._check_modality(csv)
-        if not include_existing:
+        if not include_existing:  # as they are now: one still being written changes, and is new
             for path in self._scan():
-                self._done.add(path)
+                with contextlib.suppress(OSError):
+                    st = os.stat(path)
+                    self._done.setdefault(path, _Done(st.st_size, st.st_mtime_ns))
 
     # -- restart --------------------------------------------------------------------------------
 
@@ -205,7 +230,12 @@ class FolderWatch:
 
     def _resume(self, rows: list[dict[str, str]]) -> None:
         for row in rows:
-            self._done.add(os.path.abspath(row["path"]))
+            path = os.path.abspath(row["path"])
+            done = self._done.setdefault(path, _Done(None, None))
+            with contextlib.suppress(KeyError, ValueError):  # an older CSV: no such columns
+                done.size, done.mtime_ns = int(row["file_size"]), int(row["file_mtime_ns"])
+            if row.get("page"):
+                done.pages = max(done.pages, int(row["page"]) + 1)
             record = FocusRecord.from_row(row)
             self.previous.append(record)
             self.run.seed([record])  # the run's baseline goes on
@@ -237,15 +267,44 @@ class FolderWatch:
                     continue
         return found
 
+    def _changed(self, path: str, done: _Done) -> bool:
+        """Whether a scored file changed since: another size or time than it was scored at,
+        or (a stack whose records may stop part-way: a kill) more pages than were recorded."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if done.size is not None and (done.size, done.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            return True
+        if done.pages and not done.checked:
+            from .io import read_metadata
+
+            done.checked = True
+            try:
+                pages = int(read_metadata(path).pages or 1)
+            except Exception:  # unreadable now: judged when it is scored
+                pages = done.pages
+            if pages > done.pages:
+                return True
+        done.size, done.mtime_ns = st.st_size, st.st_mtime_ns
+        return False
+
     def ready(self) -> list[str]:
         """New files that have stopped changing, oldest first (one scan of the folder)."""
         now = time.monotonic()
         wall = time.time()
         ready: list[tuple[int, str]] = []
         present = set()
+        recheck = now - self._rechecked >= _RECHECK_EVERY
+        if recheck:
+            self._rechecked = now
         for path in self._scan():
-            if path in self._done:
-                continue
+            done = self._done.get(path)
+            if done is not None:
+                if not recheck or not self._changed(path, done):
+                    continue
+                self._again[path] = done.pages  # scored again once it settles
+                del self._done[path]
             present.add(path)
             try:
                 st = os.stat(path)
@@ -291,21 +350,41 @@ class FolderWatch:
             refs = [self._ref(p) for p in batch]
             by_ref = dict(zip(refs, batch, strict=True))
             held: set[str] = set()
+            pending: list[FocusRecord] = []  # the current file's records (a stack's pages)
             for record in self.client.iter_focus(refs, params=self.params, run=self.run):
                 # failed records never enter the baseline, so a held file leaves no trace
                 path = by_ref.get(record.path, record.path)
                 if path in held:
                     continue
+                if pending and pending[0].path != path:  # the previous file is complete
+                    yield from self._file_done(pending[0].path, pending)
+                    pending = []
                 if self._hold(path, record):
                     held.add(path)
                     continue
                 record.path = path
-                yield self._finish(path, record)
-                yield from self._settle_warmup()
-            for path in batch:
-                if path not in held:
-                    self._done.add(path)
-                    self._seen.pop(path, None)
+                pending.append(record)
+            if pending:
+                yield from self._file_done(pending[0].path, pending)
+            for path in batch:  # none of its records came back: done all the same
+                if path not in held and path not in self._done:
+                    yield from self._file_done(path, [])
+
+    def _file_done(self, path: str, records: list[FocusRecord]) -> Iterator[Scored]:
+        """Report one file's records and remember it as scored (its size, time and pages). A
+        file scored before that has grown into more pages reports its new pages only."""
+        pages = max((r.page + 1 for r in records if r.page is not None), default=0)
+        before = self._again.pop(path, None)
+        if before and pages > before:  # a stack grown since (or a kill part-way through it)
+            records = [r for r in records if r.page is not None and r.page >= before]
+        for record in records:
+            yield self._finish(path, record)
+            yield from self._settle_warmup()
+        seen = self._seen.pop(path, None)
+        done = _Done(None, None, pages, checked=True)
+        if seen is not None:
+            done.size, done.mtime_ns = seen.size, seen.mtime_ns
+        self._done[path] = done
 
     def _hold(self, path: str, record: FocusRecord) -> bool:
         """Whether a failed record may be a file still being written (try it again later)."""
@@ -329,10 +408,13 @@ class FolderWatch:
         if record.ok and not math.isnan(scored.latency):
             self.latencies.append(scored.latency)
         if self._csv is not None:
+            seen = self._seen.get(path)
             self._csv.write(
                 record,
                 latency_seconds=None if math.isnan(scored.latency) else f"{scored.latency:.3f}",
                 scored_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                file_size=None if seen is None else seen.size,
+                file_mtime_ns=None if seen is None else seen.mtime_ns,
             )
         return scored
 

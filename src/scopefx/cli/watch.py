@@ -43,7 +43,8 @@ def add_parser(sub: Any) -> None:
         description="Follow DIR and its subfolders; score each new image once it is complete "
         "(size stable and readable), locally or on --endpoint; print a live table, append to "
         "--csv, flag out-of-focus sections at once (highlight, bell, --on-oof), and write a "
-        "summary plot on exit (Ctrl-C). Restart-safe: files already in the CSV are skipped. The "
+        "summary plot on exit (Ctrl-C). Restart-safe: files already in the CSV are skipped unless "
+        "they changed since (a stack's new pages, or a section acquired again, are scored). The "
         "files this command writes (--csv, the summary plot) may lie in DIR: they are never "
         "scored, but one that names an image already in DIR that scopefx did not write is "
         "refused.",
@@ -62,7 +63,9 @@ def add_parser(sub: Any) -> None:
         help="summary plot written on exit (default: the CSV's name with .png, else none)",
     )
     p.add_argument(
-        "--new-only", action="store_true", help="skip images already in DIR when it starts"
+        "--new-only",
+        action="store_true",
+        help="skip images already in DIR when it starts (one still being written is scored)",
     )
     p.add_argument("--interval", type=float, default=0.2, metavar="S", help="scan every S seconds")
     p.add_argument(

@@ -154,11 +154,12 @@ class FocusCsvWriter:
 
     def rewrite_verdicts(self, records: Iterable[FocusRecord]) -> None:
         """Write the verdicts of ``records`` (:data:`VERDICT_COLUMNS`) into their rows, matched
-        by path and page, atomically: the file is replaced by a complete new one, so a kill
+        by path and page (the last such row: a section scored again keeps its first verdicts
+        above), atomically: the file is replaced by a complete new one, so a kill
         leaves either the old rows or the new ones."""
         updates = {_key(r.path, r.page): r for r in records}
-        for row in self.rows:
-            record = updates.get((row["path"], row.get("page", "")))
+        for row in reversed(self.rows):  # a section acquired again: its latest row only
+            record = updates.pop((row["path"], row.get("page", "")), None)
             if record is not None:
                 row.update({k: _cell(getattr(record, k)) for k in VERDICT_COLUMNS})
         self._handle.close()
