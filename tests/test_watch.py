@@ -474,3 +474,60 @@ def test_new_only_scores_a_file_that_was_being_written_at_the_start(tmp_path):
             got = _poll_until(watch, 1)
     assert [Path(s.record.path).name for s in got] == ["live.tif"]
     assert got[0].record.ok
+
+
+def test_a_stop_or_max_files_ends_the_watch_within_the_backlog(tmp_path):
+    """Ctrl-C (the stop event) waited for a whole backlog to be scored, and --max-files N
+    scored every file of the scan that reached N: 12 files with --max-files 2 gave 12 rows."""
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    for i in range(12):  # (section CORRUPT is a truncated file: 12 in its place)
+        (folder / f"s{i:02d}.tif").write_bytes(_section(12 if i == CORRUPT else i))
+    table = tmp_path / "run.csv"
+    with FolderWatch(folder, csv=table, settle=0, batch_size=8) as watch:
+        assert len([s for s in watch.follow(max_files=2, idle_exit=5) if not s.late]) == 2
+    assert len(read_watch_csv(table)) == 2
+    stop = threading.Event()
+    with FolderWatch(folder, csv=table, settle=0, batch_size=8) as watch:
+        got = []
+        for scored in watch.follow(stop=stop, idle_exit=5):
+            got.append(scored)
+            stop.set()  # as the first Ctrl-C does
+    assert len(got) == 1
+    with FolderWatch(folder, csv=table, settle=0) as last:  # the rest are still to score
+        rest = [s for s in last.poll() if not s.late]
+    assert len(rest) == 9
+    assert sorted(row["path"] for row in read_watch_csv(table)) == sorted(
+        str((folder / f"s{i:02d}.tif").absolute()) for i in range(12)
+    )
+
+
+def test_an_on_oof_command_still_running_at_exit_is_stopped_with_its_children(tmp_path):
+    """--on-oof commands still running 10 s after the watch ended were killed, but only the
+    shell: what they had started (a `sleep`, a mail client) went on running."""
+    import io as _io
+
+    from scopefx.cli.watch import _Alarm
+    from scopefx.focus import FocusRecord
+
+    marker = tmp_path / "child.pid"
+    alarm = _Alarm(f"sleep 60 & echo $! > {marker}; : {{}}; wait", _io.StringIO())
+    alarm.fire(FocusRecord(path=str(tmp_path / "s.tif"), verdict="out_of_focus", features=3))
+    for _ in range(100):
+        if marker.exists() and marker.read_text().strip():
+            break
+        time.sleep(0.02)
+    child = int(marker.read_text())
+    alarm.reap(wait=0.2)
+    assert "killed" in alarm.out.getvalue()
+    for _ in range(100):  # the kill is asynchronous: the child is gone (or a zombie) soon
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().split()[2]
+        except FileNotFoundError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the --on-oof command's child outlived the kill")

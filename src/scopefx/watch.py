@@ -443,11 +443,18 @@ class FolderWatch:
         last_new = time.monotonic()
         files = 0
         while not stop.is_set():
-            for scored in self.score(self.ready()):
+            ready = self.ready()
+            if max_files is not None:  # not one file more than asked for
+                ready = ready[: max(max_files - files, 0)]
+            batches = self.score(ready)
+            for scored in batches:
                 last_new = time.monotonic()
                 if not scored.late and scored.record.page in (None, 0):
                     files += 1
                 yield scored
+                if stop.is_set():  # now, not after a backlog of files: the rest stay new
+                    batches.close()
+                    return
             if max_files is not None and files >= max_files:
                 return
             if self._seen:  # files still being written or retried are activity

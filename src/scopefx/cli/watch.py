@@ -140,7 +140,11 @@ class _Alarm:
             SCOPEFX_FEATURES=str(record.features),
         )
         try:
-            proc = subprocess.Popen(cmd, shell=True, env=env, stdin=subprocess.DEVNULL)
+            # its own process group: a command that outlives the watch is stopped with its
+            # children (killing the shell alone left a `sleep` or a mail client running)
+            proc = subprocess.Popen(
+                cmd, shell=True, env=env, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         except OSError as exc:
             print(f"--on-oof failed to start for {record.path}: {exc}", file=self.out)
             return
@@ -154,7 +158,8 @@ class _Alarm:
             except subprocess.TimeoutExpired:
                 if not wait:
                     continue
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 code = proc.wait()
                 print(f"--on-oof for {path}: still running after {wait:g} s, killed", file=self.out)
             self.running.remove((path, proc))
