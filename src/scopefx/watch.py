@@ -34,7 +34,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,7 +343,7 @@ class FolderWatch:
             return math.nan  # there before the watch started: a backlog, not a live file
         return max(0.0, time.time() - seen.mtime_ns / 1e9)
 
-    def score(self, paths: list[str]) -> Iterator[Scored]:
+    def score(self, paths: list[str]) -> Generator[Scored, None, None]:
         """Score ``paths`` in batches; yield what is final, keep what may be still writing."""
         for start in range(0, len(paths), self.batch_size):
             batch = paths[start : start + self.batch_size]
