@@ -56,6 +56,7 @@ def test_fuse_to_a_tiff_writes_the_preview_it_reports(tmp_path):
         "-q",
     )  # fmt: skip
     assert code == 0 and "preview:" in text, text
+    assert "one TIFF, 9 tiles" in text and "chunks" not in text  # it has none (was "1 chunks")
     assert tifffile.imread(tmp_path / "m.tif").ndim == 2
     with Image.open(tmp_path / "p.png") as im:
         assert im.size[0] > 200 and im.text.get("scopefx") == "preview of m.tif"
@@ -250,6 +251,22 @@ def test_bad_workers_and_an_existing_preview_are_refused_before_fusing(tmp_path,
     assert info.value.code == 2 and not out.exists()
     assert "--preview" in capsys.readouterr().err
     assert (tmp_path / "notes.png").read_text() == "mine"
+
+
+def test_the_summary_says_which_flat_field_corrected_the_tiles(tmp_path):
+    """--flatfield estimate left no trace in the summary or the JSON: a user could not tell
+    whether, or how much, the tiles had been corrected."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL, vignetting=0.4))
+    code, text = _run("fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "--flatfield",
+                      "estimate", "--json", str(tmp_path / "r.json"), "-q")  # fmt: skip
+    assert code == 0, text
+    line = next(x for x in text.splitlines() if x.startswith("flat field: "))
+    assert "estimated from the 9 tiles" in line and "% rms shading" in line
+    rms = float(line.split("corrects ")[1].split(" %")[0])
+    assert 3 < rms < 30, line  # a 40 % fall-off at the corners is corrected, not ignored
+    assert json.loads((tmp_path / "r.json").read_text())["flatfield"] == line[len("flat field: ") :]
+    code, text = _run("fuse", str(table), "-o", str(tmp_path / "n.ome.zarr"), "-q")
+    assert code == 0 and "flat field" not in text
 
 
 def test_an_output_named_like_a_picture_is_refused_before_fusing(tmp_path, capsys):

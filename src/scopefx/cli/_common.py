@@ -675,8 +675,12 @@ def check_scored(records: list[Any], what: str = "image") -> None:
 def describe_mosaic(summary: dict[str, Any]) -> str:
     """One line for a fusion summary (``FusionResult.to_dict()`` or what an endpoint returns)."""
     shape = "x".join(str(v) for v in summary["shape"])
+    tiles, seconds = f"{summary['n_tiles']} tiles", f"{summary['seconds']:.1f} s"
+    if str(summary.get("path", "")).lower().endswith((".tif", ".tiff")):  # no chunks, no levels
+        return f"{shape} {summary['dtype']}, one TIFF, {tiles}, {seconds}"
+    levels = summary["levels"]
     return (
-        f"{shape} {summary['dtype']}, {summary['levels']} levels, {summary['n_tiles']} tiles, "
+        f"{shape} {summary['dtype']}, {levels} level{'s' * (levels != 1)}, {tiles}, "
         f"{summary['chunks_written']} chunks written, {summary['chunks_resumed']} already done, "
-        f"{summary['seconds']:.1f} s"
+        f"{seconds}"
     )

@@ -202,6 +202,8 @@ def _report_extra(extra: dict[str, Any], out: TextIO) -> None:
         print(f"z planes: {listed}", file=out)
     if extra.get("colour"):
         print(f"tiles: {extra['colour']}", file=out)
+    if extra.get("flatfield"):
+        print(f"flat field: {extra['flatfield']}", file=out)
     for problem in extra.get("layout_problems", []):
         print(f"layout: {problem}", file=out)
     r = extra.get("registration", extra if "summary_line" in extra else None)

@@ -180,6 +180,11 @@ def _read_and_register(
         extra["layout_problems"] = problems
     if flatfield is None and options.flatfield is not None:
         flatfield = _flatfield(options.flatfield, table.refs, read, workers)
+        source = options.flatfield
+        extra["flatfield"] = (f"estimated from the {len(table)} tiles" if source == "estimate"
+                              else f"from {source}") + _shading(flatfield)  # fmt: skip
+    elif flatfield is not None:
+        extra["flatfield"] = "given" + _shading(flatfield)
     if flatfield is not None:  # every tile fits it, checked before any output is made
         for ref, meta in zip(table.refs, metas, strict=True):
             flatfield.check_shape(fused_shape(meta.shape, samples), ref=ref)
@@ -289,6 +294,15 @@ def fuse(
         device=device, workers=workers,
     )  # fmt: skip
     return job.finish(scheduler=scheduler, workers=workers, on_chunk=on_chunk)
+
+
+def _shading(flatfield: Any) -> str:
+    """What a flat field corrects, in words: its spread about the mean and its range."""
+    flat = np.asarray(flatfield.flat, dtype=np.float64)
+    mean = float(flat.mean())
+    dark = "" if getattr(flatfield, "dark", None) is None else ", with a dark"
+    return (f" (corrects {100 * float(flat.std()) / mean:.1f} % rms shading, gains "
+            f"{mean / float(flat.max()):.2f}-{mean / float(flat.min()):.2f}{dark})")  # fmt: skip
 
 
 def _flatfield(spec: str, refs: Sequence[str], read: Reader | None, workers: int = 1) -> Any:
