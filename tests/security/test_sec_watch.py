@@ -11,7 +11,18 @@ from scopefx.cli.watch import _Alarm
 
 
 @pytest.mark.parametrize(
-    "template", ['echo "{}" >> {log}', "echo {} >> {log}", "echo '{}' >> {log}", "echo >> {log}"]
+    "template",
+    [
+        'echo "{}" >> {log}',
+        "echo {} >> {log}",
+        "echo '{}' >> {log}",
+        "echo >> {log}",
+        # inside a command substitution quoting starts afresh, even within "...": the path was
+        # put there unquoted and split into words at its spaces
+        "echo \"$(printf '%s' {})\" >> {log}",
+        "echo \"`printf '%s' {}`\" >> {log}",
+        "echo \"$(printf '%s' \"$(printf '%s' {})\")\" >> {log}",
+    ],
 )
 def test_a_file_name_is_never_run_by_the_shell(tmp_path, template):
     pwned = tmp_path / "PWNED"

@@ -97,26 +97,49 @@ def add_parser(sub: Any) -> None:
 def on_oof_command(command: str) -> str:
     """``--on-oof``'s shell command with ``{}`` standing for the path: the path itself never
     enters the command line (a file name such as ``$(rm -rf ~).tif`` is never parsed by the
-    shell); ``{}`` becomes a reference to ``$SCOPEFX_PATH``, quoted for where it stands
-    (outside quotes, inside ``"..."`` or inside ``'...'``). Without ``{}`` the path is appended.
+    shell); ``{}`` becomes a reference to ``$SCOPEFX_PATH``, quoted for where it stands:
+    outside quotes, inside ``"..."``, inside ``'...'``, or inside a command substitution
+    (``$(...)`` or backticks, where quoting starts afresh even within ``"..."``: ``"$(basename
+    {})"`` gets the path as one word, spaces and all). Without ``{}`` the path is appended.
     """
     if "{}" not in command:
         return f'{command} "$SCOPEFX_PATH"'
-    out, quote, i = [], "", 0
+    # contexts, innermost last: "" unquoted, '"', "'", "$(" (or "(") a command substitution or
+    # subshell, "`" backticks; the last three quote like the command line itself
+    stack, out, i = [""], [], 0
     while i < len(command):
-        ch = command[i]
+        ch, top = command[i], stack[-1]
         if command.startswith("{}", i):
-            out.append(
-                {"": '"$SCOPEFX_PATH"', '"': "$SCOPEFX_PATH"}.get(quote, "'\"$SCOPEFX_PATH\"'")
-            )
+            quoted = {'"': "$SCOPEFX_PATH", "'": "'\"$SCOPEFX_PATH\"'"}
+            out.append(quoted.get(top, '"$SCOPEFX_PATH"'))
             i += 2
             continue
-        if ch == "\\" and quote != "'" and i + 1 < len(command):
+        if top == "'":
+            if ch == "'":
+                stack.pop()
+        elif ch == "\\" and i + 1 < len(command):
             out.append(command[i : i + 2])
             i += 2
             continue
-        if ch in "'\"" and quote in ("", ch):
-            quote = "" if quote else ch
+        elif command.startswith("$(", i):
+            stack.append("$(")
+            out.append("$(")
+            i += 2
+            continue
+        elif ch == "`":
+            if top == "`":
+                stack.pop()
+            else:
+                stack.append("`")
+        elif top == '"':
+            if ch == '"':
+                stack.pop()
+        elif ch in "'\"":
+            stack.append(ch)
+        elif ch == "(":
+            stack.append("(")
+        elif ch == ")" and top in ("$(", "("):
+            stack.pop()
         out.append(ch)
         i += 1
     return "".join(out)
