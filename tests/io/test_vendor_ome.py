@@ -279,3 +279,30 @@ def test_an_ome_bigtiff_named_btf_is_an_instrument_file(tmp_path):
     other.write_text("<x/>")
     with pytest.raises(UnsupportedFormatError, match=r"\.ome\.btf, \.czi"):
         read_tile_table(other)
+
+
+# -- where the mosaic lies on the stage ------------------------------------------------------
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_the_mosaic_keeps_the_stage_position_its_file_records(tmp_path, flip):
+    """The OME-Zarr's translation was the mosaic's offset from its first tile, whatever the
+    stage position the OME-TIFF records: two scans of one slide opened side by side in napari
+    lay on top of each other. It is now the stage position (um) of the mosaic's first pixel;
+    with a stage axis that runs against the image's (flip_y) no translation can say it, and
+    the offset is kept."""
+    import zarr
+
+    from scopefx.fusion import FuseOptions, fuse
+
+    path = tmp_path / "row.ome.tif"
+    _write_row(path, 'PhysicalSizeX="0.5" PhysicalSizeY="0.5"')  # at x 100-140, y 50 um
+    out = tmp_path / "m.ome.zarr"
+    result = fuse(path, out, options=FuseOptions(flip_y=flip))
+    ms = zarr.open_group(out, mode="r").attrs["multiscales"][0]
+    scale, shift = ms["datasets"][0]["coordinateTransformations"]
+    assert scale["scale"] == [0.5, 0.5]
+    offset = np.array(result.origin_px) * 0.5  # (y, x) of the first pixel from the first tile
+    stage = np.zeros(2) if flip else np.array([50.0, 100.0])
+    np.testing.assert_allclose(shift["translation"], stage + offset)
+    assert ("stage_origin_um" in result.extra) is not flip

@@ -626,12 +626,16 @@ def prepare_fusion(
             "one channel axis"
         )
     voxel = plan.voxel_um or (1.0,) * plan.ndim
+    origin = [float(o) * v for o, v in zip(plan.origin, voxel, strict=True)]
+    stage = (extra or {}).get("stage_origin_um")  # x, y[, z] of the tables' position 0
+    if stage is not None and plan.voxel_um and len(stage) >= plan.ndim:  # (2D of z-stacks: x, y)
+        origin = [o + float(s) for o, s in zip(origin, stage[: plan.ndim][::-1], strict=True)]
     spec = OmeZarrSpec(
         shape=plan.full_shape,
         chunks=(*plan.channel_shape, *plan.chunk),
         dtype=plan.dtype,
         pixel_size=voxel,
-        origin=tuple(float(o) * v for o, v in zip(plan.origin, voxel, strict=True)),
+        origin=tuple(origin),
         unit="micrometer" if plan.voxel_um else None,
         channels=plan.channel_shape[0] if lead else None,
         channel_names=(names := _channel_names(channel_names, plan.channel_shape)),

@@ -157,6 +157,8 @@ def _read_and_register(
     extra: dict[str, Any] = {
         "pixel_size_from": _pixel_size_from(table, metas, options.pixel_size_um)
     }
+    if table.extra.get("stage_origin_um") is not None:  # an instrument file's stage positions
+        extra["stage_origin_um"] = table.extra["stage_origin_um"]
     samples = colour_samples(metas, table.ndim)
     if samples:  # registration and the flat field take the tiles channels first, as fusion
         read = tile_reader(read, samples)

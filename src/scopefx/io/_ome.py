@@ -286,9 +286,10 @@ def _ome_read(tif: Any, tile: int, zsel: ZSel, ref: str) -> np.ndarray:
 
 def ome_positions(
     p: Path, pixel_size_um: float | None
-) -> tuple[np.ndarray, float | None, list[str], np.ndarray | None, float | None]:
-    """Positions (x, y) in pixels, pixel size, channel names, and for z-stack tiles the z
-    position of each tile's first plane and the z step (um), of an OME-TIFF's images;
+) -> tuple[np.ndarray, float | None, list[str], np.ndarray | None, float | None, np.ndarray]:
+    """Positions (x, y) in pixels from the first tile's, pixel size, channel names, for
+    z-stack tiles the z position of each tile's first plane and the z step (um), and the
+    stage position (x, y, um) that pixel position 0 stands for, of an OME-TIFF's images;
     refused where they are not tiles of one mosaic that can be placed."""
     images = _ome_images(p)
     if not images:
@@ -310,7 +311,8 @@ def ome_positions(
             "give it (--pixel-size / pixel_size_um=)"
         )
     um = np.array([im["position_um"] for im in images], dtype=float)
-    positions = (um - um.min(axis=0)) / size
+    origin = um.min(axis=0)
+    positions = (um - origin) / size
     planes = sorted({im["size_z"] for im in images})
     if len(planes) > 1:
         raise UnsupportedFormatError(
@@ -318,11 +320,11 @@ def ome_positions(
             "one mosaic are all single planes or all z-stacks"
         )
     if planes[0] == 1:
-        return positions, size, images[0]["channels"], None, None
+        return positions, size, images[0]["channels"], None, None, origin
     recorded = [im["z_um"] for im in images]  # all, or none: each at z 0
     known = all(v is not None for v in recorded)
     z_um = np.array([im["z_dir"] * im["z_um"] if known else 0.0 for im in images])
-    return positions, size, images[0]["channels"], z_um, images[0]["z_step_um"]
+    return positions, size, images[0]["channels"], z_um, images[0]["z_step_um"], origin
 
 
 def _ome_units(p: Path, images: list[dict[str, Any]], *, pixel_size_given: bool) -> None:

@@ -540,6 +540,8 @@ def read_tile_table(
         for axis, flipped in enumerate((flip_x, flip_y)):
             if flipped:
                 positions[:, axis] = positions[:, axis].max() - positions[:, axis]
+                # the image's axis runs against the stage's: no translation places it
+                extra.pop("stage_origin_um", None)
         z_step = extra.pop("pixel_size_z_um", None)
         placed = TileTable.from_positions(refs, positions, pixel_size_um=size)
         return placed.replace(source=os.fspath(p.resolve()), extra=extra, pixel_size_z_um=z_step)

@@ -264,8 +264,9 @@ def vendor_positions(
     kind = _kind(p)
     z_um: np.ndarray | None = None
     z_step = None
+    origin_um = None  # the stage position of the first tile's corner, where it is recorded
     if kind == "ome":
-        positions, size, channels, z_um, z_step = ome_positions(p, pixel_size_um)
+        positions, size, channels, z_um, z_step, origin_um = ome_positions(p, pixel_size_um)
     else:
         xy, recorded_px, channels, r = _bioio_tiles(p)
         size = pixel_size_um or recorded_px
@@ -283,6 +284,10 @@ def vendor_positions(
         z_px = (z_um - z_um.min()) / (z_step or size or 1.0)
         positions = np.column_stack([positions, z_px])
         extra["pixel_size_z_um"] = z_step
+        if origin_um is not None:
+            origin_um = np.append(origin_um, z_um.min())
+    if origin_um is not None:
+        extra["stage_origin_um"] = [float(v) for v in origin_um]
     refs = [f"{p}::tile/{k}" for k in range(len(positions))]
     return refs, positions, size, extra
 
