@@ -98,6 +98,49 @@ def test_a_calibration_supplies_its_focus_parameters(series, tmp_path):
     assert info.value.code == 2
 
 
+def test_a_focus_option_typed_with_a_calibration_is_checked_even_at_its_default(
+    series, tmp_path, capsys
+):
+    """--modality em with a bright-field calibration was taken as 'no option given' (em is the
+    default) and silently scored as bright field; --mode fast alone was refused naming
+    modality, threshold and noise model, which the user never typed."""
+    cal = tmp_path / "cal.json"
+    assert _run("calibrate", "--defocus", str(series), "-o", str(cal), "--max-defocus", "1",
+                "--modality", "brightfield")[0] == 0  # fmt: skip
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        _run("focus", str(series.parent), "--calibration", str(cal), "--modality", "em")
+    assert info.value.code == 2
+    assert "modality: calibrated 'brightfield', now 'em'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        _run("focus", str(series.parent), "--calibration", str(cal), "--mode", "fast")
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "mode: calibrated 'exact', now 'fast'" in err
+    assert "modality" not in err and "threshold" not in err, err
+    code, _ = _run("focus", str(series.parent), "--calibration", str(cal), "--modality",
+                   "brightfield")  # fmt: skip
+    assert code == 0  # typed as calibrated: fine
+
+
+def test_the_api_scores_with_a_calibration_s_own_parameters(series, tmp_path):
+    """Client().score_focus(refs, calibration=cal) refused a fluorescence calibration ('made
+    with other focus parameters'): the API took FocusParams() where the CLI took the
+    calibration's parameters."""
+    from scopefx import Client, score_files
+    from scopefx.focus import Calibration
+
+    cal = tmp_path / "cal.json"
+    assert _run("calibrate", "--defocus", str(series), "-o", str(cal), "--max-defocus", "1",
+                "--modality", "brightfield")[0] == 0  # fmt: skip
+    calibration = Calibration.load(cal)
+    refs = sorted(str(p) for p in series.parent.glob("*.tif"))
+    with Client(progress=False) as client:
+        records = client.score_focus(refs, calibration=calibration)
+    assert {r.modality for r in records} == {"brightfield"} and all(r.ok for r in records)
+    again = list(score_files(refs, calibration=calibration))
+    assert [r.features for r in again] == [r.features for r in records]
+
+
 def test_calibrate_on_a_z_stack_gives_each_page_its_defocus(series, tmp_path):
     """A through-focus series in one multi-page file: every page took the file's one defocus
     (all alike: 'nothing to fit'), and a 'page' column was ignored."""

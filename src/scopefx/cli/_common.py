@@ -407,10 +407,36 @@ def add_params_options(
             text = f"{text} (default: {shown})".strip()
         options: dict[str, Any] = {"dest": f.name, "default": default, "help": text}
         if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
+            options["action"] = _GivenBool
         else:
-            options.update(type=kind, choices=choices, metavar=metavar)
+            options.update(type=kind, choices=choices, metavar=metavar, action=_Given)
         group.add_argument(flag, **options)
+
+
+def _note_given(namespace: argparse.Namespace, dest: str) -> None:
+    given = set(getattr(namespace, "given_options", ()))
+    namespace.given_options = given | {dest}
+
+
+class _Given(argparse.Action):
+    """Stores the value and notes that the option was typed (``args.given_options``): a
+    value equal to the default is still a choice (``--modality em`` with a bright-field
+    calibration must be refused, not read as "not given")."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        _note_given(namespace, self.dest)
+
+
+class _GivenBool(argparse.BooleanOptionalAction):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        super().__call__(parser, namespace, values, option)
+        _note_given(namespace, self.dest)
+
+
+def given_options(args: argparse.Namespace) -> set[str]:
+    """The fields of the options :func:`add_params_options` added that were typed."""
+    return set(getattr(args, "given_options", ()))
 
 
 def params_from_args(args: argparse.Namespace, cls: type) -> Any:
@@ -469,14 +495,15 @@ def run_from_args(args: argparse.Namespace, params: Any) -> tuple[Any, Any]:
     (:class:`scopefx.FocusRun`): ``--calibration`` if given, and the run baseline of
     ``--ratio``, ``--window``, ``--warmup``.
 
-    With a calibration and every focus option left at its default, the images are scored
-    with the calibration's own parameters (its modality, threshold, ...: what a calibration
-    can only be used with); focus options given are checked against it."""
-    from ..focus import BASELINE_RATIO, Calibration, FocusParams, FocusRun, RunBaseline
+    With a calibration the images are scored with the calibration's own parameters (its
+    modality, threshold, ...: what a calibration can only be used with); the focus options
+    typed replace them and are checked against it (even one typed at its default value)."""
+    from ..focus import BASELINE_RATIO, Calibration, FocusRun, RunBaseline
 
     calibration = Calibration.load(args.calibration) if args.calibration else None
-    if calibration is not None and params == FocusParams():
-        params = calibration.focus_params() or params
+    own = calibration.focus_params() if calibration is not None else None
+    if own is not None:
+        params = own.replace(**{k: getattr(params, k) for k in given_options(args)})
     ratio = args.ratio if args.ratio is not None else BASELINE_RATIO.get(params.modality, 0.5)
     baseline = RunBaseline(window=args.window, ratio=ratio, warmup=min(args.warmup, args.window))
     return params, FocusRun(calibration=calibration, baseline=baseline, params=params)

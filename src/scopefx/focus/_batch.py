@@ -243,7 +243,8 @@ def score_files(
         Image references (files, ``store.zarr::array``). A single folder or glob is expanded
         (:func:`scopefx.io.as_image_refs`); a single file must be a one-item list.
     params : FocusParams, optional
-        Focus parameters; ``**overrides`` are applied on top.
+        Focus parameters; ``**overrides`` are applied on top. Default: the calibration's own
+        (``calibration``, or ``run``'s), else ``FocusParams()``.
     workers : int
         Threads used when no ``executor`` is given.
     run : FocusRun, optional
@@ -262,7 +263,8 @@ def score_files(
     """
     from ..io import as_image_refs
 
-    params = FocusParams.resolve(params, **overrides)
+    cal = calibration if calibration is not None else getattr(run, "calibration", None)
+    params = FocusParams.resolve(params, calibration=cal, **overrides)
     run = FocusRun.resolve(run, params=params, calibration=calibration, baseline=baseline)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")

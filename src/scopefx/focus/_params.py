@@ -273,11 +273,17 @@ class FocusParams:
         return max(8, math.ceil(4 * self.min_sigma_px))
 
     @classmethod
-    def resolve(cls, params: FocusParams | None = None, **overrides: Any) -> FocusParams:
-        """``params`` (default ``FocusParams()``) with ``overrides`` applied; refuses other
-        types with a message that names them."""
+    def resolve(
+        cls, params: FocusParams | None = None, *, calibration: Any = None, **overrides: Any
+    ) -> FocusParams:
+        """``params`` with ``overrides`` applied; refuses other types with a message that names
+        them. Without ``params``: the parameters ``calibration`` (a
+        :class:`~scopefx.focus.Calibration`) was made with, where it records them (the only
+        ones it can be used with), else ``FocusParams()``."""
         if params is None:
-            return cls(**overrides) if overrides else cls()
+            own = calibration.focus_params() if calibration is not None else None
+            base = own if own is not None else cls()
+            return base.replace(**overrides) if overrides else base
         if not isinstance(params, FocusParams):
             raise ConfigError(f"params must be a FocusParams, got {type(params).__name__}")
         return params.replace(**overrides) if overrides else params

@@ -304,7 +304,8 @@ class Client:
         from ..focus import FocusParams, FocusRun
         from ..io import as_image_refs
 
-        focus_params = FocusParams.resolve(params, **overrides)
+        cal = calibration if calibration is not None else getattr(run, "calibration", None)
+        focus_params = FocusParams.resolve(params, calibration=cal, **overrides)
         run = FocusRun.resolve(run, params=focus_params, calibration=calibration, baseline=baseline)
         items = as_image_refs(refs)
         if not items:
@@ -344,7 +345,8 @@ class Client:
         goes on)."""
         from ..focus import FocusParams, FocusRun
 
-        focus_params = FocusParams.resolve(params, **overrides)
+        cal = calibration if calibration is not None else getattr(run, "calibration", None)
+        focus_params = FocusParams.resolve(params, calibration=cal, **overrides)
         final = run is None
         run = FocusRun.resolve(run, params=focus_params, calibration=calibration, baseline=baseline)
         records = list(self.iter_focus(refs, params=focus_params, run=run, on_record=on_record))
