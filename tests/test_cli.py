@@ -315,3 +315,27 @@ def test_demo_runs_from_the_installed_command(tmp_path):
 
     mosaic = zarr.open_group(str(out / "mosaic.ome.zarr"), mode="r")
     assert mosaic["0"].shape[-2:] == (1367, 1367) and int(mosaic["0"][:].max()) > 0
+
+
+def test_maps_say_how_many_they_leave_out(series, tmp_path, monkeypatch):
+    """--maps drew at most 12 maps and said nothing of the flagged sections left out."""
+    import scopefx.cli.focus as cli_focus
+
+    monkeypatch.setattr(cli_focus, "_MAX_MAPS", 3)
+    code, text = _run("focus", str(series.parent), "--maps", str(tmp_path / "m.png"), "-q")
+    assert code == 0
+    line = next(x for x in text.splitlines() if x.startswith("wrote ") and "m.png" in x)
+    assert "(3 of 9 maps: the flagged sections first" in line, line
+
+
+def test_calibrate_names_what_it_leaves_out(series, tmp_path):
+    """An image without a value in its metadata was 'skipped: no defocus value for it' under
+    --from-metadata (no table involved); the fit's centre printed as '|defocus - -0.12|'."""
+    out = io.StringIO()
+    with pytest.raises(SystemExit):  # none has one: nothing to fit
+        main(["calibrate", str(series.parent / "*.tif"), "--from-metadata", "focus", "-o",
+              str(tmp_path / "c.json")], out=out)  # fmt: skip
+    assert "no focus value in its metadata" in out.getvalue()
+    code, text = _run("calibrate", "--defocus", str(series), "-o", str(tmp_path / "d.json"),
+                      "--fit-center")  # fmt: skip
+    assert code == 0 and "- -" not in text and "+ -" not in text, text

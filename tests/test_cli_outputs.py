@@ -275,12 +275,19 @@ def test_every_status_a_bad_image_gets_is_in_the_output_columns(tmp_path: Path) 
     values[3, 3] = np.inf
     np.save(bad / "invalid_values.npy", values)
     Image.fromarray(np.zeros((64, 64, 4), np.uint8), "RGBA").save(bad / "transparent.png")
-    Image.fromarray(np.stack([grey, grey], axis=-1), "LA").save(bad / "config.png")
     (bad / "unsupported.npy").write_bytes(b"PK\x03\x04 an npz behind an npy name")
     table = tmp_path / "bad.csv"
-    _run("focus", bad, bad / "missing.tif", "--channel", "2", "--csv", table, "-q")
-    with table.open(newline="") as handle:
-        statuses = {Path(r["path"]).stem: r["status"] for r in csv.DictReader(handle)}
+    _run("focus", bad, bad / "missing.tif", "--csv", table, "-q")
+    # a channel an image does not have (a grey image has channel 0 only: this run alone)
+    channel = tmp_path / "channel"
+    channel.mkdir()
+    Image.fromarray(np.stack([grey, grey], axis=-1), "LA").save(channel / "config.png")
+    assert _exit_code("focus", channel, "--channel", "2", "--csv", tmp_path / "channel.csv",
+                      "-q") == 3  # nothing scored  # fmt: skip
+    statuses = {}
+    for name in ("bad.csv", "channel.csv"):
+        with (tmp_path / name).open(newline="") as handle:
+            statuses |= {Path(r["path"]).stem: r["status"] for r in csv.DictReader(handle)}
     assert statuses == {name: name for name in statuses}, statuses  # each got its own status
     assert len(statuses) == 11
     documented = set(re.findall(r"^\| `(\w+)` \|", _output_columns(), re.MULTILINE))

@@ -101,6 +101,23 @@ def test_defocus_table(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("rows", "match"),
+    [  # the last of two values was fitted silently; NaN and inf were dropped without a word
+        ("a.tif,-0.4\nb.tif,1\na.tif,12\n", r"line 4: 'a.tif' is listed again \(first on line 2\)"),
+        ("a.tif,nan\n", r"line 2: defocus 'nan' is not a finite number"),
+        ("a.tif,-inf\n", r"line 2: defocus '-inf' is not a finite number"),
+    ],
+)
+def test_a_defocus_table_that_cannot_mean_one_value_per_image_is_refused(tmp_path, rows, match):
+    table = tmp_path / "defocus.csv"
+    table.write_text("path,defocus\n" + rows)
+    with pytest.raises(ConfigError, match=match):
+        read_defocus_table(table)
+    table.write_text("path,page,defocus\ns.tif,0,1\ns.tif,1,2\n")  # pages of one stack: fine
+    assert len(read_defocus_table(table)) == 2
+
+
+@pytest.mark.parametrize(
     "data",
     [
         b"\xef\xbb\xbfpath,defocus\r\na.tif,-1.5\r\n\r\nb.tif,2\r\n",  # spreadsheet 'CSV UTF-8'

@@ -195,6 +195,10 @@ def test_a_chosen_channel_is_scored_alone():
     assert result.features == scopefx.focus_score(grey).features
     with pytest.raises(ConfigError, match=r"channel must be None .* got 3"):
         scopefx.focus_score(rgb, channel=3)
+    # a grey image has channel 0 only: channel 7 was ignored and the image scored "ok"
+    assert scopefx.focus_score(grey, channel=0).features == scopefx.focus_score(grey).features
+    with pytest.raises(ConfigError, match=r"channel 7: a grey image .* has one channel, 0"):
+        scopefx.focus_score(grey, channel=7)
 
 
 def test_colour_file_gives_a_record_with_its_conversion(tmp_path):

@@ -72,6 +72,49 @@ def test_calibration_load_errors(tmp_path, content, match):
         Calibration.load(path)
 
 
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [  # hand edits: tracebacks after scoring had begun, or every image called in focus
+        ({"intercept": "7.5"}, "intercept must be a number, got '7.5'"),
+        ({"intercept": None}, "intercept must be a number, got None"),
+        ({"intercept": float("nan")}, "intercept must be finite"),
+        ({"intercept": 1e6}, "is no log density"),
+        ({"slope": True}, "slope must be a number"),
+        ({"n": 2.5}, "n must be a whole number"),
+        ({"params": [1, 2]}, "params must be a mapping"),
+        ({"params": {"modality": "xray"}}, r"params: .*xray"),
+        ({"unit": 5}, "unit must be a string"),
+    ],
+)
+def test_a_calibration_file_with_a_value_no_calibration_holds_is_refused(tmp_path, change, match):
+    cal = Calibration.fit(*_series(), max_defocus=1.0)
+    path = cal.save(tmp_path / "cal.json")
+    data = json.loads(path.read_text())
+    data.update(change)
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match=match) as info:
+        Calibration.load(path)
+    assert "cal.json" in str(info.value)  # names the file
+
+
+def test_a_calibration_of_a_newer_format_says_so(tmp_path):
+    path = Calibration.fit(*_series()).save(tmp_path / "cal.json")
+    data = json.loads(path.read_text())
+    data["scopefx_calibration"] = 2
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match=r"newer format \(2; this scopefx"):
+        Calibration.load(path)
+
+
+def test_fit_center_on_a_series_on_one_side_of_focus():
+    """A series from near focus outwards on one side: the centre search took the far end, about
+    which counts rise, and the calibration was refused ('counts do not fall')."""
+    defocus = np.array([0.15, 9.9, 24.8])
+    density = np.exp(7.5 - 0.09 * defocus)
+    cal = Calibration.fit(defocus, density, fit_center=True)
+    assert cal.slope == pytest.approx(0.09, rel=0.05) and cal.center <= 0.15 + 1e-9
+
+
 def test_calibration_fit_errors():
     with pytest.raises(CalibrationError, match="at least 3"):
         Calibration.fit([0, 1], [10, 5])

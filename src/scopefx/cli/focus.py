@@ -32,6 +32,8 @@ from ._common import (
 
 __all__ = ["add_parsers", "cmd_calibrate", "cmd_focus"]
 
+_MAX_MAPS = 12  # focus maps drawn by --maps, flagged sections first
+
 
 def add_parsers(sub: Any) -> None:
     focus = sub.add_parser(
@@ -173,8 +175,17 @@ def _write_outputs(
     if args.maps and plots:
         from ..focus.plot import plot_focus_maps
 
-        save_plot(plot_focus_maps(records), args.maps)
-        print(f"wrote {args.maps}", file=out)
+        save_plot(plot_focus_maps(records, max_maps=_MAX_MAPS), args.maps)
+        from ..focus import FLAGGED
+
+        usable = [r for r in records if r.ok and r.focus_map is not None]
+        flagged = sum(r.verdict in FLAGGED for r in usable)
+        note = ""
+        if len(usable) > _MAX_MAPS:  # 14 flagged, 12 drawn, and nothing said which
+            note = (f" ({_MAX_MAPS} of {len(usable)} maps: the flagged sections first"
+                    + (f"; {flagged - _MAX_MAPS} flagged ones not drawn" if flagged > _MAX_MAPS
+                       else "") + ")")  # fmt: skip
+        print(f"wrote {args.maps}{note}", file=out)
 
 
 def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
@@ -250,7 +261,16 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
         else:
             value = table.get(defocus_key(record.path, record.page))
         if value is None:
-            print(f"skipped {name}: no defocus value for it", file=out)
+            where = (f"no {args.from_metadata.replace('_', ' ')} value in its metadata"
+                     if args.from_metadata else f"not in {args.defocus}")  # fmt: skip
+            print(f"skipped {name}: {where}", file=out)
+            continue
+        if not math.isfinite(float(value)):
+            print(f"skipped {name}: its defocus {value!r} is not a finite number", file=out)
+            continue
+        if not record.density_per_mpx > 0:  # a log-linear fit cannot place it
+            print(f"skipped {name}: no features (density 0), which a fit of log(density) "
+                  "cannot use", file=out)  # fmt: skip
             continue
         defocus.append(float(value))
         density.append(record.density_per_mpx)
@@ -272,14 +292,15 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     except CalibrationError as exc:  # the series gives no fit: a data error
         raise DataError(str(exc)) from None
     calibration.save(args.output)
+    c = calibration.center
+    about = "|defocus|" if c == 0 else f"|defocus {'-' if c > 0 else '+'} {abs(c):g}|"
     print(
-        f"calibrated on {calibration.n} images: log(features/Mpx) = {calibration.intercept:.3f} "
-        f"- {calibration.slope:.4f} |defocus - {calibration.center:g}| ({calibration.unit}), "
-        f"r = {calibration.r:.4f}",
+        f"calibrated on {calibration.n} images: log(density/Mpx) = {calibration.intercept:.3f} "
+        f"- {calibration.slope:.4f} {about} ({calibration.unit}), r = {calibration.r:.4f}",
         file=out,
     )
     print(
-        f"in focus down to {calibration.min_density:.0f} features/Mpx "
+        f"in focus down to a density of {calibration.min_density:.0f} per Mpx "
         f"(|defocus| <= {calibration.max_defocus:g} {calibration.unit})",
         file=out,
     )

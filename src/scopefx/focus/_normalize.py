@@ -76,9 +76,14 @@ def to_grey(image: Any, channel: int | None, backend: Backend) -> tuple[Any, str
     Raises
     ------
     ConfigError
-        ``channel`` is not one of the image's colour channels.
+        ``channel`` is not one of the image's channels (a grey image has channel 0 only).
     """
     if image.ndim != 3 or image.shape[-1] not in SAMPLES_LAST:
+        if channel not in (None, 0) and image.ndim == 2:  # was ignored: scored as grey, "ok"
+            raise ConfigError(
+                f"channel {channel!r}: a grey image (shape {tuple(image.shape)}) has one "
+                "channel, 0; leave channel unset for grey images"
+            )
         return image, "grey"
     if image.shape[-1] == 2:
         if channel is not None and not 0 <= channel < 2:

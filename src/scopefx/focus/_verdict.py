@@ -22,6 +22,8 @@ from .._version import __version__
 from ..errors import CalibrationError, ConfigError
 from ._params import FocusParams
 
+_MAX_LOG_DENSITY = 100.0  # |intercept| above it is no log density (features per Mpx)
+
 __all__ = ["FLAGGED", "Calibration", "RunBaseline", "Verdict"]
 
 IN_FOCUS = "in_focus"
@@ -97,12 +99,40 @@ class Calibration:
     scopefx_version: str = __version__
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.slope) and self.slope > 0):
+        # a hand-edited file (a string, null, NaN or 1e6 where a number was) gave tracebacks
+        # after scoring had begun, or called every image in focus
+        for name in ("intercept", "slope", "max_defocus", "center"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise CalibrationError(f"calibration {name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise CalibrationError(f"calibration {name} must be finite, got {value!r}")
+        if abs(self.intercept) > _MAX_LOG_DENSITY:
+            raise CalibrationError(
+                f"calibration intercept {self.intercept!r} is no log density (|value| <= "
+                f"{_MAX_LOG_DENSITY:g}: up to e^{_MAX_LOG_DENSITY:g} features per Mpx)"
+            )
+        if not self.slope > 0:
             raise CalibrationError(
                 f"calibration slope must be > 0 (counts falling with defocus), got {self.slope!r}"
             )
-        if not (math.isfinite(self.max_defocus) and self.max_defocus >= 0):
+        if not self.max_defocus >= 0:
             raise CalibrationError(f"max_defocus must be >= 0, got {self.max_defocus!r}")
+        if isinstance(self.r, bool) or not isinstance(self.r, (int, float)):
+            raise CalibrationError(f"calibration r must be a number, got {self.r!r}")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 0:
+            raise CalibrationError(f"calibration n must be a whole number >= 0, got {self.n!r}")
+        for name in ("params", "instrument"):
+            if not isinstance(getattr(self, name), dict):
+                raise CalibrationError(
+                    f"calibration {name} must be a mapping, got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.unit, str):
+            raise CalibrationError(f"calibration unit must be a string, got {self.unit!r}")
+        try:
+            self.focus_params()  # the parameters it records are ones scopefx can score with
+        except (ConfigError, TypeError) as exc:
+            raise CalibrationError(f"calibration params: {exc}") from None
 
     @classmethod
     def fit(
@@ -160,7 +190,13 @@ class Calibration:
         center = 0.0
         if fit_center:
             grid = np.linspace(x.min(), x.max(), 201)
-            center = float(grid[int(np.argmin([line(c)[2] for c in grid]))])
+            fits = [line(c) for c in grid]
+            # among the centres about which counts fall with |defocus| (a series on one side
+            # of focus was fitted best about its far end, rising, and refused)
+            misfit = [f[2] if f[1] > 0 else math.inf for f in fits]
+            if not np.isfinite(misfit).any():
+                misfit = [f[2] for f in fits]
+            center = float(grid[int(np.argmin(misfit))])
         intercept, slope, _ = line(center)
         if not math.isfinite(slope):
             raise CalibrationError("all images have the same |defocus|: nothing to fit")
@@ -276,6 +312,12 @@ class Calibration:
             raise CalibrationError(f"calibration file {str(path)!r} does not exist") from None
         except (OSError, ValueError) as exc:
             raise CalibrationError(f"calibration file {str(path)!r} is not JSON: {exc}") from None
+        version = data.get("scopefx_calibration") if isinstance(data, dict) else None
+        if isinstance(version, int) and not isinstance(version, bool) and version > 1:
+            raise CalibrationError(
+                f"{str(path)!r} is a calibration of a newer format ({version}; this scopefx, "
+                f"{__version__}, reads format 1): update scopefx, or calibrate again"
+            )
         if not isinstance(data, dict) or data.pop("scopefx_calibration", None) != 1:
             raise CalibrationError(
                 f"{str(path)!r} is not a scopefx calibration (no 'scopefx_calibration': 1 key); "
@@ -293,6 +335,8 @@ class Calibration:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
             raise CalibrationError(f"{source} is incomplete: {exc}") from None
+        except CalibrationError as exc:  # a value no calibration holds: say where it is
+            raise CalibrationError(f"{source}: {exc}") from None
 
 
 class RunBaseline:

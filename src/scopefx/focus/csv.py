@@ -199,8 +199,8 @@ def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
     ------
     ConfigError
         The table cannot be read, lacks the ``path`` or ``defocus`` column, or holds a defocus
-        that is not a number, an empty path or a page that is not a number (the message names
-        the line).
+        that is not a finite number, an empty path, a page that is not a number, or an image
+        listed twice (the message names the line).
     """
     from ..io import parse_text_table, read_table_text
 
@@ -215,7 +215,8 @@ def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
         raise ConfigError(
             f"defocus table {os.fspath(path)!r} needs the columns 'path' and 'defocus', got {cols}"
         )
-    out = {}
+    out: dict[str, float] = {}
+    first_line: dict[str, int] = {}
     for i, values in parsed.records:
         row = dict(zip(cols, (v.strip() for v in values), strict=False))
         try:
@@ -234,6 +235,18 @@ def read_defocus_table(path: str | os.PathLike[str]) -> dict[str, float]:
                     f"{os.fspath(path)!r} line {i}: page {page!r} is not a page number (from 0)"
                 )
             key = f"{key}[{int(page)}]"
+        if not math.isfinite(value):  # dropped from the fit without a word, before
+            raise ConfigError(
+                f"{os.fspath(path)!r} line {i}: defocus {row.get('defocus')!r} is not a finite "
+                "number; leave the image out of the table instead"
+            )
+        if key in first_line:  # the last value won silently, and the fit used it
+            raise ConfigError(
+                f"{os.fspath(path)!r} line {i}: {row['path']!r}"
+                + (f" page {page}" if page else "")
+                + f" is listed again (first on line {first_line[key]}); give each image once"
+            )
+        first_line[key] = i
         out[key] = value
     return out
 
