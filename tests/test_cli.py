@@ -339,3 +339,13 @@ def test_calibrate_names_what_it_leaves_out(series, tmp_path):
     code, text = _run("calibrate", "--defocus", str(series), "-o", str(tmp_path / "d.json"),
                       "--fit-center")  # fmt: skip
     assert code == 0 and "- -" not in text and "+ -" not in text, text
+
+
+def test_ratio_with_a_calibration_is_said_to_be_unused(series, tmp_path, caplog):
+    """--ratio with --calibration changed nothing and said nothing."""
+    cal = tmp_path / "cal.json"
+    assert _run("calibrate", "--defocus", str(series), "-o", str(cal), "--max-defocus", "1")[0] == 0
+    with caplog.at_level("WARNING", logger="scopefx.cli"):
+        code, _ = _run("focus", str(series.parent), "--calibration", str(cal), "--ratio", "0.1",
+                       "-q")  # fmt: skip
+    assert code == 0 and "--ratio 0.1 is not used" in caplog.text

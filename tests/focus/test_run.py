@@ -56,6 +56,19 @@ def test_local_and_remote_give_the_same_verdicts_partial_included(run_folder):
     assert "warmup" not in verdicts  # settled at the end
 
 
+def test_score_files_without_a_run_settles_its_own_warmup(run_folder):
+    """score_files() without run= left the warm-up records 'warmup' (and those judged against
+    the warm-up's baseline unchanged) for good: the caller never had the run to settle. The
+    list of its records now equals Client.score_focus's."""
+    _, paths = run_folder
+    records = list(score_files(paths, params=PARAMS))
+    assert "warmup" not in [r.verdict for r in records]
+    with Client(progress=False) as client:
+        assert _verdicts(records) == _verdicts(client.score_focus(paths, params=PARAMS))
+    run = FocusRun(params=PARAMS)  # a run of the caller's goes on: not settled here
+    assert "warmup" in [r.verdict for r in score_files(paths[:3], params=PARAMS, run=run)]
+
+
 def test_calibrated_verdicts_are_the_same_and_partial_survives(run_folder):
     _, paths = run_folder
     densities = [r.density_per_mpx for r in score_files(paths, params=PARAMS)]

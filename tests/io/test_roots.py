@@ -4,7 +4,12 @@ import os
 
 import pytest
 
-from scopefx.errors import AccessDeniedError, ConfigError, UnsupportedFormatError
+from scopefx.errors import (
+    AccessDeniedError,
+    ConfigError,
+    ImageNotFoundError,
+    UnsupportedFormatError,
+)
 from scopefx.io import DATA_ROOTS_ENV, DataRoots
 
 
@@ -56,6 +61,12 @@ def test_relative_reference_is_looked_up_in_each_root(tree):
     assert roots.resolve("new/out.ome.zarr", must_exist=False) == str(
         tree / "data" / "new" / "out.ome.zarr"
     )
+    # one in no root says where it was looked up (it said "relative paths start at" the
+    # task's working folder, where nothing was)
+    with pytest.raises(ImageNotFoundError, match=r"'nowhere.tif' does not exist in the data "
+                       r"roots of this endpoint \(.*data.*other.*\)") as info:  # fmt: skip
+        roots.resolve("nowhere.tif")
+    assert "relative paths start at" not in str(info.value)
 
 
 @pytest.mark.parametrize(

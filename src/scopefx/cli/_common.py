@@ -501,6 +501,12 @@ def run_from_args(args: argparse.Namespace, params: Any) -> tuple[Any, Any]:
     from ..focus import BASELINE_RATIO, Calibration, FocusRun, RunBaseline
 
     calibration = Calibration.load(args.calibration) if args.calibration else None
+    if calibration is not None and args.ratio is not None:  # it changed nothing, unsaid
+        logging.getLogger("scopefx.cli").warning(
+            "--ratio %g is not used: with --calibration a section is judged by its estimated "
+            "defocus (max_defocus %g %s in %s), not against the run's baseline",
+            args.ratio, calibration.max_defocus, calibration.unit, args.calibration,
+        )  # fmt: skip
     own = calibration.focus_params() if calibration is not None else None
     if own is not None:
         params = own.replace(**{k: getattr(params, k) for k in given_options(args)})

@@ -258,13 +258,17 @@ def score_files(
     Yields
     ------
     FocusRecord
-        Warm-up records (run baseline without history yet) say ``"warmup"``; call
-        ``run.settle()`` at the end to judge them (:meth:`FocusRun.settle`).
+        Warm-up records (run baseline without history yet) say ``"warmup"`` when yielded.
+        Without ``run``, the run is over when the last record has been yielded: the warm-up
+        records are then judged in place (:meth:`FocusRun.settle` with ``final=True``), so a
+        list of the records holds final verdicts. With ``run``, call ``run.settle()`` when
+        the run is over.
     """
     from ..io import as_image_refs
 
     cal = calibration if calibration is not None else getattr(run, "calibration", None)
     params = FocusParams.resolve(params, calibration=cal, **overrides)
+    final = run is None  # our own run: over with the last record (a given one goes on)
     run = FocusRun.resolve(run, params=params, calibration=calibration, baseline=baseline)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
@@ -290,6 +294,8 @@ def score_files(
             yield from judged(pending.pop(0).result())
         for future in pending:
             yield from judged(future.result())
+        if final:  # the caller never sees this run: its warm-up records are judged here
+            run.settle(final=True)
     finally:
         if own:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -110,9 +110,9 @@ def resolve_ref(ref: str | os.PathLike[str]) -> ResolvedRef:
     zarr_like = array is not None or path.suffix.lower() == ".zarr"
     if not path.exists():
         what = "Zarr store" if zarr_like else "image file"
+        where = "" if path.is_absolute() else f" (relative paths start at {os.getcwd()})"
         raise ImageNotFoundError(
-            f"{what} not found: '{path}' (from {text!r}) does not exist; check the path "
-            f"(relative paths start at {os.getcwd()})"
+            f"{what} not found: '{path}' (from {text!r}) does not exist; check the path{where}"
         )
     if path.is_dir():
         if array is not None or zarr_like or zarr_node_type(path) is not None:

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import AccessDeniedError, ConfigError
+from ..errors import AccessDeniedError, ConfigError, ImageNotFoundError
 from ._refsyntax import ZARR_SEP, split_ref
 
 __all__ = ["DATA_ROOTS_ENV", "OUTPUT_ROOTS_ENV", "DataRoots"]
@@ -172,6 +172,12 @@ class DataRoots:
         else:
             candidates = [os.path.join(r, path) for r in self.readable or ()]
             existing = [c for c in candidates if os.path.lexists(c)]
+            if must_exist and not existing and candidates:  # said "relative to the task's
+                # working folder", where nothing was looked up
+                raise ImageNotFoundError(
+                    f"{text!r} does not exist in the data roots of this endpoint "
+                    f"({self._listed()}), where a relative reference is looked up"
+                )
             full = existing[0] if existing else candidates[0]
         self.check(full if array is None else os.path.join(full, array), text)
         return full if array is None else f"{full}{ZARR_SEP}{array}"

@@ -164,9 +164,11 @@ class Client:
         if endpoint is not None and endpoint != "local":
             if endpoint not in config.endpoints:
                 known = sorted(config.endpoints) or "none"
-                where = config.path or "no configuration file"
+                where = (f"in {config.path}" if config.path else "configured: no endpoint "
+                         "configuration file was found ($SCOPEFX_CONFIG, "
+                         "~/.config/scopefx/endpoints.toml, or --config)")  # fmt: skip
                 raise ConfigError(
-                    f"no endpoint named {endpoint!r} in {where} (configured: {known}); add "
+                    f"no endpoint named {endpoint!r} {where} (configured: {known}); add "
                     "[endpoints.NAME] with its id, or use --endpoint local"
                 )
             specs = dict.fromkeys(ROLES, config.endpoints[endpoint])
