@@ -31,6 +31,28 @@ def test_overwrite_never_removes_a_data_root_or_another_users_folder(site, outpu
     assert {f: tree(f) for f in (site.data, site.other, site.out)} == before
 
 
+def test_overwrite_never_removes_an_output_folder_that_holds_a_data_root(site, monkeypatch):
+    """A data root inside an output root is read-only, but an output naming the folder that
+    held it was writable: with a scopefx marker planted there and overwrite, the folder was
+    removed, data root and all."""
+    import json
+
+    inst = site.out / "inst"
+    raw = inst / "raw"
+    raw.mkdir(parents=True)
+    tifffile.imwrite(raw / "irreplaceable.tif", np.ones((32, 32), np.uint16))
+    (inst / ".scopefx").mkdir()
+    (inst / ".scopefx" / "plan.json").write_text(json.dumps({"fingerprint": "x",
+                                                             "kind": "fusion"}))  # fmt: skip
+    monkeypatch.setenv("SCOPEFX_DATA_ROOTS", f"{site.data}:{raw}")
+    before = tree(site.out)
+    with pytest.raises(AccessDeniedError, match=r"which holds the data root .*raw"):
+        functions.fuse_mosaic(_job(output="inst", overwrite=True))
+    assert tree(site.out) == before
+    functions.fuse_mosaic(_job(output="inst/m.ome.zarr"))  # beside the data root: fine
+    assert (raw / "irreplaceable.tif").is_file()
+
+
 @pytest.mark.parametrize("output", ["run1", "mosaic"])
 def test_a_data_folders_name_is_a_new_folder_under_the_output_root(site, output):
     before = tree(site.data)

@@ -211,9 +211,14 @@ class DataRoots:
 
     def is_writable(self, path: str) -> bool:
         """Whether absolute, resolved ``path`` may be written: the innermost root holding it
-        is an output root (unrestricted: always)."""
+        is an output root, and no data root lies inside it (an output folder that holds a
+        data root would take it along when replaced: ``overwrite`` removed one). Unrestricted:
+        always."""
         if self.roots is None:
             return True
+        outputs = self.outputs or ()
+        if any(_inside(r, path) and r not in outputs for r in self.roots):
+            return False
         holding = [(len(r), r in (self.outputs or ())) for r in self.roots + (self.outputs or ())
                    if _inside(path, r)]  # fmt: skip
         if not holding:
@@ -272,9 +277,13 @@ class DataRoots:
                 "file or folder inside it (e.g. 'run1/mosaic.ome.zarr')"
             )
         if not self.is_writable(real):
-            where = "a data root (read-only)" if any(_inside(real, r) for r in self.roots) else (
-                "outside the output roots"
-            )  # fmt: skip
+            held = [r for r in self.roots if _inside(r, real) and r not in self.outputs]
+            if held:
+                where = f"which holds the data root {held[0]!r} (read-only)"
+            elif any(_inside(real, r) for r in self.roots):
+                where = "in a data root (read-only)"
+            else:
+                where = "outside the output roots"
             raise AccessDeniedError(
                 f"output {text!r} is refused: it resolves to {real!r}, {where}; outputs go "
                 f"only under the output roots of this endpoint ({os.pathsep.join(self.outputs)})"
