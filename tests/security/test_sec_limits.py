@@ -206,3 +206,39 @@ def test_a_callers_registration_search_is_bounded_before_any_tile_is_read(site, 
         functions.fuse_mosaic(job)
     assert not any(p.name.startswith("r.") for p in site.out.iterdir())
     assert functions.fuse_mosaic({**job, "options": {"register": True}})["registration"]
+
+
+def test_focus_parameters_cannot_take_memory_past_the_endpoint_budget(site, monkeypatch):
+    """256 scales of 0.5-0.51 px took 1 KiB per pixel (1.4 GiB on a 1344 x 1024 frame, 256 GiB
+    on the largest image allowed): the scale space is now estimated and bounded by
+    SCOPEFX_MAX_FOCUS_BYTES before it is built, per item."""
+    ref = "run1/section_0.tif"
+    pixels = np.random.default_rng(0).integers(0, 4000, (256, 256), dtype=np.uint16)
+    tifffile.imwrite(site.data / ref, pixels)
+    monkeypatch.setenv("SCOPEFX_MAX_FOCUS_BYTES", str(32 * 2**20))  # 32 MiB
+    wide = {"n_scales": 256, "min_sigma_px": 0.5, "max_sigma_px": 0.51}
+    (bad,) = functions.score_focus([ref], wide)
+    assert bad["status"] == "limit" and "SCOPEFX_MAX_FOCUS_BYTES" in bad["error"]
+    (good,) = functions.score_focus([ref])
+    assert good["status"] == "ok"
+
+
+def test_the_focus_memory_estimate_bounds_what_scoring_takes():
+    import tracemalloc
+
+    from scopefx.focus import FocusParams, _scalespace, focus_score
+    from scopefx.focus._scalespace import working_bytes
+
+    image = np.random.default_rng(1).normal(100, 10, (384, 320)).astype(np.float32)
+    for params in (FocusParams(), FocusParams(n_scales=64, min_sigma_px=0.5, max_sigma_px=0.6),
+                   FocusParams(mode="fast")):  # fmt: skip
+        focus_score(image, params=params)  # FFT caches and imports outside the measure
+        _scalespace._plans.clear()  # the filters are built inside it, as on a first call
+        tracemalloc.start()
+        try:
+            focus_score(image, params=params)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        estimate = working_bytes(image.shape, params.sigmas_px, params.mode)
+        assert peak <= estimate, (params, peak, estimate)

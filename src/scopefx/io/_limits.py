@@ -20,6 +20,7 @@ variable                       field                               default
 ``SCOPEFX_MAX_CHUNK_PX``       :attr:`~EndpointLimits.max_chunk_px`       ``4096**2``
 ``SCOPEFX_MAX_OUTPUT_GIB``     :attr:`~EndpointLimits.max_output_gib`     1024
 ``SCOPEFX_MAX_SEARCH_BYTES``   :attr:`~EndpointLimits.max_search_bytes`   4 GiB
+``SCOPEFX_MAX_FOCUS_BYTES``    :attr:`~EndpointLimits.max_focus_bytes`    16 GiB
 ``SCOPEFX_TASK_TIMEOUT_S``     :attr:`~EndpointLimits.task_timeout_s`     unset (no limit)
 =============================  ==================================  ==========================
 """
@@ -48,6 +49,7 @@ LIMIT_ENV: dict[str, str] = {
     "max_chunk_px": "SCOPEFX_MAX_CHUNK_PX",
     "max_output_gib": "SCOPEFX_MAX_OUTPUT_GIB",
     "max_search_bytes": "SCOPEFX_MAX_SEARCH_BYTES",
+    "max_focus_bytes": "SCOPEFX_MAX_FOCUS_BYTES",
     "task_timeout_s": "SCOPEFX_TASK_TIMEOUT_S",
 }
 
@@ -82,6 +84,11 @@ class EndpointLimits:
         range, estimated from the geometry before any tile is read). A search the registration
         chose itself is narrowed to fit, with a warning; one the caller asked for
         (``max_shift_px``) is refused, naming the largest that fits.
+    max_focus_bytes : int
+        Working memory of scoring one image plane for focus, estimated from its size and the
+        focus parameters (the scale space's filters grow with ``n_scales``: 256 scales took
+        1 KiB per pixel) before the scale space is built. The default covers the largest image
+        ``max_image_px`` allows at the default parameters.
     task_timeout_s : float or None
         Wall-clock limit of one remote task. The remote functions check it between items
         (focus) and between chunks (fusion) and stop with a :class:`ResourceLimitError`
@@ -98,6 +105,7 @@ class EndpointLimits:
     max_chunk_px: int = 4096**2
     max_output_gib: float = 1024.0
     max_search_bytes: int = 4 * 2**30
+    max_focus_bytes: int = 16 * 2**30
     task_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
