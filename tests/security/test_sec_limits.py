@@ -242,3 +242,134 @@ def test_the_focus_memory_estimate_bounds_what_scoring_takes():
             tracemalloc.stop()
         estimate = working_bytes(image.shape, params.sigmas_px, params.mode)
         assert peak <= estimate, (params, peak, estimate)
+
+
+# -- compressed chunks that inflate past their chunk (zarr codec bombs) -----------------------
+
+_GIB = 2**30
+
+
+def _stream(kind: str, n: int) -> bytes:
+    """``n`` zero bytes compressed by ``kind`` (a few hundred bytes to 1 MiB for 1 GiB)."""
+    import bz2
+    import lzma
+    import zlib
+
+    if kind == "bz2":
+        c = bz2.BZ2Compressor(9)
+    elif kind == "lzma":
+        c = lzma.LZMACompressor(format=lzma.FORMAT_ALONE)
+    elif kind == "gzip":
+        c = zlib.compressobj(9, wbits=31)
+    else:
+        c = zlib.compressobj(9)
+    block = b"\0" * 2**24
+    return b"".join(c.compress(block) for _ in range(n // len(block))) + c.flush()
+
+
+def _bomb_store(tmp_path, fmt: int, codec: dict, payload: bytes):
+    """A 16 x 16 uint16 array (one 512-byte chunk declared) whose one stored chunk is
+    ``payload``; zarr v2 (``codec`` as its compressor) or v3 (``codec`` after ``bytes``)."""
+    store = tmp_path / f"bomb{fmt}.zarr"
+    store.mkdir()
+    if fmt == 2:
+        meta = {"zarr_format": 2, "shape": [16, 16], "chunks": [16, 16], "dtype": "<u2",
+                "compressor": codec, "fill_value": 0, "order": "C", "filters": None}  # fmt: skip
+        (store / ".zarray").write_text(json.dumps(meta))
+        (store / "0.0").write_bytes(payload)
+    else:
+        meta = {"zarr_format": 3, "node_type": "array", "shape": [16, 16], "data_type": "uint16",
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [16, 16]}},
+                "chunk_key_encoding": {"name": "default"}, "fill_value": 0,
+                "codecs": [{"name": "bytes"}, codec]}  # fmt: skip
+        (store / "zarr.json").write_text(json.dumps(meta))
+        (store / "c" / "0").mkdir(parents=True)
+        (store / "c" / "0" / "0").write_bytes(payload)
+    return store
+
+
+@pytest.mark.parametrize(
+    ("fmt", "codec", "kind"),
+    [
+        (2, {"id": "zlib"}, "zlib"),
+        (2, {"id": "bz2"}, "bz2"),
+        (2, {"id": "lzma"}, "lzma"),
+        (3, {"name": "gzip", "configuration": {"level": 9}}, "gzip"),
+    ],
+)
+def test_a_chunk_that_inflates_past_its_declared_size_is_refused_before_decoding(
+    tmp_path, fmt, codec, kind
+):
+    """A 16 x 16 uint16 chunk stored as a 785-byte bz2 (or 1 MiB zlib) stream of 1 GiB of
+    zeros: the decoder inflated all of it (2.1 GiB peak) before zarr compared sizes."""
+    store = _bomb_store(tmp_path, fmt, codec, _stream(kind, _GIB))
+    out = _read_in_child(store)
+    assert out["error"] and out["error"][0] == "ResourceLimitError", out
+    assert "the 512 bytes its chunk shape declares" in out["error"][1], out
+    assert out["peak_rss_mib"] < RSS_BUDGET_MIB, out
+
+
+def test_headers_that_declare_more_than_the_chunk_are_refused(tmp_path):
+    """Blosc, LZ4 and Zstandard decoders allocate the size their header declares."""
+    import struct
+
+    from scopefx.errors import ResourceLimitError
+
+    blosc = bytes([2, 1, 1, 2]) + struct.pack("<III", 2**31, 2**16, 40) + b"\0" * 24
+    lz4 = struct.pack("<I", 2**31) + b"\0" * 8
+    # a single-segment frame declaring 2 GiB (4-byte size), and one that declares none
+    zstd = struct.pack("<I", 0xFD2FB528) + bytes([0xA0]) + struct.pack("<I", 2**31) + b"\0" * 8
+    no_size = struct.pack("<I", 0xFD2FB528) + bytes([0x00, 0x58]) + b"\0" * 8
+    cases = [({"id": "blosc"}, blosc), ({"id": "lz4"}, lz4), ({"id": "zstd"}, zstd),
+             ({"id": "zstd"}, no_size)]  # fmt: skip
+    for k, (codec, payload) in enumerate(cases):
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        with pytest.raises(ResourceLimitError, match="its chunk shape declares"):
+            read_image(_bomb_store(folder, 2, codec, payload))
+
+
+def test_ordinary_compressed_and_sharded_arrays_read_as_before(tmp_path):
+    import numcodecs
+    import zarr
+
+    data = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48)
+    stores = {
+        "v2_blosc.zarr": {"zarr_format": 2},
+        "v2_zlib.zarr": {"zarr_format": 2, "compressors": numcodecs.Zlib(level=5)},
+        "v3_zstd.zarr": {},
+        "v3_gzip_crc.zarr": {"compressors": [zarr.codecs.GzipCodec()]},
+        "v3_sharded.zarr": {"shards": (32, 48)},
+    }
+    for name, kwargs in stores.items():
+        array = zarr.create_array(store=str(tmp_path / name), shape=data.shape, chunks=(16, 16),
+                                  dtype="u2", **kwargs)  # fmt: skip
+        array[...] = data
+        np.testing.assert_array_equal(read_image(tmp_path / name), data, err_msg=name)
+
+
+def test_a_sharded_array_with_an_inflating_inner_chunk_is_refused(tmp_path):
+    import zarr
+
+    from scopefx.errors import ResourceLimitError
+
+    store = tmp_path / "s.zarr"
+    array = zarr.create_array(store=str(store), shape=(32, 32), chunks=(16, 16), shards=(32, 32),
+                              dtype="u2", compressors=[zarr.codecs.GzipCodec()])  # fmt: skip
+    array[...] = 1
+    shard = store / "c" / "0" / "0"
+    raw = shard.read_bytes()
+    index = np.frombuffer(raw[-(16 * 4 + 4) : -4], dtype="<u8").reshape(-1, 2).copy()
+    bomb = _stream("gzip", 2**28)
+    body = bytearray()
+    for k in range(4):  # inner chunk 0 swapped for the bomb
+        offset, size = (int(v) for v in index[k])
+        piece = bomb if k == 0 else raw[offset : offset + size]
+        index[k] = (len(body), len(piece))
+        body += piece
+    import google_crc32c  # zarr's own checksum of the index
+
+    table = index.astype("<u8").tobytes()
+    shard.write_bytes(bytes(body) + table + np.uint32(google_crc32c.value(table)).tobytes())
+    with pytest.raises(ResourceLimitError, match="its chunk shape declares"):
+        read_image(store)

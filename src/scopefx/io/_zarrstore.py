@@ -20,6 +20,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.core.buffer.core import default_buffer_prototype
 from zarr.storage import LocalStore
 
+from ._codecguard import ChunkGuard, chunk_guard
 from ._confine import open_binary, open_dir, remove_file, remove_tree, write_file
 from ._limits import EndpointLimits
 
@@ -35,6 +36,9 @@ class ConfinedStore(LocalStore):
         super().__init__(root, read_only=read_only)
         self.fsync = fsync
         self.limits = EndpointLimits.from_env()
+        # per folder of the store: the chunk check of the array there, None (an array whose
+        # codecs keep sizes), or False (no array: look further up)
+        self._guards: dict[str, ChunkGuard | bool | None] = {}
 
     def with_read_only(self, read_only: bool = False) -> ConfinedStore:
         return type(self)(self.root, read_only=read_only, fsync=self.fsync)
@@ -74,7 +78,48 @@ class ConfinedStore(LocalStore):
                     "(SCOPEFX_MAX_CHUNK_BYTES / SCOPEFX_MAX_META_BYTES); it was not read"
                 )
             fh.seek(start, io.SEEK_SET)
-            return prototype.buffer.from_bytes(fh.read(max(0, stop - start)))
+            data = fh.read(max(0, stop - start))
+        if not key.endswith(_META):  # a chunk: no larger, decoded, than its array declares
+            guard = self._guard(key)
+            if guard is not None:
+                guard(data, whole=byte_range is None)
+        return prototype.buffer.from_bytes(data)
+
+    def _guard(self, key: str) -> ChunkGuard | None:
+        """The chunk check of the array that holds chunk ``key``: the nearest folder above it
+        with array metadata (:func:`~._codecguard.chunk_guard`)."""
+        parts = key.split("/")[:-1]
+        for depth in range(len(parts), -1, -1):
+            prefix = "/".join(parts[:depth])
+            found = self._guards.get(prefix, True)
+            if found is True:
+                found = self._array_guard(prefix)
+                self._guards[prefix] = found
+            if found is not False:
+                return found  # type: ignore[return-value]
+        return None
+
+    def _array_guard(self, prefix: str) -> ChunkGuard | bool | None:
+        """The check for the array whose metadata is in folder ``prefix``; False if none is."""
+        import json
+
+        proto = default_buffer_prototype()
+        for name in (".zarray", "zarr.json"):
+            raw = self._read(f"{prefix}/{name}" if prefix else name, proto, None)
+            if raw is None:
+                continue
+            try:
+                meta = json.loads(raw.to_bytes())
+            except ValueError:
+                return False  # zarr refuses it when it reads it
+            if not isinstance(meta, dict) or (name == "zarr.json"
+                                              and meta.get("node_type") != "array"):  # fmt: skip
+                return False
+            if name == ".zarray":
+                meta.setdefault("zarr_format", 2)
+            ref = os.path.join(os.fspath(self.root), prefix) if prefix else os.fspath(self.root)
+            return chunk_guard(meta, ref)
+        return False
 
     def get_sync(
         self,
