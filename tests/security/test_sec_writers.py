@@ -96,3 +96,75 @@ def test_overwrite_is_refused_while_another_job_writes(table, tmp_path):
     assert not isinstance(first["result"], Exception), first["result"]
     clean = fuse(table, tmp_path / "clean.ome.zarr", params=FusionParams(chunk_px=32))
     np.testing.assert_array_equal(_level0(out), _level0(clean.path))
+
+
+def test_a_worker_writes_into_the_plan_the_store_has_now_not_the_one_it_saw(site):
+    """Fan-out: a worker fused a region of plan A, another worker planned the output again
+    (overwrite, another shape), and the first worker then fused plan B's regions into the
+    arrays it had opened for plan A: the finish reported success with 79 % of every level
+    zeros."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from scopefx.remote import functions
+
+    small = write_mosaic(site.data / "a", make_mosaic(grid=(2, 2), tile_px=64, overlap=0.2))
+    large = write_mosaic(site.data / "b", make_mosaic(grid=(3, 3), tile_px=96, overlap=0.2))
+    job = {"output": "m.ome.zarr", "workers": 1, "params": {"chunk_px": 64}}
+    a = functions.plan_mosaic({**job, "tiles": f"a/{small.name}"}, regions=1)
+    functions.fuse_region(a["plan"], a["regions"][0], fingerprint=a["fingerprint"])
+    again = (  # the other worker: another process, so none of this one's caches
+        "import json; from scopefx.remote import functions; "
+        f"print(json.dumps(functions.plan_mosaic({{**{job!r}, 'tiles': 'b/{large.name}', "
+        "'options': {'overwrite': True}}, regions=1)))"
+    )
+    done = subprocess.run([sys.executable, "-c", again], capture_output=True, text=True,
+                          env=os.environ, check=True)  # fmt: skip
+    b = json.loads(done.stdout.strip().splitlines()[-1])
+    functions.fuse_region(b["plan"], b["regions"][0], fingerprint=b["fingerprint"])
+    functions.finish_mosaic(b["plan"], fingerprint=b["fingerprint"])
+    fresh = functions.fuse_mosaic({**job, "tiles": f"b/{large.name}", "output": "fresh.ome.zarr"})
+    got = zarr.open_group(str(site.out / "m.ome.zarr"), mode="r")
+    want = zarr.open_group(fresh["path"], mode="r")
+    for level in sorted(want.array_keys()):
+        np.testing.assert_array_equal(got[level][...], want[level][...], err_msg=level)
+
+
+@pytest.mark.parametrize("edited", ["job.json", "level"])
+def test_a_plan_edited_in_the_output_folder_is_held_to_the_limits(site, monkeypatch, edited):
+    """The plan a fan-out task reads lies in the caller's output folder: job.json edited to
+    12000^2-px chunks made fuse_region allocate 1.4 GiB (a MemoryError under 3 GiB) while
+    SCOPEFX_MAX_CHUNK_PX was 65,536; the level's own chunk shape, edited, alike."""
+    import json
+
+    from scopefx.errors import ResourceLimitError
+    from scopefx.remote import functions
+
+    monkeypatch.setenv("SCOPEFX_MAX_CHUNK_PX", str(256**2))
+    job = {"tiles": "mosaic/tiles.csv", "output": "m.ome.zarr", "params": {"chunk_px": 64}}
+    planned = functions.plan_mosaic(job, regions=1)
+    store = site.out / "m.ome.zarr"
+    if edited == "job.json":
+        meta_file, key, limit = store / ".scopefx" / "job.json", "chunk", "SCOPEFX_MAX_CHUNK_PX"
+    else:
+        meta_file, key, limit = store / "0" / ".zarray", "chunks", "SCOPEFX_MAX_CHUNK_BYTES"
+    meta = json.loads(meta_file.read_text())
+    meta[key] = [12000, 12000]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ResourceLimitError, match=limit):
+        functions.fuse_region(planned["plan"], planned["regions"][0])
+
+
+@pytest.mark.parametrize("region", [None, [0, 4], {"start": 0}, {"start": 0, "stop": 10**9}])
+def test_a_region_that_is_no_region_is_refused_before_anything_is_written(site, region):
+    """fuse_region(plan, None) fused every chunk of the mosaic, then failed with a bare
+    TypeError (which the client retries)."""
+    from scopefx.remote import functions
+
+    job = {"tiles": "mosaic/tiles.csv", "output": "m.ome.zarr", "params": {"chunk_px": 64}}
+    planned = functions.plan_mosaic(job, regions=1)
+    with pytest.raises(ConfigError, match="region"):
+        functions.fuse_region(planned["plan"], region)
+    assert not list((site.out / "m.ome.zarr" / ".scopefx" / "done").rglob("*.*"))

@@ -42,7 +42,7 @@ from ..io import (
 )
 from ._blend import Reader, TileCache, fuse_chunk
 from ._params import FusionParams
-from ._plan import FusionPlan
+from ._plan import FusionPlan, check_plan_limits
 from ._resume import STATE_DIR, Progress, _atomic_write
 
 __all__ = ["FusionJob", "FusionResult", "prepare_fusion"]
@@ -67,13 +67,36 @@ def flatfield_digest(flatfield: Any) -> str:
 # per-chunk work
 
 
-@functools.lru_cache(maxsize=32)
 def _open_level(path: str, level: int) -> Any:
+    """Level ``level`` of the store at ``path``, opened once per process while its metadata
+    file is the same one: a store planned again (``overwrite`` by another worker, another
+    shape) has new metadata, and a worker that kept the old array wrote plan A's chunks into
+    plan B's store (79 % of every level zeros)."""
+    folder = os.path.join(path, str(level))
+    stamp: tuple[int, int] | None = None
+    for name in ("zarr.json", ".zarray"):
+        try:
+            st = os.stat(os.path.join(folder, name))
+        except OSError:
+            continue
+        stamp = (st.st_ino, st.st_mtime_ns)
+        break
+    return _open_level_as(path, level, stamp)
+
+
+@functools.lru_cache(maxsize=32)
+def _open_level_as(path: str, level: int, stamp: tuple[int, int] | None) -> Any:
     import zarr
 
+    from ..io import EndpointLimits
     from ..io.confined import open_store
 
-    return zarr.open_array(store=open_store(os.path.join(path, str(level)), mode="r+"), mode="r+")
+    folder = os.path.join(path, str(level))
+    array = zarr.open_array(store=open_store(folder, mode="r+"), mode="r+")
+    # its metadata lies in the caller's output folder: chunks edited to be huge would be
+    # read and written whole for every chunk of the plan
+    EndpointLimits.from_env().check_chunk(array.chunks, array.dtype, folder)
+    return array
 
 
 def _store_chunk(
@@ -391,6 +414,7 @@ class FusionJob:
             if spec_fields.get(key) is not None:
                 spec_fields[key] = tuple(spec_fields[key])
         spec = OmeZarrSpec(**spec_fields)
+        check_plan_limits(plan)  # before anything is allocated for it
         return cls(
             out=out,
             plan=plan,
@@ -660,6 +684,6 @@ def prepare_fusion(
             spec,
             extra_attrs={"scopefx": {"origin_px": plan.origin[::-1].tolist(), "axes_px": "xyz"}},
         )
-        _open_level.cache_clear()
+        _open_level_as.cache_clear()
         job.save()
     return job

@@ -335,6 +335,34 @@ def _check_bounds(
         )
 
 
+def check_plan_limits(plan: FusionPlan, limits: EndpointLimits | None = None) -> None:
+    """Refuse a plan read back from a store (a fan-out task's, a resume's) over the process's
+    hard limits, as planning does: the plan lies in the caller's output folder, where they
+    can edit it (a planted ``job.json`` with 144 Mpx chunks passed every limit)."""
+    from ..io.confined import LIMIT_ENV
+
+    limits = limits or EndpointLimits.from_env()
+    shape, chunk = tuple(int(v) for v in plan.shape), tuple(int(v) for v in plan.chunk)
+    itemsize = np.dtype(plan.dtype).itemsize * int(np.prod(plan.channel_shape, dtype=np.int64))
+    gib = float(np.prod(shape, dtype=np.float64)) * itemsize / 2**30
+    chunk_px = math.prod(chunk)
+    n_chunks = math.prod(math.ceil(s / max(c, 1)) for s, c in zip(shape, chunk, strict=True))
+    problem = None
+    if len(shape) != len(chunk) or min(chunk, default=0) < 1 or min(shape, default=0) < 1:
+        problem = f"a shape {shape} in chunks {chunk}"
+    elif gib > limits.max_output_gib:
+        problem = f"{gib:.3g} GiB ({LIMIT_ENV['max_output_gib']} {limits.max_output_gib:g})"
+    elif chunk_px > limits.max_chunk_px:
+        problem = f"chunks of {chunk_px:,} px ({LIMIT_ENV['max_chunk_px']} {limits.max_chunk_px:,})"
+    elif n_chunks > limits.max_chunks:
+        problem = f"{n_chunks:,} chunks ({LIMIT_ENV['max_chunks']} {limits.max_chunks:,})"
+    if problem is not None:
+        raise ResourceLimitError(
+            f"the fusion plan stored in this output asks for {problem}, over this process's "
+            "limits; it was not planned so here (edited?): plan the mosaic again"
+        )
+
+
 def _chunk_index(
     boxes: np.ndarray, chunk: np.ndarray, grid: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -365,9 +365,15 @@ def fuse_region(
     a store at ``plan_ref`` that is no longer that plan is refused (:class:`ConfigError`).
     """
     start = time.perf_counter()
+    if not isinstance(region, dict):  # None fused the whole mosaic, then failed on dict(None)
+        raise ConfigError(
+            f'a region is {{"start": a, "stop": b}}, one of those plan_mosaic returned, got '
+            f"{region!r}; finish_mosaic writes whatever is left"
+        )
     roots = DataRoots.from_env()
     workers = _workers(workers)
     job = _open_job(plan_ref, roots, fingerprint)
+    job.region_chunks(region)  # its keys and bounds, before anything is written
     roots.check_all(job.plan.refs)
     clock = _TaskClock(f"fuse_region {region!r}")
     written, skipped = job.write(region, workers=workers, on_chunk=clock.on_chunk)
