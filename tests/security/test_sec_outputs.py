@@ -138,3 +138,26 @@ def test_a_sidecar_linking_out_is_not_written_through(site):
     with pytest.raises(ConfigError, match="link or not a regular file"):
         functions.fuse_mosaic(_job(output="m.ome.zarr", register=True, overwrite=True))
     assert victim.read_text() == "export PS1='$ '\n"
+
+
+def test_side_files_are_written_under_the_output_root_not_the_system_temporary_folder(
+    site, monkeypatch
+):
+    """The TIFF mosaic, the preview and registration's sidecars were staged in the system's
+    temporary folder, then copied: a TIFF mosaic of many GiB filled a shared /tmp (often a
+    small memory file system) outside the caller's output root and its quota."""
+    import tempfile
+
+    system_tmp = site.outside / "system-tmp"  # absent: nothing can be staged there
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    result = functions.fuse_mosaic(
+        _job(output="m.tif", register=True, preview="m.png", overwrite=True)
+    )
+    assert result["path"] == str(site.out / "m.tif")
+    assert not system_tmp.exists()
+    written = sorted(p.name for p in site.out.iterdir())
+    assert "m.tif" in written and "m.png" in written and "m.registered.csv" in written
+    assert not [name for name in written if name.endswith((".staging", ".partial"))], written
+    tifffile.imread(site.out / "m.tif")  # complete
+    functions.fuse_mosaic(_job(output="m.tif", register=True, preview="m.png", overwrite=True))
+    assert sorted(p.name for p in site.out.iterdir()) == written  # replaced in place

@@ -4,25 +4,37 @@ preview, the TIFF mosaic and registration's sidecars."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DiskFullError
-from ..io import created, open_binary
+from ..io import open_binary
+from ..io.confined import open_dir
 from ._plan import FusionPlan
 
-__all__ = ["disk_full", "publish", "publish_preview"]
+__all__ = ["disk_full", "publish", "publish_preview", "staging_name"]
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0) | _NOFOLLOW
 
 
 def publish(path: Path, write: Callable[[Path], Any], *, replace: bool) -> None:
-    """Write a side file through ``write(tmp_path)`` in a private folder, then publish it at
-    ``path``: created exclusively, or with ``replace`` over a regular file (never through a
-    link). ``ENOSPC`` becomes DiskFullError."""
+    """Write a side file through ``write(tmp_path)`` in a private folder beside ``path``, then
+    publish it there: linked exclusively, or with ``replace`` renamed over a regular file
+    (never through a link). ``ENOSPC`` becomes DiskFullError.
+
+    The private folder is made (mode 0700, a fresh name) in ``path``'s own folder, reached by
+    the link-free walk from the output root, so the file is written under the output root,
+    on its file system and its quota, and published without a copy: staged in the system's
+    temporary folder, a TIFF mosaic of many GiB filled a shared ``/tmp`` (often a small
+    memory file system) and was then copied."""
     import shutil
-    import tempfile
 
     if os.path.lexists(path):
         if not replace:
@@ -34,19 +46,60 @@ def publish(path: Path, write: Callable[[Path], Any], *, replace: bool) -> None:
             raise ConfigError(
                 f"{path} is a link or not a regular file; scopefx will not replace it"
             )
-    with tempfile.TemporaryDirectory(prefix="scopefx-") as private:
-        tmp = Path(private) / path.name
+    text = os.path.abspath(path)
+    parent, name = os.path.split(text)
+    dfd = open_dir(parent, create=True)
+    stage = staging_name(name)
+    try:
+        os.mkdir(stage, 0o700, dir_fd=dfd)
+        sfd = os.open(stage, _DIR, dir_fd=dfd)
         try:
-            write(tmp)
-        except OSError as exc:
-            raise disk_full(tmp, exc) if exc.errno in _FULL else exc from None
-        try:
-            with created(path, replace=replace) as dst, open(tmp, "rb") as src:
-                shutil.copyfileobj(src, dst)
+            _write_and_publish(sfd, dfd, name, write, Path(parent, stage), replace=replace)
         except FileExistsError:
             raise ConfigError(
                 f"{path} appeared while being written; choose another output"
             ) from None
+        except OSError as exc:
+            raise disk_full(path, exc) if exc.errno in _FULL else exc from None
+        finally:
+            os.close(sfd)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(stage, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def staging_name(name: str) -> str:
+    """The private folder a side file ``name`` is written in before it is published beside it
+    (a killed run leaves it; it is hidden, and named after the file)."""
+    return f".{name}.{uuid.uuid4().hex}.staging"
+
+
+def _write_and_publish(
+    sfd: int,
+    dfd: int,
+    name: str,
+    write: Callable[[Path], Any],
+    shown: Path,
+    *,
+    replace: bool,
+) -> None:
+    # the writers take a path: give them one that names the opened folder itself where the
+    # system has such paths, so a folder above it swapped for a link cannot redirect them
+    proc = Path(f"/proc/self/fd/{sfd}")
+    folder = proc if proc.is_dir() else shown
+    write(folder / name)
+    fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=sfd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{shown / name} is not a regular file; nothing was published")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if replace:
+        os.replace(name, name, src_dir_fd=sfd, dst_dir_fd=dfd)
+    else:
+        os.link(name, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
 
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
