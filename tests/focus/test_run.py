@@ -238,6 +238,24 @@ def test_a_baseline_too_low_for_its_modality_is_unverifiable_not_in_focus():
     assert calibrated.doubts() == []
 
 
+def test_a_calibration_that_does_not_fit_the_run_is_doubted_without_changing_verdicts():
+    """A calibration made on other content: most sections far above its best-focus density,
+    or not one near its in-focus range. Nothing before 5 sections; verdicts unchanged."""
+    calibration = Calibration(intercept=math.log(100.0), slope=1.0, r=-1.0, n=3, max_defocus=1.0)
+    dense, sparse, fitting = (FocusRun(calibration=calibration) for _ in range(3))
+    for i, run in enumerate((dense, sparse, fitting)):
+        values = ([400.0] * 6, [15.0] * 6, [100.0, 80.0, 50.0, 20.0, 10.0, 400.0])[i]
+        judged = [run.judge(_rec(v)) for v in values]
+        assert [r.verdict for r in judged] == [calibration.verdict(v).status for v in values]
+    assert dense.doubts() == ["above_calibration"]
+    assert sparse.doubts() == ["below_calibration"]  # its in-focus range starts at 36.8
+    assert fitting.doubts() == []
+    early = FocusRun(calibration=calibration)
+    for _ in range(4):
+        early.judge(_rec(15.0))
+    assert early.doubts() == []
+
+
 def test_noise_limited_warmup_is_doubted():
     run = FocusRun()
     records = [run.judge(_rec(5000.0, noisy=True)) for _ in range(6)]

@@ -666,6 +666,16 @@ _DOUBTS = {
     "there was no baseline to judge its sections against (score with --calibration)",
 }
 
+#: Why a calibration may not fit the run it judges, for the summary.
+_CALIBRATION_DOUBTS = {
+    "above_calibration": "most sections hold over 3x the density it predicts at best focus: "
+    "it was probably made on another specimen, stain or setting, and may call out-of-focus "
+    "sections in focus (calibrate on this kind of sample)",
+    "below_calibration": "not one section came within a factor 2 of its in-focus range: the "
+    "whole run is out of focus, or it was made on denser content (calibrate on this kind of "
+    "sample)",
+}
+
 
 def summary(records: list[Any], out: TextIO, run: Any = None) -> None:
     """How many were scored, flagged, unverifiable, not scored; then each flagged and failed
@@ -679,7 +689,10 @@ def summary(records: list[Any], out: TextIO, run: Any = None) -> None:
         f"\nscored {len(ok)} image(s), {len(flagged)} flagged, {len(failed)} not scored", file=out
     )
     for doubt in run.doubts() if run is not None else []:
-        print(f"  the run baseline is doubtful: {_DOUBTS.get(doubt, doubt)}", file=out)
+        if doubt in _CALIBRATION_DOUBTS:
+            print(f"  the calibration may not fit: {_CALIBRATION_DOUBTS[doubt]}", file=out)
+        else:
+            print(f"  the run baseline is doubtful: {_DOUBTS.get(doubt, doubt)}", file=out)
     if unverifiable:
         print(
             f"  {len(unverifiable)} section(s) unverifiable: not called in focus without a "

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["IN_FOCUS_DENSITY_FLOOR", "baseline_doubts", "head_doubts", "rises"]
+__all__ = [
+    "CALIBRATION_ABOVE",
+    "IN_FOCUS_DENSITY_FLOOR",
+    "baseline_doubts",
+    "calibration_doubts",
+    "head_doubts",
+    "rises",
+]
 
 #: Lowest in-focus density (score per megapixel) measured per modality with its preset,
 #: divided by 4 as a margin (bench/results/focus_real.txt, bench/results/focus_accuracy.txt):
@@ -85,3 +92,43 @@ def rises(head: float, window: Sequence[float], ratio: float) -> bool:
     warm-up median ``head`` divided by ``ratio``: the run started out of focus."""
     later = float(np.median(window))
     return head <= 0 or (math.isfinite(later) and later > head / ratio)
+
+
+#: A section "above" a calibration holds more than this many times the density it predicts at
+#: best focus. Two light-sheet specimens (mitochondria, microtubules) differ by 4x in focus
+#: (bench/results/focus_real.txt); within a series the in-focus frames stay under 1.2x.
+CALIBRATION_ABOVE = 3.0
+
+
+def calibration_doubts(
+    *, sections: int, above: int, best: float, in_focus: float, min_density: float
+) -> list[str]:
+    """Reasons to doubt that a calibration fits a run, from what the run has scored so far.
+
+    Parameters
+    ----------
+    sections : int
+        Sections judged with the calibration.
+    above : int
+        Of those, how many hold over :data:`CALIBRATION_ABOVE` times ``in_focus``.
+    best : float
+        The highest density among them.
+    in_focus, min_density : float
+        The calibration's predicted density at best focus, and its lowest in-focus density.
+
+    Returns
+    -------
+    list of str
+        ``"above_calibration"`` when most sections are above it (the calibration came from
+        sparser content: out-of-focus sections may pass as in focus), ``"below_calibration"``
+        when not one section came within a factor 2 of its in-focus range (the whole run is
+        out of focus, or the calibration came from denser content). Nothing before 5 sections.
+    """
+    if sections < 5:
+        return []
+    doubts = []
+    if above > sections / 2:
+        doubts.append("above_calibration")
+    if best < min_density / 2:
+        doubts.append("below_calibration")
+    return doubts

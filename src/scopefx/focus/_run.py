@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ._params import FocusParams
-from ._plausibility import head_doubts, rises
+from ._plausibility import CALIBRATION_ABOVE, calibration_doubts, head_doubts, rises
 from ._verdict import IN_FOCUS, PARTIAL, UNVERIFIABLE, WARMUP, Calibration, RunBaseline
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ class FocusRun:
         self._recent: deque[float] = deque(maxlen=self.baseline.warmup)
         self._judged = 0
         self._rises = False
+        self._above, self._best = 0, 0.0  # with a calibration: sections far above it, densest
         self._short = False  # the run ended before its warm-up was complete
         # sections called in focus against the warm-up's baseline before a rise showed it
         # was built out of focus: judged again with the warm-up (a bounded number)
@@ -136,13 +137,22 @@ class FocusRun:
         return self.calibration is not None or not math.isnan(self.baseline.reference)
 
     def doubts(self) -> list[str]:
-        """Reasons not to trust the run baseline (empty with a calibration, or when nothing is
-        suspicious): ``"low_for_modality"``, ``"noise_limited_warmup"``,
-        ``"rises_after_warmup"`` (as :func:`scopefx.focus._plausibility.baseline_doubts` gives
-        them for the run's densities so far), or ``"too_few_sections"`` once
-        ``settle(final=True)`` found fewer sections than the warm-up needs."""
+        """Reasons not to trust the run baseline (empty when nothing is suspicious):
+        ``"low_for_modality"``, ``"noise_limited_warmup"``, ``"rises_after_warmup"`` (as
+        :func:`scopefx.focus._plausibility.baseline_doubts` gives them for the run's densities
+        so far), or ``"too_few_sections"`` once ``settle(final=True)`` found fewer sections
+        than the warm-up needs. With a calibration, reasons to doubt that it fits the run
+        (:func:`scopefx.focus._plausibility.calibration_doubts`): ``"above_calibration"``,
+        ``"below_calibration"``; they do not change verdicts."""
         if self.calibration is not None:
-            return []
+            cal = self.calibration
+            return calibration_doubts(
+                sections=self._judged,
+                above=self._above,
+                best=self._best,
+                in_focus=cal.in_focus_density,
+                min_density=cal.min_density,
+            )
         if self._short:
             return ["too_few_sections"]
         doubts = list(self._head_doubts)
@@ -155,6 +165,11 @@ class FocusRun:
         is complete, then whether the latest stretch of ``warmup`` sections rose above it."""
         warmup = self.baseline.warmup
         self._judged += 1
+        if self.calibration is not None:
+            density = record.density_per_mpx
+            self._best = max(self._best, density)
+            self._above += density > CALIBRATION_ABOVE * self.calibration.in_focus_density
+            return
         self._recent.append(record.density_per_mpx)
         if self._judged == warmup:
             self._head_doubts = head_doubts(
