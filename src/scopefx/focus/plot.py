@@ -84,7 +84,7 @@ def plot_focus_series(
     if np.isfinite(density).any() and np.nanmin(density) > 0:
         ax.set_yscale("log")
     ax.set_xlabel("section (run order)")
-    ax.set_ylabel("features per megapixel")
+    ax.set_ylabel("MHFD score per megapixel")
     ax.set_title(title or "MHFD focus score per section")
     ax.legend(loc="best", fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
@@ -116,7 +116,7 @@ def plot_focus_map(
         vmax=vmax,
         interpolation="nearest",
     )
-    fig.colorbar(shown, ax=ax, label="features per megapixel", shrink=0.85)
+    fig.colorbar(shown, ax=ax, label="MHFD score per megapixel", shrink=0.85)
     ax.set_title(title or "focus map")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -150,7 +150,7 @@ def plot_focus_maps(records: Sequence[FocusRecord], *, max_maps: int = 12) -> Fi
         ax.set_xticks([])
         ax.set_yticks([])
     if shown is not None:
-        fig.colorbar(shown, ax=fig.axes, label="features per megapixel", shrink=0.8)
+        fig.colorbar(shown, ax=fig.axes, label="MHFD score per megapixel", shrink=0.8)
     return fig
 
 
@@ -184,7 +184,7 @@ def plot_calibration(
     )
     ax.set_yscale("log")
     ax.set_xlabel(f"defocus ({calibration.unit})")
-    ax.set_ylabel("features per megapixel")
+    ax.set_ylabel("MHFD score per megapixel")
     ax.set_title("focus calibration")
     ax.legend(fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
