@@ -531,3 +531,34 @@ def test_an_on_oof_command_still_running_at_exit_is_stopped_with_its_children(tm
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the --on-oof command's child outlived the kill")
+
+
+def test_a_doubt_is_said_when_it_appears_not_only_at_the_end(tmp_path):
+    """A calibration that does not fit the run (its in-focus range 1000x above every section)
+    was said only in the summary when the watch stopped, hours after the first sections; now
+    once, as soon as it shows (the fifth section judged)."""
+    import math
+
+    from scopefx import Calibration
+    from scopefx.cli import main
+
+    acq = tmp_path / "acq"
+    for i in range(7):
+        target = _name(acq, i if i not in PLANTED_OOF else i + 20)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_section(i if i not in PLANTED_OOF else 0))
+    cal = Calibration(intercept=math.log(5e6), slope=1.0, r=-1.0, n=3, max_defocus=1.0)
+    cal.save(tmp_path / "cal.json")
+    out = io.StringIO()
+    argv = ["watch", str(acq), "--calibration", str(tmp_path / "cal.json"), "--settle", "0",
+            "--grace", "0", "--idle-exit", "0"]  # fmt: skip
+    assert main(argv, out=out) == 0
+    lines = out.getvalue().splitlines()
+    notes = [k for k, line in enumerate(lines) if line.startswith("note: the calibration may")]
+    assert len(notes) == 1, lines
+    rows = [k for k, line in enumerate(lines) if "section_" in line and "out_of_focus" in line]
+    # as soon as the run has judged its fifth section (in the batch it came in), not at the end
+    assert len(rows) == 7 and notes[0] < rows[-1], lines
+    assert "not one section came within a factor 2" in lines[notes[0]]
+    summary = next(k for k, line in enumerate(lines) if line.startswith("scored 7 image"))
+    assert any("the calibration may not fit" in line for line in lines[summary:])

@@ -48,6 +48,7 @@ __all__ = [
     "check_scored",
     "colour",
     "describe_mosaic",
+    "doubt_line",
     "find",
     "focus_params",
     "make_client",
@@ -677,6 +678,13 @@ _CALIBRATION_DOUBTS = {
 }
 
 
+def doubt_line(doubt: str) -> str:
+    """What one of :meth:`scopefx.FocusRun.doubts` means, in a line."""
+    if doubt in _CALIBRATION_DOUBTS:
+        return f"the calibration may not fit: {_CALIBRATION_DOUBTS[doubt]}"
+    return f"the run baseline is doubtful: {_DOUBTS.get(doubt, doubt)}"
+
+
 def summary(records: list[Any], out: TextIO, run: Any = None) -> None:
     """How many were scored, flagged, unverifiable, not scored; then each flagged and failed
     one, and why the run's baseline is doubted (``run``: the :class:`scopefx.FocusRun`)."""
@@ -689,10 +697,7 @@ def summary(records: list[Any], out: TextIO, run: Any = None) -> None:
         f"\nscored {len(ok)} image(s), {len(flagged)} flagged, {len(failed)} not scored", file=out
     )
     for doubt in run.doubts() if run is not None else []:
-        if doubt in _CALIBRATION_DOUBTS:
-            print(f"  the calibration may not fit: {_CALIBRATION_DOUBTS[doubt]}", file=out)
-        else:
-            print(f"  the run baseline is doubtful: {_DOUBTS.get(doubt, doubt)}", file=out)
+        print(f"  {doubt_line(doubt)}", file=out)
     if unverifiable:
         print(
             f"  {len(unverifiable)} section(s) unverifiable: not called in focus without a "

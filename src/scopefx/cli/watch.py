@@ -25,6 +25,7 @@ from ._common import (
     add_endpoint_options,
     add_focus_options,
     colour,
+    doubt_line,
     focus_params,
     make_client,
     run_from_args,
@@ -280,12 +281,17 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
             file=out,
         )
         print(f"{'time':<8}  {'features':>9}  {'verdict':<13} {'latency':>7}  section", file=out)
+        told: set[str] = set()  # doubts already said: each once, when it first appears
         with _stop_on_signals() as stop:
             for scored in watch.follow(
                 idle_exit=args.idle_exit, max_files=args.max_files, stop=stop
             ):
                 if not args.quiet or scored.flagged or not scored.record.ok:
                     print(_row(scored, lines_in_colour), file=out, flush=True)
+                for doubt in watch.run.doubts():
+                    if doubt not in told:  # now, not hours later in the summary
+                        told.add(doubt)
+                        print(f"note: {doubt_line(doubt)}", file=out, flush=True)
                 if scored.flagged:
                     alarm.fire(scored.record)
                 alarm.reap()
