@@ -178,8 +178,18 @@ def _failed(path: str, exc: BaseException, page: int | None = None) -> FocusReco
     return FocusRecord(path=path, page=page, status=status, error=message)
 
 
-def score_one(path: str, params: FocusParams) -> list[FocusRecord]:
-    """Read and score one file; a stack gives one record per page. Never raises for bad input."""
+def score_one(
+    path: str,
+    params: FocusParams,
+    *,
+    before_page: Callable[[int, int], BaseException | None] | None = None,
+) -> list[FocusRecord]:
+    """Read and score one file; a stack gives one record per page. Never raises for bad input.
+
+    ``before_page(page, n_pages)``, called before each page of a stack is scored, may return
+    why that page and the rest are not scored (an exception): the page then gets a record with
+    its status and message, and scoring stops (an endpoint's task clock, its page limit).
+    """
     from ..io import read_image, read_metadata, split_ref
 
     start = time.perf_counter()
@@ -203,6 +213,10 @@ def score_one(path: str, params: FocusParams) -> list[FocusRecord]:
     planes = [(i, pixels[i]) for i in range(pixels.shape[0])] if is_stack else [(None, pixels)]
     records = []
     for page, plane in planes:
+        stop = before_page(page, len(planes)) if before_page and page is not None else None
+        if stop is not None:
+            records.append(_failed(path, stop, page))
+            break
         try:
             result = focus_score(plane, params=params)
         except Exception as exc:

@@ -20,6 +20,15 @@ _MODES = ("exact", "fast")
 _POLARITIES = ("dark", "bright", "both")
 _NOISE_MODELS = ("global", "signal")
 
+#: Largest focus-map cell side, in pixels. A cell larger than the image gives the same one-cell
+#: map, but an image with transparent pixels is padded to whole cells (a mask of ``cell_px^2``
+#: bytes at least: 16 MiB at this value, 10^12 bytes at ``cell_px=10**6``), and beyond
+#: 2^31 - 1 the map's int32 indices overflowed.
+MAX_CELL_PX = 4096
+#: Largest Gaussian scale, in pixels: four times it must fit in the image (``min_image_px``),
+#: and at 1e308 that product overflowed.
+MAX_SIGMA_PX = 65536.0
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -84,7 +93,8 @@ class FocusParams:
         at 0.6x the cost (see ``docs/focus.md``).
     min_sigma_px, max_sigma_px : float
         Smallest and largest Gaussian standard deviation, in pixels of the scored image
-        (after ``target_px`` downsampling). Defaults 1 and 30, as in the paper's code at 1024^2.
+        (after ``target_px`` downsampling). Defaults 1 and 30, as in the paper's code at 1024^2;
+        at most 65536.
     saturation_pct : float
         Percent of the darkest and of the brightest pixels saturated before mapping to [0, 1]
         (the paper: 0.175). Both tails are clipped.
@@ -146,7 +156,7 @@ class FocusParams:
         pixels before scoring; ``None`` scores at full resolution. The paper scored 4k tiles
         at 1024.
     cell_px : int
-        Side of the focus-map cells, in pixels of the scored image.
+        Side of the focus-map cells, in pixels of the scored image. From 8 to 4096.
     """
 
     n_scales: int = 16
@@ -186,6 +196,9 @@ class FocusParams:
                 raise bad(name, "a finite number")
         if self.min_sigma_px < 0.5:
             raise bad("min_sigma_px", ">= 0.5 (smaller Gaussians are not resolved by pixels)")
+        for name in ("min_sigma_px", "max_sigma_px"):
+            if getattr(self, name) > MAX_SIGMA_PX:
+                raise bad(name, f"<= {MAX_SIGMA_PX:g} px (wider than any image scopefx reads)")
         if self.max_sigma_px <= self.min_sigma_px:
             raise ConfigError(
                 f"max_sigma_px must be > min_sigma_px, got max_sigma_px={self.max_sigma_px!r} "
@@ -219,8 +232,10 @@ class FocusParams:
             not isinstance(self.target_px, int) or self.target_px < 16
         ):
             raise bad("target_px", "None or an integer >= 16")
-        if not isinstance(self.cell_px, int) or self.cell_px < 8:
+        if not isinstance(self.cell_px, int) or isinstance(self.cell_px, bool) or self.cell_px < 8:
             raise bad("cell_px", "an integer >= 8")
+        if self.cell_px > MAX_CELL_PX:
+            raise bad("cell_px", f"<= {MAX_CELL_PX} px (a map cell larger than most images)")
 
     @property
     def preset(self) -> Preset:

@@ -21,6 +21,7 @@ variable                       field                               default
 ``SCOPEFX_MAX_OUTPUT_GIB``     :attr:`~EndpointLimits.max_output_gib`     1024
 ``SCOPEFX_MAX_SEARCH_BYTES``   :attr:`~EndpointLimits.max_search_bytes`   4 GiB
 ``SCOPEFX_MAX_FOCUS_BYTES``    :attr:`~EndpointLimits.max_focus_bytes`    16 GiB
+``SCOPEFX_MAX_PAGES``          :attr:`~EndpointLimits.max_pages`          4096
 ``SCOPEFX_TASK_TIMEOUT_S``     :attr:`~EndpointLimits.task_timeout_s`     unset (no limit)
 =============================  ==================================  ==========================
 """
@@ -50,6 +51,7 @@ LIMIT_ENV: dict[str, str] = {
     "max_output_gib": "SCOPEFX_MAX_OUTPUT_GIB",
     "max_search_bytes": "SCOPEFX_MAX_SEARCH_BYTES",
     "max_focus_bytes": "SCOPEFX_MAX_FOCUS_BYTES",
+    "max_pages": "SCOPEFX_MAX_PAGES",
     "task_timeout_s": "SCOPEFX_TASK_TIMEOUT_S",
 }
 
@@ -89,12 +91,18 @@ class EndpointLimits:
         focus parameters (the scale space's filters grow with ``n_scales``: 256 scales took
         1 KiB per pixel) before the scale space is built. The default covers the largest image
         ``max_image_px`` allows at the default parameters.
+    max_pages : int
+        Pages of one stack (one reference) a focus task scores; the pages after them are
+        reported not scored, naming the setting. Each page is a record of its own (about
+        600 bytes plus its focus map), and the pixel budget alone lets a stack of tiny pages
+        hold millions of them.
     task_timeout_s : float or None
         Wall-clock limit of one remote task. The remote functions check it between items
-        (focus) and between chunks (fusion) and stop with a :class:`ResourceLimitError`
-        naming it, keeping what finished: the items scored come back, the rest carry
-        ``status="limit"``; the chunks written stay recorded for a resume. Set it a little
-        under the template's ``GC_TASK_TIMEOUT``, which stops only what can be interrupted.
+        (focus: between references and between the pages of a stack) and between chunks
+        (fusion) and stop with a :class:`ResourceLimitError` naming it, keeping what finished:
+        the items scored come back, the rest carry ``status="limit"``; the chunks written stay
+        recorded for a resume. Set it a little under the template's ``GC_TASK_TIMEOUT``,
+        which stops only what can be interrupted.
     """
 
     max_image_px: int = 2**28
@@ -106,6 +114,7 @@ class EndpointLimits:
     max_output_gib: float = 1024.0
     max_search_bytes: int = 4 * 2**30
     max_focus_bytes: int = 16 * 2**30
+    max_pages: int = 4096
     task_timeout_s: float | None = None
 
     def __post_init__(self) -> None:

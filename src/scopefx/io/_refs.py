@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from ..errors import EmptyFileError, ImageNotFoundError, ScopefxError, UnsupportedFormatError
 from ._refsyntax import ZARR_SEP, split_ref
+from ._roots import check_length
 
 __all__ = ["IMAGE_SUFFIXES", "ResolvedRef", "find_images", "resolve_ref", "split_ref"]
 
@@ -100,13 +101,15 @@ def resolve_ref(ref: str | os.PathLike[str]) -> ResolvedRef:
     ImageNotFoundError
         The file or Zarr store does not exist.
     UnsupportedFormatError
-        URL reference, unknown extension, a plain directory, or ``::`` after something that is
-        not a Zarr store directory.
+        URL reference, unknown extension, a plain directory, ``::`` after something that is
+        not a Zarr store directory, or a reference too long to name a file
+        (:func:`~scopefx.io._roots.check_length`).
     EmptyFileError
         The file holds zero bytes.
     """
     text = os.fsdecode(os.fspath(ref))
     path, array = split_ref(text)
+    check_length(os.path.join(path, array or ""), text)
     zarr_like = array is not None or path.suffix.lower() == ".zarr"
     if not path.exists():
         what = "Zarr store" if zarr_like else "image file"

@@ -14,6 +14,8 @@ When roots are set, a reference is refused, per item, when
 * it resolves, after following symbolic links, to a place outside every root.
 
 A relative reference is looked up in each root in turn; the first root where it exists wins.
+Roots or not, a reference too long to name a file (:func:`check_length`) is refused, per item,
+before it is looked up.
 
 Data roots are read-only to scopefx. Outputs go under the **output roots**, named by
 ``SCOPEFX_OUTPUT_ROOTS`` (same syntax; for a facility endpoint, per mapped user): see
@@ -30,15 +32,55 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import AccessDeniedError, ConfigError, ImageNotFoundError
+from ..errors import AccessDeniedError, ConfigError, ImageNotFoundError, UnsupportedFormatError
 from ._refsyntax import ZARR_SEP, split_ref
 
-__all__ = ["DATA_ROOTS_ENV", "OUTPUT_ROOTS_ENV", "DataRoots"]
+__all__ = ["DATA_ROOTS_ENV", "OUTPUT_ROOTS_ENV", "DataRoots", "check_length", "shown_ref"]
 
 #: Environment variable that names the data roots (``os.pathsep``-separated).
 DATA_ROOTS_ENV = "SCOPEFX_DATA_ROOTS"
 #: Environment variable that names the output roots (``os.pathsep``-separated).
 OUTPUT_ROOTS_ENV = "SCOPEFX_OUTPUT_ROOTS"
+
+
+#: Longest name of one file or folder, and longest path, in bytes: Linux's ``NAME_MAX`` and
+#: ``PATH_MAX`` less its NUL (common file systems allow no longer names). The system refuses a
+#: longer one with a bare ``OSError`` (``ENAMETOOLONG``).
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4095
+
+
+def shown_ref(text: str, width: int = 100) -> str:
+    """``text`` quoted for a message, its middle cut out when it is longer than ``width``."""
+    if len(text) <= width:
+        return repr(text)
+    keep = width // 2
+    return f"{text[:keep]!r}...{text[-keep // 2 :]!r} ({len(text):,} characters)"
+
+
+def check_length(path: str, ref: str | None = None) -> None:
+    """Refuse ``path`` when no file can have it: a name in it over :data:`NAME_MAX_BYTES` or
+    the whole over :data:`PATH_MAX_BYTES`; the error names ``ref`` (default ``path``), cut.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        The path is too long to name a file.
+    """
+    sep = os.fsencode(os.sep)
+    data = os.fsencode(path).rstrip(sep) or sep  # "folder/" names "folder"
+    longest = max(len(name) for name in data.split(sep))
+    if longest <= NAME_MAX_BYTES and len(data) <= PATH_MAX_BYTES:
+        return
+    why = (
+        f"a name in it is {longest:,} bytes, over the {NAME_MAX_BYTES} a file name may have"
+        if longest > NAME_MAX_BYTES
+        else f"its path is {len(data):,} bytes, over the {PATH_MAX_BYTES} a path may have"
+    )
+    raise UnsupportedFormatError(
+        f"reference {shown_ref(ref if ref is not None else path)} is too long to name a file: "
+        f"{why}; check how the list of references was built"
+    )
 
 
 def inside(path: str, root: str) -> bool:
@@ -146,12 +188,15 @@ class DataRoots:
             ``..`` in the reference, an absolute path outside the roots, or a symbolic link
             that leads outside them.
         UnsupportedFormatError
-            A URL scheme other than ``file://``, or an empty reference.
+            A URL scheme other than ``file://``, an empty reference, or one too long to name
+            a file (with the root it lies in).
         """
         text = os.fsdecode(os.fspath(ref))
         path, array = split_ref(text)  # refuses unsupported schemes, empty and NUL references
+        check_length(os.path.join(path, array or ""), text)  # before it is looked up
         if self.roots is None:
             full = os.path.abspath(path)
+            check_length(os.path.join(full, array or ""), text)
             return full if array is None else f"{full}{ZARR_SEP}{array}"
         for part, what in ((str(path), "path"), (array or "", "array path")):
             if ".." in PurePosixPath(part.replace("\\", "/")).parts:
@@ -179,6 +224,7 @@ class DataRoots:
                     f"({self._listed()}), where a relative reference is looked up"
                 )
             full = existing[0] if existing else candidates[0]
+        check_length(os.path.join(full, array or ""), text)  # with the root it lies in
         self.check(full if array is None else os.path.join(full, array), text)
         return full if array is None else f"{full}{ZARR_SEP}{array}"
 
@@ -238,16 +284,21 @@ class DataRoots:
         ------
         AccessDeniedError
             No output roots configured, ``..``, a path outside the output roots, a data root.
+        UnsupportedFormatError
+            The output is too long to name a file.
         """
         text = os.fsdecode(os.fspath(ref))
         path, array = split_ref(text)
+        check_length(str(path), text)
         if array is not None:
             raise AccessDeniedError(
                 f"output {text!r} names an array inside a store; an output is a file or a "
                 "folder (e.g. 'run/mosaic.ome.zarr')"
             )
         if self.roots is None:
-            return os.path.abspath(path)
+            full = os.path.abspath(path)
+            check_length(full, text)
+            return full
         if not self.outputs:
             raise AccessDeniedError(
                 f"output {text!r} is refused: this endpoint sets no output roots "
@@ -271,6 +322,7 @@ class DataRoots:
                 "outputs only to real folders and files it creates"
             )
         real = os.path.join(os.path.realpath(head), *reversed(tail))
+        check_length(real, text)
         if real in self.outputs:
             raise AccessDeniedError(
                 f"output {text!r} is refused: it is the output root {real!r} itself; name a "

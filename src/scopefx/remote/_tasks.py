@@ -43,10 +43,11 @@ def _error_item(ref: Any, exc: BaseException) -> dict[str, Any]:
 
 class _TaskClock:
     """The endpoint's task time limit (``SCOPEFX_TASK_TIMEOUT_S``,
-    :attr:`EndpointLimits.task_timeout_s`), checked between items and between chunks.
+    :attr:`EndpointLimits.task_timeout_s`), checked between items, the pages of a stack and
+    chunks.
 
     The engine's ``GC_TASK_TIMEOUT`` ends a task only where the worker can be interrupted;
-    this check stops scopefx's own loops at the next item or chunk, keeping what finished
+    this check stops scopefx's own loops at the next item, page or chunk, keeping what finished
     (the items scored, the chunks written and recorded) instead of losing the whole task.
     """
 
@@ -88,13 +89,19 @@ def score_focus(refs: list[str], params: dict[str, Any] | None = None) -> list[d
     one such dict per page. Scores only: the caller's :class:`~scopefx.focus.FocusRun` gives
     the verdicts, so they are the same wherever the scores were computed.
 
+    The endpoint's limits bound the task: its time (``SCOPEFX_TASK_TIMEOUT_S``), checked
+    between references and between the pages of a stack, and the pages scored of one stack
+    (``SCOPEFX_MAX_PAGES``). A reference not reached has ``status="limit"``; a stack stopped
+    part way has ``status="limit"``, its pages scored, and one more page record (the first
+    not scored, ``status="limit"``) whose ``error`` says which pages were not scored and why.
+
     Raises
     ------
     ConfigError
         ``refs`` is not a list, or ``params`` are invalid: the whole batch is wrong, not one
         item.
     """
-    from ..focus import FocusParams, score_one
+    from ..focus import FocusParams
 
     if isinstance(refs, (str, bytes)) or not isinstance(refs, (list, tuple)):
         raise ConfigError(f"refs must be a list of image references, got {type(refs).__name__}")
@@ -102,6 +109,7 @@ def score_focus(refs: list[str], params: dict[str, Any] | None = None) -> list[d
         raise ConfigError(f"params must be a FocusParams dict, got {type(params).__name__}")
     focus_params = FocusParams.from_dict(params or {})
     roots = DataRoots.from_env()
+    max_pages = EndpointLimits.from_env().max_pages
     clock = _TaskClock("score_focus")
     items: list[dict[str, Any]] = []
     for n, ref in enumerate(refs):
@@ -122,23 +130,66 @@ def score_focus(refs: list[str], params: dict[str, Any] | None = None) -> list[d
         except Exception as exc:
             items.append(_error_item(ref, exc))
             continue
-        pages = [{"ref": ref, **record.to_dict()} for record in score_one(resolved, focus_params)]
-        seconds = time.perf_counter() - start
-        if len(pages) == 1:
-            item = pages[0]
-        else:
-            failed = [p for p in pages if p["status"] != "ok"]
-            item = {
-                "ref": ref,
-                "path": pages[0]["path"],
-                "status": "ok" if not failed else failed[0]["status"],
-                "error": "" if not failed else f"{len(failed)} of {len(pages)} pages failed",
-                "features": None,
-                "pages": pages,
-            }
-        item["seconds"] = round(seconds, 6)
+        item = _scored_item(ref, resolved, focus_params, clock, max_pages)
+        item["seconds"] = round(time.perf_counter() - start, 6)
         items.append(item)
     return items
+
+
+def _scored_item(
+    ref: str, path: str, params: Any, clock: _TaskClock, max_pages: int
+) -> dict[str, Any]:
+    """The item of one resolved reference: an image's record, or a stack's pages, scored until
+    the task clock or ``max_pages`` stops it between pages."""
+    from ..focus import score_one
+
+    stopped: list[BaseException] = []
+
+    def before_page(page: int, n: int) -> BaseException | None:
+        stop = _stack_stop(ref, page, n, clock, max_pages)
+        if stop is not None:
+            stopped.append(stop)
+        return stop
+
+    pages = [
+        {"ref": ref, **record.to_dict()}
+        for record in score_one(path, params, before_page=before_page)
+    ]
+    if len(pages) == 1 and not stopped:
+        return pages[0]
+    failed = [p for p in pages if p["status"] != "ok"]
+    if stopped:
+        status, error = "limit", str(stopped[0])
+    elif failed:
+        status, error = failed[0]["status"], f"{len(failed)} of {len(pages)} pages failed"
+    else:
+        status, error = "ok", ""
+    return {
+        "ref": ref, "path": pages[0]["path"], "status": status, "error": error,
+        "features": None, "pages": pages,
+    }  # fmt: skip
+
+
+def _stack_stop(
+    ref: str, page: int, n: int, clock: _TaskClock, max_pages: int
+) -> ResourceLimitError | None:
+    """Why ``page`` (and the pages after it) of the ``n`` of stack ``ref`` are not scored:
+    ``SCOPEFX_MAX_PAGES`` or the task clock; ``None`` to score it. The first page of a
+    stack always runs, as the first reference of a task does."""
+    rest = f"pages {page} to {n - 1} of the {n} in {ref!r} were not scored"
+    if page >= max_pages:
+        return ResourceLimitError(
+            f"{rest}: a stack is scored up to this endpoint's limit of {max_pages} pages per "
+            f"reference (SCOPEFX_MAX_PAGES). A reference cannot select pages: split "
+            f"the stack into files of at most {max_pages} pages, or ask the endpoint's "
+            "operator to raise the limit"
+        )
+    if page and clock.over():
+        return clock.error(
+            f"{rest} (pages 0 to {page - 1} were): split the stack into smaller files, or ask "
+            "the endpoint's operator for a longer limit"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------------------------
