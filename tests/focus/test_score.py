@@ -231,3 +231,36 @@ def test_every_backend_matches_the_reference(xp):
     assert reference >= 100
     assert abs(on_backend.features - reference) <= 0.01 * reference
     assert isinstance(on_backend.positions, np.ndarray)  # results come back as NumPy
+
+
+def test_the_map_of_a_thin_image_with_transparent_pixels_needs_no_padded_mask():
+    """The opaque area per cell came from a mask padded to whole cells: a 4 x 2^22 px RGBA
+    strip (within the pixel budget; 2^26 px wide is too) asked for 1 GiB at the default
+    256 px cells (16 GiB at 2^26). Same map, from the mask itself."""
+    from scopefx.focus._score import focus_map_from_positions
+
+    rng = np.random.default_rng(1)
+    for shape, cell in (((300, 517), 64), ((1000, 37), 8), ((5, 9), 8)):
+        opaque = rng.random(shape) > 0.3
+        positions = np.argwhere(rng.random(shape) > 0.99)
+        got = focus_map_from_positions(positions, shape, cell, opaque=opaque)
+        rows, cols = -(-shape[0] // cell), -(-shape[1] // cell)
+        area = np.zeros((rows, cols))
+        for r, c in itertools.product(range(rows), range(cols)):
+            area[r, c] = opaque[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell].sum()
+        cells = (positions[:, 0] // cell) * cols + positions[:, 1] // cell
+        counts = np.bincount(cells, minlength=rows * cols).reshape(rows, cols)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            want = np.where(area > 0, counts * 1e6 / area, np.nan).astype(np.float32)
+        np.testing.assert_array_equal(got, want)
+    strip = np.ones((4, 2**22), bool)
+    strip[:, :9] = False
+    tracemalloc.start()
+    try:
+        focus_map = focus_map_from_positions(
+            np.zeros((0, 2), np.intp), strip.shape, 256, opaque=strip
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert focus_map.shape == (1, 2**14) and peak < 256 * 2**20, peak / 2**20

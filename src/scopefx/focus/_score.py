@@ -179,9 +179,13 @@ def focus_map_from_positions(
     cell = (positions[:, 0] // cell_px) * cols + positions[:, 1] // cell_px
     counts = np.bincount(cell, weights=weights, minlength=rows * cols).reshape(rows, cols)
     if opaque is not None:
-        padded = np.zeros((rows * cell_px, cols * cell_px), bool)
-        padded[:h, :w] = opaque
-        area = padded.reshape(rows, cell_px, cols, cell_px).sum(axis=(1, 3)).astype(float)
+        # opaque pixels per cell, summed in place: padded to whole cells, a thin image (4 x 2^26
+        # px, within the pixel budget) asked for a 16 GiB mask at the default 256 px cells
+        starts_x = np.arange(0, w, cell_px)
+        area = np.empty((rows, cols))
+        for i in range(rows):  # a band of cells at a time: one int32 line of working memory
+            line = opaque[i * cell_px : (i + 1) * cell_px].sum(axis=0, dtype=np.int32)
+            area[i] = np.add.reduceat(line, starts_x)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(area > 0, counts * 1e6 / area, np.nan).astype(np.float32)
     heights = np.minimum(cell_px, h - np.arange(rows) * cell_px)
