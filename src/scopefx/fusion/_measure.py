@@ -1,13 +1,15 @@
 """Measuring every pair registration plans (step 2 of :mod:`._register`): searches bounded by
 the process's memory limit before any tile is read (:func:`_within_search_budget`), each tile
 read once, prepared (:func:`_prepared`) and cut into its crops, each pair correlated
-(:mod:`._correlate`) as soon as both its crops exist (:func:`_measure_all`)."""
+(:mod:`._correlate`) as soon as both its crops exist (:func:`_measure_all`), within the
+endpoint's task time (``SCOPEFX_TASK_TIMEOUT_S``)."""
 
 from __future__ import annotations
 
 import collections
 import logging
 import math
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -123,7 +125,7 @@ def _failed(r: Measured, params: RegistrationParams) -> bool:
 def _measure_all(
     table: TileTable, reader: Callable[[str], Any], shapes: np.ndarray, plans: list[Plan],
     params: RegistrationParams, flatfield: Any, pool: ThreadPoolExecutor, workers: int,
-    banding: Banding | None = None, fallback: bool = False,
+    banding: Banding | None = None, fallback: bool = False, started: float | None = None,
 ) -> list[Measured]:  # fmt: skip
     """Read each tile once, cut its crops, correlate each pair as soon as both crops exist.
 
@@ -133,7 +135,14 @@ def _measure_all(
     the tiles' edges (where every overlap lies; 8 % rms at the bottom edge of a 5x5 scan of
     `camera` under 50 % vignetting) swamps it, while the vignetting it should remove is smooth
     over a thin overlap and mostly taken out by the detrend (NCC 0.99 raw, -0.35 corrected, on
-    one such pair)."""
+    one such pair).
+
+    The endpoint's task time (``task_timeout_s`` of :class:`~scopefx.io.EndpointLimits`),
+    counted from ``started`` (a :func:`time.monotonic` time; default: now), is checked before
+    each tile is read and each pair's result is taken: past it, the work not started is
+    cancelled and a :class:`ResourceLimitError` names the setting."""
+    limit_s = EndpointLimits.from_env().task_timeout_s
+    started = time.monotonic() if started is None else started
     by_tile: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
     for p, plan in enumerate(plans):
         by_tile[plan.i].append((p, 0))
@@ -184,10 +193,30 @@ def _measure_all(
                 results[p] = pool.submit(correlate, p, slot[0], slot[1])
                 del pending[p]
 
+    def check_time() -> None:
+        if limit_s is None or time.monotonic() - started <= limit_s:
+            return
+        measured = sum(future.done() for future in results.values())
+        for load_future in loads:
+            load_future.cancel()
+        for future in results.values():
+            future.cancel()
+        raise ResourceLimitError(
+            f"registration stopped after {time.monotonic() - started:.3g} s, over this "
+            f"endpoint's task time limit of {limit_s:g} s ({LIMIT_ENV['task_timeout_s']}), "
+            f"with {measured:,} of {len(plans):,} tile pairs measured (none is kept). Register "
+            "fewer tiles at once, or ask the endpoint's operator for a longer limit"
+        )
+
     for k in order:  # at most `workers` tiles in memory at once, plus the pending crops
+        check_time()
         loads.append(pool.submit(load, k))
         while len(loads) > workers:
             drain()
     while loads:
         drain()
-    return [results[p].result() for p in range(len(plans))]
+    out = []
+    for p in range(len(plans)):
+        check_time()
+        out.append(results[p].result())
+    return out

@@ -1,6 +1,8 @@
 """Which tiles overlap, from geometry alone: each tile's footprint in the mosaic
 (:func:`_footprints`) and the pairs whose footprints overlap (:func:`overlapping_pairs`, by
-grid hashing), the first step of registration and of its QC report."""
+grid hashing), the first step of registration and of its QC report. A layout with far more
+overlapping pairs than a mosaic can have (:data:`MAX_PAIRS_PER_TILE`) is refused as soon as
+they are found, before registration measures them."""
 
 from __future__ import annotations
 
@@ -15,7 +17,13 @@ from ..io import TileTable
 __all__ = ["overlapping_pairs"]
 
 
-_CHUNK = 4_000_000  # candidate pairs examined at once by the sweep
+_CHUNK = 250_000  # candidate pairs examined at once by the sweep (about 40 MB)
+
+#: Overlapping pairs per tile above which a layout is refused. A tile of a raster scan
+#: overlaps 8 neighbours (26 in 3-D: 13 pairs per tile); one overlapping its neighbours by
+#: 80 % overlaps 80 (40 pairs per tile). More means tiles stacked at one place, whose pairs
+#: grow with the square of their number (20,000 tiles at one position: 2 x 10^8 pairs).
+MAX_PAIRS_PER_TILE = 64
 
 
 def _shapes_array(table: TileTable, shapes: Any) -> np.ndarray:
@@ -61,6 +69,13 @@ def overlapping_pairs(
     -----
     Footprints are bounding boxes of the transformed tile corners. Grid hashing (cells the size
     of the largest footprint) keeps this vectorised: 10,000 tiles take tens of milliseconds.
+
+    Raises
+    ------
+    ConfigError
+        More than :data:`MAX_PAIRS_PER_TILE` overlapping pairs per tile: tiles stacked at one
+        place (no mosaic has so many). Refused as soon as that many are found, so the pairs
+        held stay within that bound, whatever the layout.
     """
     if not min_overlap_px > 0:
         raise ConfigError(f"min_overlap_px must be > 0, got {min_overlap_px!r}")
@@ -78,7 +93,8 @@ def overlapping_pairs(
     lin = key @ strides
     order = np.argsort(lin, kind="stable")
     sorted_lin = lin[order]
-    found_i, found_j = [], []
+    bound = MAX_PAIRS_PER_TILE * n
+    found_i, found_j, n_found = [], [], 0
     for step in itertools.product((-1, 0, 1), repeat=nd):
         target = lin + np.dot(step, strides)
         first = np.searchsorted(sorted_lin, target, side="left")
@@ -93,9 +109,28 @@ def overlapping_pairs(
             keep = np.all((width >= need) & (width > 0), axis=1)
             found_i.append(a[keep])
             found_j.append(b[keep])
+            n_found += int(keep.sum())
+            if n_found > bound:
+                _refuse_crowded(table, n_found, np.concatenate(found_i), np.concatenate(found_j))
     i, j = np.concatenate(found_i), np.concatenate(found_j)
     sort = np.lexsort((j, i))
     i, j = i[sort], j[sort]
     olo = np.maximum(lo[i], lo[j]).tolist()
     ohi = np.minimum(hi[i], hi[j]).tolist()
     return list(zip(i.tolist(), j.tolist(), map(tuple, olo), map(tuple, ohi), strict=True))
+
+
+def _refuse_crowded(table: TileTable, n_found: int, i: np.ndarray, j: np.ndarray) -> None:
+    """Refuse a layout found to hold more than :data:`MAX_PAIRS_PER_TILE` pairs per tile,
+    naming the tile found to overlap the most others."""
+    n = len(table)
+    per_tile = np.bincount(np.concatenate([i, j]), minlength=n)
+    worst = int(np.argmax(per_tile))
+    raise ConfigError(
+        f"{n:,} tiles overlap at least {2 * n_found / n:,.0f} others on average ({n_found:,} "
+        f"overlapping pairs found before stopping; tile {worst} ({table[worst].ref}) overlaps "
+        f"{per_tile[worst]:,} or more), where a mosaic's tile overlaps its 8 neighbours (26 in "
+        f"3-D), and more than {MAX_PAIRS_PER_TILE} pairs per tile is refused: the tile "
+        "positions look wrong (many tiles at one place?). Check the table's positions; its "
+        "layout warning names the tiles that share a position"
+    )

@@ -5,7 +5,8 @@ The steps, in the order :func:`register` runs them (each in the module named):
 1. **Neighbours from geometry** (:func:`~._overlaps.overlapping_pairs`). Pairs of tiles whose
    stage footprints overlap; a pair that overlaps partially along more than one axis
    (diagonal neighbours sharing only a corner) is not measured by default: its small corner
-   holds mostly vignetting.
+   holds mostly vignetting. A layout of far more pairs than a mosaic has (tiles stacked at
+   one place) is refused before any is measured; measuring stops at the endpoint's task time.
 2. **Measure each side pair** (:mod:`._measure`, :mod:`._correlate`): crops on the stage
    overlap enlarged by the search range, flat-field corrected when a flat field is given or
    estimated (``estimate_flatfield``), less the banding the tiles share (``remove_banding``;
@@ -57,6 +58,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -145,11 +147,16 @@ def register(
     Raises
     ------
     ConfigError
-        A parameter is out of range, or a tile's shape differs from ``shapes``.
+        A parameter is out of range, a tile's shape differs from ``shapes``, or the tiles
+        overlap far more than a mosaic's do (over ``MAX_PAIRS_PER_TILE`` pairs per tile, see
+        :func:`~._overlaps.overlapping_pairs`: many tiles at one place).
     RegistrationError
         No two tiles overlap at their stage positions, or fewer than
         ``params.min_usable_fraction`` of the side pairs gave a usable match (without
         ``params.allow_partial``).
+    ResourceLimitError
+        Measuring the pairs ran past the endpoint's task time (``SCOPEFX_TASK_TIMEOUT_S``,
+        counted from this call), or a search would take more memory than it allows.
     ImageNotFoundError, CorruptImageError, ...
         As ``read`` raises them, for the first tile that cannot be read.
 
@@ -174,6 +181,7 @@ def register(
     params = RegistrationParams() if params is None else params
     if not isinstance(params, RegistrationParams):
         raise ConfigError(f"params must be a RegistrationParams, got {type(params).__name__}")
+    started = time.monotonic()  # the endpoint's task time counts from here (_measure_all)
     ok_workers = isinstance(workers, (int, np.integer)) and not isinstance(workers, bool)
     _check("workers", workers, ok_workers and workers >= 1, "an integer >= 1")
     nd, n = table.ndim, len(table)
@@ -213,7 +221,8 @@ def register(
         if params.remove_banding != "off" and plans:
             banding = _banding_estimate(table, reader, shape_arr, flatfield, params, pool)
         measured = iter(_measure_all(table, reader, shape_arr, plans, params, flatfield, pool,
-                                     workers, banding, shading == "estimated"))  # fmt: skip
+                                     workers, banding, shading == "estimated",
+                                     started=started))  # fmt: skip
     empty = Measured(np.full(nd, np.nan), 0.0, 0.0, (0,) * nd)
     results = [empty if (c and not params.corner_pairs) else next(measured) for c in corner]
     reg = _settle(table, shape_arr, geometry, corner, results, params)
