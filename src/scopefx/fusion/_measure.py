@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError, ResourceLimitError
-from ..io import EndpointLimits, TileTable
+from ..io import EndpointLimits, TaskClock, TileTable
 from ..io.confined import LIMIT_ENV, size_text
 from ._blend import read_opaque
 from ._correlate import Measured, Plan, cut, measure, plan_pair, prepare, search_bytes
@@ -141,8 +140,7 @@ def _measure_all(
     counted from ``started`` (a :func:`time.monotonic` time; default: now), is checked before
     each tile is read and each pair's result is taken: past it, the work not started is
     cancelled and a :class:`ResourceLimitError` names the setting."""
-    limit_s = EndpointLimits.from_env().task_timeout_s
-    started = time.monotonic() if started is None else started
+    clock = TaskClock("registration", start=started)
     by_tile: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
     for p, plan in enumerate(plans):
         by_tile[plan.i].append((p, 0))
@@ -194,17 +192,15 @@ def _measure_all(
                 del pending[p]
 
     def check_time() -> None:
-        if limit_s is None or time.monotonic() - started <= limit_s:
+        if not clock.over():
             return
         measured = sum(future.done() for future in results.values())
         for load_future in loads:
             load_future.cancel()
         for future in results.values():
             future.cancel()
-        raise ResourceLimitError(
-            f"registration stopped after {time.monotonic() - started:.3g} s, over this "
-            f"endpoint's task time limit of {limit_s:g} s ({LIMIT_ENV['task_timeout_s']}), "
-            f"with {measured:,} of {len(plans):,} tile pairs measured (none is kept). Register "
+        raise clock.error(
+            f"{measured:,} of {len(plans):,} tile pairs were measured (none is kept). Register "
             "fewer tiles at once, or ask the endpoint's operator for a longer limit"
         )
 

@@ -16,7 +16,7 @@ and outputs to the output roots, and :class:`EndpointLimits` bounds the work of 
 from ._confine import created, open_binary, read_bytes
 from ._expand import as_image_refs
 from ._layout import layout_problems
-from ._limits import EndpointLimits
+from ._limits import EndpointLimits, TaskClock
 from ._metadata import ImageMetadata, read_metadata
 from ._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file, multiscales_metadata
 from ._read import SAMPLES_LAST, read_image
@@ -40,6 +40,7 @@ __all__ = [
     "EndpointLimits",
     "ImageMetadata",
     "OmeZarrSpec",
+    "TaskClock",
     "TextTable",
     "Tile",
     "TileTable",

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -38,7 +39,7 @@ import numpy as np
 
 from ..errors import ConfigError, ResourceLimitError
 
-__all__ = ["LIMIT_ENV", "EndpointLimits", "size_text"]
+__all__ = ["LIMIT_ENV", "EndpointLimits", "TaskClock", "size_text"]
 
 #: Environment variable of each field.
 LIMIT_ENV: dict[str, str] = {
@@ -176,3 +177,36 @@ class EndpointLimits:
                 f"{size_text(self.max_chunk_bytes)} ({LIMIT_ENV['max_chunk_bytes']}); it was not "
                 "read. Rechunk it smaller"
             )
+
+
+class TaskClock:
+    """The endpoint's task time limit (``SCOPEFX_TASK_TIMEOUT_S``,
+    :attr:`EndpointLimits.task_timeout_s`), for the loops of one task to check between their
+    steps (items, the pages of a stack, chunks, tile pairs).
+
+    The engine's ``GC_TASK_TIMEOUT`` ends a task only where the worker can be interrupted;
+    this check stops scopefx's own loops at the next step, keeping what finished.
+
+    Parameters
+    ----------
+    what : str
+        The work, for the message (``"score_focus"``, ``"registration"``).
+    start : float, optional
+        When the task started (:func:`time.monotonic`); default: now.
+    """
+
+    def __init__(self, what: str, start: float | None = None) -> None:
+        self.what = what
+        self.limit_s = EndpointLimits.from_env().task_timeout_s
+        self.start = time.monotonic() if start is None else start
+
+    def over(self) -> bool:
+        return self.limit_s is not None and time.monotonic() - self.start > self.limit_s
+
+    def error(self, kept: str) -> ResourceLimitError:
+        """The error to stop with; ``kept`` says what is kept and what to do."""
+        return ResourceLimitError(
+            f"{self.what} stopped after {time.monotonic() - self.start:.3g} s, over this "
+            f"endpoint's task time limit of {self.limit_s:g} s "
+            f"({LIMIT_ENV['task_timeout_s']}); {kept}"
+        )

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import ConfigError, ResourceLimitError, ScopefxError
-from ..io import DataRoots, EndpointLimits
+from ..io import DataRoots, EndpointLimits, TaskClock
 
 __all__ = [
     "endpoint_info",
@@ -41,30 +41,9 @@ def _error_item(ref: Any, exc: BaseException) -> dict[str, Any]:
     return {"ref": ref, "path": None, "status": status, "error": message, "features": None}
 
 
-class _TaskClock:
-    """The endpoint's task time limit (``SCOPEFX_TASK_TIMEOUT_S``,
-    :attr:`EndpointLimits.task_timeout_s`), checked between items, the pages of a stack and
-    chunks.
-
-    The engine's ``GC_TASK_TIMEOUT`` ends a task only where the worker can be interrupted;
-    this check stops scopefx's own loops at the next item, page or chunk, keeping what finished
-    (the items scored, the chunks written and recorded) instead of losing the whole task.
-    """
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.limit_s = EndpointLimits.from_env().task_timeout_s
-        self.start = time.monotonic()
-
-    def over(self) -> bool:
-        return self.limit_s is not None and time.monotonic() - self.start > self.limit_s
-
-    def error(self, kept: str) -> ResourceLimitError:
-        return ResourceLimitError(
-            f"{self.what} stopped after {time.monotonic() - self.start:.3g} s, over this "
-            f"endpoint's task time limit of {self.limit_s:g} s (SCOPEFX_TASK_TIMEOUT_S); "
-            f"{kept}"
-        )
+class _TaskClock(TaskClock):
+    """The task clock (:class:`~scopefx.io.TaskClock`), checked between items, the pages of a
+    stack and, through :meth:`on_chunk`, the chunks of a fusion."""
 
     def on_chunk(self, status: int, total: int) -> None:
         """``on_chunk`` hook of a fusion: called after each chunk is written and recorded."""
