@@ -78,6 +78,38 @@ def test_qc_without_fusing_writes_the_report_beside_the_output(mosaic, tmp_path:
     assert reg.table.refs == _table(stage).refs
 
 
+def test_the_report_checks_the_task_time_of_its_registration(
+    mosaic, tmp_path: Path, monkeypatch
+) -> None:
+    """The QC report reads every tile again: it checks the endpoint's task time
+    (SCOPEFX_TASK_TIMEOUT_S) before each read, counted from the start of the registration, and
+    writes nothing when stopped. The clock is made to jump 120 s once the tiles are registered,
+    against a 60 s limit."""
+    import types
+
+    from scopefx.errors import ResourceLimitError
+    from scopefx.fusion import _qc
+    from scopefx.io import _limits
+
+    tiles, _, stage = mosaic
+    real_register, real_monotonic, skipped = _qc.register_from, _limits.time.monotonic, [0.0]
+
+    def slow_register(*args, **kwargs):
+        reg = real_register(*args, **kwargs)
+        skipped[0] = 120.0
+        return reg
+
+    monkeypatch.setattr(_qc, "register_from", slow_register)
+    clock = types.SimpleNamespace(monotonic=lambda: real_monotonic() + skipped[0])
+    monkeypatch.setattr(_limits, "time", clock)  # the task clock's time only
+    monkeypatch.setenv("SCOPEFX_TASK_TIMEOUT_S", "60")
+    out = tmp_path / "mosaic.ome.zarr"
+    match = r"overlap agreement of the QC report stopped after 12\d.* 0 of 9 tiles were compared"
+    with pytest.raises(ResourceLimitError, match=match):
+        qc_only(_table(stage), out, read=_memory_reader(tiles), shapes=SHAPES)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fuse_registers_flat_field_corrected_tiles_and_writes_the_report(
     mosaic, tmp_path: Path, monkeypatch
 ) -> None:
@@ -94,13 +126,13 @@ def test_fuse_registers_flat_field_corrected_tiles_and_writes_the_report(
         paths.append(str(tmp_path / f"t{k}.tif"))
         tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
     seen = []
-    real = qc_module.register  # registration for fuse() goes through the QC path
+    real = qc_module.register_from  # registration for fuse() goes through the QC path
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("flatfield"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(qc_module, "register", spy)
+    monkeypatch.setattr(qc_module, "register_from", spy)
     table = _table(stage, paths)
     out = tmp_path / "m.ome.zarr"
     result = fuse(table, out, options=FuseOptions(register=True, flatfield="estimate"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import types
 
 import numpy as np
 import pytest
@@ -176,6 +178,28 @@ def test_the_task_time_limit_stops_a_fusion_between_chunks(confined, monkeypatch
     again = functions.fuse_region(planned["plan"], region, 1, planned["fingerprint"])
     assert again["skipped"] >= 1 and again["written"] < region["stop"]
     assert again["skipped"] + again["written"] == region["stop"] == planned["chunks"]
+
+
+def test_the_task_time_limit_of_a_fusion_counts_its_planning(confined, monkeypatch):
+    """The task's time starts with the task, not after planning: a fusion whose planning
+    (registration, a flat-field estimate) used the whole limit stops at its first chunk.
+    The task clock is made to jump 120 s during planning, against a 60 s limit."""
+    from scopefx.io import _limits
+    from scopefx.remote import _tasks
+
+    real_prepared, real_monotonic, skipped = _tasks._prepared, time.monotonic, [0.0]
+
+    def slow_planning(job):
+        skipped[0] = 120.0
+        return real_prepared(job)
+
+    monkeypatch.setattr(_tasks, "_prepared", slow_planning)
+    clock = types.SimpleNamespace(monotonic=lambda: real_monotonic() + skipped[0])
+    monkeypatch.setattr(_limits, "time", clock)  # the task clock's time only
+    monkeypatch.setenv("SCOPEFX_TASK_TIMEOUT_S", "60")
+    job = {"tiles": "mosaic/tiles.csv", "output": "out/late.ome.zarr", "params": {"chunk_px": 64}}
+    with pytest.raises(ResourceLimitError, match=r"fuse_mosaic stopped after 12\d\.?\d* s"):
+        functions.fuse_mosaic(job)
 
 
 def test_mosaic_refs_are_confined(confined):

@@ -16,18 +16,19 @@ import collections
 import json
 import math
 import os
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io import TileTable, layout_problems
+from ..io import TaskClock, TileTable, layout_problems
 from ._blend import read_opaque
 from ._correlate import Plan, cut, plan_pair, prepare
 from ._overlaps import _footprints, _shapes_array, overlapping_pairs
-from ._register import read_as_fused, register
+from ._register import read_as_fused, register_from
 from ._regparams import RegistrationParams
 from ._regresult import STATUSES, Registration
 
@@ -99,9 +100,14 @@ def overlap_agreement(
 
 def _agreements(
     tables: list[TileTable], *, read: Callable[[str], Any] | None, shapes: Any, flatfield: Any,
-    workers: int,
+    workers: int, started: float | None = None,
 ) -> list[tuple[float, list[tuple[int, int, float, int]]]]:  # fmt: skip
-    """:func:`overlap_agreement` of several layouts of the same tiles, each tile read once."""
+    """:func:`overlap_agreement` of several layouts of the same tiles, each tile read once
+    and at most ``workers`` (plus the crops waiting for their partner) in memory at once.
+
+    The endpoint's task time, counted from ``started`` (:func:`time.monotonic`; default:
+    now), is checked before each tile is read (:class:`~scopefx.io.TaskClock`)."""
+    clock = TaskClock("the overlap agreement of the QC report", start=started)
     first = tables[0]
     if read is None:  # colour tiles as fusion reads them
         read, from_headers = read_as_fused(first)
@@ -129,14 +135,33 @@ def _agreements(
 
     crops: dict[tuple[int, int], list[np.ndarray | None]] = {}
     scores: dict[tuple[int, int], tuple[float, int]] = {}
+    loads: collections.deque[Future[list[tuple[int, int, int, np.ndarray]]]]
+    loads = collections.deque()
+
+    def drain() -> None:
+        for t, p, side, crop in loads.popleft().result():
+            slot = crops.setdefault((t, p), [None, None])
+            slot[side] = crop
+            if slot[0] is not None and slot[1] is not None:
+                scores[t, p] = _ncc(slot[0], slot[1])
+                del crops[t, p]
+
+    tiles = sorted(by_tile)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for got in pool.map(load, sorted(by_tile)):
-            for t, p, side, crop in got:
-                slot = crops.setdefault((t, p), [None, None])
-                slot[side] = crop
-                if slot[0] is not None and slot[1] is not None:
-                    scores[t, p] = _ncc(slot[0], slot[1])
-                    del crops[t, p]
+        for n_read, k in enumerate(tiles):
+            if clock.over():
+                for future in loads:
+                    future.cancel()
+                raise clock.error(
+                    f"{n_read - len(loads):,} of {len(tiles):,} tiles were compared (the "
+                    "registration is done; its tables are not written). Register fewer tiles "
+                    "at once, or ask the endpoint's operator for a longer limit"
+                )
+            loads.append(pool.submit(load, k))
+            while len(loads) > workers:
+                drain()
+        while loads:
+            drain()
     out = []
     for t in range(len(tables)):
         pairs = [(pl.i, pl.j, *scores[t, p]) for p, pl in enumerate(plans[t])]
@@ -157,6 +182,7 @@ def registration_report(
     shapes: Any = None,
     flatfield: Any = None,
     workers: int = 1,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """The QC report of a registration, JSON-able.
 
@@ -164,8 +190,9 @@ def registration_report(
     ----------
     reg : Registration
         From :func:`scopefx.fusion.register` (its ``stage_table`` is the layout before).
-    read, shapes, flatfield, workers
-        As for :func:`register`: tiles are read again to score the overlap agreement.
+    read, shapes, flatfield, workers, started
+        As for :func:`register`: tiles are read again to score the overlap agreement, and
+        the endpoint's task time (counted from ``started``) is checked before each read.
 
     Returns
     -------
@@ -183,7 +210,12 @@ def registration_report(
     stage = reg.stage_table or reg.table
     shape_arr = _tile_shapes(table, shapes, read)
     (after, after_pairs), (before, _) = _agreements(
-        [table, stage], read=read, shapes=shape_arr, flatfield=flatfield, workers=workers
+        [table, stage],
+        read=read,
+        shapes=shape_arr,
+        flatfield=flatfield,
+        workers=workers,
+        started=started,
     )
     agreement = {(i, j): c for i, j, c, _ in after_pairs}
     pos, pos0 = table.affines[:, :nd, nd], stage.affines[:, :nd, nd]
@@ -394,11 +426,12 @@ def qc_only(
     RegistrationError
         As :func:`register` (too few usable pairs without ``allow_partial``).
     """
+    started = time.monotonic()  # one task clock for the registration and its report
     shape_arr = _tile_shapes(table, shapes, read)
-    reg = register(table, params=params, read=read, shapes=shape_arr, flatfield=flatfield,
-                   workers=workers)  # fmt: skip
+    reg = register_from(started, table, params=params, read=read, shapes=shape_arr,
+                        flatfield=flatfield, workers=workers)  # fmt: skip
     report = registration_report(reg, read=read, shapes=shape_arr, flatfield=flatfield,
-                                 workers=workers)  # fmt: skip
+                                 workers=workers, started=started)  # fmt: skip
     from ._publish import publish
 
     publish(sidecar(out, ".registered.csv"), reg.table.to_csv, replace=replace)

@@ -178,10 +178,26 @@ def register(
     >>> reg = register(read_tile_table("run/tiles.csv"), workers=8)  # doctest: +SKIP
     >>> reg.table.to_csv("run/tiles.registered.csv")  # doctest: +SKIP
     """
+    return register_from(time.monotonic(), table, params=params, read=read, shapes=shapes,
+                         flatfield=flatfield, workers=workers)  # fmt: skip
+
+
+def register_from(
+    started: float,
+    table: TileTable,
+    *,
+    params: RegistrationParams | None = None,
+    read: Callable[[str], Any] | None = None,
+    shapes: Any = None,
+    flatfield: Any = None,
+    workers: int = 1,
+) -> Registration:
+    """:func:`register`, the endpoint's task time counted from ``started``
+    (:func:`time.monotonic`): a task that does more than register (its QC report) checks
+    one clock."""
     params = RegistrationParams() if params is None else params
     if not isinstance(params, RegistrationParams):
         raise ConfigError(f"params must be a RegistrationParams, got {type(params).__name__}")
-    started = time.monotonic()  # the endpoint's task time counts from here (_measure_all)
     ok_workers = isinstance(workers, (int, np.integer)) and not isinstance(workers, bool)
     _check("workers", workers, ok_workers and workers >= 1, "an integer >= 1")
     nd, n = table.ndim, len(table)

@@ -296,10 +296,10 @@ def fuse_mosaic(job: dict[str, Any]) -> dict[str, Any]:
     from ..fusion import FusionJob
 
     start = time.perf_counter()
+    clock = _TaskClock("fuse_mosaic")  # the task's time: planning (registration) counts too
     prepared, checked = _prepared(job)
     planned = time.perf_counter()
     spec = _cluster_for(checked, prepared.plan.n_chunks)
-    clock = _TaskClock("fuse_mosaic")
     if not isinstance(prepared, FusionJob):
         result = prepared.finish(workers=checked.get("workers"))
         spec = None
