@@ -15,13 +15,10 @@ from typing import Any
 
 from ..errors import ConfigError, DiskFullError
 from ..io import open_binary
-from ..io.confined import open_dir
+from ..io.confined import DIR_FLAGS, NOFOLLOW, open_dir
 from ._plan import FusionPlan
 
 __all__ = ["disk_full", "publish", "publish_preview", "staging_name"]
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0) | _NOFOLLOW
 
 
 def publish(path: Path, write: Callable[[Path], Any], *, replace: bool) -> None:
@@ -52,7 +49,7 @@ def publish(path: Path, write: Callable[[Path], Any], *, replace: bool) -> None:
     stage = staging_name(name)
     try:
         os.mkdir(stage, 0o700, dir_fd=dfd)
-        sfd = os.open(stage, _DIR, dir_fd=dfd)
+        sfd = os.open(stage, DIR_FLAGS | NOFOLLOW, dir_fd=dfd)
         try:
             _write_and_publish(sfd, dfd, name, write, Path(parent, stage), replace=replace)
         except FileExistsError:
@@ -89,7 +86,7 @@ def _write_and_publish(
     proc = Path(f"/proc/self/fd/{sfd}")
     folder = proc if proc.is_dir() else shown
     write(folder / name)
-    fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=sfd)
+    fd = os.open(name, os.O_RDONLY | NOFOLLOW, dir_fd=sfd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ConfigError(f"{shown / name} is not a regular file; nothing was published")

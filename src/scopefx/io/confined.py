@@ -8,6 +8,12 @@ through :class:`ConfinedStore`, which applies the same checks to every chunk.
 """
 
 from ._confine import (
+    _DIR as DIR_FLAGS,
+)
+from ._confine import (
+    _NOFOLLOW as NOFOLLOW,
+)
+from ._confine import (
     check_name,
     created,
     current_roots,
@@ -24,7 +30,9 @@ from ._limits import LIMIT_ENV, size_text
 from ._zarrstore import ConfinedStore, open_store
 
 __all__ = [
+    "DIR_FLAGS",
     "LIMIT_ENV",
+    "NOFOLLOW",
     "ConfinedStore",
     "check_name",
     "created",
