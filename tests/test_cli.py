@@ -54,6 +54,32 @@ def test_focus_writes_csv_json_and_plots(series, tmp_path):
     assert "not scored" in text
 
 
+def test_focus_json_is_strict_json_when_the_run_baseline_is_zero(tmp_path, monkeypatch):
+    """Blank sections (a lamp off, an empty grid square): the run baseline is 0, each ratio to
+    it infinite. Before: the JSON held the token Infinity (no parser of strict JSON reads it)
+    and the lines said "unverifiable xinf"; now null, and no ratio on the line, as for NaN."""
+    from scopefx.focus import FocusRecord
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for i in range(6):
+        tifffile.imwrite(run / f"s{i}.tif", np.full((128, 128), 100, np.uint16))
+    out_json = tmp_path / "f.json"
+    code, text = _run("focus", str(run), "--json", str(out_json))
+    assert code == 0, text
+
+    def strict(token):
+        raise ValueError(f"{token} is not JSON")
+
+    records = json.loads(out_json.read_text(), parse_constant=strict)
+    assert [r["ratio"] for r in records] == [None] * 6
+    assert records[-1]["verdict"] == "unverifiable" and "xinf" not in text
+    # a value to_dict ever leaves non-finite again raises, rather than writing no JSON
+    monkeypatch.setattr(FocusRecord, "to_dict", lambda self: {"ratio": float("inf")})
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        _run("focus", str(run), "-q", "--json", str(tmp_path / "g.json"))
+
+
 def test_calibrate_then_score_with_the_calibration(series, tmp_path):
     cal = tmp_path / "cal.json"
     code, text = _run(

@@ -1,8 +1,11 @@
+import math
+
 import numpy as np
 import pytest
 import tifffile
 
 from scopefx import FocusParams, samples, score_files
+from scopefx.focus import FocusRecord
 
 
 @pytest.fixture
@@ -84,6 +87,22 @@ def test_records_are_json_and_csv_ready(run_folder):
     record, failed = list(score_files([good[0], bad["corrupt"]]))
     json.dumps([record.to_dict(), failed.to_dict()])
     assert {"path", "features", "status", "error", "verdict", "score_seconds"} <= set(record.row())
+
+
+def test_to_dict_gives_none_for_every_number_that_is_not_finite():
+    """A ratio to a run baseline of 0 (blank sections) is infinite. Before: to_dict kept inf,
+    and JSON written from it held the token Infinity, which no JSON parser accepts."""
+    import json
+
+    fmap = np.array([[np.nan, np.inf], [1.25, -np.inf]])
+    record = FocusRecord(
+        path="/run/blank.tif", features=0, density_per_mpx=0.0, ratio=math.inf,
+        defocus_estimate=-math.inf, threshold=np.float64(np.inf), focus_map=fmap,
+    )  # fmt: skip
+    out = json.loads(json.dumps(record.to_dict(), allow_nan=False))
+    assert out["ratio"] is None and out["defocus_estimate"] is None and out["threshold"] is None
+    assert out["density_per_mpx"] == 0.0 and out["features"] == 0 and out["noise_sigma"] is None
+    assert out["focus_map"] == [[None, None], [1.2, None]]
 
 
 def test_zarr_references_are_scored_and_made_absolute(tmp_path, monkeypatch):

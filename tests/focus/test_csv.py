@@ -53,6 +53,37 @@ def test_resume_drops_a_torn_line_and_keeps_extra_columns(tmp_path):
     assert path.read_text().count("\n") == 3
 
 
+@pytest.mark.parametrize(
+    "torn",
+    [
+        '"/run/nl\nb.tif",,ok,,12,',  # killed after the newline in the quoted path
+        '"/run/nl\nb.tif",,corrupt,"cannot read \'/run/nl\nb',  # ... in the error quoting it
+        '"/run/nl\n',
+    ],
+)
+def test_resume_cuts_a_torn_row_from_its_start_when_a_quoted_cell_holds_a_newline(tmp_path, torn):
+    """A file name may hold a newline (anyone who writes into the acquisition folder chooses
+    it); its row quotes it. Before: a row torn after that newline was cut there, and the half
+    row's open quote swallowed every row appended after the resume (read back as one row
+    whose path was "/run/nl\n/run/section_0001.tif,,ok,...")."""
+    path = tmp_path / "watch.csv"
+    odd = '/run/new\nline "quoted".tif'  # a complete row holding a newline and quotes
+    with FocusCsvWriter(path) as sink:
+        sink.write(_record(0))
+        sink.write(FocusRecord(path=odd, features=5))
+    with path.open("a", newline="") as handle:
+        handle.write(torn)
+    kept = ["/run/section_0000.tif", odd]
+    assert [r["path"] for r in read_focus_csv(path)] == kept  # the reader skips it
+    with FocusCsvWriter(path, resume=True) as sink:
+        assert [r["path"] for r in sink.rows] == kept
+        sink.write(_record(1))
+        sink.write(_record(2))
+    assert [r["path"] for r in read_focus_csv(path)] == [
+        *kept, "/run/section_0001.tif", "/run/section_0002.tif",
+    ]  # fmt: skip
+
+
 def test_resume_refuses_a_foreign_file_and_leaves_it_alone(tmp_path):
     path = tmp_path / "other.csv"
     path.write_text("x,y\n1,2")

@@ -23,7 +23,15 @@ from typing import TextIO
 from .._version import __version__
 from ..errors import ScopefxError
 from . import demo, focus, fuse, remote, watch
-from ._common import BROKEN_PIPE, DATA_ERROR, DATA_ERRORS, USAGE_ERROR, DataError, UsageError
+from ._common import (
+    BROKEN_PIPE,
+    DATA_ERROR,
+    DATA_ERRORS,
+    USAGE_ERROR,
+    DataError,
+    UsageError,
+    printable,
+)
 
 __all__ = [
     "BROKEN_PIPE",
@@ -59,9 +67,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     parser = build_parser()
     args = parser.parse_args(argv)
     out = out or sys.stdout
-    logging.basicConfig(
-        level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING - 10 * args.verbose, handlers=[handler])
     try:
         try:
             code = int(args.func(args, out))
@@ -71,13 +79,28 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         _discard_stdout(out)
         return BROKEN_PIPE
     except (DataError, *DATA_ERRORS) as exc:  # nothing found, scored or fused
-        parser.exit(DATA_ERROR, f"scopefx {args.command}: error: {exc}\n")
+        parser.exit(DATA_ERROR, f"scopefx {args.command}: error: {_error_text(exc)}\n")
     except (UsageError, ScopefxError) as exc:  # bad options, calibration files, ...
-        parser.exit(USAGE_ERROR, f"scopefx {args.command}: error: {exc}\n")
+        parser.exit(USAGE_ERROR, f"scopefx {args.command}: error: {_error_text(exc)}\n")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return code
+
+
+def _error_text(exc: BaseException) -> str:
+    """An error's message for the terminal: each of its lines :func:`printable` (a message
+    that lists tiles keeps its lines; the names in them cannot move the cursor)."""
+    return "\n".join(printable(line) for line in str(exc).split("\n"))
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines as :func:`~scopefx.cli._common.printable` text: a warning quotes file names,
+    which whoever writes into a shared folder chooses (a traceback, with ``-v``, is kept as
+    it is)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 def _discard_stdout(out: TextIO) -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "make_client",
     "params_from_args",
     "positive_int",
+    "printable",
     "record_line",
     "record_name",
     "run_from_args",
@@ -231,8 +232,8 @@ class Outputs:
             )
         if not _written_by_scopefx(ref, mine.kind):
             raise UsageError(
-                f"{mine.option} {mine.path!r} is an input image ({ref}) that scopefx did not "
-                "write: it would be overwritten; give another path"
+                f"{mine.option} {mine.path!r} is an input image ({printable(ref)}) that scopefx "
+                "did not write: it would be overwritten; give another path"
             )
         log.info("not scoring %s: this command writes it (%s)", ref, mine.option)
         return False
@@ -281,6 +282,35 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
     return value
+
+
+#: What :func:`printable` escapes: C0 and C1 control characters and DEL (a terminal acts on
+#: them: ESC sequences move the cursor and erase lines, CR and newline start another line, BEL
+#: rings), the line and paragraph separators, the bidirectional embeddings, overrides and
+#: isolates (they reorder what follows on screen) and lone surrogates (a name's bytes that are
+#: not UTF-8, which cannot be written to a UTF-8 terminal).
+_UNPRINTABLE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(text: object) -> str:
+    """``text`` as it may be written to the operator's terminal: every control character
+    escaped as Python writes it in a string (``\\x1b``, ``\\n``, ``\\r``, ``\\u202e``),
+    everything else, accented letters and CJK included, unchanged.
+
+    Every line that carries a file name, a path or an error message goes through it: a file
+    name is chosen by whoever writes into a shared acquisition folder, and one holding
+    ``ESC[1A ESC[2K`` or a newline would otherwise erase a flagged line or forge another.
+    What is written to files (the CSV, the JSON) keeps the names as they are."""
+    return _UNPRINTABLE.sub(_escape, str(text))
 
 
 def colour(out: TextIO) -> bool:
@@ -594,9 +624,8 @@ def find(
                 skipped.append(ref)
     if not found:
         own = f" but this command's own outputs ({', '.join(skipped)})" if skipped else ""
-        raise DataError(
-            f"no images found in {' '.join(paths)}{own} (use --recursive for subfolders?)"
-        )
+        where = printable(" ".join(paths) + own)
+        raise DataError(f"no images found in {where} (use --recursive for subfolders?)")
     return list(found)
 
 
@@ -629,20 +658,21 @@ def _shell_globs_in_natural_order(paths: Sequence[str]) -> list[str]:
 
 
 def record_name(record: Any) -> str:
-    """How lines name a record: its path, and ``[page]`` for a page of a stack."""
-    return str(record.path) + ("" if record.page is None else f"[{record.page}]")
+    """How lines name a record: its path (:func:`printable`), and ``[page]`` for a page of a
+    stack."""
+    return printable(record.path) + ("" if record.page is None else f"[{record.page}]")
 
 
 def record_line(record: Any, in_colour: bool) -> str:
     """One line for a focus record: features, verdict, estimate or ratio, path."""
     name = record_name(record)
     if not record.ok:
-        text = f"{'ERROR':>9}  {record.status:<14} {name}: {record.error}"
+        text = f"{'ERROR':>9}  {record.status:<14} {name}: {printable(record.error)}"
         return f"{YELLOW}{text}{RESET}" if in_colour else text
     extra = (
         f"|df|~{record.defocus_estimate:.2g}"
         if not math.isnan(record.defocus_estimate)
-        else (f"x{record.ratio:.2f}" if not math.isnan(record.ratio) else "")
+        else (f"x{record.ratio:.2f}" if math.isfinite(record.ratio) else "")  # inf: baseline 0
     )
     text = f"{record.features:>9d}  {record.verdict:<14} {extra:<11} {name}"
     if record.noise_limited:

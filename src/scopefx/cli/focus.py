@@ -23,6 +23,7 @@ from ._common import (
     focus_params,
     make_client,
     positive_int,
+    printable,
     record_line,
     run_from_args,
     runs_remotely,
@@ -163,15 +164,18 @@ def _write_outputs(
     args: argparse.Namespace, records: list[Any], out: TextIO, *, plots: bool = True
 ) -> None:
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in records], indent=1) + "\n")
-        print(f"wrote {args.json}", file=out)
+        # allow_nan=False: a value to_dict left non-finite raises rather than writing the
+        # NaN or Infinity token, which is no JSON
+        text = json.dumps([r.to_dict() for r in records], indent=1, allow_nan=False)
+        Path(args.json).write_text(text + "\n")
+        print(f"wrote {printable(args.json)}", file=out)
     if args.csv:
-        print(f"wrote {args.csv}", file=out)
+        print(f"wrote {printable(args.csv)}", file=out)
     if args.plot and plots:
         from ..focus.plot import plot_focus_series
 
         save_plot(plot_focus_series(records), args.plot)
-        print(f"wrote {args.plot}", file=out)
+        print(f"wrote {printable(args.plot)}", file=out)
     if args.maps and plots:
         from ..focus.plot import plot_focus_maps
 
@@ -185,7 +189,7 @@ def _write_outputs(
             note = (f" ({_MAX_MAPS} of {len(usable)} maps: the flagged sections first"
                     + (f"; {flagged - _MAX_MAPS} flagged ones not drawn" if flagged > _MAX_MAPS
                        else "") + ")")  # fmt: skip
-        print(f"wrote {args.maps}{note}", file=out)
+        print(f"wrote {printable(args.maps)}{note}", file=out)
 
 
 def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
@@ -243,9 +247,9 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     for record in score_files(paths, params=params, workers=args.workers):
         records.append(record)
         if not record.ok:
-            print(f"skipped {record.path}: {record.error}", file=out)
+            print(printable(f"skipped {record.path}: {record.error}"), file=out)
             continue
-        name = record.path if record.page is None else f"{record.path}[{record.page}]"
+        name = printable(record.path if record.page is None else f"{record.path}[{record.page}]")
         if record.page is not None and (
             args.from_metadata or defocus_key(record.path, None) in table
         ):  # one value for a whole stack would give its planes one defocus
@@ -262,7 +266,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
             value = table.get(defocus_key(record.path, record.page))
         if value is None:
             where = (f"no {args.from_metadata.replace('_', ' ')} value in its metadata"
-                     if args.from_metadata else f"not in {args.defocus}")  # fmt: skip
+                     if args.from_metadata else f"not in {printable(args.defocus)}")  # fmt: skip
             print(f"skipped {name}: {where}", file=out)
             continue
         if not math.isfinite(float(value)):
@@ -278,7 +282,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     if not defocus:
         raise DataError(
             f"none of the {len(records)} scored image(s) has a defocus value "
-            + ("in its metadata" if args.from_metadata else f"in {args.defocus}")
+            + ("in its metadata" if args.from_metadata else f"in {printable(args.defocus)}")
         )
     try:
         calibration = Calibration.fit(
@@ -304,8 +308,8 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
         f"(|defocus| <= {calibration.max_defocus:g} {calibration.unit})",
         file=out,
     )
-    print(f"wrote {args.output}", file=out)
+    print(f"wrote {printable(args.output)}", file=out)
     if args.plot:
         save_plot(plot_calibration(calibration, defocus, density), args.plot)
-        print(f"wrote {args.plot}", file=out)
+        print(f"wrote {printable(args.plot)}", file=out)
     return 0

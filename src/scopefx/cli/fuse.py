@@ -19,6 +19,7 @@ from ._common import (
     describe_mosaic,
     make_client,
     positive_int,
+    printable,
     runs_remotely,
 )
 
@@ -193,7 +194,8 @@ def _report_extra(extra: dict[str, Any], out: TextIO) -> None:
     """What the run found out about its inputs: the pixel size's source, layout problems, the
     registration's one-line QC summary and where the report is."""
     source = extra.get("pixel_size_from")
-    print(f"pixel size: {source or 'unknown (no physical scale written; --pixel-size)'}", file=out)
+    about = source or "unknown (no physical scale written; --pixel-size)"
+    print(f"pixel size: {printable(about)}", file=out)
     if extra.get("pixel_size_z_um"):
         print(f"z step: {extra['pixel_size_z_um']:g} um", file=out)
     if "z_planes" in extra:  # what each tile contributed to a 2D mosaic of z-stacks
@@ -203,22 +205,24 @@ def _report_extra(extra: dict[str, Any], out: TextIO) -> None:
     if extra.get("colour"):
         print(f"tiles: {extra['colour']}", file=out)
     if extra.get("flatfield"):
-        print(f"flat field: {extra['flatfield']}", file=out)
-    for problem in extra.get("layout_problems", []):
-        print(f"layout: {problem}", file=out)
+        print(f"flat field: {printable(extra['flatfield'])}", file=out)
+    for problem in extra.get("layout_problems", []):  # they name tiles
+        print(f"layout: {printable(problem)}", file=out)
     r = extra.get("registration", extra if "summary_line" in extra else None)
     if r is not None:
-        print(r.get("summary_line") or f"registration: {r['pairs_used']} of {r['pairs']} pairs "
-              f"used, rms residual {r['rms_residual_px']:.3f} px", file=out)  # fmt: skip
-        print(f"stitching QC: {r['qc']} ({r['qc_png']}); refined table {r['table']}", file=out)
+        print(printable(r.get("summary_line") or f"registration: {r['pairs_used']} of "
+              f"{r['pairs']} pairs used, rms residual {r['rms_residual_px']:.3f} px"),
+              file=out)  # fmt: skip
+        print(printable(f"stitching QC: {r['qc']} ({r['qc_png']}); refined table {r['table']}"),
+              file=out)  # fmt: skip
 
 
 def _report(result: Any, where: str, out: TextIO) -> None:
-    print(f"{where}: {describe_mosaic(result.to_dict())}", file=out)
+    print(f"{printable(where)}: {describe_mosaic(result.to_dict())}", file=out)
     if result.missing:
         print(f"skipped {len(result.missing)} missing tiles (area filled):", file=out)
         for ref in result.missing:
-            print(f"  {ref}", file=out)
+            print(f"  {printable(ref)}", file=out)
     _report_extra(result.extra, out)
 
 
@@ -299,7 +303,7 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
         bar.close()
     _report(result, result.path, out)
     if args.preview:
-        print(f"preview: {args.preview}", file=out)
+        print(f"preview: {printable(args.preview)}", file=out)
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
     return 0

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from ._common import printable
+
 __all__ = ["add_parsers", "cmd_endpoint_config", "cmd_endpoints", "cmd_register"]
 
 
@@ -89,7 +91,7 @@ def cmd_endpoints(args: argparse.Namespace, out: TextIO) -> int:
                 f"{', '.join(roots) if roots else 'unrestricted (local default)'}"
             )
         elif row.get("status") == "error":
-            line += f"\n      unreachable: {row['error']}"
+            line += f"\n      unreachable: {printable(row['error'])}"
         print(line, file=out)
     return 0
 

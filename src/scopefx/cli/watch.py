@@ -28,6 +28,7 @@ from ._common import (
     doubt_line,
     focus_params,
     make_client,
+    printable,
     run_from_args,
     runs_remotely,
     save_plot,
@@ -170,7 +171,7 @@ class _Alarm:
                 cmd, shell=True, env=env, stdin=subprocess.DEVNULL, start_new_session=True
             )
         except OSError as exc:
-            print(f"--on-oof failed to start for {record.path}: {exc}", file=self.out)
+            print(printable(f"--on-oof failed to start for {record.path}: {exc}"), file=self.out)
             return
         self.running.append((record.path, proc))
 
@@ -185,10 +186,11 @@ class _Alarm:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 code = proc.wait()
-                print(f"--on-oof for {path}: still running after {wait:g} s, killed", file=self.out)
+                print(f"--on-oof for {printable(path)}: still running after {wait:g} s, killed",
+                      file=self.out)  # fmt: skip
             self.running.remove((path, proc))
             if code:
-                print(f"--on-oof for {path} exited with status {code}", file=self.out)
+                print(f"--on-oof for {printable(path)} exited with status {code}", file=self.out)
 
 
 @contextlib.contextmanager
@@ -215,14 +217,14 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 def _row(scored: Any, in_colour: bool) -> str:
     r = scored.record
     clock = time.strftime("%H:%M:%S")
-    name = scored.section + ("" if r.page is None else f"[{r.page}]")
+    name = printable(scored.section) + ("" if r.page is None else f"[{r.page}]")
     latency = (
         "settled"  # a warm-up section judged again once the baseline exists
         if scored.late
         else ("backlog" if math.isnan(scored.latency) else f"{scored.latency:.2f}s")
     )
     if not r.ok:
-        text = f"{clock}  {'-':>9}  {r.status:<13} {latency:>7}  {name}: {r.error}"
+        text = f"{clock}  {'-':>9}  {r.status:<13} {latency:>7}  {name}: {printable(r.error)}"
         return f"{YELLOW}{text}{RESET}" if in_colour else text
     text = f"{clock}  {r.features:>9d}  {r.verdict:<13} {latency:>7}  {name}"
     if scored.flagged:
@@ -275,9 +277,11 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     try:
         done = len({r.path for r in watch.previous})
         print(
-            f"watching {watch.folder} (scoring {where}"
-            + (f"; {done} file(s) already in {args.csv}" if done else "")
-            + "); Ctrl-C to stop",
+            printable(
+                f"watching {watch.folder} (scoring {where}"
+                + (f"; {done} file(s) already in {args.csv}" if done else "")
+                + "); Ctrl-C to stop"
+            ),
             file=out,
         )
         print(f"{'time':<8}  {'features':>9}  {'verdict':<13} {'latency':>7}  section", file=out)
@@ -328,4 +332,7 @@ def _report(watch: Any, plot: str | None, out: TextIO) -> None:
 
         fig = plot_focus_series(everything, title=f"{watch.folder.name}: features per section")
         save_plot(fig, plot)
-        print(f"wrote {plot} ({len(everything)} section(s), flagged ones labelled)", file=out)
+        print(
+            f"wrote {printable(plot)} ({len(everything)} section(s), flagged ones labelled)",
+            file=out,
+        )

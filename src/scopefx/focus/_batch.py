@@ -137,17 +137,24 @@ class FocusRecord:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict, focus map included as nested lists."""
+        """JSON-able dict, focus map included as nested lists; every value that is not a finite
+        number (NaN: not measured; inf: a ratio to a run baseline of 0) is ``None``, so that
+        ``json.dumps(..., allow_nan=False)`` writes it (as ``null``)."""
         out = self.row()
         fmap = self.focus_map
         out["focus_map"] = (
             None
             if fmap is None
             else [  # NaN: a cell with no opaque pixel
-                [None if math.isnan(v) else v for v in row] for row in fmap.round(1).tolist()
+                [v if math.isfinite(v) else None for v in row] for row in fmap.round(1).tolist()
             ]
         )
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+        return {k: (None if _non_finite(v) else v) for k, v in out.items()}
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` is a float (Python's or NumPy's) that is NaN or infinite."""
+    return isinstance(value, (float, np.floating)) and not math.isfinite(value)
 
 
 def _result_fields(result: FocusResult) -> dict[str, Any]:

@@ -5,9 +5,9 @@ One module for every program that writes or reads it (``scopefx focus``, ``scope
 
 - :class:`FocusCsvWriter` appends a row per record and flushes and fsyncs it before the next
   one, so a killed run keeps every finished row; it can resume a CSV a killed run left (a torn
-  last line is dropped) and rewrite verdicts in place, atomically (warm-up sections settled
+  last row is dropped) and rewrite verdicts in place, atomically (warm-up sections settled
   once the run's baseline exists).
-- :func:`read_focus_csv` reads the complete rows, skipping a torn last line.
+- :func:`read_focus_csv` reads the complete rows, skipping a torn last row.
 - :func:`read_defocus_table` reads the ``path,defocus`` table of a through-focus series.
 
 The columns are :data:`scopefx.focus.CSV_COLUMNS` (extra columns, such as the watch's latency,
@@ -58,8 +58,21 @@ def _cell(value: Any) -> str:
 
 
 def _complete(data: bytes) -> bytes:
-    """``data`` up to its last newline: a kill mid-row leaves a torn last line."""
-    return data[: data.rfind(b"\n") + 1]
+    """``data`` up to the end of its last complete row: a kill mid-row leaves a torn one.
+
+    A row ends at a newline outside quotes: a quoted cell (a path, an error quoting it) may
+    hold newlines of its own, and a row torn after one of them must be cut from its start, not
+    at that newline (its open quote would swallow every row appended after it). As the csv
+    module writes cells (a quote only around a cell and doubled inside it), a newline is
+    outside quotes where an even number of ``"`` precedes it."""
+    quotes = data.count(b'"')  # before the newline at ``end``, as the scan goes back
+    end = len(data)
+    while (newline := data.rfind(b"\n", 0, end)) >= 0:
+        quotes -= data.count(b'"', newline, end)
+        if quotes % 2 == 0:
+            return data[: newline + 1]
+        end = newline
+    return b""
 
 
 def _parse(data: bytes) -> tuple[list[str], list[dict[str, str]]]:
@@ -71,7 +84,7 @@ def _parse(data: bytes) -> tuple[list[str], list[dict[str, str]]]:
 def read_focus_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     """The complete rows of a focus CSV (``scopefx focus --csv``, ``scopefx watch --csv``).
 
-    A torn last line (a row a killed run was writing) is skipped. Cells are strings as written
+    A torn last row (one a killed run was writing) is skipped. Cells are strings as written
     (empty for a missing value); :meth:`scopefx.focus.FocusRecord.from_row` makes a record of one.
     """
     return _parse(Path(path).read_bytes())[1]
@@ -93,7 +106,7 @@ class FocusCsvWriter:
         given to :meth:`write`).
     resume : bool
         ``False`` (default): start a new file (an existing one is replaced). ``True``: keep an
-        existing file's rows (:attr:`rows`) and columns and append to it; a torn last line is
+        existing file's rows (:attr:`rows`) and columns and append to it; a torn last row is
         removed first.
 
     Raises
@@ -126,7 +139,7 @@ class FocusCsvWriter:
             if header:
                 self.columns, self.rows = header, rows
             torn = len(data) - len(_complete(data))
-            if torn:  # drop the torn last line (only once the file is known to be ours)
+            if torn:  # drop the torn last row (only once the file is known to be ours)
                 with self.path.open("rb+") as handle:
                     handle.truncate(len(data) - torn)
         self.path.parent.mkdir(parents=True, exist_ok=True)
