@@ -85,3 +85,18 @@ def test_docs_index_lists_every_doc():
     missing = [p.name for p in sorted(DOCS.glob("*.md")) if p.name != "README.md"]
     missing = [name for name in missing if name not in listed]
     assert not missing, f"docs/README.md does not list {missing}: add one line for each"
+
+
+def test_the_first_python_example_of_the_fusion_docs_runs(tmp_path, monkeypatch):
+    """docs/fusion.md's first Python block, run as written on a small grey mosaic
+    (``tiles.csv``: 3 x 3 tiles of 128 px). Before: its ``fuse_lazy`` line indexed a channel
+    axis that a grey mosaic does not have (IndexError)."""
+    from scopefx.samples import make_mosaic, write_mosaic
+
+    text = (DOCS / "fusion.md").read_text()
+    block = re.search(r"```python\n(.*?)```", text, re.S)
+    assert block is not None and "fuse_lazy" in block.group(1)
+    write_mosaic(tmp_path, make_mosaic(grid=(3, 3), tile_px=128, jitter_px=2))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.group(1), "docs/fusion.md", "exec"), {})  # our own docs
+    assert (tmp_path / "mosaic.ome.zarr").is_dir() and (tmp_path / "big.ome.zarr").is_dir()

@@ -717,3 +717,22 @@ def test_a_finished_store_holds_no_temporary_file_of_a_write_killed_mid_run(tmp_
     fuse(table, out, params=FusionParams(chunk_px=64), on_chunk=on_chunk)
     assert planted and not planted[0].exists()
     assert not [p for p in out.rglob("*.partial")]
+
+
+@pytest.mark.parametrize("fraction", [0.0003, 0.2, 0.4999, 0.5001, 0.8])
+def test_tiles_at_fractional_positions_add_no_uncovered_edge(tmp_path, fraction):
+    """A pixel belongs to the mosaic if its centre is inside a tile's footprint: two 60 x 80
+    tiles side by side at y = 10 + f, x = 10 + f give 60 x 150 covered pixels and nothing else.
+    Before: a row and a column that no tile covers (the fill value, a black line along the
+    edge of every registered mosaic) at the bottom and right for f < 0.5, the top and left
+    above it."""
+    rng = np.random.default_rng(3)
+    refs = []
+    for k in range(2):
+        refs.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(refs[-1], rng.integers(50, 250, (60, 80), dtype=np.uint8))
+    table = TileTable.from_positions(refs, [(10 + fraction, 10 + fraction),
+                                            (80 + fraction, 10 + fraction)])  # fmt: skip
+    fused, _ = _fused(table, blend="linear")
+    assert fused.shape == (60, 150)
+    assert np.count_nonzero(fused == 0) == 0

@@ -26,6 +26,8 @@ from ._params import FusionParams
 __all__ = ["FusionPlan", "make_plan", "tile_corners"]
 
 _MIN_FEATHER_PX = 8.0
+_EDGE_EPS = 1e-6  # px: a footprint edge this close to a pixel centre counts as reaching it
+_MIN_FOCUS_WEIGHT = 1e-12  # (1e-3) ** 4: the weight of the least sharp tile at the default gamma
 
 
 def tile_corners(affine: np.ndarray, shape: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -240,8 +242,11 @@ def make_plan(
     affines = table.affines
     corners = np.stack([tile_corners(a, s) for a, s in zip(affines, shapes, strict=True)])
     # pixel-centre box: a pixel belongs to the output if its centre is inside a footprint
-    lo = np.floor(corners.min(axis=1) + 0.5).astype(np.int64)
-    hi = np.ceil(corners.max(axis=1) - 0.5).astype(np.int64) + 1
+    # (edges included, within _EDGE_EPS): a tile at y = 10.2 with 300 rows spans 9.7..309.7,
+    # rows 10..309; rounding the outermost pixel centres outward added row 310, which no tile
+    # covers (a line of the fill value along the edge of every mosaic placed at fractions)
+    lo = np.ceil(corners.min(axis=1) - _EDGE_EPS).astype(np.int64)
+    hi = np.floor(corners.max(axis=1) + _EDGE_EPS).astype(np.int64) + 1
     origin = lo.min(axis=0)
     shape = tuple(int(v) for v in hi.max(axis=0) - origin)
 
@@ -272,7 +277,8 @@ def make_plan(
         s = np.asarray(scores, dtype=float)
         best = float(s.max())
         rel = s / best if best > 0 else np.ones_like(s)
-        weights = np.maximum(rel, 1e-3) ** params.focus_gamma
+        # floored: a tile far less sharp than its neighbours still fills where it is alone
+        weights = np.maximum(np.maximum(rel, 1e-3) ** params.focus_gamma, _MIN_FOCUS_WEIGHT)
 
     out_affines = np.stack([translation(-origin) @ a for a in affines])
     boxes = np.stack([lo - origin, hi - origin], axis=1)
