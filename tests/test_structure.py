@@ -13,7 +13,7 @@ import scopefx
 SRC = Path(scopefx.__file__).resolve().parent
 #: Top-level private modules every layer may use: the array-backend seam, the version, and
 #: the notebook-friendly matplotlib Figure.
-SHARED_PRIVATE = {"scopefx._backend", "scopefx._figure", "scopefx._version"}
+SHARED_PRIVATE = {"scopefx._backend", "scopefx._checks", "scopefx._figure", "scopefx._version"}
 
 
 def _module_name(path: Path) -> str:

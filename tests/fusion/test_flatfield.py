@@ -487,3 +487,37 @@ def test_threads_read_tiles_for_the_same_estimate() -> None:
     np.testing.assert_array_equal(one.flat, three.flat)
     with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
         estimate_flatfield(tiles, read=np.asarray, workers=0)
+
+
+def test_a_colour_blank_field_corrects_colour_tiles(tmp_path: Path) -> None:
+    """A blank field imaged by the tiles' own RGB camera (samples last, alpha dropped) is read
+    as the tiles are, channels first: a field per colour. Before: refused, "tile shape
+    (3, 64, 96) does not match flat shape (64, 96, 3)"."""
+    from scopefx import fuse
+    from scopefx.fusion import FuseOptions
+    from scopefx.fusion._flatfield import load_flatfield
+    from scopefx.io import TileTable
+
+    yy, xx = np.mgrid[0:64, 0:96]
+    shade = 1 - 0.4 * (((yy - 32) / 32) ** 2 + ((xx - 48) / 48) ** 2) / 2
+    gains = np.array([1.0, 0.8, 0.6])
+    refs = []
+    for k in range(2):
+        tile = np.round(200 * shade[..., None] * gains).astype(np.uint8)  # a flat specimen
+        refs.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(refs[-1], tile, photometric="rgb")
+    blank = np.round(250 * shade[..., None] * np.ones(3)).astype(np.uint8)
+    alpha = np.full((64, 96, 1), 255, np.uint8)
+    tifffile.imwrite(tmp_path / "blank.tif", np.concatenate([blank, alpha], -1),
+                     photometric="rgb", extrasamples=["unassalpha"])  # fmt: skip
+    field = load_flatfield(tmp_path / "blank.tif")
+    assert np.shape(field.flat) == (3, 64, 96)
+    table = TileTable.from_positions(refs, [(0, 0), (80, 0)])
+    out = tmp_path / "m.ome.zarr"
+    fuse(table, out, options=FuseOptions(flatfield=str(tmp_path / "blank.tif"), pyramid=False))
+    import zarr
+
+    mosaic = np.asarray(zarr.open_group(str(out), mode="r")["0"])
+    assert mosaic.shape[0] == 3
+    for c in range(3):  # the shading is gone from every colour
+        assert np.ptp(mosaic[c]) <= 3, (c, np.ptp(mosaic[c]))

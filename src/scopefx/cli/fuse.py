@@ -241,7 +241,7 @@ def _cmd_fuse_remote(args: argparse.Namespace, params: Any, options: Any, out: T
         )  # fmt: skip
     _report(result, f"{result.extra.get('output', args.output)} (on the endpoint)", out)
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+        Path(args.json).write_text(_json(result.to_dict()))
     return 0
 
 
@@ -253,7 +253,7 @@ def _cmd_qc(args: argparse.Namespace, options: Any, out: TextIO) -> int:
     summary = qc(args.tiles, args.output, options=options, workers=args.workers)
     _report_extra(summary, out)
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1))
+        Path(args.json).write_text(_json(summary))
     return 0
 
 
@@ -305,5 +305,12 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     if args.preview:
         print(f"preview: {printable(args.preview)}", file=out)
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+        Path(args.json).write_text(_json(result.to_dict()))
     return 0
+
+
+def _json(summary: dict[str, Any]) -> str:
+    """``--json``: strict JSON (a figure not measured, NaN, is ``null``)."""
+    from .._checks import json_safe
+
+    return json.dumps(json_safe(summary, null=True), indent=1, allow_nan=False)

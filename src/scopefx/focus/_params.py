@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .._checks import is_finite, shown
 from ..errors import ConfigError
 
 __all__ = ["PRESETS", "FocusParams", "Preset"]
@@ -176,7 +177,7 @@ class FocusParams:
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ConfigError:
-            return ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+            return ConfigError(f"{name} must be {expected}, got {shown(getattr(self, name))}")
 
         if not isinstance(self.n_scales, int) or isinstance(self.n_scales, bool):
             raise bad("n_scales", "an integer")
@@ -192,7 +193,7 @@ class FocusParams:
             value = getattr(self, name)
             if name in ("threshold_k", "scale_weight") and value is None:
                 continue
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_finite(value):
                 raise bad(name, "a finite number")
         if self.min_sigma_px < 0.5:
             raise bad("min_sigma_px", ">= 0.5 (smaller Gaussians are not resolved by pixels)")
@@ -206,7 +207,7 @@ class FocusParams:
             )
         if not 0 <= self.saturation_pct < 50:
             raise bad("saturation_pct", "in [0, 50)")
-        if self.modality not in PRESETS:
+        if not isinstance(self.modality, str) or self.modality not in PRESETS:
             raise bad("modality", f"one of {tuple(PRESETS)}")
         if self.polarity is not None and self.polarity not in _POLARITIES:
             raise bad("polarity", f"None or one of {_POLARITIES}")
@@ -218,18 +219,16 @@ class FocusParams:
             raise bad("channel", "None or an integer >= 0 (0 = red)")
         if self.mode not in _MODES:
             raise bad("mode", f"one of {_MODES}")
-        if self.threshold is not None and (
-            not isinstance(self.threshold, (int, float))
-            or not math.isfinite(self.threshold)
-            or self.threshold < 0
-        ):
+        if self.threshold is not None and (not is_finite(self.threshold) or self.threshold < 0):
             raise bad("threshold", "None or a finite number >= 0")
         if self.threshold_k is not None and self.threshold_k <= 0:
             raise bad("threshold_k", "> 0")
         if self.scale_weight is not None and not 0 <= self.scale_weight <= 8:
             raise bad("scale_weight", "None or in [0, 8]")
         if self.target_px is not None and (
-            not isinstance(self.target_px, int) or self.target_px < 16
+            not isinstance(self.target_px, int)
+            or isinstance(self.target_px, bool)
+            or self.target_px < 16
         ):
             raise bad("target_px", "None or an integer >= 16")
         if not isinstance(self.cell_px, int) or isinstance(self.cell_px, bool) or self.cell_px < 8:

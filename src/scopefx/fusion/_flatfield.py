@@ -148,21 +148,31 @@ class FlatField:
     def load(cls, path: str | os.PathLike[str]) -> FlatField:
         """Read a flat field written by :meth:`save`.
 
-        Raises ImageNotFoundError (no such file), CorruptImageError (not a readable ``.npz``)
-        or ConfigError (no ``flat`` array in it, or invalid values).
+        The file is read as every input is (:func:`scopefx.io.confined.read_npz`): opened
+        without blocking, a regular file inside the roots, and each array held to the image
+        budget (``SCOPEFX_MAX_IMAGE_PX``, ``SCOPEFX_MAX_IMAGE_BYTES``) from its header, before
+        it is decoded.
+
+        Raises ImageNotFoundError (no such file), CorruptImageError (not a readable ``.npz``),
+        ResourceLimitError (an array over the image budget), AccessDeniedError or
+        UnsupportedFormatError (outside the roots, not a regular file) or ConfigError (no
+        ``flat`` array in it, or invalid values).
         """
+        from ..io import EndpointLimits
+        from ..io.confined import LIMIT_ENV, read_npz
+
+        limits = EndpointLimits.from_env()
+
+        def check(name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+            limits.check_image(shape, dtype, f"{path}::{name}")  # before it is decoded
+
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
+            arrays = read_npz(
+                path, max_bytes=limits.max_image_bytes, setting=LIMIT_ENV["max_image_bytes"],
+                what="flat field", names=("flat", "dark"), required=("flat",), check=check,
+            )  # fmt: skip
         except FileNotFoundError as exc:
             raise ImageNotFoundError(f"no flat-field file '{path}'") from exc
-        except Exception as exc:  # not a zip, truncated, an .npy (no context manager), ...
-            raise CorruptImageError(f"cannot read '{path}' as an .npz flat field ({exc})") from exc
-        if "flat" not in arrays:
-            raise ConfigError(
-                f"'{path}' holds no 'flat' array (it has {sorted(arrays)}); write flat fields "
-                "with FlatField.save"
-            )
         return cls(arrays["flat"], arrays.get("dark"))
 
 
@@ -188,17 +198,26 @@ def load_flatfield(
     """Read a flat (and dark) image with :func:`scopefx.io.read_image`, or a saved ``.npz``.
 
     An ``.npz`` ``flat_ref`` is a field written by :meth:`FlatField.save` (it carries its own
-    dark, so ``dark_ref`` must be ``None``); anything else goes to :func:`flatfield_from_images`.
+    dark, so ``dark_ref`` must be ``None``); anything else goes to :func:`flatfield_from_images`,
+    read as tiles are: a colour image (RGB, RGBA; samples last, as cameras write them) gives a
+    field per colour channel, channels first, its alpha dropped.
     """
-    from ..io import read_image
-
     if os.fspath(flat_ref).lower().endswith(".npz"):
         if dark_ref is not None:
             raise ConfigError(f"dark_ref must be None with an .npz flat field, got {dark_ref!r}")
         return FlatField.load(flat_ref)
     return flatfield_from_images(
-        read_image(flat_ref), None if dark_ref is None else read_image(dark_ref)
+        _as_tiles(flat_ref), None if dark_ref is None else _as_tiles(dark_ref)
     )
+
+
+def _as_tiles(ref: str | os.PathLike[str]) -> np.ndarray:
+    """An image read as fusion reads tiles (:func:`~scopefx.fusion._blend.tile_reader`)."""
+    from ..io import read_metadata
+    from ._blend import tile_reader
+    from ._fuse import colour_samples
+
+    return np.asarray(tile_reader(None, colour_samples([read_metadata(ref)], 2))(os.fspath(ref)))
 
 
 def note_tile(exc: BaseException, ref: Any) -> None:

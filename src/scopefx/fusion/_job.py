@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import json_safe, shown
 from ..errors import ConfigError, ScopefxError
 from ..io import (
     OmeZarrSpec,
@@ -36,7 +37,6 @@ from ..io import (
     create_ome_zarr,
     created,
     fsync_file,
-    open_binary,
     read_bytes,
     split_ref,
 )
@@ -365,8 +365,11 @@ class FusionJob:
         Raises
         ------
         ConfigError
-            ``out`` is not a prepared, unfinished scopefx store, or it was prepared with a
-            custom reader and none is given.
+            ``out`` is not a prepared, unfinished scopefx store, it was prepared with a
+            custom reader and none is given, or its saved arrays do not fit its ``job.json``.
+        ResourceLimitError
+            The saved plan is over this process's limits (checked from ``job.json`` and the
+            arrays' headers before any array is decoded).
         """
         from ._flatfield import FlatField
 
@@ -374,11 +377,21 @@ class FusionJob:
         state = out / STATE_DIR
         try:
             meta = json.loads(read_bytes(state / "job.json", limit=64 * 2**20))
-            with (
-                open_binary(state / "plan.npz") as fh,
-                np.load(fh, allow_pickle=False) as npz,
-            ):
-                arrays = {name: npz[name] for name in npz.files}
+            skeleton = FusionPlan(
+                refs=tuple(meta["refs"]),
+                channel_shape=tuple(meta["channel_shape"]),
+                dtype=meta["dtype"],
+                shape=tuple(meta["shape"]),
+                chunk=tuple(meta["chunk"]),
+                feather_px=meta["feather_px"],
+                params=FusionParams(**meta["params"]),
+                pixel_size_um=meta["pixel_size_um"],
+                pixel_size_z_um=meta.get("pixel_size_z_um"),
+                samples_last=int(meta.get("samples_last", 0)),
+                **dict.fromkeys(_PLAN_ARRAYS, np.empty(0)),
+            )
+            check_plan_limits(skeleton)  # before anything is read or allocated for it
+            arrays = _read_plan_arrays(state / "plan.npz", skeleton)
         except FileNotFoundError:
             done = Progress(out, "")._finished() if out.is_dir() else None
             what = "is already finished" if done else "was not prepared by scopefx (no saved plan)"
@@ -394,19 +407,8 @@ class FusionJob:
         flatfield = None
         if "flatfield_flat" in arrays:
             flatfield = FlatField(arrays.pop("flatfield_flat"), arrays.pop("flatfield_dark", None))
-        plan = FusionPlan(
-            refs=tuple(meta["refs"]),
-            channel_shape=tuple(meta["channel_shape"]),
-            dtype=meta["dtype"],
-            shape=tuple(meta["shape"]),
-            chunk=tuple(meta["chunk"]),
-            feather_px=meta["feather_px"],
-            params=FusionParams(**meta["params"]),
-            pixel_size_um=meta["pixel_size_um"],
-            pixel_size_z_um=meta.get("pixel_size_z_um"),
-            samples_last=int(meta.get("samples_last", 0)),
-            **{name: arrays[name] for name in _PLAN_ARRAYS},
-        )
+        saved: dict[str, Any] = {name: arrays[name] for name in _PLAN_ARRAYS}
+        plan = dataclasses.replace(skeleton, **saved)
         spec_fields = meta["spec"]
         for key in ("shape", "chunks", "pixel_size", "origin"):
             spec_fields[key] = tuple(spec_fields[key])
@@ -414,7 +416,6 @@ class FusionJob:
             if spec_fields.get(key) is not None:
                 spec_fields[key] = tuple(spec_fields[key])
         spec = OmeZarrSpec(**spec_fields)
-        check_plan_limits(plan)  # before anything is allocated for it
         return cls(
             out=out,
             plan=plan,
@@ -446,13 +447,13 @@ class FusionJob:
         total = self.plan.n_chunks
         try:
             start, stop = int(region["start"]), int(region["stop"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise ConfigError(
-                f'a region is {{"start": a, "stop": b}} (chunk numbers), got {region!r}'
+                f'a region is {{"start": a, "stop": b}} (chunk numbers), got {shown(region)}'
             ) from None
         if not 0 <= start <= stop <= total:
             raise ConfigError(
-                f"region {region!r} is outside the {total} level-0 chunks of {self.out}"
+                f"region {shown(region)} is outside the {total} level-0 chunks of {self.out}"
             )
         return [
             tuple(int(i) for i in np.unravel_index(c, self.plan.grid)) for c in range(start, stop)
@@ -557,6 +558,53 @@ class FusionJob:
         return result
 
 
+def _read_plan_arrays(path: Path, skeleton: FusionPlan) -> dict[str, np.ndarray]:
+    """The arrays of a saved plan (``plan.npz``), each checked from its header against the
+    counts of the plan's ``job.json`` (``skeleton``, already held to the limits) before it is
+    decoded, then the chunk index checked whole: the file lies in the caller's output folder,
+    where they can edit it (a 0.59 MB member declaring 384 MiB was inflated whole, and a
+    ``weights`` of the wrong length used as it was)."""
+    from ..io import EndpointLimits
+    from ..io.confined import LIMIT_ENV, read_npz
+
+    limits = EndpointLimits.from_env()
+    n, nd, chunks = len(skeleton.refs), skeleton.ndim, skeleton.n_chunks
+    expected = {
+        "affines": (n, nd + 1, nd + 1), "tile_shapes": (n, nd), "origin": (nd,),
+        "boxes": (n, 2, nd), "chunk_ptr": (chunks + 1,), "weights": (n,), "focus": (n,),
+    }  # fmt: skip
+    integral = ("tile_shapes", "origin", "boxes", "chunk_ptr", "chunk_tiles")
+    pairs = min(n * chunks, 4 * limits.max_chunks)  # (tile, chunk) pairs planning allows
+
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(
+            f"the fusion plan '{path}' does not fit its job.json ({n} tiles, {chunks} chunks): "
+            f"{problem}; it was not used (edited?): plan the mosaic again"
+        )
+
+    def check(name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+        if name in expected and shape != expected[name]:
+            raise refuse(f"{name!r} has shape {shape}, expected {expected[name]}")
+        if name == "chunk_tiles" and (len(shape) != 1 or shape[0] > pairs):
+            raise refuse(f"'chunk_tiles' has shape {shape}, expected at most ({pairs},)")
+        if name in integral and dtype.kind not in "iu":
+            raise refuse(f"{name!r} holds {dtype} values, expected integers")
+        if name.startswith("flatfield_"):
+            limits.check_image(shape, dtype, f"{path}::{name}")
+
+    arrays = read_npz(
+        path, max_bytes=limits.max_image_bytes, setting=LIMIT_ENV["max_image_bytes"],
+        what="fusion plan", names=(*_PLAN_ARRAYS, "flatfield_flat", "flatfield_dark"),
+        required=_PLAN_ARRAYS, check=check,
+    )  # fmt: skip
+    ptr, tiles = arrays["chunk_ptr"], arrays["chunk_tiles"]
+    if ptr[0] != 0 or ptr[-1] != len(tiles) or (np.diff(ptr) < 0).any():
+        raise refuse(f"'chunk_ptr' is not an index into the {len(tiles)} entries of 'chunk_tiles'")
+    if len(tiles) and not (tiles.min() >= 0 and tiles.max() < n):
+        raise refuse(f"'chunk_tiles' names tiles outside 0..{n - 1}")
+    return arrays
+
+
 def _tile_stamps(refs: Sequence[str]) -> str:
     """A digest of each tile file's size and modification time (of the file, or the Zarr
     store, a reference names): a resume refuses tiles written again since the run began (the
@@ -612,7 +660,7 @@ def _fingerprint_parts(plan: FusionPlan, flatfield: Any, spec: Any) -> dict[str,
             plan.samples_last,
             np.ascontiguousarray(plan.weights, dtype=np.float64),
         ),
-        "blending": json.loads(json.dumps(plan.params.to_dict())),
+        "blending": json_safe(plan.params.to_dict()),  # fill NaN as "NaN": strict JSON
     }
 
 

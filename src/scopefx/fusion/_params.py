@@ -8,6 +8,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
+from .._checks import is_finite, is_number, shown
 from ..errors import ConfigError
 from ._regparams import RegistrationParams
 
@@ -17,6 +20,10 @@ Blend = Literal["linear", "mean", "max", "first", "closest", "focus"]
 BLENDS: tuple[str, ...] = ("linear", "mean", "max", "first", "closest", "focus")
 ORDERS = (0, 1, 3)
 NGFF_VERSIONS = ("0.4", "0.5")
+#: Widest feather ramp (:attr:`FusionParams.feather_px`), px: wider than any tile scopefx reads.
+MAX_FEATHER_PX = 65536
+#: Largest :attr:`FusionParams.focus_gamma`: past it the sharpest tile wins outright anyway.
+MAX_FOCUS_GAMMA = 64
 #: What ``FuseOptions.z_plane`` takes besides a plane index.
 Z_CHOICES = ("best", "max")
 
@@ -44,12 +51,15 @@ class FusionParams:
         256 in 3D. Memory per task is about ``chunk_px**ndim * (8 + itemsize)`` bytes
         plus the tiles the chunk touches.
     feather_px : float or None
-        Width of the linear ramp of ``"linear"``/``"focus"`` weights; ``None``: the typical
-        overlap between neighbouring tiles (from the plan), at least 8 px.
+        Width of the linear ramp of ``"linear"``/``"focus"`` weights, 0 to ``MAX_FEATHER_PX``
+        (65536); ``None``: the typical overlap between neighbouring tiles (from the plan), at
+        least 8 px.
     fill : float
-        Value where no tile covers the mosaic.
+        Value where no tile covers the mosaic: finite, or NaN for float tiles.
     focus_gamma : float
-        Sharpness of ``"focus"`` blending (see ``blend``).
+        Sharpness of ``"focus"`` blending (see ``blend``), 0 to ``MAX_FOCUS_GAMMA`` (64). A
+        tile's focus weight is at least 1e-12, so where it alone covers the mosaic it is
+        used however sharp its neighbours are.
     max_output_gib : float
         Refuse mosaics larger than this (usually a unit mix-up in the positions); ``force``
         in :func:`scopefx.fuse` overrides.
@@ -65,7 +75,7 @@ class FusionParams:
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ConfigError:
-            return ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+            return ConfigError(f"{name} must be {expected}, got {shown(getattr(self, name))}")
 
         if self.blend not in BLENDS:
             raise bad("blend", f"one of {BLENDS}")
@@ -77,12 +87,16 @@ class FusionParams:
             raise bad("chunk_px", "an integer or None")
         if self.chunk_px is not None and not 16 <= self.chunk_px <= 16384:
             raise bad("chunk_px", "between 16 and 16384")
-        if self.feather_px is not None and not self.feather_px >= 0:
-            raise bad("feather_px", ">= 0 or None")
-        if not self.focus_gamma >= 0:
-            raise bad("focus_gamma", ">= 0")
-        if not self.max_output_gib > 0:
-            raise bad("max_output_gib", "> 0")
+        feather = self.feather_px
+        if feather is not None and not (is_finite(feather) and 0 <= feather <= MAX_FEATHER_PX):
+            raise bad("feather_px", f"None or a number in [0, {MAX_FEATHER_PX}] px")
+        if not (is_finite(self.focus_gamma) and 0 <= self.focus_gamma <= MAX_FOCUS_GAMMA):
+            raise bad("focus_gamma", f"a number in [0, {MAX_FOCUS_GAMMA}]")
+        nan = isinstance(self.fill, (float, np.floating)) and math.isnan(self.fill)
+        if not (is_finite(self.fill) or nan):
+            raise bad("fill", "a finite number or NaN")
+        if not (is_number(self.max_output_gib) and self.max_output_gib > 0):
+            raise bad("max_output_gib", "a number > 0")
 
     def chunk_for(self, ndim: int) -> int:
         """Chunk side for a mosaic with ``ndim`` spatial dimensions."""
@@ -189,7 +203,7 @@ class FuseOptions:
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ConfigError:
-            return ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+            return ConfigError(f"{name} must be {expected}, got {shown(getattr(self, name))}")
 
         if isinstance(self.registration, dict):  # from JSON
             object.__setattr__(

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import is_number as _number
+from .._checks import shown
 from ..errors import ConfigError
 
 __all__ = ["AUTO_SHIFT", "BANDING_MODES", "RegistrationParams"]
@@ -22,11 +24,7 @@ BANDING_MODES = ("auto", "on", "off")
 
 def _check(name: str, value: Any, ok: bool, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"{name} must be {expected}, got {value!r}")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        raise ConfigError(f"{name} must be {expected}, got {shown(value)}")
 
 
 @dataclass(frozen=True)

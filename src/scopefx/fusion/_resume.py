@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._checks import json_safe
 from ..errors import ConfigError
 from ..io.confined import open_dir, read_bytes, remove_partials, remove_tree, write_file
 
@@ -127,7 +128,8 @@ class Progress:
                 self.dir,
                 "plan.json",
                 json.dumps(
-                    {"fingerprint": self.fingerprint, "kind": KIND, "parts": self.parts}
+                    {"fingerprint": self.fingerprint, "kind": KIND, "parts": self.parts},
+                    allow_nan=False,
                 ).encode(),
                 exclusive=True,
             )
@@ -269,8 +271,8 @@ class Progress:
         with self.hold():
             self.check_owner()
             group = zarr.open_group(store=open_store(self.out, mode="r+", fsync=True), mode="r+")
-            group.attrs["scopefx"] = {"fingerprint": self.fingerprint, "kind": KIND,
-                                      "parts": self.parts, **summary}  # fmt: skip
+            group.attrs["scopefx"] = json_safe({"fingerprint": self.fingerprint, "kind": KIND,
+                                                "parts": self.parts, **summary})  # fmt: skip
         with contextlib.suppress(ConfigError), self.hold(exclusive=True):
             remove_partials(self.out)  # of a worker killed mid-write, whose chunk was redone
             remove_tree(self.dir)

@@ -27,6 +27,7 @@ from ._confine import (
     write_file,
 )
 from ._limits import LIMIT_ENV, size_text
+from ._npz import read_npz
 from ._zarrstore import ConfinedStore, open_store
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "open_read",
     "open_store",
     "read_bytes",
+    "read_npz",
     "remove_file",
     "remove_partials",
     "remove_tree",
