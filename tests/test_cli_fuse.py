@@ -306,3 +306,25 @@ def test_qc_on_the_real_leica_scan_with_default_settings(tmp_path):
     assert code == 0, text
     report = json.loads((tmp_path / "leica.qc.json").read_text())
     assert report["summary"]["overlap_agreement"] > report["summary"]["overlap_agreement_stage"]
+
+
+@pytest.mark.parametrize(("alpha", "register"), [(True, False), (False, False), (False, True)])
+def test_the_summary_says_what_colour_tiles_are_and_whether_they_were_registered(
+    tmp_path, alpha, register
+):
+    """The summary said 'RGB' of RGBA tiles, and 'registered on their sum' of every colour
+    mosaic, registered or not (review 36, F8)."""
+    mosaic = make_mosaic(**{**SMALL, "dtype": "uint8"})  # type: ignore[arg-type]
+    table = write_mosaic(tmp_path, mosaic)
+    for k, tile in enumerate(mosaic.tiles):
+        chans = [tile, tile // 2 + 100, tile // 4 * 3 + 30] + [np.full_like(tile, 255)] * alpha
+        tifffile.imwrite(tmp_path / f"tile_{k:04d}.tif", np.stack(chans, axis=-1),
+                         photometric="rgb", planarconfig="contig")  # fmt: skip
+    code, text = _run("fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "-q",
+                      *["--register"] * register)  # fmt: skip
+    assert code == 0, text
+    line = next(s for s in text.splitlines() if s.startswith("tiles: "))
+    model = "RGBA" if alpha else "RGB"
+    assert line.startswith(f"tiles: colour tiles ({model}, samples last): fused as 3 channels")
+    assert ("transparent pixels are no data" in line) == alpha
+    assert line.endswith(", registered on their sum") == register

@@ -140,3 +140,33 @@ def test_fuse_registers_flat_field_corrected_tiles_and_writes_the_report(
     summary = result.extra["registration"]
     assert Path(summary["qc"]).name == "m.qc.json" and Path(summary["qc_png"]).is_file()
     assert summary["summary_line"].startswith("registration: ")
+
+
+def test_a_tile_no_used_pair_placed_is_named_in_the_report(mosaic, tmp_path: Path) -> None:
+    """The blank centre tile: each of its pairs failed and the stage model placed it. The
+    report counted pairs only, so its entry read like any registered tile's and the summary
+    line did not name it (review 36, F4); the QC picture now marks it too."""
+    from PIL import Image
+
+    from scopefx.fusion._qc import _plot_graph
+
+    tiles, _, stage = mosaic
+    read = _memory_reader(tiles)
+    report = registration_report(register(_table(stage), read=read, shapes=SHAPES), read=read,
+                                 shapes=SHAPES)  # fmt: skip
+    assert report["summary"]["tiles_unmatched"] == 1
+    centre = report["tiles"][4]
+    assert (centre["pairs_used"], centre["placed_by"], centre["unmatched"]) == (0, "stage model",
+                                                                                True)  # fmt: skip
+    others = [t for t in report["tiles"] if t["index"] != 4]
+    assert all(t["placed_by"] == "registration" and not t["unmatched"] for t in others)
+    assert sorted(t["pairs_used"] for t in others) == [2, 2, 2, 2, 2, 2, 2, 2]
+    assert "; 1 tile placed by the stage model alone: tile_04" in report_summary(report)
+
+    def red_pixels(rep: dict) -> int:
+        _plot_graph(rep, tmp_path / "g.png")
+        rgb = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"), dtype=int)
+        return int(((rgb[..., 0] > 200) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)).sum())
+
+    unmarked = {**report, "tiles": [{**t, "unmatched": False} for t in report["tiles"]]}
+    assert red_pixels(report) > red_pixels(unmarked) + 500

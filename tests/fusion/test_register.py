@@ -1389,3 +1389,27 @@ def test_a_search_range_beyond_the_tiles_is_searched_up_to_the_tiles():
     assert _position_error(reg.table, true).max() < 0.5
     with pytest.raises(ConfigError, match="max_shift_px must be a finite number"):
         RegistrationParams(max_shift_px=float("inf"))
+
+
+def test_a_tile_none_of_whose_pairs_matched_is_named(caplog) -> None:
+    """A 3x3 scan's centre tile 42 px off its stage position, beyond the default search (24 px
+    of 160): each of its pairs failed, the stage model placed it, and nothing said so
+    (review 36, F4). It is named in a warning with the setting that widens the search, and
+    with the search wide enough it is matched and placed."""
+    tiles, true, stage = _grid(3, 3, 160, (120, 120), seed=31)
+    stage[4] += (12, 40)
+    table, read, shapes = _table(stage), _memory_reader(tiles), [(160, 160)] * 9
+    with caplog.at_level("WARNING", logger="scopefx.fusion._register"):
+        reg = register(table, read=read, shapes=shapes)
+    assert reg.unmatched_tiles() == (4,)
+    assert reg.placed_by() == ("registration",) * 4 + ("stage model",) + ("registration",) * 4
+    assert reg.pairs_used_per_tile().tolist() == [2, 2, 2, 2, 0, 2, 2, 2, 2]
+    assert "1 tile placed by the stage model alone: tile_04; none of its pairs" in caplog.text
+    assert "max_shift_px / --max-shift" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scopefx.fusion._register"):
+        wide = register(table, read=read, shapes=shapes,
+                        params=RegistrationParams(max_shift_px=60))  # fmt: skip
+    assert wide.unmatched_tiles() == () and "stage model alone" not in caplog.text
+    assert set(wide.placed_by()) == {"registration"}
+    assert _position_error(wide.table, true).max() < 0.5

@@ -79,7 +79,8 @@ def test_csv_3d_positions(tmp_path):
 
 def test_affine_column_is_authoritative_and_in_xy_order(tmp_path):
     affine = [[0.0, -1.0, 30.0], [1.0, 0.0, 40.0]]  # x' = -y + 30, y' = x + 40
-    text = f"path,x,y,affine\na.tif,999,999,{json.dumps(json.dumps(affine))}\n"
+    # x,y left blank: where given they must be the affine's translation (a disagreement is refused)
+    text = f"path,x,y,affine\na.tif,,,{json.dumps(json.dumps(affine))}\n"
     table = read_tile_table(_write(tmp_path / "t.csv", text.replace('"', '"', 1)))
     a = table[0].affine
     # tile pixel (row 2, col 5) = (x 5, y 2) -> x' = 28, y' = 45 -> index (45, 28)

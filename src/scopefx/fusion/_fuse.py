@@ -73,7 +73,7 @@ def _flat_z(table: TileTable, metas: list[Any]) -> TileTable:
     log.info("tile table %s: z is 0 for every 2D tile; read as a 2D table", table.source or "")
     pairs = zip(table, affines, strict=True)
     tiles = tuple(dataclasses.replace(t, affine=a[1:, 1:]) for t, a in pairs)
-    return table.replace(tiles=tiles, ndim=2)
+    return table.replace(tiles=tiles, ndim=2, pixel_size_z_um=None)
 
 
 def tile_layout(table: TileTable, metas: list[Any]) -> tuple[np.ndarray, tuple[int, ...], str]:
@@ -256,7 +256,8 @@ def plan_fusion(
     ImageNotFoundError
         Tiles are missing (all are listed) and ``skip_missing`` is not set.
     ConfigError
-        Mixed dtypes or channel counts, a singular affine, an output over the size limit.
+        Mixed dtypes or channel counts, tiles whose recorded pixel sizes differ by more than
+        1 % (without a pixel size given), a singular affine, an output over the size limit.
     """
     options = FuseOptions.resolve(options)
     table, metas, missing = load_tiles(tiles, options, workers=workers, read=read)
@@ -271,9 +272,10 @@ def load_tiles(
     workers: int = 4,
     read: Reader | None = None,
 ) -> tuple[TileTable, list[Any], list[str]]:
-    """The tile table (with ``options``' pixel size, rotation, flips and z plane), the header of
-    each present tile, and the missing refs (skipped when ``options.skip_missing``, else an
-    ``ImageNotFoundError`` listing them)."""
+    """The tile table (with ``options``' pixel size, rotation, flips and z plane, and the z
+    step of 3D tiles), the header of each present tile, and the missing refs (skipped when
+    ``options.skip_missing``, else an ``ImageNotFoundError`` listing them). Tiles of different
+    recorded pixel sizes are refused (:func:`_check_pixel_sizes`)."""
     pixel_size_um, skip_missing = options.pixel_size_um, options.skip_missing
     table = _as_table(tiles, options)
     table = select_z(table, options.z_plane, read=read, workers=workers)
@@ -295,7 +297,72 @@ def load_tiles(
         metas = [metas[i] for i in keep]
     if table.pixel_size_um is None and metas[0].pixel_size_um:
         table = table.replace(pixel_size_um=metas[0].pixel_size_um)
-    return table, metas, missing
+    _check_pixel_sizes(table, metas, given=pixel_size_um)
+    return _with_z_step(table, metas), metas, missing
+
+
+#: Pixel sizes more than this fraction apart are not one pixel size (the OME-TIFF reader's
+#: rule for its images, ``scopefx.io._ome``).
+_SAME_SIZE = 0.01
+
+
+def _check_pixel_sizes(table: TileTable, metas: list[Any], *, given: float | None) -> None:
+    """Refuses tiles whose recorded pixel sizes differ by more than 1 % from the mosaic's (the
+    first tile's), naming them with their sizes: fusion pastes every tile at one scale, so a
+    binned tile or one from another objective would land at the wrong size. With a pixel size
+    ``given`` (``--pixel-size``), or one the table carries that its first tile does not record,
+    the tiles are fused at it and a warning names those that record another. Tiles that
+    record no pixel size are not compared."""
+    recorded = [(m, float(m.pixel_size_um)) for m in metas if getattr(m, "pixel_size_um", None)]
+    if not recorded:
+        return
+    first_path, first = recorded[0][0].path, recorded[0][1]
+    size = given if given is not None else (table.pixel_size_um or first)
+
+    def same(a: float, b: float) -> bool:
+        return abs(a - b) <= _SAME_SIZE * b
+
+    odd = [(m, s) for m, s in recorded if not same(s, size)]
+    if not odd:
+        return
+    named = ", ".join(f"{m.path} {s:g} µm" for m, s in odd[:5])
+    named += f" and {len(odd) - 5} more" if len(odd) > 5 else ""
+    if given is not None or not same(size, first):
+        why = "given" if given is not None else "of the tile table"
+        log.warning(
+            "%d of %d tiles record a pixel size more than 1 %% from the mosaic's %g µm (%s): "
+            "%s; they are fused at %g µm",
+            len(odd), len(metas), size, why, named, size,
+        )  # fmt: skip
+        return
+    raise ConfigError(
+        f"{len(odd)} of {len(metas)} tiles record a pixel size more than 1 % from the "
+        f"mosaic's, {size:g} µm as {first_path} records: {named}; the tiles of one mosaic "
+        "share one pixel size, and a binned tile or one from another objective would be "
+        f"pasted at the wrong scale: resample those tiles to {size:g} µm (e.g. Fiji: Image > "
+        "Scale) or fuse them as a mosaic of their own; if the recorded sizes are wrong, give "
+        "the pixel size (--pixel-size / pixel_size_um=) to fuse every tile at it"
+    )
+
+
+def _with_z_step(table: TileTable, metas: list[Any]) -> TileTable:
+    """A 3D table of image files with the z step its first tile records (ImageJ ``spacing``,
+    OME ``PhysicalSizeZ``), the mosaic's z scale, where the table carries none; without one,
+    the xy pixel size is the z scale, with a warning. Instrument files' tables carry their
+    own (:func:`scopefx.io.read_tile_table` warns there)."""
+    if table.ndim != 3 or table.pixel_size_z_um is not None or "vendor" in table.extra:
+        return table
+    step = getattr(metas[0], "pixel_size_z_um", None)
+    if step:
+        log.info("%s: z step %g um, as %s records", table.source or "tiles", step, metas[0].path)
+        return table.replace(pixel_size_z_um=float(step))
+    if table.pixel_size_um is not None:
+        log.warning(
+            "%s: the first tile, %s, records no z step (ImageJ spacing, OME PhysicalSizeZ): z is "
+            "assumed to have the xy pixel size, %g um, the mosaic's z scale",
+            table.source or "tiles", metas[0].path, table.pixel_size_um,
+        )  # fmt: skip
+    return table
 
 
 def plan_loaded(

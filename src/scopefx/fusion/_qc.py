@@ -30,7 +30,7 @@ from ._correlate import Plan, cut, plan_pair, prepare
 from ._overlaps import _footprints, _shapes_array, overlapping_pairs
 from ._register import read_as_fused, register_from
 from ._regparams import RegistrationParams
-from ._regresult import STATUSES, Registration
+from ._regresult import STATUSES, Registration, unmatched_note
 
 __all__ = [
     "overlap_agreement",
@@ -200,11 +200,14 @@ def registration_report(
         ``version``; ``params`` (the registration settings); ``summary`` (pair counts by
         status, ``rms_residual_px``, ``max_residual_px``, ``mean_tile_shift_px``,
         ``max_tile_shift_px``, ``overlap_agreement`` at the registered positions and
-        ``overlap_agreement_stage`` at the stage positions); ``layout_problems``; ``pairs``
-        (per pair: tiles, measured ``shift`` x, y, ``quality``, ``runner_up``, ``status``,
-        ``used``, ``weight``, ``residual_px``, ``modelled`` shift, ``overlap_px``,
-        ``agreement`` NCC at the final positions); ``tiles`` (per tile: ``ref``, ``stage``
-        and ``position`` x, y, ``shift`` x, y and its length ``shift_px``).
+        ``overlap_agreement_stage`` at the stage positions, ``tiles_unmatched``: how many
+        tiles have measured pairs but no used one); ``layout_problems``; ``pairs`` (per pair:
+        tiles, measured ``shift`` x, y, ``quality``, ``runner_up``, ``status``, ``used``,
+        ``weight``, ``residual_px``, ``modelled`` shift, ``overlap_px``, ``agreement`` NCC at
+        the final positions); ``tiles`` (per tile: ``ref``, ``stage`` and ``position`` x, y,
+        ``shift`` x, y and its length ``shift_px``, ``size``, ``pairs_used`` and
+        ``placed_by``: ``"registration"``, ``"stage model"`` or ``"stage position"``, see
+        :meth:`Registration.placed_by`, and ``unmatched``: measured pairs, none used).
     """
     table, nd = reg.table, reg.table.ndim
     stage = reg.stage_table or reg.table
@@ -223,6 +226,8 @@ def registration_report(
     counts = collections.Counter(p.status for p in reg.pairs)
     res = [p.residual_px for p in reg.pairs if p.used]
     lengths = np.linalg.norm(shift, axis=1)
+    used_by_tile, placed_by = reg.pairs_used_per_tile(), reg.placed_by()
+    unmatched = set(reg.unmatched_tiles())
     summary = {
         "tiles": len(table),
         "pairs": len(reg.pairs),
@@ -234,6 +239,7 @@ def registration_report(
         "max_tile_shift_px": _num(float(lengths.max())),
         "overlap_agreement": _num(after),
         "overlap_agreement_stage": _num(before),
+        "tiles_unmatched": len(unmatched),
         "flatfield": reg.flatfield,
         "banding": reg.banding,
     }
@@ -268,6 +274,9 @@ def registration_report(
             "shift": [_num(v) for v in shift[k][::-1]],
             "shift_px": _num(float(lengths[k])),
             "size": [int(v) for v in shape_arr[k][::-1]],
+            "pairs_used": int(used_by_tile[k]),
+            "placed_by": placed_by[k],
+            "unmatched": k in unmatched,
         }
         for k, ref in enumerate(table.refs)
     ]
@@ -284,7 +293,8 @@ def registration_report(
 def report_summary(report: dict[str, Any]) -> str:
     """One line for the CLI, e.g. ``registration: 17 of 17 side pairs used (12 corner pairs
     not measured), rms residual 0.41 px, tiles moved 1.1 px on average (max 2.6), overlap
-    agreement 0.83 (stage 0.79)``."""
+    agreement 0.83 (stage 0.79)``, naming the tiles no used pair placed (``1 tile placed by
+    the stage model alone: tile_r1_c1.tif``)."""
     s = report["summary"]
     side = s["pairs"] - s["pairs_corner"]
     parts = [f"registration: {s['pairs_used']} of {side} side pairs used"]
@@ -305,6 +315,9 @@ def report_summary(report: dict[str, Any]) -> str:
         f"overlap agreement {px(s['overlap_agreement'])} (stage {px(s['overlap_agreement_stage'])})"
     )
     line = ", ".join(parts)
+    lone = [t for t in report.get("tiles", []) if t.get("unmatched")]
+    if lone:  # every measured pair of theirs failed: where the stage put them, however far off
+        line += "; " + unmatched_note([t["ref"] for t in lone], [t["placed_by"] for t in lone])
     if s.get("flatfield") == "estimated":
         line += "; tiles correlated through a flat field estimated from them"
     if s.get("banding") == "removed":
@@ -351,7 +364,8 @@ def write_report(
 
 def _plot_graph(report: dict[str, Any], path: Path) -> None:
     """Tiles as outlines at their registered positions, pairs as lines between tile centres
-    coloured by residual (grey dashed: not used; red: outlier), arrows for the shifts."""
+    coloured by residual (grey dashed: not used; red: outlier), arrows for the shifts; a tile
+    that no used pair placed (``unmatched``) outlined in red and hatched."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -368,8 +382,12 @@ def _plot_graph(report: dict[str, Any], path: Path) -> None:
     span = np.ptp(centre, axis=0) + 2 * half.max(axis=0)
     fig, ax = plt.subplots(figsize=(8, float(np.clip(8 * span[1] / span[0], 2.5, 12))))
     cmap, norm = colormaps["viridis"], Normalize(0, _CMAP_MAX_PX)
+    lone = [k for k, t in enumerate(tiles) if t.get("unmatched")]
     for p0, h in zip(pos, half, strict=True):
         ax.add_patch(Rectangle(tuple(p0), *(2 * h), fill=False, lw=0.5, ec="0.75"))
+    for k in lone:  # drawn over the other outlines
+        ax.add_patch(Rectangle(tuple(pos[k]), *(2 * half[k]), fill=False, lw=1.5, ec="red",
+                               hatch="//", zorder=2))  # fmt: skip
     for p in pairs:
         a, b = centre[p["i"]], centre[p["j"]]
         if p["status"] == "corner":
@@ -389,10 +407,12 @@ def _plot_graph(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("x (px)")
     ax.set_ylabel("y (px)")
     s = report["summary"]
+    marked = f"\nhatched red: tiles with no used pair ({len(lone)}), placed from the stage alone"
     ax.set_title(
         f"{s['pairs_used']} pairs used, rms residual {s['rms_residual_px']} px; "
         f"overlap agreement {s['overlap_agreement']}\n"
-        "lines: residual (colour), dashed grey: not used, red: outlier; arrows: shift x10",
+        "lines: residual (colour), dashed grey: not used, red: outlier; arrows: shift x10"
+        + (marked if lone else ""),
         fontsize=8,
     )
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="residual (px)",

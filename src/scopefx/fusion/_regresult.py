@@ -1,6 +1,7 @@
 """What :func:`~scopefx.fusion.register` returns: a :class:`Registration` (the refined tile
 table and the evidence behind it) holding a :class:`PairResult` for each neighbouring pair, whose
-``status`` is one of ``STATUSES``."""
+``status`` is one of ``STATUSES``; :meth:`Registration.placed_by` says what placed each tile,
+one of ``PLACEMENTS``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import csv
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,11 +17,16 @@ import numpy as np
 from ..io import TileTable
 from ._regparams import RegistrationParams
 
-__all__ = ["STATUSES", "PairResult", "Registration"]
+__all__ = ["PLACEMENTS", "STATUSES", "PairResult", "Registration", "unmatched_note"]
 
 
 #: Values of :attr:`PairResult.status`.
 STATUSES = ("used", "outlier", "low_quality", "ambiguous", "blank", "corner")
+
+#: Values of :meth:`Registration.placed_by`: at least one of the tile's pairs was used; none
+#: was, and the stage model set one of them; none was and none was modelled (a tile that
+#: overlaps no other, or the stage model is off), so the tile kept its stage position.
+PLACEMENTS = ("registration", "stage model", "stage position")
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,35 @@ class Registration:
         res = [p.residual_px for p in self.pairs if p.used]
         return float(np.sqrt(np.mean(np.square(res)))) if res else math.nan
 
+    def pairs_used_per_tile(self) -> np.ndarray:
+        """How many used pairs (measured and in the final solve, not set by the stage model)
+        each tile has, shape ``(n_tiles,)``."""
+        counts = np.zeros(len(self.table), dtype=int)
+        for p in self.pairs:
+            if p.used:
+                counts[[p.i, p.j]] += 1
+        return counts
+
+    def placed_by(self) -> tuple[str, ...]:
+        """What placed each tile, one of ``PLACEMENTS`` per tile: ``"registration"`` (at
+        least one used pair), ``"stage model"`` (no used pair; the stage model set one of its
+        pairs) or ``"stage position"`` (no used pair and none modelled)."""
+        used = self.pairs_used_per_tile()
+        modelled = np.zeros(len(self.table), dtype=bool)
+        for p in self.pairs:
+            if p.modelled_px is not None:
+                modelled[[p.i, p.j]] = True
+        return tuple(PLACEMENTS[0] if u else PLACEMENTS[1] if m else PLACEMENTS[2]
+                     for u, m in zip(used, modelled, strict=True))  # fmt: skip
+
+    def unmatched_tiles(self) -> tuple[int, ...]:
+        """The tiles that have a measured pair (any but a ``"corner"`` pair left unmeasured)
+        and no used one: no match placed them, only the stage model or their stage position,
+        however far off it is."""
+        used = self.pairs_used_per_tile()
+        measured = {k for p in self.pairs if p.status != "corner" for k in (p.i, p.j)}
+        return tuple(k for k in sorted(measured) if not used[k])
+
     def pairs_to_csv(self, path: str | os.PathLike[str]) -> None:
         """Write ``i,j,ref_i,ref_j,dx,dy[,dz],quality,used,residual_px,status`` (x, y order)."""
         axes = ["dx", "dy", "dz"][: self.table.ndim]
@@ -126,3 +162,15 @@ class Registration:
                 shift = [num(v) for v in p.shift_px[::-1]]
                 w.writerow([p.i, p.j, refs[p.i], refs[p.j], *shift, num(p.quality), p.used,
                             num(p.residual_px), p.status])  # fmt: skip
+
+
+def unmatched_note(refs: Sequence[str], placed_by: Sequence[str], *, shown: int = 3) -> str:
+    """``"1 tile placed by the stage model alone: tile_r1_c1.tif"``: the unmatched tiles
+    (:meth:`Registration.unmatched_tiles`), their names (``refs``, the first ``shown``, the
+    rest counted) and how they were placed (``placed_by``, values of ``PLACEMENTS``)."""
+    how = {"stage model": "placed by the stage model alone",
+           "stage position": "left at the stage position"}  # fmt: skip
+    n = len(refs)
+    names = ", ".join(refs[:shown]) + (f" and {n - shown} more" if n > shown else "")
+    ways = " or ".join(how.get(p, p) for p in sorted(set(placed_by)))
+    return f"{n} tile{'s' if n != 1 else ''} {ways}: {names}"

@@ -112,11 +112,25 @@ def _check_output_kind(out: Path) -> None:
         )
 
 
+#: What the run summary says of colour tiles, by the samples fused; ``{model}``: RGB, RGBA or
+#: both, as the files say; ``{alpha}``: what their alpha does, when they have one.
 _COLOUR_NOTE = {
-    3: "colour tiles (RGB, samples last): fused as 3 channels red, green, blue (transparent "
-    "pixels are no data), registered on their sum",
+    3: "colour tiles ({model}, samples last): fused as 3 channels red, green, blue{alpha}",
     1: "grey + alpha tiles: the grey plane fused, transparent pixels are no data",
 }
+
+
+def _colour_note(samples: int, metas: Sequence[Any], *, registered: bool) -> str:
+    """The summary's note on colour tiles (``samples`` fused, :data:`_COLOUR_NOTE`): RGBA
+    said only of tiles with alpha, and that registration correlates the channel sum only
+    when it runs (both were said of every RGB(A) mosaic)."""
+    if samples != 3:
+        return _COLOUR_NOTE[samples]
+    kinds = {m.samples for m in metas}
+    model = "RGB and RGBA" if len(kinds) > 1 else "RGBA" if "rgba" in kinds else "RGB"
+    alpha = " (transparent pixels are no data)" if "rgba" in kinds else ""
+    note = _COLOUR_NOTE[3].format(model=model, alpha=alpha)
+    return note + (", registered on their sum" if registered else "")
 
 
 def _names(table: TileTable, extra: dict[str, Any], metas: Sequence[Any] = ()) -> Any:
@@ -165,10 +179,12 @@ def _read_and_register(
         rgb = samples == 3 and all(m.samples in ("rgb", "rgba") for m in metas)
         if rgb:
             extra["colour_model"] = "rgb"
-        extra["colour"] = _COLOUR_NOTE[samples] if rgb or samples == 1 else (
-            f"tiles with {samples} samples last, not marked as colour: fused as {samples} "
+        extra["colour"] = (
+            _colour_note(samples, metas, registered=options.register)
+            if rgb or samples == 1
+            else f"tiles with {samples} samples last, not marked as colour: fused as {samples} "
             "channels"
-        )  # fmt: skip
+        )
         log.info("%s: %s", table.source or "tiles", extra["colour"])
     if table.pixel_size_z_um is not None:
         extra["pixel_size_z_um"] = table.pixel_size_z_um

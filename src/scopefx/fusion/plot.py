@@ -74,6 +74,15 @@ def plot_mosaic(
     focus : sequence of float, optional
         Per-tile focus scores colouring the outlines (default: the plan's, when every tile
         has one).
+    title : str, optional
+        Default: ``"mosaic, 1:S"``, ``S`` the mosaic's pixels per pixel of the figure at its
+        dpi (``factor`` times the figure's own scaling of ``image``).
+
+    Notes
+    -----
+    The figure has a fixed size (8 inches along the longer side, 120 dpi), so ``image`` is
+    drawn scaled to it: scaled down, it is antialiased (``interpolation="antialiased"``: fine
+    content such as a grid would alias to stripes), scaled up, its pixels are drawn as blocks.
     """
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
@@ -93,9 +102,9 @@ def plot_mosaic(
     ax = fig.add_subplot()
     if rgb:
         shown = np.clip((np.nan_to_num(img, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
-        ax.imshow(shown, interpolation="nearest")
+        picture = ax.imshow(shown, interpolation="nearest")
     else:
-        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        picture = ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     if plan is not None:
         polys = []
         for a, s in zip(plan.affines, plan.tile_shapes, strict=True):
@@ -114,9 +123,25 @@ def plot_mosaic(
             ax.add_collection(coll)
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
-    ax.set_title(title or f"mosaic, 1:{factor}")
+    ax.apply_aspect()  # the axes as drawn: shrunk to the image's aspect, beside the colour bar
+    drawn_px = ax.get_position().width * fig.get_figwidth() * fig.dpi
+    if drawn_px < w:
+        picture.set_interpolation("antialiased")
+    # the title said 1:factor (the pyramid level's), of a picture then drawn 2.4x smaller
+    ax.set_title(title or f"mosaic, {_scale(factor * w / drawn_px)}")
     ax.set_axis_off()
     return fig
+
+
+def _scale(per_px: float) -> str:
+    """``"1:2.4"`` for 2.4 mosaic pixels per pixel of the figure, ``"2:1"`` for 0.5."""
+
+    def num(v: float) -> str:  # 2.4, 2, 12
+        return f"{v:.1f}".removesuffix(".0") if v < 9.95 else f"{v:.0f}"
+
+    if abs(per_px - 1) < 0.05:
+        return "1:1"
+    return f"1:{num(per_px)}" if per_px > 1 else f"{num(1 / per_px)}:1"
 
 
 def write_preview(
@@ -131,5 +156,6 @@ def write_preview(
     a TIFF mosaic, reduced to fit)."""
     data, factor = _pick_level(os.fspath(mosaic), max_px)
     fig = plot_mosaic(data, plan, factor=factor, focus=focus)
-    fig.savefig(os.fspath(out_png), bbox_inches="tight")
+    # at the figure's dpi (not savefig.dpi's), which the title's scale is of
+    fig.savefig(os.fspath(out_png), bbox_inches="tight", dpi="figure")
     return os.fspath(out_png)

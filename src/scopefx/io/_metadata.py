@@ -48,7 +48,7 @@ from ._read import (
 )
 from ._refs import ZARR_SEP, ResolvedRef, resolve_ref
 from ._samples import tiff_samples
-from ._units import length_um
+from ._units import length_um, value_um
 
 __all__ = ["FIBICS_TAG", "ImageMetadata", "read_metadata"]
 
@@ -117,6 +117,10 @@ class ImageMetadata:
         The parsed instrument metadata, JSON-able: the Fibics XML as nested dicts (attributes
         under ``"@name"``, element text under ``"#text"`` when it has attributes, ``<item
         name=...>`` lists as dicts), or the ImageJ/OME/Zarr fields used.
+    pixel_size_z_um : float or None
+        The z step (distance between planes) of a TIFF, in micrometres: OME ``PhysicalSizeZ``,
+        else ImageJ ``spacing`` (in ImageJ's ``zunit``, else its ``unit``); None where neither
+        is recorded in a unit of length. It is the z size of a voxel of 3D tiles.
     """
 
     path: str
@@ -135,6 +139,7 @@ class ImageMetadata:
     samples: str | None = None
     source: str = "none"
     raw: dict[str, Any] = field(default_factory=dict)
+    pixel_size_z_um: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of all fields (tuples become lists)."""
@@ -364,6 +369,26 @@ def _ome_um(ome_xml: str) -> tuple[float | None, dict[str, Any]]:
     return size * factor, {"PhysicalSizeX": size, "PhysicalSizeXUnit": unit}
 
 
+def _z_step_um(ome_xml: str | None, ij: dict[str, Any] | None) -> float | None:
+    """The z step a TIFF records, in micrometres: OME ``PhysicalSizeZ`` (in its
+    ``PhysicalSizeZUnit``), else ImageJ ``spacing`` (in ``zunit``, else ``unit``); None where
+    neither is a positive length."""
+    steps: list[float | None] = []
+    if ome_xml:
+        try:
+            pixels = ET.fromstring(ome_xml).find(".//{*}Pixels")
+        except (ET.ParseError, ValueError):
+            pixels = None
+        if pixels is not None:
+            ome_unit = pixels.get("PhysicalSizeZUnit") or "µm"
+            steps.append(value_um(pixels.get("PhysicalSizeZ"), ome_unit))
+    ij = ij or {}
+    ij_unit = str(ij.get("zunit") or ij.get("unit") or "")
+    if ij.get("spacing") is not None and ij_unit:  # no unit: ImageJ's uncalibrated pixels
+        steps.append(value_um(str(ij["spacing"]), ij_unit))
+    return next((s for s in steps if s is not None and s > 0), None)
+
+
 def _imagej_um(ij: dict[str, Any], page: Any) -> tuple[float | None, dict[str, Any]]:
     raw = {k: v for k, v in ij.items() if isinstance(v, (str, int, float, bool))}
     factor = length_um(str(ij.get("unit", "")))
@@ -424,6 +449,7 @@ def _tiff_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
             samples=tiff_samples(page),
             source=source,
             raw=raw,
+            pixel_size_z_um=_z_step_um(ome, imagej),
             **fields,
         )
 

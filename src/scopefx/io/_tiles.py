@@ -4,10 +4,13 @@ Two on-disk forms are read:
 
 * **CSV** (or ``.tsv``) with a header (names in any case; ``,``, ``;`` or tab separated).
   ``path`` plus either ``x,y[,z]`` (mosaic pixels, floats allowed, ``x`` is the column axis)
-  or ``x_um,y_um[,z_um]`` (micrometres, divided by the pixel size). The position
+  or ``x_um,y_um[,z_um]`` (micrometres: ``x_um, y_um`` divided by the pixel size, ``z_um`` by
+  the z step the first tile records, else by the pixel size, with a warning). The position
   is where the tile's pixel ``(0, 0[, 0])`` lands. An optional ``affine`` column holds a JSON
   matrix ``[[a, b, tx], [c, d, ty]]`` (3x4 in 3D) that maps tile pixel ``(x, y[, z])`` to mosaic
-  pixel ``(x, y[, z])``; when present it is authoritative. An optional ``focus`` column carries a
+  pixel ``(x, y[, z])``; when present it places the tile, and a row's ``x,y[,z]`` (pixels), where
+  also given, must be its translation ``(tx, ty[, tz])`` (as :meth:`TileTable.to_csv` writes
+  them): a row where they differ is refused. An optional ``focus`` column carries a
   per-tile focus score (used by ``blend="focus"`` and the preview).
 * **Fiji / BigStitcher** ``TileConfiguration.txt`` and ``TileConfiguration.registered.txt``
   (``dim = 2`` or ``3``; lines ``name; ; (x, y[, z])``, or ``name; N; (x, y[, z])`` for tile
@@ -222,7 +225,11 @@ class TileTable:
         return dataclasses.replace(self, **changes)
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write ``path,x,y[,z],affine[,focus]``; relative paths where the tiles allow."""
+        """Write ``path,x,y[,z],affine[,focus]``; relative paths where the tiles allow.
+
+        ``x,y[,z]`` is the affine's translation, written so that it reads back exactly (as
+        :func:`repr` writes a float): tools that take only ``x,y`` get the positions whole.
+        """
         path = Path(path)
         base = path.resolve().parent
         axes = ["x", "y", "z"][: self.ndim]
@@ -233,7 +240,9 @@ class TileTable:
             for t in self.tiles:
                 xyz = index_to_xyz(np.asarray(t.affine, dtype=float))
                 ref = _relative_ref(t.ref, base)
-                row = [ref, *(f"{v:.6g}" for v in xyz[: self.ndim, self.ndim])]
+                # full precision: 6 significant digits moved positions from 100,000 px by
+                # up to 0.5 px (and wrote 1e6 px as 1e+06); + 0.0 writes -0.0 as 0.0
+                row = [ref, *(repr(float(v) + 0.0) for v in xyz[: self.ndim, self.ndim])]
                 row.append(json.dumps([[round(float(v), 9) for v in r] for r in xyz[:-1]]))
                 if has_focus:
                     row.append("" if t.focus is None else f"{t.focus:.6g}")
@@ -316,7 +325,8 @@ def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
 
 def _read_csv(
     path: Path, pixel_size_um: float | None, rotation_deg: float, flip: tuple[bool, bool]
-) -> tuple[list[Tile], int, float | None]:
+) -> tuple[list[Tile], int, float | None, float | None]:
+    """The tiles, the dimension, the pixel size and the z step (um) of a CSV table."""
     table = parse_text_table(read_table_text(path))
     if not table.columns:
         raise ConfigError(f"{path}: the table is empty; expected a header such as 'path,x,y'")
@@ -354,13 +364,18 @@ def _read_csv(
         )
     if not rows:
         raise ConfigError(f"{path}: the table holds no tiles")
-    if unit == "um" and pixel_size_um is None:
-        pixel_size_um = _recorded_pixel_size(rows[0].get("path", ""), path)
+    z_step_um = None
+    if unit == "um" and (pixel_size_um is None or len(axes) == 3):
+        recorded, z_step_um = _recorded_sizes(
+            rows[0].get("path", ""), path, xy=pixel_size_um is None, z=len(axes) == 3
+        )
         if pixel_size_um is None:
-            raise ConfigError(
-                f"{path}: positions are in micrometres ({', '.join(axes)}) and the first tile "
-                "records no pixel size; give it (--pixel-size / pixel_size_um=)"
-            )
+            pixel_size_um = recorded
+            if pixel_size_um is None:
+                raise ConfigError(
+                    f"{path}: positions are in micrometres ({', '.join(axes)}) and the first "
+                    "tile records no pixel size; give it (--pixel-size / pixel_size_um=)"
+                )
     ndim = len(axes) if axes else 0
     if not axes:  # affine only: its shape says the dimension
         try:
@@ -371,6 +386,7 @@ def _read_csv(
     rot = _rotation_xy(rotation_deg, ndim, flip)
     base = path.resolve().parent
     tiles = []
+    z_assumed: list[int] = []  # lines whose z_um was divided by the xy pixel size
     for line, row in zip(lines, rows, strict=True):
         where = f"{path}, line {line}"
         if not row.get("path"):
@@ -378,17 +394,15 @@ def _read_csv(
         affine_text = row.get("affine", "")
         if affine_text:
             m = _parse_affine(affine_text, ndim, where)
+            if unit == "px" and axes and all(row.get(a) for a in axes):
+                _check_translation(m, _position(row, axes, table.number, where), where)
         else:
-            try:
-                pos = np.array([table.number(row[a]) for a in axes])
-            except (ValueError, KeyError):
-                given = {a: row.get(a) for a in axes}
-                raise ConfigError(f"{where}: position {given} is not numeric") from None
-            if not np.isfinite(pos).all():  # float() reads 'nan' and 'inf'
-                given = {a: row.get(a) for a in axes}
-                raise ConfigError(f"{where}: position {given} is not a finite number")
+            pos = _position(row, axes, table.number, where)
             if unit == "um":
-                pos = pos / float(pixel_size_um)  # type: ignore[arg-type]
+                xy = float(pixel_size_um)  # type: ignore[arg-type]
+                if ndim == 3 and z_step_um is None and pos[2] != 0:
+                    z_assumed.append(line)
+                pos = pos / np.array([xy, xy, z_step_um or xy][:ndim])
             m = np.eye(ndim + 1)
             m[:ndim, ndim] = rot[:ndim, :ndim] @ pos  # positions turn; the tiles do not
         focus = row.get("focus", "")
@@ -398,15 +412,68 @@ def _read_csv(
             raise ConfigError(f"{where}: focus {focus!r} is not numeric") from None
         tiles.append(Tile(_resolve(row["path"], base), xyz_to_index(m), score))
     _refuse_duplicates(tiles, lines, path)
-    return tiles, ndim, pixel_size_um
+    if z_assumed:
+        # the z step that placed them is the mosaic's z scale (FusionPlan.voxel_um)
+        z_step_um = float(pixel_size_um)  # type: ignore[arg-type]
+        logger.warning(
+            "%s: z_um divided by the xy pixel size, %g um (lines %s): the first tile records no "
+            "z step (ImageJ spacing, OME PhysicalSizeZ), so z is assumed to have the xy pixel "
+            "size; if the tiles' planes are further apart, give positions in planes (path,x,y,z)",
+            path, z_step_um, ", ".join(str(n) for n in z_assumed[:5]),
+        )  # fmt: skip
+    return tiles, ndim, pixel_size_um, z_step_um
 
 
-def _recorded_pixel_size(name: str, table: Path) -> float | None:
-    """The pixel size the tile ``name`` of ``table`` records in its metadata (OME, ImageJ, a
-    TIFF resolution in centimetres, a vendor file...; inch-based default resolutions do not
-    count), or ``None`` when it records none or cannot be read."""
+def _position(row: dict[str, str], axes: list[str], number: Any, where: str) -> np.ndarray:
+    """The row's position along ``axes`` (as written, unit unchanged); refuses a value that
+    is not a finite number, naming the line."""
+    try:
+        pos = np.array([number(row[a]) for a in axes], dtype=float)
+    except (ValueError, KeyError):
+        given = {a: row.get(a) for a in axes}
+        raise ConfigError(f"{where}: position {given} is not numeric") from None
+    if not np.isfinite(pos).all():  # float() reads 'nan' and 'inf'
+        given = {a: row.get(a) for a in axes}
+        raise ConfigError(f"{where}: position {given} is not a finite number")
+    return pos
+
+
+#: Pixels within which a row's x,y[,z] are its affine's translation.
+_SAME_POSITION_PX = 1e-3
+
+
+def _check_translation(m: np.ndarray, pos: np.ndarray, where: str) -> None:
+    """Refuses a row whose ``x,y[,z]`` (pixels) are not the translation of its affine ``m``
+    ((x, y[, z]) order), which places the tile: an edit of x,y would be silently ignored."""
+    ndim = len(pos)
+    t = m[:ndim, ndim]
+    if np.abs(pos - t).max() <= _SAME_POSITION_PX:
+        return
+    # to_csv once wrote x,y with 6 significant digits (123456.7 px as 123457): such rows of an
+    # older *.registered.csv still read, their affine holding the position at full precision
+    if all(float(f"{v:.6g}") == p for v, p in zip(t, pos, strict=True)):
+        return
+    axes = ",".join("xyz"[:ndim])
+    given = ", ".join(f"{v:g}" for v in pos)
+    placed = ", ".join(f"{v:.6g}" for v in t)
+    raise ConfigError(
+        f"{where}: {axes} ({given}) disagree with the affine's translation ({placed}) by "
+        f"{np.abs(pos - t).max():.3g} px; the affine places the tile, so {axes} would be "
+        f"ignored: edit one to match the other, or delete the affine column to place the tiles "
+        f"by {axes}"
+    )
+
+
+def _recorded_sizes(
+    name: str, table: Path, *, xy: bool, z: bool
+) -> tuple[float | None, float | None]:
+    """The pixel size (``xy``) and the z step (``z``), in micrometres, that the tile ``name``
+    of ``table`` records in its metadata (pixel size: OME, ImageJ, a TIFF resolution in
+    centimetres, a vendor file...; inch-based default resolutions do not count; z step: OME
+    ``PhysicalSizeZ``, ImageJ ``spacing``), each ``None`` when it is not asked for, not
+    recorded, or the tile cannot be read."""
     if not name:
-        return None
+        return None, None
     from ._metadata import read_metadata
 
     ref = _resolve(name, table.resolve().parent)
@@ -414,13 +481,19 @@ def _recorded_pixel_size(name: str, table: Path) -> float | None:
         meta = read_metadata(ref)
     except Exception:  # unreadable here (missing, refused): the caller asks for --pixel-size
         logger.debug("no pixel size from %s", ref, exc_info=True)
-        return None
-    size = meta.pixel_size_um
-    if size is None or not math.isfinite(size) or not size > 0:
-        return None
-    logger.info("%s: micrometre positions divided by %s's pixel size, %g um (%s)",
-                table, ref, size, meta.pixel_size_from)  # fmt: skip
-    return float(size)
+        return None, None
+
+    def positive(v: float | None) -> float | None:
+        return float(v) if v is not None and math.isfinite(v) and v > 0 else None
+
+    size = positive(meta.pixel_size_um) if xy else None
+    z_step = positive(meta.pixel_size_z_um) if z else None
+    if size is not None:
+        logger.info("%s: micrometre positions divided by %s's pixel size, %g um (%s)",
+                    table, ref, size, meta.pixel_size_from)  # fmt: skip
+    if z_step is not None:
+        logger.info("%s: z_um divided by %s's z step, %g um", table, ref, z_step)
+    return size, z_step
 
 
 def _read_tile_configuration(
@@ -500,7 +573,9 @@ def read_tile_table(
         ``*.ome.btf``), ``*.czi``, ``*.nd2``, ``*.lif``
         (:func:`scopefx.io._vendor.vendor_positions`; CZI/ND2/LIF need ``scopefx[vendor]``).
     pixel_size_um : float, optional
-        Pixel size, needed for ``x_um,y_um`` positions; stored for the output's metadata.
+        Pixel size (xy), needed for ``x_um,y_um`` positions unless the first tile records one;
+        stored for the output's metadata. ``z_um`` is divided by the z step the first tile
+        records (``pixel_size_z_um`` of the table), else by the pixel size, with a warning.
     rotation_deg : float
         Camera rotation relative to the stage; positions are rotated into the camera frame.
         Ignored for rows with an ``affine`` (authoritative).
@@ -520,7 +595,8 @@ def read_tile_table(
     UnsupportedFormatError
         A folder (not a table), or a file of a kind that holds no tile positions.
     ConfigError
-        A column is missing, a value is not numeric, an affine is malformed or singular.
+        A column is missing, a value is not numeric, an affine is malformed or singular, or a
+        row's ``x,y[,z]`` are not its affine's translation.
     """
     p = Path(path)
     if p.is_dir():
@@ -548,10 +624,10 @@ def read_tile_table(
     suffix = p.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            tiles, ndim, px = _read_csv(p, pixel_size_um, rotation_deg, (flip_x, flip_y))
+            tiles, ndim, px, z_step = _read_csv(p, pixel_size_um, rotation_deg, (flip_x, flip_y))
         elif suffix == ".txt":
             tiles, ndim = _read_tile_configuration(p, rotation_deg, (flip_x, flip_y))
-            px = pixel_size_um
+            px, z_step = pixel_size_um, None
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"tile table {os.fspath(path)!r} is not UTF-8 text ({exc.reason} at byte "
@@ -563,7 +639,9 @@ def read_tile_table(
             "TileConfiguration .txt, or an instrument file that records stage positions "
             "(.ome.tif, .ome.tiff, .ome.btf, .czi, .nd2, .lif)"
         )
-    return TileTable(tuple(tiles), ndim=ndim, pixel_size_um=px, source=os.fspath(path))
+    return TileTable(
+        tuple(tiles), ndim=ndim, pixel_size_um=px, source=os.fspath(path), pixel_size_z_um=z_step
+    )
 
 
 def flatten_z(table: TileTable, planes: int | str | Sequence[int]) -> TileTable:
