@@ -22,12 +22,12 @@ from ._omezarr import OmeZarrSpec, chunk_file, create_ome_zarr, fsync_file, mult
 from ._read import SAMPLES_LAST, read_image
 from ._refs import IMAGE_SUFFIXES, find_images, natural_key, split_ref
 from ._roots import DATA_ROOTS_ENV, OUTPUT_ROOTS_ENV, DataRoots
+from ._tablefiles import read_tile_table
 from ._texttable import TextTable, parse_text_table, read_table_text
 from ._tiles import (
     Tile,
     TileTable,
     flatten_z,
-    read_tile_table,
     translation,
 )
 
