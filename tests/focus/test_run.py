@@ -302,3 +302,90 @@ def test_the_series_plot_shows_unverifiable_sections():
         warnings.simplefilter("error")
         figure = plot_focus_series(records)
     assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["unverifiable"]
+
+
+def _live(densities: list[float], **kwargs: object) -> list[FocusRecord]:
+    """Judge ``densities`` as ``scopefx watch`` does: settle() after every section."""
+    run = FocusRun(**kwargs)  # type: ignore[arg-type]
+    records = []
+    for d in densities:
+        records.append(run.judge(_rec(d)))
+        run.settle()
+    run.settle(final=True)
+    return records
+
+
+def _batch(densities: list[float], **kwargs: object) -> list[FocusRecord]:
+    """Judge ``densities`` as ``scopefx focus`` does: all of them, then settle() once."""
+    run = FocusRun(**kwargs)  # type: ignore[arg-type]
+    records = run.judge_all([_rec(d) for d in densities])
+    run.settle(final=True)
+    return records
+
+
+#: A light-sheet stack scored from its far end: out of focus, coming into focus over a dozen
+#: sections, in focus, then out again (densities per Mpx, the fluorescence preset's scale).
+RAMP = [10.0, 11, 15, 18, 17, 28, 42, 38, 63, 71, 75, 80, 84, 100, 105, 110, 111, 108, 112,
+        115, 109, 113, 116, 114, 111, 107, 104, 95, 90, 70, 60, 50, 40, 30]  # fmt: skip
+
+
+def test_live_and_batch_runs_give_the_same_verdicts():
+    """docs/focus.md: the same scores get the same verdicts wherever they were judged.
+    Before: a watch (settle() after every section) judged the sections before the rise once,
+    at the first settle() after it, against a baseline still made of the out-of-focus warm-up,
+    and kept them in focus (4 light-sheet frames 0.55-0.7 um out: in focus live, out of focus
+    in a batch)."""
+    params = FocusParams(modality="fluorescence")
+    live = [r.verdict for r in _live(RAMP, params=params)]
+    batch = [r.verdict for r in _batch(RAMP, params=params)]
+    assert live == batch
+    assert live[:10] == ["out_of_focus"] * 10  # 10-80 % of the in-focus level
+
+
+def test_sections_found_out_of_focus_no_longer_define_in_focus():
+    """Once a rise shows the run started out of focus, the warm-up and the sections called in
+    focus against it leave the baseline. Before: they stayed in the running median (up to 8
+    of its 25 sections), so a later section at 0.77 of the in-focus level passed (ratio 0.8)."""
+    densities = [1000.0] * 5 + [1200.0] * 10 + [3000.0] * 10 + [2300.0]
+    run = FocusRun(params=FocusParams(modality="fluorescence"))
+    records = run.judge_all([_rec(d) for d in densities])
+    assert "rises_after_warmup" in run.doubts()
+    assert records[-1].verdict == "out_of_focus"
+    assert run.baseline.reference == 3000.0
+    run.settle()
+    assert {r.verdict for r in records[:15]} == {"out_of_focus"}
+
+
+def test_a_section_flagged_after_a_rise_is_not_turned_back_by_a_slow_drift():
+    """Before: after a rise, the warm-up was judged again at every settle(); as focus drifted
+    slowly down, the running median followed it and sections already flagged (re-acquire,
+    --on-oof fired) were reported in focus again and their CSV rows rewritten."""
+    densities = [1000.0, 1050, 1020, 1010, 1000] + [3000.0] * 12
+    densities += [3000.0 * 0.96**k for k in range(1, 32)]
+    run = FocusRun()
+    records, seen = [], {}
+    for d in densities:
+        records.append(run.judge(_rec(d)))
+        for r in run.settle():
+            seen.setdefault(id(r), []).append(r.verdict)
+    assert [r.verdict for r in records[:5]] == ["out_of_focus"] * 5
+    for verdicts in seen.values():  # once flagged, never back
+        assert "out_of_focus" not in verdicts or set(
+            verdicts[verdicts.index("out_of_focus") :]
+        ) == {"out_of_focus"}, verdicts
+
+
+def test_a_restarted_run_seeds_its_baseline_from_unverifiable_sections_too():
+    """A run whose baseline is doubted calls passing sections 'unverifiable'; they entered the
+    baseline all the same. Before: seed() left them out, so a watch restarted on such a run had
+    no baseline (reference nan against 412.5) and called the next sections 'warmup'."""
+    densities = [190.0, 400.0, 420.0, 410.0, 415.0, 188.0, 430.0]
+    params = FocusParams(modality="brightfield")
+    first = FocusRun(params=params)
+    done = first.judge_all([_rec(d) for d in densities])
+    first.settle()
+    assert "unverifiable" in {r.verdict for r in done}
+    again = FocusRun(params=params)
+    again.seed(done)
+    assert again.baseline.reference == pytest.approx(first.baseline.reference, rel=0.05)
+    assert again.judge(_rec(150.0)).verdict == "out_of_focus"

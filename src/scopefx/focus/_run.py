@@ -16,7 +16,15 @@ import numpy as np
 from ..errors import ConfigError
 from ._params import FocusParams
 from ._plausibility import CALIBRATION_ABOVE, calibration_doubts, head_doubts, rises
-from ._verdict import IN_FOCUS, PARTIAL, UNVERIFIABLE, WARMUP, Calibration, RunBaseline
+from ._verdict import (
+    IN_FOCUS,
+    OUT_OF_FOCUS,
+    PARTIAL,
+    UNVERIFIABLE,
+    WARMUP,
+    Calibration,
+    RunBaseline,
+)
 
 if TYPE_CHECKING:
     from ._batch import FocusRecord
@@ -109,6 +117,14 @@ class FocusRun:
         # was built out of focus: judged again with the warm-up (a bounded number)
         self._early: list[FocusRecord] = []
         self._order_of: dict[int, int] = {}  # run order of the records settle() may return
+        self._rising: deque[FocusRecord] = deque(maxlen=self.baseline.warmup)  # latest judged
+        # verdicts changed since the last settle(): given as the run goes (the warm-up once the
+        # baseline exists, the first sections once a rise shows), whenever settle() is called
+        self._changed: dict[int, FocusRecord] = {}
+        # after a rise: the sections judged again as the rebuilt baseline fills (see _restart)
+        self._maturing: list[FocusRecord] = []
+        self._since_restart = -1  # sections judged since the rise (-1: none yet)
+        self._matured_reference = math.nan
 
     @classmethod
     def resolve(
@@ -171,6 +187,7 @@ class FocusRun:
             self._above += density > CALIBRATION_ABOVE * self.calibration.in_focus_density
             return
         self._recent.append(record.density_per_mpx)
+        self._rising.append(record)
         if self._judged == warmup:
             self._head_doubts = head_doubts(
                 [r.density_per_mpx for r in self._first],
@@ -180,6 +197,69 @@ class FocusRun:
         elif self._judged >= 2 * warmup and not self._rises:
             head = float(np.median([r.density_per_mpx for r in self._first]))
             self._rises = rises(head, self._recent, self.baseline.ratio)
+            if self._rises:
+                self._restart()
+
+    def _restart(self) -> None:
+        """The run started out of focus: its density has risen well above the warm-up. The
+        baseline is built again from the sections that rose (the latest ``warmup`` that
+        passed), so the warm-up and the sections called in focus against it no longer define
+        "in focus", and the doubts about the warm-up are replaced by those of the sections
+        that rose. Those sections are judged again against it, and again each time its
+        reference rises while it fills (the next ``baseline.window`` sections, those called in
+        focus meanwhile included): a run that comes into focus slowly is judged against the
+        focus it reaches, the same whenever :meth:`settle` is called. A verdict judged again
+        only ever turns ``out_of_focus`` (a ``partial`` or ``in_focus`` one stays, never back),
+        so a section flagged for re-acquisition stays flagged."""
+        rose = [r for r in self._rising if r.verdict in (IN_FOCUS, UNVERIFIABLE)]
+        self.baseline.restart(
+            [r.density_per_mpx for r in rose],
+            [r.focus_map for r in rose],
+        )
+        self._head_doubts = head_doubts(
+            [r.density_per_mpx for r in self._rising],
+            modality=self.params.modality,
+            noise_limited=[bool(r.noise_limited) for r in self._rising],
+        )
+        again = list(self._warmup) + [r for r in self._first if r not in self._warmup]
+        again += [r for r in self._early if r not in again]
+        self._warmup, self._early = [], []
+        self._maturing, self._since_restart = again, 0
+        self._matured_reference = self.baseline.reference
+        self._rejudge(again, worse_only=True)
+
+    def _mature(self, record: FocusRecord) -> None:
+        """While the rebuilt baseline fills after a rise: keep ``record`` if it was called in
+        focus, and judge the kept sections again whenever the reference has risen."""
+        if self._since_restart < 0 or self._since_restart >= self.baseline.window:
+            return
+        self._since_restart += 1
+        if record.verdict in (IN_FOCUS, UNVERIFIABLE, PARTIAL):
+            self._maturing.append(record)
+            self._order_of[id(record)] = self._judged
+        reference = self.baseline.reference
+        if reference > self._matured_reference:
+            self._matured_reference = reference
+            self._rejudge(self._maturing, worse_only=True)
+        if self._since_restart >= self.baseline.window:
+            self._maturing = []  # the baseline is the run's own again: verdicts are final
+
+    def _rejudge(self, records: Iterable[FocusRecord], *, worse_only: bool = False) -> None:
+        """Judge ``records`` against the current baseline without adding them to it; those
+        whose verdict changes are given by the next :meth:`settle`. ``worse_only``: a judged
+        section changes only to ``out_of_focus`` (one still ``warmup`` gets its verdict)."""
+        for record in records:
+            before = record.verdict
+            verdict = self.baseline.rejudge(record.density_per_mpx)
+            if before == PARTIAL and verdict.status == IN_FOCUS:
+                continue  # its failing cells still fail
+            if worse_only and before != WARMUP and verdict.status != OUT_OF_FOCUS:
+                continue
+            record.apply(verdict)
+            if record.verdict == IN_FOCUS and self._doubted(_WARMUP_DOUBTS):
+                record.verdict = UNVERIFIABLE
+            if record.verdict != before:
+                self._changed[id(record)] = record
 
     def judge(self, record: FocusRecord) -> FocusRecord:
         """Give ``record`` its verdict (in place) and let it update the run; returns it.
@@ -218,7 +298,15 @@ class FocusRun:
         self._note(record)
         if record.verdict == IN_FOCUS and self._doubted(_WARMUP_DOUBTS):
             record.verdict = UNVERIFIABLE
+        self._settle_warmup()
+        self._mature(record)
         return record
+
+    def _settle_warmup(self) -> None:
+        """Once the baseline exists, judge the sections that built it (still ``warmup``)."""
+        if self._warmup and not math.isnan(self.baseline.reference):
+            pending, self._warmup = self._warmup, []
+            self._rejudge(pending)
 
     def _doubted(self, kinds: tuple[str, ...]) -> bool:
         return self.calibration is None and any(d in kinds for d in self.doubts())
@@ -235,41 +323,34 @@ class FocusRun:
         judged: they are ``"unverifiable"`` (doubt ``"too_few_sections"``), not left
         ``"warmup"``; a single image has no run to be judged against.
 
-        Once the run's density has risen well above its warm-up (``"rises_after_warmup"``),
-        the sections the baseline was first built from are judged again against the later
-        baseline too (the run started out of focus), and so are those called in focus against
-        the warm-up's baseline before the rise showed (the first ``4 * baseline.window`` of
-        them), so that one density gets one verdict; a ``partial`` section stays partial
-        unless it is now out of focus.
+        Once the run's density has risen well above its warm-up (``"rises_after_warmup"``:
+        the run started out of focus), the baseline is built again from the sections that
+        rose, and the sections it was first built from and those called in focus against it
+        before the rise showed (the first ``4 * baseline.window`` of them), then those called
+        in focus while it fills, are judged again each time its reference rises, for
+        ``baseline.window`` sections; a verdict judged again only turns ``out_of_focus``.
 
-        Returns the records whose verdict changed, in run order; an empty list while the
-        baseline does not exist yet (call again later, or at the end of the run).
+        Returns the records whose verdict changed since the last call, in run order; an
+        empty list while the baseline does not exist yet (call again later, or at the end of
+        the run). Verdicts do not depend on when it is called: the run judges those sections
+        as soon as it can (:meth:`judge`), and ``settle`` gives what changed.
         """
         if math.isnan(self.baseline.reference):
             if not (final and self._warmup and self.calibration is None):
-                return []
+                return self._take_changed()
             self._short = True
             short, self._warmup = self._warmup, []
             for record in short:
                 record.verdict = UNVERIFIABLE
-            return sorted(short, key=self._order)
-        settled, self._warmup = self._warmup, []
-        early: list[FocusRecord] = []
-        if self._doubted(("rises_after_warmup",)):
-            settled += [r for r in self._first if r not in settled]
-            early, self._early = self._early, []
-        changed = []
-        for record in settled + early:
-            before = record.verdict
-            verdict = self.baseline.rejudge(record.density_per_mpx)
-            if before == PARTIAL and verdict.status == IN_FOCUS:
-                continue  # its failing cells still fail
-            record.apply(verdict)
-            if record.verdict == IN_FOCUS and self._doubted(_WARMUP_DOUBTS):
-                record.verdict = UNVERIFIABLE
-            if record.verdict != before:
-                changed.append(record)
-        return sorted(changed, key=self._order)
+                self._changed[id(record)] = record
+            return self._take_changed()
+        self._settle_warmup()
+        return self._take_changed()
+
+    def _take_changed(self) -> list[FocusRecord]:
+        changed = sorted(self._changed.values(), key=self._order)
+        self._changed = {}
+        return changed
 
     def _order(self, record: FocusRecord) -> int:
         return self._order_of.get(id(record), self._judged)
@@ -283,7 +364,7 @@ class FocusRun:
         for record in records:
             if not record.ok:
                 continue
-            if record.verdict in (IN_FOCUS, WARMUP):
+            if record.verdict in (IN_FOCUS, WARMUP, UNVERIFIABLE):  # those the baseline took
                 self.baseline.update(record.density_per_mpx)
             if record.verdict == WARMUP:  # not judged yet: settle() judges it with the rest
                 self._warmup.append(record)

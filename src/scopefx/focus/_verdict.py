@@ -418,6 +418,16 @@ class RunBaseline:
                 self._maps.append(np.asarray(focus_map))
         return verdict
 
+    def restart(
+        self, densities: Sequence[float], focus_maps: Sequence[np.ndarray | None] = ()
+    ) -> None:
+        """Build the baseline again from these sections alone (those that rose when a run
+        turns out to have started out of focus): what it held before no longer counts."""
+        self._densities.clear()
+        self._maps.clear()
+        self._densities.extend(float(d) for d in densities)
+        self._maps.extend(np.asarray(m) for m in focus_maps if m is not None)
+
     def rejudge(self, density: float) -> Verdict:
         """Judge a density against the current baseline without adding it (for warm-up sections)."""
         return self._judge(density)
