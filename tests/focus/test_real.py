@@ -258,6 +258,9 @@ def test_a_calibration_from_another_specimen_is_doubted(scored):
     said a word about the mismatch."""
     mito, mt = scored["lsfm_dfnn_mito_stack"], scored["lsfm_dfnn_mt_stack"]
     assert _calibrated_run(scored, "lsfm_dfnn_mito_stack", mt).doubts() == ["below_calibration"]
+    # the whole through-focus series: 7 of 34 frames over 3x, most out of focus and passing
+    # (before: a "most sections above" rule never fired on such a run)
+    assert _calibrated_run(scored, "lsfm_dfnn_mt_stack", mito).doubts() == ["above_calibration"]
     near_focus = [i for i in mito if i[1] <= 0.25]  # a run held near focus, as production is
     assert _calibrated_run(scored, "lsfm_dfnn_mt_stack", near_focus).doubts() == [
         "above_calibration"

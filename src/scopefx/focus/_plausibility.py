@@ -98,6 +98,8 @@ def rises(head: float, window: Sequence[float], ratio: float) -> bool:
 #: best focus. Two light-sheet specimens (mitochondria, microtubules) differ by 4x in focus
 #: (bench/results/focus_real.txt); within a series the in-focus frames stay under 1.2x.
 CALIBRATION_ABOVE = 3.0
+#: Sections above a calibration that doubt it (one could be debris or a bright artefact).
+_ABOVE_SECTIONS = 2
 
 
 def calibration_doubts(
@@ -119,15 +121,18 @@ def calibration_doubts(
     Returns
     -------
     list of str
-        ``"above_calibration"`` when most sections are above it (the calibration came from
-        sparser content: out-of-focus sections may pass as in focus), ``"below_calibration"``
+        ``"above_calibration"`` when two or more sections are above it (the calibration came
+        from sparser content: out-of-focus sections may pass as in focus; within a series the
+        in-focus frames stay under 1.2x, and a through-focus or drifting run holds few of
+        them, so a rule of "most sections" missed a calibration from another specimen that
+        passed 18 of 23 out-of-focus frames), ``"below_calibration"``
         when not one section came within a factor 2 of its in-focus range (the whole run is
         out of focus, or the calibration came from denser content). Nothing before 5 sections.
     """
     if sections < 5:
         return []
     doubts = []
-    if above > sections / 2:
+    if above >= _ABOVE_SECTIONS:
         doubts.append("above_calibration")
     if best < min_density / 2:
         doubts.append("below_calibration")
