@@ -188,3 +188,81 @@ def test_workers_keep_the_default_malloc(tmp_path):
     """distributed's nanny would set MALLOC_TRIM_THRESHOLD_=65536 (2.2x slower chunks)."""
     with open_cluster(ClusterSpec(kind="local", cores=1, memory="512MiB")) as client:
         assert set(client.run(_malloc_trim).values()) == {None}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"memory": "64"}, r"memory must be like '16GiB' \(a number and a unit\), got '64'"),
+        ({"memory": 64}, r"memory must be like '16GiB'"),
+        ({"start_timeout_s": -5}, r"start_timeout_s must be a number of seconds > 0, got -5"),
+        ({"start_timeout_s": "soon"}, r"start_timeout_s must be a number of seconds > 0"),
+        ({"adapt_min": 0, "adapt_max": 0}, r"adapt_max >= 1, got 0 and 0"),
+        ({"adapt_min": 0.5, "adapt_max": 2.5}, r"adapt_min and adapt_max must be whole numbers"),
+        ({"gpus": True}, r"gpus must be an integer >= 0, got True"),
+        ({"walltime": "99:99"}, r"walltime must be HH:MM:SS"),
+    ],
+    ids=["memory-no-unit", "memory-number", "timeout-negative", "timeout-text", "adapt-max-0",
+         "adapt-fraction", "gpus-bool", "walltime-99:99"],
+)  # fmt: skip
+def test_values_the_docs_refuse_are_refused_by_key(settings, message):
+    """docs/scaleout.md: values out of range are refused with the key's name (``memory: "64"``
+    used to reach dask-jobqueue, which failed with a bare TypeError)."""
+    with pytest.raises(ConfigError, match=message):
+        ClusterSpec.from_dict({"kind": "slurm", **settings})
+
+
+@pytest.mark.parametrize(
+    ("kind", "accepted", "refused"),
+    [
+        (
+            "slurm",
+            ["00:01:00", "1:00:00", "48:00:00", "1-12:00:00"],
+            ["02:00", "1-02:00", "01:60:00", "00:00:60", "1-24:00:00", "00:00:00", "00:00:59"],
+        ),
+        ("pbs", ["00:01:00", "100:00:00"], ["02:00", "1-00:00:00", "01:00:99", "00:00:00"]),
+    ],
+)
+def test_walltime_takes_only_unambiguous_forms(kind, accepted, refused):
+    """sbatch and qsub read HH:MM as minutes:seconds, PBS has no day field, and SLURM reads a
+    zero limit as none: only HH:MM:SS (and D-HH:MM:SS on SLURM) of at least a minute pass."""
+    for walltime in accepted:
+        assert ClusterSpec(kind=kind, walltime=walltime).walltime == walltime
+    for walltime in refused:
+        with pytest.raises(ConfigError, match="walltime must be") as refusal:
+            ClusterSpec(kind=kind, walltime=walltime)
+        text = str(refusal.value)
+        assert repr(walltime) in text and "HH:MM:SS" in text, text
+        assert "HH:MM[" not in text and ("D-HH" in text) == (kind == "slurm"), text
+
+
+def test_pbs_job_with_gpus_still_asks_for_its_memory(tmp_path):
+    """A resource_spec replaces dask-jobqueue's select=...:mem=...; the memory must stay."""
+    pytest.importorskip("dask_jobqueue")
+    from scopefx.cluster import _make
+
+    spec = ClusterSpec(
+        kind="pbs", cores=32, processes=4, memory="480GiB", gpus=4, log_directory=str(tmp_path)
+    )
+    cluster = _make(spec)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#PBS -l select=1:ncpus=32:ngpus=4:mem=480GB" in script.splitlines()
+    assert "--memory-limit 120.00GiB" in script  # what each of the 4 workers assumes
+
+
+def _memory_limit(dask_worker) -> int:
+    return dask_worker.memory_manager.memory_limit
+
+
+def test_local_memory_is_per_job_like_on_slurm():
+    """``memory`` is per job, shared by its processes (docs/scaleout.md), locally as in a
+    dask-jobqueue job: 2 processes of a 1GiB job get 512MiB each, not 1GiB each."""
+    from dask.utils import parse_bytes
+
+    spec = ClusterSpec(kind="local", cores=2, processes=2, memory="1GiB")
+    with open_cluster(spec) as client:
+        limits = sorted(client.run(_memory_limit).values())
+    assert limits == [parse_bytes("512MiB")] * 2

@@ -5,8 +5,8 @@ A cluster config is YAML or TOML, flat or under a ``cluster:`` key::
     kind: slurm            # local | slurm | pbs
     cores: 8               # per job (threads of its dask workers)
     processes: 1           # dask worker processes per job
-    memory: 32GiB          # per job
-    walltime: "01:00:00"
+    memory: 32GiB          # per job, shared out evenly among its processes
+    walltime: "01:00:00"   # HH:MM:SS (SLURM also D-HH:MM:SS)
     queue: gpu             # SLURM partition / PBS queue
     account: lab42
     gpus: 1                # per job (--gpus / ngpus)
@@ -14,7 +14,7 @@ A cluster config is YAML or TOML, flat or under a ``cluster:`` key::
     adapt_min: 1
     adapt_max: 16
     job_extra_directives: ["--constraint=a100"]
-    job_script_prologue: ["source /opt/scopefx/venv/bin/activate"]
+    job_script_prologue: ["source $HOME/venvs/scopefx/bin/activate"]
     local_directory: /scratch/$USER/dask
     log_directory: /scratch/$USER/dask-logs
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import re
 import tomllib
@@ -49,8 +50,12 @@ log = logging.getLogger(__name__)
 CLUSTER_ENV = "SCOPEFX_CLUSTER"
 
 Kind = Literal["local", "slurm", "pbs"]
-_WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$")
-_MEMORY = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|[KMGT])?$", re.IGNORECASE)
+#: HH:MM:SS, or D-HH:MM:SS (SLURM only; PBS has no day field). ``HH:MM`` is refused: sbatch and
+#: qsub both read it as minutes:seconds.
+_WALLTIME = re.compile(r"^(?:(?P<days>\d{1,3})-)?(?P<h>\d{1,3}):(?P<m>\d{2}):(?P<s>\d{2})$")
+#: A number and a unit: without one dask reads bytes, and dask-jobqueue fails on the result.
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|[KMGT])$", re.IGNORECASE)
+_MIN_MEMORY = 2**20
 
 
 @dataclass(frozen=True)
@@ -82,27 +87,40 @@ class ClusterSpec:
             raise ConfigError(f"cluster kind must be 'local', 'slurm' or 'pbs', got {self.kind!r}")
         for name in ("cores", "processes", "jobs"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ConfigError(f"cluster {name} must be an integer >= 1, got {value!r}")
         if self.processes > self.cores:
             raise ConfigError(
                 f"cluster processes ({self.processes}) cannot exceed cores ({self.cores}): each "
                 "dask worker process needs at least one core"
             )
-        if not isinstance(self.gpus, int) or self.gpus < 0:
+        if not _is_int(self.gpus) or self.gpus < 0:
             raise ConfigError(f"cluster gpus must be an integer >= 0, got {self.gpus!r}")
-        if not _WALLTIME.match(str(self.walltime)):
+        _check_walltime(self.walltime, self.kind)
+        _check_memory(self.memory)
+        timeout = self.start_timeout_s
+        if (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
             raise ConfigError(
-                f"cluster walltime must be [D-]HH:MM[:SS], got {self.walltime!r} (quote it in "
-                "YAML: 01:00:00 unquoted is read as a number)"
+                f"cluster start_timeout_s must be a number of seconds > 0, got {timeout!r}"
             )
-        if not _MEMORY.match(str(self.memory)):
-            raise ConfigError(f"cluster memory must be like '16GiB', got {self.memory!r}")
         lo, hi = self.adapt_min, self.adapt_max
         if (lo is None) != (hi is None):
             raise ConfigError("give both adapt_min and adapt_max, or neither")
-        if lo is not None and hi is not None and not 0 <= lo <= hi:
-            raise ConfigError(f"need 0 <= adapt_min <= adapt_max, got {lo!r} and {hi!r}")
+        if lo is not None and hi is not None:
+            if not _is_int(lo) or not _is_int(hi):
+                raise ConfigError(
+                    f"cluster adapt_min and adapt_max must be whole numbers of jobs, got {lo!r} "
+                    f"and {hi!r}"
+                )
+            if not 0 <= lo <= hi or hi < 1:
+                raise ConfigError(
+                    f"need 0 <= adapt_min <= adapt_max and adapt_max >= 1, got {lo!r} and {hi!r}"
+                )
         for name in ("job_extra_directives", "job_script_prologue"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -134,6 +152,59 @@ class ClusterSpec:
         out["job_extra_directives"] = list(self.job_extra_directives)
         out["job_script_prologue"] = list(self.job_script_prologue)
         return out
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_walltime(walltime: object, kind: str) -> None:
+    """Refuse a walltime that is not HH:MM:SS (D-HH:MM:SS on SLURM), out of range or under 1 min.
+
+    ``HH:MM`` is refused, not read as hours: sbatch and qsub both read it as minutes:seconds.
+    """
+    expected = "HH:MM:SS, like '02:00:00'"
+    if kind == "slurm":
+        expected += " (or D-HH:MM:SS, like '1-12:00:00')"
+    got = f"got {walltime!r}"
+    if not isinstance(walltime, str):
+        raise ConfigError(
+            f"cluster walltime must be {expected}, {got} (quote it in YAML: 01:00:00 unquoted "
+            "is read as a number)"
+        )
+    match = _WALLTIME.match(walltime)
+    if match is None:
+        if re.fullmatch(r"(\d+-)?\d+:\d+", walltime):
+            got += " (sbatch and qsub read HH:MM as minutes:seconds)"
+        raise ConfigError(f"cluster walltime must be {expected}, {got}")
+    days, h, m, s = (int(match[k] or 0) for k in ("days", "h", "m", "s"))
+    if match["days"] is not None and kind != "slurm":
+        raise ConfigError(
+            f"cluster walltime must be {expected} for kind {kind!r}, which has no day field, "
+            f"{got}: write {days * 24 + h:02d}:{m:02d}:{s:02d}"
+        )
+    if m >= 60 or s >= 60 or (match["days"] is not None and h >= 24):
+        raise ConfigError(
+            f"cluster walltime must be {expected}, with minutes and seconds below 60 (and hours "
+            f"below 24 after a day count), {got}"
+        )
+    if ((days * 24 + h) * 60 + m) < 1:
+        raise ConfigError(
+            f"cluster walltime must be {expected}, at least 00:01:00 (sbatch reads a zero "
+            f"limit as no limit), {got}"
+        )
+
+
+def _check_memory(memory: object) -> None:
+    """Refuse a memory size without a unit or under 1 MiB."""
+    from dask.utils import parse_bytes
+
+    if not isinstance(memory, str) or not _MEMORY.match(memory):
+        raise ConfigError(
+            f"cluster memory must be like '16GiB' (a number and a unit), got {memory!r}"
+        )
+    if parse_bytes(memory) < _MIN_MEMORY:
+        raise ConfigError(f"cluster memory must be at least 1MiB, got {memory!r}")
 
 
 def load_cluster_spec(path: str | os.PathLike[str]) -> ClusterSpec:
@@ -202,12 +273,14 @@ def _make(spec: ClusterSpec) -> Any:
 
 
 def _local_cluster(spec: ClusterSpec) -> Any:
+    from dask.utils import parse_bytes
     from distributed import LocalCluster
 
+    # ``memory`` is per job, shared by its processes, as dask-jobqueue does on SLURM and PBS.
     return LocalCluster(
         n_workers=spec.workers,
         threads_per_worker=max(1, spec.cores // spec.processes),
-        memory_limit=spec.memory,
+        memory_limit=parse_bytes(spec.memory) // spec.processes,
         processes=True,
         local_directory=_expand(spec.local_directory),
         dashboard_address=":0",  # a free port, as for the batch-job clusters
@@ -241,7 +314,13 @@ def _jobqueue_cluster(spec: ClusterSpec) -> Any:
         cls = jq.SLURMCluster
     else:
         if spec.gpus:
-            options["resource_spec"] = f"select=1:ncpus={spec.cores}:ngpus={spec.gpus}"
+            # A resource_spec given replaces dask-jobqueue's select=1:ncpus=N:mem=M whole, so
+            # the memory is repeated here (in dask-jobqueue's own PBS form).
+            from dask.utils import parse_bytes
+            from dask_jobqueue.pbs import pbs_format_bytes_ceil  # imported by _jobqueue()
+
+            mem = pbs_format_bytes_ceil(parse_bytes(spec.memory))
+            options["resource_spec"] = f"select=1:ncpus={spec.cores}:ngpus={spec.gpus}:mem={mem}"
         cls = jq.PBSCluster
     options["job_extra_directives"] = directives
     options.update(spec.extra)

@@ -141,10 +141,16 @@ def render_user_config(ep_dir: pathlib.Path, user_opts: dict[str, Any]) -> UserE
     return config
 
 
-def _render_text(ep_dir: pathlib.Path, user_opts: dict[str, Any]) -> str:
-    """The user endpoint config (YAML) the core endpoint renders, before it is loaded."""
+def _render_text(
+    ep_dir: pathlib.Path, user_opts: dict[str, Any], *, check_schema: bool = True
+) -> str:
+    """The user endpoint config (YAML) the core endpoint renders, before it is loaded.
+
+    ``check_schema=False`` renders without the schema, to test the template's own guards.
+    """
     parent = get_config(ep_dir)
     template_path = Endpoint.user_config_template_path(ep_dir, parent)
+    schema_path = Endpoint.user_config_schema_path(ep_dir, parent)
     return render_config_user_template(
         parent_config=parent,
         user_config_template=load_user_config_template(template_path),
@@ -154,9 +160,7 @@ def _render_text(ep_dir: pathlib.Path, user_opts: dict[str, Any]) -> str:
             matched_identity=uuid.UUID(int=0),
             globus_identity_candidates=[],
         ),
-        user_config_schema=load_user_config_schema(
-            Endpoint.user_config_schema_path(ep_dir, parent)
-        ),
+        user_config_schema=load_user_config_schema(schema_path) if check_schema else None,
         user_opts=user_opts,
         # What the SDK sends with each task; JSON round trip as the service delivers it.
         user_runtime=json.loads(json.dumps(asdict(create_user_runtime()))),
@@ -490,6 +494,9 @@ BAD_OPTIONS = {
         r"'48:00:00' does not match",
     ),
     "walltime-not-hms": (FACILITY, {**FACILITY_SLURM, "walltime": 3600}, r"3600 is not of type"),
+    # parsl submits whole minutes (rounding down): under a minute is `--time=0`, no limit.
+    "walltime-zero": (FACILITY, {**FACILITY_SLURM, "walltime": "00:00:00"}, r"does not match"),
+    "walltime-59s": (FACILITY, {**FACILITY_SLURM, "walltime": "00:00:59"}, r"does not match"),
     "too-many-blocks": (FACILITY, {**FACILITY_SLURM, "max_blocks": 5}, r"5 is greater than"),
     "account-injection": (
         FACILITY,
@@ -775,3 +782,110 @@ def test_user_endpoint_config_examples_are_accepted(
         schema = json.loads((ENDPOINTS / name / "user_config_schema.json").read_text())
         assert list(jsonschema.Draft202012Validator(schema).iter_errors(options)), name
         jsonschema.validate({}, schema)
+
+
+# --- bounds that must hold for every option the facility schema admits --------------------
+
+
+def _hms(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def test_facility_smallest_walltime_is_a_bounded_job(
+    endpoint_dir: Callable[[str], pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    """The shortest walltime the schema admits still becomes a SLURM job with a time limit
+    (``--time=0`` means none) and a task timeout above 0 (0 turns the engine's off)."""
+    schema = json.loads((ENDPOINTS / FACILITY / "user_config_schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    base = {"provider": "slurm", "account": "mic-042"}
+    smallest = next(
+        _hms(t) for t in range(12 * 3600 + 1) if validator.is_valid({**base, "walltime": _hms(t)})
+    )
+
+    provider = render_user_config(
+        endpoint_dir(FACILITY), {**base, "walltime": smallest}
+    ).engine.executor.provider
+    # The job script parsl submits: its own minute rounding, no sbatch run.
+    provider.script_dir = str(tmp_path / "scripts")
+    os.mkdir(provider.script_dir)
+    submitted: list[str] = []
+
+    def execute_wait(cmd: str, *args: Any, **kwargs: Any) -> tuple[int, str, str]:
+        submitted.append(cmd)
+        return 0, "Submitted batch job 42", ""
+
+    provider.execute_wait = execute_wait  # type: ignore[method-assign]
+    provider.submit("echo worker", 1, "job")
+    assert submitted and submitted[0].startswith("sbatch")
+    script = pathlib.Path(submitted[0].split()[-1])  # sbatch PATH, written by parsl
+    (time_limit,) = re.findall(r"^#SBATCH --time=(\d+)$", script.read_text(), re.MULTILINE)
+    assert int(time_limit) >= 1, (smallest, time_limit)
+
+    env = worker_environment(provider.worker_init, home=tmp_path)
+    (gc_timeout,) = re.findall(r"export GC_TASK_TIMEOUT=(\d+)", provider.worker_init)
+    assert 0 < int(gc_timeout) < int(time_limit) * 60, (smallest, gc_timeout)
+    assert 0 < int(env["SCOPEFX_TASK_TIMEOUT_S"]) < int(gc_timeout), env
+    assert not validator.is_valid({**base, "walltime": "00:00:59"})
+
+
+def test_facility_template_keeps_task_timeouts_above_zero_on_its_own(
+    endpoint_dir: Callable[[str], pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    """A second guard behind the schema's floor: even a zero walltime (a loosened schema)
+    renders GC_TASK_TIMEOUT >= 1, since the engine reads 0 as no timeout."""
+    options = {"provider": "slurm", "account": "mic-042", "walltime": "00:00:00"}
+    rendered = yaml.safe_load(_render_text(endpoint_dir(FACILITY), options, check_schema=False))
+    worker_init = rendered["engine"]["provider"]["worker_init"]
+    (gc_timeout,) = re.findall(r"export GC_TASK_TIMEOUT=(\d+)", worker_init)
+    assert int(gc_timeout) >= 1
+    env = worker_environment(worker_init, home=tmp_path)
+    assert int(env["SCOPEFX_TASK_TIMEOUT_S"]) >= 1
+
+
+def test_facility_integer_options_sent_as_whole_floats_render(
+    endpoint_dir: Callable[[str], pathlib.Path],
+) -> None:
+    """JSON Schema counts 2.0 as an integer (TOML ``gpus_per_node = 2.0`` sends one): the
+    rendered endpoint must load with integers, not fail on the engine's typed settings."""
+    schema = json.loads((ENDPOINTS / FACILITY / "user_config_schema.json").read_text())
+    integers = sorted(k for k, v in schema["properties"].items() if v.get("type") == "integer")
+    assert integers == ["gpus_per_node", "max_blocks"]  # every integer option is checked here
+    options = {**FACILITY_SLURM, "gpus_per_node": 2.0, "max_blocks": 3.0}
+
+    config = render_user_config(endpoint_dir(FACILITY), options)
+
+    provider = config.engine.executor.provider
+    got = (
+        config.engine.max_workers_per_node,
+        provider.gpus_per_node,
+        provider.cores_per_node,
+        provider.max_blocks,
+    )
+    assert got == (2, 2, 16, 3)
+    assert all(type(v) is int for v in got), got
+    local = render_user_config(endpoint_dir(FACILITY), {"gpus_per_node": 2.0}).engine
+    assert local.max_workers_per_node == 2
+
+
+def test_cluster_files_start_dask_workers_in_the_endpoint_environment(
+    endpoint_dir: Callable[[str], pathlib.Path],
+) -> None:
+    """Each shipped cluster file is the one its template's SCOPEFX_CLUSTER names, and its
+    job_script_prologue activates the environment the template's worker_init activates (the
+    lines before the first export): the dask workers it starts run scopefx too."""
+    from scopefx.cluster import load_cluster_spec
+
+    files = sorted(ENDPOINTS.glob("*/cluster-*.yaml"))
+    assert {f.parent.name for f in files} == {"hpc-slurm", "pbs-polaris"}
+    for file in files:
+        worker_init = render_user_config(
+            endpoint_dir(file.parent.name), {}
+        ).engine.executor.provider.worker_init
+        lines = [line.strip() for line in worker_init.splitlines()]
+        activation = lines[: next(i for i, x in enumerate(lines) if x.startswith("export "))]
+        assert activation, file
+        (cluster_var,) = (x for x in lines if x.startswith("export SCOPEFX_CLUSTER="))
+        assert cluster_var.rsplit("/", 1)[-1] == file.name
+        prologue = list(load_cluster_spec(file).job_script_prologue)
+        assert prologue == activation, file
