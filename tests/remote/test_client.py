@@ -539,3 +539,96 @@ def test_retries_back_off(monkeypatch):
                     manifest=None)  # fmt: skip
     client.score_focus(["run1/section_0000.tif"])
     assert waits == [1.0, 2.0, 4.0]
+
+
+# --------------------------------------------------------------------------------------------
+# review 43: configuration defaults, references as typed, the info limit, a partial manifest
+
+
+class _Spy(cf.ThreadPoolExecutor):
+    """A thread pool standing in for an endpoint that records what each task was sent."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.sent: list[tuple[str, tuple]] = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.sent.append((fn.__name__, args))
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_from_config_takes_a_none_argument_from_the_file(tmp_path, in_root):
+    """The CLI passes batch_size=None when --batch-size is not given: the file's value holds."""
+    manifest = Manifest(scopefx.__version__, {n: str(uuid.uuid4()) for n in FUNCTION_NAMES})
+    path = manifest.save(tmp_path / "functions.json")
+    config = _write_config(tmp_path, f'batch_size = 3\nmax_retries = 5\nmanifest = "{path}"\n')
+    kwargs = {"batch_size": None, "max_retries": None, "manifest": None}
+    with Client.from_config(config, progress=False, **kwargs) as client:
+        assert (client.batch_size, client.max_retries) == (3, 5)
+        assert client.manifest == manifest
+    with Client.from_config(config, progress=False, batch_size=7, max_retries=0) as client:
+        assert (client.batch_size, client.max_retries) == (7, 0)  # given: they win
+
+
+def test_a_folder_or_glob_string_is_sent_relative_as_typed(tmp_path, data_root, confined,
+                                                           monkeypatch):  # fmt: skip
+    """The share is mounted at another path here than on the endpoint (confined to its data
+    roots): a relative folder's images go as relative references, as a file given relative
+    does, and are scored there."""
+    import shutil
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(data_root / "run1", mirror / "run1")
+    monkeypatch.chdir(mirror)
+    expected = ["run1/corrupt.tif", *(f"run1/section_{i:04d}.tif" for i in range(len(DEFOCUS)))]
+    for given, refs in [("run1", expected), ("run1/section_000[0-2].tif", expected[1:4])]:
+        with _Spy() as pool, Client(pool, batch_size=64, progress=False) as client:
+            records = client.score_focus(given)
+        assert [args[0] for name, args in pool.sent if name == "score_focus"] == [refs]
+        assert [r.path for r in records] == refs
+        assert [r.status for r in records] == ["corrupt" if "corrupt" in r else "ok" for r in refs]
+    with _Spy() as pool, Client(pool, progress=False) as client:  # absolute stays absolute
+        records = client.score_focus(str(mirror / "run1"))
+    assert records[1].path == str(mirror / "run1" / "section_0000.tif")
+    assert records[1].status == "denied"  # outside the endpoint's roots, as given
+
+
+@pytest.mark.parametrize("value", ["5m", "0", "-1", "nan"])
+def test_a_bad_info_timeout_is_refused_before_anything_is_sent(value, in_root, monkeypatch):
+    monkeypatch.setenv("SCOPEFX_INFO_TIMEOUT", value)
+    with (
+        _Spy() as pool,
+        Client(pool, progress=False) as client,
+        pytest.raises(
+            ConfigError, match=rf"SCOPEFX_INFO_TIMEOUT must be a number of seconds > 0.*'{value}'"
+        ),
+    ):
+        client.score_focus(["run1/section_0000.tif"])
+    assert pool.sent == []
+    monkeypatch.setenv("SCOPEFX_INFO_TIMEOUT", "30")
+    with _Spy() as pool, Client(pool, progress=False) as client:
+        assert client.score_focus(["run1/section_0000.tif"])[0].ok
+
+
+class _Registry(_Spy):
+    """A stand-in for a Globus Compute executor: runs registered functions by UUID."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__()
+        self.by_id = {fid: getattr(functions, name) for name, fid in manifest.functions.items()}
+
+    def submit_to_registered_function(self, fid, args=(), kwargs=None):
+        return self.submit(self.by_id[fid], *args)
+
+
+def test_a_manifest_lacking_a_function_says_which(in_root, caplog):
+    names = [n for n in FUNCTION_NAMES if n != "endpoint_info"]
+    manifest = Manifest(scopefx.__version__, {n: str(uuid.uuid4()) for n in names})
+    with (
+        _Registry(manifest) as pool,
+        Client(pool, manifest=manifest, progress=False) as client,
+        caplog.at_level(logging.WARNING, logger="scopefx.remote.client"),
+    ):
+        assert client.score_focus(["run1/section_0000.tif"])[0].ok
+    assert "has no endpoint_info" in caplog.text
+    assert "no function manifest" not in caplog.text  # there is one

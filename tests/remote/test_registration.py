@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import io
 import json
 import os
@@ -184,3 +185,103 @@ def test_register_without_a_terminal_says_what_to_do_in_one_line(
     assert len(lines) == 1 and says in lines[0], done.stderr
     assert "GLOBUS_COMPUTE_CLIENT_ID" in lines[0]
     assert "Traceback" not in done.stderr and "authorize" not in done.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# review 43: the CLI on an endpoint (batch_size from the file, folders sent as typed), a
+# missing folder for endpoint-config's output, an endpoint of another version
+
+#: score_focus batches the recording endpoint below was sent, in order.
+sent: list[list[str]] = []
+
+
+class _Recording(cf.ThreadPoolExecutor):
+    def submit(self, fn, /, *args, **kwargs):
+        if fn.__name__ == "score_focus":
+            sent.append(list(args[0]))
+        return super().submit(fn, *args, **kwargs)
+
+
+def recording_pool() -> cf.Executor:
+    """A factory named in the configurations below."""
+    return _Recording(2)
+
+
+def _recording_config(tmp_path: Path, top: str = "") -> Path:
+    config = tmp_path / "endpoints.toml"
+    config.write_text(f'{top}[endpoints.rec]\nfactory = "test_registration:recording_pool"\n')
+    sent.clear()
+    return config
+
+
+def test_cli_takes_batch_size_from_the_configuration(tmp_path, data_root, config_home,
+                                                     monkeypatch):  # fmt: skip
+    monkeypatch.chdir(data_root)
+    config = _recording_config(tmp_path, "batch_size = 5\n")
+    args = ["focus", "run1", "-q", "--endpoint", "rec", "--config", str(config)]
+    assert main(args, out=io.StringIO()) == 0
+    assert [len(batch) for batch in sent] == [5, 5, 3]  # 13 images
+    sent.clear()
+    assert main([*args, "--batch-size", "6"], out=io.StringIO()) == 0  # the option wins
+    assert [len(batch) for batch in sent] == [6, 6, 1]
+
+
+def test_cli_sends_a_folder_as_typed(tmp_path, data_root, confined, config_home, monkeypatch):
+    """The share is mounted at another path here (a copy) than on the endpoint (confined to
+    its data roots): `focus run1 --endpoint` sends relative references, as for a file."""
+    import csv
+    import shutil
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(data_root / "run1", mirror / "run1")
+    monkeypatch.chdir(mirror)
+    config = _recording_config(tmp_path, "batch_size = 64\n")
+    out = io.StringIO()
+    args = ["focus", "run1", "--endpoint", "rec", "--config", str(config)]
+    assert main([*args, "--csv", str(tmp_path / "f.csv"), "-q"], out=out) == 0
+    refs = ["run1/corrupt.tif", *(f"run1/section_{i:04d}.tif" for i in range(12))]
+    assert sent == [refs]
+    assert "scored 12 image(s), 2 flagged, 1 not scored" in out.getvalue()
+    with open(tmp_path / "f.csv", newline="") as f:
+        assert [row["path"] for row in csv.DictReader(f)] == refs  # the references as sent
+    sent.clear()
+    assert main(["focus", "run1/section_001*.tif", *args[2:], "-q"], out=io.StringIO()) == 0
+    assert sent == [["run1/section_0010.tif", "run1/section_0011.tif"]]
+
+
+def test_cli_endpoint_config_into_a_missing_folder_is_one_line(tmp_path, config_home, capsys):
+    Manifest(scopefx.__version__, {n: str(uuid.uuid4()) for n in FUNCTION_NAMES}).save()
+    src = tmp_path / "config.yaml"
+    src.write_text("display_name: edge\n")
+    target = tmp_path / ".globus_compute" / "edge" / "config.yaml"
+    with pytest.raises(SystemExit) as exc:
+        main(["endpoint-config", str(src), "-o", str(target)])
+    assert exc.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("scopefx endpoint-config: error: cannot write")
+    assert "folder does not exist" in line and "globus-compute-endpoint configure" in line
+    target.parent.mkdir(parents=True)
+    target.write_text("display_name: old\n")
+    target.chmod(0o640)
+    assert main(["endpoint-config", str(src), "-o", str(target)], out=io.StringIO()) == 0
+    assert "allowed_functions" in target.read_text() and target.stat().st_mode & 0o777 == 0o640
+    assert os.listdir(target.parent) == ["config.yaml"]  # replaced whole, nothing left beside
+
+
+def test_cli_endpoints_says_an_endpoint_of_another_version_answered(tmp_path, config_home,
+                                                                   monkeypatch):  # fmt: skip
+    from scopefx.remote import _tasks
+
+    monkeypatch.setattr(_tasks, "__version__", "0.1.9")  # what endpoint_info reports
+    config = tmp_path / "endpoints.toml"
+    config.write_text('[endpoints.old]\nfactory = "test_client:make_pool"\nroles = ["focus"]\n')
+    out = io.StringIO()
+    assert main(["endpoints", "--config", str(config)], out=out) == 0
+    text = out.getvalue()
+    assert "unreachable" not in text
+    assert "answered, incompatible: endpoint 'old' runs scopefx 0.1.9" in text
+    assert "install the same scopefx version on both sides" in text
+    out = io.StringIO()
+    assert main(["endpoints", "--config", str(config), "--json"], out=out) == 0
+    old = next(row for row in json.loads(out.getvalue()) if row["name"] == "old")
+    assert old["status"] == "incompatible" and old["info"]["scopefx"] == "0.1.9"

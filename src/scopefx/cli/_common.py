@@ -568,7 +568,8 @@ def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="references per task, at least 1 (default: automatic, see docs/limits.md)",
+        help="references per task, at least 1 (default: the endpoint configuration's "
+        "batch_size, else automatic: see docs/limits.md)",
     )
 
 
@@ -608,7 +609,10 @@ def find(
 
     ``outputs``' files are left out where a folder or glob finds them (an earlier run's, see
     :meth:`Outputs.admits`). With ``remote``, what is neither a folder nor a glob here is a
-    reference on the endpoint, kept as typed. :class:`DataError` when there are no images.
+    reference on the endpoint, kept as typed, and a relative folder's or glob's images are
+    named relative to the current folder (``run1`` -> ``run1/s001.tif``): references there,
+    relative to its data roots, as a file given relative is. :class:`DataError` when there
+    are no images.
     """
     from ..io import find_images
 
@@ -617,6 +621,8 @@ def find(
     for item in _shell_globs_in_natural_order(paths):
         expands = _expands(item)
         refs = [item] if remote and not expands else find_images([item], recursive=recursive)
+        if remote and expands and not os.path.isabs(item):
+            refs = [os.path.relpath(ref) if os.path.isabs(ref) else ref for ref in refs]
         for ref in refs:
             if outputs is None or outputs.admits(ref, named=not expands):
                 found.setdefault(ref)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -51,6 +54,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_endpoints(args: argparse.Namespace, out: TextIO) -> int:
+    from ..errors import EndpointError
     from ..remote import ROLES, Client, ClientConfig
 
     config = ClientConfig.load(args.config)
@@ -67,9 +71,17 @@ def cmd_endpoints(args: argparse.Namespace, out: TextIO) -> int:
         }
         if not args.no_check:
             try:
-                with Client.from_config(args.config, endpoint=name, progress=False) as client:
-                    info = client.info("focus")
-                row.update(status="ok", info=info)
+                with Client.from_config(
+                    args.config, endpoint=name, progress=False, check_version=False
+                ) as client:
+                    info = client.info("focus")  # its answer, whatever its version
+                    client.check_version = True
+                    try:
+                        client.info("focus")  # the same answer, its version checked
+                    except EndpointError as exc:  # reached, but another major.minor
+                        row.update(status="incompatible", info=info, error=str(exc))
+                    else:
+                        row.update(status="ok", info=info)
             except Exception as exc:  # report and go on to the next endpoint
                 row.update(status="error", error=f"{type(exc).__name__}: {exc}")
         rows.append(row)
@@ -90,6 +102,8 @@ def cmd_endpoints(args: argparse.Namespace, out: TextIO) -> int:
                 f"host {info.get('host')}, data roots: "
                 f"{', '.join(roots) if roots else 'unrestricted (local default)'}"
             )
+        elif row.get("status") == "incompatible":
+            line += f"\n      answered, incompatible: {printable(row['error'])}"
         elif row.get("status") == "error":
             line += f"\n      unreachable: {printable(row['error'])}"
         print(line, file=out)
@@ -123,7 +137,16 @@ def cmd_endpoint_config(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError(f"cannot read endpoint config {args.config_yaml!r}: {exc}") from None
     filled = fill_allowed_functions(text, manifest)
     if args.output:
-        Path(args.output).write_text(filled)
+        try:
+            _replace(args.output, filled)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+                why = (
+                    "its folder does not exist; create the endpoint first "
+                    "(`globus-compute-endpoint configure NAME` makes ~/.globus_compute/NAME/)"
+                )
+            raise ConfigError(f"cannot write {args.output!r}: {why}") from None
         print(
             f"wrote {args.output}: allowed_functions = {len(manifest.functions)} scopefx "
             f"{manifest.scopefx_version} functions",
@@ -132,3 +155,22 @@ def cmd_endpoint_config(args: argparse.Namespace, out: TextIO) -> int:
     else:
         out.write(filled)
     return 0
+
+
+def _replace(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` in one step (a file beside it, then renamed over it): the
+    target may be a live endpoint's config.yaml, which must never be seen half written. An
+    existing file keeps its permissions; a symbolic link is followed."""
+    target = os.path.realpath(path)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        if os.path.exists(target):
+            shutil.copymode(target, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

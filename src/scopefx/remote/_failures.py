@@ -12,7 +12,14 @@ import re
 import time
 from typing import Any
 
-__all__ = ["LOST_AFTER_ENV", "engine_attempts", "is_transient", "lost_after"]
+__all__ = [
+    "INFO_TIMEOUT_ENV",
+    "LOST_AFTER_ENV",
+    "engine_attempts",
+    "info_timeout",
+    "is_transient",
+    "lost_after",
+]
 
 log = logging.getLogger("scopefx.remote.client")  # the client's messages, one logger
 
@@ -142,17 +149,48 @@ def lost_after(explicit: float | None, executor: Any) -> float:
 #: Seconds between "still waiting" messages while an endpoint's first answer is queued.
 _INFO_NOTICE_S = 60.0
 
+#: Environment variable with a limit on the wait for an endpoint's first answer (seconds).
+INFO_TIMEOUT_ENV = "SCOPEFX_INFO_TIMEOUT"
 
-def _wait_for_info(future: cf.Future[Any], name: str) -> Any:
+
+def info_timeout() -> float:
+    """Seconds to wait for an endpoint's ``endpoint_info``: ``SCOPEFX_INFO_TIMEOUT``, else
+    (unset or empty) ``math.inf``. Read before anything is sent, so that a malformed value
+    is reported as what it is, not as an endpoint that did not answer.
+
+    Raises
+    ------
+    ConfigError
+        The variable is not a number of seconds > 0.
+    """
+    from ..errors import ConfigError
+
+    value = os.environ.get(INFO_TIMEOUT_ENV)
+    if not value:
+        return math.inf
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0:  # NaN too
+        raise ConfigError(
+            f"{INFO_TIMEOUT_ENV} must be a number of seconds > 0 (or inf, or unset: wait as "
+            f"long as it takes), got {value!r}"
+        )
+    return seconds
+
+
+def _wait_for_info(future: cf.Future[Any], name: str, limit_s: float | None = None) -> Any:
     """The result of the first ``endpoint_info``, waited for as long as it takes.
 
     A batch endpoint (the SLURM and PBS templates) starts no job until a task arrives, so
     its first answer waits in the scheduler's queue, for minutes or hours: a fixed limit
     would fail a command only because the queue is slow. The wait is logged once a minute;
-    ``SCOPEFX_INFO_TIMEOUT`` (seconds) sets a limit where one is wanted.
+    ``SCOPEFX_INFO_TIMEOUT`` (seconds, :func:`info_timeout`; ``limit_s`` when given) sets a
+    limit where one is wanted.
     """
-    limit = os.environ.get("SCOPEFX_INFO_TIMEOUT")
-    limit_s = float(limit) if limit else math.inf
+    if limit_s is None:
+        limit_s = info_timeout()
     waited = 0.0
     while True:
         step = min(_INFO_NOTICE_S, limit_s - waited)
@@ -164,7 +202,7 @@ def _wait_for_info(future: cf.Future[Any], name: str) -> Any:
         if waited >= limit_s:
             future.cancel()
             raise TimeoutError(
-                f"no answer within SCOPEFX_INFO_TIMEOUT={limit} s; a batch endpoint may "
+                f"no answer within {INFO_TIMEOUT_ENV}={limit_s:g} s; a batch endpoint may "
                 "still be waiting for its job to start: raise or unset the limit"
             )
         log.warning(

@@ -28,6 +28,7 @@ from ._failures import (
     _refused_function,
     _wait_for_info,
     engine_attempts,
+    info_timeout,
     is_transient,
     lost_after,
 )
@@ -132,7 +133,7 @@ class Client:
             self.manifest = None
         self.endpoint_names: dict[str, str] = {}
         self._warned_batch = False
-        self._warned_by_value = False
+        self._warned_by_value: set[str] = set()  # function names; "": no manifest
 
     # -- construction from the user's configuration --------------------------------------------
 
@@ -154,12 +155,13 @@ class Client:
         endpoint : str, optional
             Send every role to this configured endpoint (``"local"``: run everything here).
         **kwargs
-            Override :class:`Client` arguments (``batch_size``, ``max_retries``...).
+            Override :class:`Client` arguments (``batch_size``, ``max_retries``...); a
+            ``None`` means "as the file says", as an option not given on the command line.
         """
         config = ClientConfig.load(path)
-        kwargs.setdefault("batch_size", config.batch_size)
-        kwargs.setdefault("max_retries", config.max_retries)
-        kwargs.setdefault("manifest", config.manifest)
+        for key in ("batch_size", "max_retries", "manifest"):
+            if kwargs.get(key) is None:
+                kwargs[key] = getattr(config, key)
         client = cls(**kwargs)
         if endpoint is not None and endpoint != "local":
             if endpoint not in config.endpoints:
@@ -207,14 +209,24 @@ class Client:
         if hasattr(ex, "submit_to_registered_function"):
             if fid is not None:
                 return ex.submit_to_registered_function(fid, args=args)
-            if not self._warned_by_value:
-                self._warned_by_value = True
-                log.warning(
-                    "no function manifest for scopefx %s: sending the functions themselves, "
-                    "registered anew for this run; an endpoint whose allowed_functions is set "
-                    "(every shipped template) refuses them. Run `scopefx register` once.",
-                    ".".join(major_minor(__version__)),
-                )
+            missing = "" if self.manifest is None else name
+            if missing not in self._warned_by_value:  # once per missing function
+                self._warned_by_value.add(missing)
+                if self.manifest is None:
+                    log.warning(
+                        "no function manifest for scopefx %s: sending the functions themselves, "
+                        "registered anew for this run; an endpoint whose allowed_functions is "
+                        "set (every shipped template) refuses them. Run `scopefx register` once.",
+                        ".".join(major_minor(__version__)),
+                    )
+                else:  # a manifest of part of the suite
+                    log.warning(
+                        "the function manifest %s (scopefx %s) has no %s: sending that function "
+                        "itself, registered anew for this run; an endpoint whose "
+                        "allowed_functions is set (every shipped template) refuses it. Run "
+                        "`scopefx register` to register the whole suite.",
+                        self.manifest.path or "given", self.manifest.scopefx_version, name,
+                    )  # fmt: skip
         return ex.submit(getattr(_functions, name), *args)
 
     def _submit(self, role: str, name: str, *args: Any) -> cf.Future[Any]:
@@ -230,33 +242,38 @@ class Client:
         return self._submit(role, name, *args)
 
     def _endpoint_info(self, role: str, ex: cf.Executor) -> dict[str, Any]:
-        """``endpoint_info()`` of ``ex``, asked once per executor; refuses an endpoint whose
-        scopefx major.minor differs from this one's."""
+        """``endpoint_info()`` of ``ex``, asked once per executor; with ``check_version``,
+        refuses an endpoint whose scopefx major.minor differs from this one's (and asks it
+        again next time: it may have been upgraded meanwhile)."""
         if ex is self._executors.local:
             return _functions.endpoint_info()
-        if id(ex) in self._info:
-            return self._info[id(ex)]
         name = self.endpoint_names.get(role, type(ex).__name__)
-        try:
-            future = self._dispatch(ex, "endpoint_info")
-            info = _wait_for_info(future, name)
-        except Exception as exc:
-            refused = _refused_function(exc)
-            raise EndpointError(
-                f"endpoint {name!r} did not answer endpoint_info: {type(exc).__name__}: {exc}"
-                + (f"; {refused}" if refused else "")
-            ) from exc
+        info = self._info.get(id(ex))
+        if info is None:
+            limit_s = info_timeout()  # a malformed limit is said before anything is sent
+            try:
+                future = self._dispatch(ex, "endpoint_info")
+                info = _wait_for_info(future, name, limit_s)
+            except Exception as exc:
+                refused = _refused_function(exc)
+                raise EndpointError(
+                    f"endpoint {name!r} did not answer endpoint_info: {type(exc).__name__}: "
+                    f"{exc}" + (f"; {refused}" if refused else "")
+                ) from exc
+            self._info[id(ex)] = info
         theirs = str(info.get("scopefx", "?"))
-        if major_minor(theirs) != major_minor(__version__):
+        if self.check_version and major_minor(theirs) != major_minor(__version__):
+            del self._info[id(ex)]
             raise EndpointError(
                 f"endpoint {name!r} runs scopefx {theirs}, this client is {__version__}: "
                 "major.minor must match; install the same scopefx version on both sides"
             )
-        self._info[id(ex)] = info
         return info
 
     def info(self, role: str = "focus") -> dict[str, Any]:
-        """``endpoint_info()`` of the executor that runs ``role`` (version checked)."""
+        """``endpoint_info()`` of the executor that runs ``role``, asked once; an endpoint
+        whose scopefx major.minor differs is refused (:class:`~scopefx.errors.EndpointError`)
+        unless ``check_version`` is false."""
         return self._endpoint_info(role, self.executor_for(role))
 
     # -- focus ------------------------------------------------------------------------------------
@@ -301,7 +318,9 @@ class Client:
         fails yields a record with its ``status`` and ``error``; a task that fails as a whole
         is retried ``max_retries`` times, then its records say ``status="failed"``.
         ``refs`` is a list; a single folder or glob is expanded here
-        (:func:`scopefx.io.as_image_refs`).
+        (:func:`scopefx.io.as_image_refs`), its images named as it was: relative to the
+        current folder when it is relative (``"run1"`` -> ``"run1/s001.tif"``), as a
+        reference on the endpoint is (relative to its data roots).
         """
         from ..focus import FocusParams, FocusRun
         from ..io import as_image_refs
@@ -310,6 +329,8 @@ class Client:
         focus_params = FocusParams.resolve(params, calibration=cal, **overrides)
         run = FocusRun.resolve(run, params=focus_params, calibration=calibration, baseline=baseline)
         items = as_image_refs(refs)
+        if isinstance(refs, (str, os.PathLike)) and not os.path.isabs(os.fspath(refs)):
+            items = [os.path.relpath(i) if os.path.isabs(i) else i for i in items]
         if not items:
             return
         ex = self.executor_for("focus")
