@@ -83,7 +83,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--idle-exit", type=float, metavar="S", help="stop after S seconds with no new image"
     )
-    p.add_argument("--max-files", type=int, metavar="N", help="stop after N images")
+    p.add_argument(
+        "--max-files", type=int, metavar="N", help="stop after N files (a stack counts once)"
+    )
     p.add_argument(
         "--remote-dir",
         metavar="PATH",
