@@ -28,7 +28,9 @@ def tree(folder: Path) -> dict[str, bytes]:
 def run_measured(code: str, *, env: dict[str, str] | None = None, timeout: float = 300) -> dict:
     """Run ``code`` in a fresh Python (scopefx importable); it leaves its answer in ``result``.
 
-    Returns ``{"result": ..., "error": (type name, message) or None, "peak_rss_mib": ...}``.
+    Returns ``{"result": ..., "error": (type name, message) or None, "peak_rss_mib": ...}``,
+    the peak the child's own program reached (``VmHWM``; not the pytest worker it was forked
+    from, whose size ``ru_maxrss`` keeps across exec).
     The child's address space is capped at 6 GiB, so a regression fails the test with a
     MemoryError instead of exhausting a shared machine; ``timeout`` only guards against a hang.
     """
@@ -40,7 +42,15 @@ def run_measured(code: str, *, env: dict[str, str] | None = None, timeout: float
         f"{body}\n"
         "except BaseException as exc:\n"
         "    error = [type(exc).__name__, str(exc)[:2000]]\n"
+        # VmHWM: this program's own peak. ru_maxrss would also hold the peak of the process
+        # it was forked from (Linux keeps it across exec): a pytest worker of 700 MiB, in CI
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "try:\n"
+        "    with open('/proc/self/status') as fh:\n"
+        "        hwm = [ln for ln in fh if ln.startswith('VmHWM:')]\n"
+        "    peak = int(hwm[0].split()[1]) / 1024 if hwm else peak\n"
+        "except OSError:\n"
+        "    pass\n"
         "print('@@' + json.dumps({'result': result, 'error': error, 'peak_rss_mib': peak}))\n"
     )
 
