@@ -17,6 +17,19 @@ RSS_BUDGET_MIB = 1024
 
 SECRET = 4242  # pixel value of every file an attacker must not get
 
+#: A program that flips a file (argv: its path, the real file, the secret outside the roots)
+#: between a link out of the roots and a hard link to the real file, as fast as it can.
+FLIP = """
+import os, sys
+name, real, secret = sys.argv[1:4]
+tmp = name + ".tmp"
+while True:
+    os.symlink(secret, tmp)
+    os.replace(tmp, name)
+    os.link(real, tmp)
+    os.replace(tmp, name)
+"""
+
 
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file below ``folder`` with its bytes (to prove nothing changed)."""

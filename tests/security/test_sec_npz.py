@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from _sec_helpers import run_measured
+from _sec_helpers import FLIP, run_measured
 
 from scopefx.errors import AccessDeniedError, ConfigError, CorruptImageError
 from scopefx.fusion import FlatField
@@ -66,18 +66,6 @@ def test_a_flat_field_linked_out_of_the_roots_is_refused_without_naming_its_arra
     assert "bob_private" not in str(info.value)
 
 
-_FLIP = """
-import os, sys
-name, real, secret = sys.argv[1:4]
-tmp = name + ".tmp"
-while True:
-    os.symlink(secret, tmp)
-    os.replace(tmp, name)
-    os.link(real, tmp)
-    os.replace(tmp, name)
-"""
-
-
 def test_a_flat_field_swapped_for_a_link_after_its_check_is_never_read(site):
     """The reference is checked by name (as the remote job does) and then read, 1,000 times,
     while another process flips it between the caller's own flat field and a link to a file
@@ -89,7 +77,7 @@ def test_a_flat_field_swapped_for_a_link_after_its_check_is_never_read(site):
     name = site.out / "flat.npz"
     os.link(real, name)
     flipper = subprocess.Popen(
-        [sys.executable, "-c", _FLIP, str(name), str(real), str(site.outside / "bob.npz")]
+        [sys.executable, "-c", FLIP, str(name), str(real), str(site.outside / "bob.npz")]
     )
     roots = DataRoots.from_env()
     seen = {"real": 0, "denied": 0, "raced": 0}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from _sec_helpers import SECRET, plant_ome_reference
+from _sec_helpers import FLIP, SECRET, plant_ome_reference
 
 from scopefx.errors import AccessDeniedError
 from scopefx.io import DataRoots, read_image, read_metadata
@@ -84,18 +84,6 @@ def test_tile_swapped_for_a_link_after_planning_is_refused(site):
         functions.finish_mosaic(planned["plan"])
 
 
-_FLIP = """
-import os, sys
-tile, real, secret = sys.argv[1:4]
-tmp = tile + ".tmp"
-while True:
-    os.symlink(secret, tmp)
-    os.replace(tmp, tile)
-    os.link(real, tmp)
-    os.replace(tmp, tile)
-"""
-
-
 def test_swap_race_never_reads_the_secret(site):
     """Another process flips a tile between the real file and a link out while it is checked
     and read 2,000 times, as ``score_focus`` does: each read gives the real pixels or is
@@ -103,9 +91,7 @@ def test_swap_race_never_reads_the_secret(site):
     tile = site.data / "run1" / "section_1.tif"
     real = site.data / "run1" / ".real"
     os.link(tile, real)
-    flipper = subprocess.Popen(
-        [sys.executable, "-c", _FLIP, str(tile), str(real), str(site.secret)]
-    )
+    flipper = subprocess.Popen([sys.executable, "-c", FLIP, str(tile), str(real), str(site.secret)])
     roots = DataRoots.from_env()
     seen = {"real": 0, "denied": 0, "raced": 0}
     try:
