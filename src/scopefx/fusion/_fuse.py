@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ImageNotFoundError
-from ..io import SAMPLES_LAST, TileTable, flatten_z, read_tile_table
+from ..io import SAMPLES_LAST, TileTable, flatten_z, read_tile_table, same_pixel_size
 from ._blend import Reader, TileCache, fuse_chunk, tile_reader
 from ._params import FuseOptions, FusionParams
 from ._plan import FusionPlan, make_plan
@@ -301,11 +301,6 @@ def load_tiles(
     return _with_z_step(table, metas), metas, missing
 
 
-#: Pixel sizes more than this fraction apart are not one pixel size (the OME-TIFF reader's
-#: rule for its images, ``scopefx.io._ome``).
-_SAME_SIZE = 0.01
-
-
 def _check_pixel_sizes(table: TileTable, metas: list[Any], *, given: float | None) -> None:
     """Refuses tiles whose recorded pixel sizes differ by more than 1 % from the mosaic's (the
     first tile's), naming them with their sizes: fusion pastes every tile at one scale, so a
@@ -319,15 +314,12 @@ def _check_pixel_sizes(table: TileTable, metas: list[Any], *, given: float | Non
     first_path, first = recorded[0][0].path, recorded[0][1]
     size = given if given is not None else (table.pixel_size_um or first)
 
-    def same(a: float, b: float) -> bool:
-        return abs(a - b) <= _SAME_SIZE * b
-
-    odd = [(m, s) for m, s in recorded if not same(s, size)]
+    odd = [(m, s) for m, s in recorded if not same_pixel_size(s, size)]
     if not odd:
         return
     named = ", ".join(f"{m.path} {s:g} µm" for m, s in odd[:5])
     named += f" and {len(odd) - 5} more" if len(odd) > 5 else ""
-    if given is not None or not same(size, first):
+    if given is not None or not same_pixel_size(size, first):
         why = "given" if given is not None else "of the tile table"
         log.warning(
             "%d of %d tiles record a pixel size more than 1 %% from the mosaic's %g µm (%s): "

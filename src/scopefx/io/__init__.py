@@ -30,6 +30,7 @@ from ._tiles import (
     flatten_z,
     translation,
 )
+from ._units import same_pixel_size
 
 __all__ = [
     "DATA_ROOTS_ENV",
@@ -61,6 +62,7 @@ __all__ = [
     "read_metadata",
     "read_table_text",
     "read_tile_table",
+    "same_pixel_size",
     "split_ref",
     "translation",
 ]

@@ -23,12 +23,11 @@ import numpy as np
 
 from ..errors import ConfigError, CorruptImageError, UnsupportedFormatError
 from ._planes import ZSel, is_index, plane_index, stack_shape
-from ._units import LENGTH_UNITS, length_um, value_um
+from ._units import LENGTH_UNITS, length_um, same_pixel_size, value_um
 
 __all__ = ["ome_metadata", "ome_positions", "read_ome_tile"]
 
 #: Pixel sizes that differ by more than this fraction are not the same pixel size.
-_SAME_SIZE = 0.01
 
 
 def read_ome_tile(path: Path, tile: int, zsel: ZSel, ref: str) -> np.ndarray:
@@ -359,7 +358,7 @@ def _ome_pixel_sizes(p: Path, images: list[dict[str, Any]]) -> None:
     def same(a: float | None, b: float | None) -> bool:
         if a is None or b is None:
             return a is b  # both unrecorded
-        return abs(a - b) <= _SAME_SIZE * b
+        return same_pixel_size(a, b)
 
     def um(v: float | None) -> str:
         return "none recorded" if v is None else f"{v:g} µm"

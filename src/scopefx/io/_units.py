@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import unicodedata
 
-__all__ = ["LENGTH_UNITS", "length_um", "value_um"]
+__all__ = ["LENGTH_UNITS", "length_um", "same_pixel_size", "value_um"]
 
 #: Micrometres per unit, by the unit's name in lower case (NFC). OME writes the symbols (``Å``,
 #: ``µm``); Fibics ``um``; ImageJ ``micron`` or ``\u00b5m`` (those six characters).
@@ -70,3 +70,13 @@ def value_um(value: str | None, unit: str | None) -> float | None:
         return None
     factor = length_um(unit or "µm")
     return None if factor is None or not math.isfinite(v) else v * factor
+
+
+#: Pixel sizes more than this fraction apart are not one pixel size.
+SAME_PIXEL_SIZE = 0.01
+
+
+def same_pixel_size(a: float, b: float) -> bool:
+    """Whether pixel size ``a`` is ``b`` within :data:`SAME_PIXEL_SIZE` (1 %) of ``b``: one
+    rule for the images of an OME-TIFF and for the tiles of a table."""
+    return abs(a - b) <= SAME_PIXEL_SIZE * b
