@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import json_safe
 from ..errors import ConfigError, ScopefxError
 from ..io import SAMPLES_LAST
 from ._params import FocusParams
@@ -141,20 +142,9 @@ class FocusRecord:
         number (NaN: not measured; inf: a ratio to a run baseline of 0) is ``None``, so that
         ``json.dumps(..., allow_nan=False)`` writes it (as ``null``)."""
         out = self.row()
-        fmap = self.focus_map
-        out["focus_map"] = (
-            None
-            if fmap is None
-            else [  # NaN: a cell with no opaque pixel
-                [v if math.isfinite(v) else None for v in row] for row in fmap.round(1).tolist()
-            ]
-        )
-        return {k: (None if _non_finite(v) else v) for k, v in out.items()}
-
-
-def _non_finite(value: Any) -> bool:
-    """Whether ``value`` is a float (Python's or NumPy's) that is NaN or infinite."""
-    return isinstance(value, (float, np.floating)) and not math.isfinite(value)
+        fmap = self.focus_map  # NaN: a cell with no opaque pixel
+        out["focus_map"] = None if fmap is None else fmap.round(1).tolist()
+        return json_safe(out, null=True)
 
 
 def _result_fields(result: FocusResult) -> dict[str, Any]:
