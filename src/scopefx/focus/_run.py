@@ -108,7 +108,6 @@ class FocusRun:
         self._first: list[FocusRecord] = []  # the sections the baseline was first built from
         # what the doubts need, kept up to date record by record (constant work per record)
         self._head_doubts: list[str] = []
-        self._recent: deque[float] = deque(maxlen=self.baseline.warmup)
         self._judged = 0
         self._rises = False
         self._above, self._best = 0, 0.0  # with a calibration: sections far above it, densest
@@ -186,7 +185,6 @@ class FocusRun:
             self._best = max(self._best, density)
             self._above += density > CALIBRATION_ABOVE * self.calibration.in_focus_density
             return
-        self._recent.append(record.density_per_mpx)
         self._rising.append(record)
         if self._judged == warmup:
             self._head_doubts = head_doubts(
@@ -196,7 +194,8 @@ class FocusRun:
             )
         elif self._judged >= 2 * warmup and not self._rises:
             head = float(np.median([r.density_per_mpx for r in self._first]))
-            self._rises = rises(head, self._recent, self.baseline.ratio)
+            recent = [r.density_per_mpx for r in self._rising]
+            self._rises = rises(head, recent, self.baseline.ratio)
             if self._rises:
                 self._restart()
 
