@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from scopefx import Calibration, Client, FocusParams, FocusRun, RunBaseline, score_files
-from scopefx.errors import ConfigError
+from scopefx.errors import ConfigError, ImageNotFoundError
 from scopefx.focus import FocusRecord
 from scopefx.samples import acquire, bundled_image, defocus, partial_defocus
 
@@ -144,6 +144,13 @@ def test_a_single_string_is_refused_or_expanded(run_folder):
         with pytest.raises(ConfigError, match="single string"):
             client.score_focus(paths[0])
         expanded = client.score_focus(str(folder), params=PARAMS)  # a folder is expanded
+        # a folder or glob with no image in it is an error that names it, not an empty run
+        with pytest.raises(ImageNotFoundError, match=r"no images found in .*sectoin_\*\.tif"):
+            client.score_focus(str(folder / "sectoin_*.tif"))
+        (folder / "empty").mkdir()
+        with pytest.raises(ImageNotFoundError, match="no images found in .*empty"):
+            list(score_files(str(folder / "empty")))
+        assert client.score_focus([]) == []  # an empty list is an empty run
     assert [r.path for r in expanded] == paths
 
 

@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Iterable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ImageNotFoundError
 from ._refs import find_images
 
 __all__ = ["as_image_refs"]
@@ -32,6 +32,10 @@ def as_image_refs(
     ConfigError
         A single string that is neither a folder here nor a glob, bytes, or items that are
         not strings or paths (named with their position).
+    ImageNotFoundError
+        A single folder or glob in which there is no image (as ``scopefx focus`` says): a
+        typo in a pattern must not read as "scored everything, nothing to report". An empty
+        list stays an empty list.
     """
     if isinstance(refs, bytes):
         raise ConfigError(f"{what} must be a list of image references, got bytes {refs!r}")
@@ -40,6 +44,8 @@ def as_image_refs(
         if os.path.isdir(text) or glob.has_magic(text):
             found = find_images([text])
             log.info("expanded %s to %d image(s)", text, len(found))
+            if not found:
+                raise ImageNotFoundError(f"{what}: no images found in {text!r}")
             return found
         raise ConfigError(
             f"{what} must be a list of image references, got the single string {text!r}; pass "
