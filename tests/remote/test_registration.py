@@ -133,6 +133,23 @@ def test_cli_endpoints_lists_local_and_configured(tmp_path, config_home):
     pool, hpc = json.loads(out.getvalue())
     assert pool["status"] == "ok" and pool["info"]["scopefx"] == scopefx.__version__
     assert hpc["status"] == "error"  # the Globus service cannot be reached from here
+    # an entry that cannot be used here is named as a configuration problem, not "unreachable";
+    # an endpoint's answer is shown with its control characters escaped
+    config.write_text(
+        '[endpoints.typo]\nfactory = "test_client:no_such_pool"\nroles = ["focus"]\n'
+        '[endpoints.pool]\nfactory = "test_client:make_pool"\nroles = ["fusion"]\n'
+    )
+    from scopefx.remote import _tasks
+
+    real_info = _tasks.endpoint_info
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_tasks, "endpoint_info", lambda: {**real_info(), "host": "edge\x1b[2K\nok"})
+        out = io.StringIO()
+        assert main(["endpoints", "--config", str(config)], out=out) == 0
+    text = out.getvalue()
+    assert "not tried, configuration: endpoint 'typo': cannot load factory" in text
+    assert "unreachable" not in text and "\x1b" not in text
+    assert "host edge\\x1b[2K\\nok" in text
 
 
 def test_cli_focus_and_fuse_on_a_configured_endpoint(tmp_path, data_root, config_home, monkeypatch):

@@ -54,7 +54,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_endpoints(args: argparse.Namespace, out: TextIO) -> int:
-    from ..errors import EndpointError
+    from ..errors import ConfigError, EndpointError
     from ..remote import ROLES, Client, ClientConfig
 
     config = ClientConfig.load(args.config)
@@ -82,6 +82,8 @@ def cmd_endpoints(args: argparse.Namespace, out: TextIO) -> int:
                         row.update(status="incompatible", info=info, error=str(exc))
                     else:
                         row.update(status="ok", info=info)
+            except ConfigError as exc:  # nothing was sent: this side cannot reach it as set up
+                row.update(status="not_configured", error=str(exc))
             except Exception as exc:  # report and go on to the next endpoint
                 row.update(status="error", error=f"{type(exc).__name__}: {exc}")
         rows.append(row)
@@ -92,18 +94,21 @@ def cmd_endpoints(args: argparse.Namespace, out: TextIO) -> int:
     print(f"endpoints ({where}):", file=out)
     for row in rows:
         roles = ",".join(row["roles"]) or "-"
-        line = f"  {row['name']:<12} roles={roles:<13} {row['id'] or ''}"
+        line = f"  {printable(row['name']):<12} roles={roles:<13} {printable(row['id'] or '')}"
         if row.get("status") == "ok":
             info = row["info"]
             gpus = len(info.get("gpus") or [])
             roots = info.get("data_roots")
-            line += (
-                f"\n      ok: scopefx {info['scopefx']}, {info['backend']}, {gpus} GPU(s), "
+            answer = (  # the endpoint's own words: shown, never obeyed as terminal codes
+                f"scopefx {info['scopefx']}, {info['backend']}, {gpus} GPU(s), "
                 f"host {info.get('host')}, data roots: "
-                f"{', '.join(roots) if roots else 'unrestricted (local default)'}"
+                f"{', '.join(map(str, roots)) if roots else 'unrestricted (local default)'}"
             )
+            line += f"\n      ok: {printable(answer)}"
         elif row.get("status") == "incompatible":
             line += f"\n      answered, incompatible: {printable(row['error'])}"
+        elif row.get("status") == "not_configured":
+            line += f"\n      not tried, configuration: {printable(row['error'])}"
         elif row.get("status") == "error":
             line += f"\n      unreachable: {printable(row['error'])}"
         print(line, file=out)
