@@ -140,6 +140,10 @@ def test_fuse_registers_flat_field_corrected_tiles_and_writes_the_report(
     summary = result.extra["registration"]
     assert Path(summary["qc"]).name == "m.qc.json" and Path(summary["qc_png"]).is_file()
     assert summary["summary_line"].startswith("registration: ")
+    # the blank centre tile is named in the summary a script reads, not only in the QC file
+    assert (summary["tiles_unmatched"], summary["unmatched_tiles"]) == (1, [paths[4]])
+    qc = json.loads(Path(summary["qc"]).read_text())["summary"]
+    assert summary["overlap_agreement"] == qc["overlap_agreement"] > 0.5
 
 
 def test_a_tile_no_used_pair_placed_is_named_in_the_report(mosaic, tmp_path: Path) -> None:

@@ -231,8 +231,10 @@ def qc(
     Returns
     -------
     dict
-        The registration summary (``pairs``, ``pairs_used``, ``rms_residual_px``, the paths,
-        ``summary_line``), with ``pixel_size_from`` and any ``layout_problems``.
+        The registration summary (``pairs``, ``pairs_used``, ``rms_residual_px``,
+        ``overlap_agreement``, ``tiles_unmatched`` and their references ``unmatched_tiles``,
+        the paths, ``summary_line``), with ``pixel_size_from`` and any ``layout_problems``;
+        :func:`fuse` puts the same summary in ``result.extra["registration"]``.
 
     Raises
     ------
@@ -364,10 +366,14 @@ def _register(
     used = sum(p.used for p in reg.pairs)
     log.info("registration: %d of %d pairs used, rms %.3f px", used, len(reg.pairs),
              reg.rms_residual_px)  # fmt: skip
+    unmatched = [reg.table.refs[k] for k in reg.unmatched_tiles()]
     summary = {
         "pairs": len(reg.pairs),
         "pairs_used": used,
         "rms_residual_px": reg.rms_residual_px,
+        "overlap_agreement": report["summary"]["overlap_agreement"],
+        "tiles_unmatched": len(unmatched),  # as in the QC report's summary
+        "unmatched_tiles": unmatched,  # their references: placed without a used pair
         "table": str(sidecar(out, ".registered.csv")),
         "pairs_csv": str(sidecar(out, ".pairs.csv")),
         "qc": str(qc_json),
