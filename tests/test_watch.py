@@ -217,7 +217,7 @@ def test_cli_killed_and_restarted(tmp_path: Path) -> None:
     try:
         _writer(acq, range(8, N_SECTIONS))
         deadline = time.monotonic() + 60
-        while len(_csv_paths(table)) < N_SECTIONS:
+        while not _expected(acq) <= set(_csv_paths(table)):  # every image, not a row count
             assert time.monotonic() < deadline, "the restarted watch did not finish"
             assert second.poll() is None, second.communicate()[0]
             time.sleep(0.1)
@@ -289,6 +289,33 @@ def test_latency_is_reported_for_live_files_only(tmp_path: Path) -> None:
         live = watch.poll()
     assert np.isnan(backlog[0].latency)
     assert live[0].latency >= 0 and watch.latencies == [live[0].latency]
+
+
+def test_a_section_is_reported_before_it_is_settled_and_only_when_its_verdict_changed(
+    tmp_path: Path,
+) -> None:
+    """A backlog of 7 sections, warm-up 5. The run judges a file's record before the watch
+    knows the file is complete, so the 5th section's "settled" line came before its own row,
+    and the 4th, already shown in focus, was reported a second time (review 42, F8)."""
+    acq = tmp_path / "acq"
+    for i in range(7):
+        path = acq / f"section_{i:04d}.tif"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(_section(0 if i in PLANTED_OOF else i))
+    shown: dict[str, str] = {}
+    late = []
+    with FolderWatch(acq, settle=0) as watch:
+        for s in watch.score(watch.ready()):  # each line as the CLI prints it, when it does
+            name = Path(s.record.path).name
+            if s.late:
+                late.append(name)
+                assert name in shown, f"{name} settled before its own row"
+                assert shown[name] != s.record.verdict, f"{name} reported again, unchanged"
+            else:
+                assert name not in shown, f"{name} has two rows of its own"
+            shown[name] = s.record.verdict
+    assert len(shown) == 7 and set(shown.values()) == {"in_focus"}
+    assert late and len(late) == len(set(late)) < 5  # the warm-up sections shown as warmup
 
 
 def test_cli_exits_3_when_nothing_it_found_could_be_scored(tmp_path: Path, capsys) -> None:

@@ -200,6 +200,7 @@ class FolderWatch:
         """Records of this session, in the order they were scored."""
         self.latencies: list[float] = []
         """Latency of each live file of this session (files older than the watch excluded)."""
+        self._shown: dict[int, str | None] = {}  # id(record) -> the verdict its row showed
         self._started = time.time()
         if self._csv is not None:
             self._resume(self._csv.rows)
@@ -405,6 +406,7 @@ class FolderWatch:
     def _finish(self, path: str, record: FocusRecord) -> Scored:
         scored = Scored(record, self._latency(path), self._section(path))
         self.records.append(record)
+        self._shown[id(record)] = record.verdict  # records are kept: their ids stay theirs
         if record.ok and not math.isnan(scored.latency):
             self.latencies.append(scored.latency)
         if self._csv is not None:
@@ -419,12 +421,18 @@ class FolderWatch:
         return scored
 
     def _settle_warmup(self) -> Iterator[Scored]:
-        """Once the baseline exists, judge the warm-up sections against it; report them again."""
+        """Once the baseline exists, judge the warm-up sections against it; report again those
+        already reported with another verdict. A record scored but not yet reported (the run
+        judges a file's records before the watch knows the file is complete) is reported
+        once, in its own row, with its final verdict: never "settled" before it was seen."""
         warm = self.run.settle()
         if warm and self._csv is not None:
             self._csv.rewrite_verdicts(warm)
         for record in warm:
-            yield Scored(record, math.nan, self._section(record.path), late=True)
+            shown = self._shown.get(id(record), record.verdict)
+            if shown != record.verdict:
+                self._shown[id(record)] = record.verdict
+                yield Scored(record, math.nan, self._section(record.path), late=True)
 
     def poll(self) -> list[Scored]:
         """One scan: score whatever is complete, return the records."""
