@@ -277,6 +277,37 @@ def scored_locally(acq: Path) -> list:
     return [r for r in score_files(sorted(str(p.absolute()) for p in acq.rglob("*.tif"))) if r.ok]
 
 
+def test_a_file_that_grows_while_it_is_read_is_held_however_long_the_read_took(
+    tmp_path: Path,
+) -> None:
+    """The writer finished the file while its half was being scored, and the score came back
+    after the grace period (a loaded machine, a slow endpoint): the half was reported corrupt
+    and the whole scored again, two rows for one section. A file that changed during its read
+    is held, whatever the clock says."""
+    from scopefx import Client
+
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    data = _section(1)
+    target = acq / "section_0001.tif"
+    target.write_bytes(data[: len(data) // 2])
+
+    class WriterFinishesDuringTheRead(Client):
+        def iter_focus(self, refs, **kwargs):  # type: ignore[no-untyped-def]
+            records = list(super().iter_focus(refs, **kwargs))  # read the half
+            target.write_bytes(data)  # ... while the writer went on
+            return iter(records)
+
+    client = WriterFinishesDuringTheRead(progress=False)
+    with client, FolderWatch(acq, client=client, settle=0, grace=0) as watch:
+        first = watch.poll()
+        time.sleep(0.6)  # past the retry interval
+        second = watch.poll()
+    assert first == []  # held: it changed while it was read
+    assert [s.record.status for s in second] == ["ok"]
+    assert [r.status for r in watch.records] == ["ok"]
+
+
 def test_latency_is_reported_for_live_files_only(tmp_path: Path) -> None:
     acq = tmp_path / "acq"
     (acq / "grid0").mkdir(parents=True)

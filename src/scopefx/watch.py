@@ -4,7 +4,8 @@
 instruments write to, where change notifications often do not arrive). A new image file is
 *complete* when its size and modification time have stopped changing for ``settle`` seconds
 and it can be read: a file that is still being written and cannot be decoded yet is tried
-again until ``grace`` seconds after its last change, and only then reported as unreadable.
+again until ``grace`` seconds after its last change, and only then reported as unreadable
+(one that changed while it was being read is always tried again, however long the read took).
 Complete files are scored in small batches through a :class:`~scopefx.Client` (the local
 default or an endpoint), and each record comes back with its *latency*: seconds from the
 file's last write to its verdict.
@@ -401,6 +402,15 @@ class FolderWatch:
             return True
         now = time.monotonic()
         seen.next_try = now + _RETRY_EVERY
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is not None and (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
+            # it changed while it was being read: still being written, however long the read
+            # took (a slow endpoint or a loaded machine outlasts any grace period)
+            seen.size, seen.mtime_ns, seen.changed_at = st.st_size, st.st_mtime_ns, now
+            return True
         return now - seen.changed_at < self.grace
 
     def _finish(self, path: str, record: FocusRecord) -> Scored:

@@ -148,7 +148,7 @@ def test_a_single_string_is_refused_or_expanded(run_folder):
         with pytest.raises(ImageNotFoundError, match=r"no images found in .*sectoin_\*\.tif"):
             client.score_focus(str(folder / "sectoin_*.tif"))
         (folder / "empty").mkdir()
-        with pytest.raises(ImageNotFoundError, match="no images found in .*empty"):
+        with pytest.raises(ImageNotFoundError, match=r"no images found in .*empty"):
             list(score_files(str(folder / "empty")))
         assert client.score_focus([]) == []  # an empty list is an empty run
     assert [r.path for r in expanded] == paths
