@@ -190,3 +190,48 @@ def test_to_csv_writes_positions_that_read_back_exactly(tmp_path):
     assert written == positions
     back = read_tile_table(tmp_path / "m.registered.csv")
     np.testing.assert_allclose(back.affines, table.affines, rtol=0, atol=1e-9)
+
+
+def test_a_z_step_no_tile_records_can_be_given(tmp_path, capsys):
+    """Tiles that record no z step had no way to be given one: z was the xy pixel size,
+    z_um divided by it and the mosaic's z scale with it (review 36). ``--pixel-size-z`` /
+    ``pixel_size_z_um=`` gives it, for CSV tables and instrument files alike."""
+    from scopefx.cli import main
+
+    truth = _truth()
+    path = _stack_table(tmp_path, truth, "imagej", "um", step=None)
+    table = read_tile_table(path, pixel_size_z_um=STEP_UM)
+    np.testing.assert_allclose([t.offset for t in table], [(z, y, x) for x, y, z in LAYOUT])
+    assert table.pixel_size_z_um == STEP_UM
+    out = tmp_path / "m.ome.zarr"
+    assert main(["fuse", str(path), "-o", str(out), "--pixel-size-z", str(STEP_UM)]) == 0
+    assert "z step: 2 um" in capsys.readouterr().out
+    group = zarr.open_group(out, mode="r")
+    transforms = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert transforms[0]["scale"] == [STEP_UM, PIXEL_UM, PIXEL_UM]
+    covered = np.zeros(truth.shape, dtype=bool)
+    for x, y, z in LAYOUT:
+        covered[z : z + TILE[0], y : y + TILE[1], x : x + TILE[2]] = True
+    np.testing.assert_array_equal(np.asarray(group["0"])[covered], truth[covered])
+    # a table in pixels and planes: the given step is the mosaic's z scale
+    pixels = _stack_table(tmp_path, truth, "imagej", "px", step=None)
+    plan, _ = plan_fusion(pixels, options=FuseOptions(pixel_size_z_um=STEP_UM))
+    assert plan.voxel_um == (STEP_UM, PIXEL_UM, PIXEL_UM)
+    with pytest.raises(ConfigError, match="pixel_size_z_um must be None or a finite number > 0"):
+        FuseOptions(pixel_size_z_um=0)
+    assert FuseOptions.from_dict(FuseOptions(pixel_size_z_um=2.0).to_dict()).pixel_size_z_um == 2
+
+
+def test_a_given_z_step_overrides_an_instrument_files_own(tmp_path):
+    """An OME-TIFF whose PhysicalSizeZ is wrong: the given step places the planes (z
+    positions in micrometres divided by it) and scales the mosaic."""
+    from test_vendor_zstack import LAYOUT as STAGE_LAYOUT
+    from test_vendor_zstack import STEP_UM as RECORDED
+    from test_vendor_zstack import _truth as vendor_truth
+    from test_vendor_zstack import _write_ome
+
+    path = tmp_path / "scan.ome.tif"
+    _write_ome(path, vendor_truth(1), step="PhysicalSizeZ")
+    table = read_tile_table(path, pixel_size_z_um=RECORDED / 2)
+    assert table.pixel_size_z_um == RECORDED / 2
+    np.testing.assert_allclose([t.offset[0] for t in table], [2 * z for _, _, z in STAGE_LAYOUT])

@@ -109,6 +109,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--preview", metavar="PREVIEW.png", help="downsampled PNG with tile outlines")
     p.add_argument("--pixel-size", type=float, metavar="UM", help="pixel size in micrometres")
     p.add_argument(
+        "--pixel-size-z",
+        type=float,
+        metavar="UM",
+        help="z step of z-stack tiles in micrometres (default: what the files record)",
+    )
+    p.add_argument(
         "--z-plane",
         type=_z_plane,
         default=None,
@@ -181,7 +187,8 @@ def _options(args: argparse.Namespace) -> Any:
         remove_banding=args.registration_banding,
     )  # fmt: skip
     return FuseOptions(
-        pixel_size_um=args.pixel_size, rotation_deg=args.rotation,
+        pixel_size_um=args.pixel_size, pixel_size_z_um=args.pixel_size_z,
+        rotation_deg=args.rotation,
         flip_x=args.flip_x, flip_y=args.flip_y, skip_missing=args.skip_missing,
         force=args.force, register=args.register or args.qc,
         registration=registration, flatfield=args.flatfield, ngff=args.ngff,

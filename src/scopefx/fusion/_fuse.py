@@ -36,7 +36,7 @@ def _as_table(tiles: TileTable | str | os.PathLike[str], options: FuseOptions) -
     if isinstance(tiles, (str, os.PathLike)):
         return read_tile_table(
             tiles, pixel_size_um=options.pixel_size_um, rotation_deg=options.rotation_deg,
-            flip_x=options.flip_x, flip_y=options.flip_y,
+            flip_x=options.flip_x, flip_y=options.flip_y, pixel_size_z_um=options.pixel_size_z_um,
         )  # fmt: skip
     raise ConfigError(
         f"tiles must be a TileTable or the path of a tile table, got {type(tiles).__name__}"
@@ -281,6 +281,8 @@ def load_tiles(
     table = select_z(table, options.z_plane, read=read, workers=workers)
     if pixel_size_um is not None and table.pixel_size_um is None:
         table = table.replace(pixel_size_um=pixel_size_um)
+    if options.pixel_size_z_um is not None and table.ndim == 3:  # given: it wins
+        table = table.replace(pixel_size_z_um=options.pixel_size_z_um)
     metas, missing = _probe(table, workers)
     table = _flat_z(table, metas)
     if missing and not skip_missing:
@@ -351,7 +353,8 @@ def _with_z_step(table: TileTable, metas: list[Any]) -> TileTable:
     if table.pixel_size_um is not None:
         log.warning(
             "%s: the first tile, %s, records no z step (ImageJ spacing, OME PhysicalSizeZ): z is "
-            "assumed to have the xy pixel size, %g um, the mosaic's z scale",
+            "assumed to have the xy pixel size, %g um, the mosaic's z scale (--pixel-size-z / "
+            "pixel_size_z_um= gives it)",
             table.source or "tiles", metas[0].path, table.pixel_size_um,
         )  # fmt: skip
     return table

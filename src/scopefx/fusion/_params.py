@@ -139,6 +139,11 @@ class FuseOptions:
     pixel_size_um : float or None
         Pixel size in micrometres, for tables in micrometres and the output's physical
         scale; ``None``: from the table or the tiles' metadata.
+    pixel_size_z_um : float or None
+        Z step (distance between planes) of z-stack tiles, in micrometres: divides a table's
+        ``z_um`` and is the 3D mosaic's z scale. ``None``: what the instrument file or the
+        first tile records (OME ``PhysicalSizeZ``, ImageJ ``spacing``), else the xy pixel
+        size, with a warning. Ignored for 2D mosaics.
     rotation_deg : float
         Camera rotation relative to the stage, applied to stage positions.
     flip_x, flip_y : bool
@@ -186,6 +191,7 @@ class FuseOptions:
     """
 
     pixel_size_um: float | None = None
+    pixel_size_z_um: float | None = None
     rotation_deg: float = 0.0
     flip_x: bool = False
     flip_y: bool = False
@@ -215,13 +221,14 @@ class FuseOptions:
                      "resume", "overwrite"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "true or false")
-        size = self.pixel_size_um
-        if size is not None and (
-            isinstance(size, bool)
-            or not isinstance(size, (int, float))
-            or not (math.isfinite(size) and size > 0)
-        ):
-            raise bad("pixel_size_um", "None or a finite number > 0")
+        for name in ("pixel_size_um", "pixel_size_z_um"):
+            size = getattr(self, name)
+            if size is not None and (
+                isinstance(size, bool)
+                or not isinstance(size, (int, float))
+                or not (math.isfinite(size) and size > 0)
+            ):
+                raise bad(name, "None or a finite number > 0")
         rotation = self.rotation_deg
         if isinstance(rotation, bool) or not isinstance(rotation, (int, float)):
             raise bad("rotation_deg", "a number of degrees")

@@ -93,9 +93,14 @@ def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
 
 
 def read_csv(
-    path: Path, pixel_size_um: float | None, rotation_deg: float, flip: tuple[bool, bool]
+    path: Path,
+    pixel_size_um: float | None,
+    rotation_deg: float,
+    flip: tuple[bool, bool],
+    pixel_size_z_um: float | None = None,
 ) -> tuple[list[Tile], int, float | None, float | None]:
-    """The tiles, the dimension, the pixel size and the z step (um) of a CSV table."""
+    """The tiles, the dimension, the pixel size and the z step (um) of a CSV table (the z
+    step given, else the one the first tile records)."""
     table = parse_text_table(read_table_text(path))
     if not table.columns:
         raise ConfigError(f"{path}: the table is empty; expected a header such as 'path,x,y'")
@@ -133,11 +138,13 @@ def read_csv(
         )
     if not rows:
         raise ConfigError(f"{path}: the table holds no tiles")
-    z_step_um = None
-    if unit == "um" and (pixel_size_um is None or len(axes) == 3):
-        recorded, z_step_um = _recorded_sizes(
-            rows[0].get("path", ""), path, xy=pixel_size_um is None, z=len(axes) == 3
+    z_step_um = pixel_size_z_um
+    asks_z = len(axes) == 3 and z_step_um is None
+    if unit == "um" and (pixel_size_um is None or asks_z):
+        recorded, recorded_z = _recorded_sizes(
+            rows[0].get("path", ""), path, xy=pixel_size_um is None, z=asks_z
         )
+        z_step_um = z_step_um if z_step_um is not None else recorded_z
         if pixel_size_um is None:
             pixel_size_um = recorded
             if pixel_size_um is None:
@@ -187,7 +194,8 @@ def read_csv(
         logger.warning(
             "%s: z_um divided by the xy pixel size, %g um (lines %s): the first tile records no "
             "z step (ImageJ spacing, OME PhysicalSizeZ), so z is assumed to have the xy pixel "
-            "size; if the tiles' planes are further apart, give positions in planes (path,x,y,z)",
+            "size; if the tiles' planes are further apart, give the z step (--pixel-size-z / "
+            "pixel_size_z_um=) or positions in planes (path,x,y,z)",
             path, z_step_um, ", ".join(str(n) for n in z_assumed[:5]),
         )  # fmt: skip
     return tiles, ndim, pixel_size_um, z_step_um
@@ -331,6 +339,7 @@ def read_tile_table(
     rotation_deg: float = 0.0,
     flip_x: bool = False,
     flip_y: bool = False,
+    pixel_size_z_um: float | None = None,
 ) -> TileTable:
     """Read a tile table: a CSV, or a Fiji/BigStitcher ``TileConfiguration.txt``.
 
@@ -345,6 +354,9 @@ def read_tile_table(
         Pixel size (xy), needed for ``x_um,y_um`` positions unless the first tile records one;
         stored for the output's metadata. ``z_um`` is divided by the z step the first tile
         records (``pixel_size_z_um`` of the table), else by the pixel size, with a warning.
+    pixel_size_z_um : float, optional
+        Z step of z-stack tiles (um), over what the tiles or the instrument file record: it
+        divides ``z_um`` and is the table's ``pixel_size_z_um``. Ignored for 2D tables.
     rotation_deg : float
         Camera rotation relative to the stage; positions are rotated into the camera frame.
         Ignored for rows with an ``affine`` (authoritative).
@@ -380,7 +392,9 @@ def read_tile_table(
     if is_vendor_file(p):
         if rotation_deg:
             raise ConfigError("rotation_deg is not supported for tiles inside instrument files")
-        refs, positions, size, extra = vendor_positions(p, pixel_size_um=pixel_size_um)
+        refs, positions, size, extra = vendor_positions(
+            p, pixel_size_um=pixel_size_um, pixel_size_z_um=pixel_size_z_um
+        )
         positions = np.array(positions, dtype=float)  # (x, y[, z]) per tile
         for axis, flipped in enumerate((flip_x, flip_y)):
             if flipped:
@@ -393,10 +407,12 @@ def read_tile_table(
     suffix = p.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            tiles, ndim, px, z_step = read_csv(p, pixel_size_um, rotation_deg, (flip_x, flip_y))
+            tiles, ndim, px, z_step = read_csv(
+                p, pixel_size_um, rotation_deg, (flip_x, flip_y), pixel_size_z_um
+            )
         elif suffix == ".txt":
             tiles, ndim = read_tile_configuration(p, rotation_deg, (flip_x, flip_y))
-            px, z_step = pixel_size_um, None
+            px, z_step = pixel_size_um, pixel_size_z_um
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"tile table {os.fspath(path)!r} is not UTF-8 text ({exc.reason} at byte "
@@ -409,5 +425,6 @@ def read_tile_table(
             "(.ome.tif, .ome.tiff, .ome.btf, .czi, .nd2, .lif)"
         )
     return TileTable(
-        tuple(tiles), ndim=ndim, pixel_size_um=px, source=os.fspath(path), pixel_size_z_um=z_step
-    )
+        tuple(tiles), ndim=ndim, pixel_size_um=px, source=os.fspath(path),
+        pixel_size_z_um=z_step if ndim == 3 else None,
+    )  # fmt: skip

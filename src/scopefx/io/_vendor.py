@@ -222,7 +222,10 @@ def _bioio_plane(r: Any, tile: int, zsel: ZSel, ref: str) -> np.ndarray:
 
 
 def vendor_positions(
-    path: str | os.PathLike[str], *, pixel_size_um: float | None = None
+    path: str | os.PathLike[str],
+    *,
+    pixel_size_um: float | None = None,
+    pixel_size_z_um: float | None = None,
 ) -> tuple[list[str], np.ndarray, float | None, dict[str, Any]]:
     """The tiles of an instrument file and their recorded stage positions (the tile table is
     built from them by :func:`scopefx.io.read_tile_table`).
@@ -233,6 +236,8 @@ def vendor_positions(
         ``*.ome.tif[f]`` (``.ome.btf``), ``*.czi``, ``*.nd2`` or ``*.lif``.
     pixel_size_um : float, optional
         Overrides the recorded pixel size (needed when the file records none).
+    pixel_size_z_um : float, optional
+        Overrides the recorded z step of z-stack tiles (z positions are in planes of it).
 
     Returns
     -------
@@ -276,10 +281,12 @@ def vendor_positions(
             z_um, z_step = _bioio_z(r, len(positions))
     extra: dict[str, Any] = {"channel_names": list(channels), "vendor": kind}
     if z_um is not None:
+        z_step = pixel_size_z_um or z_step  # given: over the file's own
         if z_step is None:
             log.warning(
                 "%s: the tiles are z-stacks but no z step (PhysicalSizeZ) is recorded; the "
-                "mosaic's z scale is the xy pixel size", p,
+                "mosaic's z scale is the xy pixel size (--pixel-size-z / pixel_size_z_um= gives "
+                "it)", p,
             )  # fmt: skip
         z_px = (z_um - z_um.min()) / (z_step or size or 1.0)
         positions = np.column_stack([positions, z_px])
