@@ -1413,3 +1413,28 @@ def test_a_tile_none_of_whose_pairs_matched_is_named(caplog) -> None:
     assert wide.unmatched_tiles() == () and "stage model alone" not in caplog.text
     assert set(wide.placed_by()) == {"registration"}
     assert _position_error(wide.table, true).max() < 0.5
+
+
+def test_registered_tiles_land_on_whole_pixels_when_their_offsets_are_whole(tmp_path) -> None:
+    """Two tiles cut 230 px apart from one image, the stage says 227. The solve moved each by
+    1.5 px (its prior keeps the corrections' mean at 0), so both were resampled at half a
+    pixel and the whole mosaic blurred; a common shift under a pixel puts them on whole
+    pixels, and the fused mosaic is the image itself."""
+    import tifffile
+
+    from scopefx.fusion import fuse_lazy
+
+    image = _truth(640)
+    true = np.array([[20.0, 20.0], [20.0, 250.0]])  # (y, x)
+    paths = []
+    for k, p in enumerate(true):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], _cut(image, p, (160, 300)))
+    stage = true + np.array([[0.0, 0.0], [0.0, -3.0]])
+    reg = register(_table(stage, paths))
+    placed = reg.table.affines[:, :2, 2]  # (y, x)
+    assert [p.used for p in reg.pairs] == [True]
+    np.testing.assert_allclose(placed - placed.round(), 0, atol=0.05)
+    np.testing.assert_allclose(placed[1] - placed[0], [0, 230], atol=0.05)
+    mosaic = fuse_lazy(reg.table.with_affines(np.round(reg.table.affines, 1))).compute()
+    np.testing.assert_allclose(mosaic, image[20:180, 20:550], atol=1e-3)
