@@ -91,8 +91,11 @@ def overlap_agreement(
 
     Notes
     -----
-    Every tile is resampled into the mosaic grid at its exact position (linear interpolation),
-    so sub-pixel differences between layouts count.
+    Each pair is compared in the frame of its first tile, placed on whole pixels: the second
+    is resampled at its exact position relative to the first (linear interpolation). So
+    sub-pixel differences between layouts count, and a shift common to all tiles does not
+    (resampling both tiles of a pair smooths their noise, which raised the NCC of a layout
+    that merely sat half a pixel off the grid).
     """
     return _agreements([table], read=read, shapes=shapes, flatfield=flatfield,
                        workers=workers)[0]  # fmt: skip
@@ -118,8 +121,8 @@ def _agreements(
     by_tile: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
     for t, table in enumerate(tables):
         feet = _footprints(table, shape_arr)
-        # resampled at their exact positions (linear interpolation), so a layout is not
-        # scored on how its positions happen to round
+        # resampled at their exact relative positions (linear interpolation, see anchored),
+        # so a layout is not scored on how its positions happen to round
         geometry = overlapping_pairs(table, shape_arr, min_overlap_px=1.0)
         plans.append([plan_pair(table, shape_arr, feet, i, j, 0.0)._replace(sliced=False)
                       for i, j, _, _ in geometry])  # fmt: skip
@@ -127,10 +130,23 @@ def _agreements(
             by_tile[plan.i].append((t, p, 0))
             by_tile[plan.j].append((t, p, 1))
 
+    nd = first.ndim
+
+    def anchored(t: int, p: int, k: int) -> np.ndarray:
+        """Tile ``k``'s affine in pair ``p`` of layout ``t``, both tiles of the pair moved by
+        the sub-pixel part of its first tile's position: that one lies on whole pixels, the
+        other at its position relative to it. Resampling both smooths their noise and raised
+        the NCC of a layout for sitting half a pixel off the grid (Leica 4x3 scan: 0.394 on
+        whole pixels, 0.456 with every tile moved by half a pixel)."""
+        affine = tables[t][k].affine.copy()
+        lead = tables[t][plans[t][p].i].affine[:nd, nd]
+        affine[:nd, nd] -= lead - np.round(lead)
+        return affine
+
     def load(k: int) -> list[tuple[int, int, int, np.ndarray]]:
         data, opaque = read_opaque(reader, first[k].ref, first.ndim)
         plane, _ = prepare(data, first.ndim, flatfield, 0.0, opaque)
-        return [(t, p, side, cut(plane, tables[t][k].affine, plans[t][p]))
+        return [(t, p, side, cut(plane, anchored(t, p, k), plans[t][p]))
                 for t, p, side in by_tile[k]]  # fmt: skip
 
     crops: dict[tuple[int, int], list[np.ndarray | None]] = {}
