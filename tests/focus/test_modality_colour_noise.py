@@ -31,12 +31,14 @@ def test_preset_fills_only_fields_left_at_none(modality):
         p.resolved_noise_model,
         p.resolved_threshold_k,
         p.resolved_scale_weight,
+        p.resolved_band_ratio,
     )
     assert resolved == (
         preset.polarity,
         preset.noise_model,
         preset.threshold_k,
         preset.scale_weight,
+        preset.band_ratio,
     )
     explicit = FocusParams(
         modality=modality,
@@ -44,11 +46,13 @@ def test_preset_fills_only_fields_left_at_none(modality):
         threshold_k=2.5,
         noise_model="global",
         scale_weight=0.5,
+        band_ratio=2.0,
     )
     assert explicit.resolved_polarity == "both"
     assert explicit.resolved_threshold_k == 2.5
     assert explicit.resolved_noise_model == "global"
     assert explicit.resolved_scale_weight == 0.5
+    assert explicit.resolved_band_ratio == 2.0
     assert explicit.resolved() == explicit.replace(modality=modality)
 
 
@@ -60,7 +64,8 @@ def test_em_default_is_the_papers_setting():
         p.resolved_noise_model,
         p.resolved_threshold_k,
         p.resolved_scale_weight,
-    ) == ("dark", "global", 4.0, 0.0)
+        p.resolved_band_ratio,
+    ) == ("dark", "global", 4.0, 0.0, 0.0)
 
 
 def test_params_round_trip_through_plain_json():
@@ -363,19 +368,24 @@ def test_a_calibration_from_before_presets_still_applies_to_the_em_default():
         cal.check_params(FocusParams(modality="fluorescence"))
 
 
-def test_a_fluorescence_calibration_from_before_the_weight_is_refused():
-    """Saved with the preset left at None before the fluorescence preset weighted features:
-    it was made on plain counts, so it must not apply to the weighted score."""
+def test_a_fluorescence_calibration_from_an_earlier_preset_is_refused():
+    """Calibrations made on another score must not apply to this one: one saved before
+    band_ratio existed (plain or weighted counts, no band ratio) and one of the earlier
+    fluorescence preset (every field recorded: scale_weight 2 at 9 sigma)."""
     import dataclasses
 
     from scopefx import Calibration
     from scopefx.errors import CalibrationError
 
-    old = {**FocusParams(modality="fluorescence").to_dict()}
-    del old["scale_weight"]
-    cal = dataclasses.replace(Calibration.fit([0, 1, 2, 3], [1e3, 500, 250, 125]), params=old)
-    with pytest.raises(CalibrationError, match=r"scale_weight: calibrated 0\.0, now 2\.0"):
-        cal.check_params(FocusParams(modality="fluorescence"))
+    fit = Calibration.fit([0, 1, 2, 3], [1e3, 500, 250, 125])
+    before = {**FocusParams(modality="fluorescence").to_dict()}
+    del before["band_ratio"]
+    with pytest.raises(CalibrationError, match=r"band_ratio: calibrated 0\.0, now 1\.0"):
+        dataclasses.replace(fit, params=before).check_params(FocusParams(modality="fluorescence"))
+    earlier = FocusParams(modality="fluorescence", threshold_k=9.0, scale_weight=2.0,
+                          band_ratio=0.0).resolved().to_dict()  # fmt: skip
+    with pytest.raises(CalibrationError, match=r"threshold_k: calibrated 9\.0, now 6\.0"):
+        dataclasses.replace(fit, params=earlier).check_params(FocusParams(modality="fluorescence"))
 
 
 def test_a_calibration_records_the_resolved_preset():
@@ -384,6 +394,7 @@ def test_a_calibration_records_the_resolved_preset():
     params = FocusParams(modality="fluorescence")
     cal = Calibration.fit([0, 1, 2, 3], [100, 50, 25, 12.5], params=params)
     assert cal.params["scale_weight"] == PRESETS["fluorescence"].scale_weight
+    assert cal.params["band_ratio"] == PRESETS["fluorescence"].band_ratio
     assert cal.params["threshold_k"] == PRESETS["fluorescence"].threshold_k
     cal.check_params(params)
     cal.check_params(params.resolved())

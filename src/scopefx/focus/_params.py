@@ -39,6 +39,7 @@ class Preset:
     noise_model: NoiseModelKind
     threshold_k: float
     scale_weight: float = 0.0
+    band_ratio: float = 0.0
 
 
 #: Modality presets, chosen by measurement (``bench/focus_real.py``, ``docs/focus.md``).
@@ -47,35 +48,28 @@ class Preset:
 #: on the light-sheet series ``dark`` (the dim gaps between bright structures) follows defocus
 #: better than ``bright`` or ``both``.
 #:
-#: ``fluorescence`` also weights each feature by ``(t_1 / t_i)^2`` (``scale_weight=2``), at
-#: 9 sigma. Why: blur does not remove an isolated blob, it widens it, so in a sparse frame the
-#: plain count only falls once a blob's contrast sinks under the threshold (the mitochondria
-#: series: in-focus density 569 against 464 /Mpx out of focus, r = -0.889 against Tenengrad's
-#: -0.986; the coarse-band count even *rises* with defocus there, r = +0.66). With weight
-#: ``(t_1 / t_i)^2`` a blob of size ``s`` blurred by ``b`` counts ``s^2 / (s^2 + b^2)``, the
-#: same law as its peak contrast. Weighting the fine scales lets fine-scale noise matter more,
-#: hence the higher k. Rule (``bench/focus_real.py --sweep``, ``results/focus_real_sweep.txt``):
-#: scale_weight in {0, 1, 2} x k in 4..13 (dark, signal); per setting the mean r over both
-#: light-sheet series, averaged over k - 1..k + 1 (one series' r moves by a few hundredths
-#: between neighbouring k: count noise, not signal); the best such setting, within 0.005 the
-#: smaller k: w = 2, k = 9 (-0.881; w = 0 at best -0.845). An exploratory grid adding w = 0.5,
-#: 1.5 and 3 found none better (at best -0.878). On the real series: mitochondria r -0.889
-#: -> -0.953, microtubules -0.800 -> -0.818. The cost: the density level depends more on
-#: the specimen, so the in/out AUC pooled over the two light-sheet specimens fell from 0.93
-#: to 0.80 (within each: 1.00).
-#: Checked where it was not chosen, the synthetic suite (``mhfd-fluo`` in
-#: ``results/focus_accuracy.txt``: 10 images, 1024 px): high SNR mean r -0.983, worst -0.962,
-#: pooled AUC 0.856; low SNR mean -0.899, worst -0.375 (an exploratory run of the unweighted
-#: k = 6 setting on the same series: high -0.989 / -0.975 / 0.798, low -0.934 / -0.409 / 0.751;
-#: at low SNR 9 sigma leaves few features on sparse content: retina, cell, brick).
+#: ``fluorescence`` counts every feature 1 at 6 sigma and multiplies the count by the image's
+#: noise-corrected band energy ratio ``R = (E_1 - N_1) / (E_r - N_r)`` (``band_ratio=1``):
+#: ``E_i`` the mean square of DoG band ``i``, ``N_i`` the part of it the noise model predicts,
+#: band 1 the finest (``t_1``), band ``r`` the first with ``t_r >= 4 t_1`` (4.6 px at the
+#: defaults). Why: a count above ``k`` noise deviations depends on how bright the specimen is
+#: and how much of the frame it fills, as well as on focus; on the light-sheet series the
+#: earlier ``(t_1 / t_i)^2`` weight at 9 sigma (mitochondria r -0.949, microtubules -0.820)
+#: scored the in-focus microtubules (29 /Mpx) below the out-of-focus mitochondria (48): pooled
+#: in/out AUC 0.805. ``R`` is a ratio of two energies of the same frame, so the amount of
+#: structure and its brightness cancel, and subtracting each band's noise energy takes out the
+#: signal-to-noise ratio, which the count cannot; defocus takes energy from the finest band
+#: first (the spectral-shape idea behind PLLS and DCTS, specimen-independent focus measures).
+#: On the real series: mitochondria r -0.965, microtubules -0.831, pooled AUC 0.974; synthetic
+#: suite (``mhfd-fluo``, high SNR) mean r -0.991, worst -0.973, pooled AUC 0.876. Every k from
+#: 5 to 10 meets the targets (r <= -0.90 mean, -0.75 worst; AUC >= 0.90); k = 6 by the rule
+#: of the earlier sweep (smoothed mean r over k - 1..k + 1, within 0.005 the smaller k).
 #: ``brightfield`` keeps the plain count at 6 sigma: on its one real series the weight cost
 #: r (-0.948 against -0.969 at k = 6), and k = 10 (best there, -0.987) fell to a worst r of
 #: -0.70 against -0.85 on synthetic low-SNR series: too few features left.
 PRESETS: dict[str, Preset] = {
     "em": Preset(polarity="dark", noise_model="global", threshold_k=4.0),
-    "fluorescence": Preset(
-        polarity="dark", noise_model="signal", threshold_k=9.0, scale_weight=2.0
-    ),
+    "fluorescence": Preset(polarity="dark", noise_model="signal", threshold_k=6.0, band_ratio=1.0),
     "brightfield": Preset(polarity="dark", noise_model="signal", threshold_k=6.0),
 }
 
@@ -101,17 +95,17 @@ class FocusParams:
         (the paper: 0.175). Both tails are clipped.
     modality : {"em", "fluorescence", "brightfield"}
         Which instrument made the image; it chooses the defaults of ``polarity``,
-        ``noise_model``, ``threshold_k`` and ``scale_weight`` (each used only while that
-        field is ``None``; a value given explicitly always wins). See :data:`PRESETS` and
-        ``docs/focus.md``:
+        ``noise_model``, ``threshold_k``, ``scale_weight`` and ``band_ratio`` (each used only
+        while that field is ``None``; a value given explicitly always wins). See
+        :data:`PRESETS` and ``docs/focus.md``:
 
-        ============  ========  ===========  ===========  ============
-        modality      polarity  noise_model  threshold_k  scale_weight
-        ============  ========  ===========  ===========  ============
-        em            dark      global       4            0
-        fluorescence  dark      signal       9            2
-        brightfield   dark      signal       6            0
-        ============  ========  ===========  ===========  ============
+        ============  ========  ===========  ===========  ============  ==========
+        modality      polarity  noise_model  threshold_k  scale_weight  band_ratio
+        ============  ========  ===========  ===========  ============  ==========
+        em            dark      global       4            0             0
+        fluorescence  dark      signal       6            0             1
+        brightfield   dark      signal       6            0             0
+        ============  ========  ===========  ===========  ============  ==========
     polarity : {"dark", "bright", "both"} or None
         Which features count (``None``: from ``modality``). ``"dark"`` keeps the paper's sign,
         ``DoG_i = t_i (L(t_{i+1}) - L(t_i))``, positive at *dark* blobs on a brighter
@@ -141,6 +135,12 @@ class FocusParams:
         area relative to the finest scale's, so an isolated blob that blur widens from ``s``
         to ``sqrt(s^2 + b^2)`` counts ``s^2 / (s^2 + b^2)``: the score follows defocus in
         sparse images, where blur widens features rather than merging them.
+    band_ratio : float or None
+        Exponent ``b``: every feature's weight is multiplied by ``R^b``, ``R`` the image's
+        noise-corrected band energy ratio ``(E_1 - N_1) / (E_r - N_r)`` (``E_i`` the mean
+        square of DoG band ``i``, ``N_i`` the noise model's share of it; band ``r`` the first
+        with ``t_r >= 4 t_1``; see :attr:`FocusResult.band_ratio`). ``None``: from
+        ``modality``; 0 (``em``, ``brightfield``) leaves the score a count.
     channel : int or None
         For a colour (H, W, 3|4) image: score this channel (0 = red). ``None`` scores the
         luma ``0.2125 R + 0.7154 G + 0.0721 B`` (ITU-R BT.709, as ``skimage.color.rgb2gray``),
@@ -170,6 +170,7 @@ class FocusParams:
     threshold_k: float | None = None
     noise_model: NoiseModelKind | None = None
     scale_weight: float | None = None
+    band_ratio: float | None = None
     channel: int | None = None
     mode: Mode = "exact"
     target_px: int | None = None
@@ -189,9 +190,10 @@ class FocusParams:
             "saturation_pct",
             "threshold_k",
             "scale_weight",
+            "band_ratio",
         ):
             value = getattr(self, name)
-            if name in ("threshold_k", "scale_weight") and value is None:
+            if name in ("threshold_k", "scale_weight", "band_ratio") and value is None:
                 continue
             if not is_finite(value):
                 raise bad(name, "a finite number")
@@ -225,6 +227,8 @@ class FocusParams:
             raise bad("threshold_k", "> 0")
         if self.scale_weight is not None and not 0 <= self.scale_weight <= 8:
             raise bad("scale_weight", "None or in [0, 8]")
+        if self.band_ratio is not None and not 0 <= self.band_ratio <= 8:
+            raise bad("band_ratio", "None or in [0, 8]")
         if self.target_px is not None and (
             not isinstance(self.target_px, int)
             or isinstance(self.target_px, bool)
@@ -261,6 +265,11 @@ class FocusParams:
         """``scale_weight``, or the modality's when it is ``None``."""
         return self.preset.scale_weight if self.scale_weight is None else float(self.scale_weight)
 
+    @property
+    def resolved_band_ratio(self) -> float:
+        """``band_ratio``, or the modality's when it is ``None``."""
+        return self.preset.band_ratio if self.band_ratio is None else float(self.band_ratio)
+
     def resolved(self) -> FocusParams:
         """A copy with the modality's preset written into every field left at ``None``.
 
@@ -272,6 +281,7 @@ class FocusParams:
             threshold_k=self.resolved_threshold_k,
             noise_model=self.resolved_noise_model,
             scale_weight=self.resolved_scale_weight,
+            band_ratio=self.resolved_band_ratio,
         )
 
     @property

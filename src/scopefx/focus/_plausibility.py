@@ -25,10 +25,10 @@ __all__ = [
 #: divided by 4 as a margin (bench/results/focus_real.txt, bench/results/focus_accuracy.txt):
 #: a baseline below it is more likely a run that starts out of focus, or blank, than sparse
 #: content. em: the sparsest synthetic in-focus image (retina, ~1440/Mpx at high SNR).
-#: fluorescence: the light-sheet series, whose score weights each feature by (t_1 / t_i)^2
-#: (in focus 26.5-27/Mpx for microtubules, 106-115/Mpx for mitochondria). brightfield: one
-#: series (in focus ~2190/Mpx).
-IN_FOCUS_DENSITY_FLOOR = {"em": 360.0, "fluorescence": 6.5, "brightfield": 550.0}
+#: fluorescence: the light-sheet series, whose score is the count times the band energy ratio
+#: (in focus 69.8-79/Mpx for microtubules, 76.6-79/Mpx for mitochondria; it was 6.5 for the
+#: earlier weighted score). brightfield: one series (in focus ~2190/Mpx).
+IN_FOCUS_DENSITY_FLOOR = {"em": 360.0, "fluorescence": 17.0, "brightfield": 550.0}
 
 
 def baseline_doubts(

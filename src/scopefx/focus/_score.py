@@ -30,7 +30,7 @@ from ._normalize import (
     to_grey,
 )
 from ._params import FocusParams
-from ._scalespace import count_peaks, response_max
+from ._scalespace import band_energy_ratio, count_peaks, response_max
 
 #: A count is noise-limited when fewer than this share of its features clear their threshold by
 #: ``NOISE_MARGIN`` noise standard deviations (features of real structure mostly stand well
@@ -97,6 +97,10 @@ class FocusResult:
         not at single pixels, where it removes it.
     noise_scale_px : int
         Block size at which the noise was measured (1: single pixels, white noise).
+    band_ratio : float
+        The image's noise-corrected band energy ratio ``R`` (see
+        :func:`~scopefx.focus._scalespace.band_energy_ratio`); every feature's weight was
+        multiplied by ``R^band_ratio`` (``nan`` when ``band_ratio`` is 0: not computed).
     opaque_px : int or None
         Pixels of the scored image that hold data, when an RGBA image has transparent pixels
         (alpha 0: the padding of a slide scanner's export), a float image NaN pixels (the
@@ -124,6 +128,7 @@ class FocusResult:
     block_coded: bool = False
     noise_scale_px: int = 1
     opaque_px: int | None = None
+    band_ratio: float = math.nan
 
     @property
     def density_per_mpx(self) -> float:
@@ -156,6 +161,7 @@ class FocusResult:
             "block_coded": self.block_coded,
             "noise_scale_px": self.noise_scale_px,
             "opaque_px": self.opaque_px,
+            "band_ratio": self.band_ratio,
         }
 
 
@@ -475,9 +481,16 @@ def focus_score(
         flat_px = flat_pixels(flat, normalised.shape, backend)
         whole, opaque_px = _without_flat(prep, flat_px, whole)
     del residuals, flat  # a quarter plane, not to be held through the scale space
-    best, band = response_max(
-        normalised, sigmas, polarity=params.resolved_polarity, mode=params.mode, backend=backend
-    )
+    spectrum: list[Any] | None = [] if params.resolved_band_ratio > 0 else None
+    best, band = response_max(normalised, sigmas, polarity=params.resolved_polarity,
+                              mode=params.mode, backend=backend,
+                              spectrum_out=spectrum)  # fmt: skip
+    ratio = math.nan
+    if spectrum:  # before the peaks: the spectrum is not held through them
+        # the noise variance averaged over the image: the model at each local mean
+        mu = backend.to_numpy(means) if means is not None else 0.0
+        variance = float(np.mean(np.square(model.sigma_at(mu))))
+        ratio = band_energy_ratio(spectrum.pop(), sigmas, variance, backend)
     if params.threshold is not None:
         thresholds: float | np.ndarray = float(params.threshold)
         candidates = count_peaks(best, float(params.threshold), backend)
@@ -503,6 +516,8 @@ def focus_score(
     features = int(positions_np.shape[0])
     feature_sigmas = np.asarray(sigmas, np.float64)[candidate_bands[keep]]
     weights = (sigmas[0] / feature_sigmas) ** params.resolved_scale_weight
+    if not math.isnan(ratio):
+        weights = weights * ratio**params.resolved_band_ratio
     score = float(weights.sum())
     margin = 2.0 if params.threshold is not None else 1 + NOISE_MARGIN / params.resolved_threshold_k
     features_clear = int(np.count_nonzero(keep & (responses > margin * np.asarray(thresholds))))
@@ -532,6 +547,7 @@ def focus_score(
         block_coded=model.block_coded,
         noise_scale_px=model.scale_px,
         opaque_px=opaque_px,
+        band_ratio=ratio,
     )
 
 

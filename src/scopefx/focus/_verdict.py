@@ -248,6 +248,7 @@ class Calibration:
         names = {f.name for f in dataclasses.fields(FocusParams)}
         known = {k: v for k, v in self.params.items() if k in names}
         known.setdefault("scale_weight", 0.0)  # saved before scale_weight existed
+        known.setdefault("band_ratio", 0.0)  # saved before band_ratio existed
         return FocusParams.from_dict(known)
 
     def check_params(self, params: FocusParams) -> None:
@@ -260,6 +261,7 @@ class Calibration:
         known = {k: v for k, v in self.params.items() if k in ours}
         # saved before scale_weight existed: every feature counted 1, whatever the preset says now
         known.setdefault("scale_weight", 0.0)
+        known.setdefault("band_ratio", 0.0)
         try:
             theirs = {**self.params, **FocusParams.from_dict(known).resolved().to_dict()}
         except ConfigError:
