@@ -6,8 +6,9 @@ For every (image, PSF, noise level) *series*, each focus method scores the image
 ``d = 0, 0.5, ..., 6`` (default), and the benchmark reports
 
 * the Pearson correlation ``r`` of ``log(max(score, floor))`` with ``|d|`` (``floor`` 1, one
-  feature, except for ``mhfd-fluo``, whose weighted score's floor is the weight of one feature
-  at the coarsest band, ``(t_1 / t_n)^2``) (MHFD's claim: the log
+  feature, except for ``mhfd-fluo``, whose score's floor is what one feature of that image
+  adds: its weight at the coarsest band times the image's band energy ratio, see
+  :func:`one_feature`) (MHFD's claim: the log
   of the feature count falls linearly with absolute defocus), and Spearman's ``rho``
   (monotonicity only); per (method, noise level) the mean and the worst (largest) value over
   the series, and which series is worst;
@@ -104,6 +105,9 @@ class Results:
         default_factory=lambda: {m: {} for m in METHODS}
     )
     auto_thresholds: dict[Series, list[float]] = field(default_factory=dict)
+    #: ``mhfd-fluo``'s score of one feature, per image (it depends on the image: see
+    #: :func:`one_feature`)
+    fluo_floors: dict[Series, list[float]] = field(default_factory=dict)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -216,18 +220,21 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def score_floor(method: str) -> float:
-    """The smallest score of one feature: 1 for a count; for ``mhfd-fluo`` the weight of one
-    feature at the coarsest band, ``(t_1 / t_n)^scale_weight``."""
-    if method != "mhfd-fluo":
-        return 1.0
-    params = scopefx.FocusParams(modality="fluorescence")
+def one_feature(result: scopefx.focus.FocusResult) -> float:
+    """The score one feature adds to ``result``: its weight at the coarsest band,
+    ``(t_1 / t_n)^scale_weight``, times the image's band energy ratio ``R^band_ratio`` (the
+    fluorescence preset multiplies every weight by it: one feature of an image with R = 0.04
+    scores 0.04, and a floor of 1 would have clipped its 25 features)."""
+    params = result.params.resolved()
     sigmas = params.sigmas_px
-    return float((sigmas[0] / sigmas[-2]) ** params.resolved_scale_weight)
+    weight = float((sigmas[0] / sigmas[-2]) ** params.resolved_scale_weight)
+    if params.resolved_band_ratio > 0 and math.isfinite(result.band_ratio):
+        weight *= result.band_ratio**params.resolved_band_ratio
+    return weight
 
 
-def log_score(scores: Sequence[float], floor: float = 1.0) -> np.ndarray:
-    return np.log(np.maximum(np.asarray(scores, np.float64), floor))
+def log_score(scores: Sequence[float], floor: float | Sequence[float] = 1.0) -> np.ndarray:
+    return np.log(np.maximum(np.asarray(scores, np.float64), np.asarray(floor, np.float64)))
 
 
 def fixed_threshold(args: argparse.Namespace) -> float:
@@ -256,6 +263,7 @@ def run(args: argparse.Namespace, threshold: float) -> Results:
                 for method in METHODS:
                     results.scores[method][key] = []
                 results.auto_thresholds[key] = []
+                results.fluo_floors[key] = []
             for d in results.defocus:
                 blurred = samples.defocus(sharp, float(d), psf=psf)
                 for noise, key in keys.items():
@@ -268,6 +276,7 @@ def run(args: argparse.Namespace, threshold: float) -> Results:
                     results.scores["mhfd-auto"][key].append(exact.features)
                     results.scores["mhfd-signal"][key].append(signal.features)
                     results.scores["mhfd-fluo"][key].append(fluo.score)
+                    results.fluo_floors[key].append(one_feature(fluo))
                     results.scores["mhfd-fast"][key].append(fast.features)
                     results.scores["mhfd-fixed"][key].append(fixed.features)
                     results.scores["tenengrad"][key].append(tenengrad(pixels))
@@ -325,7 +334,10 @@ def correlations(results: Results) -> tuple[PerSeries, PerSeries]:
     series."""
     d = results.defocus
     pearson_r = {
-        m: {k: pearson(log_score(s, score_floor(m)), d) for k, s in series.items()}
+        m: {
+            k: pearson(log_score(s, results.fluo_floors[k] if m == "mhfd-fluo" else 1.0), d)
+            for k, s in series.items()
+        }
         for m, series in results.scores.items()
     }
     spearman_rho = {
