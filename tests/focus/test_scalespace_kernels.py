@@ -71,3 +71,34 @@ def test_upsampling_equals_the_gathered_interpolation_bit_for_bit(coarse, fine):
     assert got.dtype == np.float32 and got.shape == fine
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_index, want_index)
+
+
+@pytest.mark.parametrize("shape", [(96, 128), (75, 64)])
+def test_band_energy_ratio_is_the_ratio_of_the_bands_mean_squares(shape):
+    """R from the DCT spectrum by Parseval (one matrix product, no inverse transform) equals
+    the mean square of DoG_1 over that of the reference band, both computed directly with
+    Gaussian filters on the mirrored image (the DCT's boundary); white noise of variance v
+    adds v times each band's noise gain, which R takes out."""
+    from scipy import fft, ndimage
+
+    backend = get_backend("numpy")
+    rng = np.random.default_rng(4)
+    image = ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.5).astype(np.float32)
+    sigmas = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    ref = next(i for i, t in enumerate(sigmas[:-1]) if t >= ss.REFERENCE_SCALE_RATIO * sigmas[0])
+
+    def band(i: int, x: np.ndarray) -> np.ndarray:
+        fine, coarse = (ndimage.gaussian_filter(x.astype(np.float64), s, mode="reflect",
+                                                truncate=8) for s in sigmas[i : i + 2])  # fmt: skip
+        return sigmas[i] * (coarse - fine)
+
+    direct = np.mean(band(0, image) ** 2) / np.mean(band(ref, image) ** 2)
+    spectrum = fft.dctn(image, type=2)
+    assert ss.band_energy_ratio(spectrum, sigmas, 0.0, backend) == pytest.approx(direct, rel=2e-3)
+    # noise of known variance on top: the ratio of the noisy image, its noise taken out, is
+    # the clean image's (within the noise's own sampling spread)
+    v = 0.15**2
+    noisy = image + rng.normal(0, 0.15, shape).astype(np.float32)
+    corrected = ss.band_energy_ratio(fft.dctn(noisy, type=2), sigmas, v, backend)
+    raw = ss.band_energy_ratio(fft.dctn(noisy, type=2), sigmas, 0.0, backend)
+    assert corrected == pytest.approx(direct, rel=0.05) and raw > 1.1 * direct
