@@ -620,3 +620,29 @@ def test_a_doubt_is_said_when_it_appears_not_only_at_the_end(tmp_path):
     assert "not one section came within a factor 2" in lines[notes[0]]
     summary = next(k for k, line in enumerate(lines) if line.startswith("scored 7 image"))
     assert any("the calibration may not fit" in line for line in lines[summary:])
+
+
+def test_sections_of_an_earlier_session_found_out_of_focus_later_are_reported(tmp_path):
+    """A run that started out of focus, stopped after its warm-up and restarted: the sections
+    of the first session are judged again when the density rises in the second, and those
+    found out of focus are printed then (settled, flagged), as within one session."""
+    import tifffile
+
+    from scopefx.samples import defocus
+
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    table = tmp_path / "run.csv"
+    for i in range(5):  # the warm-up: every section blurred
+        sharp = tifffile.imread(io.BytesIO(_section(i)))
+        tifffile.imwrite(folder / f"s{i:02d}.tif", defocus(sharp, 5.0).astype(sharp.dtype))
+    with FolderWatch(folder, csv=table, settle=0) as first:
+        assert len([s for s in first.poll() if not s.late]) == 5
+    for i in range(5, 12):  # then focus is reached
+        (folder / f"s{i:02d}.tif").write_bytes(_section(i if i not in PLANTED_OOF else 0))
+    with FolderWatch(folder, csv=table, settle=0) as second:
+        seen = second.poll()
+    late = {Path(s.record.path).name for s in seen if s.late and s.flagged}
+    assert late == {f"s{i:02d}.tif" for i in range(5)}, late
+    rows = {Path(r["path"]).name: r["verdict"] for r in read_watch_csv(table)}
+    assert all(rows[f"s{i:02d}.tif"] == "out_of_focus" for i in range(5)), rows

@@ -240,6 +240,7 @@ class FolderWatch:
                 done.pages = max(done.pages, int(row["page"]) + 1)
             record = FocusRecord.from_row(row)
             self.previous.append(record)
+            self._shown[id(record)] = record.verdict  # reported by an earlier session
             self.run.seed([record])  # the run's baseline goes on
 
     # -- finding complete files -----------------------------------------------------------------
