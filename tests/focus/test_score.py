@@ -1,4 +1,5 @@
 import itertools
+import json
 import tracemalloc
 
 import numpy as np
@@ -172,6 +173,10 @@ def test_result_fields_and_downsampling():
     assert set(np.unique(result.sigmas_px)) <= set(np.float32(result.params.sigmas_px))
     summary = result.summary()
     assert summary["features"] == result.features and "positions" not in summary
+    json.dumps(summary, allow_nan=False)  # plain JSON: the band ratio not computed is null
+    assert summary["band_ratio"] is None
+    fluo = scopefx.focus_score(image, target_px=256, modality="fluorescence").summary()
+    assert 0 < fluo["band_ratio"] < 10 and json.dumps(fluo, allow_nan=False)
 
 
 def test_streaming_does_not_hold_a_stack_of_planes():

@@ -161,7 +161,8 @@ class FocusResult:
             "block_coded": self.block_coded,
             "noise_scale_px": self.noise_scale_px,
             "opaque_px": self.opaque_px,
-            "band_ratio": self.band_ratio,
+            # None, not NaN, where it was not computed (band_ratio 0): plain JSON
+            "band_ratio": None if math.isnan(self.band_ratio) else self.band_ratio,
         }
 
 
