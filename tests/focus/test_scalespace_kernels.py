@@ -3,6 +3,8 @@ its band index, and the cubic interpolation of the fast mode's decimated bands."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,18 @@ def test_band_energy_ratio_is_the_ratio_of_the_bands_mean_squares(shape):
     corrected = ss.band_energy_ratio(fft.dctn(noisy, type=2), sigmas, v, backend)
     raw = ss.band_energy_ratio(fft.dctn(noisy, type=2), sigmas, 0.0, backend)
     assert corrected == pytest.approx(direct, rel=0.05) and raw > 1.1 * direct
+
+
+def test_band_energy_ratio_stays_finite_on_a_degenerate_frame():
+    """A noiseless frame whose reference band holds no energy at all (all of it at the
+    highest frequency, where that band's transfer underflows): the ratio is bounded, so that
+    the score's ``R ** band_ratio`` (up to the 8th power) stays a finite number."""
+    backend = get_backend("numpy")
+    sigmas = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    spectrum = np.zeros((64, 64), np.float32)
+    spectrum[-1, -1] = 1e13
+    r = ss.band_energy_ratio(spectrum, sigmas, 0.0, backend)
+    assert r == ss.RATIO_RANGE[1]
+    assert math.isfinite(r**8)
+    flat = np.zeros((64, 64), np.float32)  # nothing in either band
+    assert ss.band_energy_ratio(flat, sigmas, 0.0, backend) == 1.0

@@ -430,6 +430,10 @@ REFERENCE_SCALE_RATIO = 4.0
 #: Floor of a band's noise-corrected energy, as a share of its noise energy (a band whose
 #: energy is all noise is not allowed to reach zero or below).
 _ENERGY_FLOOR = 0.01
+#: The ratio is kept within these bounds: beyond them the image is degenerate (a reference
+#: band of no energy in a noiseless frame), and ``R ** band_ratio`` (up to the 8th power)
+#: must stay a finite number.
+RATIO_RANGE = (1e-6, 1e6)
 
 
 def band_energy_ratio(
@@ -444,7 +448,8 @@ def band_energy_ratio(
     ``|H_i|^2`` is a sum of three separable terms: ``E_i`` takes one matrix product of the
     power spectrum with six vectors. ``N_i = noise_variance * mean_k |H_i(k)|^2`` is what white
     noise of that variance adds to it. Returns ``max(E_1 - N_1, f N_1) / max(E_r - N_r, f N_r)``
-    (``f`` 1 %), band ``r`` the first with ``t_r >= REFERENCE_SCALE_RATIO * t_1`` (the
+    (``f`` 1 %; kept within :data:`RATIO_RANGE`), band ``r`` the first with
+    ``t_r >= REFERENCE_SCALE_RATIO * t_1`` (the
     coarsest when none is). A ratio of two energies of the same frame: the amount and the
     brightness of the structure cancel, and the noise terms take out the signal-to-noise
     ratio; defocus lowers it.
@@ -482,4 +487,4 @@ def band_energy_ratio(
     for n in range(2):
         energy, noise_energy = sum(values[3 * n : 3 * n + 3]), noise_variance * noise[n]
         energies.append(max(energy - noise_energy, _ENERGY_FLOOR * noise_energy, 1e-30))
-    return energies[0] / energies[1]
+    return float(min(max(energies[0] / energies[1], RATIO_RANGE[0]), RATIO_RANGE[1]))
