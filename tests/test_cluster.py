@@ -132,6 +132,24 @@ def test_cli_fuse_on_a_local_cluster_equals_threads(tiles, tmp_path):
     _equal(tmp_path / "threads.ome.zarr", tmp_path / "cluster.ome.zarr")
 
 
+def test_the_account_of_a_shared_cluster_config_is_the_users_own(tmp_path):
+    """A facility endpoint shares one cluster config among its users: the account in it
+    charged everyone's dask jobs to one account. SCOPEFX_CLUSTER_ACCOUNT (the facility
+    template sets each user's) replaces it; anything but an account name is refused."""
+    from scopefx.cluster import cluster_from_env
+
+    (tmp_path / "slurm.yaml").write_text(
+        "kind: slurm\ncores: 4\nmemory: 8GiB\nwalltime: '01:00:00'\naccount: facility\n"
+    )
+    env = {"SCOPEFX_CLUSTER": str(tmp_path / "slurm.yaml")}
+    assert cluster_from_env(env).account == "facility"
+    assert cluster_from_env({**env, "SCOPEFX_CLUSTER_ACCOUNT": "mic-042"}).account == "mic-042"
+    for bad in ("a b", "x;rm -rf ~", "-x", "a" * 65, "acct\n#SBATCH --qos=high"):
+        with pytest.raises(ConfigError, match="SCOPEFX_CLUSTER_ACCOUNT must be"):
+            cluster_from_env({**env, "SCOPEFX_CLUSTER_ACCOUNT": bad})
+    assert cluster_from_env({"SCOPEFX_CLUSTER_ACCOUNT": "mic-042"}) is None  # no config
+
+
 def test_remote_fuse_mosaic_uses_the_endpoint_cluster(tiles, tmp_path, monkeypatch):
     from scopefx.remote import functions
 

@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 
 #: Environment variable naming the cluster config an HPC endpoint's ``worker_init`` sets.
 CLUSTER_ENV = "SCOPEFX_CLUSTER"
+#: Environment variable with the batch account to charge, over the config's ``account``: a
+#: facility endpoint shares one cluster config among its users, and sets each user's own.
+ACCOUNT_ENV = "SCOPEFX_CLUSTER_ACCOUNT"
+#: What a SLURM or PBS account name may be (the facility template's schema allows the same).
+_ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 Kind = Literal["local", "slurm", "pbs"]
 #: HH:MM:SS, or D-HH:MM:SS (SLURM only; PBS has no day field). ``HH:MM`` is refused: sbatch and
@@ -376,6 +381,26 @@ def open_cluster(spec: ClusterSpec | str | os.PathLike[str]) -> Iterator[Any]:
 
 
 def cluster_from_env(environ: Mapping[str, str] | None = None) -> ClusterSpec | None:
-    """The cluster config named by ``SCOPEFX_CLUSTER``, if set."""
-    value = (os.environ if environ is None else environ).get(CLUSTER_ENV, "").strip()
-    return load_cluster_spec(value) if value else None
+    """The cluster config named by ``SCOPEFX_CLUSTER``, if set, with the account
+    ``SCOPEFX_CLUSTER_ACCOUNT`` names, if set, over its own (on a facility endpoint every
+    user's jobs were charged to the account of the shared config).
+
+    Raises
+    ------
+    ConfigError
+        The account is not a plain account name (letters, digits, ``_.-``, at most 64).
+    """
+    env = os.environ if environ is None else environ
+    value = env.get(CLUSTER_ENV, "").strip()
+    if not value:
+        return None
+    spec = load_cluster_spec(value)
+    account = env.get(ACCOUNT_ENV, "").strip()
+    if not account:
+        return spec
+    if not _ACCOUNT.fullmatch(account):
+        raise ConfigError(
+            f"{ACCOUNT_ENV} must be a batch account name (letters, digits, '_', '.', '-'; at "
+            f"most 64), got {account[:80]!r}"
+        )
+    return dataclasses.replace(spec, account=account)

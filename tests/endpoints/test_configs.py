@@ -429,6 +429,9 @@ def test_worker_init_sets_data_roots(
         assert cluster_file.is_absolute() and cluster_file.suffix == ".yaml"
     else:
         assert "SCOPEFX_CLUSTER" not in env
+    if name == FACILITY and cluster:
+        # the shared cluster file charges each user's dask jobs to that user's own account
+        assert env["SCOPEFX_CLUSTER_ACCOUNT"] == user_opts["account"]
 
 
 # --- what users may and may not send ------------------------------------------------------
