@@ -35,6 +35,8 @@ def _short(value: object) -> str:
         ("threshold", HUGE),
         ("threshold_k", HUGE),
         ("scale_weight", HUGE),
+        ("band_ratio", HUGE),
+        ("band_ratio", "1"),
     ],
     ids=_short,
 )
@@ -65,6 +67,30 @@ def test_focus_parameters_of_any_json_value_are_refused_by_name(field, value):
 def test_fusion_parameters_of_any_json_value_are_refused_by_name(field, value):
     with pytest.raises(ConfigError, match=f"^{field} must be") as caught:
         FusionParams.from_dict({field: value})
+    assert not is_transient(caught.value)
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("pixel_size_um", HUGE),
+        ("pixel_size_z_um", HUGE),
+        ("pixel_size_z_um", "2"),
+        ("pixel_size_z_um", -1.0),
+        ("rotation_deg", HUGE),
+        ("rotation_deg", math.nan),
+        ("rotation_deg", True),
+    ],
+    ids=_short,
+)
+def test_fuse_options_of_any_json_value_are_refused_by_name(field, value):
+    """A 400-digit pixel size or rotation raised OverflowError from math.isfinite, not an
+    error naming the field."""
+    from scopefx.fusion import FuseOptions
+
+    with pytest.raises(ConfigError, match=f"^{field} must be") as caught:
+        FuseOptions.from_dict({field: value})
     assert not is_transient(caught.value)
     assert len(str(caught.value)) < 200
 

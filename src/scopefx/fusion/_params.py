@@ -223,16 +223,11 @@ class FuseOptions:
                 raise bad(name, "true or false")
         for name in ("pixel_size_um", "pixel_size_z_um"):
             size = getattr(self, name)
-            if size is not None and (
-                isinstance(size, bool)
-                or not isinstance(size, (int, float))
-                or not (math.isfinite(size) and size > 0)
-            ):
+            if size is not None and not (is_finite(size) and size > 0):
                 raise bad(name, "None or a finite number > 0")
-        rotation = self.rotation_deg
-        if isinstance(rotation, bool) or not isinstance(rotation, (int, float)):
+        if not is_number(self.rotation_deg):
             raise bad("rotation_deg", "a number of degrees")
-        if not math.isfinite(rotation):
+        if not is_finite(self.rotation_deg):
             raise bad("rotation_deg", "a finite number of degrees")
         for name in ("flatfield", "preview"):
             value = getattr(self, name)
