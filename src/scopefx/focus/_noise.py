@@ -97,10 +97,11 @@ class NoiseModel:
     scale_px: int = 1
     block_coded: bool = False
 
-    def sigma_at(self, mu: Any) -> Any:
-        """Noise standard deviation at intensity ``mu`` (scalar or NumPy array)."""
-        variance = np.maximum(self.gain * np.asarray(mu, np.float64) + self.offset, 0.0)
-        return np.maximum(np.sqrt(variance), self.floor)
+    def sigma_at(self, mu: Any, xp: Any = np) -> Any:
+        """Noise standard deviation at intensity ``mu`` (scalar or array of ``xp``, NumPy by
+        default: an array on the GPU stays there)."""
+        variance = xp.maximum(self.gain * xp.asarray(mu, dtype=xp.float64) + self.offset, 0.0)
+        return xp.maximum(xp.sqrt(variance), self.floor)
 
     @property
     def min_sigma(self) -> float:

@@ -488,9 +488,11 @@ def focus_score(
                               spectrum_out=spectrum)  # fmt: skip
     ratio = math.nan
     if spectrum:  # before the peaks: the spectrum is not held through them
-        # the noise variance averaged over the image: the model at each local mean
-        mu = backend.to_numpy(means) if means is not None else 0.0
-        variance = float(np.mean(np.square(model.sigma_at(mu))))
+        # the noise variance averaged over the image: the model at each local mean, computed
+        # where the means are (no copy of them off the GPU)
+        xp = backend.xp
+        mu = means if means is not None else 0.0
+        variance = float(xp.mean(xp.square(model.sigma_at(mu, xp))))
         ratio = band_energy_ratio(spectrum.pop(), sigmas, variance, backend)
     if params.threshold is not None:
         thresholds: float | np.ndarray = float(params.threshold)
