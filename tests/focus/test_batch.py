@@ -118,3 +118,30 @@ def test_zarr_references_are_scored_and_made_absolute(tmp_path, monkeypatch):
     assert record.features == score_files([tmp_path / "run.zarr::raw/0"]).__next__().features
     (bad,) = score_files(["s3://bucket/image.tif"])
     assert bad.status == "unsupported" and "s3://" in bad.error
+
+
+def test_band_ratio_reaches_the_record_and_the_csv(run_folder, tmp_path):
+    """The fluorescence preset scores count x R^k; R is in the record and the CSV (it was only
+    on FocusResult, so a run's CSV could not say why two sections scored apart), empty where
+    the preset does not compute it."""
+    from scopefx.focus.csv import FocusCsvWriter, read_focus_csv
+
+    good, _ = run_folder
+    fluo = list(score_files(good[:2], params=FocusParams(modality="fluorescence"), baseline=None))
+    em = list(score_files(good[:1], baseline=None))
+    assert all(r.ok and math.isfinite(r.band_ratio) and r.band_ratio > 0 for r in fluo)
+    assert math.isnan(em[0].band_ratio)
+    (out,) = score_files([good[6]], params=FocusParams(modality="fluorescence"), baseline=None)
+    sharp, blurred = fluo[0].band_ratio, out.band_ratio
+    assert blurred < sharp  # the planted out-of-focus section holds less fine-band energy
+    path = tmp_path / "focus.csv"
+    with FocusCsvWriter(path) as sink:
+        for r in (*fluo, *em):
+            sink.write(r)
+    rows = read_focus_csv(path)
+    assert float(rows[0]["band_ratio"]) == pytest.approx(fluo[0].band_ratio, rel=1e-5)
+    assert rows[2]["band_ratio"] == ""
+    back = FocusRecord.from_row(rows[0])
+    assert back.band_ratio == pytest.approx(fluo[0].band_ratio, rel=1e-5)
+    assert fluo[0].to_dict()["band_ratio"] == pytest.approx(fluo[0].band_ratio)
+    assert em[0].to_dict()["band_ratio"] is None

@@ -54,6 +54,7 @@ CSV_COLUMNS = (
     "noise_limited",
     "colour",
     "block_coded",
+    "band_ratio",
 )
 
 
@@ -64,8 +65,9 @@ class FocusRecord:
     ``status`` is ``"ok"`` or an error kind (``missing``, ``empty``, ``corrupt``,
     ``unsupported``, ``ndim``, ``too_small``, ``invalid_values``, ``dtype``,
     ``error``); ``error`` holds the message. Everything is plain Python / NumPy.
-    ``noise_limited``, ``colour``, ``block_coded`` and ``modality`` are those of the
-    :class:`FocusResult` (``None`` / empty when the image was not scored).
+    ``noise_limited``, ``colour``, ``block_coded``, ``modality`` and ``band_ratio`` are
+    those of the :class:`FocusResult` (``None`` / empty / NaN when the image was not scored;
+    ``band_ratio`` is NaN, an empty CSV cell, where the preset does not compute it).
     """
 
     path: str
@@ -94,6 +96,7 @@ class FocusRecord:
     colour: str = ""
     block_coded: bool | None = None
     modality: str = ""
+    band_ratio: float = math.nan
     focus_map: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -165,6 +168,7 @@ def _result_fields(result: FocusResult) -> dict[str, Any]:
         "colour": result.colour,
         "block_coded": result.block_coded,
         "modality": result.params.modality,
+        "band_ratio": result.band_ratio,
         "focus_map": result.focus_map,
     }
 
