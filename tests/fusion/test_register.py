@@ -1459,3 +1459,46 @@ def test_registered_tiles_land_on_whole_pixels_when_their_offsets_are_whole(tmp_
     np.testing.assert_allclose(placed[1] - placed[0], [0, 230], atol=0.05)
     mosaic = fuse_lazy(reg.table.with_affines(np.round(reg.table.affines, 1))).compute()
     np.testing.assert_allclose(mosaic, image[20:180, 20:550], atol=1e-3)
+
+
+def test_a_weak_bridge_far_beyond_what_strong_pairs_correct_is_dropped_in_a_small_scan() -> None:
+    """3x3 cuts of a light-sheet frame (bench/register_real_cut.py, mitochondria, 20 %, seed
+    2): two weak matches (NCC 0.29, 0.38) 26-27 px off at the search's edge joined tiles that
+    no loop checked, and too few loops closed for the confirmed-pairs check (4 of a direction),
+    so they were used: 13.99 px mean error. The strong pairs (NCC >= 0.8) corrected at most
+    12.5 px; a weak bridge near the edge of its search that corrects more than any of them
+    (by 4 px) goes to the stage model (5.42 px)."""
+    from scopefx.fusion._stagemodel import _implausible_bridges
+
+    step, size = 90.0, 100.0
+    where = {k: (k // 3, k % 3) for k in range(9)}
+    table = _table(np.array([(r * step, c * step) for r, c in where.values()]))
+    shapes = np.full((9, 2), size)
+    ij = np.array([(k, k + 1) for k in range(9) if k % 3 < 2]
+                  + [(k, k + 3) for k in range(6)])  # fmt: skip
+    lo = np.array([[max(where[i][0], where[j][0]) * step, max(where[i][1], where[j][1]) * step]
+                   for i, j in ij])  # fmt: skip
+    hi = np.array([[min(where[i][0], where[j][0]) * step + size,
+                    min(where[i][1], where[j][1]) * step + size] for i, j in ij])  # fmt: skip
+    measured = {  # (i, j): (shift, NCC), all used; the rest unused (no match)
+        (0, 1): ((9.05, -5.18), 0.845), (1, 4): ((-8.69, 8.95), 0.994),
+        (4, 5): ((5.02, -8.17), 0.877), (4, 7): ((2.44, -0.37), 0.997),
+        (0, 3): ((-27.0, -1.62), 0.289), (1, 2): ((-1.3, -25.75), 0.379),
+        (6, 7): ((-4.0, 6.0), 0.35),  # weak too, but within what the strong pairs correct
+    }  # fmt: skip
+    shifts = np.full((len(ij), 2), np.nan)
+    quality = np.zeros(len(ij))
+    used = np.zeros(len(ij), bool)
+    for k, (i, j) in enumerate(ij.tolist()):
+        if (i, j) in measured:
+            shifts[k], quality[k], used[k] = measured[i, j][0], measured[i, j][1], True
+    side = np.ones(len(ij), bool)
+    reach = np.full(len(ij), 29.0)  # the search's extent either way
+    drop = _implausible_bridges(table, shapes, ij, shifts, used, side, lo, hi, quality, reach)
+    assert sorted(tuple(map(int, ij[k])) for k in drop) == [(0, 3), (1, 2)]
+    # a weak pair that corrects more than the strong ones (by over 4 px) but lies well inside
+    # its search is kept (3x3 cuts of the Leica frame: a true weak pair 15 px off in a search
+    # of 28 px, where the strong pairs corrected up to 10 px)
+    shifts[np.flatnonzero((ij == (6, 7)).all(axis=1))[0]] = (8.0, -16.0)
+    drop = _implausible_bridges(table, shapes, ij, shifts, used, side, lo, hi, quality, reach)
+    assert sorted(tuple(map(int, ij[k])) for k in drop) == [(0, 3), (1, 2)]

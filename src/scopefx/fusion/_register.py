@@ -73,7 +73,7 @@ from ._flatfield import read_named
 from ._fuse import colour_samples, fused_shape
 from ._measure import _measure_all, _within_search_budget
 from ._overlaps import _footprints, _shapes_array, overlapping_pairs
-from ._regparams import AUTO_SHIFT, RegistrationParams, _check
+from ._regparams import RegistrationParams, _check, pair_reach
 from ._regresult import Registration
 from ._settle import _settle
 from ._shading import _banding_estimate, _shading_estimate
@@ -87,14 +87,6 @@ def _is_corner(olo: np.ndarray, ohi: np.ndarray, ext_i: np.ndarray, ext_j: np.nd
     """Partial overlap (under half the smaller tile) along more than one axis."""
     partial = (ohi - olo) < 0.5 * np.minimum(ext_i, ext_j)
     return int(partial.sum()) > 1
-
-
-def _reach(params: RegistrationParams, shapes: np.ndarray, i: int, j: int) -> float:
-    """The pair's search range: ``max_shift_px`` up to the larger tile's extent (no shift
-    beyond it leaves a common part), else the default share of the smaller tile."""
-    if params.max_shift_px is not None:
-        return min(params.max_shift_px, float(max(shapes[i].max(), shapes[j].max())))
-    return max(8.0, AUTO_SHIFT * float(min(shapes[i].min(), shapes[j].min())))
 
 
 def read_as_fused(
@@ -225,7 +217,7 @@ def register_from(
         corner = [
             _is_corner(np.asarray(a), np.asarray(b), ext[i], ext[j]) for i, j, a, b in geometry
         ]
-        plans = [plan_pair(table, shape_arr, (lo, hi), i, j, _reach(params, shape_arr, i, j))
+        plans = [plan_pair(table, shape_arr, (lo, hi), i, j, pair_reach(params, shape_arr, i, j))
                  for (i, j, _, _), c in zip(geometry, corner, strict=True)
                  if params.corner_pairs or not c]  # fmt: skip
         plans = _within_search_budget(table, shape_arr, (lo, hi), plans, params)

@@ -159,3 +159,11 @@ class RegistrationParams:
         if unknown:
             raise ConfigError(f"unknown registration setting(s) {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+def pair_reach(params: RegistrationParams, shapes: np.ndarray, i: int, j: int) -> float:
+    """Pair ``(i, j)``'s search range: ``max_shift_px`` up to the larger tile's extent (no
+    shift beyond it leaves a common part), else the default share of the smaller tile."""
+    if params.max_shift_px is not None:
+        return min(params.max_shift_px, float(max(shapes[i].max(), shapes[j].max())))
+    return max(8.0, AUTO_SHIFT * float(min(shapes[i].min(), shapes[j].min())))

@@ -25,7 +25,7 @@ from ._loops import (
     _place_components,
 )
 from ._lsq import _misfit, _normal_lu, _solve
-from ._regparams import AUTO_SHIFT, RegistrationParams
+from ._regparams import AUTO_SHIFT, RegistrationParams, pair_reach
 from ._regresult import PairResult, Registration, unmatched_note
 from ._stagemodel import _implausible_bridges, _stage_model
 
@@ -142,7 +142,9 @@ def _settle(
         candidate[admit] = False
     model: dict[int, np.ndarray] = {}
     if params.stage_model:
-        drop = _implausible_bridges(table, shapes, ij, shifts, used, side, olo, ohi, quality)
+        reach = np.array([pair_reach(params, shapes, i, j) for i, j in ij.tolist()])
+        drop = _implausible_bridges(table, shapes, ij, shifts, used, side, olo, ohi, quality,
+                                    reach)  # fmt: skip
         if len(drop):
             used[drop], status[drop], weight[drop] = False, "outlier", 0.0
             c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)

@@ -23,6 +23,9 @@ _WEAK_BRIDGE = 0.5  # NCC under which an unconfirmed pair is checked against the
 _PLAUSIBLE_SPREAD = 4.0  # robust standard deviations of the confirmed corrections allowed
 _PLAUSIBLE_MIN_PX = 4.0  # however tight the confirmed corrections are
 _PLAUSIBLE_POOL = 4  # confirmed pairs of the same direction needed for the check
+_STRONG_MATCH = 0.8  # NCC of a used pair that vouches for the stage's scale without a loop
+_STRONG_POOL = 3  # such pairs (or confirmed ones, any direction) needed for the scale check
+_EDGE_ZONE = 0.25  # outer share of a pair's search where the edge check looks
 
 
 def _steps(
@@ -41,6 +44,7 @@ def _steps(
 def _implausible_bridges(
     table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
     side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, quality: np.ndarray,
+    reach: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """Weak used side pairs that no loop confirms (bridges, NCC under ``_WEAK_BRIDGE``) whose
     correction lies far outside those of the loop-confirmed pairs stepping the same way:
@@ -48,9 +52,14 @@ def _implausible_bridges(
     ``_PLAUSIBLE_MIN_PX``) from their median. Such a match is most likely chance (in a nearly
     blank overlap of sparse content: a 32 px jump at NCC 0.28, where the stage was 3 px off),
     and the stage model (:func:`_stage_model`, MIST's repeatability check in spirit) places
-    the pair better. Needs ``_PLAUSIBLE_POOL`` confirmed pairs of that direction."""
+    the pair better. Needs ``_PLAUSIBLE_POOL`` confirmed pairs of that direction. With fewer
+    (a small scan, whose few loops rarely close), the edge check, given each pair's search
+    ``reach``: a weak bridge in the outer ``_EDGE_ZONE`` of its search along an axis (where
+    chance matches gather: the NCC's bound favours the largest common part) whose correction
+    is longer than any of ``_STRONG_POOL`` or more used pairs that vouch for themselves
+    (confirmed, or NCC ``_STRONG_MATCH`` or more; any direction) by ``_PLAUSIBLE_MIN_PX``."""
     sides = np.flatnonzero(used & side)
-    if len(sides) < _PLAUSIBLE_POOL:
+    if len(sides) < min(_PLAUSIBLE_POOL, _STRONG_POOL + 1):
         return np.zeros(0, dtype=int)
     bridges = set(sides[_bridges(len(table), ij[sides])].tolist())
     axis, sign = _steps(table, shapes, ij, olo, ohi)
@@ -60,12 +69,24 @@ def _implausible_bridges(
         if quality[k] >= _WEAK_BRIDGE:
             continue
         pool = np.array([oriented[q] for q in sides if q not in bridges and axis[q] == axis[k]])
-        if len(pool) < _PLAUSIBLE_POOL:
+        if len(pool) >= _PLAUSIBLE_POOL:
+            centre = np.median(pool, axis=0)
+            spread = 1.4826 * np.median(np.abs(pool - centre), axis=0)
+            limit = max(_PLAUSIBLE_SPREAD * float(np.linalg.norm(spread)), _PLAUSIBLE_MIN_PX)
+            if float(np.linalg.norm(oriented[k] - centre)) > limit:
+                drop.append(k)
             continue
-        centre = np.median(pool, axis=0)
-        spread = 1.4826 * np.median(np.abs(pool - centre), axis=0)
-        limit = max(_PLAUSIBLE_SPREAD * float(np.linalg.norm(spread)), _PLAUSIBLE_MIN_PX)
-        if float(np.linalg.norm(oriented[k] - centre)) > limit:
+        # Too few confirmed pairs of its direction: the pairs that vouch for themselves still
+        # say how far the stage errs. A weak bridge near the edge of its search that corrects
+        # more than any of theirs is most likely chance (3x3 cuts of a light-sheet frame: weak
+        # matches 26-27 px off, 2-3 px inside a 29 px search, where the strong pairs corrected
+        # <= 12.5 px; a true weak pair 15 px off in a search of 28 stays).
+        if reach is None or not np.any(np.abs(shifts[k]) >= (1 - _EDGE_ZONE) * reach[k]):
+            continue
+        scale = [float(np.linalg.norm(shifts[q])) for q in sides
+                 if q != k and (q not in bridges or quality[q] >= _STRONG_MATCH)]  # fmt: skip
+        if len(scale) >= _STRONG_POOL and (float(np.linalg.norm(shifts[k]))
+                                           > max(scale) + _PLAUSIBLE_MIN_PX):  # fmt: skip
             drop.append(k)
     if drop:
         logger.info("dropped %d weak unconfirmed pair(s) far from the stage model: %s",
