@@ -1502,3 +1502,27 @@ def test_a_weak_bridge_far_beyond_what_strong_pairs_correct_is_dropped_in_a_smal
     shifts[np.flatnonzero((ij == (6, 7)).all(axis=1))[0]] = (8.0, -16.0)
     drop = _implausible_bridges(table, shapes, ij, shifts, used, side, lo, hi, quality, reach)
     assert sorted(tuple(map(int, ij[k])) for k in drop) == [(0, 3), (1, 2)]
+
+
+def test_only_a_clear_match_lets_the_refinement_land_far_from_the_integer_peak(
+    monkeypatch,
+) -> None:
+    """A refinement that converges over 1.5 px from the search's integer peak is kept for a
+    match of NCC >= 0.5 (the search's one-sided smoothing put a Leica pair's peak 1.65 px off,
+    see the test above) and not for a weak one, whose unsmoothed NCC is mostly noise (a pair of
+    NCC 0.33 in a 3x3 cut of the Leica frame: 2.5 px off, 1.6 with the phase estimate)."""
+    from scopefx.fusion import _correlate
+
+    landing = np.array([0.0, 1.7])
+    monkeypatch.setattr(_correlate, "_gauss_newton", lambda a, b, start, degree: landing)
+    phase = np.array([0.0, 0.7])
+    monkeypatch.setattr(_correlate, "_phase_start", lambda a, b, peak, *rest: peak + phase)
+    crop = np.zeros((8, 8))
+    peak, score = np.zeros(2, int), np.zeros((3, 3))
+    kept, settled = _correlate._refined(crop, crop, peak, 2, score, peak, far=True)
+    assert settled and np.allclose(kept, landing)
+    start, settled = _correlate._refined(crop, crop, peak, 2, score, peak, far=False)
+    assert not settled and np.allclose(start, [0.0, 0.7])
+    near = np.array([0.0, 1.2])
+    monkeypatch.setattr(_correlate, "_gauss_newton", lambda a, b, start, degree: near)
+    assert np.allclose(_correlate._refined(crop, crop, peak, 2, score, peak, far=False)[0], near)

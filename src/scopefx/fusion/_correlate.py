@@ -40,6 +40,7 @@ _NOISE_BAND = 0.35  # cycles/px beyond which the cross-power's median is taken a
 _NOISE_MARGIN = 4.0  # a frequency counts fully once its cross-power is well above that
 _ALTERNATIVES = 3  # other local maxima kept per pair (settled by the global solve)
 _GN_REACH = 1.5  # px the Gauss-Newton refinement may move from where it starts
+_GN_FAR_QUALITY = 0.5  # NCC from which it may also land over _GN_REACH from the integer peak
 _GN_ITERATIONS = 12
 _GN_TOLERANCE = 0.002  # px: a step this small ends the refinement
 _GRAM_BAND = 1 << 20  # Gram entries solved at once by the search (8 MiB of float64)
@@ -524,7 +525,7 @@ def measure(
     runner = _runner_up(score, best) - float(score[tuple(best)])
     runner = float(np.clip(quality + runner, 0, 1)) if math.isfinite(runner) else 0.0
     peak = best - r
-    shift, settled = _refined(a, b, peak, degree, score, best)
+    shift, settled = _refined(a, b, peak, degree, score, best, quality >= _GN_FAR_QUALITY)
     overlap = tuple(int(e.flat[int(best[ax])]) for ax, e in enumerate(extents))
     # Significance over the whole search: on unrelated content the best of M independent
     # shifts exceeds t standard errors with probability about M P(Z > t); a match must beat
@@ -709,18 +710,21 @@ def _phase_start(
 
 def _refined(
     a: np.ndarray, b: np.ndarray, peak: np.ndarray, degree: int, score: np.ndarray,
-    at: np.ndarray,
+    at: np.ndarray, far: bool = True,
 ) -> tuple[np.ndarray, bool]:  # fmt: skip
     """The shift near the integer ``peak``: the phase-correlation estimate (or the score's
     parabola) as the start of :func:`_gauss_newton`, which has the last word when it converges
-    (within ``_GN_REACH`` px of that start; then True). It is not held to the integer peak:
-    the search's smoothing, one-sided at each tile's edge, can put that peak more than a pixel
-    off (a Leica pair through the estimated flat field: peak at -1 px, the unsmoothed NCC's
-    maximum at +0.65, where the refinement went; kept to 1.5 px of the peak, the pair stayed
-    0.95 px off)."""
+    (within ``_GN_REACH`` px of that start; then True). With ``far`` (a match of NCC
+    ``_GN_FAR_QUALITY`` or more) it is not held to the integer peak: the search's smoothing,
+    one-sided at each tile's edge, can put that peak more than a pixel off (a Leica pair through
+    the estimated flat field, NCC 0.83: peak at -1 px, the unsmoothed NCC's maximum at +0.65,
+    where the refinement went; kept to 1.5 px of the peak, the pair stayed 0.95 px off). A weak
+    match's unsmoothed NCC is mostly noise, and there a refinement that wanders beyond
+    ``_GN_REACH`` of the peak follows it (a pair of NCC 0.33 in a 3x3 cut of the Leica frame:
+    2.5 px off, 1.6 with the phase estimate), so the phase estimate stands."""
     start = _phase_start(a, b, peak, degree, score, at)
     final = _gauss_newton(a, b, start, degree)
-    if final is None:
+    if final is None or (not far and np.any(np.abs(final - peak) > _GN_REACH)):
         return start, False
     return final, True
 
