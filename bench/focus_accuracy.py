@@ -6,10 +6,10 @@ For every (image, PSF, noise level) *series*, each focus method scores the image
 ``d = 0, 0.5, ..., 6`` (default), and the benchmark reports
 
 * the Pearson correlation ``r`` of ``log(max(score, floor))`` with ``|d|`` (``floor`` 1, one
-  feature, except for ``mhfd-fluo``, whose score's floor is what one feature of that image
-  adds: its weight at the coarsest band times the image's band energy ratio, see
-  :func:`one_feature`) (MHFD's claim: the log
-  of the feature count falls linearly with absolute defocus), and Spearman's ``rho``
+  feature, except for ``mhfd-fluo`` and ``mhfd-ratio``, whose score's floor is what one
+  feature of that image adds: its weight at the coarsest band times the image's band energy
+  ratio, see :func:`one_feature`) (MHFD's claim: the log of the feature count falls linearly
+  with absolute defocus), and Spearman's ``rho``
   (monotonicity only); per (method, noise level) the mean and the worst (largest) value over
   the series, and which series is worst;
 * the AUC of in-focus (``d <= 1``) against out-of-focus (``d >= 3``) images, pooled across all
@@ -25,8 +25,11 @@ Methods, all measured on the same images in the same run:
   default with the signal-dependent noise model (one threshold per feature at the noise of
   its local intensity) instead of one global noise level;
 * ``mhfd-fluo``: ``scopefx.focus_score(image, mode="exact", modality="fluorescence")``, its
-  ``score`` (features weighted by ``(t_1 / t_i)^2``): the fluorescence preset, checked here on
-  content it was not chosen on;
+  ``score`` (the count at 6 sigma times the image's band energy ratio R): the fluorescence
+  preset, checked here on content it was not chosen on;
+* ``mhfd-ratio``: ``scopefx.focus_score(image, mode="exact", band_ratio=1)``, its ``score``:
+  the default (``em``) count times R, a candidate for the pooled AUC that a count alone cannot
+  reach (R does not grow with the specimen's amount of structure); not a preset;
 * ``mhfd-fast``: ``scopefx.focus_score(image, mode="fast")``; its count is also compared with
   ``mhfd-auto``'s image by image (|relative difference|, documented to stay within 3 %);
 * ``mhfd-fixed``: ``scopefx.focus_score(image, threshold=T)``, one threshold for every image.
@@ -82,7 +85,17 @@ from scopefx import samples
 #: name: (photons at full scale, read noise in grey levels).
 NOISE_LEVELS = {"high": (1000.0, 1.0), "low": (50.0, 4.0)}
 PSFS = ("gaussian", "disk")
-METHODS = ("mhfd-auto", "mhfd-signal", "mhfd-fluo", "mhfd-fast", "mhfd-fixed", "tenengrad")
+METHODS = (
+    "mhfd-auto",
+    "mhfd-signal",
+    "mhfd-fluo",
+    "mhfd-ratio",
+    "mhfd-fast",
+    "mhfd-fixed",
+    "tenengrad",
+)
+#: Methods whose score's floor is what one feature of the image scores (:func:`one_feature`)
+WEIGHTED = ("mhfd-fluo", "mhfd-ratio")
 QUICK_IMAGES = ("immunohistochemistry", "camera", "gravel")
 
 IN_FOCUS_MAX_D = 1.0
@@ -105,9 +118,11 @@ class Results:
         default_factory=lambda: {m: {} for m in METHODS}
     )
     auto_thresholds: dict[Series, list[float]] = field(default_factory=dict)
-    #: ``mhfd-fluo``'s score of one feature, per image (it depends on the image: see
-    #: :func:`one_feature`)
-    fluo_floors: dict[Series, list[float]] = field(default_factory=dict)
+    #: the score of one feature, per method of ``WEIGHTED`` and image (it depends on the
+    #: image: see :func:`one_feature`)
+    floors: dict[str, dict[Series, list[float]]] = field(
+        default_factory=lambda: {m: {} for m in WEIGHTED}
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -263,7 +278,8 @@ def run(args: argparse.Namespace, threshold: float) -> Results:
                 for method in METHODS:
                     results.scores[method][key] = []
                 results.auto_thresholds[key] = []
-                results.fluo_floors[key] = []
+                for method in WEIGHTED:
+                    results.floors[method][key] = []
             for d in results.defocus:
                 blurred = samples.defocus(sharp, float(d), psf=psf)
                 for noise, key in keys.items():
@@ -271,12 +287,15 @@ def run(args: argparse.Namespace, threshold: float) -> Results:
                     exact = scopefx.focus_score(pixels, mode="exact")
                     signal = scopefx.focus_score(pixels, mode="exact", noise_model="signal")
                     fluo = scopefx.focus_score(pixels, mode="exact", modality="fluorescence")
+                    ratio = scopefx.focus_score(pixels, mode="exact", band_ratio=1.0)
                     fast = scopefx.focus_score(pixels, mode="fast")
                     fixed = scopefx.focus_score(pixels, mode="exact", threshold=threshold)
                     results.scores["mhfd-auto"][key].append(exact.features)
                     results.scores["mhfd-signal"][key].append(signal.features)
                     results.scores["mhfd-fluo"][key].append(fluo.score)
-                    results.fluo_floors[key].append(one_feature(fluo))
+                    results.scores["mhfd-ratio"][key].append(ratio.score)
+                    for method, result in zip(WEIGHTED, (fluo, ratio), strict=True):
+                        results.floors[method][key].append(one_feature(result))
                     results.scores["mhfd-fast"][key].append(fast.features)
                     results.scores["mhfd-fixed"][key].append(fixed.features)
                     results.scores["tenengrad"][key].append(tenengrad(pixels))
@@ -335,7 +354,7 @@ def correlations(results: Results) -> tuple[PerSeries, PerSeries]:
     d = results.defocus
     pearson_r = {
         m: {
-            k: pearson(log_score(s, results.fluo_floors[k] if m == "mhfd-fluo" else 1.0), d)
+            k: pearson(log_score(s, results.floors[m][k] if m in WEIGHTED else 1.0), d)
             for k, s in series.items()
         }
         for m, series in results.scores.items()
