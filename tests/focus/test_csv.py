@@ -188,3 +188,24 @@ def test_defocus_table_pages_of_a_stack(tmp_path):
     table.write_text("path,page,defocus\nstack.tif,first,-1\n")
     with pytest.raises(ConfigError, match=r"line 2: page 'first' is not a page number"):
         read_defocus_table(table)
+
+
+def test_resuming_an_older_csv_adds_the_new_columns(tmp_path):
+    """A watch resumed on a CSV written before `band_ratio` existed: its header gains the
+    column (the old rows empty there), and the new rows keep their value. Before, the value
+    was dropped from the file without a word, while the writer's own rows still held it."""
+    path = tmp_path / "watch.csv"
+    old = [c for c in CSV_COLUMNS if c != "band_ratio"]
+    with FocusCsvWriter(path, columns=(*old, "latency_seconds")) as sink:
+        sink.write(_record(0), latency_seconds=0.25)
+    columns = (*CSV_COLUMNS, "latency_seconds")
+    with FocusCsvWriter(path, columns=columns, resume=True) as sink:
+        assert sink.columns == [*old, "latency_seconds", "band_ratio"]
+        row = sink.write(FocusRecord(path="/run/b.tif", features=3, band_ratio=0.731),
+                         latency_seconds=0.5)  # fmt: skip
+        assert row["band_ratio"] == "0.731" and list(row) == sink.columns
+    rows = read_focus_csv(path)
+    assert [r["band_ratio"] for r in rows] == ["", "0.731"]
+    assert [r["latency_seconds"] for r in rows] == ["0.25", "0.5"]
+    assert FocusRecord.from_row(rows[1]).band_ratio == pytest.approx(0.731)
+    assert not (tmp_path / "watch.csv.tmp").exists()

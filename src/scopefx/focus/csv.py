@@ -107,7 +107,8 @@ class FocusCsvWriter:
     resume : bool
         ``False`` (default): start a new file (an existing one is replaced). ``True``: keep an
         existing file's rows (:attr:`rows`) and columns and append to it; a torn last row is
-        removed first.
+        removed first, and columns of ``columns`` the file lacks (a file written by an older
+        scopefx) are added to it, empty in its rows (the file is replaced atomically).
 
     Raises
     ------
@@ -136,12 +137,15 @@ class FocusCsvWriter:
                     f"{self.path} is not a scopefx focus CSV (header {header[:4]}...); "
                     "give another CSV or move it away"
                 )
-            if header:
-                self.columns, self.rows = header, rows
             torn = len(data) - len(_complete(data))
             if torn:  # drop the torn last row (only once the file is known to be ours)
                 with self.path.open("rb+") as handle:
                     handle.truncate(len(data) - torn)
+            if header:
+                missing = [c for c in self.columns if c not in header]
+                self.columns, self.rows = header + missing, rows
+                if missing:  # an older scopefx's file: its header gains the new columns
+                    self._replace()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle: TextIO = self.path.open("a" if header else "w", newline="")
         self._writer = self._dict_writer(self._handle)
@@ -160,6 +164,7 @@ class FocusCsvWriter:
         """Append ``record``'s row (``extra`` fills extra columns) and make it durable."""
         row = {k: _cell(v) for k, v in record.row().items()}
         row.update({k: _cell(v) for k, v in extra.items()})
+        row = {k: row.get(k, "") for k in self.columns}  # what the file holds
         self._writer.writerow(row)
         self._sync()
         self.rows.append(row)
@@ -176,6 +181,13 @@ class FocusCsvWriter:
             if record is not None:
                 row.update({k: _cell(getattr(record, k)) for k in VERDICT_COLUMNS})
         self._handle.close()
+        self._replace()
+        self._handle = self.path.open("a", newline="")
+        self._writer = self._dict_writer(self._handle)
+
+    def _replace(self) -> None:
+        """Replace the file by :attr:`columns` and :attr:`rows`, atomically (a kill leaves
+        either the old file or the new one)."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         with tmp.open("w", newline="") as handle:
             writer = self._dict_writer(handle)
@@ -184,8 +196,6 @@ class FocusCsvWriter:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
-        self._handle = self.path.open("a", newline="")
-        self._writer = self._dict_writer(self._handle)
 
     def close(self) -> None:
         self._handle.close()
