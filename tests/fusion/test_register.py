@@ -1494,14 +1494,49 @@ def test_a_weak_bridge_far_beyond_what_strong_pairs_correct_is_dropped_in_a_smal
             shifts[k], quality[k], used[k] = measured[i, j][0], measured[i, j][1], True
     side = np.ones(len(ij), bool)
     reach = np.full(len(ij), 29.0)  # the search's extent either way
-    drop = _implausible_bridges(table, shapes, ij, shifts, used, side, lo, hi, quality, reach)
-    assert sorted(tuple(map(int, ij[k])) for k in drop) == [(0, 3), (1, 2)]
+    # each pair's other local NCC maxima, as measured: both far matches had a rival about as
+    # good at a shift the strong pairs make plausible
+    rivals: list[list[tuple[np.ndarray, float]]] = [[] for _ in ij]
+    at = {tuple(map(int, p)): k for k, p in enumerate(ij)}
+    rivals[at[0, 3]] = [(np.array([4.2, -3.8]), 0.292), (np.array([1.2, 5.5]), 0.26)]
+    rivals[at[1, 2]] = [(np.array([-1.8, -14.8]), 0.364), (np.array([14.2, -16.4]), 0.29)]
+    args = (table, shapes, ij, shifts, used, side, lo, hi, quality, reach, rivals)
+    assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [(0, 3), (1, 2)]
     # a weak pair that corrects more than the strong ones (by over 4 px) but lies well inside
     # its search is kept (3x3 cuts of the Leica frame: a true weak pair 15 px off in a search
-    # of 28 px, where the strong pairs corrected up to 10 px)
-    shifts[np.flatnonzero((ij == (6, 7)).all(axis=1))[0]] = (8.0, -16.0)
-    drop = _implausible_bridges(table, shapes, ij, shifts, used, side, lo, hi, quality, reach)
-    assert sorted(tuple(map(int, ij[k])) for k in drop) == [(0, 3), (1, 2)]
+    # of 28 px, where the strong pairs corrected up to 10 px), whatever its rivals
+    shifts[at[6, 7]] = (8.0, -16.0)
+    rivals[at[6, 7]] = [(np.array([1.0, 1.0]), 0.35)]
+    assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [(0, 3), (1, 2)]
+    # a far weak match near the edge of its search whose overlap offers no rival about as good
+    # at a plausible shift is kept: a true match of a tile the stage put far off
+    shifts[at[6, 7]] = (2.0, -26.0)
+    rivals[at[6, 7]] = [(np.array([1.0, 1.0]), 0.2), (np.array([3.0, 24.0]), 0.34)]
+    assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [(0, 3), (1, 2)]
+
+
+def test_a_tile_the_stage_put_far_off_keeps_its_true_weak_match() -> None:
+    """A 2x3 scan: the stage put tile 0 20 px off along x, its overlap below holds no content
+    and the one to its right is noisy (NCC about 0.4). That true weak match lay in the outer
+    quarter of the search and corrected far more than the strong pairs, and the edge check
+    dropped it: tile 0 went to the stage model, 16-18 px off (found by a review). A far weak
+    match is now dropped only where the pair's own NCC offers a rival about as good at a
+    plausible shift; this overlap holds none."""
+    rng = np.random.default_rng(0)
+    grid = np.array([(r, c) for r in range(2) for c in range(3)], float)
+    true = MARGIN + 30 + grid * STEP
+    stage = true + rng.uniform(-2, 2, true.shape)
+    stage[0] = true[0].copy()
+    stage[0, 1] -= 20
+    image = _truth(560).astype(np.float32).copy()
+    y0, y1 = int(true[3, 0]) - 5, int(true[0, 0]) + TILE + 5  # the overlap below tile 0
+    image[y0:y1, : int(true[0, 1]) + TILE + 30] = float(image.mean())
+    tiles = [_cut(image, p, (TILE, TILE)) for p in true]
+    spread = float(np.std(tiles[-1]))
+    tiles[0] = tiles[0] + rng.normal(0, 5 * spread, tiles[0].shape).astype(np.float32)
+    reg = register(_table(stage), read=_memory_reader(tiles), shapes=[(TILE, TILE)] * 6)
+    error = np.linalg.norm(_position_error(reg.table, true), axis=1)
+    assert error[0] < 2.0, (error, [(p.i, p.j, p.status, p.quality) for p in reg.pairs])
 
 
 def test_only_a_clear_match_lets_the_refinement_land_far_from_the_integer_peak(

@@ -710,7 +710,7 @@ def _phase_start(
 
 def _refined(
     a: np.ndarray, b: np.ndarray, peak: np.ndarray, degree: int, score: np.ndarray,
-    at: np.ndarray, far: bool = True,
+    at: np.ndarray, far: bool = False,
 ) -> tuple[np.ndarray, bool]:  # fmt: skip
     """The shift near the integer ``peak``: the phase-correlation estimate (or the score's
     parabola) as the start of :func:`_gauss_newton`, which has the last word when it converges

@@ -143,8 +143,10 @@ def _settle(
     model: dict[int, np.ndarray] = {}
     if params.stage_model:
         reach = np.array([pair_reach(params, shapes, i, j) for i, j in ij.tolist()])
+        rivals = [[(np.asarray(a[0], float), float(a[1])) for a in r.alternatives]
+                  for r in results]  # fmt: skip
         drop = _implausible_bridges(table, shapes, ij, shifts, used, side, olo, ohi, quality,
-                                    reach)  # fmt: skip
+                                    reach, rivals)  # fmt: skip
         if len(drop):
             used[drop], status[drop], weight[drop] = False, "outlier", 0.0
             c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,6 +27,7 @@ _PLAUSIBLE_POOL = 4  # confirmed pairs of the same direction needed for the chec
 _STRONG_MATCH = 0.8  # NCC of a used pair that vouches for the stage's scale without a loop
 _STRONG_POOL = 3  # such pairs (or confirmed ones, any direction) needed for the scale check
 _EDGE_ZONE = 0.25  # outer share of a pair's search where the edge check looks
+_RIVAL_MARGIN = 0.1  # NCC by which a rival peak at a plausible shift may trail the match
 
 
 def _steps(
@@ -45,6 +47,7 @@ def _implausible_bridges(
     table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
     side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, quality: np.ndarray,
     reach: np.ndarray | None = None,
+    rivals: Sequence[Sequence[tuple[np.ndarray, float]]] | None = None,
 ) -> np.ndarray:  # fmt: skip
     """Weak used side pairs that no loop confirms (bridges, NCC under ``_WEAK_BRIDGE``) whose
     correction lies far outside those of the loop-confirmed pairs stepping the same way:
@@ -54,10 +57,14 @@ def _implausible_bridges(
     and the stage model (:func:`_stage_model`, MIST's repeatability check in spirit) places
     the pair better. Needs ``_PLAUSIBLE_POOL`` confirmed pairs of that direction. With fewer
     (a small scan, whose few loops rarely close), the edge check, given each pair's search
-    ``reach``: a weak bridge in the outer ``_EDGE_ZONE`` of its search along an axis (where
-    chance matches gather: the NCC's bound favours the largest common part) whose correction
-    is longer than any of ``_STRONG_POOL`` or more used pairs that vouch for themselves
-    (confirmed, or NCC ``_STRONG_MATCH`` or more; any direction) by ``_PLAUSIBLE_MIN_PX``."""
+    ``reach`` and its other local NCC maxima (``rivals``: shift and NCC): a weak bridge in the
+    outer ``_EDGE_ZONE`` of its search along an axis (where chance matches gather: the NCC's
+    bound favours the largest common part) whose correction is longer than any of
+    ``_STRONG_POOL`` or more used pairs that vouch for themselves (confirmed, or NCC
+    ``_STRONG_MATCH`` or more; any direction) by ``_PLAUSIBLE_MIN_PX``, and whose own NCC
+    offers a rival about as good (within ``_RIVAL_MARGIN``) at a shift no longer than that:
+    the far match is then no evidence against the stage. A true weak match of a tile the stage
+    put far off has no such rival (its overlap's other shifts hold noise) and stays."""
     sides = np.flatnonzero(used & side)
     if len(sides) < min(_PLAUSIBLE_POOL, _STRONG_POOL + 1):
         return np.zeros(0, dtype=int)
@@ -85,8 +92,13 @@ def _implausible_bridges(
             continue
         scale = [float(np.linalg.norm(shifts[q])) for q in sides
                  if q != k and (q not in bridges or quality[q] >= _STRONG_MATCH)]  # fmt: skip
-        if len(scale) >= _STRONG_POOL and (float(np.linalg.norm(shifts[k]))
-                                           > max(scale) + _PLAUSIBLE_MIN_PX):  # fmt: skip
+        if len(scale) < _STRONG_POOL:
+            continue
+        limit = max(scale) + _PLAUSIBLE_MIN_PX
+        if float(np.linalg.norm(shifts[k])) <= limit or rivals is None:
+            continue
+        if any(float(np.linalg.norm(shift)) <= limit and ncc >= quality[k] - _RIVAL_MARGIN
+               for shift, ncc in rivals[k]):  # fmt: skip
             drop.append(k)
     if drop:
         logger.info("dropped %d weak unconfirmed pair(s) far from the stage model: %s",
