@@ -232,7 +232,10 @@ def register_from(
                                      workers, banding, shading == "estimated",
                                      started=started))  # fmt: skip
     empty = Measured(np.full(nd, np.nan), 0.0, 0.0, (0,) * nd)
-    results = [empty if (c and not params.corner_pairs) else next(measured) for c in corner]
-    reg = _settle(table, shape_arr, geometry, corner, results, params)
+    skipped = [c and not params.corner_pairs for c in corner]
+    results = [empty if s else next(measured) for s in skipped]
+    searched = iter(p.reach for p in plans)  # as searched: the memory budget may narrow it
+    reach = [0.0 if s else next(searched) for s in skipped]
+    reg = _settle(table, shape_arr, geometry, corner, results, params, reach)
     removed = banding is not None and banding.removed
     return dataclasses.replace(reg, flatfield=shading, banding="removed" if removed else "none")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from ._loops import (
     _place_components,
 )
 from ._lsq import _misfit, _normal_lu, _solve
-from ._regparams import AUTO_SHIFT, RegistrationParams, pair_reach
+from ._regparams import AUTO_SHIFT, RegistrationParams
 from ._regresult import PairResult, Registration, unmatched_note
 from ._stagemodel import _implausible_bridges, _stage_model
 
@@ -42,6 +43,7 @@ def _settle(
     corner: list[bool],
     results: list[Measured],
     params: RegistrationParams,
+    reach: Sequence[float],
 ) -> Registration:
     """Classify the measurements, model the unusable side pairs, solve, drop outliers."""
     nd, n, m = table.ndim, len(table), len(geometry)
@@ -142,11 +144,9 @@ def _settle(
         candidate[admit] = False
     model: dict[int, np.ndarray] = {}
     if params.stage_model:
-        reach = np.array([pair_reach(params, shapes, i, j) for i, j in ij.tolist()])
-        rivals = [[(np.asarray(a[0], float), float(a[1])) for a in r.alternatives]
-                  for r in results]  # fmt: skip
         drop = _implausible_bridges(table, shapes, ij, shifts, used, side, olo, ohi, quality,
-                                    reach, rivals)  # fmt: skip
+                                    np.asarray(reach, float),
+                                    [r.alternatives for r in results])  # fmt: skip
         if len(drop):
             used[drop], status[drop], weight[drop] = False, "outlier", 0.0
             c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)

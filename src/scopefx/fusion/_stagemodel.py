@@ -9,6 +9,7 @@ import collections
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +47,7 @@ def _steps(
 def _implausible_bridges(
     table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
     side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, quality: np.ndarray,
-    reach: np.ndarray | None = None,
-    rivals: Sequence[Sequence[tuple[np.ndarray, float]]] | None = None,
+    reach: np.ndarray, rivals: Sequence[Sequence[tuple[Any, ...]]],
 ) -> np.ndarray:  # fmt: skip
     """Weak used side pairs that no loop confirms (bridges, NCC under ``_WEAK_BRIDGE``) whose
     correction lies far outside those of the loop-confirmed pairs stepping the same way:
@@ -56,8 +56,9 @@ def _implausible_bridges(
     blank overlap of sparse content: a 32 px jump at NCC 0.28, where the stage was 3 px off),
     and the stage model (:func:`_stage_model`, MIST's repeatability check in spirit) places
     the pair better. Needs ``_PLAUSIBLE_POOL`` confirmed pairs of that direction. With fewer
-    (a small scan, whose few loops rarely close), the edge check, given each pair's search
-    ``reach`` and its other local NCC maxima (``rivals``: shift and NCC): a weak bridge in the
+    (a small scan, whose few loops rarely close), the edge check, given the reach each pair
+    was searched over and its other local NCC maxima (``rivals``: each ``(shift, NCC, ...)``,
+    as :attr:`~._correlate.Measured.alternatives`): a weak bridge in the
     outer ``_EDGE_ZONE`` of its search along an axis (where chance matches gather: the NCC's
     bound favours the largest common part) whose correction is longer than any of
     ``_STRONG_POOL`` or more used pairs that vouch for themselves (confirmed, or NCC
@@ -88,17 +89,17 @@ def _implausible_bridges(
         # more than any of theirs is most likely chance (3x3 cuts of a light-sheet frame: weak
         # matches 26-27 px off, 2-3 px inside a 29 px search, where the strong pairs corrected
         # <= 12.5 px; a true weak pair 15 px off in a search of 28 stays).
-        if reach is None or not np.any(np.abs(shifts[k]) >= (1 - _EDGE_ZONE) * reach[k]):
+        if not np.any(np.abs(shifts[k]) >= (1 - _EDGE_ZONE) * reach[k]):
             continue
         scale = [float(np.linalg.norm(shifts[q])) for q in sides
                  if q != k and (q not in bridges or quality[q] >= _STRONG_MATCH)]  # fmt: skip
         if len(scale) < _STRONG_POOL:
             continue
         limit = max(scale) + _PLAUSIBLE_MIN_PX
-        if float(np.linalg.norm(shifts[k])) <= limit or rivals is None:
+        if float(np.linalg.norm(shifts[k])) <= limit:
             continue
         if any(float(np.linalg.norm(shift)) <= limit and ncc >= quality[k] - _RIVAL_MARGIN
-               for shift, ncc in rivals[k]):  # fmt: skip
+               for shift, ncc, *_ in rivals[k]):  # fmt: skip
             drop.append(k)
     if drop:
         logger.info("dropped %d weak unconfirmed pair(s) far from the stage model: %s",
