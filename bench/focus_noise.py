@@ -56,6 +56,7 @@ from _common import Report, Stopwatch, environment_lines, fmt, progress, table
 from focus_accuracy import auc, pearson
 from focus_jpeg import real_series, score
 from focus_real import DEFAULT_DATA, normvar, tenengrad, varlap
+from register_real_cut import noise_level
 
 MODALITY = "fluorescence"
 METHODS = ("scopefx", "tenengrad", "normvar", "varlap")
@@ -63,15 +64,9 @@ PEERS = {"tenengrad": tenengrad, "normvar": normvar, "varlap": varlap}
 STORED = "stored"
 
 
-def noise_level(frame: np.ndarray) -> float:
-    """The frame's pixel noise: robust spread of horizontal neighbour differences / sqrt(2)."""
-    d = np.diff(frame.astype(np.float64), axis=1)
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
-
-
-def noisy(frame: np.ndarray, multiple: float, z: np.ndarray) -> np.ndarray:
-    """``frame + multiple * sigma * z`` in float32, clipped at 0 (``sigma`` its own noise)."""
-    out = frame.astype(np.float32) + np.float32(multiple * noise_level(frame)) * z
+def noisy(frame: np.ndarray, noise: float, z: np.ndarray) -> np.ndarray:
+    """``frame + noise * z`` in float32, clipped at 0."""
+    out = frame.astype(np.float32) + np.float32(noise) * z
     return np.maximum(out, np.float32(0))
 
 
@@ -130,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if condition == STORED:
                 images = frames
             else:
-                images = [noisy(f, float(condition), z) for f, z in zip(frames, zs, strict=True)]
+                k = float(condition)
+                images = [noisy(f, k * sigma, z) for f, sigma, z in zip(frames, sigmas, zs,
+                                                                        strict=True)]  # fmt: skip
             results = [score(im, modality) for im in images]
             ok = [r for r in results if r is not None]
             scores = {"scopefx": np.array([math.nan if r is None else r.score for r in results])}
