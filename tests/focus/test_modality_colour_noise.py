@@ -278,6 +278,22 @@ def test_noise_model_recovers_a_poisson_gaussian_level_function():
     assert mu[1] == pytest.approx(ramp[100, 500], abs=0.02)
 
 
+def test_local_means_are_the_box_means_of_the_grid_edges_included():
+    """Exact against a direct box mean for every scale and at the grid's edges, where the box
+    is cut short (the summed-area table's rows are added in turn on NumPy)."""
+    rng = np.random.default_rng(3)
+    means = rng.random((37, 53)).astype(np.float32)
+    h, w = means.shape
+    positions = np.array([[1, 1], [0, 0], [73, 105], [40, 60], [2 * h, 2 * w], [11, 100]])
+    for scale in (1.0, 2.0, 4.0, 9.0, 30.0):
+        got = local_means(means, positions, np.full(len(positions), scale), get_backend(means))
+        half = max(1, round(scale / 2))
+        for (y, x), value in zip(positions, got, strict=True):
+            row, col = min(max((y - 1) // 2, 0), h - 1), min(max((x - 1) // 2, 0), w - 1)
+            box = means[max(row - half, 0) : row + half + 1, max(col - half, 0) : col + half + 1]
+            assert value == pytest.approx(float(box.astype(np.float64).mean()), rel=1e-12)
+
+
 def test_global_model_of_float_input_is_the_plain_immerkaer_median():
     image = np.asarray(_image(), np.float32) / 255
     model, means = estimate_noise_model(image, 0.0, kind="global", backend=get_backend(image))

@@ -492,7 +492,7 @@ def focus_score(
         # where the means are (no copy of them off the GPU)
         xp = backend.xp
         mu = means if means is not None else 0.0
-        variance = float(xp.mean(xp.square(model.sigma_at(mu, xp))))
+        variance = float(xp.mean(model.variance_at(mu, xp), dtype=xp.float64))
         ratio = band_energy_ratio(spectrum.pop(), sigmas, variance, backend)
     if params.threshold is not None:
         thresholds: float | np.ndarray = float(params.threshold)
