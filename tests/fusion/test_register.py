@@ -1494,25 +1494,78 @@ def test_a_weak_bridge_far_beyond_what_strong_pairs_correct_is_dropped_in_a_smal
             shifts[k], quality[k], used[k] = measured[i, j][0], measured[i, j][1], True
     side = np.ones(len(ij), bool)
     reach = np.full(len(ij), 29.0)  # the search's extent either way
-    # each pair's other local NCC maxima, as measured: both far matches had a rival about as
-    # good at a shift the strong pairs make plausible
-    rivals: list[list[tuple[np.ndarray, float]]] = [[] for _ in ij]
+    # each pair's best NCC within each radius of the stage (Measured.near), as measured: both
+    # far matches had a rival about as good at a shift the strong pairs make plausible
+    near: list[tuple[float, ...]] = [() for _ in ij]
     at = {tuple(map(int, p)): k for k, p in enumerate(ij)}
-    rivals[at[0, 3]] = [(np.array([4.2, -3.8]), 0.292), (np.array([1.2, 5.5]), 0.26)]
-    rivals[at[1, 2]] = [(np.array([-1.8, -14.8]), 0.364), (np.array([14.2, -16.4]), 0.29)]
-    args = (table, shapes, ij, shifts, used, side, lo, hi, quality, reach, rivals)
+    near[at[0, 3]] = _near_profile([((4.2, -3.8), 0.292), ((1.2, 5.5), 0.26)])
+    near[at[1, 2]] = _near_profile([((-1.8, -14.8), 0.364), ((14.2, -16.4), 0.29)])
+    args = (table, shapes, ij, shifts, used, side, lo, hi, quality, reach, near)
     assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [(0, 3), (1, 2)]
     # a weak pair that corrects more than the strong ones (by over 4 px) but lies well inside
     # its search is kept (3x3 cuts of the Leica frame: a true weak pair 15 px off in a search
     # of 28 px, where the strong pairs corrected up to 10 px), whatever its rivals
     shifts[at[6, 7]] = (8.0, -16.0)
-    rivals[at[6, 7]] = [(np.array([1.0, 1.0]), 0.35)]
+    near[at[6, 7]] = _near_profile([((1.0, 1.0), 0.35)])
     assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [(0, 3), (1, 2)]
     # a far weak match near the edge of its search whose overlap offers no rival about as good
     # at a plausible shift is kept: a true match of a tile the stage put far off
     shifts[at[6, 7]] = (2.0, -26.0)
-    rivals[at[6, 7]] = [(np.array([1.0, 1.0]), 0.2), (np.array([3.0, 24.0]), 0.34)]
+    near[at[6, 7]] = _near_profile([((1.0, 1.0), 0.2), ((3.0, 24.0), 0.34)])
     assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [(0, 3), (1, 2)]
+    # ... and dropped once a shift within what the strong pairs correct matches about as well
+    near[at[6, 7]] = _near_profile([((1.0, 1.0), 0.3)])
+    assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [
+        (0, 3), (1, 2), (6, 7)]  # fmt: skip
+
+
+def _near_profile(points: list[tuple[tuple[float, float], float]], reach: float = 29.0):
+    """``Measured.near`` of an NCC surface whose only values are ``points`` (shift, NCC)."""
+    top = np.full(int(np.ceil(reach * np.sqrt(2))) + 1, -1.0)
+    for shift, ncc in points:
+        k = int(np.ceil(np.hypot(*shift)))
+        top[k] = max(top[k], ncc)
+    return tuple(np.maximum.accumulate(top).tolist())
+
+
+def test_near_profile_is_the_best_ncc_within_each_radius_apart_from_the_match() -> None:
+    from scopefx.fusion._correlate import _near
+
+    ncc = np.full((9, 9), 0.1)
+    r = np.array([4, 4])  # index of no shift
+    ncc[4, 6], ncc[1, 4], ncc[8, 8] = 0.5, 0.3, 0.9  # at 2 px, at 3 px, the match (corner)
+    ok = np.ones(ncc.shape, bool)
+    ok[1, 4] = False  # not searched (too thin a common part)
+    near = _near(ncc, ok, np.array([8, 8]), r)
+    assert len(near) == 7  # radii 0..ceil(4 sqrt(2))
+    assert near[0] == near[1] == pytest.approx(0.1) and near[2] == pytest.approx(0.5)
+    assert max(near) == pytest.approx(0.5)  # the match and its neighbourhood left out
+    ok[:] = False
+    assert set(_near(ncc, ok, np.array([8, 8]), r)) == {-1.0}
+
+
+def test_a_tile_far_off_keeps_its_weak_match_against_the_confirmed_pairs() -> None:
+    """A 3x3 scan: the stage put tile 0 18 px off along x, its overlap below holds no content
+    and its tile is noisy (match to the right: NCC about 0.4). Enough loops closed for the
+    confirmed-pairs check (4 of the direction, all within 2 px), whose correction range the
+    true match lay far outside: it went to the stage model, tile 0 18 px off (found by a
+    review). Dropped now only where the pair's NCC offers a rival about as good at a plausible
+    shift; this overlap holds none."""
+    rng = np.random.default_rng(1)
+    grid = np.array([(r, c) for r in range(3) for c in range(3)], float)
+    true = MARGIN + 30 + grid * STEP
+    stage = true + rng.uniform(-2, 2, true.shape)
+    stage[0] = true[0].copy()
+    stage[0, 1] -= 18
+    image = _truth(560).astype(np.float32).copy()
+    y0, y1 = int(true[3, 0]) - 5, int(true[0, 0]) + TILE + 5  # the overlap below tile 0
+    image[y0:y1, : int(true[0, 1]) + TILE + 30] = float(image.mean())
+    tiles = [_cut(image, p, (TILE, TILE)) for p in true]
+    spread = float(np.std(tiles[4]))
+    tiles[0] = tiles[0] + rng.normal(0, 6 * spread, tiles[0].shape).astype(np.float32)
+    reg = register(_table(stage), read=_memory_reader(tiles), shapes=[(TILE, TILE)] * 9)
+    error = np.linalg.norm(_position_error(reg.table, true), axis=1)
+    assert error[0] < 2.0, (error, [(p.i, p.j, p.status, p.quality) for p in reg.pairs])
 
 
 def test_a_tile_the_stage_put_far_off_keeps_its_true_weak_match() -> None:

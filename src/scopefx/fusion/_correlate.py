@@ -64,6 +64,10 @@ class Measured(NamedTuple):
     bound: float = 0.0  # lower confidence bound of the NCC at the shift (the score it won by)
     # other distinct local maxima of the score, best first: (shift, quality, bound, significant)
     alternatives: tuple[tuple[np.ndarray, float, float, bool], ...] = ()
+    # best NCC of the shifts distinct from the match (``_DISTINCT_PX`` or more along an axis)
+    # that lie within each whole radius of no shift: ``near[k]`` over ``|d| <= k`` px (-1
+    # where there is none); how well the stage's own neighbourhood matches
+    near: tuple[float, ...] = ()
 
 
 class Plan(NamedTuple):
@@ -557,7 +561,24 @@ def measure(
         alternatives.append((shift_k, float(max(ncc[at], 0.0)), b_k,
                              bool(fisher[at] > chance_k) and b_k > 0))  # fmt: skip
     return Measured(shift, quality, runner, overlap, significant, inside, bound,
-                    tuple(alternatives))  # fmt: skip
+                    tuple(alternatives), _near(ncc, ok, best, r))  # fmt: skip
+
+
+def _near(ncc: np.ndarray, ok: np.ndarray, best: np.ndarray, r: np.ndarray) -> tuple[float, ...]:
+    """:attr:`Measured.near` of an NCC surface whose index ``r`` is no shift: per whole
+    radius ``k`` (0 up to the search's corner), the best NCC of the searched shifts ``d`` with
+    ``|d| <= k`` that lie at least ``_DISTINCT_PX`` from ``best`` along some axis."""
+    grids = np.ogrid[tuple(slice(0, n) for n in ncc.shape)]
+    distance = np.sqrt(sum((g - float(c)) ** 2 for g, c in zip(grids, r, strict=True)))
+    apart = np.zeros(ncc.shape, dtype=bool)
+    for g, c in zip(grids, best, strict=True):
+        apart = apart | (np.abs(g - int(c)) >= _DISTINCT_PX)
+    keep = ok & apart & np.isfinite(ncc)
+    top = np.full(math.ceil(float(np.linalg.norm(r))) + 1, -1.0)
+    if keep.any():
+        rings = np.minimum(np.ceil(distance[keep] - 1e-9).astype(int), len(top) - 1)
+        np.maximum.at(top, rings, ncc[keep].astype(np.float64))
+    return tuple(float(v) for v in np.maximum.accumulate(top))
 
 
 def _inside(

@@ -9,7 +9,6 @@ import collections
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -28,7 +27,7 @@ _PLAUSIBLE_POOL = 4  # confirmed pairs of the same direction needed for the chec
 _STRONG_MATCH = 0.8  # NCC of a used pair that vouches for the stage's scale without a loop
 _STRONG_POOL = 3  # such pairs (or confirmed ones, any direction) needed for the scale check
 _EDGE_ZONE = 0.25  # outer share of a pair's search where the edge check looks
-_RIVAL_MARGIN = 0.1  # NCC by which a rival peak at a plausible shift may trail the match
+_RIVAL_MARGIN = 0.1  # NCC by which a rival at a plausible shift may trail the match
 
 
 def _steps(
@@ -47,25 +46,30 @@ def _steps(
 def _implausible_bridges(
     table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
     side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, quality: np.ndarray,
-    reach: np.ndarray, rivals: Sequence[Sequence[tuple[Any, ...]]],
+    reach: np.ndarray, near: Sequence[Sequence[float]],
 ) -> np.ndarray:  # fmt: skip
     """Weak used side pairs that no loop confirms (bridges, NCC under ``_WEAK_BRIDGE``) whose
-    correction lies far outside those of the loop-confirmed pairs stepping the same way:
+    correction the stage makes implausible, while a plausible shift matches about as well.
+
+    Either check below drops a pair only where its own NCC offers a rival within
+    ``_RIVAL_MARGIN`` of its match at a shift within the plausible reach (``near``: each pair's
+    :attr:`~._correlate.Measured.near`, the best NCC within each radius of the stage apart from
+    the match): the far match is then no evidence against the stage. A true weak match of a
+    tile the stage put far off has no such rival (its overlap's other shifts hold noise) and
+    stays: without the condition both checks dropped such matches (a 3x3 and a 2x3 scan, tile
+    11-20 px off, found by reviews).
+
+    With ``_PLAUSIBLE_POOL`` or more loop-confirmed pairs stepping the same way: a correction
     beyond ``_PLAUSIBLE_SPREAD`` robust standard deviations of theirs (at least
     ``_PLAUSIBLE_MIN_PX``) from their median. Such a match is most likely chance (in a nearly
     blank overlap of sparse content: a 32 px jump at NCC 0.28, where the stage was 3 px off),
     and the stage model (:func:`_stage_model`, MIST's repeatability check in spirit) places
-    the pair better. Needs ``_PLAUSIBLE_POOL`` confirmed pairs of that direction. With fewer
-    (a small scan, whose few loops rarely close), the edge check, given the reach each pair
-    was searched over and its other local NCC maxima (``rivals``: each ``(shift, NCC, ...)``,
-    as :attr:`~._correlate.Measured.alternatives`): a weak bridge in the
-    outer ``_EDGE_ZONE`` of its search along an axis (where chance matches gather: the NCC's
-    bound favours the largest common part) whose correction is longer than any of
-    ``_STRONG_POOL`` or more used pairs that vouch for themselves (confirmed, or NCC
-    ``_STRONG_MATCH`` or more; any direction) by ``_PLAUSIBLE_MIN_PX``, and whose own NCC
-    offers a rival about as good (within ``_RIVAL_MARGIN``) at a shift no longer than that:
-    the far match is then no evidence against the stage. A true weak match of a tile the stage
-    put far off has no such rival (its overlap's other shifts hold noise) and stays."""
+    the pair better. With fewer (a small scan, whose few loops rarely close), the edge check,
+    given the reach each pair was searched over: a weak bridge in the outer ``_EDGE_ZONE`` of
+    its search along an axis (where chance matches gather: the NCC's bound favours the largest
+    common part) whose correction is longer than any of ``_STRONG_POOL`` or more used pairs
+    that vouch for themselves (confirmed, or NCC ``_STRONG_MATCH`` or more; any direction) by
+    ``_PLAUSIBLE_MIN_PX``."""
     sides = np.flatnonzero(used & side)
     if len(sides) < min(_PLAUSIBLE_POOL, _STRONG_POOL + 1):
         return np.zeros(0, dtype=int)
@@ -81,7 +85,10 @@ def _implausible_bridges(
             centre = np.median(pool, axis=0)
             spread = 1.4826 * np.median(np.abs(pool - centre), axis=0)
             limit = max(_PLAUSIBLE_SPREAD * float(np.linalg.norm(spread)), _PLAUSIBLE_MIN_PX)
-            if float(np.linalg.norm(oriented[k] - centre)) > limit:
+            radius = float(np.linalg.norm(centre)) + limit  # the plausible disc, and more
+            if float(np.linalg.norm(oriented[k] - centre)) > limit and _rivalled(
+                near[k], radius, float(quality[k])
+            ):
                 drop.append(k)
             continue
         # Too few confirmed pairs of its direction: the pairs that vouch for themselves still
@@ -98,13 +105,20 @@ def _implausible_bridges(
         limit = max(scale) + _PLAUSIBLE_MIN_PX
         if float(np.linalg.norm(shifts[k])) <= limit:
             continue
-        if any(float(np.linalg.norm(shift)) <= limit and ncc >= quality[k] - _RIVAL_MARGIN
-               for shift, ncc, *_ in rivals[k]):  # fmt: skip
+        if _rivalled(near[k], limit, float(quality[k])):
             drop.append(k)
     if drop:
         logger.info("dropped %d weak unconfirmed pair(s) far from the stage model: %s",
                     len(drop), [tuple(map(int, ij[k])) for k in drop])  # fmt: skip
     return np.array(drop, dtype=int)
+
+
+def _rivalled(near: Sequence[float], radius: float, quality: float) -> bool:
+    """A shift within ``radius`` px of the stage's (``near``: :attr:`~._correlate.Measured.near`
+    of the pair) matches about as well as the match (within ``_RIVAL_MARGIN`` of its NCC)."""
+    if not len(near) or radius < 0:
+        return False
+    return float(near[min(math.floor(radius), len(near) - 1)]) >= quality - _RIVAL_MARGIN
 
 
 def _stage_model(
