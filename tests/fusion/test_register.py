@@ -1496,11 +1496,12 @@ def test_a_weak_bridge_far_beyond_what_strong_pairs_correct_is_dropped_in_a_smal
     reach = np.full(len(ij), 29.0)  # the search's extent either way
     # each pair's best NCC within each radius of the stage (Measured.near), as measured: both
     # far matches had a rival about as good at a shift the strong pairs make plausible
-    near: list[tuple[float, ...]] = [() for _ in ij]
+    near: list[np.ndarray | None] = [None for _ in ij]
     at = {tuple(map(int, p)): k for k, p in enumerate(ij)}
     near[at[0, 3]] = _near_profile([((4.2, -3.8), 0.292), ((1.2, 5.5), 0.26)])
     near[at[1, 2]] = _near_profile([((-1.8, -14.8), 0.364), ((14.2, -16.4), 0.29)])
-    args = (table, shapes, ij, shifts, used, side, lo, hi, quality, reach, near)
+    spread = np.full(len(ij), 0.2)  # each match's covariance spread over its common part
+    args = (table, shapes, ij, shifts, used, side, lo, hi, quality, reach, near, spread)
     assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [(0, 3), (1, 2)]
     # a weak pair that corrects more than the strong ones (by over 4 px) but lies well inside
     # its search is kept (3x3 cuts of the Leica frame: a true weak pair 15 px off in a search
@@ -1513,35 +1514,65 @@ def test_a_weak_bridge_far_beyond_what_strong_pairs_correct_is_dropped_in_a_smal
     shifts[at[6, 7]] = (2.0, -26.0)
     near[at[6, 7]] = _near_profile([((1.0, 1.0), 0.2), ((3.0, 24.0), 0.34)])
     assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [(0, 3), (1, 2)]
-    # ... and dropped once a shift within what the strong pairs correct matches about as well
+    # ... and dropped where one slice of its common part holds most of its covariance (one
+    # feature makes it: a speck that moved between the exposures)
+    spread[at[6, 7]] = 0.6
+    assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [
+        (0, 3), (1, 2), (6, 7)]  # fmt: skip
+    # ... or once a shift within what the strong pairs correct matches about as well
+    spread[at[6, 7]] = 0.2
     near[at[6, 7]] = _near_profile([((1.0, 1.0), 0.3)])
     assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [
         (0, 3), (1, 2), (6, 7)]  # fmt: skip
 
 
-def _near_profile(points: list[tuple[tuple[float, float], float]], reach: float = 29.0):
+def _near_profile(points: list[tuple[tuple[float, float], float]]) -> np.ndarray:
     """``Measured.near`` of an NCC surface whose only values are ``points`` (shift, NCC)."""
-    top = np.full(int(np.ceil(reach * np.sqrt(2))) + 1, -1.0)
+    top = np.full(64, -np.inf)
     for shift, ncc in points:
         k = int(np.ceil(np.hypot(*shift)))
         top[k] = max(top[k], ncc)
-    return tuple(np.maximum.accumulate(top).tolist())
+    top = np.maximum.accumulate(top)
+    rises = np.flatnonzero(np.isfinite(top) & (top > np.concatenate([[-np.inf], top[:-1]])))
+    return np.stack([rises, top[rises]]).astype(np.float32)
 
 
 def test_near_profile_is_the_best_ncc_within_each_radius_apart_from_the_match() -> None:
-    from scopefx.fusion._correlate import _near
+    """The best NCC within each radius of no shift, of the searched shifts nearer to no shift
+    than to the match (its own flank is no rival), kept where it rises."""
+    from scopefx.fusion._correlate import _near, near_ncc
 
     ncc = np.full((9, 9), 0.1)
     r = np.array([4, 4])  # index of no shift
     ncc[4, 6], ncc[1, 4], ncc[8, 8] = 0.5, 0.3, 0.9  # at 2 px, at 3 px, the match (corner)
+    ncc[7, 7] = 0.85  # the match's flank, nearer to it than to no shift
     ok = np.ones(ncc.shape, bool)
     ok[1, 4] = False  # not searched (too thin a common part)
     near = _near(ncc, ok, np.array([8, 8]), r)
-    assert len(near) == 7  # radii 0..ceil(4 sqrt(2))
-    assert near[0] == near[1] == pytest.approx(0.1) and near[2] == pytest.approx(0.5)
-    assert max(near) == pytest.approx(0.5)  # the match and its neighbourhood left out
+    assert near.dtype == np.float32 and near.shape == (2, 2)  # rises at radius 0 and 2
+    assert [near_ncc(near, k) for k in (0, 1, 1.9, 2, 10)] == pytest.approx(
+        [0.1, 0.1, 0.1, 0.5, 0.5]
+    )
     ok[:] = False
-    assert set(_near(ncc, ok, np.array([8, 8]), r)) == {-1.0}
+    assert near_ncc(_near(ncc, ok, np.array([8, 8]), r), 10) == -1.0
+    assert near_ncc(None, 10) == -1.0
+
+
+def test_concentration_tells_one_feature_from_content_matching_throughout() -> None:
+    """The share of a match's covariance held by the largest of 8 slices of its common part:
+    about 1/8 for content matching throughout, most of it for one speck on noise."""
+    from scopefx.fusion._correlate import _concentration
+
+    rng = np.random.default_rng(0)
+    content = ndimage.gaussian_filter(rng.normal(size=(40, 200)), 2)
+    a = content + 0.3 * rng.normal(size=content.shape)
+    b = content + 0.3 * rng.normal(size=content.shape)
+    assert _concentration(a, b, np.zeros(2, int), 2) < 0.3
+    yy, xx = np.mgrid[:40, :200]
+    speck = 5 * np.exp(-((yy - 20) ** 2 + (xx - 60) ** 2) / 18.0)
+    a, b = rng.normal(size=(40, 200)) + speck, rng.normal(size=(40, 200)) + speck
+    a, b = ndimage.gaussian_filter(a, 2), ndimage.gaussian_filter(b, 2)
+    assert _concentration(a, b, np.zeros(2, int), 2) > 0.6
 
 
 def test_a_tile_far_off_keeps_its_weak_match_against_the_confirmed_pairs() -> None:
@@ -1590,6 +1621,33 @@ def test_a_tile_the_stage_put_far_off_keeps_its_true_weak_match() -> None:
     reg = register(_table(stage), read=_memory_reader(tiles), shapes=[(TILE, TILE)] * 6)
     error = np.linalg.norm(_position_error(reg.table, true), axis=1)
     assert error[0] < 2.0, (error, [(p.i, p.j, p.status, p.quality) for p in reg.pairs])
+
+
+def test_a_far_weak_match_made_by_one_speck_is_dropped() -> None:
+    """A 3x3 scan whose tile 0 and its overlaps hold only background and noise, but for a
+    speck that moved 16 px between the exposures of tiles 0 and 1 (debris, a cell): it makes
+    a weak match (NCC about 0.4) 16 px off, which no loop confirms and whose overlap offers no
+    rival near the stage (only noise there). One slice of its common part holds most of its
+    covariance; the confirmed-pairs check drops it and tile 0 stays near its stage position
+    (it was placed 14.5 px off; found by a review)."""
+    rng = np.random.default_rng(1)
+    grid = np.array([(r, c) for r in range(3) for c in range(3)], float)
+    true = MARGIN + 30 + grid * STEP
+    stage = true + rng.uniform(-2, 2, true.shape)
+    image = _truth(560).astype(np.float32).copy()
+    image[: int(true[0, 0]) + TILE + 5, : int(true[0, 1]) + TILE + 5] = float(image.mean())
+    tiles = [_cut(image, p, (TILE, TILE)) for p in true]
+    noise = 0.15 * float(np.std(tiles[4]))
+    tiles = [t + rng.normal(0, noise, t.shape).astype(np.float32) for t in tiles]
+    yy, xx = np.mgrid[:TILE, :TILE]
+    at = np.array([true[0, 0] + 80, true[1, 1] + 24])  # in the overlap of tiles 0 and 1
+    for k, centre in ((0, at), (1, at + np.array([0, 16]))):
+        local = centre - true[k]
+        speck = np.exp(-((yy - local[0]) ** 2 + (xx - local[1]) ** 2) / (2 * 3.0**2))
+        tiles[k] += (16 * noise * speck).astype(np.float32)
+    reg = register(_table(stage), read=_memory_reader(tiles), shapes=[(TILE, TILE)] * 9)
+    error = np.linalg.norm(_position_error(reg.table, true), axis=1)
+    assert error[0] < 3.0, (error, [(p.i, p.j, p.status, p.quality) for p in reg.pairs])
 
 
 def test_only_a_clear_match_lets_the_refinement_land_far_from_the_integer_peak(

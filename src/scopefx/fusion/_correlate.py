@@ -39,6 +39,8 @@ _DISTINCT_PX = 3.0  # a runner-up peak closer than this to the best is the same 
 _NOISE_BAND = 0.35  # cycles/px beyond which the cross-power's median is taken as noise
 _NOISE_MARGIN = 4.0  # a frequency counts fully once its cross-power is well above that
 _ALTERNATIVES = 3  # other local maxima kept per pair (settled by the global solve)
+WEAK_MATCH = 0.5  # NCC under which a match's neighbourhood and support are recorded
+_SUPPORT_BLOCKS = 8  # slices of a weak match's common part whose covariance shares are compared
 _GN_REACH = 1.5  # px the Gauss-Newton refinement may move from where it starts
 _GN_FAR_QUALITY = 0.5  # NCC from which it may also land over _GN_REACH from the integer peak
 _GN_ITERATIONS = 12
@@ -64,10 +66,14 @@ class Measured(NamedTuple):
     bound: float = 0.0  # lower confidence bound of the NCC at the shift (the score it won by)
     # other distinct local maxima of the score, best first: (shift, quality, bound, significant)
     alternatives: tuple[tuple[np.ndarray, float, float, bool], ...] = ()
-    # best NCC of the shifts distinct from the match (``_DISTINCT_PX`` or more along an axis)
-    # that lie within each whole radius of no shift: ``near[k]`` over ``|d| <= k`` px (-1
-    # where there is none); how well the stage's own neighbourhood matches
-    near: tuple[float, ...] = ()
+    # of a weak match (NCC under WEAK_MATCH; else None and 0): how well the stage's own
+    # neighbourhood matches, as the radii (row 0) at which the best NCC of the shifts within
+    # that radius of no shift (and nearer to it than to the match) rises, and that NCC (row 1)
+    # (see near_ncc); and the share of the match's covariance that the largest of
+    # _SUPPORT_BLOCKS slices of its common part holds (1 / _SUPPORT_BLOCKS where the content
+    # matches evenly, about 1 where one feature makes the match)
+    near: np.ndarray | None = None
+    concentration: float = 0.0
 
 
 class Plan(NamedTuple):
@@ -560,25 +566,70 @@ def measure(
         b_k = float(score[at])
         alternatives.append((shift_k, float(max(ncc[at], 0.0)), b_k,
                              bool(fisher[at] > chance_k) and b_k > 0))  # fmt: skip
+    near, concentration = None, 0.0
+    if quality < WEAK_MATCH:
+        near = _near(ncc, ok, best, r)
+        concentration = _concentration(sa, sb, best - r, degree)
     return Measured(shift, quality, runner, overlap, significant, inside, bound,
-                    tuple(alternatives), _near(ncc, ok, best, r))  # fmt: skip
+                    tuple(alternatives), near, concentration)  # fmt: skip
 
 
-def _near(ncc: np.ndarray, ok: np.ndarray, best: np.ndarray, r: np.ndarray) -> tuple[float, ...]:
-    """:attr:`Measured.near` of an NCC surface whose index ``r`` is no shift: per whole
-    radius ``k`` (0 up to the search's corner), the best NCC of the searched shifts ``d`` with
-    ``|d| <= k`` that lie at least ``_DISTINCT_PX`` from ``best`` along some axis."""
+def _near(ncc: np.ndarray, ok: np.ndarray, best: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """:attr:`Measured.near` of an NCC surface whose index ``r`` is no shift: the best NCC of
+    the searched shifts ``d`` with ``|d| <= k`` that lie nearer to no shift than to ``best``
+    (the match's own flank is no rival), for each whole radius ``k``, kept where it rises:
+    float32 ``[radii, NCCs]``."""
     grids = np.ogrid[tuple(slice(0, n) for n in ncc.shape)]
     distance = np.sqrt(sum((g - float(c)) ** 2 for g, c in zip(grids, r, strict=True)))
-    apart = np.zeros(ncc.shape, dtype=bool)
-    for g, c in zip(grids, best, strict=True):
-        apart = apart | (np.abs(g - int(c)) >= _DISTINCT_PX)
-    keep = ok & apart & np.isfinite(ncc)
-    top = np.full(math.ceil(float(np.linalg.norm(r))) + 1, -1.0)
+    to_best = np.sqrt(sum((g - float(c)) ** 2 for g, c in zip(grids, best, strict=True)))
+    keep = ok & (distance < to_best) & np.isfinite(ncc)
+    top = np.full(math.ceil(float(np.linalg.norm(r))) + 1, -np.inf)
     if keep.any():
         rings = np.minimum(np.ceil(distance[keep] - 1e-9).astype(int), len(top) - 1)
         np.maximum.at(top, rings, ncc[keep].astype(np.float64))
-    return tuple(float(v) for v in np.maximum.accumulate(top))
+    top = np.maximum.accumulate(top)
+    rises = np.flatnonzero(np.isfinite(top) & (top > np.concatenate([[-np.inf], top[:-1]])))
+    return np.stack([rises.astype(np.float32), top[rises].astype(np.float32)])
+
+
+def near_ncc(near: np.ndarray | None, radius: float) -> float:
+    """The best NCC within ``radius`` px of no shift, from :attr:`Measured.near` (-1 where
+    it holds no shift that close, or is None)."""
+    if near is None or near.shape[1] == 0:
+        return -1.0
+    at = int(np.searchsorted(near[0], math.floor(radius), side="right")) - 1
+    return float(near[1, at]) if at >= 0 else -1.0
+
+
+def _concentration(a: np.ndarray, b: np.ndarray, q: np.ndarray, degree: int) -> float:
+    """Share of the covariance of ``a(m + q)`` and ``b(m)`` over their common part (each minus
+    its polynomial of ``degree`` there, as the NCC sees them) held by the largest of
+    ``_SUPPORT_BLOCKS`` equal slices of that part along its longest axis; 1 where the
+    covariance is not positive. Content that matches throughout the common part spreads it
+    (about ``1 / _SUPPORT_BLOCKS``); one feature, say a speck that moved between the two
+    exposures, holds it in one slice."""
+    sl_a: list[slice] = []
+    sl_b: list[slice] = []
+    for n_a, n_b, d in zip(a.shape, b.shape, (int(v) for v in q), strict=True):
+        lo, hi = max(0, -d), min(n_b, n_a - d)
+        if hi <= lo:
+            return 1.0
+        sl_a.append(slice(lo + d, hi + d))
+        sl_b.append(slice(lo, hi))
+    x, y = a[tuple(sl_a)], b[tuple(sl_b)]
+    keep = np.isfinite(x) & np.isfinite(y)
+    if np.count_nonzero(keep) < 16 * _SUPPORT_BLOCKS:
+        return 1.0
+    product = np.where(keep, _detrend(x, keep, degree) * _detrend(y, keep, degree), 0.0)
+    extents = _extent(keep)
+    axis = int(np.argmax(extents))
+    other = tuple(o for o in range(keep.ndim) if o != axis)
+    rows = np.flatnonzero(keep.any(axis=other))
+    line = product.sum(axis=other)
+    edges = np.linspace(rows[0], rows[-1] + 1, _SUPPORT_BLOCKS + 1).round().astype(int)
+    shares = [float(line[lo:hi].sum()) for lo, hi in itertools.pairwise(edges)]
+    total = sum(shares)
+    return 1.0 if total <= 0 else min(max(shares) / total, 1.0)
 
 
 def _inside(

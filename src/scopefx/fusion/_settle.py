@@ -146,7 +146,8 @@ def _settle(
     if params.stage_model:
         drop = _implausible_bridges(table, shapes, ij, shifts, used, side, olo, ohi, quality,
                                     np.asarray(reach, float),
-                                    [r.near for r in results])  # fmt: skip
+                                    [r.near for r in results],
+                                    np.array([r.concentration for r in results]))  # fmt: skip
         if len(drop):
             used[drop], status[drop], weight[drop] = False, "outlier", 0.0
             c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..io import TileTable
+from ._correlate import WEAK_MATCH, near_ncc
 from ._loops import _bridges
 from ._overlaps import _footprints
 
@@ -20,7 +21,7 @@ logger = logging.getLogger("scopefx.fusion._register")  # registration's message
 
 
 _MODEL_GAIN = 0.75  # a stage-model grouping must predict the usable pairs this much better
-_WEAK_BRIDGE = 0.5  # NCC under which an unconfirmed pair is checked against the stage model
+_WEAK_BRIDGE = WEAK_MATCH  # NCC under which an unconfirmed pair is checked against the stage
 _PLAUSIBLE_SPREAD = 4.0  # robust standard deviations of the confirmed corrections allowed
 _PLAUSIBLE_MIN_PX = 4.0  # however tight the confirmed corrections are
 _PLAUSIBLE_POOL = 4  # confirmed pairs of the same direction needed for the check
@@ -28,6 +29,7 @@ _STRONG_MATCH = 0.8  # NCC of a used pair that vouches for the stage's scale wit
 _STRONG_POOL = 3  # such pairs (or confirmed ones, any direction) needed for the scale check
 _EDGE_ZONE = 0.25  # outer share of a pair's search where the edge check looks
 _RIVAL_MARGIN = 0.1  # NCC by which a rival at a plausible shift may trail the match
+_CONCENTRATED = 0.45  # share of a match's covariance in one of its common part's slices
 
 
 def _steps(
@@ -46,18 +48,20 @@ def _steps(
 def _implausible_bridges(
     table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
     side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, quality: np.ndarray,
-    reach: np.ndarray, near: Sequence[Sequence[float]],
+    reach: np.ndarray, near: Sequence[np.ndarray | None], concentration: np.ndarray,
 ) -> np.ndarray:  # fmt: skip
     """Weak used side pairs that no loop confirms (bridges, NCC under ``_WEAK_BRIDGE``) whose
     correction the stage makes implausible, while a plausible shift matches about as well.
 
-    Either check below drops a pair only where its own NCC offers a rival within
-    ``_RIVAL_MARGIN`` of its match at a shift within the plausible reach (``near``: each pair's
-    :attr:`~._correlate.Measured.near`, the best NCC within each radius of the stage apart from
-    the match): the far match is then no evidence against the stage. A true weak match of a
-    tile the stage put far off has no such rival (its overlap's other shifts hold noise) and
-    stays: without the condition both checks dropped such matches (a 3x3 and a 2x3 scan, tile
-    11-20 px off, found by reviews).
+    Either check below drops a pair only where the match is no evidence against the stage
+    (:func:`_no_evidence`): its own NCC offers a rival within ``_RIVAL_MARGIN`` of it at a
+    shift within the plausible reach (``near``: each pair's
+    :attr:`~._correlate.Measured.near`), or one slice of its common part holds most of its
+    covariance (``concentration``: :attr:`~._correlate.Measured.concentration`; one feature,
+    such as a speck that moved between the exposures, made it). A true weak match of a tile
+    the stage put far off has neither (its overlap's other shifts hold noise, its content
+    matches throughout) and stays: without the condition both checks dropped such matches (a
+    3x3 and a 2x3 scan, tile 8-20 px off, found by reviews).
 
     With ``_PLAUSIBLE_POOL`` or more loop-confirmed pairs stepping the same way: a correction
     beyond ``_PLAUSIBLE_SPREAD`` robust standard deviations of theirs (at least
@@ -86,8 +90,8 @@ def _implausible_bridges(
             spread = 1.4826 * np.median(np.abs(pool - centre), axis=0)
             limit = max(_PLAUSIBLE_SPREAD * float(np.linalg.norm(spread)), _PLAUSIBLE_MIN_PX)
             radius = float(np.linalg.norm(centre)) + limit  # the plausible disc, and more
-            if float(np.linalg.norm(oriented[k] - centre)) > limit and _rivalled(
-                near[k], radius, float(quality[k])
+            if float(np.linalg.norm(oriented[k] - centre)) > limit and _no_evidence(
+                near[k], radius, float(quality[k]), float(concentration[k])
             ):
                 drop.append(k)
             continue
@@ -105,7 +109,7 @@ def _implausible_bridges(
         limit = max(scale) + _PLAUSIBLE_MIN_PX
         if float(np.linalg.norm(shifts[k])) <= limit:
             continue
-        if _rivalled(near[k], limit, float(quality[k])):
+        if _no_evidence(near[k], limit, float(quality[k]), float(concentration[k])):
             drop.append(k)
     if drop:
         logger.info("dropped %d weak unconfirmed pair(s) far from the stage model: %s",
@@ -113,12 +117,15 @@ def _implausible_bridges(
     return np.array(drop, dtype=int)
 
 
-def _rivalled(near: Sequence[float], radius: float, quality: float) -> bool:
-    """A shift within ``radius`` px of the stage's (``near``: :attr:`~._correlate.Measured.near`
-    of the pair) matches about as well as the match (within ``_RIVAL_MARGIN`` of its NCC)."""
-    if not len(near) or radius < 0:
-        return False
-    return float(near[min(math.floor(radius), len(near) - 1)]) >= quality - _RIVAL_MARGIN
+def _no_evidence(near: np.ndarray | None, radius: float, quality: float, share: float) -> bool:
+    """A far weak match is no evidence against the stage where a shift within ``radius`` px of
+    the stage's matches about as well (within ``_RIVAL_MARGIN`` of its NCC; ``near``:
+    :attr:`~._correlate.Measured.near` of the pair) or where one slice of its common part
+    holds most of its covariance (``share``, :attr:`~._correlate.Measured.concentration`,
+    over ``_CONCENTRATED``): one feature, not the overlap's content, makes it."""
+    if share > _CONCENTRATED:
+        return True
+    return near_ncc(near, radius) >= quality - _RIVAL_MARGIN
 
 
 def _stage_model(
