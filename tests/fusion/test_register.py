@@ -1575,27 +1575,34 @@ def test_concentration_tells_one_feature_from_content_matching_throughout() -> N
     assert _concentration(a, b, np.zeros(2, int), 2) > 0.6
 
 
+def _far_tile(rows: int, off_px: float, noise: float, seed: int, spread_from: int):
+    """``rows`` x 3 scan whose tile 0 the stage put ``off_px`` px off along x; its overlap below
+    holds no content and tile 0 has noise of ``noise`` times tile ``spread_from``'s spread.
+    Returns each tile's position error after registration, and the registration."""
+    rng = np.random.default_rng(seed)
+    grid = np.array([(r, c) for r in range(rows) for c in range(3)], float)
+    true = MARGIN + 30 + grid * STEP
+    stage = true + rng.uniform(-2, 2, true.shape)
+    stage[0] = true[0].copy()
+    stage[0, 1] -= off_px
+    image = _truth(560).astype(np.float32).copy()
+    y0, y1 = int(true[3, 0]) - 5, int(true[0, 0]) + TILE + 5  # the overlap below tile 0
+    image[y0:y1, : int(true[0, 1]) + TILE + 30] = float(image.mean())
+    tiles = [_cut(image, p, (TILE, TILE)) for p in true]
+    spread = float(np.std(tiles[spread_from]))
+    tiles[0] = tiles[0] + rng.normal(0, noise * spread, tiles[0].shape).astype(np.float32)
+    reg = register(_table(stage), read=_memory_reader(tiles), shapes=[(TILE, TILE)] * len(true))
+    return np.linalg.norm(_position_error(reg.table, true), axis=1), reg
+
+
 def test_a_tile_far_off_keeps_its_weak_match_against_the_confirmed_pairs() -> None:
     """A 3x3 scan: the stage put tile 0 18 px off along x, its overlap below holds no content
     and its tile is noisy (match to the right: NCC about 0.4). Enough loops closed for the
     confirmed-pairs check (4 of the direction, all within 2 px), whose correction range the
     true match lay far outside: it went to the stage model, tile 0 18 px off (found by a
-    review). Dropped now only where the pair's NCC offers a rival about as good at a plausible
-    shift; this overlap holds none."""
-    rng = np.random.default_rng(1)
-    grid = np.array([(r, c) for r in range(3) for c in range(3)], float)
-    true = MARGIN + 30 + grid * STEP
-    stage = true + rng.uniform(-2, 2, true.shape)
-    stage[0] = true[0].copy()
-    stage[0, 1] -= 18
-    image = _truth(560).astype(np.float32).copy()
-    y0, y1 = int(true[3, 0]) - 5, int(true[0, 0]) + TILE + 5  # the overlap below tile 0
-    image[y0:y1, : int(true[0, 1]) + TILE + 30] = float(image.mean())
-    tiles = [_cut(image, p, (TILE, TILE)) for p in true]
-    spread = float(np.std(tiles[4]))
-    tiles[0] = tiles[0] + rng.normal(0, 6 * spread, tiles[0].shape).astype(np.float32)
-    reg = register(_table(stage), read=_memory_reader(tiles), shapes=[(TILE, TILE)] * 9)
-    error = np.linalg.norm(_position_error(reg.table, true), axis=1)
+    review). Dropped now only where the match is no evidence against the stage (a rival about
+    as good at a plausible shift, or one feature making it); this one is neither."""
+    error, reg = _far_tile(3, 18, 6, seed=1, spread_from=4)
     assert error[0] < 2.0, (error, [(p.i, p.j, p.status, p.quality) for p in reg.pairs])
 
 
@@ -1604,22 +1611,8 @@ def test_a_tile_the_stage_put_far_off_keeps_its_true_weak_match() -> None:
     and the one to its right is noisy (NCC about 0.4). That true weak match lay in the outer
     quarter of the search and corrected far more than the strong pairs, and the edge check
     dropped it: tile 0 went to the stage model, 16-18 px off (found by a review). A far weak
-    match is now dropped only where the pair's own NCC offers a rival about as good at a
-    plausible shift; this overlap holds none."""
-    rng = np.random.default_rng(0)
-    grid = np.array([(r, c) for r in range(2) for c in range(3)], float)
-    true = MARGIN + 30 + grid * STEP
-    stage = true + rng.uniform(-2, 2, true.shape)
-    stage[0] = true[0].copy()
-    stage[0, 1] -= 20
-    image = _truth(560).astype(np.float32).copy()
-    y0, y1 = int(true[3, 0]) - 5, int(true[0, 0]) + TILE + 5  # the overlap below tile 0
-    image[y0:y1, : int(true[0, 1]) + TILE + 30] = float(image.mean())
-    tiles = [_cut(image, p, (TILE, TILE)) for p in true]
-    spread = float(np.std(tiles[-1]))
-    tiles[0] = tiles[0] + rng.normal(0, 5 * spread, tiles[0].shape).astype(np.float32)
-    reg = register(_table(stage), read=_memory_reader(tiles), shapes=[(TILE, TILE)] * 6)
-    error = np.linalg.norm(_position_error(reg.table, true), axis=1)
+    match is now dropped only where it is no evidence against the stage; this one is not."""
+    error, reg = _far_tile(2, 20, 5, seed=0, spread_from=-1)
     assert error[0] < 2.0, (error, [(p.i, p.j, p.status, p.quality) for p in reg.pairs])
 
 
