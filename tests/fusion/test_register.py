@@ -1514,12 +1514,11 @@ def test_a_weak_bridge_far_beyond_what_strong_pairs_correct_is_dropped_in_a_smal
     shifts[at[6, 7]] = (2.0, -26.0)
     near[at[6, 7]] = _near_profile([((1.0, 1.0), 0.2), ((3.0, 24.0), 0.34)])
     assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [(0, 3), (1, 2)]
-    # ... and dropped where one slice of its common part holds most of its covariance (one
-    # feature makes it: a speck that moved between the exposures)
+    # ... also where one slice of its common part holds most of its covariance: in a small scan
+    # that is as often a true match of one or two cells as a speck that moved (review 50)
     spread[at[6, 7]] = 0.6
-    assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [
-        (0, 3), (1, 2), (6, 7)]  # fmt: skip
-    # ... or once a shift within what the strong pairs correct matches about as well
+    assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [(0, 3), (1, 2)]
+    # ... and dropped once a shift within what the strong pairs correct matches about as well
     spread[at[6, 7]] = 0.2
     near[at[6, 7]] = _near_profile([((1.0, 1.0), 0.3)])
     assert sorted(tuple(map(int, ij[k])) for k in _implausible_bridges(*args)) == [

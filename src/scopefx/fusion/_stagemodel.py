@@ -56,12 +56,15 @@ def _implausible_bridges(
     Either check below drops a pair only where the match is no evidence against the stage
     (:func:`_no_evidence`): its own NCC offers a rival within ``_RIVAL_MARGIN`` of it at a
     shift within the plausible reach (``near``: each pair's
-    :attr:`~._correlate.Measured.near`), or one slice of its common part holds most of its
-    covariance (``concentration``: :attr:`~._correlate.Measured.concentration`; one feature,
-    such as a speck that moved between the exposures, made it). A true weak match of a tile
-    the stage put far off has neither (its overlap's other shifts hold noise, its content
-    matches throughout) and stays: without the condition both checks dropped such matches (a
-    3x3 and a 2x3 scan, tile 8-20 px off, found by reviews).
+    :attr:`~._correlate.Measured.near`), or (the confirmed-pairs check only) one slice of its
+    common part holds most of its covariance (``concentration``:
+    :attr:`~._correlate.Measured.concentration`; one feature, such as a speck that moved
+    between the exposures, made it). A true weak match of a tile the stage put far off has
+    neither (its overlap's other shifts hold noise, its content matches throughout) and stays:
+    without the condition both checks dropped such matches (a 3x3 and a 2x3 scan, tile 6-20 px
+    off, found by reviews). The edge check leaves the concentration out: in a small scan it
+    dropped true matches of one or two cells (sparse fluorescence), which it had kept before,
+    and those are no rarer than a speck that moved.
 
     With ``_PLAUSIBLE_POOL`` or more loop-confirmed pairs stepping the same way: a correction
     beyond ``_PLAUSIBLE_SPREAD`` robust standard deviations of theirs (at least
@@ -109,7 +112,9 @@ def _implausible_bridges(
         limit = max(scale) + _PLAUSIBLE_MIN_PX
         if float(np.linalg.norm(shifts[k])) <= limit:
             continue
-        if _no_evidence(near[k], limit, float(quality[k]), float(concentration[k])):
+        # (rivals only: in a small scan the concentration also dropped true matches of one or
+        # two cells, which the edge check had kept; review 50: 15 of 48 sparse 2x3 draws)
+        if _no_evidence(near[k], limit, float(quality[k]), 0.0):
             drop.append(k)
     if drop:
         logger.info("dropped %d weak unconfirmed pair(s) far from the stage model: %s",
