@@ -106,7 +106,7 @@ class NoiseModel:
     def variance_at(self, mu: Any, xp: Any = np) -> Any:
         """``sigma_at(mu) ** 2``, in the precision of ``mu`` (no float64 copy, no square
         root): what averaging the variance over a plane needs."""
-        return xp.maximum(self.gain * mu + self.offset, self.floor * self.floor)
+        return xp.maximum(self.gain * xp.asarray(mu) + self.offset, self.floor * self.floor)
 
     @property
     def min_sigma(self) -> float:
