@@ -51,13 +51,13 @@ def _implausible_bridges(
     reach: np.ndarray, near: Sequence[np.ndarray | None], concentration: np.ndarray,
 ) -> np.ndarray:  # fmt: skip
     """Weak used side pairs that no loop confirms (bridges, NCC under ``_WEAK_BRIDGE``) whose
-    correction the stage makes implausible, while a plausible shift matches about as well.
+    correction the stage makes implausible and that are no evidence against the stage.
 
-    Either check below drops a pair only where the match is no evidence against the stage
-    (:func:`_no_evidence`): its own NCC offers a rival within ``_RIVAL_MARGIN`` of it at a
-    shift within the plausible reach (``near``: each pair's
-    :attr:`~._correlate.Measured.near`), or (the confirmed-pairs check only) one slice of its
-    common part holds most of its covariance (``concentration``:
+    Either check below drops a pair only where the match is no evidence against the stage:
+    its own NCC offers a rival within ``_RIVAL_MARGIN`` of it at a shift within the plausible
+    reach (:func:`_rivalled`; ``near``: each pair's :attr:`~._correlate.Measured.near`), or
+    (the confirmed-pairs check only) one slice of its common part holds over
+    ``_CONCENTRATED`` of its covariance (``concentration``:
     :attr:`~._correlate.Measured.concentration`; one feature, such as a speck that moved
     between the exposures, made it). A true weak match of a tile the stage put far off has
     neither (its overlap's other shifts hold noise, its content matches throughout) and stays:
@@ -93,8 +93,8 @@ def _implausible_bridges(
             spread = 1.4826 * np.median(np.abs(pool - centre), axis=0)
             limit = max(_PLAUSIBLE_SPREAD * float(np.linalg.norm(spread)), _PLAUSIBLE_MIN_PX)
             radius = float(np.linalg.norm(centre)) + limit  # the plausible disc, and more
-            if float(np.linalg.norm(oriented[k] - centre)) > limit and _no_evidence(
-                near[k], radius, float(quality[k]), float(concentration[k])
+            if float(np.linalg.norm(oriented[k] - centre)) > limit and (
+                concentration[k] > _CONCENTRATED or _rivalled(near[k], radius, float(quality[k]))
             ):
                 drop.append(k)
             continue
@@ -114,7 +114,7 @@ def _implausible_bridges(
             continue
         # (rivals only: in a small scan the concentration also dropped true matches of one or
         # two cells, which the edge check had kept; review 50: 15 of 48 sparse 2x3 draws)
-        if _no_evidence(near[k], limit, float(quality[k]), 0.0):
+        if _rivalled(near[k], limit, float(quality[k])):
             drop.append(k)
     if drop:
         logger.info("dropped %d weak unconfirmed pair(s) far from the stage model: %s",
@@ -122,14 +122,9 @@ def _implausible_bridges(
     return np.array(drop, dtype=int)
 
 
-def _no_evidence(near: np.ndarray | None, radius: float, quality: float, share: float) -> bool:
-    """A far weak match is no evidence against the stage where a shift within ``radius`` px of
-    the stage's matches about as well (within ``_RIVAL_MARGIN`` of its NCC; ``near``:
-    :attr:`~._correlate.Measured.near` of the pair) or where one slice of its common part
-    holds most of its covariance (``share``, :attr:`~._correlate.Measured.concentration`,
-    over ``_CONCENTRATED``): one feature, not the overlap's content, makes it."""
-    if share > _CONCENTRATED:
-        return True
+def _rivalled(near: np.ndarray | None, radius: float, quality: float) -> bool:
+    """A shift within ``radius`` px of the stage's matches about as well as the match (within
+    ``_RIVAL_MARGIN`` of its NCC; ``near``: :attr:`~._correlate.Measured.near` of the pair)."""
     return near_ncc(near, radius) >= quality - _RIVAL_MARGIN
 
 
