@@ -192,3 +192,32 @@ def test_a_tile_no_used_pair_placed_is_named_in_the_report(mosaic, tmp_path: Pat
 
     unmarked = {**report, "tiles": [{**t, "unmatched": False} for t in report["tiles"]]}
     assert red_pixels(report) > red_pixels(unmarked) + 500
+
+
+def test_the_picture_leaves_the_callers_pyplot_alone(mosaic, tmp_path: Path) -> None:
+    """A notebook's pyplot backend stays as it was: the picture was drawn through pyplot after
+    ``matplotlib.use("Agg")``, which switched a Jupyter kernel's inline backend to Agg on every
+    ``fuse(register=True)``, so that the user's later ``plt`` figures were no longer shown.
+    Run in a fresh interpreter whose pyplot already uses another backend (``pdf`` stands in for
+    the inline one: any backend but Agg)."""
+    import subprocess
+    import sys
+
+    tiles, _, stage = mosaic
+    read = _memory_reader(tiles)
+    report = registration_report(register(_table(stage), read=read, shapes=SHAPES), read=read,
+                                 shapes=SHAPES)  # fmt: skip
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    script = (
+        "import json, sys, matplotlib\n"
+        "matplotlib.use('pdf')\n"
+        "import matplotlib.pyplot as plt\n"
+        "plt.figure()\n"
+        "from scopefx.fusion._qc import _plot_graph\n"
+        "_plot_graph(json.load(open(sys.argv[1])), sys.argv[2])\n"
+        "print(matplotlib.get_backend(), plt.get_fignums())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r.json"),
+                          str(tmp_path / "g.png")], capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.split() == ["pdf", "[1]"]  # the caller's backend and its open figure
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"

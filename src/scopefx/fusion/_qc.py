@@ -382,12 +382,12 @@ def _plot_graph(report: dict[str, Any], path: Path) -> None:
     """Tiles as outlines at their registered positions, pairs as lines between tile centres
     coloured by residual (grey dashed: not used; red: outlier), arrows for the shifts; a tile
     that no used pair placed (``unmatched``) outlined in red and hatched."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # on a Figure of its own, never through pyplot: pyplot's global state is the caller's (a
+    # notebook's inline backend was switched to Agg here, and its later plots not shown)
     from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     tiles, pairs = report["tiles"], report["pairs"]
@@ -396,7 +396,8 @@ def _plot_graph(report: dict[str, Any], path: Path) -> None:
     half = np.array([t["size"][:2] for t in tiles], dtype=float) / 2
     centre = pos + half
     span = np.ptp(centre, axis=0) + 2 * half.max(axis=0)
-    fig, ax = plt.subplots(figsize=(8, float(np.clip(8 * span[1] / span[0], 2.5, 12))))
+    fig = Figure(figsize=(8, float(np.clip(8 * span[1] / span[0], 2.5, 12))))
+    ax = fig.subplots()
     cmap, norm = colormaps["viridis"], Normalize(0, _CMAP_MAX_PX)
     lone = [k for k, t in enumerate(tiles) if t.get("unmatched")]
     for p0, h in zip(pos, half, strict=True):
@@ -431,10 +432,8 @@ def _plot_graph(report: dict[str, Any], path: Path) -> None:
         + (marked if lone else ""),
         fontsize=8,
     )
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="residual (px)",
-                 shrink=0.6)  # fmt: skip
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="residual (px)", shrink=0.6)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def qc_only(
