@@ -217,7 +217,7 @@ def test_the_picture_leaves_the_callers_pyplot_alone(mosaic, tmp_path: Path) -> 
         "_plot_graph(json.load(open(sys.argv[1])), sys.argv[2])\n"
         "print(matplotlib.get_backend(), plt.get_fignums())\n"
     )
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r.json"),
-                          str(tmp_path / "g.png")], capture_output=True, text=True, check=True)  # fmt: skip
+    args = [sys.executable, "-c", script, str(tmp_path / "r.json"), str(tmp_path / "g.png")]
+    out = subprocess.run(args, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["pdf", "[1]"]  # the caller's backend and its open figure
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
