@@ -73,7 +73,8 @@ def add_parser(sub: Any) -> None:
         type=float,
         default=r.min_overlap_px,
         metavar="PX",
-        help="smallest stage overlap measured (default: %(default)s)",
+        help="narrowest common part (px) a pair's shift may leave; capped at the stage overlap "
+        "(default: %(default)s)",
     )
     g.add_argument(
         "--no-registration-flatfield",
@@ -98,8 +99,8 @@ def add_parser(sub: Any) -> None:
     g.add_argument(
         "--qc",
         action="store_true",
-        help="register and write the stitching QC report (OUT's name + .qc.json, .qc.png) "
-        "without fusing",
+        help="register and write the stitching QC report (OUT's name less its extension + "
+        ".qc.json, .qc.png) without fusing",
     )
     p.add_argument(
         "--flatfield",

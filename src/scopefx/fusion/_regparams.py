@@ -40,7 +40,8 @@ class RegistrationParams:
         a tile).
     min_overlap_px : float
         Narrowest common part (at the measured shift) a match may rest on; pairs whose stage
-        overlap is narrower are still measured, on the overlap enlarged by the search range.
+        overlap is narrower are still measured, on the overlap enlarged by the search range,
+        with the stage overlap as their limit.
     min_quality : float
         NCC (0..1, on high-passed crops) below which a match is not used.
     min_peak_margin : float
