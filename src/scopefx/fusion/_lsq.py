@@ -12,9 +12,23 @@ import numpy as np
 from ._regparams import RegistrationParams
 
 
+def _axes(w: np.ndarray) -> np.ndarray | None:
+    """Weights per pair and axis ``(m, nd)`` that differ between the axes (each axis is then
+    solved on its own), else None (one weight per pair: the axes share the normal matrix)."""
+    return w if w.ndim == 2 and not np.all(w == w[:, :1]) else None
+
+
+def _scalar(w: np.ndarray) -> np.ndarray:
+    return w[:, 0] if w.ndim == 2 else w
+
+
 def _normal_lu(n: int, ij: np.ndarray, w: np.ndarray, prior: float) -> Any:
     """Sparse LU of the solve's normal matrix ``A^T W A + prior I`` (``A``: the pairs'
-    incidence rows)."""
+    incidence rows); with weights that differ between the axes (see :func:`_axes`) a list,
+    one per axis."""
+    if _axes(w) is not None:
+        return [_normal_lu(n, ij, w[:, a], prior) for a in range(w.shape[1])]
+    w = _scalar(w)
     from scipy import sparse
     from scipy.sparse.linalg import splu
 
@@ -29,7 +43,13 @@ def _solve(
     n: int, ij: np.ndarray, s: np.ndarray, w: np.ndarray, prior: float, lu: Any = None
 ) -> np.ndarray:
     """Minimise sum w (c_j - c_i - s)^2 + prior sum c^2 (normal equations, sparse LU; ``lu``:
-    that of :func:`_normal_lu`, when already made)."""
+    that of :func:`_normal_lu`, when already made). ``w``: a weight per pair, or per pair and
+    axis ``(m, nd)`` (the axes are independent: each is solved with its own weights)."""
+    if _axes(w) is not None:
+        lus = _normal_lu(n, ij, w, prior) if lu is None else lu
+        return np.concatenate([_solve(n, ij, s[:, a : a + 1], w[:, a], prior, lus[a])
+                               for a in range(w.shape[1])], axis=1)  # fmt: skip
+    w = _scalar(w)
     i, j = ij[:, 0], ij[:, 1]
     rhs = np.zeros((n, s.shape[1]))
     np.add.at(rhs, j, w[:, None] * s)
@@ -40,7 +60,7 @@ def _solve(
 
 def _misfit(
     n: int, ij: np.ndarray, used: np.ndarray, weight: np.ndarray, residual: np.ndarray,
-    params: RegistrationParams, lu: Any = None,
+    params: RegistrationParams, lu: Any = None, parts: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """Each used pair's misfit, to hold against ``outlier_px``: its standardised residual
     ``residual / sqrt(1 - h)`` (``h``: :func:`_leverage`, the share of its own shift the
@@ -53,7 +73,10 @@ def _misfit(
     took more of the misfit, stands out. Half, not the whole: loops of true pairs of a real
     scan miss by 1-2 px (it is not rigid), and at the whole a true pair of the Leica scan was
     dropped. A bridge (``h`` about 1) is checked by nothing and keeps its residual (0).
-    Pairs whose residual could not count unless ``h > 0.98`` are not looked at."""
+    Pairs whose residual could not count unless ``h > 0.98`` are not looked at. With weights
+    per axis (``parts``: the residual's components) each component is standardised by its
+    own axis's leverage, and the misfit is their norm (the same as above when the axes'
+    weights agree)."""
     out = np.where(used, residual, 0.0)
     look = np.flatnonzero(used & (residual > params.outlier_px / 7))
     if not len(look):
@@ -62,6 +85,17 @@ def _misfit(
     where = np.searchsorted(links, look)
     if lu is None:
         lu = _normal_lu(n, ij[links], weight[links], params.prior_weight)
+    if _axes(weight[links]) is not None:
+        if parts is None:
+            raise ValueError("weights per axis need the residual's components (parts)")
+        total = np.zeros(len(look))
+        for a in range(weight.shape[1]):
+            h = _leverage(lu[a], n, ij[links], weight[links, a], where)
+            free = 1 - h
+            total += np.nan_to_num(parts[look, a]) ** 2 / np.where(free > 1e-6, free, 1.0)
+        out[look] = np.sqrt(total)
+        return out
+    weight = _scalar(weight)
     h = _leverage(lu, n, ij[links], weight[links], where)
     free = 1 - h
     out[look] = np.where(free > 1e-6, residual[look] / np.sqrt(np.maximum(free, 1e-6)),

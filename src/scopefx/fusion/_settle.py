@@ -34,6 +34,7 @@ logger = logging.getLogger("scopefx.fusion._register")  # registration's message
 
 
 _NCC_CAP = 0.99  # above it, a match's weight stops growing (resampling, not noise, limits it)
+_SPREAD_PX = 0.5  # a shift's sd along an axis (Measured.spread) above which it weighs less there
 
 
 def _settle(
@@ -82,7 +83,8 @@ def _settle(
     area = np.prod(np.maximum(ohi - olo, 1.0), axis=1)
     unit_area = max(float(np.median(area[used])) if used.any() else 1.0, 1e-12)
     full = _strength(quality) * area / unit_area
-    weight = np.where(used, full, 0.0)
+    factor = _axis_factor(results, nd)
+    weight = np.where(used[:, None], full[:, None] * factor, 0.0)
     # Second pass: refused side pairs (weak or ambiguous) that the used ones then confirm
     candidate = side & ~used & np.all(np.isfinite(shifts), axis=1) & inside
     candidate &= quality >= params.min_quality
@@ -103,8 +105,9 @@ def _settle(
         while True:
             lu = _normal_lu(n, ij[used], weight[used], params.prior_weight)
             c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight, lu)
-            residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)  # NaN: unmeasured
-            misfit = _misfit(n, ij, used, weight, residual, params, lu)
+            parts = c[ij[:, 1]] - c[ij[:, 0]] - shifts
+            residual = np.linalg.norm(parts, axis=1)  # NaN: unmeasured
+            misfit = _misfit(n, ij, used, weight, residual, params, lu, parts)
             bad = np.flatnonzero(used & (misfit > params.outlier_px))
             if not len(bad):
                 break
@@ -123,6 +126,7 @@ def _settle(
             alt_open[picked] = False  # each other peak is taken at most once
             shifts[moved], quality[moved] = alt_shift[picked], alt_quality[picked]
             full[moved] = _strength(quality[moved]) * area[moved] / unit_area
+            factor[moved] = 1.0  # an other peak's spread is not measured
         if not len(admit) and len(alt_of):
             bridge, admit, picked = _outvoted_bridge(
                 n, ij, used, candidate & distinct, shifts, quality,
@@ -135,12 +139,14 @@ def _settle(
                 alt_open[picked] = False
                 shifts[moved], quality[moved] = alt_shift[picked], alt_quality[picked]
                 full[moved] = _strength(quality[moved]) * area[moved] / unit_area
+                factor[moved] = 1.0  # an other peak's spread is not measured
         if not len(admit):
             admit = _lone_best(n, ij, used, candidate & distinct & established, quality,
                                params.min_peak_margin)  # fmt: skip
         if not len(admit):
             break
-        used[admit], status[admit], weight[admit] = True, "used", full[admit]
+        used[admit], status[admit] = True, "used"
+        weight[admit] = full[admit, None] * factor[admit]
         candidate[admit] = False
     model: dict[int, np.ndarray] = {}
     if params.stage_model:
@@ -170,7 +176,7 @@ def _settle(
             float(residual[k]),
             str(status[k]),
             float(runner[k]),
-            float(weight[k]),
+            float(weight[k].min()),
             tuple(map(float, model[k])) if k in model else None,
         )
         for k in range(m)
@@ -239,6 +245,21 @@ def _warn_unmatched(reg: Registration) -> None:
     their, positions = ("its", "its position is") if one else ("their", "their positions are")
     logger.warning("registration: %s; none of %s pairs gave a usable match (%s), so %s only "
                    "as good as the stage's%s", note, their, why, positions, hint)  # fmt: skip
+
+
+def _axis_factor(results: Sequence[Measured], nd: int) -> np.ndarray:
+    """Per pair and axis, the share of its weight a pair keeps along that axis:
+    ``min(1, _SPREAD_PX^2 / var)`` with ``var`` its shift's variance along the axis
+    (:attr:`Measured.spread`; 1 where none was measured). A shift known to a pixel or better
+    along an axis keeps its weight; one spread along a ridge of the NCC (one edge, smooth
+    haze) weighs less along the ridge, as an inverse variance would have it, and the pairs
+    that do fix that axis decide it."""
+    out = np.ones((len(results), nd))
+    for k, r in enumerate(results):
+        if r.spread is not None:
+            var = np.diag(np.asarray(r.spread, dtype=float))[:nd]
+            out[k] = np.minimum(1.0, _SPREAD_PX**2 / np.maximum(var, 1e-12))
+    return out
 
 
 def _strength(quality: np.ndarray) -> np.ndarray:
