@@ -1139,6 +1139,68 @@ def test_a_wrong_pair_in_a_loop_is_judged_by_what_the_others_predict() -> None:
                    RegistrationParams()).max() < 0.01  # fmt: skip
 
 
+def test_a_ridge_pair_weighs_less_along_its_ridge() -> None:
+    """A loop of four tiles whose pair 0-1 has its shift 2 px off along y only (its NCC a
+    ridge along y: one edge across the overlap). With one weight per pair the solve spreads
+    the miss over the loop (tile 1 1.5 px off, under ``outlier_px``); weighing that pair
+    a hundredth along y, the three others place tile 1 along y and the pair still along x.
+    Equal weights on both axes give the solve and the misfit of one weight per pair."""
+    from scopefx.fusion._lsq import _misfit, _solve
+
+    ij = np.array([(0, 1), (1, 3), (0, 2), (2, 3)])
+    truth = np.array([(0.0, 100.0), (100.0, 0.0), (100.0, 0.0), (0.0, 100.0)])
+    shifts = truth + np.array([(2.0, 0.0), (0, 0), (0, 0), (0, 0)])
+    scalar = _solve(4, ij, shifts, np.ones(4), 1e-4)
+    assert abs((scalar[1] - scalar[0])[0] - 1.5) < 0.01
+    per_axis = np.ones((4, 2))
+    per_axis[0, 0] = 0.01
+    c = _solve(4, ij, shifts, per_axis, 1e-4)
+    # along y the pair's 2 px count 0.01 against the three in series (1/3): 2 x 0.029
+    np.testing.assert_allclose(c[1] - c[0], (0.058, 100.0), atol=0.006)  # 1e-4 prior: 0.005
+    np.testing.assert_allclose(c[3] - c[0], (100.0, 100.0), atol=0.05)
+    used = np.ones(4, bool)
+    parts = c[ij[:, 1]] - c[ij[:, 0]] - shifts
+    misfit = _misfit(4, ij, used, per_axis, np.linalg.norm(parts, axis=1), RegistrationParams(),
+                     parts=parts)  # fmt: skip
+    assert misfit[0] > 1.5  # against what the others predict along y it is 2 px off
+    same = np.full((4, 2), 3.0)
+    np.testing.assert_allclose(_solve(4, ij, shifts, same, 1e-4),
+                               _solve(4, ij, shifts, np.full(4, 3.0), 1e-4))  # fmt: skip
+    p2 = scalar[ij[:, 1]] - scalar[ij[:, 0]] - shifts
+    r2 = np.linalg.norm(p2, axis=1)
+    np.testing.assert_allclose(
+        _misfit(4, ij, used, same, r2, RegistrationParams(), parts=p2),
+        _misfit(4, ij, used, np.full(4, 3.0), r2, RegistrationParams()),
+    )
+
+
+@pytest.mark.parametrize("content", ["edge", "texture"])
+def test_a_shift_along_an_edge_is_known_to_be_uncertain_along_it(content: str) -> None:
+    """:attr:`Measured.spread`: on one straight edge across the common part (the same on
+    every row) the NCC is a ridge along the edge and the shift's variance along it is many
+    pixels squared; across the edge, and on texture along both axes, it stays under the
+    0.5 px^2 at which a pair starts to weigh less."""
+    from scopefx.fusion._correlate import measure
+
+    rng = np.random.default_rng(5)
+    if content == "edge":
+        big = np.broadcast_to(np.where(np.arange(140) >= 70, 1.0, 0.0), (100, 140))
+        big = ndimage.gaussian_filter(big, 2.0)
+    else:
+        big = ndimage.gaussian_filter(rng.normal(0, 1, (100, 140)), 2.0)
+        big /= big.std()
+    a = big[5:85, 5:125] + rng.normal(0, 0.05, (80, 120))
+    b = big[8:88, 7:127] + rng.normal(0, 0.05, (80, 120))  # b(m) = a(m + (3, 2))
+    r = measure(a.astype(np.float32), b.astype(np.float32), 10, 6, (1.0, 1.0))
+    assert abs(r.shift[1] - 2) < 0.3, r.shift
+    var = np.diag(r.spread)
+    assert var[1] < 0.5, var
+    if content == "edge":
+        assert var[0] > 4, var
+    else:
+        assert var[0] < 0.5 and abs(r.shift[0] - 3) < 0.3, (var, r.shift)
+
+
 def _direct_ncc(a, b, q, degree):
     """The NCC of ``a(m + q)`` and ``b(m)`` over their common pixels, each minus its
     least-squares polynomial there, computed pixel by pixel (the oracle of ``_ncc_surface``)."""

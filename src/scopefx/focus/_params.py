@@ -149,7 +149,7 @@ class FocusParams:
         ignore it.
     mode : {"exact", "fast"}
         ``"exact"`` computes every band at full resolution. ``"fast"`` computes bands with
-        ``sigma >= 6 px`` on a decimated spectrum and interpolates them back: about 1.4x faster
+        ``sigma >= 6 px`` on a decimated spectrum and interpolates them back: 1.35-1.6x faster
         on a CPU, within 3 % of ``"exact"`` on in-focus images at good signal-to-noise, but up
         to ~15 % lower on strongly defocused or noisy images (see ``docs/focus.md``).
     target_px : int or None

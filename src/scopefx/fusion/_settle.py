@@ -34,7 +34,7 @@ logger = logging.getLogger("scopefx.fusion._register")  # registration's message
 
 
 _NCC_CAP = 0.99  # above it, a match's weight stops growing (resampling, not noise, limits it)
-_SPREAD_PX = 0.5  # a shift's sd along an axis (Measured.spread) above which it weighs less there
+_SPREAD_PX = 1.0  # a shift's sd along an axis (Measured.spread) above which it weighs less there
 
 
 def _settle(
