@@ -24,7 +24,10 @@ The steps, in the order :func:`register` runs them (each in the module named):
    between rows (columns), one stage move in a raster or serpentine scan, backlash included,
    when at least two do; else of the pairs of its row (column); else of its direction.
 4. **Global solve** (:mod:`._settle`, the solve itself in :mod:`._lsq`): sparse weighted least
-   squares, weights the Fisher z of the NCC (``arctanh``, capped at NCC 0.99) x overlap area;
+   squares, weights the Fisher z of the NCC (``arctanh``, capped at NCC 0.99) x overlap area,
+   and along each axis a share ``min(1, 1 px^2 / variance)`` of it, the variance that of the
+   pair's shift along the axis (:attr:`~._correlate.Measured.spread`: a ridge or broad hill
+   of the NCC is known poorly along it; each axis is then solved with its own weights);
    pairs whose standardised residual (``residual / sqrt(1 - h)``, ``h`` the share of its own
    shift the solve gives back to the pair: a wrong pair's residual is otherwise a fraction of
    its error spread over its loop) exceeds ``outlier_px`` are dropped, worst first, and the
