@@ -591,7 +591,8 @@ def _peak_spread(ncc: np.ndarray, ok: np.ndarray, best: np.ndarray, error: float
     top = float(ncc[tuple(best)])
     r = min(abs(top), 0.999999)
     near = ok & (ncc >= top - max(error * (1 - r * r), 1e-9))
-    label = ndimage.label(near)[0]
+    near[tuple(best)] = True  # the peak itself, whatever rounding says
+    label = ndimage.label(near, structure=np.ones((3,) * ncc.ndim))[0]  # diagonal ridges too
     d = np.argwhere(label == label[tuple(best)]) - best
     return d.T @ d / max(len(d), 1) + np.eye(ncc.ndim) / 12
 

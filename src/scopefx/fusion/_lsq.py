@@ -76,7 +76,11 @@ def _misfit(
     Pairs whose residual could not count unless ``h > 0.98`` are not looked at. With weights
     per axis (``parts``: the residual's components) each component is standardised by its
     own axis's leverage, and the misfit is their norm (the same as above when the axes'
-    weights agree)."""
+    weights agree). A component along a pair's ridge counts in full, although the pair is
+    known to be uncertain there: taking it in units of the pair's best axis (times
+    ``sqrt(w_a / max w)``) kept such pairs, but on a 5x5 retina scan it let a chance link
+    stay and dropped the true one across the same cut
+    (``test_other_peaks_alone_do_not_outvote_a_stronger_lone_link``)."""
     out = np.where(used, residual, 0.0)
     look = np.flatnonzero(used & (residual > params.outlier_px / 7))
     if not len(look):

@@ -59,7 +59,8 @@ class PairResult:
         confidence bound of their NCC, so a thin common part does not win by chance; the
         runner-up is that bound plus the match's own margin between NCC and bound).
     weight : float
-        Weight in the solve (0 when not used).
+        Weight in the solve (0 when not used); the smallest over the axes where the pair's
+        shift is known worse along one of them (see ``Measured.spread``).
     modelled_px : tuple of float or None
         For an unusable side pair: the stage-model correction put in its place.
     """

@@ -35,6 +35,9 @@ logger = logging.getLogger("scopefx.fusion._register")  # registration's message
 
 _NCC_CAP = 0.99  # above it, a match's weight stops growing (resampling, not noise, limits it)
 _SPREAD_PX = 1.0  # a shift's sd along an axis (Measured.spread) above which it weighs less there
+# ... down to this share of its weight: far above the solve's prior (1e-4), which would
+# otherwise pull a tile held only along a ridge towards its stage position
+_SPREAD_FLOOR = 0.01
 
 
 def _settle(
@@ -258,7 +261,7 @@ def _axis_factor(results: Sequence[Measured], nd: int) -> np.ndarray:
     for k, r in enumerate(results):
         if r.spread is not None:
             var = np.diag(np.asarray(r.spread, dtype=float))[:nd]
-            out[k] = np.minimum(1.0, _SPREAD_PX**2 / np.maximum(var, 1e-12))
+            out[k] = np.clip(_SPREAD_PX**2 / np.maximum(var, 1e-12), _SPREAD_FLOOR, 1.0)
     return out
 
 
