@@ -12,10 +12,11 @@ import numpy as np
 from ._regparams import RegistrationParams
 
 
-def _axes(w: np.ndarray) -> np.ndarray | None:
+def _per_axis(w: np.ndarray) -> bool:
     """Weights per pair and axis ``(m, nd)`` that differ between the axes (each axis is then
-    solved on its own), else None (one weight per pair: the axes share the normal matrix)."""
-    return w if w.ndim == 2 and not np.all(w == w[:, :1]) else None
+    solved on its own); else one weight per pair (:func:`_scalar`), and the axes share the
+    normal matrix."""
+    return w.ndim == 2 and not np.all(w == w[:, :1])
 
 
 def _scalar(w: np.ndarray) -> np.ndarray:
@@ -24,9 +25,9 @@ def _scalar(w: np.ndarray) -> np.ndarray:
 
 def _normal_lu(n: int, ij: np.ndarray, w: np.ndarray, prior: float) -> Any:
     """Sparse LU of the solve's normal matrix ``A^T W A + prior I`` (``A``: the pairs'
-    incidence rows); with weights that differ between the axes (see :func:`_axes`) a list,
+    incidence rows); with weights that differ between the axes (see :func:`_per_axis`) a list,
     one per axis."""
-    if _axes(w) is not None:
+    if _per_axis(w):
         return [_normal_lu(n, ij, w[:, a], prior) for a in range(w.shape[1])]
     w = _scalar(w)
     from scipy import sparse
@@ -45,7 +46,7 @@ def _solve(
     """Minimise sum w (c_j - c_i - s)^2 + prior sum c^2 (normal equations, sparse LU; ``lu``:
     that of :func:`_normal_lu`, when already made). ``w``: a weight per pair, or per pair and
     axis ``(m, nd)`` (the axes are independent: each is solved with its own weights)."""
-    if _axes(w) is not None:
+    if _per_axis(w):
         lus = _normal_lu(n, ij, w, prior) if lu is None else lu
         return np.concatenate([_solve(n, ij, s[:, a : a + 1], w[:, a], prior, lus[a])
                                for a in range(w.shape[1])], axis=1)  # fmt: skip
@@ -89,7 +90,7 @@ def _misfit(
     where = np.searchsorted(links, look)
     if lu is None:
         lu = _normal_lu(n, ij[links], weight[links], params.prior_weight)
-    if _axes(weight[links]) is not None:
+    if _per_axis(weight[links]):
         if parts is None:
             raise ValueError("weights per axis need the residual's components (parts)")
         total = np.zeros(len(look))

@@ -112,8 +112,6 @@ def _implausible_bridges(
         limit = max(scale) + _PLAUSIBLE_MIN_PX
         if float(np.linalg.norm(shifts[k])) <= limit:
             continue
-        # (rivals only: in a small scan the concentration also dropped true matches of one or
-        # two cells, which the edge check had kept; review 50: 15 of 48 sparse 2x3 draws)
         if _rivalled(near[k], limit, float(quality[k])):
             drop.append(k)
     if drop:
