@@ -646,3 +646,70 @@ def test_sections_of_an_earlier_session_found_out_of_focus_later_are_reported(tm
     assert late == {f"s{i:02d}.tif" for i in range(5)}, late
     rows = {Path(r["path"]).name: r["verdict"] for r in read_watch_csv(table)}
     assert all(rows[f"s{i:02d}.tif"] == "out_of_focus" for i in range(5)), rows
+
+
+class _Killed(Exception):
+    """Stands for a SIGKILL at the moment the alarm starts."""
+
+
+def test_the_alarm_starts_before_the_row_is_written_so_a_kill_never_loses_it(tmp_path):
+    """``on_flagged`` runs before the section's CSV row: a watch killed in between scores the
+    section again on restart and raises the alarm again. Raised after the row (as the CLI did),
+    a kill between the two left the section in the CSV, skipped on restart, and never alarmed
+    (CI: --on-oof's log lacked grid0/section_0006)."""
+    acq = tmp_path / "acq"
+    table = tmp_path / "focus.csv"
+    for i in range(8):
+        _name(acq, i).parent.mkdir(parents=True, exist_ok=True)
+        _name(acq, i).write_bytes(_section(i))
+    planted = str(_name(acq, 6).absolute())
+    calls: list[tuple[str, bool]] = []
+
+    def kill_at_the_alarm(record):
+        calls.append((record.path, record.path in _csv_paths(table)))
+        raise _Killed
+
+    first = FolderWatch(acq, csv=table, settle=0, on_flagged=kill_at_the_alarm)
+    with pytest.raises(_Killed), first:
+        first.poll()
+    assert calls == [(planted, False)]
+    assert planted not in _csv_paths(table)
+
+    def record_alarm(record):
+        calls.append((record.path, record.path in _csv_paths(table)))
+
+    with FolderWatch(acq, csv=table, settle=0, on_flagged=record_alarm) as second:
+        again = second.poll()
+    assert calls == [(planted, False), (planted, False)]
+    assert [s.record.path for s in again if s.flagged] == [planted]
+    assert collections.Counter(_csv_paths(table))[planted] == 1
+
+
+def test_a_settled_section_alarms_before_its_row_is_rewritten(tmp_path):
+    """A warm-up section found out of focus once the density rises: ``on_flagged`` sees its row
+    still with its earlier verdict, so a kill before the rewrite leaves a row that the restart
+    judges again, not an out-of-focus row nobody was told about."""
+    import tifffile
+
+    from scopefx.samples import defocus
+
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    table = tmp_path / "run.csv"
+    for i in range(5):  # the warm-up: every section blurred
+        sharp = tifffile.imread(io.BytesIO(_section(i)))
+        tifffile.imwrite(folder / f"s{i:02d}.tif", defocus(sharp, 5.0).astype(sharp.dtype))
+    for i in range(5, 12):  # then focus is reached
+        (folder / f"s{i:02d}.tif").write_bytes(_section(i if i not in PLANTED_OOF else 0))
+    seen: dict[str, str] = {}
+
+    def record_alarm(record):
+        rows = {r["path"]: r["verdict"] for r in read_watch_csv(table)}
+        seen[Path(record.path).name] = rows.get(record.path, "no row")
+
+    with FolderWatch(folder, csv=table, settle=0, on_flagged=record_alarm) as watch:
+        flagged = {Path(s.record.path).name for s in watch.poll() if s.flagged}
+    assert set(seen) == flagged == {f"s{i:02d}.tif" for i in range(5)}, (seen, flagged)
+    assert "out_of_focus" not in seen.values(), seen
+    rows = {Path(r["path"]).name: r["verdict"] for r in read_watch_csv(table)}
+    assert all(rows[f"s{i:02d}.tif"] == "out_of_focus" for i in range(5)), rows

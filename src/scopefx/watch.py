@@ -35,7 +35,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,11 @@ class FolderWatch:
     exclude : iterable of path-like
         Files never to score, however they appear in the folder: the caller's own outputs
         (``scopefx watch`` leaves out its CSV and summary plot).
+    on_flagged : callable, optional
+        Called with each record flagged (out of focus, or partly so), a warm-up section judged
+        again included, *before* its row is written to ``csv``: a watch killed in between
+        scores the file again on restart and calls it again, so an alarm is never lost (it
+        may repeat). ``scopefx watch --on-oof`` runs its command from here.
     """
 
     def __init__(
@@ -164,6 +169,7 @@ class FolderWatch:
         batch_size: int = 8,
         include_existing: bool = True,
         exclude: Iterable[str | os.PathLike[str]] = (),
+        on_flagged: Callable[[FocusRecord], None] | None = None,
     ) -> None:
         self.folder = Path(folder).absolute()
         self._exclude = frozenset(os.path.abspath(p) for p in exclude)
@@ -182,6 +188,7 @@ class FolderWatch:
         self.remote_dir = remote_dir.rstrip("/") if remote_dir else None
         self.interval, self.settle, self.grace = float(interval), float(settle), float(grace)
         self.batch_size = batch_size
+        self._on_flagged = on_flagged
         self._own_client = client is None
         if client is None:
             from .remote import Client
@@ -420,6 +427,8 @@ class FolderWatch:
         self._shown[id(record)] = record.verdict  # records are kept: their ids stay theirs
         if record.ok and not math.isnan(scored.latency):
             self.latencies.append(scored.latency)
+        if scored.flagged and self._on_flagged is not None:
+            self._on_flagged(record)  # before its row: a kill in between repeats, never loses
         if self._csv is not None:
             seen = self._seen.get(path)
             self._csv.write(
@@ -437,13 +446,19 @@ class FolderWatch:
         judges a file's records before the watch knows the file is complete) is reported
         once, in its own row, with its final verdict: never "settled" before it was seen."""
         warm = self.run.settle()
+        again = [
+            Scored(record, math.nan, self._section(record.path), late=True)
+            for record in warm
+            if self._shown.get(id(record), record.verdict) != record.verdict
+        ]
+        for scored in again:
+            if scored.flagged and self._on_flagged is not None:
+                self._on_flagged(scored.record)  # before the rewrite, as in _finish
         if warm and self._csv is not None:
             self._csv.rewrite_verdicts(warm)
-        for record in warm:
-            shown = self._shown.get(id(record), record.verdict)
-            if shown != record.verdict:
-                self._shown[id(record)] = record.verdict
-                yield Scored(record, math.nan, self._section(record.path), late=True)
+        for scored in again:
+            self._shown[id(scored.record)] = scored.record.verdict
+            yield scored
 
     def poll(self) -> list[Scored]:
         """One scan: score whatever is complete, return the records."""

@@ -57,7 +57,9 @@ def add_parser(sub: Any) -> None:
         "--on-oof",
         metavar="CMD",
         help="run CMD for each flagged section, in the background: the path replaces {} or is "
-        "appended; $SCOPEFX_PATH, $SCOPEFX_VERDICT, $SCOPEFX_FEATURES are set",
+        "appended; $SCOPEFX_PATH, $SCOPEFX_VERDICT, $SCOPEFX_FEATURES are set. CMD starts before "
+        "the section's CSV row is written: a watch killed in between runs it again on restart "
+        "(an alarm may repeat, never goes missing)",
     )
     p.add_argument(
         "--plot",
@@ -275,6 +277,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
         grace=args.grace,
         batch_size=args.batch_size or 8,
         include_existing=not args.new_only,
+        on_flagged=alarm.fire,  # before the CSV row: a kill never loses an alarm
     )
     try:
         done = len({r.path for r in watch.previous})
@@ -298,8 +301,6 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
                     if doubt not in told:  # now, not hours later in the summary
                         told.add(doubt)
                         print(f"note: {doubt_line(doubt)}", file=out, flush=True)
-                if scored.flagged:
-                    alarm.fire(scored.record)
                 alarm.reap()
     finally:
         watch.close()
