@@ -47,6 +47,7 @@ def test_benchmark_runs_in_quick_mode(script, expected, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.xdist_group("slurm")  # beside tests/test_slurm.py's, never at the same time
 def test_scaleout_benchmark_runs_in_quick_mode(slurm, tmp_path):
     """Needs the test SLURM (the fixture starts it); the benchmark checks its own outputs."""
     out = tmp_path / "result.txt"

@@ -20,7 +20,9 @@ import zarr
 from scopefx import FusionParams, fuse
 from scopefx.cli import main
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# one SLURM for the machine: its tests clear the whole queue, so under pytest -n they run on
+# one worker (--dist loadgroup), not beside each other
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 pytest.importorskip("dask_jobqueue")
 
 

@@ -64,8 +64,12 @@ def _write_slowly(path: Path, data: bytes, *, pieces: int = 3, pause: float = 0.
             time.sleep(pause)
 
 
-def _writer(folder: Path, sections: range, *, gap: float = 0.15) -> None:
+def _writer(
+    folder: Path, sections: range, *, gap: float = 0.15, hold: threading.Event | None = None
+) -> None:
     for i in sections:
+        if hold is not None and i == 7:  # the test restarts its watch part-way, then lets go
+            hold.wait(60)
         data = _section(i)
         target = _name(folder, i)
         if i == 4:  # written under a temporary name, then renamed into place
@@ -96,16 +100,19 @@ def test_watch_finds_every_file_once_across_a_restart(tmp_path: Path) -> None:
     acq.mkdir()
     (acq / "notes.txt").write_text("not an image")
     table = tmp_path / "focus.csv"
-    writer = threading.Thread(target=_writer, args=(acq, range(N_SECTIONS)))
+    hold = threading.Event()
+    writer = threading.Thread(target=_writer, args=(acq, range(N_SECTIONS)), kwargs={"hold": hold})
     writer.start()
     try:
         with FolderWatch(acq, csv=table, settle=0.25, grace=2.0) as first:
             seen_first = [s for s in first.follow(max_files=6, idle_exit=20)]
         assert writer.is_alive(), "the restart must happen part-way through the acquisition"
+        hold.set()
         with FolderWatch(acq, csv=table, settle=0.25, grace=2.0) as second:
             assert {r.path for r in second.previous} == {s.record.path for s in seen_first}
-            seen_second = list(second.follow(idle_exit=2.0))
+            seen_second = list(second.follow(idle_exit=5.0))  # the writer may stall a while
     finally:
+        hold.set()
         writer.join()
 
     paths = _csv_paths(table)
@@ -571,14 +578,15 @@ def test_an_on_oof_command_still_running_at_exit_is_stopped_with_its_children(tm
     marker = tmp_path / "child.pid"
     alarm = _Alarm(f"sleep 60 & echo $! > {marker}; : {{}}; wait", _io.StringIO())
     alarm.fire(FocusRecord(path=str(tmp_path / "s.tif"), verdict="out_of_focus", features=3))
-    for _ in range(100):
-        if marker.exists() and marker.read_text().strip():
-            break
+    deadline = time.monotonic() + 30  # a loaded machine may take seconds to start the shell
+    while not (marker.exists() and marker.read_text().strip()):
+        assert time.monotonic() < deadline, "the --on-oof command never started"
         time.sleep(0.02)
     child = int(marker.read_text())
     alarm.reap(wait=0.2)
     assert "killed" in alarm.out.getvalue()
-    for _ in range(100):  # the kill is asynchronous: the child is gone (or a zombie) soon
+    deadline = time.monotonic() + 30  # the kill is asynchronous: gone (or a zombie) soon
+    while time.monotonic() < deadline:
         try:
             state = Path(f"/proc/{child}/stat").read_text().split()[2]
         except FileNotFoundError:

@@ -23,6 +23,7 @@ def score_focus(refs: list[str], *args: Any, **kwargs: Any) -> Any:
         # task before, and a process that dies in that write leaves the pool's result queue
         # locked for good (docs/security.md; it hung this test in 1 run of 17 here). That
         # lock is Parsl's and not recovered; this test is about the client's isolation.
-        time.sleep(0.5)
+        # 2 s: 0.5 s was a guess that a starved CI machine may outlast.
+        time.sleep(2.0)
         os._exit(137)  # the worker process dies mid-task: no result, no exception
     return functions.score_focus(refs, *args, **kwargs)

@@ -22,7 +22,7 @@ from scopefx.focus import FocusRecord
 
 #: Erase this line, go up one, erase the flagged line there, and print an in-focus line in its
 #: place; conceal whatever follows.
-FORGE = "\x1b[2K\x1b[1A\x1b[2K\r05:15:07       1268  in_focus      backlog  section_0004.tif\x1b[8m"
+FORGE = "\x1b[2K\x1b[1A\x1b[2K\r25:15:07       1268  in_focus      backlog  section_0004.tif\x1b[8m"
 #: Clear the screen, set the window title, ring the bell, start a new line, reorder the rest.
 NOISE = "a\x1b[2J\x1b]0;pwned\x07\nb\u202ec\x9b\x7f"
 #: How the lines show it.
@@ -75,9 +75,9 @@ def test_a_file_name_cannot_erase_the_flagged_line_of_watch(tmp_path):
     assert not _RAW.search(text), repr(text)
     lines = text.splitlines()
     assert any(re.search(r"out_of_focus .* section_0004\.tif  <- re-acquire$", ln) for ln in lines)
-    assert not any(line.startswith("05:15:07") for line in lines), lines  # nothing forged
-    (hostile,) = [line for line in lines if "05:15:07" in line]
-    assert hostile.endswith(r"  \x1b[2K\x1b[1A\x1b[2K\r05:15:07       1268  in_focus      "
+    assert not any(line.startswith("25:15:07") for line in lines), lines  # nothing forged
+    (hostile,) = [line for line in lines if "25:15:07" in line]
+    assert hostile.endswith(r"  \x1b[2K\x1b[1A\x1b[2K\r25:15:07       1268  in_focus      "
                             r"backlog  section_0004.tif\x1b[8m.tif")  # fmt: skip
 
 
