@@ -41,7 +41,9 @@ import scopefx
 from scopefx.remote import FUNCTION_NAMES, Client, Manifest, fill_allowed_functions
 from scopefx.remote import functions as suite
 
-pytestmark = [pytest.mark.endpoint, pytest.mark.slow]
+# one local account (USER) that the module's fixture creates and removes: under pytest -n its
+# tests stay on one worker (--dist loadgroup)
+pytestmark = [pytest.mark.endpoint, pytest.mark.slow, pytest.mark.xdist_group("multi-user")]
 
 if os.getuid() != 0 or shutil.which("useradd") is None:
     pytest.skip(
