@@ -630,24 +630,34 @@ def test_a_doubt_is_said_when_it_appears_not_only_at_the_end(tmp_path):
     assert any("the calibration may not fit" in line for line in lines[summary:])
 
 
-def test_sections_of_an_earlier_session_found_out_of_focus_later_are_reported(tmp_path):
-    """A run that started out of focus, stopped after its warm-up and restarted: the sections
-    of the first session are judged again when the density rises in the second, and those
-    found out of focus are printed then (settled, flagged), as within one session."""
+def _blurred_warmup(folder: Path) -> None:
+    """A run that starts out of focus: its 5 warm-up sections, every one blurred."""
     import tifffile
 
     from scopefx.samples import defocus
 
-    folder = tmp_path / "acq"
     folder.mkdir()
-    table = tmp_path / "run.csv"
-    for i in range(5):  # the warm-up: every section blurred
+    for i in range(5):
         sharp = tifffile.imread(io.BytesIO(_section(i)))
         tifffile.imwrite(folder / f"s{i:02d}.tif", defocus(sharp, 5.0).astype(sharp.dtype))
+
+
+def _then_in_focus(folder: Path) -> None:
+    """The 7 sections after the warm-up: focus is reached."""
+    for i in range(5, 12):
+        (folder / f"s{i:02d}.tif").write_bytes(_section(i if i not in PLANTED_OOF else 0))
+
+
+def test_sections_of_an_earlier_session_found_out_of_focus_later_are_reported(tmp_path):
+    """A run that started out of focus, stopped after its warm-up and restarted: the sections
+    of the first session are judged again when the density rises in the second, and those
+    found out of focus are printed then (settled, flagged), as within one session."""
+    folder = tmp_path / "acq"
+    table = tmp_path / "run.csv"
+    _blurred_warmup(folder)
     with FolderWatch(folder, csv=table, settle=0) as first:
         assert len([s for s in first.poll() if not s.late]) == 5
-    for i in range(5, 12):  # then focus is reached
-        (folder / f"s{i:02d}.tif").write_bytes(_section(i if i not in PLANTED_OOF else 0))
+    _then_in_focus(folder)
     with FolderWatch(folder, csv=table, settle=0) as second:
         seen = second.poll()
     late = {Path(s.record.path).name for s in seen if s.late and s.flagged}
@@ -697,18 +707,10 @@ def test_a_settled_section_alarms_before_its_row_is_rewritten(tmp_path):
     """A warm-up section found out of focus once the density rises: ``on_flagged`` sees its row
     still with its earlier verdict, so a kill before the rewrite leaves a row that the restart
     judges again, not an out-of-focus row nobody was told about."""
-    import tifffile
-
-    from scopefx.samples import defocus
-
     folder = tmp_path / "acq"
-    folder.mkdir()
     table = tmp_path / "run.csv"
-    for i in range(5):  # the warm-up: every section blurred
-        sharp = tifffile.imread(io.BytesIO(_section(i)))
-        tifffile.imwrite(folder / f"s{i:02d}.tif", defocus(sharp, 5.0).astype(sharp.dtype))
-    for i in range(5, 12):  # then focus is reached
-        (folder / f"s{i:02d}.tif").write_bytes(_section(i if i not in PLANTED_OOF else 0))
+    _blurred_warmup(folder)
+    _then_in_focus(folder)
     seen: dict[str, str] = {}
 
     def record_alarm(record):
