@@ -302,7 +302,8 @@ def test_a_file_that_grows_while_it_is_read_is_held_however_long_the_read_took(
     class WriterFinishesDuringTheRead(Client):
         def iter_focus(self, refs, **kwargs):  # type: ignore[no-untyped-def]
             records = list(super().iter_focus(refs, **kwargs))  # read the half
-            target.write_bytes(data)  # ... while the writer went on
+            if target.stat().st_size < len(data):
+                target.write_bytes(data)  # ... while the writer went on (once)
             return iter(records)
 
     client = WriterFinishesDuringTheRead(progress=False)
@@ -723,3 +724,32 @@ def test_a_settled_section_alarms_before_its_row_is_rewritten(tmp_path):
     assert "out_of_focus" not in seen.values(), seen
     rows = {Path(r["path"]).name: r["verdict"] for r in read_watch_csv(table)}
     assert all(rows[f"s{i:02d}.tif"] == "out_of_focus" for i in range(5)), rows
+
+
+def test_a_file_that_changed_between_its_scan_and_its_read_is_scored_once(tmp_path):
+    """A writer that pauses longer than ``settle`` mid-file: found settled, then the rest
+    written before the read (a loaded machine: the read came late). The record was kept with
+    the size and time of the half file, so the next look saw a change and scored the section
+    again: two rows of one section (the CLI test, under load). Now held, left out of the run,
+    and scored once it settles."""
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    table = tmp_path / "focus.csv"
+    data = _section(0)
+    path = acq / "section_0000.tif"
+    path.write_bytes(data[: len(data) // 2])
+    with FolderWatch(acq, csv=table, settle=0, grace=5) as watch:
+        found = watch.ready()
+        assert found == [str(path.absolute())]
+        path.write_bytes(data)  # the rest lands before the read
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a coarse clock's tick
+        assert list(watch.score(found)) == []  # held: what was read is not known
+        assert watch.run._judged == 0  # and the run never saw it
+        again = watch.poll()
+        while not again:  # settle is 0, retries come every half second
+            time.sleep(0.1)
+            again = watch.poll()
+        assert [s.record.path for s in again] == [str(path.absolute())] and again[0].record.ok
+        time.sleep(1.1)  # past the recheck of scored files
+        assert watch.poll() == []
+    assert _csv_paths(table) == [str(path.absolute())]

@@ -90,6 +90,15 @@ class Scored:
         return self.record.ok and self.record.verdict in FLAGGED
 
 
+class _Unjudged(FocusRun):
+    """A run that gives no verdicts: the watch has the client score without judging, and
+    judges each record itself once it keeps it (a held file's record must leave no trace in
+    the run's baseline)."""
+
+    def judge(self, record: FocusRecord) -> FocusRecord:
+        return record
+
+
 @dataclass
 class _Done:
     """A file already scored: its size and time then (None: not known, an older CSV's row)
@@ -183,6 +192,7 @@ class FolderWatch:
         self.params = params
         run = FocusRun.resolve(run, params=params, calibration=calibration, baseline=baseline)
         self.run = run
+        self._unjudged = _Unjudged(calibration=run.calibration, params=run.params)
         self.calibration = run.calibration
         self.baseline = run.baseline
         self.remote_dir = remote_dir.rstrip("/") if remote_dir else None
@@ -361,19 +371,20 @@ class FolderWatch:
             by_ref = dict(zip(refs, batch, strict=True))
             held: set[str] = set()
             pending: list[FocusRecord] = []  # the current file's records (a stack's pages)
-            for record in self.client.iter_focus(refs, params=self.params, run=self.run):
-                # failed records never enter the baseline, so a held file leaves no trace
+            for record in self.client.iter_focus(refs, params=self.params, run=self._unjudged):
+                # judged below, once kept: a held file leaves no trace in the run
                 path = by_ref.get(record.path, record.path)
                 if path in held:
                     continue
                 if pending and pending[0].path != path:  # the previous file is complete
                     yield from self._file_done(pending[0].path, pending)
                     pending = []
-                if self._hold(path, record):
+                first = not pending  # the file's first record (a stack's first page)
+                if self._hold(path, record) or (first and self._moved_on(path)):
                     held.add(path)
                     continue
                 record.path = path
-                pending.append(record)
+                pending.append(self.run.judge(record))  # in run order, as the client would
             if pending:
                 yield from self._file_done(pending[0].path, pending)
             for path in batch:  # none of its records came back: done all the same
@@ -420,6 +431,25 @@ class FolderWatch:
             seen.size, seen.mtime_ns, seen.changed_at = st.st_size, st.st_mtime_ns, now
             return True
         return now - seen.changed_at < self.grace
+
+    def _moved_on(self, path: str) -> bool:
+        """Whether ``path`` changed between the scan that found it settled and now, its
+        records read (a writer's pause longer than ``settle``, then the rest of the file):
+        what was read is unknown, and the row would keep the size and time of before, so
+        the next look would score the file again. Held instead, and scored once it settles
+        (on a loaded machine the read came after the rest: two rows of one section)."""
+        seen = self._seen.get(path)
+        if seen is None:
+            return False
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False  # gone: the record says what was read
+        if (st.st_size, st.st_mtime_ns) == (seen.size, seen.mtime_ns):
+            return False
+        seen.size, seen.mtime_ns, seen.changed_at = st.st_size, st.st_mtime_ns, time.monotonic()
+        seen.next_try = 0.0
+        return True
 
     def _finish(self, path: str, record: FocusRecord) -> Scored:
         scored = Scored(record, self._latency(path), self._section(path))
