@@ -379,8 +379,7 @@ class FolderWatch:
                 if pending and pending[0].path != path:  # the previous file is complete
                     yield from self._file_done(pending[0].path, pending)
                     pending = []
-                first = not pending  # the file's first record (a stack's first page)
-                if self._hold(path, record) or (first and self._moved_on(path)):
+                if self._hold(path, record, first=not pending):  # first: a stack's first page
                     held.add(path)
                     continue
                 record.path = path
@@ -407,49 +406,36 @@ class FolderWatch:
             done.size, done.mtime_ns = seen.size, seen.mtime_ns
         self._done[path] = done
 
-    def _hold(self, path: str, record: FocusRecord) -> bool:
-        """Whether a failed record may be a file still being written (try it again later)."""
-        if record.ok or record.status not in _RETRY_STATUSES:
-            return False
+    def _hold(self, path: str, record: FocusRecord, *, first: bool) -> bool:
+        """Whether to leave ``path`` for a later try: it changed since the scan that found it
+        settled (a writer's pause longer than ``settle``, then the rest of the file; checked
+        on its ``first`` record, and on any failed one: what was read is not known, and a
+        record kept with the size and time of before had the next look score the file again,
+        two rows of one section), or a failed record may be a file still being written."""
+        retry = not record.ok and record.status in _RETRY_STATUSES
         seen = self._seen.get(path)
-        if seen is None:
+        if seen is None or not (retry or first):
             return False
-        if record.status == "missing" and not os.path.exists(path):
+        if retry and record.status == "missing" and not os.path.exists(path):
             # renamed or removed before it was read: forget it (a file written again under
             # that name is a new section, scored when it settles)
             self._seen.pop(path, None)
             return True
         now = time.monotonic()
-        seen.next_try = now + _RETRY_EVERY
         try:
             st = os.stat(path)
         except OSError:
             st = None
         if st is not None and (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
-            # it changed while it was being read: still being written, however long the read
-            # took (a slow endpoint or a loaded machine outlasts any grace period)
+            # still being written, however long the read took (a slow endpoint or a loaded
+            # machine outlasts any grace period)
             seen.size, seen.mtime_ns, seen.changed_at = st.st_size, st.st_mtime_ns, now
+            seen.next_try = now + _RETRY_EVERY
             return True
+        if not retry:
+            return False
+        seen.next_try = now + _RETRY_EVERY
         return now - seen.changed_at < self.grace
-
-    def _moved_on(self, path: str) -> bool:
-        """Whether ``path`` changed between the scan that found it settled and now, its
-        records read (a writer's pause longer than ``settle``, then the rest of the file):
-        what was read is unknown, and the row would keep the size and time of before, so
-        the next look would score the file again. Held instead, and scored once it settles
-        (on a loaded machine the read came after the rest: two rows of one section)."""
-        seen = self._seen.get(path)
-        if seen is None:
-            return False
-        try:
-            st = os.stat(path)
-        except OSError:
-            return False  # gone: the record says what was read
-        if (st.st_size, st.st_mtime_ns) == (seen.size, seen.mtime_ns):
-            return False
-        seen.size, seen.mtime_ns, seen.changed_at = st.st_size, st.st_mtime_ns, time.monotonic()
-        seen.next_try = 0.0
-        return True
 
     def _finish(self, path: str, record: FocusRecord) -> Scored:
         scored = Scored(record, self._latency(path), self._section(path))
