@@ -460,8 +460,9 @@ def test_leave_one_out_median_matches_recomputing_it(n: int) -> None:
 
 
 def test_stage_model_with_a_single_usable_pair_warns_nothing() -> None:
-    """A 1x3 strip whose second pair is unusable: the one usable pair cannot be predicted by
-    others (no group to judge), so its own step models the other, with no NaN warning."""
+    """A 1x3 strip whose second pair is unusable: the one usable pair cannot be judged by
+    others, and no other axis says whether the stage's errors are shared, so the stage places
+    the other pair (its step may be its own tiles' error), with no NaN warning."""
     import warnings
 
     from scopefx.fusion._stagemodel import _stage_model
@@ -475,7 +476,43 @@ def test_stage_model_with_a_single_usable_pair_warns_nothing() -> None:
         warnings.simplefilter("error")
         model = _stage_model(table, shapes, ij, shifts, np.array([True, False]),
                              np.array([True, True]), olo, ohi)  # fmt: skip
-    np.testing.assert_allclose(model[1], (0.5, 2.0))
+    np.testing.assert_array_equal(model[1], (0.0, 0.0))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_lone_usable_pair_models_its_axis_only_where_another_axis_shares_its_errors(
+    shared: bool,
+) -> None:
+    """A 4x2 grid: the three vertical pairs of column 0 are usable, those of column 1 are not;
+    of the four horizontal pairs one is usable (3 px long). Where the vertical pairs all
+    carry one step error (the stage's, 4 px), the stage's errors are shared, so the lone
+    horizontal step models the other horizontal pairs too; where each vertical pair errs its
+    own way, the lone step may be its own tiles' error as well, and the stage places them
+    (repeated along each row it would move tile k of a row k times that)."""
+    from scopefx.fusion._stagemodel import _stage_model
+
+    rows, step = 4, 90.0
+    grid = np.array([(r, c) for r in range(rows) for c in range(2)], dtype=float)
+    table = _table(grid * step)
+    shapes = np.full((len(grid), 2), 100)
+    vertical = [(2 * r + c, 2 * r + 2 + c) for c in range(2) for r in range(rows - 1)]
+    horizontal = [(2 * r, 2 * r + 1) for r in range(rows)]
+    ij = np.array(vertical + horizontal)
+    d = grid[ij[:, 1]] * step - grid[ij[:, 0]] * step
+    lo = np.maximum(grid[ij[:, 0]] * step, grid[ij[:, 1]] * step)
+    olo, ohi = lo, np.minimum(grid[ij[:, 0]] * step, grid[ij[:, 1]] * step) + 100
+    assert np.all(np.abs(d).max(axis=1) == step)
+    own = np.array([[3.0, -2.0], [-4.0, 1.5], [2.5, 3.0]])
+    column0 = own * 0.05 + [4.0, 0.0] if shared else own
+    shifts = np.full((len(ij), 2), np.nan)
+    shifts[:3] = column0
+    shifts[len(vertical)] = (0.5, 3.0)  # the lone usable horizontal pair, row 0
+    used = np.isfinite(shifts[:, 0])
+    model = _stage_model(table, shapes, ij, shifts, used, np.ones(len(ij), bool), olo, ohi)
+    for k in range(len(vertical) + 1, len(ij)):  # the unusable horizontal pairs
+        np.testing.assert_allclose(model[k], (0.5, 3.0) if shared else (0.0, 0.0))
+    for k in range(3, len(vertical)):  # column 1's vertical pairs: column 0's median or stage
+        np.testing.assert_allclose(model[k], np.median(column0, axis=0) if shared else 0.0)
 
 
 @pytest.mark.parametrize("shared", [False, True])

@@ -148,8 +148,12 @@ def _stage_model(
     its own (no step, scale or backlash shared), the median of a few other pairs only adds
     their errors to the pair's (3x3 cuts of real frames with independent jitter: 3.08 px mean
     error with the median, 2.94 with the stage; the real tile sets, whose errors are shared,
-    keep the median). Where no grouping can be judged (a lone usable pair), the median is
-    kept: that pair's step is all there is to go on."""
+    keep the median). Where no grouping can be judged (a lone usable pair), its step is used
+    only where the usable pairs of another axis were judged to share the stage's errors (one
+    stage moves along every axis); else the stage itself: one pair cannot tell a shared error
+    from its own tiles', and repeated along a row its own error grows with every tile (3x3
+    cuts of a real frame with independent jitter, three tiles of a row 14-16 px off where the
+    stage left them 5-7 px off)."""
     nd = table.ndim
     offs = _footprints(table, shapes)[0]
     axis, sign = _steps(table, shapes, ij, olo, ohi)
@@ -191,6 +195,7 @@ def _stage_model(
         return float(np.median(e)) if e.size else math.inf
 
     chosen: dict[int, str] = {}
+    scores: dict[int, float] = {}
     for a in range(nd):
         members = [k for k in usable if axis[k] == a]
         chosen[a], score = "direction", typical(missed["direction"][members])
@@ -205,15 +210,32 @@ def _stage_model(
             still = typical(np.linalg.norm(oriented[members], axis=1))
             if still < _MODEL_GAIN * score:
                 chosen[a], score = "stage", still
-        if any(not used[k] and axis[k] == a for k in np.flatnonzero(side).tolist()):
-            if chosen[a] == "stage":
-                logger.info("stage model, pairs stepping along axis %d: the stage positions "
-                            "(they predict the usable pairs within %.2f px, better than a "
-                            "median of the others)", a, score)  # fmt: skip
-            else:
-                logger.info("stage model, pairs stepping along axis %d: median of the usable "
-                            "pairs of the same %s (they predict each other within %.2f px)",
-                            a, chosen[a], score)  # fmt: skip
+        scores[a] = score
+    # a lone usable pair (nothing to judge its step by): one stage moves along every axis, so
+    # an axis whose pairs were judged to share their errors lends the lone pair's step its
+    # trust; else its step may be its own tiles' error alone, which the median would repeat
+    # along the whole row (tile k moved k times it)
+    shared = any(math.isfinite(v) and chosen[b] != "stage" for b, v in scores.items())
+    for a in range(nd):
+        if not math.isfinite(scores[a]) and not shared:
+            chosen[a] = "stage"
+    for a in range(nd):
+        if not any(not used[k] and axis[k] == a for k in np.flatnonzero(side).tolist()):
+            continue
+        if not math.isfinite(scores[a]):
+            logger.info("stage model, pairs stepping along axis %d: %s (one usable pair, "
+                        "nothing to judge its step by; %s)", a,
+                        "the stage positions" if chosen[a] == "stage" else "its step",
+                        "the pairs of another axis share their errors" if shared
+                        else "no axis shows the stage's errors shared")  # fmt: skip
+        elif chosen[a] == "stage":
+            logger.info("stage model, pairs stepping along axis %d: the stage positions "
+                        "(they predict the usable pairs within %.2f px, better than a "
+                        "median of the others)", a, scores[a])  # fmt: skip
+        else:
+            logger.info("stage model, pairs stepping along axis %d: median of the usable "
+                        "pairs of the same %s (they predict each other within %.2f px)",
+                        a, chosen[a], scores[a])  # fmt: skip
     medians: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
     model: dict[int, np.ndarray] = {}
     for k in np.flatnonzero(side & ~used).tolist():
