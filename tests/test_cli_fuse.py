@@ -13,6 +13,7 @@ import tifffile
 import zarr
 
 from scopefx.cli import main
+from scopefx.fusion import report_summary as summary_of
 from scopefx.samples import make_mosaic, write_mosaic
 
 SMALL = {"grid": (3, 3), "tile_px": 128, "name": "retina", "jitter_px": 3}
@@ -294,9 +295,24 @@ def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         _run(*args, "-q")
     assert info.value.code == 3
-    assert "usable" in capsys.readouterr().err
-    code, text = _run(*args, "--allow-partial-registration", "-q")
+    err = capsys.readouterr().err
+    assert "usable" in err and "m.qc.json" in err and "--overwrite" in err
+    # the refusal leaves the evidence: every pair as measured, and no mosaic or refined table
+    report = json.loads((tmp_path / "m.qc.json").read_text())
+    assert report["refused"].startswith("only 0 of 4 neighbouring tile pairs")
+    assert report["summary"]["pairs_used"] == 0
+    assert {p["status"] for p in report["pairs"]} <= {"low_quality", "ambiguous", "corner"}
+    assert "refused" in summary_of(report)
+    assert (tmp_path / "m.qc.png").is_file() and (tmp_path / "m.pairs.csv").is_file()
+    assert not (tmp_path / "m.ome.zarr").exists() and not (tmp_path / "m.registered.csv").exists()
+    with pytest.raises(SystemExit) as info:  # refused again: the report's name cannot hide why
+        _run(*args, "--max-shift", "20", "-q")
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert "only 0 of 4" in err and "QC report was not written" in err and "exists" in err
+    code, text = _run(*args, "--allow-partial-registration", "--overwrite", "-q")
     assert code == 0 and "registration: " in text
+    assert json.loads((tmp_path / "m.qc.json").read_text())["refused"] is None
 
 
 @pytest.mark.skipif(not REAL_TILES.is_dir(), reason=f"real tile sets not found at {REAL_TILES}")

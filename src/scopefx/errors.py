@@ -8,6 +8,8 @@ their per-item records instead of raising.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AccessDeniedError",
     "CalibrationError",
@@ -113,9 +115,20 @@ class RegistrationError(ScopefxError, ValueError):
     Raised when too few neighbouring tiles give a usable match (fewer than half, by default),
     or when no two tiles overlap at their stage positions; the message says which and why.
     ``RegistrationParams(allow_partial=True)`` registers what can be registered instead.
+
+    Attributes
+    ----------
+    registration : Registration or None
+        For too few usable pairs: the evidence, every pair as measured and classified, and
+        the layout ``allow_partial=True`` would give (not applied; what the stitching QC
+        report of a refused run shows). None when nothing was measured.
     """
 
     status = "registration"
+
+    def __init__(self, message: str, *, registration: Any = None) -> None:
+        super().__init__(message)
+        self.registration = registration
 
 
 class RemoteTaskError(ScopefxError, RuntimeError):

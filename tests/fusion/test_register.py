@@ -809,6 +809,35 @@ def test_too_few_usable_pairs_is_an_error_unless_partial_is_allowed() -> None:
     assert not any(p.used for p in reg.pairs)
 
 
+def test_a_refusal_carries_the_evidence_and_what_partial_would_give() -> None:
+    """The refused registration is in the error: every pair as measured and classified, and
+    the layout ``allow_partial`` gives (a notebook can look at which pairs failed and how);
+    it survives pickling, as an error sent back from an endpoint is."""
+    import pickle
+
+    tiles, _, stage = _grid(2, 3, 160, (120, 120), seed=25)
+    for k in (2, 4, 5):
+        tiles[k] = np.full_like(tiles[k], 0.3)
+    kwargs = {"read": _memory_reader(tiles), "shapes": [(160, 160)] * 6}
+    with pytest.raises(RegistrationError, match=r"only 2 of 7") as info:
+        register(_table(stage), **kwargs)  # type: ignore[arg-type]
+    refused = info.value.registration
+    partial = register(_table(stage), params=RegistrationParams(allow_partial=True), **kwargs)  # type: ignore[arg-type]
+
+    def evidence(reg):  # NaN shifts compare equal here
+        return [(p.i, p.j, p.status, p.used) for p in reg.pairs], [p.shift_px for p in reg.pairs]
+
+    assert refused is not None and evidence(refused)[0] == evidence(partial)[0]
+    np.testing.assert_array_equal(evidence(refused)[1], evidence(partial)[1])
+    assert sum(p.used for p in refused.pairs) == 2
+    np.testing.assert_array_equal(refused.table.affines, partial.table.affines)
+    back = pickle.loads(pickle.dumps(info.value))
+    assert str(back) == str(info.value) and evidence(back.registration)[0] == evidence(refused)[0]
+    with pytest.raises(RegistrationError) as none:  # nothing measured: nothing to carry
+        register(_table(stage * 3), **kwargs)  # type: ignore[arg-type]
+    assert none.value.registration is None
+
+
 def test_tiles_that_do_not_overlap_cannot_be_registered() -> None:
     tiles, _, stage = _grid(2, 2, 160, (120, 120), seed=26)
     with pytest.raises(RegistrationError, match="no two of the 4 tiles overlap"):

@@ -94,7 +94,8 @@ def add_parser(sub: Any) -> None:
         "--allow-partial-registration",
         action="store_true",
         help="register what can be registered when fewer than half the neighbouring tiles "
-        "give a usable match (default: refuse, saying why)",
+        "give a usable match (default: refuse, saying why, exit 3, with the QC report of "
+        "the pairs as measured written beside OUT)",
     )
     g.add_argument(
         "--qc",

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError, RegistrationError
 from ..io import TaskClock, TileTable, layout_problems
 from ._blend import read_opaque
 from ._correlate import Plan, cut, plan_pair, prepare
@@ -199,6 +200,7 @@ def registration_report(
     flatfield: Any = None,
     workers: int = 1,
     started: float | None = None,
+    refused: str | None = None,
 ) -> dict[str, Any]:
     """The QC report of a registration, JSON-able.
 
@@ -209,6 +211,11 @@ def registration_report(
     read, shapes, flatfield, workers, started
         As for :func:`register`: tiles are read again to score the overlap agreement, and
         the endpoint's task time (counted from ``started``) is checked before each read.
+    refused : str, optional
+        Why registration was refused (the message of the
+        :class:`~scopefx.errors.RegistrationError` whose ``registration`` is ``reg``): the
+        report then says so (``refused``), and its positions are those ``allow_partial``
+        would give, not applied.
 
     Returns
     -------
@@ -223,7 +230,8 @@ def registration_report(
         the final positions); ``tiles`` (per tile: ``ref``, ``stage`` and ``position`` x, y,
         ``shift`` x, y and its length ``shift_px``, ``size``, ``pairs_used`` and
         ``placed_by``: ``"registration"``, ``"stage model"`` or ``"stage position"``, see
-        :meth:`Registration.placed_by`, and ``unmatched``: measured pairs, none used).
+        :meth:`Registration.placed_by`, and ``unmatched``: measured pairs, none used);
+        ``refused``: None, or why registration was refused.
     """
     table, nd = reg.table, reg.table.ndim
     stage = reg.stage_table or reg.table
@@ -298,6 +306,7 @@ def registration_report(
     ]
     return {
         "version": REPORT_VERSION,
+        "refused": refused,
         "params": reg.params.to_dict(),
         "summary": summary,
         "layout_problems": layout_problems(stage, shape_arr),
@@ -313,6 +322,10 @@ def report_summary(report: dict[str, Any]) -> str:
     the stage model alone: tile_r1_c1.tif``)."""
     s = report["summary"]
     side = s["pairs"] - s["pairs_corner"]
+    if report.get("refused"):  # what was measured; the positions were not applied
+        return (f"registration refused: {s['pairs_used']} of {side} side pairs gave a usable "
+                "match (the report's positions are what --allow-partial-registration would "
+                "give, not applied)")  # fmt: skip
     parts = [f"registration: {s['pairs_used']} of {side} side pairs used"]
     rejected = [f"{s[f'pairs_{k}']} {k.replace('_', ' ')}" for k in
                 ("outlier", "low_quality", "ambiguous", "blank") if s[f"pairs_{k}"]]  # fmt: skip
@@ -425,8 +438,10 @@ def _plot_graph(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("y (px)")
     s = report["summary"]
     marked = f"\nhatched red: tiles with no used pair ({len(lone)}), placed from the stage alone"
+    head = ("REFUSED (too few usable pairs): positions as --allow-partial-registration would "
+            "give, not applied\n" if report.get("refused") else "")  # fmt: skip
     ax.set_title(
-        f"{s['pairs_used']} pairs used, rms residual {s['rms_residual_px']} px; "
+        head + f"{s['pairs_used']} pairs used, rms residual {s['rms_residual_px']} px; "
         f"overlap agreement {s['overlap_agreement']}\n"
         "lines: residual (colour), dashed grey: not used, red: outlier; arrows: shift x10"
         + (marked if lone else ""),
@@ -461,15 +476,49 @@ def qc_only(
     RegistrationError
         As :func:`register` (too few usable pairs without ``allow_partial``).
     """
-    started = time.monotonic()  # one task clock for the registration and its report
-    shape_arr = _tile_shapes(table, shapes, read)
-    reg = register_from(started, table, params=params, read=read, shapes=shape_arr,
-                        flatfield=flatfield, workers=workers)  # fmt: skip
-    report = registration_report(reg, read=read, shapes=shape_arr, flatfield=flatfield,
-                                 workers=workers, started=started)  # fmt: skip
     from ._publish import publish
 
+    started = time.monotonic()  # one task clock for the registration and its report
+    shape_arr = _tile_shapes(table, shapes, read)
+    try:
+        reg = register_from(started, table, params=params, read=read, shapes=shape_arr,
+                            flatfield=flatfield, workers=workers)  # fmt: skip
+    except RegistrationError as exc:
+        if exc.registration is None:
+            raise
+        raise _refused_report(exc, out, read, shape_arr, flatfield, workers, started,
+                              replace) from None  # fmt: skip
+    report = registration_report(reg, read=read, shapes=shape_arr, flatfield=flatfield,
+                                 workers=workers, started=started)  # fmt: skip
     publish(sidecar(out, ".registered.csv"), reg.table.to_csv, replace=replace)
     publish(sidecar(out, ".pairs.csv"), reg.pairs_to_csv, replace=replace)
     paths = write_report(report, out, replace=replace)
     return reg, report, paths
+
+
+def _refused_report(
+    exc: RegistrationError, out: str | os.PathLike[str], read: Callable[[str], Any] | None,
+    shapes: np.ndarray, flatfield: Any, workers: int, started: float, replace: bool,
+) -> RegistrationError:  # fmt: skip
+    """The QC report and the pairs table of a refused registration written beside ``out``
+    (no refined table: nothing was registered), and the error to raise, its message naming
+    them: a refusal is when the pairs' evidence is needed most (which failed, how, where).
+    A report that cannot be written (a previous run's, without ``replace``) is said so, and
+    never hides the refusal."""
+    from ._publish import publish
+
+    reg, why = exc.registration, str(exc)
+    try:
+        report = registration_report(reg, read=read, shapes=shapes, flatfield=flatfield,
+                                     workers=workers, started=started, refused=why)  # fmt: skip
+        pairs = sidecar(out, ".pairs.csv")
+        publish(pairs, reg.pairs_to_csv, replace=replace)
+        js, png = write_report(report, out, replace=replace)
+    except ConfigError as err:
+        return RegistrationError(f"{why}. The stitching QC report was not written: {err}",
+                                 registration=reg)  # fmt: skip
+    return RegistrationError(
+        f"{why}. Each pair as measured is in the stitching QC report {js} ({png.name}, "
+        f"{pairs.name}); a later run to the same output replaces it only with --overwrite",
+        registration=reg,
+    )

@@ -148,7 +148,8 @@ def register(
     RegistrationError
         No two tiles overlap at their stage positions, or fewer than
         ``params.min_usable_fraction`` of the side pairs gave a usable match (without
-        ``params.allow_partial``).
+        ``params.allow_partial``); then its ``registration`` holds every pair as measured
+        and classified, and the layout ``allow_partial`` would give.
     ResourceLimitError
         Measuring the pairs ran past the endpoint's task time (``SCOPEFX_TASK_TIMEOUT_S``,
         counted from this call), or a search would take more memory than it allows.
@@ -239,6 +240,9 @@ def register_from(
     results = [empty if s else next(measured) for s in skipped]
     searched = iter(p.reach for p in plans)  # as searched: the memory budget may narrow it
     reach = [0.0 if s else next(searched) for s in skipped]
-    reg = _settle(table, shape_arr, geometry, corner, results, params, reach)
+    reg, refusal = _settle(table, shape_arr, geometry, corner, results, params, reach)
     removed = banding is not None and banding.removed
-    return dataclasses.replace(reg, flatfield=shading, banding="removed" if removed else "none")
+    reg = dataclasses.replace(reg, flatfield=shading, banding="removed" if removed else "none")
+    if refusal is not None:  # with the evidence: what was measured, what partial would give
+        raise RegistrationError(refusal, registration=reg)
+    return reg

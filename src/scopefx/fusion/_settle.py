@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import RegistrationError
 from ..io import TileTable
 from ._correlate import Measured
 from ._loops import (
@@ -48,8 +47,13 @@ def _settle(
     results: list[Measured],
     params: RegistrationParams,
     reach: Sequence[float],
-) -> Registration:
-    """Classify the measurements, model the unusable side pairs, solve, drop outliers."""
+) -> tuple[Registration, str | None]:
+    """Classify the measurements, model the unusable side pairs, solve, drop outliers.
+
+    Returns the registration and, where too few side pairs gave a usable match for
+    ``params`` (``min_usable_fraction``, without ``allow_partial``), why it is refused (None
+    otherwise): the registration is then what ``allow_partial`` would give, the evidence
+    :class:`~scopefx.errors.RegistrationError` carries."""
     nd, n, m = table.ndim, len(table), len(geometry)
     ij = np.array([(i, j) for i, j, _, _ in geometry], dtype=int).reshape(m, 2)
     olo = np.array([g[2] for g in geometry], dtype=float).reshape(m, nd)
@@ -70,10 +74,11 @@ def _settle(
     used = status == "used"
     side = ~is_corner
     n_side, n_ok = int(side.sum()), int((used & side).sum())
+    refusal = None
     if n > 1 and n_ok < params.min_usable_fraction * n_side and not params.allow_partial:
         counts = collections.Counter(status[side].tolist())
         detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(counts.items()))
-        raise RegistrationError(
+        refusal = (
             f"only {n_ok} of {n_side} neighbouring tile pairs gave a usable match ({detail}); "
             f"at least {params.min_usable_fraction:.0%} are needed. Low quality or blank: the "
             "overlaps hold too little content; ambiguous: a repeated pattern. Widen the search "
@@ -188,8 +193,9 @@ def _settle(
     logger.info("registered %d tiles from %d pairs: %s; %d modelled", n, m,
                 dict(sorted(counts.items())), len(model))  # fmt: skip
     reg = Registration(table.with_affines(affines), pairs, c, params, table)
-    _warn_unmatched(reg)
-    return reg
+    if refusal is None:  # a refusal says why instead
+        _warn_unmatched(reg)
+    return reg, refusal
 
 
 #: At most this many candidate shifts per axis for :func:`_whole_pixel_gauge`.
