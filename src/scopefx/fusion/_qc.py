@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, RegistrationError
+from ..errors import RegistrationError, ScopefxError
 from ..io import TaskClock, TileTable, layout_problems
 from ._blend import read_opaque
 from ._correlate import Plan, cut, plan_pair, prepare
@@ -503,8 +503,8 @@ def _refused_report(
     """The QC report and the pairs table of a refused registration written beside ``out``
     (no refined table: nothing was registered), and the error to raise, its message naming
     them: a refusal is when the pairs' evidence is needed most (which failed, how, where).
-    A report that cannot be written (a previous run's, without ``replace``) is said so, and
-    never hides the refusal."""
+    A report that cannot be written (a previous run's, without ``replace``; a full disk; the
+    task's time spent) is said so, and never hides the refusal."""
     from ._publish import publish
 
     reg, why = exc.registration, str(exc)
@@ -514,7 +514,7 @@ def _refused_report(
         pairs = sidecar(out, ".pairs.csv")
         publish(pairs, reg.pairs_to_csv, replace=replace)
         js, png = write_report(report, out, replace=replace)
-    except ConfigError as err:
+    except (ScopefxError, OSError) as err:  # exists, disk full, out of task time, ...
         return RegistrationError(f"{why}. The stitching QC report was not written: {err}",
                                  registration=reg)  # fmt: skip
     return RegistrationError(
