@@ -153,7 +153,7 @@ def _stage_model(
     stage moves along every axis); else the stage itself: one pair cannot tell a shared error
     from its own tiles', and repeated along a row its own error grows with every tile (3x3
     cuts of a real frame with independent jitter, three tiles of a row 14-16 px off where the
-    stage left them 5-7 px off)."""
+    stage left them 6-9 px off)."""
     nd = table.ndim
     offs = _footprints(table, shapes)[0]
     axis, sign = _steps(table, shapes, ij, olo, ohi)
