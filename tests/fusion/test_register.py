@@ -477,6 +477,10 @@ def test_stage_model_with_a_single_usable_pair_warns_nothing() -> None:
         model = _stage_model(table, shapes, ij, shifts, np.array([True, False]),
                              np.array([True, True]), olo, ohi)  # fmt: skip
     np.testing.assert_array_equal(model[1], (0.0, 0.0))
+    # no usable pair at all: nothing to model from (the components are left as placed)
+    none = _stage_model(table, shapes, ij, np.full((2, 2), np.nan), np.array([False, False]),
+                        np.array([True, True]), olo, ohi)  # fmt: skip
+    assert none == {}
 
 
 @pytest.mark.parametrize("shared", [False, True])

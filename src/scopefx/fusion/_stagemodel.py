@@ -196,8 +196,10 @@ def _stage_model(
 
     chosen: dict[int, str] = {}
     scores: dict[int, float] = {}
+    lone: dict[int, bool] = {}  # one usable pair: no grouping can be judged
     for a in range(nd):
         members = [k for k in usable if axis[k] == a]
+        lone[a] = len(members) == 1
         chosen[a], score = "direction", typical(missed["direction"][members])
         for g in groupings[1:]:
             e = missed[g][members]
@@ -217,12 +219,12 @@ def _stage_model(
     # along the whole row (tile k moved k times it)
     shared = any(math.isfinite(v) and chosen[b] != "stage" for b, v in scores.items())
     for a in range(nd):
-        if not math.isfinite(scores[a]) and not shared:
+        if lone[a] and not shared:
             chosen[a] = "stage"
     for a in range(nd):
         if not any(not used[k] and axis[k] == a for k in np.flatnonzero(side).tolist()):
             continue
-        if not math.isfinite(scores[a]):
+        if lone[a]:
             logger.info("stage model, pairs stepping along axis %d: %s (one usable pair, "
                         "nothing to judge its step by; %s)", a,
                         "the stage positions" if chosen[a] == "stage" else "its step",
