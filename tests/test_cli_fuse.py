@@ -344,3 +344,40 @@ def test_the_summary_says_what_colour_tiles_are_and_whether_they_were_registered
     assert line.startswith(f"tiles: colour tiles ({model}, samples last): fused as 3 channels")
     assert ("transparent pixels are no data" in line) == alpha
     assert line.endswith(", registered on their sum") == register
+
+
+def test_grid_writes_the_table_of_numbered_tiles_and_fuse_registers_it(tmp_path):
+    """``scopefx grid``: tiles numbered from 1 in a snake by rows (Fiji's ``tile_{iii}``, a 3 x
+    3 scan at 15 % overlap, each up to 5 px off its nominal place) placed on their nominal
+    grid; ``scopefx fuse --register`` on that table finds the true layout (within 0.2 px). The
+    table is not written over without --overwrite."""
+    m = make_mosaic("retina", grid=(3, 3), tile_px=160, overlap=0.15, jitter_px=5.0,
+                    subpixel=True, seed=4)  # fmt: skip
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    name_of = {}
+    for k, tile in enumerate(m.tiles):
+        r, c = divmod(k, 3)
+        number = r * 3 + (c if r % 2 == 0 else 2 - c) + 1
+        name_of[k] = f"tile_{number:03d}.tif"
+        tifffile.imwrite(scan / name_of[k], tile)
+    table = tmp_path / "tiles.csv"
+    argv = ["grid", str(scan / "tile_{iii}.tif"), "--overlap", "15", "--grid", "3x3",
+            "--order", "snake-rows", "-o", str(table)]  # fmt: skip
+    code, text = _run(*argv)
+    assert code == 0 and "9 tiles on a 3 x 3 grid" in text, text
+    step = round(160 * 0.85)
+    nominal = {Path(r["path"]).name: (float(r["x"]), float(r["y"])) for r in _rows(table)}
+    assert nominal == {name_of[k]: ((k % 3) * step, (k // 3) * step) for k in range(9)}
+    before = table.read_bytes()
+    with pytest.raises(SystemExit) as info:  # exists: not replaced
+        _run(*argv)
+    assert info.value.code == 2 and table.read_bytes() == before
+    code, text = _run("fuse", str(table), "--register", "-o", str(tmp_path / "m.ome.zarr"), "-q")
+    assert code == 0, text
+    placed = {Path(r["path"]).name: (float(r["y"]), float(r["x"]))
+              for r in _rows(tmp_path / "m.registered.csv")}  # fmt: skip
+    got = np.array([placed[name_of[k]] for k in range(9)])
+    true = m.affines[:, :2, 2]
+    err = (got - got.mean(0)) - (true - true.mean(0))
+    assert np.abs(err).max() < 0.2, err

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     focus.add_parsers(sub)
     demo.add_parser(sub)
     fuse.add_parser(sub)
+    fuse.add_grid_parser(sub)
     watch.add_parser(sub)
     remote.add_parsers(sub)
     return parser

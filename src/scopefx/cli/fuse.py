@@ -23,7 +23,7 @@ from ._common import (
     runs_remotely,
 )
 
-__all__ = ["add_parser", "cmd_fuse"]
+__all__ = ["add_grid_parser", "add_parser", "cmd_fuse", "cmd_grid"]
 
 
 def add_parser(sub: Any) -> None:
@@ -160,6 +160,108 @@ def add_parser(sub: Any) -> None:
         help="on an endpoint: fan out over N fuse_region tasks (default: one fuse_mosaic task)",
     )
     p.set_defaults(func=cmd_fuse)
+
+
+def add_grid_parser(sub: Any) -> None:
+    from ..io import GRID_ORDERS, GRID_STARTS
+
+    p = sub.add_parser(
+        "grid",
+        help="write the tile table of a folder of tiles named by their place in a grid",
+        description="Place tiles named by their row and column (img_r{row}_c{col}.tif, MIST's "
+        "img_r{rrr}_c{ccc}.tif) or by their number in acquisition order (tile_{index}.tif, "
+        "Fiji's tile_{iii}.tif, with --grid) on their nominal grid, from the overlap of "
+        "neighbouring tiles, and write the tile table for `scopefx fuse` (path,x,y in "
+        "pixels). Numbering may start at 0 or 1; missing tiles leave their place empty. "
+        "The positions are nominal: fuse with --register to find the true layout.",
+    )
+    p.add_argument(
+        "pattern",
+        metavar="PATTERN",
+        help="the tiles' path with {row} and {col}, or {index}, in the file name (quote it)",
+    )
+    p.add_argument(
+        "--overlap", required=True, type=_overlap_pct, metavar="PCT[,PCT]",
+        help="nominal overlap of neighbouring tiles, percent of a tile (x,y: one per axis)",
+    )  # fmt: skip
+    p.add_argument(
+        "-o", "--output", required=True, metavar="TILES.csv", help="the tile table to write"
+    )
+    p.add_argument(
+        "--grid", type=_grid_shape, default=None, metavar="ROWSxCOLS",
+        help="the grid's shape: needed for numbered tiles ({index})",
+    )  # fmt: skip
+    p.add_argument(
+        "--order", choices=GRID_ORDERS, default="rows",
+        help="numbered tiles: how the stage ran (default: %(default)s, each row left to right; "
+        "snake-: turning at each end)",
+    )  # fmt: skip
+    p.add_argument(
+        "--start", choices=GRID_STARTS, default="top-left",
+        help="numbered tiles: the corner of the first tile (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--first-index", type=int, default=None, metavar="N",
+        help="numbered tiles: the first tile's number (default: the smallest found)",
+    )  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace TILES.csv if it exists")
+    p.set_defaults(func=cmd_grid)
+
+
+def _overlap_pct(text: str) -> tuple[float, ...]:
+    """``--overlap``: one percentage, or ``x,y``."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2) or not all(0 <= v < 100 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected a percentage in [0, 100) or two as x,y (e.g. 10 or 10,15), got {text!r}"
+        )
+    return values
+
+
+def _grid_shape(text: str) -> tuple[int, int]:
+    """``--grid``: ``ROWSxCOLS``."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if m is None or int(m[1]) < 1 or int(m[2]) < 1:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS, e.g. 5x4, got {text!r}")
+    return int(m[1]), int(m[2])
+
+
+def cmd_grid(args: argparse.Namespace, out: TextIO) -> int:
+    import tempfile
+
+    from ..io import grid_tile_table
+
+    target = Path(args.output)
+    if os.path.lexists(target) and not args.overwrite:
+        raise UsageError(
+            f"{args.output!r} exists; give --overwrite to replace it, or choose another path"
+        )
+    if target.is_dir():
+        raise UsageError(f"{args.output!r} is a folder; give the tile table's file name")
+    table = grid_tile_table(
+        args.pattern, args.overlap, grid=args.grid, order=args.order, start=args.start,
+        first_index=args.first_index,
+    )  # fmt: skip
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        table.to_csv(temp)
+        os.replace(temp, target)  # whole or not at all
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+    pos = table.affines[:, :2, 2]  # (y, x)
+    rows, cols = (len(set(pos[:, k].tolist())) for k in (0, 1))
+    print(f"{printable(args.output)}: {len(table)} tiles on a {rows} x {cols} grid "
+          f"(rows x columns), nominal positions; next: scopefx fuse "
+          f"{printable(args.output)} --register -o MOSAIC.ome.zarr", file=out)  # fmt: skip
+    return 0
 
 
 def _z_plane(text: str) -> int | str:

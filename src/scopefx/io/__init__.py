@@ -6,7 +6,8 @@ files, directories and globs). An image reference is a local path, or ``store.za
 for an array inside a Zarr store (:func:`split_ref`).
 
 Mosaics: :func:`read_tile_table` (CSV, Fiji ``TileConfiguration.txt``, or an instrument file
-with stage positions), :func:`flatten_z` (one plane per z-stack tile of an instrument file) and
+with stage positions), :func:`grid_tile_table` (tiles named by their place in a grid, with the
+nominal overlap), :func:`flatten_z` (one plane per z-stack tile of an instrument file) and
 OME-Zarr multiscale writing (:class:`OmeZarrSpec`, :func:`create_ome_zarr`).
 
 On endpoints, :class:`DataRoots` confines references to the configured data roots (read only)
@@ -15,6 +16,7 @@ and outputs to the output roots, and :class:`EndpointLimits` bounds the work of 
 
 from ._confine import created, open_binary, read_bytes
 from ._expand import as_image_refs
+from ._grid import GRID_ORDERS, GRID_STARTS, grid_tile_table
 from ._layout import layout_problems
 from ._limits import EndpointLimits, TaskClock
 from ._metadata import ImageMetadata, read_metadata
@@ -34,6 +36,8 @@ from ._units import same_pixel_size
 
 __all__ = [
     "DATA_ROOTS_ENV",
+    "GRID_ORDERS",
+    "GRID_STARTS",
     "IMAGE_SUFFIXES",
     "OUTPUT_ROOTS_ENV",
     "SAMPLES_LAST",
@@ -52,6 +56,7 @@ __all__ = [
     "find_images",
     "flatten_z",
     "fsync_file",
+    "grid_tile_table",
     "layout_problems",
     "multiscales_metadata",
     "natural_key",
