@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -346,6 +347,12 @@ def test_the_summary_says_what_colour_tiles_are_and_whether_they_were_registered
     assert line.endswith(", registered on their sum") == register
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_grid_writes_the_table_of_numbered_tiles_and_fuse_registers_it(tmp_path):
     """``scopefx grid``: tiles numbered from 1 in a snake by rows (Fiji's ``tile_{iii}``, a 3 x
     3 scan at 15 % overlap, each up to 5 px off its nominal place) placed on their nominal
@@ -373,6 +380,11 @@ def test_grid_writes_the_table_of_numbered_tiles_and_fuse_registers_it(tmp_path)
     with pytest.raises(SystemExit) as info:  # exists: not replaced
         _run(*argv)
     assert info.value.code == 2 and table.read_bytes() == before
+    assert table.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() makes it
+    tile = scan / name_of[0]
+    with pytest.raises(SystemExit) as info:  # a tile is never the table, even with --overwrite
+        _run(*argv[:-1], str(tile), "--overwrite")
+    assert info.value.code == 2 and tifffile.imread(tile).shape == (160, 160)
     code, text = _run("fuse", str(table), "--register", "-o", str(tmp_path / "m.ome.zarr"), "-q")
     assert code == 0, text
     placed = {Path(r["path"]).name: (float(r["y"]), float(r["x"]))

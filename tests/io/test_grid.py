@@ -75,12 +75,15 @@ def test_numbered_tiles_follow_the_stages_order(tmp_path, order: str, start: str
         assert got[f"tile_{k + 1:03d}.tif"] == (c * 50, r * 40), (k, got)
 
 
-def test_first_index_when_the_first_tile_is_missing(tmp_path) -> None:
-    """Tiles 0 and 1 of a 1 x 4 row are missing: by default the smallest found (2) would be
-    taken for the first; ``first_index=0`` puts tile 2 at column 2."""
+def test_first_index_when_the_first_tile_is_missing(tmp_path, caplog) -> None:
+    """Tiles 0 and 1 of a 1 x 4 row are missing: by default the smallest found (2) is taken
+    for the first, with a warning; ``first_index=0`` puts tile 2 at column 2."""
     for k in (2, 3):
         _tile(tmp_path / f"t{k}.tif")
-    assert _placed(grid_tile_table(tmp_path / "t{index}.tif", 0, grid=(1, 4)))["t2.tif"] == (0, 0)
+    with caplog.at_level("WARNING", logger="scopefx"):
+        guessed = grid_tile_table(tmp_path / "t{index}.tif", 0, grid=(1, 4))
+    assert _placed(guessed)["t2.tif"] == (0, 0)
+    assert "smallest tile number found, 2, is taken for the first" in caplog.text
     table = grid_tile_table(tmp_path / "t{index}.tif", 0, grid=(1, 4), first_index=0)
     assert _placed(table) == {"t2.tif": (100, 0), "t3.tif": (150, 0)}
 
@@ -98,7 +101,7 @@ def test_colour_tiles_are_placed_by_their_pixels_not_their_samples(tmp_path) -> 
     [
         (["a_1_1.tif", "a_01_1.tif"], "a_{row}_{col}.tif", {}, ConfigError,
          "a_01_1.tif and a_1_1.tif both sit at row 0, column 0"),
-        (["a_1.tif"], "a_{x}.tif", {}, ConfigError, "unknown placeholder"),
+        (["a_1.tif"], "a_{q}.tif", {}, ConfigError, "unknown placeholder"),
         (["a_1.tif"], "a_{row}.tif", {}, ConfigError, "either the row and the column"),
         (["a_1_2.tif"], "a_{row}_{row}.tif", {}, ConfigError, "row appears twice"),
         (["a_1.tif"], "a_{index}.tif", {}, ConfigError, "give the grid's shape"),
@@ -110,6 +113,10 @@ def test_colour_tiles_are_placed_by_their_pixels_not_their_samples(tmp_path) -> 
         (["a_1.tif"], "a_{index}.tif", {"grid": (1, 1), "order": "zigzag"}, ConfigError,
          "order must be one of"),
         (["a_1.tif"], "a_{index}.tif", {"grid": (0, 1)}, ConfigError, "grid must be"),
+        (["a_1_1.tif"], "a_{row}_{col}.tif", {"order": "snake-rows"}, ConfigError,
+         "order only place numbered tiles"),
+        (["a_0_0.tif", "a_0_1.tif", "a_0_9999.tif"], "a_{row}_{col}.tif", {}, ConfigError,
+         r"span 1 rows x 10000 columns \(the farthest, a_0_9999.tif"),
     ],
 )  # fmt: skip
 def test_what_cannot_be_a_grid_is_refused_by_name(tmp_path, files, pattern, kwargs, error,
@@ -120,6 +127,58 @@ def test_what_cannot_be_a_grid_is_refused_by_name(tmp_path, files, pattern, kwar
         grid_tile_table(tmp_path / pattern, 10, **kwargs)
 
 
+def test_links_stay_as_named_and_two_names_of_one_file_or_a_dead_link_are_refused(
+    tmp_path,
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    _tile(store / "acq_0.tif")
+    _tile(store / "acq_1.tif")
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    (scan / "t_0_0.tif").symlink_to(store / "acq_0.tif")
+    (scan / "t_0_1.tif").symlink_to(store / "acq_1.tif")
+    table = grid_tile_table(scan / "t_{row}_{col}.tif", 0)
+    assert [Path(r).parent for r in table.refs] == [scan, scan]
+    (scan / "t_0_2.tif").symlink_to(store / "acq_1.tif")
+    with pytest.raises(ConfigError, match=r"t_0_1.tif and .*t_0_2.tif are one file"):
+        grid_tile_table(scan / "t_{row}_{col}.tif", 0)
+    (scan / "t_0_2.tif").unlink()
+    (scan / "t_0_2.tif").symlink_to(store / "gone.tif")
+    with pytest.raises(ImageNotFoundError, match=r"t_0_2.tif: a link to nothing"):
+        grid_tile_table(scan / "t_{row}_{col}.tif", 0)
+
+
+def test_fijis_position_names_literal_braces_and_the_home_folder(tmp_path, monkeypatch) -> None:
+    """Fiji's ``{yyy}``/``{xxx}`` (row, column); ``{{``/``}}`` in the name and braces that are
+    no placeholder in the folder are literal; ``~`` is the home folder."""
+    run = tmp_path / "run{A}"
+    run.mkdir()
+    for r, c in ((0, 0), (0, 1), (1, 0)):
+        _tile(run / f"s{{x}}_{r:03d}_{c:03d}.tif")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    table = grid_tile_table("~/run{A}/s{{x}}_{yyy}_{xxx}.tif", 0)
+    assert _placed(table) == {"s{x}_000_000.tif": (0, 0), "s{x}_000_001.tif": (50, 0),
+                              "s{x}_001_000.tif": (0, 40)}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"not in the folder \(\{row\}\)"):
+        grid_tile_table(tmp_path / "{row}" / "s_{col}.tif", 10)
+
+
+def test_planar_colour_and_z_stack_tiles_are_placed_by_their_pixels(tmp_path) -> None:
+    """A planar RGB tile (3, H, W) is H x W px, not 3 x H; z-stack tiles (Z, Y, X) make a 3D
+    table at z = 0."""
+    for c in range(2):
+        tifffile.imwrite(tmp_path / f"p_0_{c}.tif", np.zeros((3, 30, 60), np.uint8),
+                         photometric="rgb", planarconfig="separate")  # fmt: skip
+        tifffile.imwrite(tmp_path / f"z_0_{c}.tif", np.zeros((5, 30, 60), np.uint8))
+    assert _placed(grid_tile_table(tmp_path / "p_{row}_{col}.tif", 50)) == {
+        "p_0_0.tif": (0, 0), "p_0_1.tif": (30, 0)
+    }  # fmt: skip
+    stacks = grid_tile_table(tmp_path / "z_{row}_{col}.tif", 50)
+    assert stacks.ndim == 3
+    np.testing.assert_allclose(stacks.affines[:, :3, 3], [(0, 0, 0), (0, 0, 30)])
+
+
 def test_odd_sizes_overlaps_and_folders_are_refused(tmp_path) -> None:
     _tile(tmp_path / "s_0_0.tif")
     _tile(tmp_path / "s_0_1.tif", (40, 51))
@@ -128,8 +187,9 @@ def test_odd_sizes_overlaps_and_folders_are_refused(tmp_path) -> None:
     for bad in (100, -1, (10, 20, 30), "ten", float("nan")):
         with pytest.raises(ConfigError, match="overlap_pct"):
             grid_tile_table(tmp_path / "s_{row}_{col}.tif", bad)
-    with pytest.raises(ConfigError, match="not in the folder"):
-        grid_tile_table(tmp_path / "{row}" / "s_{col}.tif", 10)
+    (tmp_path / "s_0_1.tif").unlink()
+    with pytest.raises(ConfigError, match="no step between neighbours"):
+        grid_tile_table(tmp_path / "s_{row}_{col}.tif", 99.5)
     with pytest.raises(ImageNotFoundError, match="does not exist"):
         grid_tile_table(tmp_path / "absent" / "s_{row}_{col}.tif", 10)
 

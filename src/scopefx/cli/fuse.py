@@ -178,7 +178,7 @@ def add_grid_parser(sub: Any) -> None:
     p.add_argument(
         "pattern",
         metavar="PATTERN",
-        help="the tiles' path with {row} and {col}, or {index}, in the file name (quote it)",
+        help="the tiles' path with {row} and {col}, or {index}, in the file name",
     )
     p.add_argument(
         "--overlap", required=True, type=_overlap_pct, metavar="PCT[,PCT]",
@@ -189,16 +189,17 @@ def add_grid_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--grid", type=_grid_shape, default=None, metavar="ROWSxCOLS",
-        help="the grid's shape: needed for numbered tiles ({index})",
+        help="the grid's shape, rows first (Fiji's and MIST's grid width is COLS): needed for "
+        "numbered tiles ({index})",
     )  # fmt: skip
     p.add_argument(
-        "--order", choices=GRID_ORDERS, default="rows",
-        help="numbered tiles: how the stage ran (default: %(default)s, each row left to right; "
+        "--order", choices=GRID_ORDERS, default=None,
+        help="numbered tiles: how the stage ran (default: rows, each row left to right; "
         "snake-: turning at each end)",
     )  # fmt: skip
     p.add_argument(
-        "--start", choices=GRID_STARTS, default="top-left",
-        help="numbered tiles: the corner of the first tile (default: %(default)s)",
+        "--start", choices=GRID_STARTS, default=None,
+        help="numbered tiles: the corner of the first tile (default: top-left)",
     )  # fmt: skip
     p.add_argument(
         "--first-index", type=int, default=None, metavar="N",
@@ -232,7 +233,7 @@ def _grid_shape(text: str) -> tuple[int, int]:
 
 
 def cmd_grid(args: argparse.Namespace, out: TextIO) -> int:
-    import tempfile
+    import secrets
 
     from ..io import grid_tile_table
 
@@ -247,18 +248,28 @@ def cmd_grid(args: argparse.Namespace, out: TextIO) -> int:
         args.pattern, args.overlap, grid=args.grid, order=args.order, start=args.start,
         first_index=args.first_index,
     )  # fmt: skip
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    if os.path.exists(target):
+        for ref in table.refs:
+            if os.path.samefile(ref, target):
+                raise UsageError(f"-o {args.output!r} is one of the tiles ({ref})")
+    temp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # created here, with the umask's mode (mkstemp's would be 0600: unreadable to the
+        # cluster jobs and colleagues that fuse it)
+        os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output!r}: {exc.strerror or exc}") from None
     try:
         table.to_csv(temp)
         os.replace(temp, target)  # whole or not at all
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-    pos = table.affines[:, :2, 2]  # (y, x)
-    rows, cols = (len(set(pos[:, k].tolist())) for k in (0, 1))
-    print(f"{printable(args.output)}: {len(table)} tiles on a {rows} x {cols} grid "
+    pos = table.affines[:, : table.ndim, table.ndim]  # index order: (z,) y, x
+    rows, cols = (len(set(pos[:, k].tolist())) for k in (-2, -1))
+    stacks = " (z-stacks)" if table.ndim == 3 else ""
+    print(f"{printable(args.output)}: {len(table)} tiles{stacks} on a {rows} x {cols} grid "
           f"(rows x columns), nominal positions; next: scopefx fuse "
           f"{printable(args.output)} --register -o MOSAIC.ome.zarr", file=out)  # fmt: skip
     return 0

@@ -2,10 +2,12 @@
 what MIST and Fiji's Grid/Collection stitching take, a file-name pattern, the nominal overlap
 and, for numbered tiles, the grid's shape and the order the stage ran in.
 
-Placeholders, in the file name only (the folder is literal):
+Placeholders, in the file name only (the folder is literal); ``{{`` and ``}}`` are literal
+braces:
 
 * ``{row}``, ``{col}``: the tile's row and column, digits of any width; ``{rrr}``, ``{ccc}``
-  (MIST's form): exactly as many digits as letters.
+  (MIST's form) or ``{yyy}``, ``{xxx}`` (Fiji's "filename defined position"): exactly as many
+  digits as letters.
 * ``{index}``, or ``{iii}`` / ``{ppp}`` (Fiji's and MIST's fixed-width forms): the tile's number
   in acquisition order; its place follows from ``grid`` (rows x columns), ``order`` and
   ``start``.
@@ -18,6 +20,7 @@ and ``row * round(H (1 - oy))`` for tiles of ``H x W`` px; registration (``scope
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -29,6 +32,8 @@ import numpy as np
 from ..errors import ConfigError, ImageNotFoundError
 from ._tiles import TileTable
 
+logger = logging.getLogger("scopefx.io._tiles")  # the tile tables' messages, one logger
+
 __all__ = ["GRID_ORDERS", "GRID_STARTS", "grid_tile_table"]
 
 #: How a numbered grid was acquired: row by row (each row left to right), row by row turning
@@ -37,30 +42,47 @@ GRID_ORDERS = ("rows", "snake-rows", "columns", "snake-columns")
 #: The corner the first tile sits in.
 GRID_STARTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
-_FIELD = re.compile(r"\{([A-Za-z]+)\}")
+_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z]+)\}")
 _NAMED = {"row": "row", "col": "col", "index": "index"}
-_LETTERS = {"r": "row", "c": "col", "i": "index", "p": "index"}
+#: Repeated letters: MIST's {rrr}, {ccc}, {ppp}; Fiji's {iii} and, for "filename defined
+#: position", {xxx} (the column) and {yyy} (the row).
+_LETTERS = {"r": "row", "c": "col", "i": "index", "p": "index", "x": "col", "y": "row"}
+#: A grid whose names span more places than this many times its tiles is taken for a mistake
+#: (a stray file far away) unless ``grid`` gives its shape.
+_SPARSE = 4
+
+
+def _field(token: str) -> tuple[str, str] | None:
+    """The field a placeholder's name stands for and the digits it matches (None: not one)."""
+    if token in _NAMED:
+        return _NAMED[token], r"\d+"
+    if len(set(token)) == 1 and token[0] in _LETTERS:
+        return _LETTERS[token[0]], rf"\d{{{len(token)}}}"
+    return None
 
 
 def _pattern_regex(name: str, pattern: str) -> tuple[re.Pattern[str], set[str]]:
-    """The file-name regex of ``name`` (the pattern's last part) and the fields it holds."""
+    """The file-name regex of ``name`` (the pattern's last part) and the fields it holds;
+    ``{{`` and ``}}`` stand for literal braces."""
     parts, fields, at = [], set(), 0
-    for m in _FIELD.finditer(name):
-        token = m.group(1)
-        if token in _NAMED:
-            field, digits = _NAMED[token], r"\d+"
-        elif len(set(token)) == 1 and token[0] in _LETTERS:
-            field, digits = _LETTERS[token[0]], rf"\d{{{len(token)}}}"
-        else:
+    for m in _TOKEN.finditer(name):
+        parts.append(re.escape(name[at : m.start()]))
+        at = m.end()
+        if m.group(1) is None:  # an escaped brace
+            parts.append(re.escape(m.group(0)[0]))
+            continue
+        found = _field(m.group(1))
+        if found is None:
             raise ConfigError(
                 f"grid pattern {pattern!r}: unknown placeholder {m.group(0)}; use {{row}} and "
-                "{col} (or {rrr} and {ccc}), or {index} (or {iii})"
+                "{col} (or {rrr} and {ccc}), or {index} (or {iii}); {{ and }} for a literal "
+                "brace"
             )
+        field, digits = found
         if field in fields:
             raise ConfigError(f"grid pattern {pattern!r}: {field} appears twice")
         fields.add(field)
-        parts += [re.escape(name[at : m.start()]), f"(?P<{field}>{digits})"]
-        at = m.end()
+        parts.append(f"(?P<{field}>{digits})")
     parts.append(re.escape(name[at:]))
     if fields not in ({"row", "col"}, {"index"}):
         raise ConfigError(
@@ -109,13 +131,39 @@ def _overlaps(overlap_pct: float | Sequence[float]) -> tuple[float, float]:
     return (pct[0], pct[-1])
 
 
+def _footprint(path: str) -> tuple[int, ...]:
+    """A tile's spatial shape, ``(Y, X)`` or ``(Z, Y, X)``, from its header: colour samples,
+    last or first (planar), are not pixels."""
+    from ._metadata import read_metadata
+    from ._read import SAMPLES_LAST
+
+    try:
+        meta = read_metadata(path)
+    except OSError as exc:  # unreadable (permissions, a vanished file): name it
+        raise ImageNotFoundError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    shape = tuple(int(v) for v in meta.shape)
+    if len(shape) == 3 and shape[-1] in SAMPLES_LAST and meta.pages == 1:
+        return shape[:-1]  # (H, W, samples)
+    if len(shape) == 3 and meta.samples is not None and meta.pages == 1:
+        return shape[1:]  # planar colour, (samples, H, W)
+    return shape[-3:]
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def grid_tile_table(
     pattern: str | os.PathLike[str],
     overlap_pct: float | Sequence[float],
     *,
     grid: tuple[int, int] | None = None,
-    order: str = "rows",
-    start: str = "top-left",
+    order: str | None = None,
+    start: str | None = None,
     first_index: int | None = None,
     pixel_size_um: float | None = None,
 ) -> TileTable:
@@ -126,55 +174,76 @@ def grid_tile_table(
     pattern : str or path-like
         The tiles' path with placeholders in the file name (see the module docs):
         ``"scan/img_r{row}_c{col}.tif"``, ``"scan/img_r{rrr}_c{ccc}.tif"`` or
-        ``"scan/tile_{iii}.tif"``. Relative paths are taken from the working directory.
+        ``"scan/tile_{iii}.tif"``; ``~`` is the home folder, relative paths are taken from the
+        working directory.
     overlap_pct : float or (float, float)
         The nominal overlap of neighbouring tiles, percent of a tile: one for both axes, or
         ``(x, y)``.
     grid : (rows, columns), optional
-        The grid's shape; needed for numbered tiles (``{index}``), checked against
-        ``{row}``/``{col}`` where given.
-    order : {"rows", "snake-rows", "columns", "snake-columns"}
-        For numbered tiles: how the stage ran (:data:`GRID_ORDERS`).
-    start : {"top-left", "top-right", "bottom-left", "bottom-right"}
-        For numbered tiles: the corner of the first tile (:data:`GRID_STARTS`).
+        The grid's shape, rows first (Fiji's and MIST's grid width is ``columns``); needed
+        for numbered tiles (``{index}``); with ``{row}``/``{col}``, tiles outside it are
+        refused (without it, names spanning more than 4 places per tile are refused as a
+        likely stray file).
+    order : {"rows", "snake-rows", "columns", "snake-columns"}, optional
+        Numbered tiles only: how the stage ran (:data:`GRID_ORDERS`; default ``"rows"``).
+    start : {"top-left", "top-right", "bottom-left", "bottom-right"}, optional
+        Numbered tiles only: the corner of the first tile (:data:`GRID_STARTS`; default
+        ``"top-left"``).
     first_index : int, optional
-        For numbered tiles: the number of the first tile (default: the smallest found).
+        Numbered tiles only: the number of the first tile (default: the smallest found, with
+        a warning when that is above 1: tiles before it would be missing).
     pixel_size_um : float, optional
         Stored with the table for the output's metadata.
 
     Returns
     -------
     TileTable
-        One tile per matching file, sorted by row then column; ``source`` is the pattern.
+        One tile per matching file (as named: links are not followed), sorted by row then
+        column; 3D (``z = 0``) when the tiles are z-stacks; ``source`` is the pattern.
 
     Raises
     ------
     ImageNotFoundError
-        The folder does not exist, or no file in it matches.
+        The folder does not exist, no file in it matches, a matching link leads nowhere, or
+        a tile cannot be read.
     ConfigError
-        A malformed pattern, overlap or grid; two files at one place; a numbered tile outside
-        the grid; tiles of different sizes.
+        A malformed pattern, overlap or grid; options that only numbered tiles take; two
+        names at one place or for one file; a tile outside the grid; tiles of different
+        sizes; an overlap that leaves no step between tiles.
     """
-    from ._metadata import read_metadata
-
-    text = os.fspath(pattern)
+    text = os.path.expanduser(os.fspath(pattern))
     folder, name = os.path.split(text)
-    if _FIELD.search(folder):
-        raise ConfigError(
-            f"grid pattern {text!r}: placeholders belong in the file name, not in the folder"
-        )
+    for m in _TOKEN.finditer(folder):
+        if m.group(1) is not None and _field(m.group(1)) is not None:
+            raise ConfigError(
+                f"grid pattern {text!r}: placeholders belong in the file name, not in the "
+                f"folder ({m.group(0)})"
+            )
     regex, fields = _pattern_regex(name, text)
     ox, oy = _overlaps(overlap_pct)
+    numbered = "index" in fields
+    if not numbered:
+        given = [k for k, v in (("order", order), ("start", start),
+                                ("first_index", first_index)) if v is not None]  # fmt: skip
+        if given:
+            raise ConfigError(
+                f"grid pattern {text!r} names rows and columns; {', '.join(given)} only "
+                "place numbered tiles ({index})"
+            )
+    order = "rows" if order is None else order
+    start = "top-left" if start is None else start
     if order not in GRID_ORDERS:
         raise ConfigError(f"order must be one of {GRID_ORDERS}, got {order!r}")
     if start not in GRID_STARTS:
         raise ConfigError(f"start must be one of {GRID_STARTS}, got {start!r}")
     if grid is not None:
-        ok = len(grid) == 2 and all(isinstance(v, (int, np.integer)) and v >= 1 for v in grid)
+        ok = len(grid) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in grid
+        )
         if not ok:
             raise ConfigError(f"grid must be (rows, columns), two integers >= 1, got {grid!r}")
         grid = (int(grid[0]), int(grid[1]))
-    elif "index" in fields:
+    elif numbered:
         raise ConfigError(
             f"grid pattern {text!r} numbers its tiles ({{index}}): give the grid's shape "
             "(grid=(rows, columns), --grid ROWSxCOLS) to place them"
@@ -186,18 +255,29 @@ def grid_tile_table(
         )
     found = []
     for entry in sorted(os.listdir(base)):
-        m = regex.fullmatch(entry)
-        if m and (base / entry).is_file():
-            found.append((entry, {k: int(v) for k, v in m.groupdict().items()}))
+        hit = regex.fullmatch(entry)
+        if hit is None or (base / entry).is_dir():
+            continue
+        if not (base / entry).exists():  # a link that leads nowhere: a tile that is missing
+            raise ImageNotFoundError(f"{os.path.abspath(base / entry)}: a link to nothing")
+        found.append((entry, {k: int(v) for k, v in hit.groupdict().items()}))
     if not found:
         raise ImageNotFoundError(f"grid pattern {text!r}: no file in {os.fspath(base)!r} matches")
-    if "index" in fields:
+    if numbered:
         assert grid is not None
-        low = min(f["index"] for _, f in found) if first_index is None else int(first_index)
+        numbers = [f["index"] for _, f in found]
+        low = min(numbers) if first_index is None else int(first_index)
+        if first_index is None and low > 1:
+            logger.warning(
+                "grid pattern %r: the smallest tile number found, %d, is taken for the first "
+                "tile; if tiles before it are missing, give the first tile's number "
+                "(first_index, --first-index)", text, low,
+            )  # fmt: skip
         places = [_place(f["index"] - low, grid, order, start, entry) for entry, f in found]
     else:
         r0, c0 = min(f["row"] for _, f in found), min(f["col"] for _, f in found)
         places = [(f["row"] - r0, f["col"] - c0) for _, f in found]
+        span = (max(p[0] for p in places) + 1, max(p[1] for p in places) + 1)
         if grid is not None:
             for (entry, _), (r, c) in zip(found, places, strict=True):
                 if r >= grid[0] or c >= grid[1]:
@@ -205,6 +285,14 @@ def grid_tile_table(
                         f"{entry}: row {r}, column {c} (counting from the first) lies outside "
                         f"the {grid[0]} x {grid[1]} grid"
                     )
+        elif span[0] * span[1] > _SPARSE * len(found):
+            far = max(zip(found, places, strict=True), key=lambda fp: fp[1][0] + fp[1][1])
+            raise ConfigError(
+                f"grid pattern {text!r}: the {len(found)} tiles' names span {span[0]} rows x "
+                f"{span[1]} columns (the farthest, {far[0][0]}, at row {far[1][0]}, column "
+                f"{far[1][1]}): a stray file? Give the grid's shape (grid=, --grid "
+                "ROWSxCOLS) if the scan is that sparse"
+            )
     seen: dict[tuple[int, int], str] = {}
     for (entry, _), place in zip(found, places, strict=True):
         if place in seen:
@@ -213,22 +301,31 @@ def grid_tile_table(
                 f"grid pattern {text!r}"
             )
         seen[place] = entry
-    paths = [os.fspath((base / entry).resolve()) for entry, _ in found]
-    shapes = []
+    paths = [os.path.abspath(base / entry) for entry, _ in found]  # as named: links kept
+    same: dict[tuple[int, int], str] = {}
     for path in paths:
-        meta = read_metadata(path)
-        spatial = meta.shape[:-1] if meta.samples is not None else meta.shape
-        shapes.append(tuple(int(v) for v in spatial[-2:]))
+        key = _identity(path)
+        if key is not None and key in same:
+            raise ConfigError(f"{same[key]} and {path} are one file: a tile is listed once")
+        if key is not None:
+            same[key] = path
+    shapes = [_footprint(path) for path in paths]
     for path, shape in zip(paths, shapes, strict=True):
         if shape != shapes[0]:
             raise ConfigError(
-                f"{path}: {shape[0]} x {shape[1]} px, but {paths[0]} is {shapes[0][0]} x "
-                f"{shapes[0][1]} px; a grid's tiles share one size"
+                f"{path}: {' x '.join(map(str, shape))} px, but {paths[0]} is "
+                f"{' x '.join(map(str, shapes[0]))} px; a grid's tiles share one size"
             )
-    h, w = shapes[0]
+    h, w = shapes[0][-2:]
     step_x, step_y = round(w * (1 - ox / 100)), round(h * (1 - oy / 100))
+    if step_x < 1 or step_y < 1:
+        raise ConfigError(
+            f"an overlap of {ox:g} % x {oy:g} % leaves tiles of {h} x {w} px no step between "
+            "neighbours (under a pixel): the overlap is a percentage of a tile, e.g. 10"
+        )
     order_ = sorted(range(len(paths)), key=lambda k: places[k])
     refs = [paths[k] for k in order_]
-    positions = [(places[k][1] * step_x, places[k][0] * step_y) for k in order_]
+    positions = [(places[k][1] * step_x, places[k][0] * step_y) + ((0,) * (len(shapes[0]) - 2))
+                 for k in order_]  # fmt: skip
     table = TileTable.from_positions(refs, positions, pixel_size_um=pixel_size_um)
     return table.replace(source=text)
