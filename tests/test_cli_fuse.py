@@ -297,7 +297,7 @@ def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):
         _run(*args, "-q")
     assert info.value.code == 3
     err = capsys.readouterr().err
-    assert "usable" in err and "m.qc.json" in err and "--overwrite" in err
+    assert "usable" in err and "m.qc.json" in err and "the next run" in err
     # the refusal leaves the evidence: every pair as measured, and no mosaic or refined table
     report = json.loads((tmp_path / "m.qc.json").read_text())
     assert report["refused"].startswith("only 0 of 4 neighbouring tile pairs")
@@ -306,14 +306,50 @@ def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):
     assert "refused" in summary_of(report)
     assert (tmp_path / "m.qc.png").is_file() and (tmp_path / "m.pairs.csv").is_file()
     assert not (tmp_path / "m.ome.zarr").exists() and not (tmp_path / "m.registered.csv").exists()
-    with pytest.raises(SystemExit) as info:  # refused again: the report's name cannot hide why
+    with pytest.raises(SystemExit) as info:  # refused again: its evidence replaces the first's
         _run(*args, "--max-shift", "20", "-q")
     assert info.value.code == 3
     err = capsys.readouterr().err
-    assert "only 0 of 4" in err and "QC report was not written" in err and "exists" in err
-    code, text = _run(*args, "--allow-partial-registration", "--overwrite", "-q")
+    assert "only 0 of 4" in err and "QC report was not written" not in err
+    assert json.loads((tmp_path / "m.qc.json").read_text())["params"]["max_shift_px"] == 20
+    # the retry the refusal suggests works without --overwrite, and leaves no stray file
+    code, text = _run(*args, "--allow-partial-registration", "-q")
     assert code == 0 and "registration: " in text
     assert json.loads((tmp_path / "m.qc.json").read_text())["refused"] is None
+    # a refused run never replaces the report of a run that registered (its mosaic is beside
+    # it), not even with --overwrite; nothing is written, and the refusal says why
+    before = {n: (tmp_path / n).read_bytes() for n in ("m.qc.json", "m.pairs.csv",
+                                                      "m.registered.csv", "m.qc.png")}  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        _run(*args, "--overwrite", "-q")
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert "QC report was not written" in err and "a run that registered" in err
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+
+
+def test_side_files_scopefx_did_not_write_are_never_replaced(tmp_path, capsys):
+    """A file at a side file's name that scopefx did not write (a user's notes.json saved as
+    m.qc.json) is kept even with --overwrite, and the run writes none of its side files (no
+    stray refined table beside a report it could not write)."""
+    m = make_mosaic("retina", grid=(2, 2), tile_px=128, overlap=0.2, jitter_px=2.0, seed=2)
+    table = write_mosaic(tmp_path / "tiles", m)
+    (tmp_path / "m.qc.json").write_text('{"mine": true}')
+    args = ["fuse", str(table), "--qc", "-o", str(tmp_path / "m.ome.zarr"), "-q"]
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit) as info:
+            _run(*args, *extra)
+        assert info.value.code == 2
+        assert "not a file scopefx wrote" in capsys.readouterr().err
+        assert (tmp_path / "m.qc.json").read_text() == '{"mine": true}'
+        assert not (tmp_path / "m.registered.csv").exists()
+        assert not (tmp_path / "m.pairs.csv").exists()
+    (tmp_path / "m.qc.json").unlink()
+    assert _run(*args)[0] == 0
+    with pytest.raises(SystemExit) as info:  # its own report: replaced only with --overwrite
+        _run(*args)
+    assert info.value.code == 2
+    assert _run(*args, "--overwrite")[0] == 0
 
 
 @pytest.mark.skipif(not REAL_TILES.is_dir(), reason=f"real tile sets not found at {REAL_TILES}")

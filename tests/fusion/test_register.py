@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -992,7 +993,9 @@ def test_flatfield_estimate_is_skipped_where_it_cannot_be_made(caplog) -> None:
     bordered = [t.copy() for t in tiles]
     for t in bordered:
         t[:, -20:] = t[-20:, :] = 0  # no signal at every tile's edge: the estimate is refused
-    reg = register(_table(stage), read=_memory_reader(bordered), shapes=[(TILE, TILE)] * 16)
+    # (the blank borders leave 9 of the 24 pairs usable: registered with allow_partial)
+    reg = register(_table(stage), read=_memory_reader(bordered), shapes=[(TILE, TILE)] * 16,
+                   params=RegistrationParams(allow_partial=True))  # fmt: skip
     assert reg.flatfield == "none"
     given = register(_table(stage), read=_memory_reader(tiles), shapes=[(TILE, TILE)] * 16,
                      flatfield=FlatField(np.ones((TILE, TILE), np.float32)))  # fmt: skip
@@ -1798,3 +1801,31 @@ def test_only_a_clear_match_lets_the_refinement_land_far_from_the_integer_peak(
     near = np.array([0.0, 1.2])
     monkeypatch.setattr(_correlate, "_gauss_newton", lambda a, b, start, degree: near)
     assert np.allclose(_correlate._refined(crop, crop, peak, 2, score, peak, far=False)[0], near)
+
+
+@pytest.mark.parametrize(("name", "fraction"), [("coins", 0.75), ("coins", 0.5)])
+def test_a_refusal_counts_the_pairs_its_report_shows(name: str, fraction: float) -> None:
+    """The usable share is judged on the pairs the solve kept (loop-confirmed pairs count,
+    outliers do not), the statuses the report shows: the refusal's "only N of M" and the
+    registration it carries agree (a noisy, vignetted 3x3 coins scan at 3 % overlap: 6 of 12
+    pairs kept; the first pass alone had 5, and the refusal said 5 while its report said 6).
+    At 50 % the same scan registers."""
+    m = samples.make_mosaic(name, grid=(3, 3), tile_px=192, overlap=0.03, jitter_px=15.0,
+                            subpixel=True, vignetting=0.5, photons=30.0, read_noise=2.0,
+                            seed=1)  # fmt: skip
+    true = m.affines[:, :2, 2]
+    step = round(192 * 0.97)
+    grid = np.array([(r, c) for r in range(3) for c in range(3)], dtype=float) * step
+    stage = grid + (true - grid).mean(axis=0)
+    params = RegistrationParams(min_usable_fraction=fraction)
+    args = (_table(stage),)
+    kwargs = {"read": _memory_reader(list(m.tiles)), "shapes": [(192, 192)] * 9}
+    if fraction > 0.5:
+        with pytest.raises(RegistrationError, match=r"only (\d+) of 12") as info:
+            register(*args, params=params, **kwargs)
+        said = int(re.search(r"only (\d+) of 12", str(info.value)).group(1))
+        reg = info.value.registration
+        assert said == sum(p.used for p in reg.pairs if p.status != "corner") == 6
+    else:
+        reg = register(*args, params=params, **kwargs)
+        assert sum(p.used for p in reg.pairs if p.status != "corner") == 6

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RegistrationError, ScopefxError
+from ..errors import ConfigError, RegistrationError, ScopefxError
 from ..io import TaskClock, TileTable, layout_problems
 from ._blend import read_opaque
 from ._correlate import Plan, cut, plan_pair, prepare
@@ -490,10 +490,86 @@ def qc_only(
                               replace) from None  # fmt: skip
     report = registration_report(reg, read=read, shapes=shape_arr, flatfield=flatfield,
                                  workers=workers, started=started)  # fmt: skip
-    publish(sidecar(out, ".registered.csv"), reg.table.to_csv, replace=replace)
-    publish(sidecar(out, ".pairs.csv"), reg.pairs_to_csv, replace=replace)
-    paths = write_report(report, out, replace=replace)
+    _may_write(out, _SIDE_FILES, replace=replace, refused=False)  # all checked, then written
+    publish(sidecar(out, ".registered.csv"), reg.table.to_csv, replace=True)
+    publish(sidecar(out, ".pairs.csv"), reg.pairs_to_csv, replace=True)
+    paths = write_report(report, out, replace=True)
     return reg, report, paths
+
+
+#: The side files of a registration: suffix and what scopefx writes there.
+_SIDE_FILES = (
+    (".registered.csv", "table"), (".pairs.csv", "pairs"), (".qc.json", "json"),
+    (".qc.png", "png"),
+)  # fmt: skip
+#: How much of a side file is read to tell whether scopefx wrote it (a QC report of a large
+#: mosaic is a few MiB).
+_SNIFF_BYTES = 256 << 20
+
+
+def _written_by_scopefx(path: Path, kind: str) -> bool:
+    """Whether the regular file at ``path`` is a side file of this kind that scopefx wrote: a
+    QC report (JSON with its ``version``, ``summary`` and ``pairs``), a pairs table or a
+    refined tile table (by their headers), a QC picture (matplotlib's PNG signature)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES if kind == "json" else 4096)
+    except OSError:
+        return False
+    if kind == "json":
+        try:
+            doc = json.loads(head)
+        except ValueError:
+            return False
+        return isinstance(doc, dict) and {"version", "summary", "pairs"} <= set(doc)
+    if kind == "pairs":
+        return head.startswith(b"i,j,ref_i,ref_j,")
+    if kind == "table":
+        return head.startswith(b"path,")
+    return head.startswith(b"\x89PNG") and b"matplotlib" in head.lower()
+
+
+def _refused_before(out: str | os.PathLike[str]) -> bool:
+    """A refused registration's report is beside ``out`` (its ``refused`` set)."""
+    js = sidecar(out, ".qc.json")
+    if js.is_symlink() or not js.is_file() or not _written_by_scopefx(js, "json"):
+        return False
+    try:
+        return bool(json.loads(js.read_bytes()).get("refused"))
+    except (OSError, ValueError):
+        return False
+
+
+def _may_write(out: str | os.PathLike[str], files: Any, *, replace: bool, refused: bool) -> None:
+    """Check every side file before any is written, so that a run writes all of them or none:
+    where one exists it must be a regular file scopefx wrote (never a link, never someone
+    else's file, even with ``replace``). The evidence of a refused registration (its report,
+    picture and pairs) is replaced by any later run without ``replace``: the retry its message
+    suggests (``--allow-partial-registration``, a wider search) just works. Other files need
+    ``replace``; and a refused run (``refused``) replaces none of a run that registered,
+    whose mosaic is beside them: it writes its evidence only where nothing is or a refusal's
+    was."""
+    prior_refusal = _refused_before(out)
+    for suffix, kind in files:
+        path = sidecar(out, suffix)
+        if not os.path.lexists(path):
+            continue
+        if path.is_symlink() or not path.is_file():
+            raise ConfigError(f"{path} is a link or not a regular file; scopefx will not "
+                              "replace it: move it, or choose another output")  # fmt: skip
+        if not _written_by_scopefx(path, kind):
+            raise ConfigError(f"{path} exists and is not a file scopefx wrote; scopefx will not "
+                              "replace it: move it, or choose another output")  # fmt: skip
+        if prior_refusal and suffix != ".registered.csv":
+            continue  # a refusal's evidence: the next run's to replace
+        if refused:
+            raise ConfigError(f"{path} is the report of a run that registered, beside its "
+                              "mosaic; a refused registration does not replace it (choose "
+                              "another output for this run's report)")  # fmt: skip
+        if not replace:
+            raise ConfigError(f"{path} exists; scopefx creates its side files only where "
+                              "nothing is (pass --overwrite or --resume to replace a previous "
+                              "run's), or choose another output")  # fmt: skip
 
 
 def _refused_report(
@@ -512,13 +588,14 @@ def _refused_report(
         report = registration_report(reg, read=read, shapes=shapes, flatfield=flatfield,
                                      workers=workers, started=started, refused=why)  # fmt: skip
         pairs = sidecar(out, ".pairs.csv")
-        publish(pairs, reg.pairs_to_csv, replace=replace)
-        js, png = write_report(report, out, replace=replace)
+        _may_write(out, _SIDE_FILES[1:], replace=replace, refused=True)
+        publish(pairs, reg.pairs_to_csv, replace=True)
+        js, png = write_report(report, out, replace=True)
     except (ScopefxError, OSError) as err:  # exists, disk full, out of task time, ...
         return RegistrationError(f"{why}. The stitching QC report was not written: {err}",
                                  registration=reg)  # fmt: skip
     return RegistrationError(
         f"{why}. Each pair as measured is in the stitching QC report {js} ({png.name}, "
-        f"{pairs.name}); a later run to the same output replaces it only with --overwrite",
+        f"{pairs.name}); the next run to the same output replaces it",
         registration=reg,
     )

@@ -73,21 +73,6 @@ def _settle(
         status[is_corner] = "corner"
     used = status == "used"
     side = ~is_corner
-    n_side, n_ok = int(side.sum()), int((used & side).sum())
-    refusal = None
-    if n > 1 and n_ok < params.min_usable_fraction * n_side and not params.allow_partial:
-        counts = collections.Counter(status[side].tolist())
-        detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(counts.items()))
-        refusal = (
-            f"only {n_ok} of {n_side} neighbouring tile pairs gave a usable match ({detail}); "
-            f"at least {params.min_usable_fraction:.0%} are needed. Low quality or blank: the "
-            "overlaps hold too little content; ambiguous: a repeated pattern. Widen the search "
-            "(max_shift_px / --max-shift) or lower min_overlap_px (--min-overlap) if the "
-            "stage positions are far off; if the pairs of one direction all fail, the stage's "
-            "axis may run against the image's (flip_x / flip_y: --flip-x / --flip-y); or "
-            "register what can be registered with allow_partial=True "
-            "(--allow-partial-registration)"
-        )
     area = np.prod(np.maximum(ohi - olo, 1.0), axis=1)
     unit_area = max(float(np.median(area[used])) if used.any() else 1.0, 1e-12)
     full = _strength(quality) * area / unit_area
@@ -168,6 +153,24 @@ def _settle(
             residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)
         model = _stage_model(table, shapes, ij, shifts, used, side, olo, ohi)
         c = c + _place_components(n, ij, used, model, c)
+    # judged on the pairs the solve kept: those the loops confirmed count, outliers do not,
+    # so that the refusal and its report (the statuses below) give one count
+    n_side, n_ok = int(side.sum()), int((used & side).sum())
+    refusal = None
+    if n > 1 and n_ok < params.min_usable_fraction * n_side and not params.allow_partial:
+        counts = collections.Counter(status[side].tolist())
+        detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(counts.items()))
+        refusal = (
+            f"only {n_ok} of {n_side} neighbouring tile pairs gave a usable match ({detail}); "
+            f"at least {params.min_usable_fraction:.0%} are needed. Low quality or blank: the "
+            "overlaps hold too little content; ambiguous: a repeated pattern; outlier: a "
+            "match the other pairs contradict. Widen the search "
+            "(max_shift_px / --max-shift) or lower min_overlap_px (--min-overlap) if the "
+            "stage positions are far off; if the pairs of one direction all fail, the stage's "
+            "axis may run against the image's (flip_x / flip_y: --flip-x / --flip-y); or "
+            "register what can be registered with allow_partial=True "
+            "(--allow-partial-registration)"
+        )
     affines = table.affines
     if used.any():  # nothing registered: the stage positions stay as they are
         c = c + _whole_pixel_gauge(affines[:, :nd, nd] + c)
