@@ -221,3 +221,25 @@ def test_the_picture_leaves_the_callers_pyplot_alone(mosaic, tmp_path: Path) -> 
     out = subprocess.run(args, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["pdf", "[1]"]  # the caller's backend and its open figure
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_side_file_that_cannot_be_written_names_its_folder(tmp_path, monkeypatch) -> None:
+    """A folder that cannot be written in (no permission) is named, not the hidden staging
+    folder the side file would have been written in."""
+    import errno
+    import os
+
+    from scopefx.fusion._publish import publish
+
+    real_mkdir = os.mkdir
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith(".staging"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    with pytest.raises(OSError, match=f"cannot write in {tmp_path}: Permission denied") as info:
+        publish(tmp_path / "m.qc.json", lambda p: p.write_text("{}"), replace=False)
+    assert ".staging" not in str(info.value)
+    assert not (tmp_path / "m.qc.json").exists()

@@ -48,7 +48,12 @@ def publish(path: Path, write: Callable[[Path], Any], *, replace: bool) -> None:
     dfd = open_dir(parent, create=True)
     stage = staging_name(name)
     try:
-        os.mkdir(stage, 0o700, dir_fd=dfd)
+        try:
+            os.mkdir(stage, 0o700, dir_fd=dfd)
+        except OSError as exc:  # name the folder, not the hidden staging name
+            if exc.errno in _FULL:
+                raise disk_full(path, exc) from None
+            raise OSError(exc.errno, f"cannot write in {parent}: {exc.strerror}") from None
         sfd = os.open(stage, DIR_FLAGS | NOFOLLOW, dir_fd=dfd)
         try:
             _write_and_publish(sfd, dfd, name, write, Path(parent, stage), replace=replace)
