@@ -90,7 +90,8 @@ class RegistrationParams:
         Settle unusable side pairs by the median step of the usable pairs crossing the same
         boundary between rows (columns), else of their row (column).
     min_usable_fraction : float
-        Fraction of the side pairs that must give a usable match (0..1).
+        Fraction of the side pairs that must give a usable match (0..1): of the pairs the
+        solve keeps (loop-confirmed pairs count, outliers do not).
     allow_partial : bool
         Register with fewer usable pairs than ``min_usable_fraction`` instead of raising.
 
