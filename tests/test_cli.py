@@ -376,3 +376,43 @@ def test_ratio_with_a_calibration_is_said_to_be_unused(series, tmp_path, caplog)
         code, _ = _run("focus", str(series.parent), "--calibration", str(cal), "--ratio", "0.1",
                        "-q")  # fmt: skip
     assert code == 0 and "--ratio 0.1 is not used" in caplog.text
+
+
+def test_an_endpoint_engines_error_is_answered_as_the_error_it_ends_in(capsys, monkeypatch):
+    """An endpoint engine sends a failed task's traceback as text (RemoteTaskError): the
+    command line answers as it would the scopefx error the text ends in (a refused
+    registration: exit 3 and its message, not exit 2 and the whole traceback); a failure that
+    is no scopefx error (a lost worker) stays a usage-level error with its text."""
+    from scopefx.cli import fuse as fuse_cli
+    from scopefx.errors import RegistrationError, RemoteTaskError
+
+    traceback = (
+        "Traceback from attempt: 1\nTraceback (most recent call last):\n"
+        '  File "/x/_settle.py", line 9, in _settle\n'
+        "scopefx.errors.RegistrationError: only 0 of 4 neighbouring tile pairs gave a usable "
+        "match (4 low quality)\n  second line of the message\n"
+    )
+    cause = RemoteTaskError(traceback).cause()
+    assert cause is not None and cause[0] is RegistrationError
+    assert cause[1] == ("only 0 of 4 neighbouring tile pairs gave a usable match (4 low "
+                        "quality)\n  second line of the message")  # fmt: skip
+    assert RemoteTaskError("WorkerLost: worker 3 died").cause() is None
+    assert RemoteTaskError("scopefx.errors.NotAnError: x").cause() is None
+
+    for text, code in ((traceback, 3), ("WorkerLost: worker 3 died", 2)):
+
+        def fail(args, out, text=text):
+            raise RemoteTaskError(text)
+
+        monkeypatch.setattr(fuse_cli, "cmd_fuse", fail)
+        from scopefx.cli import main
+
+        with pytest.raises(SystemExit) as info:
+            main(["fuse", "t.csv", "-o", "m.ome.zarr"])
+        assert info.value.code == code
+        err = capsys.readouterr().err
+        if code == 3:
+            assert "on the endpoint, RegistrationError: only 0 of 4" in err
+            assert "Traceback" not in err
+        else:
+            assert "WorkerLost" in err

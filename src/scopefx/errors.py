@@ -8,6 +8,7 @@ their per-item records instead of raising.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = [
@@ -138,6 +139,21 @@ class RemoteTaskError(ScopefxError, RuntimeError):
     only repeat): see :func:`scopefx.remote.client.is_transient`."""
 
     status = "remote"
+
+    def cause(self) -> tuple[type[ScopefxError], str] | None:
+        """The scopefx error the endpoint's traceback ends in, and its message (the lines
+        from ``scopefx.errors.Name: ...`` to the end), so a caller can answer as it would to
+        that error raised here (the command line's exit code and message); None when the
+        task failed otherwise (a lost worker, a bug). What the error carried beyond its text
+        (a refused registration's evidence) does not cross as text."""
+        text = str(self)
+        found = None
+        for m in re.finditer(r"^scopefx\.errors\.(\w+): ", text, flags=re.MULTILINE):
+            found = m
+        if found is None or found.group(1) not in __all__ or found.group(1) == "RemoteTaskError":
+            return None
+        cls = globals()[found.group(1)]
+        return cls, text[found.end() :].rstrip("\n")
 
 
 class ResourceLimitError(ScopefxError, ValueError):

@@ -19,7 +19,7 @@ pytest.importorskip("globus_compute_endpoint")
 
 import scopefx as scopefx_module
 from scopefx import Client, FusionParams, fuse
-from scopefx.errors import RemoteTaskError
+from scopefx.errors import ConfigError, RemoteTaskError
 from scopefx.remote import EngineExecutor, functions
 
 pytestmark = pytest.mark.endpoint
@@ -60,8 +60,12 @@ def test_batch_in_the_engine_equals_the_local_result(engine, data_root, section_
 
 def test_a_function_error_comes_back_as_the_endpoints_traceback(engine):
     future = engine.submit(functions.score_focus, ["x.tif"], {"no_such_param": 1})
-    with pytest.raises(RemoteTaskError, match=r"ConfigError.*unknown focus parameter"):
+    with pytest.raises(RemoteTaskError, match=r"ConfigError.*unknown focus parameter") as info:
         future.result(timeout=60)
+    # the scopefx error it ends in, as the command line answers it (exit 2, its message)
+    cls, message = info.value.cause()
+    assert cls is ConfigError and message.startswith("unknown focus parameter")
+    assert "Traceback" not in message
 
 
 def test_client_end_to_end_over_the_engine(engine, data_root, section_refs, monkeypatch):

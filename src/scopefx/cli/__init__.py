@@ -8,7 +8,8 @@ gave nothing (no images found, not one image could be scored, a through-focus se
 gives no calibration, a tile table or tile missing or unreadable, so nothing fused; for
 ``watch``, images were found and not one could be scored); 130 when interrupted; 141 when the
 reader of the output went away (``scopefx focus ... | head``: quietly, as a program that
-SIGPIPE ended).
+SIGPIPE ended). A task that failed on an endpoint engine with a scopefx error is answered as that
+error raised here: its code and its message, "on the endpoint, Name: ...".
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .._version import __version__
-from ..errors import ScopefxError
+from ..errors import RemoteTaskError, ScopefxError
 from . import demo, focus, fuse, remote, watch
 from ._common import (
     BROKEN_PIPE,
@@ -79,6 +80,14 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except BrokenPipeError:  # `scopefx focus ... | head`: the reader has what it wanted
         _discard_stdout(out)
         return BROKEN_PIPE
+    except RemoteTaskError as exc:  # on an endpoint engine: answered as the error it ends in
+        cause = exc.cause()
+        if cause is None:
+            parser.exit(USAGE_ERROR, f"scopefx {args.command}: error: {_error_text(exc)}\n")
+        cls, message = cause
+        code = DATA_ERROR if issubclass(cls, DATA_ERRORS) else USAGE_ERROR
+        text = _error_text(f"on the endpoint, {cls.__name__}: {message}")
+        parser.exit(code, f"scopefx {args.command}: error: {text}\n")
     except (DataError, *DATA_ERRORS) as exc:  # nothing found, scored or fused
         parser.exit(DATA_ERROR, f"scopefx {args.command}: error: {_error_text(exc)}\n")
     except (UsageError, ScopefxError) as exc:  # bad options, calibration files, ...
@@ -89,7 +98,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     return code
 
 
-def _error_text(exc: BaseException) -> str:
+def _error_text(exc: BaseException | str) -> str:
     """An error's message for the terminal: each of its lines :func:`printable` (a message
     that lists tiles keeps its lines; the names in them cannot move the cursor)."""
     return "\n".join(printable(line) for line in str(exc).split("\n"))
