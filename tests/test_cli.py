@@ -398,6 +398,20 @@ def test_an_endpoint_engines_error_is_answered_as_the_error_it_ends_in(capsys, m
                         "quality)\n  second line of the message")  # fmt: skip
     assert RemoteTaskError("WorkerLost: worker 3 died").cause() is None
     assert RemoteTaskError("scopefx.errors.NotAnError: x").cause() is None
+    # an error raised while handling a scopefx one ended the task: not that scopefx error
+    chained = (traceback + "\nDuring handling of the above exception, another exception "
+               "occurred:\n\nTraceback (most recent call last):\n  File \"/x.py\", line 2\n"
+               "KeyError: 'k'\n")  # fmt: skip
+    assert RemoteTaskError(chained).cause() is None
+    # the message's own lines cannot pose as the error: a tile named with a newline
+    posing = (
+        'Traceback (most recent call last):\n  File "/x.py", line 1\n'
+        "scopefx.errors.ImageNotFoundError: a.tif\nscopefx.errors.ConfigError: b\n"
+    )
+    cls, message = RemoteTaskError(posing).cause()
+    assert (
+        cls.__name__ == "ImageNotFoundError" and message == "a.tif\nscopefx.errors.ConfigError: b"
+    )
 
     for text, code in ((traceback, 3), ("WorkerLost: worker 3 died", 2)):
 

@@ -344,12 +344,50 @@ def test_side_files_scopefx_did_not_write_are_never_replaced(tmp_path, capsys):
         assert (tmp_path / "m.qc.json").read_text() == '{"mine": true}'
         assert not (tmp_path / "m.registered.csv").exists()
         assert not (tmp_path / "m.pairs.csv").exists()
+    (tmp_path / "m.qc.json").write_text("[" * 100000)  # past the JSON parser's depth
+    with pytest.raises(SystemExit) as info:
+        _run(*args, "--overwrite")
+    assert info.value.code == 2 and "not a file scopefx wrote" in capsys.readouterr().err
     (tmp_path / "m.qc.json").unlink()
     assert _run(*args)[0] == 0
     with pytest.raises(SystemExit) as info:  # its own report: replaced only with --overwrite
         _run(*args)
     assert info.value.code == 2
     assert _run(*args, "--overwrite")[0] == 0
+    # the refined table is never written over the table the run reads
+    own = tmp_path / "m.registered.csv"
+    before = own.read_bytes()
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(own), "--qc", "--overwrite", "-o", str(tmp_path / "m.ome.zarr"), "-q")
+    assert info.value.code == 2 and "the tile table this run reads" in capsys.readouterr().err
+    assert own.read_bytes() == before
+
+
+def test_register_checks_the_mosaic_path_before_writing_side_files(tmp_path, capsys):
+    """An existing mosaic without --resume or --overwrite is refused before registration
+    writes its side files beside it (they would not describe it); after a --qc run (no
+    mosaic), a refused run may replace that report with --overwrite."""
+    m = make_mosaic("retina", grid=(2, 2), tile_px=128, overlap=0.2, jitter_px=2.0, seed=2)
+    table = write_mosaic(tmp_path / "tiles", m)
+    out = str(tmp_path / "m.ome.zarr")
+    assert _run("fuse", str(table), "-o", out, "-q")[0] == 0  # unregistered mosaic
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(table), "--register", "-o", out, "-q")
+    assert info.value.code == 2 and "exists" in capsys.readouterr().err
+    assert not (tmp_path / "m.qc.json").exists() and not (tmp_path / "m.registered.csv").exists()
+    # --qc (no mosaic), then a refused --qc run with --overwrite: the refusal's report wins
+    qc_out = str(tmp_path / "q.ome.zarr")
+    assert _run("fuse", str(table), "--qc", "-o", qc_out, "-q")[0] == 0
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(4):
+        tifffile.imwrite(tmp_path / f"n{k}.tif", rng.integers(0, 255, (96, 96), dtype=np.uint8))
+        rows.append(f"n{k}.tif,{(k % 2) * 80},{(k // 2) * 80}")
+    (tmp_path / "noise.csv").write_text("path,x,y\n" + "\n".join(rows) + "\n")
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(tmp_path / "noise.csv"), "--qc", "--overwrite", "-o", qc_out, "-q")
+    assert info.value.code == 3 and "not written" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "q.qc.json").read_text())["refused"]
 
 
 @pytest.mark.skipif(not REAL_TILES.is_dir(), reason=f"real tile sets not found at {REAL_TILES}")

@@ -141,19 +141,28 @@ class RemoteTaskError(ScopefxError, RuntimeError):
     status = "remote"
 
     def cause(self) -> tuple[type[ScopefxError], str] | None:
-        """The scopefx error the endpoint's traceback ends in, and its message (the lines
-        from ``scopefx.errors.Name: ...`` to the end), so a caller can answer as it would to
-        that error raised here (the command line's exit code and message); None when the
-        task failed otherwise (a lost worker, a bug). What the error carried beyond its text
-        (a refused registration's evidence) does not cross as text."""
+        """The scopefx error the endpoint's traceback ends in, and its message, so a caller
+        can answer as it would to that error raised here (the command line's exit code and
+        message); None when the task ended in anything else (a lost worker, a bug, an error
+        raised while handling a scopefx one). Only the last traceback counts (engine retries
+        send one per attempt), and in it the exception line after the frames, whatever the
+        message's own lines hold. What the error carried beyond its text (a refused
+        registration's evidence) does not cross as text."""
         text = str(self)
-        found = None
-        for m in re.finditer(r"^scopefx\.errors\.(\w+): ", text, flags=re.MULTILINE):
-            found = m
-        if found is None or found.group(1) not in __all__ or found.group(1) == "RemoteTaskError":
+        last = text.rsplit("Traceback (most recent call last):", 1)[-1]
+        lines = last.split("\n")
+        at = 0
+        if len(lines) > 1 and "Traceback (most recent call last):" in text:
+            at = 1  # past the header's line end: the frames, indented, come first
+            while at < len(lines) and (not lines[at] or lines[at].startswith(" ")):
+                at += 1
+        if at >= len(lines):
             return None
-        cls = globals()[found.group(1)]
-        return cls, text[found.end() :].rstrip("\n")
+        m = re.match(r"scopefx\.errors\.(\w+): ", lines[at])
+        if m is None or m.group(1) not in __all__ or m.group(1) == "RemoteTaskError":
+            return None
+        message = "\n".join([lines[at][m.end() :], *lines[at + 1 :]]).rstrip("\n")
+        return globals()[m.group(1)], message
 
 
 class ResourceLimitError(ScopefxError, ValueError):

@@ -224,8 +224,9 @@ def test_the_picture_leaves_the_callers_pyplot_alone(mosaic, tmp_path: Path) -> 
 
 
 def test_a_side_file_that_cannot_be_written_names_its_folder(tmp_path, monkeypatch) -> None:
-    """A folder that cannot be written in (no permission) is named, not the hidden staging
-    folder the side file would have been written in."""
+    """A side file that cannot be written (no permission in its folder, a name too long) is
+    a ConfigError naming it (the command line: exit 2, not a traceback), not the hidden
+    staging folder it would have been written in."""
     import errno
     import os
 
@@ -239,7 +240,9 @@ def test_a_side_file_that_cannot_be_written_names_its_folder(tmp_path, monkeypat
         return real_mkdir(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "mkdir", refuse)
-    with pytest.raises(OSError, match=f"cannot write in {tmp_path}: Permission denied") as info:
+    from scopefx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cannot write .*m\.qc\.json: Permission denied") as info:
         publish(tmp_path / "m.qc.json", lambda p: p.write_text("{}"), replace=False)
     assert ".staging" not in str(info.value)
     assert not (tmp_path / "m.qc.json").exists()

@@ -50,10 +50,11 @@ def publish(path: Path, write: Callable[[Path], Any], *, replace: bool) -> None:
     try:
         try:
             os.mkdir(stage, 0o700, dir_fd=dfd)
-        except OSError as exc:  # name the folder, not the hidden staging name
+        except OSError as exc:  # name the file and its folder, not the hidden staging name
             if exc.errno in _FULL:
                 raise disk_full(path, exc) from None
-            raise OSError(exc.errno, f"cannot write in {parent}: {exc.strerror}") from None
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc} (in {parent}); "
+                              "choose another output") from None  # fmt: skip
         sfd = os.open(stage, DIR_FLAGS | NOFOLLOW, dir_fd=dfd)
         try:
             _write_and_publish(sfd, dfd, name, write, Path(parent, stage), replace=replace)

@@ -490,7 +490,9 @@ def qc_only(
                               replace) from None  # fmt: skip
     report = registration_report(reg, read=read, shapes=shape_arr, flatfield=flatfield,
                                  workers=workers, started=started)  # fmt: skip
-    _may_write(out, _SIDE_FILES, replace=replace, refused=False)  # all checked, then written
+    _may_write(
+        out, _SIDE_FILES, replace=replace, refused=False, source=table.source
+    )  # all checked, then written
     publish(sidecar(out, ".registered.csv"), reg.table.to_csv, replace=True)
     publish(sidecar(out, ".pairs.csv"), reg.pairs_to_csv, replace=True)
     paths = write_report(report, out, replace=True)
@@ -519,7 +521,7 @@ def _written_by_scopefx(path: Path, kind: str) -> bool:
     if kind == "json":
         try:
             doc = json.loads(head)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return False
         return isinstance(doc, dict) and {"version", "summary", "pairs"} <= set(doc)
     if kind == "pairs":
@@ -536,24 +538,30 @@ def _refused_before(out: str | os.PathLike[str]) -> bool:
         return False
     try:
         return bool(json.loads(js.read_bytes()).get("refused"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
 
 
-def _may_write(out: str | os.PathLike[str], files: Any, *, replace: bool, refused: bool) -> None:
+def _may_write(
+    out: str | os.PathLike[str], files: Any, *, replace: bool, refused: bool,
+    source: str | None = None,
+) -> None:  # fmt: skip
     """Check every side file before any is written, so that a run writes all of them or none:
     where one exists it must be a regular file scopefx wrote (never a link, never someone
     else's file, even with ``replace``). The evidence of a refused registration (its report,
     picture and pairs) is replaced by any later run without ``replace``: the retry its message
     suggests (``--allow-partial-registration``, a wider search) just works. Other files need
     ``replace``; and a refused run (``refused``) replaces none of a run that registered,
-    whose mosaic is beside them: it writes its evidence only where nothing is or a refusal's
-    was."""
+    whose mosaic is beside them (where no mosaic is, a ``--qc`` run's, ``replace`` lets it).
+    No side file may be the run's input table."""
     prior_refusal = _refused_before(out)
     for suffix, kind in files:
         path = sidecar(out, suffix)
         if not os.path.lexists(path):
             continue
+        if source and os.path.exists(source) and os.path.samefile(path, source):
+            raise ConfigError(f"{path} is the tile table this run reads; scopefx will not "
+                              "write over it: choose another output")  # fmt: skip
         if path.is_symlink() or not path.is_file():
             raise ConfigError(f"{path} is a link or not a regular file; scopefx will not "
                               "replace it: move it, or choose another output")  # fmt: skip
@@ -562,7 +570,7 @@ def _may_write(out: str | os.PathLike[str], files: Any, *, replace: bool, refuse
                               "replace it: move it, or choose another output")  # fmt: skip
         if prior_refusal and suffix != ".registered.csv":
             continue  # a refusal's evidence: the next run's to replace
-        if refused:
+        if refused and os.path.lexists(out):
             raise ConfigError(f"{path} is the report of a run that registered, beside its "
                               "mosaic; a refused registration does not replace it (choose "
                               "another output for this run's report)")  # fmt: skip
@@ -588,7 +596,7 @@ def _refused_report(
         report = registration_report(reg, read=read, shapes=shapes, flatfield=flatfield,
                                      workers=workers, started=started, refused=why)  # fmt: skip
         pairs = sidecar(out, ".pairs.csv")
-        _may_write(out, _SIDE_FILES[1:], replace=replace, refused=True)
+        _may_write(out, _SIDE_FILES[1:], replace=replace, refused=True, source=reg.table.source)
         publish(pairs, reg.pairs_to_csv, replace=True)
         js, png = write_report(report, out, replace=True)
     except (ScopefxError, OSError) as err:  # exists, disk full, out of task time, ...

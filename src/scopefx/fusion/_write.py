@@ -80,6 +80,12 @@ def prepare(
     out = Path(out)
     _check_output_kind(out)
     n_workers = workers or 4
+    if options.register and os.path.lexists(out) and not (options.overwrite or options.resume):
+        # now, before registration writes its side files beside a mosaic not made from them
+        raise ConfigError(
+            f"{out} exists; pass --resume to finish it or --overwrite to replace it, or choose "
+            "another output"
+        )
     table, metas, missing, extra, flatfield = _read_and_register(
         tiles, out, options, flatfield, read, n_workers
     )
