@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, RegistrationError, ScopefxError
-from ..io import TaskClock, TileTable, layout_problems
+from ..io import TaskClock, TileTable, layout_problems, open_binary
 from ._blend import read_opaque
 from ._correlate import Plan, cut, plan_pair, prepare
 from ._overlaps import _footprints, _shapes_array, overlapping_pairs
@@ -509,37 +509,34 @@ _SIDE_FILES = (
 _SNIFF_BYTES = 256 << 20
 
 
+def _scopefx_report(path: Path) -> dict[str, Any] | None:
+    """The QC report scopefx wrote at ``path`` (a regular file, JSON with its ``version``,
+    ``summary`` and ``pairs``), parsed; None for anything else."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:  # confined, no FIFO waited on (a swap after the check above)
+        with open_binary(path) as fh:
+            doc = json.loads(fh.read(_SNIFF_BYTES))
+    except (OSError, ScopefxError, ValueError, RecursionError):  # unreadable, not JSON, deep
+        return None
+    ok = isinstance(doc, dict) and {"version", "summary", "pairs"} <= set(doc)
+    return doc if ok else None
+
+
 def _written_by_scopefx(path: Path, kind: str) -> bool:
-    """Whether the regular file at ``path`` is a side file of this kind that scopefx wrote: a
-    QC report (JSON with its ``version``, ``summary`` and ``pairs``), a pairs table or a
-    refined tile table (by their headers), a QC picture (matplotlib's PNG signature)."""
+    """Whether the regular file at ``path`` is a side file of this kind (``"pairs"``,
+    ``"table"``, ``"png"``) that scopefx wrote: a pairs table or a refined tile table by their
+    headers, a QC picture by matplotlib's PNG signature (QC reports: :func:`_scopefx_report`)."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(_SNIFF_BYTES if kind == "json" else 4096)
-    except OSError:
+        with open_binary(path) as fh:
+            head = fh.read(4096)
+    except (OSError, ScopefxError):  # unreadable, outside the roots, not a regular file
         return False
-    if kind == "json":
-        try:
-            doc = json.loads(head)
-        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
-            return False
-        return isinstance(doc, dict) and {"version", "summary", "pairs"} <= set(doc)
     if kind == "pairs":
         return head.startswith(b"i,j,ref_i,ref_j,")
     if kind == "table":
         return head.startswith(b"path,")
     return head.startswith(b"\x89PNG") and b"matplotlib" in head.lower()
-
-
-def _refused_before(out: str | os.PathLike[str]) -> bool:
-    """A refused registration's report is beside ``out`` (its ``refused`` set)."""
-    js = sidecar(out, ".qc.json")
-    if js.is_symlink() or not js.is_file() or not _written_by_scopefx(js, "json"):
-        return False
-    try:
-        return bool(json.loads(js.read_bytes()).get("refused"))
-    except (OSError, ValueError, RecursionError):
-        return False
 
 
 def _may_write(
@@ -554,7 +551,8 @@ def _may_write(
     ``replace``; and a refused run (``refused``) replaces none of a run that registered,
     whose mosaic is beside them (where no mosaic is, a ``--qc`` run's, ``replace`` lets it).
     No side file may be the run's input table."""
-    prior_refusal = _refused_before(out)
+    report = _scopefx_report(sidecar(out, ".qc.json"))  # read once, whatever else is asked
+    prior_refusal = bool(report and report.get("refused"))
     for suffix, kind in files:
         path = sidecar(out, suffix)
         if not os.path.lexists(path):
@@ -565,7 +563,8 @@ def _may_write(
         if path.is_symlink() or not path.is_file():
             raise ConfigError(f"{path} is a link or not a regular file; scopefx will not "
                               "replace it: move it, or choose another output")  # fmt: skip
-        if not _written_by_scopefx(path, kind):
+        ours = report is not None if kind == "json" else _written_by_scopefx(path, kind)
+        if not ours:
             raise ConfigError(f"{path} exists and is not a file scopefx wrote; scopefx will not "
                               "replace it: move it, or choose another output")  # fmt: skip
         if prior_refusal and suffix != ".registered.csv":
