@@ -157,6 +157,91 @@ def _identity(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def _matching(base: Path, regex: re.Pattern[str], text: str) -> list[tuple[str, dict[str, int]]]:
+    """The files of ``base`` whose names match, sorted, with their numbers; a matching link
+    that leads nowhere is a missing tile, refused."""
+    if not base.is_dir():
+        raise ImageNotFoundError(
+            f"grid pattern {text!r}: folder {os.fspath(base)!r} does not exist"
+        )
+    found = []
+    for entry in sorted(os.listdir(base)):
+        hit = regex.fullmatch(entry)
+        if hit is None or (base / entry).is_dir():
+            continue
+        if not (base / entry).exists():
+            raise ImageNotFoundError(f"{os.path.abspath(base / entry)}: a link to nothing")
+        found.append((entry, {k: int(v) for k, v in hit.groupdict().items()}))
+    if not found:
+        raise ImageNotFoundError(f"grid pattern {text!r}: no file in {os.fspath(base)!r} matches")
+    return found
+
+
+def _numbered_places(
+    found: list[tuple[str, dict[str, int]]], grid: tuple[int, int] | None, order: str,
+    start: str, first_index: int | None, text: str,
+) -> list[tuple[int, int]]:  # fmt: skip
+    """Row and column of each numbered tile (``{index}``), counted from ``first_index`` (else
+    the smallest number found, with a warning when that is above 1)."""
+    assert grid is not None
+    low = min(f["index"] for _, f in found) if first_index is None else int(first_index)
+    if first_index is None and low > 1:
+        logger.warning(
+            "grid pattern %r: the smallest tile number found, %d, is taken for the first "
+            "tile; if tiles before it are missing, give the first tile's number "
+            "(first_index, --first-index)", text, low,
+        )  # fmt: skip
+    return [_place(f["index"] - low, grid, order, start, entry) for entry, f in found]
+
+
+def _named_places(
+    found: list[tuple[str, dict[str, int]]], grid: tuple[int, int] | None, text: str
+) -> list[tuple[int, int]]:
+    """Row and column of each tile named by them, counted from the smallest found; checked
+    against ``grid``, or, without it, refused when the names span more than ``_SPARSE``
+    places per tile (a stray file)."""
+    r0, c0 = min(f["row"] for _, f in found), min(f["col"] for _, f in found)
+    places = [(f["row"] - r0, f["col"] - c0) for _, f in found]
+    if grid is not None:
+        for (entry, _), (r, c) in zip(found, places, strict=True):
+            if r >= grid[0] or c >= grid[1]:
+                raise ConfigError(
+                    f"{entry}: row {r}, column {c} (counting from the first) lies outside "
+                    f"the {grid[0]} x {grid[1]} grid"
+                )
+        return places
+    span = (max(p[0] for p in places) + 1, max(p[1] for p in places) + 1)
+    if span[0] * span[1] > _SPARSE * len(found):
+        far = max(zip(found, places, strict=True), key=lambda fp: fp[1][0] + fp[1][1])
+        raise ConfigError(
+            f"grid pattern {text!r}: the {len(found)} tiles' names span {span[0]} rows x "
+            f"{span[1]} columns (the farthest, {far[0][0]}, at row {far[1][0]}, column "
+            f"{far[1][1]}): a stray file? Give the grid's shape (grid=, --grid "
+            "ROWSxCOLS) if the scan is that sparse"
+        )
+    return places
+
+
+def _one_shape(paths: list[str]) -> tuple[int, ...]:
+    """The tiles' one spatial shape; two names of one file, or tiles of different sizes,
+    are refused."""
+    same: dict[tuple[int, int], str] = {}
+    for path in paths:
+        key = _identity(path)
+        if key is not None and key in same:
+            raise ConfigError(f"{same[key]} and {path} are one file: a tile is listed once")
+        if key is not None:
+            same[key] = path
+    shapes = [_footprint(path) for path in paths]
+    for path, shape in zip(paths, shapes, strict=True):
+        if shape != shapes[0]:
+            raise ConfigError(
+                f"{path}: {' x '.join(map(str, shape))} px, but {paths[0]} is "
+                f"{' x '.join(map(str, shapes[0]))} px; a grid's tiles share one size"
+            )
+    return shapes[0]
+
+
 def grid_tile_table(
     pattern: str | os.PathLike[str],
     overlap_pct: float | Sequence[float],
@@ -249,50 +334,9 @@ def grid_tile_table(
             "(grid=(rows, columns), --grid ROWSxCOLS) to place them"
         )
     base = Path(folder or ".")
-    if not base.is_dir():
-        raise ImageNotFoundError(
-            f"grid pattern {text!r}: folder {os.fspath(base)!r} does not exist"
-        )
-    found = []
-    for entry in sorted(os.listdir(base)):
-        hit = regex.fullmatch(entry)
-        if hit is None or (base / entry).is_dir():
-            continue
-        if not (base / entry).exists():  # a link that leads nowhere: a tile that is missing
-            raise ImageNotFoundError(f"{os.path.abspath(base / entry)}: a link to nothing")
-        found.append((entry, {k: int(v) for k, v in hit.groupdict().items()}))
-    if not found:
-        raise ImageNotFoundError(f"grid pattern {text!r}: no file in {os.fspath(base)!r} matches")
-    if numbered:
-        assert grid is not None
-        numbers = [f["index"] for _, f in found]
-        low = min(numbers) if first_index is None else int(first_index)
-        if first_index is None and low > 1:
-            logger.warning(
-                "grid pattern %r: the smallest tile number found, %d, is taken for the first "
-                "tile; if tiles before it are missing, give the first tile's number "
-                "(first_index, --first-index)", text, low,
-            )  # fmt: skip
-        places = [_place(f["index"] - low, grid, order, start, entry) for entry, f in found]
-    else:
-        r0, c0 = min(f["row"] for _, f in found), min(f["col"] for _, f in found)
-        places = [(f["row"] - r0, f["col"] - c0) for _, f in found]
-        span = (max(p[0] for p in places) + 1, max(p[1] for p in places) + 1)
-        if grid is not None:
-            for (entry, _), (r, c) in zip(found, places, strict=True):
-                if r >= grid[0] or c >= grid[1]:
-                    raise ConfigError(
-                        f"{entry}: row {r}, column {c} (counting from the first) lies outside "
-                        f"the {grid[0]} x {grid[1]} grid"
-                    )
-        elif span[0] * span[1] > _SPARSE * len(found):
-            far = max(zip(found, places, strict=True), key=lambda fp: fp[1][0] + fp[1][1])
-            raise ConfigError(
-                f"grid pattern {text!r}: the {len(found)} tiles' names span {span[0]} rows x "
-                f"{span[1]} columns (the farthest, {far[0][0]}, at row {far[1][0]}, column "
-                f"{far[1][1]}): a stray file? Give the grid's shape (grid=, --grid "
-                "ROWSxCOLS) if the scan is that sparse"
-            )
+    found = _matching(base, regex, text)
+    places = (_numbered_places(found, grid, order, start, first_index, text) if numbered
+              else _named_places(found, grid, text))  # fmt: skip
     seen: dict[tuple[int, int], str] = {}
     for (entry, _), place in zip(found, places, strict=True):
         if place in seen:
@@ -302,21 +346,8 @@ def grid_tile_table(
             )
         seen[place] = entry
     paths = [os.path.abspath(base / entry) for entry, _ in found]  # as named: links kept
-    same: dict[tuple[int, int], str] = {}
-    for path in paths:
-        key = _identity(path)
-        if key is not None and key in same:
-            raise ConfigError(f"{same[key]} and {path} are one file: a tile is listed once")
-        if key is not None:
-            same[key] = path
-    shapes = [_footprint(path) for path in paths]
-    for path, shape in zip(paths, shapes, strict=True):
-        if shape != shapes[0]:
-            raise ConfigError(
-                f"{path}: {' x '.join(map(str, shape))} px, but {paths[0]} is "
-                f"{' x '.join(map(str, shapes[0]))} px; a grid's tiles share one size"
-            )
-    h, w = shapes[0][-2:]
+    shape = _one_shape(paths)
+    h, w = shape[-2:]
     step_x, step_y = round(w * (1 - ox / 100)), round(h * (1 - oy / 100))
     if step_x < 1 or step_y < 1:
         raise ConfigError(
@@ -325,7 +356,7 @@ def grid_tile_table(
         )
     order_ = sorted(range(len(paths)), key=lambda k: places[k])
     refs = [paths[k] for k in order_]
-    positions = [(places[k][1] * step_x, places[k][0] * step_y) + ((0,) * (len(shapes[0]) - 2))
+    positions = [(places[k][1] * step_x, places[k][0] * step_y) + ((0,) * (len(shape) - 2))
                  for k in order_]  # fmt: skip
     table = TileTable.from_positions(refs, positions, pixel_size_um=pixel_size_um)
     return table.replace(source=text)
