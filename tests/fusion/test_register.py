@@ -429,6 +429,55 @@ def test_stage_model_places_a_blank_tile_of_a_strip() -> None:
     assert _position_error(reg.table, true).max() < 0.5
 
 
+def test_blank_pairs_do_not_stop_the_stage_model_of_a_partial_registration() -> None:
+    """1x10 strip whose stage step is 9 px short; tiles 3-7 are blank, so 6 of its 9 pairs
+    are blank and only 3 usable: refused by default, registered with ``allow_partial``. Blank
+    pairs say nothing about the measurements: every pair with content matched, so the median
+    step still places the blank tiles and carries the far end of the strip (8, 9) to where it
+    is, as it does when fewer tiles are blank."""
+    true = np.column_stack([np.full(10, 30.0), 16 + 100.0 * np.arange(10)])
+    image = _truth(1200)
+    tiles = [_cut(image, p, (140, 140)) for p in true]
+    for k in range(3, 8):
+        tiles[k] = np.full_like(tiles[k], 0.5)
+    stage = np.column_stack([np.full(10, 30.0), 16 + 91.0 * np.arange(10)])
+    kwargs = {"read": _memory_reader(tiles), "shapes": [(140, 140)] * 10}
+    with pytest.raises(RegistrationError, match="only 3 of 9"):
+        register(_table(stage), **kwargs)  # type: ignore[arg-type]
+    reg = register(_table(stage), params=RegistrationParams(allow_partial=True), **kwargs)  # type: ignore[arg-type]
+    by = {(p.i, p.j): p for p in reg.pairs}
+    assert [by[(k, k + 1)].status for k in range(2, 8)] == ["blank"] * 6
+    np.testing.assert_allclose(by[(5, 6)].modelled_px, (0, 9), atol=0.2)
+    assert _position_error(reg.table, true).max() < 0.5
+
+
+def test_a_partial_registration_does_not_spread_the_steps_of_failing_content() -> None:
+    """Noisy retina, 8x8 tiles of 64 px at 10 % overlap (6 px strips), each up to 2.6 px off
+    the stage: 22 of the 112 pairs give a usable match, most of them chance matches leaning
+    towards a larger common part. With ``allow_partial`` their median step (about 2.5 px short)
+    was given to every other pair, and repeated along each row it carried the tiles 5.8 px
+    (mean) off where the stage left them 2.0 px off; most pairs with content failed, so the
+    stage places the unusable pairs instead."""
+    n, tile = 8, 64
+    m = samples.make_mosaic("retina", grid=(n, n), tile_px=tile, overlap=0.1, jitter_px=2.56,
+                            subpixel=True, vignetting=0.3, photons=300.0, read_noise=2.0,
+                            seed=1)  # fmt: skip
+    true = m.affines[:, :2, 2]
+    grid = np.array([(r, c) for r in range(n) for c in range(n)], dtype=float)
+    stage = grid * round(tile * 0.9) + (true - grid * round(tile * 0.9)).mean(axis=0)
+    refs = [f"tile_{k}" for k in range(n * n)]
+    reg = register(_table(stage, refs), read=dict(zip(refs, m.tiles, strict=True)).__getitem__,
+                   shapes=[(tile, tile)] * (n * n),
+                   params=RegistrationParams(allow_partial=True))  # fmt: skip
+    sides = [p for p in reg.pairs if p.status != "corner"]
+    assert sum(p.used for p in sides) < 0.25 * sum(p.status != "blank" for p in sides)
+    modelled = np.array([p.modelled_px for p in sides if p.modelled_px is not None])
+    assert len(modelled) and not modelled.any()  # the stage itself
+    before = np.linalg.norm(_position_error(_table(stage), true), axis=1).mean()
+    after = np.linalg.norm(_position_error(reg.table, true), axis=1).mean()
+    assert after < 2 * before, (after, before)
+
+
 def test_stage_model_follows_the_backlash_of_a_serpentine_scan() -> None:
     """4x5 serpentine scan whose return rows sit 7 px to the right (backlash); the stage gives
     the nominal grid and tile 12 (row 2) is blank. The vertical pairs of its column alternate

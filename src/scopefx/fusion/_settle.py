@@ -151,7 +151,11 @@ def _settle(
             used[drop], status[drop], weight[drop] = False, "outlier", 0.0
             c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)
             residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)
-        model = _stage_model(table, shapes, ij, shifts, used, side, olo, ohi)
+        # where most pairs with content failed, the usable few are no sure sign of the stage's
+        # errors: their steps are not spread to the rest (see _stage_model's ``trusted``)
+        content = side & (status != "blank")
+        trusted = int((used & side).sum()) >= params.min_usable_fraction * int(content.sum())
+        model = _stage_model(table, shapes, ij, shifts, used, side, olo, ohi, trusted)
         c = c + _place_components(n, ij, used, model, c)
     # judged on the pairs the solve kept: those the loops confirmed count, outliers do not,
     # so that the refusal and its report (the statuses below) give one count
