@@ -165,6 +165,11 @@ def _stage_model(
     median step 2.8 px short, 18.5 px mean error where the stage was 1.9 px off). Pairs that
     are blank (no content) say nothing about the measurements and do not count."""
     nd = table.ndim
+    if not trusted:
+        logger.info("stage model: the stage positions for every unusable pair (most pairs with "
+                    "content gave no usable match: the steps of the few that did are not "
+                    "trusted)")  # fmt: skip
+        return {k: np.zeros(nd) for k in np.flatnonzero(side & ~used).tolist()}
     offs = _footprints(table, shapes)[0]
     axis, sign = _steps(table, shapes, ij, olo, ohi)
     # row / column index of each tile along each axis, in units of the grid's step there (the
@@ -229,16 +234,12 @@ def _stage_model(
     # along the whole row (tile k moved k times it)
     shared = any(math.isfinite(v) and chosen[b] != "stage" for b, v in scores.items())
     for a in range(nd):
-        if (lone[a] and not shared) or not trusted:
+        if lone[a] and not shared:
             chosen[a] = "stage"
     for a in range(nd):
         if not any(not used[k] and axis[k] == a for k in np.flatnonzero(side).tolist()):
             continue
-        if not trusted:
-            logger.info("stage model, pairs stepping along axis %d: the stage positions (most "
-                        "pairs with content gave no usable match: the steps of the few that "
-                        "did are not trusted)", a)  # fmt: skip
-        elif lone[a]:
+        if lone[a]:
             logger.info("stage model, pairs stepping along axis %d: %s (one usable pair, "
                         "nothing to judge its step by; %s)", a,
                         "the stage positions" if chosen[a] == "stage" else "its step",
