@@ -7,14 +7,17 @@
     python bench/register_synthetic.py --grid 5x5 --overlaps 0.06    # larger grids (with loops)
     python bench/register_synthetic.py --grid 5x5 --overlaps 0.06 --seed 1 2 3 4 5  # 150 cases
     python bench/register_synthetic.py --peers          # and ASHLAR, multiview-stitcher
+    python bench/register_synthetic.py --grid 8x8 --overlaps 0.1 --jitter 5 \
+        --conditions vignetted+noise --photons 300 --images retina cell moon --seed 0 1 2 3
 
 Each case is a 3x3 mosaic (``--grid`` for others) of 256 px tiles from
 :func:`scopefx.samples.make_mosaic` with sub-pixel true positions jittered by up to 15 px (6 %
 of a tile; ``--seed``: one draw or several); the stage positions are the nominal grid, so
-each tile starts up to 15 px off.
+each tile starts up to 15 px off (``--jitter`` for another bound).
 Overlaps 5 to 45 % (``--overlaps`` for others), three conditions:
 ``clean``; ``vignetted`` (``1 - 0.5 r^2`` fall-off, no flat field); ``vignetted+noise``
-(the same and shot noise at 1000 photons full scale plus 2 grey levels of read noise).
+(the same and shot noise at 1000 photons full scale, ``--photons`` for another level, plus 2
+grey levels of read noise); ``--conditions`` picks some of them.
 Registration runs with the default :class:`~scopefx.fusion.RegistrationParams`. The error
 is ``|placed - true|`` per tile after removing the mean offset (registration fixes positions
 up to one common shift). The script exits 0 whatever the figures; the summary names the
@@ -47,16 +50,19 @@ TILE, GRID, JITTER = 256, (3, 3), 15.0
 
 
 def _mosaic(
-    name: str, overlap: float, condition: str, seed: int, grid: tuple[int, int]
-) -> tuple[list, list[tuple[float, float]], np.ndarray]:
-    """The case's tiles, their stage positions ``(x, y)`` and true positions ``(y, x)``."""
+    name: str, overlap: float, condition: str, seed: int, grid: tuple[int, int],
+    jitter: float = JITTER, photons: float | None = None,
+) -> tuple[list, list[tuple[float, float]], np.ndarray]:  # fmt: skip
+    """The case's tiles, their stage positions ``(x, y)`` and true positions ``(y, x)``
+    (``photons``: in place of the condition's, where it has noise)."""
 
     from scopefx.samples import make_mosaic
 
     c = CONDITIONS[condition]
-    m = make_mosaic(name, grid=grid, tile_px=TILE, overlap=overlap, jitter_px=JITTER,
-                    subpixel=True, vignetting=c["vignetting"], photons=c["photons"],
-                    read_noise=2.0 if c["photons"] else 0.0, seed=seed)  # fmt: skip
+    light = c["photons"] if photons is None or c["photons"] is None else photons
+    m = make_mosaic(name, grid=grid, tile_px=TILE, overlap=overlap, jitter_px=jitter,
+                    subpixel=True, vignetting=c["vignetting"], photons=light,
+                    read_noise=2.0 if light else 0.0, seed=seed)  # fmt: skip
     true = m.affines[:, :2, 2]
     step = round(TILE * (1 - overlap))
     nominal = np.array([(r, k) for r in range(grid[0]) for k in range(grid[1])], float) * step
@@ -193,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=_grid, default=GRID, help="rows x columns, e.g. 5x5")
     parser.add_argument("--overlaps", nargs="*", type=float, default=list(OVERLAPS),
                         help="fractions of a tile, e.g. 0.06")  # fmt: skip
+    parser.add_argument("--conditions", nargs="*", choices=list(CONDITIONS),
+                        default=list(CONDITIONS))  # fmt: skip
+    parser.add_argument("--jitter", type=float, default=JITTER,
+                        help=f"true positions up to this many px off ({JITTER:g})")  # fmt: skip
+    parser.add_argument("--photons", type=float, default=None,
+                        help="photons at full scale of the noisy condition (1000)")  # fmt: skip
     parser.add_argument("--peers", action="store_true",
                         help="also ASHLAR and multiview-stitcher from bench/.venv-mvs")  # fmt: skip
     parser.add_argument("--out", default=None, help="also write the summary to this file")
@@ -205,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     rows_, cols_ = args.grid
     seeds = list(args.seed)
-    setup = (f"{rows_}x{cols_} tiles of {TILE} px, stage up to {JITTER:g} px off, "
+    light = f", noise at {args.photons:g} photons" if args.photons is not None else ""
+    setup = (f"{rows_}x{cols_} tiles of {TILE} px, stage up to {args.jitter:g} px off{light}, "
              f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")  # fmt: skip
 
     def tag(seed: int) -> str:  # a case's seed, where there are several
@@ -218,12 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     peer_rows: list[list[str]] = []
     for name in args.images:
         sets, truths, labels = [], [], []
-        for condition in CONDITIONS:
+        for condition in args.conditions:
             cells = [name, condition]
             for overlap, seed in itertools.product(args.overlaps, seeds):
                 what = f"{name} {condition} {overlap:.0%}{tag(seed)}"
                 progress(what)
-                tiles, stage, true = _mosaic(name, overlap, condition, seed, args.grid)
+                tiles, stage, true = _mosaic(name, overlap, condition, seed, args.grid,
+                                             args.jitter, args.photons)  # fmt: skip
                 result = _case(tiles, stage, true)
                 _tally(result, what, cells, means, bad)
                 if peers:

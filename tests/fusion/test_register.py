@@ -478,6 +478,61 @@ def test_a_partial_registration_does_not_spread_the_steps_of_failing_content() -
     assert after < 2 * before, (after, before)
 
 
+def _ridge_scan(ridges: dict[tuple[int, int], float]):
+    """A 2x4 scan (100 px tiles, 90 px steps) whose stage steps are all 2 px long along x,
+    settled (``_settle``) from measurements made up for it: every side pair matched sharply
+    at the truth (within 0.1 px, NCC 0.9), but pair 3-7 blank and the pairs in ``ridges``
+    ridges along x (variance 60 px^2) whose crest put their shift at the given x."""
+    from scopefx.fusion._correlate import Measured
+    from scopefx.fusion._overlaps import overlapping_pairs
+    from scopefx.fusion._settle import _settle
+
+    grid = np.array([(r, c) for r in range(2) for c in range(4)], dtype=float)
+    table = _table(grid * 90.0)
+    shapes = np.full((8, 2), 100)
+    geometry = overlapping_pairs(table, shapes, min_overlap_px=1.0)
+    corner = [bool(np.all(np.subtract(hi, lo) < 50)) for _, _, lo, hi in geometry]
+    rng = np.random.default_rng(3)
+    results = []
+    for (i, j, _, _), c in zip(geometry, corner, strict=True):
+        truth = np.array([0.0, -2.0 if grid[i, 0] == grid[j, 0] else 0.0])
+        if (i, j) == (3, 7) or c:
+            results.append(Measured(np.full(2, np.nan), 0.0, 0.0, (0, 0)))
+        elif (i, j) in ridges:
+            results.append(Measured(np.array([0.05, ridges[(i, j)]]), 0.74, 0.5, (100, 10),
+                                    spread=np.diag([0.1, 60.0])))  # fmt: skip
+        else:
+            results.append(Measured(truth + rng.uniform(-0.1, 0.1, 2), 0.9, 0.3, (100, 10),
+                                    spread=np.diag([0.1, 0.1])))  # fmt: skip
+    reg, refusal = _settle(table, shapes, geometry, corner, results, RegistrationParams(),
+                           [15.0] * len(geometry))  # fmt: skip
+    assert refusal is None
+    return reg, {(p.i, p.j): p for p in reg.pairs}
+
+
+def test_a_ridge_that_alone_joins_a_tile_is_drawn_to_the_stage_step() -> None:
+    """Tile 7 of a 2x4 scan is joined only by pair 6-7 (3-7 is blank), whose NCC is a ridge
+    along x (one vessel across the overlap: variance 60 px^2 there) with its crest 12 px
+    along, where every sharp pair steps 2 px long. Weighed a hundredth along x, the ridge
+    still alone decided tile 7's x: 14 px off. Nothing else joins it there, so its step is
+    the precision-weighted mean of its own and the sharp pairs' (their median, their robust
+    spread as its variance): 2 px long, as the stage steps. The report keeps the measured
+    shift and gives the step the solve took; a ridge inside a loop (1-2, its crest 1.5 px
+    along, where the sharp pairs around it decide) is left as measured."""
+    reg, by = _ridge_scan({(6, 7): 12.0, (1, 2): -0.5})
+    c = reg.corrections_px
+    assert abs((c[7] - c[6])[1] - (-2.0)) < 0.3, c[7] - c[6]
+    assert by[(6, 7)].used and by[(6, 7)].shift_px[1] == pytest.approx(12.0)
+    assert by[(6, 7)].modelled_px is not None and abs(by[(6, 7)].modelled_px[1] + 2) < 0.3
+    assert by[(6, 7)].residual_px < 0.3  # against the step the solve took
+    assert by[(1, 2)].used and by[(1, 2)].modelled_px is None
+    assert abs((c[2] - c[1])[1] - (-2.0)) < 0.3, c[2] - c[1]
+    # without the ridge at 6-7 nothing is drawn and tile 7 follows its sharp pair
+    reg, by = _ridge_scan({(1, 2): -0.5})
+    assert all(p.modelled_px is None for p in reg.pairs if p.used)
+    assert abs((reg.corrections_px[7] - reg.corrections_px[6])[1] + 2) < 0.15
+
+
 def test_stage_model_follows_the_backlash_of_a_serpentine_scan() -> None:
     """4x5 serpentine scan whose return rows sit 7 px to the right (backlash); the stage gives
     the nominal grid and tile 12 (row 2) is blank. The vertical pairs of its column alternate

@@ -256,7 +256,8 @@ def registration_report(
         "tiles": len(table),
         "pairs": len(reg.pairs),
         **{f"pairs_{s}": counts.get(s, 0) for s in STATUSES},
-        "pairs_modelled": sum(p.modelled_px is not None for p in reg.pairs),
+        # unusable pairs the stage model set (a used ridge it drew is counted by its status)
+        "pairs_modelled": sum(p.modelled_px is not None and not p.used for p in reg.pairs),
         "rms_residual_px": _num(reg.rms_residual_px),
         "max_residual_px": _num(max(res)) if res else None,
         "mean_tile_shift_px": _num(float(lengths.mean())),

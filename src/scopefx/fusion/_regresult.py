@@ -48,7 +48,8 @@ class PairResult:
     used : bool
         The measurement entered the final solve.
     residual_px : float
-        ``|(c_j - c_i) - shift|`` after the solve; NaN when the shift was not measurable.
+        ``|(c_j - c_i) - shift|`` after the solve (``modelled_px`` in place of the shift where
+        a used pair has one); NaN when the shift was not measurable.
     status : str
         ``"used"``, ``"outlier"`` (dropped by the solve), ``"low_quality"`` (NCC under
         ``min_quality``, not above chance, or the best shift on the edge of the search),
@@ -62,7 +63,10 @@ class PairResult:
         Weight in the solve (0 when not used); the smallest over the axes where the pair's
         shift is known worse along one of them (see ``Measured.spread``).
     modelled_px : tuple of float or None
-        For an unusable side pair: the stage-model correction put in its place.
+        For an unusable side pair: the stage-model correction put in its place. For a used
+        pair that alone joins its tiles along an axis where its NCC is a ridge (one straight
+        feature across the overlap): the correction the solve took, its shift drawn there
+        towards the stage model's step by their precision.
     """
 
     i: int

@@ -27,7 +27,7 @@ from ._loops import (
 from ._lsq import _misfit, _normal_lu, _solve
 from ._regparams import AUTO_SHIFT, RegistrationParams
 from ._regresult import PairResult, Registration, unmatched_note
-from ._stagemodel import _implausible_bridges, _stage_model
+from ._stagemodel import _implausible_bridges, _ridge_steps, _stage_model
 
 logger = logging.getLogger("scopefx.fusion._register")  # registration's messages, one logger
 
@@ -142,6 +142,8 @@ def _settle(
         weight[admit] = full[admit, None] * factor[admit]
         candidate[admit] = False
     model: dict[int, np.ndarray] = {}
+    ridged: dict[int, np.ndarray] = {}
+    measured = shifts  # what the report gives as each pair's shift
     if params.stage_model:
         drop = _implausible_bridges(table, shapes, ij, shifts, used, side, olo, ohi, quality,
                                     np.asarray(reach, float),
@@ -149,6 +151,15 @@ def _settle(
                                     np.array([r.concentration for r in results]))  # fmt: skip
         if len(drop):
             used[drop], status[drop], weight[drop] = False, "outlier", 0.0
+            c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)
+            residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)
+        # where only a ridge of their NCC joins tiles along an axis, the stage says as much
+        ridged = _ridge_steps(table, shapes, ij, shifts, used, side, olo, ohi,
+                              _variance(results, nd), _SPREAD_PX**2)  # fmt: skip
+        if ridged:
+            measured = shifts.copy()
+            for k, step in ridged.items():
+                shifts[k] = step
             c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)
             residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)
         # where most pairs with content failed, the usable few are no sure sign of the stage's
@@ -180,11 +191,12 @@ def _settle(
         c = c + _whole_pixel_gauge(affines[:, :nd, nd] + c)
     affines[:, :nd, nd] += c
     extent = np.rint(np.maximum(ohi - olo, 0)).astype(int)
+    stand_in = {**ridged, **model}  # what the solve took in place of the measured shift
     pairs = tuple(
         PairResult(
             int(ij[k, 0]),
             int(ij[k, 1]),
-            tuple(map(float, shifts[k])),
+            tuple(map(float, measured[k])),
             float(quality[k]),
             tuple(map(int, extent[k])),
             bool(used[k]),
@@ -192,7 +204,7 @@ def _settle(
             str(status[k]),
             float(runner[k]),
             float(weight[k].min()),
-            tuple(map(float, model[k])) if k in model else None,
+            tuple(map(float, stand_in[k])) if k in stand_in else None,
         )
         for k in range(m)
     )
@@ -270,11 +282,16 @@ def _axis_factor(results: Sequence[Measured], nd: int) -> np.ndarray:
     along an axis keeps its weight; one spread along a ridge of the NCC (one edge, smooth
     haze) weighs less along the ridge, as an inverse variance would have it, and the pairs
     that do fix that axis decide it."""
+    return np.clip(_SPREAD_PX**2 / _variance(results, nd), _SPREAD_FLOOR, 1.0)
+
+
+def _variance(results: Sequence[Measured], nd: int) -> np.ndarray:
+    """Per pair and axis, its shift's variance (:attr:`Measured.spread`'s diagonal, px^2; 1
+    where none was measured)."""
     out = np.ones((len(results), nd))
     for k, r in enumerate(results):
         if r.spread is not None:
-            var = np.diag(np.asarray(r.spread, dtype=float))[:nd]
-            out[k] = np.clip(_SPREAD_PX**2 / np.maximum(var, 1e-12), _SPREAD_FLOOR, 1.0)
+            out[k] = np.maximum(np.diag(np.asarray(r.spread, dtype=float))[:nd], 1e-12)
     return out
 
 

@@ -1,7 +1,8 @@
 """The stage model (MIST's, by stage move; step 3 of :mod:`._register`): a correction for each
 side pair without a usable match, from the usable pairs that share the stage's error with it
-(:func:`_stage_model`), and the weak unconfirmed matches it overrules
-(:func:`_implausible_bridges`)."""
+(:func:`_stage_model`), the weak unconfirmed matches it overrules
+(:func:`_implausible_bridges`), and the steps it gives along a ridge that alone joins tiles
+(:func:`_ridge_steps`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..io import TileTable
 from ._correlate import WEAK_MATCH, near_ncc
-from ._loops import _bridges
+from ._loops import _bridges, _components
 from ._overlaps import _footprints
 
 logger = logging.getLogger("scopefx.fusion._register")  # registration's messages, one logger
@@ -30,6 +31,9 @@ _STRONG_POOL = 3  # such pairs (or confirmed ones, any direction) needed for the
 _EDGE_ZONE = 0.25  # outer share of a pair's search where the edge check looks
 _RIVAL_MARGIN = 0.1  # NCC by which a rival at a plausible shift may trail the match
 _CONCENTRATED = 0.45  # share of a match's covariance in one of its common part's slices
+_RIDGE_VAR = 16.0  # px^2 (a 4 px sd): a shift spread more along an axis is a ridge there
+_RIDGE_POOL = 4  # sharp used pairs of a direction needed to say how the stage steps
+_RIDGE_FLOOR = 0.25  # px^2: the least variance granted to those pairs' steps
 
 
 def _steps(
@@ -118,6 +122,66 @@ def _implausible_bridges(
         logger.info("dropped %d weak unconfirmed pair(s) far from the stage model: %s",
                     len(drop), [tuple(map(int, ij[k])) for k in drop])  # fmt: skip
     return np.array(drop, dtype=int)
+
+
+def _ridge_steps(
+    table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
+    side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, variance: np.ndarray, sharp_var: float,
+) -> dict[int, np.ndarray]:  # fmt: skip
+    """Used side pairs that join their tiles along an axis only by a ridge of their NCC, each
+    with the shift the solve should take: along that axis, its own and the stage's step
+    combined by their precision.
+
+    ``variance`` (m, nd): each pair's shift variance per axis (:attr:`Measured.spread`'s
+    diagonal; 1 where unknown). A used pair is sharp where it is at most ``sharp_var`` on
+    every axis (the variance from which a pair weighs less in the solve). Along axis ``a``
+    the sharp pairs of a direction (at least ``_RIDGE_POOL``) give the stage's step there:
+    their median ``m``, with their robust spread squared ``v`` (at least ``_RIDGE_FLOOR``) as
+    its variance. A pair of that direction whose variance ``w`` along ``a`` is over
+    ``_RIDGE_VAR`` and over ``v`` is a ridge there (one straight feature, a vessel or a
+    fibre, crossing the overlap). Where such ridges are all that joins two groups of tiles
+    along ``a`` (no other used pair links them), nothing else decides where the groups sit
+    along it, and the solve followed the ridge's best shift, chance on a flat crest (the
+    confidence bound leans it towards the larger common part): ``m + (s - m) v / (v + w)``
+    replaces the shift ``s`` there, the precision-weighted mean of the two estimates. A ridge
+    inside a group is left as it is: the sharp pairs around it decide.
+
+    On 8x8 mosaics of the bundled ``retina`` (256 px tiles, 10 % overlap, tiles up to 5 px off,
+    vignetted, 300 and 2,000 photons), a tile hung on a vessel crossing its one usable
+    overlap: 8.4 px along the vessel where the stage was 6 px off the other way (14.2 px
+    error); 0.92 -> 0.55 px mean error, and 2.85 -> 1.34 at 300 photons
+    (``bench/register_synthetic.py --grid 8x8 --overlaps 0.1 --jitter 5``)."""
+    axis_of, sign = _steps(table, shapes, ij, olo, ohi)
+    nd = shifts.shape[1]
+    sharp = used & side & np.all(variance <= sharp_var, axis=1)
+    out: dict[int, np.ndarray] = {}
+    for a in range(nd):
+        prior: dict[int, tuple[float, float]] = {}
+        for d in range(nd):
+            pool = np.flatnonzero(sharp & (axis_of == d))
+            if len(pool) >= _RIDGE_POOL:
+                steps = shifts[pool, a] * sign[pool]
+                centre = float(np.median(steps))
+                spread = 1.4826 * float(np.median(np.abs(steps - centre)))
+                prior[d] = (centre, max(spread**2, _RIDGE_FLOOR))
+        ridge = np.zeros(len(ij), dtype=bool)
+        for k in np.flatnonzero(used & side).tolist():
+            d = int(axis_of[k])
+            ridge[k] = d in prior and variance[k, a] > max(prior[d][1], _RIDGE_VAR)
+        if not ridge.any():
+            continue
+        label = _components(len(table), ij[used & ~ridge])[1]
+        for k in np.flatnonzero(ridge).tolist():
+            if label[ij[k, 0]] == label[ij[k, 1]]:
+                continue
+            centre, var = prior[int(axis_of[k])]
+            own = float(shifts[k, a] * sign[k])
+            step = centre + (own - centre) * var / (var + float(variance[k, a]))
+            out.setdefault(k, shifts[k].astype(float).copy())[a] = step * sign[k]
+    if out:
+        steps = {tuple(map(int, ij[k])): tuple(np.round(v, 2).tolist()) for k, v in out.items()}
+        logger.info("steps along a ridge that alone joins tiles, drawn to the stage's: %s", steps)
+    return out
 
 
 def _rivalled(near: np.ndarray | None, radius: float, quality: float) -> bool:
