@@ -149,7 +149,7 @@ def _ridge_steps(
     On 8x8 mosaics of the bundled ``retina`` (256 px tiles, 10 % overlap, tiles up to 5 px off,
     vignetted, 300 and 2,000 photons), a tile hung on a vessel crossing its one usable
     overlap: 8.4 px along the vessel where the stage was 6 px off the other way (14.2 px
-    error); 0.92 -> 0.55 px mean error, and 2.85 -> 1.34 at 300 photons
+    error); 0.92 -> 0.55 px mean error, and 2.84 -> 1.34 at 300 photons
     (``bench/register_synthetic.py --grid 8x8 --overlaps 0.1 --jitter 5``)."""
     axis_of, sign = _steps(table, shapes, ij, olo, ohi)
     nd = shifts.shape[1]
