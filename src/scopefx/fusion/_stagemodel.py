@@ -164,10 +164,10 @@ def _ridge_steps(
                 centre = float(np.median(steps))
                 spread = 1.4826 * float(np.median(np.abs(steps - centre)))
                 prior[d] = (centre, max(spread**2, _RIDGE_FLOOR))
-        ridge = np.zeros(len(ij), dtype=bool)
-        for k in np.flatnonzero(used & side).tolist():
-            d = int(axis_of[k])
-            ridge[k] = d in prior and variance[k, a] > max(prior[d][1], _RIDGE_VAR)
+        # per direction, the variance over which a pair is a ridge (none without a pool)
+        over = np.array([max(prior[d][1], _RIDGE_VAR) if d in prior else np.inf
+                         for d in range(nd)])  # fmt: skip
+        ridge = used & side & (variance[:, a] > over[axis_of])
         if not ridge.any():
             continue
         label = _components(len(table), ij[used & ~ridge])[1]
