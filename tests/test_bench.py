@@ -103,6 +103,34 @@ def test_real_cut_benchmark_places_tiles_cut_from_a_real_frame(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "tiles_real").is_dir(), reason="../shared/data is not here")
+def test_sparse_benchmark_sets_a_frame_in_a_flat_surround(tmp_path):
+    """A frame set in a flat surround and cut into a mosaic with exact truth: the corner tiles
+    hold the surround alone, the middle one the frame, the stage is off by the jitter; and the
+    script runs on a real frame."""
+    sys.path.insert(0, str(BENCH))
+    import register_sparse as bench
+
+    frame = np.full((40, 40), 50.0)
+    frame[15:25, 15:25] = 200.0  # no pixel noise to add: horizontal differences are all 0
+    tiles, stage, true, holds = bench.sparse_mosaic(frame, (3, 3), 64, 0.1, 0.03, 1)
+    assert len(tiles) == 9 and all(t.shape == (64, 64) for t in tiles)
+    np.testing.assert_allclose(tiles[0], 50.0, atol=1e-3)  # the surround: the 5th percentile
+    assert tiles[4].max() > 199 and tiles[4].min() < 51  # the frame's square and its edges
+    assert holds.tolist() == [False] * 4 + [True] + [False] * 4  # only the middle tile
+    jitter = true - np.array(stage)[:, ::-1]
+    assert np.abs(jitter - jitter.mean(axis=0)).max() <= 2 * 0.03 * 64
+    out = tmp_path / "result.txt"
+    subprocess.run(
+        [sys.executable, str(BENCH / "register_sparse.py"), "--sources", "leica_tma",
+         "--grid", "3x3", "--tile", "256", "--seeds", "1", "--allow-partial", "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    text = out.read_text()
+    assert "leica_tma" in text and "mean over cases" in text
+
+
+@pytest.mark.slow
 def test_register_speed_benchmark_times_both_paths(tmp_path):
     """The registration timing runs, and both of its scopefx paths register the mosaic."""
     out = tmp_path / "result.txt"

@@ -1766,6 +1766,64 @@ def test_a_weak_bridge_far_beyond_what_strong_pairs_correct_is_dropped_in_a_smal
         (0, 3), (1, 2), (6, 7)]  # fmt: skip
 
 
+def test_a_bridge_along_a_specimens_edge_is_checked_against_the_stage_below_ncc_08() -> None:
+    """A sparse specimen's scan (``bench/register_sparse.py --sources bf_sephace_set1 --seeds
+    1 --allow-partial``: the bright-field frame of ``../shared/data`` set in a flat surround,
+    5x5 tiles of 384 px): the specimen's straight edge crossed an overlap of a corner tile,
+    and that pair's NCC was a crest along the edge, 0.69 at its best 47 px along it, where the
+    confidence bound leans. It joined the tile alone (its true pair lost to it as an outlier)
+    and placed it 45 px off, where the confirmed pairs of its direction corrected a few px.
+    Only bridges under NCC 0.5 were checked against the stage; every bridge that does not
+    vouch for itself (under 0.8) now is, and one that does stays."""
+    from scopefx.fusion._stagemodel import _implausible_bridges
+
+    step, size, rows, cols = 90.0, 100.0, 3, 4
+    where = {k: (k // cols, k % cols) for k in range(rows * cols)}
+    table = _table(np.array([(r * step, c * step) for r, c in where.values()]))
+    shapes = np.full((rows * cols, 2), size)
+    ij = np.array([(k, k + 1) for k in range(rows * cols) if k % cols < cols - 1]
+                  + [(k, k + cols) for k in range(rows * cols - cols)])  # fmt: skip
+    lo = np.array([[max(where[i][0], where[j][0]) * step, max(where[i][1], where[j][1]) * step]
+                   for i, j in ij])  # fmt: skip
+    hi = np.array([[min(where[i][0], where[j][0]) * step + size,
+                    min(where[i][1], where[j][1]) * step + size] for i, j in ij])  # fmt: skip
+    rng = np.random.default_rng(7)
+    block = {(i, j) for i, j in ij.tolist() if where[i][1] < 3 and where[j][1] < 3}
+    shifts = np.full((len(ij), 2), np.nan)
+    quality = np.zeros(len(ij))
+    used = np.zeros(len(ij), bool)
+    at = {tuple(map(int, p)): k for k, p in enumerate(ij)}
+    for pair in block:  # the 3x3 block of columns 0-2: sharp pairs in loops, a few px off
+        shifts[at[pair]], quality[at[pair]], used[at[pair]] = rng.uniform(-3, 3, 2), 0.95, True
+    bridge = at[2, 3]  # tile 3's one usable pair: a crest along an edge, 0.69 at 40 px
+    shifts[bridge], quality[bridge], used[bridge] = (1.0, -40.0), 0.69, True
+    near: list[np.ndarray | None] = [None for _ in ij]
+    near[bridge] = _near_profile([((0.5, 2.0), 0.66), ((1.0, -20.0), 0.67)])  # the crest
+    reach = np.full(len(ij), 45.0)
+    support = np.full(len(ij), 0.2)  # no one slice of a common part holds the match
+    args = (table, shapes, ij, shifts, used, np.ones(len(ij), bool), lo, hi, quality, reach,
+            near, support)  # fmt: skip
+    assert [tuple(map(int, ij[k])) for k in _implausible_bridges(*args)] == [(2, 3)]
+    quality[bridge] = 0.85  # a match that vouches for itself is not checked
+    assert not len(_implausible_bridges(*args))
+    quality[bridge], near[bridge] = 0.69, _near_profile([((0.5, 2.0), 0.3)])  # no rival
+    assert not len(_implausible_bridges(*args))
+
+
+def test_a_match_under_ncc_08_records_its_neighbourhood() -> None:
+    """What the bridge check needs (``near``, ``concentration``) is recorded for every match
+    that does not vouch for itself (NCC under 0.8), not only for those under 0.5."""
+    from scopefx.fusion._correlate import measure
+
+    rng = np.random.default_rng(3)
+    content = ndimage.gaussian_filter(rng.normal(size=(96, 160)), 2.0)
+    for noise, recorded in ((0.02, False), (0.5, True)):
+        a = content[:, :60] + noise * rng.normal(size=(96, 60))
+        b = content[:, :60] + noise * rng.normal(size=(96, 60))
+        r = measure(a, b, 12.0, 6.0, (1.0, 1.0))
+        assert (r.near is not None) == recorded and (0.5 <= r.quality < 0.8) == recorded, r.quality
+
+
 def _near_profile(points: list[tuple[tuple[float, float], float]]) -> np.ndarray:
     """``Measured.near`` of an NCC surface whose only values are ``points`` (shift, NCC)."""
     top = np.full(64, -np.inf)

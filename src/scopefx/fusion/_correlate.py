@@ -39,7 +39,9 @@ _DISTINCT_PX = 3.0  # a runner-up peak closer than this to the best is the same 
 _NOISE_BAND = 0.35  # cycles/px beyond which the cross-power's median is taken as noise
 _NOISE_MARGIN = 4.0  # a frequency counts fully once its cross-power is well above that
 _ALTERNATIVES = 3  # other local maxima kept per pair (settled by the global solve)
-WEAK_MATCH = 0.5  # NCC under which a match's neighbourhood and support are recorded
+# NCC from which a match vouches for itself without a loop (under it, its neighbourhood and
+# support are recorded, for the stage model's checks)
+STRONG_MATCH = 0.8
 _SUPPORT_BLOCKS = 8  # slices of a weak match's common part whose covariance shares are compared
 _GN_REACH = 1.5  # px the Gauss-Newton refinement may move from where it starts
 _GN_FAR_QUALITY = 0.5  # NCC from which it may also land over _GN_REACH from the integer peak
@@ -66,12 +68,12 @@ class Measured(NamedTuple):
     bound: float = 0.0  # lower confidence bound of the NCC at the shift (the score it won by)
     # other distinct local maxima of the score, best first: (shift, quality, bound, significant)
     alternatives: tuple[tuple[np.ndarray, float, float, bool], ...] = ()
-    # of a weak match (NCC under WEAK_MATCH; else None and 0): how well the stage's own
-    # neighbourhood matches, as the radii (row 0) at which the best NCC of the shifts within
-    # that radius of no shift (and nearer to it than to the match) rises, and that NCC (row 1)
-    # (see near_ncc); and the share of the match's covariance that the largest of
-    # _SUPPORT_BLOCKS slices of its common part holds (1 / _SUPPORT_BLOCKS where the content
-    # matches evenly, about 1 where one feature makes the match)
+    # of a match that does not vouch for itself (NCC under STRONG_MATCH; else None and 0):
+    # how well the stage's own neighbourhood matches, as the radii (row 0) at which the best
+    # NCC of the shifts within that radius of no shift (and nearer to it than to the match)
+    # rises, and that NCC (row 1) (see near_ncc); and the share of the match's covariance
+    # that the largest of _SUPPORT_BLOCKS slices of its common part holds (1 / _SUPPORT_BLOCKS
+    # where the content matches evenly, about 1 where one feature makes the match)
     near: np.ndarray | None = None
     concentration: float = 0.0
     # covariance (px^2, nd x nd) of the best shift: how far along each axis the shifts whose
@@ -570,7 +572,7 @@ def measure(
         alternatives.append((shift_k, float(max(ncc[at], 0.0)), b_k,
                              bool(fisher[at] > chance_k) and b_k > 0))  # fmt: skip
     near, concentration = None, 0.0
-    if quality < WEAK_MATCH:
+    if quality < STRONG_MATCH:
         near = _near(ncc, ok, best, r)
         concentration = _concentration(sa, sb, best - r, degree)
     cov = _peak_spread(ncc, ok, best, float(error[tuple(best)]))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..io import TileTable
-from ._correlate import WEAK_MATCH, near_ncc
+from ._correlate import STRONG_MATCH, near_ncc
 from ._loops import _bridges, _components
 from ._overlaps import _footprints
 
@@ -22,11 +22,10 @@ logger = logging.getLogger("scopefx.fusion._register")  # registration's message
 
 
 _MODEL_GAIN = 0.75  # a stage-model grouping must predict the usable pairs this much better
-_WEAK_BRIDGE = WEAK_MATCH  # NCC under which an unconfirmed pair is checked against the stage
 _PLAUSIBLE_SPREAD = 4.0  # robust standard deviations of the confirmed corrections allowed
 _PLAUSIBLE_MIN_PX = 4.0  # however tight the confirmed corrections are
 _PLAUSIBLE_POOL = 4  # confirmed pairs of the same direction needed for the check
-_STRONG_MATCH = 0.8  # NCC of a used pair that vouches for the stage's scale without a loop
+_STRONG_MATCH = STRONG_MATCH  # NCC of a used pair that vouches for itself without a loop
 _STRONG_POOL = 3  # such pairs (or confirmed ones, any direction) needed for the scale check
 _EDGE_ZONE = 0.25  # outer share of a pair's search where the edge check looks
 _RIVAL_MARGIN = 0.1  # NCC by which a rival at a plausible shift may trail the match
@@ -54,8 +53,13 @@ def _implausible_bridges(
     side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, quality: np.ndarray,
     reach: np.ndarray, near: Sequence[np.ndarray | None], concentration: np.ndarray,
 ) -> np.ndarray:  # fmt: skip
-    """Weak used side pairs that no loop confirms (bridges, NCC under ``_WEAK_BRIDGE``) whose
-    correction the stage makes implausible and that are no evidence against the stage.
+    """Used side pairs that no loop confirms (bridges) and that do not vouch for themselves
+    (NCC under ``_STRONG_MATCH``) whose correction the stage makes implausible and that are no
+    evidence against the stage. (Under NCC 0.5 only, before: in a sparse specimen's scan,
+    ``bench/register_sparse.py`` draw 1 of the bright-field frame, the specimen's edge crossed
+    an overlap of a corner tile, and that pair's NCC was a crest along the edge, 0.69 at its
+    best, 47 px along it, where the confidence bound leans (towards the largest common part);
+    it outweighed the tile's true pair and placed it 45 px off.)
 
     Either check below drops a pair only where the match is no evidence against the stage:
     its own NCC offers a rival within ``_RIVAL_MARGIN`` of it at a shift within the plausible
@@ -89,7 +93,7 @@ def _implausible_bridges(
     oriented = shifts * sign[:, None]
     drop = []
     for k in sorted(bridges):
-        if quality[k] >= _WEAK_BRIDGE:
+        if quality[k] >= _STRONG_MATCH:
             continue
         pool = np.array([oriented[q] for q in sides if q not in bridges and axis[q] == axis[k]])
         if len(pool) >= _PLAUSIBLE_POOL:
