@@ -148,6 +148,20 @@ def add_banding(tiles: list[np.ndarray], level: float, seed: int = 7) -> list[np
     return [(t + pattern).astype(np.float32) for t in tiles]
 
 
+def chosen_sources(
+    parser: argparse.ArgumentParser, data: Path, wanted: list[str] | None
+) -> tuple[dict[str, tuple[list[Path], str]], list[str]]:
+    """:func:`sources` under ``data`` and the names to run (``wanted``, default all); a name
+    not found is a usage error."""
+    found = sources(data)
+    names = wanted or list(found)
+    missing = [n for n in names if n not in found]
+    if missing or not names:
+        parser.error(f"no such source under {data}: {missing or 'none found'}; "
+                     f"available: {sorted(found)}")  # fmt: skip
+    return found, names
+
+
 def main(argv: list[str] | None = None) -> int:
     from register_synthetic import _case, _grid, _run_peers, _tally, summarise
     from scopefx.fusion import BANDING_MODES, RegistrationParams
@@ -175,12 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also ASHLAR and multiview-stitcher from bench/.venv-mvs")  # fmt: skip
     parser.add_argument("--out", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
-    found = sources(args.data)
-    names = args.sources or list(found)
-    missing = [n for n in names if n not in found]
-    if missing or not names:
-        parser.error(f"no such source under {args.data}: {missing or 'none found'}; "
-                     f"available: {sorted(found)}")  # fmt: skip
+    found, names = chosen_sources(parser, args.data, args.sources)
     peers: list[str] = []
     if args.peers:
         import _peer_register

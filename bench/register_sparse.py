@@ -108,7 +108,7 @@ def _register(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from register_real_cut import _grey, noise_level, sources
+    from register_real_cut import _grey, chosen_sources, noise_level
     from register_synthetic import _grid, _tally, summarise
     from scopefx.fusion import RegistrationParams
     from scopefx.io import read_image
@@ -126,12 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="register what can be (RegistrationParams.allow_partial)")  # fmt: skip
     parser.add_argument("--out", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
-    found = sources(args.data)
-    names = args.sources or list(found)
-    missing = [n for n in names if n not in found]
-    if missing or not names:
-        parser.error(f"no such source under {args.data}: {missing or 'none found'}; "
-                     f"available: {sorted(found)}")  # fmt: skip
+    found, names = chosen_sources(parser, args.data, args.sources)
     rows_, cols_ = args.grid
     report = Report()
     report.add("# Registration of sparse specimens: a real frame in a flat surround, cut into a "
