@@ -87,24 +87,13 @@ def _register(
     """Register one case: the mean and max error over the tiles that hold the specimen (the
     mean offset of those removed; NaN when refused) with a note, and the same over every tile
     as text."""
-    from register_synthetic import _error
-    from scopefx.fusion import register
-    from scopefx.io import TileTable
+    from register_synthetic import _error, _placed
 
-    refs = [f"tile_{k}" for k in range(len(tiles))]
-    try:
-        reg = register(TileTable.from_positions(refs, stage),
-                       read=dict(zip(refs, tiles, strict=True)).__getitem__,
-                       shapes=[t.shape for t in tiles], params=params)  # fmt: skip
-    except Exception as exc:  # a refusal is a result too
-        return (float("nan"), float("nan"), type(exc).__name__), "-"
-    placed = reg.table.affines[:, :2, 2]
-    used = sum(p.used for p in reg.pairs)
-    sides = sum(p.status != "corner" for p in reg.pairs)
+    placed, note = _placed(tiles, stage, params)
+    if placed is None:
+        return (float("nan"), float("nan"), note), "-"
     every = _error(placed, true)
-    return (*_error(placed[holds], true[holds]), f"{used}/{sides} pairs"), (
-        f"all {every[0]:.2f} / {every[1]:.2f}"
-    )
+    return (*_error(placed[holds], true[holds]), note), f"all {every[0]:.2f} / {every[1]:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:

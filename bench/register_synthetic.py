@@ -78,11 +78,11 @@ def _error(placed_yx: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     return float(d.mean()), float(d.max())
 
 
-def _case(
-    tiles: list, stage: list[tuple[float, float]], true: np.ndarray, params: Any = None
-) -> tuple[float, float, str]:
-    """Register one case (``params``: a RegistrationParams, default its defaults): mean and
-    max position error (NaN when refused) and a note (pairs used, or the refusal)."""
+def _placed(
+    tiles: list, stage: list[tuple[float, float]], params: Any = None
+) -> tuple[np.ndarray | None, str]:
+    """Register one case (``params``: a RegistrationParams, default its defaults): the placed
+    positions ``(y, x)`` (None when refused) and a note (pairs used, or the refusal)."""
     from scopefx.fusion import RegistrationParams, register
     from scopefx.io import TileTable
 
@@ -93,10 +93,21 @@ def _case(
                        shapes=[np.shape(t) for t in tiles],
                        params=params or RegistrationParams())  # fmt: skip
     except Exception as exc:  # a refusal is a result too
-        return float("nan"), float("nan"), type(exc).__name__
+        return None, type(exc).__name__
     used = sum(p.used for p in reg.pairs)
     sides = sum(p.status != "corner" for p in reg.pairs)
-    return (*_error(reg.table.affines[:, :2, 2], true), f"{used}/{sides} pairs")
+    return reg.table.affines[:, :2, 2], f"{used}/{sides} pairs"
+
+
+def _case(
+    tiles: list, stage: list[tuple[float, float]], true: np.ndarray, params: Any = None
+) -> tuple[float, float, str]:
+    """Register one case (:func:`_placed`): mean and max position error (NaN when refused)
+    and a note (pairs used, or the refusal)."""
+    placed, note = _placed(tiles, stage, params)
+    if placed is None:
+        return float("nan"), float("nan"), note
+    return (*_error(placed, true), note)
 
 
 def _tally(

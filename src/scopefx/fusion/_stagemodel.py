@@ -25,7 +25,6 @@ _MODEL_GAIN = 0.75  # a stage-model grouping must predict the usable pairs this 
 _PLAUSIBLE_SPREAD = 4.0  # robust standard deviations of the confirmed corrections allowed
 _PLAUSIBLE_MIN_PX = 4.0  # however tight the confirmed corrections are
 _PLAUSIBLE_POOL = 4  # confirmed pairs of the same direction needed for the check
-_STRONG_MATCH = STRONG_MATCH  # NCC of a used pair that vouches for itself without a loop
 _STRONG_POOL = 3  # such pairs (or confirmed ones, any direction) needed for the scale check
 _EDGE_ZONE = 0.25  # outer share of a pair's search where the edge check looks
 _RIVAL_MARGIN = 0.1  # NCC by which a rival at a plausible shift may trail the match
@@ -54,7 +53,7 @@ def _implausible_bridges(
     reach: np.ndarray, near: Sequence[np.ndarray | None], concentration: np.ndarray,
 ) -> np.ndarray:  # fmt: skip
     """Used side pairs that no loop confirms (bridges) and that do not vouch for themselves
-    (NCC under ``_STRONG_MATCH``) whose correction the stage makes implausible and that are no
+    (NCC under ``STRONG_MATCH``) whose correction the stage makes implausible and that are no
     evidence against the stage. (Under NCC 0.5 only, before: in a sparse specimen's scan,
     ``bench/register_sparse.py`` draw 1 of the bright-field frame, the specimen's edge crossed
     an overlap of a corner tile, and that pair's NCC was a crest along the edge, 0.69 at its
@@ -83,7 +82,7 @@ def _implausible_bridges(
     given the reach each pair was searched over: a weak bridge in the outer ``_EDGE_ZONE`` of
     its search along an axis (where chance matches gather: the NCC's bound favours the largest
     common part) whose correction is longer than any of ``_STRONG_POOL`` or more used pairs
-    that vouch for themselves (confirmed, or NCC ``_STRONG_MATCH`` or more; any direction) by
+    that vouch for themselves (confirmed, or NCC ``STRONG_MATCH`` or more; any direction) by
     ``_PLAUSIBLE_MIN_PX``."""
     sides = np.flatnonzero(used & side)
     if len(sides) < min(_PLAUSIBLE_POOL, _STRONG_POOL + 1):
@@ -93,7 +92,7 @@ def _implausible_bridges(
     oriented = shifts * sign[:, None]
     drop = []
     for k in sorted(bridges):
-        if quality[k] >= _STRONG_MATCH:
+        if quality[k] >= STRONG_MATCH:
             continue
         pool = np.array([oriented[q] for q in sides if q not in bridges and axis[q] == axis[k]])
         if len(pool) >= _PLAUSIBLE_POOL:
@@ -114,7 +113,7 @@ def _implausible_bridges(
         if not np.any(np.abs(shifts[k]) >= (1 - _EDGE_ZONE) * reach[k]):
             continue
         scale = [float(np.linalg.norm(shifts[q])) for q in sides
-                 if q != k and (q not in bridges or quality[q] >= _STRONG_MATCH)]  # fmt: skip
+                 if q != k and (q not in bridges or quality[q] >= STRONG_MATCH)]  # fmt: skip
         if len(scale) < _STRONG_POOL:
             continue
         limit = max(scale) + _PLAUSIBLE_MIN_PX
