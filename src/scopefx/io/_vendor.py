@@ -14,8 +14,10 @@ alone: an OME-XML that describes images in other files (a multi-file set) is ref
 images that are not tiles of one mosaic of square pixels (time series, non-square pixels,
 pixel sizes that differ: see :func:`vendor_positions`). CZI, ND2 and LIF are read here, with
 bioio and its plugins (``pip install "scopefx[vendor]"``): a CZI's mosaic tiles (its ``M``
-axis) are placed by the subblock positions; ND2 and LIF scenes by the scene positions bioio
-reports.
+axis) are placed by the subblock positions; a LIF's by the stage positions of its first tile
+scan's ``TileScanInfo`` (metres, turned by its ``FlipX``/``FlipY``/``SwapXY`` flags as
+Leica's own reader does; bioio-lif's mosaic positions assume abutting fields); an ND2 by the
+mosaic positions bioio-nd2 reports (untested: no ND2 file can be written here).
 
 Tiles with several z planes are ``(C,) Z, Y, X`` stacks: the table is 3D, each tile placed at
 its recorded z (OME ``Plane PositionZ`` of its first plane, a CZI subblock's
@@ -59,6 +61,8 @@ _OME_ENDINGS = (".ome.tif", ".ome.tiff", ".ome.btf", ".ome.tf2", ".ome.tf8")
 #: The bioio plugin that reads each suffix.
 _PLUGINS = {".czi": "bioio_czi", ".nd2": "bioio_nd2", ".lif": "bioio_lif"}
 _LOCKS: dict[str, threading.Lock] = {}
+#: Each LIF reader's tile scan (liffile's ``LifTileScanInfo``), read from the checked file.
+_LIF_SCANS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -115,17 +119,30 @@ def _bioio_reader(path: str, mtime: float) -> Any:
     ``/proc/self/fd/N`` of the checked descriptor, which reaches the file that was checked
     whatever is at ``path`` by then; the descriptor lives as long as the reader (in this
     cache). The plugin is chosen here by the real name's suffix (bioio would choose it by the
-    name it is given): ``bioio_czi`` (tested), ``bioio_nd2`` and ``bioio_lif``, which
-    recognise a file by its content, not its name (not installed here: untested).
+    name it is given): ``bioio_czi`` and ``bioio_lif`` (tested), ``bioio_nd2`` (untested),
+    which recognise a file by its content, not its name. A LIF reader is set to the project's
+    first tile scan (:func:`_lif_scan`), whose ``TileScanInfo`` is kept for its positions.
     """
     from ._confine import open_read
 
     fd = open_read(path)
     try:
-        plugin = importlib.import_module(_PLUGINS[Path(path).suffix.lower()])
+        suffix = Path(path).suffix.lower()
+        plugin = importlib.import_module(_PLUGINS[suffix])
         pinned = f"/proc/self/fd/{fd}"
+        source = pinned if os.path.exists(pinned) else path
         # bioio_czi reads with aicspylibczi by default: mosaic tiles on the M axis
-        reader = plugin.Reader(pinned if os.path.exists(pinned) else path)
+        reader = plugin.Reader(source)
+        if suffix == ".lif":  # the project's first tile scan, for the positions and the pixels
+            try:
+                scan = _lif_scan(source)
+            except Exception as exc:  # a tile scan's metadata that liffile cannot read
+                raise UnsupportedFormatError(
+                    f"'{path}': its tile scan's metadata cannot be read ({exc})"
+                ) from None
+            if scan is not None:
+                reader.set_scene(scan[0])
+                _LIF_SCANS[reader] = scan[1]
     except BaseException as exc:
         os.close(fd)
         if isinstance(exc, ImportError):
@@ -146,22 +163,74 @@ def _reader(path: Path) -> Any:
     return _bioio_reader(os.fspath(path.resolve()), path.stat().st_mtime)
 
 
-def _bioio_tiles(path: Path) -> tuple[list[tuple[float, float]], float | None, list[str], Any]:
-    """Positions (x, y) in pixels, pixel size, channel names, and the reader."""
+def _bioio_tiles(
+    path: Path, pixel_um: float | None
+) -> tuple[list[tuple[float, float]], float | None, list[str], Any, np.ndarray | None]:
+    """Positions (x, y) in pixels, the recorded pixel size, channel names, the reader, and
+    the stage position (um) of position 0 where the file records it in a length unit (LIF;
+    ``pixel_um`` given overrides the recorded pixel size there)."""
     r = _reader(path)
     px = getattr(r.physical_pixel_sizes, "X", None)
     channels = [str(c) for c in (r.channel_names or [])]
+    if path.suffix.lower() == ".lif":
+        xy, origin = _lif_positions(path, r, pixel_um or px)
+        return xy, px, channels, r, origin
     if hasattr(r, "get_mosaic_tile_positions"):
         try:
             yx = r.get_mosaic_tile_positions()
         except Exception:  # a reader without mosaic support for this file
             yx = None
         if yx:
-            return [(float(x), float(y)) for y, x in yx], px, channels, r
+            return [(float(x), float(y)) for y, x in yx], px, channels, r, None
     raise UnsupportedFormatError(
         f"'{path}': no mosaic tile positions found (scenes {list(r.scenes)}); export the tiles "
         "with a tile table instead"
     )
+
+
+def _lif_scan(source: str) -> tuple[int, Any] | None:
+    """The scene index and the ``TileScanInfo`` (liffile's :class:`LifTileScanInfo`) of the
+    first image of a LIF file that is a tile scan (its ``M`` axis over one tile); None when
+    none is. ``source``: a path that reaches the checked file (``/proc/self/fd/N``)."""
+    from liffile import LifFile
+
+    with LifFile(source) as lif:
+        for k, image in enumerate(lif.images):
+            scan = image.tilescan
+            if scan is not None and image.sizes.get("M", 1) > 1 and len(scan) == image.sizes["M"]:
+                return k, scan
+    return None
+
+
+def _lif_positions(
+    path: Path, r: Any, pixel_um: float | None
+) -> tuple[list[tuple[float, float]], np.ndarray]:
+    """Tile positions (x, y) in pixels of a LIF tile scan, and the stage position (um) of
+    position 0: the stage positions its ``TileScanInfo`` records (``PosX``/``PosY``,
+    metres), turned to the image's axes as its flags say (``SwapXY`` first, then
+    ``FlipX``/``FlipY``: that axis runs against the image's), over the pixel size.
+    (bioio-lif's own mosaic positions assume a one-pixel overlap between grid fields, which
+    an overlapping tile scan does not have.)"""
+    scan = _LIF_SCANS.get(r)
+    if scan is None:
+        raise UnsupportedFormatError(
+            f"'{path}': no tile scan with stage positions (TileScanInfo) found (images "
+            f"{list(r.scenes)}); export the tiles with a tile table instead"
+        )
+    if not pixel_um:
+        raise ConfigError(
+            f"'{path}' records its stage positions in metres but no pixel size: give it "
+            "(--pixel-size / pixel_size_um=)"
+        )
+    x_m = np.asarray(scan.tiles["pos_x"], dtype=float)
+    y_m = np.asarray(scan.tiles["pos_y"], dtype=float)
+    if scan.swap_xy:
+        x_m, y_m = y_m, x_m
+    um = np.column_stack([-x_m if scan.flip_x else x_m, -y_m if scan.flip_y else y_m]) * 1e6
+    if not np.all(np.isfinite(um)):
+        raise UnsupportedFormatError(f"'{path}': a tile's stage position is not a number")
+    origin = um.min(axis=0)
+    return [(float(x), float(y)) for x, y in (um - origin) / float(pixel_um)], origin
 
 
 def _focus_um(r: Any, **where: int) -> float | None:
@@ -273,7 +342,7 @@ def vendor_positions(
     if kind == "ome":
         positions, size, channels, z_um, z_step, origin_um = ome_positions(p, pixel_size_um)
     else:
-        xy, recorded_px, channels, r = _bioio_tiles(p)
+        xy, recorded_px, channels, r, origin_um = _bioio_tiles(p, pixel_size_um)
         size = pixel_size_um or recorded_px
         positions = np.array(xy, dtype=float)
         positions -= positions.min(axis=0)
