@@ -33,13 +33,18 @@ def write_lif(
     flip_y: bool = False,
     swap_xy: bool = False,
     before: Sequence[np.ndarray] = (),
+    more: Sequence[tuple[Sequence[np.ndarray], Sequence[tuple[float, float]]]] = (),
 ) -> Path:
     """Write ``tiles`` (uint16, one Y, X shape) as the tile scan of a LIF file, tile ``k`` at
     stage position ``stage_m[k]`` = (PosX, PosY) in metres. ``before``: single-plane images
-    stored ahead of the tile scan (an overview, as LAS X projects hold)."""
+    stored ahead of the tile scan (an overview, as LAS X projects hold); ``more``: further
+    tile scans after it, each ``(tiles, stage_m)`` ("TileScan 2", ...; default fields)."""
     images = [(f"Overview {k + 1}", [np.asarray(im, np.uint16)], None) for k, im in
               enumerate(before)]  # fmt: skip
     images.append(("TileScan 1", [np.asarray(t, np.uint16) for t in tiles], stage_m))
+    for k, (more_tiles, more_stage) in enumerate(more):
+        images.append((f"TileScan {k + 2}", [np.asarray(t, np.uint16) for t in more_tiles],
+                       more_stage))  # fmt: skip
     elements, blocks = [], []
     for k, (name, planes, stage) in enumerate(images):
         h, w = planes[0].shape
@@ -54,7 +59,8 @@ def write_lif(
         )
         tile_xml = ""
         if stage is not None:
-            grid = fields or [(k, 0) for k in range(len(planes))]
+            grid = (fields if name == "TileScan 1" else None) or [(j, 0) for j in
+                                                                   range(len(planes))]  # fmt: skip
             rows = [f'<Tile FieldX="{fx}" FieldY="{fy}" PosX="{float(x)!r}" PosY="{float(y)!r}"/>'
                     for (fx, fy), (x, y) in zip(grid, stage, strict=True)]  # fmt: skip
             tile_xml = (

@@ -160,3 +160,69 @@ def test_a_lif_tile_over_the_pixel_budget_is_refused_before_decoding(tmp_path, m
     with pytest.raises(ResourceLimitError, match=r"::tile/2' declares a 96x96 uint16"):
         read_image(f"{path}::tile/2")
     assert decoded == []
+
+
+def test_a_lif_project_s_other_tile_scans_are_named_and_chosen_by_scene(tmp_path, caplog):
+    """A LAS X project holds several tile scans: the first is read by default, with a warning
+    that names the others; ``scene`` (index or name) reads another, its tiles referenced as
+    ``file::scene/S/tile/N``."""
+    tiles, truth, _ = _scan()
+    second, truth2, _ = _scan(rows=1, cols=2, size=80, seed=5)
+    second = [t // 2 + 7 for t in second]
+    path = write_lif(tmp_path / "project.lif", tiles, _recorded(truth), pixel_m=PIXEL_M,
+                     before=[np.zeros((40, 50), np.uint16)],
+                     more=[(second, _recorded(truth2))])  # fmt: skip
+    with caplog.at_level("WARNING", logger="scopefx.io._vendor"):
+        first = read_tile_table(path)
+    assert len(first) == 6 and first[0].ref.endswith("project.lif::tile/0")
+    assert "holds 2 mosaics; read: scene 1 ('TileScan 1'); not read: 'TileScan 2'" in caplog.text
+    for scene in ("TileScan 2", 2, "2"):
+        table = read_tile_table(path, scene=scene)
+        assert len(table) == 2 and table[1].ref == f"{path}::scene/2/tile/1"
+        np.testing.assert_allclose(np.array([t.offset for t in table])[:, ::-1],
+                                   truth2 - truth2.min(axis=0), atol=1e-6)  # fmt: skip
+        np.testing.assert_array_equal(read_image(table[1].ref), second[1])
+    # the first scan's tiles still read as they did, whichever scene was read last
+    np.testing.assert_array_equal(read_image(first[4].ref), tiles[4])
+    np.testing.assert_array_equal(read_image(f"{path}::scene/1/tile/4"), tiles[4])
+    with pytest.raises(UnsupportedFormatError, match=r"image 'Overview 1' is no tile scan"):
+        read_tile_table(path, scene=0)
+    with pytest.raises(
+        ConfigError,
+        match=r"no scene 'TileScan 9': its scenes are 0: "
+        r"'Overview 1', 1: 'TileScan 1', 2: 'TileScan 2'",
+    ):
+        read_tile_table(path, scene="TileScan 9")
+    with pytest.raises(ConfigError, match=r"no scene 3"):
+        read_image(f"{path}::scene/3/tile/0")
+    with pytest.raises(UnsupportedFormatError, match=r"'file::scene/S/tile/N'"):
+        read_image(f"{path}::scene/x/tile/0")
+
+
+def test_scene_is_refused_for_a_table_and_checked_as_an_option(tmp_path):
+    from scopefx.fusion import FuseOptions
+
+    table = tmp_path / "tiles.csv"
+    table.write_text("path,x,y\na.tif,0,0\n")
+    with pytest.raises(ConfigError, match=r"scene 1 is given but .*tiles\.csv' is a tile table"):
+        read_tile_table(table, scene=1)
+    for bad in (True, -1, "", 1.5, "a\0b"):
+        with pytest.raises(ConfigError, match=r"scene must be None, a scene index"):
+            FuseOptions(scene=bad)
+    assert FuseOptions.from_dict(FuseOptions(scene="TileScan 2").to_dict()).scene == "TileScan 2"
+
+
+def test_scopefx_fuse_reads_the_scene_it_is_given(tmp_path, capsys):
+    import zarr
+
+    from scopefx.cli import main
+
+    tiles, truth, _ = _scan()
+    second, truth2, _ = _scan(rows=1, cols=2, size=80, seed=5)
+    path = write_lif(tmp_path / "project.lif", tiles, _recorded(truth), pixel_m=PIXEL_M,
+                     more=[(second, _recorded(truth2))])  # fmt: skip
+    out = tmp_path / "m.ome.zarr"
+    assert main(["fuse", str(path), "-o", str(out), "--scene", "TileScan 2"]) == 0
+    fused = zarr.open_group(out, mode="r")["0"]
+    span = truth2.max(axis=0) - truth2.min(axis=0)
+    assert fused.shape[-2:] == (80 + int(span[1]), 80 + int(span[0]))

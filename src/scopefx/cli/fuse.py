@@ -126,6 +126,12 @@ def add_parser(sub: Any) -> None:
         "tile's maximum-intensity projection (max); default: the 3D mosaic of the stacks",
     )
     p.add_argument(
+        "--scene", default=None, metavar="S",
+        help="the mosaic to read from an instrument file that holds several (a CZI's scenes, "
+        "a LIF project's tile scans): its index from 0 or its name; default: the first, with "
+        "a warning that names the others",
+    )  # fmt: skip
+    p.add_argument(
         "--rotation", type=float, default=0.0, metavar="DEG",
         help="camera rotation relative to the stage, in degrees",
     )  # fmt: skip
@@ -305,7 +311,7 @@ def _options(args: argparse.Namespace) -> Any:
         force=args.force, register=args.register or args.qc,
         registration=registration, flatfield=args.flatfield, ngff=args.ngff,
         pyramid=not args.no_pyramid, resume=args.resume, overwrite=args.overwrite,
-        preview=args.preview, z_plane=args.z_plane,
+        preview=args.preview, z_plane=args.z_plane, scene=args.scene,
     )  # fmt: skip
 
 

@@ -37,6 +37,7 @@ def _as_table(tiles: TileTable | str | os.PathLike[str], options: FuseOptions) -
         return read_tile_table(
             tiles, pixel_size_um=options.pixel_size_um, rotation_deg=options.rotation_deg,
             flip_x=options.flip_x, flip_y=options.flip_y, pixel_size_z_um=options.pixel_size_z_um,
+            scene=options.scene,
         )  # fmt: skip
     raise ConfigError(
         f"tiles must be a TileTable or the path of a tile table, got {type(tiles).__name__}"

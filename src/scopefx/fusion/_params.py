@@ -182,6 +182,10 @@ class FuseOptions:
         highest MHFD focus score; every plane of every tile is read and scored once) or
         ``"max"`` (each tile's maximum-intensity projection). Refused for tables of image
         files.
+    scene : int, str or None
+        The mosaic to read from an instrument file that holds several (a CZI's scenes, the
+        tile scans of a LIF project): its index from 0 or its name. ``None``: the first (a
+        LIF's first tile scan), with a warning that names the others. Refused for tables.
 
     Examples
     --------
@@ -206,6 +210,7 @@ class FuseOptions:
     overwrite: bool = False
     preview: str | None = None
     z_plane: int | str | None = None
+    scene: int | str | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ConfigError:
@@ -241,6 +246,10 @@ class FuseOptions:
         index = isinstance(z, int) and not isinstance(z, bool) and z >= 0
         if not (z is None or index or (isinstance(z, str) and z in Z_CHOICES)):
             raise bad("z_plane", f"None, a plane index >= 0 or one of {Z_CHOICES}")
+        sc = self.scene
+        if not (sc is None or (isinstance(sc, int) and not isinstance(sc, bool) and sc >= 0)
+                or (isinstance(sc, str) and 0 < len(sc) <= 1000 and "\0" not in sc)):  # fmt: skip
+            raise bad("scene", "None, a scene index >= 0 or a scene's name")
         if self.resume and self.overwrite:
             raise ConfigError(
                 "resume and overwrite exclude each other: resume keeps what is "

@@ -340,6 +340,7 @@ def read_tile_table(
     flip_x: bool = False,
     flip_y: bool = False,
     pixel_size_z_um: float | None = None,
+    scene: int | str | None = None,
 ) -> TileTable:
     """Read a tile table: a CSV, or a Fiji/BigStitcher ``TileConfiguration.txt``.
 
@@ -364,6 +365,10 @@ def read_tile_table(
         The stage's x (y) axis runs against the image's columns (rows): its x grows to the
         image's left, its y upwards. Those positions are negated (before any rotation), for
         tables and instrument files alike; rows with an ``affine`` are taken as they are.
+    scene : int or str, optional
+        For an instrument file that holds several mosaics (CZI scenes, the tile scans of a
+        LIF project): the one to read, by index from 0 or by name (default: the first, with
+        a warning that names the others). Refused for tables.
 
     Returns
     -------
@@ -393,7 +398,7 @@ def read_tile_table(
         if rotation_deg:
             raise ConfigError("rotation_deg is not supported for tiles inside instrument files")
         refs, positions, size, extra = vendor_positions(
-            p, pixel_size_um=pixel_size_um, pixel_size_z_um=pixel_size_z_um
+            p, pixel_size_um=pixel_size_um, pixel_size_z_um=pixel_size_z_um, scene=scene
         )
         positions = np.array(positions, dtype=float)  # (x, y[, z]) per tile
         for axis, flipped in enumerate((flip_x, flip_y)):
@@ -404,6 +409,11 @@ def read_tile_table(
         z_step = extra.pop("pixel_size_z_um", None)
         placed = TileTable.from_positions(refs, positions, pixel_size_um=size)
         return placed.replace(source=os.fspath(p.resolve()), extra=extra, pixel_size_z_um=z_step)
+    if scene is not None:
+        raise ConfigError(
+            f"scene {scene!r} is given but {os.fspath(path)!r} is a tile table, not an "
+            "instrument file with several mosaics (CZI, LIF)"
+        )
     suffix = p.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):

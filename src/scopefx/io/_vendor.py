@@ -61,8 +61,11 @@ _OME_ENDINGS = (".ome.tif", ".ome.tiff", ".ome.btf", ".ome.tf2", ".ome.tf8")
 #: The bioio plugin that reads each suffix.
 _PLUGINS = {".czi": "bioio_czi", ".nd2": "bioio_nd2", ".lif": "bioio_lif"}
 _LOCKS: dict[str, threading.Lock] = {}
-#: Each LIF reader's tile scan (liffile's ``LifTileScanInfo``), read from the checked file.
-_LIF_SCANS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+#: Each LIF reader's tile scans (scene index -> liffile's ``LifTileScanInfo``), read from the
+#: checked file.
+_LIF_SCANS: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+#: Each reader's default scene: a LIF project's first tile scan, else scene 0.
+_DEFAULT_SCENE: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -83,24 +86,30 @@ def _kind(path: Path) -> str:
     raise UnsupportedFormatError(f"'{path}' is not an OME-TIFF, CZI, ND2 or LIF file")
 
 
-def _tile_ref(part: str | None, ref: str) -> tuple[int, ZSel]:
-    """``tile/N`` -> ``(N, None)``, ``tile/N/z/K`` -> ``(N, K)``, ``tile/N/z/max`` ->
-    ``(N, "max")``."""
-    head, _, rest = (part or "").partition("/")
+def _tile_ref(part: str | None, ref: str) -> tuple[int | None, int, ZSel]:
+    """``tile/N`` -> ``(None, N, None)``, ``tile/N/z/K`` -> ``(None, N, K)``,
+    ``tile/N/z/max`` -> ``(None, N, "max")``; each after ``scene/S/`` -> ``(S, ...)``: tile
+    ``N`` of scene ``S`` (the file's default scene without it)."""
+    text = part or ""
+    scene: int | None = None
+    if text.startswith("scene/"):
+        value, _, text = text[len("scene/") :].partition("/")
+        scene = int(value) if is_index(value) else -1
+    head, _, rest = text.partition("/")
     number, _, zpart = rest.partition("/")
     zhead, _, zvalue = zpart.partition("/")
-    ok = head == "tile" and is_index(number)
+    ok = head == "tile" and is_index(number) and scene != -1
     if zpart:
         ok = ok and zhead == "z" and (is_index(zvalue) or zvalue == "max")
     if not ok:
         raise UnsupportedFormatError(
             f"{ref!r}: a tile inside an instrument file is referenced as 'file::tile/N' "
-            f"(N = 0, 1, ...), or one of its z planes as 'file::tile/N/z/K' or "
-            f"'file::tile/N/z/max', got {part!r}"
+            f"(N = 0, 1, ...; 'file::scene/S/tile/N' in scene S), or one of its z planes as "
+            f"'file::tile/N/z/K' or 'file::tile/N/z/max', got {part!r}"
         )
     if not zpart:
-        return int(number), None
-    return int(number), (int(zvalue) if is_index(zvalue) else "max")
+        return scene, int(number), None
+    return scene, int(number), (int(zvalue) if is_index(zvalue) else "max")
 
 
 def _lock(path: Path) -> threading.Lock:
@@ -133,16 +142,16 @@ def _bioio_reader(path: str, mtime: float) -> Any:
         source = pinned if os.path.exists(pinned) else path
         # bioio_czi reads with aicspylibczi by default: mosaic tiles on the M axis
         reader = plugin.Reader(source)
-        if suffix == ".lif":  # the project's first tile scan, for the positions and the pixels
+        if suffix == ".lif":  # the project's tile scans; the first is the default scene
             try:
-                scan = _lif_scan(source)
+                scans = _lif_scans(source)
             except Exception as exc:  # a tile scan's metadata that liffile cannot read
                 raise UnsupportedFormatError(
                     f"'{path}': its tile scan's metadata cannot be read ({exc})"
                 ) from None
-            if scan is not None:
-                reader.set_scene(scan[0])
-                _LIF_SCANS[reader] = scan[1]
+            _LIF_SCANS[reader] = scans
+            if scans:
+                _DEFAULT_SCENE[reader] = min(scans)
     except BaseException as exc:
         os.close(fd)
         if isinstance(exc, ImportError):
@@ -163,59 +172,108 @@ def _reader(path: Path) -> Any:
     return _bioio_reader(os.fspath(path.resolve()), path.stat().st_mtime)
 
 
+def _scene(path: Path, r: Any, scene: int | str | None) -> int:
+    """The index of scene ``scene`` (an index, or a scene's name) of the reader of ``path``;
+    the reader's default scene for None (a LIF's first tile scan, else scene 0)."""
+    names = [str(n) for n in r.scenes]
+    if scene is None:
+        return _DEFAULT_SCENE.get(r, 0)
+    if isinstance(scene, str) and scene in names:
+        return names.index(scene)
+    text = str(scene)
+    number = (isinstance(scene, int) and not isinstance(scene, bool)) or is_index(text)
+    if number and 0 <= int(text) < len(names):
+        return int(text)
+    raise ConfigError(
+        f"'{path}' has no scene {scene!r}: its scenes are {_names(names)} (by index from 0, "
+        "or by name)"
+    )
+
+
+def _names(names: Any, show: int = 8) -> str:
+    """Scene names as a message gives them: the first ``show``, the rest counted."""
+    names = [str(n) for n in names]
+    listed = ", ".join(f"{k}: {n!r}" for k, n in enumerate(names[:show]))
+    return listed + (f" and {len(names) - show} more" if len(names) > show else "")
+
+
+def _at_scene(r: Any, k: int) -> None:
+    """Set the (shared, cached) reader to scene ``k``; under the file's lock."""
+    if r.current_scene_index != k:
+        r.set_scene(k)
+
+
 def _bioio_tiles(
-    path: Path, pixel_um: float | None
-) -> tuple[list[tuple[float, float]], float | None, list[str], Any, np.ndarray | None]:
-    """Positions (x, y) in pixels, the recorded pixel size, channel names, the reader, and
-    the stage position (um) of position 0 where the file records it in a length unit (LIF;
-    ``pixel_um`` given overrides the recorded pixel size there)."""
+    path: Path, pixel_um: float | None, scene: int | str | None
+) -> tuple[list[tuple[float, float]], float | None, list[str], Any, np.ndarray | None, int]:
+    """Positions (x, y) in pixels, the recorded pixel size, channel names, the reader, the
+    stage position (um) of position 0 where the file records it in a length unit (LIF;
+    ``pixel_um`` given overrides the recorded pixel size there), and the scene's index
+    (``scene``; None: the file's default). Called under the file's lock."""
     r = _reader(path)
+    k = _scene(path, r, scene)
+    _at_scene(r, k)
     px = getattr(r.physical_pixel_sizes, "X", None)
     channels = [str(c) for c in (r.channel_names or [])]
     if path.suffix.lower() == ".lif":
         xy, origin = _lif_positions(path, r, pixel_um or px)
-        return xy, px, channels, r, origin
+        return xy, px, channels, r, origin, k
+    yx = None
     if hasattr(r, "get_mosaic_tile_positions"):
         try:
             yx = r.get_mosaic_tile_positions()
         except Exception:  # a reader without mosaic support for this file
             yx = None
-        if yx:
-            return [(float(x), float(y)) for y, x in yx], px, channels, r, None
+    if yx:
+        return [(float(x), float(y)) for y, x in yx], px, channels, r, None, k
     raise UnsupportedFormatError(
-        f"'{path}': no mosaic tile positions found (scenes {list(r.scenes)}); export the tiles "
-        "with a tile table instead"
+        f"'{path}': no mosaic tile positions found in scene {k} (the file's scenes: "
+        f"{_names(r.scenes)}); choose another (--scene / scene=) or export the tiles with "
+        "a tile table"
     )
 
 
-def _lif_scan(source: str) -> tuple[int, Any] | None:
-    """The scene index and the ``TileScanInfo`` (liffile's :class:`LifTileScanInfo`) of the
-    first image of a LIF file that is a tile scan (its ``M`` axis over one tile); None when
-    none is. ``source``: a path that reaches the checked file (``/proc/self/fd/N``)."""
+def _other_mosaics(path: Path, r: Any, k: int) -> list[str]:
+    """Names of the scenes of ``path`` other than ``k`` that are mosaics too (a LIF's other
+    tile scans; a CZI's other scenes)."""
+    if path.suffix.lower() == ".lif":
+        return [str(r.scenes[j]) for j in sorted(_LIF_SCANS.get(r, {})) if j != k]
+    if path.suffix.lower() == ".czi":
+        return [str(n) for j, n in enumerate(r.scenes) if j != k]
+    return []
+
+
+def _lif_scans(source: str) -> dict[int, Any]:
+    """Scene index -> ``TileScanInfo`` (liffile's :class:`LifTileScanInfo`) of each image of a
+    LIF file that is a tile scan (its ``M`` axis over one tile, a ``TileScanInfo`` entry per
+    tile). ``source``: a path that reaches the checked file (``/proc/self/fd/N``)."""
     from liffile import LifFile
 
+    found = {}
     with LifFile(source) as lif:
         for k, image in enumerate(lif.images):
             scan = image.tilescan
             if scan is not None and image.sizes.get("M", 1) > 1 and len(scan) == image.sizes["M"]:
-                return k, scan
-    return None
+                found[k] = scan
+    return found
 
 
 def _lif_positions(
     path: Path, r: Any, pixel_um: float | None
-) -> tuple[list[tuple[float, float]], np.ndarray]:
+) -> tuple[list[tuple[float, float]], np.ndarray | None]:
     """Tile positions (x, y) in pixels of a LIF tile scan, and the stage position (um) of
-    position 0: the stage positions its ``TileScanInfo`` records (``PosX``/``PosY``,
+    position 0 (None where the flags turn the image's axes against the stage's): the stage
+    positions the current scene's ``TileScanInfo`` records (``PosX``/``PosY``,
     metres), turned to the image's axes as its flags say (``SwapXY`` first, then
     ``FlipX``/``FlipY``: that axis runs against the image's), over the pixel size.
     (bioio-lif's own mosaic positions assume a one-pixel overlap between grid fields, which
     an overlapping tile scan does not have.)"""
-    scan = _LIF_SCANS.get(r)
+    scan = _LIF_SCANS.get(r, {}).get(r.current_scene_index)
     if scan is None:
         raise UnsupportedFormatError(
-            f"'{path}': no tile scan with stage positions (TileScanInfo) found (images "
-            f"{list(r.scenes)}); export the tiles with a tile table instead"
+            f"'{path}': image {r.current_scene!r} is no tile scan with stage positions "
+            f"(TileScanInfo; the file's images: {_names(r.scenes)}); choose a tile scan "
+            "(--scene / scene=) or export the tiles with a tile table"
         )
     if not pixel_um:
         raise ConfigError(
@@ -230,7 +288,10 @@ def _lif_positions(
     if not np.all(np.isfinite(um)):
         raise UnsupportedFormatError(f"'{path}': a tile's stage position is not a number")
     origin = um.min(axis=0)
-    return [(float(x), float(y)) for x, y in (um - origin) / float(pixel_um)], origin
+    xy = [(float(x), float(y)) for x, y in (um - origin) / float(pixel_um)]
+    # an image whose axes run against the stage's: no translation places it on the stage
+    turned = scan.swap_xy or scan.flip_x or scan.flip_y
+    return xy, None if turned else origin
 
 
 def _focus_um(r: Any, **where: int) -> float | None:
@@ -295,6 +356,7 @@ def vendor_positions(
     *,
     pixel_size_um: float | None = None,
     pixel_size_z_um: float | None = None,
+    scene: int | str | None = None,
 ) -> tuple[list[str], np.ndarray, float | None, dict[str, Any]]:
     """The tiles of an instrument file and their recorded stage positions (the tile table is
     built from them by :func:`scopefx.io.read_tile_table`).
@@ -307,11 +369,16 @@ def vendor_positions(
         Overrides the recorded pixel size (needed when the file records none).
     pixel_size_z_um : float, optional
         Overrides the recorded z step of z-stack tiles (z positions are in planes of it).
+    scene : int or str, optional
+        The mosaic to read from a file that holds several (CZI scenes, the images of a LIF
+        project): its index from 0 or its name. Default: the first (a LIF's first tile scan),
+        with a warning that names the others. An OME-TIFF has none.
 
     Returns
     -------
     refs : list of str
-        Tile references ``/abs/file::tile/N``.
+        Tile references ``/abs/file::tile/N`` (``/abs/file::scene/S/tile/N`` for a scene
+        given).
     positions : (N, 2) or (N, 3) ndarray
         Where each tile's pixel (0, 0[, 0]) lands, in pixels, (x, y[, z]), the smallest at 0;
         (x, y, z) when the tiles have several z planes (z in planes of the z step).
@@ -332,22 +399,37 @@ def vendor_positions(
         images' pixel sizes differ by over 1 % (reduced-resolution copies, label or overview
         images); or they differ in their number of z planes.
     ConfigError
-        Positions in micrometres without any pixel size.
+        Positions in micrometres (metres) without any pixel size; a scene the file lacks.
     """
     p = Path(path).resolve()
     kind = _kind(p)
     z_um: np.ndarray | None = None
     z_step = None
     origin_um = None  # the stage position of the first tile's corner, where it is recorded
+    prefix = ""
     if kind == "ome":
+        if scene is not None:
+            raise ConfigError(f"'{p}': an OME-TIFF's images are the tiles of one mosaic; it has "
+                              "no scenes to choose")  # fmt: skip
         positions, size, channels, z_um, z_step, origin_um = ome_positions(p, pixel_size_um)
     else:
-        xy, recorded_px, channels, r, origin_um = _bioio_tiles(p, pixel_size_um)
+        with _lock(p):
+            xy, recorded_px, channels, r, origin_um, k = _bioio_tiles(p, pixel_size_um, scene)
+            others = _other_mosaics(p, r, k)
+            if getattr(r.dims, "Z", 1) > 1:
+                z_um, z_step = _bioio_z(r, len(xy))
+            current = str(r.scenes[k])
+        if scene is None and others:
+            log.warning(
+                "%s holds %d mosaics; read: scene %d (%r); not read: %s (--scene / scene= "
+                "chooses one)", p, len(others) + 1, k, current, ", ".join(map(repr, others[:8]))
+                + (f" and {len(others) - 8} more" if len(others) > 8 else ""),
+            )  # fmt: skip
+        if scene is not None:
+            prefix = f"scene/{k}/"
         size = pixel_size_um or recorded_px
         positions = np.array(xy, dtype=float)
         positions -= positions.min(axis=0)
-        if getattr(r.dims, "Z", 1) > 1:
-            z_um, z_step = _bioio_z(r, len(positions))
     extra: dict[str, Any] = {"channel_names": list(channels), "vendor": kind}
     if z_um is not None:
         z_step = pixel_size_z_um or z_step  # given: over the file's own
@@ -364,8 +446,15 @@ def vendor_positions(
             origin_um = np.append(origin_um, z_um.min())
     if origin_um is not None:
         extra["stage_origin_um"] = [float(v) for v in origin_um]
-    refs = [f"{p}::tile/{k}" for k in range(len(positions))]
+    refs = [f"{p}::{prefix}tile/{k}" for k in range(len(positions))]
     return refs, positions, size, extra
+
+
+def _no_scene(scene: int | None, ref: str) -> None:
+    if scene is not None:
+        raise UnsupportedFormatError(
+            f"{ref!r}: an OME-TIFF's images are the tiles of one mosaic; it has no scenes"
+        )
 
 
 def plane_ref(ref: str, plane: int | str) -> str:
@@ -378,13 +467,15 @@ def read_vendor_tile(path: Path, part: str | None, ref: str, page: int | None = 
     """The pixels of ``path::tile/N``: ``(Y, X)``, ``(C, Y, X)`` with several channels,
     ``(C,) Z, Y, X`` for z-stack tiles; ``path::tile/N/z/K`` (plane K) and
     ``path::tile/N/z/max`` (the projection) are ``(C,) Y, X``."""
-    tile, zsel = _tile_ref(part, ref)
+    scene, tile, zsel = _tile_ref(part, ref)
     kind = _kind(path)
     if kind == "ome":
+        _no_scene(scene, ref)
         data = read_ome_tile(path, tile, zsel, ref)
     else:
         r = _reader(path)
         with _lock(path):
+            _at_scene(r, _scene(path, r, scene))
             n = r.dims.M if "M" in r.dims.order else 1
             if tile >= n:
                 raise ConfigError(f"{ref!r}: tile {tile} of {n}")
@@ -395,14 +486,16 @@ def read_vendor_tile(path: Path, part: str | None, ref: str, page: int | None = 
 def vendor_metadata(path: Path, part: str | None, ref: str) -> dict[str, Any]:
     """Shape, dtype, pixel size and channel names of ``path::tile/N[/z/K]`` without reading
     pixels (OME-TIFF) or from the reader's dimensions (bioio)."""
-    tile, zsel = _tile_ref(part, ref)
+    scene, tile, zsel = _tile_ref(part, ref)
     kind = _kind(path)
     samples = None
     if kind == "ome":
+        _no_scene(scene, ref)
         shape, dtype, px, channels, samples = ome_metadata(path, tile, zsel, ref)
     else:
         r = _reader(path)
         with _lock(path):
+            _at_scene(r, _scene(path, r, scene))
             channels = [str(c) for c in (r.channel_names or [])]
             shape = _bioio_shape(r, zsel, ref)
             dtype = str(r.dtype)

@@ -221,7 +221,7 @@ def _load(job: dict[str, Any], roots: DataRoots) -> tuple[Any, Any, Any, Any]:
     output = roots.resolve_output(job["output"])  # under the output roots, never a data root
     table = read_tile_table(
         tiles, pixel_size_um=options.pixel_size_um, rotation_deg=options.rotation_deg,
-        flip_x=options.flip_x, flip_y=options.flip_y,
+        flip_x=options.flip_x, flip_y=options.flip_y, scene=options.scene,
     )  # fmt: skip
     roots.check_all(table.refs)  # a table inside the roots may still name tiles outside
     resolved: dict[str, Any] = {}
