@@ -255,3 +255,74 @@ def test_the_nd2_plugin_is_handed_the_checked_descriptor(tmp_path, monkeypatch, 
     os.replace(data / "swapped", path)
     with open(reader.image, "rb") as fh:
         assert fh.read() == b"the file that was checked"
+
+
+class _Nd2StandIn:
+    """A stand-in for bioio-nd2's Reader of a multipoint ND2, as bioio-nd2 2.6 presents one:
+    each XY position a scene (no ``M`` axis), its stage position (um) in
+    ``stage_position_x``/``_y`` of the current scene. It reads the path it is given (an
+    ``.npz`` of the tiles, positions and pixel size stands in for the file's content)."""
+
+    def __init__(self, image):
+        from bioio_base.dimensions import Dimensions
+        from bioio_base.types import PhysicalPixelSizes
+
+        with open(image, "rb") as fh:
+            z = np.load(fh)
+            self._tiles, self._stage = z["tiles"], z["stage_um"]
+            pixel = float(z["pixel_um"])
+        self.scenes = tuple(f"XY{k + 1:02d}" for k in range(len(self._tiles)))
+        self.current_scene_index = 0
+        self.dims = Dimensions("TCZYX", (1, 1, 1, *self._tiles.shape[1:]))
+        self.dtype = self._tiles.dtype
+        self.physical_pixel_sizes = PhysicalPixelSizes(None, pixel, pixel)
+        self.channel_names = ["DAPI"]
+
+    @property
+    def current_scene(self):
+        return self.scenes[self.current_scene_index]
+
+    def set_scene(self, k):
+        self.current_scene_index = int(k)
+
+    @property
+    def stage_position_x(self):
+        return float(self._stage[self.current_scene_index, 0])
+
+    @property
+    def stage_position_y(self):
+        return float(self._stage[self.current_scene_index, 1])
+
+    def get_image_data(self, order, **index):
+        assert order == "YX" and index == {}, (order, index)
+        return self._tiles[self.current_scene_index].copy()
+
+
+def test_an_nd2_multipoint_scan_is_tiled_by_its_xy_positions(tmp_path, monkeypatch):
+    """bioio-nd2 reports no mosaic positions: an ND2's XY positions are its scenes, each with
+    its stage position. Those scenes are the tiles. Tested against a stand-in of bioio-nd2's
+    interface (no ND2 file can be written here)."""
+    import sys
+    import types
+
+    plugin = types.ModuleType("stand-in")
+    plugin.Reader = _Nd2StandIn
+    monkeypatch.setitem(sys.modules, "bioio_nd2", plugin)
+    rng = np.random.default_rng(2)
+    tiles = rng.integers(0, 4000, (4, 30, 40), dtype=np.uint16)
+    stage = np.array([(-1200.0, 350.0), (-1182.0, 350.5), (-1200.5, 363.5), (-1182.0, 363.0)])
+    path = tmp_path / "multipoint.nd2"
+    with open(path, "wb") as fh:
+        np.savez(fh, tiles=tiles, stage_um=stage, pixel_um=0.5)
+    table = read_tile_table(path)
+    assert len(table) == 4 and table.extra["vendor"] == "nd2" and table.pixel_size_um == 0.5
+    expect = (stage - stage.min(axis=0)) / 0.5
+    np.testing.assert_allclose(np.array([t.offset for t in table])[:, ::-1], expect)
+    assert table.extra["stage_origin_um"] == [-1200.5, 350.0]
+    for k in (3, 1, 2):  # any order: each read sets the shared reader to its own position
+        np.testing.assert_array_equal(read_image(table[k].ref), tiles[k])
+    assert read_metadata(table[2].ref).shape == (30, 40)
+    with pytest.raises(ConfigError, match=r"tile 4 of 4"):
+        read_image(f"{path}::tile/4")
+    with pytest.raises(ConfigError, match=r"XY positions are its tiles"):
+        read_tile_table(path, scene=1)

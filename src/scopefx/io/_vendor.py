@@ -16,8 +16,10 @@ pixel sizes that differ: see :func:`vendor_positions`). CZI, ND2 and LIF are rea
 bioio and its plugins (``pip install "scopefx[vendor]"``): a CZI's mosaic tiles (its ``M``
 axis) are placed by the subblock positions; a LIF's by the stage positions of its first tile
 scan's ``TileScanInfo`` (metres, turned by its ``FlipX``/``FlipY``/``SwapXY`` flags as
-Leica's own reader does; bioio-lif's mosaic positions assume abutting fields); an ND2 by the
-mosaic positions bioio-nd2 reports (untested: no ND2 file can be written here).
+Leica's own reader does; bioio-lif's mosaic positions assume abutting fields); an ND2
+multipoint scan's by its XY positions, each a scene in bioio-nd2 with its stage position
+(:func:`_scene_positions`; tested against a stand-in of bioio-nd2's interface only: no ND2
+file can be written here).
 
 Tiles with several z planes are ``(C,) Z, Y, X`` stacks: the table is 3D, each tile placed at
 its recorded z (OME ``Plane PositionZ`` of its first plane, a CZI subblock's
@@ -32,6 +34,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import math
 import os
 import threading
 import weakref
@@ -197,6 +200,57 @@ def _names(names: Any, show: int = 8) -> str:
     return listed + (f" and {len(names) - show} more" if len(names) > show else "")
 
 
+def _positions_are_scenes(path: Path, r: Any) -> bool:
+    """An ND2 multipoint acquisition: each XY position is a scene of its own (bioio-nd2),
+    with no mosaic (``M``) axis: the tiles are the scenes."""
+    return path.suffix.lower() == ".nd2" and "M" not in r.dims.order and len(r.scenes) > 1
+
+
+def _tile_scene(path: Path, r: Any, scene: int | None, tile: int, ref: str) -> int:
+    """Set the reader to the scene that holds ``tile`` (``ref``'s): the scene asked for (else
+    the default), or for an ND2 whose positions are scenes, the tile's own scene. Returns the
+    index of ``tile`` along the scene's ``M`` axis (0 without one). Under the file's lock."""
+    _at_scene(r, _scene(path, r, scene))
+    if _positions_are_scenes(path, r):
+        if scene is not None:
+            raise ConfigError(f"{ref!r}: an ND2's XY positions are its tiles; it has no scenes")
+        if tile >= len(r.scenes):
+            raise ConfigError(f"{ref!r}: tile {tile} of {len(r.scenes)}")
+        _at_scene(r, tile)
+        return 0
+    n = r.dims.M if "M" in r.dims.order else 1
+    if tile >= n:
+        raise ConfigError(f"{ref!r}: tile {tile} of {n}")
+    return tile
+
+
+def _scene_positions(
+    path: Path, r: Any, pixel_um: float | None
+) -> tuple[list[tuple[float, float]], np.ndarray]:
+    """Positions (x, y) in pixels of an ND2 whose XY positions are scenes, from each scene's
+    recorded stage position (bioio-nd2's ``stage_position_x``/``_y``, um), and the stage
+    position (um) of position 0. Leaves the reader at scene 0. Under the file's lock."""
+    um = []
+    for k, name in enumerate(r.scenes):
+        _at_scene(r, k)
+        x, y = getattr(r, "stage_position_x", None), getattr(r, "stage_position_y", None)
+        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+            raise UnsupportedFormatError(
+                f"'{path}': XY position {k} ({str(name)!r}) records no stage position; export "
+                "the tiles with a tile table instead"
+            )
+        um.append((float(x), float(y)))
+    _at_scene(r, 0)
+    if not pixel_um:
+        raise ConfigError(
+            f"'{path}' records its stage positions in micrometres but no pixel size: give it "
+            "(--pixel-size / pixel_size_um=)"
+        )
+    xy = np.array(um)
+    origin = xy.min(axis=0)
+    return [(float(x), float(y)) for x, y in (xy - origin) / float(pixel_um)], origin
+
+
 def _at_scene(r: Any, k: int) -> None:
     """Set the (shared, cached) reader to scene ``k``; under the file's lock."""
     if r.current_scene_index != k:
@@ -218,6 +272,12 @@ def _bioio_tiles(
     if path.suffix.lower() == ".lif":
         xy, origin = _lif_positions(path, r, pixel_um or px)
         return xy, px, channels, r, origin, k
+    if _positions_are_scenes(path, r):
+        if scene is not None:
+            raise ConfigError(f"'{path}': an ND2's XY positions are its tiles; it has no "
+                              "scenes to choose")  # fmt: skip
+        xy, origin = _scene_positions(path, r, pixel_um or px)
+        return xy, px, channels, r, origin, 0
     yx = None
     if hasattr(r, "get_mosaic_tile_positions"):
         try:
@@ -475,11 +535,7 @@ def read_vendor_tile(path: Path, part: str | None, ref: str, page: int | None = 
     else:
         r = _reader(path)
         with _lock(path):
-            _at_scene(r, _scene(path, r, scene))
-            n = r.dims.M if "M" in r.dims.order else 1
-            if tile >= n:
-                raise ConfigError(f"{ref!r}: tile {tile} of {n}")
-            data = _bioio_plane(r, tile, zsel, ref)
+            data = _bioio_plane(r, _tile_scene(path, r, scene, tile, ref), zsel, ref)
     return data if page is None else data[page]
 
 
@@ -495,7 +551,7 @@ def vendor_metadata(path: Path, part: str | None, ref: str) -> dict[str, Any]:
     else:
         r = _reader(path)
         with _lock(path):
-            _at_scene(r, _scene(path, r, scene))
+            _tile_scene(path, r, scene, tile, ref)
             channels = [str(c) for c in (r.channel_names or [])]
             shape = _bioio_shape(r, zsel, ref)
             dtype = str(r.dtype)
