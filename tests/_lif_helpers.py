@@ -27,6 +27,7 @@ def write_lif(
     stage_m: Sequence[tuple[float, float]],
     *,
     pixel_m: float = 0.65e-6,
+    pixel_y_m: float | None = None,
     channel: str = "DAPI",
     fields: Sequence[tuple[int, int]] | None = None,
     flip_x: bool = False,
@@ -36,7 +37,8 @@ def write_lif(
     more: Sequence[tuple[Sequence[np.ndarray], Sequence[tuple[float, float]]]] = (),
 ) -> Path:
     """Write ``tiles`` (uint16, one Y, X shape) as the tile scan of a LIF file, tile ``k`` at
-    stage position ``stage_m[k]`` = (PosX, PosY) in metres. ``before``: single-plane images
+    stage position ``stage_m[k]`` = (PosX, PosY) in metres, of pixels ``pixel_m`` across
+    (``pixel_y_m`` down; default: square). ``before``: single-plane images
     stored ahead of the tile scan (an overview, as LAS X projects hold); ``more``: further
     tile scans after it, each ``(tiles, stage_m)`` ("TileScan 2", ...; default fields)."""
     images = [(f"Overview {k + 1}", [np.asarray(im, np.uint16)], None) for k, im in
@@ -49,7 +51,8 @@ def write_lif(
     for k, (name, planes, stage) in enumerate(images):
         h, w = planes[0].shape
         data = np.ascontiguousarray(np.stack(planes)).astype("<u2").tobytes()
-        dims = [("1", w, 2, (w - 1) * pixel_m), ("2", h, 2 * w, (h - 1) * pixel_m)]
+        down = pixel_m if pixel_y_m is None else pixel_y_m
+        dims = [("1", w, 2, (w - 1) * pixel_m), ("2", h, 2 * w, (h - 1) * down)]
         if stage is not None:
             dims.append(("10", len(planes), 2 * w * h, 0.0))
         dim_xml = "".join(

@@ -318,7 +318,8 @@ def test_an_nd2_multipoint_scan_is_tiled_by_its_xy_positions(tmp_path, monkeypat
     assert len(table) == 4 and table.extra["vendor"] == "nd2" and table.pixel_size_um == 0.5
     expect = (stage - stage.min(axis=0)) / 0.5
     np.testing.assert_allclose(np.array([t.offset for t in table])[:, ::-1], expect)
-    assert table.extra["stage_origin_um"] == [-1200.5, 350.0]
+    # bioio records each field's centre: the first tile's corner is half a field before it
+    assert table.extra["stage_origin_um"] == [-1200.5 - 10.0, 350.0 - 7.5]
     for k in (3, 1, 2):  # any order: each read sets the shared reader to its own position
         np.testing.assert_array_equal(read_image(table[k].ref), tiles[k])
     assert read_metadata(table[2].ref).shape == (30, 40)
@@ -326,3 +327,9 @@ def test_an_nd2_multipoint_scan_is_tiled_by_its_xy_positions(tmp_path, monkeypat
         read_image(f"{path}::tile/4")
     with pytest.raises(ConfigError, match=r"XY positions are its tiles"):
         read_tile_table(path, scene=1)
+    # an older bioio-nd2 has no stage position on its reader: said, not "none recorded"
+    monkeypatch.delattr(_Nd2StandIn, "stage_position_x")
+    older = tmp_path / "older.nd2"
+    older.write_bytes(path.read_bytes())
+    with pytest.raises(UnsupportedFormatError, match=r"older\.nd2'.*bioio-nd2 2\.6 or later"):
+        read_tile_table(older)

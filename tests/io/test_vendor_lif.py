@@ -226,3 +226,59 @@ def test_scopefx_fuse_reads_the_scene_it_is_given(tmp_path, capsys):
     fused = zarr.open_group(out, mode="r")["0"]
     span = truth2.max(axis=0) - truth2.min(axis=0)
     assert fused.shape[-2:] == (80 + int(span[1]), 80 + int(span[0]))
+
+
+def test_two_threads_reading_two_scans_of_one_file_by_two_names_get_their_own_tiles(tmp_path):
+    """The cached reader is shared by every spelling of the file's path and a read sets its
+    scene: the lock that guards it is the resolved file's, not the spelling's (a link to the
+    project read beside it returned the other scan's tiles, found by a review)."""
+    import threading
+
+    first = [np.full((64, 64), 100 + k, np.uint16) for k in range(4)]
+    second = [np.full((64, 64), 200 + k, np.uint16) for k in range(4)]
+    stage = [(k * 1e-4, 0.0) for k in range(4)]
+    path = write_lif(tmp_path / "p.lif", first, stage, more=[(second, stage)])
+    link = tmp_path / "link.lif"
+    link.symlink_to(path)
+    wrong: list[tuple[int, int, int]] = []
+
+    def run(name, scene, base):
+        for i in range(120):
+            value = int(read_image(f"{name}::scene/{scene}/tile/{i % 4}")[0, 0])
+            if value != base + i % 4:
+                wrong.append((scene, i % 4, value))
+
+    threads = [threading.Thread(target=run, args=(path, 0, 100)),
+               threading.Thread(target=run, args=(link, 1, 200))]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+def test_a_lif_that_is_no_lif_or_has_non_square_pixels_is_refused_by_name(tmp_path):
+    junk = tmp_path / "junk.lif"
+    junk.write_bytes(b"\x70\x00\x00\x00 this is not a Leica file" * 10)
+    with pytest.raises(UnsupportedFormatError, match=r"junk\.lif' cannot be read as a LIF") as e:
+        read_tile_table(junk)
+    assert "/proc/self/fd" not in str(e.value)
+    tiles, truth, _ = _scan()
+    path = write_lif(tmp_path / "ns.lif", tiles, _recorded(truth), pixel_m=PIXEL_M,
+                     pixel_y_m=2 * PIXEL_M)  # fmt: skip
+    with pytest.raises(UnsupportedFormatError, match=r"ns\.lif': its pixels are not square"):
+        read_tile_table(path)
+
+
+def test_an_absurd_scene_is_refused_clearly(tmp_path):
+    from scopefx.fusion import FuseOptions, fuse
+
+    tiles, truth, _ = _scan()
+    path = write_lif(tmp_path / "scan.lif", tiles, _recorded(truth), pixel_m=PIXEL_M)
+    for scene in ("9" * 5000, 10**30):
+        with pytest.raises(ConfigError, match=r"scan\.lif' has no scene"):
+            read_tile_table(path, scene=scene)
+    with pytest.raises(UnsupportedFormatError, match=r"'file::scene/S/tile/N'"):
+        read_image(f"{path}::scene/{'9' * 40}/tile/0")
+    with pytest.raises(ConfigError, match=r"scene 1 is given with a TileTable"):
+        fuse(read_tile_table(path), tmp_path / "m.ome.zarr", options=FuseOptions(scene=1))

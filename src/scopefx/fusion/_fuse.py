@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 def _as_table(tiles: TileTable | str | os.PathLike[str], options: FuseOptions) -> TileTable:
     if isinstance(tiles, TileTable):
+        if options.scene is not None:
+            raise ConfigError(
+                f"scene {options.scene!r} is given with a TileTable: a scene chooses the mosaic "
+                "read from an instrument file; give the file's path instead"
+            )
         return tiles
     if isinstance(tiles, (str, os.PathLike)):
         return read_tile_table(

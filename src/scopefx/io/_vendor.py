@@ -97,7 +97,7 @@ def _tile_ref(part: str | None, ref: str) -> tuple[int | None, int, ZSel]:
     scene: int | None = None
     if text.startswith("scene/"):
         value, _, text = text[len("scene/") :].partition("/")
-        scene = int(value) if is_index(value) else -1
+        scene = int(value) if is_index(value) and len(value) <= 18 else -1
     head, _, rest = text.partition("/")
     number, _, zpart = rest.partition("/")
     zhead, _, zvalue = zpart.partition("/")
@@ -116,8 +116,12 @@ def _tile_ref(part: str | None, ref: str) -> tuple[int | None, int, ZSel]:
 
 
 def _lock(path: Path) -> threading.Lock:
+    """The lock of the file at ``path``, keyed as its reader is cached (by the resolved path):
+    one file reached by two spellings (a link, ``a/../b``, a table's relative reference)
+    shares one reader, whose scene a read sets."""
+    key = os.fspath(Path(path).resolve())
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(os.fspath(path), threading.Lock())
+        return _LOCKS.setdefault(key, threading.Lock())
 
 
 # -- bioio (CZI, ND2, LIF) -----------------------------------------------------------------------
@@ -144,7 +148,13 @@ def _bioio_reader(path: str, mtime: float) -> Any:
         pinned = f"/proc/self/fd/{fd}"
         source = pinned if os.path.exists(pinned) else path
         # bioio_czi reads with aicspylibczi by default: mosaic tiles on the M axis
-        reader = plugin.Reader(source)
+        try:
+            reader = plugin.Reader(source)
+        except Exception as exc:  # the plugin names /proc/self/fd/N: name the file instead
+            raise UnsupportedFormatError(
+                f"'{path}' cannot be read as a {suffix[1:].upper()} file: "
+                f"{type(exc).__name__}: {str(exc).replace(source, path)[:500]}"
+            ) from None
         if suffix == ".lif":  # the project's tile scans; the first is the default scene
             try:
                 scans = _lif_scans(source)
@@ -185,7 +195,7 @@ def _scene(path: Path, r: Any, scene: int | str | None) -> int:
         return names.index(scene)
     text = str(scene)
     number = (isinstance(scene, int) and not isinstance(scene, bool)) or is_index(text)
-    if number and 0 <= int(text) < len(names):
+    if number and len(text) <= 18 and 0 <= int(text) < len(names):
         return int(text)
     raise ConfigError(
         f"'{path}' has no scene {scene!r}: its scenes are {_names(names)} (by index from 0, "
@@ -210,14 +220,14 @@ def _tile_scene(path: Path, r: Any, scene: int | None, tile: int, ref: str) -> i
     """Set the reader to the scene that holds ``tile`` (``ref``'s): the scene asked for (else
     the default), or for an ND2 whose positions are scenes, the tile's own scene. Returns the
     index of ``tile`` along the scene's ``M`` axis (0 without one). Under the file's lock."""
-    _at_scene(r, _scene(path, r, scene))
-    if _positions_are_scenes(path, r):
+    if _positions_are_scenes(path, r):  # any scene tells: none has a mosaic axis
         if scene is not None:
             raise ConfigError(f"{ref!r}: an ND2's XY positions are its tiles; it has no scenes")
         if tile >= len(r.scenes):
             raise ConfigError(f"{ref!r}: tile {tile} of {len(r.scenes)}")
         _at_scene(r, tile)
         return 0
+    _at_scene(r, _scene(path, r, scene))
     n = r.dims.M if "M" in r.dims.order else 1
     if tile >= n:
         raise ConfigError(f"{ref!r}: tile {tile} of {n}")
@@ -228,12 +238,19 @@ def _scene_positions(
     path: Path, r: Any, pixel_um: float | None
 ) -> tuple[list[tuple[float, float]], np.ndarray]:
     """Positions (x, y) in pixels of an ND2 whose XY positions are scenes, from each scene's
-    recorded stage position (bioio-nd2's ``stage_position_x``/``_y``, um), and the stage
-    position (um) of position 0. Leaves the reader at scene 0. Under the file's lock."""
+    recorded stage position (bioio-nd2's ``stage_position_x``/``_y``, um: each field's
+    centre), and the stage position (um) of position 0 (the corner of the field there).
+    Leaves the reader at scene 0. Under the file's lock. (bioio-nd2 opens the file again for
+    each position's x and y: a scan of many positions takes a while to list.)"""
+    if not hasattr(r, "stage_position_x"):
+        raise UnsupportedFormatError(
+            f"'{path}': an ND2 multipoint scan's stage positions need bioio-nd2 2.6 or later "
+            '(pip install -U "scopefx[vendor]")'
+        )
     um = []
     for k, name in enumerate(r.scenes):
         _at_scene(r, k)
-        x, y = getattr(r, "stage_position_x", None), getattr(r, "stage_position_y", None)
+        x, y = r.stage_position_x, r.stage_position_y
         if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
             raise UnsupportedFormatError(
                 f"'{path}': XY position {k} ({str(name)!r}) records no stage position; export "
@@ -247,8 +264,10 @@ def _scene_positions(
             "(--pixel-size / pixel_size_um=)"
         )
     xy = np.array(um)
-    origin = xy.min(axis=0)
-    return [(float(x), float(y)) for x, y in (xy - origin) / float(pixel_um)], origin
+    low = xy.min(axis=0)
+    # bioio records the centre of each field: the first tile's corner lies half a field before
+    half = np.array([r.dims.X, r.dims.Y], dtype=float) * float(pixel_um) / 2
+    return [(float(x), float(y)) for x, y in (xy - low) / float(pixel_um)], low - half
 
 
 def _at_scene(r: Any, k: int) -> None:
@@ -340,6 +359,12 @@ def _lif_positions(
             f"'{path}' records its stage positions in metres but no pixel size: give it "
             "(--pixel-size / pixel_size_um=)"
         )
+    px, py = (getattr(r.physical_pixel_sizes, a, None) for a in ("X", "Y"))
+    if px and py and abs(float(py) - float(px)) > 0.01 * float(px):  # as recorded
+        raise UnsupportedFormatError(
+            f"'{path}': its pixels are not square ({float(px):g} um across, {float(py):g} um "
+            "down); export the tiles with a tile table instead"
+        )
     x_m = np.asarray(scan.tiles["pos_x"], dtype=float)
     y_m = np.asarray(scan.tiles["pos_y"], dtype=float)
     if scan.swap_xy:
@@ -363,23 +388,24 @@ def _focus_um(r: Any, **where: int) -> float | None:
         return None
 
 
-def _bioio_z(r: Any, n: int) -> tuple[np.ndarray, float | None]:
+def _bioio_z(r: Any, n: int) -> tuple[np.ndarray, float | None, bool]:
     """Z position of each tile's first plane along the stack (um; zeros where the file records
-    none) and the z step (um), for a reader whose tiles have several planes. A CZI records
-    the focus drive's position per subblock (``FocusPosition``)."""
+    none), the z step (um), and whether the positions are recorded, for a reader whose tiles
+    have several planes. A CZI records the focus drive's position per subblock
+    (``FocusPosition``)."""
     step = getattr(r.physical_pixel_sizes, "Z", None)
     step = float(step) if step and step > 0 else None
     if not hasattr(r, "get_subblock_metadata"):
-        return np.zeros(n), step
+        return np.zeros(n), step, False
     first = [_focus_um(r, M=m, Z=0) for m in range(n)]
     if any(v is None for v in first):
-        return np.zeros(n), step
+        return np.zeros(n), step, False
     starts = np.asarray(first, dtype=float)
     second = _focus_um(r, M=0, Z=1)
     moved = None if second is None or second == starts[0] else second - float(starts[0])
     step = step or (abs(moved) if moved else None)
     sign = -1.0 if moved is not None and moved < 0 else 1.0
-    return sign * starts, step
+    return sign * starts, step, True
 
 
 def _bioio_shape(r: Any, zsel: ZSel, ref: str) -> tuple[int, ...]:
@@ -467,6 +493,7 @@ def vendor_positions(
     z_step = None
     origin_um = None  # the stage position of the first tile's corner, where it is recorded
     prefix = ""
+    z_recorded = True  # OME: a plane's PositionZ, else 0 as OME defaults it
     if kind == "ome":
         if scene is not None:
             raise ConfigError(f"'{p}': an OME-TIFF's images are the tiles of one mosaic; it has "
@@ -477,7 +504,7 @@ def vendor_positions(
             xy, recorded_px, channels, r, origin_um, k = _bioio_tiles(p, pixel_size_um, scene)
             others = _other_mosaics(p, r, k)
             if getattr(r.dims, "Z", 1) > 1:
-                z_um, z_step = _bioio_z(r, len(xy))
+                z_um, z_step, z_recorded = _bioio_z(r, len(xy))
             current = str(r.scenes[k])
         if scene is None and others:
             log.warning(
@@ -503,7 +530,9 @@ def vendor_positions(
         positions = np.column_stack([positions, z_px])
         extra["pixel_size_z_um"] = z_step
         if origin_um is not None:
-            origin_um = np.append(origin_um, z_um.min())
+            # no stage z the file never recorded: x, y only (a 2D mosaic of one plane per
+            # tile is placed on the stage, the 3D mosaic is not)
+            origin_um = np.append(origin_um, z_um.min()) if z_recorded else origin_um
     if origin_um is not None:
         extra["stage_origin_um"] = [float(v) for v in origin_um]
     refs = [f"{p}::{prefix}tile/{k}" for k in range(len(positions))]
