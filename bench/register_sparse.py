@@ -4,7 +4,8 @@ surround, as a section or a colony lies on empty glass, and cut into a mosaic.
 ::
 
     python bench/register_sparse.py                        # every source, 5x5 tiles of 384 px
-    python bench/register_sparse.py --seeds 8 --out bench/results/register_sparse.txt
+    python bench/register_sparse.py --seeds 8 --allow-partial \
+        --out bench/results/register_sparse.txt
 
 Sources as in ``register_real_cut.py`` (read from ``../shared/data``, never copied): each
 source's first frame, smoothed (a Gaussian of 1.5 px, so that its own noise is not shared by

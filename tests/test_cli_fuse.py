@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -289,7 +288,7 @@ def test_an_output_named_like_a_picture_is_refused_before_fusing(tmp_path, capsy
 def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):
     rng = np.random.default_rng(0)
     rows = []
-    for k in range(4):  # 2x2 tiles of independent noise: the overlaps hold only background
+    for k in range(4):  # 2x2 tiles of independent noise: the overlaps share nothing
         tifffile.imwrite(tmp_path / f"t{k}.tif", rng.integers(0, 255, (96, 96), dtype=np.uint8))
         rows.append(f"t{k}.tif,{(k % 2) * 80},{(k // 2) * 80}")
     (tmp_path / "tiles.csv").write_text("path,x,y\n" + "\n".join(rows) + "\n")
@@ -301,10 +300,9 @@ def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):
     assert "usable" in err and "m.qc.json" in err and "the next run" in err
     # the refusal leaves the evidence: every pair as measured, and no mosaic or refined table
     report = json.loads((tmp_path / "m.qc.json").read_text())
-    # pixel noise alone is background: every pair, or all but one too small to be sure of
-    assert re.match(r"(none of the 4|only 0 of 1) neighbouring tile pairs", report["refused"])
+    assert report["refused"].startswith("only 0 of 4 neighbouring tile pairs")
     assert report["summary"]["pairs_used"] == 0
-    assert {p["status"] for p in report["pairs"]} <= {"blank", "low_quality", "corner"}
+    assert {p["status"] for p in report["pairs"]} <= {"low_quality", "ambiguous", "corner"}
     assert "refused" in summary_of(report)
     assert (tmp_path / "m.qc.png").is_file() and (tmp_path / "m.pairs.csv").is_file()
     assert not (tmp_path / "m.ome.zarr").exists() and not (tmp_path / "m.registered.csv").exists()
@@ -312,7 +310,7 @@ def test_register_without_usable_pairs_says_why_and_exits_3(tmp_path, capsys):
         _run(*args, "--max-shift", "20", "-q")
     assert info.value.code == 3
     err = capsys.readouterr().err
-    assert re.search(r"none of the 4|only 0 of 1", err) and "QC report was not written" not in err
+    assert "only 0 of 4" in err and "QC report was not written" not in err
     assert json.loads((tmp_path / "m.qc.json").read_text())["params"]["max_shift_px"] == 20
     # the retry the refusal suggests works without --overwrite, and leaves no stray file
     code, text = _run(*args, "--allow-partial-registration", "-q")

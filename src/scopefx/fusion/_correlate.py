@@ -20,7 +20,6 @@ vision", IJCAI (1981).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -36,8 +35,6 @@ _SMOOTH_PX = 2.0  # Gaussian (sigma) of the crops in the search for the best shi
 _SMOOTH_SHARE = 16.0  # ... at most 1/16 of the stage overlap's extent along each axis
 _CONFIDENCE = 2.0  # standard errors below the NCC that a shift is scored by
 _CHANCE = 0.01  # accepted probability that unrelated content gives a match (over the search)
-_BAND_PX = (2.0, 8.0)  # band (Gaussian sigmas) in which an empty crop shows only its noise
-_EMPTY_RATIO = 1.25  # its band variance over what its noise gives there: under this, empty
 _DISTINCT_PX = 3.0  # a runner-up peak closer than this to the best is the same match
 _NOISE_BAND = 0.35  # cycles/px beyond which the cross-power's median is taken as noise
 _NOISE_MARGIN = 4.0  # a frequency counts fully once its cross-power is well above that
@@ -82,9 +79,6 @@ class Measured(NamedTuple):
     # covariance (px^2, nd x nd) of the best shift: how far along each axis the shifts whose
     # NCC is within one standard error of the best's reach (see _peak_spread); None: unknown
     spread: np.ndarray | None = None
-    # both crops hold nothing but pixel noise, within the precision their size gives (see
-    # _empty): the background of a sparse specimen (glass), where no match is to be had
-    empty: bool = False
 
 
 class Plan(NamedTuple):
@@ -512,7 +506,7 @@ def measure(
         return nothing
     for x, v, scale in ((a, va, blank[0]), (b, vb, blank[1])):
         if float(np.std(x[v], dtype=np.float64)) <= 1e-5 * scale:
-            return nothing._replace(empty=True)  # a blank crop: nothing to measure
+            return nothing  # a blank crop: nothing to measure
     stage = _extent(va & vb) or list(a.shape)
     need = np.array([min(min_overlap_px, n) for n in stage], dtype=float)
     r = np.minimum(math.ceil(reach), np.array(a.shape) - 1)
@@ -577,14 +571,13 @@ def measure(
         b_k = float(score[at])
         alternatives.append((shift_k, float(max(ncc[at], 0.0)), b_k,
                              bool(fisher[at] > chance_k) and b_k > 0))  # fmt: skip
-    near, concentration, empty = None, 0.0, False
-    if quality < STRONG_MATCH:  # (a match that vouches for itself is on content)
+    near, concentration = None, 0.0
+    if quality < STRONG_MATCH:
         near = _near(ncc, ok, best, r)
         concentration = _concentration(sa, sb, best - r, degree)
-        empty = _empty(a) and _empty(b)
     cov = _peak_spread(ncc, ok, best, float(error[tuple(best)]))
     return Measured(shift, quality, runner, overlap, significant, inside, bound,
-                    tuple(alternatives), near, concentration, cov, empty)  # fmt: skip
+                    tuple(alternatives), near, concentration, cov)  # fmt: skip
 
 
 def _peak_spread(ncc: np.ndarray, ok: np.ndarray, best: np.ndarray, error: float) -> np.ndarray:
@@ -712,64 +705,6 @@ def _rises_out(ok: np.ndarray, ncc: np.ndarray, best: np.ndarray, ax: int, step:
             return True
         last = value
     return False
-
-
-@functools.lru_cache(maxsize=64)
-def _band_noise(sigmas: tuple[tuple[float, float], ...]) -> tuple[float, float]:
-    """For white noise of unit variance through the band-pass ``G(s1) - G(s2)`` (per axis
-    ``(s1, s2)``): its variance, and ``sum rho^2`` of its autocorrelation (by which the
-    variance of ``n`` such pixels is estimated to a relative variance of ``2 sum rho^2 / n``)."""
-    from scipy import ndimage
-
-    size = [2 * math.ceil(4 * s2) + 1 for _, s2 in sigmas]
-    delta = np.zeros(size)
-    delta[tuple(n // 2 for n in size)] = 1.0
-    h = ndimage.gaussian_filter(delta, [s1 for s1, _ in sigmas], mode="constant")
-    h -= ndimage.gaussian_filter(delta, [s2 for _, s2 in sigmas], mode="constant")
-    var = float(np.sum(h * h))
-    from scipy.signal import fftconvolve
-
-    rho = fftconvolve(h, h[tuple(slice(None, None, -1) for _ in size)]) / max(var, 1e-300)
-    return var, float(np.sum(rho * rho))
-
-
-def _empty(x: np.ndarray) -> bool:
-    """Whether crop ``x`` holds nothing but pixel noise, to the precision its size allows:
-    its variance in the band ``_BAND_PX`` (a difference of Gaussians; shading and pixel noise
-    mostly out) over what its own pixel noise gives there (the noise from neighbour
-    differences along the last axis, as white noise) stays under ``_EMPTY_RATIO`` by two
-    standard errors of that estimate. On 5x5 scans of real frames in a flat surround
-    (``bench/register_sparse.py``) the background's overlaps give 0.94-1.05 and those with
-    specimen 2-8; a small crop of faint content (64 px tiles of ``retina`` at 300 photons:
-    0.8-5, no gap) is not confidently empty and is never called so."""
-    from scipy import ndimage
-
-    valid = np.isfinite(x)
-    if valid.sum() < 64:
-        return False
-    box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in
-                zip(np.argwhere(valid).min(0), np.argwhere(valid).max(0), strict=True))  # fmt: skip
-    x, valid = x[box], valid[box]
-    if min(x.shape) < 8:
-        return False
-    d = np.diff(x, axis=-1)
-    d = d[np.isfinite(d)]
-    if d.size < 32:
-        return False
-    noise = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
-    if not noise > 0:
-        return False
-    filled = np.where(valid, x, np.float32(np.mean(x[valid]))).astype(np.float64)
-    sigmas = tuple((_BAND_PX[0], min(_BAND_PX[1], n / 4)) for n in x.shape)
-    band = ndimage.gaussian_filter(filled, [a for a, _ in sigmas])
-    band -= ndimage.gaussian_filter(filled, [b for _, b in sigmas])
-    inner = ndimage.binary_erosion(valid, iterations=2)
-    if inner.sum() < 32:
-        return False
-    var, rho2 = _band_noise(tuple((float(a), float(b)) for a, b in sigmas))
-    ratio = float(np.var(band[inner])) / (noise * noise * var)
-    error = math.sqrt(2 * rho2 / float(inner.sum()))
-    return ratio * (1 + 2 * error) < _EMPTY_RATIO
 
 
 def _corr_area(x: np.ndarray) -> float:

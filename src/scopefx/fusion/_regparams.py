@@ -91,9 +91,7 @@ class RegistrationParams:
         boundary between rows (columns), else of their row (column).
     min_usable_fraction : float
         Fraction of the side pairs that must give a usable match (0..1): of the pairs the
-        solve keeps (loop-confirmed pairs count, outliers do not), among the pairs whose
-        overlap holds content (an overlap of background alone, status ``"blank"``, has no
-        match to give and is not counted).
+        solve keeps (loop-confirmed pairs count, outliers do not).
     allow_partial : bool
         Register with fewer usable pairs than ``min_usable_fraction`` instead of raising.
 

@@ -53,9 +53,7 @@ class PairResult:
     status : str
         ``"used"``, ``"outlier"`` (dropped by the solve), ``"low_quality"`` (NCC under
         ``min_quality``, not above chance, or the best shift on the edge of the search),
-        ``"ambiguous"`` (a runner-up match almost as good), ``"blank"`` (no content: a
-        blank field, or both crops nothing but pixel noise, the background of a sparse
-        specimen; not counted by ``min_usable_fraction``) or
+        ``"ambiguous"`` (a runner-up match almost as good), ``"blank"`` (no content) or
         ``"corner"`` (diagonal neighbour, not measured).
     runner_up : float
         The best distinct other shift, on the NCC scale (shifts are ranked by a lower

@@ -169,31 +169,14 @@ def _settle(
         model = _stage_model(table, shapes, ij, shifts, used, side, olo, ohi, trusted)
         c = c + _place_components(n, ij, used, model, c)
     # judged on the pairs the solve kept: those the loops confirmed count, outliers do not,
-    # so that the refusal and its report (the statuses below) give one count. Overlaps that
-    # hold only background (both crops nothing but noise: a sparse specimen's glass) have no
-    # match to give and are not counted (``blank``).
-    background = side & ~used & np.array([r.empty for r in results], dtype=bool)
-    status[background] = "blank"
-    n_side, n_ok = int((side & ~background).sum()), int((used & side).sum())
-    n_blank = int(background.sum())
+    # so that the refusal and its report (the statuses below) give one count
+    n_side, n_ok = int(side.sum()), int((used & side).sum())
     refusal = None
-    short = n_ok < params.min_usable_fraction * n_side or (n_side == 0 and n_blank > 0)
-    if n > 1 and short and not params.allow_partial and n_side == 0:
-        refusal = (
-            f"none of the {n_blank} neighbouring tile pairs gave a usable match: every overlap "
-            "holds only background (pixel noise or a blank field, nothing a match could be "
-            "found on); check that the tiles hold the specimen and that the stage positions put "
-            "their overlaps where they are, or keep the stage positions with "
-            "allow_partial=True (--allow-partial-registration)"
-        )
-    elif n > 1 and short and not params.allow_partial:
-        counts = collections.Counter(status[side & ~background].tolist())
+    if n > 1 and n_ok < params.min_usable_fraction * n_side and not params.allow_partial:
+        counts = collections.Counter(status[side].tolist())
         detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(counts.items()))
-        held = (f" that hold content ({n_blank} more hold only background, which no match "
-                "is expected from)") if n_blank else ""  # fmt: skip
         refusal = (
-            f"only {n_ok} of {n_side} neighbouring tile pairs{held} gave a usable match "
-            f"({detail}); "
+            f"only {n_ok} of {n_side} neighbouring tile pairs gave a usable match ({detail}); "
             f"at least {params.min_usable_fraction:.0%} are needed. Low quality or blank: the "
             "overlaps hold too little content; ambiguous: a repeated pattern; outlier: a "
             "match the other pairs contradict. Widen the search "
