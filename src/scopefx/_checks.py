@@ -31,7 +31,10 @@ def is_finite(value: Any) -> bool:
 def shown(value: Any, limit: int = 80) -> str:
     """``repr(value)`` for an error message, cut to about ``limit`` characters (a caller's
     400-digit number or megabyte string is not echoed whole)."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4,300-digit limit on converting it to text
+        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
     return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} characters)"
 
 

@@ -247,7 +247,8 @@ class FuseOptions:
         if not (z is None or index or (isinstance(z, str) and z in Z_CHOICES)):
             raise bad("z_plane", f"None, a plane index >= 0 or one of {Z_CHOICES}")
         sc = self.scene
-        if not (sc is None or (isinstance(sc, int) and not isinstance(sc, bool) and sc >= 0)
+        if not (sc is None or (isinstance(sc, int) and not isinstance(sc, bool)
+                               and 0 <= sc < 10**18)
                 or (isinstance(sc, str) and 0 < len(sc) <= 1000 and "\0" not in sc)):  # fmt: skip
             raise bad("scene", "None, a scene index >= 0 or a scene's name")
         if self.resume and self.overwrite:

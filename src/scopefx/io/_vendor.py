@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import shown
 from ..errors import ConfigError, UnsupportedFormatError
 from ._ome import ome_metadata, ome_positions, read_ome_tile
 from ._planes import ZSel, is_index, plane_index, stack_shape
@@ -67,8 +68,6 @@ _LOCKS: dict[str, threading.Lock] = {}
 #: Each LIF reader's tile scans (scene index -> liffile's ``LifTileScanInfo``), read from the
 #: checked file.
 _LIF_SCANS: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
-#: Each reader's default scene: a LIF project's first tile scan, else scene 0.
-_DEFAULT_SCENE: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -136,8 +135,9 @@ def _bioio_reader(path: str, mtime: float) -> Any:
     whatever is at ``path`` by then; the descriptor lives as long as the reader (in this
     cache). The plugin is chosen here by the real name's suffix (bioio would choose it by the
     name it is given): ``bioio_czi`` and ``bioio_lif`` (tested), ``bioio_nd2`` (untested),
-    which recognise a file by its content, not its name. A LIF reader is set to the project's
-    first tile scan (:func:`_lif_scan`), whose ``TileScanInfo`` is kept for its positions.
+    which recognise a file by its content, not its name. A LIF reader keeps the project's tile
+    scans (:func:`_lif_scans`): the first is its default scene, their ``TileScanInfo`` gives
+    the positions.
     """
     from ._confine import open_read
 
@@ -163,8 +163,6 @@ def _bioio_reader(path: str, mtime: float) -> Any:
                     f"'{path}': its tile scan's metadata cannot be read ({exc})"
                 ) from None
             _LIF_SCANS[reader] = scans
-            if scans:
-                _DEFAULT_SCENE[reader] = min(scans)
     except BaseException as exc:
         os.close(fd)
         if isinstance(exc, ImportError):
@@ -190,15 +188,16 @@ def _scene(path: Path, r: Any, scene: int | str | None) -> int:
     the reader's default scene for None (a LIF's first tile scan, else scene 0)."""
     names = [str(n) for n in r.scenes]
     if scene is None:
-        return _DEFAULT_SCENE.get(r, 0)
+        return min(_LIF_SCANS.get(r) or [0])  # a LIF's first tile scan, else scene 0
     if isinstance(scene, str) and scene in names:
         return names.index(scene)
-    text = str(scene)
-    number = (isinstance(scene, int) and not isinstance(scene, bool)) or is_index(text)
-    if number and len(text) <= 18 and 0 <= int(text) < len(names):
-        return int(text)
+    index = scene
+    if isinstance(scene, str):  # digits of bounded length: int() of thousands of them raises
+        index = int(scene) if is_index(scene) and len(scene) <= 18 else -1
+    if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(names):
+        return index
     raise ConfigError(
-        f"'{path}' has no scene {scene!r}: its scenes are {_names(names)} (by index from 0, "
+        f"'{path}' has no scene {shown(scene)}: its scenes are {_names(names)} (by index from 0, "
         "or by name)"
     )
 
