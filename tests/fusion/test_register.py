@@ -848,6 +848,28 @@ def test_other_peaks_alone_do_not_outvote_a_stronger_lone_link() -> None:
     assert np.median(err) < 0.5 and err.mean() < 1.0, err
 
 
+def test_a_lone_link_outvoted_by_best_peaks_alone_is_replaced() -> None:
+    """Tiles in two columns (0-2-4 and 1-3-5) joined by one used link, 0-1, whose shift puts
+    the right column 5 px from where the two other pairs across the cut (2-3, 4-5, refused
+    but candidates) agree on. Those two best peaks outvote the link and are taken; with no
+    other peaks left open, this raised IndexError (a 20x20 scan of 64 px ``retina`` tiles at
+    15 % overlap, 2,000 photons)."""
+    from scopefx.fusion._loops import _outvoted_bridge
+
+    ij = np.array([(0, 2), (2, 4), (1, 3), (3, 5), (0, 1), (2, 3), (4, 5)])
+    used = np.array([True, True, True, True, True, False, False])
+    candidate = ~used
+    shifts = np.zeros((7, 2))
+    shifts[5:] = (0.0, 5.0)  # the pairs across the cut move the right column 5 px
+    quality = np.array([0.9, 0.9, 0.9, 0.9, 0.5, 0.6, 0.6])
+    none = (np.zeros(0, dtype=int), np.zeros((0, 2)), np.zeros(0), np.zeros(0, dtype=bool))
+    bridge, admit, picked = _outvoted_bridge(6, ij, used, candidate, shifts, quality, none,
+                                             np.zeros((6, 2)), 1.5,
+                                             np.array([2.0, 2, 2, 2, 1, 1, 1]))  # fmt: skip
+    assert bridge == 4
+    assert admit.tolist() == [5, 6] and picked.tolist() == [-1, -1]
+
+
 def test_bridges_are_the_links_no_loop_runs_through() -> None:
     """A square (0-1-2-3) with a tail (3-4-5) and a separate pair (6-7)."""
     from scopefx.fusion._loops import _bridges

@@ -202,7 +202,9 @@ def _outvoted_bridge(
             continue
         rows = np.flatnonzero(best)
         rows = _one_per_pair(rows, owner, np.linalg.norm(move - move[rows[0]], axis=1))
-        picked = np.where(rows >= len(mains), alts[np.maximum(rows - len(mains), 0)], -1)
+        picked = np.full(len(rows), -1, dtype=int)
+        other = rows >= len(mains)  # rows of other peaks (none where every voter is a best peak)
+        picked[other] = alts[rows[other] - len(mains)]
         return k, owner[rows], picked
     return nothing
 
