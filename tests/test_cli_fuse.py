@@ -390,6 +390,89 @@ def test_register_checks_the_mosaic_path_before_writing_side_files(tmp_path, cap
     assert json.loads((tmp_path / "q.qc.json").read_text())["refused"]
 
 
+def test_a_fusion_refused_after_registering_leaves_no_side_files(tmp_path, capsys):
+    """Side files are written once the output is known to be writable: --overwrite of a
+    folder scopefx did not write, --resume of a mosaic fused from other positions (unregistered)
+    and --overwrite of a TIFF scopefx did not write are refused after registering, and left
+    the registered table, pairs and QC report beside an output they do not describe."""
+    m = make_mosaic("retina", grid=(2, 2), tile_px=128, overlap=0.2, jitter_px=2.0, seed=2)
+    written = write_mosaic(tmp_path / "tiles", m)
+    rows = written.read_text().splitlines()  # the last tile 4 px off: registration moves it
+    path, x, y = rows[-1].split(",")
+    rows[-1] = f"{path},{float(x) + 4},{y}"
+    table = tmp_path / "tiles" / "stage.csv"
+    table.write_text("\n".join(rows) + "\n")
+    table = str(table)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    unregistered = str(tmp_path / "plain.ome.zarr")
+    assert _run("fuse", table, "-o", unregistered, "-q")[0] == 0
+    picture = tmp_path / "picture.tif"
+    tifffile.imwrite(picture, np.zeros((8, 8), np.uint8))
+    cases = ((foreign, "--overwrite", "not a scopefx mosaic"),
+             (unregistered, "--resume", "tile positions"),
+             (picture, "--overwrite", "not a TIFF mosaic scopefx wrote"))  # fmt: skip
+    for out, flag, said in cases:
+        with pytest.raises(SystemExit) as info:
+            _run("fuse", table, "--register", flag, "-o", str(out), "-q")
+        assert info.value.code == 2 and said in capsys.readouterr().err, out
+        stem = Path(out).name.split(".")[0]
+        left = [f"{stem}{s}" for s in (".qc.json", ".qc.png", ".registered.csv", ".pairs.csv")
+                if (tmp_path / f"{stem}{s}").exists()]  # fmt: skip
+        assert not left, left
+    assert (foreign / "notes.txt").read_text() == "mine" and picture.stat().st_size > 0
+    done = str(tmp_path / "done.tif")  # and a run that fuses writes them
+    assert _run("fuse", table, "--register", "-o", done, "-q")[0] == 0
+    assert (tmp_path / "done.qc.json").is_file() and (tmp_path / "done.registered.csv").is_file()
+
+
+def test_json_never_replaces_the_table_a_tile_or_the_mosaic(tmp_path, capsys):
+    """--json was written with a bare write_text after the fusion: over the tile table, a
+    tile, the finished TIFF mosaic or the store's .zattrs (exit 0), and into a folder the run
+    had just made (IsADirectoryError after fusing). Now it is checked before any tile is read,
+    as --preview is, and replaces only a previous run's JSON (with --overwrite or --resume)."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    tile = next((tmp_path / "tiles").glob("*.tif"))
+    before = {p: p.read_bytes() for p in (table, tile)}
+    out = str(tmp_path / "m.ome.zarr")
+    for json_path, said in ((table, "the file given to TILES"),
+                            (tile, "not a JSON summary"),
+                            (out, "inside it"), (f"{out}/.zattrs", "inside it"),
+                            (f"{out}/0", "inside it")):  # fmt: skip
+        with pytest.raises(SystemExit) as info:
+            _run("fuse", str(table), "-o", out, "--overwrite", "--json", str(json_path), "-q")
+        assert info.value.code == 2 and said in capsys.readouterr().err, json_path
+    assert all(p.read_bytes() == b for p, b in before.items()) and not os.path.exists(out)
+    js = str(tmp_path / "r.json")
+    assert _run("fuse", str(table), "-o", out, "--json", js, "-q")[0] == 0
+    with pytest.raises(SystemExit) as info:  # a second run: the JSON exists
+        _run("fuse", str(table), "-o", str(tmp_path / "m2.ome.zarr"), "--json", js, "-q")
+    assert info.value.code == 2 and "r.json' exists" in capsys.readouterr().err
+    Path(js).write_text("{}")  # a previous run's, replaced by --resume (or --overwrite)
+    assert _run("fuse", str(table), "-o", out, "--resume", "--json", js, "-q")[0] == 0
+    assert json.loads(Path(js).read_text())["shape"]
+
+
+def test_register_on_one_tile_says_there_is_nothing_to_register(tmp_path):
+    """It said '0 of 0 side pairs used, rms residual n/a px'."""
+    m = make_mosaic("retina", grid=(1, 1), tile_px=96, overlap=0.2, seed=1)
+    table = write_mosaic(tmp_path / "tiles", m)
+    code, text = _run("fuse", str(table), "--register", "-o", str(tmp_path / "m.ome.zarr"), "-q")
+    assert code == 0 and "registration: one tile, nothing to register" in text, text
+
+
+def test_regions_and_a_qc_output_named_as_json_are_usage_errors(tmp_path, capsys):
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "--regions", "0")
+    assert info.value.code == 2 and "--regions: must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # it wrote n.qc.json.qc.json
+        _run("fuse", str(table), "-o", str(tmp_path / "n.qc.json"), "--qc", "-q")
+    assert info.value.code == 2 and "not as a .json file" in capsys.readouterr().err
+    assert not list(tmp_path.glob("n.*"))
+
+
 @pytest.mark.skipif(not REAL_TILES.is_dir(), reason=f"real tile sets not found at {REAL_TILES}")
 def test_qc_on_the_real_leica_scan_with_default_settings(tmp_path):
     code, text = _run("fuse", str(REAL_TILES / "leica_tma4x3" / "stage.csv"), "-o",
@@ -425,6 +508,29 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_grid_writes_csv_or_tab_separated_tsv_only(tmp_path, capsys):
+    """-o tiles.txt got CSV under a TileConfiguration's name (the 'next: scopefx fuse' it
+    printed then failed), -o tiles.png too; a .tsv was comma-separated."""
+    m = make_mosaic("retina", grid=(1, 2), tile_px=96, overlap=0.2, seed=1)
+    for k, tile in enumerate(m.tiles):
+        tifffile.imwrite(tmp_path / f"t_{k}.tif", tile)
+    argv = ["grid", str(tmp_path / "t_{index}.tif"), "--overlap", "20", "--grid", "1x2", "-o"]
+    for name in ("tiles.txt", "tiles.png"):
+        with pytest.raises(SystemExit) as info:
+            _run(*argv, str(tmp_path / name))
+        assert info.value.code == 2 and "name it .csv" in capsys.readouterr().err
+        assert not (tmp_path / name).exists()
+    assert _run(*argv, str(tmp_path / "tiles.tsv"))[0] == 0
+    header = (tmp_path / "tiles.tsv").read_text().splitlines()[0]
+    assert header == "path\tx\ty\taffine", header
+    from scopefx.io import read_tile_table
+
+    assert len(read_tile_table(tmp_path / "tiles.tsv")) == 2
+    # the summary names the grid given and its empty places (it said '1 x 2' for 1 x 3)
+    code, text = _run(*argv[:-3], "--grid", "1x3", "-o", str(tmp_path / "three.csv"))
+    assert code == 0 and "2 tiles on a 1 x 3 grid (rows x columns), 1 of its places empty" in text
 
 
 def test_grid_writes_the_table_of_numbered_tiles_and_fuse_registers_it(tmp_path):

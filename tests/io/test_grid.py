@@ -203,3 +203,18 @@ def test_the_real_leica_scan_by_its_names_is_its_stage_table() -> None:
     with open(LEICA / "stage.csv", newline="") as fh:
         stage = {Path(r["path"]).name: (float(r["x"]), float(r["y"])) for r in csv.DictReader(fh)}
     assert _placed(table) == stage
+
+
+def test_an_overlap_under_one_percent_warns_that_it_is_a_percentage(tmp_path, caplog) -> None:
+    """``--overlap 0.1`` (a fraction, as other tools take it) is 0.1 %: the tiles are placed
+    almost abutting, with a warning that names the 10 % that may have been meant."""
+    for k in (0, 1):
+        _tile(tmp_path / f"t{k}.tif")
+    with caplog.at_level("WARNING", logger="scopefx"):
+        table = grid_tile_table(tmp_path / "t{index}.tif", 0.1, grid=(1, 2))
+    assert _placed(table)["t1.tif"] == (50, 0)  # round(50 * 0.999)
+    assert "a percentage (10 for 10 %), not a fraction: if 10 % was meant, give 10" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scopefx"):
+        grid_tile_table(tmp_path / "t{index}.tif", (10, 0), grid=(1, 2))
+    assert "percentage" not in caplog.text

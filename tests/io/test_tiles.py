@@ -260,6 +260,39 @@ def test_latin1_table_is_read_with_a_warning_naming_the_line(tmp_path, caplog):
     assert "line 3" in caplog.text and "Latin-1" in caplog.text
 
 
+def test_excel_sep_line_and_utf16_unicode_text_are_read(tmp_path):
+    """European Excel's 'sep=;' first line (it was taken for the header: '3 values for 1
+    columns') and Excel's "Unicode text" export (UTF-16 with its mark, tabs; it was read as
+    Latin-1 and its header garbled)."""
+    sep = read_tile_table(_write(tmp_path / "s.csv", "sep=;\npath;x;y\na.tif;0;0\nb.tif;90,5;0\n"))
+    np.testing.assert_array_equal(sep[1].offset, [0, 90.5])
+    path = tmp_path / "u.txt.csv"
+    path.write_bytes("path\tx\ty\r\nprobe_é.tif\t0\t0\r\nb.tif\t90\t0\r\n".encode("utf-16"))
+    table = read_tile_table(path)
+    assert table[0].ref == str(tmp_path / "probe_é.tif")
+    np.testing.assert_array_equal(table[1].offset, [0, 90])
+    path.write_bytes(b"\xff\xfe" + "path,x,y\n".encode("utf-16-le") + b"\x00\xd8")
+    with pytest.raises(ConfigError, match="UTF-16"):
+        read_tile_table(path)
+
+
+def test_a_column_named_twice_is_refused(tmp_path):
+    """'path,x,y,x' placed every tile by the last 'x' column, silently."""
+    path = _write(tmp_path / "t.csv", "path,x,y,X\na.tif,0,0,999\nb.tif,90,0,999\n")
+    with pytest.raises(ConfigError, match=r"line 1: column\(s\) \['x'\] named more than once"):
+        read_tile_table(path)
+
+
+@pytest.mark.parametrize("x", ["1e19", "-1e300", "1e17", "2e12"])
+def test_positions_beyond_a_trillion_pixels_are_refused(tmp_path, x):
+    """Positions of 1e19 px overflowed the mosaic's size (ValueError), 1e300 divided by zero,
+    and 1e17 (every tile) fused 5 px too wide: a float no longer holds such a position."""
+    path = _write(tmp_path / "t.csv", f"path,x,y\na.tif,{x},0\nb.tif,90,0\n")
+    with pytest.raises(ConfigError, match=r"beyond \+-1e\+12 px.*unit"):
+        read_tile_table(path)
+    assert len(read_tile_table(_write(tmp_path / "ok.csv", "path,x,y\na.tif,1e11,0\n"))) == 1
+
+
 def test_tile_configuration_with_bom_and_crlf(tmp_path):
     text = "\ufeff# Define the number of dimensions\r\ndim = 2\r\na.tif; ; (0.0, 0.0)\r\n"
     table = read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
@@ -383,3 +416,25 @@ def test_a_table_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monk
     monkeypatch.setattr(_texttable, "TABLE_LIMIT_BYTES", 500)
     with pytest.raises(ResourceLimitError, match=r"t\.csv.*over the limit"):
         read_tile_table(path)
+
+
+@pytest.mark.parametrize("score", ["nan", "inf", "-3"])
+def test_a_focus_score_that_is_no_score_is_refused_with_the_line(tmp_path, score):
+    """NaN, infinity and negative focus scores made blend="focus" weigh every tile alike,
+    silently (positions refuse NaN and infinity already)."""
+    path = _write(tmp_path / "t.csv", f"path,x,y,focus\na.tif,0,0,12\nb.tif,90,0,{score}\n")
+    with pytest.raises(ConfigError, match=rf"line 3: focus '{score}' is not a finite score"):
+        read_tile_table(path)
+    ok = read_tile_table(_write(tmp_path / "ok.csv", "path,x,y,focus\na.tif,0,0,0\nb.tif,9,0,\n"))
+    assert [t.focus for t in ok] == [0.0, None]
+
+
+def test_micrometre_positions_land_on_whole_pixels_without_float_noise(tmp_path):
+    """4.55 um at 0.65 um/px is 6.999999999999999 px in floating point (an OME-TIFF's 295.1
+    um, 453.99999999999983 px): such a tile was fused as a fractional one (seams up to 2 grey
+    levels from the same layout in pixels). Translations within 1e-9 px of a whole pixel are
+    that pixel; others keep their fraction."""
+    path = _write(tmp_path / "t.csv", "path,x_um,y_um\na.tif,0,0\nb.tif,4.55,0\nc.tif,0.1,0\n")
+    table = read_tile_table(path, pixel_size_um=0.65)
+    assert table[1].offset.tolist() == [0.0, 7.0]
+    assert table[2].offset[1] == 0.1 / 0.65

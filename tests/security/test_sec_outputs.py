@@ -79,9 +79,13 @@ def test_without_output_roots_nothing_is_written(site, monkeypatch):
 def test_preview_onto_another_image_is_refused(site):
     image = site.data / "run1" / "section_0.tif"
     before = image.read_bytes()
-    with pytest.raises(AccessDeniedError, match="data root"):
+    with pytest.raises(ConfigError, match=r"ending in \.png"):  # a preview is a PNG
         functions.fuse_mosaic(_job(output="m.ome.zarr", preview=str(image)))
-    assert image.read_bytes() == before
+    overview = site.data / "run1" / "overview.png"
+    overview.write_bytes(b"\x89PNG the instrument's")
+    with pytest.raises(AccessDeniedError, match="data root"):
+        functions.fuse_mosaic(_job(output="m.ome.zarr", preview=str(overview)))
+    assert image.read_bytes() == before and overview.read_bytes() == b"\x89PNG the instrument's"
     # inside the output root: an image scopefx did not write is kept too
     mine = site.out / "photo.png"
     mine.write_bytes(b"\x89PNG not scopefx's")

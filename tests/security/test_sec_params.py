@@ -81,6 +81,10 @@ def test_fusion_parameters_of_any_json_value_are_refused_by_name(field, value):
         ("rotation_deg", HUGE),
         ("rotation_deg", math.nan),
         ("rotation_deg", True),
+        ("flatfield", "flat.tif,"),  # was read as FLAT, and summarised as 'from flat.tif,'
+        ("flatfield", ",dark.tif"),
+        ("preview", "mosaic.jpg"),  # a PNG was written under that name
+        ("preview", "mosaic"),
     ],
     ids=_short,
 )

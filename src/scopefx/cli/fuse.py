@@ -160,7 +160,7 @@ def add_parser(sub: Any) -> None:
     add_endpoint_options(p)
     p.add_argument(
         "--regions",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="on an endpoint: fan out over N fuse_region tasks (default: one fuse_mosaic task)",
@@ -241,6 +241,11 @@ def cmd_grid(args: argparse.Namespace, out: TextIO) -> int:
     from ..io import grid_tile_table
 
     target = Path(args.output)
+    if target.suffix.lower() not in (".csv", ".tsv"):  # fuse reads a table by its name
+        raise UsageError(
+            f"-o {args.output!r}: the grid's tile table is written as CSV; name it .csv (or "
+            ".tsv, tab-separated)"
+        )
     if os.path.lexists(target) and not args.overwrite:
         raise UsageError(
             f"{args.output!r} exists; give --overwrite to replace it, or choose another path"
@@ -264,16 +269,18 @@ def cmd_grid(args: argparse.Namespace, out: TextIO) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write {args.output!r}: {exc.strerror or exc}") from None
     try:
-        table.to_csv(temp)
+        table.to_csv(temp, tabs=target.suffix.lower() == ".tsv")
         os.replace(temp, target)  # whole or not at all
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
     pos = table.affines[:, : table.ndim, table.ndim]  # index order: (z,) y, x
-    rows, cols = (len(set(pos[:, k].tolist())) for k in (-2, -1))
+    rows, cols = args.grid or (len(set(pos[:, k].tolist())) for k in (-2, -1))
     stacks = " (z-stacks)" if table.ndim == 3 else ""
+    empty = rows * cols - len(table)
+    gaps = f", {empty} of its places empty (no file matched)" if empty > 0 else ""
     print(f"{printable(args.output)}: {len(table)} tiles{stacks} on a {rows} x {cols} grid "
-          f"(rows x columns), nominal positions; next: scopefx fuse "
+          f"(rows x columns){gaps}, nominal positions; next: scopefx fuse "
           f"{printable(args.output)} --register -o MOSAIC.ome.zarr", file=out)  # fmt: skip
     return 0
 
@@ -366,7 +373,7 @@ def _cmd_fuse_remote(args: argparse.Namespace, params: Any, options: Any, out: T
         )  # fmt: skip
     _report(result, f"{result.extra.get('output', args.output)} (on the endpoint)", out)
     if args.json:
-        Path(args.json).write_text(_json(result.to_dict()))
+        _write_json(args, result.to_dict())
     return 0
 
 
@@ -378,7 +385,7 @@ def _cmd_qc(args: argparse.Namespace, options: Any, out: TextIO) -> int:
     summary = qc(args.tiles, args.output, options=options, workers=args.workers)
     _report_extra(summary, out)
     if args.json:
-        Path(args.json).write_text(_json(summary))
+        _write_json(args, summary)
     return 0
 
 
@@ -388,13 +395,7 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     from ..fusion import fuse
 
     params, options = _params(args), _options(args)  # usage errors before any data is read
-    Outputs([("--json", args.json, "json"), ("--preview", args.preview, "file")]).make_folders()
-    if args.preview and os.path.lexists(args.preview) and not (args.overwrite or args.resume):
-        raise UsageError(  # now, not after hours of fusing (the preview is written last)
-            f"--preview {args.preview!r} exists; scopefx writes its side files only where "
-            "nothing is (--overwrite or --resume replaces a previous run's), or choose "
-            "another path"
-        )
+    _check_side_outputs(args)
     if args.qc:
         return _cmd_qc(args, options, out)
     if runs_remotely(args, "fusion"):
@@ -430,8 +431,66 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     if args.preview:
         print(f"preview: {printable(args.preview)}", file=out)
     if args.json:
-        Path(args.json).write_text(_json(result.to_dict()))
+        _write_json(args, result.to_dict())
     return 0
+
+
+def _check_side_outputs(args: argparse.Namespace) -> None:
+    """``--json`` and ``--preview``, before any tile is read: neither the tile table, nor the
+    mosaic or a path inside it, nor one file for both; an existing one only with
+    ``--overwrite`` or ``--resume`` (a previous run's), and an existing ``--json`` only where
+    it holds JSON (never a table, a tile or a mosaic). The preview is written last, after
+    hours of fusing: said now."""
+    from ._common import _written_by_scopefx
+
+    outputs = Outputs([("--json", args.json, "json"), ("--preview", args.preview, "file")],
+                      inputs=[("TILES", args.tiles)])  # fmt: skip
+    here = not runs_remotely(args, "fusion")  # a remote OUT names the endpoint's file system
+    mosaic = os.path.realpath(args.output) if here else None
+    for option, path in (("--json", args.json), ("--preview", args.preview)):
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if mosaic is not None and (real == mosaic or real.startswith(mosaic + os.sep)):
+            raise UsageError(
+                f"{option} {path!r} is the mosaic's path or inside it ({args.output!r}); "
+                "write it beside the mosaic"
+            )
+        if not os.path.lexists(path):
+            continue
+        if not (args.overwrite or args.resume):
+            raise UsageError(
+                f"{option} {path!r} exists; scopefx writes its side files only where nothing "
+                "is (--overwrite or --resume replaces a previous run's), or choose another path"
+            )
+        if option == "--json" and (os.path.islink(path) or not os.path.isfile(path)
+                                   or not _written_by_scopefx(path, "json")):  # fmt: skip
+            raise UsageError(
+                f"--json {path!r} exists and is not a JSON summary: scopefx will not replace "
+                "it; choose another path"
+            )
+        if option == "--preview" and not _written_by_scopefx(path, "preview"):
+            raise UsageError(
+                f"--preview {path!r} exists and is not a preview scopefx wrote: scopefx will "
+                "not replace it; choose another path"
+            )
+    outputs.make_folders()
+
+
+def _write_json(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    """``--json``, written whole to a fresh name beside it, then renamed into place (a
+    rename replaces a link there, never the file it points to)."""
+    import secrets
+
+    target = Path(args.json)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temp, "x") as fh:
+            fh.write(_json(summary))
+        os.replace(temp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
 
 
 def _json(summary: dict[str, Any]) -> str:

@@ -382,6 +382,10 @@ def plan_loaded(
     samples = colour_samples(metas, table.ndim)
     focus = None
     if params.blend == "focus" and any(t.focus is None for t in table):
+        given = sum(t.focus is not None for t in table)
+        if given:  # a score of another scale would not compare with MHFD's counts
+            log.warning("%d of %d tiles have no focus score: every tile is scored (MHFD), the "
+                        "%d given are not used", len(table) - given, len(table), given)  # fmt: skip
         focus = _score_focus(table, tile_reader(read, samples), workers)
     return make_plan(
         table,

@@ -240,6 +240,11 @@ class FuseOptions:
                 object.__setattr__(self, name, value := os.fspath(value))
             if value is not None and (not isinstance(value, str) or not value or "\0" in value):
                 raise bad(name, "None or a non-empty path string")
+        flat = self.flatfield
+        if flat is not None and "," in flat and not all(p.strip() for p in flat.split(",", 1)):
+            raise bad("flatfield", "'estimate', FLAT or FLAT,DARK (both named)")
+        if self.preview is not None and not self.preview.lower().endswith(".png"):
+            raise bad("preview", "None or a path ending in .png (the preview is a PNG)")
         if self.ngff not in NGFF_VERSIONS:
             raise bad("ngff", f"one of {NGFF_VERSIONS}")
         z = self.z_plane

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DiskFullError
+from ..errors import ConfigError, DiskFullError, ScopefxError
 from ..io import open_binary
 from ..io.confined import DIR_FLAGS, NOFOLLOW, open_dir
 from ._plan import FusionPlan
 
-__all__ = ["disk_full", "publish", "publish_preview", "staging_name"]
+__all__ = ["disk_full", "is_preview", "publish", "publish_preview", "staging_name"]
 
 
 def publish(path: Path, write: Callable[[Path], Any], *, replace: bool) -> None:
@@ -132,11 +132,23 @@ def publish_preview(preview: str | os.PathLike[str], mosaic: Path, plan: FusionP
         with Image.open(png) as im:
             im.save(tmp, format="PNG", pnginfo=info)
 
-    replace = False
-    if path.is_file() and not path.is_symlink():
-        try:
-            with open_binary(path) as fh, Image.open(fh) as im:
-                replace = "scopefx" in getattr(im, "text", {})
-        except (OSError, ValueError):
-            replace = False
+    replace = is_preview(path)
+    if os.path.lexists(path) and not replace:  # not "exists (pass --overwrite)": it was passed
+        raise ConfigError(f"{path} exists and is not a preview scopefx wrote; scopefx will not "
+                          "replace it: move it, or choose another --preview path")  # fmt: skip
     publish(path, render, replace=replace)
+
+
+def is_preview(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file holding a preview scopefx wrote (a PNG with its
+    ``scopefx`` text chunk): the only file a preview may replace."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open_binary(path) as fh, Image.open(fh) as im:
+            return "scopefx" in getattr(im, "text", {})
+    except (OSError, ValueError, ScopefxError):
+        return False

@@ -327,6 +327,8 @@ def report_summary(report: dict[str, Any]) -> str:
         return (f"registration refused: {s['pairs_used']} of {side} side pairs gave a usable "
                 "match (the report's positions are what --allow-partial-registration would "
                 "give, not applied)")  # fmt: skip
+    if s["pairs"] == 0 and len(report.get("tiles", [])) == 1:
+        return "registration: one tile, nothing to register (placed at its stage position)"
     parts = [f"registration: {s['pairs_used']} of {side} side pairs used"]
     rejected = [f"{s[f'pairs_{k}']} {k.replace('_', ' ')}" for k in
                 ("outlier", "low_quality", "ambiguous", "blank") if s[f"pairs_{k}"]]  # fmt: skip
@@ -477,6 +479,29 @@ def qc_only(
     RegistrationError
         As :func:`register` (too few usable pairs without ``allow_partial``).
     """
+    reg, report, write = registered_report(table, out, params=params, read=read, shapes=shapes,
+                                           flatfield=flatfield, workers=workers,
+                                           replace=replace)  # fmt: skip
+    return reg, report, write()
+
+
+def registered_report(
+    table: TileTable,
+    out: str | os.PathLike[str],
+    *,
+    params: RegistrationParams | None = None,
+    read: Callable[[str], Any] | None = None,
+    shapes: Any = None,
+    flatfield: Any = None,
+    workers: int = 1,
+    replace: bool = False,
+) -> tuple[Registration, dict[str, Any], Callable[[], tuple[Path, Path]]]:
+    """:func:`qc_only` with the side files checked but not yet written: the registration, its
+    report, and the call that writes them (returning the QC report's paths). A fusion writes
+    them once its output is claimed, so that a run refused there (``--overwrite`` of what
+    scopefx did not write, a ``--resume`` of another plan) leaves no report beside a mosaic
+    it does not describe. A refused registration writes its evidence at once, as
+    :func:`qc_only` does."""
     from ._publish import publish
 
     started = time.monotonic()  # one task clock for the registration and its report
@@ -494,10 +519,13 @@ def qc_only(
     _may_write(
         out, _SIDE_FILES, replace=replace, refused=False, source=table.source
     )  # all checked, then written
-    publish(sidecar(out, ".registered.csv"), reg.table.to_csv, replace=True)
-    publish(sidecar(out, ".pairs.csv"), reg.pairs_to_csv, replace=True)
-    paths = write_report(report, out, replace=True)
-    return reg, report, paths
+
+    def write() -> tuple[Path, Path]:
+        publish(sidecar(out, ".registered.csv"), reg.table.to_csv, replace=True)
+        publish(sidecar(out, ".pairs.csv"), reg.pairs_to_csv, replace=True)
+        return write_report(report, out, replace=True)
+
+    return reg, report, write
 
 
 #: The side files of a registration: suffix and what scopefx writes there.

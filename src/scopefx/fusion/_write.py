@@ -86,20 +86,28 @@ def prepare(
             f"{out} exists; pass --resume to finish it or --overwrite to replace it, or choose "
             "another output"
         )
-    table, metas, missing, extra, flatfield = _read_and_register(
+    table, metas, missing, extra, flatfield, sidecars = _read_and_register(
         tiles, out, options, flatfield, read, n_workers
     )
     plan = plan_loaded(
         table, metas, params=params, read=read, workers=n_workers, force=options.force
     )
+    # the registration's side files are written once the output is known to be writable (a
+    # refused --overwrite or --resume leaves no report beside a mosaic it does not describe)
+    job: FusionJob | TiffJob
     if out.suffix.lower() in TIFF_SUFFIXES:
-        return TiffJob(out, plan, options, flatfield, read, device, tuple(missing), extra, started)
-    return prepare_fusion(
-        plan, out, resume=options.resume, overwrite=options.overwrite, ngff=options.ngff,
-        pyramid=options.pyramid, flatfield=flatfield, read=read, device=device, missing=missing,
-        extra=extra, started=started, preview=options.preview,
-        channel_names=_names(table, extra, metas), channel_colors=_rgb_colors(extra),
-    )  # fmt: skip
+        _check_tiff(plan, out, overwrite=options.overwrite)
+        job = TiffJob(out, plan, options, flatfield, read, device, tuple(missing), extra, started)
+    else:
+        job = prepare_fusion(
+            plan, out, resume=options.resume, overwrite=options.overwrite, ngff=options.ngff,
+            pyramid=options.pyramid, flatfield=flatfield, read=read, device=device,
+            missing=missing, extra=extra, started=started, preview=options.preview,
+            channel_names=_names(table, extra, metas), channel_colors=_rgb_colors(extra),
+        )  # fmt: skip
+    if sidecars is not None:
+        sidecars()
+    return job
 
 
 _PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pdf", ".svg", ".eps",
@@ -169,10 +177,11 @@ def _read_and_register(
     flatfield: Any,
     read: Reader | None,
     workers: int,
-) -> tuple[TileTable, list[Any], list[str], dict[str, Any], Any]:
+) -> tuple[TileTable, list[Any], list[str], dict[str, Any], Any, Callable[[], Any] | None]:
     """The first steps of :func:`prepare` and :func:`qc`: the table and the tile headers, the
     layout checks, the flat field (before registration, which correlates corrected tiles),
-    and the registration when ``options.register``."""
+    and the registration when ``options.register``, whose side files (checked) are written by
+    the call returned last (None without registration)."""
     table, metas, missing = load_tiles(tiles, options, workers=workers, read=read)
     extra: dict[str, Any] = {
         "pixel_size_from": _pixel_size_from(table, metas, options.pixel_size_um)
@@ -212,13 +221,14 @@ def _read_and_register(
     if flatfield is not None:  # every tile fits it, checked before any output is made
         for ref, meta in zip(table.refs, metas, strict=True):
             flatfield.check_shape(fused_shape(meta.shape, samples), ref=ref)
+    sidecars = None
     if options.register:
         replace = options.overwrite or options.resume  # a previous run's sidecars
-        table, extra["registration"] = _register(
+        table, extra["registration"], sidecars = _register(
             table, shapes, out, read, workers, flatfield,
             params=options.registration, replace=replace,
         )  # fmt: skip
-    return table, metas, missing, extra, flatfield
+    return table, metas, missing, extra, flatfield, sidecars
 
 
 def qc(
@@ -249,7 +259,12 @@ def qc(
         ``options.registration.allow_partial``).
     """
     options = FuseOptions.resolve(options).replace(register=True)
-    *_, extra, _ = _read_and_register(tiles, Path(out), options, flatfield, read, workers or 4)
+    _check_output_kind(Path(out))  # the report is named after the mosaic it would describe
+    *_, extra, _, sidecars = _read_and_register(
+        tiles, Path(out), options, flatfield, read, workers or 4
+    )
+    if sidecars is not None:
+        sidecars()
     registration = extra.pop("registration")
     return {**registration, **extra}
 
@@ -360,15 +375,16 @@ def _pixel_size_from(table: TileTable, metas: list[Any], given: float | None) ->
 def _register(
     table: TileTable, shapes: np.ndarray, out: Path, read: Reader | None, workers: int,
     flatfield: Any = None, *, params: Any = None, replace: bool = False,
-) -> tuple[TileTable, dict[str, Any]]:  # fmt: skip
-    """Register, write the sidecars and the QC report beside ``out``; the refined table and
-    the run's registration summary."""
-    from ._qc import qc_only, report_summary, sidecar
+) -> tuple[TileTable, dict[str, Any], Callable[[], Any]]:  # fmt: skip
+    """Register and check the sidecars and the QC report beside ``out``; the refined table,
+    the run's registration summary, and the call that writes those files."""
+    from ._qc import registered_report, report_summary, sidecar
 
-    reg, report, (qc_json, qc_png) = qc_only(
+    reg, report, write = registered_report(
         table, out, params=params, read=read, shapes=shapes, flatfield=flatfield,
         workers=workers, replace=replace,
     )  # fmt: skip
+    qc_json, qc_png = sidecar(out, ".qc.json"), sidecar(out, ".qc.png")
     used = sum(p.used for p in reg.pairs)
     log.info("registration: %d of %d pairs used, rms %.3f px", used, len(reg.pairs),
              reg.rms_residual_px)  # fmt: skip
@@ -386,12 +402,27 @@ def _register(
         "qc_png": str(qc_png),
         "summary_line": report_summary(report),
     }
-    return reg.table, summary
+    return reg.table, summary, write
 
 
 TIFF_LIMIT_GIB = 4.0
 #: The TIFF ``Software`` tag of a mosaic scopefx wrote; ``overwrite`` replaces only such a TIFF.
 TIFF_SOFTWARE = "scopefx fuse"
+
+
+def _check_tiff(plan: FusionPlan, out: Path, *, overwrite: bool) -> None:
+    """A TIFF mosaic fits the TIFF limit, and its path is free (or, with ``overwrite``, a
+    TIFF mosaic scopefx wrote)."""
+    nbytes = math.prod(plan.full_shape) * np.dtype(plan.dtype).itemsize
+    if nbytes > TIFF_LIMIT_GIB * 2**30:
+        raise ConfigError(
+            f"a {nbytes / 2**30:.1f} GiB mosaic is too large for a TIFF (limit "
+            f"{TIFF_LIMIT_GIB:g} GiB, computed in memory); write OME-Zarr (OUT.ome.zarr)"
+        )
+    if os.path.lexists(out):
+        if not overwrite:
+            raise ConfigError(f"output {out} exists; pass --overwrite to replace it")
+        _check_tiff_overwrite(out, plan)
 
 
 def _check_tiff_overwrite(out: Path, plan: FusionPlan) -> None:
@@ -473,16 +504,8 @@ def _fuse_tiff(
 
     from ._fuse import fuse_lazy
 
+    _check_tiff(plan, out, overwrite=overwrite)  # again: the path may have changed since
     nbytes = math.prod(plan.full_shape) * np.dtype(plan.dtype).itemsize
-    if nbytes > TIFF_LIMIT_GIB * 2**30:
-        raise ConfigError(
-            f"a {nbytes / 2**30:.1f} GiB mosaic is too large for a TIFF (limit "
-            f"{TIFF_LIMIT_GIB:g} GiB, computed in memory); write OME-Zarr (OUT.ome.zarr)"
-        )
-    if os.path.lexists(out):
-        if not overwrite:
-            raise ConfigError(f"output {out} exists; pass --overwrite to replace it")
-        _check_tiff_overwrite(out, plan)
     scheduler, workers = lazy.pop("scheduler"), lazy.pop("workers")
     options = {"num_workers": workers} if workers and scheduler is None else {}
     data = fuse_lazy(plan, **lazy).compute(scheduler=scheduler, **options)

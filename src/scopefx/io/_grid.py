@@ -128,6 +128,12 @@ def _overlaps(overlap_pct: float | Sequence[float]) -> tuple[float, float]:
             f"overlap_pct must be a percentage in [0, 100), or one for x and one for y, got "
             f"{overlap_pct!r}"
         )
+    if any(0 < v < 1 for v in pct):  # 0.1 for 10 %: the tiles then abut, and registration
+        logger.warning(  # searches far from their true places
+            "an overlap of %s %% of a tile; the overlap is a percentage (10 for 10 %%), not a "
+            "fraction: if %s %% was meant, give %s", " x ".join(f"{v:g}" for v in pct),
+            " x ".join(f"{100 * v:g}" for v in pct), ",".join(f"{100 * v:g}" for v in pct),
+        )  # fmt: skip
     return (pct[0], pct[-1])
 
 

@@ -111,6 +111,9 @@ def read_csv(
         raise ConfigError(
             f"{path}, line 1: column {cols.index('') + 1} has no name; columns {cols}"
         )
+    twice = sorted({c for c in cols if cols.count(c) > 1})
+    if twice:  # a dict of the row would keep the last silently
+        raise ConfigError(f"{path}, line 1: column(s) {twice} named more than once; columns {cols}")
     rows, lines = [], []
     for line, values in table.records:
         extra = [v for v in values[len(cols) :] if v.strip()]
@@ -186,6 +189,10 @@ def read_csv(
             score = table.number(focus) if focus else None
         except ValueError:
             raise ConfigError(f"{where}: focus {focus!r} is not numeric") from None
+        if score is not None and not (math.isfinite(score) and score >= 0):
+            # blend="focus" weighs tiles by their score over the best: NaN, infinity and
+            # negative scores made every weight 1 (or NaN), silently
+            raise ConfigError(f"{where}: focus {focus!r} is not a finite score >= 0")
         tiles.append(Tile(_resolve(row["path"], base), xyz_to_index(m), score))
     _refuse_duplicates(tiles, lines, path)
     if z_assumed:

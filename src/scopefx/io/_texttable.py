@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -19,6 +20,8 @@ TABLE_LIMIT_BYTES = 64 * 2**20
 #: Separators tried in this order on the header line: spreadsheets in locales with a decimal
 #: comma write ';', some tools write tabs.
 _DELIMITERS = ",;\t"
+#: The first line Excel writes (and reads) to name a CSV's separator: ``sep=;``.
+_SEP_LINE = re.compile(r"sep=[,;\t|]", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,11 @@ def parse_text_table(text: str) -> TextTable:
     gives a table with no columns.
     """
     header = next((ln for ln in text.splitlines() if ln.strip() and not _comment(ln)), "")
-    delimiter = next((d for d in _DELIMITERS if d in header), ",")
+    if _SEP_LINE.fullmatch(header.strip()):  # Excel's 'sep=;' line names the separator
+        delimiter = header.strip()[4]
+        text = text.replace(header, "", 1)
+    else:
+        delimiter = next((d for d in _DELIMITERS if d in header), ",")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     records = [(reader.line_num, r) for r in reader if any(v.strip() for v in r)]
     while records and _comment(records[0][1][0]):
@@ -69,6 +76,14 @@ def read_table_text(path: str | os.PathLike[str]) -> str:
     from ._confine import read_bytes  # a regular file inside the roots: no FIFO, no link out
 
     data = read_bytes(path, limit=TABLE_LIMIT_BYTES)
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with its mark: Excel's "Unicode text"
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{path}: marked as UTF-16 but not UTF-16 text ({exc.reason} at "
+                              f"byte {exc.start}); save it as UTF-8") from None  # fmt: skip
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

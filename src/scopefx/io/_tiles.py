@@ -110,6 +110,14 @@ class Tile:
         return bool(np.allclose(self.affine[: self.ndim, : self.ndim], np.eye(self.ndim)))
 
 
+#: A translation this close to a whole pixel is that pixel (float noise of a unit conversion).
+_WHOLE_PX = 1e-9
+#: The largest position (px, any axis) a tile table holds: beyond it a float64 position is no
+#: longer exact to 1/1000 px (its spacing at 2^40 is 2^-12 px), and mosaic sizes computed from
+#: such positions overflowed (positions of 1e19 px) or silently lost pixels (1e17 px).
+MAX_POSITION_PX = 2.0**40
+
+
 @dataclass(frozen=True, eq=False)
 class TileTable:
     """The tiles of one mosaic, with the number of spatial dimensions and the pixel size.
@@ -140,12 +148,20 @@ class TileTable:
                 )
             if not np.all(np.isfinite(a)):
                 raise ConfigError(f"tile {i} ({t.ref}): affine holds NaN or infinity")
+            if np.abs(a[: self.ndim, self.ndim]).max() > MAX_POSITION_PX:
+                raise ConfigError(
+                    f"tile {i} ({t.ref}): position {a[: self.ndim, self.ndim][::-1].tolist()} "
+                    f"(x, y[, z]) is beyond +-{MAX_POSITION_PX:.0e} px, where a float no longer "
+                    "holds a position to a 1/1000 px (a unit mix-up: nanometres or metres "
+                    "read as pixels?); check the positions and their unit"
+                )
             if abs(np.linalg.det(a[: self.ndim, : self.ndim])) < 1e-6:
                 raise ConfigError(
                     f"tile {i} ({t.ref}): singular affine (determinant "
                     f"{np.linalg.det(a[: self.ndim, : self.ndim]):.3g}); a tile must map to an "
                     "area, check the affine column"
                 )
+        self._snap_whole_pixels()
         if self.pixel_size_um is not None and not self.pixel_size_um > 0:
             raise ConfigError(f"pixel_size_um must be > 0, got {self.pixel_size_um!r}")
         if self.pixel_size_z_um is not None and not (self.ndim == 3 and self.pixel_size_z_um > 0):
@@ -153,6 +169,24 @@ class TileTable:
                 f"pixel_size_z_um must be None or > 0 in a 3D table, got "
                 f"{self.pixel_size_z_um!r} ({self.ndim}D)"
             )
+
+    def _snap_whole_pixels(self) -> None:
+        """Translations within :data:`_WHOLE_PX` of a whole pixel become that pixel: positions
+        in micrometres over the pixel size carry float noise (295.1 um / 0.65 um is
+        453.99999999999983 px), and such a tile was fused as a fractional one, its seams up to
+        2 grey levels from the same layout given in pixels."""
+        n = self.ndim
+        t = np.array([np.asarray(tile.affine, dtype=float)[:n, n] for tile in self.tiles])
+        whole = np.round(t)
+        snap = (np.abs(t - whole) <= _WHOLE_PX) & (t != whole)
+        if not snap.any():
+            return
+        tiles = list(self.tiles)
+        for k in np.flatnonzero(snap.any(axis=1)).tolist():
+            a = np.array(tiles[k].affine, dtype=float)
+            a[:n, n] = np.where(snap[k], whole[k], t[k])
+            tiles[k] = Tile(tiles[k].ref, a, tiles[k].focus)
+        object.__setattr__(self, "tiles", tuple(tiles))
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -218,8 +252,9 @@ class TileTable:
         included, are kept."""
         return dataclasses.replace(self, **changes)
 
-    def to_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write ``path,x,y[,z],affine[,focus]``; relative paths where the tiles allow.
+    def to_csv(self, path: str | os.PathLike[str], *, tabs: bool | None = None) -> None:
+        """Write ``path,x,y[,z],affine[,focus]``; relative paths where the tiles allow;
+        tab-separated with ``tabs`` (default: for a ``.tsv``).
 
         ``x,y[,z]`` is the affine's translation, written so that it reads back exactly (as
         :func:`repr` writes a float): tools that take only ``x,y`` get the positions whole.
@@ -229,7 +264,8 @@ class TileTable:
         axes = ["x", "y", "z"][: self.ndim]
         has_focus = any(t.focus is not None for t in self.tiles)
         with open(path, "w", newline="") as fh:
-            w = csv.writer(fh)
+            tabs = path.suffix.lower() == ".tsv" if tabs is None else tabs
+            w = csv.writer(fh, delimiter="\t" if tabs else ",")
             w.writerow(["path", *axes, "affine"] + (["focus"] if has_focus else []))
             for t in self.tiles:
                 xyz = index_to_xyz(np.asarray(t.affine, dtype=float))
