@@ -452,6 +452,13 @@ def test_json_never_replaces_the_table_a_tile_or_the_mosaic(tmp_path, capsys):
     Path(js).write_text("{}")  # a previous run's, replaced by --resume (or --overwrite)
     assert _run("fuse", str(table), "-o", out, "--resume", "--json", js, "-q")[0] == 0
     assert json.loads(Path(js).read_text())["shape"]
+    for side in ("q.qc.json", "q.registered.csv"):  # the QC report was replaced by the summary
+        with pytest.raises(SystemExit) as info:
+            _run("fuse", str(table), "-o", str(tmp_path / "q.ome.zarr"), "--register", "--json",
+                 str(tmp_path / side), "-q")  # fmt: skip
+        assert info.value.code == 2 and "a side file the registration writes" in (
+            capsys.readouterr().err
+        )
 
 
 def test_register_on_one_tile_says_there_is_nothing_to_register(tmp_path):
@@ -460,6 +467,32 @@ def test_register_on_one_tile_says_there_is_nothing_to_register(tmp_path):
     table = write_mosaic(tmp_path / "tiles", m)
     code, text = _run("fuse", str(table), "--register", "-o", str(tmp_path / "m.ome.zarr"), "-q")
     assert code == 0 and "registration: one tile, nothing to register" in text, text
+
+
+def test_json_to_a_stream_or_an_empty_file_and_previews_that_are_no_files(tmp_path, capfd):
+    """--json /dev/stdout (or a pipe) is written as it is, and an empty file made for it
+    (mktemp) is replaced; --preview naming a FIFO or a link, with --overwrite, is refused
+    before fusing (a FIFO hung the check that opened it)."""
+    table = str(write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL)))
+    assert _run("fuse", table, "-o", str(tmp_path / "a.ome.zarr"), "--json", "/dev/stdout",
+                "-q")[0] == 0  # fmt: skip
+    assert '"path":' in capfd.readouterr().out
+    empty = tmp_path / "made.json"
+    empty.touch()
+    assert _run("fuse", table, "-o", str(tmp_path / "b.ome.zarr"), "--json", str(empty),
+                "-q")[0] == 0  # fmt: skip
+    assert json.loads(empty.read_text())["shape"]
+    fifo = tmp_path / "f.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "l.png"
+    assert _run("fuse", table, "-o", str(tmp_path / "c.ome.zarr"), "--preview",
+                str(tmp_path / "p.png"), "-q")[0] == 0  # fmt: skip
+    link.symlink_to(tmp_path / "p.png")
+    for preview in (fifo, link):
+        with pytest.raises(SystemExit) as info:
+            _run("fuse", table, "-o", str(tmp_path / "c.ome.zarr"), "--overwrite", "--preview",
+                 str(preview), "-q")  # fmt: skip
+        assert info.value.code == 2 and "not a preview scopefx wrote" in capfd.readouterr().err
 
 
 def test_regions_and_a_qc_output_named_as_json_are_usage_errors(tmp_path, capsys):

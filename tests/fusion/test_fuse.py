@@ -736,3 +736,15 @@ def test_tiles_at_fractional_positions_add_no_uncovered_edge(tmp_path, fraction)
     fused, _ = _fused(table, blend="linear")
     assert fused.shape == (60, 150)
     assert np.count_nonzero(fused == 0) == 0
+
+
+def test_a_preview_named_other_than_png_is_refused_by_finish_too(tmp_path):
+    """FusionJob.finish(preview=...) (and the remote finish_mosaic that calls it) wrote PNG
+    bytes under a .jpg name; FuseOptions refused it, finish did not."""
+    from scopefx.fusion import prepare
+
+    table = write_mosaic(tmp_path / "tiles", make_mosaic("retina", grid=(1, 2), tile_px=64))
+    job = prepare(table, tmp_path / "m.ome.zarr")
+    with pytest.raises(ConfigError, match=r"a preview is a PNG; name it \.png"):
+        job.finish(preview=tmp_path / "m.jpg")
+    assert not (tmp_path / "m.jpg").exists()

@@ -266,6 +266,12 @@ def test_excel_sep_line_and_utf16_unicode_text_are_read(tmp_path):
     Latin-1 and its header garbled)."""
     sep = read_tile_table(_write(tmp_path / "s.csv", "sep=;\npath;x;y\na.tif;0;0\nb.tif;90,5;0\n"))
     np.testing.assert_array_equal(sep[1].offset, [0, 90.5])
+    for text in ("# sep=; in a comment\n\"sep=;\"\npath;x;y\na.tif;0;0\nb.tif;90,5;0\n",
+                 "sep=\t\npath\tx\ty\na.tif\t0\t0\nb.tif\t90.5\t0\n"):  # fmt: skip
+        np.testing.assert_array_equal(read_tile_table(_write(tmp_path / "q.csv", text))[1].offset,
+                                      [0, 90.5])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"n\.csv, line 4"):
+        read_tile_table(_write(tmp_path / "n.csv", "sep=;\npath;x;y\na.tif;0;0\nb.tif;x;0\n"))
     path = tmp_path / "u.txt.csv"
     path.write_bytes("path\tx\ty\r\nprobe_é.tif\t0\t0\r\nb.tif\t90\t0\r\n".encode("utf-16"))
     table = read_tile_table(path)
@@ -276,11 +282,21 @@ def test_excel_sep_line_and_utf16_unicode_text_are_read(tmp_path):
         read_tile_table(path)
 
 
+def test_a_csv_table_named_txt_is_told_to_be_named_csv(tmp_path):
+    """Excel saves "Unicode text" as .txt, which is read as a TileConfiguration."""
+    path = tmp_path / "tiles.txt"
+    path.write_bytes("path\tx\ty\r\na.tif\t0\t0\r\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"line 1: .*read as CSV when named \.csv or \.tsv"):
+        read_tile_table(path)
+
+
 def test_a_column_named_twice_is_refused(tmp_path):
     """'path,x,y,x' placed every tile by the last 'x' column, silently."""
     path = _write(tmp_path / "t.csv", "path,x,y,X\na.tif,0,0,999\nb.tif,90,0,999\n")
     with pytest.raises(ConfigError, match=r"line 1: column\(s\) \['x'\] named more than once"):
         read_tile_table(path)
+    notes = _write(tmp_path / "n.csv", "path,x,y,note,note\na.tif,0,0,a,b\n")  # not read
+    assert len(read_tile_table(notes)) == 1
 
 
 @pytest.mark.parametrize("x", ["1e19", "-1e300", "1e17", "2e12"])
@@ -419,14 +435,22 @@ def test_a_table_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monk
 
 
 @pytest.mark.parametrize("score", ["nan", "inf", "-3"])
-def test_a_focus_score_that_is_no_score_is_refused_with_the_line(tmp_path, score):
+def test_a_focus_score_that_is_no_score_is_refused_where_it_would_weigh(tmp_path, score):
     """NaN, infinity and negative focus scores made blend="focus" weigh every tile alike,
-    silently (positions refuse NaN and infinity already)."""
+    silently. The table is still read (a stage export's 'Focus' may be the focus drive's
+    position, unused unless blend="focus"), and blend="focus" refuses it, naming the tile."""
+    from scopefx.fusion import FusionParams, make_plan
+
     path = _write(tmp_path / "t.csv", f"path,x,y,focus\na.tif,0,0,12\nb.tif,90,0,{score}\n")
-    with pytest.raises(ConfigError, match=rf"line 3: focus '{score}' is not a finite score"):
-        read_tile_table(path)
-    ok = read_tile_table(_write(tmp_path / "ok.csv", "path,x,y,focus\na.tif,0,0,0\nb.tif,9,0,\n"))
-    assert [t.focus for t in ok] == [0.0, None]
+    table = read_tile_table(path)
+    make_plan(table, [(64, 64)] * 2)  # linear blending: the scores are not used
+    with pytest.raises(ConfigError, match=r"1 are not a finite score >= 0 \(first: .*b\.tif"):
+        make_plan(table, [(64, 64)] * 2, params=FusionParams(blend="focus"))
+    out = tmp_path / "back.csv"
+    scored = TileTable.from_positions(["a.tif", "b.tif"], [(0, 0), (9, 0)],
+                                      focus=[3.0, float("nan")])  # fmt: skip
+    scored.to_csv(out)  # NaN is written as no score, and reads back as none
+    assert [t.focus for t in read_tile_table(out)] == [3.0, None]
 
 
 def test_micrometre_positions_land_on_whole_pixels_without_float_noise(tmp_path):

@@ -108,7 +108,8 @@ def add_parser(sub: Any) -> None:
         metavar="FLAT[,DARK]|estimate",
         help="vignetting correction from images (or .npz), or estimated from the tiles",
     )
-    p.add_argument("--preview", metavar="PREVIEW.png", help="downsampled PNG with tile outlines")
+    p.add_argument("--preview", metavar="PREVIEW.png",
+                   help="downsampled PNG with tile outlines (named .png)")  # fmt: skip
     p.add_argument("--pixel-size", type=float, metavar="UM", help="pixel size in micrometres")
     p.add_argument(
         "--pixel-size-z",
@@ -447,6 +448,12 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
                       inputs=[("TILES", args.tiles)])  # fmt: skip
     here = not runs_remotely(args, "fusion")  # a remote OUT names the endpoint's file system
     mosaic = os.path.realpath(args.output) if here else None
+    sides = set()
+    if here and (args.register or args.qc):
+        from ..fusion import sidecar
+
+        sides = {os.path.realpath(sidecar(args.output, suffix)) for suffix in
+                 (".qc.json", ".qc.png", ".registered.csv", ".pairs.csv")}  # fmt: skip
     for option, path in (("--json", args.json), ("--preview", args.preview)):
         if path is None:
             continue
@@ -456,8 +463,17 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
                 f"{option} {path!r} is the mosaic's path or inside it ({args.output!r}); "
                 "write it beside the mosaic"
             )
+        if here and real in sides:
+            raise UsageError(
+                f"{option} {path!r} is a side file the registration writes beside the mosaic "
+                "(its QC report, pairs or registered table); choose another path"
+            )
         if not os.path.lexists(path):
             continue
+        if option == "--json" and _stream(path):
+            continue  # /dev/stdout, a pipe: written as it is, never replaced
+        if option == "--json" and _empty_file(path):
+            continue  # made for it (mktemp): nothing to lose
         if not (args.overwrite or args.resume):
             raise UsageError(
                 f"{option} {path!r} exists; scopefx writes its side files only where nothing "
@@ -469,12 +485,32 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
                 f"--json {path!r} exists and is not a JSON summary: scopefx will not replace "
                 "it; choose another path"
             )
-        if option == "--preview" and not _written_by_scopefx(path, "preview"):
+        if option == "--preview" and (os.path.islink(path) or not os.path.isfile(path)
+                                      or not _written_by_scopefx(path, "preview")):  # fmt: skip
             raise UsageError(
                 f"--preview {path!r} exists and is not a preview scopefx wrote: scopefx will "
                 "not replace it; choose another path"
             )
     outputs.make_folders()
+
+
+def _stream(path: str | os.PathLike[str]) -> bool:
+    """A character device or a pipe (``>(jq .)``), links followed, or a path named in
+    ``/dev`` or ``/proc`` (``/dev/stdout``, whatever the shell redirected it to)."""
+    import stat
+
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def _empty_file(path: str | os.PathLike[str]) -> bool:
+    """An empty regular file, not a link (``mktemp --suffix .json`` made it for this)."""
+    return not os.path.islink(path) and os.path.isfile(path) and os.path.getsize(path) == 0
 
 
 def _write_json(args: argparse.Namespace, summary: dict[str, Any]) -> None:
@@ -483,6 +519,10 @@ def _write_json(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     import secrets
 
     target = Path(args.json)
+    if _stream(target):  # /dev/stdout, a pipe (jq): no rename onto a device
+        with open(target, "w") as fh:
+            fh.write(_json(summary))
+        return
     temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temp, "x") as fh:

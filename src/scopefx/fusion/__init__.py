@@ -19,7 +19,7 @@ from ._job import FusionJob, FusionResult, prepare_fusion
 from ._overlaps import overlapping_pairs
 from ._params import BLENDS, FuseOptions, FusionParams
 from ._plan import FusionPlan, make_plan
-from ._qc import qc_only, registration_report, report_summary, write_report
+from ._qc import qc_only, registration_report, report_summary, sidecar, write_report
 from ._register import register
 from ._regparams import BANDING_MODES, RegistrationParams
 from ._regresult import PairResult, Registration
@@ -60,6 +60,7 @@ __all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
     "register",
     "registration_report",
     "report_summary",
+    "sidecar",
     "write_preview",
     "write_report",
 ]

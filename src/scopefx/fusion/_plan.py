@@ -275,6 +275,14 @@ def make_plan(
                 f"(first: {table[missing[0]].ref})"
             )
         s = np.asarray(scores, dtype=float)
+        unscored = np.flatnonzero(~(np.isfinite(s) & (s >= 0)))
+        if len(unscored):  # NaN, infinity or below 0 made every weight alike (or NaN)
+            k = int(unscored[0])
+            raise ConfigError(
+                f'blend="focus" weighs tiles by their focus scores; {len(unscored)} are not a '
+                f"finite score >= 0 (first: {table[k].ref}, {scores[k]!r}): a focus column "
+                "that holds something else (a focus drive's position) is no score"
+            )
         best = float(s.max())
         rel = s / best if best > 0 else np.ones_like(s)
         # floored: a tile far less sharp than its neighbours still fills where it is alone

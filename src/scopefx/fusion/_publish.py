@@ -123,6 +123,8 @@ def publish_preview(preview: str | os.PathLike[str], mosaic: Path, plan: FusionP
     from .plot import write_preview
 
     path = Path(preview)
+    if path.suffix.lower() != ".png":  # FusionJob.finish(preview=...) is not FuseOptions
+        raise ConfigError(f"preview {str(path)!r}: a preview is a PNG; name it .png")
 
     def render(tmp: Path) -> None:
         png = tmp.with_name("render.png")

@@ -92,6 +92,10 @@ def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
         first[t.ref] = line
 
 
+#: The columns a tile table's rows are read from (any other column is left alone).
+_READ_COLUMNS = frozenset({"path", "x", "y", "z", "x_um", "y_um", "z_um", "affine", "focus"})
+
+
 def read_csv(
     path: Path,
     pixel_size_um: float | None,
@@ -111,8 +115,8 @@ def read_csv(
         raise ConfigError(
             f"{path}, line 1: column {cols.index('') + 1} has no name; columns {cols}"
         )
-    twice = sorted({c for c in cols if cols.count(c) > 1})
-    if twice:  # a dict of the row would keep the last silently
+    twice = sorted({c for c in cols if cols.count(c) > 1 and c in _READ_COLUMNS})
+    if twice:  # a dict of the row would keep the last silently (others are not read)
         raise ConfigError(f"{path}, line 1: column(s) {twice} named more than once; columns {cols}")
     rows, lines = [], []
     for line, values in table.records:
@@ -189,10 +193,6 @@ def read_csv(
             score = table.number(focus) if focus else None
         except ValueError:
             raise ConfigError(f"{where}: focus {focus!r} is not numeric") from None
-        if score is not None and not (math.isfinite(score) and score >= 0):
-            # blend="focus" weighs tiles by their score over the best: NaN, infinity and
-            # negative scores made every weight 1 (or NaN), silently
-            raise ConfigError(f"{where}: focus {focus!r} is not a finite score >= 0")
         tiles.append(Tile(_resolve(row["path"], base), xyz_to_index(m), score))
     _refuse_duplicates(tiles, lines, path)
     if z_assumed:
@@ -305,6 +305,11 @@ def read_tile_configuration(
         if match is None:
             raise ConfigError(
                 f"{path}, line {line}: cannot parse {text!r}; expected 'name; ; (x, y)'"
+                + (
+                    "; a table with a 'path' column is read as CSV when named .csv or .tsv"
+                    if "path" in text.lower() and any(d in text for d in ",;\t")
+                    else ""
+                )
             )
         try:
             coords = [float(v) for v in match["coords"].split(",") if v.strip()]

@@ -21,7 +21,7 @@ TABLE_LIMIT_BYTES = 64 * 2**20
 #: comma write ';', some tools write tabs.
 _DELIMITERS = ",;\t"
 #: The first line Excel writes (and reads) to name a CSV's separator: ``sep=;``.
-_SEP_LINE = re.compile(r"sep=[,;\t|]", re.IGNORECASE)
+_SEP_LINE = re.compile(r' *"?sep=([,;\t|])"? *', re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,15 @@ def parse_text_table(text: str) -> TextTable:
     else: ``# first row`` (no other field filled) is a comment there too; an empty ``text``
     gives a table with no columns.
     """
-    header = next((ln for ln in text.splitlines() if ln.strip() and not _comment(ln)), "")
-    if _SEP_LINE.fullmatch(header.strip()):  # Excel's 'sep=;' line names the separator
-        delimiter = header.strip()[4]
-        text = text.replace(header, "", 1)
+    lines = text.splitlines(keepends=True)
+    at = next((k for k, ln in enumerate(lines) if ln.strip() and not _comment(ln)), None)
+    header = "" if at is None else lines[at]
+    sep = _SEP_LINE.fullmatch(header.rstrip("\r\n"))
+    if sep and at is not None:  # Excel's 'sep=;' line names the separator; blanked (so
+        # line numbers stay)
+        delimiter = sep[1]
+        lines[at] = "\n"
+        text = "".join(lines)
     else:
         delimiter = next((d for d in _DELIMITERS if d in header), ",")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)

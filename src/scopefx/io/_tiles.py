@@ -37,6 +37,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -178,7 +179,8 @@ class TileTable:
         n = self.ndim
         t = np.array([np.asarray(tile.affine, dtype=float)[:n, n] for tile in self.tiles])
         whole = np.round(t)
-        snap = (np.abs(t - whole) <= _WHOLE_PX) & (t != whole)
+        near = np.maximum(_WHOLE_PX, 4 * np.spacing(np.abs(t)))  # far out, a float's own step
+        snap = (np.abs(t - whole) <= near) & (t != whole)
         if not snap.any():
             return
         tiles = list(self.tiles)
@@ -275,7 +277,8 @@ class TileTable:
                 row = [ref, *(repr(float(v) + 0.0) for v in xyz[: self.ndim, self.ndim])]
                 row.append(json.dumps([[round(float(v), 9) for v in r] for r in xyz[:-1]]))
                 if has_focus:
-                    row.append("" if t.focus is None else f"{t.focus:.6g}")
+                    none = t.focus is None or math.isnan(t.focus)  # NaN reads as no score
+                    row.append("" if none else f"{t.focus:.6g}")
                 w.writerow(row)
 
 
