@@ -495,6 +495,23 @@ def test_json_to_a_stream_or_an_empty_file_and_previews_that_are_no_files(tmp_pa
         assert info.value.code == 2 and "not a preview scopefx wrote" in capfd.readouterr().err
 
 
+def test_a_remote_runs_preview_is_left_to_the_endpoint(tmp_path, monkeypatch):
+    """On an endpoint, --preview (like TILES and -o) names the endpoint's file system: it was
+    checked, and its folder made, on this machine. --json is written here and still checked."""
+    import argparse
+
+    from scopefx.cli import fuse as cli_fuse
+
+    monkeypatch.setattr(cli_fuse, "runs_remotely", lambda args, what: True)
+    args = argparse.Namespace(
+        tiles="/data/tiles.csv", output="/out/m.ome.zarr", json=str(tmp_path / "r" / "s.json"),
+        preview=str(tmp_path / "remote" / "p.png"), overwrite=False, resume=False,
+        register=True, qc=False,
+    )  # fmt: skip
+    cli_fuse._check_side_outputs(args)
+    assert not (tmp_path / "remote").exists() and (tmp_path / "r").is_dir()
+
+
 def test_regions_and_a_qc_output_named_as_json_are_usage_errors(tmp_path, capsys):
     table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
     with pytest.raises(SystemExit) as info:

@@ -748,3 +748,14 @@ def test_a_preview_named_other_than_png_is_refused_by_finish_too(tmp_path):
     with pytest.raises(ConfigError, match=r"a preview is a PNG; name it \.png"):
         job.finish(preview=tmp_path / "m.jpg")
     assert not (tmp_path / "m.jpg").exists()
+
+
+def test_an_existing_file_at_the_preview_path_is_refused_before_fusing(tmp_path):
+    """Through the API (and the endpoint's fuse_mosaic) a PNG scopefx did not write at the
+    preview path was refused only after the whole fusion; now before the output is made."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic("retina", grid=(1, 2), tile_px=64))
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG someone's")
+    with pytest.raises(ConfigError, match=r"photo\.png exists and is not a preview scopefx wrote"):
+        fuse(table, tmp_path / "m.ome.zarr", options=FuseOptions(preview=str(photo)))
+    assert not (tmp_path / "m.ome.zarr").exists() and photo.read_bytes() == b"\x89PNG someone's"

@@ -444,9 +444,11 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
     hours of fusing: said now."""
     from ._common import _written_by_scopefx
 
-    outputs = Outputs([("--json", args.json, "json"), ("--preview", args.preview, "file")],
-                      inputs=[("TILES", args.tiles)])  # fmt: skip
     here = not runs_remotely(args, "fusion")  # a remote OUT names the endpoint's file system
+    # so do a remote run's TILES and --preview: the endpoint checks them (only --json is here)
+    preview = args.preview if here else None
+    outputs = Outputs([("--json", args.json, "json"), ("--preview", preview, "file")],
+                      inputs=[("TILES", args.tiles if here else None)])  # fmt: skip
     mosaic = os.path.realpath(args.output) if here else None
     sides = set()
     if here and (args.register or args.qc):
@@ -454,7 +456,7 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
 
         sides = {os.path.realpath(sidecar(args.output, suffix)) for suffix in
                  (".qc.json", ".qc.png", ".registered.csv", ".pairs.csv")}  # fmt: skip
-    for option, path in (("--json", args.json), ("--preview", args.preview)):
+    for option, path in (("--json", args.json), ("--preview", preview)):
         if path is None:
             continue
         real = os.path.realpath(path)
