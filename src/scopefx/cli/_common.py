@@ -131,8 +131,7 @@ def save_plot(figure: Any, path: str) -> None:
 
 def _written_by_scopefx(path: str, kind: str) -> bool:
     """Whether the file at ``path`` is a ``kind`` output scopefx wrote (an earlier run's): a
-    plot with matplotlib's signature, a focus CSV by its header, a JSON document, a mosaic's
-    preview by its ``scopefx`` text chunk."""
+    plot with matplotlib's signature, a focus CSV by its header, a JSON document."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(_SNIFF_BYTES)
@@ -147,9 +146,6 @@ def _written_by_scopefx(path: str, kind: str) -> bool:
         return head.startswith(_CSV_HEADER)
     if kind == "json":
         return head.lstrip()[:1] in (b"[", b"{")
-    if kind == "preview":  # a PNG with the text chunk fuse's preview carries
-        mark = b"tEXtscopefx\x00"
-        return head.startswith(b"\x89PNG") and (mark in head or mark in tail)
     return False
 
 
@@ -167,7 +163,7 @@ def _identity(path: str) -> tuple[Any, ...]:
 class _Output:
     option: str
     path: str
-    kind: str  # "plot", "csv", "json", "preview" or "file": how a file scopefx wrote is known
+    kind: str  # "plot", "csv", "json" or "file": how a file scopefx wrote is recognised
     identity: tuple[Any, ...]
 
 

@@ -237,8 +237,6 @@ def _grid_shape(text: str) -> tuple[int, int]:
 
 
 def cmd_grid(args: argparse.Namespace, out: TextIO) -> int:
-    import secrets
-
     from ..io import grid_tile_table
 
     target = Path(args.output)
@@ -261,20 +259,7 @@ def cmd_grid(args: argparse.Namespace, out: TextIO) -> int:
         for ref in table.refs:
             if os.path.samefile(ref, target):
                 raise UsageError(f"-o {args.output!r} is one of the tiles ({ref})")
-    temp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # created here, with the umask's mode (mkstemp's would be 0600: unreadable to the
-        # cluster jobs and colleagues that fuse it)
-        os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    except OSError as exc:
-        raise UsageError(f"cannot write {args.output!r}: {exc.strerror or exc}") from None
-    try:
-        table.to_csv(temp, tabs=target.suffix.lower() == ".tsv")
-        os.replace(temp, target)  # whole or not at all
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+    _write_whole(target, lambda temp: table.to_csv(temp, tabs=target.suffix.lower() == ".tsv"))
     pos = table.affines[:, : table.ndim, table.ndim]  # index order: (z,) y, x
     rows, cols = args.grid or (len(set(pos[:, k].tolist())) for k in (-2, -1))
     stacks = " (z-stacks)" if table.ndim == 3 else ""
@@ -441,7 +426,7 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
     mosaic or a path inside it, nor one file for both; an existing one only with
     ``--overwrite`` or ``--resume`` (a previous run's), and an existing ``--json`` only where
     it holds JSON (never a table, a tile or a mosaic). The preview is written last, after
-    hours of fusing: said now."""
+    hours of fusing: said now (what it holds, :func:`scopefx.fusion.prepare` checks)."""
     from ._common import _written_by_scopefx
 
     here = not runs_remotely(args, "fusion")  # a remote OUT names the endpoint's file system
@@ -487,12 +472,6 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
                 f"--json {path!r} exists and is not a JSON summary: scopefx will not replace "
                 "it; choose another path"
             )
-        if option == "--preview" and (os.path.islink(path) or not os.path.isfile(path)
-                                      or not _written_by_scopefx(path, "preview")):  # fmt: skip
-            raise UsageError(
-                f"--preview {path!r} exists and is not a preview scopefx wrote: scopefx will "
-                "not replace it; choose another path"
-            )
     outputs.make_folders()
 
 
@@ -518,17 +497,29 @@ def _empty_file(path: str | os.PathLike[str]) -> bool:
 def _write_json(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     """``--json``, written whole to a fresh name beside it, then renamed into place (a
     rename replaces a link there, never the file it points to)."""
-    import secrets
-
-    target = Path(args.json)
+    target, text = Path(args.json), _json(summary)
     if _stream(target):  # /dev/stdout, a pipe (jq): no rename onto a device
         with open(target, "w") as fh:
-            fh.write(_json(summary))
+            fh.write(text)
         return
-    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    _write_whole(target, lambda temp: temp.write_text(text))
+
+
+def _write_whole(target: Path, write: Any) -> None:
+    """``write(temp)`` to a fresh name beside ``target``, then renamed into place: whole or
+    not at all (a rename replaces a link there, never the file it points to)."""
+    import secrets
+
+    temp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        with open(temp, "x") as fh:
-            fh.write(_json(summary))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # created here, with the umask's mode (mkstemp's would be 0600: unreadable to the
+        # cluster jobs and colleagues that read it)
+        os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
+    try:
+        write(temp)
         os.replace(temp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -18,7 +18,7 @@ from ..io import open_binary
 from ..io.confined import DIR_FLAGS, NOFOLLOW, open_dir
 from ._plan import FusionPlan
 
-__all__ = ["disk_full", "is_preview", "publish", "publish_preview", "staging_name"]
+__all__ = ["check_preview", "disk_full", "is_preview", "publish", "publish_preview", "staging_name"]
 
 
 def publish(path: Path, write: Callable[[Path], Any], *, replace: bool) -> None:
@@ -123,8 +123,7 @@ def publish_preview(preview: str | os.PathLike[str], mosaic: Path, plan: FusionP
     from .plot import write_preview
 
     path = Path(preview)
-    if path.suffix.lower() != ".png":  # FusionJob.finish(preview=...) is not FuseOptions
-        raise ConfigError(f"preview {str(path)!r}: a preview is a PNG; name it .png")
+    replace = check_preview(path)
 
     def render(tmp: Path) -> None:
         png = tmp.with_name("render.png")
@@ -134,11 +133,24 @@ def publish_preview(preview: str | os.PathLike[str], mosaic: Path, plan: FusionP
         with Image.open(png) as im:
             im.save(tmp, format="PNG", pnginfo=info)
 
+    publish(path, render, replace=replace)
+
+
+def check_preview(preview: str | os.PathLike[str]) -> bool:
+    """Refuse a preview path not named ``.png`` (``FusionJob.finish(preview=...)`` is not
+    :class:`FuseOptions`) or holding something other than a preview scopefx wrote (checked
+    by :func:`scopefx.fusion.prepare` before fusing, and again when it is written). Returns
+    whether a previous preview is there to replace."""
+    path = Path(preview)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"preview {str(path)!r}: a preview is a PNG; name it .png")
     replace = is_preview(path)
     if os.path.lexists(path) and not replace:  # not "exists (pass --overwrite)": it was passed
-        raise ConfigError(f"{path} exists and is not a preview scopefx wrote; scopefx will not "
-                          "replace it: move it, or choose another --preview path")  # fmt: skip
-    publish(path, render, replace=replace)
+        raise ConfigError(
+            f"preview {path} exists and is not a preview scopefx wrote; scopefx will not "
+            "replace it: move it, or choose another preview path"
+        )
+    return replace
 
 
 def is_preview(path: str | os.PathLike[str]) -> bool:

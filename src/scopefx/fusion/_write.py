@@ -81,13 +81,9 @@ def prepare(
     _check_output_kind(out)
     n_workers = workers or 4
     if options.preview is not None:  # written last, after hours of fusing: checked now
-        from ._publish import is_preview
+        from ._publish import check_preview
 
-        if os.path.lexists(options.preview) and not is_preview(options.preview):
-            raise ConfigError(
-                f"preview {options.preview} exists and is not a preview scopefx wrote; "
-                "scopefx will not replace it: move it, or choose another preview path"
-            )
+        check_preview(options.preview)
     if options.register and os.path.lexists(out) and not (options.overwrite or options.resume):
         # now, before registration writes its side files beside a mosaic not made from them
         raise ConfigError(
