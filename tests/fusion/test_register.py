@@ -2013,3 +2013,88 @@ def test_a_refusal_counts_the_pairs_its_report_shows(name: str, fraction: float)
     else:
         reg = register(*args, params=params, **kwargs)
         assert sum(p.used for p in reg.pairs if p.status != "corner") == 6
+
+
+def _comb(rows: int, cols: int) -> np.ndarray:
+    """The side pairs of a rows x cols grid (row-major tiles): every horizontal pair, and the
+    vertical pairs of the first column and of every third column after it: rows that are long
+    chains, with a few loops between them."""
+    ij = [(r * cols + c, r * cols + c + 1) for r in range(rows) for c in range(cols - 1)]
+    ij += [(r * cols + c, (r + 1) * cols + c) for r in range(rows - 1)
+           for c in range(0, cols, 3)]  # fmt: skip
+    return np.array(ij)
+
+
+def test_a_chain_of_weak_pairs_is_held_to_the_stage() -> None:
+    """Rows of 12 tiles joined by weak pairs (each 2 px off, sd per axis), with a few loops:
+    solved by the pairs alone the errors add along each row (a random walk, several px at its
+    end) where each tile's stage error is about 1.7 px; held to the stage as the loops and the
+    stage's scatter say, the tiles come out nearer the truth than either."""
+    from scopefx.fusion._lsq import _solve
+    from scopefx.fusion._settle import _held_to_stage
+
+    rows = cols = 12
+    n = rows * cols
+    ij = _comb(rows, cols)
+    rng = np.random.default_rng(3)
+    error = rng.uniform(-3, 3, (n, 2))  # each tile's stage error: the true correction
+    shifts = error[ij[:, 1]] - error[ij[:, 0]] + rng.normal(0, 2.0, (len(ij), 2))
+    used, side = np.ones(len(ij), bool), np.ones(len(ij), bool)
+    weight = np.full((len(ij), 2), 0.3)
+    steps = {k: np.zeros(2) for k in range(len(ij))}
+    held = _held_to_stage(n, ij, shifts, used, side, weight, steps, 100.0, 1e-4)
+    assert held is not None
+    c, target = held
+    assert np.all(target == 0)  # the stage predicts the pairs better than a model of 100 px
+
+    def err(x: np.ndarray) -> float:
+        e = x - error
+        return float(np.linalg.norm(e - e.mean(axis=0), axis=1).mean())
+
+    alone = _solve(n, ij, shifts, weight, 1e-4)
+    assert err(c) < 0.6 * err(alone)
+    assert err(c) < 0.8 * err(np.zeros_like(error))  # the stage itself
+
+
+def test_a_systematic_step_is_followed_and_strong_pairs_keep_their_place() -> None:
+    """The stage steps 3 px short between columns (a scale error) and each tile errs by up to
+    0.5 px more; the pairs are sub-pixel matches. The model (3 px per column) predicts the
+    pairs better than the stage, so the tiles are held to it, and the strong pairs outweigh
+    the prior: the result is the pairs' own solve within 0.05 px (held to the stage itself,
+    the rows would bend back over 30 px)."""
+    from scopefx.fusion._lsq import _solve
+    from scopefx.fusion._settle import _held_to_stage
+
+    rows = cols = 10
+    n = rows * cols
+    ij = _comb(rows, cols)
+    rng = np.random.default_rng(4)
+    column = np.arange(n) % cols
+    error = np.stack([np.zeros(n), 3.0 * column], axis=1) + rng.uniform(-0.5, 0.5, (n, 2))
+    shifts = error[ij[:, 1]] - error[ij[:, 0]] + rng.normal(0, 0.05, (len(ij), 2))
+    used, side = np.ones(len(ij), bool), np.ones(len(ij), bool)
+    weight = np.full((len(ij), 2), 2.5)
+    horizontal = (ij[:, 1] - ij[:, 0]) == 1
+    steps = {k: np.array([0.0, 3.0 if horizontal[k] else 0.0]) for k in range(len(ij))}
+    miss = float(np.median(np.linalg.norm(shifts - np.array(list(steps.values())), axis=1)))
+    held = _held_to_stage(n, ij, shifts, used, side, weight, steps, miss, 1e-4)
+    assert held is not None
+    c, target = held
+    assert np.ptp(target[:, 1]) > 20  # the model's layout, not the stage's
+    alone = _solve(n, ij, shifts, weight, 1e-4)
+    e, a = c - c.mean(axis=0), alone - alone.mean(axis=0)
+    assert np.abs(e - a).max() < 0.05
+
+
+def test_without_loops_the_pairs_are_not_judged_and_not_held() -> None:
+    """A strip of tiles (no loop): how far its pairs err cannot be told, so nothing is held
+    (the solve and the stage model's placement stand as they were)."""
+    from scopefx.fusion._settle import _held_to_stage
+
+    n = 6
+    ij = np.array([(k, k + 1) for k in range(n - 1)])
+    shifts = np.random.default_rng(0).normal(0, 2.0, (n - 1, 2))
+    ones = np.ones(n - 1, bool)
+    steps = {k: np.zeros(2) for k in range(n - 1)}
+    weight = np.full((n - 1, 2), 0.3)
+    assert _held_to_stage(n, ij, shifts, ones, ones, weight, steps, 1.0, 1e-4) is None

@@ -51,7 +51,7 @@ class RegistrationParams:
         Used pairs whose residual after the solve exceeds this are dropped, worst first.
     prior_weight : float
         Weight of ``c_k = 0`` per tile: fixes the global offset and keeps unconnected tiles at
-        their stage position.
+        their stage position (the least weight of the stage model's prior too).
     highpass_sigma_px : float, optional
         Gaussian (sigma, px) subtracted from each tile before correlation. Default (None) or
         0: none; ``detrend_degree`` removes smooth shading instead, fitted on the common part
@@ -88,7 +88,11 @@ class RegistrationParams:
         Also measure diagonal neighbours that share only a corner (off by default).
     stage_model : bool
         Settle unusable side pairs by the median step of the usable pairs crossing the same
-        boundary between rows (columns), else of their row (column).
+        boundary between rows (columns), else of their row (column); and, where the used
+        pairs close at least 3 loops, hold each tile to that model (or to the stage itself,
+        whichever predicts the used pairs better) with the weight the loops and the stage's
+        scatter give it, so that chains of weak pairs do not add up their errors. False:
+        neither (the pairs alone, ``prior_weight`` fixing the common offset).
     min_usable_fraction : float
         Fraction of the side pairs that must give a usable match (0..1): of the pairs the
         solve keeps (loop-confirmed pairs count, outliers do not).

@@ -198,7 +198,19 @@ def _stage_model(
     side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, trusted: bool = True,
 ) -> dict[int, np.ndarray]:  # fmt: skip
     """Median correction, for each unusable side pair, of the usable pairs of its direction
-    that share the stage's error with it, the grouping chosen by how well it predicts.
+    that share the stage's error with it (:func:`_stage_fit`'s steps of the pairs not used)."""
+    steps = _stage_fit(table, shapes, ij, shifts, used, side, olo, ohi, trusted)[0]
+    return {k: v for k, v in steps.items() if not used[k]}
+
+
+def _stage_fit(
+    table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
+    side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, trusted: bool = True,
+) -> tuple[dict[int, np.ndarray], float]:  # fmt: skip
+    """The stage model's correction for every side pair (used or not): the median of the
+    usable pairs of its direction that share the stage's error with it, the grouping chosen
+    by how well it predicts; and how far that model misses the usable pairs (the median
+    length of each one's miss, the worst axis; inf where it cannot be judged).
 
     Per direction, three groupings are tried: the pairs crossing the same boundary between
     rows (columns), the pairs of the same row (column, MIST's), and all of the direction. Each
@@ -236,7 +248,7 @@ def _stage_model(
         logger.info("stage model: the stage positions for every unusable pair (most pairs with "
                     "content gave no usable match: the steps of the few that did are not "
                     "trusted)")  # fmt: skip
-        return {k: np.zeros(nd) for k in np.flatnonzero(side & ~used).tolist()}
+        return {k: np.zeros(nd) for k in np.flatnonzero(side & ~used).tolist()}, math.inf
     offs = _footprints(table, shapes)[0]
     axis, sign = _steps(table, shapes, ij, olo, ohi)
     # row / column index of each tile along each axis, in units of the grid's step there (the
@@ -322,7 +334,7 @@ def _stage_model(
                         a, chosen[a], scores[a])  # fmt: skip
     medians: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
     model: dict[int, np.ndarray] = {}
-    for k in np.flatnonzero(side & ~used).tolist():
+    for k in np.flatnonzero(side).tolist():
         g = chosen[int(axis[k])]
         if g == "stage":
             model[k] = np.zeros(nd)
@@ -335,7 +347,8 @@ def _stage_model(
         if at not in medians:
             medians[at] = np.median(oriented[pools[g][key(k, g)]], axis=0)
         model[k] = medians[at] * sign[k]
-    return model
+    judged = [v for v in scores.values() if math.isfinite(v)]
+    return model, (max(judged) if judged else math.inf)
 
 
 def _leave_one_out_median(values: np.ndarray) -> np.ndarray:
