@@ -570,7 +570,7 @@ def test_stage_model_with_a_single_usable_pair_warns_nothing() -> None:
     the other pair (its step may be its own tiles' error), with no NaN warning."""
     import warnings
 
-    from scopefx.fusion._stagemodel import _stage_model
+    from scopefx.fusion._stagemodel import _stage_fit
 
     table = _table(np.array([[0.0, 0.0], [0.0, 90.0], [0.0, 180.0]]))
     shapes = np.full((3, 2), 100)
@@ -579,12 +579,12 @@ def test_stage_model_with_a_single_usable_pair_warns_nothing() -> None:
     shifts = np.array([[0.5, 2.0], [np.nan, np.nan]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = _stage_model(table, shapes, ij, shifts, np.array([True, False]),
-                             np.array([True, True]), olo, ohi)  # fmt: skip
+        model = _stage_fit(table, shapes, ij, shifts, np.array([True, False]),
+                           np.array([True, True]), olo, ohi)[0]  # fmt: skip
     np.testing.assert_array_equal(model[1], (0.0, 0.0))
     # no usable pair at all: nothing to model from (the components are left as placed)
-    none = _stage_model(table, shapes, ij, np.full((2, 2), np.nan), np.array([False, False]),
-                        np.array([True, True]), olo, ohi)  # fmt: skip
+    none = _stage_fit(table, shapes, ij, np.full((2, 2), np.nan), np.array([False, False]),
+                      np.array([True, True]), olo, ohi)[0]  # fmt: skip
     assert none == {}
 
 
@@ -598,7 +598,7 @@ def test_a_lone_usable_pair_models_its_axis_only_where_another_axis_shares_its_e
     horizontal step models the other horizontal pairs too; where each vertical pair errs its
     own way, the lone step may be its own tiles' error as well, and the stage places them
     (repeated along each row it would move tile k of a row k times that)."""
-    from scopefx.fusion._stagemodel import _stage_model
+    from scopefx.fusion._stagemodel import _stage_fit
 
     rows, step = 4, 90.0
     grid = np.array([(r, c) for r in range(rows) for c in range(2)], dtype=float)
@@ -617,7 +617,7 @@ def test_a_lone_usable_pair_models_its_axis_only_where_another_axis_shares_its_e
     shifts[:3] = column0
     shifts[len(vertical)] = (0.5, 3.0)  # the lone usable horizontal pair, row 0
     used = np.isfinite(shifts[:, 0])
-    model = _stage_model(table, shapes, ij, shifts, used, np.ones(len(ij), bool), olo, ohi)
+    model = _stage_fit(table, shapes, ij, shifts, used, np.ones(len(ij), bool), olo, ohi)[0]
     for k in range(len(vertical) + 1, len(ij)):  # the unusable horizontal pairs
         np.testing.assert_allclose(model[k], (0.5, 3.0) if shared else (0.0, 0.0))
     for k in range(3, len(vertical)):  # column 1's vertical pairs: column 0's median or stage
@@ -630,7 +630,7 @@ def test_stage_model_keeps_the_stage_where_each_tile_errs_on_its_own(shared: boo
     tile's stage error its own): the median of the others predicts each usable pair worse than
     the stage itself, so the stage places the pair (the median added its own 1-3 px). A step
     error all pairs share (9 px short) is still modelled by their median."""
-    from scopefx.fusion._stagemodel import _stage_model
+    from scopefx.fusion._stagemodel import _stage_fit
 
     n = 6
     table = _table(np.column_stack([np.zeros(n), 90.0 * np.arange(n)]))
@@ -641,7 +641,7 @@ def test_stage_model_keeps_the_stage_where_each_tile_errs_on_its_own(shared: boo
     own = np.array([[3.0, -2.0], [-4.0, 1.0], [np.nan, np.nan], [2.0, 3.0], [-3.0, -2.0]])
     shifts = own * 0.1 + [0.0, 9.0] if shared else own
     used = np.isfinite(shifts[:, 0])
-    model = _stage_model(table, shapes, ij, shifts, used, np.ones(n - 1, bool), olo, ohi)
+    model = _stage_fit(table, shapes, ij, shifts, used, np.ones(n - 1, bool), olo, ohi)[0]
     if shared:
         np.testing.assert_allclose(model[2], np.nanmedian(shifts, axis=0))
     else:
@@ -2042,7 +2042,8 @@ def test_a_chain_of_weak_pairs_is_held_to_the_stage() -> None:
     used, side = np.ones(len(ij), bool), np.ones(len(ij), bool)
     weight = np.full((len(ij), 2), 0.3)
     steps = {k: np.zeros(2) for k in range(len(ij))}
-    held = _held_to_stage(n, ij, shifts, used, side, weight, steps, 100.0, 1e-4)
+    alone = _solve(n, ij, shifts, weight, 1e-4)
+    held = _held_to_stage(n, ij, shifts, used, side, weight, alone, steps, 100.0, 1e-4)
     assert held is not None
     c, target = held
     assert np.all(target == 0)  # the stage predicts the pairs better than a model of 100 px
@@ -2051,7 +2052,6 @@ def test_a_chain_of_weak_pairs_is_held_to_the_stage() -> None:
         e = x - error
         return float(np.linalg.norm(e - e.mean(axis=0), axis=1).mean())
 
-    alone = _solve(n, ij, shifts, weight, 1e-4)
     assert err(c) < 0.6 * err(alone)
     assert err(c) < 0.8 * err(np.zeros_like(error))  # the stage itself
 
@@ -2077,11 +2077,11 @@ def test_a_systematic_step_is_followed_and_strong_pairs_keep_their_place() -> No
     horizontal = (ij[:, 1] - ij[:, 0]) == 1
     steps = {k: np.array([0.0, 3.0 if horizontal[k] else 0.0]) for k in range(len(ij))}
     miss = float(np.median(np.linalg.norm(shifts - np.array(list(steps.values())), axis=1)))
-    held = _held_to_stage(n, ij, shifts, used, side, weight, steps, miss, 1e-4)
+    alone = _solve(n, ij, shifts, weight, 1e-4)
+    held = _held_to_stage(n, ij, shifts, used, side, weight, alone, steps, miss, 1e-4)
     assert held is not None
     c, target = held
     assert np.ptp(target[:, 1]) > 20  # the model's layout, not the stage's
-    alone = _solve(n, ij, shifts, weight, 1e-4)
     e, a = c - c.mean(axis=0), alone - alone.mean(axis=0)
     assert np.abs(e - a).max() < 0.05
 
@@ -2097,4 +2097,5 @@ def test_without_loops_the_pairs_are_not_judged_and_not_held() -> None:
     ones = np.ones(n - 1, bool)
     steps = {k: np.zeros(2) for k in range(n - 1)}
     weight = np.full((n - 1, 2), 0.3)
-    assert _held_to_stage(n, ij, shifts, ones, ones, weight, steps, 1.0, 1e-4) is None
+    plain = np.zeros((n, 2))
+    assert _held_to_stage(n, ij, shifts, ones, ones, weight, plain, steps, 1.0, 1e-4) is None

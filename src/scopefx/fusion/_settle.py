@@ -167,12 +167,12 @@ def _settle(
             c = _solve(n, ij[used], shifts[used], weight[used], params.prior_weight)
             residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)
         # where most pairs with content failed, the usable few are no sure sign of the stage's
-        # errors: their steps are not spread to the rest (see _stage_model's ``trusted``)
+        # errors: their steps are not spread to the rest (see _stage_fit's ``trusted``)
         content = side & (status != "blank")
         trusted = int((used & side).sum()) >= params.min_usable_fraction * int(content.sum())
         steps, miss = _stage_fit(table, shapes, ij, shifts, used, side, olo, ohi, trusted)
         model = {k: v for k, v in steps.items() if not used[k]}
-        held = _held_to_stage(n, ij, shifts, used, side, weight, steps, miss,
+        held = _held_to_stage(n, ij, shifts, used, side, weight, c, steps, miss,
                               params.prior_weight)  # fmt: skip
         if held is None:  # the groups of tiles left apart placed by the model's steps
             c = c + _place_components(n, ij, used, model, c)
@@ -239,20 +239,19 @@ _PRIOR_CONFIDENCE = 0.95
 
 def _held_to_stage(
     n: int, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray, side: np.ndarray,
-    weight: np.ndarray,
-    steps: dict[int, np.ndarray], miss: float, floor: float,
+    weight: np.ndarray, c: np.ndarray, steps: dict[int, np.ndarray], miss: float, floor: float,
 ) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
     """The tiles' corrections with each tile held to the stage model as its error allows: a
     maximum a posteriori solve, each used pair's shift with the variance ``kappa / w`` (``w``:
     its weight; ``kappa`` per axis from how well the pairs' loops close: the a posteriori
     variance factor ``sum w r^2`` over the upper ``_PRIOR_CONFIDENCE`` quantile of the
     chi-square of ``loops`` degrees of freedom: its lower confidence bound), each tile's
-    correction with
-    the prior
-    ``N(m, sigma^2)`` (``m``: where the stage model's steps put it, least squares over the side
-    pairs; ``sigma^2``: its error about the model, from ``miss``, the median length by which
-    the model misses a usable pair's correction, the difference of two tiles' errors). None
-    where that cannot be judged (fewer than ``_PRIOR_LOOPS`` loops, the model not judged).
+    correction with the prior ``N(m, sigma^2)`` (``m``: where the stage model's steps put it,
+    least squares over the side pairs; ``sigma^2``: its error about the model, from ``miss``,
+    the median length by which the model misses a usable pair's correction, the difference of
+    two tiles' errors). ``c``: the pairs' own solve (``floor`` its prior), whose residuals
+    give ``kappa``. None where that cannot be judged (fewer than ``_PRIOR_LOOPS`` loops, the
+    model not judged).
 
     The solve alone holds the tiles only by the pairs (its prior, ``floor``, fixes the common
     offset alone), and a chain of weak pairs that no loop checks adds their errors: a 20x20
@@ -280,7 +279,6 @@ def _held_to_stage(
     if loops < _PRIOR_LOOPS or not math.isfinite(miss) or not steps:
         return None
     w = np.broadcast_to(weight[links].reshape(len(links), -1), (len(links), nd))
-    c = _solve(n, ij[links], shifts[links], weight[links], floor)
     r = c[ij[links, 1]] - c[ij[links, 0]] - shifts[links]
     # the lower confidence bound of kappa (chi-square with ``loops`` degrees of freedom): held
     # only as far as the loops surely say the pairs err

@@ -1,6 +1,6 @@
 """The stage model (MIST's, by stage move; step 3 of :mod:`._register`): a correction for each
 side pair without a usable match, from the usable pairs that share the stage's error with it
-(:func:`_stage_model`), the weak unconfirmed matches it overrules
+(:func:`_stage_fit`), the weak unconfirmed matches it overrules
 (:func:`_implausible_bridges`), and the steps it gives along a ridge that alone joins tiles
 (:func:`_ridge_steps`)."""
 
@@ -77,7 +77,7 @@ def _implausible_bridges(
     beyond ``_PLAUSIBLE_SPREAD`` robust standard deviations of theirs (at least
     ``_PLAUSIBLE_MIN_PX``) from their median. Such a match is most likely chance (in a nearly
     blank overlap of sparse content: a 32 px jump at NCC 0.28, where the stage was 3 px off),
-    and the stage model (:func:`_stage_model`, MIST's repeatability check in spirit) places
+    and the stage model (:func:`_stage_fit`, MIST's repeatability check in spirit) places
     the pair better. With fewer (a small scan, whose few loops rarely close), the edge check,
     given the reach each pair was searched over: a weak bridge in the outer ``_EDGE_ZONE`` of
     its search along an axis (where chance matches gather: the NCC's bound favours the largest
@@ -193,16 +193,6 @@ def _rivalled(near: np.ndarray | None, radius: float, quality: float) -> bool:
     return near_ncc(near, radius) >= quality - _RIVAL_MARGIN
 
 
-def _stage_model(
-    table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
-    side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, trusted: bool = True,
-) -> dict[int, np.ndarray]:  # fmt: skip
-    """Median correction, for each unusable side pair, of the usable pairs of its direction
-    that share the stage's error with it (:func:`_stage_fit`'s steps of the pairs not used)."""
-    steps = _stage_fit(table, shapes, ij, shifts, used, side, olo, ohi, trusted)[0]
-    return {k: v for k, v in steps.items() if not used[k]}
-
-
 def _stage_fit(
     table: TileTable, shapes: np.ndarray, ij: np.ndarray, shifts: np.ndarray, used: np.ndarray,
     side: np.ndarray, olo: np.ndarray, ohi: np.ndarray, trusted: bool = True,
@@ -248,7 +238,7 @@ def _stage_fit(
         logger.info("stage model: the stage positions for every unusable pair (most pairs with "
                     "content gave no usable match: the steps of the few that did are not "
                     "trusted)")  # fmt: skip
-        return {k: np.zeros(nd) for k in np.flatnonzero(side & ~used).tolist()}, math.inf
+        return {k: np.zeros(nd) for k in np.flatnonzero(side).tolist()}, math.inf
     offs = _footprints(table, shapes)[0]
     axis, sign = _steps(table, shapes, ij, olo, ohi)
     # row / column index of each tile along each axis, in units of the grid's step there (the
