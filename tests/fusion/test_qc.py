@@ -164,6 +164,30 @@ def test_fuse_registers_flat_field_corrected_tiles_and_writes_the_report(
     assert summary["overlap_agreement"] == qc["overlap_agreement"] > 0.5
 
 
+def test_a_plan_refused_after_registration_leaves_the_report(mosaic, tmp_path: Path) -> None:
+    """Planning the registered layout can still refuse it (over the size limit, say, when a
+    tile was placed far off); the QC report that shows where each tile went was not written,
+    as it is only once the output is made."""
+    import tifffile
+
+    from scopefx.errors import ConfigError
+    from scopefx.fusion import FuseOptions, FusionParams, fuse
+
+    tiles, _, stage = mosaic
+    paths = []
+    for k, tile in enumerate(tiles):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+    out = tmp_path / "m.ome.zarr"
+    with pytest.raises(ConfigError, match="over the limit") as caught:
+        fuse(_table(stage, paths), out, params=FusionParams(max_output_gib=1e-6),
+             options=FuseOptions(register=True))  # fmt: skip
+    qc = tmp_path / "m.qc.json"
+    assert f"QC report, which shows where each tile was placed and why: {qc}" in str(caught.value)
+    assert json.loads(qc.read_text())["summary"]["tiles"] == 9
+    assert not out.exists()
+
+
 def test_a_tile_no_used_pair_placed_is_named_in_the_report(mosaic, tmp_path: Path) -> None:
     """The blank centre tile: each of its pairs failed and the stage model placed it. The
     report counted pairs only, so its entry read like any registered tile's and the summary

@@ -199,6 +199,31 @@ def test_default_dpi_is_not_a_pixel_size(tmp_path: Path, dpi: int) -> None:
     assert f"{dpi} dpi is a default" in meta.raw["pixel_size_ignored"]
 
 
+@pytest.mark.parametrize("dpi", [72, 600])
+def test_imagej_inch_calibration_at_a_default_dpi_is_not_a_pixel_size(
+    tmp_path: Path, dpi: int
+) -> None:
+    """ImageJ keeps an opened image's 72 dpi as a calibration in inches: at 600 dpi that was
+    taken as a 42.3 um pixel size, at 72 dpi refused only as implausible."""
+    path = tmp_path / "ij_inch.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8), imagej=True, resolution=(dpi, dpi),
+                     metadata={"unit": "inch"})  # fmt: skip
+    meta = read_metadata(path)
+    assert meta.pixel_size_um is None and meta.pixel_size_from is None
+    assert (
+        f"{dpi} dpi (an ImageJ calibration in inches) is a default"
+        in meta.raw["pixel_size_ignored"]
+    )
+
+
+def test_imagej_inch_calibration_off_the_defaults_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ij_inch.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8), imagej=True, resolution=(25400, 25400),
+                     metadata={"unit": "inch"})  # fmt: skip
+    meta = read_metadata(path)
+    assert (meta.source, meta.pixel_size_um) == ("imagej", pytest.approx(1.0))
+
+
 def test_implausible_pixel_size_is_unknown(tmp_path: Path) -> None:
     path = tmp_path / "ome.tif"
     tifffile.imwrite(path, np.zeros((8, 8), np.uint8), ome=True,

@@ -389,6 +389,15 @@ def test_tables_written_on_windows_use_backslash_folders(tmp_path):
     assert csv_table.refs == fiji.refs == [str(tmp_path / "tiles" / "a.tif")]
 
 
+def test_python_digit_grouping_is_not_a_number(tmp_path):
+    """float() reads '1_000' as 1000: a typo in a table was taken as a position."""
+    with pytest.raises(ConfigError, match=r"line 3: position .*1_000.* is not numeric"):
+        read_tile_table(_write(tmp_path / "t.csv", "path,x,y\na.tif,0,0\nb.tif,1_000,5\n"))
+    text = "dim = 2\na.tif; ; (0, 0)\nb.tif; ; (1_000, 5)\n"
+    with pytest.raises(ConfigError, match=r"line 3: position .*1_000.* is not numeric"):
+        read_tile_table(_write(tmp_path / "TileConfiguration.txt", text))
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
 def test_positions_that_are_not_finite_name_their_line(tmp_path, value):
     """float() reads 'nan' and 'inf': the table was taken, and the fusion refused 'tile 2'

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ScopefxError
 from ..io import TileTable, layout_problems, open_binary, split_ref
 from ._blend import Reader, tile_reader
 from ._fuse import (
@@ -93,9 +93,13 @@ def prepare(
     table, metas, missing, extra, flatfield, sidecars = _read_and_register(
         tiles, out, options, flatfield, read, n_workers
     )
-    plan = plan_loaded(
-        table, metas, params=params, read=read, workers=n_workers, force=options.force
-    )
+    try:
+        plan = plan_loaded(
+            table, metas, params=params, read=read, workers=n_workers, force=options.force
+        )
+    except ScopefxError as exc:
+        _report_refused_plan(exc, out, sidecars, extra)
+        raise
     # the registration's side files are written once the output is known to be writable (a
     # refused --overwrite or --resume leaves no report beside a mosaic it does not describe)
     job: FusionJob | TiffJob
@@ -112,6 +116,22 @@ def prepare(
     if sidecars is not None:
         sidecars()
     return job
+
+
+def _report_refused_plan(
+    exc: ScopefxError, out: Path, sidecars: Callable[[], Any] | None, extra: dict[str, Any]
+) -> None:
+    """Planning refused the registered layout (a mosaic over the size limit: a tile placed
+    far off): write the registration's QC report beside ``out``, which shows where each
+    tile went and why, and name it in the error. Not where ``out`` exists (``--resume``,
+    ``--overwrite``): its report is the previous run's, describing the mosaic there."""
+    if sidecars is None or os.path.lexists(out):
+        return
+    sidecars()
+    qc = extra["registration"]["qc"]
+    if len(exc.args) == 1 and isinstance(exc.args[0], str):
+        exc.args = (f"{exc.args[0]}\nthe registration's QC report, which shows where each tile "
+                    f"was placed and why: {qc}",)  # fmt: skip
 
 
 _PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pdf", ".svg", ".eps",

@@ -390,13 +390,24 @@ def _z_step_um(ome_xml: str | None, ij: dict[str, Any] | None) -> float | None:
 
 
 def _imagej_um(ij: dict[str, Any], page: Any) -> tuple[float | None, dict[str, Any]]:
+    """Pixel size from an ImageJ calibration (its ``unit`` and the XResolution tag). One in
+    inches at a default of image software (``DEFAULT_DPI``; ImageJ keeps the 72 dpi of an
+    image it opened as an inch calibration) is refused as the TIFF tags' is."""
     raw = {k: v for k, v in ij.items() if isinstance(v, (str, int, float, bool))}
     factor = length_um(str(ij.get("unit", "")))
     xres = page.tags.get(282)
     if factor is None or xres is None or not isinstance(xres.value, tuple):
         return None, raw
     num, den = xres.value[:2]
-    return ((factor * den / num) if num and den else None), raw
+    if not num or not den:
+        return None, raw
+    if factor == 25400.0 and any(abs(num / den - d) < 1e-6 for d in DEFAULT_DPI):
+        raw["pixel_size_ignored"] = (
+            f"{num / den:g} dpi (an ImageJ calibration in inches) is a default of image "
+            "software, not a pixel size"
+        )
+        return None, raw
+    return factor * den / num, raw
 
 
 def _tiff_metadata(r: ResolvedRef, path: str) -> ImageMetadata:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError, ImageNotFoundError, UnsupportedFormatError
 from ._refsyntax import ZARR_SEP
-from ._texttable import parse_text_table, read_table_text
+from ._texttable import parse_text_table, plain_number, read_table_text
 from ._tiles import Tile, TileTable, xyz_to_index
 
 __all__ = ["read_csv", "read_tile_configuration", "read_tile_table"]
@@ -312,7 +312,7 @@ def read_tile_configuration(
                 )
             )
         try:
-            coords = [float(v) for v in match["coords"].split(",") if v.strip()]
+            coords = [plain_number(v) for v in match["coords"].split(",") if v.strip()]
         except ValueError:
             raise ConfigError(
                 f"{path}, line {line}: position ({match['coords']}) is not numeric"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TextTable", "parse_text_table", "read_table_text"]
+__all__ = ["TextTable", "parse_text_table", "plain_number", "read_table_text"]
 
 #: Largest table read (about 500,000 tile rows): a table is held whole in memory.
 TABLE_LIMIT_BYTES = 64 * 2**20
@@ -38,7 +38,18 @@ class TextTable:
 
         Raises ValueError for text that is not a number, as ``float`` does.
         """
-        return float(value.replace(",", ".") if self.delimiter != "," else value)
+        return plain_number(value.replace(",", ".") if self.delimiter != "," else value)
+
+
+def plain_number(text: str) -> float:
+    """``float(text)`` for a number as tables write it: Python's digit grouping (``1_000``,
+    which ``float`` reads as 1000, and no table writer writes) is refused.
+
+    Raises ValueError for text that is not a number, as ``float`` does.
+    """
+    if "_" in text:
+        raise ValueError(f"could not convert string to float: {text!r}")
+    return float(text)
 
 
 def parse_text_table(text: str) -> TextTable:
