@@ -218,6 +218,48 @@ def test_a_tile_no_used_pair_placed_is_named_in_the_report(mosaic, tmp_path: Pat
     assert red_pixels(report) > red_pixels(unmarked) + 500
 
 
+def test_a_weak_used_pair_no_loop_checks_is_named(mosaic, tmp_path: Path) -> None:
+    """A used pair that is the only link between two groups of tiles has residual 0 whatever
+    its error: the report drew it in the colour of the best fit. It now says no loop checks
+    it, the summary line names it when its match is weak, and the picture marks it."""
+    import dataclasses
+
+    from PIL import Image
+
+    from scopefx.fusion._qc import _plot_graph
+
+    tiles, _, stage = mosaic
+    read = _memory_reader(tiles)
+    reg = register(_table(stage), read=read, shapes=SHAPES)
+    # the ring of 8 used pairs around the blank centre, opened at (0, 1): a chain, and one
+    # of its links weak
+    pairs = [dataclasses.replace(p, used=False, status="outlier") if (p.i, p.j) == (0, 1)
+             else dataclasses.replace(p, quality=0.4) if (p.i, p.j) == (2, 5) else p
+             for p in reg.pairs]  # fmt: skip
+    opened = dataclasses.replace(reg, pairs=tuple(pairs))
+    report = registration_report(opened, read=read, shapes=SHAPES)
+    s = report["summary"]
+    assert (s["pairs_unchecked"], s["pairs_unchecked_weak"]) == (7, 1)
+    by = {(p["i"], p["j"]): p for p in report["pairs"]}
+    assert not by[(2, 5)]["loop_checked"] and not by[(0, 1)]["loop_checked"]
+    assert "1 used pair rests on a weak match (NCC under 0.8) that no loop checks" in (
+        report_summary(report)
+    )
+    assert "tile_02-tile_05" in report_summary(report)
+    closed = registration_report(reg, read=read, shapes=SHAPES)
+    assert closed["summary"]["pairs_unchecked"] == 0
+    assert all(p["loop_checked"] == p["used"] for p in closed["pairs"])
+    assert "no loop checks" not in report_summary(closed)
+
+    def pink_pixels(rep: dict) -> int:
+        _plot_graph(rep, tmp_path / "g.png")
+        rgb = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"), dtype=int)
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        return int(((r > 220) & (g < 90) & (b > 100) & (b < 200)).sum())
+
+    assert pink_pixels(report) > pink_pixels(closed) + 300
+
+
 def test_the_picture_leaves_the_callers_pyplot_alone(mosaic, tmp_path: Path) -> None:
     """A notebook's pyplot backend stays as it was: the picture was drawn through pyplot after
     ``matplotlib.use("Agg")``, which switched a Jupyter kernel's inline backend to Agg on every

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from pathlib import Path
 
@@ -316,9 +317,12 @@ def test_pairs_to_csv_round_trip(tmp_path: Path) -> None:
         rows = list(reader)
     assert reader.fieldnames == [
         "i", "j", "ref_i", "ref_j", "dx", "dy", "quality", "used", "residual_px", "status",
+        "loop_checked",
     ]  # fmt: skip
     assert len(rows) == len(reg.pairs)
+    assert reg.unchecked_pairs() == ()  # the blank tile's pairs failed; loops run through the rest
     for row, pair in zip(rows, reg.pairs, strict=True):
+        assert row["loop_checked"] == str(pair.used)
         assert (int(row["i"]), int(row["j"])) == (pair.i, pair.j)
         assert row["ref_i"] == f"tile_{pair.i:02d}" and row["ref_j"] == f"tile_{pair.j:02d}"
         assert row["used"] == str(pair.used)
@@ -329,6 +333,25 @@ def test_pairs_to_csv_round_trip(tmp_path: Path) -> None:
             assert float(row["dy"]) == pytest.approx(pair.shift_px[0], abs=1e-5)
             assert float(row["residual_px"]) == pytest.approx(pair.residual_px, abs=1e-5)
         assert float(row["quality"]) == pytest.approx(pair.quality, abs=1e-5)
+
+
+def test_unchecked_pairs_are_the_used_pairs_no_loop_runs_through() -> None:
+    """A used pair that is the only used link between two groups of tiles is checked by
+    nothing: its residual is 0 whatever its error, and the QC report said it fitted best."""
+    from scopefx.fusion._regresult import PairResult, Registration
+
+    table = _table(np.array([(0, 0), (0, 100), (100, 0), (100, 100), (0, 200)], float))
+
+    def pair(i: int, j: int, used: bool = True) -> PairResult:
+        return PairResult(i, j, (0.0, 0.0), 0.9, (80, 20), used, 0.0 if used else math.nan,
+                          "used" if used else "low_quality")  # fmt: skip
+
+    loop = [pair(0, 1), pair(0, 2), pair(1, 3), pair(2, 3)]
+    reg = Registration(table, (*loop, pair(1, 4)), np.zeros((5, 2)))
+    assert reg.unchecked_pairs() == (4,)  # tile 4 hangs on (1, 4); the square is a loop
+    reg = Registration(table, (*loop[:3], pair(2, 3, used=False), pair(1, 4)), np.zeros((5, 2)))
+    assert reg.unchecked_pairs() == (0, 1, 2, 4)  # the square opened: a chain of links
+    assert Registration(table, (pair(0, 1, used=False),), np.zeros((5, 2))).unchecked_pairs() == ()
 
 
 # --------------------------------------------------------------------------------------------

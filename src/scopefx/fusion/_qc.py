@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import ConfigError, RegistrationError, ScopefxError
 from ..io import TaskClock, TileTable, layout_problems, open_binary
 from ._blend import read_opaque
-from ._correlate import Plan, cut, plan_pair, prepare
+from ._correlate import STRONG_MATCH, Plan, cut, plan_pair, prepare
 from ._overlaps import _footprints, _shapes_array, overlapping_pairs
 from ._register import read_as_fused, register_from
 from ._regparams import RegistrationParams
@@ -224,10 +224,13 @@ def registration_report(
         status, ``rms_residual_px``, ``max_residual_px``, ``mean_tile_shift_px``,
         ``max_tile_shift_px``, ``overlap_agreement`` at the registered positions and
         ``overlap_agreement_stage`` at the stage positions, ``tiles_unmatched``: how many
-        tiles have measured pairs but no used one); ``layout_problems``; ``pairs`` (per pair:
-        tiles, measured ``shift`` x, y, ``quality``, ``runner_up``, ``status``, ``used``,
-        ``weight``, ``residual_px``, ``modelled`` shift, ``overlap_px``, ``agreement`` NCC at
-        the final positions); ``tiles`` (per tile: ``ref``, ``stage`` and ``position`` x, y,
+        tiles have measured pairs but no used one; ``pairs_unchecked``: used pairs that no
+        loop of used pairs checks, whose residual is 0 whatever their error, see
+        :meth:`Registration.unchecked_pairs`, and ``pairs_unchecked_weak``: those of NCC under
+        0.8); ``layout_problems``; ``pairs`` (per pair: tiles, measured ``shift`` x, y,
+        ``quality``, ``runner_up``, ``status``, ``used``, ``weight``, ``residual_px``,
+        ``loop_checked``, ``modelled`` shift, ``overlap_px``, ``agreement`` NCC at the final
+        positions); ``tiles`` (per tile: ``ref``, ``stage`` and ``position`` x, y,
         ``shift`` x, y and its length ``shift_px``, ``size``, ``pairs_used`` and
         ``placed_by``: ``"registration"``, ``"stage model"`` or ``"stage position"``, see
         :meth:`Registration.placed_by`, and ``unmatched``: measured pairs, none used);
@@ -252,6 +255,8 @@ def registration_report(
     lengths = np.linalg.norm(shift, axis=1)
     used_by_tile, placed_by = reg.pairs_used_per_tile(), reg.placed_by()
     unmatched = set(reg.unmatched_tiles())
+    unchecked = set(reg.unchecked_pairs())
+    weak = [k for k in sorted(unchecked) if reg.pairs[k].quality < STRONG_MATCH]
     summary = {
         "tiles": len(table),
         "pairs": len(reg.pairs),
@@ -265,11 +270,14 @@ def registration_report(
         "overlap_agreement": _num(after),
         "overlap_agreement_stage": _num(before),
         "tiles_unmatched": len(unmatched),
+        # used pairs no loop checks (residual 0 whatever their error), and those weak ones
+        "pairs_unchecked": len(unchecked),
+        "pairs_unchecked_weak": len(weak),
         "flatfield": reg.flatfield,
         "banding": reg.banding,
     }
     pairs = []
-    for p in reg.pairs:
+    for k, p in enumerate(reg.pairs):
         pairs.append(
             {
                 "i": p.i,
@@ -283,6 +291,7 @@ def registration_report(
                 "used": p.used,
                 "weight": _num(p.weight),
                 "residual_px": _num(p.residual_px),
+                "loop_checked": p.used and k not in unchecked,
                 "modelled": None
                 if p.modelled_px is None
                 else [_num(v) for v in p.modelled_px[::-1]],
@@ -350,6 +359,10 @@ def report_summary(report: dict[str, Any]) -> str:
     lone = [t for t in report.get("tiles", []) if t.get("unmatched")]
     if lone:  # every measured pair of theirs failed: where the stage put them, however far off
         line += "; " + unmatched_note([t["ref"] for t in lone], [t["placed_by"] for t in lone])
+    weak = [p for p in report.get("pairs", []) if p["used"] and not p.get("loop_checked", True)
+            and p["quality"] is not None and p["quality"] < STRONG_MATCH]  # fmt: skip
+    if weak:  # the likeliest wrong placements, and their residual cannot show it
+        line += "; " + unchecked_note([(p["ref_i"], p["ref_j"]) for p in weak])
     if s.get("flatfield") == "estimated":
         line += "; tiles correlated through a flat field estimated from them"
     if s.get("banding") == "removed":
@@ -357,6 +370,20 @@ def report_summary(report: dict[str, Any]) -> str:
     if report.get("layout_problems"):
         line += "; layout: " + "; ".join(report["layout_problems"])
     return line
+
+
+def unchecked_note(pairs: list[tuple[str, str]], *, shown: int = 3) -> str:
+    """``"2 used pairs rest on a weak match (NCC under 0.8) that no loop checks (their
+    residuals cannot show an error): a.tif-b.tif, c.tif-d.tif"``: the pairs (their tiles'
+    references), the first ``shown`` named, the rest counted."""
+    n = len(pairs)
+    names = ", ".join(f"{a}-{b}" for a, b in pairs[:shown]) + (
+        f" and {n - shown} more" if n > shown else ""
+    )
+    which = ("1 used pair rests", "its residual cannot") if n == 1 else (
+        f"{n} used pairs rest", "their residuals cannot")  # fmt: skip
+    return (f"{which[0]} on a weak match (NCC under {STRONG_MATCH:g}) that no loop checks "
+            f"({which[1]} show an error): {names}")  # fmt: skip
 
 
 def sidecar(out: str | os.PathLike[str], suffix: str) -> Path:
@@ -396,7 +423,8 @@ def write_report(
 
 def _plot_graph(report: dict[str, Any], path: Path) -> None:
     """Tiles as outlines at their registered positions, pairs as lines between tile centres
-    coloured by residual (grey dashed: not used; red: outlier), arrows for the shifts; a tile
+    coloured by residual (pink dotted: used but no loop checks it, its residual 0 whatever
+    its error; grey dashed: not used; red: outlier), arrows for the shifts; a tile
     that no used pair placed (``unmatched``) outlined in red and hatched."""
     # on a Figure of its own, never through pyplot: pyplot's global state is the caller's (a
     # notebook's inline backend was switched to Agg here, and its later plots not shown)
@@ -425,7 +453,9 @@ def _plot_graph(report: dict[str, Any], path: Path) -> None:
         a, b = centre[p["i"]], centre[p["j"]]
         if p["status"] == "corner":
             continue
-        if p["used"] and p["residual_px"] is not None:
+        if p["used"] and not p.get("loop_checked", True):  # residual 0 says nothing here
+            ax.plot(*zip(a, b, strict=True), color="deeppink", lw=3, ls=":")
+        elif p["used"] and p["residual_px"] is not None:
             ax.plot(*zip(a, b, strict=True), color=cmap(norm(p["residual_px"])), lw=3)
         else:
             colour = "red" if p["status"] == "outlier" else "0.6"
@@ -446,8 +476,8 @@ def _plot_graph(report: dict[str, Any], path: Path) -> None:
     ax.set_title(
         head + f"{s['pairs_used']} pairs used, rms residual {s['rms_residual_px']} px; "
         f"overlap agreement {s['overlap_agreement']}\n"
-        "lines: residual (colour), dashed grey: not used, red: outlier; arrows: shift x10"
-        + (marked if lone else ""),
+        "lines: residual (colour), dotted pink: used, no loop checks it, dashed grey: not "
+        "used, red: outlier; arrows: shift x10" + (marked if lone else ""),
         fontsize=8,
     )
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="residual (px)", shrink=0.6)

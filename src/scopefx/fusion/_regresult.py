@@ -151,10 +151,26 @@ class Registration:
         measured = {k for p in self.pairs if p.status != "corner" for k in (p.i, p.j)}
         return tuple(k for k in sorted(measured) if not used[k])
 
+    def unchecked_pairs(self) -> tuple[int, ...]:
+        """Indices into ``pairs`` of the used pairs that no loop of used pairs runs through:
+        each is the only used link between two groups of tiles, so nothing checks its shift
+        and its residual is 0 whatever its error (every pair of a 1 x N strip; in a grid, a
+        pair whose neighbours' pairs failed)."""
+        from ._loops import _bridges
+
+        used = [k for k, p in enumerate(self.pairs) if p.used]
+        links = np.array([(self.pairs[k].i, self.pairs[k].j) for k in used], dtype=int)
+        if not used:
+            return ()
+        return tuple(sorted(used[e] for e in _bridges(len(self.table), links.reshape(-1, 2))))
+
     def pairs_to_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write ``i,j,ref_i,ref_j,dx,dy[,dz],quality,used,residual_px,status`` (x, y order)."""
+        """Write ``i,j,ref_i,ref_j,dx,dy[,dz],quality,used,residual_px,status,loop_checked``
+        (x, y order; ``loop_checked``: used, and a loop of used pairs runs through it, see
+        :meth:`unchecked_pairs`)."""
         axes = ["dx", "dy", "dz"][: self.table.ndim]
         refs = self.table.refs
+        unchecked = set(self.unchecked_pairs())
 
         def num(v: float) -> str:
             return "" if math.isnan(v) else f"{v:.6g}"
@@ -162,11 +178,12 @@ class Registration:
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["i", "j", "ref_i", "ref_j", *axes, "quality", "used", "residual_px",
-                        "status"])  # fmt: skip
-            for p in self.pairs:
+                        "status", "loop_checked"])  # fmt: skip
+            for k, p in enumerate(self.pairs):
                 shift = [num(v) for v in p.shift_px[::-1]]
+                checked = p.used and k not in unchecked
                 w.writerow([p.i, p.j, refs[p.i], refs[p.j], *shift, num(p.quality), p.used,
-                            num(p.residual_px), p.status])  # fmt: skip
+                            num(p.residual_px), p.status, checked])  # fmt: skip
 
 
 def unmatched_note(refs: Sequence[str], placed_by: Sequence[str], *, shown: int = 3) -> str:

@@ -420,6 +420,8 @@ def _register(
         "overlap_agreement": report["summary"]["overlap_agreement"],
         "tiles_unmatched": len(unmatched),  # as in the QC report's summary
         "unmatched_tiles": unmatched,  # their references: placed without a used pair
+        # used pairs of NCC under 0.8 that no loop checks: the likeliest wrong placements
+        "pairs_unchecked_weak": report["summary"]["pairs_unchecked_weak"],
         "table": str(sidecar(out, ".registered.csv")),
         "pairs_csv": str(sidecar(out, ".pairs.csv")),
         "qc": str(qc_json),
