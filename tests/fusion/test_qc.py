@@ -184,8 +184,62 @@ def test_a_plan_refused_after_registration_leaves_the_report(mosaic, tmp_path: P
              options=FuseOptions(register=True))  # fmt: skip
     qc = tmp_path / "m.qc.json"
     assert f"QC report, which shows where each tile was placed and why: {qc}" in str(caught.value)
-    assert json.loads(qc.read_text())["summary"]["tiles"] == 9
+    written = json.loads(qc.read_text())
+    assert written["summary"]["tiles"] == 9 and "over the limit" in written["plan_refused"]
     assert not out.exists()
+    # the retry the error suggests replaces that report (no mosaic was made from it)
+    result = fuse(_table(stage, paths), out, params=FusionParams(max_output_gib=1e-6),
+                  options=FuseOptions(register=True, force=True))  # fmt: skip
+    assert out.exists() and json.loads(qc.read_text())["plan_refused"] is None
+    assert result.extra["registration"]["pairs_unchecked_weak"] == 0
+
+
+def test_a_report_that_cannot_be_written_does_not_hide_the_refused_plan(
+    mosaic, tmp_path: Path, monkeypatch
+) -> None:
+    import tifffile
+
+    from scopefx.errors import ConfigError, DiskFullError
+    from scopefx.fusion import FuseOptions, FusionParams, fuse
+    from scopefx.fusion import _qc as qc_module
+
+    tiles, _, stage = mosaic
+    paths = []
+    for k, tile in enumerate(tiles):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+
+    def full(*args, **kwargs):
+        raise DiskFullError("no space left on the device")
+
+    monkeypatch.setattr(qc_module, "write_report", full)
+    with pytest.raises(ConfigError, match="over the limit") as caught:
+        fuse(_table(stage, paths), tmp_path / "m.ome.zarr",
+             params=FusionParams(max_output_gib=1e-6),
+             options=FuseOptions(register=True))  # fmt: skip
+    assert "QC report was not written: no space left" in str(caught.value)
+
+
+def test_only_a_refused_layout_writes_the_report(mosaic, tmp_path: Path) -> None:
+    """Planning errors that are not about where the tiles lie (a focus score that is no
+    score, for blend="focus") say nothing of the registration and leave no side file."""
+    import tifffile
+
+    from scopefx.errors import ConfigError
+    from scopefx.fusion import FuseOptions, FusionParams, fuse
+
+    tiles, _, stage = mosaic
+    paths = []
+    for k, tile in enumerate(tiles):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+    table = _table(stage, paths)
+    scored = table.with_focus([1.0] * 8 + [-3.0])
+    with pytest.raises(ConfigError, match="not a finite score") as caught:
+        fuse(scored, tmp_path / "m.ome.zarr", params=FusionParams(blend="focus"),
+             options=FuseOptions(register=True))  # fmt: skip
+    assert "QC report" not in str(caught.value)
+    assert not (tmp_path / "m.qc.json").exists()
 
 
 def test_a_tile_no_used_pair_placed_is_named_in_the_report(mosaic, tmp_path: Path) -> None:

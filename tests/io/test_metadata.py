@@ -216,6 +216,19 @@ def test_imagej_inch_calibration_at_a_default_dpi_is_not_a_pixel_size(
     )
 
 
+def test_imagej_spacing_in_inches_is_no_z_step(tmp_path: Path) -> None:
+    """ImageJ writes its z spacing in the calibration's unit: inches for an image it opened
+    at 72 dpi, which gave a z step of 12,700 um."""
+    path = tmp_path / "ij_inch_stack.tif"
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(72, 72),
+                     metadata={"unit": "inch", "spacing": 0.5, "axes": "ZYX"})  # fmt: skip
+    assert read_metadata(path).pixel_size_z_um is None
+    um = tmp_path / "ij_um_stack.tif"
+    tifffile.imwrite(um, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(4, 4),
+                     metadata={"unit": "um", "spacing": 0.5, "axes": "ZYX"})  # fmt: skip
+    assert read_metadata(um).pixel_size_z_um == pytest.approx(0.5)
+
+
 def test_imagej_inch_calibration_off_the_defaults_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "ij_inch.tif"
     tifffile.imwrite(path, np.zeros((8, 8), np.uint8), imagej=True, resolution=(25400, 25400),

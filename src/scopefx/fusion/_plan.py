@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -255,11 +255,11 @@ def make_plan(
     if gib > params.max_output_gib and not force:
         far = np.argsort(-np.abs(lo - np.median(lo, axis=0)).max(axis=1))[:3]
         names = ", ".join(f"{table[int(i)].ref} at {lo[int(i)][::-1].tolist()}" for i in far)
-        raise ConfigError(
+        raise refused_layout(ConfigError(
             f"the mosaic would be {'x'.join(map(str, shape))} px ({gib:.3g} GiB), over the "
             f"limit of {params.max_output_gib:g} GiB; the farthest tiles are {names}. Positions "
             "in micrometres given as pixels? Fix the table, or raise max_output_gib / --force"
-        )
+        ))  # fmt: skip
 
     limits = limits if limits is not None else EndpointLimits.from_env()
     chunk = tuple(min(params.chunk_for(ndim), s) for s in shape)
@@ -315,6 +315,22 @@ def make_plan(
     )
 
 
+_E = TypeVar("_E", bound=BaseException)
+
+
+def refused_layout(error: _E) -> _E:
+    """``error``, marked as planning's refusal of the layout itself (the tiles' positions
+    span too much: :func:`is_refused_layout`), so that a fusion that registered first can say
+    where registration placed them."""
+    error.refused_layout = True  # type: ignore[attr-defined]
+    return error
+
+
+def is_refused_layout(error: BaseException) -> bool:
+    """Whether ``error`` is planning's refusal of the layout (:func:`refused_layout`)."""
+    return bool(getattr(error, "refused_layout", False))
+
+
 def _check_bounds(
     table: TileTable, shape: tuple[int, ...], chunk: tuple[int, ...], lo: np.ndarray,
     extent: np.ndarray, gib: float, limits: EndpointLimits,
@@ -326,11 +342,11 @@ def _check_bounds(
     if gib > limits.max_output_gib:
         far = np.argsort(-np.abs(lo - np.median(lo, axis=0)).max(axis=1))[:3]
         names = ", ".join(f"{table[int(i)].ref} at {lo[int(i)][::-1].tolist()}" for i in far)
-        raise ResourceLimitError(
+        raise refused_layout(ResourceLimitError(
             f"the mosaic would be {size} px ({gib:.3g} GiB), over this process's hard limit of "
             f"{limits.max_output_gib:g} GiB ({LIMIT_ENV['max_output_gib']}, which force does "
             f"not lift); the farthest tiles are {names}. Fix the positions in the table"
-        )
+        ))  # fmt: skip
     chunk_px = math.prod(chunk)
     if chunk_px > limits.max_chunk_px:
         raise ResourceLimitError(
@@ -342,11 +358,11 @@ def _check_bounds(
     # (tile, chunk) pairs of the CSR index: each tile's extent in chunks, plus its edges
     pairs = float(np.prod(extent / np.asarray(chunk) + 2, axis=1).sum())
     if n_chunks > limits.max_chunks or pairs > 4 * limits.max_chunks:
-        raise ResourceLimitError(
+        raise refused_layout(ResourceLimitError(
             f"the mosaic {size} px in chunks of {'x'.join(map(str, chunk))} has {n_chunks:,} "
             f"chunks, over the limit of {limits.max_chunks:,} ({LIMIT_ENV['max_chunks']}); "
             "tiles far apart (positions in micrometres given as pixels?), or chunk_px too small"
-        )
+        ))  # fmt: skip
 
 
 def check_plan_limits(plan: FusionPlan, limits: EndpointLimits | None = None) -> None:

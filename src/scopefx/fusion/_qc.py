@@ -234,7 +234,8 @@ def registration_report(
         ``shift`` x, y and its length ``shift_px``, ``size``, ``pairs_used`` and
         ``placed_by``: ``"registration"``, ``"stage model"`` or ``"stage position"``, see
         :meth:`Registration.placed_by`, and ``unmatched``: measured pairs, none used);
-        ``refused``: None, or why registration was refused.
+        ``refused``: None, or why registration was refused; ``plan_refused``: None, or why a
+        fusion's planning refused the registered layout (no mosaic was made from it).
     """
     table, nd = reg.table, reg.table.ndim
     stage = reg.stage_table or reg.table
@@ -256,7 +257,8 @@ def registration_report(
     used_by_tile, placed_by = reg.pairs_used_per_tile(), reg.placed_by()
     unmatched = set(reg.unmatched_tiles())
     unchecked = set(reg.unchecked_pairs())
-    weak = [k for k in sorted(unchecked) if reg.pairs[k].quality < STRONG_MATCH]
+    # on the report's own (rounded) NCC, as report_summary names them
+    weak = [k for k in sorted(unchecked) if (_num(reg.pairs[k].quality) or 0.0) < STRONG_MATCH]
     summary = {
         "tiles": len(table),
         "pairs": len(reg.pairs),
@@ -317,6 +319,7 @@ def registration_report(
     return {
         "version": REPORT_VERSION,
         "refused": refused,
+        "plan_refused": None,  # set where a fusion's planning then refused this layout
         "params": reg.params.to_dict(),
         "summary": summary,
         "layout_problems": layout_problems(stage, shape_arr),
@@ -473,6 +476,8 @@ def _plot_graph(report: dict[str, Any], path: Path) -> None:
     marked = f"\nhatched red: tiles with no used pair ({len(lone)}), placed from the stage alone"
     head = ("REFUSED (too few usable pairs): positions as --allow-partial-registration would "
             "give, not applied\n" if report.get("refused") else "")  # fmt: skip
+    if report.get("plan_refused"):
+        head += "NOT FUSED: planning refused this layout (the report's plan_refused says why)\n"
     ax.set_title(
         head + f"{s['pairs_used']} pairs used, rms residual {s['rms_residual_px']} px; "
         f"overlap agreement {s['overlap_agreement']}\n"
@@ -525,13 +530,14 @@ def registered_report(
     flatfield: Any = None,
     workers: int = 1,
     replace: bool = False,
-) -> tuple[Registration, dict[str, Any], Callable[[], tuple[Path, Path]]]:
+) -> tuple[Registration, dict[str, Any], Callable[..., tuple[Path, Path]]]:
     """:func:`qc_only` with the side files checked but not yet written: the registration, its
-    report, and the call that writes them (returning the QC report's paths). A fusion writes
-    them once its output is claimed, so that a run refused there (``--overwrite`` of what
-    scopefx did not write, a ``--resume`` of another plan) leaves no report beside a mosaic
-    it does not describe. A refused registration writes its evidence at once, as
-    :func:`qc_only` does."""
+    report, and the call that writes them (returning the QC report's paths; given
+    ``plan_refused``, why planning refused the registered layout, the report says so and
+    the next run replaces its files). A fusion writes them once its output is claimed, so
+    that a run refused there (``--overwrite`` of what scopefx did not write, a ``--resume``
+    of another plan) leaves no report beside a mosaic it does not describe. A refused
+    registration writes its evidence at once, as :func:`qc_only` does."""
     from ._publish import publish
 
     started = time.monotonic()  # one task clock for the registration and its report
@@ -550,7 +556,9 @@ def registered_report(
         out, _SIDE_FILES, replace=replace, refused=False, source=table.source
     )  # all checked, then written
 
-    def write() -> tuple[Path, Path]:
+    def write(plan_refused: str | None = None) -> tuple[Path, Path]:
+        if plan_refused is not None:  # no mosaic will describe them: the next run replaces them
+            report["plan_refused"] = plan_refused
         publish(sidecar(out, ".registered.csv"), reg.table.to_csv, replace=True)
         publish(sidecar(out, ".pairs.csv"), reg.pairs_to_csv, replace=True)
         return write_report(report, out, replace=True)
@@ -609,9 +617,13 @@ def _may_write(
     suggests (``--allow-partial-registration``, a wider search) just works. Other files need
     ``replace``; and a refused run (``refused``) replaces none of a run that registered,
     whose mosaic is beside them (where no mosaic is, a ``--qc`` run's, ``replace`` lets it).
+    The files of a run whose registered layout planning refused (the report's
+    ``plan_refused``; no mosaic made) are replaced alike, the refined table among them.
     No side file may be the run's input table."""
     report = _scopefx_report(sidecar(out, ".qc.json"))  # read once, whatever else is asked
     prior_refusal = bool(report and report.get("refused"))
+    # a registered layout planning refused: no mosaic was made from its refined table either
+    prior_plan = bool(report and report.get("plan_refused")) and not os.path.lexists(out)
     for suffix, kind in files:
         path = sidecar(out, suffix)
         if not os.path.lexists(path):
@@ -626,7 +638,7 @@ def _may_write(
         if not ours:
             raise ConfigError(f"{path} exists and is not a file scopefx wrote; scopefx will not "
                               "replace it: move it, or choose another output")  # fmt: skip
-        if prior_refusal and suffix != ".registered.csv":
+        if prior_plan or (prior_refusal and suffix != ".registered.csv"):
             continue  # a refusal's evidence: the next run's to replace
         if refused and os.path.lexists(out):
             raise ConfigError(f"{path} is the report of a run that registered, beside its "

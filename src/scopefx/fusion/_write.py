@@ -32,7 +32,7 @@ from ._fuse import (
 )
 from ._job import FusionJob, FusionResult, prepare_fusion
 from ._params import FuseOptions, FusionParams
-from ._plan import FusionPlan
+from ._plan import FusionPlan, is_refused_layout
 from ._publish import publish
 
 __all__ = ["TiffJob", "fuse", "prepare", "qc"]
@@ -98,7 +98,8 @@ def prepare(
             table, metas, params=params, read=read, workers=n_workers, force=options.force
         )
     except ScopefxError as exc:
-        _report_refused_plan(exc, out, sidecars, extra)
+        if is_refused_layout(exc):
+            _report_refused_plan(exc, out, sidecars, extra)
         raise
     # the registration's side files are written once the output is known to be writable (a
     # refused --overwrite or --resume leaves no report beside a mosaic it does not describe)
@@ -119,19 +120,27 @@ def prepare(
 
 
 def _report_refused_plan(
-    exc: ScopefxError, out: Path, sidecars: Callable[[], Any] | None, extra: dict[str, Any]
+    exc: ScopefxError, out: Path, sidecars: Callable[..., Any] | None, extra: dict[str, Any]
 ) -> None:
     """Planning refused the registered layout (a mosaic over the size limit: a tile placed
-    far off): write the registration's QC report beside ``out``, which shows where each
-    tile went and why, and name it in the error. Not where ``out`` exists (``--resume``,
-    ``--overwrite``): its report is the previous run's, describing the mosaic there."""
+    far off): write the registration's QC report beside ``out``, which shows where each tile
+    went and why, and name it in the error (or say why it could not be written; never in
+    place of the refusal). The report says the plan was refused, so that the next run to the
+    same output replaces it (the retry the error suggests just works). Not where ``out``
+    exists (``--resume``, ``--overwrite``): its report is the previous run's, describing the
+    mosaic there."""
     if sidecars is None or os.path.lexists(out):
         return
-    sidecars()
-    qc = extra["registration"]["qc"]
+    try:
+        sidecars(plan_refused=str(exc))
+    except (ScopefxError, OSError) as err:  # exists, disk full, ...
+        note = f"the registration's QC report was not written: {err}"
+    else:
+        note = (f"the registration's QC report, which shows where each tile was placed and "
+                f"why: {extra['registration']['qc']} (the next run to the same output "
+                "replaces it)")  # fmt: skip
     if len(exc.args) == 1 and isinstance(exc.args[0], str):
-        exc.args = (f"{exc.args[0]}\nthe registration's QC report, which shows where each tile "
-                    f"was placed and why: {qc}",)  # fmt: skip
+        exc.args = (f"{exc.args[0]}\n{note}",)
 
 
 _PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pdf", ".svg", ".eps",
@@ -201,7 +210,7 @@ def _read_and_register(
     flatfield: Any,
     read: Reader | None,
     workers: int,
-) -> tuple[TileTable, list[Any], list[str], dict[str, Any], Any, Callable[[], Any] | None]:
+) -> tuple[TileTable, list[Any], list[str], dict[str, Any], Any, Callable[..., Any] | None]:
     """The first steps of :func:`prepare` and :func:`qc`: the table and the tile headers, the
     layout checks, the flat field (before registration, which correlates corrected tiles),
     and the registration when ``options.register``, whose side files (checked) are written by
@@ -273,8 +282,9 @@ def qc(
     dict
         The registration summary (``pairs``, ``pairs_used``, ``rms_residual_px``,
         ``overlap_agreement``, ``tiles_unmatched`` and their references ``unmatched_tiles``,
-        the paths, ``summary_line``), with ``pixel_size_from`` and any ``layout_problems``;
-        :func:`fuse` puts the same summary in ``result.extra["registration"]``.
+        ``pairs_unchecked_weak``, the paths, ``summary_line``), with ``pixel_size_from`` and
+        any ``layout_problems``; :func:`fuse` puts the same summary in
+        ``result.extra["registration"]``.
 
     Raises
     ------
@@ -399,7 +409,7 @@ def _pixel_size_from(table: TileTable, metas: list[Any], given: float | None) ->
 def _register(
     table: TileTable, shapes: np.ndarray, out: Path, read: Reader | None, workers: int,
     flatfield: Any = None, *, params: Any = None, replace: bool = False,
-) -> tuple[TileTable, dict[str, Any], Callable[[], Any]]:  # fmt: skip
+) -> tuple[TileTable, dict[str, Any], Callable[..., Any]]:  # fmt: skip
     """Register and check the sidecars and the QC report beside ``out``; the refined table,
     the run's registration summary, and the call that writes those files."""
     from ._qc import registered_report, report_summary, sidecar

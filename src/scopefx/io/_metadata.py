@@ -371,8 +371,8 @@ def _ome_um(ome_xml: str) -> tuple[float | None, dict[str, Any]]:
 
 def _z_step_um(ome_xml: str | None, ij: dict[str, Any] | None) -> float | None:
     """The z step a TIFF records, in micrometres: OME ``PhysicalSizeZ`` (in its
-    ``PhysicalSizeZUnit``), else ImageJ ``spacing`` (in ``zunit``, else ``unit``); None where
-    neither is a positive length."""
+    ``PhysicalSizeZUnit``), else ImageJ ``spacing`` (in ``zunit``, else ``unit``; not in
+    inches); None where neither is a positive length."""
     steps: list[float | None] = []
     if ome_xml:
         try:
@@ -384,7 +384,9 @@ def _z_step_um(ome_xml: str | None, ij: dict[str, Any] | None) -> float | None:
             steps.append(value_um(pixels.get("PhysicalSizeZ"), ome_unit))
     ij = ij or {}
     ij_unit = str(ij.get("zunit") or ij.get("unit") or "")
-    if ij.get("spacing") is not None and ij_unit:  # no unit: ImageJ's uncalibrated pixels
+    # no unit: ImageJ's uncalibrated pixels; inches: the dpi of an image ImageJ opened (see
+    # _imagej_um), no microscope's z step
+    if ij.get("spacing") is not None and ij_unit and length_um(ij_unit) != 25400.0:
         steps.append(value_um(str(ij["spacing"]), ij_unit))
     return next((s for s in steps if s is not None and s > 0), None)
 
