@@ -194,6 +194,28 @@ def test_a_plan_refused_after_registration_leaves_the_report(mosaic, tmp_path: P
     assert result.extra["registration"]["pairs_unchecked_weak"] == 0
 
 
+def test_a_layout_over_the_endpoints_hard_limit_leaves_the_report(
+    mosaic, tmp_path: Path, monkeypatch
+) -> None:
+    """The endpoint's own size limit (which --force does not lift) refuses the layout too."""
+    import tifffile
+
+    from scopefx.errors import ResourceLimitError
+    from scopefx.fusion import FuseOptions, fuse
+
+    tiles, _, stage = mosaic
+    paths = []
+    for k, tile in enumerate(tiles):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+    monkeypatch.setenv("SCOPEFX_MAX_OUTPUT_GIB", "1e-6")
+    with pytest.raises(ResourceLimitError, match="hard limit") as caught:
+        fuse(_table(stage, paths), tmp_path / "m.ome.zarr",
+             options=FuseOptions(register=True, force=True))  # fmt: skip
+    assert "QC report, which shows where each tile was placed" in str(caught.value)
+    assert "hard limit" in json.loads((tmp_path / "m.qc.json").read_text())["plan_refused"]
+
+
 def test_a_report_that_cannot_be_written_does_not_hide_the_refused_plan(
     mosaic, tmp_path: Path, monkeypatch
 ) -> None:
