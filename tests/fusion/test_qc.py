@@ -24,6 +24,17 @@ def mosaic():
     return tiles, true, stage
 
 
+def _tiff_tiles(tiles: list[np.ndarray], folder: Path) -> list[str]:
+    """The tiles written as 8-bit TIFFs ``t0.tif``, ``t1.tif``, ... in ``folder``."""
+    import tifffile
+
+    paths = []
+    for k, tile in enumerate(tiles):
+        paths.append(str(folder / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+    return paths
+
+
 def test_report_contents(mosaic) -> None:
     tiles, _, stage = mosaic
     read = _memory_reader(tiles)
@@ -133,16 +144,12 @@ def test_fuse_registers_flat_field_corrected_tiles_and_writes_the_report(
 ) -> None:
     """fuse(register=True, flatfield="estimate") estimates the flat field first and registers
     corrected tiles (it used to register raw tiles), then writes the QC report beside out."""
-    import tifffile
 
     from scopefx.fusion import FuseOptions, fuse
     from scopefx.fusion import _qc as qc_module
 
     tiles, _, stage = mosaic
-    paths = []
-    for k, tile in enumerate(tiles):
-        paths.append(str(tmp_path / f"t{k}.tif"))
-        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+    paths = _tiff_tiles(tiles, tmp_path)
     seen = []
     real = qc_module.register_from  # registration for fuse() goes through the QC path
 
@@ -168,16 +175,12 @@ def test_a_plan_refused_after_registration_leaves_the_report(mosaic, tmp_path: P
     """Planning the registered layout can still refuse it (over the size limit, say, when a
     tile was placed far off); the QC report that shows where each tile went was not written,
     as it is only once the output is made."""
-    import tifffile
 
     from scopefx.errors import ConfigError
     from scopefx.fusion import FuseOptions, FusionParams, fuse
 
     tiles, _, stage = mosaic
-    paths = []
-    for k, tile in enumerate(tiles):
-        paths.append(str(tmp_path / f"t{k}.tif"))
-        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+    paths = _tiff_tiles(tiles, tmp_path)
     out = tmp_path / "m.ome.zarr"
     with pytest.raises(ConfigError, match="over the limit") as caught:
         fuse(_table(stage, paths), out, params=FusionParams(max_output_gib=1e-6),
@@ -198,16 +201,12 @@ def test_a_layout_over_the_endpoints_hard_limit_leaves_the_report(
     mosaic, tmp_path: Path, monkeypatch
 ) -> None:
     """The endpoint's own size limit (which --force does not lift) refuses the layout too."""
-    import tifffile
 
     from scopefx.errors import ResourceLimitError
     from scopefx.fusion import FuseOptions, fuse
 
     tiles, _, stage = mosaic
-    paths = []
-    for k, tile in enumerate(tiles):
-        paths.append(str(tmp_path / f"t{k}.tif"))
-        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+    paths = _tiff_tiles(tiles, tmp_path)
     monkeypatch.setenv("SCOPEFX_MAX_OUTPUT_GIB", "1e-6")
     with pytest.raises(ResourceLimitError, match="hard limit") as caught:
         fuse(_table(stage, paths), tmp_path / "m.ome.zarr",
@@ -219,17 +218,13 @@ def test_a_layout_over_the_endpoints_hard_limit_leaves_the_report(
 def test_a_report_that_cannot_be_written_does_not_hide_the_refused_plan(
     mosaic, tmp_path: Path, monkeypatch
 ) -> None:
-    import tifffile
 
     from scopefx.errors import ConfigError, DiskFullError
     from scopefx.fusion import FuseOptions, FusionParams, fuse
     from scopefx.fusion import _qc as qc_module
 
     tiles, _, stage = mosaic
-    paths = []
-    for k, tile in enumerate(tiles):
-        paths.append(str(tmp_path / f"t{k}.tif"))
-        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+    paths = _tiff_tiles(tiles, tmp_path)
 
     def full(*args, **kwargs):
         raise DiskFullError("no space left on the device")
@@ -245,16 +240,12 @@ def test_a_report_that_cannot_be_written_does_not_hide_the_refused_plan(
 def test_only_a_refused_layout_writes_the_report(mosaic, tmp_path: Path) -> None:
     """Planning errors that are not about where the tiles lie (a focus score that is no
     score, for blend="focus") say nothing of the registration and leave no side file."""
-    import tifffile
 
     from scopefx.errors import ConfigError
     from scopefx.fusion import FuseOptions, FusionParams, fuse
 
     tiles, _, stage = mosaic
-    paths = []
-    for k, tile in enumerate(tiles):
-        paths.append(str(tmp_path / f"t{k}.tif"))
-        tifffile.imwrite(paths[-1], (tile * 200).astype(np.uint8))
+    paths = _tiff_tiles(tiles, tmp_path)
     table = _table(stage, paths)
     scored = table.with_focus([1.0] * 8 + [-3.0])
     with pytest.raises(ConfigError, match="not a finite score") as caught:
