@@ -2010,13 +2010,18 @@ def test_only_a_clear_match_lets_the_refinement_land_far_from_the_integer_peak(
     assert np.allclose(_correlate._refined(crop, crop, peak, 2, score, peak, far=False)[0], near)
 
 
-@pytest.mark.parametrize(("name", "fraction"), [("coins", 0.75), ("coins", 0.5)])
+@pytest.mark.parametrize(("name", "fraction"), [("coins", 0.75), ("coins", 0.5), ("coins", 0.4)])
 def test_a_refusal_counts_the_pairs_its_report_shows(name: str, fraction: float) -> None:
     """The usable share is judged on the pairs the solve kept (loop-confirmed pairs count,
     outliers do not), the statuses the report shows: the refusal's "only N of M" and the
     registration it carries agree (a noisy, vignetted 3x3 coins scan at 3 % overlap: 6 of 12
     pairs kept; the first pass alone had 5, and the refusal said 5 while its report said 6).
-    At 50 % the same scan registers."""
+
+    Nor does a weak match that no loop confirms where the layout has loops: of the 6, pair
+    5-8 (NCC 0.45) is one, 16 px off, and the scan registered at 50 % with tile 8 placed 38
+    px off (14.3 px mean, the stage 12.1). It is now refused at 50 % and registers at 40 %."""
+    from scopefx.fusion._qc import registration_report, report_summary
+
     m = samples.make_mosaic(name, grid=(3, 3), tile_px=192, overlap=0.03, jitter_px=15.0,
                             subpixel=True, vignetting=0.5, photons=30.0, read_noise=2.0,
                             seed=1)  # fmt: skip
@@ -2027,15 +2032,25 @@ def test_a_refusal_counts_the_pairs_its_report_shows(name: str, fraction: float)
     params = RegistrationParams(min_usable_fraction=fraction)
     args = (_table(stage),)
     kwargs = {"read": _memory_reader(list(m.tiles)), "shapes": [(192, 192)] * 9}
-    if fraction > 0.5:
+    if fraction >= 0.5:
         with pytest.raises(RegistrationError, match=r"only (\d+) of 12") as info:
             register(*args, params=params, **kwargs)
         said = int(re.search(r"only (\d+) of 12", str(info.value)).group(1))
         reg = info.value.registration
-        assert said == sum(p.used for p in reg.pairs if p.status != "corner") == 6
+        assert sum(p.used for p in reg.pairs if p.status != "corner") == 6
+        assert said == 5 and "1 of the used is a weak match (NCC under 0.8)" in str(info.value)
+        report = registration_report(reg, refused=str(info.value), **kwargs)
+        assert report["summary"]["pairs_unconfirmed_weak"] == 1
+        assert report_summary(report).startswith(
+            "registration refused: 5 of 12 side pairs gave a usable match, 1 weak used one "
+            "that no loop confirms not counted"
+        )
     else:
         reg = register(*args, params=params, **kwargs)
         assert sum(p.used for p in reg.pairs if p.status != "corner") == 6
+        weak = [(p.i, p.j) for k, p in enumerate(reg.pairs)
+                if k in reg.unchecked_pairs() and p.quality < 0.8]  # fmt: skip
+        assert weak == [(5, 8)]
 
 
 def _comb(rows: int, cols: int) -> np.ndarray:

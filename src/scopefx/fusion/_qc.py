@@ -275,6 +275,9 @@ def registration_report(
         # used pairs no loop checks (residual 0 whatever their error), and those weak ones
         "pairs_unchecked": len(unchecked),
         "pairs_unchecked_weak": len(weak),
+        # of those, the ones the layout's loops could have confirmed: not counted as usable
+        # by the refusal (min_usable_fraction)
+        "pairs_unconfirmed_weak": _unconfirmed(reg),
         "flatfield": reg.flatfield,
         "banding": reg.banding,
     }
@@ -328,6 +331,20 @@ def registration_report(
     }
 
 
+def _unconfirmed(reg: Registration) -> int:
+    """:func:`~._settle._unconfirmed_weak` of a registration's pairs, the count by which a
+    refusal judges them (with ``corner_pairs``, measured corner pairs count as side pairs
+    here: the report does not tell them apart)."""
+    from ._settle import _unconfirmed_weak
+
+    m = len(reg.pairs)
+    ij = np.array([(p.i, p.j) for p in reg.pairs], dtype=int).reshape(m, 2)
+    used = np.array([p.used for p in reg.pairs], dtype=bool)
+    side = np.array([p.status != "corner" for p in reg.pairs], dtype=bool)
+    quality = np.array([p.quality for p in reg.pairs], dtype=float)
+    return _unconfirmed_weak(len(reg.table), ij, used, side, quality)
+
+
 def report_summary(report: dict[str, Any]) -> str:
     """One line for the CLI, e.g. ``registration: 17 of 17 side pairs used (12 corner pairs
     not measured), rms residual 0.41 px, tiles moved 1.1 px on average (max 2.6), overlap
@@ -336,9 +353,12 @@ def report_summary(report: dict[str, Any]) -> str:
     s = report["summary"]
     side = s["pairs"] - s["pairs_corner"]
     if report.get("refused"):  # what was measured; the positions were not applied
-        return (f"registration refused: {s['pairs_used']} of {side} side pairs gave a usable "
-                "match (the report's positions are what --allow-partial-registration would "
-                "give, not applied)")  # fmt: skip
+        weak = s.get("pairs_unconfirmed_weak", 0)
+        note = (f", {weak} weak used one{'s' if weak != 1 else ''} that no loop confirms not "
+                "counted" if weak else "")  # fmt: skip
+        return (f"registration refused: {s['pairs_used'] - weak} of {side} side pairs gave a "
+                f"usable match{note} (the report's positions are what "
+                "--allow-partial-registration would give, not applied)")  # fmt: skip
     if s["pairs"] == 0 and len(report.get("tiles", [])) == 1:
         return "registration: one tile, nothing to register (placed at its stage position)"
     parts = [f"registration: {s['pairs_used']} of {side} side pairs used"]

@@ -51,7 +51,8 @@ The steps, in the order :func:`register` runs them (each in the module named):
    dropped and they are used.
 
 The result is a :class:`~._regresult.Registration`. Fewer usable side pairs than
-``min_usable_fraction`` of them is an error (:class:`~scopefx.errors.RegistrationError`)
+``min_usable_fraction`` of them (a weak match that no loop confirms, where the layout gives it
+loops, does not count) is an error (:class:`~scopefx.errors.RegistrationError`)
 unless ``allow_partial``. Transforms follow :mod:`scopefx.io._tiles`: homogeneous affines in
 array index order (``(y, x)`` or ``(z, y, x)``), tile index -> mosaic index.
 """

@@ -95,7 +95,9 @@ class RegistrationParams:
         neither (the pairs alone, ``prior_weight`` fixing the common offset).
     min_usable_fraction : float
         Fraction of the side pairs that must give a usable match (0..1): of the pairs the
-        solve keeps (loop-confirmed pairs count, outliers do not).
+        solve keeps (loop-confirmed pairs count, outliers do not, nor do weak matches, NCC
+        under 0.8, that no loop confirms where the layout gives them loops: such a match is
+        as often chance as not; with ``allow_partial`` they are still used).
     allow_partial : bool
         Register with fewer usable pairs than ``min_usable_fraction`` instead of raising.
 
