@@ -277,7 +277,7 @@ def registration_report(
         "pairs_unchecked_weak": len(weak),
         # of those, the ones the layout's loops could have confirmed: not counted as usable
         # by the refusal (min_usable_fraction)
-        "pairs_unconfirmed_weak": _unconfirmed(reg),
+        "pairs_unconfirmed_weak": len(reg.unconfirmed_weak_pairs()),
         "flatfield": reg.flatfield,
         "banding": reg.banding,
     }
@@ -329,20 +329,6 @@ def registration_report(
         "pairs": pairs,
         "tiles": tiles,
     }
-
-
-def _unconfirmed(reg: Registration) -> int:
-    """:func:`~._settle._unconfirmed_weak` of a registration's pairs, the count by which a
-    refusal judges them (with ``corner_pairs``, measured corner pairs count as side pairs
-    here: the report does not tell them apart)."""
-    from ._settle import _unconfirmed_weak
-
-    m = len(reg.pairs)
-    ij = np.array([(p.i, p.j) for p in reg.pairs], dtype=int).reshape(m, 2)
-    used = np.array([p.used for p in reg.pairs], dtype=bool)
-    side = np.array([p.status != "corner" for p in reg.pairs], dtype=bool)
-    quality = np.array([p.quality for p in reg.pairs], dtype=float)
-    return _unconfirmed_weak(len(reg.table), ij, used, side, quality)
 
 
 def report_summary(report: dict[str, Any]) -> str:

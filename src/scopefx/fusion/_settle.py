@@ -21,7 +21,6 @@ from ..io import TileTable
 from ._correlate import STRONG_MATCH, Measured
 from ._loops import (
     _agreeing_joins,
-    _bridges,
     _components,
     _confirmed,
     _lone_best,
@@ -181,32 +180,6 @@ def _settle(
             c, target = held
             model = {k: target[ij[k, 1]] - target[ij[k, 0]] for k in model}
             residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)
-    # judged on the pairs the solve kept: those the loops confirmed count, outliers do not,
-    # so that the refusal and its report (the statuses below) give one count; nor do weak
-    # matches that no loop confirms where the layout has loops (_unconfirmed_weak)
-    n_side, n_ok = int(side.sum()), int((used & side).sum())
-    n_weak = _unconfirmed_weak(n, ij, used, side, quality)
-    refusal = None
-    if n > 1 and n_ok - n_weak < params.min_usable_fraction * n_side and not params.allow_partial:
-        counts = collections.Counter(status[side].tolist())
-        detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(counts.items()))
-        if n_weak:
-            what = "is a weak match" if n_weak == 1 else "are weak matches"
-            detail += (f"; {n_weak} of the used {what} (NCC under {STRONG_MATCH:g}) that no "
-                       "loop of pairs confirms, not counted: such a match is as often chance "
-                       "as not")  # fmt: skip
-        refusal = (
-            f"only {n_ok - n_weak} of {n_side} neighbouring tile pairs gave a usable match "
-            f"({detail}); "
-            f"at least {params.min_usable_fraction:.0%} are needed. Low quality or blank: the "
-            "overlaps hold too little content; ambiguous: a repeated pattern; outlier: a "
-            "match the other pairs contradict. Widen the search "
-            "(max_shift_px / --max-shift) or lower min_overlap_px (--min-overlap) if the "
-            "stage positions are far off; if the pairs of one direction all fail, the stage's "
-            "axis may run against the image's (flip_x / flip_y: --flip-x / --flip-y); or "
-            "register what can be registered with allow_partial=True "
-            "(--allow-partial-registration)"
-        )
     affines = table.affines
     if used.any():  # nothing registered: the stage positions stay as they are
         c = c + _whole_pixel_gauge(affines[:, :nd, nd] + c)
@@ -233,30 +206,35 @@ def _settle(
     logger.info("registered %d tiles from %d pairs: %s; %d modelled", n, m,
                 dict(sorted(counts.items())), len(model))  # fmt: skip
     reg = Registration(table.with_affines(affines), pairs, c, params, table)
+    # judged on the pairs the solve kept: those the loops confirmed count, outliers do not,
+    # so that the refusal and its report (the statuses above) give one count; nor do weak
+    # matches that no loop confirms where the layout has loops
+    n_side, n_ok = int(side.sum()), int((used & side).sum())
+    n_weak = len(reg.unconfirmed_weak_pairs())
+    refusal = None
+    if n > 1 and n_ok - n_weak < params.min_usable_fraction * n_side and not params.allow_partial:
+        counts = collections.Counter(status[side].tolist())
+        detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(counts.items()))
+        if n_weak:
+            what = "is a weak match" if n_weak == 1 else "are weak matches"
+            detail += (f"; {n_weak} of the used {what} (NCC under {STRONG_MATCH:g}) that no "
+                       "loop of pairs confirms, not counted: such a match is as often chance "
+                       "as not")  # fmt: skip
+        refusal = (
+            f"only {n_ok - n_weak} of {n_side} neighbouring tile pairs gave a usable match "
+            f"({detail}); "
+            f"at least {params.min_usable_fraction:.0%} are needed. Low quality or blank: the "
+            "overlaps hold too little content; ambiguous: a repeated pattern; outlier: a "
+            "match the other pairs contradict. Widen the search "
+            "(max_shift_px / --max-shift) or lower min_overlap_px (--min-overlap) if the "
+            "stage positions are far off; if the pairs of one direction all fail, the stage's "
+            "axis may run against the image's (flip_x / flip_y: --flip-x / --flip-y); or "
+            "register what can be registered with allow_partial=True "
+            "(--allow-partial-registration)"
+        )
     if refusal is None:  # a refusal says why instead
         _warn_unmatched(reg)
     return reg, refusal
-
-
-def _unconfirmed_weak(
-    n: int, ij: np.ndarray, used: np.ndarray, side: np.ndarray, quality: np.ndarray
-) -> int:
-    """How many used side pairs are weak (NCC under ``STRONG_MATCH``) and confirmed by no
-    loop of used pairs although the layout gives them loops (their loops' other pairs
-    failed): such a match is as often chance as not, so it does not count towards
-    ``min_usable_fraction``. Over the 3x3 and 4x4 cuts of ``bench/register_real_cut.py``
-    (``--allow-partial``) 80 of 169 weak bridges were more than 1.5 px off, 59 of the other
-    1,152 used pairs; each of the 11 cases this refuses was placed 1.4-9.6 px off on average
-    (light-sheet 3x3 at 20 %: 7.22, up to 26.9 px). A pair that no loop of the layout could
-    check (a strip, two tiles) counts as before."""
-    links = np.flatnonzero(used)
-    if not len(links):
-        return 0
-    lone = links[_bridges(n, ij[links])]
-    layout = np.flatnonzero(side | used)  # the pairs measured (a corner pair, where used)
-    never = set(layout[_bridges(n, ij[layout])].tolist())  # no loop of the layout runs through
-    return sum(1 for k in lone.tolist()
-               if side[k] and k not in never and quality[k] < STRONG_MATCH)  # fmt: skip
 
 
 #: Loops (used pairs beyond a tree of the tiles) needed to judge how far the pairs err.

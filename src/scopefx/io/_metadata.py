@@ -315,6 +315,13 @@ PLAUSIBLE_PIXEL_UM = (1e-5, 50.0)
 
 #: Dots per inch that image software writes by default, not a measured pixel size.
 DEFAULT_DPI = (72, 96, 150, 300, 600)
+_INCH_UM = 25400.0
+
+
+def _default_dpi(per_unit: float, num: float, den: float) -> bool:
+    """Whether a resolution of ``num / den`` pixels per unit (``per_unit`` um) is one of the
+    ``DEFAULT_DPI`` that image software writes in inches: no measured pixel size."""
+    return per_unit == _INCH_UM and any(abs(num / den - d) < 1e-6 for d in DEFAULT_DPI)
 
 
 def _resolution_um(page: Any) -> tuple[float | None, dict[str, Any]]:
@@ -325,11 +332,11 @@ def _resolution_um(page: Any) -> tuple[float | None, dict[str, Any]]:
     if xres is None or unit is None:
         return None, {}
     num, den = (xres.value if isinstance(xres.value, tuple) else (xres.value, 1))[:2]
-    per_unit = {2: 25400.0, 3: 10000.0}.get(int(unit.value))
+    per_unit = {2: _INCH_UM, 3: 10000.0}.get(int(unit.value))
     if per_unit is None or not num or not den:
         return None, {}
     raw = {"XResolution": [num, den], "ResolutionUnit": int(unit.value)}
-    if per_unit == 25400.0 and any(abs(num / den - d) < 1e-6 for d in DEFAULT_DPI):
+    if _default_dpi(per_unit, num, den):
         raw["pixel_size_ignored"] = (
             f"{num / den:g} dpi is a default of image software, not a pixel size"
         )
@@ -386,7 +393,7 @@ def _z_step_um(ome_xml: str | None, ij: dict[str, Any] | None) -> float | None:
     ij_unit = str(ij.get("zunit") or ij.get("unit") or "")
     # no unit: ImageJ's uncalibrated pixels; inches: the dpi of an image ImageJ opened (see
     # _imagej_um), no microscope's z step
-    if ij.get("spacing") is not None and ij_unit and length_um(ij_unit) != 25400.0:
+    if ij.get("spacing") is not None and ij_unit and length_um(ij_unit) != _INCH_UM:
         steps.append(value_um(str(ij["spacing"]), ij_unit))
     return next((s for s in steps if s is not None and s > 0), None)
 
@@ -403,7 +410,7 @@ def _imagej_um(ij: dict[str, Any], page: Any) -> tuple[float | None, dict[str, A
     num, den = xres.value[:2]
     if not num or not den:
         return None, raw
-    if factor == 25400.0 and any(abs(num / den - d) < 1e-6 for d in DEFAULT_DPI):
+    if _default_dpi(factor, num, den):
         raw["pixel_size_ignored"] = (
             f"{num / den:g} dpi (an ImageJ calibration in inches) is a default of image "
             "software, not a pixel size"
