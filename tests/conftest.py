@@ -22,6 +22,7 @@ def _isolated_config(
 ) -> None:
     """Keep dask (and dask-jobqueue's import-time config write) out of the user's home."""
     monkeypatch.setenv("DASK_CONFIG", str(tmp_path_factory.getbasetemp() / "dask-config"))
+    monkeypatch.delenv("SCOPEFX_DEVICE", raising=False)  # where files are scored: auto
 
 
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])

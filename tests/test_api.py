@@ -79,7 +79,7 @@ def test_backend_follows_the_array_and_device():
     assert get_backend(image, device="cpu").name == "numpy"
     assert not is_cupy_array(image)
     assert to_numpy(image) is image
-    with pytest.raises(errors.ConfigError, match="device must be None, 'cpu', 'gpu'"):
+    with pytest.raises(errors.ConfigError, match="device must be None, 'auto', 'cpu', 'gpu'"):
         get_backend(image, device="tpu")
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -20,7 +22,22 @@ from .errors import ConfigError, DeviceUnavailableError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "get_backend", "is_cupy_array", "list_gpus", "to_numpy"]
+__all__ = [
+    "DEVICE_ENV",
+    "Backend",
+    "backend_name",
+    "default_device",
+    "get_backend",
+    "is_cupy_array",
+    "is_device_out_of_memory",
+    "list_gpus",
+    "release_device_memory",
+    "to_numpy",
+]
+
+#: Environment variable naming where files are scored when no device is named: ``auto`` (the
+#: default: the GPU where CuPy sees one, else the CPU), ``cpu``, ``gpu`` or ``cuda:N``.
+DEVICE_ENV = "SCOPEFX_DEVICE"
 
 
 @dataclass(frozen=True)
@@ -98,8 +115,9 @@ def get_backend(array: Any = None, *, device: str | None = None) -> Backend:
     ----------
     array : array-like, optional
         A CuPy array selects the GPU backend; anything else selects NumPy.
-    device : {None, "cpu", "gpu", "cuda", "cuda:N"}, optional
-        Overrides the choice from ``array``. ``None`` follows the array.
+    device : {None, "auto", "cpu", "gpu", "cuda", "cuda:N"}, optional
+        Overrides the choice from ``array``. ``None`` follows the array; ``"auto"`` is the
+        GPU where CuPy sees one, else the CPU.
 
     Raises
     ------
@@ -111,6 +129,8 @@ def get_backend(array: Any = None, *, device: str | None = None) -> Backend:
     if device is None:
         return _cupy_backend() if is_cupy_array(array) else _numpy_backend()
     name = device.lower()
+    if name == "auto":  # the GPU where there is one
+        name = default_device("auto")
     if name == "cpu":
         return _numpy_backend()
     if name in ("gpu", "cuda") or name.startswith("cuda:"):
@@ -124,13 +144,71 @@ def get_backend(array: Any = None, *, device: str | None = None) -> Backend:
                 ) from None
             backend.xp.cuda.Device(index).use()
         return backend
-    raise ConfigError(f"device must be None, 'cpu', 'gpu', 'cuda' or 'cuda:N', got {device!r}")
+    raise ConfigError(
+        f"device must be None, 'auto', 'cpu', 'gpu', 'cuda' or 'cuda:N', got {device!r}"
+    )
 
 
-def default_backend_name() -> str:
-    """The backend work lands on by default here: ``"cupy"`` where a CUDA device is usable,
-    else ``"numpy"``."""
-    return "cupy" if list_gpus() else "numpy"
+def _check_device_name(name: str, what: str) -> str:
+    """``name`` lower-cased, or :class:`ConfigError` naming ``what`` when it names no device."""
+    value = name.strip().lower()
+    if value in ("auto", "cpu", "gpu", "cuda"):
+        return value
+    if value.startswith("cuda:") and value[5:].isdigit():
+        return value
+    raise ConfigError(f"{what} must be 'auto', 'cpu', 'gpu', 'cuda' or 'cuda:N', got {name!r}")
+
+
+def default_device(device: str | None = None) -> str:
+    """Where work that reads its own pixels (files, references) runs: ``"cpu"`` or a GPU name.
+
+    ``device`` (``None``, ``"auto"``, ``"cpu"``, ``"gpu"``, ``"cuda"``, ``"cuda:N"``) wins;
+    ``None`` takes :data:`DEVICE_ENV` (an endpoint's administrator sets it), ``auto`` when
+    unset. ``auto`` is the GPU where CuPy sees a CUDA device, else the CPU; a GPU asked for by
+    name must be there (:func:`get_backend` says why not).
+
+    Raises
+    ------
+    ConfigError
+        ``device`` or the variable names no device.
+    """
+    if device is None:
+        raw = os.environ.get(DEVICE_ENV, "").strip() or "auto"
+        value = _check_device_name(raw, DEVICE_ENV)
+    elif isinstance(device, str):
+        value = _check_device_name(device, "device")
+    else:
+        raise ConfigError(f"device must be a string such as 'cpu' or 'gpu', got {device!r}")
+    if value == "auto":
+        return "gpu" if list_gpus() else "cpu"
+    return value
+
+
+def backend_name(device: str) -> str:
+    """The backend a device name (as :func:`default_device` gives it) runs on."""
+    return "numpy" if device == "cpu" else "cupy"
+
+
+def is_device_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is CuPy running out of device memory (an allocation, or cuFFT's work
+    area), decided without importing CuPy."""
+    module = type(exc).__module__.split(".", 1)[0]
+    if module not in ("cupy", "cupy_backends"):
+        return False
+    return type(exc).__name__ == "OutOfMemoryError" or "ALLOC_FAILED" in str(exc)
+
+
+def release_device_memory() -> None:
+    """Hand the blocks CuPy's memory pools keep for reuse back to the driver (nothing when CuPy
+    was never imported)."""
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return
+    cupy.get_default_memory_pool().free_all_blocks()
+    cupy.get_default_pinned_memory_pool().free_all_blocks()
+    fft_cache = getattr(getattr(cupy.fft, "config", None), "get_plan_cache", None)
+    if fft_cache is not None:
+        fft_cache().clear()
 
 
 def list_gpus() -> list[dict[str, Any]]:

@@ -3,10 +3,12 @@ its band index, and the cubic interpolation of the fast mode's decimated bands."
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
+import scipy.fft
 
 from scopefx._backend import get_backend
 from scopefx.focus import _scalespace as ss
@@ -119,3 +121,48 @@ def test_band_energy_ratio_stays_finite_on_a_degenerate_frame():
     assert math.isfinite(r**8)
     flat = np.zeros((64, 64), np.float32)  # nothing in either band
     assert ss.band_energy_ratio(flat, sigmas, 0.0, backend) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("ry", "rx", "out_h", "out_w"),
+    [(64, 64, 64, 64), (30, 20, 97, 64), (64, 40, 64, 128), (1, 3, 5, 8)],
+)
+def test_the_matrix_inverse_is_the_inverse_dct(ry, rx, out_h, out_w):
+    """The GPU's inverse by two products with DCT-III matrices (either order) is SciPy's
+    ``idct(type=2)`` of the spectrum zero-padded to the output size."""
+    rng = np.random.default_rng(ry * rx)
+    product = rng.standard_normal((ry, rx)).astype(np.float32)
+    by_matrix = ss._inverse(product, out_h, out_w, BACKEND, matrix=True)
+    padded = np.zeros((out_h, out_w), np.float64)
+    padded[:ry, :rx] = product
+    want = scipy.fft.idctn(padded, type=2)
+    assert by_matrix.dtype == np.float32 and by_matrix.shape == (out_h, out_w)
+    np.testing.assert_allclose(by_matrix, want, atol=2e-6 * np.abs(want).max())
+    by_dct = ss._inverse(product, out_h, out_w, BACKEND, matrix=False)
+    np.testing.assert_allclose(by_dct, want, atol=2e-6 * np.abs(want).max())
+
+
+def test_the_matrix_inverse_is_chosen_on_a_gpu_up_to_its_size_limit():
+    gpu_like = dataclasses.replace(BACKEND, name="cupy")
+    assert not ss._uses_matrix(BACKEND, 1024, 1024)  # the CPU keeps the DCTs
+    assert ss._uses_matrix(gpu_like, ss.MATRIX_MAX_SIDE, 16)
+    assert not ss._uses_matrix(gpu_like, 16, ss.MATRIX_MAX_SIDE + 1)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+@pytest.mark.parametrize("modality", ["em", "fluorescence"])
+def test_scores_by_matrix_inverse_equal_those_by_dct(monkeypatch, mode, modality):
+    """What the GPU computes, computed here: the same features, the same score."""
+    import scopefx
+    from scopefx import samples
+
+    images = [
+        samples.acquire(samples.bundled_image(name, size=256), photons=1000, seed=i)
+        for i, name in enumerate(("immunohistochemistry", "coins"))
+    ]
+    by_dct = [scopefx.focus_score(im, mode=mode, modality=modality) for im in images]
+    monkeypatch.setattr(ss, "_uses_matrix", lambda backend, h, w: True)
+    by_matrix = [scopefx.focus_score(im, mode=mode, modality=modality) for im in images]
+    for a, b in zip(by_dct, by_matrix, strict=True):
+        assert a.features == b.features > 100
+        assert b.score == pytest.approx(a.score, rel=1e-6)

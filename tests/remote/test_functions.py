@@ -230,9 +230,21 @@ def test_endpoint_info(confined):
     info = functions.endpoint_info()
     assert info["scopefx"] == scopefx.__version__
     assert info["backend"] in ("numpy", "cupy") and isinstance(info["gpus"], list)
+    assert info["device"] == ("gpu" if info["gpus"] else "cpu")  # SCOPEFX_DEVICE unset: auto
+    assert (info["backend"] == "cupy") == (info["device"] != "cpu")
     assert info["data_roots"] == [str(confined)]
     assert info["functions"] == list(FUNCTION_NAMES)
     json.dumps(info)
+
+
+def test_the_endpoint_s_device_setting_decides_where_it_scores(confined, section_refs, monkeypatch):
+    monkeypatch.setenv("SCOPEFX_DEVICE", "cpu")
+    assert functions.endpoint_info()["device"] == "cpu"
+    items = functions.score_focus(section_refs[:2])
+    assert [i["status"] for i in items] == ["ok", "ok"]
+    monkeypatch.setenv("SCOPEFX_DEVICE", "tpu")  # the administrator's typo: the batch says so
+    with pytest.raises(ConfigError, match="SCOPEFX_DEVICE must be"):
+        functions.score_focus(section_refs[:2])
 
 
 @pytest.mark.parametrize("name", FUNCTION_NAMES)

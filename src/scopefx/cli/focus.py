@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from .._backend import default_device
 from ..errors import CalibrationError
 from ._common import (
     DataError,
@@ -34,6 +35,12 @@ from ._common import (
 __all__ = ["add_parsers", "cmd_calibrate", "cmd_focus"]
 
 _MAX_MAPS = 12  # focus maps drawn by --maps, flagged sections first
+
+_DEVICE_HELP = (
+    "where images are scored: auto (a GPU where CuPy sees one, else the CPU), cpu, gpu or "
+    "cuda:N (default: the SCOPEFX_DEVICE environment variable, else auto); the scores agree "
+    "across devices. An endpoint scores where its own SCOPEFX_DEVICE says"
+)
 
 
 def add_parsers(sub: Any) -> None:
@@ -68,6 +75,7 @@ def add_parsers(sub: Any) -> None:
     focus.add_argument(
         "-q", "--quiet", action="store_true", help="no per-image lines or progress bar"
     )
+    focus.add_argument("--device", metavar="DEVICE", help=_DEVICE_HELP)
     add_baseline_options(focus)
     add_focus_options(focus)
     add_endpoint_options(focus)
@@ -110,6 +118,7 @@ def add_parsers(sub: Any) -> None:
     cal.add_argument(
         "--workers", type=positive_int, default=1, help="images scored at once (default: 1)"
     )
+    cal.add_argument("--device", metavar="DEVICE", help=_DEVICE_HELP)
     add_focus_options(cal)
     cal.set_defaults(func=cmd_calibrate)
 
@@ -154,7 +163,9 @@ def _score(args: argparse.Namespace, paths: list[str], params: Any, run: Any) ->
     if not args.remote:
         from ..focus import score_files
 
-        yield from score_files(paths, params=params, workers=args.workers, run=run)
+        yield from score_files(
+            paths, params=params, workers=args.workers, run=run, device=args.device
+        )
         return
     with make_client(args, quiet=True) as client:
         yield from client.iter_focus(paths, params=params, run=run)
@@ -205,6 +216,13 @@ def cmd_focus(args: argparse.Namespace, out: TextIO) -> int:
     )
     params, run = run_from_args(args, params)
     args.remote = runs_remotely(args, "focus")
+    if args.remote and args.device is not None:
+        raise UsageError(
+            "--device chooses where images are scored on this machine; an endpoint scores "
+            "where its own SCOPEFX_DEVICE says ('scopefx endpoints' shows its device)"
+        )
+    if not args.remote:
+        default_device(args.device)  # a misspelt device: a usage error before any data
     # on an endpoint, what is neither a folder nor a glob here is a reference there
     paths = find(args.paths, args.recursive, outputs=outputs, remote=args.remote)
     outputs.make_folders()
@@ -226,6 +244,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     from ..focus.plot import plot_calibration
 
     params = focus_params(args)
+    default_device(args.device)  # a misspelt device: a usage error before any data
     if args.max_defocus is not None and not (
         math.isfinite(args.max_defocus) and args.max_defocus >= 0
     ):
@@ -244,7 +263,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     outputs.make_folders()
     defocus, density = [], []
     records = []
-    for record in score_files(paths, params=params, workers=args.workers):
+    for record in score_files(paths, params=params, workers=args.workers, device=args.device):
         records.append(record)
         if not record.ok:
             print(printable(f"skipped {record.path}: {record.error}"), file=out)

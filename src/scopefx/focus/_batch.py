@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._backend import default_device, get_backend, is_device_out_of_memory, release_device_memory
 from .._checks import json_safe
 from ..errors import ConfigError, ScopefxError
 from ..io import SAMPLES_LAST
@@ -183,15 +186,22 @@ def score_one(
     path: str,
     params: FocusParams,
     *,
+    device: str | None = None,
     before_page: Callable[[int, int], BaseException | None] | None = None,
 ) -> list[FocusRecord]:
     """Read and score one file; a stack gives one record per page. Never raises for bad input.
+
+    ``device`` is where the pixels are scored (:func:`~scopefx._backend.default_device`:
+    ``None`` takes ``SCOPEFX_DEVICE``, else the GPU where there is one). An image the GPU has
+    no memory for is scored on the CPU (logged), with the same result.
 
     ``before_page(page, n_pages)``, called before each page of a stack is scored, may return
     why that page and the rest are not scored (an exception): the page then gets a record with
     its status and message, and scoring stops (an endpoint's task clock, its page limit).
     """
     from ..io import read_image, read_metadata, split_ref
+
+    device = default_device(device)
 
     start = time.perf_counter()
     try:
@@ -219,7 +229,9 @@ def score_one(
             records.append(_failed(path, stop, page))
             break
         try:
-            result = focus_score(plane, params=params)
+            result = _score_plane(
+                plane, params, device, path if page is None else f"{path} page {page}"
+            )
         except Exception as exc:
             if not isinstance(exc, ScopefxError):
                 logger.warning("unexpected error scoring %s", path, exc_info=True)
@@ -233,6 +245,35 @@ def score_one(
     return records
 
 
+#: One lock per GPU: files are read on all the workers' threads, but scored on a GPU one at a
+#: time. Its kernels are short and launched from Python, so threads launching at once mostly
+#: fight over the interpreter: on an H200, 1024^2 images went at 65 per second from one
+#: thread and 37 from four (bench/focus_gpu.py).
+_gpu_locks: dict[str, threading.Lock] = {}
+_gpu_locks_guard = threading.Lock()
+
+
+def _device_lock(device: str) -> contextlib.AbstractContextManager[Any]:
+    if device == "cpu":
+        return contextlib.nullcontext()
+    key = "cuda:0" if device in ("gpu", "cuda") else device
+    with _gpu_locks_guard:
+        return _gpu_locks.setdefault(key, threading.Lock())
+
+
+def _score_plane(plane: np.ndarray, params: FocusParams, device: str, name: str) -> FocusResult:
+    """``focus_score`` on ``device``; on the CPU instead when the GPU runs out of memory."""
+    try:
+        with _device_lock(device):
+            return focus_score(plane, params=params, device=device)
+    except Exception as exc:
+        if device == "cpu" or not is_device_out_of_memory(exc):
+            raise
+    release_device_memory()  # what the failed call left in the pools goes back first
+    logger.warning("%s: out of GPU memory (%d x %d px); scored on the CPU", name, *plane.shape[:2])
+    return focus_score(plane, params=params, device="cpu")
+
+
 def score_files(
     paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
@@ -243,6 +284,7 @@ def score_files(
     baseline: RunBaseline | None = None,
     executor: Executor | None = None,
     on_record: Callable[[FocusRecord], None] | None = None,
+    device: str | None = None,
     **overrides: Any,
 ) -> Iterator[FocusRecord]:
     """Score files and yield one :class:`FocusRecord` per image, in input order, judged.
@@ -261,7 +303,8 @@ def score_files(
         Focus parameters; ``**overrides`` are applied on top. Default: the calibration's own
         (``calibration``, or ``run``'s), else ``FocusParams()``.
     workers : int
-        Threads used when no ``executor`` is given.
+        Threads used when no ``executor`` is given. On a GPU, files are read on all of them
+        and scored one at a time (the GPU is one queue).
     run : FocusRun, optional
         The run's verdict policy (carry one across calls to judge a run that arrives in
         pieces). Default: ``FocusRun(calibration=..., baseline=..., params=...)``.
@@ -269,6 +312,10 @@ def score_files(
         Shorthands for a new ``run`` (ignored when ``run`` is given).
     on_record : callable, optional
         Called with each record as it is yielded (e.g. to advance a progress bar).
+    device : {None, "auto", "cpu", "gpu", "cuda:N"}, optional
+        Where the images are scored. ``None`` takes the environment variable
+        ``SCOPEFX_DEVICE``, else ``"auto"``: the GPU where CuPy sees one, else the CPU. The
+        scores agree across devices (``docs/performance.md`` gives the measured differences).
 
     Yields
     ------
@@ -287,6 +334,8 @@ def score_files(
     run = FocusRun.resolve(run, params=params, calibration=calibration, baseline=baseline)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    device = default_device(device)
+    get_backend(device=device)  # a GPU asked for and not there stops the batch, not each item
     refs = as_image_refs(paths, what="paths")
     own = executor is None
     pool = ThreadPoolExecutor(max_workers=workers) if executor is None else executor
@@ -303,7 +352,7 @@ def score_files(
         pending: list[Any] = []
         ahead = max(2, 2 * workers)
         for path in refs:
-            pending.append(pool.submit(score_one, path, params))
+            pending.append(pool.submit(score_one, path, params, device=device))
             if len(pending) < ahead:
                 continue
             yield from judged(pending.pop(0).result())

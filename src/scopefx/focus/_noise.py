@@ -192,7 +192,10 @@ def _flat_cells(residuals: Any, backend: Backend) -> Any:
     flat[: h * edge, : w * edge] = xp.repeat(xp.repeat(flat_blocks, edge, axis=0), edge, axis=1)
     # out to the padding's edge, at most a block further: the zero cells next to the flat
     # blocks (a block that the edge crosses holds noise, and data only on its far side)
-    grown = backend.ndimage.binary_dilation(flat, iterations=edge - 1, mask=residuals == 0)
+    # brute_force: the same result; cupyx implements only that form of a masked iteration
+    grown = backend.ndimage.binary_dilation(
+        flat, iterations=edge - 1, mask=residuals == 0, brute_force=backend.is_gpu
+    )
     return grown | flat
 
 

@@ -133,6 +133,63 @@ def _plan(
     return plan
 
 
+#: On a GPU, a band whose inverse is at most this many pixels a side is inverted by two matrix
+#: products with the DCT-III matrices (cuBLAS) instead of two inverse DCTs: CuPy's DCTs cost
+#: ~0.2 ms of host time each (several kernels and their twiddle factors per call), which made a
+#: 1024^2 score host-bound (10 ms, the GPU mostly idle). Above this side the products' cost
+#: (~4 n^3 per band) outgrows the transforms'.
+MATRIX_MAX_SIDE = 2048
+_MATRICES_KEPT = 6  # DCT-III matrices cached (per length and device): 16 MiB each at 2048
+_matrices: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
+
+
+def _uses_matrix(backend: Backend, out_h: int, out_w: int) -> bool:
+    """Whether a band inverted to ``out_h x out_w`` goes through matrix products."""
+    return backend.is_gpu and max(out_h, out_w) <= MATRIX_MAX_SIDE
+
+
+def _idct_matrix(n: int, backend: Backend) -> Any:
+    """The inverse of the unnormalised DCT-II of length ``n`` (SciPy's ``idct(type=2)``) as a
+    float32 matrix ``T`` with ``x = T[:r].T @ X[:r]`` for ``X`` zero beyond ``r`` coefficients:
+    ``T[k, j] = c_k cos(pi k (2j + 1) / 2n) / 2n``, ``c_0 = 1``, else 2. Rows are coefficients,
+    so the first ``r`` of them are one contiguous block."""
+    key = (n, backend.name, _device_id(backend))
+    with _plans_lock:
+        hit = _matrices.get(key)
+        if hit is not None:
+            _matrices.move_to_end(key)
+            return hit
+    k = np.arange(n, dtype=np.float64)[:, None]
+    j = np.arange(n, dtype=np.float64)[None, :]
+    table = np.cos(np.pi * k * (2 * j + 1) / (2 * n)) / n
+    table[0] *= 0.5
+    matrix = backend.asarray(table.astype(np.float32))
+    with _plans_lock:
+        _matrices[key] = matrix
+        while len(_matrices) > _MATRICES_KEPT:
+            _matrices.popitem(last=False)
+    return matrix
+
+
+def _inverse(
+    product: Any, out_h: int, out_w: int, backend: Backend, matrix: bool | None = None
+) -> Any:
+    """The 2-D inverse DCT-II of the truncated spectrum ``product`` at ``out_h x out_w``
+    (zero beyond its coefficients), by inverse DCTs or (``matrix``; default
+    :func:`_uses_matrix`) by two matrix products, the cheaper order first."""
+    if matrix is None:
+        matrix = _uses_matrix(backend, out_h, out_w)
+    if not matrix:
+        fft = backend.fft
+        return fft.idct(fft.idct(product, type=2, n=out_h, axis=0), type=2, n=out_w, axis=1)
+    ry, rx = (int(v) for v in product.shape)
+    rows = _idct_matrix(out_h, backend)[:ry].T  # (out_h, ry)
+    cols = _idct_matrix(out_w, backend)[:rx]  # (rx, out_w)
+    if out_h * rx * (ry + out_w) <= ry * out_w * (rx + out_h):
+        return (rows @ product) @ cols
+    return rows @ (product @ cols)
+
+
 @functools.lru_cache(maxsize=32)
 def _cubic_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Taps and weights to resample ``n_in`` cell-centred samples onto ``n_out`` pixels.
@@ -337,7 +394,7 @@ def response_max(
     for i, (d, ry, rx, block) in enumerate(plan):
         product = spectrum[:ry, :rx] * block
         out_h, out_w = (h, w) if d == 1 else (math.ceil(h / d), math.ceil(w / d))
-        plane = fft.idct(fft.idct(product, type=2, n=out_h, axis=0), type=2, n=out_w, axis=1)
+        plane = _inverse(product, out_h, out_w, backend)
         if d > 1:  # the truncated inverse at size M carries a factor M / N per axis
             plane *= xp.float32((out_h / h) * (out_w / w))
         if polarity == "both":

@@ -80,6 +80,7 @@ def score_focus(refs: list[str], params: dict[str, Any] | None = None) -> list[d
         ``refs`` is not a list, or ``params`` are invalid: the whole batch is wrong, not one
         item.
     """
+    from .._backend import default_device, get_backend
     from ..focus import FocusParams
 
     if isinstance(refs, (str, bytes)) or not isinstance(refs, (list, tuple)):
@@ -87,6 +88,8 @@ def score_focus(refs: list[str], params: dict[str, Any] | None = None) -> list[d
     if params is not None and not isinstance(params, dict):
         raise ConfigError(f"params must be a FocusParams dict, got {type(params).__name__}")
     focus_params = FocusParams.from_dict(params or {})
+    device = default_device()  # the endpoint's choice (SCOPEFX_DEVICE), never the caller's
+    get_backend(device=device)  # a GPU named there and missing fails the batch, not each item
     roots = DataRoots.from_env()
     max_pages = EndpointLimits.from_env().max_pages
     clock = _TaskClock("score_focus")
@@ -109,14 +112,14 @@ def score_focus(refs: list[str], params: dict[str, Any] | None = None) -> list[d
         except Exception as exc:
             items.append(_error_item(ref, exc))
             continue
-        item = _scored_item(ref, resolved, focus_params, clock, max_pages)
+        item = _scored_item(ref, resolved, focus_params, clock, max_pages, device)
         item["seconds"] = round(time.perf_counter() - start, 6)
         items.append(item)
     return items
 
 
 def _scored_item(
-    ref: str, path: str, params: Any, clock: _TaskClock, max_pages: int
+    ref: str, path: str, params: Any, clock: _TaskClock, max_pages: int, device: str
 ) -> dict[str, Any]:
     """The item of one resolved reference: an image's record, or a stack's pages, scored until
     the task clock or ``max_pages`` stops it between pages."""
@@ -132,7 +135,7 @@ def _scored_item(
 
     pages = [
         {"ref": ref, **record.to_dict()}
-        for record in score_one(path, params, before_page=before_page)
+        for record in score_one(path, params, device=device, before_page=before_page)
     ]
     if len(pages) == 1 and not stopped:
         return pages[0]
@@ -446,7 +449,7 @@ def endpoint_info() -> dict[str, Any]:
     """What runs here: scopefx version, backend, GPUs, data roots, host."""
     from importlib import metadata
 
-    from .._backend import default_backend_name, list_gpus
+    from .._backend import backend_name, default_device, list_gpus
     from ._names import FUNCTION_NAMES
 
     versions: dict[str, str | None] = {}
@@ -456,9 +459,11 @@ def endpoint_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     gpus = list_gpus()
+    device = default_device()  # where score_focus scores: SCOPEFX_DEVICE, else a GPU if any
     return {
         "scopefx": __version__,
-        "backend": default_backend_name(),
+        "backend": backend_name(device),
+        "device": device,
         "gpus": gpus,
         "data_roots": DataRoots.from_env().describe(),
         "output_roots": DataRoots.from_env().describe_outputs(),
