@@ -21,7 +21,10 @@ def _has_gpu() -> bool:
     return bool(list_gpus())
 
 
-gpu = pytest.mark.skipif(not _has_gpu(), reason="no CUDA device that CuPy sees")
+def gpu(test):
+    """Marked ``gpu`` (``pytest -m gpu`` selects it) and skipped without a CUDA device."""
+    skip = pytest.mark.skipif(not _has_gpu(), reason="no CUDA device that CuPy sees")
+    return pytest.mark.gpu(skip(test))
 
 
 @pytest.fixture
