@@ -143,3 +143,32 @@ def test_register_speed_benchmark_times_both_paths(tmp_path):
     row = next(line.split() for line in text.splitlines() if line.strip().startswith("256 "))
     assert row[1] == "12/12"
     assert float(row[4]) < 1.0 and float(row[7]) < 1.0  # both placed within a pixel
+
+
+@pytest.mark.parametrize("script", ["focus_gpu.py", "fusion_gpu.py"])
+def test_gpu_benchmarks_say_so_without_a_gpu(script, tmp_path):
+    """They import and run anywhere; where CuPy sees no device they measure nothing and say
+    why (their figures need a GPU: bench/results/ has the H200's)."""
+    from scopefx._backend import list_gpus
+
+    if list_gpus():
+        pytest.skip("a GPU is here: the benchmark would measure")
+    out = tmp_path / "result.txt"
+    subprocess.run(
+        [sys.executable, str(BENCH / script), "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "no CUDA device that CuPy sees" in out.read_text()
+
+
+def test_the_fusion_gpu_benchmark_compares_two_fusions(tmp_path):
+    """Its CPU dry run (the CPU twice) fuses both cases and tabulates them."""
+    out = tmp_path / "result.txt"
+    subprocess.run(
+        [sys.executable, str(BENCH / "fusion_gpu.py"), "--cpu-only", "--grid", "2",
+         "--tile", "256", "--workers", "2", "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    text = out.read_text()
+    for needle in ("translated", "rotated", "CPU / GPU", "max diff"):
+        assert needle in text, needle

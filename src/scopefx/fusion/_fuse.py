@@ -450,6 +450,8 @@ def fuse_lazy(
     read : callable, optional
         ``read(ref) -> array``; default :func:`scopefx.io.read_image`.
     device : {None, "cpu", "gpu", "cuda:N"}
+        Where the chunks are computed (``None``: the CPU). A GPU gives the same mosaic, but
+        on an H200 it was slower than the CPU's cores (``docs/fusion.md``, "Not done yet").
 
     Returns
     -------

@@ -336,6 +336,8 @@ def fuse(
     read : callable, optional
         ``read(ref) -> array``; default :func:`scopefx.io.read_image`.
     device : {None, "cpu", "gpu", "cuda:N"}
+        Where the chunks are computed (``None``: the CPU). A GPU gives the same mosaic, but
+        on an H200 it was slower than the CPU's cores (``docs/fusion.md``, "Not done yet").
     scheduler : optional
         dask scheduler for ``compute`` (default: the threaded one, or the active
         ``distributed.Client``).
