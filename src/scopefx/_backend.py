@@ -26,6 +26,7 @@ __all__ = [
     "DEVICE_ENV",
     "Backend",
     "backend_name",
+    "checked_device",
     "default_device",
     "get_backend",
     "is_cupy_array",
@@ -128,25 +129,29 @@ def get_backend(array: Any = None, *, device: str | None = None) -> Backend:
     """
     if device is None:
         return _cupy_backend() if is_cupy_array(array) else _numpy_backend()
-    name = device.lower()
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be a string such as 'cpu' or 'gpu', got {device!r}")
+    try:
+        name = _check_device_name(device, "device")
+    except ConfigError:
+        raise ConfigError(
+            f"device must be None, 'auto', 'cpu', 'gpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from None
     if name == "auto":  # the GPU where there is one
         name = default_device("auto")
     if name == "cpu":
         return _numpy_backend()
-    if name in ("gpu", "cuda") or name.startswith("cuda:"):
-        backend = _cupy_backend()
-        if name.startswith("cuda:"):
-            try:
-                index = int(name.split(":", 1)[1])
-            except ValueError:
-                raise ConfigError(
-                    f"device must be 'cuda:N' with an integer N, got {device!r}"
-                ) from None
-            backend.xp.cuda.Device(index).use()
-        return backend
-    raise ConfigError(
-        f"device must be None, 'auto', 'cpu', 'gpu', 'cuda' or 'cuda:N', got {device!r}"
-    )
+    backend = _cupy_backend()
+    if name.startswith("cuda:"):
+        index = int(name[5:])
+        count = int(backend.xp.cuda.runtime.getDeviceCount())
+        if index >= count:
+            raise DeviceUnavailableError(
+                f"device {device!r}: there is no CUDA device {index} here ({count} device(s): "
+                f"cuda:0 to cuda:{count - 1})"
+            )
+        backend.xp.cuda.Device(index).use()
+    return backend
 
 
 def _check_device_name(name: str, what: str) -> str:
@@ -154,8 +159,9 @@ def _check_device_name(name: str, what: str) -> str:
     value = name.strip().lower()
     if value in ("auto", "cpu", "gpu", "cuda"):
         return value
-    if value.startswith("cuda:") and value[5:].isdigit():
-        return value
+    digits = value[5:]
+    if value.startswith("cuda:") and digits.isascii() and digits.isdigit():
+        return f"cuda:{int(digits)}"  # cuda:00 is cuda:0
     raise ConfigError(f"{what} must be 'auto', 'cpu', 'gpu', 'cuda' or 'cuda:N', got {name!r}")
 
 
@@ -164,8 +170,8 @@ def default_device(device: str | None = None) -> str:
 
     ``device`` (``None``, ``"auto"``, ``"cpu"``, ``"gpu"``, ``"cuda"``, ``"cuda:N"``) wins;
     ``None`` takes :data:`DEVICE_ENV` (an endpoint's administrator sets it), ``auto`` when
-    unset. ``auto`` is the GPU where CuPy sees a CUDA device, else the CPU; a GPU asked for by
-    name must be there (:func:`get_backend` says why not).
+    unset. ``auto`` is the GPU where CuPy sees a CUDA device and runs on it, else the CPU; a
+    GPU asked for by name must be there (:func:`checked_device` says why not).
 
     Raises
     ------
@@ -180,8 +186,48 @@ def default_device(device: str | None = None) -> str:
     else:
         raise ConfigError(f"device must be a string such as 'cpu' or 'gpu', got {device!r}")
     if value == "auto":
-        return "gpu" if list_gpus() else "cpu"
+        return "gpu" if _gpu_usable() else "cpu"
     return value
+
+
+def checked_device(device: str | None = None) -> str:
+    """:func:`default_device`, and the GPU it names is there and answers.
+
+    Raises
+    ------
+    ConfigError
+        ``device`` or :data:`DEVICE_ENV` names no device.
+    DeviceUnavailableError
+        It names a GPU that is not there; the message says where it was named (the argument,
+        or the variable).
+    """
+    value = default_device(device)
+    try:
+        get_backend(device=value)
+    except DeviceUnavailableError as exc:
+        named = (
+            f"{DEVICE_ENV}={os.environ.get(DEVICE_ENV, '').strip()}"
+            if device is None
+            else f"device {device!r}"
+        )
+        raise DeviceUnavailableError(f"{named}: {exc}") from exc
+    return value
+
+
+@functools.cache
+def _gpu_usable() -> bool:
+    """A CUDA device is seen, and CuPy runs on it: a small product and DCT, once per process
+    (CuPy can list a device and still fail at its first kernel: no NVRTC, no cuFFT)."""
+    if not list_gpus():
+        return False
+    try:
+        backend = _cupy_backend()
+        x = backend.xp.arange(64, dtype=backend.xp.float32).reshape(8, 8)
+        float((x @ backend.fft.dctn(x, type=2)).sum())
+    except Exception as exc:
+        log.warning("a CUDA device is there but CuPy cannot run on it (%s): using the CPU", exc)
+        return False
+    return True
 
 
 def backend_name(device: str) -> str:

@@ -3,6 +3,7 @@ one, the CPU when the GPU runs out of memory. The GPU tests run where CuPy sees 
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import numpy as np
@@ -11,7 +12,13 @@ import tifffile
 
 import scopefx
 from scopefx import FocusParams, samples, score_files
-from scopefx._backend import DEVICE_ENV, default_device, is_device_out_of_memory, list_gpus
+from scopefx._backend import (
+    DEVICE_ENV,
+    default_device,
+    get_backend,
+    is_device_out_of_memory,
+    list_gpus,
+)
 from scopefx.cli import main
 from scopefx.errors import ConfigError, DeviceUnavailableError
 from scopefx.focus import _batch, score_one
@@ -68,13 +75,24 @@ def test_score_files_refuses_a_bad_device_before_any_item(sections, monkeypatch)
         next(score_files(sections))
 
 
+def test_device_names_are_read_alike_everywhere():
+    assert default_device(" CUDA:00 ") == "cuda:0"  # one GPU, one name (and one lock)
+    assert get_backend(device=" CPU ").name == "numpy"  # as score_files reads it
+    for bad in ("cuda:\u0663", "cuda:-1", "cuda:1.0"):  # an Arabic-Indic 3 is no index
+        with pytest.raises(ConfigError):
+            default_device(bad)
+        with pytest.raises(ConfigError):
+            get_backend(device=bad)
+
+
 @pytest.mark.skipif(_has_gpu(), reason="a GPU is here")
 def test_a_gpu_named_where_there_is_none_stops_the_batch_with_the_reason(sections, monkeypatch):
-    with pytest.raises(DeviceUnavailableError, match=r"device='gpu'|no CUDA device"):
+    with pytest.raises(DeviceUnavailableError, match=r"^device 'gpu': ") as info:
         next(score_files(sections, device="gpu"))
+    assert "scopefx[gpu]" in str(info.value) or "CUDA" in str(info.value)
     monkeypatch.setenv(DEVICE_ENV, "gpu")
-    with pytest.raises(DeviceUnavailableError):
-        next(score_files(sections))
+    with pytest.raises(DeviceUnavailableError, match=r"^SCOPEFX_DEVICE=gpu: "):
+        next(score_files(sections))  # the message says where the GPU was named
     records = list(score_files(sections, device="cpu"))  # the variable is overridden
     assert all(r.ok for r in records)
 
@@ -116,8 +134,12 @@ def test_an_image_the_gpu_has_no_memory_for_is_scored_on_the_cpu(sections, monke
         return real(plane, params=params, device=device)
 
     monkeypatch.setattr(_batch, "focus_score", on_a_full_gpu)
+    monkeypatch.setattr(_batch, "_device_lock", lambda device: contextlib.nullcontext())
+    dropped = []
+    monkeypatch.setattr(_batch, "drop_device_caches", lambda: dropped.append(True))
     (record,) = score_one(str(sections[0]), FocusParams(), device="gpu")
     assert record.ok and devices == ["gpu", "cpu"]
+    assert dropped == [True]  # the GPU's cached plans go before the CPU tries
     assert "out of GPU memory" in caplog.text and "s0.tif" in caplog.text
     monkeypatch.setattr(_batch, "focus_score", real)
     (on_cpu,) = score_one(str(sections[0]), FocusParams(), device="cpu")
@@ -129,6 +151,7 @@ def test_another_gpu_error_is_the_item_s_error_not_a_fallback(sections, monkeypa
         raise RuntimeError("cudaErrorIllegalAddress")
 
     monkeypatch.setattr(_batch, "focus_score", broken)
+    monkeypatch.setattr(_batch, "_device_lock", lambda device: contextlib.nullcontext())
     (record,) = score_one(str(sections[0]), FocusParams(), device="gpu")
     assert record.status == "error" and "cudaErrorIllegalAddress" in record.error
 

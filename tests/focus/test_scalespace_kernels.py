@@ -166,3 +166,47 @@ def test_scores_by_matrix_inverse_equal_those_by_dct(monkeypatch, mode, modality
     for a, b in zip(by_dct, by_matrix, strict=True):
         assert a.features == b.features > 100
         assert b.score == pytest.approx(a.score, rel=1e-6)
+
+
+def test_the_matrices_of_a_non_square_fast_score_stay_cached(monkeypatch):
+    """Fast mode on a non-square frame needs a matrix per decimated length (8 at 1536 x 2048):
+    a cache of 6 entries rebuilt all of them on every call. Bounded by bytes, they stay."""
+    monkeypatch.setattr(ss, "_matrices", type(ss._matrices)())
+    monkeypatch.setattr(ss, "_uses_matrix", lambda backend, h, w: True)
+    built = []
+    table = ss._idct_table
+    monkeypatch.setattr(ss, "_idct_table", lambda n: built.append(n) or table(n))
+    image = np.random.default_rng(2).random((96, 136)).astype(np.float32)
+    sigmas = tuple(float(s) for s in np.geomspace(1, 30, 17))
+    first = ss.response_max(image, sigmas, polarity="dark", mode="fast", backend=BACKEND)
+    assert len(set(built)) == len(built) > 6  # 96, 136, 48, 68, 24, 34, 12, 17
+    n_built = len(built)
+    again = ss.response_max(image, sigmas, polarity="dark", mode="fast", backend=BACKEND)
+    assert len(built) == n_built  # nothing rebuilt
+    np.testing.assert_array_equal(first[0], again[0])
+    monkeypatch.setattr(ss, "_uses_matrix", lambda backend, h, w: False)
+    by_dct = ss.response_max(image, sigmas, polarity="dark", mode="fast", backend=BACKEND)
+    np.testing.assert_allclose(first[0], by_dct[0], atol=1e-5 * float(np.abs(by_dct[0]).max()))
+    np.testing.assert_array_equal(first[1], by_dct[1])
+
+
+def test_the_matrix_cache_is_bounded_in_bytes(monkeypatch):
+    monkeypatch.setattr(ss, "_matrices", type(ss._matrices)())
+    monkeypatch.setattr(ss, "_MATRIX_CACHE_BYTES", 3 * 4 * 64 * 64)
+    for n in (64, 64, 32, 64, 48, 16):
+        ss._idct_matrix(n, BACKEND)
+    assert sum(m.nbytes for m in ss._matrices.values()) <= ss._MATRIX_CACHE_BYTES
+    assert [k[0] for k in ss._matrices] == [32, 64, 48, 16]  # least recently used out first
+
+
+def test_dropping_the_device_caches_keeps_the_host_s(monkeypatch):
+    """After the GPU runs out of memory its plans and matrices go; the CPU's stay."""
+    plans, matrices = type(ss._plans)(), type(ss._matrices)()
+    plans[("shape", "sigmas", 1.0, "exact", "numpy", -1)] = (1, ())
+    plans[("shape", "sigmas", 1.0, "exact", "cupy", 0)] = (1, ())
+    matrices[(64, "numpy", -1)] = np.zeros(1)
+    matrices[(64, "cupy", 1)] = np.zeros(1)
+    monkeypatch.setattr(ss, "_plans", plans)
+    monkeypatch.setattr(ss, "_matrices", matrices)
+    ss.drop_device_caches()
+    assert [k[-1] for k in ss._plans] == [-1] and [k[-1] for k in ss._matrices] == [-1]

@@ -14,7 +14,13 @@ import zarr
 
 from conftest import DEFOCUS
 from scopefx import FocusParams, fuse
-from scopefx.errors import AccessDeniedError, ConfigError, ResourceLimitError
+from scopefx._backend import list_gpus
+from scopefx.errors import (
+    AccessDeniedError,
+    ConfigError,
+    DeviceUnavailableError,
+    ResourceLimitError,
+)
 from scopefx.focus._batch import score_one
 from scopefx.remote import FUNCTION_NAMES, functions
 
@@ -245,6 +251,13 @@ def test_the_endpoint_s_device_setting_decides_where_it_scores(confined, section
     monkeypatch.setenv("SCOPEFX_DEVICE", "tpu")  # the administrator's typo: the batch says so
     with pytest.raises(ConfigError, match="SCOPEFX_DEVICE must be"):
         functions.score_focus(section_refs[:2])
+    if not list_gpus():
+        # a GPU named where there is none: every batch says so, before any image is read
+        monkeypatch.setenv("SCOPEFX_DEVICE", "gpu")
+        with pytest.raises(DeviceUnavailableError, match=r"^SCOPEFX_DEVICE=gpu: "):
+            functions.score_focus(section_refs[:2])
+        info = functions.endpoint_info()
+        assert info["device"] == "gpu" and info["device_error"].startswith("SCOPEFX_DEVICE=gpu")
 
 
 @pytest.mark.parametrize("name", FUNCTION_NAMES)

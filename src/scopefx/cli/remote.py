@@ -99,9 +99,11 @@ def cmd_endpoints(args: argparse.Namespace, out: TextIO) -> int:
             info = row["info"]
             gpus = len(info.get("gpus") or [])
             roots = info.get("data_roots")
+            device = f" on {info['device']}" if info.get("device") else ""
+            if info.get("device_error"):
+                device += f" (unavailable: {info['device_error']})"
             answer = (  # the endpoint's own words: shown, never obeyed as terminal codes
-                f"scopefx {info['scopefx']}, {info['backend']}"
-                f"{' on ' + str(info['device']) if info.get('device') else ''}, {gpus} GPU(s), "
+                f"scopefx {info['scopefx']}, {info['backend']}{device}, {gpus} GPU(s), "
                 f"host {info.get('host')}, data roots: "
                 f"{', '.join(map(str, roots)) if roots else 'unrestricted (local default)'}"
             )

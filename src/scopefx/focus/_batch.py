@@ -16,12 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import default_device, get_backend, is_device_out_of_memory, release_device_memory
+from .._backend import (
+    checked_device,
+    default_device,
+    get_backend,
+    is_device_out_of_memory,
+    release_device_memory,
+)
 from .._checks import json_safe
 from ..errors import ConfigError, ScopefxError
 from ..io import SAMPLES_LAST
 from ._params import FocusParams
 from ._run import FocusRun
+from ._scalespace import drop_device_caches
 from ._score import FocusResult, as_read, focus_score
 from ._verdict import Calibration, RunBaseline, Verdict
 
@@ -256,9 +263,9 @@ _gpu_locks_guard = threading.Lock()
 def _device_lock(device: str) -> contextlib.AbstractContextManager[Any]:
     if device == "cpu":
         return contextlib.nullcontext()
-    key = "cuda:0" if device in ("gpu", "cuda") else device
+    key = get_backend(device=device).device_id  # "gpu": this thread's current device
     with _gpu_locks_guard:
-        return _gpu_locks.setdefault(key, threading.Lock())
+        return _gpu_locks.setdefault(str(key), threading.Lock())
 
 
 def _score_plane(plane: np.ndarray, params: FocusParams, device: str, name: str) -> FocusResult:
@@ -269,8 +276,14 @@ def _score_plane(plane: np.ndarray, params: FocusParams, device: str, name: str)
     except Exception as exc:
         if device == "cpu" or not is_device_out_of_memory(exc):
             raise
-    release_device_memory()  # what the failed call left in the pools goes back first
-    logger.warning("%s: out of GPU memory (%d x %d px); scored on the CPU", name, *plane.shape[:2])
+    drop_device_caches()  # the band plans and matrices kept on the GPU go first,
+    release_device_memory()  # then what the failed call left in CuPy's pools
+    logger.warning(
+        "%s: out of GPU memory (%d x %d px); scored on the CPU",
+        name,
+        plane.shape[1],
+        plane.shape[0],
+    )
     return focus_score(plane, params=params, device="cpu")
 
 
@@ -334,8 +347,7 @@ def score_files(
     run = FocusRun.resolve(run, params=params, calibration=calibration, baseline=baseline)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
-    device = default_device(device)
-    get_backend(device=device)  # a GPU asked for and not there stops the batch, not each item
+    device = checked_device(device)  # a GPU named and not there stops the batch, not each item
     refs = as_image_refs(paths, what="paths")
     own = executor is None
     pool = ThreadPoolExecutor(max_workers=workers) if executor is None else executor

@@ -26,7 +26,7 @@ import numpy as np
 
 from .._backend import Backend
 
-__all__ = ["count_peaks", "response_max"]
+__all__ = ["count_peaks", "drop_device_caches", "response_max"]
 
 #: Transfer values below this (relative) are dropped: below float32 round-off.
 _SPECTRUM_EPS = 1e-7
@@ -139,7 +139,9 @@ def _plan(
 #: 1024^2 score host-bound (10 ms, the GPU mostly idle). Above this side the products' cost
 #: (~4 n^3 per band) outgrows the transforms'.
 MATRIX_MAX_SIDE = 2048
-_MATRICES_KEPT = 6  # DCT-III matrices cached (per length and device): 16 MiB each at 2048
+#: DCT-III matrices cached (per length and device), least recently used out first: 16 MiB at
+#: 2048, and fast mode on a 2048 x 1536 frame uses 8 lengths (35 MiB).
+_MATRIX_CACHE_BYTES = 128 * 2**20
 _matrices: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
 
 
@@ -159,16 +161,30 @@ def _idct_matrix(n: int, backend: Backend) -> Any:
         if hit is not None:
             _matrices.move_to_end(key)
             return hit
+    matrix = backend.asarray(_idct_table(n))
+    with _plans_lock:
+        _matrices[key] = matrix
+        while sum(int(m.nbytes) for m in _matrices.values()) > _MATRIX_CACHE_BYTES:
+            _matrices.popitem(last=False)
+    return matrix
+
+
+def _idct_table(n: int) -> np.ndarray:
+    """:func:`_idct_matrix`'s values, computed in float64 on the host, stored float32."""
     k = np.arange(n, dtype=np.float64)[:, None]
     j = np.arange(n, dtype=np.float64)[None, :]
     table = np.cos(np.pi * k * (2 * j + 1) / (2 * n)) / n
     table[0] *= 0.5
-    matrix = backend.asarray(table.astype(np.float32))
+    return table.astype(np.float32)
+
+
+def drop_device_caches() -> None:
+    """Forget the band plans and DCT-III matrices kept on GPUs (after the GPU ran out of
+    memory: they are the first things to give back)."""
     with _plans_lock:
-        _matrices[key] = matrix
-        while len(_matrices) > _MATRICES_KEPT:
-            _matrices.popitem(last=False)
-    return matrix
+        for cache in (_plans, _matrices):
+            for key in [k for k in cache if k[-1] != -1]:  # -1: host memory
+                del cache[key]
 
 
 def _inverse(

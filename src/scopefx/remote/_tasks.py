@@ -80,7 +80,7 @@ def score_focus(refs: list[str], params: dict[str, Any] | None = None) -> list[d
         ``refs`` is not a list, or ``params`` are invalid: the whole batch is wrong, not one
         item.
     """
-    from .._backend import default_device, get_backend
+    from .._backend import checked_device
     from ..focus import FocusParams
 
     if isinstance(refs, (str, bytes)) or not isinstance(refs, (list, tuple)):
@@ -88,8 +88,9 @@ def score_focus(refs: list[str], params: dict[str, Any] | None = None) -> list[d
     if params is not None and not isinstance(params, dict):
         raise ConfigError(f"params must be a FocusParams dict, got {type(params).__name__}")
     focus_params = FocusParams.from_dict(params or {})
-    device = default_device()  # the endpoint's choice (SCOPEFX_DEVICE), never the caller's
-    get_backend(device=device)  # a GPU named there and missing fails the batch, not each item
+    # the endpoint's choice (SCOPEFX_DEVICE), never the caller's; a GPU named there and
+    # missing fails the batch, not each item
+    device = checked_device()
     roots = DataRoots.from_env()
     max_pages = EndpointLimits.from_env().max_pages
     clock = _TaskClock("score_focus")
@@ -449,7 +450,8 @@ def endpoint_info() -> dict[str, Any]:
     """What runs here: scopefx version, backend, GPUs, data roots, host."""
     from importlib import metadata
 
-    from .._backend import backend_name, default_device, list_gpus
+    from .._backend import backend_name, checked_device, default_device, list_gpus
+    from ..errors import DeviceUnavailableError
     from ._names import FUNCTION_NAMES
 
     versions: dict[str, str | None] = {}
@@ -459,11 +461,15 @@ def endpoint_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     gpus = list_gpus()
-    device = default_device()  # where score_focus scores: SCOPEFX_DEVICE, else a GPU if any
+    try:  # where score_focus scores: SCOPEFX_DEVICE, else a GPU if any
+        device, device_error = checked_device(), None
+    except DeviceUnavailableError as exc:  # named there and missing: each batch will say so
+        device, device_error = default_device(), str(exc)
     return {
         "scopefx": __version__,
         "backend": backend_name(device),
         "device": device,
+        "device_error": device_error,
         "gpus": gpus,
         "data_roots": DataRoots.from_env().describe(),
         "output_roots": DataRoots.from_env().describe_outputs(),
