@@ -221,3 +221,30 @@ def test_every_preset_on_the_gpu_gives_the_cpu_s_count(modality, mode):
     on_gpu = scopefx.focus_score(cupy.asarray(image), modality=modality, mode=mode)
     assert on_gpu.features == pytest.approx(on_cpu.features, rel=0.005, abs=2)
     assert on_gpu.score == pytest.approx(on_cpu.score, rel=0.005)
+
+
+def test_each_record_says_where_it_was_scored(sections, monkeypatch, tmp_path):
+    """The CSV and JSON say which device scored each image: the CPU after a fallback."""
+    from scopefx.focus import CSV_COLUMNS
+    from scopefx.focus.csv import read_focus_csv
+
+    records = list(score_files(sections, device="cpu"))
+    assert [r.device for r in records] == ["cpu"] * len(sections)
+    assert records[0].to_dict()["device"] == "cpu" and CSV_COLUMNS[-1] == "device"
+    out = tmp_path / "focus.csv"
+    assert main(["focus", str(sections[0]), "--device", "cpu", "-q", "--csv", str(out)],
+                out=io.StringIO()) == 0  # fmt: skip
+    assert [r["device"] for r in read_focus_csv(out)] == ["cpu"]
+    real = _batch.focus_score
+
+    def on_a_full_gpu(plane, *, params, device):
+        if device != "cpu":
+            raise _FakeOutOfMemory("Out of memory")
+        return real(plane, params=params, device=device)
+
+    monkeypatch.setattr(_batch, "focus_score", on_a_full_gpu)
+    monkeypatch.setattr(_batch, "_device_lock", lambda device: contextlib.nullcontext())
+    (fell_back,) = score_one(str(sections[0]), FocusParams(), device="gpu")
+    assert fell_back.ok and fell_back.device == "cpu"
+    (missing,) = score_one(str(tmp_path / "gone.tif"), FocusParams(), device="cpu")
+    assert missing.status == "missing" and missing.device == ""

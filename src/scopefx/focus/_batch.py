@@ -65,6 +65,7 @@ CSV_COLUMNS = (
     "colour",
     "block_coded",
     "band_ratio",
+    "device",
 )
 
 
@@ -78,6 +79,8 @@ class FocusRecord:
     ``noise_limited``, ``colour``, ``block_coded``, ``modality`` and ``band_ratio`` are
     those of the :class:`FocusResult` (``None`` / empty / NaN when the image was not scored;
     ``band_ratio`` is NaN, an empty CSV cell, where the preset does not compute it).
+    ``device`` is where it was scored (``"cpu"``, ``"gpu"``, ``"cuda:N"``; ``"cpu"`` after the
+    GPU ran out of memory for it; empty when it was not scored).
     """
 
     path: str
@@ -107,6 +110,7 @@ class FocusRecord:
     block_coded: bool | None = None
     modality: str = ""
     band_ratio: float = math.nan
+    device: str = ""
     focus_map: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -236,7 +240,7 @@ def score_one(
             records.append(_failed(path, stop, page))
             break
         try:
-            result = _score_plane(
+            result, used = _score_plane(
                 plane, params, device, path if page is None else f"{path} page {page}"
             )
         except Exception as exc:
@@ -246,7 +250,12 @@ def score_one(
             continue
         records.append(
             FocusRecord(
-                path=path, page=page, read_seconds=read_seconds, **extra, **_result_fields(result)
+                path=path,
+                page=page,
+                read_seconds=read_seconds,
+                device=used,
+                **extra,
+                **_result_fields(result),
             )
         )
     return records
@@ -268,11 +277,14 @@ def _device_lock(device: str) -> contextlib.AbstractContextManager[Any]:
         return _gpu_locks.setdefault(str(key), threading.Lock())
 
 
-def _score_plane(plane: np.ndarray, params: FocusParams, device: str, name: str) -> FocusResult:
-    """``focus_score`` on ``device``; on the CPU instead when the GPU runs out of memory."""
+def _score_plane(
+    plane: np.ndarray, params: FocusParams, device: str, name: str
+) -> tuple[FocusResult, str]:
+    """``focus_score`` on ``device``, and that device; on the CPU instead when the GPU runs
+    out of memory."""
     try:
         with _device_lock(device):
-            return focus_score(plane, params=params, device=device)
+            return focus_score(plane, params=params, device=device), device
     except Exception as exc:
         if device == "cpu" or not is_device_out_of_memory(exc):
             raise
@@ -284,7 +296,7 @@ def _score_plane(plane: np.ndarray, params: FocusParams, device: str, name: str)
         plane.shape[1],
         plane.shape[0],
     )
-    return focus_score(plane, params=params, device="cpu")
+    return focus_score(plane, params=params, device="cpu"), "cpu"
 
 
 def score_files(
