@@ -204,7 +204,7 @@ def score_one(
 
     ``device`` is where the pixels are scored (:func:`~scopefx._backend.default_device`:
     ``None`` takes ``SCOPEFX_DEVICE``, else the GPU where there is one). An image the GPU has
-    no memory for is scored on the CPU (logged), with the same result.
+    no memory for is scored on the CPU (logged; its record's ``device`` says ``"cpu"``).
 
     ``before_page(page, n_pages)``, called before each page of a stack is scored, may return
     why that page and the rest are not scored (an exception): the page then gets a record with
