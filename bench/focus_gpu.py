@@ -149,9 +149,7 @@ def _median_ms(call: Callable[[], Any], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def speed(
-    report: Report, cupy: Any, size: int, repeats: int, n_files: int, gpu_workers: int
-) -> None:
+def speed(report: Report, size: int, repeats: int, n_files: int, gpu_workers: int) -> None:
     """Section 2: one call, and a batch of files through score_files."""
     import scipy.fft
 
@@ -355,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not real:
         report.add(f"(no real series at {args.real}: section 1 has the bundled images only)")
     agreement(report, args.size, real)
-    speed(report, cupy, args.size, args.repeats, args.files, args.gpu_workers)
+    speed(report, args.size, args.repeats, args.files, args.gpu_workers)
     memory(report, cupy, (512, 1024, 2048) if args.quick else (512, 1024, 2048, 4096, 8192))
     ok = fallback(report, cupy)
     report.emit(args.out)
