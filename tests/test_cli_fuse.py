@@ -375,6 +375,19 @@ def test_register_checks_the_mosaic_path_before_writing_side_files(tmp_path, cap
         _run("fuse", str(table), "--register", "-o", out, "-q")
     assert info.value.code == 2 and "exists" in capsys.readouterr().err
     assert not (tmp_path / "m.qc.json").exists() and not (tmp_path / "m.registered.csv").exists()
+    # nor --qc, even with --overwrite: a report of a registration not fused beside a mosaic
+    # (it replaced a fused mosaic's own report, which then described other positions)
+    for extra in ((), ("--overwrite",)):
+        with pytest.raises(SystemExit) as info:
+            _run("fuse", str(table), "--qc", *extra, "-o", out, "-q")
+        assert info.value.code == 2 and "its side files describe it" in capsys.readouterr().err
+        assert not (tmp_path / "m.qc.json").exists()
+    # a preview with --qc, which does not fuse, was ignored without a word
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(table), "--qc", "--preview", str(tmp_path / "p.png"), "-o",
+             str(tmp_path / "p.ome.zarr"), "-q")  # fmt: skip
+    assert info.value.code == 2 and "--qc does not fuse" in capsys.readouterr().err
+    assert not (tmp_path / "p.qc.json").exists()
     # --qc (no mosaic), then a refused --qc run with --overwrite: the refusal's report wins
     qc_out = str(tmp_path / "q.ome.zarr")
     assert _run("fuse", str(table), "--qc", "-o", qc_out, "-q")[0] == 0

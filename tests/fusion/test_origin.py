@@ -64,3 +64,17 @@ def test_the_summary_says_where_the_pixel_size_came_from(tmp_path):
         table, tmp_path / "b.ome.zarr", options=FuseOptions(pyramid=False, pixel_size_um=0.25)
     )
     assert result.extra["pixel_size_from"] == "given (--pixel-size)"
+
+
+def test_an_unfinished_store_names_its_own_axes(tmp_path):
+    """A prepared, not yet written 2D store said ``axes_px: "xyz"`` beside a 2D origin."""
+    from scopefx import prepare
+
+    paths = []
+    for k in range(2):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        tifffile.imwrite(paths[-1], np.full((40, 60), k + 1, np.uint8))
+    out = tmp_path / "m.ome.zarr"
+    prepare(TileTable.from_positions(paths, [(10, 30), (60, 30)]), out, workers=1)
+    attrs = json.loads((out / ".zattrs").read_text())["scopefx"]
+    assert attrs["origin_px"] == [10, 30] and attrs["axes_px"] == "xy"

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from scopefx.errors import ConfigError, ResourceLimitError, UnsupportedFormatError
+from scopefx.errors import (
+    ConfigError,
+    CorruptImageError,
+    ResourceLimitError,
+    UnsupportedFormatError,
+)
 from scopefx.io import read_image, read_metadata, read_tile_table
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tiles_real"
@@ -333,3 +338,47 @@ def test_an_nd2_multipoint_scan_is_tiled_by_its_xy_positions(tmp_path, monkeypat
     older.write_bytes(path.read_bytes())
     with pytest.raises(UnsupportedFormatError, match=r"older\.nd2'.*bioio-nd2 2\.6 or later"):
         read_tile_table(older)
+
+
+def test_a_damaged_ome_tiff_is_said_not_a_traceback(tmp_path):
+    """Truncated OME-TIFFs and malformed OME-XML raised tifffile's, struct's and
+    ElementTree's own exceptions out of ``scopefx fuse`` (a traceback, exit 1)."""
+    whole = tmp_path / "scan.ome.tif"
+    _write_ome(whole, [(0.0, 0.0), (20.0, 0.0)])
+    data = whole.read_bytes()
+    for size in (0, 4, 100):  # empty, a header cut short, the first IFD cut
+        cut = tmp_path / f"cut{size}.ome.tif"
+        cut.write_bytes(data[:size])
+        with pytest.raises(CorruptImageError, match=rf"cannot decode OME-TIFF .*cut{size}"):
+            read_tile_table(cut)
+    # the pixels cut: the positions read, the last tile's pixels do not
+    cut = tmp_path / "pixels.ome.tif"
+    cut.write_bytes(data[: len(data) * 3 // 4])
+    try:
+        table = read_tile_table(cut)
+    except CorruptImageError:
+        pass  # this cut also took the file's last IFD
+    else:
+        with pytest.raises(CorruptImageError, match=r"pixels\.ome\.tif::tile/1"):
+            read_image(table[1].ref)
+    # an unescaped '&' in the OME-XML
+    with tifffile.TiffFile(whole) as tif:
+        xml = tif.ome_metadata
+    bad = tmp_path / "amp.ome.tif"
+    text = xml.replace('Name="DAPI"', 'Name="A & B"', 1).encode()
+    with tifffile.TiffWriter(bad) as w:
+        w.write(np.zeros((32, 48), np.uint16), description=text)
+    with pytest.raises(CorruptImageError, match=r"cannot decode OME-TIFF .*amp\.ome\.tif"):
+        read_tile_table(bad)
+
+
+def test_a_truncated_czi_is_said_not_a_traceback(tmp_path):
+    """bioio-czi's RuntimeError ('Not enough data read') reached the user as a traceback."""
+    data = _czi().read_bytes()
+    for name, size in (("header", 2500), ("pixels", len(data) - 100_000)):
+        cut = tmp_path / f"{name}.czi"
+        cut.write_bytes(data[:size])
+        with pytest.raises(CorruptImageError, match=rf"cannot decode CZI .*{name}\.czi"):
+            table = read_tile_table(cut)
+            for tile in table:
+                read_image(tile.ref)

@@ -101,7 +101,8 @@ def add_parser(sub: Any) -> None:
         "--qc",
         action="store_true",
         help="register and write the stitching QC report (OUT's name less its extension + "
-        ".qc.json, .qc.png) without fusing",
+        ".qc.json, .qc.png) and the refined table and pairs (.registered.csv, .pairs.csv) "
+        "without fusing; OUT must not exist",
     )
     p.add_argument(
         "--flatfield",
@@ -149,7 +150,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4", help="default: %(default)s")
     p.add_argument("--no-pyramid", action="store_true", help="write level 0 only")
     p.add_argument(
-        "--workers", type=positive_int, default=None, help="threads (default: all cores)"
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="threads (default: 4 to read and register the tiles, all cores to write chunks)",
     )
     p.add_argument("--json", metavar="OUT.json", help="write the result summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -368,6 +372,9 @@ def _cmd_qc(args: argparse.Namespace, options: Any, out: TextIO) -> int:
 
     if runs_remotely(args, "fusion"):
         raise UsageError("--qc runs here, on tiles this machine can read; drop --endpoint")
+    if args.preview:
+        raise UsageError("--preview pictures the fused mosaic, and --qc does not fuse (the "
+                         "report's picture is its .qc.png); drop --preview")  # fmt: skip
     summary = qc(args.tiles, args.output, options=options, workers=args.workers)
     _report_extra(summary, out)
     if args.json:

@@ -975,7 +975,9 @@ def _detrend(z: np.ndarray, keep: np.ndarray, degree: int) -> np.ndarray:
         hold = keep[band]
         if not hold.any():
             continue
-        design = np.stack([_monomial(powers, e)[band][hold] for e in exps], axis=-1)
+        # the band's own monomials (of the whole crop, each would cost the crop's size)
+        in_band = [powers[0][:, band], *powers[1:]]
+        design = np.stack([_monomial(in_band, e)[hold] for e in exps], axis=-1)
         normal += design.T @ design
         rhs += design.T @ (z[band][hold].astype(np.float64) - offset)
     # lstsq on the k x k system keeps the minimum-norm answer of a degenerate common part

@@ -727,11 +727,8 @@ def prepare_fusion(
         preview=preview, started=time.perf_counter() if started is None else started,
     )  # fmt: skip
     if state != "complete":
-        create_ome_zarr(
-            out,
-            spec,
-            extra_attrs={"scopefx": {"origin_px": plan.origin[::-1].tolist(), "axes_px": "xyz"}},
-        )
+        where = {"origin_px": plan.origin[::-1].tolist(), "axes_px": "xyz"[: len(plan.origin)]}
+        create_ome_zarr(out, spec, extra_attrs={"scopefx": where})
         _open_level_as.cache_clear()
         job.save()
     return job

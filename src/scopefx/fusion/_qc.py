@@ -332,8 +332,8 @@ def registration_report(
 
 
 def report_summary(report: dict[str, Any]) -> str:
-    """One line for the CLI, e.g. ``registration: 17 of 17 side pairs used (12 corner pairs
-    not measured), rms residual 0.41 px, tiles moved 1.1 px on average (max 2.6), overlap
+    """One line for the CLI, e.g. ``registration: 17 of 17 side pairs used, 12 corner pairs
+    not measured, rms residual 0.41 px, tiles moved 1.1 px on average (max 2.6), overlap
     agreement 0.83 (stage 0.79)``, naming the tiles no used pair placed (``1 tile placed by
     the stage model alone: tile_r1_c1.tif``)."""
     s = report["summary"]
@@ -479,7 +479,10 @@ def _plot_graph(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("x (px)")
     ax.set_ylabel("y (px)")
     s = report["summary"]
-    marked = f"\nhatched red: tiles with no used pair ({len(lone)}), placed from the stage alone"
+    placed = sorted({tiles[k].get("placed_by", "stage position") for k in lone})
+    how = " or ".join("by the stage model alone" if p == "stage model" else "at the stage position"
+                      for p in placed)  # fmt: skip
+    marked = f"\nhatched red: tiles with no used pair ({len(lone)}), placed {how}"
     head = ("REFUSED (too few usable pairs): positions as --allow-partial-registration would "
             "give, not applied\n" if report.get("refused") else "")  # fmt: skip
     if report.get("plan_refused"):

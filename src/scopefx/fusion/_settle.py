@@ -176,6 +176,7 @@ def _settle(
                               params.prior_weight)  # fmt: skip
         if held is None:  # the groups of tiles left apart placed by the model's steps
             c = c + _place_components(n, ij, used, model, c)
+            residual = np.linalg.norm(c[ij[:, 1]] - c[ij[:, 0]] - shifts, axis=1)
         else:  # each tile held to the model (or the stage), the groups apart with it
             c, target = held
             model = {k: target[ij[k, 1]] - target[ij[k, 0]] for k in model}

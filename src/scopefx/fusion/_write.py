@@ -291,9 +291,17 @@ def qc(
     RegistrationError
         Too few neighbouring tiles give a usable match (unless
         ``options.registration.allow_partial``).
+    ConfigError
+        ``out`` exists: its side files describe the mosaic there.
     """
     options = FuseOptions.resolve(options).replace(register=True)
     _check_output_kind(Path(out))  # the report is named after the mosaic it would describe
+    if os.path.lexists(out):  # its side files describe it: a new registration's would not
+        raise ConfigError(
+            f"{out} exists and its side files describe it; the QC report of a new "
+            "registration, not fused, would replace them. Name another output (the report is "
+            "named after it)"
+        )
     *_, extra, _, sidecars = _read_and_register(
         tiles, Path(out), options, flatfield, read, workers or 4
     )

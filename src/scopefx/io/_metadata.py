@@ -542,9 +542,10 @@ def _zarr_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
 
 
 def _vendor_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
-    from ._vendor import vendor_metadata
+    from ._vendor import format_name, vendor_metadata
 
-    info = vendor_metadata(r.path, r.array, r.ref)
+    with decoding(r.ref, format_name(r.path)):  # a damaged file: said, not a traceback
+        info = vendor_metadata(r.path, r.array, r.ref)
     px = info["pixel_size_um"]
     ok = px is not None and PLAUSIBLE_PIXEL_UM[0] <= px <= PLAUSIBLE_PIXEL_UM[1]
     return ImageMetadata(

@@ -390,9 +390,10 @@ def _read_zarr(r: ResolvedRef, page: int | None) -> np.ndarray:
 
 
 def _read_vendor(r: ResolvedRef, page: int | None) -> np.ndarray:
-    from ._vendor import read_vendor_tile
+    from ._vendor import format_name, read_vendor_tile
 
-    return read_vendor_tile(r.path, r.array, r.ref, page)
+    with decoding(r.ref, format_name(r.path)):  # a damaged file: said, not a traceback
+        return read_vendor_tile(r.path, r.array, r.ref, page)
 
 
 _READERS: dict[str, Callable[[ResolvedRef, int | None], np.ndarray]] = {

@@ -404,14 +404,16 @@ def read_tile_table(
         )
     if not p.is_file():
         raise ImageNotFoundError(f"tile table {os.fspath(path)!r} does not exist")
-    from ._vendor import is_vendor_file, vendor_positions
+    from ._read import decoding
+    from ._vendor import format_name, is_vendor_file, vendor_positions
 
     if is_vendor_file(p):
         if rotation_deg:
             raise ConfigError("rotation_deg is not supported for tiles inside instrument files")
-        refs, positions, size, extra = vendor_positions(
-            p, pixel_size_um=pixel_size_um, pixel_size_z_um=pixel_size_z_um, scene=scene
-        )
+        with decoding(os.fspath(path), format_name(p)):  # damaged: said, not a traceback
+            refs, positions, size, extra = vendor_positions(
+                p, pixel_size_um=pixel_size_um, pixel_size_z_um=pixel_size_z_um, scene=scene
+            )
         positions = np.array(positions, dtype=float)  # (x, y[, z]) per tile
         for axis, flipped in enumerate((flip_x, flip_y)):
             if flipped:

@@ -88,6 +88,16 @@ def _kind(path: Path) -> str:
     raise UnsupportedFormatError(f"'{path}' is not an OME-TIFF, CZI, ND2 or LIF file")
 
 
+#: What each kind of instrument file is called in messages.
+_FORMAT_NAMES = {"ome": "OME-TIFF", "czi": "CZI", "nd2": "ND2", "lif": "LIF"}
+
+
+def format_name(path: Path) -> str:
+    """``"OME-TIFF"``, ``"CZI"``, ``"ND2"`` or ``"LIF"``: what ``path`` is, for messages."""
+    kind = _kind(path)
+    return _FORMAT_NAMES.get(kind, kind.upper())
+
+
 def _tile_ref(part: str | None, ref: str) -> tuple[int | None, int, ZSel]:
     """``tile/N`` -> ``(None, N, None)``, ``tile/N/z/K`` -> ``(None, N, K)``,
     ``tile/N/z/max`` -> ``(None, N, "max")``; each after ``scene/S/`` -> ``(S, ...)``: tile
