@@ -759,3 +759,35 @@ def test_an_existing_file_at_the_preview_path_is_refused_before_fusing(tmp_path)
     with pytest.raises(ConfigError, match=r"photo\.png exists and is not a preview scopefx wrote"):
         fuse(table, tmp_path / "m.ome.zarr", options=FuseOptions(preview=str(photo)))
     assert not (tmp_path / "m.ome.zarr").exists() and photo.read_bytes() == b"\x89PNG someone's"
+
+
+@pytest.mark.parametrize("register", [False, True])
+def test_a_tile_without_pixels_is_refused_by_name(tmp_path, register):
+    """Tiles of 0 x 128 px raised ZeroDivisionError (the layout's area); one among good tiles
+    under registration, an error about an array of shapes that named no tile."""
+    paths = []
+    for k in range(3):
+        paths.append(str(tmp_path / f"t{k}.tif"))
+        if k == 1:
+            np.save(tmp_path / "t1.npy", np.ones((0, 128), np.uint16))
+            paths[-1] = str(tmp_path / "t1.npy")
+        else:
+            tifffile.imwrite(paths[-1], np.ones((128, 128), np.uint16))
+    table = TileTable.from_positions(paths, [(0, 0), (100, 0), (200, 0)])
+    with pytest.raises(ConfigError, match=r"1 tile\(s\) hold no pixels: .*t1\.npy \(0 x 128 px\)"):
+        fuse(table, tmp_path / "m.ome.zarr", options=FuseOptions(register=register))
+    assert not (tmp_path / "m.ome.zarr").exists()
+
+
+def test_an_output_below_a_file_is_refused_before_any_tile_is_read(tmp_path):
+    """``-o table.csv/m.ome.zarr`` read every tile (and registered them) before a
+    NotADirectoryError traceback."""
+    (tmp_path / "notes.txt").write_text("x")
+
+    def never(ref: str) -> np.ndarray:
+        raise AssertionError(f"{ref} was read")
+
+    table = TileTable.from_positions(["a.tif", "b.tif"], [(0, 0), (100, 0)])
+    for out in ("notes.txt/m.ome.zarr", "notes.txt/deeper/m.tif"):
+        with pytest.raises(ConfigError, match=r"notes\.txt' is a file, not a folder"):
+            fuse(table, tmp_path / out, read=never)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import tifffile
 
+from scopefx.errors import ConfigError
 from scopefx.fusion import FuseOptions, fuse
-from scopefx.io import TileTable
+from scopefx.io import TileTable, read_metadata
 
 
 def test_origin_px_reads_back_as_x_then_y(tmp_path):
@@ -78,3 +80,30 @@ def test_an_unfinished_store_names_its_own_axes(tmp_path):
     prepare(TileTable.from_positions(paths, [(10, 30), (60, 30)]), out, workers=1)
     attrs = json.loads((out / ".zattrs").read_text())["scopefx"]
     assert attrs["origin_px"] == [10, 30] and attrs["axes_px"] == "xy"
+
+
+def test_non_square_pixels_are_no_pixel_size(tmp_path):
+    """Tiles 0.5 um wide and 1.0 um high: micrometre positions were divided by the width
+    alone (tile 1, 100 um below tile 0, went 200 rows down), the OME-Zarr's scale said
+    0.5 um; now the pixel size is unknown, and a micrometre table says why."""
+    for kind in ("tiff", "ome"):
+        paths = []
+        for k in range(2):
+            paths.append(tmp_path / f"{kind}{k}.tif")
+            data = np.full((128, 128), k + 1, np.uint16)
+            if kind == "tiff":
+                tifffile.imwrite(
+                    paths[-1], data, resolution=(2e4, 1e4), resolutionunit="CENTIMETER"
+                )
+            else:
+                tifffile.imwrite(paths[-1], data, ome=True,
+                                 metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 1.0})  # fmt: skip
+        meta = read_metadata(str(paths[0]))
+        assert meta.pixel_size_um is None and "non-square" in meta.raw["pixel_size_ignored"]
+        table = tmp_path / f"{kind}.csv"
+        table.write_text(f"path,x_um,y_um\n{paths[0].name},0,0\n{paths[1].name},0,100\n")
+        with pytest.raises(ConfigError, match=r"no pixel size \(.*non-square pixels, 0\.5 um wide"):
+            fuse(str(table), tmp_path / f"{kind}.ome.zarr")
+        placed = TileTable.from_positions([str(p) for p in paths], [(0, 0), (0, 100)])
+        result = fuse(placed, tmp_path / f"{kind}_px.ome.zarr", options=FuseOptions(pyramid=False))
+        assert result.pixel_size_um is None

@@ -1064,6 +1064,22 @@ def test_every_residual_is_taken_at_the_final_positions() -> None:
         ), p
 
 
+def test_an_inf_pixel_outside_every_overlap_blanks_no_pair() -> None:
+    """A float tile with one inf pixel (a hot pixel, a division by 0 upstream): every crop of
+    that tile read as blank, and its pairs were refused ("the overlaps hold too little
+    content"). Such a pixel is no data, like a NaN."""
+    m = samples.make_mosaic("cell", grid=(2, 2), tile_px=128, overlap=0.2, jitter_px=2.0,
+                            subpixel=True, seed=1)  # fmt: skip
+    tiles = [np.asarray(t, np.float32) for t in m.tiles]
+    tiles[0][10, 10] = np.inf  # far from either of its overlaps
+    refs = [f"tile_{k}" for k in range(4)]
+    reg = register(_table(m.affines[:, :2, 2], refs),
+                   read=dict(zip(refs, tiles, strict=True)).__getitem__,
+                   shapes=[(128, 128)] * 4)  # fmt: skip
+    sides = [p for p in reg.pairs if p.status != "corner"]
+    assert all(p.used for p in sides), sides
+
+
 def test_real_leica_scan_with_defaults() -> None:
     """Vignetted 4x3 scan, 58 px overlaps: the side pairs used (one may be refused: the scan
     is not rigid, its loops of true pairs miss by 1-2 px, and ``6.tif``/``7.tif`` stands

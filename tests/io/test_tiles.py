@@ -320,6 +320,9 @@ def test_tile_configuration_with_bom_and_crlf(tmp_path):
     [
         ("t.csv", "path,x,y\na.tif,0,0\nb.tif,5,0\na.tif,9,9\n", 4),
         ("t.txt", "dim = 2\na.tif; ; (0, 0)\na.tif; ; (5, 0)\n", 3),
+        # the same file under another spelling (it was fused twice, unwarned)
+        ("u.csv", "path,x,y\nsub/../a.tif,0,0\n./a.tif,5,0\n", 3),
+        ("u.txt", "dim = 2\na.tif; ; (0, 0)\nsub/../a.tif; ; (5, 0)\n", 3),
     ],
 )
 def test_duplicate_tiles_are_refused_by_name(tmp_path, name, text, line):
@@ -471,3 +474,12 @@ def test_micrometre_positions_land_on_whole_pixels_without_float_noise(tmp_path)
     table = read_tile_table(path, pixel_size_um=0.65)
     assert table[1].offset.tolist() == [0.0, 7.0]
     assert table[2].offset[1] == 0.1 / 0.65
+
+
+def test_a_table_with_pixel_and_micrometre_columns_says_which_it_reads(tmp_path, caplog):
+    """x,y and x_um,y_um that disagreed: x,y were used without a word."""
+    path = _write(tmp_path / "both.csv", "path,x,y,x_um,y_um\na.tif,0,0,0,0\nb.tif,100,0,999,0\n")
+    with caplog.at_level("WARNING", logger="scopefx.io"):
+        table = read_tile_table(path)
+    assert table[1].offset.tolist() == [0.0, 100.0]
+    assert "tiles are placed by x,y, and x_um,y_um are not read" in caplog.text

@@ -382,3 +382,31 @@ def test_a_truncated_czi_is_said_not_a_traceback(tmp_path):
             table = read_tile_table(cut)
             for tile in table:
                 read_image(tile.ref)
+
+
+@pytest.mark.parametrize("pixel_um", [500.0, 5e-7, -0.5])
+def test_an_ome_tiff_pixel_size_no_microscope_has_is_refused(tmp_path, pixel_um):
+    """A PhysicalSizeX of 0.5 mm stacked every tile at one spot and wrote a 500 um scale,
+    unwarned (0.5 pm and -0.5 um were refused with misleading reasons); a given size
+    stands instead."""
+    path = tmp_path / "odd.ome.tif"
+    _write_ome(path, [(0.0, 0.0), (20.0, 0.0)], pixel_um=pixel_um)
+    with pytest.raises(
+        ConfigError, match=rf"PhysicalSizeX \(OME .*\) of {pixel_um:g} um, which no"
+    ):
+        read_tile_table(path)
+    table = read_tile_table(path, pixel_size_um=0.5)
+    assert table.pixel_size_um == 0.5
+    np.testing.assert_allclose([t.offset for t in table], [(0, 0), (0, 40)])
+
+
+def test_a_czi_whose_header_asks_for_millions_of_planes_is_refused_at_once(tmp_path):
+    """One byte changed (975, 0x00 -> 0x84) gives the CZI 8,650,753 channels: bioio-czi, asked
+    for the pixel size, built a task graph of that many planes, growing past 1.9 GB in 2
+    minutes without end. The subblock directory says so first, and it is refused."""
+    data = bytearray(_czi().read_bytes())
+    data[974] = 0x84
+    bad = tmp_path / "damaged.czi"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CorruptImageError, match=r"damaged\.czi': its dimensions .* ask for 17,3"):
+        read_tile_table(bad)

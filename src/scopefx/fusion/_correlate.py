@@ -135,7 +135,8 @@ def prepare(
 ) -> tuple[np.ndarray, float]:
     """One tile as registration sees it: channels summed, flat-field corrected, high-passed
     when ``highpass_sigma_px`` is given (None or 0: not); NaN (no pixel) where ``opaque``, a
-    mask of the tile's spatial shape, is False (transparent pixels of a colour tile).
+    mask of the tile's spatial shape, is False (transparent pixels of a colour tile), and
+    where a float tile holds inf or NaN.
 
     Returns the plane and its mean absolute raw value (the scale a blank crop is judged by).
     """
@@ -150,6 +151,9 @@ def prepare(
     plane = np.asarray(data, dtype=np.float32)
     if plane.ndim > nd:
         plane = plane.reshape(-1, *plane.shape[-nd:]).sum(axis=0)
+    broken = ~np.isfinite(plane)  # a float tile's inf (or NaN) pixel: no data, as transparent
+    if broken.any():  # (one inf pixel made every crop of the tile blank, even outside them)
+        opaque = ~broken if opaque is None else np.asarray(opaque).reshape(plane.shape) & ~broken
     if opaque is not None:  # their mean stands in for the transparent pixels in the high-pass
         opaque = np.asarray(opaque).reshape(plane.shape)
         fill = float(plane[opaque].mean()) if opaque.any() else 0.0

@@ -106,6 +106,12 @@ def tile_layout(table: TileTable, metas: list[Any]) -> tuple[np.ndarray, tuple[i
             f"{list(first.shape)} but {len(odd)} differ: {listed}"
         )
     shapes = np.array([shape[-ndim:] for shape in shapes_read], dtype=np.int64)
+    empty = np.flatnonzero((shapes < 1).any(axis=1))
+    if len(empty):  # nothing to place (and a layout of them has no area to judge)
+        listed = ", ".join(f"{metas[k].path} ({' x '.join(map(str, shapes[k]))} px)"
+                           for k in empty[:5])  # fmt: skip
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise ConfigError(f"{len(empty)} tile(s) hold no pixels: {listed}{more}")
     return shapes, channels, first.dtype
 
 

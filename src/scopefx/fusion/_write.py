@@ -157,6 +157,11 @@ def _check_output_kind(out: Path) -> None:
             f"or as one TIFF (OUT.tif), not as a {out.suffix} file; for a small picture of "
             "the mosaic add a preview (preview= / --preview OUT.png)"
         )
+    for parent in Path(os.path.abspath(out)).parents:  # said now, not after the tiles' reading
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise ConfigError(f"output {str(out)!r}: {str(parent)!r} is a file, not a folder")
+            break
 
 
 #: What the run summary says of colour tiles, by the samples fused; ``{model}``: RGB, RGBA or

@@ -48,7 +48,7 @@ from ._read import (
 )
 from ._refs import ZARR_SEP, ResolvedRef, resolve_ref
 from ._samples import tiff_samples
-from ._units import length_um, value_um
+from ._units import PLAUSIBLE_PIXEL_UM, length_um, same_pixel_size, value_um
 
 __all__ = ["FIBICS_TAG", "ImageMetadata", "read_metadata"]
 
@@ -309,10 +309,6 @@ def fibics_fields(root: ET.Element, *, width: int | None = None) -> dict[str, An
     return out
 
 
-#: Pixel sizes (micrometres) outside this range are taken as unknown: a file that claims one
-#: carries a placeholder (0.01 nm is below any instrument, 50 um above any microscope camera).
-PLAUSIBLE_PIXEL_UM = (1e-5, 50.0)
-
 #: Dots per inch that image software writes by default, not a measured pixel size.
 DEFAULT_DPI = (72, 96, 150, 300, 600)
 _INCH_UM = 25400.0
@@ -341,7 +337,31 @@ def _resolution_um(page: Any) -> tuple[float | None, dict[str, Any]]:
             f"{num / den:g} dpi is a default of image software, not a pixel size"
         )
         return None, raw
-    return per_unit * den / num, raw
+    return _square(per_unit * den / num, _y_resolution_um(page, per_unit), "TIFF", raw)
+
+
+def _y_resolution_um(page: Any, per_unit: float) -> float | None:
+    """The pixel height the YResolution tag gives (None where it gives none)."""
+    yres = page.tags.get(283)
+    if yres is None:
+        return None
+    num, den = (yres.value if isinstance(yres.value, tuple) else (yres.value, 1))[:2]
+    return per_unit * den / num if num and den else None
+
+
+def _square(x_um: float, y_um: float | None, what: str, raw: dict[str, Any]) -> tuple[
+    float | None, dict[str, Any]
+]:  # fmt: skip
+    """``x_um`` as the pixel size, unless the pixel's height ``y_um`` differs from it by over
+    1 %: tiles are placed on square pixels, and a width taken for the height would put every
+    position in micrometres wrongly along y (the pixel size is then unknown, and said why)."""
+    if y_um is None or same_pixel_size(y_um, x_um):
+        return x_um, raw
+    raw["pixel_size_ignored"] = (
+        f"{what} gives non-square pixels, {x_um:g} um wide and {y_um:g} um high; scopefx "
+        "places tiles on square pixels"
+    )
+    return None, raw
 
 
 _FROM = {
@@ -373,7 +393,9 @@ def _ome_um(ome_xml: str) -> tuple[float | None, dict[str, Any]]:
     size, factor = _float(pixels.get("PhysicalSizeX")), length_um(unit)
     if size is None or factor is None or size <= 0:
         return None, {}
-    return size * factor, {"PhysicalSizeX": size, "PhysicalSizeXUnit": unit}
+    raw = {"PhysicalSizeX": size, "PhysicalSizeXUnit": unit}
+    height = value_um(pixels.get("PhysicalSizeY"), pixels.get("PhysicalSizeYUnit", "µm"))
+    return _square(size * factor, height if height and height > 0 else None, "OME", raw)
 
 
 def _z_step_um(ome_xml: str | None, ij: dict[str, Any] | None) -> float | None:
@@ -416,7 +438,8 @@ def _imagej_um(ij: dict[str, Any], page: Any) -> tuple[float | None, dict[str, A
             "software, not a pixel size"
         )
         return None, raw
-    return factor * den / num, raw
+    return _square(factor * den / num, _y_resolution_um(page, factor), "the ImageJ calibration",
+                   raw)  # fmt: skip
 
 
 def _tiff_metadata(r: ResolvedRef, path: str) -> ImageMetadata:

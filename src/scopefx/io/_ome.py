@@ -23,7 +23,14 @@ import numpy as np
 
 from ..errors import ConfigError, CorruptImageError, UnsupportedFormatError
 from ._planes import ZSel, is_index, plane_index, stack_shape
-from ._units import LENGTH_UNITS, length_um, same_pixel_size, value_um
+from ._units import (
+    LENGTH_UNITS,
+    implausible_note,
+    length_um,
+    plausible_pixel_size,
+    same_pixel_size,
+    value_um,
+)
 
 __all__ = ["ome_metadata", "ome_positions", "read_ome_tile"]
 
@@ -302,7 +309,7 @@ def ome_positions(
             f"'{p}': OME images {missing[:5]} record no stage position (Plane PositionX/Y "
             "or StageLabel); give a tile table instead"
         )
-    _ome_pixel_sizes(p, images)
+    _ome_pixel_sizes(p, images, given=bool(pixel_size_um))
     size = pixel_size_um or images[0]["pixel_size_um"]
     if not size:
         raise ConfigError(
@@ -350,8 +357,9 @@ def _ome_units(p: Path, images: list[dict[str, Any]], *, pixel_size_given: bool)
             )
 
 
-def _ome_pixel_sizes(p: Path, images: list[dict[str, Any]]) -> None:
-    """Refuses non-square pixels, and images whose pixel size is not the first image's (within
+def _ome_pixel_sizes(p: Path, images: list[dict[str, Any]], *, given: bool = False) -> None:
+    """Refuses a recorded pixel size no microscope has (0.5 mm, a negative one) unless one is
+    ``given``, non-square pixels, and images whose pixel size is not the first image's (within
     1 %): the mosaic has one pixel size, and reduced-resolution copies of an image or a
     slide's label and overview images are no tiles of it."""
 
@@ -365,6 +373,10 @@ def _ome_pixel_sizes(p: Path, images: list[dict[str, Any]]) -> None:
 
     for im in images:
         x, y = im["pixel_size_um"], im["pixel_size_y_um"]
+        for v, axis in ((x, "X"), (y, "Y")):
+            if v and not given and not plausible_pixel_size(v):  # 0: none recorded
+                what = f"a PhysicalSize{axis} (OME {im['name']})"
+                raise ConfigError(implausible_note(p, v, what))
         if x is not None and y is not None and not same(y, x):
             raise UnsupportedFormatError(
                 f"'{p}': OME {im['name']} has non-square pixels, PhysicalSizeX {um(x)} by "

@@ -5,6 +5,7 @@ and Fiji's ``TileConfiguration.txt``. The table formats themselves are described
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -82,14 +83,27 @@ def _parse_affine(text: str, ndim: int, where: str) -> np.ndarray:
 
 
 def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
-    first: dict[str, int] = {}
+    """A tile listed twice, also under another spelling of its path (``./a/../a/t.tif``, a
+    link to it): it would be fused twice, at two places."""
+    first: dict[str, tuple[int, str]] = {}
     for t, line in zip(tiles, lines, strict=True):
-        if t.ref in first:
+        key = _same_file_key(t.ref)
+        if key in first:
+            before, ref = first[key]
+            spelled = "" if ref == t.ref else f", as {ref!r}"
             raise ConfigError(
                 f"{path}, line {line}: tile {t.ref!r} is listed twice (first on line "
-                f"{first[t.ref]}); each tile may appear once"
+                f"{before}{spelled}); each tile may appear once"
             )
-        first[t.ref] = line
+        first[key] = (line, t.ref)
+
+
+def _same_file_key(ref: str) -> str:
+    """``ref`` with its file's path resolved (``..`` and links), the part inside kept."""
+    store, sep, inner = ref.partition(ZARR_SEP)
+    with contextlib.suppress(OSError, ValueError):  # one the OS cannot resolve: as written
+        store = os.path.normcase(os.path.realpath(store))
+    return store + sep + inner
 
 
 #: The columns a tile table's rows are read from (any other column is left alone).
@@ -133,6 +147,9 @@ def read_csv(
         raise ConfigError(f"{path}: no 'path' column; columns are {cols}")
     if {"x", "y"} <= set(cols):
         axes, unit = ["x", "y", "z"] if "z" in cols else ["x", "y"], "px"
+        if {"x_um", "y_um"} <= set(cols):  # two placements: which one counts, said
+            logger.warning("%s: both x,y (pixels) and x_um,y_um (micrometres) are given; the "
+                           "tiles are placed by x,y, and x_um,y_um are not read", path)  # fmt: skip
     elif {"x_um", "y_um"} <= set(cols):
         axes = ["x_um", "y_um", "z_um"] if "z_um" in cols else ["x_um", "y_um"]
         unit = "um"
@@ -148,16 +165,17 @@ def read_csv(
     z_step_um = pixel_size_z_um
     asks_z = len(axes) == 3 and z_step_um is None
     if unit == "um" and (pixel_size_um is None or asks_z):
-        recorded, recorded_z = _recorded_sizes(
+        recorded, recorded_z, why = _recorded_sizes(
             rows[0].get("path", ""), path, xy=pixel_size_um is None, z=asks_z
         )
         z_step_um = z_step_um if z_step_um is not None else recorded_z
         if pixel_size_um is None:
             pixel_size_um = recorded
             if pixel_size_um is None:
+                none = f"no pixel size ({why})" if why else "no pixel size"
                 raise ConfigError(
                     f"{path}: positions are in micrometres ({', '.join(axes)}) and the first "
-                    "tile records no pixel size; give it (--pixel-size / pixel_size_um=)"
+                    f"tile records {none}; give it (--pixel-size / pixel_size_um=)"
                 )
     ndim = len(axes) if axes else 0
     if not axes:  # affine only: its shape says the dimension
@@ -250,14 +268,15 @@ def _check_translation(m: np.ndarray, pos: np.ndarray, where: str) -> None:
 
 def _recorded_sizes(
     name: str, table: Path, *, xy: bool, z: bool
-) -> tuple[float | None, float | None]:
+) -> tuple[float | None, float | None, str | None]:
     """The pixel size (``xy``) and the z step (``z``), in micrometres, that the tile ``name``
     of ``table`` records in its metadata (pixel size: OME, ImageJ, a TIFF resolution in
     centimetres, a vendor file...; inch-based default resolutions do not count; z step: OME
     ``PhysicalSizeZ``, ImageJ ``spacing``), each ``None`` when it is not asked for, not
-    recorded, or the tile cannot be read."""
+    recorded, or the tile cannot be read; and why a recorded pixel size was not taken (non-square
+    pixels, a default dpi, an implausible size), else None."""
     if not name:
-        return None, None
+        return None, None, None
     from ._metadata import read_metadata
 
     ref = _resolve(name, table.resolve().parent)
@@ -265,7 +284,7 @@ def _recorded_sizes(
         meta = read_metadata(ref)
     except Exception:  # unreadable here (missing, refused): the caller asks for --pixel-size
         logger.debug("no pixel size from %s", ref, exc_info=True)
-        return None, None
+        return None, None, None
 
     def positive(v: float | None) -> float | None:
         return float(v) if v is not None and math.isfinite(v) and v > 0 else None
@@ -277,7 +296,8 @@ def _recorded_sizes(
                     table, ref, size, meta.pixel_size_from)  # fmt: skip
     if z_step is not None:
         logger.info("%s: z_um divided by %s's z step, %g um", table, ref, z_step)
-    return size, z_step
+    why = meta.raw.get("pixel_size_ignored") if xy and size is None else None
+    return size, z_step, None if why is None else str(why)
 
 
 def read_tile_configuration(

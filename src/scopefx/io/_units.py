@@ -79,4 +79,23 @@ SAME_PIXEL_SIZE = 0.01
 def same_pixel_size(a: float, b: float) -> bool:
     """Whether pixel size ``a`` is ``b`` within :data:`SAME_PIXEL_SIZE` (1 %) of ``b``: one
     rule for the images of an OME-TIFF and for the tiles of a table."""
-    return abs(a - b) <= SAME_PIXEL_SIZE * b
+    return abs(a - b) <= SAME_PIXEL_SIZE * abs(b)
+
+
+#: Pixel sizes (micrometres) outside this range are taken as unknown: a file that claims one
+#: carries a placeholder (0.01 nm is below any instrument, 50 um above any microscope camera).
+PLAUSIBLE_PIXEL_UM = (1e-5, 50.0)
+
+
+def plausible_pixel_size(size: float | None) -> bool:
+    """Whether ``size`` (um) lies in :data:`PLAUSIBLE_PIXEL_UM` (False for 0, negative, NaN)."""
+    lo, hi = PLAUSIBLE_PIXEL_UM
+    return size is not None and lo <= float(size) <= hi
+
+
+def implausible_note(path: object, size: float, what: str = "a pixel size") -> str:
+    """Why an instrument file's recorded pixel size is not taken, and what to do."""
+    lo, hi = PLAUSIBLE_PIXEL_UM
+    return (f"'{path}' records {what} of {float(size):g} um, which no microscope has "
+            f"(plausible: {lo:g} to {hi:g} um); give the right one (--pixel-size / "
+            "pixel_size_um=)")  # fmt: skip

@@ -44,10 +44,10 @@ from typing import Any
 import numpy as np
 
 from .._checks import shown
-from ..errors import ConfigError, UnsupportedFormatError
+from ..errors import ConfigError, CorruptImageError, UnsupportedFormatError
 from ._ome import ome_metadata, ome_positions, read_ome_tile
 from ._planes import ZSel, is_index, plane_index, stack_shape
-from ._units import value_um
+from ._units import implausible_note, plausible_pixel_size, value_um
 
 __all__ = [
     "is_vendor_file",
@@ -165,6 +165,8 @@ def _bioio_reader(path: str, mtime: float) -> Any:
                 f"'{path}' cannot be read as a {suffix[1:].upper()} file: "
                 f"{type(exc).__name__}: {str(exc).replace(source, path)[:500]}"
             ) from None
+        if suffix == ".czi":
+            _check_czi_dims(source, path)
         if suffix == ".lif":  # the project's tile scans; the first is the default scene
             try:
                 scans = _lif_scans(source)
@@ -180,6 +182,37 @@ def _bioio_reader(path: str, mtime: float) -> Any:
         raise
     weakref.finalize(reader, os.close, fd)
     return reader
+
+
+#: Bytes a CZI spends on each of its subblocks at least (a directory entry and the segment
+#: header), so that a file of B bytes holds at most B / _CZI_SUBBLOCK_BYTES planes.
+_CZI_SUBBLOCK_BYTES = 64
+
+
+def _check_czi_dims(source: str, path: str) -> None:
+    """Refuse a CZI whose dimensions ask for more planes (subblocks) than its size can hold:
+    a damaged header (one byte changed gave ``C`` 8,650,753) made bioio-czi build a task
+    graph of that many planes, without end and with gigabytes of memory, when it was asked
+    for the pixel size. Read from the subblock directory by aicspylibczi, without pixels."""
+    try:
+        import aicspylibczi
+    except ImportError:  # bioio-czi's other reader: nothing to check with here
+        return
+    with open(source, "rb") as fh:  # given the path, aicspylibczi leaves its file open
+        dims = aicspylibczi.CziFile(fh).get_dims_shape()
+    planes = 0
+    for scene in dims:
+        planes += math.prod(hi - lo for axis, (lo, hi) in scene.items() if axis not in "YXA")
+    size = os.stat(source).st_size
+    if planes * _CZI_SUBBLOCK_BYTES > size:
+        raise CorruptImageError(
+            f"'{path}': its dimensions ({_dims_text(dims[0])}) ask for {planes:,} planes, more "
+            f"than its {size:,} bytes can hold; the file is damaged: copy or export it again"
+        )
+
+
+def _dims_text(scene: dict[str, tuple[int, int]]) -> str:
+    return ", ".join(f"{axis} {hi - lo}" for axis, (lo, hi) in scene.items())
 
 
 def _needs_bioio(path: str, exc: ImportError) -> UnsupportedFormatError:
@@ -295,7 +328,11 @@ def _bioio_tiles(
     r = _reader(path)
     k = _scene(path, r, scene)
     _at_scene(r, k)
-    px = getattr(r.physical_pixel_sizes, "X", None)
+    px = getattr(r.physical_pixel_sizes, "X", None) or None  # 0: none recorded
+    if px is not None and not plausible_pixel_size(px):
+        if not pixel_um:  # a placeholder would place every tile wrongly (0.5 mm: all at one spot)
+            raise ConfigError(implausible_note(path, px))
+        px = None  # the given size stands
     channels = [str(c) for c in (r.channel_names or [])]
     if path.suffix.lower() == ".lif":
         xy, origin = _lif_positions(path, r, pixel_um or px)
