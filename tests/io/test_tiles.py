@@ -483,3 +483,18 @@ def test_a_table_with_pixel_and_micrometre_columns_says_which_it_reads(tmp_path,
         table = read_tile_table(path)
     assert table[1].offset.tolist() == [0.0, 100.0]
     assert "tiles are placed by x,y, and x_um,y_um are not read" in caplog.text
+
+
+def test_an_affine_that_scales_a_tile_a_thousandfold_is_a_layout_problem():
+    """A table's affine in micrometres (scale 1000) made a 32 GiB mosaic of two tiles without
+    a warning; a scale of 2 (a binned tile) is no problem."""
+    table = TileTable.from_positions(["a.tif", "b.tif"], [(0, 0), (90, 0)])
+    affines = table.affines
+    affines[1, :2, :2] *= 2.0
+    assert not any(
+        "scaled" in p for p in layout_problems(table.with_affines(affines), [(100, 100)] * 2)
+    )
+    affines[1, :2, :2] *= 500.0
+    problems = layout_problems(table.with_affines(affines), [(100, 100)] * 2)
+    assert any("1 tile(s) are scaled by their affine far from 1:1 (b.tif; 1e+03x)" in p
+               for p in problems), problems  # fmt: skip

@@ -49,7 +49,8 @@ def layout_problems(table: TileTable, shapes: Any) -> list[str]:
         the same position, within :data:`SAME_POSITION_PX` (at most five groups, three tiles
         named in each and the rest counted: one tile under two names, positions not filled
         in, or images that are no tiles of the mosaic, such as a reduced-resolution copy or a
-        slide's label image).
+        slide's label image); tiles whose affine scales them by over :data:`SCALE_LIMIT`
+        (or under its inverse; an affine in micrometres made a 32 GiB mosaic of two tiles).
 
     Notes
     -----
@@ -103,7 +104,30 @@ def layout_problems(table: TileTable, shapes: Any) -> list[str]:
             "positions not filled in, or images that are no tiles of the mosaic (a "
             "reduced-resolution copy, a label or overview image)? Check the positions"
         )
+    scaled = _scaled(a[:, :nd, :nd])
+    if len(scaled):
+        k = int(scaled[0])
+        factor = float(np.linalg.svd(a[k, :nd, :nd], compute_uv=False).max())
+        problems.append(
+            f"{len(scaled):,} tile(s) are scaled by their affine far from 1:1 "
+            f"({_names(table, scaled, 3)}; {factor:.3g}x): the mosaic grows with the square "
+            "of the scale; check the affines' units (pixels, not micrometres?)"
+        )
     return problems
+
+
+#: An affine whose linear part scales a tile beyond this factor (either way) is suspicious.
+SCALE_LIMIT = 10.0
+
+
+def _scaled(linear: np.ndarray) -> np.ndarray:
+    """Tiles whose affine's linear part scales by more than :data:`SCALE_LIMIT` along some
+    direction, or by less than its inverse."""
+    if not len(linear):
+        return np.zeros(0, dtype=int)
+    sv = np.linalg.svd(linear, compute_uv=False)
+    odd = (sv.max(axis=1) > SCALE_LIMIT) | (sv.min(axis=1) < 1 / SCALE_LIMIT)
+    return np.flatnonzero(odd)
 
 
 def _touched(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
