@@ -636,3 +636,13 @@ def test_grid_writes_the_table_of_numbered_tiles_and_fuse_registers_it(tmp_path)
     true = m.affines[:, :2, 2]
     err = (got - got.mean(0)) - (true - true.mean(0))
     assert np.abs(err).max() < 0.2, err
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "abc"])
+@pytest.mark.parametrize("option", ["--pixel-size", "--pixel-size-z"])
+def test_a_bad_pixel_size_is_named_by_its_option(tmp_path, capsys, option, value):
+    """``--pixel-size -1`` said 'pixel_size_um must be ...', the API's name, not the option's."""
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(tmp_path / "t.csv"), option, value, "-o", str(tmp_path / "m.ome.zarr"))
+    assert info.value.code == 2
+    assert f"argument {option}: must be" in capsys.readouterr().err

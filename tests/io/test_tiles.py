@@ -498,3 +498,13 @@ def test_an_affine_that_scales_a_tile_a_thousandfold_is_a_layout_problem():
     problems = layout_problems(table.with_affines(affines), [(100, 100)] * 2)
     assert any("1 tile(s) are scaled by their affine far from 1:1 (b.tif; 1e+03x)" in p
                for p in problems), problems  # fmt: skip
+
+
+def test_a_tile_configuration_whose_dim_changes_names_the_line(tmp_path):
+    """'dim = 3' after a 2D tile gave 'tile 0 ...: affine of shape (3, 3), expected (4, 4)', no
+    file or line; a configuration of no tiles said 'dim = None; only 2D and 3D ...'."""
+    text = "dim = 2\na.tif; ; (0, 0)\ndim = 3\nb.tif; ; (100, 0, 0)\n"
+    with pytest.raises(ConfigError, match=r"t\.txt, line 3: dim = 3 after 1 tile\(s\) of dim = 2"):
+        read_tile_table(_write(tmp_path / "t.txt", text))
+    with pytest.raises(ConfigError, match=r"e\.txt: the tile configuration places no tiles"):
+        read_tile_table(_write(tmp_path / "e.txt", "# nothing yet\n"))

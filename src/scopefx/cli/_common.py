@@ -273,6 +273,17 @@ class Outputs:
                 ) from None
 
 
+def positive_float(text: str) -> float:
+    """argparse type of a length that must be a finite number > 0 (``--pixel-size``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type of a count that must be at least 1 (``--batch-size``)."""
     try:

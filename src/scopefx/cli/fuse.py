@@ -18,6 +18,7 @@ from ._common import (
     add_endpoint_options,
     describe_mosaic,
     make_client,
+    positive_float,
     positive_int,
     printable,
     runs_remotely,
@@ -111,10 +112,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--preview", metavar="PREVIEW.png",
                    help="downsampled PNG with tile outlines (named .png)")  # fmt: skip
-    p.add_argument("--pixel-size", type=float, metavar="UM", help="pixel size in micrometres")
+    p.add_argument("--pixel-size", type=positive_float, metavar="UM",
+                   help="pixel size in micrometres")  # fmt: skip
     p.add_argument(
         "--pixel-size-z",
-        type=float,
+        type=positive_float,
         metavar="UM",
         help="z step of z-stack tiles in micrometres (default: what the files record)",
     )

@@ -305,7 +305,8 @@ def read_tile_configuration(
 ) -> tuple[list[Tile], int]:
     ndim = None
     base = path.resolve().parent
-    tiles, lines = [], []
+    tiles: list[Tile] = []
+    lines: list[int] = []
     for line, raw in enumerate(read_table_text(path).splitlines(), start=1):
         text = raw.strip()
         if not text or text.startswith("#"):
@@ -313,11 +314,17 @@ def read_tile_configuration(
         key, eq, value = text.partition("=")
         if eq and key.strip().lower() == "dim":
             try:
-                ndim = int(value)
+                given = int(value)
             except ValueError:
                 raise ConfigError(
                     f"{path}, line {line}: cannot parse {text!r}; expected 'dim = 2' or 'dim = 3'"
                 ) from None
+            if tiles and given != ndim:  # the tiles before it are of another dimension
+                raise ConfigError(
+                    f"{path}, line {line}: dim = {given} after {len(tiles)} tile(s) of "
+                    f"dim = {ndim}; one configuration holds tiles of one dimension"
+                )
+            ndim = given
             continue
         if eq and key.strip().lower() in ("multiseries",):
             continue
@@ -359,6 +366,8 @@ def read_tile_configuration(
         tiles.append(Tile(_resolve(name, base), xyz_to_index(m)))
         lines.append(line)
     _refuse_duplicates(tiles, lines, path)
+    if not tiles:
+        raise ConfigError(f"{path}: the tile configuration places no tiles")
     if ndim not in (2, 3):
         raise ConfigError(f"{path}: dim = {ndim!r}; only 2D and 3D tile configurations exist")
     return tiles, ndim
