@@ -149,8 +149,9 @@ _PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pdf", "
 
 
 def _check_output_kind(out: Path) -> None:
-    """Refuse an output named like a file of another kind (``mosaic.png``), before any tile is
-    read: it would have become an OME-Zarr folder of that name."""
+    """Refuse an output named like a file of another kind (``mosaic.png``), or below a file
+    (``table.csv/m.ome.zarr``), before any tile is read: it would have become an OME-Zarr
+    folder of that name, or failed after the tiles were read and registered."""
     if out.suffix.lower() in _PICTURE_SUFFIXES:
         raise ConfigError(
             f"output {str(out)!r}: the mosaic is written as an OME-Zarr folder (OUT.ome.zarr) "

@@ -48,7 +48,13 @@ from ._read import (
 )
 from ._refs import ZARR_SEP, ResolvedRef, resolve_ref
 from ._samples import tiff_samples
-from ._units import PLAUSIBLE_PIXEL_UM, length_um, same_pixel_size, value_um
+from ._units import (
+    PLAUSIBLE_PIXEL_UM,
+    length_um,
+    plausible_pixel_size,
+    same_pixel_size,
+    value_um,
+)
 
 __all__ = ["FIBICS_TAG", "ImageMetadata", "read_metadata"]
 
@@ -373,9 +379,9 @@ _FROM = {
 
 
 def _plausible(size: float, source: str, raw: dict[str, Any]) -> bool:
-    lo, hi = PLAUSIBLE_PIXEL_UM
-    if lo <= size <= hi:
+    if plausible_pixel_size(size):
         return True
+    lo, hi = PLAUSIBLE_PIXEL_UM
     raw["pixel_size_ignored"] = (
         f"{_FROM[source]} gives {size:g} um, outside the plausible {lo:g}-{hi:g} um"
     )
@@ -570,7 +576,7 @@ def _vendor_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
     with decoding(r.ref, format_name(r.path)):  # a damaged file: said, not a traceback
         info = vendor_metadata(r.path, r.array, r.ref)
     px = info["pixel_size_um"]
-    ok = px is not None and PLAUSIBLE_PIXEL_UM[0] <= px <= PLAUSIBLE_PIXEL_UM[1]
+    ok = plausible_pixel_size(px)
     return ImageMetadata(
         path=path,
         shape=tuple(info["shape"]),

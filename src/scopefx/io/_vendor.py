@@ -47,7 +47,7 @@ from .._checks import shown
 from ..errors import ConfigError, CorruptImageError, UnsupportedFormatError
 from ._ome import ome_metadata, ome_positions, read_ome_tile
 from ._planes import ZSel, is_index, plane_index, stack_shape
-from ._units import implausible_note, plausible_pixel_size, value_um
+from ._units import implausible_note, plausible_pixel_size, same_pixel_size, value_um
 
 __all__ = [
     "is_vendor_file",
@@ -406,7 +406,7 @@ def _lif_positions(
             "(--pixel-size / pixel_size_um=)"
         )
     px, py = (getattr(r.physical_pixel_sizes, a, None) for a in ("X", "Y"))
-    if px and py and abs(float(py) - float(px)) > 0.01 * float(px):  # as recorded
+    if px and py and not same_pixel_size(float(py), float(px)):  # as recorded
         raise UnsupportedFormatError(
             f"'{path}': its pixels are not square ({float(px):g} um across, {float(py):g} um "
             "down); export the tiles with a tile table instead"
