@@ -251,6 +251,9 @@ def test_the_endpoint_s_device_setting_decides_where_it_scores(confined, section
     monkeypatch.setenv("SCOPEFX_DEVICE", "tpu")  # the administrator's typo: the batch says so
     with pytest.raises(ConfigError, match="SCOPEFX_DEVICE must be"):
         functions.score_focus(section_refs[:2])
+    info = functions.endpoint_info()  # and the endpoint's description shows it (it raised)
+    assert info["device"] is None and info["device_error"].startswith("SCOPEFX_DEVICE must be")
+    json.dumps(info)
     if not list_gpus():
         # a GPU named where there is none: every batch says so, before any image is read
         monkeypatch.setenv("SCOPEFX_DEVICE", "gpu")

@@ -461,13 +461,16 @@ def endpoint_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     gpus = list_gpus()
+    device: str | None
     try:  # where score_focus scores: SCOPEFX_DEVICE, else a GPU if any
         device, device_error = checked_device(), None
     except DeviceUnavailableError as exc:  # named there and missing: each batch will say so
         device, device_error = default_device(), str(exc)
+    except ConfigError as exc:  # SCOPEFX_DEVICE names no device: said here, not a failure
+        device, device_error = None, str(exc)
     return {
         "scopefx": __version__,
-        "backend": backend_name(device),
+        "backend": backend_name(device or ("gpu" if gpus else "cpu")),
         "device": device,
         "device_error": device_error,
         "gpus": gpus,
