@@ -5,7 +5,6 @@ and Fiji's ``TileConfiguration.txt``. The table formats themselves are described
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -83,8 +82,8 @@ def _parse_affine(text: str, ndim: int, where: str) -> np.ndarray:
 
 
 def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
-    """A tile listed twice, also under another spelling of its path (``./a/../a/t.tif``, a
-    link to it): it would be fused twice, at two places."""
+    """A tile listed twice, also under another spelling of its path (``./a/../a/t.tif``): it
+    would be fused twice, at two places."""
     first: dict[str, tuple[int, str]] = {}
     for t, line in zip(tiles, lines, strict=True):
         key = _same_file_key(t.ref)
@@ -99,11 +98,11 @@ def _refuse_duplicates(tiles: list[Tile], lines: list[int], path: Path) -> None:
 
 
 def _same_file_key(ref: str) -> str:
-    """``ref`` with its file's path resolved (``..`` and links), the part inside kept."""
+    """``ref`` with its file's path normalised (``.`` and ``..`` taken out), the part inside
+    kept. By the text alone: a table names paths a caller chose, and none is looked up here
+    (on an endpoint the roots are checked after the table is read)."""
     store, sep, inner = ref.partition(ZARR_SEP)
-    with contextlib.suppress(OSError, ValueError):  # one the OS cannot resolve: as written
-        store = os.path.normcase(os.path.realpath(store))
-    return store + sep + inner
+    return os.path.normcase(os.path.normpath(store)) + sep + inner
 
 
 #: The columns a tile table's rows are read from (any other column is left alone).
