@@ -43,6 +43,9 @@ def test_fuse_writes_mosaic_preview_and_summary(tmp_path):
     summary = json.loads((tmp_path / "r.json").read_text())
     assert summary["n_tiles"] == 9 and summary["pixel_size_um"] == 0.2
     assert zarr.open_array(out / "0", mode="r").shape == tuple(summary["shape"])
+    # the size x first, as origin_px gives positions (the array's shape is y, x)
+    height, width = summary["shape"]
+    assert f"{width} x {height} px (x, y)" in text
     code, text = _run("fuse", str(table), "-o", str(out), "--chunk", "128", "--resume", "-q",
                       "--pixel-size", "0.2")  # fmt: skip
     assert code == 0 and "0 chunks written" in text
@@ -179,6 +182,9 @@ def test_qc_registers_and_reports_without_fusing(tmp_path):
     assert (tmp_path / "run" / "m.qc.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((tmp_path / "qc.json").read_text())
     assert summary["pairs_used"] == 12  # the 12 side pairs of a 3x3 grid (corners dropped)
+    # 'pairs' counted the 8 corner pairs too, beside a line that says "of 12 side pairs"
+    assert (summary["pairs"], summary["pairs_side"], summary["pairs_corner"]) == (20, 12, 8)
+    assert "12 of 12 side pairs used" in text
     # 9 tiles, no --flatfield: correlated through a flat field estimated from them, and said so
     assert report["summary"]["flatfield"] == "estimated"
     assert "flat field estimated from them" in text
@@ -212,7 +218,13 @@ def test_flip_y_fuses_a_table_whose_stage_counts_y_upwards(tmp_path, capsys):
     np.testing.assert_array_equal(tifffile.imread(flipped), tifffile.imread(right))
     with pytest.raises(SystemExit) as info:  # 3 rows: all 4 vertical pairs of 7 fail
         _run("fuse", str(upward), "-o", str(tmp_path / "q.ome.zarr"), "--qc", "-q")
-    assert info.value.code == 3 and "--flip-x / --flip-y" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert info.value.code == 3 and "--flip-x / --flip-y" in err and "read with" not in err
+    # the right table flipped by mistake: the refusal says which flip this run applied
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(table), "-o", str(tmp_path / "r.ome.zarr"), "--qc", "--flip-y", "-q")
+    err = capsys.readouterr().err
+    assert info.value.code == 3 and "these positions were read with flip_y" in err, err
 
 
 def test_a_z_column_of_zeros_for_2d_tiles_is_a_2d_table(tmp_path, capsys):
@@ -646,3 +658,33 @@ def test_a_bad_pixel_size_is_named_by_its_option(tmp_path, capsys, option, value
         _run("fuse", str(tmp_path / "t.csv"), option, value, "-o", str(tmp_path / "m.ome.zarr"))
     assert info.value.code == 2
     assert f"argument {option}: must be" in capsys.readouterr().err
+
+
+def test_mosaic_line_gives_the_size_x_first_and_channels_apart():
+    """The line printed ``1874x1420`` (the array's y, x) beside positions given x, y."""
+    from scopefx.cli._common import describe_mosaic
+
+    base = {"dtype": "uint16", "levels": 1, "n_tiles": 4, "chunks_written": 2,
+            "chunks_resumed": 0, "seconds": 1.0, "path": "m.ome.zarr"}  # fmt: skip
+    assert describe_mosaic({**base, "shape": [12, 300, 500], "origin_px": [0, 0, 0]}).startswith(
+        "500 x 300 x 12 px (x, y, z) uint16"
+    )
+    line = describe_mosaic({**base, "shape": [3, 300, 500], "origin_px": [5, 7]})
+    assert line.startswith("500 x 300 px (x, y), 3 channels uint16"), line
+
+
+def test_complex_tiles_are_refused_not_fused_as_their_real_part(tmp_path, capsys):
+    """Complex tiles fused to a complex64 mosaic of their real parts (a ComplexWarning the
+    only sign): they are refused, naming the dtype and a tile, and nothing is written."""
+    rng = np.random.default_rng(0)
+    rows = ["path,x,y"]
+    for k in range(2):
+        tile = rng.random((64, 64)) + 1j * rng.random((64, 64))
+        tifffile.imwrite(tmp_path / f"t{k}.tif", tile.astype(np.complex64))
+        rows.append(f"t{k}.tif,{50 * k},0")
+    (tmp_path / "tiles.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(tmp_path / "tiles.csv"), "-o", str(tmp_path / "m.ome.zarr"), "-q")
+    err = capsys.readouterr().err
+    assert info.value.code == 3 and "tiles are complex64" in err and "t0.tif" in err, err
+    assert not (tmp_path / "m.ome.zarr").exists()

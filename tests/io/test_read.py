@@ -20,7 +20,7 @@ from scopefx.errors import (
     ScopefxError,
     UnsupportedFormatError,
 )
-from scopefx.io import IMAGE_SUFFIXES, find_images, read_image, split_ref
+from scopefx.io import IMAGE_SUFFIXES, find_images, read_image, read_metadata, split_ref
 
 
 def _image(dtype: str, shape: tuple[int, ...] = (48, 64), seed: int = 0) -> np.ndarray:
@@ -321,6 +321,15 @@ def test_empty_file(tmp_path: Path, name: str) -> None:
     with pytest.raises(EmptyFileError, match=rf"{re.escape(name)}.*0 bytes") as info:
         read_image(tmp_path / name)
     assert info.value.status == "empty"
+
+
+def test_a_fifo_is_not_a_file_being_written(tmp_path: Path) -> None:
+    """A FIFO named like an image was reported empty ("may still be being written"), sending
+    the user to wait for an acquisition that was never there; opening it would block."""
+    os.mkfifo(tmp_path / "pipe.tif")
+    for read in (read_image, read_metadata):
+        with pytest.raises(UnsupportedFormatError, match=r"pipe\.tif' is a FIFO .*not a regular"):
+            read(tmp_path / "pipe.tif")
 
 
 @pytest.mark.parametrize("name", ["noise.tif", "noise.png", "noise.jpg", "noise.gif", "noise.npy"])

@@ -127,6 +127,9 @@ def test_a_stage_axis_that_runs_against_the_image_is_flipped(tmp_path, kind):
     upright = [[0, 0], [0, 80], [80, 0], [80, 80]]  # a, b above c, d
     assert rows_cols(read_tile_table(path)) == [[80, 0], [80, 80], [0, 0], [0, 80]]  # mirrored
     assert rows_cols(read_tile_table(path, flip_y=True)) == upright
+    # the table says how its positions were turned (a registration's refusal names it)
+    assert "stage_turns" not in read_tile_table(path).extra
+    assert read_tile_table(path, flip_y=True).extra["stage_turns"] == ["flip_y"]
     assert rows_cols(read_tile_table(path, flip_x=True, flip_y=True)) == [
         [0, 80], [0, 0], [80, 80], [80, 0]
     ]  # fmt: skip
@@ -135,6 +138,7 @@ def test_a_stage_axis_that_runs_against_the_image_is_flipped(tmp_path, kind):
         # (x, y) -> (y, -x) after the flip: a, b, c, d at (0, 0), (0, -80), (80, 0), (80, -80)
         np.testing.assert_allclose(rows_cols(turned), [[80, 0], [0, 0], [80, 80], [0, 80]],
                                    atol=1e-9)  # fmt: skip
+        assert turned.extra["stage_turns"] == ["flip_y", "rotation_deg=90"]
 
 
 def test_fuse_options_take_the_flips_as_booleans():
@@ -508,3 +512,13 @@ def test_a_tile_configuration_whose_dim_changes_names_the_line(tmp_path):
         read_tile_table(_write(tmp_path / "t.txt", text))
     with pytest.raises(ConfigError, match=r"e\.txt: the tile configuration places no tiles"):
         read_tile_table(_write(tmp_path / "e.txt", "# nothing yet\n"))
+
+
+def test_a_url_table_is_refused_as_a_url_and_a_file_url_is_read(tmp_path):
+    """'s3://bucket/tiles.csv' was looked for as the local folder 's3:' and reported as not
+    existing; a URL is refused as one, and a file:// URL is read as the local path."""
+    with pytest.raises(UnsupportedFormatError, match=r"s3:// references are not supported"):
+        read_tile_table("s3://bucket/run/tiles.csv")
+    path = _write(tmp_path / "t.csv", "path,x,y\na.tif,0,0\nb.tif,90,0\n")
+    table = read_tile_table(f"file://{path}")
+    assert table.refs == read_tile_table(path).refs and len(table) == 2

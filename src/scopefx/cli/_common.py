@@ -772,7 +772,13 @@ def check_scored(records: list[Any], what: str = "image") -> None:
 
 def describe_mosaic(summary: dict[str, Any]) -> str:
     """One line for a fusion summary (``FusionResult.to_dict()`` or what an endpoint returns)."""
-    shape = "x".join(str(v) for v in summary["shape"])
+    full = [int(v) for v in summary["shape"]]
+    nd = len(summary.get("origin_px") or full[-2:])  # spatial axes, after any channel axes
+    spatial, channels = full[len(full) - nd :][::-1], full[: len(full) - nd]
+    # x first, as origin_px and docs/fusion.md give positions (the array's shape is y, x)
+    shape = " x ".join(map(str, spatial)) + f" px ({', '.join('xyz'[:nd])})"
+    if channels:
+        shape += f", {' x '.join(map(str, channels))} channel{'s' * (math.prod(channels) != 1)}"
     tiles, seconds = f"{summary['n_tiles']} tiles", f"{summary['seconds']:.1f} s"
     if str(summary.get("path", "")).lower().endswith((".tif", ".tiff")):  # no chunks, no levels
         return f"{shape} {summary['dtype']}, one TIFF, {tiles}, {seconds}"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ImageNotFoundError
+from ..errors import ConfigError, ImageNotFoundError, InvalidImageError
 from ..io import SAMPLES_LAST, TileTable, flatten_z, read_tile_table, same_pixel_size
 from ._blend import Reader, TileCache, fuse_chunk, tile_reader
 from ._params import FuseOptions, FusionParams
@@ -104,6 +104,12 @@ def tile_layout(table: TileTable, metas: list[Any]) -> tuple[np.ndarray, tuple[i
         raise ConfigError(
             f"tiles must share dtype and channels; {first.path} is {first.dtype}"
             f"{list(first.shape)} but {len(odd)} differ: {listed}"
+        )
+    if np.dtype(first.dtype).kind not in "biuf":  # complex: its imaginary part was dropped
+        raise InvalidImageError(
+            f"tiles are {first.dtype} ({first.path}): scopefx fuses real intensities (integer "
+            "or floating point); save the magnitude (or the part to fuse) as the tiles",
+            status="dtype",
         )
     shapes = np.array([shape[-ndim:] for shape in shapes_read], dtype=np.int64)
     empty = np.flatnonzero((shapes < 1).any(axis=1))

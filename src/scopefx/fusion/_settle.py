@@ -221,6 +221,8 @@ def _settle(
             detail += (f"; {n_weak} of the used {what} (NCC under {STRONG_MATCH:g}) that no "
                        "loop of pairs confirms, not counted: such a match is as often chance "
                        "as not")  # fmt: skip
+        turns = table.extra.get("stage_turns") or []
+        turned = f"; these positions were read with {' and '.join(turns)}" if turns else ""
         refusal = (
             f"only {n_ok - n_weak} of {n_side} neighbouring tile pairs gave a usable match "
             f"({detail}); "
@@ -229,7 +231,7 @@ def _settle(
             "match the other pairs contradict. Widen the search "
             "(max_shift_px / --max-shift) or lower min_overlap_px (--min-overlap) if the "
             "stage positions are far off; if the pairs of one direction all fail, the stage's "
-            "axis may run against the image's (flip_x / flip_y: --flip-x / --flip-y); or "
+            f"axis may run against the image's (flip_x / flip_y: --flip-x / --flip-y{turned}); or "
             "register what can be registered with allow_partial=True "
             "(--allow-partial-registration)"
         )

@@ -440,7 +440,9 @@ def _register(
              reg.rms_residual_px)  # fmt: skip
     unmatched = [reg.table.refs[k] for k in reg.unmatched_tiles()]
     summary = {
-        "pairs": len(reg.pairs),
+        "pairs": len(reg.pairs),  # corner pairs included: pairs_side is what the line counts
+        "pairs_side": len(reg.pairs) - report["summary"]["pairs_corner"],
+        "pairs_corner": report["summary"]["pairs_corner"],
         "pairs_used": used,
         "rms_residual_px": reg.rms_residual_px,
         "overlap_agreement": report["summary"]["overlap_agreement"],

@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import EmptyFileError, ImageNotFoundError, ScopefxError, UnsupportedFormatError
+from ._confine import _kind
 from ._refsyntax import ZARR_SEP, split_ref
 from ._roots import check_length
 
@@ -146,10 +148,15 @@ def resolve_ref(ref: str | os.PathLike[str]) -> ResolvedRef:
             "convert the file, or rename it if its extension is wrong"
         )
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         raise ImageNotFoundError(f"image file '{path}' disappeared while being read") from None
-    if size == 0:
+    if not stat.S_ISREG(st.st_mode):  # a FIFO read as 0 bytes: "still being written"
+        raise UnsupportedFormatError(
+            f"'{path}' is {_kind(st.st_mode)}, not a regular file; scopefx reads images from "
+            "regular files only"
+        )
+    if st.st_size == 0:
         raise EmptyFileError(
             f"image file '{path}' is empty (0 bytes): it may still be being written or its copy "
             "failed; wait for the acquisition to finish or copy it again"

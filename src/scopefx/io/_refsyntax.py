@@ -59,17 +59,7 @@ def split_ref(ref: str | os.PathLike[str]) -> tuple[Path, str | None]:
             f"image reference {text!r} holds a NUL byte (\\x00), which no file name can "
             "contain; check how the list of references was built"
         )
-    match = _SCHEME_RE.match(text)
-    if match:
-        scheme = match.group(1).lower()
-        if scheme != "file":
-            raise UnsupportedFormatError(
-                f"cannot read {text!r}: {scheme}:// references are not supported, scopefx reads "
-                "local paths only; copy or mount the data locally and pass the local path"
-            )
-        text = text[match.end() :]
-        if text.startswith("localhost/"):
-            text = text[len("localhost") :]
+    text = local_text(text)
     store, sep, array = text.partition(ZARR_SEP)
     if not sep:
         return Path(text), None
@@ -78,3 +68,25 @@ def split_ref(ref: str | os.PathLike[str]) -> tuple[Path, str | None]:
             f"image reference {text!r} has no store before '::': expected 'store.zarr::array/path'"
         )
     return Path(store), (array.strip("/") or None)
+
+
+def local_text(text: str) -> str:
+    """``text`` as a local path: a ``file://`` URL's path, anything else as it is.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        A URL other than ``file://`` (``s3://``, ``https://``...): only local paths are read
+        (as a path, ``s3://b/t.csv`` would be looked for as the folder ``s3:`` here).
+    """
+    match = _SCHEME_RE.match(text)
+    if not match:
+        return text
+    scheme = match.group(1).lower()
+    if scheme != "file":
+        raise UnsupportedFormatError(
+            f"cannot read {text!r}: {scheme}:// references are not supported, scopefx reads "
+            "local paths only; copy or mount the data locally and pass the local path"
+        )
+    text = text[match.end() :]
+    return text[len("localhost") :] if text.startswith("localhost/") else text

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ImageNotFoundError, UnsupportedFormatError
-from ._refsyntax import ZARR_SEP
+from ._refsyntax import ZARR_SEP, local_text
 from ._texttable import parse_text_table, plain_number, read_table_text
 from ._tiles import Tile, TileTable, xyz_to_index
 
@@ -424,6 +424,7 @@ def read_tile_table(
         A column is missing, a value is not numeric, an affine is malformed or singular, or a
         row's ``x,y[,z]`` are not its affine's translation.
     """
+    path = local_text(os.fsdecode(os.fspath(path)))  # file:// URLs read, other URLs refused
     p = Path(path)
     if p.is_dir():
         raise UnsupportedFormatError(
@@ -435,6 +436,10 @@ def read_tile_table(
     from ._read import decoding
     from ._vendor import format_name, is_vendor_file, vendor_positions
 
+    # how the positions were turned as read, for a registration's refusal to name
+    turns = [name for name, on in (("flip_x", flip_x), ("flip_y", flip_y)) if on]
+    if rotation_deg:
+        turns.append(f"rotation_deg={rotation_deg:g}")
     if is_vendor_file(p):
         if rotation_deg:
             raise ConfigError("rotation_deg is not supported for tiles inside instrument files")
@@ -449,6 +454,8 @@ def read_tile_table(
                 # the image's axis runs against the stage's: no translation places it
                 extra.pop("stage_origin_um", None)
         z_step = extra.pop("pixel_size_z_um", None)
+        if turns:
+            extra["stage_turns"] = turns
         placed = TileTable.from_positions(refs, positions, pixel_size_um=size)
         return placed.replace(source=os.fspath(p.resolve()), extra=extra, pixel_size_z_um=z_step)
     if scene is not None:
@@ -479,4 +486,5 @@ def read_tile_table(
     return TileTable(
         tuple(tiles), ndim=ndim, pixel_size_um=px, source=os.fspath(path),
         pixel_size_z_um=z_step if ndim == 3 else None,
+        extra={"stage_turns": turns} if turns else {},
     )  # fmt: skip
