@@ -430,3 +430,19 @@ def test_an_endpoint_engines_error_is_answered_as_the_error_it_ends_in(capsys, m
             assert "Traceback" not in err
         else:
             assert "WorkerLost" in err
+
+
+def test_the_demo_states_the_truth_planted_in_its_own_run(tmp_path):
+    """`scopefx demo --sections 3` printed 'sections 7, 15, 19 out of focus; 11 ...; 22
+    truncated', none of which its run held: the line is read from the run's planted truth."""
+    from scopefx.cli.demo import _planted
+    from scopefx.samples import make_demo_run
+
+    full = make_demo_run(tmp_path / "a", size=96)["planted"]
+    assert _planted(full) == "sections 7, 15, 19 out of focus; 11 half out of focus; 22 truncated"
+    assert _planted(make_demo_run(tmp_path / "b", size=96, sections=3)["planted"]) == (
+        "every section in focus"
+    )
+    assert _planted(make_demo_run(tmp_path / "c", size=96, sections=12)["planted"]) == (
+        "sections 7 out of focus; 11 half out of focus"
+    )

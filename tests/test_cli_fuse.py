@@ -599,7 +599,7 @@ def test_grid_writes_csv_or_tab_separated_tsv_only(tmp_path, capsys):
         assert not (tmp_path / name).exists()
     assert _run(*argv, str(tmp_path / "tiles.tsv"))[0] == 0
     header = (tmp_path / "tiles.tsv").read_text().splitlines()[0]
-    assert header == "path\tx\ty\taffine", header
+    assert header == "path\tx\ty", header  # as documented: no affine to disagree with an edit
     from scopefx.io import read_tile_table
 
     assert len(read_tile_table(tmp_path / "tiles.tsv")) == 2
@@ -631,6 +631,13 @@ def test_grid_writes_the_table_of_numbered_tiles_and_fuse_registers_it(tmp_path)
     step = round(160 * 0.85)
     nominal = {Path(r["path"]).name: (float(r["x"]), float(r["y"])) for r in _rows(table)}
     assert nominal == {name_of[k]: ((k % 3) * step, (k // 3) * step) for k in range(9)}
+    # path,x,y as documented: with an affine column, an x edited by hand was refused
+    assert table.read_text().splitlines()[0] == "path,x,y"
+    from scopefx.io import read_tile_table
+
+    edited = tmp_path / "edited.csv"
+    edited.write_text(table.read_text().replace(f",{float(step)!r},0.0", ",140.0,0.0", 1))
+    assert read_tile_table(edited).affines[1, 1, 2] == 140.0
     before = table.read_bytes()
     with pytest.raises(SystemExit) as info:  # exists: not replaced
         _run(*argv)
@@ -688,3 +695,71 @@ def test_complex_tiles_are_refused_not_fused_as_their_real_part(tmp_path, capsys
     err = capsys.readouterr().err
     assert info.value.code == 3 and "tiles are complex64" in err and "t0.tif" in err, err
     assert not (tmp_path / "m.ome.zarr").exists()
+
+
+def test_a_run_stopped_by_a_bad_tile_says_what_it_left_and_how_to_go_on(tmp_path, capsys):
+    """A tile that cannot be decoded ended the run with its error alone; the next run (the
+    table fixed) was told the output 'was started by another job ... once that job has
+    ended', with no other job anywhere. The error now says the output is left unfinished and
+    what finishes or replaces it; the next run's refusal names --overwrite, which works."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    rows = _rows(table)
+    bad = tmp_path / "tiles" / "bad.tif"
+    bad.write_bytes((tmp_path / "tiles" / rows[4]["path"]).read_bytes()[:3000])  # truncated
+    broken = tmp_path / "tiles" / "broken.csv"
+    with open(broken, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "x", "y"])
+        writer.writerows([r["path"] if k != 4 else "bad.tif", r["x"], r["y"]]
+                         for k, r in enumerate(rows))  # fmt: skip
+    out = tmp_path / "m.ome.zarr"
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(broken), "-o", str(out), "--chunk", "128", "-q")
+    err = capsys.readouterr().err
+    assert info.value.code == 3 and "bad.tif" in err
+    assert f"{out} is left unfinished" in err and "--overwrite starts over" in err, err
+    with pytest.raises(SystemExit) as info:  # the table fixed: another plan
+        _run("fuse", str(table), "-o", str(out), "--chunk", "128", "-q")
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "unfinished mosaic of other tiles" in err, err
+    assert "an earlier run stopped" in err and "--overwrite" in err
+    assert "left unfinished" not in err  # the note is for the run that left it
+    code, text = _run("fuse", str(table), "-o", str(out), "--chunk", "128", "--overwrite", "-q")
+    assert code == 0 and "9 tiles" in text, text
+
+
+def test_a_store_stopped_before_its_plan_can_be_overwritten(tmp_path, capsys):
+    """A run killed between making the output's state folder and writing its plan left a
+    store that neither --resume nor --overwrite would touch ('not a scopefx mosaic')."""
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    out = tmp_path / "m.ome.zarr"
+    (out / ".scopefx" / "done").mkdir(parents=True)
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(table), "-o", str(out), "-q")
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "stopped before it recorded its plan" in err, err
+    assert _run("fuse", str(table), "-o", str(out), "--overwrite", "-q")[0] == 0
+    # a folder that holds anything else is still not scopefx's to replace
+    other = tmp_path / "o.ome.zarr"
+    (other / ".scopefx").mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as info:
+        _run("fuse", str(table), "-o", str(other), "--overwrite", "-q")
+    assert info.value.code == 2 and "not a scopefx mosaic" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_a_partial_registration_of_no_usable_pair_says_there_is_no_residual(tmp_path):
+    """Noise tiles with --allow-partial-registration: 'rms residual n/a px' in the line (and
+    'rms residual None px' over the QC picture)."""
+    rng = np.random.default_rng(5)
+    rows = ["path,x,y"]
+    for k in range(4):
+        tifffile.imwrite(tmp_path / f"n{k}.tif", rng.integers(0, 255, (96, 96), dtype=np.uint8))
+        rows.append(f"n{k}.tif,{(k % 2) * 80},{(k // 2) * 80}")
+    (tmp_path / "tiles.csv").write_text("\n".join(rows) + "\n")
+    code, text = _run("fuse", str(tmp_path / "tiles.csv"), "-o", str(tmp_path / "m.ome.zarr"),
+                      "--qc", "--allow-partial-registration", "-q")  # fmt: skip
+    assert code == 0, text
+    assert "0 of 4 side pairs used" in text and "no residual (no pair used)" in text, text
+    assert "n/a" not in text and "None" not in text

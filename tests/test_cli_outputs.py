@@ -222,6 +222,15 @@ def test_calibration_data_errors_exit_3_and_a_bad_max_defocus_2(
     assert "counts do not fall with |defocus|" in capsys.readouterr().err
     assert _exit_code("calibrate", "--defocus", table, "-o", out, "--max-defocus", "-1") == 2
     assert "--max-defocus must be a number >= 0, got -1.0" in capsys.readouterr().err
+    # images without features, with defocus values: the error said none had a defocus value
+    flat = tmp_path / "flat.csv"
+    for k in range(2):
+        np.save(tmp_path / f"flat{k}.npy", np.full((64, 64), 100, np.uint16))
+    flat.write_text("path,defocus\nflat0.npy,0\nflat1.npy,1\n")
+    assert _exit_code("calibrate", "--defocus", flat, "-o", out) == 3
+    err = capsys.readouterr().err
+    assert "none of the 2 image(s) can enter the fit (2 no features" in err, err
+    assert "has a defocus value" not in err
     assert not out.exists()
 
 

@@ -259,6 +259,19 @@ def test_bad_images_raise_with_a_status(image, status, match):
     assert info.value.status == status
 
 
+def test_an_image_too_small_once_downsampled_says_so():
+    """A 40 x 400 px strip at target_px=16 was 'image of shape (1, 16) is too small ...
+    (lower min_sigma_px ...)': a shape it was never given, and not the option that made it."""
+    from scopefx.focus import FocusParams
+
+    strip = np.random.default_rng(0).random((40, 400))
+    with pytest.raises(InvalidImageError, match=r"the 400 x 40 px image, downsampled 25x for "
+                       r"target_px=16 \(--target-px\) to 16 x 1 px") as info:  # fmt: skip
+        scopefx.focus_score(strip, params=FocusParams(target_px=16))
+    assert info.value.status == "too_small"
+    assert scopefx.focus_score(strip, params=FocusParams(target_px=256)).features >= 0
+
+
 def test_every_backend_matches_the_reference(xp):
     image = _acquired("immunohistochemistry", 1, size=256)
     on_backend = scopefx.focus_score(xp.asarray(image))

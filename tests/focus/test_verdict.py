@@ -97,6 +97,19 @@ def test_a_calibration_file_with_a_value_no_calibration_holds_is_refused(tmp_pat
     assert "cal.json" in str(info.value)  # names the file
 
 
+def test_a_calibration_file_without_its_fields_names_them(tmp_path):
+    """Was 'Calibration.__init__() missing 3 required positional arguments: ...'."""
+    path = Calibration.fit(*_series()).save(tmp_path / "cal.json")
+    data = json.loads(path.read_text())
+    for name in ("r", "n", "max_defocus"):
+        del data[name]
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match=r"cal.json' lacks the field\(s\) r, n, "
+                       r"max_defocus, which every calibration holds") as info:  # fmt: skip
+        Calibration.load(path)
+    assert "__init__" not in str(info.value)
+
+
 def test_a_calibration_of_a_newer_format_says_so(tmp_path):
     path = Calibration.fit(*_series()).save(tmp_path / "cal.json")
     data = json.loads(path.read_text())

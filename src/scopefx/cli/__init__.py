@@ -2,10 +2,11 @@
 
 Exit codes: 0 when the command ran, even if some images could not be scored (each is reported
 on its own line and in the CSV); 2 for usage errors (bad options or option values, an
-unreadable calibration, defocus table or endpoint configuration, a watch folder that is not a
-directory, an output that names an input or another output); 3 for data errors: the data named
-gave nothing (no images found, not one image could be scored, a through-focus series that
-gives no calibration, a tile table or tile missing or unreadable, so nothing fused; for
+unreadable calibration, defocus table or endpoint configuration, a tile table that places no
+tile or whose columns or values are wrong, a watch folder that is not a directory, an output
+that names an input or another output); 3 for data errors: the data named gave nothing (no
+images found, not one image could be scored, a through-focus series that gives no
+calibration, a tile table or tile missing, or a tile that cannot be decoded, so nothing fused; for
 ``watch``, images were found and not one could be scored); 130 when interrupted; 141 when the
 reader of the output went away (``scopefx focus ... | head``: quietly, as a program that
 SIGPIPE ended). A task that failed on an endpoint engine with a scopefx error is answered as that
@@ -100,8 +101,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 
 def _error_text(exc: BaseException | str) -> str:
     """An error's message for the terminal: each of its lines :func:`printable` (a message
-    that lists tiles keeps its lines; the names in them cannot move the cursor)."""
-    return "\n".join(printable(line) for line in str(exc).split("\n"))
+    that lists tiles keeps its lines; the names in them cannot move the cursor), then its
+    notes (``add_note``: what the command adds, such as the state an output is left in)."""
+    text = "\n".join([str(exc), *getattr(exc, "__notes__", ())])
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 class _PrintableFormatter(logging.Formatter):

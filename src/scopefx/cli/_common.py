@@ -561,7 +561,9 @@ def run_from_args(args: argparse.Namespace, params: Any) -> tuple[Any, Any]:
 # where it runs
 
 
-def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
+def add_endpoint_options(parser: argparse.ArgumentParser, *, batch_help: str | None = None) -> None:
+    """``--endpoint``, ``--config`` and ``--batch-size`` (``batch_help``: a command's own
+    help for it, where its default is not the configuration's)."""
     g = parser.add_argument_group("where it runs (see docs/remote.md)")
     g.add_argument(
         "--endpoint",
@@ -579,7 +581,8 @@ def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="references per task, at least 1 (default: the endpoint configuration's "
+        help=batch_help
+        or "references per task, at least 1 (default: the endpoint configuration's "
         "batch_size, else automatic: see docs/limits.md)",
     )
 

@@ -100,11 +100,7 @@ def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) 
         result = client.fuse(tiles, mosaic, params=FusionParams(blend="focus"), options=options)
         print(f"{mosaic}: {describe_mosaic(result.to_dict())}", file=out)
         print("blend 'focus': the sharper tile wins where tiles overlap", file=out)
-    print(
-        f"\nplanted truth: {made['planted']} (sections 7, 15, 19 out of focus; 11 half out of "
-        "focus; 22 truncated)",
-        file=out,
-    )
+    print(f"\nplanted truth: {made['planted']} ({_planted(made['planted'])})", file=out)
     print(f"mosaic: {mosaic} (open with: napari --plugin napari-ome-zarr {mosaic})", file=out)
     print(
         f"report: {folder / 'focus.csv'}; plots: {folder / 'focus.png'}, "
@@ -116,3 +112,22 @@ def run_demo(folder: Path, *, size: int = 512, sections: int = 24, out: TextIO) 
         f"{folder / 'calibration.json'} --csv focus.csv`",
         file=out,
     )
+
+
+def _planted(table: Path) -> str:
+    """What the demo run's planted-truth CSV holds besides sections in focus, in words:
+    ``sections 7, 15, 19 out of focus; 11 half out of focus; 22 truncated`` for 24 sections
+    (a shorter run holds fewer of them)."""
+    import csv
+    import re
+
+    words = {"out_of_focus": "out of focus", "partial": "half out of focus",
+             "corrupt": "truncated"}  # fmt: skip
+    found: dict[str, list[str]] = {kind: [] for kind in words}
+    with open(table, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["planted"] in found:
+                number = re.search(r"(\d+)", row["path"])
+                found[row["planted"]].append(str(int(number[1])) if number else row["path"])
+    parts = [f"{', '.join(found[kind])} {text}" for kind, text in words.items() if found[kind]]
+    return ("sections " + "; ".join(parts)) if parts else "every section in focus"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import sys
@@ -263,10 +264,12 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     outputs.make_folders()
     defocus, density = [], []
     records = []
+    skipped: collections.Counter[str] = collections.Counter()  # why, for the error if all are
     for record in score_files(paths, params=params, workers=args.workers, device=args.device):
         records.append(record)
         if not record.ok:
             print(printable(f"skipped {record.path}: {record.error}"), file=out)
+            skipped[f"not scored ({record.status})"] += 1
             continue
         name = printable(record.path if record.page is None else f"{record.path}[{record.page}]")
         if record.page is not None and (
@@ -274,6 +277,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
         ):  # one value for a whole stack would give its planes one defocus
             print(f"skipped {name}: a page of a stack, whose pages need a defocus each "
                   "(a --defocus table with a 'page' column)", file=out)  # fmt: skip
+            skipped["a page of a stack without a defocus of its own"] += 1
             continue
         if args.from_metadata:
             value = (
@@ -287,21 +291,26 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
             where = (f"no {args.from_metadata.replace('_', ' ')} value in its metadata"
                      if args.from_metadata else f"not in {printable(args.defocus)}")  # fmt: skip
             print(f"skipped {name}: {where}", file=out)
+            skipped["no defocus value"] += 1
             continue
         if not math.isfinite(float(value)):
             print(f"skipped {name}: its defocus {value!r} is not a finite number", file=out)
+            skipped["a defocus that is not a finite number"] += 1
             continue
         if not record.density_per_mpx > 0:  # a log-linear fit cannot place it
             print(f"skipped {name}: no features (density 0), which a fit of log(density) "
                   "cannot use", file=out)  # fmt: skip
+            skipped["no features"] += 1
             continue
         defocus.append(float(value))
         density.append(record.density_per_mpx)
     check_scored(records)
     if not defocus:
+        why = ", ".join(f"{n} {reason}" for reason, n in skipped.most_common())
+        source = "its metadata" if args.from_metadata else printable(args.defocus)
         raise DataError(
-            f"none of the {len(records)} scored image(s) has a defocus value "
-            + ("in its metadata" if args.from_metadata else f"in {printable(args.defocus)}")
+            f"none of the {len(records)} image(s) can enter the fit ({why}; defocus values "
+            f"from {source}); see the lines above"
         )
     try:
         calibration = Calibration.fit(

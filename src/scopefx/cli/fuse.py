@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..errors import ScopefxError
 from ._common import (
     Outputs,
     UsageError,
@@ -265,7 +266,8 @@ def cmd_grid(args: argparse.Namespace, out: TextIO) -> int:
         for ref in table.refs:
             if os.path.samefile(ref, target):
                 raise UsageError(f"-o {args.output!r} is one of the tiles ({ref})")
-    _write_whole(target, lambda temp: table.to_csv(temp, tabs=target.suffix.lower() == ".tsv"))
+    _write_whole(target, lambda temp: table.to_csv(temp, tabs=target.suffix.lower() == ".tsv",
+                                                   affine=False))  # fmt: skip
     pos = table.affines[:, : table.ndim, table.ndim]  # index order: (z,) y, x
     rows, cols = args.grid or (len(set(pos[:, k].tolist())) for k in (-2, -1))
     stacks = " (z-stacks)" if table.ndim == 3 else ""
@@ -414,11 +416,21 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
 
         scheduler = stack.enter_context(open_cluster(args.cluster))
         bar.disable = True
+    # a store this run makes (or resumes) and leaves unfinished: the error says what then
+    ours = args.resume or args.overwrite or not os.path.lexists(args.output)
     try:
         result = fuse(
             args.tiles, args.output, params=params, options=options, workers=args.workers,
             on_chunk=None if scheduler is not None else on_chunk, scheduler=scheduler,
         )  # fmt: skip
+    except (ScopefxError, OSError) as exc:  # an unreadable tile, a full disk, ...
+        if ours and not args.endpoint and _left_unfinished(args.output):
+            exc.add_note(
+                f"{args.output} is left unfinished, its chunks written so far kept; once the "
+                "cause is fixed, --resume finishes it (the same tiles and options), "
+                "--overwrite starts over"
+            )
+        raise
     finally:
         stack.close()
         bar.close()
@@ -428,6 +440,14 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _write_json(args, result.to_dict())
     return 0
+
+
+def _left_unfinished(output: str) -> bool:
+    """Whether ``output`` is a mosaic store scopefx started and has not finished."""
+    from ..fusion._resume import STATE_DIR
+
+    state = Path(output, STATE_DIR)
+    return not Path(output).is_symlink() and state.is_dir() and (state / "plan.json").is_file()
 
 
 def _check_side_outputs(args: argparse.Namespace) -> None:

@@ -96,7 +96,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only flagged and failed sections")
     add_baseline_options(p)
     add_focus_options(p)
-    add_endpoint_options(p)
+    add_endpoint_options(
+        p, batch_help="new files scored per task, at least 1 (default: 8, here or on the endpoint)"
+    )
     p.set_defaults(func=cmd_watch)
 
 

@@ -311,8 +311,19 @@ def _prepare(image: Any, params: FocusParams, backend: Backend) -> _Prepared:
             grey = grey[backend.asarray(near[0]), backend.asarray(near[1])]
             opaque = alpha
     if factor > 1:
+        before = tuple(int(v) for v in grey.shape)
         grey = block_downsample(grey, factor, backend)
-        check_image(grey, min_side=params.min_image_px)
+        try:
+            check_image(grey, min_side=params.min_image_px)
+        except InvalidImageError as exc:  # the image was large enough: its downsampling not
+            raise InvalidImageError(
+                f"the {before[1]} x {before[0]} px image, downsampled {factor}x for target_px="
+                f"{params.target_px} (--target-px) to {int(grey.shape[1])} x "
+                f"{int(grey.shape[0])} px, is too small for the scale space: each side must "
+                f"be at least {params.min_image_px} px; raise target_px or score it at full "
+                "size",
+                status=exc.status,
+            ) from None
         if opaque is not None:
             h, w = (int(v) for v in grey.shape)
             blocks = opaque[: h * factor, : w * factor].reshape(h, factor, w, factor)

@@ -332,7 +332,16 @@ class Calibration:
         """Build from :meth:`to_dict` output (unknown keys are ignored, for newer files)."""
         if not isinstance(data, dict):
             raise CalibrationError(f"{source} must be a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        fields = dataclasses.fields(cls)
+        known = {f.name for f in fields}
+        required = [f.name for f in fields if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]  # fmt: skip
+        missing = [name for name in required if name not in data]
+        if missing:  # was "Calibration.__init__() missing 4 required positional arguments"
+            raise CalibrationError(
+                f"{source} lacks the field(s) {', '.join(missing)}, which every calibration "
+                "holds; make it again with `scopefx calibrate`"
+            )
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:

@@ -427,7 +427,8 @@ def estimate_flatfield(
     n = len(refs)
     if n < MIN_TILES:
         raise ConfigError(
-            f"estimate_flatfield needs at least {MIN_TILES} tiles to separate tile content "
+            "a flat field estimated from the tiles (estimate_flatfield; --flatfield estimate) "
+            f"needs at least {MIN_TILES} tiles to separate tile content "
             f"from vignetting, got {n}; pass more tiles, or image a blank field and correct with "
             "it (flatfield_from_images; on the command line --flatfield BLANK.tif[,DARK.tif])"
         )
@@ -448,7 +449,8 @@ def estimate_flatfield(
     small, shape, factor = _reduced(refs, picked, read, workers)
     if len(small) < MIN_TILES:
         raise ConfigError(
-            f"estimate_flatfield needs at least {MIN_TILES} usable tiles, got {len(small)} of "
+            "a flat field estimated from the tiles (estimate_flatfield; --flatfield estimate) "
+            f"needs at least {MIN_TILES} usable tiles, got {len(small)} of "
             f"{len(picked)} read (skipped: tiles holding infinity or no data at all, and tiles "
             "whose level is not above 0: blank, or signed data around 0, which a gain cannot "
             "scale)"

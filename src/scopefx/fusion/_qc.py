@@ -358,7 +358,7 @@ def report_summary(report: dict[str, Any]) -> str:
     def px(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}"
 
-    parts.append(f"rms residual {px(s['rms_residual_px'])} px")
+    parts.append(_rms_phrase(s["rms_residual_px"]))
     mean, top = px(s["mean_tile_shift_px"]), px(s["max_tile_shift_px"])
     parts.append(f"tiles moved {mean} px on average (max {top})")
     parts.append(
@@ -487,9 +487,10 @@ def _plot_graph(report: dict[str, Any], path: Path) -> None:
             "give, not applied\n" if report.get("refused") else "")  # fmt: skip
     if report.get("plan_refused"):
         head += "NOT FUSED: planning refused this layout (the report's plan_refused says why)\n"
+    agreement = s["overlap_agreement"]
     ax.set_title(
-        head + f"{s['pairs_used']} pairs used, rms residual {s['rms_residual_px']} px; "
-        f"overlap agreement {s['overlap_agreement']}\n"
+        head + f"{s['pairs_used']} pairs used, {_rms_phrase(s['rms_residual_px'])}; "
+        f"overlap agreement {'none measured' if agreement is None else agreement}\n"
         "lines: residual (colour), dotted pink: used, no loop checks it, dashed grey: not "
         "used, red: outlier; arrows: shift x10" + (marked if lone else ""),
         fontsize=8,
@@ -686,3 +687,9 @@ def _refused_report(
         f"{pairs.name}); the next run to the same output replaces it",
         registration=reg,
     )
+
+
+def _rms_phrase(rms: float | None) -> str:
+    """The residual's words in the summary line and the picture's title: with no used pair
+    there is none (it read 'rms residual None px' there, 'n/a px' here)."""
+    return "no residual (no pair used)" if rms is None else f"rms residual {rms:.2f} px"

@@ -149,8 +149,9 @@ class Progress:
             record = _read_json(plan_file)
         elif self.dir.is_dir():
             raise ConfigError(
-                f"output {out} is being started by another job; choose another output path, "
-                "or run again with --resume once that job has ended"
+                f"output {out} is being started by another job, or a run was stopped before "
+                "it recorded its plan; choose another output path, or once no job writes it, "
+                "pass --overwrite to start over"
             )
         else:
             raise ConfigError(
@@ -162,10 +163,16 @@ class Progress:
             differs = _differences(record.get("parts"), self.parts)
             what = (f"different: {differs}" if differs
                     else f"plan {started}, this job {self.fingerprint}")  # fmt: skip
+            if finished is None:  # a run that failed leaves the same as one under way
+                raise ConfigError(
+                    f"output {out} holds an unfinished mosaic of other tiles or parameters "
+                    f"({what}): another job is making it, or an earlier run stopped; choose "
+                    "another output path, or once no job writes it, pass --overwrite to start "
+                    "over (--resume continues only the same tiles and options)"
+                )
             raise ConfigError(
-                f"output {out} was started by another job, with other tiles or parameters "
-                f"({what}); choose another output path, or pass --overwrite to start over once "
-                "that job has ended"
+                f"output {out} was made by another job, with other tiles or parameters "
+                f"({what}); choose another output path, or pass --overwrite to replace it"
             )
         if not resume:
             state = "complete" if self.is_complete() else "unfinished"
@@ -191,9 +198,21 @@ class Progress:
             return str(finished.get("kind", KIND))
         try:
             plan = _read_json(self.dir / "plan.json")
+        except FileNotFoundError:  # stopped between making its state folder and its plan
+            return KIND if self._half_started() else None
         except (OSError, ValueError):
             return None
         return str(plan.get("kind", KIND)) if "fingerprint" in plan else None
+
+    def _half_started(self) -> bool:
+        """The output holds only a state folder, of nothing but what :meth:`begin` makes
+        before the plan (its lock, the ``done`` folder): a run stopped at once left it."""
+        try:
+            return (os.listdir(self.out) == [STATE_DIR] and self.dir.is_dir()
+                    and not self.dir.is_symlink()
+                    and set(os.listdir(self.dir)) <= {"lock", "done"})  # fmt: skip
+        except OSError:
+            return False
 
     @contextlib.contextmanager
     def hold(self, *, exclusive: bool = False) -> Iterator[None]:

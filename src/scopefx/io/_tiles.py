@@ -254,28 +254,38 @@ class TileTable:
         included, are kept."""
         return dataclasses.replace(self, **changes)
 
-    def to_csv(self, path: str | os.PathLike[str], *, tabs: bool | None = None) -> None:
+    def to_csv(
+        self, path: str | os.PathLike[str], *, tabs: bool | None = None, affine: bool = True
+    ) -> None:
         """Write ``path,x,y[,z],affine[,focus]``; relative paths where the tiles allow;
         tab-separated with ``tabs`` (default: for a ``.tsv``).
 
         ``x,y[,z]`` is the affine's translation, written so that it reads back exactly (as
         :func:`repr` writes a float): tools that take only ``x,y`` get the positions whole.
+        ``affine=False`` leaves the ``affine`` column out where every tile is a translation
+        (a table meant to be edited by hand: an ``x`` changed there would disagree with it).
         """
         path = Path(path)
         base = path.resolve().parent
         axes = ["x", "y", "z"][: self.ndim]
         has_focus = any(t.focus is not None for t in self.tiles)
+        eye = np.eye(self.ndim)
+        affine = affine or not all(
+            np.allclose(np.asarray(t.affine, dtype=float)[: self.ndim, : self.ndim], eye)
+            for t in self.tiles
+        )
         with open(path, "w", newline="") as fh:
             tabs = path.suffix.lower() == ".tsv" if tabs is None else tabs
             w = csv.writer(fh, delimiter="\t" if tabs else ",")
-            w.writerow(["path", *axes, "affine"] + (["focus"] if has_focus else []))
+            w.writerow(["path", *axes] + ["affine"] * affine + (["focus"] if has_focus else []))
             for t in self.tiles:
                 xyz = index_to_xyz(np.asarray(t.affine, dtype=float))
                 ref = _relative_ref(t.ref, base)
                 # full precision: 6 significant digits moved positions from 100,000 px by
                 # up to 0.5 px (and wrote 1e6 px as 1e+06); + 0.0 writes -0.0 as 0.0
                 row = [ref, *(repr(float(v) + 0.0) for v in xyz[: self.ndim, self.ndim])]
-                row.append(json.dumps([[round(float(v), 9) for v in r] for r in xyz[:-1]]))
+                if affine:
+                    row.append(json.dumps([[round(float(v), 9) for v in r] for r in xyz[:-1]]))
                 if has_focus:
                     none = t.focus is None or math.isnan(t.focus)  # NaN reads as no score
                     row.append("" if none else f"{t.focus:.6g}")
