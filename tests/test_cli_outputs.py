@@ -314,3 +314,64 @@ def test_limits_no_longer_lists_colour_images_as_refused() -> None:
     accepted, refused = row.split(" | ")[1:3]
     assert "(H, W, 3\\|4)" in accepted and "luma" in accepted
     assert "3\\|4" not in refused and "rgb" not in refused
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_an_output_that_cannot_be_written_costs_the_others_nothing(
+    run_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json on a full disk came as an OSError traceback after every image was scored; the
+    plot asked for beside it was never written. Now the plot is written, and a data error
+    names the output that failed."""
+    plot = tmp_path / "p.png"
+    assert _exit_code("focus", run_folder, "--json", "/dev/full", "--plot", plot, "-q") == 3
+    assert "could not write --json /dev/full: No space left on device" in capsys.readouterr().err
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def _without_root_override(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``scopefx argv`` as a user whom file permissions bind (root, here, drops the
+    capability that overrides them, as the endpoint's users do not have it)."""
+    cmd = [sys.executable, "-m", "scopefx", *argv]
+    if os.geteuid() == 0:
+        import shutil
+
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv: file permissions cannot bind")
+        drop = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("option", ["--json", "--csv", "--plot"])
+def test_an_output_in_a_folder_one_cannot_write_is_refused_before_scoring(
+    run_folder: Path, tmp_path: Path, option: str
+) -> None:
+    """Such an output came as a PermissionError traceback (--json, --plot: after every image
+    was scored, the results lost)."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    name = {"--json": "o.json", "--csv": "o.csv", "--plot": "o.png"}[option]
+    locked.chmod(0o555)
+    try:
+        done = _without_root_override(["focus", str(run_folder), option, str(locked / name)])
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    assert f"{option} '{locked / name}': the folder '{locked}' is not writable" in done.stderr
+    assert "scored" not in done.stdout  # refused before any image was read
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--idle-exit", "nan", "must be a finite number of seconds >= 0, got 'nan'"),  # never ended
+        ("--idle-exit", "-5", "got '-5'"),  # ended at once
+        ("--max-files", "-1", "must be an integer >= 1, got -1"),  # scored nothing, exit 0
+    ],
+)
+def test_watch_refuses_stop_conditions_that_mean_nothing(
+    run_folder: Path, option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _exit_code("watch", run_folder, option, value) == 2
+    assert message in capsys.readouterr().err

@@ -13,6 +13,7 @@ import collections
 import csv
 import io
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -753,3 +754,195 @@ def test_a_file_that_changed_between_its_scan_and_its_read_is_scored_once(tmp_pa
         time.sleep(1.1)  # past the recheck of scored files
         assert watch.poll() == []
     assert _csv_paths(table) == [str(path.absolute())]
+
+
+HOSTILE_NAMES = ["/run/s5$(touch PWNED).tif", "/run/a b'c\"d`touch PWNED`.tif",
+                 "/run/$HOME;touch PWNED.tif", "/run/-n\\\\x.tif"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "printf %s {} > out",
+        'printf %s "{}" > out',
+        'printf %s "$(printf %s {})" > out',
+        "printf %s > out",  # no {}: the path appended
+        # another shell's text names the variables itself (sh -c inherits SCOPEFX_PATH; a
+        # shell elsewhere, as ssh host '...' reaches, parses SCOPEFX_PATH_Q as one word)
+        """sh -c 'printf %s "$SCOPEFX_PATH" > out'""",
+        """sh -c 'printf %s '"$SCOPEFX_PATH_Q"' > out'""",
+    ],
+)
+def test_on_oof_hands_the_path_to_every_shell_as_a_name_never_as_code(tmp_path, command):
+    """With the documented ways of reaching another shell, a file named
+    's5$(touch PWNED).tif' (and the like) is a name there too, never code."""
+    from scopefx.cli.watch import on_oof_command
+
+    for name in HOSTILE_NAMES:
+        env = dict(os.environ, SCOPEFX_PATH=name, SCOPEFX_PATH_Q=shlex.quote(name))
+        subprocess.run(on_oof_command(command), shell=True, env=env, cwd=tmp_path, check=True)
+        assert (tmp_path / "out").read_text() == name
+        assert not list(tmp_path.glob("PWNED*")), (command, name)
+
+
+def test_a_command_that_names_the_path_itself_is_not_given_it_again():
+    """Appended to ssh host 'notify '"$SCOPEFX_PATH_Q", the path reached the remote shell
+    unquoted."""
+    from scopefx.cli.watch import on_oof_command
+
+    command = "ssh pc 'notify '\"$SCOPEFX_PATH_Q\""
+    assert on_oof_command(command) == command
+    assert on_oof_command("notify") == 'notify "$SCOPEFX_PATH"'
+
+
+@pytest.mark.parametrize(
+    "command", ["sh -c 'logger {}'", "ssh pc 'notify {}'", "echo '{}'", "sh -c 'echo \"{}\"'"]
+)
+def test_on_oof_refuses_a_path_inside_single_quotes(tmp_path, command, capsys):
+    """{} in '...' became '"$SCOPEFX_PATH"': where that text is another shell's (sh -c, ssh)
+    the outer shell pasted the name into it, and a file named 's5$(touch PWNED).tif' ran
+    touch. Refused at the start, saying what to write instead."""
+    from scopefx.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["watch", str(tmp_path), "--idle-exit", "0", "--on-oof", command])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "{} inside '...' is refused" in err, err
+    assert "$SCOPEFX_PATH_Q" in err
+
+
+def test_a_file_name_that_is_not_utf8_is_scored_recorded_and_skipped_on_restart(tmp_path):
+    """A name with a Latin-1 byte (b'\\xff') crashed the watch (and focus --csv, and
+    Client().score_focus) with UnicodeEncodeError, losing the whole batch; the restart
+    crashed again on the same file, stopping live QC for good."""
+    from scopefx.cli import main
+
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    names = [b"a.tif", b"b\xffname.tif", b"c.tif"]
+    for k, name in enumerate(names):
+        with open(os.path.join(os.fsencode(acq), name), "wb") as fh:
+            fh.write(_section(k))
+    table = tmp_path / "focus.csv"
+    argv = ["watch", str(acq), "--csv", str(table), "--idle-exit", "0", "--grace", "0.5",
+            "--settle", "0.1", "-q"]  # fmt: skip
+    assert main(argv, out=io.StringIO()) == 0
+    want = {os.fsdecode(os.path.join(os.fsencode(acq.absolute()), n)) for n in names}
+    assert set(_csv_paths(table)) == want  # the odd name read back as the same str
+    assert [r["status"] for r in read_watch_csv(table)] == ["ok"] * 3
+    out = io.StringIO()
+    assert main(argv, out=out) == 0  # the restart skips all three: nothing scored again
+    assert len(read_watch_csv(table)) == 3, out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        (lambda row: row.replace(",,", ",x,", 1), "page"),  # the empty page cell
+        (lambda row: row.split(",")[0], "short"),
+        (lambda row: _cells(row, features="inf"), "inf"),
+    ],
+)
+def test_a_hand_damaged_csv_is_refused_naming_its_row_on_restart(tmp_path, edit, what):
+    """A restart on a CSV edited by hand ended in raw tracebacks (int('x'), int(None),
+    int(float('inf'))): it is a ConfigError naming the file and the row."""
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    (acq / "a.tif").write_bytes(_section(0))
+    table = tmp_path / "focus.csv"
+    with FolderWatch(acq, csv=table, grace=0.5, settle=0.0) as watch:
+        list(watch.score(watch.ready() or _until_ready(watch)))
+    header, row = table.read_text().splitlines()[:2]
+    table.write_text(f"{header}\n{edit(row)}\n")
+    with pytest.raises(ConfigError, match=r"focus\.csv, row 1 after the header: not a row"):
+        FolderWatch(acq, csv=table)
+
+
+def _cells(row: str, **values: str) -> str:
+    header = WATCH_COLUMNS
+    cells = next(csv.reader([row]))
+    for name, value in values.items():
+        cells[list(header).index(name)] = value
+    out = io.StringIO()
+    csv.writer(out).writerow(cells)
+    return out.getvalue().strip()
+
+
+def _until_ready(watch: FolderWatch) -> list[str]:
+    deadline = time.monotonic() + 30
+    while not (ready := watch.ready()):
+        assert time.monotonic() < deadline, "the file never settled"
+        time.sleep(0.05)
+    return ready
+
+
+def test_a_file_server_clock_behind_does_not_make_a_growing_file_look_settled(tmp_path):
+    """A file written in pieces with its mtime 60 s in the past (a file server's clock
+    behind this machine's): its grace was counted from that mtime, so each piece read was
+    reported corrupt at once: three 'corrupt' rows, then 'ok'. Now: one 'ok' row."""
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    data = _section(0)
+    path = acq / "skew.tif"
+    table = tmp_path / "focus.csv"
+    with FolderWatch(acq, csv=table, grace=5.0, settle=0.2, interval=0.05) as watch:
+        rows = []
+        with open(path, "wb") as fh:
+            for k in range(4):
+                fh.write(data[k * len(data) // 4 : (k + 1) * len(data) // 4])
+                fh.flush()
+                past = time.time() - 60
+                os.utime(path, (past, past))
+                deadline = time.monotonic() + 0.8
+                while time.monotonic() < deadline:  # the watch looks while the writer pauses
+                    rows += [s.record.status for s in watch.score(watch.ready())]
+                    time.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while not rows and time.monotonic() < deadline:
+            rows += [s.record.status for s in watch.score(watch.ready())]
+            time.sleep(0.05)
+    assert rows == ["ok"], rows
+    assert [r["status"] for r in read_watch_csv(table)] == ["ok"]
+
+
+_LATE_READABLE = """
+import json, os, sys, time
+sys.path.insert(0, sys.argv[2])
+from test_watch import _section
+from scopefx.watch import FolderWatch
+acq = sys.argv[1]
+path = os.path.join(acq, "late.tif")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o000)  # as acquisition software may make it
+os.write(fd, _section(0))
+os.close(fd)
+statuses, opened = [], None
+with FolderWatch(acq, grace=8.0, settle=0.1, interval=0.05) as watch:
+    start = time.monotonic()
+    while not statuses and time.monotonic() - start < 30:
+        if opened is None and time.monotonic() - start > 1.5:
+            os.chmod(path, 0o644)  # opened up once written
+            opened = time.monotonic() - start
+        statuses += [s.record.status for s in watch.score(watch.ready())]
+        time.sleep(0.05)
+print(json.dumps(statuses))
+"""
+
+
+def test_a_file_made_readable_after_it_is_written_is_scored_not_reported_once(tmp_path):
+    """A file created unreadable (mode 000) and opened up once written, as acquisition
+    software may do: reported 'error' (PermissionError) at once and never scored, not even
+    after a restart. Now it is tried again within --grace, as a file still being written."""
+    import shutil
+
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    cmd = [sys.executable, "-c", _LATE_READABLE, str(acq), str(Path(__file__).parent)]
+    if os.geteuid() == 0:  # root reads anything: drop the capability that lets it
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv: file permissions cannot bind")
+        drop = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *cmd]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, MPLBACKEND="Agg"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == '["ok"]', done.stdout + done.stderr

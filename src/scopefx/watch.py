@@ -61,7 +61,7 @@ __all__ = ["WATCH_COLUMNS", "FolderWatch", "Scored", "read_watch_csv"]
 WATCH_COLUMNS = (*CSV_COLUMNS, "latency_seconds", "scored_at", "file_size", "file_mtime_ns")
 
 #: Statuses that may mean "still being written": retried until ``grace`` has passed.
-_RETRY_STATUSES = frozenset({"corrupt", "empty", "missing"})
+_RETRY_STATUSES = frozenset({"corrupt", "empty", "missing", "unreadable"})
 #: Seconds between tries of a file that could not be read yet.
 _RETRY_EVERY = 0.5
 #: Seconds between looks at the files already scored (has one changed since?).
@@ -116,6 +116,11 @@ class _Seen:
     mtime_ns: int
     changed_at: float  # monotonic time when (size, mtime) last changed
     next_try: float = 0.0  # monotonic time before which a held file is not tried again
+    # monotonic time this watch first saw it: the grace of a failed read counts from here
+    # at the earliest (changed_at of a file first seen comes from its mtime, another
+    # machine's clock: one running behind made a file still being written seem settled
+    # long ago, each piece of it reported corrupt)
+    first_seen: float = 0.0
 
 
 class FolderWatch:
@@ -248,17 +253,29 @@ class FolderWatch:
             )
 
     def _resume(self, rows: list[dict[str, str]]) -> None:
-        for row in rows:
-            path = os.path.abspath(row["path"])
-            done = self._done.setdefault(path, _Done(None, None))
-            with contextlib.suppress(KeyError, ValueError):  # an older CSV: no such columns
-                done.size, done.mtime_ns = int(row["file_size"]), int(row["file_mtime_ns"])
-            if row.get("page"):
-                done.pages = max(done.pages, int(row["page"]) + 1)
-            record = FocusRecord.from_row(row)
-            self.previous.append(record)
-            self._shown[id(record)] = record.verdict  # reported by an earlier session
-            self.run.seed([record])  # the run's baseline goes on
+        for number, row in enumerate(rows, start=1):
+            try:
+                self._resume_row(row)
+            except (ConfigError, ValueError, TypeError, OverflowError) as exc:
+                self.close()
+                raise ConfigError(
+                    f"{self._csv.path if self._csv else 'the CSV'}, row {number} after the "
+                    f"header: not a row scopefx wrote ({exc}); fix or remove it, or give "
+                    "another --csv"
+                ) from None
+
+    def _resume_row(self, row: dict[str, str]) -> None:
+        """Take one row of the CSV back: the file it names is done (at that size and time)."""
+        path = os.path.abspath(row["path"])
+        done = self._done.setdefault(path, _Done(None, None))
+        with contextlib.suppress(KeyError, ValueError):  # an older CSV: no such columns
+            done.size, done.mtime_ns = int(row["file_size"]), int(row["file_mtime_ns"])
+        if row.get("page"):
+            done.pages = max(done.pages, int(row["page"]) + 1)
+        record = FocusRecord.from_row(row)
+        self.previous.append(record)
+        self._shown[id(record)] = record.verdict  # reported by an earlier session
+        self.run.seed([record])  # the run's baseline goes on
 
     # -- finding complete files -----------------------------------------------------------------
 
@@ -335,7 +352,9 @@ class FolderWatch:
                 # new or still growing; a file written long before we saw it is settled already
                 age = max(0.0, wall - st.st_mtime_ns / 1e9)
                 changed = now - age if seen is None else now
-                self._seen[path] = seen = _Seen(st.st_size, st.st_mtime_ns, changed)
+                first = now if seen is None else seen.first_seen
+                self._seen[path] = seen = _Seen(st.st_size, st.st_mtime_ns, changed,
+                                                first_seen=first)  # fmt: skip
             if seen.next_try > now:
                 continue
             if st.st_size > 0 and now - seen.changed_at >= self.settle:
@@ -435,7 +454,7 @@ class FolderWatch:
         if not retry:
             return False
         seen.next_try = now + _RETRY_EVERY
-        return now - seen.changed_at < self.grace
+        return now - max(seen.changed_at, seen.first_seen) < self.grace
 
     def _finish(self, path: str, record: FocusRecord) -> Scored:
         scored = Scored(record, self._latency(path), self._section(path))

@@ -145,3 +145,39 @@ def test_band_ratio_reaches_the_record_and_the_csv(run_folder, tmp_path):
     assert back.band_ratio == pytest.approx(fluo[0].band_ratio, rel=1e-5)
     assert fluo[0].to_dict()["band_ratio"] == pytest.approx(fluo[0].band_ratio)
     assert em[0].to_dict()["band_ratio"] is None
+
+
+@pytest.mark.parametrize("kind", ["npy", "zarr"])
+def test_a_grey_image_stored_with_a_last_axis_of_1_is_one_grey_plane(tmp_path, kind):
+    """An (H, W, 1) array, as ML and scikit-image code often saves a grey image, was taken for
+    a stack of H pages of W x 1 px: H records of too_small, nothing scored."""
+    import zarr
+
+    image = samples.acquire(samples.bundled_image("gravel", size=128))
+    if kind == "npy":
+        path = str(tmp_path / "grey.npy")
+        np.save(path, image[:, :, None])
+    else:
+        path = f"{tmp_path / 'grey.zarr'}::raw"
+        array = zarr.open_group(str(tmp_path / "grey.zarr"), mode="w").create_array(
+            "raw", shape=(*image.shape, 1), dtype=image.dtype
+        )
+        array[:] = image[:, :, None]
+    np.save(tmp_path / "plane.npy", image)
+    (record,) = score_files([path])
+    (plane,) = score_files([tmp_path / "plane.npy"])
+    assert record.ok, record.error
+    assert (record.page, record.colour, record.features) == (None, "grey", plane.features)
+
+
+def test_a_last_axis_too_short_for_a_page_gives_one_ndim_record(tmp_path):
+    """An (H, W, 5) array (five channels last, most likely) gave H records of too_small: as
+    the documented stack (pages, H, W) none of its 5 px wide pages can be scored. One record
+    says its axes are ambiguous; a stack whose pages can be scored is still one."""
+    image = samples.acquire(samples.bundled_image("gravel", size=128))
+    np.save(tmp_path / "five.npy", np.repeat(image[:, :, None], 5, axis=2))
+    (record,) = score_files([tmp_path / "five.npy"])
+    assert record.status == "ndim" and record.page is None
+    assert "(128, 128, 5) has ambiguous axes" in record.error
+    np.save(tmp_path / "stack.npy", np.stack([image] * 5))
+    assert [r.page for r in score_files([tmp_path / "stack.npy"])] == [0, 1, 2, 3, 4]

@@ -92,6 +92,22 @@ def test_resume_refuses_a_foreign_file_and_leaves_it_alone(tmp_path):
     assert path.read_text() == "x,y\n1,2"
 
 
+@pytest.mark.parametrize("text", ["my notes, no newline", '{"a": 1}'])
+def test_resume_refuses_a_one_line_file_that_is_no_torn_header(tmp_path, text):
+    """A file without a newline (one-line notes, minified JSON) had no complete row, so no
+    header, and was overwritten with a new CSV."""
+    path = tmp_path / "notes.txt"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="not a scopefx focus CSV"):
+        FocusCsvWriter(path, resume=True)
+    assert path.read_text() == text
+    torn = tmp_path / "torn.csv"  # the start of the header, as a kill may leave it: taken over
+    torn.write_text(",".join(CSV_COLUMNS)[:12])
+    with FocusCsvWriter(torn, resume=True) as sink:
+        sink.write(_record(1))
+    assert [r["path"] for r in read_focus_csv(torn)] == ["/run/section_0001.tif"]
+
+
 def test_rewrite_verdicts_matches_path_and_page(tmp_path):
     path = tmp_path / "focus.csv"
     records = [_record(0, "warmup", page=0), _record(0, "warmup", page=1), _record(1, "warmup")]

@@ -136,6 +136,19 @@ def test_bad_policy_arguments_are_named():
         FocusRun(baseline=0.5)  # type: ignore[arg-type]
 
 
+def test_a_calibration_path_given_to_the_scoring_calls_is_refused_with_the_way_to_load_it():
+    """score_files and Client().score_focus raised AttributeError: 'str' object has no
+    attribute 'focus_params' where FocusRun and FolderWatch named the mistake."""
+    import scopefx
+    from scopefx.focus import score_files
+
+    hint = r"calibration must be a Calibration, got str; load the file with Calibration\.load"
+    with pytest.raises(ConfigError, match=hint):
+        list(score_files(["x.tif"], calibration="cal.json"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=hint):
+        scopefx.Client().score_focus(["x.tif"], calibration="cal.json")
+
+
 def test_a_single_string_is_refused_or_expanded(run_folder):
     folder, paths = run_folder
     with pytest.raises(ConfigError, match=r"single string .*section_00\.tif.*pass \["):

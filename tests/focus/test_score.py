@@ -209,6 +209,36 @@ def test_every_integer_type_and_offset_scores_like_the_8_bit_image():
         assert scaled.features == pytest.approx(plain.features, rel=0.01)
 
 
+def test_a_64_bit_integer_offset_costs_no_precision(xp):
+    """64-bit integers were cast to float64 (53 bits) before their offset was removed: with
+    an offset of 2^62, or near the top of uint64, every grey level rounded to one value and
+    the image scored 0 features, without a word. The offset is removed in integers first, on
+    every backend; an int64 image spanning its whole range (a difference over int64's) too."""
+    image = _acquired("brick", 1, size=256)
+    want = scopefx.focus_score(image).features
+    for shifted in (
+        image.astype(np.uint64) + np.uint64(2**64 - 512),
+        image.astype(np.int64) + np.int64(2**62),
+        image.astype(np.int64) - np.int64(2**63 - 1),
+        (image.astype(np.int64) - 128) * np.int64(2**56),  # -2^63 to 0.99 x 2^63
+    ):
+        got = scopefx.focus_score(xp.asarray(shifted)).features
+        assert abs(got - want) <= 0.01 * want, (shifted.dtype, got, want)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"), [(np.float64, 1e-311), (np.float64, 1e-320), (np.float32, 1e-42)]
+)
+def test_an_image_of_subnormal_numbers_scores_like_the_image_it_scales(dtype, scale):
+    """Values under the smallest normal float (2.2e-308 in float64, 1.2e-38 in float32) have a
+    range whose inverse overflows: 0 x inf made NaN, and scoring ended in a raw ValueError
+    ('list' argument must have no negative elements). They are scaled by division."""
+    image = _acquired("brick", 1, size=256)
+    want = scopefx.focus_score(image).features
+    got = scopefx.focus_score((image.astype(np.float64) * scale).astype(dtype)).features
+    assert got == pytest.approx(want, rel=0.02)
+
+
 def test_flat_padding_holds_no_data_for_the_density():
     """An aligned section's zero fill (flat, without noise) counted in the density's area, so
     the same section scored lower the more padding it had."""

@@ -84,6 +84,11 @@ def test_calibration_load_errors(tmp_path, content, match):
         ({"params": [1, 2]}, "params must be a mapping"),
         ({"params": {"modality": "xray"}}, r"params: .*xray"),
         ({"unit": 5}, "unit must be a string"),
+        # an integer beyond float: OverflowError from math.isfinite
+        ({"intercept": 10**400}, "intercept must be finite, got an integer of 401 digits"),
+        # every frame, 24.8 um out, called in focus
+        ({"slope": 1e300}, "is beyond any |defocus| it can estimate"),
+        ({"max_defocus": 1e300}, "every image would be called in focus"),
     ],
 )
 def test_a_calibration_file_with_a_value_no_calibration_holds_is_refused(tmp_path, change, match):
@@ -95,6 +100,32 @@ def test_a_calibration_file_with_a_value_no_calibration_holds_is_refused(tmp_pat
     with pytest.raises(CalibrationError, match=match) as info:
         Calibration.load(path)
     assert "cal.json" in str(info.value)  # names the file
+
+
+@pytest.mark.parametrize("kind", ["nested", "huge", "fifo", "device"])
+def test_a_calibration_file_that_is_no_calibration_is_refused_without_reading_it_all(
+    tmp_path, kind
+):
+    """[[[[...]]]] 100,000 deep gave a RecursionError traceback; /dev/zero was read until
+    memory ran out, a FIFO hung, a 300 MB file was read whole."""
+    import os
+
+    path = tmp_path / "cal.json"
+    if kind == "nested":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+        match = "is not JSON: nested too deep"
+    elif kind == "huge":
+        with open(path, "wb") as fh:
+            fh.truncate(300 << 20)  # sparse: nothing is written, 300 MB long
+        match = "holds 314572800 bytes: a calibration is a few kB"
+    elif kind == "fifo":
+        os.mkfifo(path)
+        match = "is not a regular file"
+    else:
+        path = "/dev/zero"
+        match = "is not a regular file"
+    with pytest.raises(CalibrationError, match=match):
+        Calibration.load(path)
 
 
 def test_a_calibration_file_without_its_fields_names_them(tmp_path):

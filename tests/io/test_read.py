@@ -655,3 +655,115 @@ def test_jpeg_ycbcr_tiff_reads_as_rgb(tmp_path: Path, subsampling: tuple[int, in
     image = read_image(path)
     assert image.shape == (128, 128, 3)
     assert np.abs(image.astype(float) - rgb).mean() < 4  # JPEG's loss, not a colour mix-up
+
+
+# --------------------------------------------------------------------------- CMYK
+
+
+def test_a_cmyk_jpeg_is_read_as_rgb_not_with_k_as_alpha(tmp_path: Path) -> None:
+    """A CMYK JPEG (print and Photoshop workflows) was read as RGBA: C, M, Y as R, G, B and
+    K as alpha. A grey image printed as black ink scored 0 features, and Pillow's own
+    RGB -> CMYK conversion (K = 0) was refused as 'transparent'. Both read as RGB."""
+    from PIL import Image
+
+    from scopefx.samples import bundled_image
+
+    grey = np.rint(255 * bundled_image("immunohistochemistry", size=128)).astype(np.uint8)
+    ink = np.zeros_like(grey)
+    Image.fromarray(np.dstack([ink, ink, ink, 255 - grey]), "CMYK").save(
+        tmp_path / "black.jpg", quality=95
+    )
+    Image.fromarray(np.dstack([grey, grey, grey])).convert("CMYK").save(tmp_path / "rgb.jpg")
+    for name in ("black.jpg", "rgb.jpg"):
+        image = read_image(tmp_path / name)
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8, name
+        for c in range(3):  # JPEG's loss, not an inversion or a channel mix-up
+            assert np.abs(image[..., c].astype(float) - grey).mean() < 4, name
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+@pytest.mark.parametrize("planar", [False, True])
+def test_a_cmyk_tiff_is_read_as_rgb(tmp_path: Path, dtype: str, planar: bool) -> None:
+    """A TIFF of CMYK inks (photometric separated) was read as its four ink samples, scored
+    as RGBA with K as alpha. It reads as RGB, R = (1 - C)(1 - K) in the dtype's range, a
+    stack page by page; in whatever order its samples are stored (planar: (3, H, W), as an
+    RGB planar TIFF reads)."""
+    inks = _image(dtype, (2, 16, 24, 4))
+    top = np.iinfo(dtype).max
+    k = inks[..., 3].astype(np.float64)
+    rgb = np.rint((top - inks[..., :3]) * (top - k[..., None]) / top).astype(dtype)
+    axis = 1 if planar else -1
+    stored = np.moveaxis(inks, -1, 1) if planar else inks
+    tifffile.imwrite(tmp_path / "c.tif", stored[0], photometric="separated",
+                     planarconfig="separate" if planar else "contig")  # fmt: skip
+    tifffile.imwrite(tmp_path / "s.tif", stored, photometric="separated",
+                     planarconfig="separate" if planar else "contig")  # fmt: skip
+    one = read_image(tmp_path / "c.tif")
+    assert one.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(np.moveaxis(one, 0 if planar else -1, -1), rgb[0])
+    stack = read_image(tmp_path / "s.tif")
+    np.testing.assert_array_equal(np.moveaxis(stack, axis, -1), rgb)
+    page = read_image(tmp_path / "s.tif", page=1)
+    np.testing.assert_array_equal(np.moveaxis(page, 0 if planar else -1, -1), rgb[1])
+
+
+def test_a_cmyk_tiff_without_a_known_range_is_refused(tmp_path: Path) -> None:
+    """Float inks have no range to convert in: refused, naming the file and what to do,
+    rather than scored with K as alpha."""
+    tifffile.imwrite(tmp_path / "f.tif", _image("float32", (16, 24, 4)), photometric="separated")
+    with pytest.raises(UnsupportedFormatError, match=r"f\.tif.*float32.*export .* RGB or grey"):
+        read_image(tmp_path / "f.tif")
+
+
+# --------------------------------------------------------------------------- Pillow's bomb limit
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` grey pixels and holds a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+@pytest.mark.parametrize("side", [20_000, 40_000])
+def test_a_png_header_over_the_budget_is_a_limit_not_corrupt(tmp_path: Path, side: int) -> None:
+    """A header-only PNG bomb of 400 Mpx or 1.6 Gpx was refused by Pillow's own limit and
+    reported corrupt ('copy it again'); it is over scopefx's budget (2^28 px), and says so."""
+    from PIL import Image
+
+    from scopefx.errors import ResourceLimitError
+
+    before = Image.MAX_IMAGE_PIXELS
+    path = _touch(tmp_path / "bomb.png", _png_header(side, side))
+    with pytest.raises(ResourceLimitError, match=r"bomb\.png.*SCOPEFX_MAX_IMAGE_PX") as info:
+        read_image(path)
+    assert (info.value.status, Image.MAX_IMAGE_PIXELS) == ("limit", before)  # put back
+
+
+@pytest.mark.parametrize("name", ["a.png", "a.jpg", "a.gif", "a.bmp"])
+def test_an_image_over_pillows_limit_within_the_budget_is_read(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's own bomb limit (179 Mpx) is smaller than scopefx's budget (268 Mpx): a valid
+    196 Mpx PNG was refused as corrupt, and from 89 Mpx Pillow warned on stderr. Within the
+    budget an image is read, without a warning (warnings are errors here), on every thread,
+    and Pillow's limit is put back after. Pillow's limit is lowered here, not the image
+    enlarged."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    image = (np.arange(64 * 80) % 251).astype(np.uint8).reshape(64, 80)
+    Image.fromarray(image).save(tmp_path / name)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 80 is over twice that
+    with ThreadPoolExecutor(4) as pool:
+        shapes = list(pool.map(lambda _: read_image(tmp_path / name).shape, range(8)))
+    assert shapes == [(64, 80)] * 8
+    assert Image.MAX_IMAGE_PIXELS == 1000

@@ -60,6 +60,7 @@ __all__ = [
     "run_from_args",
     "runs_remotely",
     "save_plot",
+    "seconds",
     "summary",
 ]
 
@@ -167,6 +168,23 @@ class _Output:
     identity: tuple[Any, ...]
 
 
+def _check_writable(option: str, target: Path) -> None:
+    """A :class:`UsageError` now, before any image is scored, for an output this user cannot
+    write: an existing file without write permission, or a folder (the nearest that exists:
+    the rest is made) that cannot take a new file. It came as a PermissionError traceback
+    after every image was scored, the run's results lost."""
+    if target.exists() and not os.access(target, os.W_OK):
+        raise UsageError(f"{option} {os.fspath(target)!r} exists and is not writable by you")
+    folder = target.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"{option} {os.fspath(target)!r}: the folder {os.fspath(folder)!r} is not writable "
+            "by you; give a path you can write"
+        )
+
+
 class Outputs:
     """The files one command writes, checked before any image is read or anything written, and
     kept out of its inputs.
@@ -193,6 +211,7 @@ class Outputs:
             target = Path(path)
             if target.is_dir():
                 raise UsageError(f"{option} {path!r} is a folder; give a file name")
+            _check_writable(option, target)
             if kind == "plot" and target.suffix.lower() not in PLOT_SUFFIXES:
                 raise UsageError(
                     f"{option} {path!r}: a plot's name must end in an image format "
@@ -281,6 +300,18 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type of a duration: a finite number of seconds >= 0 (``--idle-exit``: NaN
+    never ended the watch, a negative value ended it at once)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
     return value
 
 

@@ -175,20 +175,45 @@ def _score(args: argparse.Namespace, paths: list[str], params: Any, run: Any) ->
 def _write_outputs(
     args: argparse.Namespace, records: list[Any], out: TextIO, *, plots: bool = True
 ) -> None:
+    """Each output the options name; one that cannot be written (a full disk, a folder made
+    read-only meanwhile) costs the others nothing, and then a :class:`DataError` names it."""
+    failed: list[str] = []
+    for option, write in (("--json", _write_json), ("--plot", _write_plot),
+                          ("--maps", _write_maps)):  # fmt: skip
+        path = getattr(args, option[2:])
+        if not path or (option != "--json" and not plots):
+            continue
+        try:
+            write(args, records, out)
+        except OSError as exc:
+            failed.append(f"{option} {printable(path)}: {exc.strerror or exc}")
+    if args.csv:
+        print(f"wrote {printable(args.csv)}", file=out)
+    if failed:
+        raise DataError(
+            f"could not write {'; '.join(failed)}"
+            + (f" (the rows are in {printable(args.csv)})" if args.csv else "")
+        )
+
+
+def _write_json(args: argparse.Namespace, records: list[Any], out: TextIO) -> None:
     if args.json:
         # allow_nan=False: a value to_dict left non-finite raises rather than writing the
         # NaN or Infinity token, which is no JSON
         text = json.dumps([r.to_dict() for r in records], indent=1, allow_nan=False)
         Path(args.json).write_text(text + "\n")
         print(f"wrote {printable(args.json)}", file=out)
-    if args.csv:
-        print(f"wrote {printable(args.csv)}", file=out)
-    if args.plot and plots:
-        from ..focus.plot import plot_focus_series
 
-        save_plot(plot_focus_series(records), args.plot)
-        print(f"wrote {printable(args.plot)}", file=out)
-    if args.maps and plots:
+
+def _write_plot(args: argparse.Namespace, records: list[Any], out: TextIO) -> None:
+    from ..focus.plot import plot_focus_series
+
+    save_plot(plot_focus_series(records), args.plot)
+    print(f"wrote {printable(args.plot)}", file=out)
+
+
+def _write_maps(args: argparse.Namespace, records: list[Any], out: TextIO) -> None:
+    if args.maps:
         from ..focus.plot import plot_focus_maps
 
         save_plot(plot_focus_maps(records, max_maps=_MAX_MAPS), args.maps)

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import math
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -28,10 +29,12 @@ from ._common import (
     doubt_line,
     focus_params,
     make_client,
+    positive_int,
     printable,
     run_from_args,
     runs_remotely,
     save_plot,
+    seconds,
     summary,
 )
 
@@ -57,7 +60,10 @@ def add_parser(sub: Any) -> None:
         "--on-oof",
         metavar="CMD",
         help="run CMD for each flagged section, in the background: the path replaces {} or is "
-        "appended; $SCOPEFX_PATH, $SCOPEFX_VERDICT, $SCOPEFX_FEATURES are set. CMD starts before "
+        "appended unless CMD names $SCOPEFX_PATH ({} inside '...' is refused: a shell it "
+        "reaches, sh -c or ssh, would parse the name); $SCOPEFX_PATH, $SCOPEFX_PATH_Q "
+        "(quoted for another shell), $SCOPEFX_VERDICT, $SCOPEFX_FEATURES are set. CMD starts "
+        "before "
         "the section's CSV row is written: a watch killed in between runs it again on restart "
         "(an alarm may repeat, never goes missing)",
     )
@@ -83,10 +89,13 @@ def add_parser(sub: Any) -> None:
         help="retry an unreadable file for S seconds after its last change (default: 10)",
     )
     p.add_argument(
-        "--idle-exit", type=float, metavar="S", help="stop after S seconds with no new image"
+        "--idle-exit", type=seconds, metavar="S", help="stop after S seconds with no new image"
     )
     p.add_argument(
-        "--max-files", type=int, metavar="N", help="stop after N files (a stack counts once)"
+        "--max-files",
+        type=positive_int,
+        metavar="N",
+        help="stop after N files, at least 1 (a stack counts once)",
     )
     p.add_argument(
         "--remote-dir",
@@ -106,67 +115,94 @@ def on_oof_command(command: str) -> str:
     """``--on-oof``'s shell command with ``{}`` standing for the path: the path itself never
     enters the command line (a file name such as ``$(rm -rf ~).tif`` is never parsed by the
     shell); ``{}`` becomes a reference to ``$SCOPEFX_PATH``, quoted for where it stands:
-    outside quotes, inside ``"..."``, inside ``'...'``, or inside a command substitution
-    (``$(...)`` or backticks, where quoting starts afresh even within ``"..."``: ``"$(basename
-    {})"`` gets the path as one word, spaces and all). Without ``{}`` the path is appended.
+    outside quotes, inside ``"..."``, or inside a command substitution (``$(...)`` or
+    backticks, where quoting starts afresh even within ``"..."``: ``"$(basename {})"`` gets
+    the path as one word, spaces and all). Without ``{}`` the path is appended, unless the
+    command names ``$SCOPEFX_PATH`` (or ``$SCOPEFX_PATH_Q``) itself: appended to ``ssh host
+    'notify '"$SCOPEFX_PATH_Q"``, the path would reach the remote shell unquoted.
+
+    ``{}`` inside ``'...'`` is refused: that text is either for this shell, where ``{}`` needs
+    no quotes of its own, or for another shell (``sh -c '...'``, ``ssh host '...'``), which
+    would parse the name that this one pasted in (``'"$SCOPEFX_PATH"'``: a file named
+    ``s5$(touch x).tif`` ran ``touch``). There the command names ``"$SCOPEFX_PATH"`` itself
+    (``sh -c`` inherits it) or ``$SCOPEFX_PATH_Q``, the path quoted for a shell elsewhere.
+
+    Raises
+    ------
+    UsageError
+        ``{}`` inside ``'...'``.
     """
-    if "{}" not in command:
-        return f'{command} "$SCOPEFX_PATH"'
-    # contexts, innermost last: "" unquoted, '"', "'", "$(" (or "(") a command substitution or
-    # subshell, "`" backticks; the last three quote like the command line itself
-    stack, out, i = [""], [], 0
+    if "{}" not in command:  # the path appended, unless the command names it itself
+        return command if "SCOPEFX_PATH" in command else f'{command} "$SCOPEFX_PATH"'
+    out, i = [], 0
+    stack = [""]
     while i < len(command):
-        ch, top = command[i], stack[-1]
+        top = stack[-1]
         if command.startswith("{}", i):
-            quoted = {'"': "$SCOPEFX_PATH", "'": "'\"$SCOPEFX_PATH\"'"}
-            out.append(quoted.get(top, '"$SCOPEFX_PATH"'))
+            if top == "'":
+                raise UsageError(
+                    f"--on-oof {command!r}: {{}} inside '...' is refused: for this shell it "
+                    "needs no quotes (write echo {} for echo '{}'); for another shell (sh -c "
+                    "'...', ssh host '...') the file name would be parsed as code: write "
+                    '"$SCOPEFX_PATH" there (sh -c inherits it), or $SCOPEFX_PATH_Q, the path '
+                    "quoted for a shell elsewhere (ssh host 'notify '\"$SCOPEFX_PATH_Q\")"
+                )
+            out.append("$SCOPEFX_PATH" if top == '"' else '"$SCOPEFX_PATH"')
             i += 2
             continue
-        if top == "'":
-            if ch == "'":
-                stack.pop()
-        elif ch == "\\" and i + 1 < len(command):
-            out.append(command[i : i + 2])
-            i += 2
-            continue
-        elif command.startswith("$(", i):
-            stack.append("$(")
-            out.append("$(")
-            i += 2
-            continue
-        elif ch == "`":
-            if top == "`":
-                stack.pop()
-            else:
-                stack.append("`")
-        elif top == '"':
-            if ch == '"':
-                stack.pop()
-        elif ch in "'\"":
-            stack.append(ch)
-        elif ch == "(":
-            stack.append("(")
-        elif ch == ")" and top in ("$(", "("):
-            stack.pop()
-        out.append(ch)
-        i += 1
+        step = _step(command, i, stack)
+        out.append(command[i : i + step])
+        i += step
     return "".join(out)
+
+
+def _step(command: str, i: int, stack: list[str]) -> int:
+    """Move the quoting ``stack`` over the character(s) at ``i``; how many were read.
+    Contexts, innermost last: ``""`` unquoted, ``'"'``, ``"'"``, ``"$("`` (or ``"("``) a
+    command substitution or subshell, ``"`"`` backticks; the last three quote like the
+    command line itself."""
+    ch, top = command[i], stack[-1]
+    if top == "'":
+        if ch == "'":
+            stack.pop()
+    elif ch == "\\" and i + 1 < len(command):
+        return 2
+    elif command.startswith("$(", i):
+        stack.append("$(")
+        return 2
+    elif ch == "`":
+        if top == "`":
+            stack.pop()
+        else:
+            stack.append("`")
+    elif top == '"':
+        if ch == '"':
+            stack.pop()
+    elif ch in "'\"":
+        stack.append(ch)
+    elif ch == "(":
+        stack.append("(")
+    elif ch == ")" and top in ("$(", "("):
+        stack.pop()
+    return 1
 
 
 class _Alarm:
     """Runs ``--on-oof`` for each flagged section without holding up the watch."""
 
     def __init__(self, command: str | None, out: TextIO) -> None:
-        self.command, self.out = command, out
+        # translated once, at the start: a command that cannot be quoted is refused now
+        self.command, self.out = (on_oof_command(command) if command else None), out
         self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def fire(self, record: Any) -> None:
         if not self.command:
             return
-        cmd = on_oof_command(self.command)
+        cmd = self.command
         env = dict(
             os.environ,
             SCOPEFX_PATH=record.path,
+            SCOPEFX_PATH_Q=shlex.quote(record.path),  # for a shell inside the command
             SCOPEFX_VERDICT=record.verdict,
             SCOPEFX_FEATURES=str(record.features),
         )

@@ -24,7 +24,7 @@ from .._backend import (
     release_device_memory,
 )
 from .._checks import json_safe
-from ..errors import ConfigError, ScopefxError
+from ..errors import ConfigError, InvalidImageError, ScopefxError
 from ..io import SAMPLES_LAST
 from ._params import FocusParams
 from ._run import FocusRun
@@ -146,7 +146,7 @@ class FocusRecord:
                     kwargs[f.name] = float(text)
                 else:
                     kwargs[f.name] = text
-            except ValueError:
+            except (ValueError, OverflowError):  # OverflowError: int('inf')
                 raise ConfigError(
                     f"CSV row of {row.get('path')!r}: {f.name} {text!r} is not a number"
                 ) from None
@@ -189,8 +189,21 @@ def _result_fields(result: FocusResult) -> dict[str, Any]:
 
 def _failed(path: str, exc: BaseException, page: int | None = None) -> FocusRecord:
     status = exc.status if isinstance(exc, ScopefxError) else "error"
+    if status == "error" and isinstance(exc, PermissionError):  # file permissions, often
+        status = "unreadable"  # fixed once the writer is done (a watch tries it again)
     message = str(exc) if isinstance(exc, ScopefxError) else f"{type(exc).__name__}: {exc}"
     return FocusRecord(path=path, page=page, status=status, error=message)
+
+
+def _ambiguous_axes(shape: tuple[int, ...], min_side: int) -> InvalidImageError:
+    """Why a 3-D array whose last axis is too short for a page's width is not scored."""
+    return InvalidImageError(
+        f"array of shape {shape} has ambiguous axes: as a stack (pages, H, W) its pages would "
+        f"be {shape[-1]} px wide, under the {min_side} px a side needs, and a last axis of "
+        f"{shape[-1]} is not grey (1), grey + alpha (2), RGB (3) or RGBA (4) samples; save one "
+        "plane (H, W), a stack (pages, H, W), or the one channel to score as (H, W)",
+        status="ndim",
+    )
 
 
 def score_one(
@@ -201,6 +214,11 @@ def score_one(
     before_page: Callable[[int, int], BaseException | None] | None = None,
 ) -> list[FocusRecord]:
     """Read and score one file; a stack gives one record per page. Never raises for bad input.
+
+    A 3-D array is a stack (pages, H, W) unless its last axis holds samples: (H, W, 1) is one
+    grey plane, (H, W, 2|3|4) one grey + alpha or colour image. One whose last axis is too
+    short for a page's side (``params.min_image_px``) gives one record, status ``"ndim"``:
+    its axes are ambiguous (channels last?), and none of its pages could be scored.
 
     ``device`` is where the pixels are scored (:func:`~scopefx._backend.default_device`:
     ``None`` takes ``SCOPEFX_DEVICE``, else the GPU where there is one). An image the GPU has
@@ -231,7 +249,13 @@ def score_one(
         pixels, params = as_read(pixels, meta.pages, meta.samples, params)
     except Exception:  # metadata is optional: the pixels were read
         logger.debug("no metadata for %s", path, exc_info=True)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:  # (H, W, 1): one grey plane, not H pages
+        pixels = pixels[..., 0]
     is_stack = pixels.ndim == 3 and pixels.shape[-1] not in SAMPLES_LAST
+    if is_stack and pixels.shape[-1] < params.min_image_px:
+        # no page of a (pages, H, W) stack this narrow can be scored: H records of too_small
+        # came from what is more likely one image with its channels last
+        return [_failed(path, _ambiguous_axes(pixels.shape, params.min_image_px))]
     planes = [(i, pixels[i]) for i in range(pixels.shape[0])] if is_stack else [(None, pixels)]
     records = []
     for page, plane in planes:

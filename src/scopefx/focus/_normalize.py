@@ -223,6 +223,14 @@ def normalize(
         # shifted and scaled in float64 (a uint32 frame with an offset of 3e9 lost its noise
         # to float32 rounding: noise 0, 2.8 times the features)
         wide = image.dtype.itemsize > 4 or (integer and image.dtype.itemsize == 4)
+        if integer and image.dtype.itemsize > 4:
+            # float64 holds integers exactly up to 2^53 only: 64-bit integers are shifted to
+            # their minimum first, in uint64 (an int64 less its minimum may overflow int64 but
+            # fits uint64, and modulo 2^64 the difference is exact); cast first, an offset of
+            # 2^62 cost every bit of the noise: 0 features
+            low = image.min().astype(xp.uint64)
+            image = image.astype(xp.uint64) - low
+            data = data.astype(xp.uint64) - low
         work = xp.float64 if wide else xp.float32
         image = image.astype(work, copy=False)
         data = data.astype(work, copy=False)
@@ -237,7 +245,12 @@ def normalize(
         table = xp.clip((xp.arange(levels, dtype=xp.float32) - lo) / (hi - lo), 0.0, 1.0)
         # take, not fancy indexing: half the time (0.7 against 1.3 ms per 1024^2 uint8)
         return xp.take(table.astype(xp.float32, copy=False), image), lsb
-    scaled = (image - image.dtype.type(lo)) * image.dtype.type(1.0 / (hi - lo))
+    scaled = image - image.dtype.type(lo)
+    inverse = 1.0 / (hi - lo)
+    if inverse <= float(np.finfo(image.dtype).max):
+        scaled *= image.dtype.type(inverse)
+    else:  # a range of subnormal numbers, whose inverse overflows (0 x inf gave NaN)
+        scaled /= image.dtype.type(hi - lo)
     xp.clip(scaled, 0.0, 1.0, out=scaled)
     return scaled.astype(xp.float32, copy=False), lsb
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -304,6 +305,12 @@ class FocusParams:
         them. Without ``params``: the parameters ``calibration`` (a
         :class:`~scopefx.focus.Calibration`) was made with, where it records them (the only
         ones it can be used with), else ``FocusParams()``."""
+        if calibration is not None and not hasattr(calibration, "focus_params"):
+            hint = (f"; load the file with Calibration.load({calibration!r})"
+                    if isinstance(calibration, (str, os.PathLike)) else "")  # fmt: skip
+            raise ConfigError(
+                f"calibration must be a Calibration, got {type(calibration).__name__}{hint}"
+            )
         if params is None:
             own = calibration.focus_params() if calibration is not None else None
             base = own if own is not None else cls()

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as _dt
 import json
 import math
+import stat
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from ..errors import CalibrationError, ConfigError
 from ._params import FocusParams
 
 _MAX_LOG_DENSITY = 100.0  # |intercept| above it is no log density (features per Mpx)
+_DENSITY_FLOOR = 1e-12  # features per Mpx that no feature at all counts as (log of 0)
+_MAX_FILE_BYTES = 1 << 20  # a calibration is a few kB: a larger "calibration" is refused
 
 __all__ = ["FLAGGED", "Calibration", "RunBaseline", "Verdict"]
 
@@ -105,8 +108,15 @@ class Calibration:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise CalibrationError(f"calibration {name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise CalibrationError(f"calibration {name} must be finite, got {value!r}")
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an integer beyond float: 10**400 in the JSON
+                finite = False
+            if not finite:
+                shown = (
+                    value if isinstance(value, float) else f"an integer of {len(str(value))} digits"
+                )
+                raise CalibrationError(f"calibration {name} must be finite, got {shown}")
         if abs(self.intercept) > _MAX_LOG_DENSITY:
             raise CalibrationError(
                 f"calibration intercept {self.intercept!r} is no log density (|value| <= "
@@ -118,6 +128,13 @@ class Calibration:
             )
         if not self.max_defocus >= 0:
             raise CalibrationError(f"max_defocus must be >= 0, got {self.max_defocus!r}")
+        reach = (self.intercept - math.log(_DENSITY_FLOOR)) / self.slope
+        if not self.max_defocus < reach:  # a hand edit (slope or max_defocus 1e300)
+            raise CalibrationError(
+                f"calibration max_defocus {self.max_defocus!r} is beyond any |defocus| it can "
+                f"estimate ({reach:.3g} at most, with slope {self.slope!r}, for an image "
+                "without features): every image would be called in focus"
+            )
         if isinstance(self.r, bool) or not isinstance(self.r, (int, float)):
             raise CalibrationError(f"calibration r must be a number, got {self.r!r}")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 0:
@@ -236,7 +253,7 @@ class Calibration:
 
     def estimate_defocus(self, density: float | np.ndarray) -> Any:
         """Estimated |defocus| (in ``unit``) from feature density; 0 at or above best focus."""
-        logd = np.log(np.maximum(np.asarray(density, dtype=np.float64), 1e-12))
+        logd = np.log(np.maximum(np.asarray(density, dtype=np.float64), _DENSITY_FLOOR))
         out = np.maximum((self.intercept - logd) / self.slope, 0.0)
         return float(out) if np.ndim(out) == 0 else out
 
@@ -309,11 +326,27 @@ class Calibration:
         """
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            st = path.stat()
         except FileNotFoundError:
             raise CalibrationError(f"calibration file {str(path)!r} does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise CalibrationError(f"calibration file {str(path)!r} is not JSON: {exc}") from None
+        except OSError as exc:
+            raise CalibrationError(f"calibration file {str(path)!r}: {exc}") from None
+        # /dev/zero was read until memory ran out, a FIFO hung, 300 MB were read whole
+        if not stat.S_ISREG(st.st_mode):
+            raise CalibrationError(f"calibration file {str(path)!r} is not a regular file")
+        if st.st_size > _MAX_FILE_BYTES:
+            raise CalibrationError(
+                f"calibration file {str(path)!r} holds {st.st_size} bytes: a calibration is a "
+                f"few kB (at most {_MAX_FILE_BYTES} bytes are read); is it the right file?"
+            )
+        try:
+            with path.open("rb") as fh:
+                data = json.loads(fh.read(_MAX_FILE_BYTES + 1))
+        except FileNotFoundError:
+            raise CalibrationError(f"calibration file {str(path)!r} does not exist") from None
+        except (OSError, ValueError, RecursionError) as exc:  # nested 100,000 deep: Recursion
+            why = "nested too deep" if isinstance(exc, RecursionError) else exc
+            raise CalibrationError(f"calibration file {str(path)!r} is not JSON: {why}") from None
         version = data.get("scopefx_calibration") if isinstance(data, dict) else None
         if isinstance(version, int) and not isinstance(version, bool) and version > 1:
             raise CalibrationError(

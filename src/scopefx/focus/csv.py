@@ -57,6 +57,12 @@ def _cell(value: Any) -> str:
     return format(value, ".6g") if isinstance(value, float) else str(value)
 
 
+#: A file name that is not UTF-8 (copied from an old Latin-1 system or a Windows share) is a
+#: str with surrogates in Python: written as its own bytes and read back as the same str (a
+#: strict codec stopped the whole batch at it); a stray byte of a hand edit reads too.
+_NAMES = "surrogateescape"
+
+
 def _complete(data: bytes) -> bytes:
     """``data`` up to the end of its last complete row: a kill mid-row leaves a torn one.
 
@@ -76,7 +82,8 @@ def _complete(data: bytes) -> bytes:
 
 
 def _parse(data: bytes) -> tuple[list[str], list[dict[str, str]]]:
-    reader = csv.DictReader(io.StringIO(_complete(data).decode(), newline=""))
+    text = _complete(data).decode("utf-8", errors=_NAMES)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = list(reader.fieldnames or [])
     return header, list(reader)
 
@@ -132,6 +139,14 @@ class FocusCsvWriter:
         if resume and self.path.exists():
             data = self.path.read_bytes()
             header, rows = _parse(data)
+            line = ",".join(self.columns).encode()
+            if data and not header and not line.startswith(data.rstrip(b"\r\n")):
+                # no complete line (one-line notes, minified JSON): not a header torn by a
+                # kill, which is the start of ours; it was overwritten
+                raise ConfigError(
+                    f"{self.path} is not a scopefx focus CSV (it holds {len(data)} bytes and no "
+                    "header); give another CSV or move it away"
+                )
             if header and (header[0] != "path" or "features" not in header):
                 raise ConfigError(
                     f"{self.path} is not a scopefx focus CSV (header {header[:4]}...); "
@@ -147,7 +162,9 @@ class FocusCsvWriter:
                 if missing:  # an older scopefx's file: its header gains the new columns
                     self._replace()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle: TextIO = self.path.open("a" if header else "w", newline="")
+        self._handle: TextIO = self.path.open(
+            "a" if header else "w", newline="", encoding="utf-8", errors=_NAMES
+        )
         self._writer = self._dict_writer(self._handle)
         if not header:
             self._writer.writeheader()
@@ -182,14 +199,14 @@ class FocusCsvWriter:
                 row.update({k: _cell(getattr(record, k)) for k in VERDICT_COLUMNS})
         self._handle.close()
         self._replace()
-        self._handle = self.path.open("a", newline="")
+        self._handle = self.path.open("a", newline="", encoding="utf-8", errors=_NAMES)
         self._writer = self._dict_writer(self._handle)
 
     def _replace(self) -> None:
         """Replace the file by :attr:`columns` and :attr:`rows`, atomically (a kill leaves
         either the old file or the new one)."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="") as handle:
+        with tmp.open("w", newline="", encoding="utf-8", errors=_NAMES) as handle:
             writer = self._dict_writer(handle)
             writer.writeheader()
             writer.writerows(self.rows)

@@ -42,6 +42,7 @@ from ._read import (
     n_planes,
     open_tiff,
     open_zarr_array,
+    pillow_pixel_limit,
     pillow_read_mode,
     png_colour16,
     tiff_damage,
@@ -528,7 +529,12 @@ def _pillow_samples(fh: Any) -> tuple[str | None, str | None]:
 def _pillow_metadata(r: ResolvedRef, path: str) -> ImageMetadata:
     import imageio.v3 as iio
 
-    with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh:
+    from ._limits import EndpointLimits
+
+    # Pillow's own bomb limit lifted to the budget, as for the pixels (a 100 Mpx PNG printed
+    # Pillow's warning, one of 200 Mpx failed here while its pixels read)
+    limit = pillow_pixel_limit(EndpointLimits.from_env().max_image_px)
+    with decoding(r.ref, r.kind), open_binary(r.path, ref=r.ref) as fh, limit:
         wide = png_colour16(fh)
         if wide is not None:  # read with its 16 bits (see scopefx.io._read.png_colour16)
             kind = {3: "rgb", 4: "rgba", 2: "grey+alpha"}[wide[-1]]

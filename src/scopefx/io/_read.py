@@ -22,7 +22,7 @@ from ..errors import (
     UnsupportedFormatError,
 )
 from ._confine import open_binary
-from ._limits import EndpointLimits
+from ._limits import LIMIT_ENV, EndpointLimits
 from ._refs import ResolvedRef, resolve_ref, zarr_node_type
 
 __all__ = ["read_image"]
@@ -170,18 +170,64 @@ def image_series(tif: Any, ref: str) -> tuple[int, Any]:
     return index, tif.series[index]
 
 
+#: TIFF PhotometricInterpretation SEPARATED: ink samples (InkSet 1, the default: CMYK).
+_SEPARATED = 5
+
+
+def cmyk_as_rgb(data: np.ndarray, axis: int, ref: str) -> np.ndarray:
+    """RGB of CMYK ink samples (C, M, Y, K along ``axis``), in the dtype's range:
+    ``R = (1 - C)(1 - K)``, ``G = (1 - M)(1 - K)``, ``B = (1 - Y)(1 - K)``, computed exactly in
+    integers of twice the width and rounded.
+
+    Taken as they are, C, M, Y were scored as R, G, B and K as alpha: a grey image printed as
+    black ink scored 0 features. Only unsigned integers up to 32 bits have a known range to
+    convert in; other dtypes (and anything but four inks) raise UnsupportedFormatError.
+    """
+    if data.dtype not in (np.uint8, np.uint16, np.uint32) or data.shape[axis] != 4:
+        raise UnsupportedFormatError(
+            f"'{ref}' holds {data.shape[axis]} {data.dtype} ink samples (photometric "
+            "separated): scopefx converts CMYK to RGB for 4 samples of uint8, uint16 or uint32 "
+            "only; export the image as RGB or grey"
+        )
+    wide = np.dtype(f"u{2 * data.dtype.itemsize}")
+    top = wide.type(np.iinfo(data.dtype).max)
+    inks = np.moveaxis(data, axis, 0)
+    white = top - inks[3].astype(wide)  # (1 - K), times top
+    rgb = np.empty((3, *inks.shape[1:]), dtype=data.dtype)
+    for c in range(3):
+        rgb[c] = ((top - inks[c].astype(wide)) * white + top // 2) // top
+    return np.ascontiguousarray(np.moveaxis(rgb, 0, axis))
+
+
+def _separated_as_rgb(data: np.ndarray, keyframe: Any, ref: str) -> np.ndarray:
+    """A TIFF's pixels as RGB when its photometric interpretation is SEPARATED (CMYK inks;
+    :func:`cmyk_as_rgb`), else unchanged. The samples axis is the page's ``S``, the data's
+    last axes being those of one page."""
+    if int(keyframe.photometric) != _SEPARATED:
+        return data
+    inkset = keyframe.tags.valueof(332, 1)  # InkSet: 1 CMYK, 2 other inks
+    axes = str(keyframe.axes)
+    if inkset != 1 or "S" not in axes or data.shape[-len(axes) :] != tuple(keyframe.shape):
+        raise UnsupportedFormatError(
+            f"'{ref}' holds ink samples (photometric separated, inkset {inkset}) that are "
+            "not plain CMYK; export the image as RGB or grey"
+        )
+    return cmyk_as_rgb(data, data.ndim - len(axes) + axes.index("S"), ref)
+
+
 def _read_tiff(r: ResolvedRef, page: int | None) -> np.ndarray:
     with tiff_damage(r.ref), decoding(r.ref, r.kind), open_tiff(r) as tif:
         index, series = image_series(tif, r.ref)
         n = len(series)
         check_tiff_budget(tif, series, page, r.ref)
         if page is not None:
-            return np.asarray(tif.asarray(key=check_page(page, n, r.ref), series=index))
+            data = np.asarray(tif.asarray(key=check_page(page, n, r.ref), series=index))
+            return _separated_as_rgb(data, series.keyframe, r.ref)
         data = np.asarray(series.asarray())
         page_shape = tuple(series.keyframe.shape)
         if n > 1 and data.size == n * int(np.prod(page_shape)):
             data = data.reshape((n, *page_shape))  # (T, Z, ...) stacks -> (pages, ...)
-        return data
+        return _separated_as_rgb(data, series.keyframe, r.ref)
 
 
 #: PNG colour types of more than one sample a pixel, and their samples.
@@ -218,10 +264,12 @@ def _read_pillow(r: ResolvedRef, page: int | None) -> np.ndarray:
                 )
             data = np.asarray(imagecodecs.png_decode(blob))
         else:
-            mode = check_pillow_header(fh, r.ref)  # grey palette as grey, transparency as alpha
-            data = np.asarray(
-                iio.imread(fh, plugin="pillow", extension=r.path.suffix.lower(), mode=mode)
-            )
+            with pillow_pixel_limit(EndpointLimits.from_env().max_image_px):
+                # grey palette as grey, transparency as alpha, CMYK as RGB
+                mode = check_pillow_header(fh, r.ref)
+                data = np.asarray(
+                    iio.imread(fh, plugin="pillow", extension=r.path.suffix.lower(), mode=mode)
+                )
     if r.path.suffix.lower() == ".gif":  # frames come stacked, (frames, H, W, C)
         if page is not None:
             return data[check_page(page, data.shape[0], r.ref)]
@@ -256,20 +304,75 @@ def pillow_read_mode(im: Any) -> str | None:
     return "RGBA" if im.mode == "P" and "transparency" in im.info else None
 
 
-def check_pillow_header(fh: Any, ref: str) -> str | None:
-    """Refuse, from its header, a PNG/JPEG/BMP/GIF over the pixel budget (all frames); the
-    Pillow mode to read it in (:func:`pillow_read_mode`). The handle is rewound."""
+#: Pillow modes of colour models other than RGB, decoded to RGB (:func:`check_pillow_header`):
+#: a CMYK JPEG read as stored had C, M, Y scored as R, G, B and its K taken as alpha.
+_AS_RGB = ("CMYK", "YCbCr", "LAB")
+
+_pillow_limit_lock = threading.Lock()
+#: Reads inside :func:`pillow_pixel_limit` now, and Pillow's own limit before the first.
+_pillow_limit_state: dict[str, Any] = {"readers": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def pillow_pixel_limit(max_px: int) -> Iterator[None]:
+    """Pillow's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485 px:
+    a warning above it, ``DecompressionBombError`` above twice it) lifted to ``max_px`` (this
+    process's pixel budget) while the block runs; never lowered.
+
+    Pillow's limit refused a valid 196 Mpx PNG within scopefx's budget as corrupt; the
+    budget is checked from the header (:func:`check_pillow_header`) before anything is
+    decoded. The setting is one for the whole process: the first read in lifts it, the last
+    out puts back what it was.
+    """
     from PIL import Image
 
-    with Image.open(fh) as im:
-        width, height = im.size
-        frames = int(getattr(im, "n_frames", 1))
-        mode = pillow_read_mode(im)
-        bands = len(im.getbands())
-        if im.mode in ("P", "PA") and mode != "L":  # decoded to RGB(A), not to the indices
-            bands = 4 if im.mode == "PA" or mode == "RGBA" else 3
-        dtype = np.uint16 if im.mode.startswith("I;16") else _PILLOW_DTYPES.get(im.mode, np.uint8)
-    EndpointLimits.from_env().check_image((frames, height, width, bands), dtype, ref)
+    state = _pillow_limit_state
+    with _pillow_limit_lock:
+        if state["readers"] == 0:
+            state["saved"] = Image.MAX_IMAGE_PIXELS
+        state["readers"] += 1
+        if Image.MAX_IMAGE_PIXELS is not None:  # None: the user turned it off
+            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, int(max_px))
+    try:
+        yield
+    finally:
+        with _pillow_limit_lock:
+            state["readers"] -= 1
+            if state["readers"] == 0:
+                Image.MAX_IMAGE_PIXELS = state["saved"]
+
+
+def check_pillow_header(fh: Any, ref: str) -> str | None:
+    """Refuse, from its header, a PNG/JPEG/BMP/GIF over the pixel budget (all frames); the
+    Pillow mode to read it in (:func:`pillow_read_mode`; ``"RGB"`` for CMYK, YCbCr and LAB).
+    The handle is rewound.
+
+    Run inside :func:`pillow_pixel_limit`: what Pillow's own limit then still refuses is over
+    the budget too, and is refused as such (ResourceLimitError), not as a damaged file.
+    """
+    from PIL import Image
+
+    limits = EndpointLimits.from_env()
+    try:
+        with Image.open(fh) as im:  # n_frames checks each GIF frame's size too
+            width, height = im.size
+            frames = int(getattr(im, "n_frames", 1))
+            mode = pillow_read_mode(im) or ("RGB" if im.mode in _AS_RGB else None)
+            bands = len(im.getbands())
+            if mode is not None:
+                bands = Image.getmodebands(mode)
+            elif im.mode in ("P", "PA"):  # decoded to RGB(A), not to the indices
+                bands = 4 if im.mode == "PA" else 3
+            wide = im.mode.startswith("I;16")
+            dtype = np.uint16 if wide else _PILLOW_DTYPES.get(im.mode, np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # the warning arrives as an exception only where warnings are errors
+        raise ResourceLimitError(
+            f"'{ref}' declares an image over this process's limit of {limits.max_image_px:,} "
+            f"px ({LIMIT_ENV['max_image_px']}; Pillow: {exc}); it was not decoded. Split the "
+            "image, or ask the endpoint's operator to raise the limit"
+        ) from exc
+    limits.check_image((frames, height, width, bands), dtype, ref)
     fh.seek(0)
     return mode
 
@@ -406,7 +509,8 @@ _READERS: dict[str, Callable[[ResolvedRef, int | None], np.ndarray]] = {
 
 
 def read_image(ref: str | os.PathLike[str], *, page: int | None = None) -> np.ndarray:
-    """Read an image's pixels as stored: no change of dtype, colour or orientation.
+    """Read an image's pixels as stored: no change of dtype, colour or orientation (but for
+    colour models other than RGB, see Notes).
 
     Parameters
     ----------
@@ -435,7 +539,8 @@ def read_image(ref: str | os.PathLike[str], *, page: int | None = None) -> np.nd
         The file cannot be decoded: truncated (including TIFF stacks whose later pages were
         cut off), damaged, or not of the type its extension says.
     UnsupportedFormatError
-        Unknown extension, URL, plain directory, or a Zarr group where an array is needed.
+        Unknown extension, URL, plain directory, a Zarr group where an array is needed, or
+        a TIFF of inks that are not CMYK, or CMYK of a dtype with no known range.
     ConfigError
         ``page`` is not an integer or is out of range.
     PermissionError
@@ -450,7 +555,7 @@ def read_image(ref: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     PNG/JPEG/BMP/GIF with imageio's Pillow plugin (a 16-bit colour PNG, which Pillow would
     cut to 8 bits, with imagecodecs; palette images come out as RGB, as RGBA
     when the palette has a transparent entry, and as grey when every palette entry is a grey
-    level, see :func:`pillow_read_mode`), ``.npy``
+    level, see :func:`pillow_read_mode`; CMYK, YCbCr and LAB come out as RGB), ``.npy``
     from its header then ``numpy.fromfile`` (never unpickled), and Zarr with
     ``zarr.open_array(mode="r")`` over a :class:`~scopefx.io._zarrstore.ConfinedStore`.
     Every file is opened through :mod:`scopefx.io._confine` (regular files inside the roots
@@ -458,7 +563,10 @@ def read_image(ref: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     from the headers before decoding.
     A TIFF is read from its first series (the first full-resolution one, when a thumbnail flagged
     as a reduced-resolution image comes first); pages of another size form other series and
-    are not returned.
+    are not returned. A TIFF of CMYK inks (photometric separated) is read as RGB
+    (:func:`cmyk_as_rgb`; refused where its dtype has no known range), never with K as alpha.
+    Pillow's own decompression-bomb limit is lifted to the pixel budget while a file is read
+    (:func:`pillow_pixel_limit`).
 
     Examples
     --------

@@ -5,6 +5,7 @@ over the endpoint's workers, and always far below Globus Compute's payload limit
 from __future__ import annotations
 
 import math
+import os
 
 __all__ = ["PAYLOAD_LIMIT_BYTES", "batch_size"]
 
@@ -26,5 +27,5 @@ def batch_size(refs: list[str], *, requested: int | None, workers: int) -> int:
         size = requested
     else:
         size = max(1, min(_MAX_AUTO_BATCH, math.ceil(len(refs) / (4 * workers))))
-    longest = max((len(r.encode()) for r in refs), default=1) + 8
+    longest = max((len(os.fsencode(r)) for r in refs), default=1) + 8  # a non-UTF-8 name too
     return max(1, min(size, _BATCH_BUDGET_BYTES // max(longest, _RECORD_BYTES)))
