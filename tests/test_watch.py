@@ -946,3 +946,37 @@ def test_a_file_made_readable_after_it_is_written_is_scored_not_reported_once(tm
                           env=dict(os.environ, MPLBACKEND="Agg"))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == '["ok"]', done.stdout + done.stderr
+
+
+_LOCKED_SUBFOLDER = """
+import logging, os, sys
+from scopefx.watch import FolderWatch
+acq = sys.argv[1]
+logging.basicConfig(level=logging.WARNING)
+with FolderWatch(acq, grace=1.0, settle=0.1) as watch:
+    for _ in range(3):  # said once, however many scans
+        watch.ready()
+"""
+
+
+def test_a_subfolder_the_watch_cannot_list_is_said_once(tmp_path):
+    """A subfolder it could not list (mode 000 while the instrument sets it up) was skipped
+    on every scan without a word, even with -v: its sections were never seen."""
+    import shutil
+
+    acq = tmp_path / "acq"
+    (acq / "locked").mkdir(parents=True)
+    (acq / "locked").chmod(0)
+    cmd = [sys.executable, "-c", _LOCKED_SUBFOLDER, str(acq)]
+    if os.geteuid() == 0:  # root lists anything: drop the capability that lets it
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv: file permissions cannot bind")
+        drop = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *cmd]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        (acq / "locked").chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "cannot list folder" in line]
+    assert len(said) == 1 and "locked" in said[0] and "Permission denied" in said[0], done.stderr

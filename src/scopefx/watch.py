@@ -31,6 +31,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -53,6 +54,8 @@ from .focus import (
 from .focus.csv import FocusCsvWriter
 from .focus.csv import read_focus_csv as read_watch_csv
 from .io import IMAGE_SUFFIXES
+
+log = logging.getLogger("scopefx.watch")
 
 __all__ = ["WATCH_COLUMNS", "FolderWatch", "Scored", "read_watch_csv"]
 
@@ -217,6 +220,7 @@ class FolderWatch:
         self._again: dict[str, int] = {}  # changed since scored: path -> pages recorded
         self._rechecked = -math.inf  # monotonic time of the last look at the scored files
         self._seen: dict[str, _Seen] = {}
+        self._unlisted: set[str] = set()  # folders that could not be listed, said once each
         self.previous: list[FocusRecord] = []
         """Records of earlier sessions read back from the CSV (in its order)."""
         self.records: list[FocusRecord] = []
@@ -286,8 +290,15 @@ class FolderWatch:
             folder = stack.pop()
             try:
                 entries = list(os.scandir(folder))
-            except OSError:
-                continue  # removed or unreadable meanwhile
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            except OSError as exc:  # its sections would never be seen: said, once
+                if str(folder) not in self._unlisted:
+                    self._unlisted.add(str(folder))
+                    log.warning("cannot list folder %s (%s): its images are not watched "
+                                "until it can be", folder, exc.strerror or exc)  # fmt: skip
+                continue
+            self._unlisted.discard(str(folder))
             for entry in entries:
                 name = entry.name
                 if name.startswith(".") or name.endswith(_TEMP_SUFFIXES):
