@@ -220,7 +220,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["focus", str(tmp_path), "--n-scales", "0"])  # a bad option before missing data
     assert info.value.code == 2
-    assert "n_scales must be between 1 and 256, got 0" in capsys.readouterr().err
+    assert "--n-scales must be between 1 and 256, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["calibrate", "--defocus", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "c")])
     assert info.value.code == 2

@@ -100,7 +100,7 @@ def test_fuse_usage_errors_exit_2_data_errors_exit_3(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "-q", "--chunk", "0"])
     assert info.value.code == 2
-    assert "chunk_px must be between 16 and 16384, got 0" in capsys.readouterr().err
+    assert "--chunk must be between 16 and 16384, got 0" in capsys.readouterr().err
     (tmp_path / "tiles" / "tile_0003.tif").unlink()
     with pytest.raises(SystemExit) as info:  # a missing tile: nothing fused
         main(["fuse", str(table), "-o", str(tmp_path / "m.ome.zarr"), "-q"])

@@ -375,3 +375,28 @@ def test_watch_refuses_stop_conditions_that_mean_nothing(
 ) -> None:
     assert _exit_code("watch", run_folder, option, value) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["focus", "{run}", "--target-px", "15"], "--target-px must be an integer >= 16, got 15"),
+        (["focus", "{run}", "--n-scales", "0"], "--n-scales must be between 1 and 256, got 0"),
+        (["focus", "{run}", "--saturation", "90"], "--saturation must be in [0, 50)"),
+        (["focus", "{run}", "--window", "0"], "--window must be an integer >= 1, got 0"),
+        (["fuse", "{table}", "-o", "{out}", "--chunk", "3"], "--chunk must be between 16 and"),
+        (["fuse", "{table}", "-o", "{out}", "--preview", "p.jpg"], "--preview must be a path "),
+    ],
+)
+def test_a_bad_option_value_is_named_by_its_option(
+    run_folder: Path, tmp_path: Path, argv: list[str], message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The messages named the Python field ('target_px must be None or an integer >= 16',
+    'saturation_pct must be ...') where the user typed --target-px or --saturation."""
+    table = samples.write_mosaic(tmp_path / "tiles", samples.make_mosaic(grid=(1, 2), tile_px=64))
+    where = {"{run}": str(run_folder), "{table}": str(table), "{out}": str(tmp_path / "m.zarr")}
+    assert _exit_code(*[where.get(a, a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "_px" not in err.split(message)[0] and "None" not in err

@@ -8,6 +8,7 @@ names of :mod:`scopefx.focus`), never a command module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import logging
@@ -16,12 +17,13 @@ import os
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from .._version import __version__
 from ..errors import (
+    ConfigError,
     CorruptImageError,
     EmptyFileError,
     ImageNotFoundError,
@@ -514,7 +516,42 @@ def given_options(args: argparse.Namespace) -> set[str]:
 
 def params_from_args(args: argparse.Namespace, cls: type) -> Any:
     """``cls`` built from the options :func:`add_params_options` added."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init})
+    with in_option_words():
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init})
+
+
+#: The options whose names are not their field's (``--`` + the field with ``-`` for ``_``).
+_OPTION_OF = {
+    **{name: flag for name, (flag, _) in _FLAG_ALIASES.items()},
+    "chunk_px": "--chunk", "feather_px": "--feather", "max_shift_px": "--max-shift",
+    "min_overlap_px": "--min-overlap", "pixel_size_um": "--pixel-size",
+    "pixel_size_z_um": "--pixel-size-z", "rotation_deg": "--rotation",
+    "allow_partial": "--allow-partial-registration", "remove_banding": "--registration-banding",
+}  # fmt: skip
+_FIELD_FIRST = re.compile(r"^([a-z][a-z0-9_]*)(?= must | =| is |: )")
+
+
+@contextlib.contextmanager
+def in_option_words() -> Iterator[None]:
+    """A :class:`ConfigError` raised while the command's parameter objects are built names
+    the option the user typed, not the Python field (``target_px must be None or an integer
+    >= 16`` for ``--target-px 15``): the field that starts its message becomes the option."""
+    try:
+        yield
+    except ConfigError as exc:
+        text = str(exc)
+        match = _FIELD_FIRST.match(text)
+        if match is None or ("_" not in match[1] and match[1] not in _ONE_WORD_FIELDS):
+            raise
+        name = match[1]
+        option = _OPTION_OF.get(name, "--" + name.replace("_", "-"))
+        rest = text[match.end(1) :].replace(" be None or ", " be ").replace(", or None", "")
+        raise UsageError(option + rest) from None  # (an option left out is None: not said)
+
+
+#: Fields of one word whose messages start with them (``window must be ...``).
+_ONE_WORD_FIELDS = frozenset({"window", "warmup", "ratio", "blend", "order", "fill", "preview",
+                              "modality", "threshold", "mode", "channel"})  # fmt: skip
 
 
 def add_focus_options(parser: argparse.ArgumentParser) -> None:
@@ -584,7 +621,10 @@ def run_from_args(args: argparse.Namespace, params: Any) -> tuple[Any, Any]:
     if own is not None:
         params = own.replace(**{k: getattr(params, k) for k in given_options(args)})
     ratio = args.ratio if args.ratio is not None else BASELINE_RATIO.get(params.modality, 0.5)
-    baseline = RunBaseline(window=args.window, ratio=ratio, warmup=min(args.warmup, args.window))
+    with in_option_words():
+        baseline = RunBaseline(
+            window=args.window, ratio=ratio, warmup=min(args.warmup, args.window)
+        )
     return params, FocusRun(calibration=calibration, baseline=baseline, params=params)
 
 

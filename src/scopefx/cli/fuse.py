@@ -18,6 +18,7 @@ from ._common import (
     UsageError,
     add_endpoint_options,
     describe_mosaic,
+    in_option_words,
     make_client,
     positive_float,
     positive_int,
@@ -288,10 +289,11 @@ def _params(args: argparse.Namespace) -> Any:
     """The :class:`scopefx.FusionParams` the options describe."""
     from ..fusion import FusionParams
 
-    return FusionParams(
-        blend=args.blend, order=args.order, chunk_px=args.chunk, feather_px=args.feather,
-        fill=args.fill,
-    )  # fmt: skip
+    with in_option_words():  # a bad value names the option typed
+        return FusionParams(
+            blend=args.blend, order=args.order, chunk_px=args.chunk, feather_px=args.feather,
+            fill=args.fill,
+        )  # fmt: skip
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -299,21 +301,22 @@ def _options(args: argparse.Namespace) -> Any:
     travels to :func:`scopefx.fuse` or, as JSON, to the endpoint."""
     from ..fusion import FuseOptions, RegistrationParams
 
-    registration = RegistrationParams(
-        max_shift_px=args.max_shift, min_overlap_px=args.min_overlap,
-        allow_partial=args.allow_partial_registration,
-        estimate_flatfield=not args.no_registration_flatfield,
-        remove_banding=args.registration_banding,
-    )  # fmt: skip
-    return FuseOptions(
-        pixel_size_um=args.pixel_size, pixel_size_z_um=args.pixel_size_z,
-        rotation_deg=args.rotation,
-        flip_x=args.flip_x, flip_y=args.flip_y, skip_missing=args.skip_missing,
-        force=args.force, register=args.register or args.qc,
-        registration=registration, flatfield=args.flatfield, ngff=args.ngff,
-        pyramid=not args.no_pyramid, resume=args.resume, overwrite=args.overwrite,
-        preview=args.preview, z_plane=args.z_plane, scene=args.scene,
-    )  # fmt: skip
+    with in_option_words():  # a bad value names the option typed
+        registration = RegistrationParams(
+            max_shift_px=args.max_shift, min_overlap_px=args.min_overlap,
+            allow_partial=args.allow_partial_registration,
+            estimate_flatfield=not args.no_registration_flatfield,
+            remove_banding=args.registration_banding,
+        )  # fmt: skip
+        return FuseOptions(
+            pixel_size_um=args.pixel_size, pixel_size_z_um=args.pixel_size_z,
+            rotation_deg=args.rotation,
+            flip_x=args.flip_x, flip_y=args.flip_y, skip_missing=args.skip_missing,
+            force=args.force, register=args.register or args.qc,
+            registration=registration, flatfield=args.flatfield, ngff=args.ngff,
+            pyramid=not args.no_pyramid, resume=args.resume, overwrite=args.overwrite,
+            preview=args.preview, z_plane=args.z_plane, scene=args.scene,
+        )  # fmt: skip
 
 
 def _report_extra(extra: dict[str, Any], out: TextIO) -> None:
