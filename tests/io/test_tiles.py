@@ -522,3 +522,15 @@ def test_a_url_table_is_refused_as_a_url_and_a_file_url_is_read(tmp_path):
     path = _write(tmp_path / "t.csv", "path,x,y\na.tif,0,0\nb.tif,90,0\n")
     table = read_tile_table(f"file://{path}")
     assert table.refs == read_tile_table(path).refs and len(table) == 2
+
+
+def test_binary_data_named_like_a_table_is_refused_as_such(tmp_path):
+    """Random bytes named tiles.csv were read as Latin-1, and the error listed some 300
+    characters of mojibake as its 'columns'."""
+    path = tmp_path / "tiles.csv"
+    path.write_bytes(np.random.default_rng(0).bytes(4000) + b"\x00")
+    with pytest.raises(ConfigError, match=r"not a text table \(line \d+ holds a NUL byte"):
+        read_tile_table(path)
+    wide = _write(tmp_path / "wide.csv", ",".join(f"column{k}" * 9 for k in range(12)) + "\n")
+    with pytest.raises(ConfigError, match=r"no 'path' column; columns are .*\.\.\..* and 4 more"):
+        read_tile_table(wide)

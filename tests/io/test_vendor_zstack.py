@@ -239,7 +239,7 @@ def test_the_cli_fuses_one_plane_per_tile(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["fuse", str(path), "-o", str(tmp_path / "n.ome.zarr"), "--z-plane", "top"])
     assert info.value.code == 2
-    assert "z_plane must be None, a plane index >= 0" in capsys.readouterr().err
+    assert "--z-plane must be a plane index >= 0" in capsys.readouterr().err
 
 
 def test_the_z_plane_travels_to_an_endpoint_as_json(tmp_path, monkeypatch):

@@ -545,7 +545,9 @@ def in_option_words() -> Iterator[None]:
             raise
         name = match[1]
         option = _OPTION_OF.get(name, "--" + name.replace("_", "-"))
-        rest = text[match.end(1) :].replace(" be None or ", " be ").replace(", or None", "")
+        rest = text[match.end(1) :]
+        for python, said in ((" be None or ", " be "), (" be None, ", " be "), (", or None", "")):
+            rest = rest.replace(python, said)
         raise UsageError(option + rest) from None  # (an option left out is None: not said)
 
 

@@ -271,17 +271,18 @@ def make_plan(
         missing = [i for i, s in enumerate(scores) if s is None]
         if missing:
             raise ConfigError(
-                f'blend="focus" needs a focus score per tile; {len(missing)} tiles have none '
-                f"(first: {table[missing[0]].ref})"
+                f'blend="focus" (--blend focus) needs a focus score per tile (the table\'s focus '
+                f"column); {len(missing)} tiles have none (first: {table[missing[0]].ref})"
             )
         s = np.asarray(scores, dtype=float)
         unscored = np.flatnonzero(~(np.isfinite(s) & (s >= 0)))
         if len(unscored):  # NaN, infinity or below 0 made every weight alike (or NaN)
             k = int(unscored[0])
             raise ConfigError(
-                f'blend="focus" weighs tiles by their focus scores; {len(unscored)} are not a '
-                f"finite score >= 0 (first: {table[k].ref}, {scores[k]!r}): a focus column "
-                "that holds something else (a focus drive's position) is no score"
+                f'blend="focus" (--blend focus) weighs tiles by their focus scores; '
+                f"{len(unscored)} are not a finite score >= 0 (first: {table[k].ref}, "
+                f"{scores[k]!r}): a focus column that holds something else (a focus drive's "
+                "position) is no score"
             )
         best = float(s.max())
         rel = s / best if best > 0 else np.ones_like(s)

@@ -143,7 +143,9 @@ def read_csv(
         rows.append({k: v.strip() for k, v in zip(cols, values, strict=True)})
         lines.append(line)
     if "path" not in cols:
-        raise ConfigError(f"{path}: no 'path' column; columns are {cols}")
+        shown = [c if len(c) <= 40 else c[:37] + "..." for c in cols[:8]]
+        more = f" and {len(cols) - 8} more" if len(cols) > 8 else ""
+        raise ConfigError(f"{path}: no 'path' column; columns are {shown}{more}")
     if {"x", "y"} <= set(cols):
         axes, unit = ["x", "y", "z"] if "z" in cols else ["x", "y"], "px"
         if {"x_um", "y_um"} <= set(cols):  # two placements: which one counts, said

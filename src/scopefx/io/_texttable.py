@@ -92,6 +92,14 @@ def read_table_text(path: str | os.PathLike[str]) -> str:
     from ._confine import read_bytes  # a regular file inside the roots: no FIFO, no link out
 
     data = read_bytes(path, limit=TABLE_LIMIT_BYTES)
+    if b"\x00" in data and data[:2] not in (b"\xff\xfe", b"\xfe\xff"):  # not UTF-16 either
+        from ..errors import ConfigError
+
+        line = data.count(b"\n", 0, data.index(b"\x00")) + 1  # its Latin-1 was shown as columns
+        raise ConfigError(
+            f"{path}: not a text table (line {line} holds a NUL byte: binary data, an image or an "
+            "archive?); give the CSV or TileConfiguration.txt that lists the tiles"
+        )
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with its mark: Excel's "Unicode text"
         try:
             return data.decode("utf-16")
