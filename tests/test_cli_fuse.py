@@ -763,3 +763,16 @@ def test_a_partial_registration_of_no_usable_pair_says_there_is_no_residual(tmp_
     assert code == 0, text
     assert "0 of 4 side pairs used" in text and "no residual (no pair used)" in text, text
     assert "n/a" not in text and "None" not in text
+
+
+def test_unfinished_tells_a_started_store_from_a_finished_one(tmp_path):
+    from scopefx.fusion import fuse, unfinished
+
+    table = write_mosaic(tmp_path / "tiles", make_mosaic(**SMALL))
+    out = tmp_path / "m.ome.zarr"
+    assert not unfinished(out)
+    fuse(table, out)
+    assert not unfinished(out)  # finished: its state folder is gone
+    (out / ".scopefx").mkdir()
+    (out / ".scopefx" / "plan.json").write_text("{}")
+    assert unfinished(out)

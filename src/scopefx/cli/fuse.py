@@ -392,7 +392,7 @@ def _cmd_qc(args: argparse.Namespace, options: Any, out: TextIO) -> int:
 def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     from tqdm import tqdm
 
-    from ..fusion import fuse
+    from ..fusion import fuse, unfinished
 
     params, options = _params(args), _options(args)  # usage errors before any data is read
     _check_side_outputs(args)
@@ -427,7 +427,7 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
             on_chunk=None if scheduler is not None else on_chunk, scheduler=scheduler,
         )  # fmt: skip
     except (ScopefxError, OSError) as exc:  # an unreadable tile, a full disk, ...
-        if ours and not args.endpoint and _left_unfinished(args.output):
+        if ours and not args.endpoint and unfinished(args.output):
             exc.add_note(
                 f"{args.output} is left unfinished, its chunks written so far kept; once the "
                 "cause is fixed, --resume finishes it (the same tiles and options), "
@@ -443,14 +443,6 @@ def cmd_fuse(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _write_json(args, result.to_dict())
     return 0
-
-
-def _left_unfinished(output: str) -> bool:
-    """Whether ``output`` is a mosaic store scopefx started and has not finished."""
-    from ..fusion._resume import STATE_DIR
-
-    state = Path(output, STATE_DIR)
-    return not Path(output).is_symlink() and state.is_dir() and (state / "plan.json").is_file()
 
 
 def _check_side_outputs(args: argparse.Namespace) -> None:

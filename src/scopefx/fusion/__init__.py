@@ -23,6 +23,7 @@ from ._qc import qc_only, registration_report, report_summary, sidecar, write_re
 from ._register import register
 from ._regparams import BANDING_MODES, RegistrationParams
 from ._regresult import PairResult, Registration
+from ._resume import unfinished
 from ._write import TiffJob, fuse, prepare, qc
 from .plot import plot_mosaic, write_preview
 
@@ -61,6 +62,7 @@ __all__ = [  # noqa: RUF022 (the high-level API first, then sorted)
     "registration_report",
     "report_summary",
     "sidecar",
+    "unfinished",
     "write_preview",
     "write_report",
 ]

@@ -43,6 +43,20 @@ KIND = "fusion"
 _META_LIMIT = 16 * 2**20
 
 
+def unfinished(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a mosaic store that scopefx started and did not finish (killed, or
+    stopped by an error): ``resume`` finishes it with the same tiles and options, and
+    ``overwrite`` starts it over.
+
+    Examples
+    --------
+    >>> unfinished("no/such/mosaic.ome.zarr")
+    False
+    """
+    state = Path(path, STATE_DIR)
+    return not Path(path).is_symlink() and state.is_dir() and (state / "plan.json").is_file()
+
+
 def _atomic_write(path: Path, text: str) -> None:
     """Write ``path`` (inside an output store) atomically, never following a link."""
     write_file(path.parent, path.name, text.encode())
