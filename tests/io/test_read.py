@@ -323,6 +323,20 @@ def test_empty_file(tmp_path: Path, name: str) -> None:
     assert info.value.status == "empty"
 
 
+def test_links_that_lead_nowhere_are_listed_and_said_to_lead_nowhere(tmp_path: Path) -> None:
+    """Two links in a loop were dropped from a folder's listing without a record (a dangling
+    link was listed); reading either said only 'does not exist'."""
+    (tmp_path / "l1.tif").symlink_to(tmp_path / "l2.tif")
+    (tmp_path / "l2.tif").symlink_to(tmp_path / "l1.tif")
+    (tmp_path / "gone.tif").symlink_to(tmp_path / "nothing.tif")
+    found = [Path(p).name for p in find_images(tmp_path)]
+    assert found == ["gone.tif", "l1.tif", "l2.tif"]
+    for name in found:
+        with pytest.raises(ImageNotFoundError, match="symbolic link that leads nowhere") as info:
+            read_image(tmp_path / name)
+        assert info.value.status == "missing"
+
+
 def test_a_fifo_is_not_a_file_being_written(tmp_path: Path) -> None:
     """A FIFO named like an image was reported empty ("may still be being written"), sending
     the user to wait for an acquisition that was never there; opening it would block."""

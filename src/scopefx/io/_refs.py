@@ -116,6 +116,11 @@ def resolve_ref(ref: str | os.PathLike[str]) -> ResolvedRef:
     if not path.exists():
         what = "Zarr store" if zarr_like else "image file"
         where = "" if path.is_absolute() else f" (relative paths start at {os.getcwd()})"
+        if os.path.islink(path):  # a dangling link, or links in a loop (listed, not dropped)
+            raise ImageNotFoundError(
+                f"{what} not found: '{path}' is a symbolic link that leads nowhere (its target "
+                "is missing, or the links form a loop)"
+            )
         raise ImageNotFoundError(
             f"{what} not found: '{path}' (from {text!r}) does not exist; check the path{where}"
         )
@@ -192,8 +197,8 @@ def _scan_dir(directory: Path, *, recursive: bool, found: set[str], seen: set[st
         suffix = os.path.splitext(entry.name)[1].lower()
         try:
             is_dir = entry.is_dir()
-        except OSError:
-            continue
+        except OSError:  # a link loop (ELOOP): listed, so that its record says so
+            is_dir = False
         if is_dir:
             if suffix == ".zarr":
                 # a store is one image when it holds an array at its root; never descend into it
