@@ -10,7 +10,6 @@ import dataclasses
 import datetime as _dt
 import json
 import math
-import stat
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import CalibrationError, ConfigError
+from ..errors import CalibrationError, ConfigError, ResourceLimitError, ScopefxError
 from ._params import FocusParams
 
 _MAX_LOG_DENSITY = 100.0  # |intercept| above it is no log density (features per Mpx)
@@ -324,26 +323,20 @@ class Calibration:
         CalibrationError
             The file is missing, not JSON, or not a scopefx calibration.
         """
+        from ..io.confined import read_bytes  # a regular file: no FIFO, device or link out
+
         path = Path(path)
-        try:
-            st = path.stat()
+        try:  # /dev/zero was read until memory ran out, a FIFO hung, 300 MB were read whole
+            data = json.loads(read_bytes(path, limit=_MAX_FILE_BYTES))
         except FileNotFoundError:
             raise CalibrationError(f"calibration file {str(path)!r} does not exist") from None
-        except OSError as exc:
-            raise CalibrationError(f"calibration file {str(path)!r}: {exc}") from None
-        # /dev/zero was read until memory ran out, a FIFO hung, 300 MB were read whole
-        if not stat.S_ISREG(st.st_mode):
-            raise CalibrationError(f"calibration file {str(path)!r} is not a regular file")
-        if st.st_size > _MAX_FILE_BYTES:
+        except ResourceLimitError as exc:
             raise CalibrationError(
-                f"calibration file {str(path)!r} holds {st.st_size} bytes: a calibration is a "
-                f"few kB (at most {_MAX_FILE_BYTES} bytes are read); is it the right file?"
-            )
-        try:
-            with path.open("rb") as fh:
-                data = json.loads(fh.read(_MAX_FILE_BYTES + 1))
-        except FileNotFoundError:
-            raise CalibrationError(f"calibration file {str(path)!r} does not exist") from None
+                f"calibration file {str(path)!r}: {exc}; a calibration is a few kB: is it the "
+                "right file?"
+            ) from None
+        except ScopefxError as exc:  # not a regular file; outside the data roots
+            raise CalibrationError(f"calibration file {str(path)!r}: {exc}") from None
         except (OSError, ValueError, RecursionError) as exc:  # nested 100,000 deep: Recursion
             why = "nested too deep" if isinstance(exc, RecursionError) else exc
             raise CalibrationError(f"calibration file {str(path)!r} is not JSON: {why}") from None
