@@ -516,7 +516,7 @@ def given_options(args: argparse.Namespace) -> set[str]:
 
 def params_from_args(args: argparse.Namespace, cls: type) -> Any:
     """``cls`` built from the options :func:`add_params_options` added."""
-    with in_option_words():
+    with in_option_words(cls):
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init})
 
 
@@ -532,16 +532,20 @@ _FIELD_FIRST = re.compile(r"^([a-z][a-z0-9_]*)(?= must | =| is |: )")
 
 
 @contextlib.contextmanager
-def in_option_words() -> Iterator[None]:
-    """A :class:`ConfigError` raised while the command's parameter objects are built names
-    the option the user typed, not the Python field (``target_px must be None or an integer
-    >= 16`` for ``--target-px 15``): the field that starts its message becomes the option."""
+def in_option_words(*built: type) -> Iterator[None]:
+    """A :class:`ConfigError` raised while the classes ``built`` are made from the options
+    names the option the user typed, not the Python field (``target_px must be None or an
+    integer >= 16`` for ``--target-px 15``): a parameter of theirs that starts the message
+    becomes its option."""
+    import inspect
+
     try:
         yield
     except ConfigError as exc:
         text = str(exc)
         match = _FIELD_FIRST.match(text)
-        if match is None or ("_" not in match[1] and match[1] not in _ONE_WORD_FIELDS):
+        names = {n for cls in built for n in inspect.signature(cls).parameters}
+        if match is None or match[1] not in names:
             raise
         name = match[1]
         option = _OPTION_OF.get(name, "--" + name.replace("_", "-"))
@@ -549,11 +553,6 @@ def in_option_words() -> Iterator[None]:
         for python, said in ((" be None or ", " be "), (" be None, ", " be "), (", or None", "")):
             rest = rest.replace(python, said)
         raise UsageError(option + rest) from None  # (an option left out is None: not said)
-
-
-#: Fields of one word whose messages start with them (``window must be ...``).
-_ONE_WORD_FIELDS = frozenset({"window", "warmup", "ratio", "blend", "order", "fill", "preview",
-                              "modality", "threshold", "mode", "channel"})  # fmt: skip
 
 
 def add_focus_options(parser: argparse.ArgumentParser) -> None:
@@ -623,7 +622,7 @@ def run_from_args(args: argparse.Namespace, params: Any) -> tuple[Any, Any]:
     if own is not None:
         params = own.replace(**{k: getattr(params, k) for k in given_options(args)})
     ratio = args.ratio if args.ratio is not None else BASELINE_RATIO.get(params.modality, 0.5)
-    with in_option_words():
+    with in_option_words(RunBaseline):
         baseline = RunBaseline(
             window=args.window, ratio=ratio, warmup=min(args.warmup, args.window)
         )

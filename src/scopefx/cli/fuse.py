@@ -289,7 +289,7 @@ def _params(args: argparse.Namespace) -> Any:
     """The :class:`scopefx.FusionParams` the options describe."""
     from ..fusion import FusionParams
 
-    with in_option_words():  # a bad value names the option typed
+    with in_option_words(FusionParams):  # a bad value names the option typed
         return FusionParams(
             blend=args.blend, order=args.order, chunk_px=args.chunk, feather_px=args.feather,
             fill=args.fill,
@@ -301,7 +301,7 @@ def _options(args: argparse.Namespace) -> Any:
     travels to :func:`scopefx.fuse` or, as JSON, to the endpoint."""
     from ..fusion import FuseOptions, RegistrationParams
 
-    with in_option_words():  # a bad value names the option typed
+    with in_option_words(FuseOptions, RegistrationParams):  # names the option typed
         registration = RegistrationParams(
             max_shift_px=args.max_shift, min_overlap_px=args.min_overlap,
             allow_partial=args.allow_partial_registration,
